@@ -1,0 +1,5 @@
+import sys
+
+from ksh.cli import main
+
+sys.exit(main())

@@ -1,0 +1,18 @@
+"""Every component's migrations, in the order they apply (lower layers first)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+
+from ledger.database import ledger_migrations_folder, migrate
+
+components: tuple[tuple[str, Path], ...] = (("ledger", ledger_migrations_folder),)
+
+
+async def migrate_all(connection: asyncpg.Connection) -> list[str]:
+    applied: list[str] = []
+    for component, folder in components:
+        applied += await migrate(connection, component, folder)
+    return applied

@@ -1,0 +1,115 @@
+"""Where the back office's PostgreSQL is, and how its schema gets there.
+
+`DATABASE_URL` names a server when set. Without it an embedded PostgreSQL (the `pgserver`
+package) runs from a data folder of the project (`KSH_DATA_DIR`, default `./.ksh-data`).
+`pgserver` keeps a list of the processes using a data folder and stops the server when the
+last one exits, so several `ksh` processes share one server.
+
+Migrations are numbered plain SQL files (`0001_accounts.sql`, ...) in a folder per component
+(`ledger`, `gateways`, `settlement`). Pending files are applied in order inside one
+transaction that holds an advisory lock, so two processes starting at once migrate once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+data_dir_default = ".ksh-data"
+migration_name_pattern = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# pg_advisory_xact_lock key for migrations: any fixed 64-bit number, here "ksh-migr" in ASCII.
+migration_lock_key = 0x6B73_682D_6D69_6772
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("KSH_DATA_DIR", data_dir_default)).resolve()
+
+
+@contextlib.contextmanager
+def embedded_server(folder: Path | None = None) -> Iterator[str]:
+    """Start (or join) the embedded PostgreSQL in `folder`; yield its URL; leave it cleanly."""
+    import pgserver  # imported here: only the embedded path needs its binaries
+
+    pgdata = (folder or data_dir()) / "pgdata"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@contextlib.contextmanager
+def server_url() -> Iterator[str]:
+    """`DATABASE_URL` when set, else the embedded server for as long as the block runs."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    with embedded_server() as embedded_url:
+        yield embedded_url
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    component: str
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(component: str, folder: Path) -> tuple[Migration, ...]:
+    migrations = []
+    for path in sorted(folder.glob("*.sql")):
+        match = migration_name_pattern.match(path.name)
+        assert match, f"migration file name must look like 0001_name.sql: {path}"
+        migrations.append(
+            Migration(component, int(match.group(1)), path.stem, path.read_text("utf-8"))
+        )
+    versions = [migration.version for migration in migrations]
+    assert versions == list(range(1, len(versions) + 1)), f"gaps in {folder}: {versions}"
+    return tuple(migrations)
+
+
+async def migrate(connection: asyncpg.Connection, component: str, folder: Path) -> list[str]:
+    """Apply the pending migrations of `component`; return the names applied."""
+    migrations = load_migrations(component, folder)
+    applied: list[str] = []
+    async with connection.transaction():
+        await connection.execute("select pg_advisory_xact_lock($1)", migration_lock_key)
+        await connection.execute(
+            """
+            create table if not exists schema_migrations (
+                component text not null,
+                version integer not null,
+                name text not null,
+                applied_at timestamptz not null default now(),
+                primary key (component, version)
+            )
+            """
+        )
+        current = await connection.fetchval(
+            "select coalesce(max(version), 0) from schema_migrations where component = $1",
+            component,
+        )
+        for migration in migrations:
+            if migration.version <= current:
+                continue
+            await connection.execute(migration.sql)
+            await connection.execute(
+                "insert into schema_migrations (component, version, name) values ($1, $2, $3)",
+                component,
+                migration.version,
+                migration.name,
+            )
+            applied.append(migration.name)
+    return applied
+
+
+ledger_migrations_folder = Path(__file__).parent / "migrations"

@@ -1,0 +1,164 @@
+"""Shared fixtures: Hypothesis profiles, a fresh migrated PostgreSQL database per test, and the
+PC/SC stack (pcscd with vsmartcard's vpcd driver).
+
+Under CI=true, a fixture that cannot provide its real part fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, settings
+
+from ksh.schema import migrate_all
+from ledger.database import embedded_server
+
+running_in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=60,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if running_in_ci else "dev"))
+
+
+def unavailable(reason: str, how_to_enable: str) -> None:
+    """Skip (on a developer's machine) or fail (in CI) a test whose real part is missing."""
+    message = f"{reason}; {how_to_enable}"
+    if running_in_ci:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The server tests create their databases on: DATABASE_URL, or a private embedded one."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    with embedded_server(tmp_path_factory.mktemp("embedded-postgres")) as embedded_url:
+        yield embedded_url
+
+
+def database_url_for(server_url: str, database: str) -> str:
+    """The same server, another database (works for host:port URLs and socket URLs alike)."""
+    base, _, query = server_url.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority, _, _ = rest.partition("/")
+    return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres_server_url: str) -> Iterator[str]:
+    """A database with every migration applied, used as the template of each test's database."""
+    import asyncio
+
+    name = f"ksh_template_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(postgres_server_url)
+        try:
+            await admin.execute(f'create database "{name}"')
+        finally:
+            await admin.close()
+        connection = await asyncpg.connect(database_url_for(postgres_server_url, name))
+        try:
+            await migrate_all(connection)
+        finally:
+            await connection.close()
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(postgres_server_url)
+        try:
+            await admin.execute(f'drop database if exists "{name}" with (force)')
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(drop())
+
+
+@pytest.fixture
+async def database_url(postgres_server_url: str, migrated_template: str) -> AsyncIterator[str]:
+    """A fresh database with the whole schema, dropped after the test."""
+    name = f"ksh_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        await admin.execute(f'create database "{name}" template "{migrated_template}"')
+    finally:
+        await admin.close()
+    yield database_url_for(postgres_server_url, name)
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        await admin.close()
+
+
+# ---------------------------------------------------------------------------- PC/SC
+
+pcscd_socket = Path("/run/pcscd/pcscd.comm")
+vpcd_port_slot0 = 35963
+pcsc_enable_hint = (
+    "run the tests as root with Debian's pcscd and vsmartcard-vpcd installed "
+    "(scripts/test installs them), or start pcscd yourself"
+)
+
+
+def pcscd_running() -> bool:
+    return subprocess.run(["pgrep", "-x", "pcscd"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def pcsc_reader_name() -> Iterator[str]:
+    """Make sure pcscd runs with the vpcd driver; yield the virtual reader's name.
+
+    A card emulator connecting to 127.0.0.1:35963 (vpcd slot 0) appears in this reader.
+    """
+    try:
+        from smartcard.System import readers
+    except ImportError as error:  # pragma: no cover - depends on the machine
+        unavailable(f"pyscard cannot be imported ({error})", pcsc_enable_hint)
+        return
+    if not Path("/etc/reader.conf.d/vpcd").exists():
+        unavailable("the vpcd driver is not installed", pcsc_enable_hint)
+    started: subprocess.Popen[bytes] | None = None
+    if not pcscd_running():
+        pcscd = shutil.which("pcscd") or "/usr/sbin/pcscd"
+        if os.geteuid() != 0 or not Path(pcscd).exists():
+            unavailable("pcscd is not running and cannot be started here", pcsc_enable_hint)
+        started = subprocess.Popen(
+            [pcscd, "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    name = ""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not name:
+        with contextlib.suppress(Exception):
+            name = next((str(r) for r in readers() if "Virtual PCD" in str(r)), "")
+        if not name:
+            time.sleep(0.1)
+    if not name:
+        unavailable("pcscd runs but shows no 'Virtual PCD' reader", pcsc_enable_hint)
+    yield name
+    if started is not None:
+        started.terminate()
+        started.wait(timeout=10)
