@@ -1,0 +1,1 @@
+"""The fare core: pure, no I/O; time is always an argument."""

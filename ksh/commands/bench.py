@@ -1,0 +1,43 @@
+"""`ksh bench NAME --json`: the benchmarks, each printing one JSON object.
+
+Each benchmark lives in `ksh.benchmarks.<name>` and exposes `add_arguments(parser)` and
+`run(arguments) -> dict`. Figures are measured side by side in one run, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from typing import Any
+
+from ksh.cli import UserError
+
+benchmark_names: tuple[str, ...] = ("tap", "fare", "ledger", "ingest", "settle")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="run a benchmark and print its figures as JSON", description=__doc__
+    )
+    names = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name in benchmark_names:
+        try:
+            module = importlib.import_module(f"ksh.benchmarks.{name}")
+        except ModuleNotFoundError as error:
+            if error.name == f"ksh.benchmarks.{name}":
+                continue
+            raise
+        sub = names.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        sub.add_argument("--json", action="store_true", help="print JSON only (the default)")
+        module.add_arguments(sub)
+        sub.set_defaults(handler=run_benchmark, benchmark_module=module)
+
+
+def run_benchmark(arguments: argparse.Namespace) -> int:
+    try:
+        figures = arguments.benchmark_module.run(arguments)
+    except (OSError, ValueError) as error:
+        raise UserError(str(error)) from error
+    print(json.dumps(figures, indent=None if arguments.json else 2, sort_keys=True))
+    return 0
