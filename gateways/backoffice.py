@@ -1,0 +1,107 @@
+"""The back office HTTP service: one aiohttp application that terminals, banks and staff talk to.
+
+`create_app(config, extensions)` builds it. The pool lives in `cleanup_ctx`; handlers reach it
+through `pool_key`. Each extension is a callable that adds its routes (and its own cleanup
+contexts) to the application: the terminal endpoints, the SNAP BI endpoints (`gateways.snap`),
+and the finance pages (`settlement`) are mounted this way by `ksh serve`, the composition root.
+
+Errors leave as JSON problem bodies (RFC 9457 shape) from one middleware; a handler raises
+`Problem` for an outcome the caller must see.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+logger = logging.getLogger("ksh.backoffice")
+
+request_body_bytes_max = 4 * 1024 * 1024  # the largest upload batch fits well inside this
+
+
+@dataclass(frozen=True, slots=True)
+class BackofficeConfig:
+    database_url: str
+    pool_connections_min: int = 2
+    pool_connections_max: int = 10
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+config_key = web.AppKey("config", BackofficeConfig)
+pool_key = web.AppKey("pool", asyncpg.Pool)
+
+Extension = Callable[[web.Application], None]
+
+
+class Problem(Exception):
+    """An outcome the caller must see: HTTP status, a stable code, and a human sentence."""
+
+    def __init__(self, status: int, code: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"status": self.status, "code": self.code, "detail": self.detail, **self.extra}
+
+
+def problem_response(problem: Problem) -> web.Response:
+    return web.json_response(
+        problem.body(), status=problem.status, content_type="application/problem+json"
+    )
+
+
+@web.middleware
+async def problem_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem_response(problem)
+    except web.HTTPRequestEntityTooLarge:
+        return problem_response(Problem(413, "body_too_large", "request body is too large"))
+    except json.JSONDecodeError as error:
+        return problem_response(Problem(400, "malformed_json", f"body is not JSON: {error}"))
+    except web.HTTPException:
+        raise
+    except Exception:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(Problem(500, "internal_error", "internal error, logged"))
+
+
+async def database_pool(app: web.Application) -> AsyncIterator[None]:
+    config = app[config_key]
+    pool = await asyncpg.create_pool(
+        config.database_url,
+        min_size=config.pool_connections_min,
+        max_size=config.pool_connections_max,
+    )
+    assert pool is not None
+    app[pool_key] = pool
+    yield
+    await pool.close()
+
+
+async def health(request: web.Request) -> web.Response:
+    async with request.app[pool_key].acquire() as connection:
+        await connection.fetchval("select 1")
+    return web.json_response({"status": "ok"})
+
+
+def create_app(config: BackofficeConfig, extensions: Iterable[Extension] = ()) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware], client_max_size=request_body_bytes_max)
+    app[config_key] = config
+    app.cleanup_ctx.append(database_pool)
+    app.router.add_get("/health", health)
+    for extension in extensions:
+        extension(app)
+    return app
