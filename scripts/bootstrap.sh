@@ -5,7 +5,7 @@ set -euo pipefail
 
 project_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${KSH_VENV:-$project_root/.venv}"
-system_packages=(pcscd vsmartcard-vpcd libpcsclite-dev swig)
+system_packages=(pcscd vsmartcard-vpcd libpcsclite-dev swig chromium)
 
 missing_system_packages() {
     local package
