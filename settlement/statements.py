@@ -1,0 +1,355 @@
+"""Bank statements: the `StatementLine` record and small importers for MT940 and CSV files.
+
+Each importer does three things, in the manner of beangulp: `identify` (is this file mine?),
+`extract` (the file's lines as records, or one `StatementError` naming file and line: a broken
+file imports nothing), and deduplication (`line_key`), so that importing the same file twice, or
+two statements that overlap, adds each bank movement once. A movement the bank itself lists
+twice in one file keeps both lines (the second one has occurrence 1): reconciliation reports it.
+
+Amounts are parsed with `Decimal` at this edge (MT940 writes a decimal comma) and kept as whole
+rupiah integers from here on.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import enum
+import hashlib
+import io
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+statement_file_bytes_max = 64 * 1024 * 1024  # a month of a busy collection account fits
+statement_lines_max = 1_000_000
+
+
+class Direction(enum.StrEnum):
+    credit = "credit"  # money into our account
+    debit = "debit"  # money out of our account
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    bank: str
+    account: str
+    value_date: dt.date
+    amount_rupiah: int  # always positive; `direction` says which way
+    direction: Direction
+    reference: str  # customer reference (ours, e.g. a partnerReferenceNo or VA number)
+    bank_reference: str
+    type_code: str  # MT940 transaction type (NTRF, NCHG, ...) or the CSV's type column
+    description: str
+    source_file: str
+    source_line: int
+    occurrence: int = 0  # how many identical movements came before this one in the same file
+
+    def __post_init__(self) -> None:
+        assert self.amount_rupiah > 0, self
+        assert self.source_line >= 1, self
+
+    @property
+    def key(self) -> str:
+        return line_key(self)
+
+    @property
+    def signed_rupiah(self) -> int:
+        return self.amount_rupiah if self.direction is Direction.credit else -self.amount_rupiah
+
+
+def line_key(line: StatementLine) -> str:
+    """Identity of a bank movement, independent of the file it arrived in."""
+    parts = (
+        line.bank,
+        line.account,
+        line.value_date.isoformat(),
+        str(line.amount_rupiah),
+        line.direction.value,
+        line.reference,
+        line.bank_reference,
+        line.type_code,
+        line.description,
+        str(line.occurrence),
+    )
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+class StatementError(Exception):
+    """A statement file that cannot be imported; names the file and the line."""
+
+    def __init__(self, source_file: str, source_line: int, problem: str) -> None:
+        super().__init__(f"{source_file}:{source_line}: {problem}")
+        self.source_file = source_file
+        self.source_line = source_line
+        self.problem = problem
+
+
+def whole_rupiah(text: str, source_file: str, source_line: int) -> int:
+    """'150000,00' or '150000.00' or '150.000,00' -> 150000; anything else is an error."""
+    cleaned = text.strip().replace(" ", "")
+    if "," in cleaned and "." in cleaned:  # thousands separators: keep the last mark as decimal
+        decimal_mark = "," if cleaned.rfind(",") > cleaned.rfind(".") else "."
+        thousands = "." if decimal_mark == "," else ","
+        cleaned = cleaned.replace(thousands, "")
+    cleaned = cleaned.replace(",", ".")
+    try:
+        amount = Decimal(cleaned)
+    except InvalidOperation:
+        raise StatementError(source_file, source_line, f"amount {text!r} is not a number") from None
+    if amount != amount.to_integral_value():
+        raise StatementError(source_file, source_line, f"amount {text!r} is not whole rupiah")
+    return int(amount)
+
+
+def with_occurrences(lines: Iterable[StatementLine]) -> tuple[StatementLine, ...]:
+    """Number repeated identical movements within one file (0, 1, 2, ...)."""
+    from dataclasses import replace
+
+    seen: Counter[str] = Counter()
+    numbered = []
+    for line in lines:
+        base = line_key(replace(line, occurrence=0))
+        numbered.append(replace(line, occurrence=seen[base]))
+        seen[base] += 1
+    return tuple(numbered)
+
+
+# ---------------------------------------------------------------------------- MT940
+
+mt940_reference_pattern = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_/]{5,}")
+
+
+class Mt940Importer:
+    """SWIFT MT940 (as Mandiri and BRI send it: decimal comma, `:86:` free text)."""
+
+    name = "mt940"
+
+    def __init__(self, bank: str) -> None:
+        self.bank = bank
+
+    def identify(self, path: Path, head: str) -> bool:
+        return (":20:" in head and ":25:" in head and ":61:" in head) or head.startswith("{1:")
+
+    def extract(self, path: Path, text: str) -> tuple[StatementLine, ...]:
+        import logging
+
+        import mt940  # the maintained MT940 parser (PyPI `mt-940`)
+
+        source_file = path.name
+        tag61_lines = [
+            number for number, row in enumerate(text.splitlines(), 1) if row.startswith(":61:")
+        ]
+        logging.getLogger("mt940").setLevel(logging.CRITICAL)  # it logs each failed regex try
+        transactions = mt940.models.Transactions()
+        try:
+            transactions.parse(text)
+        except (RuntimeError, ValueError, KeyError, ArithmeticError) as error:
+            raise StatementError(
+                source_file, locate(text, error), f"malformed MT940: {error.args[0]}"
+            ) from None
+        account = str(transactions.data.get("account_identification") or "").strip()
+        if not account:
+            raise StatementError(source_file, 1, "no :25: account identification")
+        if len(transactions) != len(tag61_lines):
+            raise StatementError(
+                source_file, 1, f"{len(tag61_lines)} :61: lines but {len(transactions)} parsed"
+            )
+        lines = []
+        for transaction, source_line in zip(transactions, tag61_lines, strict=True):
+            data = transaction.data
+            currency = str(data.get("currency") or "IDR")
+            if currency != "IDR":
+                raise StatementError(source_file, source_line, f"currency {currency} is not IDR")
+            status = str(data["status"])
+            direction = Direction.credit if status in ("C", "RD") else Direction.debit
+            amount = abs(whole_rupiah(str(data["amount"].amount), source_file, source_line))
+            if amount == 0:
+                raise StatementError(source_file, source_line, "amount is zero")
+            date = data["date"]
+            lines.append(
+                StatementLine(
+                    bank=self.bank,
+                    account=account,
+                    value_date=dt.date(date.year, date.month, date.day),
+                    amount_rupiah=amount,
+                    direction=direction,
+                    reference=str(data.get("customer_reference") or "").strip(),
+                    bank_reference=str(data.get("bank_reference") or "").strip(),
+                    type_code=str(data.get("id") or "").strip(),
+                    description=" ".join(str(data.get("transaction_details") or "").split()),
+                    source_file=source_file,
+                    source_line=source_line,
+                )
+            )
+        return with_occurrences(lines)
+
+
+def locate(text: str, error: Exception) -> int:
+    """The line of `text` where the parser's complaint (its offending fragment) starts."""
+    fragment = next((a for a in reversed(error.args) if isinstance(a, str) and a.strip()), "")
+    position = text.find(fragment.strip().splitlines()[0]) if fragment.strip() else -1
+    return text.count("\n", 0, position) + 1 if position >= 0 else 1
+
+
+# ---------------------------------------------------------------------------- CSV
+
+csv_columns = (
+    "account",
+    "value_date",
+    "direction",
+    "amount",
+    "reference",
+    "bank_reference",
+    "type",
+    "description",
+)
+
+
+class CsvImporter:
+    """Our CSV statement layout (the bank simulator writes it; internet banking exports map to it).
+
+    Header: account,value_date,direction,amount,reference,bank_reference,type,description
+    value_date is YYYY-MM-DD; direction is C or D (CR/DB also accepted); amount is positive.
+    """
+
+    name = "csv"
+
+    def __init__(self, bank: str) -> None:
+        self.bank = bank
+
+    def identify(self, path: Path, head: str) -> bool:
+        first = head.splitlines()[0] if head else ""
+        return tuple(cell.strip().lower() for cell in first.split(",")) == csv_columns
+
+    def extract(self, path: Path, text: str) -> tuple[StatementLine, ...]:
+        source_file = path.name
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader, None)
+        if header is None or tuple(c.strip().lower() for c in header) != csv_columns:
+            raise StatementError(source_file, 1, f"header must be {','.join(csv_columns)}")
+        lines = []
+        for row in reader:
+            source_line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(csv_columns):
+                raise StatementError(
+                    source_file, source_line, f"{len(row)} columns, expected {len(csv_columns)}"
+                )
+            cells = dict(zip(csv_columns, (cell.strip() for cell in row), strict=True))
+            try:
+                value_date = dt.date.fromisoformat(cells["value_date"])
+            except ValueError:
+                raise StatementError(
+                    source_file,
+                    source_line,
+                    f"value_date {cells['value_date']!r} is not YYYY-MM-DD",
+                ) from None
+            mark = cells["direction"].upper()
+            if mark not in ("C", "D", "CR", "DB"):
+                raise StatementError(source_file, source_line, f"direction {mark!r} is not C or D")
+            amount = whole_rupiah(cells["amount"], source_file, source_line)
+            if amount <= 0:
+                raise StatementError(source_file, source_line, f"amount {amount} is not positive")
+            if not cells["account"]:
+                raise StatementError(source_file, source_line, "account is empty")
+            lines.append(
+                StatementLine(
+                    bank=self.bank,
+                    account=cells["account"],
+                    value_date=value_date,
+                    amount_rupiah=amount,
+                    direction=Direction.credit if mark.startswith("C") else Direction.debit,
+                    reference=cells["reference"],
+                    bank_reference=cells["bank_reference"],
+                    type_code=cells["type"],
+                    description=" ".join(cells["description"].split()),
+                    source_file=source_file,
+                    source_line=source_line,
+                )
+            )
+            if len(lines) > statement_lines_max:
+                raise StatementError(
+                    source_file, source_line, f"more than {statement_lines_max} lines"
+                )
+        return with_occurrences(lines)
+
+
+def write_csv(lines: Iterable[StatementLine]) -> str:
+    """The CSV layout `CsvImporter` reads (used by exports and test fixtures)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(csv_columns)
+    for line in lines:
+        writer.writerow(
+            (
+                line.account,
+                line.value_date.isoformat(),
+                "C" if line.direction is Direction.credit else "D",
+                line.amount_rupiah,
+                line.reference,
+                line.bank_reference,
+                line.type_code,
+                line.description,
+            )
+        )
+    return out.getvalue()
+
+
+def write_mt940(
+    lines: Iterable[StatementLine], account: str, statement_reference: str, opening_rupiah: int
+) -> str:
+    """An MT940 statement for `lines` (the bank simulator's format; decimal comma)."""
+    rows = list(lines)
+    first_date = rows[0].value_date if rows else dt.date.today()
+    balance = opening_rupiah
+
+    def money(rupiah: int) -> str:
+        return f"{abs(rupiah)},00"
+
+    def mark(rupiah: int) -> str:
+        return "C" if rupiah >= 0 else "D"
+
+    out = [
+        f":20:{statement_reference[:16]}",
+        f":25:{account}",
+        ":28C:00001/001",
+        f":60F:{mark(balance)}{first_date:%y%m%d}IDR{money(balance)}",
+    ]
+    for line in rows:
+        balance += line.signed_rupiah
+        code = line.type_code or "NTRF"
+        reference = line.reference[:16] or "NONREF"
+        bank_reference = f"//{line.bank_reference[:16]}" if line.bank_reference else ""
+        direction = "C" if line.direction is Direction.credit else "D"
+        out.append(
+            f":61:{line.value_date:%y%m%d}{line.value_date:%m%d}{direction}"
+            f"{money(line.amount_rupiah)}N{code[-3:]}{reference}{bank_reference}"
+        )
+        out.append(f":86:{line.description[:65]}")
+    last_date = rows[-1].value_date if rows else first_date
+    out.append(f":62F:{mark(balance)}{last_date:%y%m%d}IDR{money(balance)}")
+    return "\n".join(out) + "\n"
+
+
+importer_kinds = (Mt940Importer, CsvImporter)
+
+
+def import_file(path: Path, bank: str) -> tuple[StatementLine, ...]:
+    """Identify and extract one statement file: all its lines, or a `StatementError`."""
+    if path.stat().st_size > statement_file_bytes_max:
+        raise StatementError(path.name, 1, f"file is larger than {statement_file_bytes_max} bytes")
+    try:
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError as error:
+        raise StatementError(path.name, 1, f"not UTF-8 text ({error.reason})") from None
+    text = text.replace("\r\n", "\n")
+    for kind in importer_kinds:
+        importer = kind(bank)
+        if importer.identify(path, text[:4096]):
+            return importer.extract(path, text)
+    raise StatementError(path.name, 1, "neither MT940 nor the KSH statement CSV layout")
