@@ -1,1 +1,70 @@
-"""ledger package."""
+"""The double-entry ledger: accounts, transfers, two-phase holds, balances, audit, exports.
+
+It books transfers between accounts and knows nothing about cards or buses. Public API:
+the records and enums of `ledger.records`, the async functions of `ledger.store` (each takes
+an asyncpg connection), `check_ledger` (`ledger.audit`) and the exports (`ledger.export`).
+"""
+
+from ledger.records import (
+    Account,
+    AccountFlags,
+    AccountKind,
+    Balances,
+    BookedAccount,
+    BookedTransfer,
+    CreateAccountResult,
+    CreateTransferResult,
+    StatementLine,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+    TransferOutcome,
+    accounts_per_batch_max,
+    amount_max,
+    booked_results,
+    currency_default,
+    derive_id,
+    transfers_per_batch_max_default,
+)
+from ledger.store import (
+    account_balances,
+    account_statement,
+    close_account,
+    create_accounts,
+    create_transfers,
+    expire_pending_transfers,
+    expiry_transfer_id,
+    lookup_accounts,
+    lookup_transfers,
+)
+
+__all__ = [
+    "Account",
+    "AccountFlags",
+    "AccountKind",
+    "Balances",
+    "BookedAccount",
+    "BookedTransfer",
+    "CreateAccountResult",
+    "CreateTransferResult",
+    "StatementLine",
+    "Transfer",
+    "TransferCode",
+    "TransferFlags",
+    "TransferOutcome",
+    "account_balances",
+    "account_statement",
+    "accounts_per_batch_max",
+    "amount_max",
+    "booked_results",
+    "close_account",
+    "create_accounts",
+    "create_transfers",
+    "currency_default",
+    "derive_id",
+    "expire_pending_transfers",
+    "expiry_transfer_id",
+    "lookup_accounts",
+    "lookup_transfers",
+    "transfers_per_batch_max_default",
+]

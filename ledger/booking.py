@@ -1,0 +1,483 @@
+"""The pure step of booking a batch: given what the batch touches, decide every result.
+
+No I/O and no clock here (TigerBeetle's shape: prefetch, then a deterministic commit step):
+`decide_batch` takes the transfers, the accounts they touch, the transfers already booked
+with the same ids, the pending transfers they post or void, the time and the next sequence
+number, and returns each transfer's outcome plus the rows to write and the per-account deltas.
+The store (`ledger.store`) does the loading before and the single write after.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from ledger.records import (
+    AccountFlags,
+    Balances,
+    CreateTransferResult,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+    TransferOutcome,
+    amount_max,
+    id_max,
+    id_zero,
+    metadata_length_max,
+    reference_length_max,
+    resolve_flags,
+    two_phase_flags,
+)
+
+R = CreateTransferResult
+
+# Indexes into an account's mutable state list.
+FLAGS, CURRENCY, DEBITS_PENDING, DEBITS_POSTED, CREDITS_PENDING, CREDITS_POSTED = range(6)
+_linked = TransferFlags.linked
+_pending = TransferFlags.pending
+_post = TransferFlags.post_pending
+_void = TransferFlags.void_pending
+_force = TransferFlags.force
+_debits_limited = AccountFlags.debits_must_not_exceed_credits
+_credits_limited = AccountFlags.credits_must_not_exceed_debits
+_closed = AccountFlags.closed
+
+
+@dataclass(slots=True)
+class PendingState:
+    """A booked pending transfer and what has happened to it since."""
+
+    transfer: Transfer  # resolved: accounts, amount and code filled in
+    booked_at: datetime
+    resolution: TransferFlags = TransferFlags.none  # post_pending or void_pending once resolved
+
+
+@dataclass(frozen=True, slots=True)
+class Existing:
+    """A transfer already booked under an id the batch uses again."""
+
+    transfer: Transfer
+    sequence: int
+    booked_at: datetime
+
+
+@dataclass(slots=True)
+class Entry:
+    """A transfer this batch books, with the totals of both accounts after it."""
+
+    transfer: Transfer
+    debit_after: tuple[int, int, int, int]
+    credit_after: tuple[int, int, int, int]
+    over_limit: bool
+    sequence: int = 0
+
+
+@dataclass(slots=True)
+class BatchDecision:
+    outcomes: list[TransferOutcome]
+    entries: list[Entry]  # in booking order, sequences assigned
+    deltas: dict[uuid.UUID, list[int]] = field(default_factory=dict)  # id -> 4 total deltas
+
+
+def validate(transfer: Transfer) -> CreateTransferResult | None:
+    """Checks on the transfer alone, in the fixed order of `CreateTransferResult`."""
+    transfer_id = transfer.id
+    assert isinstance(transfer_id, uuid.UUID), "transfer ids are uuid.UUID"
+    if transfer_id == id_zero:
+        return R.id_must_not_be_zero
+    if transfer_id == id_max:
+        return R.id_must_not_be_max
+    flags = transfer.flags
+    two_phase = flags & two_phase_flags
+    if two_phase and two_phase not in (_pending, _post, _void):
+        return R.flags_are_mutually_exclusive
+    resolving = bool(two_phase & resolve_flags)
+    if resolving and flags & _force:
+        return R.flags_are_mutually_exclusive
+    debit, credit = transfer.debit_account_id, transfer.credit_account_id
+    if not resolving:
+        if debit is None or debit == id_zero:
+            return R.debit_account_id_must_not_be_zero
+        if credit is None or credit == id_zero:
+            return R.credit_account_id_must_not_be_zero
+    if debit is not None and debit == credit:
+        return R.accounts_must_be_different
+    pending_id = transfer.pending_id
+    if resolving:
+        if pending_id is None or pending_id == id_zero:
+            return R.pending_id_must_not_be_zero
+        if pending_id == transfer_id:
+            return R.pending_id_must_be_different
+    elif pending_id is not None:
+        return R.pending_id_must_be_zero
+    if transfer.timeout_s and not flags & _pending:
+        return R.timeout_reserved_for_pending_transfer
+    if transfer.timeout_s < 0:
+        return R.timeout_must_not_be_negative
+    amount = transfer.amount
+    if amount is None:
+        if not resolving:
+            return R.amount_must_be_positive
+    elif amount <= 0:
+        return R.amount_must_be_positive
+    elif amount > amount_max:
+        return R.amount_too_large
+    if transfer.code <= 0 and not (resolving and transfer.code == 0):
+        return R.code_must_be_positive
+    if transfer.terminal_id is not None or transfer.card_number is not None:
+        for reference in (transfer.terminal_id, transfer.card_number):
+            if reference is not None and len(reference) > reference_length_max:
+                return R.reference_too_long
+    for reference in (transfer.bank_reference, transfer.settlement_batch):
+        if reference is not None and len(reference) > reference_length_max:
+            return R.reference_too_long
+    if transfer.metadata is not None and len(transfer.metadata) > metadata_length_max:
+        return R.metadata_too_long
+    return None
+
+
+def compare_with_booked(transfer: Transfer, booked: Transfer) -> CreateTransferResult:
+    """`exists` when the repeat says what was booked; otherwise the first field that differs.
+    Fields a post or void may leave out (accounts, amount, code) are compared only if given.
+    """
+    if transfer.flags != booked.flags:
+        return R.exists_with_different_flags
+    if transfer.pending_id != booked.pending_id:
+        return R.exists_with_different_pending_id
+    if transfer.timeout_s != booked.timeout_s:
+        return R.exists_with_different_timeout
+    debit = transfer.debit_account_id
+    if debit is not None and debit != booked.debit_account_id:
+        return R.exists_with_different_debit_account_id
+    credit = transfer.credit_account_id
+    if credit is not None and credit != booked.credit_account_id:
+        return R.exists_with_different_credit_account_id
+    if transfer.amount is not None and transfer.amount != booked.amount:
+        return R.exists_with_different_amount
+    if transfer.code != 0 and transfer.code != booked.code:
+        return R.exists_with_different_code
+    if (
+        transfer.terminal_id != booked.terminal_id
+        or transfer.terminal_sequence != booked.terminal_sequence
+        or transfer.card_number != booked.card_number
+        or transfer.card_counter != booked.card_counter
+        or transfer.bank_reference != booked.bank_reference
+        or transfer.settlement_batch != booked.settlement_batch
+    ):
+        return R.exists_with_different_references
+    if transfer.metadata != booked.metadata:
+        return R.exists_with_different_metadata
+    return R.exists
+
+
+def _expired(pending: PendingState, now: datetime) -> bool:
+    timeout_s = pending.transfer.timeout_s
+    return timeout_s > 0 and now >= pending.booked_at + timedelta(seconds=timeout_s)
+
+
+def decide_batch(
+    transfers: list[Transfer],
+    accounts: dict[uuid.UUID, list],
+    existing: dict[uuid.UUID, Existing],
+    pendings: dict[uuid.UUID, PendingState],
+    now: datetime,
+    next_sequence: int,
+) -> BatchDecision:
+    """Decide a batch. `accounts` maps id -> [flags, currency, debits_pending, debits_posted,
+    credits_pending, credits_posted] and is updated in place to the totals after the batch.
+    `pendings` gains the pending transfers this batch creates and the resolutions it makes.
+    """
+    count = len(transfers)
+    results: list[CreateTransferResult | None] = [None] * count
+    made: list[Entry | None] = [None] * count  # the entry a created transfer became
+    entries: list[Entry | None] = []  # in order; None where a failed chain was undone
+    booked_here: dict[uuid.UUID, Entry] = {}
+    before: dict[uuid.UUID, list[int]] = {}  # account id -> its four totals before the batch
+    chain_start: int | None = None
+    # Undo log of the open chain: (account state, its four totals before), entries index,
+    # ids booked, pending resolutions made.
+    undo_accounts: list[tuple[list, tuple[int, int, int, int]]] = []
+    undo_entries_from = 0
+    undo_pending_resolved: list[PendingState] = []
+    undo_pending_created: list[uuid.UUID] = []
+    chain_failed_at: int | None = None
+
+    for index in range(count):
+        transfer = transfers[index]
+        linked = bool(transfer.flags & _linked)
+        if chain_start is None and linked:
+            chain_start = index
+            undo_accounts = []
+            undo_entries_from = len(entries)
+            undo_pending_resolved = []
+            undo_pending_created = []
+            chain_failed_at = None
+        if chain_failed_at is not None:
+            results[index] = R.linked_event_failed
+        elif linked and index == count - 1:
+            result = R.linked_event_chain_open
+            results[index] = result
+            chain_failed_at = index
+        else:
+            result = _decide_one(
+                transfer,
+                accounts,
+                existing,
+                pendings,
+                booked_here,
+                before,
+                now,
+                entries,
+                made,
+                index,
+                undo_accounts if chain_start is not None else None,
+                undo_pending_resolved,
+                undo_pending_created,
+            )
+            results[index] = result
+            if chain_start is not None and result is not R.created and result is not R.exists:
+                chain_failed_at = index
+        chain_ends = not linked or index == count - 1
+        if chain_start is not None and chain_ends:
+            if chain_failed_at is not None:
+                _undo_chain(
+                    undo_accounts,
+                    entries,
+                    undo_entries_from,
+                    booked_here,
+                    pendings,
+                    undo_pending_resolved,
+                    undo_pending_created,
+                )
+                for member in range(chain_start, index + 1):
+                    made[member] = None
+                    if member != chain_failed_at:
+                        results[member] = R.linked_event_failed
+            chain_start = None
+            chain_failed_at = None
+
+    booked_entries = [entry for entry in entries if entry is not None]
+    sequence = next_sequence
+    for entry in booked_entries:
+        entry.sequence = sequence
+        sequence += 1
+    outcomes = []
+    for index in range(count):
+        final = results[index]
+        assert final is not None
+        transfer_id = transfers[index].id
+        made_entry = made[index]
+        if final is R.created:
+            assert made_entry is not None
+            outcomes.append(
+                TransferOutcome(transfer_id, final, made_entry.sequence, now, made_entry.over_limit)
+            )
+        elif final is R.exists:
+            here = booked_here.get(transfer_id)
+            if here is not None:
+                outcomes.append(TransferOutcome(transfer_id, final, here.sequence, now))
+            else:
+                old = existing[transfer_id]
+                outcomes.append(TransferOutcome(transfer_id, final, old.sequence, old.booked_at))
+        else:
+            outcomes.append(TransferOutcome(transfer_id, final))
+    deltas = {}
+    for account_id, totals in before.items():
+        state = accounts[account_id]
+        delta = [
+            state[DEBITS_PENDING] - totals[0],
+            state[DEBITS_POSTED] - totals[1],
+            state[CREDITS_PENDING] - totals[2],
+            state[CREDITS_POSTED] - totals[3],
+        ]
+        if any(delta):
+            deltas[account_id] = delta
+    return BatchDecision(outcomes, booked_entries, deltas)
+
+
+def _undo_chain(
+    undo_accounts: list[tuple[list, tuple[int, int, int, int]]],
+    entries: list[Entry | None],
+    entries_from: int,
+    booked_here: dict[uuid.UUID, Entry],
+    pendings: dict[uuid.UUID, PendingState],
+    pending_resolved: list[PendingState],
+    pending_created: list[uuid.UUID],
+) -> None:
+    for state, totals in reversed(undo_accounts):
+        state[DEBITS_PENDING], state[DEBITS_POSTED] = totals[0], totals[1]
+        state[CREDITS_PENDING], state[CREDITS_POSTED] = totals[2], totals[3]
+    for position in range(entries_from, len(entries)):
+        entry = entries[position]
+        if entry is not None:
+            booked_here.pop(entry.transfer.id, None)
+            entries[position] = None
+    for pending in pending_resolved:
+        pending.resolution = TransferFlags.none
+    for pending_id in pending_created:
+        pendings.pop(pending_id, None)
+
+
+def _decide_one(
+    transfer: Transfer,
+    accounts: dict[uuid.UUID, list],
+    existing: dict[uuid.UUID, Existing],
+    pendings: dict[uuid.UUID, PendingState],
+    booked_here: dict[uuid.UUID, Entry],
+    before: dict[uuid.UUID, list[int]],
+    now: datetime,
+    entries: list[Entry | None],
+    made: list[Entry | None],
+    index: int,
+    undo_accounts: list[tuple[list, tuple[int, int, int, int]]] | None,
+    undo_pending_resolved: list[PendingState],
+    undo_pending_created: list[uuid.UUID],
+) -> CreateTransferResult:
+    invalid = validate(transfer)
+    if invalid is not None:
+        return invalid
+    here = booked_here.get(transfer.id)
+    if here is not None:
+        return compare_with_booked(transfer, here.transfer)
+    old = existing.get(transfer.id)
+    if old is not None:
+        return compare_with_booked(transfer, old.transfer)
+
+    flags = transfer.flags
+    pending: PendingState | None = None
+    if flags & resolve_flags:
+        assert transfer.pending_id is not None
+        pending = pendings.get(transfer.pending_id)
+        if pending is None:
+            return R.pending_transfer_not_found
+        held = pending.transfer
+        if not held.flags & _pending:
+            return R.pending_transfer_not_pending
+        debit_id = transfer.debit_account_id or held.debit_account_id
+        credit_id = transfer.credit_account_id or held.credit_account_id
+        assert debit_id is not None and credit_id is not None
+        if debit_id != held.debit_account_id:
+            return R.pending_transfer_has_different_debit_account_id
+        if credit_id != held.credit_account_id:
+            return R.pending_transfer_has_different_credit_account_id
+        if (
+            transfer.code != 0
+            and transfer.code != held.code
+            and transfer.code != TransferCode.expiry
+        ):
+            return R.pending_transfer_has_different_code
+        assert held.amount is not None
+        amount = held.amount if transfer.amount is None else transfer.amount
+        if amount > held.amount:
+            return R.exceeds_pending_transfer_amount
+        if flags & _void and amount != held.amount:
+            return R.pending_transfer_has_different_amount
+        if pending.resolution & _post:
+            return R.pending_transfer_already_posted
+        if pending.resolution & _void:
+            return R.pending_transfer_already_voided
+        expiry_void = bool(flags & _void) and transfer.code == TransferCode.expiry
+        if _expired(pending, now) and not expiry_void:
+            return R.pending_transfer_expired
+        code = transfer.code or held.code
+    else:
+        debit_id = transfer.debit_account_id
+        credit_id = transfer.credit_account_id
+        assert debit_id is not None and credit_id is not None
+        assert transfer.amount is not None
+        amount = transfer.amount
+        code = transfer.code
+
+    debit = accounts.get(debit_id)
+    if debit is None:
+        return R.debit_account_not_found
+    credit = accounts.get(credit_id)
+    if credit is None:
+        return R.credit_account_not_found
+    if debit[CURRENCY] != credit[CURRENCY]:
+        return R.accounts_must_have_the_same_currency
+    if not flags & _void:
+        if debit[FLAGS] & _closed:
+            return R.debit_account_closed
+        if credit[FLAGS] & _closed:
+            return R.credit_account_closed
+
+    # The totals after, before any limit check.
+    d_pending, d_posted = debit[DEBITS_PENDING], debit[DEBITS_POSTED]
+    c_pending, c_posted = credit[CREDITS_PENDING], credit[CREDITS_POSTED]
+    if pending is not None:
+        held_amount = pending.transfer.amount
+        assert held_amount is not None
+        d_pending -= held_amount
+        c_pending -= held_amount
+        if flags & _post:
+            d_posted += amount
+            c_posted += amount
+    elif flags & _pending:
+        d_pending += amount
+        c_pending += amount
+    else:
+        d_posted += amount
+        c_posted += amount
+    if d_pending > amount_max or d_posted > amount_max or d_pending + d_posted > amount_max:
+        return R.overflows_debits
+    if c_pending > amount_max or c_posted > amount_max or c_pending + c_posted > amount_max:
+        return R.overflows_credits
+    over_limit = False
+    if pending is None:  # posting or voiding a hold never raises what was already held
+        if debit[FLAGS] & _debits_limited and d_pending + d_posted > debit[CREDITS_POSTED]:
+            if not flags & _force:
+                return R.exceeds_credits
+            over_limit = True
+        if credit[FLAGS] & _credits_limited and c_pending + c_posted > credit[DEBITS_POSTED]:
+            if not flags & _force:
+                return R.exceeds_debits
+            over_limit = True
+
+    # Apply.
+    for account_id, state in ((debit_id, debit), (credit_id, credit)):
+        if account_id not in before:
+            before[account_id] = state[2:6]
+        if undo_accounts is not None:
+            undo_accounts.append((state, (state[2], state[3], state[4], state[5])))
+    debit[DEBITS_PENDING], debit[DEBITS_POSTED] = d_pending, d_posted
+    credit[CREDITS_PENDING], credit[CREDITS_POSTED] = c_pending, c_posted
+    if pending is not None or transfer.amount is None or transfer.code != code:
+        transfer = Transfer(
+            id=transfer.id,
+            debit_account_id=debit_id,
+            credit_account_id=credit_id,
+            amount=amount,
+            code=code,
+            flags=flags,
+            pending_id=transfer.pending_id,
+            timeout_s=transfer.timeout_s,
+            terminal_id=transfer.terminal_id,
+            terminal_sequence=transfer.terminal_sequence,
+            card_number=transfer.card_number,
+            card_counter=transfer.card_counter,
+            bank_reference=transfer.bank_reference,
+            settlement_batch=transfer.settlement_batch,
+            metadata=transfer.metadata,
+        )
+    entry = Entry(
+        transfer,
+        (debit[2], debit[3], debit[4], debit[5]),
+        (credit[2], credit[3], credit[4], credit[5]),
+        over_limit,
+    )
+    entries.append(entry)
+    booked_here[transfer.id] = entry
+    made[index] = entry
+    if pending is not None:
+        pending.resolution = flags & resolve_flags
+        undo_pending_resolved.append(pending)
+    elif flags & _pending:
+        pendings[transfer.id] = PendingState(transfer, now)
+        undo_pending_created.append(transfer.id)
+    return R.created
+
+
+def balances_of(state: list) -> Balances:
+    return Balances(state[2], state[3], state[4], state[5])

@@ -1,0 +1,534 @@
+"""Booking and reading the ledger in PostgreSQL (asyncpg).
+
+A batch of transfers is booked in one transaction, in three steps:
+1. prefetch: lock the chain head (the one row every booking batch locks first, so batches
+   apply one at a time and the hash chain has one order), then load the transfers already
+   booked under the batch's ids, the pending transfers it posts or voids, and its accounts;
+2. decide: `ledger.booking.decide_batch`, pure Python, computes every result, the rows and the
+   per-account deltas;
+3. write: COPY the new transfer rows, one UPDATE applying the per-account deltas (a hot
+   account is written once per batch, however many transfers touch it), one batch row with
+   its hash, the head moved on; then a durable commit (synchronous_commit on).
+
+Why one lock for the whole ledger rather than row locks in id order: a batch of 8,190
+transfers touches thousands of accounts; row locks taken by concurrent batches would have
+to be taken in one global order and would still serialise on every hot account (operator
+revenue is in every fare batch). One lock costs nothing extra, makes deadlocks impossible,
+gives the hash chain its order, and lets the decide step trust the totals it loaded. Batches
+are big, so the lock is held for few, long, efficient transactions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ledger.booking import Existing, PendingState, decide_batch
+from ledger.chain import batch_digest, next_chain_hash, transfer_columns
+from ledger.records import (
+    Account,
+    AccountFlags,
+    AccountKind,
+    Balances,
+    BookedAccount,
+    BookedTransfer,
+    CreateAccountResult,
+    CreateTransferResult,
+    StatementLine,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+    TransferOutcome,
+    accounts_per_batch_max,
+    derive_id,
+    id_max,
+    id_zero,
+    owner_reference_length_max,
+    resolve_flags,
+    transfers_per_batch_max_default,
+)
+
+_select_transfer_columns = ", ".join(transfer_columns)
+statement_lines_max = 10_000
+
+
+# ---------------------------------------------------------------------------- accounts
+
+
+def _validate_account(account: Account) -> CreateAccountResult | None:
+    assert isinstance(account.id, uuid.UUID), "account ids are uuid.UUID"
+    if account.id == id_zero:
+        return CreateAccountResult.id_must_not_be_zero
+    if account.id == id_max:
+        return CreateAccountResult.id_must_not_be_max
+    both = AccountFlags.debits_must_not_exceed_credits | AccountFlags.credits_must_not_exceed_debits
+    if account.flags & both == both:
+        return CreateAccountResult.flags_are_mutually_exclusive
+    if len(account.currency) != 3 or not account.currency.isalpha():
+        return CreateAccountResult.currency_must_be_three_letters
+    if len(account.owner_reference) > owner_reference_length_max:
+        return CreateAccountResult.owner_reference_too_long
+    return None
+
+
+def _compare_account(account: Account, booked: Account) -> CreateAccountResult:
+    if account.kind != booked.kind:
+        return CreateAccountResult.exists_with_different_kind
+    if account.flags != booked.flags:
+        return CreateAccountResult.exists_with_different_flags
+    if account.currency != booked.currency:
+        return CreateAccountResult.exists_with_different_currency
+    if account.owner_reference != booked.owner_reference:
+        return CreateAccountResult.exists_with_different_owner_reference
+    return CreateAccountResult.exists
+
+
+def _account_from_row(row: Any) -> Account:
+    return Account(
+        id=row["id"],
+        kind=AccountKind(row["kind"]),
+        owner_reference=row["owner_reference"],
+        flags=AccountFlags(row["flags"]),
+        currency=row["currency"],
+    )
+
+
+async def create_accounts(
+    connection: asyncpg.Connection, accounts: Sequence[Account]
+) -> list[CreateAccountResult]:
+    """Open accounts (all totals zero). A repeat with the same fields answers `exists`."""
+    if len(accounts) > accounts_per_batch_max:
+        return [CreateAccountResult.batch_too_large] * len(accounts)
+    results: list[CreateAccountResult | None] = [_validate_account(a) for a in accounts]
+    first: dict[uuid.UUID, Account] = {}
+    for index, account in enumerate(accounts):
+        if results[index] is None and account.id not in first:
+            first[account.id] = account
+    async with connection.transaction():
+        inserted = await connection.fetch(
+            """
+            insert into ledger_accounts (id, kind, currency, owner_reference, flags, created_at)
+            select id, kind, currency, owner_reference, flags, clock_timestamp()
+              from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[])
+                   as a(id, kind, currency, owner_reference, flags)
+            order by id
+            on conflict (id) do nothing
+            returning id
+            """,
+            list(first),
+            [str(a.kind) for a in first.values()],
+            [a.currency for a in first.values()],
+            [a.owner_reference for a in first.values()],
+            [int(a.flags) for a in first.values()],
+        )
+        created = {row["id"] for row in inserted}
+        others = [account_id for account_id in first if account_id not in created]
+        stored = {
+            row["id"]: _account_from_row(row)
+            for row in await connection.fetch(
+                "select * from ledger_accounts where id = any($1::uuid[])", others
+            )
+        }
+    answered: set[uuid.UUID] = set()
+    for index, account in enumerate(accounts):
+        if results[index] is not None:
+            continue
+        if account.id in created and account.id not in answered:
+            results[index] = CreateAccountResult.created
+            answered.add(account.id)
+        else:
+            booked = stored.get(account.id) or first[account.id]
+            results[index] = _compare_account(account, booked)
+    return [result for result in results if result is not None]
+
+
+def _balances(row: Any, prefix: str = "", suffix: str = "") -> Balances:
+    return Balances(
+        row[prefix + "debits_pending" + suffix],
+        row[prefix + "debits_posted" + suffix],
+        row[prefix + "credits_pending" + suffix],
+        row[prefix + "credits_posted" + suffix],
+    )
+
+
+async def lookup_accounts(
+    connection: asyncpg.Connection, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, BookedAccount]:
+    rows = await connection.fetch(
+        "select * from ledger_accounts where id = any($1::uuid[])", list(ids)
+    )
+    return {
+        row["id"]: BookedAccount(_account_from_row(row), row["created_at"], _balances(row))
+        for row in rows
+    }
+
+
+async def close_account(connection: asyncpg.Connection, account_id: uuid.UUID) -> bool:
+    """Mark an account closed: later transfers touching it are refused (voids still pass)."""
+    async with connection.transaction():
+        await connection.execute("select 1 from ledger_head for update")
+        status = await connection.execute(
+            "update ledger_accounts set flags = flags | $2 where id = $1",
+            account_id,
+            int(AccountFlags.closed),
+        )
+    return bool(status.endswith(" 1"))
+
+
+# ---------------------------------------------------------------------------- transfers
+
+
+def _transfer_from_row(row: Any) -> Transfer:
+    return Transfer(
+        id=row["id"],
+        debit_account_id=row["debit_account_id"],
+        credit_account_id=row["credit_account_id"],
+        amount=row["amount"],
+        code=row["code"],
+        flags=TransferFlags(row["flags"]),
+        pending_id=row["pending_id"],
+        timeout_s=row["timeout_s"],
+        terminal_id=row["terminal_id"],
+        terminal_sequence=row["terminal_sequence"],
+        card_number=row["card_number"],
+        card_counter=row["card_counter"],
+        bank_reference=row["bank_reference"],
+        settlement_batch=row["settlement_batch"],
+        metadata=row["metadata"],
+    )
+
+
+def _booked_from_row(row: Any) -> BookedTransfer:
+    return BookedTransfer(
+        transfer=_transfer_from_row(row),
+        sequence=row["sequence"],
+        batch_number=row["batch_number"],
+        booked_at=row["booked_at"],
+        debit_balances_after=_balances(row, "debit_", "_after"),
+        credit_balances_after=_balances(row, "credit_", "_after"),
+    )
+
+
+async def lookup_transfers(
+    connection: asyncpg.Connection, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, BookedTransfer]:
+    rows = await connection.fetch(
+        f"select {_select_transfer_columns} from ledger_transfers where id = any($1::uuid[])",
+        list(ids),
+    )
+    return {row["id"]: _booked_from_row(row) for row in rows}
+
+
+async def create_transfers(
+    connection: asyncpg.Connection,
+    transfers: Sequence[Transfer],
+    *,
+    now: datetime | None = None,
+    transfers_per_batch_max: int = transfers_per_batch_max_default,
+) -> list[TransferOutcome]:
+    """Book a batch; one outcome per transfer, in order. See `CreateTransferResult`.
+
+    `now` is the booking time (default: the database clock); booking times never go back,
+    so an earlier `now` is raised to the last batch's time. The whole batch commits in one
+    transaction; if it raises (I/O), nothing of it is booked and it can be retried as is.
+    """
+    assert transfers_per_batch_max > 0
+    if len(transfers) > transfers_per_batch_max:
+        return [
+            TransferOutcome(transfer.id, CreateTransferResult.batch_too_large)
+            for transfer in transfers
+        ]
+    if not transfers:
+        return []
+    transfers = list(transfers)
+    async with connection.transaction():
+        await connection.execute("set local synchronous_commit to on")
+        head = await connection.fetchrow(
+            "select batch_number, next_sequence, chain_hash, booked_at,"
+            " clock_timestamp() as clock from ledger_head for update"
+        )
+        booked_at = max(now or head["clock"], head["booked_at"])
+        existing, pendings = await _prefetch_transfers(connection, transfers)
+        accounts = await _prefetch_accounts(connection, transfers, pendings)
+        batch_number = head["batch_number"] + 1
+        decision = decide_batch(
+            transfers, accounts, existing, pendings, booked_at, head["next_sequence"]
+        )
+        if decision.entries:
+            await _write_batch(connection, decision, batch_number, booked_at, head["chain_hash"])
+    return decision.outcomes
+
+
+async def _prefetch_transfers(
+    connection: asyncpg.Connection, transfers: list[Transfer]
+) -> tuple[dict[uuid.UUID, Existing], dict[uuid.UUID, PendingState]]:
+    rows = await connection.fetch(
+        "select id, sequence, booked_at, debit_account_id, credit_account_id, amount, code,"
+        " flags, pending_id, timeout_s, terminal_id, terminal_sequence, card_number,"
+        " card_counter, bank_reference, settlement_batch, metadata"
+        " from ledger_transfers where id = any($1::uuid[])",
+        [transfer.id for transfer in transfers],
+    )
+    existing = {
+        row["id"]: Existing(_transfer_from_row(row), row["sequence"], row["booked_at"])
+        for row in rows
+    }
+    pending_ids = list(
+        {
+            transfer.pending_id
+            for transfer in transfers
+            if transfer.flags & resolve_flags and transfer.pending_id is not None
+        }
+    )
+    pendings: dict[uuid.UUID, PendingState] = {}
+    if pending_ids:
+        for row in await connection.fetch(
+            "select * from ledger_transfers where id = any($1::uuid[])", pending_ids
+        ):
+            pendings[row["id"]] = PendingState(_transfer_from_row(row), row["booked_at"])
+        for row in await connection.fetch(
+            "select pending_id, flags from ledger_transfers where pending_id = any($1::uuid[])",
+            pending_ids,
+        ):
+            pendings[row["pending_id"]].resolution = TransferFlags(row["flags"]) & resolve_flags
+    return existing, pendings
+
+
+async def _prefetch_accounts(
+    connection: asyncpg.Connection,
+    transfers: list[Transfer],
+    pendings: dict[uuid.UUID, PendingState],
+) -> dict[uuid.UUID, list]:
+    ids = set()
+    for transfer in transfers:
+        ids.add(transfer.debit_account_id)
+        ids.add(transfer.credit_account_id)
+    for pending in pendings.values():
+        ids.add(pending.transfer.debit_account_id)
+        ids.add(pending.transfer.credit_account_id)
+    ids.discard(None)
+    rows = await connection.fetch(
+        "select id, flags, currency, debits_pending, debits_posted, credits_pending,"
+        " credits_posted from ledger_accounts where id = any($1::uuid[])",
+        list(ids),
+    )
+    return {row[0]: list(row[1:]) for row in rows}
+
+
+async def _write_batch(
+    connection: asyncpg.Connection,
+    decision: Any,
+    batch_number: int,
+    booked_at: datetime,
+    previous_chain_hash: bytes,
+) -> None:
+    rows = [
+        (
+            entry.sequence,
+            transfer.id,
+            batch_number,
+            booked_at,
+            transfer.debit_account_id,
+            transfer.credit_account_id,
+            transfer.amount,
+            transfer.code,
+            int(transfer.flags),
+            transfer.pending_id,
+            transfer.timeout_s,
+            transfer.terminal_id,
+            transfer.terminal_sequence,
+            transfer.card_number,
+            transfer.card_counter,
+            transfer.bank_reference,
+            transfer.settlement_batch,
+            transfer.metadata,
+            *entry.debit_after,
+            *entry.credit_after,
+        )
+        for entry in decision.entries
+        for transfer in (entry.transfer,)
+    ]
+    digest = batch_digest(rows)
+    chain_hash = next_chain_hash(previous_chain_hash, digest)
+    await connection.copy_records_to_table(
+        "ledger_transfers", records=rows, columns=transfer_columns
+    )
+    deltas = decision.deltas
+    ordered = sorted(deltas)
+    status = await connection.execute(
+        """
+        update ledger_accounts a
+           set debits_pending = a.debits_pending + d.debits_pending,
+               debits_posted = a.debits_posted + d.debits_posted,
+               credits_pending = a.credits_pending + d.credits_pending,
+               credits_posted = a.credits_posted + d.credits_posted
+          from unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+               as d(id, debits_pending, debits_posted, credits_pending, credits_posted)
+         where a.id = d.id
+        """,
+        ordered,
+        [deltas[i][0] for i in ordered],
+        [deltas[i][1] for i in ordered],
+        [deltas[i][2] for i in ordered],
+        [deltas[i][3] for i in ordered],
+    )
+    assert status == f"UPDATE {len(ordered)}", status
+    first_sequence = rows[0][0]
+    last_sequence = rows[-1][0]
+    await connection.execute(
+        """
+        with batch as (
+            insert into ledger_batches (batch_number, first_sequence, last_sequence,
+                                        transfer_count, booked_at, digest, chain_hash)
+            values ($1, $2, $3, $4, $5, $6, $7)
+        )
+        update ledger_head set batch_number = $1, next_sequence = $3 + 1, chain_hash = $7,
+                               booked_at = $5
+        """,
+        batch_number,
+        first_sequence,
+        last_sequence,
+        len(rows),
+        booked_at,
+        digest,
+        chain_hash,
+    )
+
+
+async def expire_pending_transfers(
+    connection: asyncpg.Connection,
+    *,
+    now: datetime | None = None,
+    transfers_per_batch_max: int = transfers_per_batch_max_default,
+) -> list[TransferOutcome]:
+    """Void the pending transfers whose timeout has passed (one batch of at most the limit).
+
+    Each void has code `expiry` and the id `derive_id("ledger-expiry", pending id)`, so
+    running this twice, or from two processes, books each expiry once.
+    """
+    if now is None:
+        now = await connection.fetchval(
+            "select greatest(clock_timestamp(), booked_at) from ledger_head"
+        )
+    rows = await connection.fetch(
+        """
+        select t.id from ledger_transfers t
+         where t.flags & $2 <> 0 and t.timeout_s > 0
+           and t.booked_at + t.timeout_s * interval '1 second' <= $1
+           and not exists (select 1 from ledger_transfers r where r.pending_id = t.id)
+         order by t.sequence
+         limit $3
+        """,
+        now,
+        int(TransferFlags.pending),
+        transfers_per_batch_max,
+    )
+    voids = [
+        Transfer(
+            id=expiry_transfer_id(row["id"]),
+            debit_account_id=None,
+            credit_account_id=None,
+            amount=None,
+            code=TransferCode.expiry,
+            flags=TransferFlags.void_pending,
+            pending_id=row["id"],
+        )
+        for row in rows
+    ]
+    if not voids:
+        return []
+    return await create_transfers(connection, voids, now=now)
+
+
+def expiry_transfer_id(pending_id: uuid.UUID) -> uuid.UUID:
+    return derive_id("ledger-expiry", pending_id.bytes)
+
+
+# ---------------------------------------------------------------------------- balances
+
+
+async def account_balances(
+    connection: asyncpg.Connection, account_id: uuid.UUID, *, at: datetime | None = None
+) -> Balances | None:
+    """The account's totals now (`at` None), or as they were after the last transfer booked
+    at or before `at` (zero before its first). None when the account does not exist."""
+    if at is None:
+        row = await connection.fetchrow("select * from ledger_accounts where id = $1", account_id)
+        return None if row is None else _balances(row)
+    if not await connection.fetchval(
+        "select exists (select 1 from ledger_accounts where id = $1)", account_id
+    ):
+        return None
+    row = await connection.fetchrow(
+        """
+        select * from (
+            (select sequence, debit_debits_pending_after as debits_pending,
+                    debit_debits_posted_after as debits_posted,
+                    debit_credits_pending_after as credits_pending,
+                    debit_credits_posted_after as credits_posted
+               from ledger_transfers where debit_account_id = $1 and booked_at <= $2
+              order by sequence desc limit 1)
+            union all
+            (select sequence, credit_debits_pending_after, credit_debits_posted_after,
+                    credit_credits_pending_after, credit_credits_posted_after
+               from ledger_transfers where credit_account_id = $1 and booked_at <= $2
+              order by sequence desc limit 1)
+        ) latest order by sequence desc limit 1
+        """,
+        account_id,
+        at,
+    )
+    return Balances() if row is None else _balances(row)
+
+
+async def account_statement(
+    connection: asyncpg.Connection,
+    account_id: uuid.UUID,
+    *,
+    after_sequence: int = 0,
+    limit: int = 1000,
+) -> list[StatementLine]:
+    """The account's transfers after `after_sequence`, oldest first, with its totals after
+    each; page by passing the last line's sequence."""
+    assert 0 < limit <= statement_lines_max
+    rows = await connection.fetch(
+        """
+        select * from (
+            (select sequence, booked_at, id, code, flags, amount, 'debit' as side,
+                    credit_account_id as other_account_id,
+                    debit_debits_pending_after as debits_pending,
+                    debit_debits_posted_after as debits_posted,
+                    debit_credits_pending_after as credits_pending,
+                    debit_credits_posted_after as credits_posted
+               from ledger_transfers where debit_account_id = $1 and sequence > $2
+              order by sequence limit $3)
+            union all
+            (select sequence, booked_at, id, code, flags, amount, 'credit', debit_account_id,
+                    credit_debits_pending_after, credit_debits_posted_after,
+                    credit_credits_pending_after, credit_credits_posted_after
+               from ledger_transfers where credit_account_id = $1 and sequence > $2
+              order by sequence limit $3)
+        ) lines order by sequence limit $3
+        """,
+        account_id,
+        after_sequence,
+        limit,
+    )
+    return [
+        StatementLine(
+            sequence=row["sequence"],
+            booked_at=row["booked_at"],
+            transfer_id=row["id"],
+            code=row["code"],
+            flags=TransferFlags(row["flags"]),
+            amount=row["amount"],
+            side=row["side"],
+            other_account_id=row["other_account_id"],
+            balances_after=_balances(row),
+        )
+        for row in rows
+    ]

@@ -1,0 +1,323 @@
+"""Booking, idempotency, bad input, two-phase transfers and balances, case by case."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from ledger import (
+    Account,
+    AccountFlags,
+    AccountKind,
+    Balances,
+    CreateAccountResult,
+    CreateTransferResult,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+    account_balances,
+    account_statement,
+    close_account,
+    create_accounts,
+    create_transfers,
+    derive_id,
+    expire_pending_transfers,
+    lookup_accounts,
+    lookup_transfers,
+)
+
+R = CreateTransferResult
+start = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+purse_id = derive_id("test-account", "purse")
+other_purse_id = derive_id("test-account", "other purse")
+bank_id = derive_id("test-account", "bank")
+revenue_id = derive_id("test-account", "revenue")
+limited = AccountFlags.debits_must_not_exceed_credits
+
+
+def transfer(
+    name: str, debit: uuid.UUID | None, credit: uuid.UUID | None, amount: int | None, **fields
+) -> Transfer:
+    resolving = fields.get("flags", TransferFlags.none) & (
+        TransferFlags.post_pending | TransferFlags.void_pending
+    )
+    return Transfer(
+        id=derive_id("test-transfer", name),
+        debit_account_id=debit,
+        credit_account_id=credit,
+        amount=amount,
+        code=fields.pop("code", 0 if resolving else TransferCode.fare),
+        **fields,
+    )
+
+
+async def open_books(connection: asyncpg.Connection) -> None:
+    results = await create_accounts(
+        connection,
+        [
+            Account(purse_id, AccountKind.card_purse, "card-1", limited),
+            Account(other_purse_id, AccountKind.card_purse, "card-2", limited),
+            Account(bank_id, AccountKind.bank_clearing, "bank-mandiri"),
+            Account(revenue_id, AccountKind.operator_revenue, "trans-semarang"),
+        ],
+    )
+    assert results == [CreateAccountResult.created] * 4
+
+
+async def results_of(connection, transfers, **options) -> list[CreateTransferResult]:
+    return [outcome.result for outcome in await create_transfers(connection, transfers, **options)]
+
+
+async def test_accounts_are_created_once_and_compared_on_repeat(connection) -> None:
+    await open_books(connection)
+    results = await create_accounts(
+        connection,
+        [
+            Account(purse_id, AccountKind.card_purse, "card-1", limited),
+            Account(purse_id, AccountKind.suspense, "card-1", limited),
+            Account(bank_id, AccountKind.bank_clearing, "bank-bca"),
+            Account(uuid.UUID(int=0), AccountKind.suspense),
+            Account(
+                derive_id("x"),
+                AccountKind.suspense,
+                flags=limited | AccountFlags.credits_must_not_exceed_debits,
+            ),
+            Account(derive_id("y"), AccountKind.suspense, currency="RUPIAH"),
+        ],
+    )
+    assert results == [
+        CreateAccountResult.exists,
+        CreateAccountResult.exists_with_different_kind,
+        CreateAccountResult.exists_with_different_owner_reference,
+        CreateAccountResult.id_must_not_be_zero,
+        CreateAccountResult.flags_are_mutually_exclusive,
+        CreateAccountResult.currency_must_be_three_letters,
+    ]
+    found = await lookup_accounts(connection, [purse_id, derive_id("x")])
+    assert list(found) == [purse_id]
+    assert found[purse_id].balances == Balances()
+
+
+async def test_a_repeat_never_books_twice(connection) -> None:
+    await open_books(connection)
+    top_up = transfer("top-up", bank_id, purse_id, 50_000, code=TransferCode.top_up)
+    fare = transfer("fare", purse_id, revenue_id, 3_500, card_number="6032", card_counter=7)
+    first = await create_transfers(connection, [top_up, fare, fare], now=start)
+    assert [o.result for o in first] == [R.created, R.created, R.exists]
+    assert first[2].sequence == first[1].sequence == 2
+    again = await create_transfers(
+        connection,
+        [
+            fare,
+            Transfer(**{**_fields(fare), "amount": 3_600}),
+            Transfer(**{**_fields(fare), "card_counter": 8}),
+        ],
+        now=start + timedelta(seconds=1),
+    )
+    assert [o.result for o in again] == [
+        R.exists,
+        R.exists_with_different_amount,
+        R.exists_with_different_references,
+    ]
+    assert again[0].sequence == 2
+    assert again[0].booked_at == start
+    purse = await account_balances(connection, purse_id)
+    assert purse == Balances(0, 3_500, 0, 50_000)
+    booked = await lookup_transfers(connection, [fare.id])
+    assert booked[fare.id].transfer == fare
+    assert booked[fare.id].debit_balances_after == Balances(0, 3_500, 0, 50_000)
+
+
+def _fields(record: Transfer) -> dict:
+    return {name: getattr(record, name) for name in record.__slots__}
+
+
+async def test_bad_input_gets_precise_results_and_books_nothing(connection) -> None:
+    await open_books(connection)
+    unknown = derive_id("test-account", "unknown")
+    cases = [
+        (transfer("zero", bank_id, purse_id, 0), R.amount_must_be_positive),
+        (transfer("negative", bank_id, purse_id, -5), R.amount_must_be_positive),
+        (transfer("same", bank_id, bank_id, 5), R.accounts_must_be_different),
+        (transfer("unknown-debit", unknown, purse_id, 5), R.debit_account_not_found),
+        (transfer("unknown-credit", bank_id, unknown, 5), R.credit_account_not_found),
+        (Transfer(uuid.UUID(int=0), bank_id, purse_id, 5, 1), R.id_must_not_be_zero),
+        (Transfer(uuid.UUID(int=2**128 - 1), bank_id, purse_id, 5, 1), R.id_must_not_be_max),
+        (transfer("no-debit", None, purse_id, 5), R.debit_account_id_must_not_be_zero),
+        (
+            transfer("zero-credit", bank_id, uuid.UUID(int=0), 5),
+            R.credit_account_id_must_not_be_zero,
+        ),
+        (transfer("code", bank_id, purse_id, 5, code=0), R.code_must_be_positive),
+        (transfer("huge", bank_id, purse_id, 2**63), R.amount_too_large),
+        (transfer("overdraft", purse_id, revenue_id, 1), R.exceeds_credits),
+        (
+            transfer("timeout", bank_id, purse_id, 5, timeout_s=5),
+            R.timeout_reserved_for_pending_transfer,
+        ),
+        (
+            transfer(
+                "flags",
+                bank_id,
+                purse_id,
+                5,
+                flags=TransferFlags.pending | TransferFlags.void_pending,
+            ),
+            R.flags_are_mutually_exclusive,
+        ),
+        (
+            transfer(
+                "post-unknown",
+                None,
+                None,
+                None,
+                flags=TransferFlags.post_pending,
+                pending_id=unknown,
+            ),
+            R.pending_transfer_not_found,
+        ),
+        (
+            transfer("post-nothing", None, None, None, flags=TransferFlags.post_pending),
+            R.pending_id_must_not_be_zero,
+        ),
+        (transfer("ref", bank_id, purse_id, 5, terminal_id="t" * 101), R.reference_too_long),
+    ]
+    assert await results_of(connection, [case for case, _ in cases], now=start) == [
+        expected for _, expected in cases
+    ]
+    oversized = [transfer(f"big-{n}", bank_id, purse_id, 1) for n in range(5)]
+    assert (
+        await results_of(connection, oversized, transfers_per_batch_max=4)
+        == [R.batch_too_large] * 5
+    )
+    assert await connection.fetchval("select count(*) from ledger_transfers") == 0
+    assert await connection.fetchval("select count(*) from ledger_batches") == 0
+    for account_id in (purse_id, bank_id, revenue_id):
+        assert await account_balances(connection, account_id) == Balances()
+
+
+async def test_force_books_past_the_limit_and_says_so(connection) -> None:
+    await open_books(connection)
+    tap = transfer("offline-tap", purse_id, revenue_id, 3_500, flags=TransferFlags.force)
+    [outcome] = await create_transfers(connection, [tap], now=start)
+    assert outcome.result is R.created
+    assert outcome.over_limit
+    assert (await account_balances(connection, purse_id)).credit_balance == -3_500
+
+
+async def test_linked_group_books_all_or_none(connection) -> None:
+    await open_books(connection)
+    await create_transfers(connection, [transfer("top-up", bank_id, purse_id, 10_000)], now=start)
+    sale = transfer("sale", purse_id, revenue_id, 6_000, flags=TransferFlags.linked)
+    fee = transfer("fee", revenue_id, bank_id, 100, flags=TransferFlags.linked)
+    second_sale = transfer("second-sale", purse_id, revenue_id, 6_000)  # fails: funds
+    lone = transfer("lone", bank_id, other_purse_id, 700)
+    results = await results_of(connection, [sale, fee, second_sale, lone], now=start)
+    assert results == [R.linked_event_failed, R.linked_event_failed, R.exceeds_credits, R.created]
+    assert (await account_balances(connection, purse_id)).credit_balance == 10_000
+    fee_closed = transfer("fee", revenue_id, bank_id, 100)
+    ok = await results_of(connection, [sale, fee_closed], now=start)
+    assert ok == [R.created, R.created]
+    assert await results_of(connection, [sale, fee_closed], now=start) == [R.exists, R.exists]
+    chain_open = [transfer("open", bank_id, purse_id, 5, flags=TransferFlags.linked)]
+    assert await results_of(connection, chain_open) == [R.linked_event_chain_open]
+    assert (await account_balances(connection, purse_id)).credit_balance == 4_000
+
+
+async def test_two_phase_hold_post_void_and_expiry(connection) -> None:
+    await open_books(connection)
+    pending = TransferFlags.pending
+    hold = transfer(
+        "hold",
+        bank_id,
+        purse_id,
+        20_000,
+        flags=pending,
+        timeout_s=60,
+        code=TransferCode.pending_top_up,
+    )
+    hold2 = transfer("hold2", bank_id, purse_id, 5_000, flags=pending)
+    hold3 = transfer("hold3", bank_id, other_purse_id, 1_000, flags=pending, timeout_s=10)
+    assert await results_of(connection, [hold, hold2, hold3], now=start) == [R.created] * 3
+    assert await account_balances(connection, purse_id) == Balances(0, 0, 25_000, 0)
+    post = transfer(
+        "post", None, None, 15_000, flags=TransferFlags.post_pending, pending_id=hold.id, code=0
+    )
+    post_again = transfer(
+        "post-again", None, None, None, flags=TransferFlags.post_pending, pending_id=hold.id
+    )
+    void2 = transfer(
+        "void2", None, None, None, flags=TransferFlags.void_pending, pending_id=hold2.id
+    )
+    too_much = transfer(
+        "too-much", None, None, 9_000, flags=TransferFlags.post_pending, pending_id=hold3.id
+    )
+    results = await results_of(
+        connection, [post, post_again, void2, too_much], now=start + timedelta(seconds=5)
+    )
+    assert results == [
+        R.created,
+        R.pending_transfer_already_posted,
+        R.created,
+        R.exceeds_pending_transfer_amount,
+    ]
+    assert await account_balances(connection, purse_id) == Balances(0, 0, 0, 15_000)
+    assert (await lookup_transfers(connection, [post.id]))[
+        post.id
+    ].transfer.code == TransferCode.pending_top_up
+    late = transfer("late", None, None, None, flags=TransferFlags.post_pending, pending_id=hold3.id)
+    assert await results_of(connection, [late], now=start + timedelta(seconds=11)) == [
+        R.pending_transfer_expired
+    ]
+    expired = await expire_pending_transfers(connection, now=start + timedelta(seconds=12))
+    assert [o.result for o in expired] == [R.created]
+    assert await expire_pending_transfers(connection, now=start + timedelta(seconds=13)) == []
+    assert await account_balances(connection, other_purse_id) == Balances()
+    assert await account_balances(connection, bank_id) == Balances(0, 15_000, 0, 0)
+
+
+async def test_balance_at_a_time_and_statement(connection) -> None:
+    await open_books(connection)
+    for minute in range(3):
+        await create_transfers(
+            connection,
+            [transfer(f"top-up-{minute}", bank_id, purse_id, 1_000 * (minute + 1))],
+            now=start + timedelta(minutes=minute),
+        )
+    at = start + timedelta(minutes=1, seconds=30)
+    assert (await account_balances(connection, purse_id, at=at)).credit_balance == 3_000
+    assert await account_balances(connection, purse_id, at=start - timedelta(days=1)) == Balances()
+    assert await account_balances(connection, derive_id("nobody"), at=start) is None
+    lines = await account_statement(connection, purse_id)
+    assert [line.balances_after.credit_balance for line in lines] == [1_000, 3_000, 6_000]
+    assert [line.side for line in lines] == ["credit"] * 3
+    bank_lines = await account_statement(connection, bank_id, after_sequence=1)
+    assert [line.balances_after.debit_balance for line in bank_lines] == [3_000, 6_000]
+
+
+async def test_closed_account_refuses_transfers(connection) -> None:
+    await open_books(connection)
+    hold = transfer("hold", bank_id, purse_id, 500, flags=TransferFlags.pending)
+    await create_transfers(connection, [hold], now=start)
+    assert await close_account(connection, purse_id)
+    void = transfer("void", None, None, None, flags=TransferFlags.void_pending, pending_id=hold.id)
+    results = await results_of(connection, [transfer("after", bank_id, purse_id, 5), void])
+    assert results == [R.credit_account_closed, R.created]
+
+
+async def test_the_database_refuses_unbalanced_or_changed_books(connection) -> None:
+    await open_books(connection)
+    await create_transfers(connection, [transfer("top-up", bank_id, purse_id, 500)], now=start)
+    with pytest.raises(asyncpg.CheckViolationError, match="do not balance"):
+        await connection.execute(
+            "update ledger_accounts set credits_posted = credits_posted + 1 where id = $1",
+            purse_id,
+        )
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="immutable"):
+        await connection.execute("update ledger_transfers set amount = 1")
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="immutable"):
+        await connection.execute("delete from ledger_transfers")
+    assert await account_balances(connection, purse_id) == Balances(0, 0, 0, 500)
