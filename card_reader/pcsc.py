@@ -231,12 +231,9 @@ class PcscReader:
             (command.hex().upper(), answer.hex().upper()) for command, answer in self._transcript
         )
 
-    def disconnect(self) -> None:
-        """Let go of the card (reset, so the next user starts from a fresh session)."""
-        self._drop_card(scard.SCARD_RESET_CARD)
-
     def close(self) -> None:
-        self._drop_card(scard.SCARD_RESET_CARD)
+        # Leave the card as it is: resetting a card that has just left the field (vpcd) wedges
+        # pcscd's view of the slot, and the next application selects afresh anyway.
         self._drop_context()
 
     def __enter__(self) -> PcscReader:
@@ -300,8 +297,8 @@ class PcscReader:
 
     def _card_still_there(self) -> bool:
         assert self._card is not None
-        result, _, state, _, _ = scard.SCardStatus(self._card)
-        if result == scard.SCARD_S_SUCCESS and state & scard.SCARD_PRESENT:
+        result, _, _, _, _ = scard.SCardStatus(self._card)
+        if result == scard.SCARD_S_SUCCESS:  # a removed or reset card fails here
             return True
         self._drop_card(scard.SCARD_LEAVE_CARD)
         if result in reader_failures:
