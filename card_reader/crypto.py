@@ -171,7 +171,9 @@ class Ev1Session:
         if not cipher or len(cipher) % block_bytes:
             raise IntegrityError(f"cryptogram length {len(cipher)} is not a multiple of 16")
         plain = self.decrypt(cipher)
-        for data_length in range(len(plain) - 4, max(len(plain) - 4 - block_bytes, -1), -1):
+        # Shortest first: CRC32 without final XOR has a zero residue, so `data ‖ CRC ‖ zeros`
+        # also "verifies" at every longer cut.
+        for data_length in range(max(len(plain) - 4 - block_bytes + 1, 0), len(plain) - 3):
             data = plain[:data_length]
             crc = plain[data_length : data_length + 4]
             padding = plain[data_length + 4 :]

@@ -30,7 +30,6 @@ holds its committed state only, and `process` raises `CardPowerLost`.
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import time
@@ -50,6 +49,7 @@ from card_reader.apdu import (
     unwrap_command,
     wrap_response,
 )
+from card_reader.desfire_files import AccessRights, CommMode, FileType, free_access, no_access
 from card_reader.port import CardError
 
 desfire_atr = bytes.fromhex("3B8180018080")
@@ -59,8 +59,6 @@ card_memory_bytes = 8192  # EV2 8K
 applications_max = 28
 application_keys_max = 14
 file_number_max = 31
-free_access = 0xE
-no_access = 0xF
 picc_aid = 0
 factory_picc_key_settings = 0x0F
 version_hardware = bytes.fromhex(
@@ -77,39 +75,6 @@ class CardPoweredOff(Exception):
 
 class CardPowerLost(CardPoweredOff):
     """Injected power loss: this exchange's answer never reached the reader."""
-
-
-class CommMode(enum.IntEnum):
-    PLAIN = 0x00
-    MAC = 0x01
-    FULL = 0x03
-
-
-class FileType(enum.IntEnum):
-    STANDARD_DATA = 0x00
-    BACKUP_DATA = 0x01
-    VALUE = 0x02
-    LINEAR_RECORD = 0x03
-    CYCLIC_RECORD = 0x04
-
-
-@dataclass(frozen=True, slots=True)
-class AccessRights:
-    """Key numbers (0..13), 0xE free, 0xF never. Wire form: LE16 of R<<12 | W<<8 | RW<<4 | Chg."""
-
-    read: int
-    write: int
-    read_write: int
-    change: int
-
-    def to_bytes(self) -> bytes:
-        value = self.read << 12 | self.write << 8 | self.read_write << 4 | self.change
-        return value.to_bytes(2, "little")
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> AccessRights:
-        value = int.from_bytes(raw, "little")
-        return cls(value >> 12 & 0xF, value >> 8 & 0xF, value >> 4 & 0xF, value & 0xF)
 
 
 class _Fail(Exception):
