@@ -1,0 +1,555 @@
+"""Deciding fares: `decide` for one tap-on, `price_journey` for a complete journey.
+
+Pure: no I/O, no clock, no datetime. Both APIs run the same leg step (`_step`) over a
+`CardState`, so they agree by construction on everything the card carries; what differs is
+only what each knows. A journey knows where each leg ends and when it arrives; a tap-on does
+not, so for `decide` the destination is unknown (only rules with an empty `to_area_id` can
+match) and the leg's arrival is its tap time.
+
+Semantics (GTFS-Fares v2 as in reference/fares.md, with our choices where the spec is silent):
+- Leg rules: the two empty-value regimes, keyed on the presence of the `rule_priority` column.
+  A rule whose product the rider cannot buy (category/medium) does not match; among what is
+  left the highest priority wins, then the cheapest product for the rider (ties: file order).
+- Timeframes: local calendar date of the event, start inclusive, end exclusive.
+- Join rules make an effective fare leg; a joined leg pays the difference between the
+  effective leg's product and what the effective leg's product was before it joined.
+  Joins are considered only within `join_window_s` of the effective leg's start.
+- Transfer rules are directional; for from == to, the minimum transfer_count >= the current
+  count wins (-1 = no limit); duration_limit is measured from the first leg of the chain and
+  a transfer exactly at the limit is still within it. Type 0 pays AB, type 1 pays AB + B,
+  type 2 pays AB - A for the first transfer and BC for later ones (the spec's S + BC).
+- Without negative products in the tariff, a leg never charges below 0 (a join or type 2
+  transfer that would lower what was paid charges 0: a validator cannot credit the card).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+from bus_terminals.fare.model import (
+    CapSlot,
+    CardState,
+    FareDecision,
+    FareOutcome,
+    JourneyPrice,
+    Leg,
+    LegPrice,
+    Tap,
+    blank_cap_slot,
+    blank_card_state,
+    no_index,
+)
+from bus_terminals.fare.tariff import (
+    LegMatch,
+    LegRule,
+    Tariff,
+    TransferRule,
+    any_index,
+    leg_price_memo_entries_max,
+    seconds_per_day,
+)
+
+#: Legs join into one effective fare leg only if the effective leg started less than this
+#: long ago (the card keeps the start as a 16-bit delta).
+join_window_s = 0xFFFF
+#: The card keeps the transfer count in 4 bits.
+transfer_count_saturated = 15
+
+
+def _in_timeframe(tariff: Tariff, timeframe: int, day: int, second_of_day: int) -> bool:
+    spans = tariff.timeframe_days[timeframe].get(day)
+    if spans is None:
+        return False
+    return any(start <= second_of_day < end for start, end in spans)
+
+
+def _match_leg_uncached(
+    tariff: Tariff,
+    network: int,
+    from_stop: int,
+    to_stop: int,
+    departure_local_s: int,
+    arrival_local_s: int,
+    category: int,
+    medium: int,
+) -> LegMatch | None:
+    departure_day, departure_second = divmod(departure_local_s, seconds_per_day)
+    arrival_day, arrival_second = divmod(arrival_local_s, seconds_per_day)
+    matched: list[LegRule] = []
+    rules_by_key = tariff.leg_rules
+    for network_key in tariff.network_keys[network]:
+        for from_key in tariff.from_area_keys[from_stop]:
+            for to_key in tariff.to_area_keys[to_stop]:
+                rules = rules_by_key.get((network_key, from_key, to_key))
+                if rules is None:
+                    continue
+                for rule in rules:
+                    if rule.from_timeframe_index != any_index and not _in_timeframe(
+                        tariff, rule.from_timeframe_index, departure_day, departure_second
+                    ):
+                        continue
+                    if rule.to_timeframe_index != any_index and not _in_timeframe(
+                        tariff, rule.to_timeframe_index, arrival_day, arrival_second
+                    ):
+                        continue
+                    if (rule.product_index, category, medium) in tariff.product_price:
+                        matched.append(rule)
+    if not matched:
+        return None
+    if tariff.priority_regime:
+        top = max(rule.priority for rule in matched)
+        matched = [rule for rule in matched if rule.priority == top]
+    priced = sorted(
+        ((tariff.product_price[(rule.product_index, category, medium)], rule.order, rule))
+        for rule in matched
+    )
+    amount, _, best = priced[0]
+    candidates: list[tuple[int, int]] = []
+    for candidate_amount, _, rule in priced:
+        if all(product != rule.product_index for product, _ in candidates):
+            candidates.append((rule.product_index, candidate_amount))
+    return LegMatch(amount, best.product_index, best, tuple(candidates))
+
+
+def _match_leg(
+    tariff: Tariff,
+    network: int,
+    from_stop: int,
+    to_stop: int,
+    departure_local_s: int,
+    arrival_local_s: int,
+    category: int,
+    medium: int,
+) -> LegMatch | None:
+    """The cheapest product for this leg and rider, memoised on what the answer depends on."""
+    if tariff.uses_timeframes:
+        bounds = tariff.timeframe_bounds_s
+        departure_day = departure_local_s // seconds_per_day
+        arrival_day = arrival_local_s // seconds_per_day
+        key: tuple[int, ...] = (
+            network,
+            from_stop,
+            to_stop,
+            category,
+            medium,
+            departure_day,
+            bisect.bisect_right(bounds, departure_local_s - departure_day * seconds_per_day),
+            arrival_day,
+            bisect.bisect_right(bounds, arrival_local_s - arrival_day * seconds_per_day),
+        )
+    else:
+        key = (network, from_stop, to_stop, category, medium)
+    memo = tariff.leg_memo
+    try:
+        return memo[key]
+    except KeyError:
+        pass
+    match = _match_leg_uncached(
+        tariff,
+        network,
+        from_stop,
+        to_stop,
+        departure_local_s,
+        arrival_local_s,
+        category,
+        medium,
+    )
+    if len(memo) >= leg_price_memo_entries_max:
+        memo.clear()
+    memo[key] = match
+    return match
+
+
+def _joins(tariff: Tariff, state: CardState, network: int, from_stop: int, time_s: int) -> bool:
+    """Does a leg boarding at `from_stop` on `network` join the previous one (join rules)?"""
+    if time_s - state.effective_start_s >= join_window_s:
+        return False
+    candidates = tariff.join_rules.get((state.last_network_index, network))
+    if candidates is None:
+        return False
+    stations = tariff.stop_station
+    previous_stop = state.last_to_stop_index
+    previous = stations[previous_stop] if previous_stop != no_index else no_index
+    boarding = stations[from_stop] if from_stop != no_index else no_index
+    for from_station, to_station in candidates:
+        if from_station == any_index:
+            # Same station required; an unknown end (tap-on only) cannot refute it.
+            if no_index in (previous, boarding) or previous == boarding:
+                return True
+        elif previous == from_station and boarding == to_station:
+            return True
+    return False
+
+
+def _elapsed_s(
+    rule: TransferRule,
+    anchor_departure_s: int,
+    anchor_arrival_s: int,
+    departure_s: int,
+    arrival_s: int,
+) -> int:
+    kind = rule.duration_limit_type
+    if kind == 0:
+        return arrival_s - anchor_departure_s
+    if kind == 1:
+        return departure_s - anchor_departure_s
+    if kind == 2:
+        return departure_s - anchor_arrival_s
+    return arrival_s - anchor_arrival_s
+
+
+class _Step:
+    """What one leg costs before passes and caps, and the card state after it."""
+
+    __slots__ = ("amount", "joined", "match", "state", "transfer")
+
+    def __init__(
+        self,
+        amount: int,
+        state: CardState,
+        match: LegMatch,
+        transfer: TransferRule | None,
+        joined: bool,
+    ) -> None:
+        self.amount = amount
+        self.state = state
+        self.match = match
+        self.transfer = transfer
+        self.joined = joined
+
+
+def _step(
+    tariff: Tariff,
+    state: CardState,
+    network: int,
+    from_stop: int,
+    to_stop: int,
+    departure_s: int,
+    arrival_s: int,
+    category: int,
+    medium: int,
+) -> _Step | None:
+    local = tariff.local_seconds
+    has_previous = state.has_leg and state.tariff_tag == tariff.tag
+    if has_previous and _joins(tariff, state, network, from_stop, departure_s):
+        mixed = state.effective_network_mixed or state.last_network_index != network
+        match = _match_leg(
+            tariff,
+            no_index if mixed else network,
+            state.effective_from_stop_index,
+            to_stop,
+            local(state.effective_start_s),
+            local(arrival_s),
+            category,
+            medium,
+        )
+        if match is None:
+            return None
+        amount = match.amount - state.effective_product_amount
+        if amount < 0 and not tariff.has_negative_products:
+            amount = 0
+        new_state = state._replace(
+            last_time_s=arrival_s,
+            effective_network_mixed=mixed,
+            effective_group_index=match.rule.group_index,
+            effective_product_amount=match.amount,
+            effective_charged_amount=state.effective_charged_amount + amount,
+            last_network_index=network,
+            last_to_stop_index=to_stop,
+        )
+        return _Step(amount, new_state, match, None, True)
+
+    match = _match_leg(
+        tariff, network, from_stop, to_stop, local(departure_s), local(arrival_s), category, medium
+    )
+    if match is None:
+        return None
+    leg_amount = match.amount
+    amount = leg_amount
+    chosen: TransferRule | None = None
+    chain_rule = no_index
+    chain_count = 0
+    chain_departure_s = departure_s
+    chain_arrival_s = arrival_s
+    if has_previous:
+        key = (
+            tariff.from_group_keys[state.effective_group_index],
+            tariff.to_group_keys[match.rule.group_index],
+        )
+        rules = tariff.transfer_rules.get(key)
+        if rules is not None:
+            continuing = (
+                state.chain_rule_index != no_index
+                and tariff.transfer_rule_list[state.chain_rule_index].key == key
+            )
+            if continuing:
+                count = min(state.chain_transfer_count + 1, transfer_count_saturated)
+                anchor_departure_s = state.chain_departure_s
+                anchor_arrival_s = state.chain_arrival_s
+            else:
+                count = 1
+                anchor_departure_s = state.effective_start_s
+                anchor_arrival_s = state.last_time_s
+            for rule in rules:
+                limit_count = rule.transfer_count
+                if limit_count is not None and limit_count != -1 and limit_count < count:
+                    continue
+                limit_s = rule.duration_limit_s
+                if limit_s is not None and limit_s < _elapsed_s(
+                    rule, anchor_departure_s, anchor_arrival_s, departure_s, arrival_s
+                ):
+                    continue
+                if rule.product_index == any_index:
+                    transfer_amount = 0
+                else:
+                    price = tariff.product_price.get((rule.product_index, category, medium))
+                    if price is None:
+                        continue
+                    transfer_amount = price
+                kind = rule.fare_transfer_type
+                if kind == 0:
+                    amount = transfer_amount
+                elif kind == 1:
+                    amount = transfer_amount + leg_amount
+                elif continuing:
+                    amount = transfer_amount
+                else:
+                    amount = transfer_amount - state.effective_charged_amount
+                chosen = rule
+                chain_rule = rule.order
+                chain_count = count
+                chain_departure_s = anchor_departure_s
+                chain_arrival_s = anchor_arrival_s
+                break
+    if amount < 0 and not tariff.has_negative_products:
+        amount = 0
+    new_state = CardState(
+        tariff.tag,
+        True,
+        arrival_s,
+        departure_s,
+        from_stop,
+        False,
+        match.rule.group_index,
+        leg_amount,
+        amount,
+        network,
+        to_stop,
+        chain_rule,
+        chain_count,
+        chain_departure_s,
+        chain_arrival_s,
+        state.pass_index,
+        state.pass_last_day,
+        state.caps,
+    )
+    return _Step(amount, new_state, match, chosen, False)
+
+
+def _trip_fits(tariff: Tariff, state: CardState) -> bool:
+    """Was the trip part of this state written under this tariff (tag and index ranges)?"""
+    return (
+        state.tariff_tag == tariff.tag
+        and state.effective_group_index < len(tariff.group_ids)
+        and state.last_network_index < len(tariff.network_ids)
+        and state.effective_from_stop_index < len(tariff.stop_ids)
+        and state.last_to_stop_index < len(tariff.stop_ids)
+        and state.chain_rule_index < len(tariff.transfer_rule_list)
+    )
+
+
+def _unpriced(outcome: FareOutcome, state: CardState) -> FareDecision:
+    return FareDecision(outcome, 0, state, None, None, None, None, None, 0)
+
+
+def _period_day(cap_period: str, period_days: int, service_day: int, slot: CapSlot) -> int:
+    if cap_period == "daily":
+        return service_day
+    if cap_period == "weekly":
+        return service_day - (service_day + 3) % 7  # the Monday (1970-01-01 was a Thursday)
+    if slot.period_day == 0 or service_day - slot.period_day >= period_days:
+        return service_day  # a rolling window opens at the first tap after the last one closed
+    return slot.period_day
+
+
+def apply_caps(
+    tariff: Tariff, state: CardState, amount: int, local_s: int, category: int, medium: int
+) -> tuple[int, tuple[CapSlot, ...], str | None]:
+    """Limit `amount` by the caps of this category and medium; return it and the new slots."""
+    cap_indices = tariff.caps_for[(category, medium)]
+    if not cap_indices:
+        return amount, state.caps, None
+    caps = tariff.caps
+    old_slots = state.caps
+    slots: list[CapSlot] = []
+    limiting: str | None = None
+    for position, cap_index in enumerate(cap_indices):
+        cap = caps[cap_index]
+        slot = old_slots[position] if position < len(old_slots) else blank_cap_slot
+        service_day = (local_s - cap.day_start_s) // seconds_per_day
+        period_day = _period_day(cap.period, cap.period_days, service_day, slot)
+        if period_day != slot.period_day:
+            slot = CapSlot(period_day, 0, 0)
+        slots.append(slot)
+        if amount > 0 and cap.amount_max is not None:
+            remaining = cap.amount_max - slot.paid_amount
+            if amount > remaining:
+                amount = max(remaining, 0)
+                limiting = cap.cap_id
+        if amount > 0 and cap.rides_max is not None and slot.paid_rides >= cap.rides_max:
+            amount = 0
+            limiting = cap.cap_id
+    paid_ride = 1 if amount > 0 else 0
+    new_slots = tuple(
+        CapSlot(slot.period_day, slot.paid_amount + amount, min(slot.paid_rides + paid_ride, 255))
+        for slot in slots
+    )
+    return amount, new_slots, limiting
+
+
+def _resolve(
+    tariff: Tariff, category_id: str | None, media_id: str | None
+) -> tuple[int, int] | FareOutcome:
+    if category_id is None:
+        category_id = tariff.default_category_id
+    if category_id is None:
+        category = any_index
+    else:
+        found = tariff.category_index.get(category_id)
+        if found is None:
+            return FareOutcome.unknown_rider_category
+        category = found
+    if media_id is None:
+        return category, any_index
+    medium = tariff.media_index.get(media_id)
+    if medium is None:
+        return FareOutcome.unknown_fare_media
+    return category, medium
+
+
+def decide(tariff: Tariff, state: CardState, tap: Tap) -> FareDecision:
+    """Price one tap-on from what the card carries; return the amount, new state and why."""
+    route = tariff.route_index.get(tap.route_id)
+    if route is None:
+        return _unpriced(FareOutcome.unknown_route, state)
+    resolved = _resolve(tariff, tap.rider_category_id, tap.fare_media_id)
+    if isinstance(resolved, FareOutcome):
+        return _unpriced(resolved, state)
+    category, medium = resolved
+    stop = tariff.stop_index.get(tap.stop_id, no_index) if tap.stop_id is not None else no_index
+    time_s = tap.time_s
+    network = tariff.route_network[route]
+    if state.has_leg and not _trip_fits(tariff, state):
+        state = blank_card_state._replace(
+            pass_index=state.pass_index, pass_last_day=state.pass_last_day, caps=state.caps
+        )
+    step = _step(tariff, state, network, stop, no_index, time_s, time_s, category, medium)
+    if step is None:
+        return _unpriced(FareOutcome.unknown_fare, state)
+    amount = step.amount
+    before_caps = amount
+    pass_id: str | None = None
+    local_s = tariff.local_seconds(time_s)
+    if 0 < state.pass_index <= len(tariff.passes):
+        rule = tariff.passes[state.pass_index - 1]
+        day = local_s // seconds_per_day
+        if (
+            state.pass_last_day - rule.validity_days < day <= state.pass_last_day
+            and rule.category_index in (any_index, category)
+            and rule.network_index in (any_index, network)
+        ):
+            amount = 0
+            before_caps = 0
+            pass_id = rule.pass_id
+    amount, slots, cap_id = apply_caps(tariff, state, amount, local_s, category, medium)
+    new_state = step.state._replace(caps=slots) if slots is not state.caps else step.state
+    transfer = step.transfer
+    return FareDecision(
+        FareOutcome.priced,
+        amount,
+        new_state,
+        tariff.product_ids[step.match.product_index],
+        step.match.rule.label,
+        transfer.label if transfer is not None else None,
+        cap_id,
+        pass_id,
+        before_caps,
+    )
+
+
+def activate_pass(
+    tariff: Tariff, state: CardState, pass_id: str, first_day_utc_s: int
+) -> CardState:
+    """Put a period pass on the card, valid from the local date of `first_day_utc_s`."""
+    position = tariff.pass_index[pass_id]
+    first_day = tariff.local_seconds(first_day_utc_s) // seconds_per_day
+    last_day = first_day + tariff.passes[position].validity_days - 1
+    return state._replace(pass_index=position + 1, pass_last_day=last_day)
+
+
+def price_journey(
+    tariff: Tariff,
+    legs: Sequence[Leg],
+    rider_category_id: str | None = None,
+    fare_media_id: str | None = None,
+) -> JourneyPrice:
+    """Price a complete journey: each leg's product, the transfer rules applied, the total.
+
+    `rider_category_id` None means the feed's default category; `fare_media_id` None means any
+    medium (the cheapest for the rider). Caps and passes are not applied (they belong to a
+    card's history, see `decide`); unknown legs are listed and make the total None.
+    """
+    resolved = _resolve(tariff, rider_category_id, fare_media_id)
+    assert not isinstance(resolved, FareOutcome), f"unknown {resolved.value}"
+    category, medium = resolved
+    state = blank_card_state
+    prices: list[LegPrice] = []
+    unknown: list[int] = []
+    total = 0
+    for position, leg in enumerate(legs):
+        route = tariff.route_index.get(leg.route_id)
+        step = None
+        if route is not None:
+            from_stop = tariff.stop_index.get(leg.from_stop_id or "", no_index)
+            to_stop = tariff.stop_index.get(leg.to_stop_id or "", no_index)
+            step = _step(
+                tariff,
+                state,
+                tariff.route_network[route],
+                from_stop,
+                to_stop,
+                leg.departure_s,
+                leg.arrival_s,
+                category,
+                medium,
+            )
+        if step is None:
+            unknown.append(position)
+            prices.append(LegPrice(None, None, None, None, None, (), False))
+            continue
+        state = step.state
+        total += step.amount
+        transfer = step.transfer
+        prices.append(
+            LegPrice(
+                step.amount,
+                tariff.product_ids[step.match.product_index],
+                step.match.rule.label,
+                transfer.label if transfer is not None else None,
+                tariff.product_ids[transfer.product_index]
+                if transfer is not None and transfer.product_index != any_index
+                else None,
+                tuple(
+                    (tariff.product_ids[product], amount)
+                    for product, amount in step.match.candidates
+                ),
+                step.joined,
+            )
+        )
+    return JourneyPrice(tariff.currency, None if unknown else total, tuple(prices), tuple(unknown))
+
+
+def legs_of_taps(taps: Sequence[Tap]) -> list[Leg]:
+    """The journey a run of tap-ons describes: destinations unknown, arrival = tap time."""
+    return [Leg(tap.route_id, tap.stop_id, None, tap.time_s, tap.time_s) for tap in taps]

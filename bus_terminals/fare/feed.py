@@ -1,0 +1,809 @@
+"""Load a GTFS(-Fares v2) feed plus our extension files, validate it, compile a `Tariff`.
+
+This is the edge of the fare core: it reads files and the time-zone database. `load_feed(dir)`
+reads the directory; `compile_feed(texts)` does the rest from file contents, so tests can build
+feeds in memory. Every problem raises `FeedError(file, line, field, message)`; line 1 is the
+header, so the first data row is line 2.
+
+Extension files (not GTFS; documented in README-fares.md): `public_holidays.txt`,
+`fare_caps.txt`, `fare_passes.txt`, and the `calendar.txt` column `ksh_public_holidays`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import io
+import re
+import zoneinfo
+from collections import defaultdict
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+
+from bus_terminals.fare.model import FeedError
+from bus_terminals.fare.tariff import (
+    CapRule,
+    LegRule,
+    PassRule,
+    Tariff,
+    TransferRule,
+    any_index,
+    seconds_per_day,
+)
+
+feed_file_names = (
+    "agency.txt",
+    "routes.txt",
+    "stops.txt",
+    "calendar.txt",
+    "calendar_dates.txt",
+    "networks.txt",
+    "route_networks.txt",
+    "areas.txt",
+    "stop_areas.txt",
+    "fare_media.txt",
+    "rider_categories.txt",
+    "fare_products.txt",
+    "fare_leg_rules.txt",
+    "fare_leg_join_rules.txt",
+    "fare_transfer_rules.txt",
+    "timeframes.txt",
+    "public_holidays.txt",
+    "fare_caps.txt",
+    "fare_passes.txt",
+)
+
+#: ISO 4217 minor-unit digits for the currencies we expect; others are refused by name.
+currency_decimals_by_code = {
+    "IDR": 2, "EUR": 2, "USD": 2, "GBP": 2, "AUD": 2, "CAD": 2, "SGD": 2, "MYR": 2,
+    "CHF": 2, "JPY": 0, "KRW": 0, "VND": 0,
+}  # fmt: skip
+
+feed_file_bytes_max = 64 * 1024 * 1024
+#: The card stores compiled indices in 16 bits (0xFFFF = none).
+card_index_max = 0xFFFE
+#: Durations are kept as 16-bit deltas on the card, so a longer duration_limit cannot be honoured.
+duration_limit_s_max = 0xFFFE
+#: The card stores the transfer count in 4 bits (15 = saturated).
+transfer_count_max = 14
+#: The card has room for two cap accumulators.
+card_caps_max = 2
+rolling_days_max = 366
+amount_minor_max = 2**31
+#: Service days and timeframes are computed over this many years around the calendar.
+timezone_scan_years = (2000, 2060)
+
+_time_pattern = re.compile(r"^(\d{1,2}):([0-5]\d):([0-5]\d)$")
+_date_pattern = re.compile(r"^\d{8}$")
+_epoch = datetime.date(1970, 1, 1)
+
+
+class _Row(dict[str, str]):
+    line: int
+
+
+class _Table:
+    def __init__(self, name: str, header: tuple[str, ...], rows: list[_Row]) -> None:
+        self.name = name
+        self.header = header
+        self.rows = rows
+
+    def error(self, row: _Row | None, field: str, message: str) -> FeedError:
+        return FeedError(self.name, row.line if row is not None else 1, field, message)
+
+    def required(self, row: _Row, field: str) -> str:
+        value = row.get(field, "")
+        if value == "":
+            raise self.error(row, field, "required value is empty")
+        return value
+
+    def integer(
+        self, row: _Row, field: str, low: int, high: int, default: int | None = None
+    ) -> int:
+        value = row.get(field, "")
+        if value == "":
+            if default is None:
+                raise self.error(row, field, "required value is empty")
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise self.error(row, field, f"not an integer: {value!r}") from None
+        if not low <= number <= high:
+            raise self.error(row, field, f"{number} is outside {low}..{high}")
+        return number
+
+    def choice(self, row: _Row, field: str, allowed: tuple[str, ...], default: str) -> str:
+        value = row.get(field, "") or default
+        if value not in allowed:
+            raise self.error(row, field, f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def time_of_day(self, row: _Row, field: str, default: int) -> int:
+        value = row.get(field, "")
+        if value == "":
+            return default
+        match = _time_pattern.match(value)
+        if match is None:
+            raise self.error(row, field, f"not a time HH:MM:SS: {value!r}")
+        seconds = int(match[1]) * 3600 + int(match[2]) * 60 + int(match[3])
+        if seconds > seconds_per_day:
+            raise self.error(row, field, f"{value} is after 24:00:00")
+        return seconds
+
+    def date(self, row: _Row, field: str) -> int:
+        value = self.required(row, field)
+        if _date_pattern.match(value) is None:
+            raise self.error(row, field, f"not a date YYYYMMDD: {value!r}")
+        try:
+            day = datetime.date(int(value[:4]), int(value[4:6]), int(value[6:]))
+        except ValueError:
+            raise self.error(row, field, f"not a calendar date: {value!r}") from None
+        return (day - _epoch).days
+
+    def reference(self, row: _Row, field: str, known: Mapping[str, int], target: str) -> int:
+        value = row.get(field, "")
+        if value == "":
+            return any_index
+        if value not in known:
+            raise self.error(row, field, f"{value!r} is not defined in {target}")
+        return known[value]
+
+
+def _parse(name: str, text: str) -> _Table:
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = tuple(column.strip() for column in next(reader))
+    except StopIteration:
+        raise FeedError(name, 1, "(header)", "file is empty") from None
+    except csv.Error as error:
+        raise FeedError(name, 1, "(header)", f"not CSV: {error}") from None
+    if len(set(header)) != len(header):
+        raise FeedError(name, 1, "(header)", "a column name appears twice")
+    rows: list[_Row] = []
+    line = 1
+    try:
+        for values in reader:
+            line = reader.line_num
+            if not values or values == [""]:
+                continue
+            if len(values) > len(header):
+                raise FeedError(
+                    name, line, "(row)", f"{len(values)} values for {len(header)} columns"
+                )
+            row = _Row(zip(header, (value.strip() for value in values)))
+            row.line = line
+            rows.append(row)
+    except csv.Error as error:
+        raise FeedError(name, line + 1, "(row)", f"not CSV: {error}") from None
+    return _Table(name, header, rows)
+
+
+def load_feed(directory: str | Path | None = None) -> Tariff:
+    """Read, validate and compile the feed in `directory` (default: shipped Trans Semarang)."""
+    texts: dict[str, str] = {}
+    if directory is None:
+        shipped = resources.files("bus_terminals.fare").joinpath("data", "trans_semarang")
+        for name in feed_file_names:
+            entry = shipped.joinpath(name)
+            if entry.is_file():
+                texts[name] = entry.read_text(encoding="utf-8")
+        return compile_feed(texts)
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a directory")
+    for name in feed_file_names:
+        path = folder / name
+        if path.is_file():
+            if path.stat().st_size > feed_file_bytes_max:
+                raise FeedError(name, 1, "(file)", f"larger than {feed_file_bytes_max} bytes")
+            try:
+                texts[name] = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as error:
+                raise FeedError(name, 1, "(file)", f"not UTF-8: {error}") from None
+    return compile_feed(texts)
+
+
+def _index(table: _Table | None, field: str) -> dict[str, int]:
+    """id -> index in sorted id order, refusing duplicates."""
+    if table is None:
+        return {}
+    seen: dict[str, int] = {}
+    for row in table.rows:
+        value = table.required(row, field)
+        if value in seen:
+            raise table.error(row, field, f"duplicate id {value!r}")
+        seen[value] = row.line
+    if len(seen) > card_index_max:
+        raise table.error(None, field, f"more than {card_index_max} ids")
+    return {value: position for position, value in enumerate(sorted(seen))}
+
+
+def _amount(table: _Table, row: _Row, field: str, decimals: int) -> int:
+    value = table.required(row, field)
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise table.error(row, field, f"not a decimal amount: {value!r}") from None
+    if not number.is_finite():
+        raise table.error(row, field, f"not a decimal amount: {value!r}")
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if -exponent > decimals:
+        raise table.error(row, field, f"{value} has more than {decimals} decimals (ISO 4217)")
+    minor = int(number.scaleb(decimals))
+    if abs(minor) >= amount_minor_max:
+        raise table.error(row, field, f"{value} is too large (the card holds 32-bit amounts)")
+    return minor
+
+
+def _offsets(
+    table: _Table, row: _Row, timezone_name: str
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    try:
+        zone = zoneinfo.ZoneInfo(timezone_name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise table.error(row, "agency_timezone", f"unknown time zone {timezone_name!r}") from None
+    first, last = timezone_scan_years
+    start = int(datetime.datetime(first, 1, 1, tzinfo=datetime.UTC).timestamp())
+    end = int(datetime.datetime(last, 1, 1, tzinfo=datetime.UTC).timestamp())
+
+    def offset_at(utc_s: int) -> int:
+        moment = datetime.datetime.fromtimestamp(utc_s, tz=datetime.UTC).astimezone(zone)
+        delta = moment.utcoffset()
+        assert delta is not None
+        return int(delta.total_seconds())
+
+    starts, offsets = [0], [offset_at(start)]
+    for day_start in range(start, end, seconds_per_day):
+        offset = offset_at(day_start + seconds_per_day)
+        if offset != offsets[-1]:
+            low, high = day_start, day_start + seconds_per_day  # offset changes in (low, high]
+            while high - low > 1:
+                middle = (low + high) // 2
+                if offset_at(middle) == offset:
+                    high = middle
+                else:
+                    low = middle
+            starts.append(high)
+            offsets.append(offset)
+    return tuple(starts), tuple(offsets)
+
+
+def compile_feed(texts: Mapping[str, str]) -> Tariff:
+    """Validate the feed given as {file name: contents} and compile its lookup tables."""
+    unknown = set(texts) - set(feed_file_names)
+    assert not unknown, f"not feed files: {unknown}"
+    tables = {name: _parse(name, text) for name, text in texts.items()}
+
+    def table(name: str) -> _Table | None:
+        return tables.get(name)
+
+    # --- agency, time zone
+    agency = table("agency.txt")
+    if agency is None or not agency.rows:
+        raise FeedError(
+            "agency.txt", 1, "agency_timezone", "agency.txt with one agency is required"
+        )
+    timezone_name = agency.required(agency.rows[0], "agency_timezone")
+    for row in agency.rows[1:]:
+        if agency.required(row, "agency_timezone") != timezone_name:
+            raise agency.error(row, "agency_timezone", "all agencies must share one time zone")
+    offset_start_s, offset_s = _offsets(agency, agency.rows[0], timezone_name)
+
+    # --- networks, routes, stops
+    routes = table("routes.txt")
+    if routes is None:
+        raise FeedError("routes.txt", 1, "route_id", "routes.txt is required")
+    networks = table("networks.txt")
+    route_networks = table("route_networks.txt")
+    route_index = _index(routes, "route_id")
+    route_has_network_column = "network_id" in routes.header
+    if route_has_network_column and (networks is not None or route_networks is not None):
+        raise routes.error(
+            None, "network_id", "forbidden when networks.txt or route_networks.txt exists"
+        )
+    if route_has_network_column:
+        network_names = sorted({row["network_id"] for row in routes.rows if row.get("network_id")})
+        network_index = {value: position for position, value in enumerate(network_names)}
+    else:
+        network_index = _index(networks, "network_id")
+    route_network = [any_index] * len(route_index)
+    if route_has_network_column:
+        for row in routes.rows:
+            if row.get("network_id"):
+                route_network[route_index[row["route_id"]]] = network_index[row["network_id"]]
+    elif route_networks is not None:
+        seen_routes: set[str] = set()
+        for row in route_networks.rows:
+            route = route_networks.required(row, "route_id")
+            if route in seen_routes:
+                raise route_networks.error(row, "route_id", f"route {route!r} is in two networks")
+            seen_routes.add(route)
+            route_position = route_networks.reference(row, "route_id", route_index, "routes.txt")
+            network_position = route_networks.reference(
+                row, "network_id", network_index, "networks.txt"
+            )
+            if network_position == any_index:
+                raise route_networks.error(row, "network_id", "required value is empty")
+            route_network[route_position] = network_position
+    network_ids = tuple(sorted(network_index, key=network_index.__getitem__))
+
+    stops = table("stops.txt")
+    stop_index = _index(stops, "stop_id")
+    stop_ids = tuple(sorted(stop_index, key=stop_index.__getitem__))
+    stop_station = list(range(len(stop_ids)))
+    if stops is not None:
+        for row in stops.rows:
+            parent = stops.reference(row, "parent_station", stop_index, "stops.txt")
+            if parent != any_index:
+                stop_station[stop_index[row["stop_id"]]] = parent
+
+    # --- service days (calendar, calendar_dates, public holidays)
+    holidays_table = table("public_holidays.txt")
+    holidays: set[int] = set()
+    if holidays_table is not None:
+        for row in holidays_table.rows:
+            day = holidays_table.date(row, "date")
+            if day in holidays:
+                raise holidays_table.error(row, "date", "date listed twice")
+            holidays.add(day)
+    service_days: dict[str, set[int]] = defaultdict(set)
+    calendar = table("calendar.txt")
+    weekday_fields = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+    if calendar is not None:
+        seen_services: set[str] = set()
+        for row in calendar.rows:
+            service = calendar.required(row, "service_id")
+            if service in seen_services:
+                raise calendar.error(row, "service_id", f"duplicate id {service!r}")
+            seen_services.add(service)
+            runs = [calendar.integer(row, name, 0, 1) for name in weekday_fields]
+            first, last = calendar.date(row, "start_date"), calendar.date(row, "end_date")
+            if last < first:
+                raise calendar.error(row, "end_date", "before start_date")
+            holiday_rule = calendar.integer(row, "ksh_public_holidays", 0, 2, default=0)
+            days = service_days[service]
+            for day in range(first, last + 1):
+                if runs[(day + 3) % 7]:  # 1970-01-01 was a Thursday; Monday = 0
+                    days.add(day)
+            if holiday_rule == 1:
+                days -= holidays
+            elif holiday_rule == 2:
+                days &= holidays
+    calendar_dates = table("calendar_dates.txt")
+    if calendar_dates is not None:
+        for row in calendar_dates.rows:
+            service = calendar_dates.required(row, "service_id")
+            day = calendar_dates.date(row, "date")
+            exception = calendar_dates.integer(row, "exception_type", 1, 2)
+            if exception == 1:
+                service_days[service].add(day)
+            else:
+                service_days[service].discard(day)
+
+    # --- timeframes
+    timeframes = table("timeframes.txt")
+    timeframe_rows: dict[str, dict[int, list[tuple[int, int]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    bounds: set[int] = {0}
+    if timeframes is not None:
+        per_service: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
+        for row in timeframes.rows:
+            group = timeframes.required(row, "timeframe_group_id")
+            has_start, has_end = bool(row.get("start_time")), bool(row.get("end_time"))
+            if has_start != has_end:
+                field_name = "end_time" if has_start else "start_time"
+                raise timeframes.error(row, field_name, "start_time and end_time go together")
+            start = timeframes.time_of_day(row, "start_time", 0)
+            end = timeframes.time_of_day(row, "end_time", seconds_per_day)
+            if end <= start:
+                raise timeframes.error(row, "end_time", "not after start_time")
+            service = timeframes.required(row, "service_id")
+            if service not in service_days:
+                raise timeframes.error(row, "service_id", f"{service!r} is not a calendar service")
+            for other_start, other_end, _ in per_service[(group, service)]:
+                if start < other_end and other_start < end:
+                    raise timeframes.error(row, "start_time", "overlaps another timeframe row")
+            per_service[(group, service)].append((start, end, row.line))
+            for day in service_days[service]:
+                timeframe_rows[group][day].append((start, end))
+            bounds.update((start, end))
+    timeframe_ids = tuple(sorted(timeframe_rows))
+    timeframe_position = {value: position for position, value in enumerate(timeframe_ids)}
+    timeframe_days = tuple(
+        {day: tuple(sorted(spans)) for day, spans in timeframe_rows[group].items()}
+        for group in timeframe_ids
+    )
+
+    # --- areas
+    areas = table("areas.txt")
+    area_index = _index(areas, "area_id")
+    stop_areas_table = table("stop_areas.txt")
+    areas_of_stop: list[set[int]] = [set() for _ in stop_ids]
+    if stop_areas_table is not None:
+        for row in stop_areas_table.rows:
+            area = stop_areas_table.reference(row, "area_id", area_index, "areas.txt")
+            stop = stop_areas_table.reference(row, "stop_id", stop_index, "stops.txt")
+            if area == any_index or stop == any_index:
+                field_name = "area_id" if area == any_index else "stop_id"
+                raise stop_areas_table.error(row, field_name, "required value is empty")
+            areas_of_stop[stop].add(area)
+        # A station's areas reach its platforms unless a platform has areas of its own.
+        for stop, station in enumerate(stop_station):
+            if station != stop and not areas_of_stop[stop]:
+                areas_of_stop[stop] = set(areas_of_stop[station])
+
+    # --- media, categories, products
+    media = table("fare_media.txt")
+    media_index = _index(media, "fare_media_id")
+    if media is not None:
+        for row in media.rows:
+            media.integer(row, "fare_media_type", 0, 4)
+    media_ids = tuple(sorted(media_index, key=media_index.__getitem__))
+    categories = table("rider_categories.txt")
+    category_index = _index(categories, "rider_category_id")
+    category_ids = tuple(sorted(category_index, key=category_index.__getitem__))
+    default_categories: set[str] = set()
+    if categories is not None:
+        for row in categories.rows:
+            categories.required(row, "rider_category_name")
+            if categories.integer(row, "is_default_fare_category", 0, 1, default=0):
+                default_categories.add(row["rider_category_id"])
+    products = table("fare_products.txt")
+    if products is None:
+        raise FeedError("fare_products.txt", 1, "fare_product_id", "fare_products.txt is required")
+    product_ids = tuple(
+        sorted({products.required(row, "fare_product_id") for row in products.rows})
+    )
+    product_index = {value: position for position, value in enumerate(product_ids)}
+    currency: str | None = None
+    product_rows: dict[tuple[int, int, int], int] = {}
+    product_categories: dict[int, set[int]] = defaultdict(set)
+    for row in products.rows:
+        code = products.required(row, "currency")
+        if code not in currency_decimals_by_code:
+            raise products.error(row, "currency", f"unsupported currency {code!r}")
+        if currency is None:
+            currency = code
+        elif code != currency:
+            raise products.error(row, "currency", f"{code} differs from {currency}: one currency")
+        amount = _amount(products, row, "amount", currency_decimals_by_code[code])
+        key = (
+            product_index[row["fare_product_id"]],
+            products.reference(row, "rider_category_id", category_index, "rider_categories.txt"),
+            products.reference(row, "fare_media_id", media_index, "fare_media.txt"),
+        )
+        if key in product_rows:
+            raise products.error(row, "fare_product_id", "duplicate product/category/media")
+        product_rows[key] = amount
+        product_categories[key[0]].add(key[1])
+    assert currency is not None or not products.rows
+    if currency is None:
+        raise products.error(None, "currency", "no fare products")
+    for product, eligible in product_categories.items():
+        defaults = {category_ids[c] for c in eligible if c != any_index} & default_categories
+        if len(defaults) > 1:
+            raise products.error(
+                None,
+                "rider_category_id",
+                f"product {product_ids[product]!r} has several default categories",
+            )
+    # Cheapest variant per (product, category, media); any_index = rider/medium not given.
+    variants: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    for (product, category, medium), amount in product_rows.items():
+        variants[product].append((category, medium, amount))
+    product_price: dict[tuple[int, int, int], int] = {}
+    for product, rows_of_product in variants.items():
+        for category in (*range(len(category_ids)), any_index):
+            for medium in (*range(len(media_ids)), any_index):
+                amounts = [
+                    amount
+                    for c, m, amount in rows_of_product
+                    if c in (category, any_index)
+                    and (medium == any_index or m in (medium, any_index))
+                ]
+                if amounts:
+                    product_price[(product, category, medium)] = min(amounts)
+
+    # --- fare leg rules
+    leg_table = table("fare_leg_rules.txt")
+    priority_regime = leg_table is not None and "rule_priority" in leg_table.header
+    group_names: set[str] = set()
+    parsed_leg_rules: list[tuple[int, int, int, LegRule, str]] = []
+    listed_networks: set[int] = set()
+    listed_from: set[int] = set()
+    listed_to: set[int] = set()
+    if leg_table is not None:
+        seen_keys: set[tuple[str, ...]] = set()
+        for order, row in enumerate(leg_table.rows):
+            product = leg_table.reference(
+                row, "fare_product_id", product_index, "fare_products.txt"
+            )
+            if product == any_index:
+                raise leg_table.error(row, "fare_product_id", "required value is empty")
+            network = leg_table.reference(row, "network_id", network_index, "networks")
+            from_area = leg_table.reference(row, "from_area_id", area_index, "areas.txt")
+            to_area = leg_table.reference(row, "to_area_id", area_index, "areas.txt")
+            from_timeframe = leg_table.reference(
+                row, "from_timeframe_group_id", timeframe_position, "timeframes.txt"
+            )
+            to_timeframe = leg_table.reference(
+                row, "to_timeframe_group_id", timeframe_position, "timeframes.txt"
+            )
+            key_fields = (
+                "network_id", "from_area_id", "to_area_id", "from_timeframe_group_id",
+                "to_timeframe_group_id", "fare_product_id",
+            )  # fmt: skip
+            primary_key = tuple(row.get(name, "") for name in key_fields)
+            if primary_key in seen_keys:
+                raise leg_table.error(row, "fare_product_id", "duplicate fare leg rule")
+            seen_keys.add(primary_key)
+            priority = leg_table.integer(row, "rule_priority", 0, 2**31, default=0)
+            group_name = row.get("leg_group_id", "")
+            if group_name:
+                group_names.add(group_name)
+            listed_networks.add(network)
+            listed_from.add(from_area)
+            listed_to.add(to_area)
+            rule = LegRule(
+                order,
+                priority,
+                from_timeframe,
+                to_timeframe,
+                product,
+                any_index,
+                f"fare_leg_rules.txt:{row.line}",
+            )
+            parsed_leg_rules.append((network, from_area, to_area, rule, group_name))
+    transfer_table = table("fare_transfer_rules.txt")
+    if transfer_table is not None:
+        for row in transfer_table.rows:
+            for name in ("from_leg_group_id", "to_leg_group_id"):
+                if row.get(name) and row[name] not in group_names:
+                    raise transfer_table.error(row, name, f"{row[name]!r} is no leg_group_id")
+    group_ids = tuple(sorted(group_names))
+    if len(group_ids) > card_index_max:
+        raise FeedError("fare_leg_rules.txt", 1, "leg_group_id", "too many leg groups")
+    group_position = {value: position for position, value in enumerate(group_ids)}
+    leg_rules: dict[tuple[int, int, int], list[LegRule]] = defaultdict(list)
+    for network, from_area, to_area, rule, group_name in parsed_leg_rules:
+        group_of_rule = group_position[group_name] if group_name else any_index
+        leg_rules[(network, from_area, to_area)].append(rule._replace(group_index=group_of_rule))
+
+    def keys_for(actual: set[int], listed: set[int]) -> tuple[int, ...]:
+        """Rule keys a leg's value can match: the two empty-value regimes differ here."""
+        if priority_regime:  # empty = does not affect matching
+            return (*sorted(actual & listed), any_index)
+        named = tuple(sorted(actual & listed))  # empty = everything not listed in the column
+        return named if named else (any_index,)
+
+    network_keys = tuple(
+        keys_for({network}, listed_networks) for network in (*range(len(network_ids)), any_index)
+    )
+    from_area_keys = tuple(keys_for(areas, listed_from) for areas in (*areas_of_stop, set()))
+    to_area_keys = tuple(keys_for(areas, listed_to) for areas in (*areas_of_stop, set()))
+
+    # --- fare transfer rules
+    transfer_list: list[TransferRule] = []
+    listed_from_groups: set[int] = set()
+    listed_to_groups: set[int] = set()
+    raw_transfers: list[tuple[int, int, TransferRule]] = []
+    if transfer_table is not None:
+        seen_transfers: set[tuple[str, ...]] = set()
+        for order, row in enumerate(transfer_table.rows):
+            from_group = group_position.get(row.get("from_leg_group_id", ""), any_index)
+            to_group = group_position.get(row.get("to_leg_group_id", ""), any_index)
+            has_count = bool(row.get("transfer_count"))
+            same = row.get("from_leg_group_id", "") == row.get("to_leg_group_id", "")
+            if same and not has_count:
+                raise transfer_table.error(row, "transfer_count", "required when from == to")
+            if not same and has_count:
+                raise transfer_table.error(row, "transfer_count", "forbidden when from != to")
+            count: int | None = None
+            if has_count:
+                count = transfer_table.integer(row, "transfer_count", -1, transfer_count_max)
+                if count == 0:
+                    raise transfer_table.error(row, "transfer_count", "0 is not allowed")
+            limit: int | None = None
+            limit_type = 0
+            if row.get("duration_limit"):
+                limit = transfer_table.integer(row, "duration_limit", 1, duration_limit_s_max)
+                limit_type = transfer_table.integer(row, "duration_limit_type", 0, 3)
+            elif row.get("duration_limit_type"):
+                raise transfer_table.error(row, "duration_limit_type", "needs duration_limit")
+            transfer_type = transfer_table.integer(row, "fare_transfer_type", 0, 2)
+            product = transfer_table.reference(
+                row, "fare_product_id", product_index, "fare_products.txt"
+            )
+            transfer_key_fields = (
+                "from_leg_group_id", "to_leg_group_id", "fare_product_id", "transfer_count",
+                "duration_limit",
+            )  # fmt: skip
+            primary_key = tuple(row.get(name, "") for name in transfer_key_fields)
+            if primary_key in seen_transfers:
+                raise transfer_table.error(row, "fare_product_id", "duplicate transfer rule")
+            seen_transfers.add(primary_key)
+            listed_from_groups.add(from_group)
+            listed_to_groups.add(to_group)
+            rule_t = TransferRule(
+                order,
+                (from_group, to_group),
+                count,
+                limit,
+                limit_type,
+                transfer_type,
+                product,
+                f"fare_transfer_rules.txt:{row.line}",
+            )
+            raw_transfers.append((from_group, to_group, rule_t))
+        if len(raw_transfers) > card_index_max:
+            raise transfer_table.error(None, "(file)", "too many transfer rules")
+
+    def group_key(group: int, listed: set[int]) -> int:
+        return group if group in listed else any_index
+
+    from_group_keys = tuple(
+        group_key(g, listed_from_groups) for g in (*range(len(group_ids)), any_index)
+    )
+    to_group_keys = tuple(
+        group_key(g, listed_to_groups) for g in (*range(len(group_ids)), any_index)
+    )
+    transfer_rules: dict[tuple[int, int], list[TransferRule]] = defaultdict(list)
+    for _, _, rule_t in raw_transfers:
+        transfer_list.append(rule_t)
+        transfer_rules[rule_t.key].append(rule_t)
+    for candidates in transfer_rules.values():
+        # Minimum transfer_count first (-1 = no limit = last), then file order.
+        candidates.sort(key=lambda r: (r.transfer_count == -1, r.transfer_count or 0, r.order))
+
+    # --- fare leg join rules
+    join_table = table("fare_leg_join_rules.txt")
+    join_rules: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    if join_table is not None:
+        for row in join_table.rows:
+            nets = []
+            for name in ("from_network_id", "to_network_id"):
+                position = join_table.reference(row, name, network_index, "networks")
+                if position == any_index:
+                    raise join_table.error(row, name, "required value is empty")
+                nets.append(position)
+            if bool(row.get("from_stop_id")) != bool(row.get("to_stop_id")):
+                name = "to_stop_id" if row.get("from_stop_id") else "from_stop_id"
+                raise join_table.error(row, name, "from_stop_id and to_stop_id go together")
+            from_stop = join_table.reference(row, "from_stop_id", stop_index, "stops.txt")
+            to_stop = join_table.reference(row, "to_stop_id", stop_index, "stops.txt")
+            stations = (
+                stop_station[from_stop] if from_stop != any_index else any_index,
+                stop_station[to_stop] if to_stop != any_index else any_index,
+            )
+            join_rules[(nets[0], nets[1])].append(stations)
+
+    # --- extensions: caps, passes
+    caps_table = table("fare_caps.txt")
+    caps: list[CapRule] = []
+    cap_scope: list[tuple[int, int]] = []
+    if caps_table is not None:
+        _index(caps_table, "fare_cap_id")
+        for row in caps_table.rows:
+            period = caps_table.choice(row, "period", ("daily", "weekly", "rolling"), "")
+            period_days = {"daily": 1, "weekly": 7}.get(period, 0)
+            if period == "rolling":
+                period_days = caps_table.integer(row, "period_days", 1, rolling_days_max)
+            elif row.get("period_days"):
+                raise caps_table.error(row, "period_days", "only for period=rolling")
+            day_start = caps_table.time_of_day(row, "service_day_start_time", 0)
+            if day_start >= seconds_per_day:
+                raise caps_table.error(row, "service_day_start_time", "must be before 24:00:00")
+            amount_max = None
+            if row.get("amount"):
+                if caps_table.required(row, "currency") != currency:
+                    raise caps_table.error(row, "currency", f"must be {currency}")
+                amount_max = _amount(caps_table, row, "amount", currency_decimals_by_code[currency])
+                if amount_max < 0:
+                    raise caps_table.error(row, "amount", "a cap cannot be negative")
+            rides_max = None
+            if row.get("ride_count"):
+                rides_max = caps_table.integer(row, "ride_count", 1, 255)
+            if amount_max is None and rides_max is None:
+                raise caps_table.error(row, "amount", "give amount, ride_count or both")
+            caps.append(
+                CapRule(row["fare_cap_id"], period, period_days, day_start, amount_max, rides_max)
+            )
+            cap_scope.append(
+                (
+                    caps_table.reference(
+                        row, "rider_category_id", category_index, "rider_categories.txt"
+                    ),
+                    caps_table.reference(row, "fare_media_id", media_index, "fare_media.txt"),
+                )
+            )
+    caps_for: dict[tuple[int, int], tuple[int, ...]] = {}
+    for category in (*range(len(category_ids)), any_index):
+        for medium in (*range(len(media_ids)), any_index):
+            chosen = tuple(
+                position
+                for position, (c, m) in enumerate(cap_scope)
+                if c in (category, any_index) and m in (medium, any_index)
+            )
+            if len(chosen) > card_caps_max:
+                assert caps_table is not None
+                raise caps_table.error(
+                    None,
+                    "rider_category_id",
+                    f"more than {card_caps_max} caps apply to one category and medium",
+                )
+            caps_for[(category, medium)] = chosen
+
+    passes_table = table("fare_passes.txt")
+    passes: list[PassRule] = []
+    if passes_table is not None:
+        _index(passes_table, "fare_pass_id")
+        if len(passes_table.rows) > 254:
+            raise passes_table.error(None, "fare_pass_id", "at most 254 passes (one card byte)")
+        for row in passes_table.rows:
+            if passes_table.required(row, "currency") != currency:
+                raise passes_table.error(row, "currency", f"must be {currency}")
+            passes.append(
+                PassRule(
+                    row["fare_pass_id"],
+                    passes_table.reference(
+                        row, "rider_category_id", category_index, "rider_categories.txt"
+                    ),
+                    passes_table.reference(row, "network_id", network_index, "networks"),
+                    passes_table.integer(row, "validity_days", 1, 3660),
+                    _amount(passes_table, row, "amount", currency_decimals_by_code[currency]),
+                )
+            )
+
+    fingerprint = hashlib.sha256(
+        repr((stop_ids, network_ids, group_ids, [r.label for r in transfer_list])).encode()
+    ).digest()
+    return Tariff(
+        currency=currency,
+        currency_decimals=currency_decimals_by_code[currency],
+        timezone_name=timezone_name,
+        offset_start_s=offset_start_s,
+        offset_s=offset_s,
+        route_index=route_index,
+        route_network=tuple(route_network),
+        network_ids=network_ids,
+        stop_index=stop_index,
+        stop_ids=stop_ids,
+        stop_station=tuple(stop_station),
+        category_index=category_index,
+        category_ids=category_ids,
+        default_category_id=min(default_categories) if default_categories else None,
+        media_index=media_index,
+        media_ids=media_ids,
+        product_ids=product_ids,
+        product_price=product_price,
+        has_negative_products=any(amount < 0 for amount in product_rows.values()),
+        priority_regime=priority_regime,
+        network_keys=network_keys,
+        from_area_keys=from_area_keys,
+        to_area_keys=to_area_keys,
+        leg_rules={key: tuple(rules) for key, rules in leg_rules.items()},
+        timeframe_ids=timeframe_ids,
+        timeframe_days=timeframe_days,
+        timeframe_bounds_s=tuple(sorted(bounds)),
+        uses_timeframes=bool(timeframe_ids),
+        group_ids=group_ids,
+        from_group_keys=from_group_keys,
+        to_group_keys=to_group_keys,
+        transfer_rules={key: tuple(rules) for key, rules in transfer_rules.items()},
+        transfer_labels=tuple(rule.label for rule in transfer_list),
+        transfer_rule_list=tuple(transfer_list),
+        join_rules={key: tuple(stations) for key, stations in join_rules.items()},
+        caps=tuple(caps),
+        caps_for=caps_for,
+        passes=tuple(passes),
+        pass_index={rule.pass_id: position for position, rule in enumerate(passes)},
+        tag=fingerprint[0] & 0x0F,
+    )
