@@ -26,6 +26,8 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
+from card_reader.emulator import CardPoweredOff
+
 log = logging.getLogger(__name__)
 
 vpcd_host_default = "127.0.0.1"
@@ -110,12 +112,9 @@ class VirtualCard(Protocol):
 
     def power_off(self) -> None: ...
 
-    def process(self, command: bytes) -> bytes: ...
-
-
-class CardTorn(Exception):
-    """Raised by a card (or a test hook) to say it lost power mid-exchange: the bridge then
-    drops the connection without answering, as a card pulled out of the field would."""
+    def process(self, command: bytes) -> bytes:
+        """The R-APDU; raises CardPoweredOff when the card lost power (tearing)."""
+        ...
 
 
 def answer(card: VirtualCard, payload: bytes) -> bytes | None:
@@ -287,8 +286,9 @@ class VpcdBridge:
             for payload in decoder.feed(data):
                 try:
                     response = answer(card, payload)
-                except CardTorn:
-                    # Out of the field it stays, until someone inserts a card again.
+                except CardPoweredOff:
+                    # Torn (power lost mid-exchange): no answer, as a card pulled out of the
+                    # field gives none. Out of the field it stays until inserted again.
                     log.info("card torn after %d exchanges", self.exchanges)
                     with self._lock:
                         if self._card is card:

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from card_reader.emulator import CardPowerLost
 from card_reader.vpcd import (
-    CardTorn,
     FrameDecoder,
     VpcdAddress,
     VpcdBridge,
@@ -56,7 +56,7 @@ class EchoCard:
     def process(self, command: bytes) -> bytes:
         self.commands.append(command)
         if self.tear_at_command == len(self.commands):
-            raise CardTorn
+            raise CardPowerLost("torn")
         return command[::-1] + b"\x91\x00"
 
 
