@@ -8,7 +8,14 @@ import asyncpg
 
 from ledger.database import ledger_migrations_folder, migrate
 
-components: tuple[tuple[str, Path], ...] = (("ledger", ledger_migrations_folder),)
+gateways_migrations_folder = Path(__file__).parent.parent / "gateways" / "migrations"
+settlement_migrations_folder = Path(__file__).parent.parent / "settlement" / "migrations"
+
+components: tuple[tuple[str, Path], ...] = (
+    ("ledger", ledger_migrations_folder),
+    ("gateways", gateways_migrations_folder),
+    ("settlement", settlement_migrations_folder),
+)
 
 
 async def migrate_all(connection: asyncpg.Connection) -> list[str]:

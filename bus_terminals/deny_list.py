@@ -1,0 +1,92 @@
+"""The deny list held on a terminal: millions of card numbers, looked up in microseconds.
+
+A sorted `array('Q')` of card numbers (as unsigned 64-bit integers: 19 decimal digits fit) and
+`bisect`: 8 bytes a card (5 million cards: 40 MB; a `set` of ints needs ~6 times that), and a
+lookup is ~23 comparisons in C. Additions arrive in small deltas from the back office and are
+merged in one pass; a full list arrives as the binary form `to_bytes` makes (little-endian u64,
+sorted), which loads with one `frombytes`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections.abc import Iterable
+from pathlib import Path
+
+card_number_value_max = 2**64 - 1
+
+
+def card_number_value(card_number: str) -> int:
+    value = int(card_number)
+    assert 0 <= value <= card_number_value_max, card_number
+    return value
+
+
+class DenyList:
+    def __init__(self, card_numbers: Iterable[int] = (), version: int = 0) -> None:
+        self.values = array("Q", sorted(set(card_numbers)))
+        self.version = version
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __contains__(self, card_number: str) -> bool:
+        value = card_number_value(card_number)
+        index = bisect.bisect_left(self.values, value)
+        return index < len(self.values) and self.values[index] == value
+
+    def add(self, card_numbers: Iterable[str], version: int) -> None:
+        """Merge a delta (usually a handful of cards) and move to `version`."""
+        additions = sorted({card_number_value(number) for number in card_numbers})
+        if additions:
+            merged = array("Q", sorted(set(self.values).union(additions)))
+            if len(additions) * 64 < len(self.values):
+                merged = self.values
+                for value in additions:
+                    index = bisect.bisect_left(merged, value)
+                    if index == len(merged) or merged[index] != value:
+                        merged.insert(index, value)
+            self.values = merged
+        self.version = max(self.version, version)
+
+    def to_bytes(self) -> bytes:
+        return self.values.tobytes() if _little_endian() else _swapped(self.values).tobytes()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, version: int) -> DenyList:
+        if len(raw) % 8:
+            raise ValueError(f"deny list of {len(raw)} bytes is not a whole number of entries")
+        values = array("Q")
+        values.frombytes(raw)
+        if not _little_endian():
+            values = _swapped(values)
+        if any(values[index] >= values[index + 1] for index in range(len(values) - 1)):
+            raise ValueError("deny list is not strictly sorted")
+        deny_list = cls(version=version)
+        deny_list.values = values
+        return deny_list
+
+    def save(self, path: Path) -> None:
+        temporary = path.with_suffix(".tmp")
+        temporary.write_bytes(self.version.to_bytes(8, "little") + self.to_bytes())
+        temporary.replace(path)  # atomic: a power cut leaves the old list or the new one
+
+    @classmethod
+    def load(cls, path: Path) -> DenyList:
+        if not path.exists():
+            return cls()
+        raw = path.read_bytes()
+        return cls.from_bytes(raw[8:], int.from_bytes(raw[:8], "little"))
+
+
+def _little_endian() -> bool:
+    import sys
+
+    return sys.byteorder == "little"
+
+
+def _swapped(values: array[int]) -> array[int]:
+    copy = array("Q", values)
+    copy.byteswap()
+    return copy

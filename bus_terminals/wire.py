@@ -1,0 +1,313 @@
+"""The terminal ↔ back office message format: one module both sides import (stdlib + Ed25519).
+
+An upload batch is a JSON object: the terminal id, the batch sequence (1, 2, 3, ... per
+terminal, no gaps), and records. Each record is a JSON array whose positions follow
+`record_fields` (a table of fields: name, type, bounds), which keeps big batches small and
+fast to parse. The bytes a terminal signs are exactly the bytes it sends (`encode_batch` is
+deterministic), so the back office verifies the signature over the raw body once per batch and
+only then parses. Parse errors raise `WireError` naming the field, the bad value and the place.
+
+Identity: (terminal id, sequence) names the upload record; (card number, card counter) names
+the card transaction (see DESIGN.md, "Identity of a card transaction").
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+wire_version = 1
+upload_records_max = 5_000
+# A record encodes to ~200 bytes; the body limit leaves headroom for long route/detail text.
+record_bytes_max = 400
+upload_body_bytes_max = upload_records_max * record_bytes_max
+text_length_max = 64
+card_number_length_max = 19
+rupiah_max = 100_000_000  # far above the e-money cap (Rp 2,000,000): catches garbage, not policy
+signature_header = "X-KSH-Signature"
+terminal_header = "X-KSH-Terminal"
+content_type = "application/vnd.ksh.upload+json"
+
+
+class RecordKind(enum.StrEnum):
+    fare_debit = "fare_debit"  # a validator charged a fare (amount may be 0: free transfer)
+    sale = "sale"  # a POS debited the card for a purchase
+    refund = "refund"  # a POS credited the card back for its last sale
+    topup_credit = "topup_credit"  # only a pending top-up was credited (no charge)
+    denied = "denied"  # no card transaction: deny list, expired, no funds (audit only)
+
+
+class RecordStatus(enum.StrEnum):
+    committed = "committed"  # the card answered CommitTransaction with success
+    in_doubt = "in_doubt"  # the commit's answer was lost: the card's log will tell
+    void = "void"  # an in-doubt transaction the card's log showed never happened
+
+
+class WireError(ValueError):
+    """A message that does not follow the format. Names the field and the bad value."""
+
+    def __init__(self, field: str, value: Any, problem: str, where: str = "") -> None:
+        self.field = field
+        self.value = value
+        self.problem = problem
+        self.where = where
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        place = f" in {where}" if where else ""
+        super().__init__(f"field {field!r}{place}: {problem} (got {shown})")
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """One journal record as the back office sees it. Field order is the wire order."""
+
+    terminal_id: str
+    sequence: int
+    kind: RecordKind
+    status: RecordStatus
+    card_number: str
+    card_counter: int  # the card's log counter of this transaction (0 when denied)
+    amount_rupiah: int  # charged (fare_debit, sale) or credited back (refund)
+    topup_rupiah: int  # pending top-up credited in the same card transaction
+    pending_topup_id: str  # "" when none was taken
+    balance_after_rupiah: int  # the card's purse after the transaction
+    time_ms: int  # Unix time of the tap, milliseconds (the terminal's clock)
+    route: str  # validator: route or corridor; "" at a POS
+    merchant_id: str  # POS: merchant; "" on a validator
+    fare_detail: str  # fare core's short explanation ("full", "transfer", "cap") or denial reason
+    previous_counter: int  # the card's last log entry before this transaction (0: none)
+    previous_terminal_id: str  # ...and which terminal wrote it ("" if unknown)
+    previous_amount_rupiah: int  # ...and its amount
+
+    @property
+    def card_transaction(self) -> tuple[str, int]:
+        return (self.card_number, self.card_counter)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadBatch:
+    terminal_id: str
+    batch_sequence: int
+    records: tuple[UploadRecord, ...]
+
+
+# -------------------------------------------------------------------------- the field table
+
+
+def _text(length_max: int, *, allow_empty: bool = True) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if type(value) is not str:
+            return "must be a string"
+        if len(value) > length_max:
+            return f"must be at most {length_max} characters"
+        if not allow_empty and not value:
+            return "must not be empty"
+        if not value.isprintable():
+            return "must be printable text"
+        return None
+
+    return check
+
+
+def _integer(minimum: int, maximum: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if type(value) is not int:
+            return "must be an integer"
+        if not minimum <= value <= maximum:
+            return f"must be between {minimum} and {maximum}"
+        return None
+
+    return check
+
+
+def _card_number(value: Any) -> str | None:
+    if type(value) is not str or not value.isdigit() or not value.isascii():
+        return "must be a string of digits"
+    if not 8 <= len(value) <= card_number_length_max:
+        return f"must have 8 to {card_number_length_max} digits"
+    return None
+
+
+def _member(enumeration: type[enum.StrEnum]) -> Callable[[Any], str | None]:
+    allowed = frozenset(item.value for item in enumeration)
+
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str) or value not in allowed:
+            return f"must be one of {sorted(allowed)}"
+        return None
+
+    return check
+
+
+counter_max = 2**32 - 1
+time_ms_max = 2**53  # exact in JSON doubles
+terminal_id_check = _text(32, allow_empty=False)
+
+record_fields: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
+    ("terminal_id", terminal_id_check),
+    ("sequence", _integer(1, 2**53)),
+    ("kind", _member(RecordKind)),
+    ("status", _member(RecordStatus)),
+    ("card_number", _card_number),
+    ("card_counter", _integer(0, counter_max)),
+    ("amount_rupiah", _integer(0, rupiah_max)),
+    ("topup_rupiah", _integer(0, rupiah_max)),
+    ("pending_topup_id", _text(text_length_max)),
+    ("balance_after_rupiah", _integer(0, rupiah_max)),
+    ("time_ms", _integer(0, time_ms_max)),
+    ("route", _text(text_length_max)),
+    ("merchant_id", _text(text_length_max)),
+    ("fare_detail", _text(text_length_max)),
+    ("previous_counter", _integer(0, counter_max)),
+    ("previous_terminal_id", _text(32)),
+    ("previous_amount_rupiah", _integer(0, rupiah_max)),
+)
+assert tuple(name for name, _ in record_fields) == UploadRecord.__slots__
+assert upload_body_bytes_max >= upload_records_max * record_bytes_max
+
+
+def check_record(record: UploadRecord) -> None:
+    """Raise WireError if `record` breaks the format (terminals check before journalling)."""
+    _check_values(record_values(record), f"record {record.terminal_id}/{record.sequence}")
+
+
+def _check_values(values: Sequence[Any], where: str) -> None:
+    for (name, check), value in zip(record_fields, values):
+        problem = check(value)
+        if problem is not None:
+            raise WireError(name, value, problem, where)
+    kind, status, counter = values[2], values[3], values[5]
+    if kind == RecordKind.denied and status != RecordStatus.committed:
+        raise WireError("status", status, "a denied tap has no card transaction", where)
+    if kind != RecordKind.denied and counter == 0:
+        raise WireError("card_counter", counter, "a card transaction has a counter >= 1", where)
+
+
+# -------------------------------------------------------------------------- encode / decode
+
+
+def record_values(record: UploadRecord) -> list[Any]:
+    return [
+        record.terminal_id,
+        record.sequence,
+        record.kind.value,
+        record.status.value,
+        record.card_number,
+        record.card_counter,
+        record.amount_rupiah,
+        record.topup_rupiah,
+        record.pending_topup_id,
+        record.balance_after_rupiah,
+        record.time_ms,
+        record.route,
+        record.merchant_id,
+        record.fare_detail,
+        record.previous_counter,
+        record.previous_terminal_id,
+        record.previous_amount_rupiah,
+    ]
+
+
+def encode_batch(batch: UploadBatch) -> bytes:
+    """The canonical bytes of a batch: what the terminal signs and sends."""
+    assert len(batch.records) <= upload_records_max
+    document = {
+        "version": wire_version,
+        "terminal_id": batch.terminal_id,
+        "batch_sequence": batch.batch_sequence,
+        "fields": [name for name, _ in record_fields],
+        "records": [record_values(record) for record in batch.records],
+    }
+    body = json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    assert len(body) <= upload_body_bytes_max, "batch too big: lower the records per batch"
+    return body
+
+
+def decode_batch(body: bytes) -> UploadBatch:
+    """Parse and check a batch body; WireError names the first field that is wrong."""
+    if len(body) > upload_body_bytes_max:
+        raise WireError("body", f"{len(body)} bytes", f"must be at most {upload_body_bytes_max}")
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WireError("body", body[:40], f"is not JSON: {error}") from None
+    if type(document) is not dict:
+        raise WireError("body", document, "must be a JSON object")
+    expected_keys = {"version", "terminal_id", "batch_sequence", "fields", "records"}
+    if set(document) != expected_keys:
+        raise WireError(
+            "body", sorted(document), f"must have exactly the keys {sorted(expected_keys)}"
+        )
+    if document["version"] != wire_version:
+        raise WireError("version", document["version"], f"must be {wire_version}")
+    terminal_id = document["terminal_id"]
+    problem = terminal_id_check(terminal_id)
+    if problem:
+        raise WireError("terminal_id", terminal_id, problem)
+    batch_sequence = document["batch_sequence"]
+    problem = _integer(1, 2**53)(batch_sequence)
+    if problem:
+        raise WireError("batch_sequence", batch_sequence, problem)
+    if document["fields"] != [name for name, _ in record_fields]:
+        raise WireError("fields", document["fields"], "must list the record fields of this version")
+    rows = document["records"]
+    if type(rows) is not list:
+        raise WireError("records", rows, "must be a list")
+    if len(rows) > upload_records_max:
+        raise WireError("records", f"{len(rows)} records", f"must be at most {upload_records_max}")
+    records = []
+    field_count = len(record_fields)
+    sequences: set[int] = set()
+    for index, row in enumerate(rows):
+        where = f"records[{index}]"
+        if type(row) is not list or len(row) != field_count:
+            raise WireError("records", row, f"each record must be a list of {field_count}", where)
+        _check_values(row, where)
+        if row[0] != terminal_id:
+            raise WireError("terminal_id", row[0], "must be the batch's terminal", where)
+        if row[1] in sequences:
+            raise WireError("sequence", row[1], "repeats within the batch", where)
+        sequences.add(row[1])
+        row[2] = RecordKind(row[2])
+        row[3] = RecordStatus(row[3])
+        records.append(UploadRecord(*row))
+    return UploadBatch(terminal_id, batch_sequence, tuple(records))
+
+
+# -------------------------------------------------------------------------- signatures
+
+
+def sign(private_key: Ed25519PrivateKey, body: bytes) -> str:
+    return base64.b64encode(private_key.sign(body)).decode("ascii")
+
+
+def signature_valid(public_key: Ed25519PublicKey, body: bytes, signature: str) -> bool:
+    try:
+        raw = base64.b64decode(signature, validate=True)
+        public_key.verify(raw, body)
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
+def public_key_text(public_key: Ed25519PublicKey) -> str:
+    """The raw 32-byte Ed25519 public key in base64: how a terminal registers."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return base64.b64encode(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+
+def load_public_key(text: str) -> Ed25519PublicKey:
+    try:
+        raw = base64.b64decode(text, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as error:
+        raise WireError("public_key", text, f"must be a base64 raw Ed25519 key ({error})") from None

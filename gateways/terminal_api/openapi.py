@@ -1,0 +1,156 @@
+"""The OpenAPI 3.1 description of the terminal side (served at /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bus_terminals.wire import record_fields, upload_body_bytes_max, upload_records_max
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+
+
+def _admin(summary: str, required: list[str]) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": [{"staff": []}],
+        "requestBody": {
+            "content": {"application/json": {"schema": {"type": "object", "required": required}}}
+        },
+        "responses": {
+            "201": {"description": "created or already there"},
+            "400": _problem("bad field"),
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    terminal_headers = [
+        {"name": "X-KSH-Terminal", "in": "header", "required": True, "schema": {"type": "string"}},
+        {
+            "name": "X-KSH-Signature",
+            "in": "header",
+            "required": True,
+            "description": "base64 Ed25519 signature of the body (uploads) or of "
+            "'METHOD\\nPATH?QUERY\\nTIMESTAMP' (downloads)",
+            "schema": {"type": "string"},
+        },
+    ]
+    timestamp = {
+        "name": "X-KSH-Timestamp",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "KSH back office: terminal side", "version": "1"},
+        "components": {
+            "securitySchemes": {"staff": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "integer"},
+                        "code": {"type": "string"},
+                        "detail": {"type": "string"},
+                    },
+                },
+                "UploadBatch": {
+                    "type": "object",
+                    "required": ["version", "terminal_id", "batch_sequence", "fields", "records"],
+                    "properties": {
+                        "version": {"const": 1},
+                        "terminal_id": {"type": "string", "maxLength": 32},
+                        "batch_sequence": {"type": "integer", "minimum": 1},
+                        "fields": {"const": [name for name, _ in record_fields]},
+                        "records": {
+                            "type": "array",
+                            "maxItems": upload_records_max,
+                            "items": {"type": "array", "minItems": len(record_fields)},
+                        },
+                    },
+                    "description": f"at most {upload_body_bytes_max} bytes; records follow 'fields'",
+                },
+            },
+        },
+        "paths": {
+            "/terminal/v1/uploads": {
+                "post": {
+                    "summary": "Upload a signed batch of journal records",
+                    "parameters": terminal_headers,
+                    "requestBody": {
+                        "content": {
+                            "application/vnd.ksh.upload+json": {
+                                "schema": {"$ref": "#/components/schemas/UploadBatch"}
+                            }
+                        }
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "accepted or exists (a replay): records acknowledged"
+                        },
+                        "400": _problem("malformed"),
+                        "401": _problem("unknown terminal or bad signature"),
+                        "403": _problem("terminal revoked"),
+                        "409": _problem("batch out of order or conflicting replay"),
+                        "413": _problem("body too large"),
+                        "422": _problem("record kind not allowed for the terminal's role"),
+                    },
+                }
+            },
+            "/terminal/v1/sync": {
+                "get": {
+                    "summary": "Deny list delta, pending top-ups, tariff and key versions",
+                    "parameters": [
+                        *terminal_headers,
+                        timestamp,
+                        {"name": "deny_since", "in": "query", "schema": {"type": "integer"}},
+                    ],
+                    "responses": {"200": {"description": "sync state"}},
+                }
+            },
+            "/terminal/v1/deny-list": {
+                "get": {
+                    "summary": "The whole deny list: little-endian u64 card numbers, sorted",
+                    "parameters": [*terminal_headers, timestamp],
+                    "responses": {"200": {"description": "binary list; X-KSH-Version header"}},
+                }
+            },
+            "/admin/v1/operators": {"post": _admin("Register a bus operator", ["operator_id"])},
+            "/admin/v1/merchants": {"post": _admin("Register a merchant", ["merchant_id"])},
+            "/admin/v1/terminals": {
+                "post": _admin("Register a terminal", ["terminal_id", "public_key", "role"])
+            },
+            "/admin/v1/terminals/{terminal_id}/revoke": {"post": _admin("Revoke a terminal", [])},
+            "/admin/v1/cards": {
+                "post": _admin("Register a card (creates its accounts)", ["card_number"])
+            },
+            "/admin/v1/pending-top-ups": {
+                "post": _admin(
+                    "Book a payment for a card and announce it as a pending top-up",
+                    ["top_up_id", "card_number", "amount_rupiah"],
+                )
+            },
+            "/admin/v1/cards/{card_number}": {
+                "get": {
+                    "summary": "Card monitoring view",
+                    "security": [{"staff": []}],
+                    "responses": {"200": {"description": "shadow balance, purse, flags"}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text"}},
+                }
+            },
+            "/health": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}}}},
+        },
+    }

@@ -1,0 +1,317 @@
+"""Who and what the terminal side knows: operators, merchants, terminals, cards, deny list,
+pending top-ups. Each function takes an asyncpg connection and is idempotent, so callers (the
+SNAP virtual-account mapping, the demo, staff pages) can repeat them safely.
+
+Ledger accounts have ids derived from what they belong to (`ledger.records.derive_id`), so any
+component can name a card's purse without a lookup.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from gateways.terminal_api import books
+from ledger.records import Account, AccountFlags, AccountKind, derive_id
+
+fee_income_owner = "merchant-discount"
+suspense_owner = "card-anomalies"
+
+
+def purse_account_id(card_number: str) -> uuid.UUID:
+    return derive_id("card-purse", card_number)
+
+
+def pending_top_up_account_id(card_number: str) -> uuid.UUID:
+    return derive_id("card-pending-top-up", card_number)
+
+
+def operator_revenue_account_id(operator_id: str) -> uuid.UUID:
+    return derive_id("operator-revenue", operator_id)
+
+
+def merchant_payable_account_id(merchant_id: str) -> uuid.UUID:
+    return derive_id("merchant-payable", merchant_id)
+
+
+fee_income_account_id = derive_id("fee-income", fee_income_owner)
+suspense_account_id = derive_id("suspense", suspense_owner)
+
+
+class TerminalRole(enum.StrEnum):
+    validator = "validator"
+    pos = "pos"
+
+
+class TerminalStatus(enum.StrEnum):
+    active = "active"
+    revoked = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalRow:
+    terminal_id: str
+    public_key: str
+    role: TerminalRole
+    operator_id: str | None
+    merchant_id: str | None
+    status: TerminalStatus
+    next_batch_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class CardAccounts:
+    card_number: str
+    purse_account_id: uuid.UUID
+    pending_top_up_account_id: uuid.UUID
+
+
+async def ensure_house_accounts(connection: asyncpg.Connection) -> None:
+    await books.ensure_accounts(
+        connection,
+        [
+            Account(fee_income_account_id, AccountKind.fee_income, fee_income_owner),
+            Account(suspense_account_id, AccountKind.suspense, suspense_owner),
+        ],
+    )
+
+
+async def register_operator(
+    connection: asyncpg.Connection, operator_id: str, name: str = ""
+) -> None:
+    account_id = operator_revenue_account_id(operator_id)
+    async with connection.transaction():
+        await ensure_house_accounts(connection)
+        await books.ensure_accounts(
+            connection, [Account(account_id, AccountKind.operator_revenue, operator_id)]
+        )
+        await connection.execute(
+            "insert into operators values ($1, $2, $3) on conflict (operator_id) do update "
+            "set name = excluded.name",
+            operator_id,
+            name,
+            account_id,
+        )
+
+
+async def register_merchant(
+    connection: asyncpg.Connection, merchant_id: str, name: str = "", fee_basis_points: int = 0
+) -> None:
+    assert 0 <= fee_basis_points <= 10_000
+    account_id = merchant_payable_account_id(merchant_id)
+    async with connection.transaction():
+        await ensure_house_accounts(connection)
+        await books.ensure_accounts(
+            connection, [Account(account_id, AccountKind.merchant_payable, merchant_id)]
+        )
+        await connection.execute(
+            "insert into merchants values ($1, $2, $3, $4) on conflict (merchant_id) do update "
+            "set name = excluded.name, fee_basis_points = excluded.fee_basis_points",
+            merchant_id,
+            name,
+            fee_basis_points,
+            account_id,
+        )
+
+
+async def register_terminal(
+    connection: asyncpg.Connection,
+    terminal_id: str,
+    public_key: str,
+    role: TerminalRole,
+    *,
+    operator_id: str | None = None,
+    merchant_id: str | None = None,
+) -> None:
+    """Register (or re-key) a terminal. A validator belongs to an operator, a POS to a merchant."""
+    assert (role == TerminalRole.validator) == (operator_id is not None)
+    assert (role == TerminalRole.pos) == (merchant_id is not None)
+    await connection.execute(
+        "insert into terminals (terminal_id, public_key, role, operator_id, merchant_id) "
+        "values ($1, $2, $3, $4, $5) on conflict (terminal_id) do update "
+        "set public_key = excluded.public_key, status = 'active'",
+        terminal_id,
+        public_key,
+        role.value,
+        operator_id,
+        merchant_id,
+    )
+
+
+async def revoke_terminal(connection: asyncpg.Connection, terminal_id: str) -> bool:
+    result = await connection.execute(
+        "update terminals set status = 'revoked' where terminal_id = $1", terminal_id
+    )
+    return bool(result.endswith(" 1"))
+
+
+async def terminal(connection: asyncpg.Connection, terminal_id: str) -> TerminalRow | None:
+    row = await connection.fetchrow(
+        "select terminal_id, public_key, role, operator_id, merchant_id, status, "
+        "next_batch_sequence from terminals where terminal_id = $1",
+        terminal_id,
+    )
+    if row is None:
+        return None
+    return TerminalRow(
+        row["terminal_id"],
+        row["public_key"],
+        TerminalRole(row["role"]),
+        row["operator_id"],
+        row["merchant_id"],
+        TerminalStatus(row["status"]),
+        row["next_batch_sequence"],
+    )
+
+
+def card_accounts(card_number: str) -> CardAccounts:
+    return CardAccounts(
+        card_number, purse_account_id(card_number), pending_top_up_account_id(card_number)
+    )
+
+
+async def register_cards(connection: asyncpg.Connection, card_numbers: list[str]) -> None:
+    """Create the ledger accounts of cards (purse, pending top-up) and their rows; idempotent."""
+    if not card_numbers:
+        return
+    accounts = []
+    for number in card_numbers:
+        accounts.append(
+            Account(
+                purse_account_id(number),
+                AccountKind.card_purse,
+                number,
+                # The purse never goes below zero online; offline taps book with `force`.
+                AccountFlags.debits_must_not_exceed_credits,
+            )
+        )
+        accounts.append(
+            Account(pending_top_up_account_id(number), AccountKind.pending_top_up, number)
+        )
+    async with connection.transaction():
+        await books.ensure_accounts(connection, accounts)
+        await connection.execute(
+            "insert into cards (card_number, purse_account_id, pending_top_up_account_id) "
+            "select number, purse, pending from unnest($1::text[], $2::uuid[], $3::uuid[]) "
+            "as given(number, purse, pending) on conflict (card_number) do nothing",
+            card_numbers,
+            [purse_account_id(number) for number in card_numbers],
+            [pending_top_up_account_id(number) for number in card_numbers],
+        )
+
+
+async def register_card(connection: asyncpg.Connection, card_number: str) -> CardAccounts:
+    """Issue (or look up) a card in the back office: its purse and pending top-up accounts."""
+    await register_cards(connection, [card_number])
+    return card_accounts(card_number)
+
+
+async def add_pending_top_up(
+    connection: asyncpg.Connection, top_up_id: str, card_number: str, amount_rupiah: int
+) -> bool:
+    """Announce value waiting for a card (the money is booked by the caller, into the card's
+    pending top-up account). Returns False if that top-up id was already announced."""
+    assert amount_rupiah > 0
+    await register_cards(connection, [card_number])
+    result = await connection.execute(
+        "insert into pending_top_ups (top_up_id, card_number, amount_rupiah) values ($1, $2, $3) "
+        "on conflict (top_up_id) do nothing",
+        top_up_id,
+        card_number,
+        amount_rupiah,
+    )
+    return bool(result.endswith(" 1"))
+
+
+async def deny_cards(connection: asyncpg.Connection, card_numbers: list[str], reason: str) -> None:
+    if card_numbers:
+        await connection.execute(
+            "insert into deny_list (card_number, reason) select unnest($1::text[]), $2 "
+            "on conflict (card_number) do nothing",
+            card_numbers,
+            reason,
+        )
+
+
+async def deny_list_version(connection: asyncpg.Connection) -> int:
+    return int(await connection.fetchval("select coalesce(max(entry_id), 0) from deny_list"))
+
+
+def bank_clearing_account_id(bank_code: str) -> uuid.UUID:
+    return derive_id("bank-clearing", bank_code)
+
+
+def pending_top_up_transfer_id(top_up_id: str) -> uuid.UUID:
+    return derive_id("pending-top-up", top_up_id)
+
+
+async def pay_pending_top_up(
+    connection: asyncpg.Connection,
+    top_up_id: str,
+    card_number: str,
+    amount_rupiah: int,
+    bank_code: str = "counter",
+) -> bool:
+    """Book money received for a card (bank clearing → its pending top-up account) and announce
+    it to the terminals. Idempotent on `top_up_id`; returns False for a repeat."""
+    from ledger.records import Transfer, TransferCode
+
+    async with connection.transaction():
+        await register_cards(connection, [card_number])
+        clearing = bank_clearing_account_id(bank_code)
+        await books.ensure_accounts(
+            connection, [Account(clearing, AccountKind.bank_clearing, bank_code)]
+        )
+        outcomes = await books.create_transfers(
+            connection,
+            [
+                Transfer(
+                    pending_top_up_transfer_id(top_up_id),
+                    clearing,
+                    pending_top_up_account_id(card_number),
+                    amount_rupiah,
+                    TransferCode.pending_top_up,
+                    card_number=card_number,
+                    bank_reference=top_up_id,
+                )
+            ],
+        )
+        assert outcomes[0].result.value in ("created", "exists"), outcomes
+        return await add_pending_top_up(connection, top_up_id, card_number, amount_rupiah)
+
+
+async def card_view(connection: asyncpg.Connection, card_number: str) -> dict[str, object] | None:
+    """What monitoring knows of a card: shadow balance, counters, gaps, flags, deny list."""
+    row = await connection.fetchrow(
+        "select last_counter, shadow_balance_rupiah, last_tap_ms from cards where card_number = $1",
+        card_number,
+    )
+    if row is None:
+        return None
+    counters = await connection.fetch(
+        "select distinct card_counter from card_records where card_number = $1 "
+        "and outcome in ('booked', 'anomaly') order by card_counter",
+        card_number,
+    )
+    seen = [r["card_counter"] for r in counters]
+    gaps = sorted(set(range(1, (seen[-1] if seen else 0) + 1)) - set(seen))
+    flags = await connection.fetch(
+        "select reason, terminal_id, sequence, card_counter, detail from card_flags "
+        "where card_number = $1 order by flag_id limit 100",
+        card_number,
+    )
+    denied = await connection.fetchval(
+        "select reason from deny_list where card_number = $1", card_number
+    )
+    return {
+        "card_number": card_number,
+        "last_counter": row["last_counter"],
+        "shadow_balance_rupiah": row["shadow_balance_rupiah"],
+        "last_tap_ms": row["last_tap_ms"],
+        "counter_gaps": gaps[:100],
+        "flags": [dict(flag) for flag in flags],
+        "denied": denied,
+    }

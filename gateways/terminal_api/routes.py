@@ -1,0 +1,347 @@
+"""HTTP endpoints of the terminal side, mounted on the back office by `terminal_extension`.
+
+Terminals (Ed25519 signatures, one key per terminal):
+    POST /terminal/v1/uploads        a signed batch (body = `bus_terminals.wire` bytes)
+    GET  /terminal/v1/sync           deny list delta, pending top-ups, tariff and key versions
+    GET  /terminal/v1/deny-list      the whole deny list (binary, little-endian u64, sorted)
+Staff (bearer token `admin_token` in the back office settings):
+    POST /admin/v1/operators | merchants | terminals | cards | pending-top-ups
+    POST /admin/v1/terminals/{terminal_id}/revoke
+    GET  /admin/v1/cards/{card_number}  shadow balance, purse, flags, counter gaps
+Everyone: GET /metrics (Prometheus text), GET /openapi.json.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+from aiohttp import web
+
+from bus_terminals.deny_list import card_number_value
+from bus_terminals.wire import (
+    signature_header,
+    signature_valid,
+    terminal_header,
+    upload_body_bytes_max,
+)
+from gateways.backoffice import Problem, config_key, pool_key
+from gateways.terminal_api import books, registry
+from gateways.terminal_api.ingest import UploadResult, _public_key, ingest_upload, refusal_status
+from gateways.terminal_api.metrics import TerminalMetrics
+from gateways.terminal_api.openapi import openapi_document
+from gateways.terminal_api.registry import TerminalRole, TerminalStatus
+
+metrics_key = web.AppKey("terminal_metrics", TerminalMetrics)
+timestamp_header = "X-KSH-Timestamp"
+request_clock_skew_ms_max = 300_000
+deny_delta_entries_max = 10_000  # more than this: the terminal downloads the whole list
+pending_top_ups_download_max = 50_000
+admin_body_bytes_max = 64 * 1024
+
+
+def terminal_extension(app: web.Application) -> None:
+    app[metrics_key] = TerminalMetrics()
+    app.router.add_post("/terminal/v1/uploads", upload)
+    app.router.add_get("/terminal/v1/sync", sync)
+    app.router.add_get("/terminal/v1/deny-list", deny_list)
+    app.router.add_post("/admin/v1/operators", add_operator)
+    app.router.add_post("/admin/v1/merchants", add_merchant)
+    app.router.add_post("/admin/v1/terminals", add_terminal)
+    app.router.add_post("/admin/v1/terminals/{terminal_id}/revoke", revoke_terminal)
+    app.router.add_post("/admin/v1/cards", add_card)
+    app.router.add_get("/admin/v1/cards/{card_number}", card_view)
+    app.router.add_post("/admin/v1/pending-top-ups", add_pending_top_up)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+
+
+# ------------------------------------------------------------------------------ terminals
+
+
+async def upload(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    metrics = request.app[metrics_key]
+    if request.content_length is not None and request.content_length > upload_body_bytes_max:
+        metrics.uploads.increment("body_too_large")
+        raise Problem(413, "body_too_large", f"an upload is at most {upload_body_bytes_max} bytes")
+    terminal_id = request.headers.get(terminal_header, "")
+    signature = request.headers.get(signature_header, "")
+    if not terminal_id or not signature:
+        metrics.uploads.increment("unauthenticated")
+        raise Problem(401, "unauthenticated", f"{terminal_header} and {signature_header} needed")
+    body = await _read_bounded(request, upload_body_bytes_max)
+    async with request.app[pool_key].acquire() as connection:
+        answer = await ingest_upload(connection, terminal_id, signature, body)
+    metrics.uploads.increment(answer.result.value)
+    metrics.upload_seconds.increment(answer.result.value, time.perf_counter() - started)
+    for outcome, count in answer.records_by_outcome.items():
+        metrics.records.increment(outcome, count)
+    for reason, count in answer.flags_by_reason.items():
+        metrics.card_flags.increment(reason, count)
+    if answer.result in refusal_status:
+        raise Problem(
+            refusal_status[answer.result],
+            answer.result.value,
+            answer.detail,
+            **answer.acknowledgement,
+        )
+    acknowledgement = dict(answer.acknowledgement)
+    acknowledgement["result"] = answer.result.value
+    return web.json_response(acknowledgement)
+
+
+async def _read_bounded(request: web.Request, bytes_max: int) -> bytes:
+    chunks = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > bytes_max:
+            raise Problem(413, "body_too_large", f"the body is at most {bytes_max} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def request_signing_bytes(method: str, path_qs: str, timestamp_ms: str) -> bytes:
+    """What a terminal signs for a download: method, path with query, and its clock."""
+    return f"{method}\n{path_qs}\n{timestamp_ms}".encode()
+
+
+async def _authenticated_terminal(request: web.Request) -> registry.TerminalRow:
+    terminal_id = request.headers.get(terminal_header, "")
+    signature = request.headers.get(signature_header, "")
+    timestamp = request.headers.get(timestamp_header, "")
+    if not terminal_id or not signature or not timestamp.isdigit():
+        raise Problem(401, "unauthenticated", "terminal, signature and timestamp headers needed")
+    if abs(int(timestamp) - int(time.time() * 1000)) > request_clock_skew_ms_max:
+        raise Problem(401, "stale_request", "the request's timestamp is too far from our clock")
+    async with request.app[pool_key].acquire() as connection:
+        terminal = await registry.terminal(connection, terminal_id)
+    if terminal is None:
+        raise Problem(401, UploadResult.unknown_terminal.value, f"terminal {terminal_id!r}")
+    if terminal.status != TerminalStatus.active:
+        raise Problem(403, UploadResult.terminal_revoked.value, f"terminal {terminal_id}")
+    signed = request_signing_bytes(request.method, request.path_qs, timestamp)
+    if not signature_valid(_public_key(terminal.public_key), signed, signature):
+        raise Problem(401, UploadResult.signature_invalid.value, "request signature is wrong")
+    return terminal
+
+
+async def sync(request: web.Request) -> web.Response:
+    await _authenticated_terminal(request)
+    deny_since = _query_int(request, "deny_since", 0)
+    settings = request.app[config_key].settings
+    async with request.app[pool_key].acquire() as connection:
+        version = await registry.deny_list_version(connection)
+        added = await connection.fetch(
+            "select card_number from deny_list where entry_id > $1 order by entry_id limit $2",
+            deny_since,
+            deny_delta_entries_max + 1,
+        )
+        top_ups = await connection.fetch(
+            "select top_up_id, card_number, amount_rupiah from pending_top_ups "
+            "where taken_terminal_id is null order by created_at limit $1",
+            pending_top_ups_download_max,
+        )
+    full_needed = len(added) > deny_delta_entries_max
+    return web.json_response(
+        {
+            "server_time_ms": int(time.time() * 1000),
+            "deny_list_version": version,
+            "deny_list_full_download": full_needed,
+            "deny_list_added": [] if full_needed else [row["card_number"] for row in added],
+            "pending_top_ups": [
+                [row["top_up_id"], row["card_number"], row["amount_rupiah"]] for row in top_ups
+            ],
+            "tariff_version": settings.get("tariff_version", ""),
+            "key_versions": settings.get("key_versions", {}),
+        }
+    )
+
+
+async def deny_list(request: web.Request) -> web.Response:
+    await _authenticated_terminal(request)
+    from array import array
+
+    async with (
+        request.app[pool_key].acquire() as connection,
+        connection.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        version = await registry.deny_list_version(connection)
+        rows = await connection.fetch("select card_number from deny_list")
+    values = array("Q", sorted(card_number_value(row["card_number"]) for row in rows))
+    import sys
+
+    if sys.byteorder != "little":
+        values.byteswap()
+    return web.Response(
+        body=values.tobytes(),
+        content_type="application/octet-stream",
+        headers={"X-KSH-Version": str(version)},
+    )
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or len(text) > 18:
+        raise Problem(400, "bad_query", f"query {name!r} must be a non-negative integer")
+    return int(text)
+
+
+# ------------------------------------------------------------------------------ staff
+
+
+async def _admin_body(request: web.Request) -> dict[str, Any]:
+    token = request.app[config_key].settings.get("admin_token", "")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if not token or not hmac.compare_digest(given.encode(), str(token).encode()):
+        raise Problem(401, "unauthorised", "a staff bearer token is needed")
+    if request.method == "GET":
+        return {}
+    import json
+
+    raw = await _read_bounded(request, admin_body_bytes_max)
+    body = json.loads(raw or b"{}")
+    if not isinstance(body, dict):
+        raise Problem(400, "malformed_body", "the body must be a JSON object")
+    return body
+
+
+def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
+    value = body.get(name, default)
+    if value is ...:
+        raise Problem(400, "missing_field", f"field {name!r} is required", field=name)
+    if value is not None and (type(value) is not kind):
+        raise Problem(400, "bad_field", f"field {name!r} must be {kind.__name__}", field=name)
+    return value
+
+
+def _card_number_field(body: dict[str, Any]) -> str:
+    number = _field(body, "card_number", str)
+    if not number.isdigit() or not 8 <= len(number) <= 19:
+        raise Problem(400, "bad_field", "card_number must be 8 to 19 digits", field="card_number")
+    return str(number)
+
+
+async def add_operator(request: web.Request) -> web.Response:
+    body = await _admin_body(request)
+    operator_id = _field(body, "operator_id", str)
+    async with request.app[pool_key].acquire() as connection:
+        await registry.register_operator(connection, operator_id, _field(body, "name", str, ""))
+    return web.json_response({"operator_id": operator_id}, status=201)
+
+
+async def add_merchant(request: web.Request) -> web.Response:
+    body = await _admin_body(request)
+    merchant_id = _field(body, "merchant_id", str)
+    fee = _field(body, "fee_basis_points", int, 0)
+    if not 0 <= fee <= 10_000:
+        raise Problem(400, "bad_field", "fee_basis_points is 0..10000", field="fee_basis_points")
+    async with request.app[pool_key].acquire() as connection:
+        await registry.register_merchant(
+            connection, merchant_id, _field(body, "name", str, ""), fee
+        )
+    return web.json_response({"merchant_id": merchant_id}, status=201)
+
+
+async def add_terminal(request: web.Request) -> web.Response:
+    body = await _admin_body(request)
+    terminal_id = _field(body, "terminal_id", str)
+    public_key = _field(body, "public_key", str)
+    role_text = _field(body, "role", str)
+    if role_text not in TerminalRole.__members__:
+        raise Problem(400, "bad_field", "role is validator or pos", field="role")
+    role = TerminalRole(role_text)
+    operator_id = _field(body, "operator_id", str, None)
+    merchant_id = _field(body, "merchant_id", str, None)
+    if (role == TerminalRole.validator) != (operator_id is not None) or (
+        role == TerminalRole.pos
+    ) != (merchant_id is not None):
+        raise Problem(400, "bad_field", "a validator names an operator_id, a POS a merchant_id")
+    from bus_terminals.wire import WireError, load_public_key
+
+    try:
+        load_public_key(public_key)
+    except WireError as error:
+        raise Problem(400, "bad_field", str(error), field="public_key") from None
+    async with request.app[pool_key].acquire() as connection:
+        owner = await connection.fetchval(
+            "select 1 from operators where operator_id = $1"
+            if operator_id
+            else "select 1 from merchants where merchant_id = $1",
+            operator_id or merchant_id,
+        )
+        if owner is None:
+            raise Problem(404, "owner_not_found", "register the operator or merchant first")
+        await registry.register_terminal(
+            connection,
+            terminal_id,
+            public_key,
+            role,
+            operator_id=operator_id,
+            merchant_id=merchant_id,
+        )
+    return web.json_response({"terminal_id": terminal_id}, status=201)
+
+
+async def revoke_terminal(request: web.Request) -> web.Response:
+    await _admin_body(request)
+    terminal_id = request.match_info["terminal_id"]
+    async with request.app[pool_key].acquire() as connection:
+        if not await registry.revoke_terminal(connection, terminal_id):
+            raise Problem(404, "terminal_not_found", f"terminal {terminal_id!r}")
+    return web.json_response({"terminal_id": terminal_id, "status": "revoked"})
+
+
+async def add_card(request: web.Request) -> web.Response:
+    body = await _admin_body(request)
+    number = _card_number_field(body)
+    async with request.app[pool_key].acquire() as connection:
+        accounts = await registry.register_card(connection, number)
+    return web.json_response(
+        {
+            "card_number": number,
+            "purse_account_id": str(accounts.purse_account_id),
+            "pending_top_up_account_id": str(accounts.pending_top_up_account_id),
+        },
+        status=201,
+    )
+
+
+async def add_pending_top_up(request: web.Request) -> web.Response:
+    body = await _admin_body(request)
+    number = _card_number_field(body)
+    top_up_id = _field(body, "top_up_id", str)
+    amount = _field(body, "amount_rupiah", int)
+    if not 0 < amount <= 2_000_000:
+        raise Problem(400, "bad_field", "amount_rupiah is 1..2,000,000", field="amount_rupiah")
+    source = _field(body, "source", str, "counter")
+    async with request.app[pool_key].acquire() as connection:
+        created = await registry.pay_pending_top_up(connection, top_up_id, number, amount, source)
+    return web.json_response({"top_up_id": top_up_id, "created": created}, status=201)
+
+
+async def card_view(request: web.Request) -> web.Response:
+    await _admin_body(request)
+    number = request.match_info["card_number"]
+    async with request.app[pool_key].acquire() as connection:
+        view = await registry.card_view(connection, number)
+        if view is None:
+            raise Problem(404, "card_not_found", f"card {number!r} is not registered")
+        purse = await books.balances(connection, [registry.purse_account_id(number)])
+    balance = purse.get(registry.purse_account_id(number))
+    view["purse_balance_rupiah"] = balance.credit_balance if balance else 0
+    return web.json_response(view)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        text=request.app[metrics_key].render(), content_type="text/plain", charset="utf-8"
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())

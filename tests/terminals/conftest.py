@@ -1,0 +1,71 @@
+"""Fixtures of the terminal tests: the back office on loopback (real aiohttp server, real
+PostgreSQL), with an operator, a merchant, and helpers to register terminals."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bus_terminals.wire import public_key_text
+from gateways.backoffice import BackofficeConfig, create_app
+from gateways.terminal_api import registry
+from gateways.terminal_api.registry import TerminalRole
+from gateways.terminal_api.routes import terminal_extension
+
+admin_token = "test-staff-token"
+operator_id = "TRANS-SEMARANG"
+merchant_id = "WARUNG-01"
+
+
+@dataclass
+class Backoffice:
+    url: str
+    database_url: str
+    pool: asyncpg.Pool
+
+    async def register_validator(self, terminal_id: str) -> Ed25519PrivateKey:
+        key = Ed25519PrivateKey.generate()
+        async with self.pool.acquire() as connection:
+            await registry.register_terminal(
+                connection,
+                terminal_id,
+                public_key_text(key.public_key()),
+                TerminalRole.validator,
+                operator_id=operator_id,
+            )
+        return key
+
+    async def register_pos(self, terminal_id: str) -> Ed25519PrivateKey:
+        key = Ed25519PrivateKey.generate()
+        async with self.pool.acquire() as connection:
+            await registry.register_terminal(
+                connection,
+                terminal_id,
+                public_key_text(key.public_key()),
+                TerminalRole.pos,
+                merchant_id=merchant_id,
+            )
+        return key
+
+
+@pytest.fixture
+async def backoffice(database_url: str) -> AsyncIterator[Backoffice]:
+    config = BackofficeConfig(database_url, settings={"admin_token": admin_token})
+    app = create_app(config, [terminal_extension])
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    assert pool is not None
+    async with pool.acquire() as connection:
+        await registry.register_operator(connection, operator_id, "Trans Semarang")
+        await registry.register_merchant(connection, merchant_id, "Warung", fee_basis_points=100)
+    try:
+        yield Backoffice(str(server.make_url("")).rstrip("/"), database_url, pool)
+    finally:
+        await pool.close()
+        await server.close()

@@ -1,0 +1,212 @@
+"""The upload endpoint over real HTTP into real PostgreSQL: booked once, in-doubt settled by the
+card's log, anomalies flagged, and every bad upload refused with nothing booked."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+
+from bus_terminals.wire import (
+    RecordKind,
+    RecordStatus,
+    UploadBatch,
+    encode_batch,
+    sign,
+    signature_header,
+    terminal_header,
+    upload_body_bytes_max,
+)
+from gateways.terminal_api import registry
+from tests.terminals.conftest import Backoffice
+from tests.terminals.helpers import books_snapshot, post_batch, purse_balance, record
+
+card = "6032984000000001"
+
+
+async def top_up(backoffice: Backoffice, card_number: str, amount: int, top_up_id: str) -> None:
+    async with backoffice.pool.acquire() as connection:
+        await registry.pay_pending_top_up(connection, top_up_id, card_number, amount)
+
+
+async def test_a_tap_is_booked_once_however_often_it_is_uploaded(backoffice: Backoffice) -> None:
+    key = await backoffice.register_validator("V1")
+    await top_up(backoffice, card, 20_000, "T-1")
+    taps = [
+        record(
+            "V1", 1, card, 1, 0, 20_000, kind=RecordKind.topup_credit, topup=20_000, topup_id="T-1"
+        ),
+        record("V1", 2, card, 2, 3_500, 16_500, previous=(1, "V1", 0)),
+    ]
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(session, backoffice.url, key, "V1", 1, taps)
+        assert status == 200, answer
+        assert answer["result"] == "accepted"
+        assert answer["records"] == [[1, "committed"], [2, "committed"]]
+        booked = await books_snapshot(backoffice.pool)
+        status, again = await post_batch(session, backoffice.url, key, "V1", 1, taps)
+        assert status == 200
+        assert again["result"] == "exists"
+        assert await books_snapshot(backoffice.pool) == booked
+    count, total = booked
+    assert total == 0
+    assert count == 3  # bank → pending, pending → purse, purse → revenue
+    assert await purse_balance(backoffice.pool, card) == 16_500
+    async with backoffice.pool.acquire() as connection:
+        view = await registry.card_view(connection, card)
+        taken = await connection.fetchval(
+            "select taken_terminal_id from pending_top_ups where top_up_id = 'T-1'"
+        )
+    assert view is not None
+    assert view["shadow_balance_rupiah"] == 16_500
+    assert view["last_counter"] == 2
+    assert taken == "V1"
+
+
+async def test_in_doubt_tap_is_settled_by_the_next_tap_elsewhere(backoffice: Backoffice) -> None:
+    key_a = await backoffice.register_validator("VA")
+    key_b = await backoffice.register_validator("VB")
+    await top_up(backoffice, card, 10_000, "T-2")
+    async with aiohttp.ClientSession() as session:
+        first = record(
+            "VA", 1, card, 1, 0, 10_000, kind=RecordKind.topup_credit, topup=10_000, topup_id="T-2"
+        )
+        doubtful = record(
+            "VA", 2, card, 2, 3_500, 6_500, status=RecordStatus.in_doubt, previous=(1, "VA", 0)
+        )
+        status, answer = await post_batch(
+            session, backoffice.url, key_a, "VA", 1, [first, doubtful]
+        )
+        assert status == 200, answer
+        assert await purse_balance(backoffice.pool, card) == 10_000  # held, not booked
+        # The card did commit: at VB its last log entry is VA's tap (counter 2).
+        later = record("VB", 1, card, 3, 3_500, 3_000, previous=(2, "VA", 3_500))
+        status, answer = await post_batch(session, backoffice.url, key_b, "VB", 1, [later])
+        assert status == 200, answer
+        assert await purse_balance(backoffice.pool, card) == 3_000
+        # VA learns the outcome from the card too and uploads the resolution: nothing new.
+        booked = await books_snapshot(backoffice.pool)
+        resolved = record("VA", 2, card, 2, 3_500, 6_500, previous=(1, "VA", 0))
+        status, answer = await post_batch(session, backoffice.url, key_a, "VA", 2, [resolved])
+        assert status == 200, answer
+        assert await books_snapshot(backoffice.pool) == booked
+    assert booked[1] == 0
+
+
+async def test_in_doubt_tap_that_never_happened_is_void(backoffice: Backoffice) -> None:
+    key_a = await backoffice.register_validator("VA")
+    key_b = await backoffice.register_validator("VB")
+    await top_up(backoffice, card, 10_000, "T-3")
+    async with aiohttp.ClientSession() as session:
+        first = record(
+            "VA", 1, card, 1, 0, 10_000, kind=RecordKind.topup_credit, topup=10_000, topup_id="T-3"
+        )
+        doubtful = record(
+            "VA", 2, card, 2, 3_500, 6_500, status=RecordStatus.in_doubt, previous=(1, "VA", 0)
+        )
+        await post_batch(session, backoffice.url, key_a, "VA", 1, [first, doubtful])
+        # The card was pulled before commit: at VB its counter 2 is VB's own tap.
+        other = record("VB", 1, card, 2, 3_500, 6_500, previous=(1, "VA", 0))
+        status, answer = await post_batch(session, backoffice.url, key_b, "VB", 1, [other])
+        assert status == 200, answer
+    assert await purse_balance(backoffice.pool, card) == 6_500
+    async with backoffice.pool.acquire() as connection:
+        outcome = await connection.fetchval(
+            "select outcome from card_records where terminal_id = 'VA' and sequence = 2"
+        )
+    assert outcome == "void"
+
+
+async def test_clone_is_booked_to_suspense_and_denied(backoffice: Backoffice) -> None:
+    key_a = await backoffice.register_validator("VA")
+    key_b = await backoffice.register_validator("VB")
+    await top_up(backoffice, card, 10_000, "T-4")
+    async with aiohttp.ClientSession() as session:
+        first = record(
+            "VA", 1, card, 1, 0, 10_000, kind=RecordKind.topup_credit, topup=10_000, topup_id="T-4"
+        )
+        tap = record("VA", 2, card, 2, 3_500, 6_500, previous=(1, "VA", 0))
+        await post_batch(session, backoffice.url, key_a, "VA", 1, [first, tap])
+        clone = record("VB", 1, card, 2, 4_000, 6_000, previous=(1, "VA", 0))
+        status, answer = await post_batch(session, backoffice.url, key_b, "VB", 1, [clone])
+        assert status == 200, answer
+        _, total = await books_snapshot(backoffice.pool)
+        assert total == 0
+    assert await purse_balance(backoffice.pool, card) == 6_500  # the clone's ride is not the card's
+    async with backoffice.pool.acquire() as connection:
+        denied = await connection.fetchval(
+            "select reason from deny_list where card_number = $1", card
+        )
+        suspense = await connection.fetchval(
+            "select debits_posted from ledger_accounts where id = $1", registry.suspense_account_id
+        )
+    assert denied == "counter_repeat"
+    assert suspense == 4_000
+
+
+async def test_a_purse_overdrawn_offline_is_still_booked_and_flagged(
+    backoffice: Backoffice,
+) -> None:
+    key = await backoffice.register_validator("V1")
+    async with aiohttp.ClientSession() as session:
+        tap = record("V1", 1, card, 1, 3_500, 0)
+        status, answer = await post_batch(session, backoffice.url, key, "V1", 1, [tap])
+        assert status == 200, answer
+    assert await purse_balance(backoffice.pool, card) == -3_500
+    async with backoffice.pool.acquire() as connection:
+        reasons = await connection.fetch(
+            "select reason from card_flags where card_number = $1", card
+        )
+    assert "purse_negative" in {row["reason"] for row in reasons}
+
+
+async def test_bad_uploads_are_refused_and_book_nothing(backoffice: Backoffice) -> None:
+    key = await backoffice.register_validator("V1")
+    other_key = await backoffice.register_validator("V2")
+    tap = record("V1", 1, card, 1, 3_500, 6_500)
+    body = encode_batch(UploadBatch("V1", 1, (tap,)))
+    before = await books_snapshot(backoffice.pool)
+
+    async def send(body: bytes, signature: str, terminal_id: str = "V1") -> tuple[int, str]:
+        async with session.post(
+            f"{backoffice.url}/terminal/v1/uploads",
+            data=body,
+            headers={terminal_header: terminal_id, signature_header: signature},
+        ) as response:
+            answer = await response.json()
+            return response.status, answer.get("code") or answer["result"]
+
+    async with aiohttp.ClientSession() as session:
+        assert await send(body, sign(other_key, body)) == (401, "signature_invalid")
+        altered = body.replace(b"3500", b"350")
+        assert await send(altered, sign(key, body)) == (401, "signature_invalid")
+        assert await send(body, sign(key, body), "V9") == (401, "unknown_terminal")
+        assert await send(body, "not base64!") == (401, "signature_invalid")
+        later = encode_batch(UploadBatch("V1", 2, (tap,)))
+        assert await send(later, sign(key, later)) == (409, "batch_out_of_order")
+        malformed = json.dumps({"version": 1}).encode()
+        status, code = await send(malformed, sign(key, malformed))
+        assert (status, code) == (400, "malformed")
+        wrong_field = body.replace(b'"fare_debit"', b'"free_ride"')
+        status, code = await send(wrong_field, sign(key, wrong_field))
+        assert (status, code) == (400, "malformed")
+        not_json = b"\x00\x01garbage"
+        assert await send(not_json, sign(key, not_json)) == (400, "malformed")
+        huge = b" " * (upload_body_bytes_max + 1)
+        assert (await send(huge, sign(key, huge)))[0] == 413
+        sale = encode_batch(
+            UploadBatch("V1", 1, (record("V1", 1, card, 1, 100, 0, kind=RecordKind.sale),))
+        )
+        assert await send(sale, sign(key, sale)) == (422, "record_not_for_role")
+        assert await books_snapshot(backoffice.pool) == before
+        # The genuine batch goes through; a different batch 1 afterwards is a conflict.
+        assert (await send(body, sign(key, body)))[0] == 200
+        other = encode_batch(UploadBatch("V1", 1, (record("V1", 1, card, 1, 1_000, 9_000),)))
+        assert await send(other, sign(key, other)) == (409, "batch_conflict")
+        async with backoffice.pool.acquire() as connection:
+            await registry.revoke_terminal(connection, "V1")
+        again = encode_batch(UploadBatch("V1", 2, (record("V1", 2, card, 2, 3_500, 3_000),)))
+        assert await send(again, sign(key, again)) == (403, "terminal_revoked")
+    count, total = await books_snapshot(backoffice.pool)
+    assert count == before[0] + 1
+    assert total == 0
