@@ -199,24 +199,15 @@ def _elapsed_s(
     return arrival_s - anchor_arrival_s
 
 
-class _Step:
-    """What one leg costs before passes and caps, and the card state after it."""
+#: One leg's result: amount before passes and caps, state after it, the leg match, the fare
+#: transfer rule applied (or None), and whether the leg joined the previous one.
+_StepResult = tuple[int, CardState, LegMatch, TransferRule | None, bool]
+_new_state = tuple.__new__  # builds a CardState from a tuple without the keyword wrapper
 
-    __slots__ = ("amount", "joined", "match", "state", "transfer")
 
-    def __init__(
-        self,
-        amount: int,
-        state: CardState,
-        match: LegMatch,
-        transfer: TransferRule | None,
-        joined: bool,
-    ) -> None:
-        self.amount = amount
-        self.state = state
-        self.match = match
-        self.transfer = transfer
-        self.joined = joined
+def _local(tariff: Tariff, utc_s: int) -> int:
+    fixed = tariff.fixed_offset_s
+    return utc_s + fixed if fixed is not None else tariff.local_seconds(utc_s)
 
 
 def _step(
@@ -229,18 +220,21 @@ def _step(
     arrival_s: int,
     category: int,
     medium: int,
-) -> _Step | None:
-    local = tariff.local_seconds
+) -> _StepResult | None:
     has_previous = state.has_leg and state.tariff_tag == tariff.tag
-    if has_previous and _joins(tariff, state, network, from_stop, departure_s):
+    if (
+        has_previous
+        and tariff.join_rules
+        and _joins(tariff, state, network, from_stop, departure_s)
+    ):
         mixed = state.effective_network_mixed or state.last_network_index != network
         match = _match_leg(
             tariff,
             no_index if mixed else network,
             state.effective_from_stop_index,
             to_stop,
-            local(state.effective_start_s),
-            local(arrival_s),
+            _local(tariff, state.effective_start_s),
+            _local(tariff, arrival_s),
             category,
             medium,
         )
@@ -249,7 +243,7 @@ def _step(
         amount = match.amount - state.effective_product_amount
         if amount < 0 and not tariff.has_negative_products:
             amount = 0
-        new_state = state._replace(
+        joined_state = state._replace(
             last_time_s=arrival_s,
             effective_network_mixed=mixed,
             effective_group_index=match.rule.group_index,
@@ -258,10 +252,17 @@ def _step(
             last_network_index=network,
             last_to_stop_index=to_stop,
         )
-        return _Step(amount, new_state, match, None, True)
+        return amount, joined_state, match, None, True
 
     match = _match_leg(
-        tariff, network, from_stop, to_stop, local(departure_s), local(arrival_s), category, medium
+        tariff,
+        network,
+        from_stop,
+        to_stop,
+        _local(tariff, departure_s),
+        _local(tariff, arrival_s) if arrival_s != departure_s else _local(tariff, departure_s),
+        category,
+        medium,
     )
     if match is None:
         return None
@@ -324,39 +325,30 @@ def _step(
                 break
     if amount < 0 and not tariff.has_negative_products:
         amount = 0
-    new_state = CardState(
-        tariff.tag,
-        True,
-        arrival_s,
-        departure_s,
-        from_stop,
-        False,
-        match.rule.group_index,
-        leg_amount,
-        amount,
-        network,
-        to_stop,
-        chain_rule,
-        chain_count,
-        chain_departure_s,
-        chain_arrival_s,
-        state.pass_index,
-        state.pass_last_day,
-        state.caps,
+    new_state: CardState = _new_state(
+        CardState,
+        (
+            tariff.tag,
+            True,
+            arrival_s,
+            departure_s,
+            from_stop,
+            False,
+            match.rule.group_index,
+            leg_amount,
+            amount,
+            network,
+            to_stop,
+            chain_rule,
+            chain_count,
+            chain_departure_s,
+            chain_arrival_s,
+            state.pass_index,
+            state.pass_last_day,
+            state.caps,
+        ),
     )
-    return _Step(amount, new_state, match, chosen, False)
-
-
-def _trip_fits(tariff: Tariff, state: CardState) -> bool:
-    """Was the trip part of this state written under this tariff (tag and index ranges)?"""
-    return (
-        state.tariff_tag == tariff.tag
-        and state.effective_group_index < len(tariff.group_ids)
-        and state.last_network_index < len(tariff.network_ids)
-        and state.effective_from_stop_index < len(tariff.stop_ids)
-        and state.last_to_stop_index < len(tariff.stop_ids)
-        and state.chain_rule_index < len(tariff.transfer_rule_list)
-    )
+    return amount, new_state, match, chosen, False
 
 
 def _unpriced(outcome: FareOutcome, state: CardState) -> FareDecision:
@@ -411,21 +403,29 @@ def apply_caps(
 def _resolve(
     tariff: Tariff, category_id: str | None, media_id: str | None
 ) -> tuple[int, int] | FareOutcome:
-    if category_id is None:
-        category_id = tariff.default_category_id
-    if category_id is None:
-        category = any_index
-    else:
-        found = tariff.category_index.get(category_id)
-        if found is None:
+    """Rider category and medium ids -> indices (None: default category / any medium)."""
+    found = tariff.rider_lookup.get((category_id, media_id))
+    if found is not None:
+        return found
+    category = any_index
+    if tariff.category_ids:
+        if category_id is not None and category_id not in tariff.category_index:
             return FareOutcome.unknown_rider_category
-        category = found
-    if media_id is None:
-        return category, any_index
-    medium = tariff.media_index.get(media_id)
-    if medium is None:
-        return FareOutcome.unknown_fare_media
+        effective = category_id if category_id is not None else tariff.default_category_id
+        category = tariff.category_index[effective] if effective is not None else any_index
+    medium = any_index
+    if tariff.media_ids and media_id is not None:
+        if media_id not in tariff.media_index:
+            return FareOutcome.unknown_fare_media
+        medium = tariff.media_index[media_id]
     return category, medium
+
+
+def _forget_trip(state: CardState) -> CardState:
+    """Keep what the card paid (caps) and holds (pass); drop the trip part."""
+    return blank_card_state._replace(
+        pass_index=state.pass_index, pass_last_day=state.pass_last_day, caps=state.caps
+    )
 
 
 def decide(tariff: Tariff, state: CardState, tap: Tap) -> FareDecision:
@@ -433,49 +433,65 @@ def decide(tariff: Tariff, state: CardState, tap: Tap) -> FareDecision:
     route = tariff.route_index.get(tap.route_id)
     if route is None:
         return _unpriced(FareOutcome.unknown_route, state)
-    resolved = _resolve(tariff, tap.rider_category_id, tap.fare_media_id)
-    if isinstance(resolved, FareOutcome):
-        return _unpriced(resolved, state)
+    resolved = tariff.rider_lookup.get((tap.rider_category_id, tap.fare_media_id))
+    if resolved is None:
+        slow = _resolve(tariff, tap.rider_category_id, tap.fare_media_id)
+        if isinstance(slow, FareOutcome):
+            return _unpriced(slow, state)
+        resolved = slow
     category, medium = resolved
     stop = tariff.stop_index.get(tap.stop_id, no_index) if tap.stop_id is not None else no_index
     time_s = tap.time_s
     network = tariff.route_network[route]
-    if state.has_leg and not _trip_fits(tariff, state):
-        state = blank_card_state._replace(
-            pass_index=state.pass_index, pass_last_day=state.pass_last_day, caps=state.caps
-        )
-    step = _step(tariff, state, network, stop, no_index, time_s, time_s, category, medium)
+    try:
+        step = _step(tariff, state, network, stop, no_index, time_s, time_s, category, medium)
+    except IndexError:
+        # Same 4-bit tag but indices from another tariff: start a fresh trip.
+        state = _forget_trip(state)
+        step = _step(tariff, state, network, stop, no_index, time_s, time_s, category, medium)
     if step is None:
         return _unpriced(FareOutcome.unknown_fare, state)
-    amount = step.amount
+    amount, new_state, match, transfer, _ = step
     before_caps = amount
     pass_id: str | None = None
-    local_s = tariff.local_seconds(time_s)
-    if 0 < state.pass_index <= len(tariff.passes):
-        rule = tariff.passes[state.pass_index - 1]
-        day = local_s // seconds_per_day
-        if (
-            state.pass_last_day - rule.validity_days < day <= state.pass_last_day
-            and rule.category_index in (any_index, category)
-            and rule.network_index in (any_index, network)
-        ):
-            amount = 0
-            before_caps = 0
-            pass_id = rule.pass_id
-    amount, slots, cap_id = apply_caps(tariff, state, amount, local_s, category, medium)
-    new_state = step.state._replace(caps=slots) if slots is not state.caps else step.state
-    transfer = step.transfer
-    return FareDecision(
-        FareOutcome.priced,
-        amount,
-        new_state,
-        tariff.product_ids[step.match.product_index],
-        step.match.rule.label,
-        transfer.label if transfer is not None else None,
-        cap_id,
-        pass_id,
-        before_caps,
+    if state.pass_index:
+        local_s = _local(tariff, time_s)
+        pass_position = state.pass_index - 1
+        if pass_position < len(tariff.passes):
+            rule = tariff.passes[pass_position]
+            day = local_s // seconds_per_day
+            if (
+                state.pass_last_day - rule.validity_days < day <= state.pass_last_day
+                and rule.category_index in (any_index, category)
+                and rule.network_index in (any_index, network)
+            ):
+                amount = 0
+                before_caps = 0
+                pass_id = rule.pass_id
+    cap_id: str | None = None
+    if tariff.caps_for[(category, medium)]:
+        amount, slots, cap_id = apply_caps(
+            tariff, state, amount, _local(tariff, time_s), category, medium
+        )
+        new_state = new_state._replace(caps=slots)
+    return _new_decision(
+        FareDecision,
+        (
+            _priced,
+            amount,
+            new_state,
+            tariff.product_ids[match.product_index],
+            match.rule.label,
+            transfer.label if transfer is not None else None,
+            cap_id,
+            pass_id,
+            before_caps,
+        ),
     )
+
+
+_priced = FareOutcome.priced
+_new_decision = tuple.__new__
 
 
 def activate_pass(
@@ -528,23 +544,22 @@ def price_journey(
             unknown.append(position)
             prices.append(LegPrice(None, None, None, None, None, (), False))
             continue
-        state = step.state
-        total += step.amount
-        transfer = step.transfer
+        amount, state, match, transfer, joined = step
+        total += amount
         prices.append(
             LegPrice(
-                step.amount,
-                tariff.product_ids[step.match.product_index],
-                step.match.rule.label,
+                amount,
+                tariff.product_ids[match.product_index],
+                match.rule.label,
                 transfer.label if transfer is not None else None,
                 tariff.product_ids[transfer.product_index]
                 if transfer is not None and transfer.product_index != any_index
                 else None,
                 tuple(
-                    (tariff.product_ids[product], amount)
-                    for product, amount in step.match.candidates
+                    (tariff.product_ids[product], candidate_amount)
+                    for product, candidate_amount in match.candidates
                 ),
-                step.joined,
+                joined,
             )
         )
     return JourneyPrice(tariff.currency, None if unknown else total, tuple(prices), tuple(unknown))

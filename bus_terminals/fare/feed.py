@@ -762,6 +762,14 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
                 )
             )
 
+    default_category_id = min(default_categories) if default_categories else None
+    rider_lookup: dict[tuple[str | None, str | None], tuple[int, int]] = {}
+    for category_id in (*category_ids, None):
+        effective = category_id if category_id is not None else default_category_id
+        category = category_index[effective] if effective is not None else any_index
+        for media_id in (*media_ids, None):
+            medium = media_index[media_id] if media_id is not None else any_index
+            rider_lookup[(category_id, media_id)] = (category, medium)
     fingerprint = hashlib.sha256(
         repr((stop_ids, network_ids, group_ids, [r.label for r in transfer_list])).encode()
     ).digest()
@@ -779,7 +787,7 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
         stop_station=tuple(stop_station),
         category_index=category_index,
         category_ids=category_ids,
-        default_category_id=min(default_categories) if default_categories else None,
+        default_category_id=default_category_id,
         media_index=media_index,
         media_ids=media_ids,
         product_ids=product_ids,
@@ -806,4 +814,6 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
         passes=tuple(passes),
         pass_index={rule.pass_id: position for position, rule in enumerate(passes)},
         tag=fingerprint[0] & 0x0F,
+        rider_lookup=rider_lookup,
+        fixed_offset_s=offset_s[0] if len(offset_s) == 1 else None,
     )

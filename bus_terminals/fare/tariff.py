@@ -112,6 +112,9 @@ class Tariff:
     passes: tuple[PassRule, ...]
     pass_index: dict[str, int]
     tag: int  # 4-bit fingerprint of the index tables (goes on the card)
+    # (rider_category_id or None, fare_media_id or None) -> (category index, media index)
+    rider_lookup: dict[tuple[str | None, str | None], tuple[int, int]]
+    fixed_offset_s: int | None  # the zone's only offset, when it has one (no bisect needed)
     leg_memo: dict[tuple[int, ...], LegMatch | None] = field(default_factory=dict)
 
     def local_seconds(self, utc_s: int) -> int:
