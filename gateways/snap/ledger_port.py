@@ -1,0 +1,81 @@
+"""What the SNAP top-up endpoints need to know of cards and the ledger, in one place.
+
+Cards, their ledger accounts and the list of pending top-ups that terminals download belong
+to the terminal side's registry (`gateways.terminal_api.registry`): a card is known when it
+was issued there (row in `cards`), blocked when it is on the deny list, and its accounts have
+ids derived from the card number. A VA payment becomes a pending top-up there, booked bank
+clearing -> the card's pending top-up account and announced to the terminals.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from gateways.terminal_api import registry
+from ledger.store import lookup_accounts
+
+
+def top_up_id(partner_id: str, payment_request_id: str) -> str:
+    """The pending top-up's id: the same for every repeat of the bank's paymentRequestId."""
+    return f"snap:{partner_id}:{payment_request_id}"
+
+
+def pending_top_up_transfer_id(partner_id: str, payment_request_id: str) -> uuid.UUID:
+    """The ledger transfer id of a VA payment (derived from partner and paymentRequestId)."""
+    return registry.pending_top_up_transfer_id(top_up_id(partner_id, payment_request_id))
+
+
+@dataclass(frozen=True, slots=True)
+class CardPosition:
+    purse_rupiah: int  # the card purse account's balance (the card's value as we know it)
+    pending_rupiah: int  # paid at a bank, not yet written to the card
+    blocked: bool
+
+
+async def card_position(connection: asyncpg.Connection, card_number: str) -> CardPosition | None:
+    """None when no card with this number was issued."""
+    known = await connection.fetchval(
+        "select exists (select 1 from cards where card_number = $1)", card_number
+    )
+    if not known:
+        return None
+    blocked = await connection.fetchval(
+        "select exists (select 1 from deny_list where card_number = $1)", card_number
+    )
+    purse_id = registry.purse_account_id(card_number)
+    pending_id = registry.pending_top_up_account_id(card_number)
+    found = await lookup_accounts(connection, [purse_id, pending_id])
+    purse = found.get(purse_id)
+    pending = found.get(pending_id)
+    return CardPosition(
+        purse_rupiah=purse.balances.credit_balance if purse else 0,
+        pending_rupiah=pending.balances.credit_balance if pending else 0,
+        blocked=bool(blocked),
+    )
+
+
+def clearing_owner(partner_id: str, bank_code: str) -> str:
+    """Bank clearing accounts are named by the BI bank code (partner id when there is none)."""
+    return bank_code or partner_id
+
+
+async def book_pending_top_up(
+    connection: asyncpg.Connection,
+    *,
+    partner_id: str,
+    bank_code: str,
+    payment_request_id: str,
+    card_number: str,
+    amount_rupiah: int,
+) -> None:
+    """Bank clearing -> the card's pending top-up account, announced to the terminals."""
+    await registry.pay_pending_top_up(
+        connection,
+        top_up_id(partner_id, payment_request_id),
+        card_number,
+        amount_rupiah,
+        bank_code=clearing_owner(partner_id, bank_code),
+    )

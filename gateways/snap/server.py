@@ -1,0 +1,323 @@
+"""Our SNAP BI endpoints (the bank calls us): the B2B access token, and virtual-account
+inquiry (24) and payment (25) for top-ups, plus the OpenAPI description.
+
+Mounted into the back office with `install` (defaults) or `extension(settings)`:
+
+    create_app(config, [gateways.snap.server.install])
+
+Every request is checked in a fixed order, and the first failure is the answer: body size,
+mandatory headers, timestamp format, partner, token, signature, timestamp freshness, channel,
+JSON, fields; then, in one database transaction, the X-EXTERNAL-ID (unique per partner per
+Jakarta day) and the business step. Nothing is booked unless every check passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from gateways.backoffice import Extension, pool_key
+from gateways.snap import signature, topups
+from gateways.snap.codes import Cases, Service, SnapError, response_code
+from gateways.snap.partners import Partner, load_partner
+
+logger = logging.getLogger("ksh.snap.server")
+
+openapi_path = Path(__file__).parent / "openapi.json"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapServerSettings:
+    prefix: str = "/snap"
+    timestamp_tolerance_seconds: int = signature.timestamp_tolerance_seconds_default
+    access_token_ttl_seconds: int = 900
+    request_body_bytes_max: int = 16 * 1024  # a VA payment is well under 2 KiB
+    purse_cap_rupiah: int = topups.purse_cap_rupiah_default
+
+    def __post_init__(self) -> None:
+        assert self.timestamp_tolerance_seconds > 0
+        assert 60 <= self.access_token_ttl_seconds <= 99_999  # expiresIn is at most 5 digits
+        assert self.request_body_bytes_max >= 2048
+
+
+settings_key = web.AppKey("snap_settings", SnapServerSettings)
+
+mandatory_transaction_headers = (
+    "X-TIMESTAMP",
+    "X-SIGNATURE",
+    "X-PARTNER-ID",
+    "X-EXTERNAL-ID",
+    "CHANNEL-ID",
+    "Authorization",
+)
+external_id_length_max = 36
+
+
+def snap_response(
+    service: Service, body: dict[str, Any], case: Any = Cases.success
+) -> web.Response:
+    answer = {"responseCode": response_code(case, service), "responseMessage": case.message, **body}
+    return web.json_response(answer, status=case.http_status)
+
+
+def error_response(error: SnapError, service: Service) -> web.Response:
+    return web.json_response(error.body(service), status=error.case.http_status)
+
+
+async def read_body(request: web.Request, settings: SnapServerSettings) -> bytes:
+    limit = settings.request_body_bytes_max
+    if request.content_length is not None and request.content_length > limit:
+        raise SnapError(Cases.bad_request, f"body larger than {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise SnapError(Cases.bad_request, f"body larger than {limit} bytes")
+    return body
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise SnapError(Cases.bad_request, "body is not JSON") from error
+    if not isinstance(value, dict):
+        raise SnapError(Cases.bad_request, "body is not a JSON object")
+    return value
+
+
+def check_timestamp(text: str, settings: SnapServerSettings, now: datetime) -> None:
+    moment = signature.parse_timestamp(text)
+    if moment is None:
+        raise SnapError(Cases.invalid_field_format, "X-TIMESTAMP")
+    if not signature.timestamp_is_fresh(moment, now, settings.timestamp_tolerance_seconds):
+        raise SnapError(Cases.unauthorized, "X-TIMESTAMP is outside the allowed window")
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+# ---------------------------------------------------------------------------- access token
+
+
+async def access_token(request: web.Request) -> web.Response:
+    service = Service.access_token
+    settings = request.app[settings_key]
+    try:
+        body = await read_body(request, settings)
+        for name in ("X-TIMESTAMP", "X-CLIENT-KEY", "X-SIGNATURE"):
+            if not request.headers.get(name):
+                raise SnapError(Cases.invalid_mandatory_field, name)
+        timestamp = request.headers["X-TIMESTAMP"]
+        client_key = request.headers["X-CLIENT-KEY"]
+        now = signature.utc_now()
+        if signature.parse_timestamp(timestamp) is None:
+            raise SnapError(Cases.invalid_field_format, "X-TIMESTAMP")
+        async with request.app[pool_key].acquire() as connection:
+            partner = await load_partner(connection, client_key)
+            if partner is None:
+                raise SnapError(Cases.unauthorized, "unknown X-CLIENT-KEY")
+            public_key = signature.load_public_key(partner.public_key_pem.encode())
+            if not signature.verify_access_token(
+                public_key, client_key, timestamp, request.headers["X-SIGNATURE"]
+            ):
+                raise SnapError(Cases.unauthorized, "Signature")
+            check_timestamp(timestamp, settings, now)
+            grant_type = parse_json_object(body).get("grantType")
+            if grant_type is None:
+                raise SnapError(Cases.invalid_mandatory_field, "grantType")
+            if grant_type != "client_credentials":
+                raise SnapError(Cases.invalid_field_format, "grantType")
+            token = secrets.token_urlsafe(32)
+            await connection.execute(
+                """
+                insert into snap_access_tokens (token_sha256, partner_id, issued_at, expires_at)
+                values ($1, $2, $3, $4)
+                """,
+                token_digest(token),
+                partner.partner_id,
+                now,
+                now + timedelta(seconds=settings.access_token_ttl_seconds),
+            )
+            # Forget long-expired tokens as we go, so the table stays small.
+            await connection.execute(
+                "delete from snap_access_tokens where expires_at < $1", now - timedelta(days=1)
+            )
+    except SnapError as error:
+        return error_response(error, service)
+    return snap_response(
+        service,
+        {
+            "accessToken": token,
+            "tokenType": "Bearer",
+            "expiresIn": str(settings.access_token_ttl_seconds),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------- transactions
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    partner: Partner
+    external_id: str
+    body: dict[str, Any]
+    received_at: datetime
+
+
+async def authenticate(
+    request: web.Request, connection: asyncpg.Connection, settings: SnapServerSettings
+) -> SignedRequest:
+    """Check a transaction request's headers, token and signature; return what it says."""
+    raw = await read_body(request, settings)
+    headers = request.headers
+    for name in mandatory_transaction_headers:
+        if not headers.get(name):
+            raise SnapError(Cases.invalid_mandatory_field, name)
+    timestamp = headers["X-TIMESTAMP"]
+    now = signature.utc_now()
+    if signature.parse_timestamp(timestamp) is None:
+        raise SnapError(Cases.invalid_field_format, "X-TIMESTAMP")
+    external_id = headers["X-EXTERNAL-ID"]
+    if len(external_id) > external_id_length_max or not external_id.isdigit():
+        raise SnapError(Cases.invalid_field_format, "X-EXTERNAL-ID")
+    partner = await load_partner(connection, headers["X-PARTNER-ID"])
+    if partner is None:
+        raise SnapError(Cases.unauthorized, "unknown X-PARTNER-ID")
+    scheme, _, token = headers["Authorization"].partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise SnapError(Cases.invalid_token, "Authorization must be 'Bearer <token>'")
+    row = await connection.fetchrow(
+        "select partner_id, expires_at from snap_access_tokens where token_sha256 = $1",
+        token_digest(token),
+    )
+    if row is None:
+        raise SnapError(Cases.token_not_found)
+    if row["partner_id"] != partner.partner_id:
+        raise SnapError(Cases.invalid_token, "token belongs to another partner")
+    if row["expires_at"] <= now:
+        raise SnapError(Cases.invalid_token, "token expired")
+    if not signature.verify_transaction(
+        partner.client_secret,
+        request.method,
+        request.rel_url.raw_path,
+        token,
+        raw,
+        timestamp,
+        headers["X-SIGNATURE"],
+    ):
+        raise SnapError(Cases.unauthorized, "Signature")
+    check_timestamp(timestamp, settings, now)
+    if headers["CHANNEL-ID"] != partner.channel_id:
+        raise SnapError(Cases.unauthorized, "CHANNEL-ID does not match the partner")
+    return SignedRequest(partner, external_id, parse_json_object(raw), now)
+
+
+async def claim_external_id(
+    connection: asyncpg.Connection, signed: SignedRequest, path: str
+) -> None:
+    day = signed.received_at.astimezone(signature.jakarta_timezone).date()
+    claimed = await connection.fetchval(
+        """
+        insert into snap_external_ids (partner_id, day, external_id, path)
+        values ($1, $2, $3, $4)
+        on conflict do nothing
+        returning true
+        """,
+        signed.partner.partner_id,
+        day,
+        signed.external_id,
+        path,
+    )
+    if not claimed:
+        raise SnapError(
+            Cases.external_id_conflict, "Cannot use the same X-EXTERNAL-ID in the same day"
+        )
+
+
+Business = Callable[
+    [asyncpg.Connection, SignedRequest, SnapServerSettings], Awaitable[dict[str, Any]]
+]
+
+
+def transaction_handler(
+    service: Service, business: Business
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        settings = request.app[settings_key]
+        try:
+            async with request.app[pool_key].acquire() as connection:
+                signed = await authenticate(request, connection, settings)
+                async with connection.transaction():
+                    await claim_external_id(connection, signed, request.path)
+                    try:
+                        async with connection.transaction():  # savepoint: a refusal books nothing
+                            answer = await business(connection, signed, settings)
+                    except SnapError as refusal:
+                        logger.info(
+                            "refused %s for %s: %s",
+                            request.path,
+                            signed.partner.partner_id,
+                            refusal,
+                        )
+                        return error_response(refusal, service)
+        except SnapError as error:
+            return error_response(error, service)
+        except Exception:
+            # The edge towards the bank: whatever failed, everything of this request was
+            # rolled back, the bank gets a SNAP answer and may retry.
+            logger.exception("failed %s", request.path)
+            return error_response(SnapError(Cases.internal_error), service)
+        return snap_response(service, answer)
+
+    return handle
+
+
+async def va_inquiry(
+    connection: asyncpg.Connection, signed: SignedRequest, settings: SnapServerSettings
+) -> dict[str, Any]:
+    return await topups.inquire(connection, signed.partner, signed.body, settings.purse_cap_rupiah)
+
+
+async def va_payment(
+    connection: asyncpg.Connection, signed: SignedRequest, settings: SnapServerSettings
+) -> dict[str, Any]:
+    return await topups.pay(connection, signed.partner, signed.body, settings.purse_cap_rupiah)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=openapi_path.read_bytes(), content_type="application/json")
+
+
+def extension(settings: SnapServerSettings | None = None) -> Extension:
+    """An extension for `create_app` that mounts the SNAP endpoints with these settings."""
+    chosen = settings or SnapServerSettings()
+
+    def install_with_settings(app: web.Application) -> None:
+        app[settings_key] = chosen
+        prefix = chosen.prefix
+        app.router.add_post(f"{prefix}/v1.0/access-token/b2b", access_token)
+        app.router.add_post(
+            f"{prefix}/v1.0/transfer-va/inquiry",
+            transaction_handler(Service.va_inquiry, va_inquiry),
+        )
+        app.router.add_post(
+            f"{prefix}/v1.0/transfer-va/payment",
+            transaction_handler(Service.va_payment, va_payment),
+        )
+        app.router.add_get(f"{prefix}/openapi.json", openapi)
+
+    return install_with_settings
+
+
+install: Extension = extension()

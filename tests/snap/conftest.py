@@ -1,0 +1,181 @@
+"""Fixtures for SNAP tests: RSA keys, the back office with the SNAP extension on loopback, a
+registered bank partner, a card with a purse account, and the bank simulator wired to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from gateways.backoffice import BackofficeConfig, create_app
+from gateways.bank_simulator import BankSettings, Simulator, create_bank_app, simulator_key
+from gateways.bank_simulator.bank import Bank
+from gateways.snap import signature
+from gateways.snap.client import BankConnection, SnapSession
+from gateways.snap.partners import Partner, save_partner
+from gateways.snap.server import SnapServerSettings, extension
+from gateways.terminal_api import registry
+from ledger.records import (
+    Account,
+    AccountKind,
+    Transfer,
+    TransferCode,
+    derive_id,
+)
+from ledger.store import create_accounts, create_transfers
+
+partner_id = "BNI-SNAP-01"
+client_secret = "s3cret-for-hmac-sha512-tests"
+company_code = "88001"
+channel_id = "95221"
+card_number = "6013500000000017"
+card_holder = "SRI WAHYUNI"
+merchant_account_no = "0987654321"
+issuer_account_no = "1350012345678"
+
+
+def va_number(card: str = card_number) -> str:
+    return company_code.rjust(8) + card
+
+
+@pytest.fixture(scope="session")
+def bank_private_pem() -> bytes:
+    return signature.private_key_pem(signature.generate_private_key())
+
+
+@pytest.fixture(scope="session")
+def own_private_pem() -> bytes:
+    return signature.private_key_pem(signature.generate_private_key())
+
+
+def public_pem(private_pem: bytes) -> bytes:
+    return signature.public_key_pem(signature.load_private_key(private_pem).public_key())
+
+
+async def open_card(url: str, card: str, purse_rupiah: int) -> None:
+    """A card as issuance leaves it (registered, with its accounts), loaded at a kiosk."""
+    connection = await asyncpg.connect(url)
+    try:
+        accounts = await registry.register_card(connection, card)
+        kiosk = Account(derive_id("test-kiosk"), AccountKind.bank_account, "kiosk")
+        await create_accounts(connection, [kiosk])
+        if purse_rupiah:
+            [outcome] = await create_transfers(
+                connection,
+                [
+                    Transfer(
+                        derive_id("test-load", card),
+                        kiosk.id,
+                        accounts.purse_account_id,
+                        purse_rupiah,
+                        TransferCode.top_up,
+                    )
+                ],
+            )
+            assert outcome.result.value == "created"
+    finally:
+        await connection.close()
+
+
+@dataclass
+class Harness:
+    database_url: str
+    base_url: str  # the back office, e.g. http://127.0.0.1:PORT
+    bank_base_url: str  # the simulator
+    session: SnapSession  # the bank's signed session to us (as the simulator uses it)
+    http: aiohttp.ClientSession
+    simulator: Simulator
+    own_private_pem: bytes
+
+    @property
+    def bank(self) -> Bank:
+        return self.simulator.bank
+
+    def our_connection(self, **overrides: object) -> BankConnection:
+        settings: dict[str, object] = {
+            "base_url": self.bank_base_url + "/snap",
+            "client_key": partner_id,
+            "client_secret": client_secret,
+            "private_key_pem": self.own_private_pem,
+            "channel_id": channel_id,
+            "timeout_ms": 2000,
+        }
+        settings.update(overrides)
+        return BankConnection(**settings)  # type: ignore[arg-type]
+
+
+async def start(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def harness(
+    database_url: str, bank_private_pem: bytes, own_private_pem: bytes
+) -> AsyncIterator[Harness]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        await save_partner(
+            connection,
+            Partner(
+                partner_id=partner_id,
+                name="BNI",
+                client_secret=client_secret,
+                public_key_pem=public_pem(bank_private_pem).decode(),
+                channel_id=channel_id,
+                company_code=company_code,
+                bank_code="009",
+                on_us=True,
+                top_up_fee_rupiah=750,
+            ),
+        )
+    finally:
+        await connection.close()
+    await open_card(database_url, card_number, 1_500_000)
+    backoffice = create_app(
+        BackofficeConfig(database_url, pool_connections_min=1, pool_connections_max=4),
+        [extension(SnapServerSettings(timestamp_tolerance_seconds=120))],
+    )
+    backoffice_runner, base_url = await start(backoffice)
+    bank_app = create_bank_app(
+        BankSettings(
+            partner_id=partner_id,
+            client_secret=client_secret,
+            issuer_public_key_pem=public_pem(own_private_pem),
+            bank_private_key_pem=bank_private_pem,
+            company_code=company_code,
+            channel_id=channel_id,
+            issuer_base_url=base_url + "/snap",
+            issuer_account_no=issuer_account_no,
+            issuer_account_opening_rupiah=10_000_000,
+            accounts=((merchant_account_no, "WARUNG BU SUGENG", 0),),
+        )
+    )
+    bank_runner, bank_base_url = await start(bank_app)
+    simulator = bank_app[simulator_key]
+    async with aiohttp.ClientSession() as http:
+        session = SnapSession(
+            BankConnection(
+                base_url=base_url + "/snap",
+                client_key=partner_id,
+                client_secret=client_secret,
+                private_key_pem=bank_private_pem,
+                channel_id=channel_id,
+                timeout_ms=5000,
+                attempts_max=1,
+            ),
+            http,
+        )
+        yield Harness(
+            database_url, base_url, bank_base_url, session, http, simulator, own_private_pem
+        )
+    await bank_runner.cleanup()
+    await backoffice_runner.cleanup()
