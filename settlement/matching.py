@@ -64,6 +64,9 @@ class MatchRules:
         assert self.date_tolerance_days >= 0
 
 
+default_rules = MatchRules()
+
+
 class MatchKind(enum.StrEnum):
     one_to_one = "one_to_one"
     one_to_many = "one_to_many"
@@ -120,8 +123,13 @@ Key = tuple[str, Direction, str]
 def match(
     lines: Iterable[StatementLine],
     movements: Iterable[ExpectedMovement],
-    rules: MatchRules = MatchRules(),
+    rules: MatchRules = default_rules,
+    *,
+    settled_lines: Iterable[StatementLine] = (),
+    settled_movements: Iterable[ExpectedMovement] = (),
 ) -> MatchResult:
+    """Match `lines` to `movements`. The settled ones (matched in earlier runs) take no part in
+    matching; they only let a leftover line be recognised as a duplicate of what they matched."""
     ordered_lines = sorted(lines, key=lambda line: line.key)
     ordered_movements = sorted(movements, key=lambda movement: movement.movement_id)
     assert len({line.key for line in ordered_lines}) == len(ordered_lines), "duplicate line keys"
@@ -140,7 +148,13 @@ def match(
                 (movement.account, movement.direction, normalise_reference(movement.group))
             ].append(movement)
 
-    used_movements: set[str] = set()
+    settled = sorted(settled_movements, key=lambda movement: movement.movement_id)
+    known_by_reference: dict[Key, list[ExpectedMovement]] = defaultdict(list)
+    for movement in [*ordered_movements, *settled]:
+        known_by_reference[
+            (movement.account, movement.direction, normalise_reference(movement.reference))
+        ].append(movement)
+    used_movements: set[str] = {movement.movement_id for movement in settled}
     matched_lines: set[str] = set()
     matches: list[Match] = []
 
@@ -237,11 +251,12 @@ def match(
     # What is left becomes an exception, with the most specific reason that fits.
     lines_by_key = {line.key: line for line in ordered_lines}
     matched_shapes = {shape(lines_by_key[key]) for key in matched_lines}
+    matched_shapes.update(shape(line) for line in settled_lines)
     exceptions: list[LineException] = []
     for line in ordered_lines:
         if line.key in matched_lines:
             continue
-        exceptions.append(classify(line, matched_shapes, by_reference, used_movements, rules))
+        exceptions.append(classify(line, matched_shapes, known_by_reference, used_movements, rules))
 
     unmatched = tuple(
         m.movement_id for m in ordered_movements if m.movement_id not in used_movements

@@ -1,0 +1,339 @@
+"""What finance staff do with exceptions. Each action is a ledger transfer (or a new payout
+attempt) that records who, when and why, and closes the exception it answers.
+
+Results are values (`ActionResult`), not exceptions: the pages show them to the person.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+
+import asyncpg
+
+from ledger.records import AccountKind, Transfer, derive_id
+from settlement import books
+from settlement.end_of_day import (
+    EndOfDayConfig,
+    PayoutPort,
+    instruction_for,
+    record_instruction,
+    record_outcome,
+)
+from settlement.matching import Match, MatchKind
+from settlement.reconciliation import confirm_matches
+from settlement.statements import Direction
+
+write_off_limit_rupiah_default = 1_000_000  # above this a supervisor must approve
+note_length_max = 500
+
+
+class Role(enum.StrEnum):
+    clerk = "clerk"
+    supervisor = "supervisor"
+    auditor = "auditor"  # reads everything, changes nothing
+
+
+class ActionResult(enum.StrEnum):
+    done = "done"
+    awaiting_approval = "awaiting_approval"  # a clerk's write-off above the limit
+    not_found = "not_found"
+    already_resolved = "already_resolved"
+    not_allowed = "not_allowed"  # the role may not do this
+    note_required = "note_required"  # every action says why
+    wrong_kind = "wrong_kind"  # e.g. re-initiating something that is not a refused payout
+    amounts_differ = "amounts_differ"  # a manual match must balance
+    same_person = "same_person"  # the approver must not be the requester
+
+
+@dataclass(frozen=True, slots=True)
+class Staff:
+    username: str
+    role: Role
+
+
+def check_note(note: str) -> ActionResult | None:
+    if not note.strip():
+        return ActionResult.note_required
+    return None
+
+
+async def open_exception_row(
+    connection: asyncpg.Connection, exception_id: str
+) -> asyncpg.Record | ActionResult:
+    row = await connection.fetchrow(
+        "select * from settlement_exceptions where exception_id = $1 for update", exception_id
+    )
+    if row is None:
+        return ActionResult.not_found
+    if row["resolved_at"] is not None:
+        return ActionResult.already_resolved
+    return row
+
+
+async def write_off(
+    connection: asyncpg.Connection,
+    exception_id: str,
+    staff: Staff,
+    note: str,
+    *,
+    limit_rupiah: int = write_off_limit_rupiah_default,
+) -> ActionResult:
+    """Park an unexplained statement line in suspense (money in: bank account -> suspense;
+    money out: suspense -> bank account). Above the limit a clerk's request waits for a
+    supervisor, who approves with `approve_write_off`."""
+    if staff.role is Role.auditor:
+        return ActionResult.not_allowed
+    if (problem := check_note(note)) is not None:
+        return problem
+    async with connection.transaction():
+        row = await open_exception_row(connection, exception_id)
+        if isinstance(row, ActionResult):
+            return row
+        if row["subject_kind"] != "line":
+            return ActionResult.wrong_kind
+        if row["amount_rupiah"] > limit_rupiah and staff.role is not Role.supervisor:
+            await connection.execute(
+                """update settlement_exceptions set write_off_requested_by = $2,
+                          write_off_requested_note = $3 where exception_id = $1""",
+                exception_id,
+                staff.username,
+                note[:note_length_max],
+            )
+            return ActionResult.awaiting_approval
+        await book_write_off(connection, row, staff.username, staff.username, note)
+    return ActionResult.done
+
+
+async def approve_write_off(
+    connection: asyncpg.Connection, exception_id: str, staff: Staff
+) -> ActionResult:
+    if staff.role is not Role.supervisor:
+        return ActionResult.not_allowed
+    async with connection.transaction():
+        row = await open_exception_row(connection, exception_id)
+        if isinstance(row, ActionResult):
+            return row
+        if row["write_off_requested_by"] is None:
+            return ActionResult.not_found
+        if row["write_off_requested_by"] == staff.username:
+            return ActionResult.same_person
+        await book_write_off(
+            connection,
+            row,
+            row["write_off_requested_by"],
+            staff.username,
+            row["write_off_requested_note"],
+        )
+    return ActionResult.done
+
+
+async def book_write_off(
+    connection: asyncpg.Connection,
+    row: asyncpg.Record,
+    requested_by: str,
+    approved_by: str,
+    note: str,
+) -> None:
+    line = await connection.fetchrow(
+        "select * from settlement_statement_lines where line_key = $1", row["subject_id"]
+    )
+    assert line is not None, row
+    ours = await books.ensure_account(
+        connection,
+        AccountKind.bank_account,
+        books.bank_account_owner(line["bank"], line["account"]),
+    )
+    suspense = await books.ensure_account(connection, AccountKind.suspense, "reconciliation")
+    money_in = line["direction"] == Direction.credit.value
+    transfer_id = derive_id("settlement-write-off", row["exception_id"])
+    await books.book(
+        connection,
+        [
+            Transfer(
+                transfer_id,
+                ours if money_in else suspense,
+                suspense if money_in else ours,
+                line["amount_rupiah"],
+                books.SettlementCode.write_off,
+                bank_reference=(line["bank_reference"] or line["reference"])[:100] or None,
+                metadata=books.metadata(
+                    exception=row["exception_id"],
+                    reason=row["reason"],
+                    requested_by=requested_by,
+                    approved_by=approved_by,
+                    note=note[:note_length_max],
+                ),
+            )
+        ],
+    )
+    await connection.execute(
+        """update settlement_exceptions set resolution = 'written_off', resolved_by = $2,
+                  approved_by = $3, resolution_note = $4, resolution_transfer_id = $5, resolved_at = now()
+            where exception_id = $1""",
+        row["exception_id"],
+        requested_by,
+        approved_by,
+        note[:note_length_max],
+        transfer_id,
+    )
+
+
+async def manual_match(
+    connection: asyncpg.Connection,
+    line_keys: list[str],
+    movement_ids: list[str],
+    staff: Staff,
+    note: str,
+) -> ActionResult:
+    """Match lines to expected movements by hand (amounts must agree exactly)."""
+    if staff.role is Role.auditor:
+        return ActionResult.not_allowed
+    if (problem := check_note(note)) is not None:
+        return problem
+    if not line_keys or not movement_ids:
+        return ActionResult.not_found
+    async with connection.transaction():
+        lines = await connection.fetch(
+            """select l.* from settlement_statement_lines l where line_key = any($1::text[])
+                and not exists (select 1 from settlement_match_lines m where m.line_key = l.line_key)""",
+            line_keys,
+        )
+        movements = await connection.fetch(
+            """select e.* from settlement_expected_movements e where movement_id = any($1::text[])
+                and not e.cancelled
+                and not exists (select 1 from settlement_match_movements m where m.movement_id = e.movement_id)""",
+            movement_ids,
+        )
+        if len(lines) != len(set(line_keys)) or len(movements) != len(set(movement_ids)):
+            return ActionResult.already_resolved
+        if len({(r["direction"], r["account"]) for r in [*lines, *movements]}) != 1:
+            return ActionResult.wrong_kind
+        if sum(r["amount_rupiah"] for r in lines) != sum(r["amount_rupiah"] for r in movements):
+            return ActionResult.amounts_differ
+        found = Match(
+            MatchKind.one_to_one, tuple(sorted(line_keys)), tuple(sorted(movement_ids)), 0
+        )
+        await confirm_matches(
+            connection,
+            [found],
+            {r["line_key"]: r for r in lines},
+            {r["movement_id"]: r for r in movements},
+            staff.username,
+            note[:note_length_max],
+        )
+        await connection.execute(
+            "update settlement_matches set kind = 'manual' where match_id = (select match_id from settlement_match_lines where line_key = $1)",
+            line_keys[0],
+        )
+    return ActionResult.done
+
+
+async def reinitiate_payout(
+    connection: asyncpg.Connection,
+    exception_id: str,
+    staff: Staff,
+    note: str,
+    payer: PayoutPort,
+    config: EndOfDayConfig,
+    now: dt.datetime,
+) -> ActionResult:
+    """A refused payout, paid again as a new attempt (new partnerReferenceNo, same hold), after
+    staff corrected whatever made the bank refuse (e.g. the party's account number)."""
+    if staff.role is Role.auditor:
+        return ActionResult.not_allowed
+    if (problem := check_note(note)) is not None:
+        return problem
+    row = await open_exception_row(connection, exception_id)
+    if isinstance(row, ActionResult):
+        return row
+    if row["reason"] not in ("payout_rejected", "no_beneficiary_account"):
+        return ActionResult.wrong_kind
+    batch = await connection.fetchrow(
+        """select b.batch_id, b.net_rupiah, b.service_day, p.bank_code, p.account_no, p.name,
+                  coalesce((select max(attempt) from settlement_payouts x where x.batch_id = b.batch_id), 0) as attempts
+             from settlement_batches b left join settlement_parties p using (party_kind, party_id)
+            where b.batch_id = coalesce((select batch_id from settlement_payouts where payout_id = $1), $1)""",
+        row["subject_id"],
+    )
+    if batch is None or batch["account_no"] is None:
+        return ActionResult.not_found
+    instruction = instruction_for(batch, batch["attempts"] + 1, config, now)
+    await record_instruction(
+        connection, instruction, "unknown", staff.username, batch["service_day"], config
+    )
+    await connection.execute(
+        """update settlement_exceptions set resolution = 'reinitiated', resolved_by = $2,
+                  resolution_note = $3, resolved_at = now() where exception_id = $1""",
+        exception_id,
+        staff.username,
+        f"{note[:note_length_max]} (new attempt {instruction.payout_id})",
+    )
+    outcome = await payer.pay(instruction.payout)
+    await record_outcome(connection, instruction, outcome, batch["service_day"])
+    return ActionResult.done
+
+
+# ---------------------------------------------------------------------------- the day's close
+
+
+@dataclass(frozen=True, slots=True)
+class DayClose:
+    service_day: dt.date
+    statement_lines: int
+    lines_matched: int
+    lines_written_off: int
+    lines_open: int
+    exceptions_open: int
+    unexplained_rupiah: int  # statement money with neither a match nor a staff decision
+    bank_books_difference_rupiah: int  # statements' net movement minus our bank accounts' books
+
+    @property
+    def closed(self) -> bool:
+        return (
+            self.exceptions_open == 0
+            and self.unexplained_rupiah == 0
+            and self.bank_books_difference_rupiah == 0
+        )
+
+
+async def day_close(connection: asyncpg.Connection, day: dt.date) -> DayClose:
+    row = await connection.fetchrow(
+        """
+        select count(*) as lines,
+               count(*) filter (where m.line_key is not null) as matched,
+               count(*) filter (where e.resolution = 'written_off') as written_off,
+               coalesce(sum(case when l.direction = 'credit' then l.amount_rupiah else -l.amount_rupiah end)
+                        filter (where m.line_key is null and e.resolution is distinct from 'written_off'), 0)
+                   as unexplained
+          from settlement_statement_lines l
+          left join settlement_match_lines m using (line_key)
+          left join settlement_exceptions e on e.subject_kind = 'line' and e.subject_id = l.line_key
+         where l.value_date <= $1
+        """,
+        day,
+    )
+    exceptions_open = await connection.fetchval(
+        "select count(*) from settlement_exceptions where resolved_at is null and service_day <= $1",
+        day,
+    )
+    statements_net = await connection.fetchval(
+        "select coalesce(sum(case when direction = 'credit' then amount_rupiah else -amount_rupiah end), 0) from settlement_statement_lines"
+    )
+    books_net = await connection.fetchval(
+        """select coalesce(sum(debits_posted - credits_posted), 0) from ledger_accounts
+            where kind = 'bank_account'
+              and owner_reference in (select distinct bank || ':' || account from settlement_statement_lines)"""
+    )
+    lines_open = row["lines"] - row["matched"] - row["written_off"]
+    return DayClose(
+        day,
+        row["lines"],
+        row["matched"],
+        row["written_off"],
+        lines_open,
+        exceptions_open,
+        int(row["unexplained"]),
+        int(statements_net) - int(books_net),
+    )

@@ -1,0 +1,513 @@
+"""End of day: close each merchant's and the operator's payable into a settlement batch
+(gross, fees, net), then pay the batches out and book them as in transit until the bank
+statement shows them.
+
+The close is set-based: one SQL statement works out, for every payable at once, what was owed
+at the service day's cut-off minus what earlier batches already closed; the batches are
+inserted in one statement and their ledger transfers booked in large batches.
+
+Paying never pays twice. Each batch holds its net amount with a two-phase ledger transfer
+(payable -> settlement in transit, pending) so no later close can count it again. Each attempt
+has its own partnerReferenceNo, written to the database *before* it is sent; retries of an
+attempt reuse it and an unknown outcome is resolved by a status inquiry (the SNAP client does
+both). Only a definite refusal lets staff start a new attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import enum
+import io
+import uuid
+import zoneinfo
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+
+from gateways.snap.client import Payout, TransferOutcome, TransferState
+from ledger.records import AccountKind, Transfer, TransferCode, TransferFlags, derive_id
+from settlement import books
+from settlement.matching import ExpectedMovement, MovementKind
+from settlement.reconciliation import expect_movements
+from settlement.statements import Direction
+
+jakarta = zoneinfo.ZoneInfo("Asia/Jakarta")
+batches_per_day_max = 99_999  # five digits of the batch number in partnerReferenceNo
+payout_attempts_max = 99
+payouts_in_flight_max = 8
+
+
+class PayoutPort(Protocol):
+    """What settlement needs from a bank: `gateways.snap.client.BankClient` is one."""
+
+    async def pay(self, payout: Payout) -> TransferOutcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfDayConfig:
+    source_bank: str = "bank-jateng"  # the bank our payouts leave from
+    source_account_no: str = "1350012345678"
+    cutoff: dt.time = dt.time(2, 0)  # local time after midnight: a night bus belongs to its day
+    merchant_discount_basis_points: int = 70  # 0.70 % of gross, like QRIS for small merchants
+    operator_fee_basis_points: int = 0
+    interbank_fee_rupiah: int = 2_500  # BI-FAST ceiling; the bank debits it with the payout
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.merchant_discount_basis_points < 10_000
+        assert 0 <= self.operator_fee_basis_points < 10_000
+        assert self.interbank_fee_rupiah >= 0
+
+
+def cutoff_at(day: dt.date, config: EndOfDayConfig) -> dt.datetime:
+    """The end of service day `day`: the cut-off time on the next calendar day, Jakarta time."""
+    return dt.datetime.combine(day + dt.timedelta(days=1), config.cutoff, tzinfo=jakarta)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    batch_id: str
+    service_day: dt.date
+    party_kind: str
+    party_id: str
+    gross_rupiah: int
+    fees_rupiah: int
+    net_rupiah: int
+
+    def __post_init__(self) -> None:
+        assert self.gross_rupiah == self.fees_rupiah + self.net_rupiah, self
+        assert self.net_rupiah > 0, self
+
+
+def batch_id_for(day: dt.date, number: int) -> str:
+    assert 1 <= number <= batches_per_day_max
+    return f"B{day:%y%m%d}{number:05d}"
+
+
+def payout_id_for(batch_id: str, attempt: int) -> str:
+    """partnerReferenceNo: 14 characters, fits MT940's 16-character customer reference."""
+    assert 1 <= attempt <= payout_attempts_max
+    return f"P{batch_id[1:]}{attempt:02d}"
+
+
+def hold_id_for(batch_id: str) -> uuid.UUID:
+    return derive_id("settlement-hold", batch_id)
+
+
+# ---------------------------------------------------------------------------- close
+
+
+async def close_day(
+    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig
+) -> list[Batch]:
+    """Create (once) the day's settlement batches and book their fees and holds."""
+    cutoff = cutoff_at(day, config)
+    in_transit = await books.ensure_account(
+        connection, AccountKind.settlement_in_transit, "payouts"
+    )
+    fee_income = await books.ensure_account(connection, AccountKind.fee_income, "merchant-discount")
+    for row in await connection.fetch(
+        "select distinct owner_reference from ledger_accounts where kind = 'operator_revenue'"
+    ):
+        await books.ensure_account(connection, AccountKind.operator_payable, row["owner_reference"])
+    async with connection.transaction():
+        await connection.execute("select pg_advisory_xact_lock(hashtext('settlement-close'))")
+        base = await connection.fetchval(
+            "select count(*) from settlement_batches where service_day = $1", day
+        )
+        rows = await connection.fetch(
+            """
+            with payables as (
+                select id, kind, owner_reference from ledger_accounts
+                 where kind in ('merchant_payable', 'operator_revenue')
+            ),
+            movements as (
+                -- posted movements booked before the cut-off, apart from settlement's own
+                select credit_account_id as id, amount as rupiah from ledger_transfers
+                 where booked_at < $1 and flags & (2 | 8) = 0 and settlement_batch is null
+                union all
+                select debit_account_id, -amount from ledger_transfers
+                 where booked_at < $1 and flags & (2 | 8) = 0 and settlement_batch is null
+            ),
+            owed as (
+                select id, sum(rupiah) as rupiah from movements join payables using (id) group by id
+            ),
+            closed as (
+                select payable_account_id as id, sum(gross_rupiah) as rupiah
+                  from settlement_batches group by payable_account_id
+            )
+            select p.id, p.kind, p.owner_reference,
+                   o.rupiah - coalesce(c.rupiah, 0) as gross_rupiah
+              from payables p join owed o using (id) left join closed c using (id)
+             where o.rupiah - coalesce(c.rupiah, 0) > 0
+               and not exists (select 1 from settlement_batches b
+                                where b.service_day = $2 and b.payable_account_id = p.id)
+             order by p.kind, p.owner_reference
+            """,
+            cutoff,
+            day,
+        )
+        assert base + len(rows) <= batches_per_day_max, "too many batches for one day"
+        batches: list[Batch] = []
+        payable_ids: list[uuid.UUID] = []
+        for number, row in enumerate(rows, start=base + 1):
+            merchant = row["kind"] == AccountKind.merchant_payable.value
+            basis_points = (
+                config.merchant_discount_basis_points
+                if merchant
+                else config.operator_fee_basis_points
+            )
+            gross = int(row["gross_rupiah"])
+            fees = gross * basis_points // 10_000
+            if gross - fees <= 0:
+                continue
+            batches.append(
+                Batch(
+                    batch_id_for(day, number),
+                    day,
+                    "merchant" if merchant else "operator",
+                    row["owner_reference"],
+                    gross,
+                    fees,
+                    gross - fees,
+                )
+            )
+            payable_ids.append(row["id"])
+        operator_payables = {
+            row["owner_reference"]: row["id"]
+            for row in await connection.fetch(
+                "select owner_reference, id from ledger_accounts where kind = 'operator_payable'"
+            )
+        }
+        transfers: list[Transfer] = []
+        for batch, payable in zip(batches, payable_ids, strict=True):
+            source = payable
+            if batch.party_kind == "operator":
+                # fares earned become what the issuer owes the operator, then that is held
+                source = operator_payables[batch.party_id]
+                transfers.append(
+                    Transfer(
+                        derive_id("settlement-sweep", batch.batch_id),
+                        payable,
+                        source,
+                        batch.gross_rupiah,
+                        TransferCode.operator_settlement,
+                        settlement_batch=batch.batch_id,
+                    )
+                )
+            if batch.fees_rupiah:
+                transfers.append(
+                    Transfer(
+                        derive_id("settlement-fee", batch.batch_id),
+                        source,
+                        fee_income,
+                        batch.fees_rupiah,
+                        TransferCode.merchant_fee,
+                        settlement_batch=batch.batch_id,
+                    )
+                )
+            transfers.append(
+                Transfer(
+                    hold_id_for(batch.batch_id),
+                    source,
+                    in_transit,
+                    batch.net_rupiah,
+                    TransferCode.payout,
+                    flags=TransferFlags.pending,
+                    settlement_batch=batch.batch_id,
+                )
+            )
+        await connection.execute(
+            """insert into settlement_batches
+                 (batch_id, service_day, party_kind, party_id, payable_account_id, hold_transfer_id,
+                  gross_rupiah, fees_rupiah, net_rupiah)
+               select * from unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::uuid[],
+                                    $6::uuid[], $7::bigint[], $8::bigint[], $9::bigint[])""",
+            [b.batch_id for b in batches],
+            [b.service_day for b in batches],
+            [b.party_kind for b in batches],
+            [b.party_id for b in batches],
+            payable_ids,
+            [hold_id_for(b.batch_id) for b in batches],
+            [b.gross_rupiah for b in batches],
+            [b.fees_rupiah for b in batches],
+            [b.net_rupiah for b in batches],
+        )
+        await books.book(connection, transfers)
+    return batches
+
+
+# ---------------------------------------------------------------------------- paying
+
+
+class PayResult(enum.StrEnum):
+    paid = "paid"  # the bank says it moved the money (or will: in progress)
+    refused = "refused"  # definite refusal: an exception for staff
+    unresolved = "unresolved"  # still unknown after status inquiries: an exception for staff
+    no_account = "no_account"  # we do not know where to pay this party
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutInstruction:
+    batch_id: str
+    payout_id: str
+    attempt: int
+    payout: Payout
+    interbank: bool
+
+
+async def pending_instructions(
+    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig, now: dt.datetime
+) -> list[PayoutInstruction]:
+    """Batches of `day` with no attempt yet: their first attempt, recorded before sending."""
+    rows = await connection.fetch(
+        """select b.batch_id, b.net_rupiah, b.party_kind, b.party_id, p.bank_code, p.account_no, p.name
+             from settlement_batches b
+             left join settlement_parties p using (party_kind, party_id)
+            where b.service_day = $1
+              and not exists (select 1 from settlement_payouts x where x.batch_id = b.batch_id)
+            order by b.batch_id""",
+        day,
+    )
+    instructions = []
+    for row in rows:
+        if row["account_no"] is None:
+            await open_exception(
+                connection,
+                "payout",
+                row["batch_id"],
+                "no_beneficiary_account",
+                f"{row['party_kind']} {row['party_id']} has no bank account on file",
+                row["net_rupiah"],
+                day,
+            )
+            continue
+        instructions.append(instruction_for(row, 1, config, now))
+    return instructions
+
+
+def instruction_for(
+    row: asyncpg.Record, attempt: int, config: EndOfDayConfig, now: dt.datetime
+) -> PayoutInstruction:
+    payout_id = payout_id_for(row["batch_id"], attempt)
+    payout = Payout(
+        partner_reference_no=payout_id,
+        source_account_no=config.source_account_no,
+        beneficiary_account_no=row["account_no"],
+        amount_rupiah=row["net_rupiah"],
+        transaction_date=now,
+        beneficiary_bank_code=row["bank_code"],
+        beneficiary_account_name=row["name"],
+        remark=f"KSH settlement {row['batch_id']}",
+    )
+    return PayoutInstruction(row["batch_id"], payout_id, attempt, payout, bool(row["bank_code"]))
+
+
+async def record_instruction(
+    connection: asyncpg.Connection,
+    instruction: PayoutInstruction,
+    state: str,
+    who: str,
+    day: dt.date,
+    config: EndOfDayConfig,
+) -> None:
+    """Persist the attempt (and what the statement should show) before anything is sent."""
+    in_transit = await books.ensure_account(
+        connection, AccountKind.settlement_in_transit, "payouts"
+    )
+    fee_expense = await books.ensure_account(connection, AccountKind.fee_expense, "bank-charges")
+    async with connection.transaction():
+        await connection.execute(
+            """insert into settlement_payouts (payout_id, batch_id, attempt, amount_rupiah, state, instructed_by)
+               values ($1, $2, $3, $4, $5, $6) on conflict (payout_id) do nothing""",
+            instruction.payout_id,
+            instruction.batch_id,
+            instruction.attempt,
+            instruction.payout.amount_rupiah,
+            state,
+            who,
+        )
+        movements = [
+            (
+                ExpectedMovement(
+                    instruction.payout_id,
+                    MovementKind.payout,
+                    config.source_account_no,
+                    Direction.debit,
+                    instruction.payout.amount_rupiah,
+                    day + dt.timedelta(days=1),
+                    instruction.payout_id,
+                ),
+                in_transit,
+            )
+        ]
+        if instruction.interbank and config.interbank_fee_rupiah:
+            movements.append(
+                (
+                    ExpectedMovement(
+                        f"{instruction.payout_id}-fee",
+                        MovementKind.fee,
+                        config.source_account_no,
+                        Direction.debit,
+                        config.interbank_fee_rupiah,
+                        day + dt.timedelta(days=1),
+                        instruction.payout_id,
+                    ),
+                    fee_expense,
+                )
+            )
+        await expect_movements(connection, movements)
+
+
+async def pay_day(
+    pool: asyncpg.Pool,
+    day: dt.date,
+    payer: PayoutPort,
+    config: EndOfDayConfig,
+    who: str,
+    now: dt.datetime,
+) -> dict[PayResult, int]:
+    """Send the first attempt of every unpaid batch of `day` (a few at a time)."""
+    async with pool.acquire() as connection:
+        instructions = await pending_instructions(connection, day, config, now)
+        for instruction in instructions:
+            await record_instruction(connection, instruction, "unknown", who, day, config)
+    counts = {result: 0 for result in PayResult}
+    gate = asyncio.Semaphore(payouts_in_flight_max)
+
+    async def one(instruction: PayoutInstruction) -> None:
+        async with gate:
+            outcome = await payer.pay(instruction.payout)
+            async with pool.acquire() as connection:
+                counts[await record_outcome(connection, instruction, outcome, day)] += 1
+
+    await asyncio.gather(*(one(instruction) for instruction in instructions))
+    return counts
+
+
+async def record_outcome(
+    connection: asyncpg.Connection,
+    instruction: PayoutInstruction,
+    outcome: TransferOutcome,
+    day: dt.date,
+) -> PayResult:
+    async with connection.transaction():
+        await connection.execute(
+            """update settlement_payouts set state = $2, response_code = $3, response_message = $4,
+                      bank_reference_no = $5, updated_at = now()
+                where payout_id = $1""",
+            instruction.payout_id,
+            outcome.state.value,
+            outcome.response_code,
+            outcome.response_message[:200],
+            outcome.bank_reference_no,
+        )
+        if outcome.state is TransferState.succeeded:
+            from settlement.reconciliation import post_hold
+
+            await books.book(connection, [post_hold(instruction.batch_id, instruction.payout_id)])
+            return PayResult.paid
+        if outcome.state is TransferState.in_progress:
+            return PayResult.paid
+        if outcome.state is TransferState.failed:
+            await connection.execute(
+                "update settlement_expected_movements set cancelled = true where movement_id = any($1::text[])",
+                [instruction.payout_id, f"{instruction.payout_id}-fee"],
+            )
+            await open_exception(
+                connection,
+                "payout",
+                instruction.payout_id,
+                "payout_rejected",
+                f"{outcome.response_code} {outcome.response_message}".strip(),
+                instruction.payout.amount_rupiah,
+                day,
+            )
+            return PayResult.refused
+        await open_exception(
+            connection,
+            "payout",
+            instruction.payout_id,
+            "payout_unresolved",
+            f"no final answer after status inquiries: {outcome.response_message}".strip(),
+            instruction.payout.amount_rupiah,
+            day,
+        )
+        return PayResult.unresolved
+
+
+async def open_exception(
+    connection: asyncpg.Connection,
+    subject_kind: str,
+    subject_id: str,
+    reason: str,
+    detail: str,
+    amount_rupiah: int,
+    day: dt.date,
+) -> None:
+    await connection.execute(
+        """insert into settlement_exceptions
+             (exception_id, subject_kind, subject_id, reason, detail, amount_rupiah, service_day)
+           values ($1, $2, $3, $4, $5, $6, $7)
+           on conflict (subject_kind, subject_id) do nothing""",
+        f"{subject_kind}:{subject_id}",
+        subject_kind,
+        subject_id,
+        reason,
+        detail[:500],
+        amount_rupiah,
+        day,
+    )
+
+
+async def export_bulk_csv(
+    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig, who: str, now: dt.datetime
+) -> str:
+    """Instead of SNAP: the day's unpaid batches as a bulk-transfer file for the bank's portal
+    (attempts recorded as `exported`; the statement confirms them)."""
+    instructions = await pending_instructions(connection, day, config, now)
+    for instruction in instructions:
+        await record_instruction(connection, instruction, "exported", who, day, config)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        (
+            "reference",
+            "source_account",
+            "beneficiary_bank",
+            "beneficiary_account",
+            "beneficiary_name",
+            "amount",
+            "remark",
+        )
+    )
+    for instruction in instructions:
+        payout = instruction.payout
+        writer.writerow(
+            (
+                payout.partner_reference_no,
+                payout.source_account_no,
+                payout.beneficiary_bank_code,
+                payout.beneficiary_account_no,
+                payout.beneficiary_account_name,
+                payout.amount_rupiah,
+                payout.remark,
+            )
+        )
+    return out.getvalue()
+
+
+async def register_parties(
+    connection: asyncpg.Connection, parties: Sequence[tuple[str, str, str, str, str]]
+) -> None:
+    """(party_kind, party_id, name, bank_code, account_no): where each party is paid."""
+    await connection.executemany(
+        """insert into settlement_parties (party_kind, party_id, name, bank_code, account_no)
+           values ($1, $2, $3, $4, $5)
+           on conflict (party_kind, party_id) do update
+              set name = excluded.name, bank_code = excluded.bank_code, account_no = excluded.account_no""",
+        parties,
+    )
