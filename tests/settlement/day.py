@@ -28,7 +28,9 @@ class Day:
     collections: list[tuple[str, int]] = field(default_factory=list)  # (paymentRequestId, rupiah)
     sales: dict[str, int] = field(default_factory=dict)  # merchant -> rupiah
     fares_rupiah: int = 0
-    booked_at: dt.datetime = dt.datetime.combine(service_day, dt.time(9, 0), tzinfo=jakarta)
+    booked_at: dt.datetime = field(
+        default_factory=lambda: dt.datetime.combine(service_day, dt.time(9, 0), tzinfo=jakarta)
+    )
 
 
 async def book_day(connection: asyncpg.Connection, cards: int = 6, merchants: int = 3) -> Day:
