@@ -29,6 +29,7 @@ from bus_terminals.wire import RecordKind, RecordStatus, UploadRecord, check_rec
 records_max = 500_000  # ~ weeks of taps on one bus; then the validator stops taking taps
 records_kept_after_upload = 10_000  # kept for audit and the POS "refund last sale"
 batch_records_max = 2_000
+busy_timeout_ms = 5_000  # the sync thread and the reader loop share the file
 
 
 class JournalState(enum.StrEnum):
@@ -60,7 +61,6 @@ create table if not exists meta (
     key text primary key,
     value integer not null
 );
-insert or ignore into meta values ('next_sequence', 1), ('next_batch_sequence', 1);
 create table if not exists records (
     terminal_id text not null,
     sequence integer primary key,
@@ -89,6 +89,7 @@ create table if not exists batches (
     body blob not null,
     signature text not null
 );
+insert or ignore into meta values ('next_sequence', 1), ('next_batch_sequence', 1);
 """
 assert _columns.count(",") + 1 == len(UploadRecord.__slots__)
 
@@ -96,15 +97,23 @@ assert _columns.count(",") + 1 == len(UploadRecord.__slots__)
 class Journal:
     """One terminal's journal. Not thread-safe: one reader loop owns it."""
 
-    def __init__(self, path: Path | str, terminal_id: str) -> None:
+    def __init__(self, path: Path | str, terminal_id: str, *, recover: bool = True) -> None:
+        """Open (or create) the journal. `recover` is for the reader loop's own connection:
+        an `intended` record then belongs to a process that died between intend and the
+        card's answer, so its outcome is unknown. A second connection (the sync loop in
+        another thread) opens with `recover=False`."""
         self.path = Path(path)
         self.terminal_id = terminal_id
-        self.connection = sqlite3.connect(self.path, isolation_level=None)
+        self.connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.connection.execute(f"pragma busy_timeout = {busy_timeout_ms}")
         self.connection.execute("pragma journal_mode = wal")
         self.connection.execute("pragma synchronous = full")
-        self.connection.executescript(_schema)
-        # A process that died between intend and the card's answer: outcome unknown.
-        self.connection.execute("update records set status = 'in_doubt' where status = 'intended'")
+        # One transaction, so two processes opening a new journal at once create it once.
+        self.connection.executescript(f"begin immediate;{_schema}commit;")
+        if recover:
+            self.connection.execute(
+                "update records set status = 'in_doubt' where status = 'intended'"
+            )
 
     def close(self) -> None:
         self.connection.close()

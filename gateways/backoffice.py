@@ -78,6 +78,34 @@ async def problem_middleware(
         return problem_response(Problem(500, "internal_error", "internal error, logged"))
 
 
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per log line: time, level, logger, message, and any `extra` fields."""
+
+    standard = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self.standard:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def log_as_json_lines(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLineFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
 async def database_pool(app: web.Application) -> AsyncIterator[None]:
     config = app[config_key]
     pool = await asyncpg.create_pool(

@@ -1,0 +1,274 @@
+"""Talking to the back office: signed uploads of the journal, downloads of what taps need.
+
+Upload: the next batch is built from the journal, signed, and *stored* (exact bytes and
+signature) before the first send; every retry sends those same bytes, so the back office books
+it once and answers `exists` to a repeat. Only an acknowledgement moves the journal on.
+Download: deny list (delta since our version, or the whole binary list), the pending top-ups
+waiting for cards, tariff and key versions; kept in a `SyncState` the tap flow reads, and saved
+beside the journal so a validator that boots offline still has them.
+
+The bus is offline for hours or days: every call has a timeout, failures back off
+exponentially up to `backoff_ms_max`, and nothing is lost while it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bus_terminals.deny_list import DenyList
+from bus_terminals.journal import Journal, batch_records_max
+from bus_terminals.wire import (
+    UploadBatch,
+    content_type,
+    encode_batch,
+    sign,
+    signature_header,
+    terminal_header,
+)
+
+logger = logging.getLogger("ksh.sync")
+
+request_timeout_ms = 15_000
+backoff_ms_initial = 500
+backoff_ms_max = 300_000
+batches_per_round_max = 100  # then yield: downloads must not starve behind a long backlog
+pending_top_ups_held_max = 100_000
+timestamp_header = "X-KSH-Timestamp"
+
+
+class UploadStatus(enum.Enum):
+    acknowledged = "acknowledged"
+    nothing_to_send = "nothing_to_send"
+    refused = "refused"  # the back office refused the batch: needs a person (logged)
+    offline = "offline"  # network or server trouble: try again later
+
+
+@dataclass(slots=True)
+class SyncState:
+    """What the tap flow needs from the back office, as last downloaded."""
+
+    deny_list: DenyList = field(default_factory=DenyList)
+    pending_top_ups: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    tariff_version: str = ""
+    key_versions: dict[str, Any] = field(default_factory=dict)
+    synced_at_ms: int = 0
+
+    def top_ups_for(self, card_number: str) -> list[tuple[str, int]]:
+        return self.pending_top_ups.get(card_number, [])
+
+    def save(self, folder: Path) -> None:
+        self.deny_list.save(folder / "deny-list.bin")
+        temporary = folder / "sync-state.json.tmp"
+        temporary.write_text(
+            json.dumps(
+                {
+                    "pending_top_ups": self.pending_top_ups,
+                    "tariff_version": self.tariff_version,
+                    "key_versions": self.key_versions,
+                    "synced_at_ms": self.synced_at_ms,
+                }
+            )
+        )
+        temporary.replace(folder / "sync-state.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> SyncState:
+        state = cls(deny_list=DenyList.load(folder / "deny-list.bin"))
+        path = folder / "sync-state.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            state.pending_top_ups = {
+                card: [(top_up_id, amount) for top_up_id, amount in top_ups]
+                for card, top_ups in saved["pending_top_ups"].items()
+            }
+            state.tariff_version = saved["tariff_version"]
+            state.key_versions = saved["key_versions"]
+            state.synced_at_ms = saved["synced_at_ms"]
+        return state
+
+
+class SyncClient:
+    def __init__(
+        self,
+        base_url: str,
+        terminal_id: str,
+        private_key: Ed25519PrivateKey,
+        journal: Journal,
+        state: SyncState,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        records_per_batch: int = batch_records_max,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.terminal_id = terminal_id
+        self.private_key = private_key
+        self.journal = journal
+        self.state = state
+        self.records_per_batch = records_per_batch
+        self._session = session
+        self._own_session = session is None
+        self.failures = 0
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=request_timeout_ms / 1000)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    # ------------------------------------------------------------------ upload
+
+    async def upload_once(self) -> UploadStatus:
+        """Send the stored batch, or build, store and send the next one."""
+        pending = self.journal.pending_batch()
+        if pending is None:
+            records = self.journal.records_to_upload(self.records_per_batch)
+            if not records:
+                return UploadStatus.nothing_to_send
+            batch_sequence = self.journal.next_batch_sequence()
+            body = encode_batch(UploadBatch(self.terminal_id, batch_sequence, tuple(records)))
+            signature = sign(self.private_key, body)
+            self.journal.store_batch(batch_sequence, records, body, signature)
+            pending = self.journal.pending_batch()
+            assert pending is not None
+        try:
+            session = await self.session()
+            async with session.post(
+                f"{self.base_url}/terminal/v1/uploads",
+                data=pending.body,
+                headers={
+                    terminal_header: self.terminal_id,
+                    signature_header: pending.signature,
+                    "Content-Type": content_type,
+                },
+            ) as response:
+                answer = await response.json(content_type=None)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as error:
+            logger.info("upload of batch %d failed: %s", pending.batch_sequence, error)
+            return UploadStatus.offline
+        if status == 200:
+            statuses = {int(sequence): str(state) for sequence, state in answer["records"]}
+            self.journal.acknowledge_batch(pending.batch_sequence, statuses)
+            return UploadStatus.acknowledged
+        if status >= 500:
+            return UploadStatus.offline
+        logger.error("back office refused batch %d: %s", pending.batch_sequence, answer)
+        return UploadStatus.refused
+
+    async def upload_all(self, batches_max: int = batches_per_round_max) -> UploadStatus:
+        status = UploadStatus.nothing_to_send
+        for _ in range(batches_max):
+            status = await self.upload_once()
+            if status != UploadStatus.acknowledged:
+                break
+        return status
+
+    # ------------------------------------------------------------------ download
+
+    def _signed_headers(self, method: str, path_qs: str) -> dict[str, str]:
+        timestamp = str(int(time.time() * 1000))
+        signed = f"{method}\n{path_qs}\n{timestamp}".encode()
+        return {
+            terminal_header: self.terminal_id,
+            signature_header: sign(self.private_key, signed),
+            timestamp_header: timestamp,
+        }
+
+    async def download(self) -> bool:
+        """Refresh deny list, pending top-ups and versions; False when offline."""
+        path = f"/terminal/v1/sync?deny_since={self.state.deny_list.version}"
+        try:
+            session = await self.session()
+            async with session.get(
+                self.base_url + path, headers=self._signed_headers("GET", path)
+            ) as response:
+                if response.status != 200:
+                    logger.warning("sync refused: %s", await response.text())
+                    return False
+                answer = await response.json()
+            if answer["deny_list_full_download"]:
+                list_path = "/terminal/v1/deny-list"
+                async with session.get(
+                    self.base_url + list_path, headers=self._signed_headers("GET", list_path)
+                ) as response:
+                    if response.status != 200:
+                        return False
+                    raw = await response.read()
+                    version = int(response.headers["X-KSH-Version"])
+                self.state.deny_list = DenyList.from_bytes(raw, version)
+            else:
+                self.state.deny_list.add(answer["deny_list_added"], answer["deny_list_version"])
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, KeyError) as error:
+            logger.info("sync failed: %s", error)
+            return False
+        top_ups: dict[str, list[tuple[str, int]]] = {}
+        for top_up_id, card_number, amount in answer["pending_top_ups"][:pending_top_ups_held_max]:
+            top_ups.setdefault(card_number, []).append((top_up_id, amount))
+        self.state.pending_top_ups = top_ups
+        self.state.tariff_version = answer["tariff_version"]
+        self.state.key_versions = answer["key_versions"]
+        self.state.synced_at_ms = answer["server_time_ms"]
+        return True
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(
+        self, interval_ms: int, stop: asyncio.Event, state_folder: Path | None = None
+    ) -> None:
+        """Upload and download every `interval_ms` until `stop`; back off while offline."""
+        while not stop.is_set():
+            uploaded = await self.upload_all()
+            downloaded = await self.download()
+            if downloaded and state_folder is not None:
+                self.state.save(state_folder)
+            if uploaded == UploadStatus.offline or not downloaded:
+                self.failures += 1
+            else:
+                self.failures = 0
+            await _wait(stop, self.delay_ms(interval_ms) / 1000)
+
+    def delay_ms(self, interval_ms: int) -> float:
+        if not self.failures:
+            return interval_ms
+        backoff = min(backoff_ms_max, backoff_ms_initial * 2 ** min(self.failures, 20))
+        return backoff * (0.5 + random.random() / 2)  # jitter: a depot of buses does not stampede
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """A terminal's key: 32 raw bytes, base64 in a file (created by `ksh validator --init`)."""
+    return Ed25519PrivateKey.from_private_bytes(base64.b64decode(path.read_text().strip()))
+
+
+def save_new_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    key = Ed25519PrivateKey.generate()
+    raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    path.write_text(base64.b64encode(raw).decode() + "\n")
+    path.chmod(0o600)
+    return key

@@ -1,0 +1,102 @@
+"""Deny list lookups and merges; the wire format's round trip and its field-naming errors."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bus_terminals.deny_list import DenyList
+from bus_terminals.wire import (
+    RecordKind,
+    RecordStatus,
+    UploadBatch,
+    UploadRecord,
+    WireError,
+    decode_batch,
+    encode_batch,
+)
+
+
+def test_deny_list_lookup_merge_and_file_round_trip(tmp_path: Path) -> None:
+    generator = random.Random(1)
+    numbers = {generator.randrange(10**15, 10**16) for _ in range(50_000)}
+    deny = DenyList(numbers, version=3)
+    sample = sorted(numbers)[::997]
+    assert all(str(number) in deny for number in sample)
+    assert str(10**16 + 1) not in deny
+    deny.add(["6032984000000001", "6032984000000002"], version=5)
+    assert "6032984000000001" in deny
+    assert deny.version == 5
+    assert len(deny) == len(numbers) + 2
+    deny.save(tmp_path / "deny.bin")
+    loaded = DenyList.load(tmp_path / "deny.bin")
+    assert loaded.version == 5
+    assert loaded.values == deny.values
+    with pytest.raises(ValueError, match="sorted"):
+        DenyList.from_bytes(deny.values[::-1].tobytes(), 1)
+
+
+@given(st.sets(st.integers(0, 10**19 - 1), max_size=200), st.lists(st.integers(0, 10**19 - 1)))
+def test_deny_list_is_a_set(members: set[int], probes: list[int]) -> None:
+    deny = DenyList()
+    deny.add([str(number) for number in members], version=1)
+    for probe in [*probes, *members]:
+        assert (str(probe) in deny) == (probe in members)
+
+
+def _record(**changes: object) -> UploadRecord:
+    base = UploadRecord(
+        "V1", 1, RecordKind.fare_debit, RecordStatus.committed, "6032984000000001", 7, 3_500,
+        0, "", 16_500, 1_763_942_400_000, "K1", "", "full", 6, "V2", 3_500,
+    )  # fmt: skip
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+records = st.builds(
+    _record,
+    sequence=st.integers(1, 2**40),
+    kind=st.sampled_from([k for k in RecordKind if k != RecordKind.denied]),
+    status=st.sampled_from(list(RecordStatus)),
+    card_counter=st.integers(1, 2**32 - 1),
+    amount_rupiah=st.integers(0, 2_000_000),
+    route=st.text(max_size=64).filter(str.isprintable),
+)
+
+
+@given(st.lists(records, max_size=20, unique_by=lambda r: r.sequence))
+def test_batches_round_trip(batch_records: list[UploadRecord]) -> None:
+    batch = UploadBatch("V1", 9, tuple(batch_records))
+    assert decode_batch(encode_batch(batch)) == batch
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        (b'"fare_debit"', b'"free_ride"', "kind"),
+        (b'"6032984000000001"', b'"60329840000000AB"', "card_number"),
+        (b",3500,", b",-3500,", "amount_rupiah"),
+        (b",3500,", b",3500.0,", "amount_rupiah"),
+        (b'"batch_sequence":1', b'"batch_sequence":0', "batch_sequence"),
+        (b'"version":1', b'"version":2', "version"),
+    ],
+)
+def test_parse_errors_name_the_field(old: bytes, new: bytes, field: str) -> None:
+    body = encode_batch(UploadBatch("V1", 1, (_record(),)))
+    assert old in body
+    with pytest.raises(WireError) as caught:
+        decode_batch(body.replace(old, new, 1))
+    assert caught.value.field == field
+    assert field in str(caught.value)
+
+
+def test_records_of_another_terminal_or_repeated_are_refused() -> None:
+    body = encode_batch(UploadBatch("V1", 1, (_record(), _record(sequence=2))))
+    with pytest.raises(WireError, match="batch's terminal"):
+        decode_batch(body.replace(b'["V1",2', b'["V2",2'))
+    with pytest.raises(WireError, match="repeats"):
+        decode_batch(body.replace(b'["V1",2', b'["V1",1'))

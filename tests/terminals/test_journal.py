@@ -1,0 +1,98 @@
+"""The journal keeps every tap through kill -9 at any point, without duplicates, and its upload
+bookkeeping (stored batches, acknowledgements, pruning) keeps records until the back office has them."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bus_terminals.journal import Journal, JournalState
+from bus_terminals.wire import RecordKind, RecordStatus, UploadBatch, UploadRecord, encode_batch
+
+worker = Path(__file__).with_name("journal_worker.py")
+
+
+def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    generator = random.Random(7)
+    printed: dict[int, str] = {}
+    counters: dict[int, int] = {}
+    next_counter = 1
+    for _ in range(6):
+        process = subprocess.Popen(
+            [sys.executable, str(worker), str(path), str(next_counter)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parents[2],
+        )
+        assert process.stdout is not None
+        lines = generator.randint(1, 120)
+        for _ in range(lines):
+            line = process.stdout.readline()
+            if not line:
+                break
+            words = line.split()
+            printed[int(words[1])] = words[0]
+            if words[0] == "intended":
+                counters[int(words[1])] = int(words[2])
+        time.sleep(generator.random() / 200)  # land somewhere inside the next write
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        journal = Journal(path, "V1")
+        rows = journal.records()
+        journal.close()
+        sequences = [record.sequence for record, _ in rows]
+        assert sequences == list(range(1, len(sequences) + 1)), "gap or duplicate"
+        by_sequence = {record.sequence: (record, state) for record, state in rows}
+        for sequence, what in printed.items():
+            assert sequence in by_sequence, f"record {sequence} printed as {what} but lost"
+            record, state = by_sequence[sequence]
+            assert record.card_counter == counters[sequence]
+            if what == "committed":
+                assert state == JournalState.committed
+            else:
+                # intended (maybe committed after the print) or in doubt; never still intended
+                assert state in (JournalState.in_doubt, JournalState.committed)
+        assert all(state != JournalState.intended for _, state in rows)
+        next_counter = max(record.card_counter for record, _ in rows) + 1 if rows else 1
+
+
+def tap(counter: int) -> UploadRecord:
+    return UploadRecord(
+        "V1", 0, RecordKind.fare_debit, RecordStatus.committed, "6032984000000001", counter,
+        3_500, 0, "", 10_000, 1_763_942_400_000, "K1", "", "full", 0, "", 0,
+    )  # fmt: skip
+
+
+def test_upload_bookkeeping_and_pruning(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db", "V1")
+    for counter in range(1, 6):
+        record = journal.intend(tap(counter))
+        if counter == 5:
+            journal.mark_in_doubt(record.sequence)
+        else:
+            journal.commit(record.sequence)
+    records = journal.records_to_upload()
+    assert [r.sequence for r in records] == [1, 2, 3, 4, 5]
+    assert records[4].status == RecordStatus.in_doubt
+    body = encode_batch(UploadBatch("V1", 1, tuple(records)))
+    journal.store_batch(1, records, body, "signature")
+    assert journal.records_to_upload() == []  # waiting in batch 1
+    stored = journal.pending_batch()
+    assert stored is not None
+    assert stored.body == body
+    journal.acknowledge_batch(1, {r.sequence: r.status.value for r in records})
+    assert journal.pending_batch() is None
+    assert journal.records_to_upload() == []
+    # The in-doubt tap is resolved later: its new status goes up again.
+    journal.commit(5)
+    again = journal.records_to_upload()
+    assert [(r.sequence, r.status) for r in again] == [(5, RecordStatus.committed)]
+    assert journal.prune(keep=0) == 4  # acknowledged and final; 5 is not acknowledged yet
+    assert [r.sequence for r, _ in journal.records()] == [5]
+    assert journal.next_sequence() == 6
+    journal.close()
