@@ -208,8 +208,8 @@ async def test_statements_are_mt940_and_csv_that_importers_read(
     (tmp_path / "bni.csv").write_text(write_csv(statement))
     from_mt940 = import_file(tmp_path / "bni.sta", "BNI")
     from_csv = import_file(tmp_path / "bni.csv", "BNI")
-    assert [(l.amount_rupiah, l.direction.value, l.reference) for l in from_mt940] == [
-        (l.amount_rupiah, l.direction.value, l.reference) for l in from_csv
+    assert [(line.amount_rupiah, line.direction.value, line.reference) for line in from_mt940] == [
+        (line.amount_rupiah, line.direction.value, line.reference) for line in from_csv
     ]
     assert from_csv[0].reference == paid.payment_request_id
-    assert [l.occurrence for l in from_csv] == [0, 0, 0, 1]  # the duplicated line shows
+    assert [line.occurrence for line in from_csv] == [0, 0, 0, 1]  # the duplicated line shows
