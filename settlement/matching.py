@@ -285,6 +285,7 @@ def classify(
     used_movements: set[str],
     rules: MatchRules,
 ) -> LineException:
+    """The most specific reason, checked in a fixed order."""
     if shape(line) in matched_shapes:
         return LineException(line.key, LineReason.duplicate_line, "same movement already matched")
     known = [
@@ -292,14 +293,22 @@ def classify(
         for reference in line_references(line)
         for movement in by_reference.get((line.account, line.direction, reference), ())
     ]
+    settled = [m for m in known if m.movement_id in used_movements]
     open_movements = [m for m in known if m.movement_id not in used_movements]
-    if known and not open_movements:
+    if any(
+        abs(m.amount_rupiah - line.amount_rupiah) <= rules.amount_tolerance_rupiah for m in settled
+    ):
         return LineException(
-            line.key, LineReason.duplicate_line, f"{known[0].reference} is already matched"
+            line.key, LineReason.duplicate_line, f"{settled[0].reference} is already matched"
+        )
+    if line.direction is Direction.debit and is_fee(line):
+        return LineException(
+            line.key, LineReason.unexpected_fee, line.description or line.type_code
         )
     if open_movements:
         nearest = min(
-            open_movements, key=lambda m: (abs(m.amount_rupiah - line.amount_rupiah), m.movement_id)
+            open_movements,
+            key=lambda m: (abs(m.amount_rupiah - line.amount_rupiah), m.movement_id),
         )
         if abs(nearest.amount_rupiah - line.amount_rupiah) > rules.amount_tolerance_rupiah:
             return LineException(
@@ -312,9 +321,11 @@ def classify(
             LineReason.date_out_of_tolerance,
             f"{nearest.reference}: statement {line.value_date}, books {nearest.value_date}",
         )
-    if line.direction is Direction.debit and is_fee(line):
+    if settled:
         return LineException(
-            line.key, LineReason.unexpected_fee, line.description or line.type_code
+            line.key,
+            LineReason.amount_mismatch,
+            f"{settled[0].reference} is already matched with {settled[0].amount_rupiah}",
         )
     return LineException(
         line.key, LineReason.unknown_reference, f"{line.reference or '-'}: {line.description}"

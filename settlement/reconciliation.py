@@ -553,7 +553,7 @@ async def expect_collections(
               group_reference, holding_account_id)
            select 'C' || t.id::text, 'collection',
                   coalesce(($5::jsonb) ->> a.owner_reference, $6), 'credit', t.amount, $3,
-                  coalesce(nullif(t.bank_reference, ''), t.id::text), '', t.debit_account_id
+                  coalesce(nullif(regexp_replace(t.bank_reference, '^snap:[^:]*:', ''), ''), t.id::text), '', t.debit_account_id
              from ledger_transfers t join ledger_accounts a on a.id = t.debit_account_id
             where t.code = $4 and a.kind = 'bank_clearing'
               and t.booked_at >= $1 and t.booked_at < $2 and t.flags & (2 | 8) = 0
