@@ -3,7 +3,7 @@
 One tap = select the application, authenticate with the debit key, read the card state (purse,
 trip state), debit, write trip state and a log record, commit. The same card (two copies of one
 personalised card) is tapped in-process (`EmulatedReader`) and through the real stack: pyscard →
-pcscd → vpcd → the vpcd bridge (a thread here) → the emulator. The card stays in the field
+pcscd → vpcd → the vpcd bridge → the emulator (`ksh card emulate`, in its own process). The card stays in the field
 between taps, so the figures are the transaction itself, not pcscd's card-detection polling.
 
 Starts pcscd when it is not running and we are root, and stops it again afterwards.
@@ -12,10 +12,16 @@ Starts pcscd when it is not running and we are root, and stops it again afterwar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 card_timeout_ms = 10_000
@@ -113,11 +119,30 @@ def debit(reader: Any, card_uid: bytes, sequence: int) -> None:
     desfire.commit_transaction()
 
 
+@contextlib.contextmanager
+def emulator_process(deck: Path, vpcd: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`ksh card emulate` with the deck's first card, in its own process (as a card is its own
+    device; a bridge thread here would share our interpreter lock and add its own jitter)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ksh", "card", "emulate", "--deck", str(deck), "--vpcd", vpcd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
-    from card_reader.emulator import EmulatedCard, EmulatedReader
+    from card_reader.emulator import EmulatedCard, EmulatedReader, save_deck
     from card_reader.pcsc import PcscReader, start_pcscd_if_needed, stop_pcscd
     from card_reader.port import ReaderPortError
-    from card_reader.vpcd import VpcdAddress, VpcdBridge
 
     taps = int(arguments.taps)
     taps_max = purse_rupiah_max // fare_rupiah - warmup_taps - 1
@@ -140,18 +165,14 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         started_pcscd = start_pcscd_if_needed(arguments.reader)
     except ReaderPortError as error:
         raise ValueError(str(error)) from error
-    pcsc_card = EmulatedCard.from_dict(card.to_dict())
     try:
-        with (
-            VpcdBridge(pcsc_card, VpcdAddress.parse(arguments.vpcd)),
-            PcscReader(arguments.reader) as reader,
-        ):
-            if not reader.wait_for_card(card_timeout_ms):
-                raise ValueError(f"no card appeared in {reader.name!r} (is vpcd on that port?)")
-            pcsc_ms = time_taps(
-                lambda sequence: debit(reader, pcsc_card.uid, sequence),
-                taps,
-            )
+        with tempfile.TemporaryDirectory() as folder:
+            deck = Path(folder) / "deck.json"
+            save_deck([card], deck)
+            with emulator_process(deck, arguments.vpcd), PcscReader(arguments.reader) as reader:
+                if not reader.wait_for_card(card_timeout_ms):
+                    raise ValueError(f"no card appeared in {reader.name!r} (vpcd on that port?)")
+                pcsc_ms = time_taps(lambda sequence: debit(reader, card.uid, sequence), taps)
     except ReaderPortError as error:
         raise ValueError(str(error)) from error
     finally:
