@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from card_reader.apdu import Framing
 from card_reader.desfire import Desfire
 from card_reader.desfire_files import AccessRights, CommMode
 from card_reader.emulator import EmulatedCard, EmulatedReader
@@ -171,3 +172,20 @@ def test_card_pulled_mid_transaction_keeps_only_committed_state(
 def state_of_connected(card: EmulatedCard) -> tuple[int, bytes, bytes]:
     """The card's committed state, read from a copy so the connected card is not disturbed."""
     return state_of(EmulatedCard.from_dict(card.to_dict()))
+
+
+def test_native_framing_one_byte_commands_pass_through_vpcd(
+    bridge: VpcdBridge, reader: PcscReader
+) -> None:
+    """A 1-byte native command (GetVersion `60`, then `AF`) arrives at the bridge exactly like a
+    vpcd control message; the bridge tells them apart by value."""
+    card = personalised_card()
+    bridge.insert(card)
+    assert reader.wait_for_card(card_timeout_ms)
+    native = Desfire(reader, framing=Framing.NATIVE)
+    version = native.get_version()
+    assert version.uid == card.uid
+    assert reader.transcript_hex()[-3][0] == "60"
+    wrapped = Desfire(reader)
+    assert wrapped.get_version() == version
+    assert native.get_application_ids() == [purse_aid]
