@@ -1,0 +1,196 @@
+"""`ksh bank-sim`: a bank that speaks SNAP BI, on loopback, for demos and tests."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bank-sim",
+        help="run a simulated bank (SNAP BI), pay a VA, fetch statements, inject trouble",
+        description="A bank that keeps accounts, pays virtual accounts by calling the issuer's "
+        "SNAP endpoints, executes payouts, and writes daily statements (MT940, CSV).",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    serve = actions.add_parser("serve", help="run the bank")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8091)
+    serve.add_argument("--partner-id", required=True)
+    serve.add_argument("--client-secret", required=True)
+    serve.add_argument(
+        "--issuer-public-key", type=Path, required=True, help="our public key (ksh partner own-key)"
+    )
+    serve.add_argument(
+        "--bank-key",
+        type=Path,
+        required=True,
+        help="the bank's private key (created when missing; give its public key to ksh partner add)",
+    )
+    serve.add_argument("--issuer-url", default="http://127.0.0.1:8080/snap")
+    serve.add_argument("--company-code", default="88001")
+    serve.add_argument("--channel", default="95221")
+    serve.add_argument("--issuer-account", default="1350012345678")
+    serve.add_argument("--issuer-opening", type=int, default=0, help="rupiah")
+    serve.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="NUMBER:NAME:OPENING",
+        help="another account at this bank (repeatable)",
+    )
+    serve.add_argument("--interbank-fee", type=int, default=2_500)
+    serve.set_defaults(handler=run_serve)
+
+    pay = actions.add_parser("pay-va", help="a citizen pays a VA from the bank's app")
+    pay.add_argument("--url", default="http://127.0.0.1:8091")
+    pay.add_argument("--va", required=True, help="virtual account number (company code + card)")
+    pay.add_argument("--amount", type=int, required=True, help="rupiah")
+    pay.set_defaults(handler=run_pay)
+
+    statement = actions.add_parser("statement", help="an account's statement for one day")
+    statement.add_argument("--url", default="http://127.0.0.1:8091")
+    statement.add_argument("--account", required=True)
+    statement.add_argument("--day", required=True, help="YYYY-MM-DD (Jakarta)")
+    statement.add_argument("--format", choices=("mt940", "csv"), default="mt940")
+    statement.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    statement.set_defaults(handler=run_statement)
+
+    trouble = actions.add_parser("trouble", help="inject faults into a running simulator")
+    trouble.add_argument("--url", default="http://127.0.0.1:8091")
+    trouble.add_argument("--reject-account", action="append", default=None)
+    trouble.add_argument("--fail-next-transfers", type=int)
+    trouble.add_argument("--lose-next-answers", type=int)
+    trouble.add_argument("--duplicate-next-statement-lines", type=int)
+    trouble.add_argument("--unexpected-fee", type=int, help="rupiah, charged on the next transfer")
+    trouble.add_argument("--response-delay-ms", type=int)
+    trouble.set_defaults(handler=run_trouble)
+
+
+def _read_or_create_bank_key(path: Path) -> bytes:
+    from gateways.snap import signature
+
+    if not path.exists():
+        key = signature.generate_private_key()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_bytes(signature.private_key_pem(key))
+        public_path = path.with_suffix(".pub.pem")
+        public_path.write_bytes(signature.public_key_pem(key.public_key()))
+        print(f"bank key created: {path}; its public key: {public_path}")
+    return path.read_bytes()
+
+
+def run_serve(arguments: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from gateways.bank_simulator import BankSettings, create_bank_app
+    from gateways.snap import signature
+    from ksh.cli import UserError
+
+    accounts = []
+    for text in arguments.account:
+        number, _, rest = text.partition(":")
+        name, _, opening = rest.partition(":")
+        if not number or not name or not opening.isdigit():
+            raise UserError(f"--account {text!r} must look like NUMBER:NAME:OPENING")
+        accounts.append((number, name, int(opening)))
+    try:
+        issuer_public = arguments.issuer_public_key.read_bytes()
+        signature.load_public_key(issuer_public)
+        bank_private = _read_or_create_bank_key(arguments.bank_key)
+        signature.load_private_key(bank_private)
+    except (OSError, ValueError) as error:
+        raise UserError(f"key: {error}") from None
+    settings = BankSettings(
+        partner_id=arguments.partner_id,
+        client_secret=arguments.client_secret,
+        issuer_public_key_pem=issuer_public,
+        bank_private_key_pem=bank_private,
+        company_code=arguments.company_code,
+        channel_id=arguments.channel,
+        issuer_base_url=arguments.issuer_url,
+        issuer_account_no=arguments.issuer_account,
+        issuer_account_opening_rupiah=arguments.issuer_opening,
+        accounts=tuple(accounts),
+        interbank_fee_rupiah=arguments.interbank_fee,
+    )
+    web.run_app(create_bank_app(settings), host=arguments.host, port=arguments.port)
+    return 0
+
+
+async def _request(method: str, url: str, payload: Any = None) -> tuple[int, str]:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method, url, json=payload, timeout=aiohttp.ClientTimeout(total=30)
+        ) as response,
+    ):
+        return response.status, await response.text()
+
+
+def _call(method: str, url: str, payload: Any = None) -> str:
+    import aiohttp
+
+    from ksh.cli import UserError
+
+    try:
+        status, text = asyncio.run(_request(method, url, payload))
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise UserError(f"bank simulator at {url} is not reachable: {error}") from None
+    if status != 200:
+        raise UserError(f"bank simulator answered {status}: {text.strip()[:200]}")
+    return text
+
+
+def run_pay(arguments: argparse.Namespace) -> int:
+    text = _call(
+        "POST",
+        arguments.url.rstrip("/") + "/sim/va-payments",
+        {"virtualAccountNo": arguments.va, "amount": arguments.amount},
+    )
+    answer = json.loads(text)
+    print(json.dumps(answer, indent=2))
+    return 0 if answer.get("credited") else 1
+
+
+def run_statement(arguments: argparse.Namespace) -> int:
+    url = (
+        f"{arguments.url.rstrip('/')}/sim/statements/{arguments.account}/"
+        f"{arguments.day}.{arguments.format}"
+    )
+    text = _call("GET", url)
+    if arguments.out:
+        arguments.out.write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def run_trouble(arguments: argparse.Namespace) -> int:
+    from ksh.cli import UserError
+
+    payload: dict[str, Any] = {}
+    if arguments.reject_account is not None:
+        payload["rejectAccounts"] = arguments.reject_account
+    for option, field in (
+        ("fail_next_transfers", "failNextTransfers"),
+        ("lose_next_answers", "loseNextAnswers"),
+        ("duplicate_next_statement_lines", "duplicateNextStatementLines"),
+        ("unexpected_fee", "unexpectedFeeRupiah"),
+        ("response_delay_ms", "responseDelayMs"),
+    ):
+        value = getattr(arguments, option)
+        if value is not None:
+            payload[field] = value
+    if not payload:
+        raise UserError("name at least one kind of trouble")
+    _call("POST", arguments.url.rstrip("/") + "/sim/trouble", payload)
+    return 0
