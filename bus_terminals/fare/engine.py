@@ -24,7 +24,6 @@ Semantics (GTFS-Fares v2 as in reference/fares.md, with our choices where the sp
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 
 from bus_terminals.fare.model import (
@@ -53,6 +52,7 @@ from bus_terminals.fare.tariff import (
 #: Legs join into one effective fare leg only if the effective leg started less than this
 #: long ago (the card keeps the start as a 16-bit delta).
 join_window_s = 0xFFFF
+_missing = LegMatch(0, 0, LegRule(0, 0, 0, 0, 0, 0, ""), ())  # memo sentinel
 #: The card keeps the transfer count in 4 bits.
 transfer_count_saturated = 15
 
@@ -124,9 +124,9 @@ def _match_leg(
 ) -> LegMatch | None:
     """The cheapest product for this leg and rider, memoised on what the answer depends on."""
     if tariff.uses_timeframes:
-        bounds = tariff.timeframe_bounds_s
-        departure_day = departure_local_s // seconds_per_day
-        arrival_day = arrival_local_s // seconds_per_day
+        segment = tariff.segment_of_second
+        departure_day, departure_second = divmod(departure_local_s, seconds_per_day)
+        arrival_day, arrival_second = divmod(arrival_local_s, seconds_per_day)
         key: tuple[int, ...] = (
             network,
             from_stop,
@@ -134,9 +134,9 @@ def _match_leg(
             category,
             medium,
             departure_day,
-            bisect.bisect_right(bounds, departure_local_s - departure_day * seconds_per_day),
+            segment[departure_second],
             arrival_day,
-            bisect.bisect_right(bounds, arrival_local_s - arrival_day * seconds_per_day),
+            segment[arrival_second],
         )
     else:
         key = (network, from_stop, to_stop, category, medium)
@@ -254,16 +254,43 @@ def _step(
         )
         return amount, joined_state, match, None, True
 
-    match = _match_leg(
-        tariff,
-        network,
-        from_stop,
-        to_stop,
-        _local(tariff, departure_s),
-        _local(tariff, arrival_s) if arrival_s != departure_s else _local(tariff, departure_s),
-        category,
-        medium,
-    )
+    # The memo lookup of _match_leg, inlined: this is the hot path of every tap.
+    fixed = tariff.fixed_offset_s
+    if fixed is not None:
+        departure_local_s = departure_s + fixed
+        arrival_local_s = arrival_s + fixed
+    else:
+        departure_local_s = tariff.local_seconds(departure_s)
+        arrival_local_s = tariff.local_seconds(arrival_s)
+    if tariff.uses_timeframes:
+        segment = tariff.segment_of_second
+        departure_day, departure_second = divmod(departure_local_s, seconds_per_day)
+        arrival_day, arrival_second = divmod(arrival_local_s, seconds_per_day)
+        key: tuple[int, ...] = (
+            network,
+            from_stop,
+            to_stop,
+            category,
+            medium,
+            departure_day,
+            segment[departure_second],
+            arrival_day,
+            segment[arrival_second],
+        )
+    else:
+        key = (network, from_stop, to_stop, category, medium)
+    match = tariff.leg_memo.get(key, _missing)
+    if match is _missing:
+        match = _match_leg(
+            tariff,
+            network,
+            from_stop,
+            to_stop,
+            departure_local_s,
+            arrival_local_s,
+            category,
+            medium,
+        )
     if match is None:
         return None
     leg_amount = match.amount
@@ -430,8 +457,8 @@ def _forget_trip(state: CardState) -> CardState:
 
 def decide(tariff: Tariff, state: CardState, tap: Tap) -> FareDecision:
     """Price one tap-on from what the card carries; return the amount, new state and why."""
-    route = tariff.route_index.get(tap.route_id)
-    if route is None:
+    network = tariff.network_of_route.get(tap.route_id)
+    if network is None:
         return _unpriced(FareOutcome.unknown_route, state)
     resolved = tariff.rider_lookup.get((tap.rider_category_id, tap.fare_media_id))
     if resolved is None:
@@ -440,9 +467,8 @@ def decide(tariff: Tariff, state: CardState, tap: Tap) -> FareDecision:
             return _unpriced(slow, state)
         resolved = slow
     category, medium = resolved
-    stop = tariff.stop_index.get(tap.stop_id, no_index) if tap.stop_id is not None else no_index
+    stop = tariff.stop_index.get(tap.stop_id or "", no_index)
     time_s = tap.time_s
-    network = tariff.route_network[route]
     try:
         step = _step(tariff, state, network, stop, no_index, time_s, time_s, category, medium)
     except IndexError:
@@ -469,7 +495,7 @@ def decide(tariff: Tariff, state: CardState, tap: Tap) -> FareDecision:
                 before_caps = 0
                 pass_id = rule.pass_id
     cap_id: str | None = None
-    if tariff.caps_for[(category, medium)]:
+    if tariff.capped_riders and (category, medium) in tariff.capped_riders:
         amount, slots, cap_id = apply_caps(
             tariff, state, amount, _local(tariff, time_s), category, medium
         )

@@ -260,6 +260,9 @@ def _offsets(
         return int(delta.total_seconds())
 
     starts, offsets = [0], [offset_at(start)]
+    probes = range(start, end, seconds_per_day * 30)
+    if all(offset_at(probe) == offsets[0] for probe in probes):
+        return tuple(starts), tuple(offsets)  # a fixed offset over the whole range
     for day_start in range(start, end, seconds_per_day):
         offset = offset_at(day_start + seconds_per_day)
         if offset != offsets[-1]:
@@ -763,6 +766,12 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
             )
 
     default_category_id = min(default_categories) if default_categories else None
+    sorted_bounds = tuple(sorted(bounds))
+    # segment of second s = bisect_right(sorted_bounds, s), built span by span
+    segment_of_second: list[int] = []
+    for position, low in enumerate(sorted_bounds):
+        high = sorted_bounds[position + 1] if position + 1 < len(sorted_bounds) else seconds_per_day
+        segment_of_second += [position + 1] * max(min(high, seconds_per_day) - low, 0)
     rider_lookup: dict[tuple[str | None, str | None], tuple[int, int]] = {}
     for category_id in (*category_ids, None):
         effective = category_id if category_id is not None else default_category_id
@@ -781,6 +790,9 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
         offset_s=offset_s,
         route_index=route_index,
         route_network=tuple(route_network),
+        network_of_route={
+            route: route_network[position] for route, position in route_index.items()
+        },
         network_ids=network_ids,
         stop_index=stop_index,
         stop_ids=stop_ids,
@@ -800,7 +812,8 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
         leg_rules={key: tuple(rules) for key, rules in leg_rules.items()},
         timeframe_ids=timeframe_ids,
         timeframe_days=timeframe_days,
-        timeframe_bounds_s=tuple(sorted(bounds)),
+        timeframe_bounds_s=sorted_bounds,
+        segment_of_second=tuple(segment_of_second),
         uses_timeframes=bool(timeframe_ids),
         group_ids=group_ids,
         from_group_keys=from_group_keys,
@@ -815,5 +828,6 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
         pass_index={rule.pass_id: position for position, rule in enumerate(passes)},
         tag=fingerprint[0] & 0x0F,
         rider_lookup=rider_lookup,
+        capped_riders=frozenset(key for key, chosen in caps_for.items() if chosen),
         fixed_offset_s=offset_s[0] if len(offset_s) == 1 else None,
     )

@@ -78,6 +78,7 @@ class Tariff:
     offset_s: tuple[int, ...]
     route_index: dict[str, int]
     route_network: tuple[int, ...]  # route index -> network index or any_index
+    network_of_route: dict[str, int]  # route id -> network index or any_index
     network_ids: tuple[str, ...]
     stop_index: dict[str, int]
     stop_ids: tuple[str, ...]
@@ -99,6 +100,9 @@ class Tariff:
     timeframe_ids: tuple[str, ...]
     timeframe_days: tuple[dict[int, tuple[tuple[int, int], ...]], ...]
     timeframe_bounds_s: tuple[int, ...]  # sorted start/end seconds of day over all timeframes
+    # second of day -> index of the span between bounds it falls in (timeframes are constant
+    # inside a span, so the leg memo keys on it)
+    segment_of_second: tuple[int, ...]
     uses_timeframes: bool
     group_ids: tuple[str, ...]
     from_group_keys: tuple[int, ...]  # group index (last = none) -> transfer key
@@ -114,6 +118,7 @@ class Tariff:
     tag: int  # 4-bit fingerprint of the index tables (goes on the card)
     # (rider_category_id or None, fare_media_id or None) -> (category index, media index)
     rider_lookup: dict[tuple[str | None, str | None], tuple[int, int]]
+    capped_riders: frozenset[tuple[int, int]]  # (category, medium) with at least one cap
     fixed_offset_s: int | None  # the zone's only offset, when it has one (no bisect needed)
     leg_memo: dict[tuple[int, ...], LegMatch | None] = field(default_factory=dict)
 
