@@ -52,7 +52,9 @@ class EndOfDayConfig:
     source_bank: str = "bank-jateng"  # the bank our payouts leave from
     source_account_no: str = "1350012345678"
     cutoff: dt.time = dt.time(2, 0)  # local time after midnight: a night bus belongs to its day
-    merchant_discount_basis_points: int = 70  # 0.70 % of gross, like QRIS for small merchants
+    # The back office books each sale's fee at the merchant's own rate; this one is an extra
+    # end-of-day charge on what is owed (0: none).
+    merchant_discount_basis_points: int = 0
     operator_fee_basis_points: int = 0
     interbank_fee_rupiah: int = 2_500  # BI-FAST ceiling; the bank debits it with the payout
 
@@ -73,6 +75,7 @@ class Batch:
     service_day: dt.date
     party_kind: str
     party_id: str
+    owed_rupiah: int
     gross_rupiah: int
     fees_rupiah: int
     net_rupiah: int
@@ -136,12 +139,20 @@ async def close_day(
                 select id, sum(rupiah) as rupiah from movements join payables using (id) group by id
             ),
             closed as (
-                select payable_account_id as id, sum(gross_rupiah) as rupiah
+                select payable_account_id as id, sum(owed_rupiah) as rupiah
                   from settlement_batches group by payable_account_id
+            ),
+            sale_fees as (
+                select debit_account_id as id, sum(amount) as rupiah from ledger_transfers
+                 where booked_at >= $3 and booked_at < $1 and code = $4
+                   and flags & (2 | 8) = 0 and settlement_batch is null
+                 group by debit_account_id
             )
             select p.id, p.kind, p.owner_reference,
-                   o.rupiah - coalesce(c.rupiah, 0) as gross_rupiah
+                   o.rupiah - coalesce(c.rupiah, 0) as owed_rupiah,
+                   coalesce(f.rupiah, 0) as sale_fees_rupiah
               from payables p join owed o using (id) left join closed c using (id)
+              left join sale_fees f using (id)
              where o.rupiah - coalesce(c.rupiah, 0) > 0
                and not exists (select 1 from settlement_batches b
                                 where b.service_day = $2 and b.payable_account_id = p.id)
@@ -149,6 +160,8 @@ async def close_day(
             """,
             cutoff,
             day,
+            cutoff - dt.timedelta(days=1),
+            int(TransferCode.merchant_fee),
         )
         assert base + len(rows) <= batches_per_day_max, "too many batches for one day"
         batches: list[Batch] = []
@@ -160,19 +173,21 @@ async def close_day(
                 if merchant
                 else config.operator_fee_basis_points
             )
-            gross = int(row["gross_rupiah"])
-            fees = gross * basis_points // 10_000
-            if gross - fees <= 0:
+            owed = int(row["owed_rupiah"])
+            end_of_day_fee = owed * basis_points // 10_000
+            if owed - end_of_day_fee <= 0:
                 continue
+            sale_fees = int(row["sale_fees_rupiah"])
             batches.append(
                 Batch(
                     batch_id_for(day, number),
                     day,
                     "merchant" if merchant else "operator",
                     row["owner_reference"],
-                    gross,
-                    fees,
-                    gross - fees,
+                    owed,
+                    owed + sale_fees,
+                    sale_fees + end_of_day_fee,
+                    owed - end_of_day_fee,
                 )
             )
             payable_ids.append(row["id"])
@@ -193,18 +208,18 @@ async def close_day(
                         derive_id("settlement-sweep", batch.batch_id),
                         payable,
                         source,
-                        batch.gross_rupiah,
+                        batch.owed_rupiah,
                         TransferCode.operator_settlement,
                         settlement_batch=batch.batch_id,
                     )
                 )
-            if batch.fees_rupiah:
+            if batch.owed_rupiah > batch.net_rupiah:
                 transfers.append(
                     Transfer(
                         derive_id("settlement-fee", batch.batch_id),
                         source,
                         fee_income,
-                        batch.fees_rupiah,
+                        batch.owed_rupiah - batch.net_rupiah,
                         TransferCode.merchant_fee,
                         settlement_batch=batch.batch_id,
                     )
@@ -223,15 +238,17 @@ async def close_day(
         await connection.execute(
             """insert into settlement_batches
                  (batch_id, service_day, party_kind, party_id, payable_account_id, hold_transfer_id,
-                  gross_rupiah, fees_rupiah, net_rupiah)
+                  owed_rupiah, gross_rupiah, fees_rupiah, net_rupiah)
                select * from unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::uuid[],
-                                    $6::uuid[], $7::bigint[], $8::bigint[], $9::bigint[])""",
+                                    $6::uuid[], $7::bigint[], $8::bigint[], $9::bigint[],
+                                    $10::bigint[])""",
             [b.batch_id for b in batches],
             [b.service_day for b in batches],
             [b.party_kind for b in batches],
             [b.party_id for b in batches],
             payable_ids,
             [hold_id_for(b.batch_id) for b in batches],
+            [b.owed_rupiah for b in batches],
             [b.gross_rupiah for b in batches],
             [b.fees_rupiah for b in batches],
             [b.net_rupiah for b in batches],

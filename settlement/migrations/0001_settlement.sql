@@ -107,9 +107,13 @@ create table settlement_batches (
     -- the two-phase hold (payable -> settlement in transit) shared by every attempt; posted
     -- when the bank pays, so tomorrow's close never counts this money again
     hold_transfer_id uuid not null unique,
+    -- owed: the payable's balance this batch closes (sales net of the fees booked with each
+    -- sale); gross adds those fees back; fees = sale fees + any end-of-day fee; net is paid
+    owed_rupiah bigint not null check (owed_rupiah > 0),
     gross_rupiah bigint not null check (gross_rupiah >= 0),
     fees_rupiah bigint not null check (fees_rupiah >= 0),
-    net_rupiah bigint not null check (net_rupiah >= 0),
+    net_rupiah bigint not null check (net_rupiah > 0),
+    check (gross_rupiah = fees_rupiah + net_rupiah),
     created_at timestamptz not null default now(),
     unique (service_day, party_kind, party_id)
 );

@@ -17,6 +17,7 @@ from settlement.end_of_day import jakarta
 bank = "bank-jateng"
 our_account = "1350012345678"
 service_day = dt.date(2026, 11, 23)
+sale_fee_rupiah = 250  # 1 % of each 25,000 sale, booked with the sale as the back office does
 
 
 def ledger_account(kind: AccountKind, owner: str) -> Account:
@@ -40,7 +41,10 @@ async def book_day(connection: asyncpg.Connection, cards: int = 6, merchants: in
     revenue = ledger_account(AccountKind.operator_revenue, "trans-semarang")
     purses = [ledger_account(AccountKind.card_purse, f"62000000{n:04d}") for n in range(cards)]
     payables = [ledger_account(AccountKind.merchant_payable, f"M{n:03d}") for n in range(merchants)]
-    await store.create_accounts(connection, [clearing, pending, revenue, *purses, *payables])
+    fee_income = ledger_account(AccountKind.fee_income, "merchant-fees")
+    await store.create_accounts(
+        connection, [clearing, pending, revenue, fee_income, *purses, *payables]
+    )
     transfers: list[Transfer] = []
     for number, purse in enumerate(purses):
         request_id = f"VAPAY{number:08d}"
@@ -65,6 +69,11 @@ async def book_day(connection: asyncpg.Connection, cards: int = 6, merchants: in
         payable = payables[number % merchants]
         transfers.append(
             Transfer(uuid.uuid4(), purse.id, payable.id, 25_000, TransferCode.merchant_sale)
+        )
+        transfers.append(
+            Transfer(
+                uuid.uuid4(), payable.id, fee_income.id, sale_fee_rupiah, TransferCode.merchant_fee
+            )
         )
         day.sales[payable.owner_reference] = day.sales.get(payable.owner_reference, 0) + 25_000
     outcomes = await store.create_transfers(connection, transfers, now=day.booked_at)

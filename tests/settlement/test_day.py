@@ -15,7 +15,7 @@ from ledger.records import AccountKind
 from settlement import actions, end_of_day, reconciliation
 from settlement.actions import ActionResult, Role, Staff
 from settlement.statements import Direction, StatementLine, write_mt940
-from tests.settlement.day import bank, book_day, our_account, service_day
+from tests.settlement.day import bank, book_day, our_account, sale_fee_rupiah, service_day
 
 config = end_of_day.EndOfDayConfig(source_bank=bank, source_account_no=our_account)
 clerk = Staff("clerk.ani", Role.clerk)
@@ -94,6 +94,9 @@ async def test_day_with_trouble_closes_with_zero_unexplained(
         assert operator.gross_rupiah == day.fares_rupiah
         for batch in batches:
             assert batch.gross_rupiah == batch.fees_rupiah + batch.net_rupiah
+            if batch.party_kind == "merchant":
+                assert batch.gross_rupiah == day.sales[batch.party_id]
+                assert batch.fees_rupiah == day.sales[batch.party_id] // 25_000 * sale_fee_rupiah
         assert await end_of_day.close_day(connection, service_day, config) == []  # once only
 
         refused_batch = next(b for b in batches if b.party_id == "M001")
