@@ -53,6 +53,7 @@ from card_reader.desfire_files import AccessRights, CommMode, FileType, free_acc
 from card_reader.port import CardError
 
 desfire_atr = bytes.fromhex("3B8180018080")
+get_uid_apdu = bytes.fromhex("FFCA000000")  # PC/SC Part 3 GET DATA: the card UID
 response_frame_data_bytes_max = 59  # one native frame: 1 status + 59 data bytes
 command_chain_bytes_max = 1024  # longest command this card accepts over several AF frames
 card_memory_bytes = 8192  # EV2 8K
@@ -233,7 +234,7 @@ class _CommandChain:
 # Commands whose data goes in the file's communication mode (write type).
 _write_commands = {0x3D, 0x3B, 0x0C, 0xDC, 0x1C}
 # Plain header length (never enciphered) for commands that carry file data.
-_header_bytes = {0x3D: 7, 0x3B: 7, 0x0C: 1, 0xDC: 1, 0x1C: 1, 0xC4: 1}
+_header_bytes = {0x3D: 7, 0x3B: 7, 0x0C: 1, 0xDC: 1, 0x1C: 1, 0xC4: 1, 0x54: 0}
 
 
 class EmulatedCard:
@@ -323,12 +324,25 @@ class EmulatedCard:
     def _process(self, raw: bytes) -> bytes:
         if raw[:1] == b"\x00":
             return self._process_interindustry(raw)
+        if raw[:1] == b"\xff":
+            return self._process_reader_pseudo_apdu(raw)
         try:
             frame, framing = unwrap_command(raw)
         except ApduFormatError:
             return IsoStatus.WRONG_LENGTH.to_bytes(2, "big")
         status, data = self._process_frame(frame.code, frame.data)
         return wrap_response(status, data, framing)
+
+    def _process_reader_pseudo_apdu(self, raw: bytes) -> bytes:
+        """PC/SC Part 3 GET DATA (`FF CA 00 00 00`): a contactless reader answers it with the
+        anticollision UID. vpcd passes it through to the card, so the software card answers it."""
+        if raw == get_uid_apdu:
+            return self.uid + IsoStatus.SUCCESS.to_bytes(2, "big")
+        if len(raw) < 4:
+            return IsoStatus.WRONG_LENGTH.to_bytes(2, "big")
+        if raw[1] != 0xCA:
+            return IsoStatus.INSTRUCTION_NOT_SUPPORTED.to_bytes(2, "big")
+        return IsoStatus.WRONG_PARAMETERS.to_bytes(2, "big")
 
     def _process_interindustry(self, raw: bytes) -> bytes:
         try:

@@ -1,0 +1,666 @@
+"""The KSH card application on a DESFire EV2 card: its AID, keys, files and layouts, personalisation
+of a blank card, and the typed operations a terminal performs (read the state, debit, credit,
+block, read the log), each one card transaction committed by one `CommitTransaction`.
+
+Application `KSH` (AID 0x48534B, bytes 4B 53 48 on the wire), AES, 4 keys:
+    key 0 personalisation (application master), key 1 read, key 2 debit, key 3 credit.
+Files (every one MACed; R/W/RW/Chg are key numbers, E free):
+    1 profile      backup data 32 B   R=E W=0 RW=2 Chg=0   card number, category, status, expiry
+    2 purse        value              R=2 W=2 RW=3 Chg=0   0 ≤ balance ≤ Rp 2,000,000,
+                                                           limited credit on, free GetValue
+    3 trip state   backup data 48 B   R=E W=0 RW=2 Chg=0   opaque bytes owned by the fare core
+    4 log          cyclic 24 B × 16   R=E W=3 RW=2 Chg=0   15 newest transactions, own counter
+Why these rights: DESFire names one key per right, and three roles must read. Reading is free,
+so a phone can show the card number and history (as on many transit cards); terminals read
+inside their authenticated session, where every answer carries the card's MAC, so what they act
+on is genuine. The read key proves a card genuine to inspection devices and can change nothing.
+Credit (RW on the purse) belongs to the credit key alone; the debit key may Debit and
+LimitedCredit (refund of the last transaction's debits), block the card and write trip state.
+
+Trip state: 48 bytes reserved (`trip_state_bytes`), written whole in the debit transaction. The
+fare core owns its encoding and hands `bytes` of exactly that length; a fresh card holds zeros.
+
+Log: every committed card transaction appends one record whose counter is one more than the
+newest record's. (card number, counter) names the transaction everywhere. The issue record
+(counter 0) is written at personalisation, so the log is never empty.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from card_reader.apdu import Framing, IsoStatus, Status
+from card_reader.desfire import Desfire, DesfireError
+from card_reader.desfire_files import AccessRights, CommMode, free_access
+from card_reader.emulator import get_uid_apdu
+from card_reader.keys import CardKey, KeyRole, TerminalKeys
+from card_reader.port import CardError, ReaderPort
+
+ksh_application_id = 0x48534B
+application_key_settings = 0x09  # master key changeable, configuration changeable, rest needs key 0
+picc_key_settings = 0x09  # listing and creating applications need the PICC master key
+factory_key = bytes(16)
+
+key_numbers = {
+    KeyRole.PERSONALISATION: 0,
+    KeyRole.READ: 1,
+    KeyRole.DEBIT: 2,
+    KeyRole.CREDIT: 3,
+}
+
+profile_file = 1
+purse_file = 2
+trip_state_file = 3
+log_file = 4
+
+balance_max_rupiah = 2_000_000  # Bank Indonesia cap for unregistered e-money
+profile_bytes = 32
+trip_state_bytes = 48
+log_record_bytes = 24
+log_records_max = 16  # cyclic: 15 usable, one spare
+log_records_kept = log_records_max - 1
+comm_mode = CommMode.MAC
+
+profile_access = AccessRights(read=free_access, write=0, read_write=2, change=0)
+purse_access = AccessRights(read=2, write=2, read_write=3, change=0)
+trip_state_access = AccessRights(read=free_access, write=0, read_write=2, change=0)
+log_access = AccessRights(read=free_access, write=3, read_write=2, change=0)
+
+
+# ---------------------------------------------------------------------------- layouts
+
+
+class LayoutError(ValueError):
+    """Card data that does not fit its layout: names the field, the bad value and the raw bytes."""
+
+    def __init__(self, layout: str, field_name: str, value: object, raw: bytes, why: str) -> None:
+        self.field_name = field_name
+        self.value = value
+        self.raw = raw
+        super().__init__(f"{layout}.{field_name} = {value!r}: {why} (raw {raw.hex().upper()})")
+
+
+class Encoding(enum.Enum):
+    UNSIGNED = "unsigned little-endian"
+    DATE = "days since 1970-01-01, unsigned little-endian"
+    RESERVED = "zero bytes"
+
+
+epoch_date = dt.date(1970, 1, 1)
+FieldValue = int | dt.date
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    offset: int
+    length: int
+    encoding: Encoding = Encoding.UNSIGNED
+    allowed: frozenset[int] | None = None  # for enumerations
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A table of fields; `decode` and `encode` are the one codec for every card record."""
+
+    name: str
+    size: int
+    fields: tuple[Field, ...]
+
+    def __post_init__(self) -> None:
+        position = 0
+        for item in self.fields:
+            assert item.offset == position, f"{self.name}.{item.name} leaves a gap or overlaps"
+            position += item.length
+        assert position == self.size, f"{self.name} fields cover {position} of {self.size} bytes"
+
+    def decode(self, raw: bytes) -> dict[str, FieldValue]:
+        if len(raw) != self.size:
+            raise LayoutError(self.name, "length", len(raw), raw, f"expected {self.size} bytes")
+        values: dict[str, FieldValue] = {}
+        for item in self.fields:
+            chunk = raw[item.offset : item.offset + item.length]
+            number = int.from_bytes(chunk, "little")
+            if item.encoding is Encoding.RESERVED:
+                if number:
+                    raise LayoutError(self.name, item.name, chunk.hex(), raw, "must be zero")
+                continue
+            if item.allowed is not None and number not in item.allowed:
+                allowed = sorted(item.allowed)
+                raise LayoutError(self.name, item.name, number, raw, f"expected one of {allowed}")
+            if item.encoding is Encoding.DATE:
+                values[item.name] = epoch_date + dt.timedelta(days=number)
+            else:
+                values[item.name] = number
+        return values
+
+    def encode(self, values: Mapping[str, FieldValue]) -> bytes:
+        out = bytearray(self.size)
+        for item in self.fields:
+            if item.encoding is Encoding.RESERVED:
+                continue
+            value = values[item.name]
+            number = (value - epoch_date).days if isinstance(value, dt.date) else value
+            if not 0 <= number < 1 << (8 * item.length):
+                raise LayoutError(self.name, item.name, value, bytes(out), "out of range")
+            if item.allowed is not None and number not in item.allowed:
+                raise LayoutError(self.name, item.name, value, bytes(out), "not an allowed value")
+            out[item.offset : item.offset + item.length] = number.to_bytes(item.length, "little")
+        return bytes(out)
+
+
+class RiderCategory(enum.IntEnum):
+    GENERAL = 0
+    STUDENT = 1
+    ELDERLY = 2
+    DISABLED = 3
+
+
+class CardStatus(enum.IntEnum):
+    ACTIVE = 1
+    BLOCKED = 2
+
+
+class RecordKind(enum.IntEnum):
+    ISSUE = 1
+    DEBIT = 2
+    CREDIT = 3
+    BLOCK = 4
+
+
+profile_format_version = 1
+
+profile_layout = Layout(
+    "profile",
+    profile_bytes,
+    (
+        Field("format_version", 0, 1, allowed=frozenset({profile_format_version})),
+        Field("card_number", 1, 8),
+        Field("rider_category", 9, 1, allowed=frozenset(RiderCategory)),
+        Field("registered", 10, 1, allowed=frozenset({0, 1})),
+        Field("status", 11, 1, allowed=frozenset(CardStatus)),
+        Field("expiry_date", 12, 2, Encoding.DATE),
+        Field("issue_date", 14, 2, Encoding.DATE),
+        Field("reserved", 16, 16, Encoding.RESERVED),
+    ),
+)
+
+log_record_layout = Layout(
+    "log record",
+    log_record_bytes,
+    (
+        Field("counter", 0, 4),
+        Field("kind", 4, 1, allowed=frozenset(RecordKind)),
+        Field("amount_rupiah", 5, 4),
+        Field("balance_after_rupiah", 9, 4),
+        Field("terminal_id", 13, 4),
+        Field("time_unix_seconds", 17, 4),
+        Field("reserved", 21, 3, Encoding.RESERVED),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    card_number: int
+    rider_category: RiderCategory
+    registered: bool
+    status: CardStatus
+    expiry_date: dt.date
+    issue_date: dt.date
+
+    def to_bytes(self) -> bytes:
+        return profile_layout.encode(
+            {
+                "format_version": profile_format_version,
+                "card_number": self.card_number,
+                "rider_category": int(self.rider_category),
+                "registered": int(self.registered),
+                "status": int(self.status),
+                "expiry_date": self.expiry_date,
+                "issue_date": self.issue_date,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Profile:
+        values = profile_layout.decode(raw)
+        return cls(
+            card_number=_int(values["card_number"]),
+            rider_category=RiderCategory(_int(values["rider_category"])),
+            registered=bool(values["registered"]),
+            status=CardStatus(_int(values["status"])),
+            expiry_date=_date(values["expiry_date"]),
+            issue_date=_date(values["issue_date"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One committed card transaction, as the card's own log keeps it."""
+
+    counter: int
+    kind: RecordKind
+    amount_rupiah: int
+    balance_after_rupiah: int
+    terminal_id: int
+    time_unix_seconds: int
+
+    def to_bytes(self) -> bytes:
+        return log_record_layout.encode(
+            {
+                "counter": self.counter,
+                "kind": int(self.kind),
+                "amount_rupiah": self.amount_rupiah,
+                "balance_after_rupiah": self.balance_after_rupiah,
+                "terminal_id": self.terminal_id,
+                "time_unix_seconds": self.time_unix_seconds,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> LogRecord:
+        values = log_record_layout.decode(raw)
+        return cls(
+            counter=_int(values["counter"]),
+            kind=RecordKind(_int(values["kind"])),
+            amount_rupiah=_int(values["amount_rupiah"]),
+            balance_after_rupiah=_int(values["balance_after_rupiah"]),
+            terminal_id=_int(values["terminal_id"]),
+            time_unix_seconds=_int(values["time_unix_seconds"]),
+        )
+
+
+def _int(value: FieldValue) -> int:
+    assert isinstance(value, int)
+    return value
+
+
+def _date(value: FieldValue) -> dt.date:
+    assert isinstance(value, dt.date)
+    return value
+
+
+# ---------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class CardState:
+    """Everything a terminal needs from one tap, read in one authenticated session."""
+
+    uid: bytes
+    key_version: int
+    profile: Profile
+    balance_rupiah: int
+    trip_state: bytes
+    last_record: LogRecord
+
+    @property
+    def counter(self) -> int:
+        return self.last_record.counter
+
+
+class Refusal(enum.Enum):
+    """Business outcomes that stop a transaction before anything is sent to the card."""
+
+    CARD_BLOCKED = "card_blocked"
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    BALANCE_CAP_EXCEEDED = "balance_cap_exceeded"
+    ALREADY_BLOCKED = "already_blocked"
+    ROLE_NOT_HELD = "role_not_held"
+
+
+@dataclass(frozen=True, slots=True)
+class CardPlan:
+    """A card transaction prepared and checked, not yet sent: journal `record` before `perform`."""
+
+    uid: bytes
+    card_number: int
+    record: LogRecord
+    role: KeyRole
+    trip_state: bytes | None = None
+    profile: Profile | None = None
+
+
+class InDoubtOutcome(enum.Enum):
+    COMMITTED = "committed"
+    NOT_COMMITTED = "not_committed"
+    UNKNOWN = "unknown"  # the record is older than the log keeps
+
+
+def settle_in_doubt(log: Sequence[LogRecord], intended: LogRecord) -> InDoubtOutcome:
+    """Did a transaction whose commit answer was lost take effect? Decide from the card's log."""
+    for record in log:
+        if record.counter == intended.counter:
+            return InDoubtOutcome.COMMITTED if record == intended else InDoubtOutcome.NOT_COMMITTED
+    if not log or intended.counter > max(record.counter for record in log):
+        return InDoubtOutcome.NOT_COMMITTED
+    return InDoubtOutcome.UNKNOWN
+
+
+class KshCardError(CardError):
+    """The card is not a usable KSH card: no KSH application, a key version this terminal does
+    not accept, or data that does not fit the layouts."""
+
+
+# ---------------------------------------------------------------------------- the application
+
+
+def read_uid(reader: ReaderPort) -> bytes:
+    """The anticollision UID through PC/SC Part 3 GET DATA."""
+    response = reader.transmit(get_uid_apdu)
+    if len(response) < 6 or response[-2:] != IsoStatus.SUCCESS.to_bytes(2, "big"):
+        raise CardError(
+            "the reader did not give the card UID",
+            reader_name=reader.name,
+            transcript=((get_uid_apdu.hex().upper(), response.hex().upper()),),
+        )
+    return response[:-2]
+
+
+class KshCard:
+    """One tap of one card. `read_state` opens the session (select, authenticate with this
+    terminal's role key, read everything); the operations then run in that session, each ending
+    with its own CommitTransaction. A CardError from any of them means the card went away or
+    misbehaved: whatever was not committed is gone; if the commit's answer was lost, the next tap
+    settles it from the log (`settle_in_doubt`)."""
+
+    def __init__(
+        self,
+        reader: ReaderPort,
+        keys: TerminalKeys,
+        *,
+        framing: Framing = Framing.ISO_WRAPPED,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.reader = reader
+        self.keys = keys
+        self.desfire = Desfire(reader, framing=framing, random_bytes=random_bytes)
+        self.state: CardState | None = None
+        self._role: KeyRole | None = None
+        self._key_version = 0
+
+    def _session_role(self) -> KeyRole:
+        for role in (KeyRole.DEBIT, KeyRole.CREDIT, KeyRole.READ):
+            if role in self.keys.roles:
+                return role
+        raise AssertionError("KshCard needs a read, debit or credit key")
+
+    def _fail(self, message: str, uid: bytes | None) -> KshCardError:
+        return KshCardError(
+            message,
+            reader_name=self.reader.name,
+            card_uid=uid,
+            transcript=tuple(self.desfire.transcript),
+        )
+
+    def _authenticate(self, role: KeyRole, uid: bytes, *, first: bool) -> int:
+        """Authenticate with the role key, trying the current version, then the card's own version
+        if the terminal still accepts it. Returns the version used."""
+        key_number = key_numbers[role]
+        card_key = self.keys.card_key(role, uid, ksh_application_id)
+        authenticate = (
+            self.desfire.authenticate_ev2_first
+            if first
+            else self.desfire.authenticate_ev2_non_first
+        )
+        try:
+            authenticate(key_number, card_key.key)
+            return card_key.version
+        except DesfireError as error:
+            if error.status != Status.AUTHENTICATION_ERROR:
+                raise
+        # The card ended the session; ask which version it carries (GetKeyVersion is free).
+        card_version = self.desfire.get_key_version(key_number)
+        if card_version == card_key.version or card_version not in self.keys.accepted_versions(
+            role
+        ):
+            raise self._fail(
+                f"{role.value} key version {card_version} on the card is not accepted here", uid
+            )
+        older: CardKey = self.keys.card_key(role, uid, ksh_application_id, card_version)
+        self.desfire.authenticate_ev2_first(key_number, older.key)
+        return older.version
+
+    def read_state(self) -> CardState:
+        uid = read_uid(self.reader)
+        self.desfire.card_uid = uid
+        try:
+            self.desfire.select_application(ksh_application_id)
+        except DesfireError as error:
+            if error.status == Status.APPLICATION_NOT_FOUND:
+                raise self._fail("not a KSH card (no KSH application)", uid) from error
+            raise
+        role = self._session_role()
+        self._key_version = self._authenticate(role, uid, first=True)
+        self._role = role
+        desfire = self.desfire
+        try:
+            profile = Profile.from_bytes(
+                desfire.read_data(profile_file, 0, profile_bytes, comm_mode)
+            )
+            balance = desfire.get_value(purse_file, comm_mode)
+            trip_state = desfire.read_data(trip_state_file, 0, trip_state_bytes, comm_mode)
+            newest = desfire.read_records(log_file, 0, 1, comm_mode)
+            last_record = LogRecord.from_bytes(newest)
+        except LayoutError as error:
+            raise self._fail(f"card data does not fit the KSH layout: {error}", uid) from error
+        self.state = CardState(uid, self._key_version, profile, balance, trip_state, last_record)
+        return self.state
+
+    def read_log(self) -> tuple[LogRecord, ...]:
+        """Every record the card keeps, oldest first (for settling in-doubt transactions)."""
+        assert self.state is not None, "read_state first"
+        raw = self.desfire.read_records(log_file, 0, 0, comm_mode)
+        if len(raw) % log_record_bytes:
+            raise self._fail(f"log answer of {len(raw)} bytes", self.state.uid)
+        try:
+            return tuple(
+                LogRecord.from_bytes(raw[i : i + log_record_bytes])
+                for i in range(0, len(raw), log_record_bytes)
+            )
+        except LayoutError as error:
+            raise self._fail(
+                f"log record does not fit the layout: {error}", self.state.uid
+            ) from error
+
+    # ------------------------------------------------------------------ planning (no I/O)
+
+    def _next_record(
+        self,
+        kind: RecordKind,
+        amount: int,
+        balance_after: int,
+        terminal_id: int,
+        time_unix_seconds: int,
+    ) -> LogRecord:
+        assert self.state is not None, "read_state first"
+        return LogRecord(
+            self.state.counter + 1, kind, amount, balance_after, terminal_id, time_unix_seconds
+        )
+
+    def plan_debit(
+        self, amount_rupiah: int, trip_state: bytes, *, terminal_id: int, time_unix_seconds: int
+    ) -> CardPlan | Refusal:
+        state = self.state
+        assert state is not None, "read_state first"
+        assert amount_rupiah >= 0
+        assert len(trip_state) == trip_state_bytes, f"trip state must be {trip_state_bytes} bytes"
+        if KeyRole.DEBIT not in self.keys.roles:
+            return Refusal.ROLE_NOT_HELD
+        if state.profile.status is CardStatus.BLOCKED:
+            return Refusal.CARD_BLOCKED
+        if amount_rupiah > state.balance_rupiah:
+            return Refusal.INSUFFICIENT_BALANCE
+        balance_after = state.balance_rupiah - amount_rupiah
+        record = self._next_record(
+            RecordKind.DEBIT, amount_rupiah, balance_after, terminal_id, time_unix_seconds
+        )
+        return CardPlan(
+            state.uid, state.profile.card_number, record, KeyRole.DEBIT, trip_state=trip_state
+        )
+
+    def plan_credit(
+        self, amount_rupiah: int, *, terminal_id: int, time_unix_seconds: int
+    ) -> CardPlan | Refusal:
+        state = self.state
+        assert state is not None, "read_state first"
+        assert amount_rupiah > 0
+        if KeyRole.CREDIT not in self.keys.roles:
+            return Refusal.ROLE_NOT_HELD
+        if state.profile.status is CardStatus.BLOCKED:
+            return Refusal.CARD_BLOCKED
+        balance_after = state.balance_rupiah + amount_rupiah
+        if balance_after > balance_max_rupiah:
+            return Refusal.BALANCE_CAP_EXCEEDED
+        record = self._next_record(
+            RecordKind.CREDIT, amount_rupiah, balance_after, terminal_id, time_unix_seconds
+        )
+        return CardPlan(state.uid, state.profile.card_number, record, KeyRole.CREDIT)
+
+    def plan_block(self, *, terminal_id: int, time_unix_seconds: int) -> CardPlan | Refusal:
+        state = self.state
+        assert state is not None, "read_state first"
+        if KeyRole.DEBIT not in self.keys.roles:
+            return Refusal.ROLE_NOT_HELD
+        if state.profile.status is CardStatus.BLOCKED:
+            return Refusal.ALREADY_BLOCKED
+        record = self._next_record(
+            RecordKind.BLOCK, 0, state.balance_rupiah, terminal_id, time_unix_seconds
+        )
+        profile = replace(state.profile, status=CardStatus.BLOCKED)
+        return CardPlan(
+            state.uid, state.profile.card_number, record, KeyRole.DEBIT, profile=profile
+        )
+
+    # ------------------------------------------------------------------ performing
+
+    def perform(self, plan: CardPlan) -> CardState:
+        """Send a plan as one card transaction and commit it. Returns the card's new state."""
+        state = self.state
+        assert state is not None, "read_state first"
+        assert plan.uid == state.uid, "the plan is for another card"
+        assert plan.record.counter == state.counter + 1, "the plan is stale: plan again"
+        if self._role is not plan.role:
+            assert self._role is not None
+            self._key_version = self._authenticate(plan.role, state.uid, first=False)
+            self._role = plan.role
+        desfire = self.desfire
+        record = plan.record
+        if record.kind is RecordKind.DEBIT and record.amount_rupiah:
+            desfire.debit(purse_file, record.amount_rupiah, comm_mode)
+        elif record.kind is RecordKind.CREDIT:
+            desfire.credit(purse_file, record.amount_rupiah, comm_mode)
+        if plan.trip_state is not None and plan.trip_state != state.trip_state:
+            desfire.write_data(trip_state_file, 0, plan.trip_state, comm_mode)
+        if plan.profile is not None:
+            desfire.write_data(profile_file, 0, plan.profile.to_bytes(), comm_mode)
+        desfire.write_record(log_file, 0, record.to_bytes(), comm_mode)
+        desfire.commit_transaction()
+        self.state = CardState(
+            state.uid,
+            self._key_version,
+            plan.profile or state.profile,
+            record.balance_after_rupiah,
+            plan.trip_state if plan.trip_state is not None else state.trip_state,
+            record,
+        )
+        return self.state
+
+    def debit(
+        self, amount_rupiah: int, trip_state: bytes, *, terminal_id: int, time_unix_seconds: int
+    ) -> CardState | Refusal:
+        """Debit the purse, write the trip state and the log record, commit: one transaction."""
+        plan = self.plan_debit(
+            amount_rupiah, trip_state, terminal_id=terminal_id, time_unix_seconds=time_unix_seconds
+        )
+        return plan if isinstance(plan, Refusal) else self.perform(plan)
+
+    def credit(
+        self, amount_rupiah: int, *, terminal_id: int, time_unix_seconds: int
+    ) -> CardState | Refusal:
+        """Top up: credit the purse and write the log record, commit: one transaction."""
+        plan = self.plan_credit(
+            amount_rupiah, terminal_id=terminal_id, time_unix_seconds=time_unix_seconds
+        )
+        return plan if isinstance(plan, Refusal) else self.perform(plan)
+
+    def block(self, *, terminal_id: int, time_unix_seconds: int) -> CardState | Refusal:
+        plan = self.plan_block(terminal_id=terminal_id, time_unix_seconds=time_unix_seconds)
+        return plan if isinstance(plan, Refusal) else self.perform(plan)
+
+
+# ---------------------------------------------------------------------------- personalisation
+
+
+def personalise(
+    reader: ReaderPort,
+    keys: TerminalKeys,
+    profile: Profile,
+    *,
+    initial_balance_rupiah: int = 0,
+    terminal_id: int,
+    time_unix_seconds: int,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> CardState:
+    """Turn a factory-fresh card into a KSH card. `keys` must hold every role (the personalisation
+    station loads all of them). The PICC master key becomes the card's personalisation key, so
+    nobody else can format the card or add applications."""
+    assert set(KeyRole) <= keys.roles, "personalisation needs every role's keys"
+    assert 0 <= initial_balance_rupiah <= balance_max_rupiah
+    uid = read_uid(reader)
+    desfire = Desfire(reader, random_bytes=random_bytes, card_uid=uid)
+    desfire.select_application(0)
+    desfire.authenticate_ev2_first(0, factory_key)
+    desfire.create_application(ksh_application_id, application_key_settings, len(key_numbers))
+    desfire.select_application(ksh_application_id)
+    desfire.authenticate_ev2_first(0, factory_key)
+    desfire.create_backup_data_file(profile_file, comm_mode, profile_access, profile_bytes)
+    desfire.create_value_file(
+        purse_file,
+        comm_mode,
+        purse_access,
+        0,
+        balance_max_rupiah,
+        initial_balance_rupiah,
+        limited_credit_enabled=True,
+        free_get_value=True,
+    )
+    desfire.create_backup_data_file(trip_state_file, comm_mode, trip_state_access, trip_state_bytes)
+    desfire.create_cyclic_record_file(
+        log_file, comm_mode, log_access, log_record_bytes, log_records_max
+    )
+    desfire.write_data(profile_file, 0, profile.to_bytes(), comm_mode)
+    desfire.commit_transaction()
+    card_keys = {role: keys.card_key(role, uid, ksh_application_id) for role in KeyRole}
+    for role in (KeyRole.READ, KeyRole.DEBIT, KeyRole.CREDIT):
+        card_key = card_keys[role]
+        desfire.change_key(key_numbers[role], card_key.key, card_key.version, old_key=factory_key)
+    personalisation = card_keys[KeyRole.PERSONALISATION]
+    desfire.change_key(0, personalisation.key, personalisation.version)  # ends the session
+    # The issue record, written with the credit key: it also proves the new keys work.
+    credit_key = card_keys[KeyRole.CREDIT]
+    desfire.authenticate_ev2_first(key_numbers[KeyRole.CREDIT], credit_key.key)
+    issue = LogRecord(
+        0,
+        RecordKind.ISSUE,
+        initial_balance_rupiah,
+        initial_balance_rupiah,
+        terminal_id,
+        time_unix_seconds,
+    )
+    desfire.write_record(log_file, 0, issue.to_bytes(), comm_mode)
+    desfire.commit_transaction()
+    # Lock the PICC level: its master key becomes this card's personalisation key.
+    picc_key = keys.card_key(KeyRole.PERSONALISATION, uid, 0)
+    desfire.select_application(0)
+    desfire.authenticate_ev2_first(0, factory_key)
+    desfire.change_key_settings(picc_key_settings)
+    desfire.change_key(0x80, picc_key.key, picc_key.version)
+    return CardState(
+        uid, credit_key.version, profile, initial_balance_rupiah, bytes(trip_state_bytes), issue
+    )
