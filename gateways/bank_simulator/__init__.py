@@ -9,6 +9,7 @@ from gateways.bank_simulator.app import (
     Simulator,
     bank_key,
     create_bank_app,
+    serve_bank,
     simulator_key,
 )
 from gateways.bank_simulator.bank import Bank, Trouble, VaPayment
@@ -24,6 +25,7 @@ __all__ = [
     "VaPayment",
     "bank_key",
     "create_bank_app",
+    "serve_bank",
     "simulator_key",
     "write_csv",
     "write_mt940",

@@ -11,6 +11,7 @@ client that calls the issuer's VA endpoints with correct signatures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -524,3 +525,26 @@ def create_bank_app(
     app.router.add_post("/sim/trouble", _control_trouble)
     app.router.add_get(r"/sim/statements/{account}/{day}.{format:mt940|csv}", _control_statement)
     return app
+
+
+@contextlib.asynccontextmanager
+async def serve_bank(
+    settings: BankSettings, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[tuple[str, Simulator]]:
+    """Run a simulated bank in this event loop; yield its base URL and its simulator.
+
+    Our client's `BankConnection.base_url` is the yielded URL + "/snap".
+    """
+    app = create_bank_app(settings)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    assert server is not None
+    sockets = getattr(server, "sockets", None) or ()
+    bound_port = sockets[0].getsockname()[1] if sockets else port
+    try:
+        yield f"http://{host}:{bound_port}", app[simulator_key]
+    finally:
+        await runner.cleanup()

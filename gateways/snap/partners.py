@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 
 from gateways.snap import signature
+from gateways.snap.client import BankConnection, attempts_max_default, timeout_ms_default
 
 partner_service_id_length = 8
 client_secret_length_min = 16
@@ -45,6 +46,26 @@ class Partner:
     def partner_service_id(self) -> str:
         """The company code as it appears in VA numbers: left-padded with spaces to 8."""
         return self.company_code.rjust(partner_service_id_length)
+
+
+def bank_connection(
+    partner: Partner,
+    own_private_key_pem: bytes,
+    *,
+    timeout_ms: int = timeout_ms_default,
+    attempts_max: int = attempts_max_default,
+) -> BankConnection:
+    """How we call this bank as a client (payouts, status, balance)."""
+    assert partner.base_url, f"partner {partner.partner_id} has no base URL to call"
+    return BankConnection(
+        base_url=partner.base_url,
+        client_key=partner.partner_id,
+        client_secret=partner.client_secret,
+        private_key_pem=own_private_key_pem,
+        channel_id=partner.channel_id,
+        timeout_ms=timeout_ms,
+        attempts_max=attempts_max,
+    )
 
 
 def top_up_fee_cap_rupiah(amount_rupiah: int, on_us: bool) -> int:

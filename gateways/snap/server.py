@@ -61,6 +61,7 @@ mandatory_transaction_headers = (
     "Authorization",
 )
 external_id_length_max = 36
+external_ids_kept_days = 3  # unique per day: yesterday's still matter around midnight
 
 
 def snap_response(
@@ -148,9 +149,14 @@ async def access_token(request: web.Request) -> web.Response:
                 now,
                 now + timedelta(seconds=settings.access_token_ttl_seconds),
             )
-            # Forget long-expired tokens as we go, so the table stays small.
+            # Forget long-expired tokens and old days' external ids as we go (a token is asked
+            # for every few minutes per bank), so both tables stay small.
             await connection.execute(
                 "delete from snap_access_tokens where expires_at < $1", now - timedelta(days=1)
+            )
+            await connection.execute(
+                "delete from snap_external_ids where day < $1",
+                (now - timedelta(days=external_ids_kept_days)).date(),
             )
     except SnapError as error:
         return error_response(error, service)

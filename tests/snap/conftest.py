@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from gateways.backoffice import BackofficeConfig, create_app
-from gateways.bank_simulator import BankSettings, Simulator, create_bank_app, simulator_key
+from gateways.bank_simulator import BankSettings, Simulator, serve_bank
 from gateways.bank_simulator.bank import Bank
 from gateways.snap import signature
 from gateways.snap.client import BankConnection, SnapSession
@@ -145,23 +145,19 @@ async def harness(
         [extension(SnapServerSettings(timestamp_tolerance_seconds=120))],
     )
     backoffice_runner, base_url = await start(backoffice)
-    bank_app = create_bank_app(
-        BankSettings(
-            partner_id=partner_id,
-            client_secret=client_secret,
-            issuer_public_key_pem=public_pem(own_private_pem),
-            bank_private_key_pem=bank_private_pem,
-            company_code=company_code,
-            channel_id=channel_id,
-            issuer_base_url=base_url + "/snap",
-            issuer_account_no=issuer_account_no,
-            issuer_account_opening_rupiah=10_000_000,
-            accounts=((merchant_account_no, "WARUNG BU SUGENG", 0),),
-        )
+    settings = BankSettings(
+        partner_id=partner_id,
+        client_secret=client_secret,
+        issuer_public_key_pem=public_pem(own_private_pem),
+        bank_private_key_pem=bank_private_pem,
+        company_code=company_code,
+        channel_id=channel_id,
+        issuer_base_url=base_url + "/snap",
+        issuer_account_no=issuer_account_no,
+        issuer_account_opening_rupiah=10_000_000,
+        accounts=((merchant_account_no, "WARUNG BU SUGENG", 0),),
     )
-    bank_runner, bank_base_url = await start(bank_app)
-    simulator = bank_app[simulator_key]
-    async with aiohttp.ClientSession() as http:
+    async with serve_bank(settings) as (bank_base_url, simulator), aiohttp.ClientSession() as http:
         session = SnapSession(
             BankConnection(
                 base_url=base_url + "/snap",
@@ -177,5 +173,4 @@ async def harness(
         yield Harness(
             database_url, base_url, bank_base_url, session, http, simulator, own_private_pem
         )
-    await bank_runner.cleanup()
     await backoffice_runner.cleanup()
