@@ -11,15 +11,17 @@ Semantics (GTFS-Fares v2 as in reference/fares.md, with our choices where the sp
   A rule whose product the rider cannot buy (category/medium) does not match; among what is
   left the highest priority wins, then the cheapest product for the rider (ties: file order).
 - Timeframes: local calendar date of the event, start inclusive, end exclusive.
-- Join rules make an effective fare leg; a joined leg pays the difference between the
-  effective leg's product and what the effective leg's product was before it joined.
-  Joins are considered only within `join_window_s` of the effective leg's start.
+- Join rules make an effective fare leg, charged as if it had been one leg from the start: a
+  joined leg pays the change in the effective leg's product (nothing when a type 0 or 2
+  transfer priced the effective leg). The fare transfer into the effective leg is the one
+  chosen when its first leg was boarded. Joins are considered only within `join_window_s`.
 - Transfer rules are directional; for from == to, the minimum transfer_count >= the current
   count wins (-1 = no limit); duration_limit is measured from the first leg of the chain and
   a transfer exactly at the limit is still within it. Type 0 pays AB, type 1 pays AB + B,
-  type 2 pays AB - A for the first transfer and BC for later ones (the spec's S + BC).
-- Without negative products in the tariff, a leg never charges below 0 (a join or type 2
-  transfer that would lower what was paid charges 0: a validator cannot credit the card).
+  type 2 pays AB - A when A began the journey, else BC (the spec's S + BC).
+- Amounts are signed. Even without negative products one leg can come out negative: a type 2
+  transfer whose AB is below what A paid, or a join that makes the effective leg cheaper. The
+  running total of a journey or a card's day never goes below 0 then (the spec's arithmetic).
 """
 
 from __future__ import annotations
@@ -240,8 +242,15 @@ def _step(
         )
         if match is None:
             return None
-        amount = match.amount - state.effective_product_amount
-        if amount < 0 and not tariff.has_negative_products:
+        # The effective leg is charged as if it had been one leg from the start: only a
+        # charge that includes the leg's own product (no transfer, or type 1) changes.
+        chain_rule_index = state.chain_rule_index
+        if (
+            chain_rule_index == no_index
+            or tariff.transfer_rule_list[chain_rule_index].fare_transfer_type == 1
+        ):
+            amount = match.amount - state.effective_product_amount
+        else:
             amount = 0
         joined_state = state._replace(
             last_time_s=arrival_s,
@@ -340,8 +349,8 @@ def _step(
                     amount = transfer_amount
                 elif kind == 1:
                     amount = transfer_amount + leg_amount
-                elif continuing:
-                    amount = transfer_amount
+                elif state.chain_rule_index != no_index:
+                    amount = transfer_amount  # "S + BC": the previous leg was a transfer
                 else:
                     amount = transfer_amount - state.effective_charged_amount
                 chosen = rule
@@ -350,8 +359,6 @@ def _step(
                 chain_departure_s = anchor_departure_s
                 chain_arrival_s = anchor_arrival_s
                 break
-    if amount < 0 and not tariff.has_negative_products:
-        amount = 0
     new_state: CardState = _new_state(
         CardState,
         (
