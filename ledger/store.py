@@ -270,7 +270,7 @@ async def _prefetch_transfers(
         "select id, sequence, booked_at, debit_account_id, credit_account_id, amount, code,"
         " flags, pending_id, timeout_s, terminal_id, terminal_sequence, card_number,"
         " card_counter, bank_reference, settlement_batch, metadata"
-        " from ledger_transfers where id = any($1::uuid[])",
+        " from ledger_transfers join unnest($1::uuid[]) as wanted (id) using (id)",
         [transfer.id for transfer in transfers],
     )
     existing = {
@@ -313,7 +313,7 @@ async def _prefetch_accounts(
     ids.discard(None)
     rows = await connection.fetch(
         "select id, flags, currency, debits_pending, debits_posted, credits_pending,"
-        " credits_posted from ledger_accounts where id = any($1::uuid[])",
+        " credits_posted from ledger_accounts join unnest($1::uuid[]) as wanted (id) using (id)",
         list(ids),
     )
     return {row[0]: list(row[1:]) for row in rows}

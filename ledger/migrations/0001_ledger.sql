@@ -14,7 +14,7 @@ create table ledger_accounts (
     credits_pending bigint not null default 0 check (credits_pending >= 0),
     credits_posted bigint not null default 0 check (credits_posted >= 0),
     check (id <> '00000000-0000-0000-0000-000000000000'::uuid)
-);
+) with (fillfactor = 70);  -- room for HOT updates of the totals
 
 -- One row per transfer, holding both of its postings: the debit leg (debit_account_id, and
 -- that account's four totals after this transfer) and the credit leg (likewise). The view
@@ -52,7 +52,6 @@ create unique index ledger_transfers_id on ledger_transfers (id);
 create index ledger_transfers_debit on ledger_transfers (debit_account_id, sequence);
 create index ledger_transfers_credit on ledger_transfers (credit_account_id, sequence);
 create index ledger_transfers_pending on ledger_transfers (pending_id) where pending_id is not null;
-create index ledger_transfers_sequence on ledger_transfers using brin (sequence);
 
 create view ledger_postings as
     select sequence, id as transfer_id, booked_at, debit_account_id as account_id,

@@ -1,0 +1,187 @@
+"""Ledger throughput: durable fare batches on a hot revenue account vs a raw COPY ceiling.
+
+Books N transfers (default 1,000,000) among 100,000 card purses (each with the
+debits-must-not-exceed-credits limit), every one crediting the same operator revenue account,
+in batches of 8,190, through `ledger.create_transfers` (synchronous_commit on). In the same
+run it measures the raw ceiling: COPY of the very rows the ledger stores (one per transfer,
+carrying both postings and the balances after) into a bare table with no index, trigger or
+check, same batches, same durable commits; and, for reference, COPY of two narrow posting
+rows per transfer. Uses DATABASE_URL or the embedded server, in a scratch database it drops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+transfers_default = 1_000_000
+cards_default = 100_000
+fare_rupiah = 3_500
+top_up_rupiah = 2_000_000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--transfers", type=int, default=transfers_default, help="transfers to book"
+    )
+    parser.add_argument("--cards", type=int, default=cards_default, help="card purse accounts")
+    parser.add_argument("--batch", type=int, default=8190, help="transfers per batch")
+    parser.add_argument("--seed", type=int, default=1, help="seed for picking cards")
+
+
+def run(arguments: argparse.Namespace) -> dict[str, Any]:
+    from ledger.database import server_url
+
+    if arguments.transfers <= 0 or arguments.cards <= 0 or not 0 < arguments.batch <= 8190:
+        raise ValueError("--transfers and --cards must be positive, --batch 1..8190")
+    with server_url() as url:
+        return asyncio.run(_run(url, arguments))
+
+
+def _database_url(server: str, database: str) -> str:
+    base, _, query = server.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.partition("/")[0]
+    return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
+
+
+async def _run(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
+    import asyncpg
+
+    name = f"ksh_bench_ledger_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'create database "{name}"')
+        connection = await asyncpg.connect(_database_url(server, name))
+        try:
+            return await _measure(connection, arguments)
+        finally:
+            await connection.close()
+    finally:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.close()
+
+
+async def _measure(connection: Any, arguments: argparse.Namespace) -> dict[str, Any]:
+    from ksh.schema import migrate_all
+    from ledger import (
+        Account,
+        AccountFlags,
+        AccountKind,
+        CreateAccountResult,
+        CreateTransferResult,
+        Transfer,
+        TransferCode,
+        create_accounts,
+        create_transfers,
+    )
+    from ledger.chain import transfer_columns
+
+    await migrate_all(connection)
+    await connection.execute("set synchronous_commit to on")
+    cards = [uuid.UUID(int=(1 << 64) + n) for n in range(arguments.cards)]
+    revenue, bank = uuid.UUID(int=1), uuid.UUID(int=2)
+    accounts = [
+        Account(revenue, AccountKind.operator_revenue, "operator"),
+        Account(bank, AccountKind.bank_clearing, "bank"),
+    ] + [
+        Account(
+            card, AccountKind.card_purse, f"card-{n}", AccountFlags.debits_must_not_exceed_credits
+        )
+        for n, card in enumerate(cards)
+    ]
+    for start in range(0, len(accounts), 8190):
+        results = await create_accounts(connection, accounts[start : start + 8190])
+        assert set(results) == {CreateAccountResult.created}
+    top_ups = [
+        Transfer(uuid.UUID(int=(2 << 64) + n), bank, card, top_up_rupiah, TransferCode.top_up)
+        for n, card in enumerate(cards)
+    ]
+    for start in range(0, len(top_ups), arguments.batch):
+        await create_transfers(connection, top_ups[start : start + arguments.batch])
+
+    picker = random.Random(arguments.seed)
+    batch_count = -(-arguments.transfers // arguments.batch)
+    ledger_seconds = 0.0
+    created = 0
+    started = datetime.now(UTC)
+    for batch_index in range(batch_count):
+        first = batch_index * arguments.batch
+        size = min(arguments.batch, arguments.transfers - first)
+        batch = [
+            Transfer(
+                uuid.UUID(int=(3 << 64) + first + n),
+                cards[picker.randrange(arguments.cards)],
+                revenue,
+                fare_rupiah,
+                TransferCode.fare,
+            )
+            for n in range(size)
+        ]
+        began = time.perf_counter()
+        outcomes = await create_transfers(connection, batch)
+        ledger_seconds += time.perf_counter() - began
+        created += sum(outcome.result is CreateTransferResult.created for outcome in outcomes)
+    assert created == arguments.transfers, f"only {created} booked"
+    revenue_credits = await connection.fetchval(
+        "select credits_posted from ledger_accounts where id = $1", revenue
+    )
+    assert revenue_credits == fare_rupiah * arguments.transfers
+
+    # The raw ceiling: the rows just booked, copied again into bare tables.
+    await connection.execute(
+        "create table bench_raw (like ledger_transfers excluding constraints excluding indexes)"
+    )
+    await connection.execute(
+        "create table bench_raw_postings (transfer_id uuid, account_id uuid, amount bigint,"
+        " sequence bigint, balance_after bigint)"
+    )
+    raw_seconds = 0.0
+    two_postings_seconds = 0.0
+    columns = ", ".join(transfer_columns)
+    last = await connection.fetchval("select max(sequence) from ledger_transfers")
+    for low in range(last - arguments.transfers + 1, last + 1, arguments.batch):
+        rows = await connection.fetch(
+            f"select {columns} from ledger_transfers where sequence >= $1 and sequence < $2"
+            " order by sequence",
+            low,
+            low + arguments.batch,
+        )
+        records = [tuple(row) for row in rows]
+        postings = []
+        for row in rows:
+            postings.append((row[1], row[4], -row[6], row[0], row[21] - row[19]))
+            postings.append((row[1], row[5], row[6], row[0], row[25] - row[23]))
+        began = time.perf_counter()
+        async with connection.transaction():
+            await connection.copy_records_to_table(
+                "bench_raw", records=records, columns=transfer_columns
+            )
+        raw_seconds += time.perf_counter() - began
+        began = time.perf_counter()
+        async with connection.transaction():
+            await connection.copy_records_to_table("bench_raw_postings", records=postings)
+        two_postings_seconds += time.perf_counter() - began
+
+    transfers_per_s = arguments.transfers / ledger_seconds
+    raw_per_s = arguments.transfers / raw_seconds
+    return {
+        "benchmark": "ledger",
+        "transfers": arguments.transfers,
+        "cards": arguments.cards,
+        "batch": arguments.batch,
+        "hot_accounts": 1,
+        "synchronous_commit": await connection.fetchval("show synchronous_commit"),
+        "transfers_per_s": round(transfers_per_s),
+        "raw_copy_transfers_per_s": round(raw_per_s),
+        "ratio": round(transfers_per_s / raw_per_s, 3),
+        "raw_copy_two_postings_transfers_per_s": round(arguments.transfers / two_postings_seconds),
+        "ledger_seconds": round(ledger_seconds, 3),
+        "raw_copy_seconds": round(raw_seconds, 3),
+        "started_at": started.isoformat(),
+    }

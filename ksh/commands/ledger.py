@@ -1,0 +1,123 @@
+"""`ksh ledger`: check the books, export them, show an account's balance."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from ksh.cli import UserError
+
+Result = TypeVar("Result")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "ledger",
+        help="check, export and query the ledger",
+        description="The double-entry ledger in the back office database (DATABASE_URL, or the "
+        "embedded PostgreSQL). Each action migrates the schema first.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = actions.add_parser(
+        "check",
+        help="recompute balances and verify the hash chain; exit 1 if anything differs",
+    )
+    check.set_defaults(handler=run_check)
+    export = actions.add_parser("export", help="write the books as Beancount or CSV")
+    export.add_argument("--format", choices=("beancount", "csv"), required=True)
+    export.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    export.set_defaults(handler=run_export)
+    balance = actions.add_parser("balance", help="an account's totals, now or at a time")
+    balance.add_argument("account", help="account id (a UUID)")
+    balance.add_argument("--at", help="ISO 8601 time, e.g. 2026-11-24T08:00:00+07:00")
+    balance.set_defaults(handler=run_balance)
+
+
+def _with_database(work: Callable[[Any], Awaitable[Result]]) -> Result:
+    import asyncpg
+
+    from ksh.schema import migrate_all
+    from ledger.database import server_url
+
+    async def main(url: str) -> Result:
+        connection = await asyncpg.connect(url)
+        try:
+            await migrate_all(connection)
+            return await work(connection)
+        finally:
+            await connection.close()
+
+    with server_url() as url:
+        return asyncio.run(main(url))
+
+
+def run_check(arguments: argparse.Namespace) -> int:
+    from ledger.audit import check_ledger
+
+    problems = _with_database(check_ledger)
+    for problem in problems:
+        print(f"{problem.check}: {problem.subject}: {problem.detail}")
+    if problems:
+        print(f"ledger check: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print("ledger check: balances recomputed, hash chain verified, nothing differs")
+    return 0
+
+
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        handle = path.open("w", encoding="utf-8", newline="")
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror}") from error
+    with handle:
+        yield handle
+
+
+def run_export(arguments: argparse.Namespace) -> int:
+    from ledger.export import write_beancount, write_csv
+
+    writer = write_beancount if arguments.format == "beancount" else write_csv
+    with _output(arguments.out) as out:
+        _with_database(lambda connection: writer(connection, out))
+    return 0
+
+
+def run_balance(arguments: argparse.Namespace) -> int:
+    from ledger.store import account_balances
+
+    try:
+        account_id = uuid.UUID(arguments.account)
+    except ValueError as error:
+        raise UserError(f"not an account id (UUID): {arguments.account!r}") from error
+    at = None
+    if arguments.at is not None:
+        try:
+            at = datetime.fromisoformat(arguments.at)
+        except ValueError as error:
+            raise UserError(f"not an ISO 8601 time: {arguments.at!r}") from error
+        if at.tzinfo is None:
+            raise UserError("--at needs a time zone, e.g. 2026-11-24T08:00:00+07:00")
+        at = at.astimezone(UTC)
+    balances = _with_database(lambda connection: account_balances(connection, account_id, at=at))
+    if balances is None:
+        raise UserError(f"no such account: {account_id}")
+    print(f"account           {account_id}")
+    if at is not None:
+        print(f"at                {at.isoformat()}")
+    print(f"debits_pending    {balances.debits_pending}")
+    print(f"debits_posted     {balances.debits_posted}")
+    print(f"credits_pending   {balances.credits_pending}")
+    print(f"credits_posted    {balances.credits_posted}")
+    print(f"credit_balance    {balances.credit_balance}")
+    return 0

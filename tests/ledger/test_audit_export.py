@@ -1,0 +1,127 @@
+"""`check_ledger`, the exports (bean-check must accept ours and agree), and `ksh ledger`."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from ledger import account_balances
+from ledger.audit import check_ledger
+from ledger.export import beancount_account_name, write_beancount, write_csv
+from tests.ledger.books import bank, book_a_day, open_books, purses, revenue
+
+bin_folder = Path(sys.executable).parent
+
+
+async def tamper(connection: asyncpg.Connection, sql: str) -> None:
+    """Change the books behind the ledger's back, as someone with table access could."""
+    await connection.execute("set session_replication_role = replica")  # skips triggers
+    await connection.execute(sql)
+    await connection.execute("set session_replication_role = origin")
+
+
+async def test_check_finds_nothing_in_good_books(connection) -> None:
+    await open_books(connection)
+    await book_a_day(connection)
+    assert await check_ledger(connection) == []
+
+
+async def test_check_finds_a_changed_amount(connection) -> None:
+    await open_books(connection)
+    await book_a_day(connection)
+    await tamper(connection, "update ledger_transfers set amount = 3000 where sequence = 4")
+    problems = await check_ledger(connection)
+    checks = {problem.check for problem in problems}
+    assert {"totals", "history", "chain"} <= checks, problems
+    assert any(p.subject == "batch 2" for p in problems if p.check == "chain")
+
+
+async def test_check_finds_changed_totals_and_a_deleted_transfer(connection) -> None:
+    await open_books(connection)
+    await book_a_day(connection)
+    await tamper(connection, "update ledger_accounts set credits_posted = credits_posted + 1")
+    await tamper(connection, "delete from ledger_transfers where sequence = 2")
+    checks = {problem.check for problem in await check_ledger(connection)}
+    assert {"totals", "zero_sum", "sequence", "chain"} <= checks
+
+
+async def test_beancount_export_passes_bean_check_with_our_balances(connection, tmp_path) -> None:
+    await open_books(connection)
+    await book_a_day(connection)
+    path = tmp_path / "books.beancount"
+    with path.open("w") as out:
+        await write_beancount(connection, out)
+    checked = subprocess.run([bin_folder / "bean-check", path], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    from beancount import loader
+    from beancount.core import realization
+
+    entries, errors, _ = loader.load_file(str(path))
+    assert errors == []
+    tree = realization.realize(entries)
+    for account_id, kind in (
+        (purses[0], "card_purse"),
+        (bank, "bank_clearing"),
+        (revenue, "operator_revenue"),
+    ):
+        ours = await account_balances(connection, account_id)
+        node = realization.get(tree, beancount_account_name(kind, account_id))
+        theirs = node.balance.get_currency_units("IDR").number
+        assert theirs == ours.debits_posted - ours.credits_posted
+
+    # bean-check is a real check: a balance that disagrees fails it.
+    await tamper(
+        connection,
+        f"update ledger_accounts set debits_posted = debits_posted + 5 where id = '{bank}'",
+    )
+    with path.open("w") as out:
+        await write_beancount(connection, out)
+    checked = subprocess.run([bin_folder / "bean-check", path], capture_output=True, text=True)
+    assert checked.returncode != 0
+
+
+async def test_csv_export_has_every_transfer(connection, tmp_path) -> None:
+    await open_books(connection)
+    await book_a_day(connection)
+    path = tmp_path / "books.csv"
+    with path.open("w", newline="") as out:
+        await write_csv(connection, out)
+    rows = list(csv.DictReader(path.open()))
+    assert [int(row["sequence"]) for row in rows] == list(range(1, 13))
+    assert rows[4]["card_number"] == "c1"
+    assert sum(int(row["amount"]) for row in rows if row["code"] == "1") == 7_000
+
+
+def ksh(database_url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run(
+        [bin_folder / "ksh", "ledger", *arguments], capture_output=True, text=True, env=environment
+    )
+
+
+async def test_command_line(connection, database_url, tmp_path) -> None:
+    await open_books(connection)
+    await book_a_day(connection)
+    checked = ksh(database_url, "check")
+    assert checked.returncode == 0, checked.stderr
+    balance = ksh(database_url, "balance", str(purses[0]), "--at", "2026-11-02T07:30:00+00:00")
+    assert balance.returncode == 0, balance.stderr
+    assert "credit_balance    46500" in balance.stdout
+    now = ksh(database_url, "balance", str(purses[0]))
+    assert "credit_balance    71500" in now.stdout
+    out = tmp_path / "export.beancount"
+    assert ksh(database_url, "export", "--format", "beancount", "--out", str(out)).returncode == 0
+    assert "balance Liabilities:CardPurse:" in out.read_text()
+    bad = ksh(database_url, "balance", "not-a-uuid")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0
+    await tamper(connection, "update ledger_transfers set amount = amount + 1 where sequence = 1")
+    failed = ksh(database_url, "check")
+    assert failed.returncode == 1
+    assert "chain: batch 1" in failed.stdout
