@@ -120,6 +120,11 @@ async def pay(
         raise SnapError(Cases.invalid_amount, "paidAmount must be positive")
     optional_text(body, "referenceNo", length_max=64)  # checked; the bank's own reference
 
+    # Lock first, then look for a repeat: a twin of this request running concurrently has
+    # committed by the time we hold the lock, so we answer as it did.
+    await connection.execute(
+        "select pg_advisory_xact_lock($1, hashtext($2))", card_lock_namespace, card_number
+    )
     repeat = await connection.fetchrow(
         """
         select virtual_account_no, amount_rupiah, response from snap_va_payments
@@ -130,10 +135,6 @@ async def pay(
     )
     if repeat is not None:
         return _repeat_answer(repeat, va_number, paid_rupiah)
-
-    await connection.execute(
-        "select pg_advisory_xact_lock($1, hashtext($2))", card_lock_namespace, card_number
-    )
     allowed = await allowed_rupiah(connection, card_number, purse_cap_rupiah)
     if paid_rupiah > allowed:
         raise SnapError(Cases.invalid_amount, f"at most {allowed} rupiah may be topped up")

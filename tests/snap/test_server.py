@@ -3,6 +3,7 @@ its SNAP code, and nothing booked unless everything checked out."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from datetime import timedelta
@@ -359,3 +360,16 @@ async def test_another_partners_token_and_expired_tokens(
     assert answer_after.http_status == 200
     assert harness.session.token_requests == 2
     assert await booked(harness) == (10_000, 1)
+
+
+async def test_concurrent_twins_book_once_and_answer_alike(harness: Harness) -> None:
+    # 400,000 fits under the cap once (500,000 allowed), not twice
+    twins = await asyncio.gather(
+        *(
+            harness.session.post("/v1.0/transfer-va/payment", payment_body(400_000, "PR-TWIN"))
+            for _ in range(4)
+        )
+    )
+    assert {answer.http_status for answer in twins} == {200}
+    assert all(answer.body == twins[0].body for answer in twins)
+    assert await booked(harness) == (400_000, 1)
