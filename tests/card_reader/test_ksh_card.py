@@ -1,0 +1,269 @@
+"""The KSH application on the software card: personalise, read, debit, credit, block, refusals,
+key versions, the log, and tearing at every exchange of a debit."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from card_reader import ksh_card
+from card_reader.desfire import Desfire, DesfireError
+from card_reader.emulator import EmulatedCard, EmulatedReader
+from card_reader.keys import KeyRole, KeyStore, demo_key_store
+from card_reader.ksh_card import (
+    CardStatus,
+    InDoubtOutcome,
+    KshCard,
+    KshCardError,
+    LayoutError,
+    LogRecord,
+    Profile,
+    RecordKind,
+    Refusal,
+    settle_in_doubt,
+)
+from card_reader.port import CardError
+
+from .ksh_cards import issue_time, personalised_card, profile, store
+
+trip = bytes(range(48))
+debit_keys = store.view(KeyRole.DEBIT)
+credit_keys = store.view(KeyRole.CREDIT)
+read_keys = store.view(KeyRole.READ)
+
+
+def test_personalised_card_reads_back_what_was_issued() -> None:
+    card, reader = personalised_card(12_345)
+    state = KshCard(reader, read_keys).read_state()
+    assert state.uid == card.uid
+    assert state.profile == profile()
+    assert state.balance_rupiah == 12_345
+    assert state.trip_state == bytes(ksh_card.trip_state_bytes)
+    assert state.last_record == LogRecord(0, RecordKind.ISSUE, 12_345, 12_345, 0, issue_time)
+    assert state.key_version == 1
+
+
+def test_personalisation_locks_the_card() -> None:
+    _card, reader = personalised_card()
+    desfire = Desfire(reader)
+    with pytest.raises(DesfireError) as raised:  # the factory PICC key no longer opens it
+        desfire.authenticate_ev2_first(0, bytes(16))
+    assert raised.value.status == 0xAE
+    with pytest.raises(DesfireError) as raised:  # nobody can add applications without the key
+        desfire.create_application(0x010203, 0x0F, 1)
+    assert raised.value.status == 0xAE
+    desfire.select_application(ksh_card.ksh_application_id)
+    with pytest.raises(DesfireError):
+        desfire.authenticate_ev2_first(2, bytes(16))
+
+
+def test_only_blank_cards_are_personalised() -> None:
+    _card, reader = personalised_card()
+    with pytest.raises(DesfireError):
+        ksh_card.personalise(
+            reader, store.view(*KeyRole), profile(), terminal_id=0, time_unix_seconds=0
+        )
+
+
+def test_debit_commits_purse_trip_state_and_log_together() -> None:
+    card, reader = personalised_card(10_000)
+    session = KshCard(reader, debit_keys)
+    before = session.read_state()
+    after = session.debit(3_500, trip, terminal_id=77, time_unix_seconds=issue_time + 60)
+    assert not isinstance(after, Refusal)
+    assert after.balance_rupiah == 6_500
+    assert after.last_record == LogRecord(1, RecordKind.DEBIT, 3_500, 6_500, 77, issue_time + 60)
+    reader.insert(card)
+    again = KshCard(reader, read_keys).read_state()
+    assert again == after
+    assert before.counter + 1 == again.counter
+
+
+def test_credit_then_cap_and_role_checks() -> None:
+    card, reader = personalised_card(1_990_000)
+    session = KshCard(reader, credit_keys)
+    session.read_state()
+    assert (
+        session.credit(10_001, terminal_id=5, time_unix_seconds=1) is Refusal.BALANCE_CAP_EXCEEDED
+    )
+    after = session.credit(10_000, terminal_id=5, time_unix_seconds=1)
+    assert not isinstance(after, Refusal)
+    assert after.balance_rupiah == ksh_card.balance_max_rupiah
+    assert session.debit(1, trip, terminal_id=5, time_unix_seconds=1) is Refusal.ROLE_NOT_HELD
+    reader.insert(card)
+    assert KshCard(reader, read_keys).read_state().balance_rupiah == 2_000_000
+
+
+def test_debit_key_cannot_credit_even_when_asked_directly() -> None:
+    card, reader = personalised_card(100)
+    session = KshCard(reader, debit_keys)
+    state = session.read_state()
+    with pytest.raises(DesfireError) as raised:
+        session.desfire.credit(ksh_card.purse_file, 1_000, ksh_card.comm_mode)
+    assert raised.value.status == 0x9D
+    reader.insert(card)
+    assert KshCard(reader, read_keys).read_state().balance_rupiah == state.balance_rupiah
+
+
+def test_insufficient_balance_is_a_refusal_and_sends_nothing() -> None:
+    _card, reader = personalised_card(1_000)
+    session = KshCard(reader, debit_keys)
+    session.read_state()
+    exchanges = reader.exchanges
+    assert (
+        session.debit(1_001, trip, terminal_id=1, time_unix_seconds=1)
+        is Refusal.INSUFFICIENT_BALANCE
+    )
+    assert reader.exchanges == exchanges
+
+
+def test_block_then_every_debit_is_refused() -> None:
+    card, reader = personalised_card()
+    session = KshCard(reader, debit_keys)
+    session.read_state()
+    blocked = session.block(terminal_id=9, time_unix_seconds=2)
+    assert not isinstance(blocked, Refusal)
+    assert blocked.profile.status is CardStatus.BLOCKED
+    assert blocked.last_record.kind is RecordKind.BLOCK
+    reader.insert(card)
+    session = KshCard(reader, debit_keys)
+    assert session.read_state().profile.status is CardStatus.BLOCKED
+    assert session.debit(1, trip, terminal_id=1, time_unix_seconds=3) is Refusal.CARD_BLOCKED
+    assert session.block(terminal_id=1, time_unix_seconds=3) is Refusal.ALREADY_BLOCKED
+
+
+def test_a_tap_is_twelve_exchanges_or_fewer() -> None:
+    _card, reader = personalised_card()
+    session = KshCard(reader, debit_keys)
+    start = reader.exchanges
+    session.read_state()
+    assert reader.exchanges - start == 8  # UID, select, 2 auth, profile, purse, trip, last record
+    session.debit(100, trip, terminal_id=1, time_unix_seconds=1)
+    assert reader.exchanges - start == 12  # debit, trip state, record, commit
+
+
+def test_the_log_keeps_the_newest_fifteen_with_consecutive_counters() -> None:
+    _card, reader = personalised_card(100_000)
+    session = KshCard(reader, debit_keys)
+    session.read_state()
+    for tap in range(20):
+        session.debit(10, trip, terminal_id=3, time_unix_seconds=issue_time + tap)
+    log = session.read_log()
+    assert len(log) == ksh_card.log_records_kept
+    assert [record.counter for record in log] == list(range(6, 21))
+    assert log[-1].balance_after_rupiah == 100_000 - 200
+
+
+def test_settle_in_doubt_from_the_log() -> None:
+    first = LogRecord(5, RecordKind.DEBIT, 10, 90, 1, 100)
+    second = LogRecord(6, RecordKind.DEBIT, 10, 80, 1, 200)
+    other = LogRecord(6, RecordKind.DEBIT, 20, 70, 2, 300)
+    assert settle_in_doubt([first, second], second) is InDoubtOutcome.COMMITTED
+    assert settle_in_doubt([first, other], second) is InDoubtOutcome.NOT_COMMITTED
+    assert settle_in_doubt([first], second) is InDoubtOutcome.NOT_COMMITTED
+    assert settle_in_doubt([second], first) is InDoubtOutcome.UNKNOWN
+
+
+@pytest.mark.parametrize("before_processing", [False, True])
+def test_tearing_at_every_exchange_of_a_debit(before_processing: bool) -> None:
+    """Pull the card at each exchange of a tap: afterwards it holds the old state or the new one
+    entirely, and its log says which."""
+    card, reader = personalised_card(10_000)
+    pristine = card.to_dict()
+    exchanges_per_tap = 12
+    outcomes = set()
+    for tear_at in range(1, exchanges_per_tap + 2):
+        card = EmulatedCard.from_dict(copy.deepcopy(pristine))
+        reader = EmulatedReader()
+        reader.insert(card)
+        session = KshCard(reader, debit_keys)
+        card.fail_after_exchanges(tear_at, before_processing=before_processing)
+        intended: LogRecord | None = None
+        try:
+            session.read_state()
+            plan = session.plan_debit(2_500, trip, terminal_id=8, time_unix_seconds=issue_time + 9)
+            assert not isinstance(plan, Refusal)
+            intended = plan.record
+            session.perform(plan)
+            torn = False
+        except CardError:
+            torn = True
+        card.fail_after_exchanges(None)
+        reader.insert(card)
+        after = KshCard(reader, read_keys).read_state()
+        new_state = after.balance_rupiah == 7_500
+        if new_state:
+            assert after.trip_state == trip
+            assert after.last_record == intended
+        else:
+            assert after.balance_rupiah == 10_000
+            assert after.trip_state == bytes(48)
+            assert after.last_record.kind is RecordKind.ISSUE
+        if intended is not None:
+            verdict = settle_in_doubt([after.last_record], intended)
+            assert verdict is (
+                InDoubtOutcome.COMMITTED if new_state else InDoubtOutcome.NOT_COMMITTED
+            )
+        outcomes.add((tear_at, torn, new_state))
+    # The commit is exchange 12: tearing there after processing commits, before processing not.
+    assert (12, True, not before_processing) in outcomes
+    assert (13, False, True) in outcomes
+    assert all(not new for at, _, new in outcomes if at < 12)
+
+
+def test_previous_key_version_is_accepted_and_older_is_not() -> None:
+    old_store = demo_key_store("rollover")
+    card, reader = personalised_card(5_000, keys=old_store)
+    rolled = demo_key_store("rollover")
+    rolled.roll_over(KeyRole.DEBIT)
+    session = KshCard(reader, rolled.view(KeyRole.DEBIT))
+    state = session.read_state()  # card still on version 1, terminal current is 2
+    assert state.key_version == 1
+    assert not isinstance(session.debit(100, trip, terminal_id=1, time_unix_seconds=1), Refusal)
+    rolled.roll_over(KeyRole.DEBIT)  # now 3 current, 2 previous: version 1 is out
+    reader.insert(card)
+    with pytest.raises(KshCardError, match="key version 1 on the card is not accepted"):
+        KshCard(reader, rolled.view(KeyRole.DEBIT)).read_state()
+
+
+def test_wrong_keys_and_foreign_cards_are_card_errors() -> None:
+    _card, reader = personalised_card()
+    with pytest.raises(KshCardError):
+        KshCard(reader, KeyStore.generate().view(KeyRole.DEBIT)).read_state()
+    blank = EmulatedCard()
+    reader.insert(blank)
+    with pytest.raises(KshCardError, match="not a KSH card"):
+        KshCard(reader, debit_keys).read_state()
+
+
+def test_damaged_profile_is_reported_with_the_field() -> None:
+    raw = bytearray(profile().to_bytes())
+    raw[9] = 42  # rider category
+    with pytest.raises(LayoutError, match=r"profile.rider_category = 42"):
+        Profile.from_bytes(bytes(raw))
+    raw = bytearray(LogRecord(1, RecordKind.DEBIT, 1, 1, 1, 1).to_bytes())
+    raw[22] = 1
+    with pytest.raises(LayoutError, match="reserved"):
+        LogRecord.from_bytes(bytes(raw))
+    with pytest.raises(LayoutError, match="length"):
+        LogRecord.from_bytes(b"\x00")
+
+
+def test_layouts_round_trip() -> None:
+    record = LogRecord(2**32 - 1, RecordKind.CREDIT, 2_000_000, 2_000_000, 2**32 - 1, 2**32 - 1)
+    assert LogRecord.from_bytes(record.to_bytes()) == record
+    assert Profile.from_bytes(profile().to_bytes()) == profile()
+
+
+def test_credit_and_debit_views_in_one_tap_use_non_first_authentication() -> None:
+    card, reader = personalised_card(1_000)
+    session = KshCard(reader, store.view(KeyRole.DEBIT, KeyRole.CREDIT))
+    session.read_state()
+    topped = session.credit(5_000, terminal_id=4, time_unix_seconds=10)
+    assert not isinstance(topped, Refusal)
+    paid = session.debit(3_000, trip, terminal_id=4, time_unix_seconds=11)
+    assert not isinstance(paid, Refusal)
+    assert (paid.balance_rupiah, paid.counter) == (3_000, 2)
+    reader.insert(card)
+    assert KshCard(reader, read_keys).read_state() == paid
