@@ -44,11 +44,7 @@ create table cards (
     card_number text primary key,
     purse_account_id uuid not null,
     pending_top_up_account_id uuid not null,
-    registered_at timestamptz not null default now(),
-    -- shadow of the card: the balance after its highest counter we have seen
-    last_counter bigint not null default 0,
-    shadow_balance_rupiah bigint,
-    last_tap_ms bigint
+    registered_at timestamptz not null default now()
 );
 
 -- One row per upload record, keyed as the terminal keys it.
@@ -70,7 +66,7 @@ create table card_records (
     fare_detail text not null,
     previous_counter bigint not null,
     previous_terminal_id text not null,
-    previous_amount_rupiah bigint not null,
+    previous_balance_rupiah bigint not null,
     -- what the back office made of it: booked | held (in doubt) | void | denied | anomaly
     outcome text not null,
     primary key (terminal_id, sequence)

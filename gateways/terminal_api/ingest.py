@@ -105,10 +105,26 @@ def _public_key(text: str) -> Any:
     return key
 
 
+upload_attempts_max = 3  # deadlock or serialization failure: retry the whole batch
+
+
 async def ingest_upload(
     connection: asyncpg.Connection, header_terminal_id: str, signature: str, body: bytes
 ) -> UploadAnswer:
     """Check and book one upload batch (the caller gives a connection; we own the transaction)."""
+    for attempt in range(1, upload_attempts_max + 1):
+        try:
+            return await _ingest_once(connection, header_terminal_id, signature, body)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == upload_attempts_max:
+                raise
+            logger.warning("upload of %s retried after a lock conflict", header_terminal_id)
+    raise AssertionError("unreachable")
+
+
+async def _ingest_once(
+    connection: asyncpg.Connection, header_terminal_id: str, signature: str, body: bytes
+) -> UploadAnswer:
     async with connection.transaction():
         terminal = await _locked_terminal(connection, header_terminal_id)
         if terminal is None:
@@ -135,23 +151,7 @@ async def ingest_upload(
         problem = _role_problem(terminal, batch)
         if problem:
             return UploadAnswer(UploadResult.record_not_for_role, problem)
-        answer = await _book(connection, terminal, batch)
-        await connection.execute(
-            "insert into upload_batches (terminal_id, batch_sequence, body, signature, "
-            "body_sha256, record_count, acknowledgement) values ($1, $2, $3, $4, $5, $6, $7)",
-            terminal.terminal_id,
-            batch.batch_sequence,
-            body,
-            signature,
-            digest,
-            len(batch.records),
-            json.dumps(answer.acknowledgement),
-        )
-        await connection.execute(
-            "update terminals set next_batch_sequence = $2 where terminal_id = $1",
-            terminal.terminal_id,
-            batch.batch_sequence + 1,
-        )
+        answer = await _book(connection, terminal, batch, body, signature, digest)
         return answer
 
 
@@ -219,7 +219,12 @@ class _Stored:
 
 
 async def _book(
-    connection: asyncpg.Connection, terminal: TerminalRow, batch: UploadBatch
+    connection: asyncpg.Connection,
+    terminal: TerminalRow,
+    batch: UploadBatch,
+    body: bytes,
+    signature: str,
+    digest: bytes,
 ) -> UploadAnswer:
     answer = UploadAnswer(UploadResult.accepted)
     records = batch.records
@@ -284,26 +289,18 @@ async def _book(
     confirmed_earlier = [r for r in confirmed if (r.terminal_id, r.sequence) not in here]
 
     booked_records = to_book + confirmed_here + confirmed_earlier
-    outcomes = await _book_transfers(connection, booked_records, answer)
     for record in to_book:
         target = changed if record.sequence in previous else new_records
-        target.append((record, outcomes[(record.terminal_id, record.sequence)]))
+        target.append((record, RecordOutcome.booked))
     for record in confirmed_here:
         # Stored as the terminal reported it (in doubt), booked on the card log's word.
-        stored_form = _with_status(record, RecordStatus.in_doubt)
-        new_records.append((stored_form, outcomes[(record.terminal_id, record.sequence)]))
+        new_records.append((_with_status(record, RecordStatus.in_doubt), RecordOutcome.booked))
     for record in confirmed_earlier:
-        settled_earlier.append((record, outcomes[(record.terminal_id, record.sequence)]))
-    if settled_earlier:
-        await connection.executemany(
-            "update card_records set outcome = $3 where terminal_id = $1 and sequence = $2",
-            [(r.terminal_id, r.sequence, outcome.value) for r, outcome in settled_earlier],
-        )
-
+        settled_earlier.append((record, RecordOutcome.booked))
     await _store_records(connection, batch.batch_sequence, new_records, changed)
+    await _set_outcomes(connection, settled_earlier)
     await _monitor_cards(connection, booked_records, answer)
     await _take_top_ups(connection, booked_records, answer)
-
     for _, outcome in new_records + changed:
         answer.records_by_outcome[outcome.value] += 1
     answer.acknowledgement = {
@@ -311,7 +308,39 @@ async def _book(
         "result": UploadResult.accepted.value,
         "records": acknowledged,
     }
+    await connection.execute(
+        "insert into upload_batches (terminal_id, batch_sequence, body, signature, "
+        "body_sha256, record_count, acknowledgement) values ($1, $2, $3, $4, $5, $6, $7)",
+        terminal.terminal_id,
+        batch.batch_sequence,
+        body,
+        signature,
+        digest,
+        len(batch.records),
+        json.dumps(answer.acknowledgement),
+    )
+    await connection.execute(
+        "update terminals set next_batch_sequence = $2 where terminal_id = $1",
+        terminal.terminal_id,
+        batch.batch_sequence + 1,
+    )
+    # The ledger comes last: its batch lock is then held only until this transaction commits.
+    anomalies = await _book_transfers(connection, booked_records, answer)
+    if anomalies:
+        await _set_outcomes(connection, [(record, RecordOutcome.anomaly) for record in anomalies])
+        answer.records_by_outcome[RecordOutcome.booked.value] -= len(anomalies)
+        answer.records_by_outcome[RecordOutcome.anomaly.value] += len(anomalies)
     return answer
+
+
+async def _set_outcomes(
+    connection: asyncpg.Connection, settled: list[tuple[UploadRecord, RecordOutcome]]
+) -> None:
+    if settled:
+        await connection.executemany(
+            "update card_records set outcome = $3 where terminal_id = $1 and sequence = $2",
+            [(r.terminal_id, r.sequence, outcome.value) for r, outcome in settled],
+        )
 
 
 def _with_status(record: UploadRecord, status: RecordStatus) -> UploadRecord:
@@ -323,7 +352,7 @@ def _with_status(record: UploadRecord, status: RecordStatus) -> UploadRecord:
 _record_columns = (
     "terminal_id, sequence, kind, status, card_number, card_counter, amount_rupiah, "
     "topup_rupiah, pending_topup_id, balance_after_rupiah, time_ms, route, merchant_id, "
-    "fare_detail, previous_counter, previous_terminal_id, previous_amount_rupiah"
+    "fare_detail, previous_counter, previous_terminal_id, previous_balance_rupiah"
 )
 
 
@@ -367,9 +396,9 @@ async def _settle_in_doubt(
     """Return (confirmed, voided, still held) in-doubt transactions, from this batch or earlier.
 
     A tap's `previous_*` fields are the card's last log entry before it. An in-doubt (card, c,
-    terminal T) is confirmed when some tap saw (c, T, amount) as the card's last entry, and is
-    void when a committed transaction of another terminal holds counter c, or some tap saw the
-    card's last entry below c with a counter after it of c (the card never reached c via T).
+    terminal T, balance after b) is confirmed when some tap saw (c, T, b) as the card's last
+    entry, and is void when another committed transaction holds counter c, or some tap saw a
+    different entry at c (the card never committed ours).
     """
     cards = {record.card_number for record in records}
     held_rows = await connection.fetch(
@@ -385,7 +414,7 @@ async def _settle_in_doubt(
     candidate_cards = sorted({record.card_number for record in candidates.values()})
     evidence_rows = await connection.fetch(
         "select terminal_id, sequence, card_number, card_counter, status, previous_counter, "
-        "previous_terminal_id, previous_amount_rupiah from card_records "
+        "previous_terminal_id, previous_balance_rupiah from card_records "
         "where card_number = any($1::text[]) and kind != 'denied'",
         candidate_cards,
     )
@@ -401,7 +430,7 @@ async def _settle_in_doubt(
             row["status"],
             row["previous_counter"],
             row["previous_terminal_id"],
-            row["previous_amount_rupiah"],
+            row["previous_balance_rupiah"],
         )
         for row in evidence_rows
     ]
@@ -414,7 +443,7 @@ async def _settle_in_doubt(
             r.status.value,
             r.previous_counter,
             r.previous_terminal_id,
-            r.previous_amount_rupiah,
+            r.previous_balance_rupiah,
         )
         for r in records
         if r.kind != RecordKind.denied
@@ -427,10 +456,10 @@ async def _settle_in_doubt(
         status,
         prev_counter,
         prev_terminal,
-        prev_amount,
+        prev_balance,
     ) in evidence:
         if prev_counter:
-            seen_in_log[(card, prev_counter)] = (prev_terminal, prev_amount)
+            seen_in_log[(card, prev_counter)] = (prev_terminal, prev_balance)
         if status == "committed":
             committed_claims.setdefault((card, counter), set()).add((terminal_id, sequence))
     confirmed, voided, still_held = [], [], []
@@ -438,7 +467,7 @@ async def _settle_in_doubt(
         key = (record.card_number, record.card_counter)
         log_entry = seen_in_log.get(key)
         others = committed_claims.get(key, set()) - {(terminal_id, sequence)}
-        if log_entry == (terminal_id, record.amount_rupiah) and not others:
+        if log_entry == (terminal_id, record.balance_after_rupiah) and not others:
             confirmed.append(_with_status(record, RecordStatus.committed))
         elif others or log_entry is not None:
             voided.append(_with_status(record, RecordStatus.void))
@@ -540,9 +569,10 @@ async def _book_transfers(
     connection: asyncpg.Connection,
     records: list[UploadRecord],
     answer: UploadAnswer,
-) -> dict[tuple[str, int], RecordOutcome]:
+) -> list[UploadRecord]:
+    """Book the card transactions; return those that turned out to be anomalies (clones)."""
     if not records:
-        return {}
+        return []
     accounts = await _credit_accounts(connection, records)
     planned: list[tuple[UploadRecord, list[Transfer]]] = []
     for record in records:
@@ -551,21 +581,18 @@ async def _book_transfers(
     transfers = [transfer for _, legs in planned for transfer in legs]
     results = await books.create_transfers(connection, transfers)
     by_id = {outcome.id: outcome for outcome in results}
-    outcomes: dict[tuple[str, int], RecordOutcome] = {}
     repeats: list[tuple[UploadRecord, list[Transfer]]] = []
     flags: list[tuple[str, str, str, int, int, str]] = []
     for record, legs in planned:
         leg_outcomes = [by_id[leg.id] for leg in legs]
         if any(o.result in _repeat_results for o in leg_outcomes):
             repeats.append((record, legs))
-            outcomes[(record.terminal_id, record.sequence)] = RecordOutcome.anomaly
             flags.append(_flag(record, "counter_repeat", "same card counter, other content"))
             continue
         failed = [o for o in leg_outcomes if o.result.value not in ("created", "exists")]
         assert not failed, f"ledger refused a card transaction: {failed}"
         if any(o.over_limit for o in leg_outcomes if o.result == CreateTransferResult.created):
             flags.append(_flag(record, "purse_negative", "booked past the purse's balance"))
-        outcomes[(record.terminal_id, record.sequence)] = RecordOutcome.booked
     if repeats:
         # The card claims a counter already booked with other content: a clone or tampering.
         # The ride or sale happened, so its payee is paid, but from suspense, not the purse.
@@ -599,7 +626,7 @@ async def _book_transfers(
             connection, sorted({record.card_number for record, _ in repeats}), "counter_repeat"
         )
     await _insert_flags(connection, flags, answer)
-    return outcomes
+    return [record for record, _ in repeats]
 
 
 async def _credit_accounts(
@@ -679,7 +706,7 @@ async def _store_records(
                 record.fare_detail,
                 record.previous_counter,
                 record.previous_terminal_id,
-                record.previous_amount_rupiah,
+                record.previous_balance_rupiah,
                 outcome.value,
             )
             for column, value in zip(columns, values):
@@ -688,7 +715,7 @@ async def _store_records(
             "insert into card_records (terminal_id, sequence, batch_sequence, kind, status, "
             "card_number, card_counter, amount_rupiah, topup_rupiah, pending_topup_id, "
             "balance_after_rupiah, time_ms, route, merchant_id, fare_detail, previous_counter, "
-            "previous_terminal_id, previous_amount_rupiah, outcome) select * from unnest("
+            "previous_terminal_id, previous_balance_rupiah, outcome) select * from unnest("
             "$1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], "
             "$7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::bigint[], $12::bigint[], "
             "$13::text[], $14::text[], $15::text[], $16::bigint[], $17::text[], $18::bigint[], "
@@ -708,20 +735,10 @@ async def _store_records(
 async def _monitor_cards(
     connection: asyncpg.Connection, booked: list[UploadRecord], answer: UploadAnswer
 ) -> None:
-    """Shadow balance and counter per card, and the balance chain between adjacent counters."""
+    """The balance chain between adjacent counters (the shadow balance and counter of a card
+    are read from its records when asked: no per-card row to update, so no lock to wait on)."""
     if not booked:
         return
-    await connection.execute(
-        "update cards c set last_counter = b.counter, shadow_balance_rupiah = b.balance, "
-        "last_tap_ms = b.time_ms from (select distinct on (card) card, counter, balance, time_ms "
-        "from unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) "
-        "as given(card, counter, balance, time_ms) order by card, counter desc) b "
-        "where c.card_number = b.card and b.counter > c.last_counter",
-        [record.card_number for record in booked],
-        [record.card_counter for record in booked],
-        [record.balance_after_rupiah for record in booked],
-        [record.time_ms for record in booked],
-    )
     # Adjacent counters must chain: balance(c) = balance(c-1) - charged + credited.
     rows = await connection.fetch(
         """

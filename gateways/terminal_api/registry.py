@@ -285,12 +285,15 @@ async def pay_pending_top_up(
 
 async def card_view(connection: asyncpg.Connection, card_number: str) -> dict[str, object] | None:
     """What monitoring knows of a card: shadow balance, counters, gaps, flags, deny list."""
+    known = await connection.fetchval("select 1 from cards where card_number = $1", card_number)
+    if known is None:
+        return None
+    # The shadow: the card's balance after the highest counter booked.
     row = await connection.fetchrow(
-        "select last_counter, shadow_balance_rupiah, last_tap_ms from cards where card_number = $1",
+        "select card_counter, balance_after_rupiah, time_ms from card_records "
+        "where card_number = $1 and outcome = 'booked' order by card_counter desc limit 1",
         card_number,
     )
-    if row is None:
-        return None
     counters = await connection.fetch(
         "select distinct card_counter from card_records where card_number = $1 "
         "and outcome in ('booked', 'anomaly') order by card_counter",
@@ -308,9 +311,9 @@ async def card_view(connection: asyncpg.Connection, card_number: str) -> dict[st
     )
     return {
         "card_number": card_number,
-        "last_counter": row["last_counter"],
-        "shadow_balance_rupiah": row["shadow_balance_rupiah"],
-        "last_tap_ms": row["last_tap_ms"],
+        "last_counter": row["card_counter"] if row else 0,
+        "shadow_balance_rupiah": row["balance_after_rupiah"] if row else None,
+        "last_tap_ms": row["time_ms"] if row else None,
         "counter_gaps": gaps[:100],
         "flags": [dict(flag) for flag in flags],
         "denied": denied,

@@ -1,0 +1,233 @@
+"""Upload ingest: signed batches from many terminals over HTTP on loopback, booked into PostgreSQL.
+
+Figures: `taps_per_s` (end to end: HTTP, signature check per batch, parse, ledger booking,
+card monitoring, all in the back office's real code path against a fresh database),
+and `tap_ms_median` / `tap_ms_p99` (a validator's whole tap: card read, fare, journal write
+ahead with fsync, debit and commit on an in-process emulated card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+operator_id = "TRANS-SEMARANG"
+first_card_number = 6032_9840_0000_0000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--taps", type=int, default=200_000, help="taps uploaded (default 200000)")
+    parser.add_argument("--terminals", type=int, default=16)
+    parser.add_argument("--cards", type=int, default=20_000)
+    parser.add_argument("--batch-records", type=int, default=4_000)
+    parser.add_argument("--concurrency", type=int, default=4, help="uploads in flight")
+    parser.add_argument("--tap-samples", type=int, default=300, help="validator taps timed")
+
+
+def run(arguments: argparse.Namespace) -> dict[str, Any]:
+    from ledger.database import server_url
+
+    with server_url() as url:
+        figures = asyncio.run(_ingest(url, arguments))
+    figures.update(tap_latency(arguments.tap_samples))
+    return figures
+
+
+async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
+    import aiohttp
+    import asyncpg
+    from aiohttp import web
+
+    from bus_terminals.wire import (
+        RecordKind,
+        RecordStatus,
+        UploadBatch,
+        UploadRecord,
+        encode_batch,
+        public_key_text,
+        sign,
+        signature_header,
+        terminal_header,
+    )
+    from gateways.backoffice import BackofficeConfig, create_app
+    from gateways.terminal_api import registry
+    from gateways.terminal_api.registry import TerminalRole
+    from gateways.terminal_api.routes import terminal_extension
+    from ksh.schema import migrate_all
+    from ledger import store
+    from ledger.records import Account, AccountKind, Transfer, TransferCode, derive_id
+
+    database = f"ksh_bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'create database "{database}"')
+    base, _, query = server.partition("?")
+    authority = base.partition("://")[2].partition("/")[0]
+    url = f"{base.partition('://')[0]}://{authority}/{database}" + (f"?{query}" if query else "")
+    runner = None
+    try:
+        connection = await asyncpg.connect(url)
+        await migrate_all(connection)
+        await registry.register_operator(connection, operator_id)
+        keys = {}
+        for index in range(arguments.terminals):
+            terminal_id = f"BUS-{index:04d}"
+            keys[terminal_id] = Ed25519PrivateKey.generate()
+            await registry.register_terminal(
+                connection,
+                terminal_id,
+                public_key_text(keys[terminal_id].public_key()),
+                TerminalRole.validator,
+                operator_id=operator_id,
+            )
+        cards = [str(first_card_number + index) for index in range(arguments.cards)]
+        opening_rupiah = 500_000
+        clearing = derive_id("bank-clearing", "bench")
+        await store.create_accounts(
+            connection, [Account(clearing, AccountKind.bank_clearing, "bench")]
+        )
+        for start in range(0, len(cards), 4_000):
+            chunk = cards[start : start + 4_000]
+            await registry.register_cards(connection, chunk)
+            await store.create_transfers(
+                connection,
+                [
+                    Transfer(
+                        derive_id("bench-opening", number),
+                        clearing,
+                        registry.purse_account_id(number),
+                        opening_rupiah,
+                        TransferCode.top_up,
+                    )
+                    for number in chunk
+                ],
+            )
+        await connection.close()
+
+        # The taps: each card rides in turn on random buses; counters and balances chain.
+        generator = random.Random(2026)
+        per_terminal: dict[str, list[UploadRecord]] = {terminal: [] for terminal in keys}
+        card_state = {number: (0, "", opening_rupiah) for number in cards}
+        terminal_ids = list(keys)
+        for index in range(arguments.taps):
+            number = cards[index % len(cards)]
+            counter, last_terminal, balance = card_state[number]
+            fare = 3_500 if generator.random() < 0.8 else 1_000
+            terminal = generator.choice(terminal_ids)
+            records = per_terminal[terminal]
+            records.append(
+                UploadRecord(
+                    terminal,
+                    len(records) + 1,
+                    RecordKind.fare_debit,
+                    RecordStatus.committed,
+                    number,
+                    counter + 1,
+                    fare,
+                    0,
+                    "",
+                    balance - fare,
+                    1_763_942_400_000 + index,
+                    "K1",
+                    "",
+                    "full",
+                    counter,
+                    last_terminal,
+                    balance if counter else 0,
+                )
+            )
+            card_state[number] = (counter + 1, terminal, balance - fare)
+        bodies: dict[str, list[tuple[bytes, str]]] = {}
+        for terminal, records in per_terminal.items():
+            bodies[terminal] = []
+            for number, start in enumerate(range(0, len(records), arguments.batch_records), 1):
+                chunk = tuple(records[start : start + arguments.batch_records])
+                body = encode_batch(UploadBatch(terminal, number, chunk))
+                bodies[terminal].append((body, sign(keys[terminal], body)))
+
+        app = create_app(
+            BackofficeConfig(url, pool_connections_max=arguments.concurrency + 1),
+            [terminal_extension],
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        base_url = f"http://127.0.0.1:{port}"
+        semaphore = asyncio.Semaphore(arguments.concurrency)
+        failures = 0
+
+        async def upload_terminal(session: aiohttp.ClientSession, terminal: str) -> None:
+            nonlocal failures
+            for body, signature in bodies[terminal]:
+                async with (
+                    semaphore,
+                    session.post(
+                        f"{base_url}/terminal/v1/uploads",
+                        data=body,
+                        headers={terminal_header: terminal, signature_header: signature},
+                    ) as response,
+                ):
+                    if response.status != 200:
+                        failures += 1
+                        raise RuntimeError(await response.text())
+                    await response.read()
+
+        started = time.perf_counter()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+            await asyncio.gather(*(upload_terminal(session, t) for t in terminal_ids))
+        elapsed = time.perf_counter() - started
+
+        check = await asyncpg.connect(url)
+        booked = await check.fetchval("select count(*) from ledger_transfers where code = $1", 1)
+        total = await check.fetchval(
+            "select sum(credits_posted - debits_posted) from ledger_accounts"
+        )
+        flags = await check.fetchval("select count(*) from card_flags")
+        await check.close()
+        assert booked == arguments.taps, f"booked {booked} of {arguments.taps}"
+        assert total == 0
+        return {
+            "taps": arguments.taps,
+            "terminals": arguments.terminals,
+            "batch_records": arguments.batch_records,
+            "concurrency": arguments.concurrency,
+            "ingest_seconds": round(elapsed, 3),
+            "taps_per_s": round(arguments.taps / elapsed),
+            "card_flags": flags,
+            "upload_failures": failures,
+        }
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await admin.execute(f'drop database if exists "{database}" with (force)')
+        await admin.close()
+
+
+def tap_latency(samples: int) -> dict[str, Any]:
+    """A validator's whole tap, in-process emulated card, journal on a temporary folder."""
+    if samples <= 0:
+        return {}
+    from bus_terminals.simulator import timed_validator_taps
+
+    with tempfile.TemporaryDirectory() as folder:
+        durations_ms = timed_validator_taps(Path(folder), samples)
+    if not durations_ms:
+        return {}
+    durations_ms.sort()
+    return {
+        "tap_samples": len(durations_ms),
+        "tap_ms_median": round(statistics.median(durations_ms), 3),
+        "tap_ms_p99": round(
+            durations_ms[min(len(durations_ms) - 1, int(len(durations_ms) * 0.99))], 3
+        ),
+    }
