@@ -178,7 +178,7 @@ def test_ksh_fare_price_prints_the_journey_as_json(
                         "arrival": "2025-03-12T04:30:00",
                     },
                 ],
-            }  # fmt: skip
+            }
         )
     )
     assert main(["fare", "price", "--journey", str(journey)]) == 0
