@@ -156,13 +156,15 @@ class _Table:
 def _parse(name: str, text: str) -> _Table:
     if text.startswith("\ufeff"):
         text = text[1:]
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = tuple(column.strip() for column in next(reader))
     except StopIteration:
         raise FeedError(name, 1, "(header)", "file is empty") from None
     except csv.Error as error:
         raise FeedError(name, 1, "(header)", f"not CSV: {error}") from None
+    if not any(header):
+        raise FeedError(name, 1, "(header)", "file is empty")
     if len(set(header)) != len(header):
         raise FeedError(name, 1, "(header)", "a column name appears twice")
     rows: list[_Row] = []
