@@ -1,0 +1,754 @@
+"""The finance pages: server-rendered HTML in the back office, mounted as an extension.
+
+    create_app(config, [..., settlement.pages.install])
+
+Staff log in (passwords hashed with scrypt; sessions are random tokens stored hashed, in an
+HttpOnly SameSite=Strict cookie). Every form that changes something carries the session's CSRF
+token. Roles: a clerk works exceptions; a supervisor also approves write-offs above the limit;
+an auditor reads everything and changes nothing. Each action goes through `settlement.actions`,
+which books a ledger transfer saying who, when and why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import io
+import secrets
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from gateways.backoffice import Extension, config_key, pool_key
+from settlement import actions, charts, views
+from settlement.actions import ActionResult, Role, Staff
+from settlement.end_of_day import EndOfDayConfig, PayoutPort, jakarta
+
+session_cookie = "ksh_finance"
+login_csrf_cookie = "ksh_finance_login"
+session_ttl_seconds = 8 * 3600  # one working shift
+password_length_min = 10
+form_body_bytes_max = 16 * 1024
+scrypt_n, scrypt_r, scrypt_p = 2**14, 8, 1  # ~16 MiB, tens of milliseconds per check
+
+
+# ---------------------------------------------------------------------------- passwords, staff
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=scrypt_n, r=scrypt_r, p=scrypt_p)
+    return f"scrypt${scrypt_n}${scrypt_r}${scrypt_p}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    computed = hashlib.scrypt(
+        password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p)
+    )
+    return hmac.compare_digest(computed.hex(), digest)
+
+
+# A fixed hash to check against when the user does not exist, so timing does not tell.
+_absent_user_hash = hash_password(secrets.token_hex(16))
+
+
+async def add_staff(
+    connection: asyncpg.Connection, username: str, password: str, role: Role
+) -> None:
+    if len(password) < password_length_min:
+        raise ValueError(f"password must have at least {password_length_min} characters")
+    await connection.execute(
+        """insert into settlement_staff (username, password_hash, role) values ($1, $2, $3)
+           on conflict (username) do update set password_hash = excluded.password_hash, role = excluded.role""",
+        username,
+        hash_password(password),
+        role.value,
+    )
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, slots=True)
+class PagesSettings:
+    end_of_day: EndOfDayConfig = field(default_factory=EndOfDayConfig)
+    write_off_limit_rupiah: int = actions.write_off_limit_rupiah_default
+    # Builds the bank client used to re-initiate payouts; None: re-initiation is unavailable.
+    payer_factory: Callable[[aiohttp.ClientSession], PayoutPort] | None = None
+    secure_cookies: bool = False  # True behind HTTPS
+
+
+settings_key = web.AppKey("settlement_pages", PagesSettings)
+http_key = web.AppKey("settlement_http", aiohttp.ClientSession)
+
+
+def extension(settings: PagesSettings) -> Extension:
+    def mount(app: web.Application) -> None:
+        app[settings_key] = settings
+
+        async def http_client(app: web.Application) -> Any:
+            app[http_key] = aiohttp.ClientSession()
+            yield
+            await app[http_key].close()
+
+        app.cleanup_ctx.append(http_client)
+        routes = [
+            web.get("/finance/login", login_form),
+            web.post("/finance/login", login),
+            web.post("/finance/logout", logout),
+            web.get("/finance", overview),
+            web.get("/finance/", overview),
+            web.get("/finance/batches", batches_page),
+            web.get("/finance/batches.csv", batches_csv),
+            web.get("/finance/batches.pdf", batches_pdf),
+            web.get("/finance/exceptions", exceptions_page),
+            web.get("/finance/exceptions.csv", exceptions_csv),
+            web.post("/finance/exceptions/action", exception_action),
+            web.post("/finance/match", manual_match),
+            web.get("/finance/cards", card_page),
+        ]
+        app.router.add_routes(routes)
+
+    return mount
+
+
+def install(app: web.Application) -> None:
+    """The default mounting (`ksh serve`): settings from the back office config, if any."""
+    configured = app[config_key].settings.get("settlement_pages")
+    extension(configured if isinstance(configured, PagesSettings) else PagesSettings())(app)
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    staff: Staff
+    csrf_token: str
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def current_session(request: web.Request) -> Session | None:
+    token = request.cookies.get(session_cookie, "")
+    if not token:
+        return None
+    async with request.app[pool_key].acquire() as connection:
+        row = await connection.fetchrow(
+            """select s.csrf_token, u.username, u.role from settlement_sessions s
+                 join settlement_staff u using (username)
+                where s.token_sha256 = $1 and s.expires_at > now()""",
+            token_digest(token),
+        )
+    if row is None:
+        return None
+    return Session(Staff(row["username"], Role(row["role"])), row["csrf_token"])
+
+
+async def require(request: web.Request, *roles: Role) -> Session:
+    session = await current_session(request)
+    if session is None:
+        raise web.HTTPSeeOther("/finance/login?next=" + urllib.parse.quote(request.path_qs))
+    if roles and session.staff.role not in roles:
+        raise web.HTTPForbidden(
+            text=page("Not allowed", session, "<p>Your role may not do this.</p>"),
+            content_type="text/html",
+        )
+    return session
+
+
+async def read_form(request: web.Request, session: Session | None) -> dict[str, str]:
+    if request.content_length is not None and request.content_length > form_body_bytes_max:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=form_body_bytes_max, actual_size=request.content_length
+        )
+    form = await request.post()
+    values = {key: str(value) for key, value in form.items() if isinstance(value, str)}
+    expected = session.csrf_token if session else request.cookies.get(login_csrf_cookie, "")
+    if not expected or not hmac.compare_digest(values.get("csrf", ""), expected):
+        raise web.HTTPForbidden(
+            text="CSRF token missing or wrong; reload the page", content_type="text/plain"
+        )
+    return values
+
+
+# ---------------------------------------------------------------------------- layout
+
+style = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#111827;background:#f3f4f6}
+header{background:#0f3d91;color:#fff;padding:10px 24px;display:flex;align-items:center;gap:24px}
+header a{color:#dbeafe;text-decoration:none;font-weight:500}header a:hover{color:#fff}
+header .who{margin-left:auto;font-size:14px}header form{display:inline}
+header button{background:none;border:1px solid #93c5fd;color:#fff;border-radius:4px;padding:3px 10px;cursor:pointer}
+main{padding:20px 24px;max-width:1200px}
+h1{font-size:22px;margin:4px 0 16px}h2{font-size:17px;margin:24px 0 8px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:12px}
+.card{background:#fff;border-radius:8px;padding:12px 16px;box-shadow:0 1px 2px #0000001a}
+.card .label{font-size:12px;color:#6b7280;text-transform:uppercase;letter-spacing:.04em}
+.card .value{font-size:22px;font-weight:600;margin-top:4px}
+table{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px #0000001a;font-size:14px}
+th,td{padding:6px 10px;border-bottom:1px solid #e5e7eb;text-align:left;vertical-align:top}
+th{background:#f9fafb;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.message{background:#ecfdf5;border:1px solid #10b981;padding:8px 12px;border-radius:6px;margin-bottom:12px}
+.warning{background:#fef2f2;border-color:#ef4444}
+.chart{background:#fff;border-radius:8px;box-shadow:0 1px 2px #0000001a;margin:6px 12px 6px 0}
+form.inline{display:flex;gap:6px;align-items:center;flex-wrap:wrap}
+input[type=text],input[type=password],input[type=date]{padding:5px 8px;border:1px solid #d1d5db;border-radius:4px}
+button.action{background:#2563eb;color:#fff;border:0;border-radius:4px;padding:5px 10px;cursor:pointer}
+button.action.secondary{background:#6b7280}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;background:#e5e7eb}
+.badge.open{background:#fde68a}.badge.done{background:#bbf7d0}
+.login{max-width:340px;margin:80px auto;background:#fff;padding:24px;border-radius:8px;box-shadow:0 1px 3px #00000026}
+.login label{display:block;margin:10px 0 4px}.login input{width:100%;box-sizing:border-box}
+"""
+
+
+def rupiah(amount: int) -> str:
+    return f"Rp {amount:,}".replace(",", ".")
+
+
+def page(title: str, session: Session | None, body: str, message: str = "") -> str:
+    nav = ""
+    if session is not None:
+        nav = (
+            '<a href="/finance">Overview</a><a href="/finance/batches">Settlement batches</a>'
+            '<a href="/finance/exceptions">Exceptions</a><a href="/finance/cards">Card lookup</a>'
+            f'<span class="who">{escape(session.staff.username)} ({escape(session.staff.role.value)}) '
+            f'<form method="post" action="/finance/logout"><input type="hidden" name="csrf" '
+            f'value="{escape(session.csrf_token)}"><button>Log out</button></form></span>'
+        )
+    note = ""
+    if message:
+        warn = " warning" if not message.startswith("done") else ""
+        note = f'<div class="message{warn}" role="status">{escape(message)}</div>'
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)} · KSH finance</title>'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{style}</style></head>'
+        f"<body><header><strong>KSH finance</strong>{nav}</header><main><h1>{escape(title)}</h1>{note}{body}</main></body></html>"
+    )
+
+
+def html(text: str, status: int = 200) -> web.Response:
+    return web.Response(
+        text=text,
+        status=status,
+        content_type="text/html",
+        headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "same-origin",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+def hidden_csrf(session: Session) -> str:
+    return f'<input type="hidden" name="csrf" value="{escape(session.csrf_token)}">'
+
+
+def requested_day(request: web.Request, fallback: dt.date) -> dt.date:
+    text = request.query.get("day", "")
+    try:
+        return dt.date.fromisoformat(text) if text else fallback
+    except ValueError:
+        raise web.HTTPBadRequest(text="day must be YYYY-MM-DD") from None
+
+
+async def default_day(connection: asyncpg.Connection) -> dt.date:
+    latest = await connection.fetchval("select max(service_day) from settlement_batches")
+    return latest or dt.datetime.now(jakarta).date()
+
+
+def day_picker(path: str, day: dt.date) -> str:
+    return (
+        f'<form class="inline" method="get" action="{path}"><label>Service day '
+        f'<input type="date" name="day" value="{day.isoformat()}"></label>'
+        '<button class="action secondary">Show</button></form>'
+    )
+
+
+# ---------------------------------------------------------------------------- login
+
+
+async def login_form(request: web.Request) -> web.Response:
+    token = secrets.token_urlsafe(24)
+    next_path = request.query.get("next", "/finance")
+    body = (
+        '<form class="login" method="post" action="/finance/login">'
+        f'<input type="hidden" name="csrf" value="{token}">'
+        f'<input type="hidden" name="next" value="{escape(next_path)}">'
+        '<label for="username">User name</label><input id="username" name="username" type="text" autocomplete="username" required>'
+        '<label for="password">Password</label><input id="password" name="password" type="password" autocomplete="current-password" required>'
+        '<p><button class="action" type="submit">Log in</button></p></form>'
+    )
+    response = html(page("Log in", None, body, request.query.get("message", "")))
+    response.set_cookie(
+        login_csrf_cookie,
+        token,
+        httponly=True,
+        samesite="Strict",
+        secure=request.app[settings_key].secure_cookies,
+        path="/finance",
+    )
+    return response
+
+
+async def login(request: web.Request) -> web.Response:
+    form = await read_form(request, None)
+    username = form.get("username", "").strip().lower()
+    password = form.get("password", "")
+    async with request.app[pool_key].acquire() as connection:
+        row = await connection.fetchrow(
+            "select * from settlement_staff where username = $1", username
+        )
+        valid = verify_password(password, row["password_hash"] if row else _absent_user_hash)
+        if row is None or not valid:
+            raise web.HTTPSeeOther(
+                "/finance/login?message=" + urllib.parse.quote("wrong user name or password")
+            )
+        token = secrets.token_urlsafe(32)
+        await connection.execute("delete from settlement_sessions where expires_at < now()")
+        await connection.execute(
+            """insert into settlement_sessions (token_sha256, username, csrf_token, expires_at)
+               values ($1, $2, $3, now() + make_interval(secs => $4))""",
+            token_digest(token),
+            username,
+            secrets.token_urlsafe(24),
+            float(session_ttl_seconds),
+        )
+    next_path = form.get("next", "/finance")
+    if not next_path.startswith("/finance") or next_path.startswith("//"):
+        next_path = "/finance"
+    response = web.HTTPSeeOther(next_path)
+    response.set_cookie(
+        session_cookie,
+        token,
+        httponly=True,
+        samesite="Strict",
+        secure=request.app[settings_key].secure_cookies,
+        path="/finance",
+        max_age=session_ttl_seconds,
+    )
+    response.del_cookie(login_csrf_cookie, path="/finance")
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    session = await require(request)
+    await read_form(request, session)
+    async with request.app[pool_key].acquire() as connection:
+        await connection.execute(
+            "delete from settlement_sessions where token_sha256 = $1",
+            token_digest(request.cookies[session_cookie]),
+        )
+    response = web.HTTPSeeOther("/finance/login?message=" + urllib.parse.quote("logged out"))
+    response.del_cookie(session_cookie, path="/finance")
+    raise response
+
+
+# ---------------------------------------------------------------------------- overview
+
+
+async def overview(request: web.Request) -> web.Response:
+    session = await require(request)
+    settings = request.app[settings_key]
+    async with request.app[pool_key].acquire() as connection:
+        day = requested_day(request, await default_day(connection))
+        numbers = await views.day_overview(connection, day, settings.end_of_day)
+        hours = await views.taps_per_hour(connection, day, settings.end_of_day)
+        corridors = await views.revenue_per_corridor(connection, day, settings.end_of_day)
+        close = await actions.day_close(connection, day + dt.timedelta(days=1))
+    tiles = [
+        ("Taps", f"{numbers.taps:,}"),
+        ("Fare revenue", rupiah(numbers.fare_revenue_rupiah)),
+        ("Merchant sales", rupiah(numbers.sales_rupiah)),
+        ("Top-ups received", rupiah(numbers.top_ups_rupiah)),
+        ("Payouts", rupiah(numbers.payouts_rupiah)),
+        ("Float (banks)", rupiah(numbers.float_rupiah)),
+        ("Card liabilities", rupiah(numbers.card_liabilities_rupiah)),
+        ("Float minus liabilities", rupiah(numbers.float_rupiah - numbers.card_liabilities_rupiah)),
+        ("Open exceptions", f"{numbers.exceptions_open:,}"),
+        ("Unexplained on statements", rupiah(close.unexplained_rupiah)),
+    ]
+    body = (
+        day_picker("/finance", day)
+        + '<h2>The day</h2><div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="label">{escape(label)}</div><div class="value">{escape(value)}</div></div>'
+            for label, value in tiles
+        )
+        + "</div><h2>Charts</h2>"
+    )
+    body += charts.bar_chart("Taps per hour", hours, unit="taps")
+    body += charts.bar_chart("Fare revenue per corridor (rupiah)", corridors, unit="rupiah")
+    return html(
+        page(f"Overview {day.isoformat()}", session, body, request.query.get("message", ""))
+    )
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+async def batches_page(request: web.Request) -> web.Response:
+    session = await require(request)
+    async with request.app[pool_key].acquire() as connection:
+        day = requested_day(request, await default_day(connection))
+        rows = await views.batches(connection, day)
+    body = day_picker("/finance/batches", day)
+    body += (
+        f'<p><a href="/finance/batches.csv?day={day.isoformat()}">CSV</a> · '
+        f'<a href="/finance/batches.pdf?day={day.isoformat()}">PDF report</a></p>'
+    )
+    body += "<table><thead><tr><th>Batch</th><th>Party</th><th>Paid to</th><th>Gross</th><th>Fees</th><th>Net</th><th>Attempts</th><th>On statement</th></tr></thead><tbody>"
+    for row in rows:
+        body += (
+            f"<tr><td>{escape(row['batch_id'])}</td><td>{escape(row['party_kind'])} {escape(row['party_id'])}<br><small>{escape(row['name'] or '')}</small></td>"
+            f"<td>{escape((row['bank_code'] or 'same bank') + ' ' + (row['account_no'] or '-'))}</td>"
+            f'<td class="num">{rupiah(row["gross_rupiah"])}</td><td class="num">{rupiah(row["fees_rupiah"])}</td>'
+            f'<td class="num">{rupiah(row["net_rupiah"])}</td><td>{escape(row["attempts"] or "not sent")}</td>'
+            f"<td>{confirmed_badge if row['confirmed'] else in_transit_badge}</td></tr>"
+        )
+    if not rows:
+        body += '<tr><td colspan="8">No settlement batches for this day.</td></tr>'
+    body += "</tbody></table>"
+    total = sum(row["net_rupiah"] for row in rows)
+    body += f"<p>{len(rows)} batches, net {rupiah(total)}.</p>"
+    return html(page(f"Settlement batches {day.isoformat()}", session, body))
+
+
+confirmed_badge = '<span class="badge done">confirmed</span>'
+in_transit_badge = '<span class="badge open">in transit</span>'
+
+batch_columns = (
+    "batch_id",
+    "service_day",
+    "party_kind",
+    "party_id",
+    "name",
+    "bank_code",
+    "account_no",
+    "gross_rupiah",
+    "fees_rupiah",
+    "net_rupiah",
+    "attempts",
+    "confirmed",
+)
+
+
+async def batches_csv(request: web.Request) -> web.Response:
+    import csv
+
+    await require(request)
+    async with request.app[pool_key].acquire() as connection:
+        day = requested_day(request, await default_day(connection))
+        rows = await views.batches(connection, day)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(batch_columns)
+    for row in rows:
+        writer.writerow([row[column] for column in batch_columns])
+    return web.Response(
+        text=out.getvalue(),
+        content_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="settlement-{day.isoformat()}.csv"'},
+    )
+
+
+async def batches_pdf(request: web.Request) -> web.Response:
+    await require(request)
+    async with request.app[pool_key].acquire() as connection:
+        day = requested_day(request, await default_day(connection))
+        rows = await views.batches(connection, day)
+    from settlement.reports import batches_pdf_bytes
+
+    return web.Response(
+        body=batches_pdf_bytes(day, rows),
+        content_type="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="settlement-{day.isoformat()}.pdf"'},
+    )
+
+
+# ---------------------------------------------------------------------------- exceptions
+
+
+async def exceptions_page(request: web.Request) -> web.Response:
+    session = await require(request)
+    show_all = request.query.get("all") == "1"
+    async with request.app[pool_key].acquire() as connection:
+        rows = await views.exceptions(connection, open_only=not show_all)
+        movements = await views.open_movements(connection)
+    can_act = session.staff.role is not Role.auditor
+    body = (
+        '<p><a href="/finance/exceptions?all=1">Show resolved too</a> · <a href="/finance/exceptions.csv">CSV</a></p>'
+        if not show_all
+        else '<p><a href="/finance/exceptions">Open only</a> · <a href="/finance/exceptions.csv">CSV</a></p>'
+    )
+    body += "<table><thead><tr><th>Exception</th><th>Reason</th><th>Amount</th><th>Detail</th><th>State</th><th>Action</th></tr></thead><tbody>"
+    for row in rows:
+        source = (
+            f"<br><small>{escape(row['source_file'])}:{row['source_line']}</small>"
+            if row["source_file"]
+            else ""
+        )
+        state = (
+            f'<span class="badge done">{escape(row["resolution"])}</span><br><small>by {escape(row["resolved_by"] or "")}'
+            f"{' approved by ' + escape(row['approved_by']) if row['approved_by'] and row['approved_by'] != row['resolved_by'] else ''}: {escape(row['resolution_note'] or '')}</small>"
+            if row["resolved_at"]
+            else '<span class="badge open">open</span>'
+            + (
+                f"<br><small>write-off requested by {escape(row['write_off_requested_by'])}: {escape(row['write_off_requested_note'] or '')}</small>"
+                if row["write_off_requested_by"]
+                else ""
+            )
+        )
+        action = ""
+        if can_act and row["resolved_at"] is None:
+            action = exception_actions(session, row)
+        body += (
+            f'<tr data-exception="{escape(row["exception_id"])}"><td><small>{escape(row["exception_id"][:24])}</small>{source}</td>'
+            f'<td>{escape(row["reason"])}</td><td class="num">{rupiah(row["amount_rupiah"])}</td>'
+            f"<td>{escape(row['detail'])}</td><td>{state}</td><td>{action}</td></tr>"
+        )
+    if not rows:
+        body += '<tr><td colspan="6">Nothing to work on.</td></tr>'
+    body += "</tbody></table>"
+    if can_act and movements:
+        body += "<h2>Manual match</h2><p>Expected movements nothing matched yet; pick statement line keys (from an exception) and movement ids whose amounts agree.</p>"
+        body += (
+            '<form class="inline" method="post" action="/finance/match">'
+            + hidden_csrf(session)
+            + '<input type="text" name="line_keys" placeholder="line key(s), comma separated" size="40">'
+            + '<input type="text" name="movement_ids" placeholder="movement id(s)" size="30">'
+            + '<input type="text" name="note" placeholder="why" size="30"><button class="action">Match</button></form>'
+        )
+        body += "<table><thead><tr><th>Movement</th><th>Kind</th><th>Reference</th><th>Amount</th><th>Value date</th></tr></thead><tbody>"
+        for movement in movements[:50]:
+            body += (
+                f"<tr><td><small>{escape(movement['movement_id'])}</small></td><td>{escape(movement['kind'])}</td>"
+                f'<td>{escape(movement["reference"])}</td><td class="num">{rupiah(movement["amount_rupiah"])}</td><td>{movement["value_date"]}</td></tr>'
+            )
+        body += "</tbody></table>"
+    return html(page("Exceptions", session, body, request.query.get("message", "")))
+
+
+def exception_actions(session: Session, row: asyncpg.Record) -> str:
+    exception_id = escape(row["exception_id"])
+    forms = []
+
+    def form(action: str, label: str, with_note: bool = True) -> str:
+        note = (
+            '<input type="text" name="note" placeholder="why" required size="18">'
+            if with_note
+            else ""
+        )
+        return (
+            '<form class="inline" method="post" action="/finance/exceptions/action">'
+            + hidden_csrf(session)
+            + f'<input type="hidden" name="exception_id" value="{exception_id}">'
+            + f'<input type="hidden" name="action" value="{action}">{note}<button class="action" name="do" value="{action}">{label}</button></form>'
+        )
+
+    if row["subject_kind"] == "line":
+        if row["write_off_requested_by"] and session.staff.role is Role.supervisor:
+            forms.append(form("approve", "Approve write-off", with_note=False))
+        elif not row["write_off_requested_by"]:
+            forms.append(form("write-off", "Write off to suspense"))
+        if row["subject_id"]:
+            forms.append(f"<small>line key {escape(row['subject_id'])}</small>")
+    elif row["reason"] in ("payout_rejected", "no_beneficiary_account"):
+        forms.append(form("reinitiate", "Re-initiate payout"))
+    return "".join(forms)
+
+
+messages = {
+    ActionResult.done: "done",
+    ActionResult.awaiting_approval: "recorded: a supervisor must approve this write-off (above the limit)",
+    ActionResult.not_found: "nothing found to act on",
+    ActionResult.already_resolved: "already resolved by someone else",
+    ActionResult.not_allowed: "your role may not do this",
+    ActionResult.note_required: "say why (a note is required)",
+    ActionResult.wrong_kind: "this action does not apply to this exception",
+    ActionResult.amounts_differ: "amounts differ: a manual match must balance exactly",
+    ActionResult.same_person: "the approver must be someone other than the requester",
+}
+
+
+async def exception_action(request: web.Request) -> web.Response:
+    session = await require(request, Role.clerk, Role.supervisor)
+    form = await read_form(request, session)
+    settings = request.app[settings_key]
+    exception_id = form.get("exception_id", "")
+    note = form.get("note", "")
+    action = form.get("action", "")
+    async with request.app[pool_key].acquire() as connection:
+        if action == "write-off":
+            result = await actions.write_off(
+                connection,
+                exception_id,
+                session.staff,
+                note,
+                limit_rupiah=settings.write_off_limit_rupiah,
+            )
+        elif action == "approve":
+            result = await actions.approve_write_off(connection, exception_id, session.staff)
+        elif action == "reinitiate":
+            if settings.payer_factory is None:
+                raise web.HTTPSeeOther(
+                    "/finance/exceptions?message="
+                    + urllib.parse.quote("no bank connection configured")
+                )
+            payer = settings.payer_factory(request.app[http_key])
+            result = await actions.reinitiate_payout(
+                connection,
+                exception_id,
+                session.staff,
+                note,
+                payer,
+                settings.end_of_day,
+                dt.datetime.now(jakarta),
+            )
+        else:
+            raise web.HTTPBadRequest(text="unknown action")
+    raise web.HTTPSeeOther("/finance/exceptions?message=" + urllib.parse.quote(messages[result]))
+
+
+async def manual_match(request: web.Request) -> web.Response:
+    session = await require(request, Role.clerk, Role.supervisor)
+    form = await read_form(request, session)
+
+    def split(text: str) -> list[str]:
+        return [part.strip() for part in text.split(",") if part.strip()][:50]
+
+    async with request.app[pool_key].acquire() as connection:
+        result = await actions.manual_match(
+            connection,
+            split(form.get("line_keys", "")),
+            split(form.get("movement_ids", "")),
+            session.staff,
+            form.get("note", ""),
+        )
+    raise web.HTTPSeeOther("/finance/exceptions?message=" + urllib.parse.quote(messages[result]))
+
+
+exception_columns = (
+    "exception_id",
+    "subject_kind",
+    "subject_id",
+    "reason",
+    "detail",
+    "amount_rupiah",
+    "service_day",
+    "opened_at",
+    "resolution",
+    "resolved_by",
+    "approved_by",
+    "resolution_note",
+    "resolution_transfer_id",
+    "resolved_at",
+)
+
+
+async def exceptions_csv(request: web.Request) -> web.Response:
+    import csv
+
+    await require(request)
+    async with request.app[pool_key].acquire() as connection:
+        rows = await views.exceptions(connection, open_only=False)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(exception_columns)
+    for row in rows:
+        writer.writerow([row[column] for column in exception_columns])
+    return web.Response(
+        text=out.getvalue(),
+        content_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="exceptions.csv"'},
+    )
+
+
+# ---------------------------------------------------------------------------- cards
+
+
+async def card_page(request: web.Request) -> web.Response:
+    session = await require(request)
+    number = request.query.get("number", "").strip()
+    body = (
+        '<form class="inline" method="get" action="/finance/cards"><label>Card number '
+        f'<input type="text" name="number" value="{escape(number)}" inputmode="numeric" pattern="[0-9]{{1,20}}"></label>'
+        '<button class="action">Look up</button></form>'
+    )
+    if number:
+        if not number.isdigit() or len(number) > 20:
+            body += '<p class="message warning">A card number is up to 20 digits.</p>'
+        else:
+            async with request.app[pool_key].acquire() as connection:
+                story = await views.card_story(connection, number)
+            body += card_section(story, number)
+    return html(page("Card lookup", session, body))
+
+
+def card_section(story: dict[str, Any] | None, number: str) -> str:
+    if story is None:
+        return f"<p>No card {escape(number)} was issued.</p>"
+    card = story["card"]
+    balances = story["balances"]
+    shadow = card["shadow_balance_rupiah"]
+    purse = balances.get("card_purse", 0)
+    tiles = [
+        ("Shadow balance (card's own)", rupiah(shadow) if shadow is not None else "no taps yet"),
+        ("Purse account (ledger)", rupiah(purse)),
+        ("Pending top-ups", rupiah(balances.get("pending_top_up", 0))),
+        ("Last counter", str(card["last_counter"])),
+        ("Deny list", "BLOCKED" if story["denied"] else "no"),
+        ("Flags", str(len(story["flags"]))),
+    ]
+    out = (
+        f"<h2>Card {escape(number)}</h2>"
+        + '<div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="label">{escape(label)}</div><div class="value">{escape(value)}</div></div>'
+            for label, value in tiles
+        )
+        + "</div>"
+    )
+    if story["flags"]:
+        out += (
+            "<h2>Flags</h2><table><tbody>"
+            + "".join(
+                f"<tr><td>{escape(' · '.join(str(value) for value in flag.values()))}</td></tr>"
+                for flag in story["flags"]
+            )
+            + "</tbody></table>"
+        )
+    out += "<h2>History</h2><table><thead><tr><th>Time (WIB)</th><th>Kind</th><th>Counter</th><th>Amount</th><th>Top-up</th><th>Balance after</th><th>Terminal</th><th>Route / merchant</th><th>Outcome</th></tr></thead><tbody>"
+    for record in story["history"]:
+        when = dt.datetime.fromtimestamp(record["time_ms"] / 1000, jakarta).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+        out += (
+            f'<tr><td>{when}</td><td>{escape(record["kind"])}</td><td class="num">{record["card_counter"]}</td>'
+            f'<td class="num">{rupiah(record["amount_rupiah"])}</td><td class="num">{rupiah(record["topup_rupiah"])}</td>'
+            f'<td class="num">{rupiah(record["balance_after_rupiah"])}</td><td>{escape(record["terminal_id"])}</td>'
+            f"<td>{escape(record['route'] or record['merchant_id'])}</td><td>{escape(record['outcome'])}</td></tr>"
+        )
+    if not story["history"]:
+        out += '<tr><td colspan="9">No records uploaded for this card yet.</td></tr>'
+    return out + "</tbody></table>"
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -1,0 +1,69 @@
+"""Reports for people outside the pages: the day's settlement batches as a PDF (fpdf2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from fpdf import FPDF
+
+
+def rupiah(amount: int) -> str:
+    return f"Rp {amount:,}".replace(",", ".")
+
+
+def batches_pdf_bytes(day: dt.date, rows: Sequence[Any]) -> bytes:
+    """One table per day: batch, party, account, gross, fees, net, state; totals at the end."""
+    pdf = FPDF(orientation="L", unit="mm", format="A4")
+    pdf.set_title(f"KSH settlement {day.isoformat()}")
+    pdf.set_author("KSH back office")
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 15)
+    pdf.cell(
+        0,
+        10,
+        f"Kartu Semarang Hebat - settlement batches, service day {day.isoformat()}",
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
+    pdf.set_font("Helvetica", "", 9)
+    widths = (30, 70, 45, 32, 28, 32, 40)
+    headers = ("Batch", "Party", "Paid to", "Gross", "Fees", "Net", "State")
+    pdf.set_fill_color(230, 236, 245)
+    pdf.set_font("Helvetica", "B", 9)
+    for width, header in zip(widths, headers, strict=True):
+        pdf.cell(
+            width,
+            7,
+            header,
+            border=1,
+            fill=True,
+            align="R" if header in ("Gross", "Fees", "Net") else "L",
+        )
+    pdf.ln()
+    pdf.set_font("Helvetica", "", 9)
+    totals = [0, 0, 0]
+    for row in rows:
+        cells = (
+            row["batch_id"],
+            f"{row['party_kind']} {row['party_id']} {row['name'] or ''}"[:45],
+            f"{row['bank_code'] or 'same bank'} {row['account_no'] or '-'}",
+            rupiah(row["gross_rupiah"]),
+            rupiah(row["fees_rupiah"]),
+            rupiah(row["net_rupiah"]),
+            "confirmed" if row["confirmed"] else "in transit",
+        )
+        totals[0] += row["gross_rupiah"]
+        totals[1] += row["fees_rupiah"]
+        totals[2] += row["net_rupiah"]
+        for width, (index, text) in zip(widths, enumerate(cells), strict=True):
+            pdf.cell(width, 6, str(text), border=1, align="R" if index in (3, 4, 5) else "L")
+        pdf.ln()
+    pdf.set_font("Helvetica", "B", 9)
+    pdf.cell(widths[0] + widths[1] + widths[2], 7, f"{len(rows)} batches", border=1)
+    for width, total in zip(widths[3:6], totals, strict=True):
+        pdf.cell(width, 7, rupiah(total), border=1, align="R")
+    pdf.cell(widths[6], 7, "", border=1)
+    pdf.ln()
+    return bytes(pdf.output())

@@ -1,0 +1,181 @@
+"""What finance staff look at, as plain queries: a day's overview, its charts' data, batches,
+exceptions, a card's story. Read-only; the pages, the exports and the demo report share them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from ledger.records import TransferCode
+from settlement.end_of_day import EndOfDayConfig, cutoff_at
+
+exceptions_page_rows_max = 500
+card_history_rows_max = 200
+
+
+@dataclass(frozen=True, slots=True)
+class DayOverview:
+    service_day: dt.date
+    taps: int
+    fare_revenue_rupiah: int
+    sales_rupiah: int
+    top_ups_rupiah: int  # money received for cards: VA (pending top-ups) and kiosks
+    payouts_rupiah: int  # settlement batches' net
+    float_rupiah: int  # money the issuer holds or is owed by banks for cardholders
+    card_liabilities_rupiah: int  # purses plus pending top-ups: what cardholders can spend
+    exceptions_open: int
+
+
+def window(day: dt.date, config: EndOfDayConfig) -> tuple[dt.datetime, dt.datetime]:
+    end = cutoff_at(day, config)
+    return end - dt.timedelta(days=1), end
+
+
+async def day_overview(
+    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig
+) -> DayOverview:
+    start, end = window(day, config)
+    row = await connection.fetchrow(
+        """select count(*) filter (where code = $3) as taps,
+                  coalesce(sum(amount) filter (where code = $3), 0) as fares,
+                  coalesce(sum(amount) filter (where code = $4), 0) as sales,
+                  coalesce(sum(amount) filter (where code in ($5, $6)), 0) as top_ups
+             from ledger_transfers
+            where booked_at >= $1 and booked_at < $2 and flags & (2 | 8) = 0""",
+        start,
+        end,
+        int(TransferCode.fare),
+        int(TransferCode.merchant_sale),
+        int(TransferCode.pending_top_up),
+        int(TransferCode.top_up),
+    )
+    balances = await connection.fetchrow(
+        """select coalesce(sum(debits_posted - credits_posted) filter (where kind in ('bank_account', 'bank_clearing')), 0) as float,
+                  coalesce(sum(credits_posted - debits_posted) filter (where kind in ('card_purse', 'pending_top_up')), 0) as liabilities
+             from ledger_accounts"""
+    )
+    payouts = await connection.fetchval(
+        "select coalesce(sum(net_rupiah), 0) from settlement_batches where service_day = $1", day
+    )
+    exceptions_open = await connection.fetchval(
+        "select count(*) from settlement_exceptions where resolved_at is null"
+    )
+    return DayOverview(
+        day,
+        int(row["taps"]),
+        int(row["fares"]),
+        int(row["sales"]),
+        int(row["top_ups"]),
+        int(payouts),
+        int(balances["float"]),
+        int(balances["liabilities"]),
+        int(exceptions_open),
+    )
+
+
+async def taps_per_hour(
+    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig
+) -> list[tuple[str, int]]:
+    """Fare taps by hour of the day (Jakarta), from the terminals' records."""
+    start, end = window(day, config)
+    rows = await connection.fetch(
+        """select extract(hour from to_timestamp(time_ms / 1000.0) at time zone 'Asia/Jakarta')::int as hour,
+                  count(*) as taps
+             from card_records
+            where kind = 'fare_debit' and outcome = 'booked'
+              and time_ms >= $1 and time_ms < $2
+            group by 1 order by 1""",
+        int(start.timestamp() * 1000),
+        int(end.timestamp() * 1000),
+    )
+    counts = {row["hour"]: row["taps"] for row in rows}
+    return [(f"{hour:02d}", counts.get(hour, 0)) for hour in range(24)]
+
+
+async def revenue_per_corridor(
+    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig
+) -> list[tuple[str, int]]:
+    start, end = window(day, config)
+    rows = await connection.fetch(
+        """select coalesce(nullif(route, ''), '?') as route, sum(amount_rupiah) as rupiah
+             from card_records
+            where kind = 'fare_debit' and outcome = 'booked'
+              and time_ms >= $1 and time_ms < $2
+            group by 1 order by 1 limit 48""",
+        int(start.timestamp() * 1000),
+        int(end.timestamp() * 1000),
+    )
+    return [(row["route"], int(row["rupiah"])) for row in rows]
+
+
+async def batches(connection: asyncpg.Connection, day: dt.date) -> list[asyncpg.Record]:
+    return await connection.fetch(
+        """select b.*, p.name, p.bank_code, p.account_no,
+                  (select string_agg(x.payout_id || ' ' || x.state, ', ' order by x.attempt)
+                     from settlement_payouts x where x.batch_id = b.batch_id) as attempts,
+                  exists (select 1 from settlement_payouts x join settlement_match_movements m
+                            on m.movement_id = x.payout_id where x.batch_id = b.batch_id) as confirmed
+             from settlement_batches b left join settlement_parties p using (party_kind, party_id)
+            where b.service_day = $1 order by b.batch_id""",
+        day,
+    )
+
+
+async def exceptions(connection: asyncpg.Connection, *, open_only: bool) -> list[asyncpg.Record]:
+    return await connection.fetch(
+        """select e.*, l.reference, l.description, l.value_date, l.direction, l.source_file, l.source_line
+             from settlement_exceptions e
+             left join settlement_statement_lines l on e.subject_kind = 'line' and l.line_key = e.subject_id
+            where ($1::boolean is false or e.resolved_at is null)
+            order by e.resolved_at is not null, e.opened_at, e.exception_id
+            limit $2""",
+        open_only,
+        exceptions_page_rows_max,
+    )
+
+
+async def open_movements(connection: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Expected movements nothing matched yet (candidates for a manual match)."""
+    return await connection.fetch(
+        """select e.* from settlement_expected_movements e
+            where not e.cancelled
+              and not exists (select 1 from settlement_match_movements m where m.movement_id = e.movement_id)
+            order by e.value_date, e.movement_id limit $1""",
+        exceptions_page_rows_max,
+    )
+
+
+async def card_story(connection: asyncpg.Connection, card_number: str) -> dict[str, Any] | None:
+    """Shadow balance, ledger balances, flags and the latest records of one card."""
+    card = await connection.fetchrow("select * from cards where card_number = $1", card_number)
+    if card is None:
+        return None
+    accounts = await connection.fetch(
+        """select kind, credits_posted - debits_posted as balance from ledger_accounts
+            where id in ($1, $2)""",
+        card["purse_account_id"],
+        card["pending_top_up_account_id"],
+    )
+    flags = await connection.fetch(
+        "select * from card_flags where card_number = $1 order by 1 limit 50", card_number
+    )
+    denied = await connection.fetchval(
+        "select exists (select 1 from deny_list where card_number = $1)", card_number
+    )
+    history = await connection.fetch(
+        """select terminal_id, sequence, kind, card_counter, amount_rupiah, topup_rupiah,
+                  balance_after_rupiah, time_ms, route, merchant_id, outcome
+             from card_records where card_number = $1 order by card_counter desc, time_ms desc limit $2""",
+        card_number,
+        card_history_rows_max,
+    )
+    return {
+        "card": card,
+        "balances": {row["kind"]: int(row["balance"]) for row in accounts},
+        "flags": flags,
+        "denied": bool(denied),
+        "history": history,
+    }

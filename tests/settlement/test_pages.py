@@ -1,0 +1,264 @@
+"""The finance pages in a real headless Chromium: login, roles enforced, CSRF, and working an
+exception end to end (a clerk's write-off above the limit, approved by a supervisor)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from gateways.backoffice import BackofficeConfig, create_app
+from settlement import end_of_day, pages, reconciliation
+from settlement.actions import Role
+from settlement.statements import Direction, StatementLine, write_mt940
+from tests.conftest import unavailable
+from tests.settlement.day import bank, book_day, our_account, service_day
+
+chromium_path = "/usr/bin/chromium"
+chromium_args = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+passwords = {
+    "ani": "clerk-password-1",
+    "budi": "supervisor-password-1",
+    "citra": "auditor-password-1",
+}
+screenshots = Path(os.environ.get("KSH_SCREENSHOTS", "/tmp/ksh-screenshots"))
+
+
+async def start(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def finance(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """The back office with the finance pages, staff in three roles, and a reconciled day
+    with two exceptions: a small unexpected fee and a large VA payment for no card."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        for username, role in (
+            ("ani", Role.clerk),
+            ("budi", Role.supervisor),
+            ("citra", Role.auditor),
+        ):
+            await pages.add_staff(connection, username, passwords[username], role)
+        day = await book_day(connection)
+        config = end_of_day.EndOfDayConfig(source_bank=bank, source_account_no=our_account)
+        await end_of_day.close_day(connection, service_day, config)
+        lines = [
+            StatementLine(
+                bank,
+                our_account,
+                service_day,
+                amount,
+                Direction.credit,
+                request_id,
+                f"B{n}",
+                "NTRF",
+                f"VA PAYMENT {request_id}",
+                "s.sta",
+                n + 1,
+            )
+            for n, (request_id, amount) in enumerate(day.collections)
+        ]
+        lines.append(
+            StatementLine(
+                bank,
+                our_account,
+                service_day,
+                6_500,
+                Direction.debit,
+                "",
+                "B90",
+                "NCHG",
+                "BIAYA ADMIN BULANAN",
+                "s.sta",
+                90,
+            )
+        )
+        lines.append(
+            StatementLine(
+                bank,
+                our_account,
+                service_day,
+                2_000_000,
+                Direction.credit,
+                "PR99999999",
+                "B91",
+                "NTRF",
+                "VA PAYMENT 8800199999",
+                "s.sta",
+                91,
+            )
+        )
+        path = tmp_path / "statement.sta"
+        path.write_text(write_mt940(lines, our_account, "S1", 0))
+        await reconciliation.import_statement(connection, path, bank, "ani")
+        start_at = dt.datetime.combine(service_day, dt.time(0), tzinfo=end_of_day.jakarta)
+        await reconciliation.expect_collections(
+            connection,
+            start_at,
+            end_of_day.cutoff_at(service_day, config),
+            service_day,
+            {},
+            our_account,
+        )
+        await reconciliation.reconcile(connection)
+    finally:
+        await connection.close()
+    settings = pages.PagesSettings(end_of_day=config, write_off_limit_rupiah=1_000_000)
+    app = create_app(
+        BackofficeConfig(database_url, pool_connections_min=1, pool_connections_max=4),
+        [pages.extension(settings)],
+    )
+    runner, base_url = await start(app)
+    try:
+        yield base_url
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[object]:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        unavailable("playwright is not installed", "pip install playwright")
+    if shutil.which(chromium_path) is None:
+        unavailable("Debian's chromium is not installed", "apt-get install -y chromium")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=chromium_path, args=chromium_args
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def log_in(browser: object, base_url: str, username: str) -> object:
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    page = await context.new_page()
+    await page.goto(base_url + "/finance")
+    assert page.url.startswith(base_url + "/finance/login")
+    await page.fill("#username", username)
+    await page.fill("#password", passwords[username])
+    await page.click("button[type=submit]")
+    await page.wait_for_url(base_url + "/finance")
+    return page
+
+
+@pytest.mark.browser
+async def test_login_roles_and_working_an_exception(finance: str, browser: object) -> None:
+    screenshots.mkdir(parents=True, exist_ok=True)
+    # A wrong password gets nowhere.
+    context = await browser.new_context()  # type: ignore[attr-defined]
+    page = await context.new_page()
+    await page.goto(finance + "/finance/login")
+    await page.fill("#username", "ani")
+    await page.fill("#password", "not-her-password")
+    await page.click("button[type=submit]")
+    assert "wrong user name or password" in await page.content()
+    await context.close()
+
+    # The auditor reads everything and has no buttons; a forged POST is refused.
+    auditor = await log_in(browser, finance, "citra")
+    await auditor.screenshot(path=str(screenshots / "overview.png"), full_page=True)
+    await auditor.goto(finance + "/finance/exceptions")
+    rows = auditor.locator("tr[data-exception]")
+    assert await rows.count() == 2
+    assert await auditor.locator("button.action:has-text('Write off')").count() == 0
+    forged = await auditor.request.post(
+        finance + "/finance/exceptions/action",
+        form={"exception_id": "x", "action": "write-off", "note": "n", "csrf": "x"},
+    )
+    assert forged.status == 403
+
+    # The clerk writes off the small fee at once; the big unknown VA waits for a supervisor.
+    clerk = await log_in(browser, finance, "ani")
+    await clerk.goto(finance + "/finance/exceptions")
+    fee_row = clerk.locator("tr[data-exception]", has_text="unexpected_fee")
+    await fee_row.locator("input[name=note]").fill("monthly admin fee; claimed from the bank")
+    await fee_row.locator("button:has-text('Write off')").click()
+    await clerk.wait_for_load_state()
+    assert "done" in await clerk.locator(".message").inner_text()
+    unknown_row = clerk.locator("tr[data-exception]", has_text="unknown_reference")
+    await unknown_row.locator("input[name=note]").fill("no card for this VA; refund to payer")
+    await unknown_row.locator("button:has-text('Write off')").click()
+    await clerk.wait_for_load_state()
+    assert "supervisor must approve" in await clerk.locator(".message").inner_text()
+    assert await clerk.locator("button:has-text('Approve')").count() == 0
+    # Without the CSRF token, even the clerk's own session is refused.
+    no_csrf = await clerk.request.post(
+        finance + "/finance/exceptions/action", form={"exception_id": "x", "action": "approve"}
+    )
+    assert no_csrf.status == 403
+
+    supervisor = await log_in(browser, finance, "budi")
+    await supervisor.goto(finance + "/finance/exceptions")
+    await supervisor.screenshot(path=str(screenshots / "exceptions.png"), full_page=True)
+    await supervisor.locator("button:has-text('Approve write-off')").click()
+    await supervisor.wait_for_load_state()
+    assert "done" in await supervisor.locator(".message").inner_text()
+    assert "Nothing to work on" in await supervisor.content()
+    await supervisor.goto(finance + "/finance/exceptions?all=1")
+    assert "approved by budi" in await supervisor.content()
+
+    # Batches, exports and the overview render for the day.
+    await supervisor.goto(finance + f"/finance/batches?day={service_day.isoformat()}")
+    assert "B261123" in await supervisor.content()
+    await supervisor.screenshot(path=str(screenshots / "batches.png"), full_page=True)
+    csv_export = await supervisor.request.get(
+        finance + f"/finance/batches.csv?day={service_day.isoformat()}"
+    )
+    assert (await csv_export.text()).startswith("batch_id,")
+    pdf_export = await supervisor.request.get(
+        finance + f"/finance/batches.pdf?day={service_day.isoformat()}"
+    )
+    assert (await pdf_export.body()).startswith(b"%PDF")
+    await supervisor.goto(finance + f"/finance?day={service_day.isoformat()}")
+    assert await supervisor.locator("svg.chart").count() == 2
+
+    # Logging out ends the session.
+    await supervisor.click("header button:has-text('Log out')")
+    await supervisor.goto(finance + "/finance/exceptions")
+    assert "/finance/login" in supervisor.url
+
+
+async def test_pages_need_login(finance: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(finance + "/finance/exceptions", allow_redirects=False) as response:
+            assert response.status == 303
+            assert response.headers["Location"].startswith("/finance/login")
+        async with http.post(
+            finance + "/finance/login",
+            data={"username": "ani", "password": "x"},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 403  # no login CSRF cookie
+
+
+def test_password_hashing() -> None:
+    stored = pages.hash_password("correct horse battery")
+    assert stored.startswith("scrypt$")
+    assert pages.verify_password("correct horse battery", stored)
+    assert not pages.verify_password("correct horse battery!", stored)
+    assert not pages.verify_password("x", "md5$abc")
