@@ -44,7 +44,8 @@ def read_virtual_account(partner: Partner, body: dict[str, Any]) -> tuple[str, s
         body, "customerNo", length_max=customer_number_length_max, digits=True
     )
     va_number = require_text(body, "virtualAccountNo", length_max=virtual_account_number_length_max)
-    if service_id.strip() != partner.company_code:
+    # Banks pad the company code with spaces (ASPI) or zeros (some banks): accept either.
+    if service_id.strip().lstrip("0") != partner.company_code.lstrip("0"):
         raise SnapError(Cases.invalid_bill, "partnerServiceId is not this partner's")
     if va_number.strip() != f"{service_id}{customer_no}".strip():
         raise SnapError(Cases.invalid_field_format, "virtualAccountNo")

@@ -7,8 +7,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateways.snap import signature
+from gateways.snap.fields import format_amount, parse_amount_value
 
 vectors_folder = Path(
     "/work/shared/reference/snap_vectors"
@@ -152,3 +155,33 @@ def test_timestamps_are_parsed_verbatim_and_checked_against_the_tolerance() -> N
     assert signature.timestamp_is_fresh(now + timedelta(seconds=299), now, 300)
     assert not signature.timestamp_is_fresh(now - timedelta(seconds=301), now, 300)
     assert not signature.timestamp_is_fresh(now + timedelta(seconds=301), now, 300)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    body=st.dictionaries(st.text(max_size=8), json_values, max_size=6), flip=st.integers(0, 10_000)
+)
+def test_signed_bytes_verify_and_any_changed_byte_fails(body: dict[str, object], flip: int) -> None:
+    sent = signature.minified_json(body)
+    assert json.loads(sent) == body  # the bytes we hash are the body we meant
+    stamp = "2026-11-24T08:00:00+07:00"
+    made = signature.sign_transaction("secret-key-123456", "POST", "/p", "tok", sent, stamp)
+    assert signature.verify_transaction("secret-key-123456", "POST", "/p", "tok", sent, stamp, made)
+    changed = bytearray(sent)
+    changed[flip % len(changed)] ^= 0x01
+    assert not signature.verify_transaction(
+        "secret-key-123456", "POST", "/p", "tok", bytes(changed), stamp, made
+    )
+
+
+@given(rupiah=st.integers(0, 10**15))
+def test_amounts_round_trip_as_whole_rupiah(rupiah: int) -> None:
+    assert parse_amount_value(format_amount(rupiah), "amount") == rupiah
