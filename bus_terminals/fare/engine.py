@@ -426,6 +426,13 @@ def apply_caps(
         if amount > 0 and cap.rides_max is not None and slot.paid_rides >= cap.rides_max:
             amount = 0
             limiting = cap.cap_id
+    if amount < 0:
+        # A credit (type 2 transfer, cheaper joined leg) never returns more than the card
+        # paid in the current periods: what a cap waived is not refunded.
+        floor = -min(slot.paid_amount for slot in slots)
+        if amount < floor:
+            amount = min(floor, 0)
+            limiting = caps[cap_indices[0]].cap_id
     paid_ride = 1 if amount > 0 else 0
     new_slots = tuple(
         CapSlot(slot.period_day, slot.paid_amount + amount, min(slot.paid_rides + paid_ride, 255))
