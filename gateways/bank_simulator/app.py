@@ -19,6 +19,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -177,6 +178,28 @@ class Simulator:
         )
         self.bank.va_payments.append(record)
         return record
+
+    def write_statements(self, folder: Path, day: dt.date) -> list[Path]:
+        """Each account's statement of `day` as `<account>-<YYYYMMDD>.sta` (MT940) and `.csv`,
+        for the accounts that moved that day."""
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for account_no, account in self.bank.accounts.items():
+            if not any(line.value_date == day for line in account.lines):
+                continue
+            statement = self.bank.statement(account_no, day)
+            stem = folder / f"{account_no}-{day:%Y%m%d}"
+            for suffix, text in ((".sta", write_mt940(statement)), (".csv", write_csv(statement))):
+                path = stem.with_suffix(suffix)
+                path.write_text(text, encoding="utf-8")
+                written.append(path)
+        return written
+
+    def days_with_movements(self) -> list[dt.date]:
+        days = {
+            line.value_date for account in self.bank.accounts.values() for line in account.lines
+        }
+        return sorted(days)
 
     # -------------------------------------------------------------- being called
 

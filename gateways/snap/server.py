@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from gateways.backoffice import Extension, pool_key
+from gateways.backoffice import Extension, config_key, pool_key
 from gateways.snap import signature, topups
 from gateways.snap.codes import Cases, Service, SnapError, response_code
 from gateways.snap.partners import Partner, load_partner
@@ -326,4 +326,22 @@ def extension(settings: SnapServerSettings | None = None) -> Extension:
     return install_with_settings
 
 
-install: Extension = extension()
+def settings_from(values: dict[str, Any]) -> SnapServerSettings:
+    """Our settings from the back office's `BackofficeConfig.settings`: the keys
+    `snap_timestamp_tolerance_seconds`, `snap_access_token_ttl_seconds` and
+    `snap_purse_cap_rupiah` override the defaults."""
+    default = SnapServerSettings()
+    return SnapServerSettings(
+        timestamp_tolerance_seconds=int(
+            values.get("snap_timestamp_tolerance_seconds", default.timestamp_tolerance_seconds)
+        ),
+        access_token_ttl_seconds=int(
+            values.get("snap_access_token_ttl_seconds", default.access_token_ttl_seconds)
+        ),
+        purse_cap_rupiah=int(values.get("snap_purse_cap_rupiah", default.purse_cap_rupiah)),
+    )
+
+
+def install(app: web.Application) -> None:
+    """Mount the SNAP endpoints with settings from the back office config (or defaults)."""
+    extension(settings_from(app[config_key].settings))(app)

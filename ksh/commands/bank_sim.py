@@ -45,6 +45,12 @@ def register(subparsers: Any) -> None:
         help="another account at this bank (repeatable)",
     )
     serve.add_argument("--interbank-fee", type=int, default=2_500)
+    serve.add_argument(
+        "--statements-dir",
+        type=Path,
+        help="write each day's statements here (MT940 .sta and .csv per account) at "
+        "each day's end and on exit",
+    )
     serve.set_defaults(handler=run_serve)
 
     pay = actions.add_parser("pay-va", help="a citizen pays a VA from the bank's app")
@@ -120,8 +126,41 @@ def run_serve(arguments: argparse.Namespace) -> int:
         accounts=tuple(accounts),
         interbank_fee_rupiah=arguments.interbank_fee,
     )
-    web.run_app(create_bank_app(settings), host=arguments.host, port=arguments.port)
+    app = create_bank_app(settings)
+    if arguments.statements_dir:
+        app.cleanup_ctx.append(_statement_writer(arguments.statements_dir))
+    web.run_app(app, host=arguments.host, port=arguments.port)
     return 0
+
+
+def _statement_writer(folder: Path) -> Any:
+    """Write the statements of every finished day as it ends, and of all days on exit."""
+    import contextlib
+
+    from gateways.bank_simulator import simulator_key
+
+    async def writer(app: Any) -> Any:
+        simulator = app[simulator_key]
+        written: set[Any] = set()
+
+        async def each_day_end() -> None:
+            while True:
+                await asyncio.sleep(60)
+                today = simulator.bank.today()
+                for day in simulator.days_with_movements():
+                    if day < today and day not in written:
+                        simulator.write_statements(folder, day)
+                        written.add(day)
+
+        task = asyncio.create_task(each_day_end())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for day in simulator.days_with_movements():
+            simulator.write_statements(folder, day)
+
+    return writer
 
 
 async def _request(method: str, url: str, payload: Any = None) -> tuple[int, str]:

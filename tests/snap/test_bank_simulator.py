@@ -213,3 +213,16 @@ async def test_statements_are_mt940_and_csv_that_importers_read(
     ]
     assert from_csv[0].reference == paid.payment_request_id
     assert [line.occurrence for line in from_csv] == [0, 0, 0, 1]  # the duplicated line shows
+
+
+async def test_each_days_statements_are_written_to_a_folder(
+    harness: Harness, tmp_path: Path
+) -> None:
+    await harness.simulator.pay_va(va_number(), 45_000)
+    assert harness.simulator.days_with_movements() == [harness.bank.today()]
+    written = harness.simulator.write_statements(tmp_path, harness.bank.today())
+    names = sorted(path.name for path in written)
+    day = f"{harness.bank.today():%Y%m%d}"
+    assert names == [f"{issuer_account_no}-{day}.csv", f"{issuer_account_no}-{day}.sta"]
+    lines = import_file(tmp_path / f"{issuer_account_no}-{day}.sta", "BNI")
+    assert [(line.amount_rupiah, line.direction.value) for line in lines] == [(45_000, "credit")]

@@ -4,6 +4,7 @@ its SNAP code, and nothing booked unless everything checked out."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 from datetime import timedelta
@@ -11,8 +12,11 @@ from typing import Any
 
 import asyncpg
 
+from gateways.backoffice import BackofficeConfig, create_app
 from gateways.snap import signature
+from gateways.snap.client import SnapSession
 from gateways.snap.partners import Partner, save_partner, set_card_holder
+from gateways.snap.server import install
 from gateways.terminal_api import registry
 from ledger.store import lookup_accounts
 from tests.snap.conftest import (
@@ -24,6 +28,7 @@ from tests.snap.conftest import (
     company_code,
     partner_id,
     public_pem,
+    start,
     va_number,
 )
 
@@ -66,6 +71,7 @@ async def raw_post(
     timestamp: str | None = None,
     external_id: str | None = None,
     signature_text: str | None = None,
+    channel: str = channel_id,
     drop: tuple[str, ...] = (),
 ) -> tuple[int, dict[str, Any]]:
     token = token if token is not None else await harness.session.access_token()
@@ -78,7 +84,7 @@ async def raw_post(
         or signature.sign_transaction(secret, "POST", path, token, body, timestamp),
         "X-PARTNER-ID": partner,
         "X-EXTERNAL-ID": external_id or str(next(external_ids)),
-        "CHANNEL-ID": channel_id,
+        "CHANNEL-ID": channel,
     }
     for name in drop:
         del headers[name]
@@ -327,7 +333,7 @@ async def test_another_partners_token_and_expired_tokens(
         )
     finally:
         await connection.close()
-    from gateways.snap.client import BankConnection, SnapSession
+    from gateways.snap.client import BankConnection
 
     other = SnapSession(
         BankConnection(
@@ -345,6 +351,21 @@ async def test_another_partners_token_and_expired_tokens(
     status, answer = await raw_post(harness, payment_path, body, token=other_token)
     assert (status, answer["responseCode"]) == (401, "4012501")
 
+    # X-EXTERNAL-ID is unique per partner: both banks may use 555 today
+    status, answer = await raw_post(harness, payment_path, body, external_id="555")
+    assert status == 200
+    status, answer = await raw_post(
+        harness,
+        payment_path,
+        body,
+        token=other_token,
+        partner="JATENG-01",
+        secret="another-banks-secret-key",
+        external_id="555",
+        channel="95999",
+    )
+    assert (status, answer["responseCode"]) == (404, "4042512")  # BNI's VA prefix, not 409
+
     token = await harness.session.access_token()
     connection = await asyncpg.connect(harness.database_url)
     try:
@@ -357,7 +378,7 @@ async def test_another_partners_token_and_expired_tokens(
     assert (status, answer["responseCode"]) == (401, "4012501")
     # the session notices the refusal, fetches a fresh token once, and succeeds
     answer_after = await harness.session.post("/v1.0/transfer-va/payment", json.loads(body))
-    assert answer_after.http_status == 200
+    assert answer_after.http_status == 200  # the original answer to PR-T
     assert harness.session.token_requests == 2
     assert await booked(harness) == (10_000, 1)
 
@@ -373,3 +394,27 @@ async def test_concurrent_twins_book_once_and_answer_alike(harness: Harness) -> 
     assert {answer.http_status for answer in twins} == {200}
     assert all(answer.body == twins[0].body for answer in twins)
     assert await booked(harness) == (400_000, 1)
+
+
+async def test_settings_come_from_the_backoffice_config(harness: Harness) -> None:
+    app = create_app(
+        BackofficeConfig(
+            harness.database_url,
+            pool_connections_min=1,
+            settings={"snap_timestamp_tolerance_seconds": 5, "snap_purse_cap_rupiah": 1_600_000},
+        ),
+        [install],
+    )
+    runner, base_url = await start(app)
+    try:
+        connection = dataclasses.replace(harness.session.connection, base_url=base_url + "/snap")
+        session = SnapSession(connection, harness.http)
+        inquiry = await session.post("/v1.0/transfer-va/inquiry", inquiry_body())
+        assert inquiry.body["virtualAccountData"]["totalAmount"]["value"] == "100000.00"
+        other = dataclasses.replace(harness, base_url=base_url, session=session)
+        body = signature.minified_json(inquiry_body())
+        stamp = signature.format_timestamp(signature.utc_now() - timedelta(seconds=30))
+        status, answer = await raw_post(other, inquiry_path, body, timestamp=stamp)
+        assert (status, answer["responseCode"]) == (401, "4012400")
+    finally:
+        await runner.cleanup()
