@@ -165,15 +165,22 @@ class Ev1Session:
     def encrypt_with_crc(self, plain: bytes, crc_input: bytes) -> bytes:
         return self.encrypt(pad_zeros(plain + desfire_crc32(crc_input)))
 
-    def decrypt_with_crc(self, cipher: bytes, crc_prefix: bytes, crc_suffix: bytes) -> bytes:
+    def decrypt_with_crc(
+        self, cipher: bytes, crc_prefix: bytes, crc_suffix: bytes, data_bytes: int | None = None
+    ) -> bytes:
         """Decrypt `data ‖ CRC32(prefix ‖ data ‖ suffix) ‖ zeros`; the data length is found by
-        trying each place the CRC can sit (the padding is shorter than a block)."""
+        trying each place the CRC can sit (the padding is shorter than a block) unless the caller
+        knows it (`data_bytes`, from a length in the command header): guessing is ambiguous in
+        rare cases, so protocol code passes the length whenever it has one."""
         if not cipher or len(cipher) % block_bytes:
             raise IntegrityError(f"cryptogram length {len(cipher)} is not a multiple of 16")
         plain = self.decrypt(cipher)
         # Shortest first: CRC32 without final XOR has a zero residue, so `data ‖ CRC ‖ zeros`
         # also "verifies" at every longer cut.
-        for data_length in range(max(len(plain) - 4 - block_bytes + 1, 0), len(plain) - 3):
+        candidates = range(max(len(plain) - 4 - block_bytes + 1, 0), len(plain) - 3)
+        if data_bytes is not None:  # known from the command header: no guessing
+            candidates = range(data_bytes, data_bytes + 1) if data_bytes in candidates else range(0)
+        for data_length in candidates:
             data = plain[:data_length]
             crc = plain[data_length : data_length + 4]
             padding = plain[data_length + 4 :]

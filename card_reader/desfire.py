@@ -177,16 +177,18 @@ class Desfire:
         *,
         command_mode: CommMode = CommMode.MAC,
         response_mode: CommMode = CommMode.MAC,
+        response_bytes: int | None = None,
     ) -> bytes:
         """Run one command under the current secure messaging; return the plain answer data.
         Modes are as EV2 defines them (MAC for commands that carry no file data); under EV1 the
-        same rules map to CMAC chaining and enciphering with CRC32."""
+        same rules map to CMAC chaining and enciphering with CRC32. `response_bytes`, when known,
+        locates the CRC of an EV1 enciphered answer exactly."""
         payload = self._protect(code, header, data, command_mode)
         status, answer = self._transceive(code, payload)
         if status != Status.OPERATION_OK:
             raise self._error(f"command {code:02X} refused: {status_name(status)}", code, status)
         try:
-            return self._unprotect(answer, response_mode)
+            return self._unprotect(answer, response_mode, response_bytes)
         except crypto.IntegrityError as error:
             raise self._error(f"command {code:02X}: answer {error}", code) from error
 
@@ -210,7 +212,7 @@ class Desfire:
         ev1.mac(message)
         return header + data
 
-    def _unprotect(self, answer: bytes, mode: CommMode) -> bytes:
+    def _unprotect(self, answer: bytes, mode: CommMode, data_bytes: int | None = None) -> bytes:
         session = self.authentication
         if session is None:
             return answer
@@ -230,7 +232,7 @@ class Desfire:
         assert session.ev1 is not None
         ev1 = session.ev1
         if mode is CommMode.FULL and len(answer) >= crypto.block_bytes:
-            return ev1.decrypt_with_crc(answer, b"", b"\x00")
+            return ev1.decrypt_with_crc(answer, b"", b"\x00", data_bytes)
         if len(answer) < crypto.mac_bytes:
             raise crypto.IntegrityError("has no CMAC")
         body, mac = answer[: -crypto.mac_bytes], answer[-crypto.mac_bytes :]
@@ -489,7 +491,11 @@ class Desfire:
     def read_data(self, file_number: int, offset: int, length: int, comm_mode: CommMode) -> bytes:
         header = bytes((file_number,)) + offset.to_bytes(3, "little") + length.to_bytes(3, "little")
         data = self.command(
-            0xBD, header, command_mode=self._file_modes(comm_mode), response_mode=comm_mode
+            0xBD,
+            header,
+            command_mode=self._file_modes(comm_mode),
+            response_mode=comm_mode,
+            response_bytes=length or None,
         )
         if length and len(data) != length:
             raise self._error(f"ReadData answered {len(data)} bytes, asked {length}", 0xBD)
@@ -510,17 +516,27 @@ class Desfire:
         self.command(0x3B, header, data, command_mode=comm_mode, response_mode=comm_mode)
 
     def read_records(
-        self, file_number: int, newest_offset: int, count: int, comm_mode: CommMode
+        self,
+        file_number: int,
+        newest_offset: int,
+        count: int,
+        comm_mode: CommMode,
+        *,
+        record_bytes: int | None = None,
     ) -> bytes:
         """Records `newest_offset` .. `newest_offset + count - 1` back from the newest (count 0:
-        all), oldest first, concatenated."""
+        all), oldest first, concatenated. Give `record_bytes` when known (EV1 full mode)."""
         header = (
             bytes((file_number,))
             + newest_offset.to_bytes(3, "little")
             + count.to_bytes(3, "little")
         )
         return self.command(
-            0xBB, header, command_mode=self._file_modes(comm_mode), response_mode=comm_mode
+            0xBB,
+            header,
+            command_mode=self._file_modes(comm_mode),
+            response_mode=comm_mode,
+            response_bytes=count * record_bytes if count and record_bytes else None,
         )
 
     def get_value(self, file_number: int, comm_mode: CommMode) -> int:
@@ -529,6 +545,7 @@ class Desfire:
             bytes((file_number,)),
             command_mode=self._file_modes(comm_mode),
             response_mode=comm_mode,
+            response_bytes=4,
         )
         if len(data) != 4:
             raise self._error(f"GetValue answered {len(data)} bytes", 0x6C)

@@ -478,7 +478,8 @@ class EmulatedCard:
                     raise _Fail(Status.LENGTH_ERROR)
                 return header + ev1.decrypt(cipher)  # ChangeKey checks its own CRCs
             prefix = bytes((code,)) + header
-            return header + ev1.decrypt_with_crc(cipher, prefix, b"")
+            data_bytes = int.from_bytes(header[4:7], "little") if code in (0x3D, 0x3B) else 4
+            return header + ev1.decrypt_with_crc(cipher, prefix, b"", data_bytes)
         ev1.mac(bytes((code,)) + data)
         return data
 
@@ -710,7 +711,7 @@ class EmulatedCard:
             plain = self._unprotect(code, data, CommMode.FULL)
         else:
             assert session.ev1 is not None
-            plain = session.ev1.decrypt_with_crc(data, bytes((code,)), b"")
+            plain = session.ev1.decrypt_with_crc(data, bytes((code,)), b"", 1)
         if len(plain) != 1:
             raise _Fail(Status.LENGTH_ERROR)
         if not self.selected.key_settings & 0x08:
