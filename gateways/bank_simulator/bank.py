@@ -13,7 +13,7 @@ from typing import Any
 from gateways.bank_simulator.statements import BankLine, Direction, Statement
 from gateways.snap.signature import jakarta_timezone
 
-statement_lines_per_day_max = 100_000
+account_lines_max = 10_000_000  # a simulator's lifetime of movements on one account
 transfer_amount_max_rupiah = 250_000_000  # BI-FAST's per-transaction limit, for every route
 
 
@@ -112,7 +112,7 @@ class Bank:
         if self.trouble.duplicate_next_statement_lines > 0:
             self.trouble.duplicate_next_statement_lines -= 1
             account.lines.append(line)  # the statement shows it twice; the balance too
-        assert len(account.lines) <= statement_lines_per_day_max * 366
+        assert len(account.lines) <= account_lines_max
 
     def credit_collection(self, amount_rupiah: int, reference: str, description: str) -> str:
         bank_reference = self.next_reference("VA")

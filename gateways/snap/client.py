@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -113,8 +114,6 @@ class SnapSession:
         if len(raw) > response_body_bytes_max:
             raise BankUnreachable(f"response larger than {response_body_bytes_max} bytes")
         try:
-            import json
-
             body = json.loads(raw) if raw else {}
         except ValueError as error:
             raise BankUnreachable(f"response is not JSON: {error}") from error
