@@ -18,7 +18,7 @@ from settlement.end_of_day import (
     EndOfDayConfig,
     PayoutPort,
     instruction_for,
-    record_instruction,
+    record_instructions,
     record_outcome,
 )
 from settlement.matching import Match, MatchKind
@@ -260,8 +260,8 @@ async def reinitiate_payout(
     if batch is None or batch["account_no"] is None:
         return ActionResult.not_found
     instruction = instruction_for(batch, batch["attempts"] + 1, config, now)
-    await record_instruction(
-        connection, instruction, "unknown", staff.username, batch["service_day"], config
+    await record_instructions(
+        connection, [instruction], "unknown", staff.username, batch["service_day"], config
     )
     await connection.execute(
         """update settlement_exceptions set resolution = 'reinitiated', resolved_by = $2,

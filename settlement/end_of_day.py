@@ -116,6 +116,9 @@ async def close_day(
         "select distinct owner_reference from ledger_accounts where kind = 'operator_revenue'"
     ):
         await books.ensure_account(connection, AccountKind.operator_payable, row["owner_reference"])
+    # Fresh planner statistics: after a busy day autovacuum may not have caught up, and the
+    # close below scans the day's transfers once, set-based.
+    await connection.execute("analyze ledger_accounts, ledger_transfers, settlement_batches")
     async with connection.transaction():
         await connection.execute("select pg_advisory_xact_lock(hashtext('settlement-close'))")
         base = await connection.fetchval(
@@ -128,15 +131,18 @@ async def close_day(
                  where kind in ('merchant_payable', 'operator_revenue')
             ),
             movements as (
-                -- posted movements booked before the cut-off, apart from settlement's own
-                select credit_account_id as id, amount as rupiah from ledger_transfers
-                 where booked_at < $1 and flags & (2 | 8) = 0 and settlement_batch is null
-                union all
-                select debit_account_id, -amount from ledger_transfers
-                 where booked_at < $1 and flags & (2 | 8) = 0 and settlement_batch is null
+                -- posted movements booked before the cut-off, apart from settlement's own,
+                -- summed per account first (one pass), then narrowed to the payables
+                select id, sum(rupiah) as rupiah from (
+                    select credit_account_id as id, amount as rupiah from ledger_transfers
+                     where booked_at < $1 and flags & (2 | 8) = 0 and settlement_batch is null
+                    union all
+                    select debit_account_id, -amount from ledger_transfers
+                     where booked_at < $1 and flags & (2 | 8) = 0 and settlement_batch is null
+                ) legs group by id
             ),
             owed as (
-                select id, sum(rupiah) as rupiah from movements join payables using (id) group by id
+                select id, rupiah from movements join payables using (id)
             ),
             closed as (
                 select payable_account_id as id, sum(owed_rupiah) as rupiah
@@ -323,31 +329,25 @@ def instruction_for(
     return PayoutInstruction(row["batch_id"], payout_id, attempt, payout, bool(row["bank_code"]))
 
 
-async def record_instruction(
+async def record_instructions(
     connection: asyncpg.Connection,
-    instruction: PayoutInstruction,
+    instructions: Sequence[PayoutInstruction],
     state: str,
     who: str,
     day: dt.date,
     config: EndOfDayConfig,
 ) -> None:
-    """Persist the attempt (and what the statement should show) before anything is sent."""
+    """Persist the attempts (and what the statement should show) before anything is sent."""
+    if not instructions:
+        return
     in_transit = await books.ensure_account(
         connection, AccountKind.settlement_in_transit, "payouts"
     )
     fee_expense = await books.ensure_account(connection, AccountKind.fee_expense, "bank-charges")
-    async with connection.transaction():
-        await connection.execute(
-            """insert into settlement_payouts (payout_id, batch_id, attempt, amount_rupiah, state, instructed_by)
-               values ($1, $2, $3, $4, $5, $6) on conflict (payout_id) do nothing""",
-            instruction.payout_id,
-            instruction.batch_id,
-            instruction.attempt,
-            instruction.payout.amount_rupiah,
-            state,
-            who,
-        )
-        movements = [
+    value_date = day + dt.timedelta(days=1)
+    movements: list[tuple[ExpectedMovement, uuid.UUID]] = []
+    for instruction in instructions:
+        movements.append(
             (
                 ExpectedMovement(
                     instruction.payout_id,
@@ -355,12 +355,12 @@ async def record_instruction(
                     config.source_account_no,
                     Direction.debit,
                     instruction.payout.amount_rupiah,
-                    day + dt.timedelta(days=1),
+                    value_date,
                     instruction.payout_id,
                 ),
                 in_transit,
             )
-        ]
+        )
         if instruction.interbank and config.interbank_fee_rupiah:
             movements.append(
                 (
@@ -370,12 +370,24 @@ async def record_instruction(
                         config.source_account_no,
                         Direction.debit,
                         config.interbank_fee_rupiah,
-                        day + dt.timedelta(days=1),
+                        value_date,
                         instruction.payout_id,
                     ),
                     fee_expense,
                 )
             )
+    async with connection.transaction():
+        await connection.execute(
+            """insert into settlement_payouts (payout_id, batch_id, attempt, amount_rupiah, state, instructed_by)
+               select p, b, a, r, $5, $6 from unnest($1::text[], $2::text[], $3::int[], $4::bigint[]) as x(p, b, a, r)
+               on conflict (payout_id) do nothing""",
+            [i.payout_id for i in instructions],
+            [i.batch_id for i in instructions],
+            [i.attempt for i in instructions],
+            [i.payout.amount_rupiah for i in instructions],
+            state,
+            who,
+        )
         await expect_movements(connection, movements)
 
 
@@ -390,8 +402,7 @@ async def pay_day(
     """Send the first attempt of every unpaid batch of `day` (a few at a time)."""
     async with pool.acquire() as connection:
         instructions = await pending_instructions(connection, day, config, now)
-        for instruction in instructions:
-            await record_instruction(connection, instruction, "unknown", who, day, config)
+        await record_instructions(connection, instructions, "unknown", who, day, config)
     counts = {result: 0 for result in PayResult}
     gate = asyncio.Semaphore(payouts_in_flight_max)
 
@@ -486,8 +497,7 @@ async def export_bulk_csv(
     """Instead of SNAP: the day's unpaid batches as a bulk-transfer file for the bank's portal
     (attempts recorded as `exported`; the statement confirms them)."""
     instructions = await pending_instructions(connection, day, config, now)
-    for instruction in instructions:
-        await record_instruction(connection, instruction, "exported", who, day, config)
+    await record_instructions(connection, instructions, "exported", who, day, config)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(

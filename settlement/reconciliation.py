@@ -251,7 +251,11 @@ async def reconcile(
     *,
     statement_through: dt.date | None = None,
 ) -> ReconcileReport:
-    # Load.
+    # Load (with fresh planner statistics: a statement import can double a table).
+    await connection.execute(
+        "analyze settlement_statement_lines, settlement_expected_movements, "
+        "settlement_match_lines, settlement_match_movements, settlement_exceptions"
+    )
     work = await load_open(connection, rules)
     lines, movements, line_rows, movement_rows = (
         work.lines,

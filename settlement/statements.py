@@ -20,7 +20,7 @@ import io
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -47,14 +47,12 @@ class StatementLine:
     source_file: str
     source_line: int
     occurrence: int = 0  # how many identical movements came before this one in the same file
+    key: str = field(default="", compare=False, repr=False)  # `line_key`, filled in once
 
     def __post_init__(self) -> None:
         assert self.amount_rupiah > 0, self
         assert self.source_line >= 1, self
-
-    @property
-    def key(self) -> str:
-        return line_key(self)
+        object.__setattr__(self, "key", line_key(self))
 
     @property
     def signed_rupiah(self) -> int:
@@ -112,9 +110,10 @@ def with_occurrences(lines: Iterable[StatementLine]) -> tuple[StatementLine, ...
     seen: Counter[str] = Counter()
     numbered = []
     for line in lines:
-        base = line_key(replace(line, occurrence=0))
-        numbered.append(replace(line, occurrence=seen[base]))
-        seen[base] += 1
+        assert line.occurrence == 0
+        occurrence = seen[line.key]
+        numbered.append(line if occurrence == 0 else replace(line, occurrence=occurrence))
+        seen[line.key] += 1
     return tuple(numbered)
 
 
