@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -48,14 +49,22 @@ def unavailable(reason: str, how_to_enable: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The server tests create their databases on: DATABASE_URL, or a private embedded one."""
+def postgres_server_url() -> Iterator[str]:
+    """The server tests create their databases on: DATABASE_URL, or a private embedded one.
+
+    The embedded server lives in its own temporary folder, not under pytest's basetemp: pytest
+    prunes old basetemps, and a second pytest run at the same time would delete a running server.
+    """
     url = os.environ.get("DATABASE_URL")
     if url:
         yield url
         return
-    with embedded_server(tmp_path_factory.mktemp("embedded-postgres")) as embedded_url:
-        yield embedded_url
+    folder = Path(tempfile.mkdtemp(prefix="ksh-test-postgres-"))
+    try:
+        with embedded_server(folder) as embedded_url:
+            yield embedded_url
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def database_url_for(server_url: str, database: str) -> str:
