@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -17,14 +20,23 @@ from ledger.database import embedded_server, load_migrations, migrate
 project_root = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture
+def private_folder() -> Iterator[Path]:
+    """A folder outside pytest's basetemp, which a concurrent pytest run may prune."""
+    folder = Path(tempfile.mkdtemp(prefix="ksh-test-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def write_migrations(folder: Path, *sqls: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for number, sql in enumerate(sqls, start=1):
         (folder / f"{number:04d}_step.sql").write_text(sql)
 
 
-def test_embedded_postgres_start_migrate_write_read_stop(tmp_path: Path) -> None:
+def test_embedded_postgres_start_migrate_write_read_stop(private_folder: Path) -> None:
     """No DATABASE_URL: the embedded server starts, migrates, stores, and stops cleanly."""
+    tmp_path = private_folder
     migrations = tmp_path / "migrations"
     write_migrations(
         migrations,
