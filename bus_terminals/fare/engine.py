@@ -114,6 +114,45 @@ def _match_leg_uncached(
     return LegMatch(amount, best.product_index, best, tuple(candidates))
 
 
+def _memo_key(
+    tariff: Tariff,
+    network: int,
+    from_stop: int,
+    to_stop: int,
+    departure_local_s: int,
+    arrival_local_s: int,
+    category: int,
+    medium: int,
+) -> tuple[int, ...]:
+    """What a leg's price depends on: the same key `_step` builds inline."""
+    if not tariff.uses_timeframes:
+        return (network, from_stop, to_stop, category, medium)
+    segment = tariff.segment_of_second
+    departure_day, departure_second = divmod(departure_local_s, seconds_per_day)
+    if departure_local_s == arrival_local_s:
+        return (
+            network,
+            from_stop,
+            to_stop,
+            category,
+            medium,
+            departure_day,
+            segment[departure_second],
+        )
+    arrival_day, arrival_second = divmod(arrival_local_s, seconds_per_day)
+    return (
+        network,
+        from_stop,
+        to_stop,
+        category,
+        medium,
+        departure_day,
+        segment[departure_second],
+        arrival_day,
+        segment[arrival_second],
+    )
+
+
 def _match_leg(
     tariff: Tariff,
     network: int,
@@ -125,23 +164,9 @@ def _match_leg(
     medium: int,
 ) -> LegMatch | None:
     """The cheapest product for this leg and rider, memoised on what the answer depends on."""
-    if tariff.uses_timeframes:
-        segment = tariff.segment_of_second
-        departure_day, departure_second = divmod(departure_local_s, seconds_per_day)
-        arrival_day, arrival_second = divmod(arrival_local_s, seconds_per_day)
-        key: tuple[int, ...] = (
-            network,
-            from_stop,
-            to_stop,
-            category,
-            medium,
-            departure_day,
-            segment[departure_second],
-            arrival_day,
-            segment[arrival_second],
-        )
-    else:
-        key = (network, from_stop, to_stop, category, medium)
+    key = _memo_key(
+        tariff, network, from_stop, to_stop, departure_local_s, arrival_local_s, category, medium
+    )
     memo = tariff.leg_memo
     try:
         return memo[key]
@@ -182,23 +207,6 @@ def _joins(tariff: Tariff, state: CardState, network: int, from_stop: int, time_
         elif previous == from_station and boarding == to_station:
             return True
     return False
-
-
-def _elapsed_s(
-    rule: TransferRule,
-    anchor_departure_s: int,
-    anchor_arrival_s: int,
-    departure_s: int,
-    arrival_s: int,
-) -> int:
-    kind = rule.duration_limit_type
-    if kind == 0:
-        return arrival_s - anchor_departure_s
-    if kind == 1:
-        return departure_s - anchor_departure_s
-    if kind == 2:
-        return departure_s - anchor_arrival_s
-    return arrival_s - anchor_arrival_s
 
 
 #: One leg's result: amount before passes and caps, state after it, the leg match, the fare
@@ -271,11 +279,16 @@ def _step(
     else:
         departure_local_s = tariff.local_seconds(departure_s)
         arrival_local_s = tariff.local_seconds(arrival_s)
-    if tariff.uses_timeframes:
+    if not tariff.uses_timeframes:
+        key: tuple[int, ...] = (network, from_stop, to_stop, category, medium)
+    elif departure_s == arrival_s:  # a tap-on: one instant, a shorter key
+        day, second = divmod(departure_local_s, seconds_per_day)
+        key = (network, from_stop, to_stop, category, medium, day, tariff.segment_of_second[second])
+    else:
         segment = tariff.segment_of_second
         departure_day, departure_second = divmod(departure_local_s, seconds_per_day)
         arrival_day, arrival_second = divmod(arrival_local_s, seconds_per_day)
-        key: tuple[int, ...] = (
+        key = (
             network,
             from_stop,
             to_stop,
@@ -286,8 +299,6 @@ def _step(
             arrival_day,
             segment[arrival_second],
         )
-    else:
-        key = (network, from_stop, to_stop, category, medium)
     match = tariff.leg_memo.get(key, _missing)
     if match is _missing:
         match = _match_leg(
@@ -333,10 +344,18 @@ def _step(
                 if limit_count is not None and limit_count != -1 and limit_count < count:
                     continue
                 limit_s = rule.duration_limit_s
-                if limit_s is not None and limit_s < _elapsed_s(
-                    rule, anchor_departure_s, anchor_arrival_s, departure_s, arrival_s
-                ):
-                    continue
+                if limit_s is not None:
+                    kind = rule.duration_limit_type  # elapsed from the chain's first leg
+                    if kind == 1:
+                        elapsed_s = departure_s - anchor_departure_s
+                    elif kind == 0:
+                        elapsed_s = arrival_s - anchor_departure_s
+                    elif kind == 2:
+                        elapsed_s = departure_s - anchor_arrival_s
+                    else:
+                        elapsed_s = arrival_s - anchor_arrival_s
+                    if elapsed_s > limit_s:
+                        continue
                 if rule.product_index == any_index:
                     transfer_amount = 0
                 else:
