@@ -305,7 +305,10 @@ class EmulatedCard:
     def from_dict(
         cls, saved: dict[str, Any], *, random_bytes: Callable[[int], bytes] = os.urandom
     ) -> EmulatedCard:
-        card = cls(bytes.fromhex(saved["uid"]), random_bytes=random_bytes)
+        uid = bytes.fromhex(saved["uid"])
+        if len(uid) != 7:
+            raise ValueError(f"a card UID has 7 bytes, not {len(uid)}")
+        card = cls(uid, random_bytes=random_bytes)
         card.picc = _application_from_dict(saved["picc"])
         for application_dict in saved["applications"]:
             application = _application_from_dict(application_dict)
@@ -1132,10 +1135,19 @@ def save_deck(cards: list[EmulatedCard], path: Path) -> None:
 
 
 def load_deck(path: Path) -> list[EmulatedCard]:
+    """The cards of a deck; a damaged deck raises ValueError naming the file and the card."""
     document = json.loads(path.read_text())
-    if document.get("format") != "ksh-card-deck" or document.get("version") != deck_format_version:
+    if not isinstance(document, dict) or document.get("format") != "ksh-card-deck":
         raise ValueError(f"{path} is not a version {deck_format_version} KSH card deck")
-    return [EmulatedCard.from_dict(card) for card in document["cards"]]
+    if document.get("version") != deck_format_version:
+        raise ValueError(f"{path} is not a version {deck_format_version} KSH card deck")
+    cards = []
+    for index, saved in enumerate(document.get("cards", [])):
+        try:
+            cards.append(EmulatedCard.from_dict(saved))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"{path}: card {index} is damaged: {error!r}") from error
+    return cards
 
 
 # ---------------------------------------------------------------------------- in-process reader

@@ -416,9 +416,13 @@ class KshCard:
                 raise
         # The card ended the session; ask which version it carries (GetKeyVersion is free).
         card_version = self.desfire.get_key_version(key_number)
-        if card_version == card_key.version or card_version not in self.keys.accepted_versions(
-            role
-        ):
+        if card_version == card_key.version:
+            raise self._fail(
+                f"the card's {role.value} key (version {card_version}) does not match ours: "
+                "a card of another issuer, or a forged one",
+                uid,
+            )
+        if card_version not in self.keys.accepted_versions(role):
             raise self._fail(
                 f"{role.value} key version {card_version} on the card is not accepted here", uid
             )
@@ -445,7 +449,7 @@ class KshCard:
             )
             balance = desfire.get_value(purse_file, comm_mode)
             trip_state = desfire.read_data(trip_state_file, 0, trip_state_bytes, comm_mode)
-            newest = desfire.read_records(log_file, 0, 1, comm_mode)
+            newest = desfire.read_records(log_file, 0, 1, comm_mode, record_bytes=log_record_bytes)
             last_record = LogRecord.from_bytes(newest)
         except LayoutError as error:
             raise self._fail(f"card data does not fit the KSH layout: {error}", uid) from error

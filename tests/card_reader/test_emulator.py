@@ -205,6 +205,15 @@ def test_deck_round_trip(tmp_path: Path) -> None:
         session.debit(3_500, bytes(48), terminal_id=1, time_unix_seconds=1), Refusal
     )
     assert make_ksh_deck(store, [5], seed="test")[0].uid == cards[0].uid  # reproducible
+    damaged = json.loads(path.read_text())
+    damaged["cards"][1]["uid"] = "0401"
+    path.write_text(json.dumps(damaged))
+    with pytest.raises(ValueError, match="card 1 is damaged"):
+        load_deck(path)
+    del damaged["cards"][0]["applications"][0]["keys"]
+    path.write_text(json.dumps(damaged))
+    with pytest.raises(ValueError, match="card 0 is damaged"):
+        load_deck(path)
     path.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not a version 1 KSH card deck"):
         load_deck(path)
