@@ -53,7 +53,7 @@ class PendingBatch:
 _columns = (
     "terminal_id, sequence, kind, status, card_number, card_counter, amount_rupiah, "
     "topup_rupiah, pending_topup_id, balance_after_rupiah, time_ms, route, merchant_id, "
-    "fare_detail, previous_counter, previous_terminal_id, previous_amount_rupiah"
+    "fare_detail, previous_counter, previous_terminal_number, previous_balance_rupiah"
 )
 
 _schema = """
@@ -77,8 +77,8 @@ create table if not exists records (
     merchant_id text not null,
     fare_detail text not null,
     previous_counter integer not null,
-    previous_terminal_id text not null,
-    previous_amount_rupiah integer not null,
+    previous_terminal_number integer not null,
+    previous_balance_rupiah integer not null,
     uploaded_status text,  -- the status the back office has acknowledged
     batch_sequence integer  -- the batch it is waiting in, if any
 );

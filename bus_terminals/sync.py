@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,13 @@ class SyncState:
     """What the tap flow needs from the back office, as last downloaded."""
 
     deny_list: DenyList = field(default_factory=DenyList)
-    pending_top_ups: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    # card number -> [(top-up id, amount, paid at in Unix ms)], oldest first
+    pending_top_ups: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
     tariff_version: str = ""
     key_versions: dict[str, Any] = field(default_factory=dict)
     synced_at_ms: int = 0
 
-    def top_ups_for(self, card_number: str) -> list[tuple[str, int]]:
+    def top_ups_for(self, card_number: str) -> list[tuple[str, int, int]]:
         return self.pending_top_ups.get(card_number, [])
 
     def save(self, folder: Path) -> None:
@@ -91,7 +93,7 @@ class SyncState:
         if path.exists():
             saved = json.loads(path.read_text())
             state.pending_top_ups = {
-                card: [(top_up_id, amount) for top_up_id, amount in top_ups]
+                card: [(top_up_id, amount, paid_ms) for top_up_id, amount, paid_ms in top_ups]
                 for card, top_ups in saved["pending_top_ups"].items()
             }
             state.tariff_version = saved["tariff_version"]
@@ -121,6 +123,10 @@ class SyncClient:
         self._session = session
         self._own_session = session is None
         self.failures = 0
+        # Fault injection for simulations and tests: a request lost on the way (nothing reaches
+        # the back office), or an answer lost on the way back (the back office has the batch).
+        self.lose_request: Callable[[], bool] = lambda: False
+        self.lose_answer: Callable[[], bool] = lambda: False
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -149,6 +155,8 @@ class SyncClient:
             self.journal.store_batch(batch_sequence, records, body, signature)
             pending = self.journal.pending_batch()
             assert pending is not None
+        if self.lose_request():
+            return UploadStatus.offline
         try:
             session = await self.session()
             async with session.post(
@@ -164,6 +172,8 @@ class SyncClient:
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as error:
             logger.info("upload of batch %d failed: %s", pending.batch_sequence, error)
+            return UploadStatus.offline
+        if self.lose_answer():
             return UploadStatus.offline
         if status == 200:
             statuses = {int(sequence): str(state) for sequence, state in answer["records"]}
@@ -220,9 +230,11 @@ class SyncClient:
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, KeyError) as error:
             logger.info("sync failed: %s", error)
             return False
-        top_ups: dict[str, list[tuple[str, int]]] = {}
-        for top_up_id, card_number, amount in answer["pending_top_ups"][:pending_top_ups_held_max]:
-            top_ups.setdefault(card_number, []).append((top_up_id, amount))
+        top_ups: dict[str, list[tuple[str, int, int]]] = {}
+        for top_up_id, card_number, amount, paid_ms in answer["pending_top_ups"][
+            :pending_top_ups_held_max
+        ]:
+            top_ups.setdefault(card_number, []).append((top_up_id, amount, paid_ms))
         self.state.pending_top_ups = top_ups
         self.state.tariff_version = answer["tariff_version"]
         self.state.key_versions = answer["key_versions"]

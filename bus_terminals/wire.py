@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,8 +85,8 @@ class UploadRecord:
     merchant_id: str  # POS: merchant; "" on a validator
     fare_detail: str  # fare core's short explanation ("full", "transfer", "cap") or denial reason
     previous_counter: int  # the card's last log entry before this transaction (0: none)
-    previous_terminal_id: str  # ...and which terminal wrote it ("" if unknown)
-    previous_amount_rupiah: int  # ...and its amount
+    previous_terminal_number: int  # ...and the card-side number of the terminal that wrote it
+    previous_balance_rupiah: int  # ...and the balance after it (the balance this tap began with)
 
     @property
     def card_transaction(self) -> tuple[str, int]:
@@ -167,11 +168,17 @@ record_fields: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
     ("merchant_id", _text(text_length_max)),
     ("fare_detail", _text(text_length_max)),
     ("previous_counter", _integer(0, counter_max)),
-    ("previous_terminal_id", _text(32)),
-    ("previous_amount_rupiah", _integer(0, rupiah_max)),
+    ("previous_terminal_number", _integer(0, counter_max)),
+    ("previous_balance_rupiah", _integer(0, rupiah_max)),
 )
 assert tuple(name for name, _ in record_fields) == UploadRecord.__slots__
 assert upload_body_bytes_max >= upload_records_max * record_bytes_max
+
+
+def card_terminal_number(terminal_id: str) -> int:
+    """The u32 a terminal writes into the card's log (the card has no room for text). The back
+    office refuses to register two terminals with the same number."""
+    return zlib.crc32(terminal_id.encode("utf-8"))
 
 
 def check_record(record: UploadRecord) -> None:
@@ -211,8 +218,8 @@ def record_values(record: UploadRecord) -> list[Any]:
         record.merchant_id,
         record.fare_detail,
         record.previous_counter,
-        record.previous_terminal_id,
-        record.previous_amount_rupiah,
+        record.previous_terminal_number,
+        record.previous_balance_rupiah,
     ]
 
 

@@ -22,6 +22,8 @@ create table terminals (
     merchant_id text references merchants,
     status text not null default 'active' check (status in ('active', 'revoked')),
     next_batch_sequence bigint not null default 1,
+    -- the u32 written into card logs (bus_terminals.wire.card_terminal_number): must be unique
+    card_terminal_number bigint not null unique,
     registered_at timestamptz not null default now(),
     check ((role = 'validator') = (operator_id is not null)),
     check ((role = 'pos') = (merchant_id is not null))
@@ -65,7 +67,7 @@ create table card_records (
     merchant_id text not null,
     fare_detail text not null,
     previous_counter bigint not null,
-    previous_terminal_id text not null,
+    previous_terminal_number bigint not null,
     previous_balance_rupiah bigint not null,
     -- what the back office made of it: booked | held (in doubt) | void | denied | anomaly
     outcome text not null,

@@ -38,6 +38,7 @@ from bus_terminals.wire import (
     UploadBatch,
     UploadRecord,
     WireError,
+    card_terminal_number,
     decode_batch,
     load_public_key,
     signature_valid,
@@ -352,7 +353,7 @@ def _with_status(record: UploadRecord, status: RecordStatus) -> UploadRecord:
 _record_columns = (
     "terminal_id, sequence, kind, status, card_number, card_counter, amount_rupiah, "
     "topup_rupiah, pending_topup_id, balance_after_rupiah, time_ms, route, merchant_id, "
-    "fare_detail, previous_counter, previous_terminal_id, previous_balance_rupiah"
+    "fare_detail, previous_counter, previous_terminal_number, previous_balance_rupiah"
 )
 
 
@@ -414,8 +415,8 @@ async def _settle_in_doubt(
     candidate_cards = sorted({record.card_number for record in candidates.values()})
     evidence_rows = await connection.fetch(
         "select terminal_id, sequence, card_number, card_counter, status, previous_counter, "
-        "previous_terminal_id, previous_balance_rupiah from card_records "
-        "where card_number = any($1::text[]) and kind != 'denied'",
+        "previous_terminal_number, previous_balance_rupiah from card_records "
+        "where card_number = any($1::text[])",
         candidate_cards,
     )
     # (card, counter) -> what the card's log said was there; (card, counter) -> committed claims
@@ -429,7 +430,7 @@ async def _settle_in_doubt(
             row["card_counter"],
             row["status"],
             row["previous_counter"],
-            row["previous_terminal_id"],
+            row["previous_terminal_number"],
             row["previous_balance_rupiah"],
         )
         for row in evidence_rows
@@ -442,11 +443,10 @@ async def _settle_in_doubt(
             r.card_counter,
             r.status.value,
             r.previous_counter,
-            r.previous_terminal_id,
+            r.previous_terminal_number,
             r.previous_balance_rupiah,
         )
         for r in records
-        if r.kind != RecordKind.denied
     ]
     for (
         terminal_id,
@@ -467,7 +467,8 @@ async def _settle_in_doubt(
         key = (record.card_number, record.card_counter)
         log_entry = seen_in_log.get(key)
         others = committed_claims.get(key, set()) - {(terminal_id, sequence)}
-        if log_entry == (terminal_id, record.balance_after_rupiah) and not others:
+        ours = (card_terminal_number(terminal_id), record.balance_after_rupiah)
+        if log_entry == ours and not others:
             confirmed.append(_with_status(record, RecordStatus.committed))
         elif others or log_entry is not None:
             voided.append(_with_status(record, RecordStatus.void))
@@ -705,7 +706,7 @@ async def _store_records(
                 record.merchant_id,
                 record.fare_detail,
                 record.previous_counter,
-                record.previous_terminal_id,
+                record.previous_terminal_number,
                 record.previous_balance_rupiah,
                 outcome.value,
             )
@@ -715,10 +716,10 @@ async def _store_records(
             "insert into card_records (terminal_id, sequence, batch_sequence, kind, status, "
             "card_number, card_counter, amount_rupiah, topup_rupiah, pending_topup_id, "
             "balance_after_rupiah, time_ms, route, merchant_id, fare_detail, previous_counter, "
-            "previous_terminal_id, previous_balance_rupiah, outcome) select * from unnest("
+            "previous_terminal_number, previous_balance_rupiah, outcome) select * from unnest("
             "$1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], "
             "$7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::bigint[], $12::bigint[], "
-            "$13::text[], $14::text[], $15::text[], $16::bigint[], $17::text[], $18::bigint[], "
+            "$13::text[], $14::text[], $15::text[], $16::bigint[], $17::bigint[], $18::bigint[], "
             "$19::text[])",
             *columns,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -129,15 +130,18 @@ async def register_terminal(
     """Register (or re-key) a terminal. A validator belongs to an operator, a POS to a merchant."""
     assert (role == TerminalRole.validator) == (operator_id is not None)
     assert (role == TerminalRole.pos) == (merchant_id is not None)
+    from bus_terminals.wire import card_terminal_number
+
     await connection.execute(
-        "insert into terminals (terminal_id, public_key, role, operator_id, merchant_id) "
-        "values ($1, $2, $3, $4, $5) on conflict (terminal_id) do update "
+        "insert into terminals (terminal_id, public_key, role, operator_id, merchant_id, "
+        "card_terminal_number) values ($1, $2, $3, $4, $5, $6) on conflict (terminal_id) do update "
         "set public_key = excluded.public_key, status = 'active'",
         terminal_id,
         public_key,
         role.value,
         operator_id,
         merchant_id,
+        card_terminal_number(terminal_id),
     )
 
 
@@ -210,18 +214,25 @@ async def register_card(connection: asyncpg.Connection, card_number: str) -> Car
 
 
 async def add_pending_top_up(
-    connection: asyncpg.Connection, top_up_id: str, card_number: str, amount_rupiah: int
+    connection: asyncpg.Connection,
+    top_up_id: str,
+    card_number: str,
+    amount_rupiah: int,
+    paid_at: datetime | None = None,
 ) -> bool:
     """Announce value waiting for a card (the money is booked by the caller, into the card's
-    pending top-up account). Returns False if that top-up id was already announced."""
+    pending top-up account). `paid_at` is when the bank took the payment (default: now);
+    terminals use it to recognise a delivery already on the card. Returns False if that
+    top-up id was already announced."""
     assert amount_rupiah > 0
     await register_cards(connection, [card_number])
     result = await connection.execute(
-        "insert into pending_top_ups (top_up_id, card_number, amount_rupiah) values ($1, $2, $3) "
-        "on conflict (top_up_id) do nothing",
+        "insert into pending_top_ups (top_up_id, card_number, amount_rupiah, created_at) "
+        "values ($1, $2, $3, coalesce($4, now())) on conflict (top_up_id) do nothing",
         top_up_id,
         card_number,
         amount_rupiah,
+        paid_at,
     )
     return bool(result.endswith(" 1"))
 
@@ -254,6 +265,7 @@ async def pay_pending_top_up(
     card_number: str,
     amount_rupiah: int,
     bank_code: str = "counter",
+    paid_at: datetime | None = None,
 ) -> bool:
     """Book money received for a card (bank clearing → its pending top-up account) and announce
     it to the terminals. Idempotent on `top_up_id`; returns False for a repeat."""
@@ -280,7 +292,7 @@ async def pay_pending_top_up(
             ],
         )
         assert outcomes[0].result.value in ("created", "exists"), outcomes
-        return await add_pending_top_up(connection, top_up_id, card_number, amount_rupiah)
+        return await add_pending_top_up(connection, top_up_id, card_number, amount_rupiah, paid_at)
 
 
 async def card_view(connection: asyncpg.Connection, card_number: str) -> dict[str, object] | None:
@@ -318,3 +330,45 @@ async def card_view(connection: asyncpg.Connection, card_number: str) -> dict[st
         "flags": [dict(flag) for flag in flags],
         "denied": denied,
     }
+
+
+def card_issue_transfer_id(card_number: str) -> uuid.UUID:
+    return derive_id("card-issue", card_number)
+
+
+async def issue_cards(
+    connection: asyncpg.Connection,
+    opening_balances_rupiah: dict[str, int],
+    bank_code: str = "counter",
+) -> None:
+    """Register cards sold with value already on them (personalised with an opening balance):
+    their accounts, and the opening balance booked from the selling point's bank clearing.
+    Idempotent per card (the transfer id derives from the card number)."""
+    from ledger.records import Transfer, TransferCode
+
+    numbers = sorted(opening_balances_rupiah)
+    clearing = bank_clearing_account_id(bank_code)
+    async with connection.transaction():
+        await books.ensure_accounts(
+            connection, [Account(clearing, AccountKind.bank_clearing, bank_code)]
+        )
+        for start in range(0, len(numbers), 4_000):
+            chunk = numbers[start : start + 4_000]
+            await register_cards(connection, chunk)
+            outcomes = await books.create_transfers(
+                connection,
+                [
+                    Transfer(
+                        card_issue_transfer_id(number),
+                        clearing,
+                        purse_account_id(number),
+                        opening_balances_rupiah[number],
+                        TransferCode.card_issue,
+                        card_number=number,
+                    )
+                    for number in chunk
+                    if opening_balances_rupiah[number] > 0
+                ],
+            )
+            refused = [o for o in outcomes if o.result.value not in ("created", "exists")]
+            assert not refused, refused[:3]

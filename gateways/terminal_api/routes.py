@@ -17,6 +17,7 @@ import hmac
 import time
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from bus_terminals.deny_list import card_number_value
@@ -140,7 +141,8 @@ async def sync(request: web.Request) -> web.Response:
             deny_delta_entries_max + 1,
         )
         top_ups = await connection.fetch(
-            "select top_up_id, card_number, amount_rupiah from pending_top_ups "
+            "select top_up_id, card_number, amount_rupiah, "
+            "(extract(epoch from created_at) * 1000)::bigint as paid_ms from pending_top_ups "
             "where taken_terminal_id is null order by created_at limit $1",
             pending_top_ups_download_max,
         )
@@ -152,7 +154,8 @@ async def sync(request: web.Request) -> web.Response:
             "deny_list_full_download": full_needed,
             "deny_list_added": [] if full_needed else [row["card_number"] for row in added],
             "pending_top_ups": [
-                [row["top_up_id"], row["card_number"], row["amount_rupiah"]] for row in top_ups
+                [row["top_up_id"], row["card_number"], row["amount_rupiah"], row["paid_ms"]]
+                for row in top_ups
             ],
             "tariff_version": settings.get("tariff_version", ""),
             "key_versions": settings.get("key_versions", {}),
@@ -276,14 +279,19 @@ async def add_terminal(request: web.Request) -> web.Response:
         )
         if owner is None:
             raise Problem(404, "owner_not_found", "register the operator or merchant first")
-        await registry.register_terminal(
-            connection,
-            terminal_id,
-            public_key,
-            role,
-            operator_id=operator_id,
-            merchant_id=merchant_id,
-        )
+        try:
+            await registry.register_terminal(
+                connection,
+                terminal_id,
+                public_key,
+                role,
+                operator_id=operator_id,
+                merchant_id=merchant_id,
+            )
+        except asyncpg.UniqueViolationError:
+            raise Problem(
+                409, "terminal_number_taken", "another terminal has the same card number: rename"
+            ) from None
     return web.json_response({"terminal_id": terminal_id}, status=201)
 
 
@@ -299,7 +307,17 @@ async def revoke_terminal(request: web.Request) -> web.Response:
 async def add_card(request: web.Request) -> web.Response:
     body = await _admin_body(request)
     number = _card_number_field(body)
+    opening = _field(body, "opening_balance_rupiah", int, 0)
+    if not 0 <= opening <= 2_000_000:
+        raise Problem(
+            400,
+            "bad_field",
+            "opening_balance_rupiah is 0..2,000,000",
+            field="opening_balance_rupiah",
+        )
     async with request.app[pool_key].acquire() as connection:
+        if opening:
+            await registry.issue_cards(connection, {number: opening})
         accounts = await registry.register_card(connection, number)
     return web.json_response(
         {
@@ -319,8 +337,16 @@ async def add_pending_top_up(request: web.Request) -> web.Response:
     if not 0 < amount <= 2_000_000:
         raise Problem(400, "bad_field", "amount_rupiah is 1..2,000,000", field="amount_rupiah")
     source = _field(body, "source", str, "counter")
+    paid_at_ms = _field(body, "paid_at_ms", int, None)
+    paid_at = None
+    if paid_at_ms is not None:
+        import datetime as dt
+
+        paid_at = dt.datetime.fromtimestamp(paid_at_ms / 1000, dt.UTC)
     async with request.app[pool_key].acquire() as connection:
-        created = await registry.pay_pending_top_up(connection, top_up_id, number, amount, source)
+        created = await registry.pay_pending_top_up(
+            connection, top_up_id, number, amount, source, paid_at
+        )
     return web.json_response({"top_up_id": top_up_id, "created": created}, status=201)
 
 

@@ -52,6 +52,7 @@ async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
         RecordStatus,
         UploadBatch,
         UploadRecord,
+        card_terminal_number,
         encode_batch,
         public_key_text,
         sign,
@@ -115,7 +116,7 @@ async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
         # The taps: each card rides in turn on random buses; counters and balances chain.
         generator = random.Random(2026)
         per_terminal: dict[str, list[UploadRecord]] = {terminal: [] for terminal in keys}
-        card_state = {number: (0, "", opening_rupiah) for number in cards}
+        card_state = {number: (0, 0, opening_rupiah) for number in cards}
         terminal_ids = list(keys)
         for index in range(arguments.taps):
             number = cards[index % len(cards)]
@@ -144,13 +145,15 @@ async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
                     balance if counter else 0,
                 )
             )
-            card_state[number] = (counter + 1, terminal, balance - fare)
+            card_state[number] = (counter + 1, card_terminal_number(terminal), balance - fare)
         bodies: dict[str, list[tuple[bytes, str]]] = {}
         for terminal, records in per_terminal.items():
             bodies[terminal] = []
-            for number, start in enumerate(range(0, len(records), arguments.batch_records), 1):
+            for batch_sequence, start in enumerate(
+                range(0, len(records), arguments.batch_records), 1
+            ):
                 chunk = tuple(records[start : start + arguments.batch_records])
-                body = encode_batch(UploadBatch(terminal, number, chunk))
+                body = encode_batch(UploadBatch(terminal, batch_sequence, chunk))
                 bodies[terminal].append((body, sign(keys[terminal], body)))
 
         app = create_app(

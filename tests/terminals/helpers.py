@@ -11,6 +11,7 @@ from bus_terminals.wire import (
     RecordStatus,
     UploadBatch,
     UploadRecord,
+    card_terminal_number,
     encode_batch,
     sign,
     signature_header,
@@ -49,7 +50,9 @@ def record(
         "K1" if not merchant_id else "",
         merchant_id,
         "full",
-        *previous,
+        previous[0],
+        card_terminal_number(previous[1]) if previous[1] else 0,
+        previous[2],
     )
 
 

@@ -52,7 +52,7 @@ def test_deny_list_is_a_set(members: set[int], probes: list[int]) -> None:
 def _record(**changes: object) -> UploadRecord:
     base = UploadRecord(
         "V1", 1, RecordKind.fare_debit, RecordStatus.committed, "6032984000000001", 7, 3_500,
-        0, "", 16_500, 1_763_942_400_000, "K1", "", "full", 6, "V2", 3_500,
+        0, "", 16_500, 1_763_942_400_000, "K1", "", "full", 6, 17, 3_500,
     )  # fmt: skip
     return replace(base, **changes)  # type: ignore[arg-type]
 

@@ -59,12 +59,15 @@ def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(tmp_path:
                 assert state in (JournalState.in_doubt, JournalState.committed)
         assert all(state != JournalState.intended for _, state in rows)
         next_counter = max(record.card_counter for record, _ in rows) + 1 if rows else 1
+    assert len(printed) > 50, "the worker must have journalled taps before its kills"
+    assert "committed" in printed.values()
+    assert "in_doubt" in printed.values() or "intended" in printed.values()
 
 
 def tap(counter: int) -> UploadRecord:
     return UploadRecord(
         "V1", 0, RecordKind.fare_debit, RecordStatus.committed, "6032984000000001", counter,
-        3_500, 0, "", 10_000, 1_763_942_400_000, "K1", "", "full", 0, "", 0,
+        3_500, 0, "", 10_000, 1_763_942_400_000, "K1", "", "full", 0, 0, 0,
     )  # fmt: skip
 
 

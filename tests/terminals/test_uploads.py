@@ -36,7 +36,7 @@ async def test_a_tap_is_booked_once_however_often_it_is_uploaded(backoffice: Bac
         record(
             "V1", 1, card, 1, 0, 20_000, kind=RecordKind.topup_credit, topup=20_000, topup_id="T-1"
         ),
-        record("V1", 2, card, 2, 3_500, 16_500, previous=(1, "V1", 0)),
+        record("V1", 2, card, 2, 3_500, 16_500, previous=(1, "V1", 20_000)),
     ]
     async with aiohttp.ClientSession() as session:
         status, answer = await post_batch(session, backoffice.url, key, "V1", 1, taps)
@@ -72,7 +72,7 @@ async def test_in_doubt_tap_is_settled_by_the_next_tap_elsewhere(backoffice: Bac
             "VA", 1, card, 1, 0, 10_000, kind=RecordKind.topup_credit, topup=10_000, topup_id="T-2"
         )
         doubtful = record(
-            "VA", 2, card, 2, 3_500, 6_500, status=RecordStatus.in_doubt, previous=(1, "VA", 0)
+            "VA", 2, card, 2, 3_500, 6_500, status=RecordStatus.in_doubt, previous=(1, "VA", 10_000)
         )
         status, answer = await post_batch(
             session, backoffice.url, key_a, "VA", 1, [first, doubtful]
@@ -80,13 +80,13 @@ async def test_in_doubt_tap_is_settled_by_the_next_tap_elsewhere(backoffice: Bac
         assert status == 200, answer
         assert await purse_balance(backoffice.pool, card) == 10_000  # held, not booked
         # The card did commit: at VB its last log entry is VA's tap (counter 2).
-        later = record("VB", 1, card, 3, 3_500, 3_000, previous=(2, "VA", 3_500))
+        later = record("VB", 1, card, 3, 3_500, 3_000, previous=(2, "VA", 6_500))
         status, answer = await post_batch(session, backoffice.url, key_b, "VB", 1, [later])
         assert status == 200, answer
         assert await purse_balance(backoffice.pool, card) == 3_000
         # VA learns the outcome from the card too and uploads the resolution: nothing new.
         booked = await books_snapshot(backoffice.pool)
-        resolved = record("VA", 2, card, 2, 3_500, 6_500, previous=(1, "VA", 0))
+        resolved = record("VA", 2, card, 2, 3_500, 6_500, previous=(1, "VA", 10_000))
         status, answer = await post_batch(session, backoffice.url, key_a, "VA", 2, [resolved])
         assert status == 200, answer
         assert await books_snapshot(backoffice.pool) == booked
@@ -102,11 +102,11 @@ async def test_in_doubt_tap_that_never_happened_is_void(backoffice: Backoffice) 
             "VA", 1, card, 1, 0, 10_000, kind=RecordKind.topup_credit, topup=10_000, topup_id="T-3"
         )
         doubtful = record(
-            "VA", 2, card, 2, 3_500, 6_500, status=RecordStatus.in_doubt, previous=(1, "VA", 0)
+            "VA", 2, card, 2, 3_500, 6_500, status=RecordStatus.in_doubt, previous=(1, "VA", 10_000)
         )
         await post_batch(session, backoffice.url, key_a, "VA", 1, [first, doubtful])
         # The card was pulled before commit: at VB its counter 2 is VB's own tap.
-        other = record("VB", 1, card, 2, 3_500, 6_500, previous=(1, "VA", 0))
+        other = record("VB", 1, card, 2, 3_500, 6_500, previous=(1, "VA", 10_000))
         status, answer = await post_batch(session, backoffice.url, key_b, "VB", 1, [other])
         assert status == 200, answer
     assert await purse_balance(backoffice.pool, card) == 6_500
@@ -125,9 +125,9 @@ async def test_clone_is_booked_to_suspense_and_denied(backoffice: Backoffice) ->
         first = record(
             "VA", 1, card, 1, 0, 10_000, kind=RecordKind.topup_credit, topup=10_000, topup_id="T-4"
         )
-        tap = record("VA", 2, card, 2, 3_500, 6_500, previous=(1, "VA", 0))
+        tap = record("VA", 2, card, 2, 3_500, 6_500, previous=(1, "VA", 10_000))
         await post_batch(session, backoffice.url, key_a, "VA", 1, [first, tap])
-        clone = record("VB", 1, card, 2, 4_000, 6_000, previous=(1, "VA", 0))
+        clone = record("VB", 1, card, 2, 4_000, 6_000, previous=(1, "VA", 10_000))
         status, answer = await post_batch(session, backoffice.url, key_b, "VB", 1, [clone])
         assert status == 200, answer
         _, total = await books_snapshot(backoffice.pool)

@@ -1,0 +1,428 @@
+"""A service day on Trans Semarang, through the real card protocol, against the real back office.
+
+Buses run validators (journal on disk, emulated KSH cards in-process through `KshCard`), riders
+of realistic categories tap at commuting hours and transfer between corridors, some cards get
+virtual-account top-ups during the day (delivered at their next tap). The network is flaky
+(requests and answers lost), validators lose power (journal reopened, memory gone) and riders
+pull their card away mid-tap. At the end every bus uploads, every card whose outcome is still
+in doubt taps once more the next morning, and each card's own balance is compared with its
+purse account in the back office.
+
+`simulate_day(settings, backoffice_url)` is the library entry (the demo calls it);
+`ksh simulate` wraps it. `Bus` is reused by the tests and the tap benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bus_terminals.journal import Journal
+from bus_terminals.sync import SyncClient, SyncState, UploadStatus
+from bus_terminals.terminal import Decide, Feedback, Terminal, Verdict
+from bus_terminals.wire import public_key_text
+from card_reader.emulator import EmulatedCard, EmulatedReader
+from card_reader.keys import KeyRole, KeyStore, TerminalKeys, demo_key_store
+from card_reader.ksh_card import KshCard, RiderCategory
+
+corridors = ("K1", "K2", "K3", "K4", "K5", "K6", "K7", "K8")
+operator_id = "TRANS-SEMARANG"
+wib = dt.timezone(dt.timedelta(hours=7))
+card_exchanges_max = 14  # a pull is injected at a random exchange up to this one
+final_upload_rounds_max = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationSettings:
+    buses: int = 24
+    cards: int = 300
+    seed: int = 2026
+    service_date: dt.date = dt.date(2026, 11, 24)
+    folder: Path | None = None  # journals and sync state; a temporary folder when None
+    admin_token: str = ""
+    network_loss_rate: float = 0.2  # per request, and again per answer
+    power_loss_rate: float = 0.003  # per tap: the validator reboots right after it
+    card_pull_rate: float = 0.03  # per tap: the card leaves at a random exchange
+    top_up_rate: float = 0.15  # share of cards that get a virtual-account top-up during the day
+    opening_balance_rupiah: int = 25_000
+    upload_interval_s: int = 900
+    progress: bool = False  # a progress bar on stderr
+
+
+@dataclass(slots=True)
+class SimulationSummary:
+    taps: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    cards_pulled: int = 0
+    power_losses: int = 0
+    uploads_acknowledged: int = 0
+    uploads_lost: int = 0
+    top_ups_paid: int = 0
+    top_ups_delivered: int = 0
+    fares_rupiah: int = 0
+    cards_checked: int = 0
+    cards_matching: int = 0
+    cards_mismatched: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["verdicts"] = dict(self.verdicts)
+        document["reasons"] = dict(self.reasons)
+        return document
+
+
+class Bus:
+    """One validator on one bus: its key, journal, synced state and reader."""
+
+    def __init__(
+        self,
+        terminal_id: str,
+        route: str,
+        folder: Path,
+        keys: TerminalKeys,
+        backoffice_url: str,
+        session: aiohttp.ClientSession | None = None,
+        private_key: Ed25519PrivateKey | None = None,
+    ) -> None:
+        self.terminal_id = terminal_id
+        self.route = route
+        self.folder = folder / terminal_id
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.keys = keys
+        self.backoffice_url = backoffice_url
+        self.session = session
+        self.private_key = private_key or Ed25519PrivateKey.generate()
+        self.reader = EmulatedReader(f"{terminal_id} reader")
+        self._open()
+
+    def _open(self) -> None:
+        self.journal = Journal(self.folder / "journal.db", self.terminal_id)
+        self.state = SyncState.load(self.folder)
+        self.terminal = Terminal(self.terminal_id, self.journal, self.state, route=self.route)
+        self.sync = SyncClient(
+            self.backoffice_url,
+            self.terminal_id,
+            self.private_key,
+            self.journal,
+            self.state,
+            session=self.session,
+        )
+
+    def reboot(self) -> None:
+        """Power lost: everything in memory is gone; the journal and saved state remain."""
+        self.journal.close()
+        self._open()
+
+    def close(self) -> None:
+        self.journal.close()
+
+    def tap(
+        self, card: EmulatedCard, time_ms: int, decide: Decide, pull_at: int | None = None
+    ) -> Feedback:
+        self.reader.insert(card)
+        if pull_at is not None:
+            card.fail_after_exchanges(pull_at)
+        try:
+            return self.terminal.tap(KshCard(self.reader, self.keys), time_ms, decide)
+        finally:
+            card.fail_after_exchanges(None)
+            self.reader.remove()
+
+    async def sync_now(self) -> tuple[UploadStatus, bool]:
+        uploaded = await self.sync.upload_all()
+        downloaded = await self.sync.download()
+        if downloaded:
+            self.state.save(self.folder)
+        return uploaded, downloaded
+
+
+def validator_keys(store: KeyStore) -> TerminalKeys:
+    """Validators debit fares and deliver pending top-ups: debit and credit keys."""
+    return store.view(KeyRole.DEBIT, KeyRole.CREDIT)
+
+
+@dataclass(slots=True)
+class Rider:
+    card: EmulatedCard
+    card_number: str
+    category: RiderCategory
+    home_corridor: str
+    trips: list[tuple[int, tuple[str, ...]]]  # (departure seconds after midnight, corridors)
+
+
+def _riders(
+    cards: list[EmulatedCard],
+    categories: list[RiderCategory],
+    generator: random.Random,
+    served: tuple[str, ...],
+) -> list[Rider]:
+    """Commuters: a morning and an evening trip, some with a transfer, some a midday errand."""
+    from card_reader.deck import first_card_number
+
+    riders = []
+    for index, (card, category) in enumerate(zip(cards, categories)):
+        home = generator.choice(served)
+        work = generator.choice(served)
+        route = (home,) if home == work or generator.random() < 0.6 else (home, work)
+        morning = generator.gauss(7 * 3600, 2700)
+        evening = generator.gauss(17 * 3600, 3600)
+        trips = [(int(morning), route), (int(evening), tuple(reversed(route)))]
+        if generator.random() < 0.25:
+            trips.append((int(generator.uniform(10, 14) * 3600), (generator.choice(served),)))
+        riders.append(Rider(card, str(first_card_number + index), category, home, trips))
+    return riders
+
+
+async def _admin(
+    session: aiohttp.ClientSession, url: str, token: str, path: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    async with session.post(
+        f"{url}{path}", json=body, headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        answer = await response.json()
+        if response.status >= 300:
+            raise RuntimeError(f"{path}: {response.status} {answer}")
+        return dict(answer)
+
+
+async def simulate_day(settings: SimulationSettings, backoffice_url: str) -> SimulationSummary:
+    """Run one service day against the back office at `backoffice_url` (staff token in
+    `settings.admin_token`); returns what happened and how the cards compare with the books."""
+    from bus_terminals.fare.feed import load_feed
+    from bus_terminals.validator import fare_decider
+    from card_reader.deck import make_ksh_deck
+
+    started = time.perf_counter()
+    generator = random.Random(settings.seed)
+    summary = SimulationSummary()
+    temporary = None
+    folder = settings.folder
+    if folder is None:
+        temporary = tempfile.TemporaryDirectory(prefix="ksh-simulation-")
+        folder = Path(temporary.name)
+    tariff = load_feed()
+    store = demo_key_store()
+    keys = validator_keys(store)
+    mix = [RiderCategory.GENERAL] * 80 + [RiderCategory.STUDENT] * 12
+    mix += [RiderCategory.ELDERLY] * 6 + [RiderCategory.DISABLED] * 2
+    categories = [generator.choice(mix) for _ in range(settings.cards)]
+    cards = make_ksh_deck(
+        store,
+        [settings.opening_balance_rupiah] * settings.cards,
+        seed=f"simulation-{settings.seed}",
+        rider_categories=categories,
+    )
+    served = corridors[: max(1, min(len(corridors), settings.buses))]
+    riders = _riders(cards, categories, generator, served)
+    url = backoffice_url.rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        token = settings.admin_token
+        await _admin(session, url, token, "/admin/v1/operators", {"operator_id": operator_id})
+        for rider in riders:
+            await _admin(
+                session,
+                url,
+                token,
+                "/admin/v1/cards",
+                {
+                    "card_number": rider.card_number,
+                    "opening_balance_rupiah": settings.opening_balance_rupiah,
+                },
+            )
+        buses = []
+        for index in range(settings.buses):
+            terminal_id = f"BUS-{settings.seed % 1000:03d}-{index:03d}"
+            bus = Bus(terminal_id, corridors[index % len(corridors)], folder, keys, url, session)
+            await _admin(
+                session,
+                url,
+                token,
+                "/admin/v1/terminals",
+                {
+                    "terminal_id": terminal_id,
+                    "public_key": public_key_text(bus.private_key.public_key()),
+                    "role": "validator",
+                    "operator_id": operator_id,
+                },
+            )
+            bus.sync.lose_request = lambda: generator.random() < settings.network_loss_rate
+            bus.sync.lose_answer = lambda: generator.random() < settings.network_loss_rate
+            buses.append(bus)
+        by_route: dict[str, list[Bus]] = {}
+        for bus in buses:
+            by_route.setdefault(bus.route, []).append(bus)
+        deciders = {route: fare_decider(tariff, route) for route in corridors}
+        midnight = dt.datetime.combine(settings.service_date, dt.time(), wib)
+        midnight_ms = int(midnight.timestamp() * 1000)
+
+        # Top-ups paid during the day at the bank, at random hours.
+        top_ups = sorted(
+            (int(generator.uniform(5, 20) * 3600), rider)
+            for rider in generator.sample(riders, int(len(riders) * settings.top_up_rate))
+        )
+        # Every tap of the day in time order: (seconds after midnight, rider, corridor).
+        taps: list[tuple[int, int, str]] = []
+        for rider_index, rider in enumerate(riders):
+            for departure, legs in rider.trips:
+                moment = max(5 * 3600, min(22 * 3600, departure))
+                for corridor in legs:
+                    taps.append((moment, rider_index, corridor))
+                    moment += int(generator.uniform(600, 2400))
+        taps.sort()
+        next_sync_s = 5 * 3600
+        top_up_index = 0
+        for position, (second, rider_index, corridor) in enumerate(taps):
+            while top_up_index < len(top_ups) and top_ups[top_up_index][0] <= second:
+                rider = top_ups[top_up_index][1]
+                await _admin(
+                    session,
+                    url,
+                    token,
+                    "/admin/v1/pending-top-ups",
+                    {
+                        "top_up_id": f"VA-{settings.seed}-{top_up_index}",
+                        "card_number": rider.card_number,
+                        "amount_rupiah": 50_000,
+                        "source": "va-bank",
+                        "paid_at_ms": midnight_ms + top_ups[top_up_index][0] * 1000,
+                    },
+                )
+                summary.top_ups_paid += 1
+                top_up_index += 1
+            if second >= next_sync_s:
+                for bus in buses:
+                    await _sync(bus, summary)
+                next_sync_s = second + settings.upload_interval_s
+            rider = riders[rider_index]
+            bus = generator.choice(by_route[corridor])
+            time_ms = midnight_ms + second * 1000 + position % 1000
+            pull_at = None
+            if generator.random() < settings.card_pull_rate:
+                pull_at = generator.randint(1, card_exchanges_max)
+                summary.cards_pulled += 1
+            feedback = bus.tap(rider.card, time_ms, deciders[corridor], pull_at)
+            _count(summary, feedback)
+            if generator.random() < settings.power_loss_rate:
+                bus.reboot()
+                summary.power_losses += 1
+            if feedback.verdict == Verdict.tap_again:
+                # The rider taps again at once; the card's log settles the first attempt.
+                feedback = bus.tap(rider.card, time_ms + 2_000, deciders[corridor])
+                _count(summary, feedback)
+            if settings.progress and position % 50 == 0:
+                _progress(position + 1, len(taps))
+        # Night: every bus reaches the depot network (no more losses) and uploads everything.
+        for bus in buses:
+            bus.sync.lose_request = lambda: False
+            bus.sync.lose_answer = lambda: False
+            await _sync(bus, summary)
+        # Next morning: cards with a transaction still in doubt tap once more.
+        morning_ms = midnight_ms + 86_400_000 + 6 * 3_600_000
+        unsettled = {
+            record.card_number
+            for bus in buses
+            for record, state in bus.journal.records()
+            if state.value == "in_doubt"
+        }
+        for offset, rider in enumerate(r for r in riders if r.card_number in unsettled):
+            bus = buses[offset % len(buses)]
+            _count(summary, bus.tap(rider.card, morning_ms + offset * 1000, deciders[bus.route]))
+        for bus in buses:
+            await _sync(bus, summary)
+        if settings.progress:
+            _progress(len(taps), len(taps))
+            print(file=sys.stderr)
+        # The books against the cards themselves.
+        for rider in riders:
+            reader = EmulatedReader("inspection")
+            reader.insert(rider.card)
+            balance = KshCard(reader, store.view(KeyRole.READ)).read_state().balance_rupiah
+            reader.remove()
+            async with session.get(
+                f"{url}/admin/v1/cards/{rider.card_number}",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response:
+                view = await response.json()
+            summary.cards_checked += 1
+            if view["purse_balance_rupiah"] == balance:
+                summary.cards_matching += 1
+            else:
+                summary.cards_mismatched.append(rider.card_number)
+        for bus in buses:
+            bus.close()
+    if temporary is not None:
+        temporary.cleanup()
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+async def _sync(bus: Bus, summary: SimulationSummary) -> None:
+    for _ in range(final_upload_rounds_max):
+        status = await bus.sync.upload_once()
+        if status == UploadStatus.acknowledged:
+            summary.uploads_acknowledged += 1
+            continue
+        if status == UploadStatus.offline:
+            summary.uploads_lost += 1
+        break
+    if await bus.sync.download():
+        bus.state.save(bus.folder)
+
+
+def _count(summary: SimulationSummary, feedback: Feedback) -> None:
+    summary.taps += 1
+    summary.verdicts[feedback.verdict.value] += 1
+    summary.reasons[feedback.reason.value] += 1
+    if feedback.verdict == Verdict.accepted:
+        summary.fares_rupiah += feedback.amount_rupiah
+        if feedback.topup_rupiah:
+            summary.top_ups_delivered += 1
+
+
+def _progress(done: int, total: int) -> None:
+    width = 40
+    filled = width * done // max(total, 1)
+    print(
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} taps", end="", file=sys.stderr
+    )
+
+
+def timed_validator_taps(folder: Path, samples: int) -> list[float]:
+    """Milliseconds of whole validator taps (read, fare, journal fsync, debit, commit) on an
+    in-process emulated card; no back office needed."""
+    from bus_terminals.fare.feed import load_feed
+    from bus_terminals.validator import fare_decider
+    from card_reader.deck import make_ksh_deck
+
+    store = demo_key_store()
+    cards = make_ksh_deck(store, [1_000_000] * 20, seed="bench")
+    bus = Bus("BENCH-BUS", "K1", folder, validator_keys(store), "http://127.0.0.1:9")
+    decide = fare_decider(load_feed(), "K1")
+    start_ms = int(dt.datetime(2026, 11, 24, 7, tzinfo=wib).timestamp() * 1000)
+    durations = []
+    for index in range(samples):
+        card = cards[index % len(cards)]
+        began = time.perf_counter()
+        feedback = bus.tap(card, start_ms + index * 97_000, decide)
+        durations.append((time.perf_counter() - began) * 1000)
+        assert feedback.verdict == Verdict.accepted, feedback
+    bus.close()
+    return durations
+
+
+def run_simulation(settings: SimulationSettings, backoffice_url: str) -> SimulationSummary:
+    return asyncio.run(simulate_day(settings, backoffice_url))
