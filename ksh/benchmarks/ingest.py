@@ -147,13 +147,13 @@ async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
             )
             card_state[number] = (counter + 1, card_terminal_number(terminal), balance - fare)
         bodies: dict[str, list[tuple[bytes, str]]] = {}
-        for terminal, records in per_terminal.items():
+        for terminal, terminal_records in per_terminal.items():
             bodies[terminal] = []
             for batch_sequence, start in enumerate(
-                range(0, len(records), arguments.batch_records), 1
+                range(0, len(terminal_records), arguments.batch_records), 1
             ):
-                chunk = tuple(records[start : start + arguments.batch_records])
-                body = encode_batch(UploadBatch(terminal, batch_sequence, chunk))
+                batch_records = tuple(terminal_records[start : start + arguments.batch_records])
+                body = encode_batch(UploadBatch(terminal, batch_sequence, batch_records))
                 bodies[terminal].append((body, sign(keys[terminal], body)))
 
         app = create_app(
