@@ -67,3 +67,50 @@ def batches_pdf_bytes(day: dt.date, rows: Sequence[Any]) -> bytes:
     pdf.cell(widths[6], 7, "", border=1)
     pdf.ln()
     return bytes(pdf.output())
+
+
+def demo_report_html(
+    summary: dict[str, Any], charts_svg: Sequence[str], tables: dict[str, list[dict[str, Any]]]
+) -> str:
+    """A self-contained HTML page: the day's figures, charts, exceptions and batches."""
+    from html import escape
+
+    def cell(value: Any) -> str:
+        if isinstance(value, bool):
+            return "yes" if value else "NO"
+        if isinstance(value, int):
+            return f"{value:,}".replace(",", ".")
+        return escape(str(value))
+
+    figures = "".join(
+        f"<tr><th>{escape(key.replace('_', ' '))}</th><td>{cell(value)}</td></tr>"
+        for key, value in summary.items()
+        if not isinstance(value, (dict, list))
+    )
+    invariants = summary.get("invariants", {})
+    checks = "".join(
+        f'<tr><th>{escape(name.replace("_", " "))}</th><td class="{"ok" if ok else "bad"}">{"holds" if ok else "FAILS"}</td></tr>'
+        for name, ok in invariants.items()
+    )
+    sections = ""
+    for title, rows in tables.items():
+        if not rows:
+            sections += f"<h2>{escape(title)}</h2><p>None.</p>"
+            continue
+        columns = list(rows[0])
+        head = "".join(f"<th>{escape(column.replace('_', ' '))}</th>" for column in columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{cell(row[c])}</td>" for c in columns) + "</tr>" for row in rows
+        )
+        sections += f"<h2>{escape(title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:24px;color:#111827;max-width:1100px}"
+        "table{border-collapse:collapse;margin:8px 0 20px;font-size:14px}th,td{border-bottom:1px solid #e5e7eb;padding:4px 10px;text-align:left}"
+        "td.ok{color:#047857;font-weight:600}td.bad{color:#b91c1c;font-weight:700}.charts svg{margin:0 12px 12px 0;border:1px solid #e5e7eb;border-radius:6px}"
+    )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>KSH demo {escape(str(summary.get("service_day", "")))}</title>'
+        f"<style>{style}</style></head><body><h1>Kartu Semarang Hebat: a simulated service day</h1>"
+        f"<h2>Invariants</h2><table>{checks}</table><h2>Figures</h2><table>{figures}</table>"
+        f'<h2>Charts</h2><div class="charts">{"".join(charts_svg)}</div>{sections}</body></html>'
+    )

@@ -1,0 +1,622 @@
+"""`ksh demo`: a whole simulated service day, end to end, on the embedded database.
+
+Everything real runs in this process on loopback: the back office (terminal uploads, SNAP BI
+endpoints, finance pages), a bank simulator that speaks SNAP BI, and the fleet simulator's
+buses with emulated cards. The day: cards issued, buses tapping all day (flaky network, power
+losses, cards pulled mid-tap), citizens topping up through the bank's virtual accounts, end of
+day closing every payable into a settlement batch and paying it out host-to-host, the bank's
+MT940 statement imported and reconciled, and a finance clerk and supervisor working the
+exceptions. Trouble is injected on purpose: a payout the bank refuses, an answer lost, a
+statement line the bank lists twice, a fee nobody announced, a VA payment for no known card.
+
+At the end: a summary (stdout, or --json), an HTML report with charts, and exit status 1 if any
+invariant fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ksh.cli import UserError
+
+phases_total = 8
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run a whole simulated service day end to end and report on it",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--buses", type=int, default=16, help="buses in service (default 16)")
+    parser.add_argument("--cards", type=int, default=200, help="cards in circulation (default 200)")
+    parser.add_argument("--seed", type=int, default=2026, help="seed of the day's randomness")
+    parser.add_argument(
+        "--reports", type=Path, default=Path("reports"), help="folder for the HTML report"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--keep-database", action="store_true", help="keep the demo's database")
+    parser.set_defaults(handler=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from ledger.database import server_url
+
+    if not 1 <= arguments.buses <= 300 or not 10 <= arguments.cards <= 20_000:
+        raise UserError("--buses 1..300, --cards 10..20000")
+    try:
+        with server_url() as url:
+            summary = asyncio.run(demo(url, arguments))
+    except OSError as error:
+        raise UserError(f"cannot reach the database or a loopback port: {error}") from error
+    if arguments.json:
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    else:
+        print_summary(summary)
+    return 0 if all(summary["invariants"].values()) else 1
+
+
+class Progress:
+    """A one-line progress bar on stderr (phases of the day)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.started = time.perf_counter()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        filled = round(30 * self.done / phases_total)
+        elapsed = time.perf_counter() - self.started
+        print(
+            f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{phases_total} {label:<44} {elapsed:6.1f}s",
+            end="" if self.done < phases_total else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def database_url_for(server: str, database: str) -> str:
+    base, _, query = server.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.partition("/")[0]
+    return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
+
+
+async def start(app: Any) -> tuple[Any, str]:
+    from aiohttp import web
+
+    runner = web.AppRunner(app, shutdown_timeout=1, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def demo(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
+    import asyncpg
+
+    from ksh.schema import migrate_all
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d_%H%M%S")
+    name = f"ksh_demo_{stamp}_{uuid.uuid4().hex[:6]}"
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'create database "{name}"')
+    finally:
+        await admin.close()
+    url = database_url_for(server, name)
+    try:
+        connection = await asyncpg.connect(url)
+        try:
+            await migrate_all(connection)
+        finally:
+            await connection.close()
+        summary = await run_day(url, arguments)
+        summary["database"] = name if arguments.keep_database else f"{name} (dropped)"
+        return summary
+    finally:
+        if not arguments.keep_database:
+            admin = await asyncpg.connect(server)
+            try:
+                await admin.execute(f'drop database if exists "{name}" with (force)')
+            finally:
+                await admin.close()
+
+
+async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
+    import secrets
+
+    import aiohttp
+    import asyncpg
+
+    from gateways.backoffice import BackofficeConfig, create_app
+    from gateways.bank_simulator import BankSettings, bank_key, create_bank_app, simulator_key
+    from gateways.snap import signature
+    from gateways.snap.client import BankClient, BankConnection
+    from gateways.snap.partners import Partner, save_partner
+    from gateways.snap.server import SnapServerSettings
+    from gateways.snap.server import extension as snap_extension
+    from gateways.terminal_api.routes import terminal_extension
+    from settlement import actions, end_of_day, pages, reconciliation
+    from settlement.actions import Role, Staff
+
+    progress = Progress()
+    jakarta = end_of_day.jakarta
+    today = dt.datetime.now(jakarta).date()
+    partner_id, client_secret, channel_id, company_code = (
+        "BNI-KSH",
+        secrets.token_hex(16),
+        "95221",
+        "88001",
+    )
+    bank_code, issuer_account = "009", "1350012345678"
+    operator_account, other_bank_code = "1350099990001", "113"
+    bank_private = signature.private_key_pem(signature.generate_private_key())
+    own_private = signature.private_key_pem(signature.generate_private_key())
+
+    def public(private_pem: bytes) -> bytes:
+        return signature.public_key_pem(signature.load_private_key(private_pem).public_key())
+
+    config = end_of_day.EndOfDayConfig(source_bank=bank_code, source_account_no=issuer_account)
+    connection = await asyncpg.connect(url)
+    try:
+        await save_partner(
+            connection,
+            Partner(
+                partner_id=partner_id,
+                name="BNI",
+                client_secret=client_secret,
+                public_key_pem=public(bank_private).decode(),
+                channel_id=channel_id,
+                company_code=company_code,
+                bank_code=bank_code,
+                on_us=True,
+                top_up_fee_rupiah=0,
+                source_account_no=issuer_account,
+            ),
+        )
+        for username, role in (
+            ("ani", Role.clerk),
+            ("budi", Role.supervisor),
+            ("citra", Role.auditor),
+        ):
+            await pages.add_staff(connection, username, secrets.token_urlsafe(12), role)
+    finally:
+        await connection.close()
+    admin_token = secrets.token_urlsafe(24)
+
+    def payer_factory(http: aiohttp.ClientSession) -> end_of_day.PayoutPort:
+        return BankClient.open(bank_connection, http)
+
+    backoffice = create_app(
+        BackofficeConfig(
+            url,
+            pool_connections_min=1,
+            pool_connections_max=6,
+            settings={"admin_token": admin_token},
+        ),
+        [
+            terminal_extension,
+            snap_extension(SnapServerSettings()),
+            pages.extension(pages.PagesSettings(end_of_day=config, payer_factory=payer_factory)),
+        ],
+    )
+    backoffice_runner, backoffice_url = await start(backoffice)
+    bank_app = create_bank_app(
+        BankSettings(
+            partner_id=partner_id,
+            client_secret=client_secret,
+            issuer_public_key_pem=public(own_private),
+            bank_private_key_pem=bank_private,
+            company_code=company_code,
+            channel_id=channel_id,
+            bank_code=bank_code,
+            issuer_base_url=backoffice_url + "/snap",
+            issuer_account_no=issuer_account,
+            issuer_account_opening_rupiah=500_000_000,
+            accounts=((operator_account, "BLU UPTD TRANS SEMARANG", 0),),
+        )
+    )
+    bank_runner, bank_url = await start(bank_app)
+    bank_connection = BankConnection(
+        base_url=bank_url + "/snap",
+        client_key=partner_id,
+        client_secret=client_secret,
+        private_key_pem=own_private,
+        channel_id=channel_id,
+        timeout_ms=3_000,
+    )
+    bank = bank_app[bank_key]
+    simulator = bank_app[simulator_key]
+    story: dict[str, Any] = {"service_day": today.isoformat(), "missing_pieces": []}
+    exceptions_found: list[dict[str, Any]] = []
+    try:
+        pool = backoffice_pool(backoffice)
+        progress.step("back office and bank simulator up")
+
+        # 1. The fleet: cards issued, buses tapping all day, uploads.
+        simulation = await run_fleet(arguments, today, backoffice_url, admin_token, story)
+        progress.step("fleet day simulated (taps, uploads)")
+
+        # 2. Citizens top up through the bank's virtual accounts; one pays a VA of no card,
+        #    and the bank lists one collection twice on its statement.
+        connection = await asyncpg.connect(url)
+        try:
+            cards = [
+                row["card_number"]
+                for row in await connection.fetch(
+                    "select card_number from cards order by card_number"
+                )
+            ]
+            top_ups = await pay_virtual_accounts(
+                simulator, bank, cards, company_code, arguments.seed
+            )
+            story.update(top_ups)
+            progress.step("VA top-ups through the bank")
+
+            # 3. Merchants' sales (the fleet simulator books validators; sales come from POS
+            #    terminals when it drives them, otherwise none).
+            payee_accounts = await register_parties(
+                connection, bank, operator_account, other_bank_code
+            )
+            if not any(party == "merchant" for party, _ in payee_accounts):
+                story["missing_pieces"].append(
+                    "merchant sales: the fleet simulator drove no POS terminal"
+                )
+
+            # 4. End of day: close and pay out, with a refusal, a lost answer and an odd fee.
+            batches = await end_of_day.close_day(connection, today, config)
+            story["settlement_batches"] = len(batches)
+            story["settlement_net_rupiah"] = sum(b.net_rupiah for b in batches)
+            progress.step(f"end of day: {len(batches)} batches closed")
+            # The bank refuses the first payout (the payee's account is inactive).
+            bank.trouble.reject_accounts = {account for _, account in payee_accounts[:1]}
+            bank.trouble.lose_next_answers = 1
+            bank.trouble.unexpected_fee_rupiah = 4_000
+            now = dt.datetime.now(jakarta)
+            async with aiohttp.ClientSession() as http:
+                client = BankClient.open(bank_connection, http)
+                paid = await end_of_day.pay_day(pool, today, client, config, "end-of-day", now)
+                story["payouts"] = {result.value: count for result, count in paid.items()}
+                # The clerk sees the refusal, the merchant fixes the account, the clerk re-initiates.
+                bank.trouble.reject_accounts = set()
+                clerk, supervisor = Staff("ani", Role.clerk), Staff("budi", Role.supervisor)
+                for row in await connection.fetch(
+                    "select exception_id, reason, detail, amount_rupiah from settlement_exceptions where subject_kind = 'payout' and resolved_at is null"
+                ):
+                    exceptions_found.append(dict(row))
+                    result = await actions.reinitiate_payout(
+                        connection,
+                        row["exception_id"],
+                        clerk,
+                        "merchant reactivated the account",
+                        client,
+                        config,
+                        dt.datetime.now(jakarta),
+                    )
+                    story.setdefault("staff_actions", []).append(
+                        f"re-initiate {row['exception_id']}: {result.value}"
+                    )
+            progress.step("payouts sent host-to-host (SNAP BI)")
+
+            # 5. The bank's statement of the day, imported and reconciled.
+            statement = bank.statement(issuer_account, bank.today())
+            arguments.reports.mkdir(parents=True, exist_ok=True)
+            from gateways.bank_simulator import write_mt940
+
+            statement_path = (
+                arguments.reports / f"statement-{issuer_account}-{bank.today():%Y%m%d}.sta"
+            )
+            statement_path.write_text(write_mt940(statement))
+            imported = await reconciliation.import_statement(
+                connection, statement_path, bank_code, "ani"
+            )
+            again = await reconciliation.import_statement(
+                connection, statement_path, bank_code, "ani"
+            )
+            start_of_day = dt.datetime.combine(today, dt.time(0), tzinfo=jakarta)
+            await reconciliation.expect_collections(
+                connection,
+                start_of_day,
+                end_of_day.cutoff_at(today, config),
+                today,
+                {bank_code: issuer_account},
+                issuer_account,
+            )
+            report = await reconciliation.reconcile(connection, statement_through=bank.today())
+            rerun = await reconciliation.reconcile(connection, statement_through=bank.today())
+            story["statement_lines"] = imported.lines_in_file
+            story["statement_lines_reimported"] = again.lines_new
+            story["statement_lines_matched"] = report.lines_matched
+            story["reconcile_rerun_new_matches"] = rerun.matches_new
+            progress.step(f"statement reconciled: {report.exceptions_open} exceptions")
+
+            # 6. Finance works the exceptions: write-offs to suspense, the big one approved.
+            open_rows = await connection.fetch(
+                "select exception_id, reason, detail, amount_rupiah from settlement_exceptions where resolved_at is null order by exception_id"
+            )
+            for row in open_rows:
+                exceptions_found.append(dict(row))
+                note = {
+                    "duplicate_line": "bank listed the collection twice; claim raised with the bank",
+                    "unexpected_fee": "fee not in the tariff agreed with the bank; disputed",
+                    "unknown_reference": "VA paid for no issued card; refund to the payer requested",
+                }.get(row["reason"], "investigated")
+                result = await actions.write_off(connection, row["exception_id"], clerk, note)
+                if result is actions.ActionResult.awaiting_approval:
+                    result = await actions.approve_write_off(
+                        connection, row["exception_id"], supervisor
+                    )
+                story.setdefault("staff_actions", []).append(
+                    f"write off {row['reason']}: {result.value}"
+                )
+            progress.step("exceptions worked by finance")
+
+            # 7. Invariants and the report.
+            invariants, figures = await check_invariants(
+                connection, today, bank, issuer_account, bank_code, simulation, story
+            )
+            story.update(figures)
+            story["invariants"] = invariants
+            story["exceptions"] = [
+                {"reason": e["reason"], "amount_rupiah": e["amount_rupiah"], "detail": e["detail"]}
+                for e in exceptions_found
+            ]
+            story["report"] = str(
+                await write_report(connection, today, config, story, arguments.reports)
+            )
+            progress.step("invariants checked, report written")
+        finally:
+            await connection.close()
+    finally:
+        await backoffice_runner.cleanup()
+        await bank_runner.cleanup()
+    return story
+
+
+def backoffice_pool(app: Any) -> Any:
+    from gateways.backoffice import pool_key
+
+    return app[pool_key]
+
+
+async def run_fleet(
+    arguments: argparse.Namespace,
+    today: dt.date,
+    backoffice_url: str,
+    admin_token: str,
+    story: dict[str, Any],
+) -> Any:
+    try:
+        from bus_terminals.simulator import SimulationSettings, simulate_day
+    except ModuleNotFoundError as error:
+        story["missing_pieces"].append(f"fleet simulator ({error.name}): no taps")
+        return None
+    settings = SimulationSettings(
+        buses=arguments.buses,
+        cards=arguments.cards,
+        seed=arguments.seed,
+        service_date=today,
+        admin_token=admin_token,
+        top_up_rate=0.0,  # top-ups come through the bank simulator's virtual accounts instead
+        progress=False,
+    )
+    summary = await simulate_day(settings, backoffice_url)
+    story["fleet"] = summary.to_dict()
+    return summary
+
+
+async def pay_virtual_accounts(
+    simulator: Any, bank: Any, cards: list[str], company_code: str, seed: int
+) -> dict[str, Any]:
+    import random
+
+    generator = random.Random(seed)
+    chosen = generator.sample(cards, max(1, len(cards) // 6)) if cards else []
+    credited = 0
+    rupiah = 0
+    for index, card in enumerate(chosen):
+        amount = generator.choice((20_000, 50_000, 100_000))
+        if index == 1:
+            bank.trouble.duplicate_next_statement_lines = 1
+        payment = await simulator.pay_va(company_code.rjust(8) + card, amount)
+        if payment.credited:
+            credited += 1
+            rupiah += amount
+    unknown = await simulator.pay_va(
+        company_code.rjust(8) + "6099999999999999", 250_000, credit_even_if_refused=True
+    )
+    return {
+        "va_top_ups": credited,
+        "va_top_ups_rupiah": rupiah,
+        "va_payment_for_no_card_credited_by_bank": unknown.credited,
+    }
+
+
+async def register_parties(
+    connection: Any, bank: Any, operator_account: str, other_bank_code: str
+) -> list[tuple[str, str]]:
+    """Where each party with a payable is paid: the operator and all but one merchant at the
+    same bank (intrabank), one merchant elsewhere (interbank, BI-FAST fee). Returns
+    (party kind, account) with merchants first."""
+    from gateways.bank_simulator.bank import BankAccount
+    from settlement import end_of_day
+
+    rows = await connection.fetch(
+        """select distinct kind, owner_reference from ledger_accounts
+            where kind in ('merchant_payable', 'operator_revenue') order by kind, owner_reference"""
+    )
+    parties = []
+    payees = []
+    for index, row in enumerate(r for r in rows if r["kind"] == "merchant_payable"):
+        account = f"77{index:08d}"
+        other_bank = index == 0
+        if not other_bank:
+            bank.accounts[account] = BankAccount(account, f"TOKO {row['owner_reference']}", 0)
+        parties.append(
+            (
+                "merchant",
+                row["owner_reference"],
+                f"TOKO {row['owner_reference']}",
+                other_bank_code if other_bank else "",
+                account,
+            )
+        )
+        payees.append(("merchant", account))
+    for row in rows:
+        if row["kind"] == "operator_revenue":
+            parties.append(
+                (
+                    "operator",
+                    row["owner_reference"],
+                    "BLU UPTD Trans Semarang",
+                    "",
+                    operator_account,
+                )
+            )
+            payees.append(("operator", operator_account))
+    await end_of_day.register_parties(connection, parties)
+    return payees
+
+
+async def check_invariants(
+    connection: Any,
+    day: dt.date,
+    bank: Any,
+    issuer_account: str,
+    bank_code: str,
+    simulation: Any,
+    story: dict[str, Any],
+) -> tuple[dict[str, bool], dict[str, Any]]:
+    from ledger.audit import check_ledger
+    from settlement import actions
+
+    close = await actions.day_close(connection, day)
+    problems = await check_ledger(connection)
+    kinds = {
+        row["kind"]: int(row["balance"])
+        for row in await connection.fetch(
+            "select kind, sum(credits_posted - debits_posted) as balance from ledger_accounts group by kind"
+        )
+    }
+    clearing = await connection.fetchval(
+        "select coalesce(sum(debits_posted - credits_posted), 0) from ledger_accounts where kind = 'bank_clearing' and owner_reference = $1",
+        bank_code,
+    )
+    books_bank = await connection.fetchval(
+        "select coalesce(sum(debits_posted - credits_posted), 0) from ledger_accounts where kind = 'bank_account' and owner_reference = $1",
+        f"{bank_code}:{issuer_account}",
+    )
+    account = bank.accounts[issuer_account]
+    bank_movement = account.balance_rupiah - account.opening_rupiah
+    taps = await connection.fetchval("select count(*) from ledger_transfers where code = 1")
+    moved = await connection.fetchval(
+        "select coalesce(sum(amount), 0) from ledger_transfers where flags & 2 = 0"
+    )
+    invariants = {
+        "ledger_audit_clean": not problems,
+        "books_sum_to_zero": sum(kinds.values()) == 0,
+        "day_closed_zero_unexplained": close.closed,
+        "bank_and_books_agree": int(books_bank) == bank_movement,
+        "bank_clearing_settled": int(clearing) == 0,
+        "nothing_left_in_transit": kinds.get("settlement_in_transit", 0) == 0,
+        "statement_reimport_adds_nothing": story.get("statement_lines_reimported") == 0,
+        "reconcile_rerun_changes_nothing": story.get("reconcile_rerun_new_matches") == 0,
+    }
+    if simulation is not None:
+        invariants["cards_equal_their_purse_accounts"] = not simulation.cards_mismatched
+    figures = {
+        "taps_booked": int(taps),
+        "rupiah_moved": int(moved),
+        "ledger_problems": [str(problem) for problem in problems[:10]],
+        "suspense_rupiah": kinds.get("suspense", 0),
+        "unexplained_rupiah": close.unexplained_rupiah,
+        "exceptions_open_at_close": close.exceptions_open,
+    }
+    return invariants, figures
+
+
+async def write_report(
+    connection: Any, day: dt.date, config: Any, story: dict[str, Any], folder: Path
+) -> Path:
+    from settlement import charts, views
+    from settlement.reports import demo_report_html
+
+    hours = await views.taps_per_hour(connection, day, config)
+    corridors = await views.revenue_per_corridor(connection, day, config)
+    batches = [
+        {
+            "batch": row["batch_id"],
+            "party": f"{row['party_kind']} {row['party_id']}",
+            "gross_rupiah": int(row["gross_rupiah"]),
+            "fees_rupiah": int(row["fees_rupiah"]),
+            "net_rupiah": int(row["net_rupiah"]),
+            "attempts": row["attempts"] or "",
+            "confirmed_by_statement": bool(row["confirmed"]),
+        }
+        for row in await views.batches(connection, day)
+    ]
+    exceptions = [
+        {
+            "reason": row["reason"],
+            "amount_rupiah": int(row["amount_rupiah"]),
+            "detail": row["detail"],
+            "resolution": row["resolution"] or "open",
+            "by": row["resolved_by"] or "",
+            "approved_by": row["approved_by"] or "",
+            "note": row["resolution_note"] or "",
+        }
+        for row in await views.exceptions(connection, open_only=False)
+    ]
+    page = demo_report_html(
+        {key: value for key, value in story.items() if key not in ("fleet", "exceptions")},
+        [
+            charts.bar_chart("Taps per hour (WIB)", hours, unit="taps"),
+            charts.bar_chart("Fare revenue per corridor (rupiah)", corridors, unit="rupiah"),
+        ],
+        {"Exceptions and what finance did": exceptions, "Settlement batches": batches},
+    )
+    path = folder / f"demo-{day.isoformat()}.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    fleet = summary.get("fleet") or {}
+    print(f"KSH demo, service day {summary['service_day']}")
+    print(f"  taps booked           {summary.get('taps_booked', 0):,}")
+    print(f"  rupiah moved          {summary.get('rupiah_moved', 0):,}")
+    if fleet:
+        print(
+            f"  cards checked         {fleet.get('cards_checked', 0)} (matching their purse accounts: {fleet.get('cards_matching', 0)})"
+        )
+    print(
+        f"  VA top-ups            {summary.get('va_top_ups', 0)} (Rp {summary.get('va_top_ups_rupiah', 0):,})"
+    )
+    print(
+        f"  settlement batches    {summary.get('settlement_batches', 0)} (net Rp {summary.get('settlement_net_rupiah', 0):,})"
+    )
+    print(
+        f"  statement lines       {summary.get('statement_lines', 0)} ({summary.get('statement_lines_matched', 0)} matched)"
+    )
+    print("  exceptions found:")
+    for found in summary.get("exceptions", []):
+        print(f"    - {found['reason']}: Rp {found['amount_rupiah']:,} ({found['detail']})")
+    for action in summary.get("staff_actions", []):
+        print(f"  staff: {action}")
+    print("  invariants:")
+    for name, holds in summary["invariants"].items():
+        print(f"    {'ok  ' if holds else 'FAIL'} {name.replace('_', ' ')}")
+    for missing in summary.get("missing_pieces", []):
+        print(f"  missing: {missing}")
+    print(f"  report: {summary.get('report')}")
