@@ -306,3 +306,27 @@ def test_refusal_carries_status_and_transcript() -> None:
     assert raised.value.status == 0xA0
     assert "APPLICATION_NOT_FOUND" in str(raised.value)
     assert raised.value.transcript == (("905A00000316AE0000", "91A0"),)
+
+
+def test_ev1_step_three_chains_the_iv() -> None:
+    """ELMU: with IV = 0 instead of E(RndB) the EV1-A cryptogram comes out different."""
+    key = bytes(16)
+    random_b_cipher = h("B969FDFE56FD91FC9DE6F6F213B8FD1E")
+    random_b = crypto.aes_cbc_decrypt(key, crypto.zero_block, random_b_cipher)
+    plain = h("F44B26F5686F3A391CD38EBD10772281") + crypto.rotate_left(random_b)
+    expected = h("36AAD7DF6E436BA08D18613830A70D5AD43E3D3F4A8D47541EEE623A934E4774")
+    assert crypto.aes_cbc_encrypt(key, random_b_cipher, plain) == expected
+    assert crypto.aes_cbc_encrypt(key, crypto.zero_block, plain) != expected
+
+
+def test_access_rights_bytes_elmu() -> None:
+    assert AccessRights.from_bytes(h("1100")) == AccessRights(
+        read=0, write=0, read_write=1, change=1
+    )
+    assert AccessRights(1, 2, 3, 0).to_bytes() == h("3012")  # CreateValueFile example
+
+
+def test_desfire_atr_check_byte() -> None:
+    atr = EmulatedCard().atr()
+    assert atr == h("3B8180018080")
+    assert atr[-1] == atr[1] ^ atr[2] ^ atr[3] ^ atr[4]
