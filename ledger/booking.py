@@ -205,8 +205,16 @@ def decide_batch(
     undo_pending_resolved: list[PendingState] = []
     undo_pending_created: list[uuid.UUID] = []
     chain_failed_at: int | None = None
+    # A batch that ends inside a chain: that whole chain fails without being looked at.
+    open_chain_from = count
+    while open_chain_from > 0 and int(transfers[open_chain_from - 1].flags) & _linked:
+        open_chain_from -= 1
+    if open_chain_from < count:
+        results[count - 1] = R.linked_event_chain_open
+        for index in range(open_chain_from, count - 1):
+            results[index] = R.linked_event_failed
 
-    for index in range(count):
+    for index in range(open_chain_from):
         transfer = transfers[index]
         linked = bool(int(transfer.flags) & _linked)
         if chain_start is None and linked:
@@ -218,10 +226,6 @@ def decide_batch(
             chain_failed_at = None
         if chain_failed_at is not None:
             results[index] = R.linked_event_failed
-        elif linked and index == count - 1:
-            result = R.linked_event_chain_open
-            results[index] = result
-            chain_failed_at = index
         else:
             result = _decide_one(
                 transfer,
@@ -241,8 +245,7 @@ def decide_batch(
             results[index] = result
             if chain_start is not None and result is not R.created and result is not R.exists:
                 chain_failed_at = index
-        chain_ends = not linked or index == count - 1
-        if chain_start is not None and chain_ends:
+        if chain_start is not None and not linked:
             if chain_failed_at is not None:
                 _undo_chain(
                     undo_accounts,

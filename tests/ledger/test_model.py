@@ -1,0 +1,399 @@
+"""The ledger against an in-memory model (Hypothesis state machine).
+
+Rules send batches mixing new transfers, exact and conflicting repeats, linked groups that
+fail in the middle, holds, posts (whole and part), voids, time passing and expiry sweeps, and
+bad input. The model is a plain dictionary with the rules written out one by one. After every
+step: the books balance, model and database agree on every total and every result, and the
+recomputation (`check_ledger`: totals, history, hash chain) finds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from ledger import (
+    Account,
+    AccountFlags,
+    AccountKind,
+    CreateTransferResult,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+    create_accounts,
+    create_transfers,
+    expire_pending_transfers,
+    expiry_transfer_id,
+)
+from ledger.audit import check_ledger
+from tests.conftest import database_url_for
+
+R = CreateTransferResult
+purse_a, purse_b = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
+bank, revenue = uuid.UUID(int=0xC), uuid.UUID(int=0xD)
+unknown = uuid.UUID(int=0xE)
+known_accounts = (purse_a, purse_b, bank, revenue)
+limited_accounts = frozenset({purse_a, purse_b})
+start = datetime(2026, 11, 3, 5, 0, tzinfo=UTC)
+PENDING, POST, VOID = TransferFlags.pending, TransferFlags.post_pending, TransferFlags.void_pending
+
+
+@dataclass
+class Model:
+    totals: dict[uuid.UUID, list[int]] = field(
+        default_factory=lambda: {a: [0, 0, 0, 0] for a in known_accounts}
+    )  # debits pending, debits posted, credits pending, credits posted
+    booked: dict[uuid.UUID, Transfer] = field(default_factory=dict)  # resolved fields
+    pending_at: dict[uuid.UUID, datetime] = field(default_factory=dict)
+    resolved: dict[uuid.UUID, TransferFlags] = field(default_factory=dict)
+
+    def result(self, t: Transfer, now: datetime) -> CreateTransferResult:
+        """The first rule that applies, in the ledger's documented order."""
+        resolving = bool(t.flags & (POST | VOID))
+        if not resolving and t.debit_account_id == t.credit_account_id:
+            return R.accounts_must_be_different
+        if t.amount is not None and t.amount <= 0:
+            return R.amount_must_be_positive
+        if t.id in self.booked:
+            old = self.booked[t.id]
+            if t.flags != old.flags:
+                return R.exists_with_different_flags
+            if t.debit_account_id is not None and t.debit_account_id != old.debit_account_id:
+                return R.exists_with_different_debit_account_id
+            if t.amount is not None and t.amount != old.amount:
+                return R.exists_with_different_amount
+            return R.exists
+        if resolving:
+            assert t.pending_id is not None
+            held = self.booked.get(t.pending_id)
+            if held is None:
+                return R.pending_transfer_not_found
+            if not held.flags & PENDING:
+                return R.pending_transfer_not_pending
+            assert held.amount is not None
+            if t.amount is not None and t.amount > held.amount:
+                return R.exceeds_pending_transfer_amount
+            if t.flags & VOID and t.amount is not None and t.amount != held.amount:
+                return R.pending_transfer_has_different_amount
+            if self.resolved.get(held.id) == POST:
+                return R.pending_transfer_already_posted
+            if self.resolved.get(held.id) == VOID:
+                return R.pending_transfer_already_voided
+            expires = self.pending_at[held.id] + timedelta(seconds=held.timeout_s)
+            if held.timeout_s and now >= expires and t.code != TransferCode.expiry:
+                return R.pending_transfer_expired
+            return R.created
+        if t.debit_account_id not in self.totals:
+            return R.debit_account_not_found
+        if t.credit_account_id not in self.totals:
+            return R.credit_account_not_found
+        assert t.debit_account_id is not None and t.amount is not None
+        debit = self.totals[t.debit_account_id]
+        over = debit[0] + debit[1] + t.amount > debit[3]
+        if t.debit_account_id in limited_accounts and over and not t.flags & TransferFlags.force:
+            return R.exceeds_credits
+        return R.created
+
+    def apply(self, t: Transfer, now: datetime) -> None:
+        if t.flags & (POST | VOID):
+            assert t.pending_id is not None
+            held = self.booked[t.pending_id]
+            assert held.amount is not None
+            amount = held.amount if t.amount is None else t.amount
+            debit, credit = self.totals[held.debit_account_id], self.totals[held.credit_account_id]  # type: ignore[index]
+            debit[0] -= held.amount
+            credit[2] -= held.amount
+            if t.flags & POST:
+                debit[1] += amount
+                credit[3] += amount
+            self.resolved[held.id] = t.flags & (POST | VOID)
+            self.booked[t.id] = replace(
+                t,
+                debit_account_id=held.debit_account_id,
+                credit_account_id=held.credit_account_id,
+                amount=amount,
+                code=t.code or held.code,
+            )
+            return
+        assert t.amount is not None
+        debit, credit = self.totals[t.debit_account_id], self.totals[t.credit_account_id]  # type: ignore[index]
+        column = 0 if t.flags & PENDING else 1
+        debit[column] += t.amount
+        credit[column + 2] += t.amount
+        self.booked[t.id] = t
+        if t.flags & PENDING:
+            self.pending_at[t.id] = now
+
+    def book_batch(self, transfers: list[Transfer], now: datetime) -> list[CreateTransferResult]:
+        results: list[CreateTransferResult] = []
+        index = 0
+        while index < len(transfers):
+            group_end = index
+            while transfers[group_end].flags & TransferFlags.linked and group_end + 1 < len(
+                transfers
+            ):
+                group_end += 1
+            group = transfers[index : group_end + 1]
+            if group[-1].flags & TransferFlags.linked:  # the batch ends inside a chain
+                results += [R.linked_event_failed] * (len(group) - 1) + [R.linked_event_chain_open]
+                break
+            saved = copy.deepcopy((self.totals, self.booked, self.pending_at, self.resolved))
+            group_results = []
+            for t in group:
+                result = self.result(t, now)
+                group_results.append(result)
+                if result is R.created:
+                    self.apply(t, now)
+                elif result is not R.exists and len(group) > 1:
+                    break
+            if len(group) > 1 and any(r not in (R.created, R.exists) for r in group_results):
+                self.totals, self.booked, self.pending_at, self.resolved = saved
+                failed_at = len(group_results) - 1
+                group_results = [
+                    group_results[i] if i == failed_at else R.linked_event_failed
+                    for i in range(len(group))
+                ]
+            results += group_results
+            index = group_end + 1
+        return results
+
+
+# The test function hands the machine its server (Hypothesis builds machines itself).
+server: dict[str, str] = {}
+
+amounts = st.integers(min_value=1, max_value=60_000)
+accounts = st.sampled_from((*known_accounts, unknown))
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.database = f"ksh_model_{uuid.uuid4().hex[:12]}"
+        self.connection: asyncpg.Connection = self.loop.run_until_complete(self._open())
+        self.model = Model()
+        self.now = start
+        self.sent: list[Transfer] = []  # everything ever sent, to repeat or conflict with
+        self.serial = 0
+
+    async def _open(self) -> asyncpg.Connection:
+        admin = await asyncpg.connect(server["url"])
+        try:
+            await admin.execute(
+                f'create database "{self.database}" template "{server["template"]}"'
+            )
+        finally:
+            await admin.close()
+        connection = await asyncpg.connect(database_url_for(server["url"], self.database))
+        await create_accounts(
+            connection,
+            [
+                Account(
+                    purse_a,
+                    AccountKind.card_purse,
+                    "a",
+                    AccountFlags.debits_must_not_exceed_credits,
+                ),
+                Account(
+                    purse_b,
+                    AccountKind.card_purse,
+                    "b",
+                    AccountFlags.debits_must_not_exceed_credits,
+                ),
+                Account(bank, AccountKind.bank_clearing, "bank"),
+                Account(revenue, AccountKind.operator_revenue, "operator"),
+            ],
+        )
+        return connection
+
+    def teardown(self) -> None:
+        async def close() -> None:
+            await self.connection.close()
+            admin = await asyncpg.connect(server["url"])
+            try:
+                await admin.execute(f'drop database if exists "{self.database}" with (force)')
+            finally:
+                await admin.close()
+
+        self.loop.run_until_complete(close())
+        self.loop.close()
+
+    def new_id(self) -> uuid.UUID:
+        self.serial += 1
+        return uuid.UUID(int=(0x5EED << 64) + self.serial)
+
+    def book(self, transfers: list[Transfer]) -> None:
+        expected = self.model.book_batch(transfers, self.now)
+        outcomes = self.loop.run_until_complete(
+            create_transfers(self.connection, transfers, now=self.now)
+        )
+        assert [o.result for o in outcomes] == expected, transfers
+        self.sent += transfers
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(
+        moves=st.lists(
+            st.tuples(
+                accounts, accounts, st.integers(min_value=-5, max_value=60_000), st.booleans()
+            ),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    def plain_batch(self, moves: list[tuple[uuid.UUID, uuid.UUID, int, bool]]) -> None:
+        self.book(
+            [
+                Transfer(
+                    self.new_id(),
+                    debit,
+                    credit,
+                    amount,
+                    TransferCode.fare,
+                    flags=TransferFlags.force if force else TransferFlags.none,
+                )
+                for debit, credit, amount, force in moves
+            ]
+        )
+
+    @rule(purse=st.sampled_from((purse_a, purse_b)), amount=amounts)
+    def top_up(self, purse: uuid.UUID, amount: int) -> None:
+        self.book([Transfer(self.new_id(), bank, purse, amount, TransferCode.top_up)])
+
+    @rule(data=st.data(), change=st.sampled_from(("same", "amount", "flags", "debit")))
+    def repeat(self, data: st.DataObject, change: str) -> None:
+        if not self.sent:
+            return
+        original = data.draw(st.sampled_from(self.sent))
+        if change == "amount" and original.amount is not None:
+            original = replace(original, amount=original.amount + 1)
+        elif change == "flags" and not original.flags & (POST | VOID):
+            original = replace(original, flags=original.flags ^ TransferFlags.force)
+        elif change == "debit" and original.debit_account_id is not None:
+            original = replace(original, debit_account_id=unknown)
+        extra = Transfer(self.new_id(), bank, revenue, 10, TransferCode.correction)
+        self.book([original, extra, original])
+
+    @rule(
+        members=st.lists(
+            st.tuples(st.sampled_from(known_accounts), st.sampled_from(known_accounts), amounts),
+            min_size=2,
+            max_size=4,
+        ),
+        close=st.sampled_from((True, True, True, False)),
+    )
+    def linked_group(self, members: list[tuple[uuid.UUID, uuid.UUID, int]], close: bool) -> None:
+        group = [
+            Transfer(
+                self.new_id(),
+                debit,
+                credit,
+                amount,
+                TransferCode.merchant_sale,
+                flags=TransferFlags.linked,
+            )
+            for debit, credit, amount in members
+        ]
+        if close:
+            group[-1] = replace(group[-1], flags=TransferFlags.none)
+        self.book([Transfer(self.new_id(), bank, revenue, 1, TransferCode.correction), *group])
+
+    @rule(
+        purse=st.sampled_from((purse_a, purse_b)),
+        amount=amounts,
+        timeout_s=st.sampled_from((0, 30, 600)),
+    )
+    def hold(self, purse: uuid.UUID, amount: int, timeout_s: int) -> None:
+        self.book(
+            [
+                Transfer(
+                    self.new_id(),
+                    bank,
+                    purse,
+                    amount,
+                    TransferCode.pending_top_up,
+                    flags=PENDING,
+                    timeout_s=timeout_s,
+                )
+            ]
+        )
+
+    @rule(data=st.data(), post=st.booleans(), part=st.sampled_from((None, 1, 2)))
+    def resolve(self, data: st.DataObject, post: bool, part: int | None) -> None:
+        holds = [t for t in self.sent if t.flags & PENDING]
+        pending_id = data.draw(st.sampled_from(holds)).id if holds else unknown
+        held = self.model.booked.get(pending_id)
+        amount = None
+        if part is not None and held is not None and held.amount is not None:
+            amount = max(1, held.amount // part) if part == 2 else held.amount + 1
+        flags = POST if post else VOID
+        self.book(
+            [Transfer(self.new_id(), None, None, amount, 0, flags=flags, pending_id=pending_id)]
+        )
+
+    @rule(seconds=st.sampled_from((1, 29, 31, 700)))
+    def time_passes(self, seconds: int) -> None:
+        self.now += timedelta(seconds=seconds)
+
+    @rule()
+    def expire(self) -> None:
+        due = [
+            t
+            for t in self.model.booked.values()
+            if t.flags & PENDING
+            and t.timeout_s
+            and t.id not in self.model.resolved
+            and self.now >= self.model.pending_at[t.id] + timedelta(seconds=t.timeout_s)
+        ]
+        voids = [
+            Transfer(
+                expiry_transfer_id(t.id),
+                None,
+                None,
+                None,
+                TransferCode.expiry,
+                flags=VOID,
+                pending_id=t.id,
+            )
+            for t in sorted(due, key=lambda t: self.model.pending_at[t.id])
+        ]
+        expected = self.model.book_batch(voids, self.now)
+        outcomes = self.loop.run_until_complete(
+            expire_pending_transfers(self.connection, now=self.now)
+        )
+        assert sorted(o.id for o in outcomes) == sorted(v.id for v in voids)
+        assert all(r is R.created for r in expected)
+        assert all(o.result is R.created for o in outcomes)
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def books_agree(self) -> None:
+        rows = self.loop.run_until_complete(
+            self.connection.fetch(
+                "select id, debits_pending, debits_posted, credits_pending, credits_posted"
+                " from ledger_accounts"
+            )
+        )
+        stored = {row["id"]: list(row[1:]) for row in rows}
+        assert stored == self.model.totals
+        assert sum(t[1] for t in stored.values()) == sum(t[3] for t in stored.values())
+        assert sum(t[0] for t in stored.values()) == sum(t[2] for t in stored.values())
+        assert self.loop.run_until_complete(check_ledger(self.connection)) == []
+
+
+def test_ledger_matches_the_model(postgres_server_url: str, migrated_template: str) -> None:
+    server["url"] = postgres_server_url
+    server["template"] = migrated_template
+    run_state_machine_as_test(
+        LedgerMachine,
+        settings=settings(max_examples=30, stateful_step_count=12, deadline=None),
+    )
