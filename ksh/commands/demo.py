@@ -299,7 +299,7 @@ async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
                         connection,
                         row["exception_id"],
                         clerk,
-                        "merchant reactivated the account",
+                        "payee reactivated the account at the bank",
                         client,
                         config,
                         dt.datetime.now(jakarta),
