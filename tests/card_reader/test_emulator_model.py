@@ -201,13 +201,18 @@ class CardModel(RuleBasedStateMachine):
     @precondition(lambda self: self.authenticated)
     @rule(
         before_processing=st.booleans(),
-        operation=st.sampled_from(["commit", "debit", "write_backup"]),
+        operation=st.sampled_from(["commit", "debit", "write_backup", "authenticate"]),
+        exchange=st.integers(1, 2),
     )
-    def power_loss(self, before_processing: bool, operation: str) -> None:
-        """The field goes away during the next exchange; the reader sees a card error."""
-        self.card.fail_after_exchanges(1, before_processing=before_processing)
+    def power_loss(self, before_processing: bool, operation: str, exchange: int) -> None:
+        """The field goes away during an exchange of the next command (the second pass of an
+        authentication, or the next command); the reader sees a card error."""
+        exchange = exchange if operation == "authenticate" else 1
+        self.card.fail_after_exchanges(exchange, before_processing=before_processing)
         try:
-            if operation == "commit":
+            if operation == "authenticate":
+                self.desfire.authenticate_ev2_first(1, rw_key)
+            elif operation == "commit":
                 self.desfire.commit_transaction()
             elif operation == "debit":
                 self.desfire.debit(value_file, 0, CommMode.MAC)
@@ -248,5 +253,5 @@ class CardModel(RuleBasedStateMachine):
             assert not self.card.applications[aid].has_pending()
 
 
-CardModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+CardModel.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
 TestCardModel = CardModel.TestCase
