@@ -148,7 +148,7 @@ class Mt940Importer:
             transactions.parse(text)
         except (RuntimeError, ValueError, KeyError, ArithmeticError) as error:
             raise StatementError(
-                source_file, locate(text, error), f"malformed MT940: {error.args[0]}"
+                source_file, locate(text, error), f"malformed MT940: {describe(error)}"
             ) from None
         account = str(transactions.data.get("account_identification") or "").strip()
         if not account:
@@ -185,6 +185,14 @@ class Mt940Importer:
                 )
             )
         return with_occurrences(lines)
+
+
+def describe(error: Exception) -> str:
+    """The parser's complaint without its object reprs: which tag, which text."""
+    if len(error.args) >= 3 and isinstance(error.args[2], str):
+        tag = getattr(error.args[1], "id", "?")
+        return f"field :{tag}: cannot be read from {error.args[2][:80]!r}"
+    return str(error.args[0] if error.args else error)[:200]
 
 
 def locate(text: str, error: Exception) -> int:

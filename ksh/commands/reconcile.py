@@ -1,0 +1,121 @@
+"""`ksh reconcile`: import bank statements (MT940 or CSV), match them against what the books
+expect, and list what is left for finance staff."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+from pathlib import Path
+from typing import Any
+
+from ksh.cli import UserError
+from ksh.commands.settle import parse_day, parse_time, with_database
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "reconcile",
+        help="import bank statements and match them against the books",
+        description=__doc__ + " Uses DATABASE_URL or the embedded PostgreSQL.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    imports = actions.add_parser(
+        "import", help="import statement files (a broken file imports nothing)"
+    )
+    imports.add_argument("files", nargs="+", type=Path)
+    imports.add_argument("--bank", required=True, help="the bank's code, e.g. 009")
+    imports.set_defaults(handler=run_import)
+
+    run = actions.add_parser("run", help="match open statement lines against expected movements")
+    run.add_argument(
+        "--day",
+        type=parse_day,
+        default=None,
+        help="service day whose VA collections to expect (default: yesterday)",
+    )
+    run.add_argument("--cutoff", type=parse_time, default=dt.time(2, 0))
+    run.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="BANK=ACCOUNT",
+        help="our collection account per bank code",
+    )
+    run.add_argument(
+        "--through", type=parse_day, default=None, help="statements are complete up to this day"
+    )
+    run.add_argument("--amount-tolerance", type=int, default=0, help="rupiah")
+    run.add_argument("--date-tolerance", type=int, default=2, help="days")
+    run.set_defaults(handler=run_match)
+
+    listing = actions.add_parser("exceptions", help="list open exceptions")
+    listing.set_defaults(handler=run_exceptions)
+
+
+def run_import(arguments: argparse.Namespace) -> int:
+    from settlement.reconciliation import import_statement
+    from settlement.statements import StatementError
+
+    async def work(connection: Any) -> int:
+        for path in arguments.files:
+            try:
+                result = await import_statement(connection, path, arguments.bank, getpass.getuser())
+            except StatementError as error:
+                raise UserError(f"{error} (nothing imported from {path.name})") from None
+            except OSError as error:
+                raise UserError(f"cannot read {path}: {error}") from None
+            print(f"{result.file_name}: {result.lines_in_file} lines, {result.lines_new} new")
+        return 0
+
+    return with_database(work)
+
+
+def run_match(arguments: argparse.Namespace) -> int:
+    from settlement.end_of_day import EndOfDayConfig, cutoff_at, jakarta
+    from settlement.matching import MatchRules
+    from settlement.reconciliation import expect_collections, reconcile
+
+    accounts: dict[str, str] = {}
+    for item in arguments.account:
+        bank, _, account = item.partition("=")
+        if not bank or not account:
+            raise UserError(f"--account takes BANK=ACCOUNT, not {item!r}")
+        accounts[bank] = account
+    if arguments.amount_tolerance < 0 or arguments.date_tolerance < 0:
+        raise UserError("tolerances are not negative")
+    day = arguments.day or dt.datetime.now(jakarta).date() - dt.timedelta(days=1)
+    config = EndOfDayConfig(cutoff=arguments.cutoff)
+    rules = MatchRules(arguments.amount_tolerance, arguments.date_tolerance)
+
+    async def work(connection: Any) -> int:
+        end = cutoff_at(day, config)
+        expected = await expect_collections(
+            connection, end - dt.timedelta(days=1), end, day, accounts, config.source_account_no
+        )
+        report = await reconcile(connection, rules, statement_through=arguments.through)
+        print(f"collections expected (new): {expected}")
+        print(
+            f"lines considered {report.lines_considered}, matched {report.lines_matched}, new matches {report.matches_new}, transfers booked {report.transfers_booked}"
+        )
+        for reason, count in report.exceptions_by_reason:
+            print(f"  open: {reason} {count}")
+        return 0
+
+    return with_database(work)
+
+
+def run_exceptions(arguments: argparse.Namespace) -> int:
+    from settlement.views import exceptions
+
+    async def work(connection: Any) -> int:
+        rows = await exceptions(connection, open_only=True)
+        for row in rows:
+            where = f" {row['source_file']}:{row['source_line']}" if row["source_file"] else ""
+            print(
+                f"{row['exception_id']}\t{row['reason']}\tRp {row['amount_rupiah']:,}\t{row['detail']}{where}"
+            )
+        print(f"{len(rows)} open")
+        return 0
+
+    return with_database(work)

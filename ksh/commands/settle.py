@@ -1,0 +1,252 @@
+"""`ksh settle`: end of day (close payables into settlement batches, pay them out host-to-host or
+export a bulk-transfer file), the day's close status, and finance staff accounts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from ksh.cli import UserError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "settle",
+        help="end of day: settlement batches, payouts, day status, finance staff",
+        description=__doc__ + " Uses DATABASE_URL or the embedded PostgreSQL.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def with_day(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--day",
+            type=parse_day,
+            default=None,
+            help="service day YYYY-MM-DD (default: yesterday, Jakarta)",
+        )
+        sub.add_argument(
+            "--cutoff",
+            type=parse_time,
+            default=dt.time(2, 0),
+            help="end of the service day next morning, HH:MM (default 02:00)",
+        )
+        sub.add_argument("--source-bank", default="009", help="bank code our payouts leave from")
+        sub.add_argument(
+            "--source-account", default="1350012345678", help="our account at that bank"
+        )
+
+    close = actions.add_parser("close", help="close every payable owed at the cut-off into a batch")
+    with_day(close)
+    close.set_defaults(handler=run_close)
+
+    pay = actions.add_parser("pay", help="pay the day's unpaid batches through a SNAP partner bank")
+    with_day(pay)
+    pay.add_argument("--partner", required=True, help="the bank's partner id (see ksh partner)")
+    pay.add_argument(
+        "--key", type=Path, required=True, help="our RSA private key (PEM) for the access token"
+    )
+    pay.set_defaults(handler=run_pay)
+
+    export = actions.add_parser(
+        "export", help="write the day's unpaid batches as a bulk-transfer CSV instead"
+    )
+    with_day(export)
+    export.add_argument("--out", type=Path, required=True, help="the CSV file to write")
+    export.set_defaults(handler=run_export)
+
+    status = actions.add_parser(
+        "status", help="is the day closed: exceptions open, unexplained rupiah"
+    )
+    status.add_argument("--day", type=parse_day, default=None)
+    status.set_defaults(handler=run_status)
+
+    staff = actions.add_parser("staff", help="add or update a finance staff account")
+    staff.add_argument("username")
+    staff.add_argument("--role", choices=("clerk", "supervisor", "auditor"), required=True)
+    staff.set_defaults(handler=run_staff)
+
+
+def parse_day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a day is YYYY-MM-DD") from None
+
+
+def parse_time(text: str) -> dt.time:
+    try:
+        return dt.time.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a time is HH:MM") from None
+
+
+def day_of(arguments: argparse.Namespace) -> dt.date:
+    from settlement.end_of_day import jakarta
+
+    return arguments.day or dt.datetime.now(jakarta).date() - dt.timedelta(days=1)
+
+
+def config_of(arguments: argparse.Namespace) -> Any:
+    from settlement.end_of_day import EndOfDayConfig
+
+    return EndOfDayConfig(
+        source_bank=arguments.source_bank,
+        source_account_no=arguments.source_account,
+        cutoff=arguments.cutoff,
+    )
+
+
+def with_database(work: Callable[[Any], Awaitable[int]]) -> int:
+    import asyncpg
+
+    from ksh.schema import migrate_all
+    from ledger.database import server_url
+
+    async def main(url: str) -> int:
+        connection = await asyncpg.connect(url)
+        try:
+            await migrate_all(connection)
+            return await work(connection)
+        finally:
+            await connection.close()
+
+    try:
+        with server_url() as url:
+            return asyncio.run(main(url))
+    except OSError as error:
+        raise UserError(f"cannot reach the database: {error}") from error
+
+
+def run_close(arguments: argparse.Namespace) -> int:
+    from settlement.end_of_day import close_day
+
+    async def work(connection: Any) -> int:
+        batches = await close_day(connection, day_of(arguments), config_of(arguments))
+        for batch in batches:
+            print(
+                f"{batch.batch_id} {batch.party_kind:8} {batch.party_id:20} gross {batch.gross_rupiah:>14,} fees {batch.fees_rupiah:>10,} net {batch.net_rupiah:>14,}"
+            )
+        print(f"{len(batches)} new batches for {day_of(arguments)}")
+        return 0
+
+    return with_database(work)
+
+
+def run_pay(arguments: argparse.Namespace) -> int:
+    import aiohttp
+    import asyncpg
+
+    from gateways.snap.client import BankClient, BankConnection
+    from gateways.snap.partners import load_partner
+    from ksh.schema import migrate_all
+    from ledger.database import server_url
+    from settlement.end_of_day import jakarta, pay_day
+
+    try:
+        private_key = arguments.key.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {arguments.key}: {error}") from None
+
+    async def main(url: str) -> int:
+        connection = await asyncpg.connect(url)
+        try:
+            await migrate_all(connection)
+            partner = await load_partner(connection, arguments.partner)
+        finally:
+            await connection.close()
+        if partner is None:
+            raise UserError(f"no partner {arguments.partner}; add it with ksh partner add")
+        if not partner.base_url:
+            raise UserError(f"partner {arguments.partner} has no --base-url to call")
+        bank = BankConnection(
+            partner.base_url,
+            partner.partner_id,
+            partner.client_secret,
+            private_key,
+            partner.channel_id,
+        )
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+        assert pool is not None
+        try:
+            async with aiohttp.ClientSession() as http:
+                counts = await pay_day(
+                    pool,
+                    day_of(arguments),
+                    BankClient.open(bank, http),
+                    config_of(arguments),
+                    getpass.getuser(),
+                    dt.datetime.now(jakarta),
+                )
+        finally:
+            await pool.close()
+        print(", ".join(f"{result.value} {count}" for result, count in counts.items()))
+        return 0
+
+    with server_url() as url:
+        return asyncio.run(main(url))
+
+
+def run_export(arguments: argparse.Namespace) -> int:
+    from settlement.end_of_day import export_bulk_csv, jakarta
+
+    async def work(connection: Any) -> int:
+        text = await export_bulk_csv(
+            connection,
+            day_of(arguments),
+            config_of(arguments),
+            getpass.getuser(),
+            dt.datetime.now(jakarta),
+        )
+        arguments.out.write_text(text)
+        print(f"{max(0, len(text.splitlines()) - 1)} payouts written to {arguments.out}")
+        return 0
+
+    return with_database(work)
+
+
+def run_status(arguments: argparse.Namespace) -> int:
+    from settlement.actions import day_close
+
+    async def work(connection: Any) -> int:
+        close = await day_close(connection, day_of(arguments))
+        print(
+            f"service day {close.service_day}: {close.statement_lines} statement lines, {close.lines_matched} matched, {close.lines_written_off} written off, {close.lines_open} open"
+        )
+        print(
+            f"exceptions open {close.exceptions_open}; unexplained Rp {close.unexplained_rupiah:,}; bank vs books Rp {close.bank_books_difference_rupiah:,}"
+        )
+        print("closed" if close.closed else "NOT closed")
+        return 0 if close.closed else 1
+
+    return with_database(work)
+
+
+def run_staff(arguments: argparse.Namespace) -> int:
+    from settlement.actions import Role
+    from settlement.pages import add_staff
+
+    password = os.environ.get("KSH_STAFF_PASSWORD") or getpass.getpass(
+        f"password for {arguments.username}: "
+    )
+
+    async def work(connection: Any) -> int:
+        try:
+            await add_staff(connection, arguments.username, password, Role(arguments.role))
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        except Exception as error:  # asyncpg.CheckViolationError: a malformed user name
+            if type(error).__name__ == "CheckViolationError":
+                raise UserError(
+                    "user names are lower case letters, digits, . _ - (2..40)"
+                ) from None
+            raise
+        print(f"{arguments.username} is a {arguments.role}")
+        return 0
+
+    return with_database(work)
