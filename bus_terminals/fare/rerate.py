@@ -27,6 +27,7 @@ class CardRerating:
     amounts: tuple[int, ...]  # per tap, in time order (0 for an unpriced tap)
     unpriced: tuple[int, ...]  # positions of taps no rule prices
     state: CardState  # the card state after the last tap
+    too_many_taps: bool = False  # more than card_taps_per_day_max: not re-rated, look at it
 
 
 def group_taps_by_card(rows: Iterable[tuple[str, Tap]]) -> dict[str, list[Tap]]:
@@ -40,7 +41,8 @@ def group_taps_by_card(rows: Iterable[tuple[str, Tap]]) -> dict[str, list[Tap]]:
 def rerate_card(
     tariff: Tariff, card_id: str, taps: Sequence[Tap], state: CardState
 ) -> CardRerating:
-    assert len(taps) <= card_taps_per_day_max, f"{card_id}: {len(taps)} taps in a day"
+    if len(taps) > card_taps_per_day_max:
+        return CardRerating(card_id, 0, (), (), state, too_many_taps=True)
     ordered = sorted(taps, key=lambda tap: tap.time_s)
     amounts: list[int] = []
     unpriced: list[int] = []

@@ -227,3 +227,27 @@ def test_ksh_fare_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert error == (
         "ksh fare: error: fare_products.txt:3: amount: 3500.005 has more than 2 decimals (ISO 4217)"
     )
+
+
+def test_rerating_a_day_in_bulk(semarang: Tariff) -> None:
+    from bus_terminals.fare.rerate import card_taps_per_day_max, group_taps_by_card, rerate_day
+    from bus_terminals.fare.synthetic import day_of_taps
+
+    rows = day_of_taps(semarang, cards=50, taps=400, seed=3)
+    results = rerate_day(semarang, group_taps_by_card(rows))
+    assert len(results) == 50
+    for card_id, result in results.items():
+        taps = sorted((tap for card, tap in rows if card == card_id), key=lambda tap: tap.time_s)
+        state, expected = blank_card_state, []
+        for tap in taps:
+            decision = decide(semarang, state, tap)
+            if decision.outcome is FareOutcome.priced:
+                state = decision.state
+            expected.append(decision.amount)
+        assert list(result.amounts) == expected
+        assert result.total == sum(expected)
+    busy = [Tap(local("2025-03-12T06:00") + n, "K1", None, "general", "cash")
+            for n in range(card_taps_per_day_max + 1)]  # fmt: skip
+    refused = rerate_day(semarang, {"busy": busy})["busy"]
+    assert refused.too_many_taps
+    assert refused.total == 0
