@@ -29,7 +29,7 @@ from card_reader.port import CardError, ReaderError
 transcript_exchanges_max = 24  # the last exchanges with this card (a whole tap), for errors
 status_wait_slice_ms = 250  # a blocking wait returns this often, so Ctrl-C gets through
 pcscd_start_timeout_ms = 10_000
-get_uid_command = bytes.fromhex("FFCA000000")  # PC/SC part 3 GET DATA: the reader answers
+get_uid_command = bytes.fromhex("FFCA000000")  # PC/SC part 3 GET DATA: the card's UID
 
 # pcscd or the reader is gone: drop everything, re-establish on the next call.
 reader_failures = frozenset(
@@ -146,7 +146,8 @@ class PcscReader:
 
     @property
     def card_uid(self) -> bytes | None:
-        """The UID the reader reported for the connected card (GET DATA), if it did."""
+        """The connected card's UID, once protocol code has asked for it (GET DATA UID): the
+        driver notes the answer rather than spend an exchange of its own on every tap."""
         return self._card_uid
 
     def card_present(self) -> bool:
@@ -196,11 +197,12 @@ class PcscReader:
             self._fail(f"transmit failed: {describe(result)}", result)
         answer = bytes(response)
         self._transcript.append((command, answer))
-        if len(answer) < 2:
-            # vpcd reports a card that left mid-exchange as an empty answer.
-            error = self._card_error(
-                f"the card answered {len(answer)} bytes, no status word (removed mid-exchange?)"
-            )
+        if command == get_uid_command and answer[-2:] == b"\x90\x00" and len(answer) > 2:
+            self._card_uid = answer[:-2]
+        if not answer:
+            # vpcd reports a card that left mid-exchange as an empty answer. (One byte is a
+            # valid answer: a native DESFire status with no data.)
+            error = self._card_error("the card gave no answer (removed mid-exchange?)")
             self._drop_card(scard.SCARD_LEAVE_CARD)
             raise error
         return answer
@@ -291,9 +293,6 @@ class PcscReader:
         if result != scard.SCARD_S_SUCCESS:
             self._fail(f"cannot read the card status: {describe(result)}", result)
         self._atr = bytes(atr)
-        uid_answer = self.transmit(get_uid_command)
-        if uid_answer[-2:] == b"\x90\x00" and len(uid_answer) > 2:
-            self._card_uid = uid_answer[:-2]
 
     def _card_still_there(self) -> bool:
         assert self._card is not None

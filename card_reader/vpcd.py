@@ -7,8 +7,9 @@ is a C-APDU answered by the R-APDU. A 1-byte payload with another value is a nat
 command (native-framing clients send `60`, `AF`, `C7`...), so it goes to the card: the control
 values are told apart by value (reference/desfire.md §8.1).
 
-The bridge plays the part of a contactless reader's front end: like PC/SC readers, it answers
-the pseudo-APDU GET DATA UID (`FF CA 00 00 00`) itself. "Removing the card" is closing the TCP
+Everything else goes to the card unchanged, including the PC/SC pseudo-APDU GET DATA UID
+(`FF CA 00 00 00`) that a contactless reader would answer itself: the software card answers it,
+so exchanges count the same in-process and through vpcd. "Removing the card" is closing the TCP
 connection: vpcd then reports no card and pcscd ejects it.
 
 Latency: vpcd writes each message in two `send` calls. With Nagle on its side and delayed ACK on
@@ -38,10 +39,7 @@ connect_timeout_ms = 1_000
 reconnect_delay_ms = 100  # between attempts while vpcd is away
 receive_slice_ms = 200  # how often a blocked receive checks for stop()
 
-get_uid_command = bytes.fromhex("FFCA000000")
-status_ok = bytes.fromhex("9000")
 status_wrong_length = bytes.fromhex("6700")
-status_no_precise_diagnosis = bytes.fromhex("6F00")
 
 
 class VpcdMessage(enum.Enum):
@@ -133,9 +131,7 @@ def answer(card: VirtualCard, payload: bytes) -> bytes | None:
     if kind is VpcdMessage.get_atr:
         return card.atr()
     if not payload:
-        return status_wrong_length
-    if payload == get_uid_command:
-        return card.uid + status_ok
+        return status_wrong_length  # vpcd never sends one; a card could not answer it
     return card.process(payload)
 
 

@@ -78,6 +78,8 @@ def test_exchanges_reach_the_card(bridge: VpcdBridge, reader: PcscReader) -> Non
     card = insert(bridge, reader)
     assert reader.card_present()
     assert reader.atr() == test_atr
+    assert reader.card_uid is None  # not asked yet: the driver spends no exchange on it
+    assert reader.transmit(bytes.fromhex("FFCA000000")) == test_uid + b"\x90\x00"
     assert reader.card_uid == test_uid
     for command in (bytes.fromhex("905A000003AABBCC00"), b"\x60", bytes(range(200))):
         assert reader.transmit(command) == command[::-1] + b"\x91\x00"
@@ -98,7 +100,8 @@ def test_card_pulled_mid_transaction_gives_card_error_with_transcript(
     bridge: VpcdBridge, reader: PcscReader
 ) -> None:
     card = insert(bridge, reader)
-    card.tear_at_command = 3
+    reader.transmit(bytes.fromhex("FFCA000000"))
+    card.tear_at_command = 4
     select, authenticate, debit = (
         bytes.fromhex(text) for text in ("905A00000311223300", "90AA0000010000", "90DC000005")
     )

@@ -1,10 +1,9 @@
-"""DESFire transactions with the software card through the real stack:
-pyscard → pcscd → vpcd → bridge → EmulatedCard, beside the same card in-process.
+"""KSH card transactions with the software card through the real stack:
+pyscard → pcscd → vpcd → bridge → EmulatedCard, beside a twin of the same card in-process.
 
-The card gets a small purse application in-process (the KSH application's own layout and tests
-live with it); these tests are about what the real PC/SC path adds: the same answers, and a card
-pulled away mid-transaction giving CardError with the transcript while keeping only what was
-committed.
+What the PC/SC path adds: the same answers and state; a card pulled away mid-transaction gives
+CardError with the transcript while the card keeps only what was committed; a lost commit
+answer is settled from the card's log on the next tap.
 """
 
 from __future__ import annotations
@@ -15,78 +14,58 @@ import pytest
 
 from card_reader.apdu import Framing
 from card_reader.desfire import Desfire
-from card_reader.desfire_files import AccessRights, CommMode
 from card_reader.emulator import EmulatedCard, EmulatedReader
+from card_reader.keys import KeyRole
+from card_reader.ksh_card import (
+    CardPlan,
+    CardState,
+    InDoubtOutcome,
+    KshCard,
+    ksh_application_id,
+    read_uid,
+    settle_in_doubt,
+    trip_state_bytes,
+)
 from card_reader.pcsc import PcscReader
 from card_reader.port import CardError, ReaderPort
 from card_reader.vpcd import VpcdBridge
+from tests.card_reader.ksh_cards import issue_time, personalised_card, store
 
 card_timeout_ms = 5_000
-purse_aid = 0x4B5348
-debit_key_number = 1
-debit_key = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
-purse_file, trip_file, log_file = 1, 2, 3
-opening_balance_rupiah = 50_000
 fare_rupiah = 3_500
-debit_exchanges = 8  # select, auth (2), get value, debit, write trip, write record, commit
+validator_keys = store.view(KeyRole.DEBIT)
+terminal_id = 4_201
 
 
-def personalised_card() -> EmulatedCard:
-    """A card with a purse application: value, backup trip state, cyclic log; key 1 debits."""
-    card = EmulatedCard(bytes.fromhex("04C0FFEE123456"))
-    reader = EmulatedReader()
-    reader.insert(card)
-    desfire = Desfire(reader, card_uid=card.uid)
-    desfire.authenticate_ev2_first(0, bytes(16))
-    desfire.create_application(purse_aid, 0x0F, 2)
-    desfire.select_application(purse_aid)
-    desfire.authenticate_ev2_first(0, bytes(16))
-    desfire.change_key(debit_key_number, debit_key, 1, old_key=bytes(16))
-    access = AccessRights(read=1, write=1, read_write=1, change=0)
-    desfire.create_value_file(
-        purse_file,
-        CommMode.FULL,
-        access,
-        0,
-        2_000_000,
-        opening_balance_rupiah,
-        limited_credit_enabled=False,
-        free_get_value=False,
+def trip_state(sequence: int) -> bytes:
+    return sequence.to_bytes(4, "big").ljust(trip_state_bytes, b"\0")
+
+
+def tap(reader: ReaderPort, sequence: int) -> CardState:
+    """One validator tap: read the state, debit, write trip state and log record, commit."""
+    card = KshCard(reader, validator_keys)
+    card.read_state()
+    result = card.debit(
+        fare_rupiah,
+        trip_state(sequence),
+        terminal_id=terminal_id,
+        time_unix_seconds=issue_time + sequence,
     )
-    desfire.create_backup_data_file(trip_file, CommMode.FULL, access, 16)
-    desfire.create_cyclic_record_file(log_file, CommMode.FULL, access, 16, 6)
+    assert isinstance(result, CardState), result
+    return result
+
+
+def committed_state(card: EmulatedCard) -> CardState:
+    """The card's committed state, read in-process from a copy (the original stays untouched)."""
+    reader = EmulatedReader()
+    reader.insert(EmulatedCard.from_dict(card.to_dict()))
+    return KshCard(reader, validator_keys).read_state()
+
+
+def fresh_card() -> EmulatedCard:
+    card, reader = personalised_card(50_000)
     reader.remove()
     return card
-
-
-def debit(reader: ReaderPort, card_uid: bytes, counter: int) -> int:
-    """One complete debit; returns the balance before it."""
-    desfire = Desfire(reader, card_uid=card_uid)
-    desfire.select_application(purse_aid)
-    desfire.authenticate_ev2_first(debit_key_number, debit_key)
-    balance_rupiah = desfire.get_value(purse_file, CommMode.FULL)
-    desfire.debit(purse_file, fare_rupiah, CommMode.FULL)
-    desfire.write_data(trip_file, 0, counter.to_bytes(16, "big"), CommMode.FULL)
-    desfire.write_record(log_file, 0, counter.to_bytes(16, "big"), CommMode.FULL)
-    desfire.commit_transaction()
-    return balance_rupiah
-
-
-def state_of(card: EmulatedCard) -> tuple[int, bytes, bytes]:
-    """(balance, trip state, newest log record), read in-process."""
-    reader = EmulatedReader()
-    reader.insert(card)
-    desfire = Desfire(reader, card_uid=card.uid)
-    desfire.select_application(purse_aid)
-    desfire.authenticate_ev2_first(debit_key_number, debit_key)
-    balance = desfire.get_value(purse_file, CommMode.FULL)
-    trip = desfire.read_data(trip_file, 0, 16, CommMode.FULL)
-    try:
-        newest = desfire.read_records(log_file, 0, 1, CommMode.FULL)
-    except CardError:
-        newest = b""  # an empty log answers an error
-    reader.remove()
-    return balance, trip, newest
 
 
 @pytest.fixture
@@ -103,75 +82,88 @@ def reader(pcsc_reader_name: str, bridge: VpcdBridge) -> Iterator[PcscReader]:
         yield reader
 
 
-def test_debits_through_pcscd_match_the_in_process_card(
+def test_taps_through_pcscd_match_the_in_process_twin(
     bridge: VpcdBridge, reader: PcscReader
 ) -> None:
-    card = personalised_card()
+    card = fresh_card()
     twin = EmulatedCard.from_dict(card.to_dict())
     bridge.insert(card)
     assert reader.wait_for_card(card_timeout_ms)
-    assert reader.card_uid == card.uid
     in_process = EmulatedReader()
     in_process.insert(twin)
-    for counter in range(1, 4):
-        assert debit(reader, card.uid, counter) == debit(in_process, twin.uid, counter)
+    for sequence in range(1, 4):
+        through_pcsc = tap(reader, sequence)
+        assert through_pcsc == tap(in_process, sequence)
+        assert reader.card_uid == card.uid  # learnt from the application's own GET DATA
+    assert through_pcsc.balance_rupiah == 50_000 - 3 * fare_rupiah
+    assert through_pcsc.trip_state == trip_state(3)
     bridge.remove()
     assert reader.wait_for_removal(card_timeout_ms)
     in_process.remove()
-    assert state_of(card) == state_of(twin)
-    assert state_of(card) == (
-        opening_balance_rupiah - 3 * fare_rupiah,
-        (3).to_bytes(16, "big"),
-        (3).to_bytes(16, "big"),
-    )
+    assert card.to_dict() == twin.to_dict()
 
 
 @pytest.mark.parametrize(
-    ("torn_exchange", "before_processing", "committed"),
+    ("torn_exchange_from_end", "before_processing", "committed"),
     [
-        (5, False, False),  # the debit reached the card, then the card left
-        (8, True, False),  # the card left as the commit arrived
-        (8, False, True),  # the commit took effect; only its answer was lost
+        (4, False, False),  # the debit reached the card, then the card left
+        (1, True, False),  # the card left as the commit arrived
+        (1, False, True),  # the commit took effect; only its answer was lost
     ],
 )
 def test_card_pulled_mid_transaction_keeps_only_committed_state(
     bridge: VpcdBridge,
     reader: PcscReader,
-    torn_exchange: int,
+    torn_exchange_from_end: int,
     before_processing: bool,
     committed: bool,
 ) -> None:
-    card = personalised_card()
+    card = fresh_card()
     bridge.insert(card)
     assert reader.wait_for_card(card_timeout_ms)
-    debit(reader, card.uid, 1)
-    before = state_of_connected(card)
-    card.fail_after_exchanges(torn_exchange, before_processing=before_processing)
+    tap(reader, 1)
+    before = committed_state(card)
+    exchanges_per_tap = count_exchanges_of_a_tap(card)
+    card.fail_after_exchanges(
+        exchanges_per_tap - torn_exchange_from_end + 1, before_processing=before_processing
+    )
+    validator = KshCard(reader, validator_keys)
+    validator.read_state()
+    plan = validator.plan_debit(
+        fare_rupiah, trip_state(2), terminal_id=terminal_id, time_unix_seconds=issue_time + 2
+    )
+    assert isinstance(plan, CardPlan), plan
     with pytest.raises(CardError) as caught:
-        debit(reader, card.uid, 2)
+        validator.perform(plan)
     error = caught.value
     assert error.card_uid == card.uid
     assert error.reader_name == reader.name
-    assert len(error.transcript) >= torn_exchange - 1
+    assert error.transcript
     assert error.transcript[-1][1] == ""  # the exchange that got no answer
     assert reader.wait_for_removal(card_timeout_ms)
-    assert bridge.card is None  # torn: out of the field until someone taps again
+    assert bridge.card is None  # torn: out of the field until it taps again
+    after = committed_state(card)
     if committed:
-        assert state_of(card) == (
-            before[0] - fare_rupiah,
-            (2).to_bytes(16, "big"),
-            (2).to_bytes(16, "big"),
-        )
+        assert after.balance_rupiah == before.balance_rupiah - fare_rupiah
+        assert after.trip_state == trip_state(2)
+        assert after.last_record == plan.record
     else:
-        assert state_of(card) == before
-    bridge.insert(card)  # the next tap works normally
+        assert after == before
+    # The next tap, through the same reader, settles the in-doubt transaction from the log.
+    bridge.insert(card)
     assert reader.wait_for_card(card_timeout_ms)
-    debit(reader, card.uid, 3)
+    next_tap = KshCard(reader, validator_keys)
+    next_tap.read_state()
+    outcome = settle_in_doubt(next_tap.read_log(), plan.record)
+    assert outcome is (InDoubtOutcome.COMMITTED if committed else InDoubtOutcome.NOT_COMMITTED)
 
 
-def state_of_connected(card: EmulatedCard) -> tuple[int, bytes, bytes]:
-    """The card's committed state, read from a copy so the connected card is not disturbed."""
-    return state_of(EmulatedCard.from_dict(card.to_dict()))
+def count_exchanges_of_a_tap(card: EmulatedCard) -> int:
+    """How many exchanges a whole tap takes, measured on an in-process copy of the card."""
+    reader = EmulatedReader()
+    reader.insert(EmulatedCard.from_dict(card.to_dict()))
+    tap(reader, 99)
+    return reader.exchanges
 
 
 def test_native_framing_one_byte_commands_pass_through_vpcd(
@@ -179,13 +171,14 @@ def test_native_framing_one_byte_commands_pass_through_vpcd(
 ) -> None:
     """A 1-byte native command (GetVersion `60`, then `AF`) arrives at the bridge exactly like a
     vpcd control message; the bridge tells them apart by value."""
-    card = personalised_card()
+    card = fresh_card()
     bridge.insert(card)
     assert reader.wait_for_card(card_timeout_ms)
+    assert read_uid(reader) == card.uid
     native = Desfire(reader, framing=Framing.NATIVE)
     version = native.get_version()
     assert version.uid == card.uid
     assert reader.transcript_hex()[-3][0] == "60"
-    wrapped = Desfire(reader)
-    assert wrapped.get_version() == version
-    assert native.get_application_ids() == [purse_aid]
+    assert Desfire(reader).get_version() == version
+    native.select_application(ksh_application_id)  # 3-byte native frame
+    assert tap(reader, 1).balance_rupiah == 50_000 - fare_rupiah

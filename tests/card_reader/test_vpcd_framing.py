@@ -25,15 +25,16 @@ from card_reader.vpcd import (
     classify,
     encode_frame,
     frame_payload_bytes_max,
-    get_uid_command,
 )
 
 test_atr = bytes.fromhex("3B8180018080")
 test_uid = bytes.fromhex("04A1B2C3D4E5F6")
+get_uid_command = bytes.fromhex("FFCA000000")
 
 
 class EchoCard:
-    """Answers a command with its bytes reversed and `91 00`; records power changes."""
+    """Answers GET DATA UID as the emulator does, and any other command with its bytes reversed
+    and `91 00`; records power changes."""
 
     def __init__(self) -> None:
         self.uid = test_uid
@@ -57,6 +58,8 @@ class EchoCard:
         self.commands.append(command)
         if self.tear_at_command == len(self.commands):
             raise CardPowerLost("torn")
+        if command == get_uid_command:
+            return self.uid + b"\x90\x00"
         return command[::-1] + b"\x91\x00"
 
 
@@ -134,7 +137,7 @@ def test_one_byte_messages_are_control_only_for_the_four_control_values() -> Non
 def test_answer_to_any_message(payload: bytes) -> None:
     card = EchoCard()
     assert answer(card, payload) == expected_answer(payload)
-    goes_to_card = expected_answer(payload) == payload[::-1] + b"\x91\x00" and payload != b""
+    goes_to_card = classify(payload) is VpcdMessage.apdu and payload != b""
     assert card.commands == ([payload] if goes_to_card else [])
 
 
