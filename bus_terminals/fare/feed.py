@@ -584,9 +584,10 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
 
     def keys_for(actual: set[int], listed: set[int]) -> tuple[int, ...]:
         """Rule keys a leg's value can match: the two empty-value regimes differ here."""
+        named = tuple(sorted((actual & listed) - {any_index}))
         if priority_regime:  # empty = does not affect matching
-            return (*sorted(actual & listed), any_index)
-        named = tuple(sorted(actual & listed))  # empty = everything not listed in the column
+            return (*named, any_index)
+        # empty = everything not listed in the column
         return named if named else (any_index,)
 
     network_keys = tuple(
