@@ -1,10 +1,12 @@
 """Tap: a complete debit transaction on the software card, in-process and through pcscd, side by side.
 
-One tap = select the application, authenticate with the debit key, read the card state (purse,
-trip state), debit, write trip state and a log record, commit. The same card (two copies of one
+One tap = a validator's whole card transaction on the KSH application (`KshCard.read_state` then
+`debit`): select, authenticate with the debit key, read profile, purse, trip state and the newest
+log record, debit, write trip state and log record, commit. The same card (two copies of one
 personalised card) is tapped in-process (`EmulatedReader`) and through the real stack: pyscard →
-pcscd → vpcd → the vpcd bridge → the emulator (`ksh card emulate`, in its own process). The card stays in the field
-between taps, so the figures are the transaction itself, not pcscd's card-detection polling.
+pcscd → vpcd → the vpcd bridge → the emulator (`ksh card emulate`, in its own process). The card
+stays in the field between taps, so the figures are the transaction itself, not pcscd's
+card-detection polling.
 
 Starts pcscd when it is not running and we are root, and stops it again afterwards.
 """
@@ -22,16 +24,18 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from card_reader.emulator import EmulatedCard
+    from card_reader.keys import KeyStore, TerminalKeys
+    from card_reader.port import ReaderPort
 
 card_timeout_ms = 10_000
 fare_rupiah = 3_500
 warmup_taps = 20
-purse_aid = 0x4B5348
-debit_key_number = 1
-debit_key = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
-purse_file, trip_file, log_file = 1, 2, 3
 purse_rupiah_max = 2_000_000  # Bank Indonesia's cap for unregistered e-money
+bench_terminal_id = 9_999
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,54 +73,32 @@ def time_taps(tap: Callable[[int], None], taps: int) -> list[float]:
         gc.enable()
 
 
-def personalised_card() -> Any:
-    """A card with a full purse, trip state and a cyclic log; key 1 may debit."""
-    from card_reader.desfire import Desfire
-    from card_reader.desfire_files import AccessRights, CommMode
-    from card_reader.emulator import EmulatedCard, EmulatedReader
+def personalised_card() -> EmulatedCard:
+    """A KSH card with a full purse (demo keys: a benchmark, not a deployment)."""
+    from card_reader.deck import make_ksh_deck
 
-    card = EmulatedCard(bytes.fromhex("04BE4C4B534801"))
-    reader = EmulatedReader()
-    reader.insert(card)
-    desfire = Desfire(reader, card_uid=card.uid)
-    desfire.authenticate_ev2_first(0, bytes(16))
-    desfire.create_application(purse_aid, 0x0F, 2)
-    desfire.select_application(purse_aid)
-    desfire.authenticate_ev2_first(0, bytes(16))
-    desfire.change_key(debit_key_number, debit_key, 1, old_key=bytes(16))
-    access = AccessRights(read=1, write=1, read_write=1, change=0)
-    desfire.create_value_file(
-        purse_file,
-        CommMode.FULL,
-        access,
-        0,
-        purse_rupiah_max,
-        purse_rupiah_max,
-        limited_credit_enabled=False,
-        free_get_value=False,
+    return make_ksh_deck(bench_keys(), [purse_rupiah_max], seed="bench-tap")[0]
+
+
+def bench_keys() -> KeyStore:
+    from card_reader.keys import demo_key_store
+
+    return demo_key_store("bench-tap")
+
+
+def debit(reader: ReaderPort, keys: TerminalKeys, sequence: int) -> None:
+    """One complete validator tap: GET DATA UID, select, authenticate with the debit key, read
+    profile, purse, trip state and newest log record, debit, write trip state and log record,
+    commit."""
+    from card_reader.ksh_card import CardState, KshCard
+
+    card = KshCard(reader, keys)
+    state = card.read_state()
+    trip_state = sequence.to_bytes(4, "big") + state.trip_state[4:]
+    result = card.debit(
+        fare_rupiah, trip_state, terminal_id=bench_terminal_id, time_unix_seconds=sequence
     )
-    desfire.create_backup_data_file(trip_file, CommMode.FULL, access, 48)
-    desfire.create_cyclic_record_file(log_file, CommMode.FULL, access, 32, 11)
-    reader.remove()
-    return card
-
-
-def debit(reader: Any, card_uid: bytes, sequence: int) -> None:
-    """One complete debit tap."""
-    from card_reader.desfire import Desfire
-    from card_reader.desfire_files import CommMode
-
-    desfire = Desfire(reader, card_uid=card_uid)
-    desfire.select_application(purse_aid)
-    desfire.authenticate_ev2_first(debit_key_number, debit_key)
-    balance_rupiah = desfire.get_value(purse_file, CommMode.FULL)
-    trip_state = desfire.read_data(trip_file, 0, 48, CommMode.FULL)
-    assert balance_rupiah >= fare_rupiah, "the bench ran the purse dry"
-    desfire.debit(purse_file, fare_rupiah, CommMode.FULL)
-    desfire.write_data(trip_file, 0, sequence.to_bytes(4, "big") + trip_state[4:], CommMode.FULL)
-    record = sequence.to_bytes(4, "big") + (balance_rupiah - fare_rupiah).to_bytes(4, "big")
-    desfire.write_record(log_file, 0, record.ljust(32, b"\0"), CommMode.FULL)
-    desfire.commit_transaction()
+    assert isinstance(result, CardState), f"the bench card refused a debit: {result}"
 
 
 @contextlib.contextmanager
@@ -141,6 +123,7 @@ def emulator_process(deck: Path, vpcd: str) -> Iterator[subprocess.Popen[bytes]]
 
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
     from card_reader.emulator import EmulatedCard, EmulatedReader, save_deck
+    from card_reader.keys import KeyRole
     from card_reader.pcsc import PcscReader, start_pcscd_if_needed, stop_pcscd
     from card_reader.port import ReaderPortError
 
@@ -149,17 +132,15 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     if not 1 <= taps <= taps_max:
         raise ValueError(f"--taps must be 1..{taps_max} (one purse's worth)")
     card = personalised_card()
+    keys = bench_keys().view(KeyRole.DEBIT)
 
     in_process_card = EmulatedCard.from_dict(card.to_dict())
     in_process_reader = EmulatedReader()
     in_process_reader.insert(in_process_card)
     exchanges_before = in_process_reader.exchanges
-    debit(in_process_reader, in_process_card.uid, 0)
+    debit(in_process_reader, keys, 0)
     exchanges_per_tap = in_process_reader.exchanges - exchanges_before
-    in_process_ms = time_taps(
-        lambda sequence: debit(in_process_reader, in_process_card.uid, sequence + 1),
-        taps,
-    )
+    in_process_ms = time_taps(lambda sequence: debit(in_process_reader, keys, sequence + 1), taps)
 
     try:
         started_pcscd = start_pcscd_if_needed(arguments.reader)
@@ -172,7 +153,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
             with emulator_process(deck, arguments.vpcd), PcscReader(arguments.reader) as reader:
                 if not reader.wait_for_card(card_timeout_ms):
                     raise ValueError(f"no card appeared in {reader.name!r} (vpcd on that port?)")
-                pcsc_ms = time_taps(lambda sequence: debit(reader, card.uid, sequence), taps)
+                pcsc_ms = time_taps(lambda sequence: debit(reader, keys, sequence), taps)
     except ReaderPortError as error:
         raise ValueError(str(error)) from error
     finally:
