@@ -14,7 +14,8 @@ from ledger import store
 from ledger.records import Account, AccountKind, Transfer, TransferCode, derive_id
 from settlement.end_of_day import jakarta
 
-bank = "bank-jateng"
+bank_code = "009"  # BNI, the card's co-branding bank
+bank = bank_code
 our_account = "1350012345678"
 service_day = dt.date(2026, 11, 23)
 sale_fee_rupiah = 250  # 1 % of each 25,000 sale, booked with the sale as the back office does

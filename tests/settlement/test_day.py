@@ -1,92 +1,61 @@
-"""A whole day with injected trouble, end of day to a closed day: a payout the bank refuses,
-a statement line the bank duplicates, a fee we did not expect, a VA payment for no card."""
+"""A whole day with injected trouble, from end of day to a closed day, against the SNAP bank
+simulator: a payout the bank refuses, an answer lost on the way back, a statement line the
+bank lists twice, a fee nobody announced, a VA payment for no known card."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from gateways.snap.client import Payout, TransferOutcome, TransferState
+from gateways.bank_simulator import write_mt940
 from ledger.records import AccountKind
 from settlement import actions, end_of_day, reconciliation
 from settlement.actions import ActionResult, Role, Staff
-from settlement.statements import Direction, StatementLine, write_mt940
+from tests.settlement.conftest import BankHarness, operator_account
 from tests.settlement.day import bank, book_day, our_account, sale_fee_rupiah, service_day
 
 config = end_of_day.EndOfDayConfig(source_bank=bank, source_account_no=our_account)
 clerk = Staff("clerk.ani", Role.clerk)
 supervisor = Staff("super.budi", Role.supervisor)
 auditor = Staff("audit.citra", Role.auditor)
-now = dt.datetime(2026, 11, 24, 3, 0, tzinfo=end_of_day.jakarta)
+other_bank = "113"  # Bank Jateng: M000 is paid interbank, with BI-FAST's fee
 
 
-class ScriptedBank:
-    """Answers payouts as a bank would, refusing the references it is told to refuse, and
-    remembering what it paid (which becomes the statement)."""
-
-    def __init__(self, refuse: set[str]) -> None:
-        self.refuse = refuse
-        self.paid: list[Payout] = []
-
-    async def pay(self, payout: Payout) -> TransferOutcome:
-        if payout.partner_reference_no in self.refuse:
-            return TransferOutcome(
-                payout.partner_reference_no, TransferState.failed, "4031818", "Inactive Account"
-            )
-        if payout.partner_reference_no not in {p.partner_reference_no for p in self.paid}:
-            self.paid.append(payout)
-        return TransferOutcome(
-            payout.partner_reference_no,
-            TransferState.succeeded,
-            "2001800",
-            "Successful",
-            "BNK" + payout.partner_reference_no,
-        )
-
-
-def statement_line(
-    amount: int,
-    direction: Direction,
-    reference: str,
-    description: str,
-    number: int,
-    type_code: str = "NTRF",
-    value_date: dt.date = service_day,
-) -> StatementLine:
-    return StatementLine(
-        bank,
-        our_account,
-        value_date,
-        amount,
-        direction,
-        reference,
-        f"BR{number:06d}",
-        type_code,
-        description,
-        "day.sta",
-        number,
+async def open_exceptions(connection: asyncpg.Connection) -> dict[str, str]:
+    rows = await connection.fetch(
+        "select exception_id, reason from settlement_exceptions where resolved_at is null"
     )
+    return {row["exception_id"]: row["reason"] for row in rows}
 
 
 async def test_day_with_trouble_closes_with_zero_unexplained(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, bank_harness: BankHarness
 ) -> None:
+    the_bank = bank_harness.bank
     connection = await asyncpg.connect(database_url)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=3)
+    assert pool is not None
     try:
         day = await book_day(connection)
-        # End of day: one batch per merchant plus the operator.
+        # The bank's side of the day's VA payments (our side is booked by book_day); it lists
+        # the second one twice, and credits a payment for a VA that belongs to no card.
+        for index, (request_id, amount) in enumerate(day.collections):
+            if index == 1:
+                the_bank.trouble.duplicate_next_statement_lines = 1
+            the_bank.credit_collection(amount, request_id, f"VA PAYMENT {request_id}")
+        the_bank.credit_collection(1_500_000, "PR99999999", "VA PAYMENT 880016099999999999")
+
         await end_of_day.register_parties(
             connection,
             [
-                ("merchant", m, f"Toko {m}", "009", f"77{n:08d}")
-                for n, m in enumerate(sorted(day.sales))
-            ]
-            + [("operator", "trans-semarang", "BLU UPTD Trans Semarang", "", "1350099990001")],
+                ("merchant", "M000", "Toko M000", other_bank, "0987654321"),
+                ("merchant", "M001", "Toko M001", "", "7700000001"),
+                ("merchant", "M002", "Toko M002", "", "7700000002"),
+                ("operator", "trans-semarang", "BLU UPTD Trans Semarang", "", operator_account),
+            ],
         )
         batches = await end_of_day.close_day(connection, service_day, config)
         assert sorted(b.party_id for b in batches) == [*sorted(day.sales), "trans-semarang"]
@@ -99,100 +68,63 @@ async def test_day_with_trouble_closes_with_zero_unexplained(
                 assert batch.fees_rupiah == day.sales[batch.party_id] // 25_000 * sale_fee_rupiah
         assert await end_of_day.close_day(connection, service_day, config) == []  # once only
 
-        refused_batch = next(b for b in batches if b.party_id == "M001")
-        first_attempt = end_of_day.payout_id_for(refused_batch.batch_id, 1)
-        bank_side = ScriptedBank(refuse={first_attempt})
-        counts = await end_of_day.pay_day(pool, service_day, bank_side, config, "eod", now)
+        # Paying: M001's account is inactive; one answer is lost (resolved by status inquiry,
+        # never by paying again); the bank charges a fee nobody announced.
+        the_bank.trouble.reject_accounts = {"7700000001"}
+        the_bank.trouble.lose_next_answers = 1
+        the_bank.trouble.unexpected_fee_rupiah = 4_000
+        now = dt.datetime.now(end_of_day.jakarta)
+        counts = await end_of_day.pay_day(
+            pool, service_day, bank_harness.client, config, "eod", now
+        )
         assert counts[end_of_day.PayResult.refused] == 1
         assert counts[end_of_day.PayResult.paid] == len(batches) - 1
-        exceptions = await open_exceptions(connection)
-        assert exceptions == {f"payout:{first_attempt}": "payout_rejected"}
+        refused_batch = next(b for b in batches if b.party_id == "M001")
+        first_attempt = end_of_day.payout_id_for(refused_batch.batch_id, 1)
+        assert await open_exceptions(connection) == {f"payout:{first_attempt}": "payout_rejected"}
+        again = await end_of_day.pay_day(pool, service_day, bank_harness.client, config, "eod", now)
+        assert sum(again.values()) == 0  # every batch has its attempt: nothing is paid twice
 
-        # Paying again pays nothing twice: no batch is without an attempt.
-        again = await end_of_day.pay_day(pool, service_day, bank_side, config, "eod", now)
-        assert sum(again.values()) == 0
-
-        # Staff re-initiate the refused payout (the merchant's account was fixed).
+        # Staff re-initiate the refused payout once the merchant fixed the account.
+        the_bank.trouble.reject_accounts = set()
+        exception_id = f"payout:{first_attempt}"
         assert (
             await actions.reinitiate_payout(
-                connection, f"payout:{first_attempt}", auditor, "fixed", bank_side, config, now
+                connection, exception_id, auditor, "x", bank_harness.client, config, now
             )
             is ActionResult.not_allowed
         )
-        result = await actions.reinitiate_payout(
-            connection,
-            f"payout:{first_attempt}",
-            clerk,
-            "merchant fixed account",
-            bank_side,
-            config,
-            now,
-        )
-        assert result is ActionResult.done
-        assert len(bank_side.paid) == len(batches)
         assert (
             await actions.reinitiate_payout(
-                connection, f"payout:{first_attempt}", clerk, "again", bank_side, config, now
+                connection,
+                exception_id,
+                clerk,
+                "account reactivated",
+                bank_harness.client,
+                config,
+                now,
+            )
+            is ActionResult.done
+        )
+        assert (
+            await actions.reinitiate_payout(
+                connection, exception_id, clerk, "again", bank_harness.client, config, now
             )
             is ActionResult.already_resolved
         )
+        paid = [t for t in the_bank.transfers.values() if t.status == "00"]
+        assert len(paid) == len(batches)  # each batch paid exactly once
+        assert sum(t.amount_rupiah for t in paid) == sum(b.net_rupiah for b in batches)
 
-        # The bank's statement: collections, payouts, their interbank fees, and trouble.
-        lines = [
-            statement_line(amount, Direction.credit, request_id, f"VA PAYMENT {request_id}", n + 1)
-            for n, (request_id, amount) in enumerate(day.collections)
-        ]
-        number = len(lines)
-        next_day = service_day + dt.timedelta(days=1)
-        for payout in bank_side.paid:
-            number += 1
-            lines.append(
-                statement_line(
-                    payout.amount_rupiah,
-                    Direction.debit,
-                    payout.partner_reference_no,
-                    f"TRANSFER {payout.partner_reference_no}",
-                    number,
-                    value_date=next_day,
-                )
-            )
-            if payout.beneficiary_bank_code:
-                number += 1
-                lines.append(
-                    statement_line(
-                        2_500,
-                        Direction.debit,
-                        payout.partner_reference_no,
-                        f"BIAYA BI-FAST {payout.partner_reference_no}",
-                        number,
-                        "NCHG",
-                        next_day,
-                    )
-                )
-        duplicated = lines[0]
-        lines.append(dataclasses.replace(duplicated, source_line=number + 1))
-        lines.append(
-            statement_line(
-                6_500, Direction.debit, "", "BIAYA ADMIN BULANAN", number + 2, "NCHG", next_day
-            )
-        )
-        lines.append(
-            statement_line(
-                1_500_000, Direction.credit, "VAPAY99999999", "VA PAYMENT 8800199999", number + 3
-            )
-        )
-        statement = tmp_path / "jateng-20261124.sta"
-        statement.write_text(write_mt940(lines, our_account, "STMT20261124", 0))
-
-        imported = await reconciliation.import_statement(
-            connection, statement, bank, clerk.username
-        )
-        assert imported.lines_new == len(lines)
-        again_imported = await reconciliation.import_statement(
-            connection, statement, bank, clerk.username
-        )
-        assert again_imported.lines_new == 0
-
+        # The bank's statement, imported twice (the second time adds nothing), reconciled.
+        statement = the_bank.statement(our_account, the_bank.today())
+        path = tmp_path / "statement.sta"
+        path.write_text(write_mt940(statement))
+        imported = await reconciliation.import_statement(connection, path, bank, clerk.username)
+        assert imported.lines_new == len(statement.lines)
+        assert (
+            await reconciliation.import_statement(connection, path, bank, clerk.username)
+        ).lines_new == 0
         start = dt.datetime.combine(service_day, dt.time(0), tzinfo=end_of_day.jakarta)
         await reconciliation.expect_collections(
             connection,
@@ -202,76 +134,85 @@ async def test_day_with_trouble_closes_with_zero_unexplained(
             {},
             our_account,
         )
-        report = await reconciliation.reconcile(connection, statement_through=next_day)
-        assert report.lines_matched == len(lines) - 3
+        report = await reconciliation.reconcile(connection, statement_through=the_bank.today())
+        assert report.lines_matched == len(statement.lines) - 3
         exceptions = await open_exceptions(connection)
-        by_reason = sorted(exceptions.values())
-        assert by_reason == ["duplicate_line", "unexpected_fee", "unknown_reference"], exceptions
-
-        rerun = await reconciliation.reconcile(connection, statement_through=next_day)
-        assert rerun.matches_new == 0
-        assert rerun.transfers_booked == 0
+        assert sorted(exceptions.values()) == [
+            "duplicate_line",
+            "unexpected_fee",
+            "unknown_reference",
+        ], exceptions
+        rerun = await reconciliation.reconcile(connection, statement_through=the_bank.today())
+        assert (rerun.matches_new, rerun.transfers_booked) == (0, 0)
         assert await open_exceptions(connection) == exceptions
 
-        close = await actions.day_close(connection, next_day)
+        close = await actions.day_close(connection, the_bank.today())
         assert not close.closed
-        assert close.unexplained_rupiah == duplicated.amount_rupiah - 6_500 + 1_500_000
+        duplicated = day.collections[1][1]
+        assert close.unexplained_rupiah == duplicated - 4_000 + 1_500_000
 
-        # Staff actions: write-offs to suspense; the big one needs a supervisor.
-        by_id = {reason: exception_id for exception_id, reason in exceptions.items()}
+        # Finance works them: write-offs to suspense; the big one needs a supervisor.
+        by_reason = {reason: exception_id for exception_id, reason in exceptions.items()}
         assert (
-            await actions.write_off(connection, by_id["unexpected_fee"], auditor, "x")
+            await actions.write_off(connection, by_reason["unexpected_fee"], auditor, "x")
             is ActionResult.not_allowed
         )
         assert (
-            await actions.write_off(connection, by_id["unexpected_fee"], clerk, " ")
+            await actions.write_off(connection, by_reason["unexpected_fee"], clerk, " ")
             is ActionResult.note_required
         )
         assert (
             await actions.write_off(
-                connection, by_id["unexpected_fee"], clerk, "monthly admin fee, claimed from bank"
+                connection, by_reason["unexpected_fee"], clerk, "fee not agreed; disputed"
             )
             is ActionResult.done
         )
         assert (
             await actions.write_off(
-                connection, by_id["duplicate_line"], clerk, "bank listed it twice"
+                connection, by_reason["duplicate_line"], clerk, "listed twice; claimed"
             )
             is ActionResult.done
         )
-        unknown = by_id["unknown_reference"]
+        unknown = by_reason["unknown_reference"]
         assert (
-            await actions.write_off(
-                connection, unknown, clerk, "no card with this VA; refund pending"
-            )
+            await actions.write_off(connection, unknown, clerk, "VA of no card; refund requested")
             is ActionResult.awaiting_approval
         )
         assert (
             await actions.approve_write_off(connection, unknown, clerk) is ActionResult.not_allowed
         )
         assert await actions.approve_write_off(connection, unknown, supervisor) is ActionResult.done
+        assert (
+            await actions.write_off(connection, unknown, supervisor, "again")
+            is ActionResult.already_resolved
+        )
 
-        close = await actions.day_close(connection, next_day)
-        assert close.exceptions_open == 0
-        assert close.unexplained_rupiah == 0
-        assert close.bank_books_difference_rupiah == 0
+        close = await actions.day_close(connection, the_bank.today())
+        assert (
+            close.exceptions_open,
+            close.unexplained_rupiah,
+            close.bank_books_difference_rupiah,
+        ) == (0, 0, 0)
         assert close.closed
 
-        # The books: nothing left in transit or in clearing; suspense holds the written-off net.
-        balances = {
-            row["kind"]: row["balance"]
+        # The books: nothing in transit or in this bank's clearing; suspense holds what was
+        # written off; the bank account's books equal the bank's own movement.
+        kinds = {
+            row["kind"]: int(row["balance"])
             for row in await connection.fetch(
-                """select kind, sum(credits_posted - debits_posted) as balance, sum(debits_pending + credits_pending) as held
-                     from ledger_accounts group by kind"""
+                "select kind, sum(credits_posted - debits_posted) as balance from ledger_accounts group by kind"
             )
         }
-        assert balances[AccountKind.settlement_in_transit.value] == 0
-        assert balances[AccountKind.bank_clearing.value] == 0
-        assert balances[AccountKind.suspense.value] == duplicated.amount_rupiah - 6_500 + 1_500_000
-        assert sum(balances.values()) == 0
-        written = await connection.fetch(
-            "select metadata from ledger_transfers where code = 102 order by sequence"
+        assert kinds[AccountKind.settlement_in_transit.value] == 0
+        assert kinds[AccountKind.bank_clearing.value] == 0
+        assert kinds[AccountKind.suspense.value] == duplicated - 4_000 + 1_500_000
+        assert sum(kinds.values()) == 0
+        account = the_bank.accounts[our_account]
+        assert (
+            -kinds[AccountKind.bank_account.value]
+            == account.balance_rupiah - account.opening_rupiah
         )
+        written = await connection.fetch("select metadata from ledger_transfers where code = 102")
         assert len(written) == 3
         assert all(
             "requested_by" in row["metadata"] and "note" in row["metadata"] for row in written
@@ -281,11 +222,100 @@ async def test_day_with_trouble_closes_with_zero_unexplained(
         await connection.close()
 
 
-async def open_exceptions(connection: asyncpg.Connection) -> dict[str, str]:
-    rows = await connection.fetch(
-        "select exception_id, reason from settlement_exceptions where resolved_at is null"
-    )
-    return {row["exception_id"]: row["reason"] for row in rows}
+async def test_manual_match(database_url: str, tmp_path: Path) -> None:
+    """A collection the bank credited under a garbled reference: the clerk matches it by hand."""
+    from settlement.statements import Direction, StatementLine
+    from settlement.statements import write_mt940 as write_ours
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        day = await book_day(connection, cards=2, merchants=1)
+        (first_id, first_amount), (_, second_amount) = day.collections
+        lines = [
+            StatementLine(
+                bank,
+                our_account,
+                service_day,
+                first_amount,
+                Direction.credit,
+                first_id,
+                "B1",
+                "NTRF",
+                "VA",
+                "m.sta",
+                1,
+            ),
+            StatementLine(
+                bank,
+                our_account,
+                service_day,
+                second_amount,
+                Direction.credit,
+                "GARBLED",
+                "B2",
+                "NTRF",
+                "VA ???",
+                "m.sta",
+                2,
+            ),
+        ]
+        path = tmp_path / "m.sta"
+        path.write_text(write_ours(lines, our_account, "M", 0))
+        await reconciliation.import_statement(connection, path, bank, "ani")
+        start = dt.datetime.combine(service_day, dt.time(0), tzinfo=end_of_day.jakarta)
+        await reconciliation.expect_collections(
+            connection,
+            start,
+            end_of_day.cutoff_at(service_day, config),
+            service_day,
+            {},
+            our_account,
+        )
+        await reconciliation.reconcile(connection)
+        [exception] = await connection.fetch(
+            "select * from settlement_exceptions where resolved_at is null"
+        )
+        assert exception["reason"] == "unknown_reference"
+        [movement] = await connection.fetch(
+            "select movement_id, amount_rupiah from settlement_expected_movements e where not exists "
+            "(select 1 from settlement_match_movements m where m.movement_id = e.movement_id)"
+        )
+        line_key = exception["subject_id"]
+        assert (
+            await actions.manual_match(
+                connection, [line_key], [movement["movement_id"]], auditor, "x"
+            )
+            is ActionResult.not_allowed
+        )
+        assert (
+            await actions.manual_match(connection, [line_key], [movement["movement_id"]], clerk, "")
+            is ActionResult.note_required
+        )
+        assert (
+            await actions.manual_match(
+                connection,
+                [line_key],
+                [movement["movement_id"]],
+                clerk,
+                "bank garbled the VA reference",
+            )
+            is ActionResult.done
+        )
+        assert (
+            await actions.manual_match(
+                connection, [line_key], [movement["movement_id"]], clerk, "again"
+            )
+            is ActionResult.already_resolved
+        )
+        close = await actions.day_close(connection, service_day)
+        assert close.closed, close
+        kind = await connection.fetchval(
+            "select kind from settlement_matches m join settlement_match_lines using (match_id) where line_key = $1",
+            line_key,
+        )
+        assert kind == "manual"
+    finally:
+        await connection.close()
 
 
 @pytest.mark.parametrize("name", ["broken.sta"])

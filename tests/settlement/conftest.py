@@ -1,0 +1,74 @@
+"""Fixtures for settlement tests: the SNAP bank simulator on loopback, and our client to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateways.bank_simulator import BankSettings, bank_key, create_bank_app
+from gateways.bank_simulator.bank import Bank
+from gateways.snap import signature
+from gateways.snap.client import BankClient, BankConnection
+from tests.settlement.day import bank_code, our_account
+
+partner_id = "BNI-KSH-TEST"
+client_secret = "settlement-tests-hmac-secret"
+channel_id = "95221"
+operator_account = "1350099990001"
+
+
+@dataclass
+class BankHarness:
+    bank: Bank
+    client: BankClient
+    connection: BankConnection
+
+
+def public_pem(private_pem: bytes) -> bytes:
+    return signature.public_key_pem(signature.load_private_key(private_pem).public_key())
+
+
+@pytest.fixture(scope="session")
+def own_private_pem() -> bytes:
+    return signature.private_key_pem(signature.generate_private_key())
+
+
+@pytest.fixture
+async def bank_harness(own_private_pem: bytes) -> AsyncIterator[BankHarness]:
+    settings = BankSettings(
+        partner_id=partner_id,
+        client_secret=client_secret,
+        issuer_public_key_pem=public_pem(own_private_pem),
+        bank_private_key_pem=signature.private_key_pem(signature.generate_private_key()),
+        channel_id=channel_id,
+        bank_code=bank_code,
+        issuer_account_no=our_account,
+        issuer_account_opening_rupiah=100_000_000,
+        accounts=(
+            (operator_account, "BLU UPTD TRANS SEMARANG", 0),
+            *((f"77{n:08d}", f"TOKO M{n:03d}", 0) for n in range(1, 3)),
+        ),
+    )
+    app = create_bank_app(settings)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    connection = BankConnection(
+        base_url=f"http://127.0.0.1:{port}/snap",
+        client_key=partner_id,
+        client_secret=client_secret,
+        private_key_pem=own_private_pem,
+        channel_id=channel_id,
+        timeout_ms=2_000,
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield BankHarness(app[bank_key], BankClient.open(connection, http), connection)
+    finally:
+        await runner.cleanup()
