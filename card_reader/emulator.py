@@ -729,6 +729,8 @@ class EmulatedCard:
         if len(data) < 1:
             raise _Fail(Status.LENGTH_ERROR)
         plain = self._unprotect(code, data, CommMode.FULL)
+        if not plain:
+            raise _Fail(Status.LENGTH_ERROR)
         key_number = plain[0] & 0x3F
         application = self.selected
         if key_number >= len(application.keys):
