@@ -621,8 +621,7 @@ class EmulatedCard:
         return Status.OPERATION_OK, b""
 
     def _get_version(self, code: int, data: bytes) -> tuple[int, bytes]:
-        self._unprotect(code, data, CommMode.MAC)
-        if data and self._authenticated is None:
+        if self._unprotect(code, data, CommMode.MAC):
             raise _Fail(Status.LENGTH_ERROR)
         payload = version_hardware + version_software + self.uid + version_batch
         payload += version_week_year
