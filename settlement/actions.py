@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from gateways.snap.client import TransferState
 from ledger.records import AccountKind, Transfer, derive_id
 from settlement import books
 from settlement.end_of_day import (
@@ -272,6 +273,56 @@ async def reinitiate_payout(
     )
     outcome = await payer.pay(instruction.payout)
     await record_outcome(connection, instruction, outcome, batch["service_day"])
+    return ActionResult.done
+
+
+async def ask_bank_again(
+    connection: asyncpg.Connection,
+    exception_id: str,
+    staff: Staff,
+    payer: PayoutPort,
+    config: EndOfDayConfig,
+    now: dt.datetime,
+) -> ActionResult:
+    """An unresolved payout: send the same attempt again (same partnerReferenceNo, so the bank
+    books it at most once; the client asks its status first when the bank knows it)."""
+    if staff.role is Role.auditor:
+        return ActionResult.not_allowed
+    row = await open_exception_row(connection, exception_id)
+    if isinstance(row, ActionResult):
+        return row
+    if row["reason"] != "payout_unresolved":
+        return ActionResult.wrong_kind
+    attempt = await connection.fetchrow(
+        """select x.attempt, b.batch_id, b.net_rupiah, b.service_day, p.bank_code, p.account_no, p.name
+             from settlement_payouts x join settlement_batches b using (batch_id)
+             left join settlement_parties p using (party_kind, party_id)
+            where x.payout_id = $1""",
+        row["subject_id"],
+    )
+    if attempt is None or attempt["account_no"] is None:
+        return ActionResult.not_found
+    instruction = instruction_for(attempt, attempt["attempt"], config, now)
+    outcome = await payer.pay(instruction.payout)
+    answer = f"bank answered {outcome.state.value} {outcome.response_code}".strip()
+    async with connection.transaction():
+        if outcome.state is TransferState.failed:  # now a refusal: staff may re-initiate
+            await connection.execute(
+                """update settlement_exceptions set reason = 'payout_rejected', detail = $2
+                    where exception_id = $1""",
+                exception_id,
+                f"{outcome.response_code} {outcome.response_message}".strip(),
+            )
+        elif outcome.state in (TransferState.succeeded, TransferState.in_progress):
+            await connection.execute(
+                """update settlement_exceptions set resolution = 'confirmed', resolved_by = $2,
+                          resolution_note = $3, resolved_at = now() where exception_id = $1""",
+                exception_id,
+                staff.username,
+                answer,
+            )
+        # record_outcome's own exception insert meets this row and leaves it as set above
+        await record_outcome(connection, instruction, outcome, attempt["service_day"])
     return ActionResult.done
 
 

@@ -572,6 +572,8 @@ def exception_actions(session: Session, row: asyncpg.Record) -> str:
             forms.append(f"<small>line key {escape(row['subject_id'])}</small>")
     elif row["reason"] in ("payout_rejected", "no_beneficiary_account"):
         forms.append(form("reinitiate", "Re-initiate payout"))
+    elif row["reason"] == "payout_unresolved":
+        forms.append(form("ask-again", "Ask the bank again", with_note=False))
     return "".join(forms)
 
 
@@ -606,22 +608,22 @@ async def exception_action(request: web.Request) -> web.Response:
             )
         elif action == "approve":
             result = await actions.approve_write_off(connection, exception_id, session.staff)
-        elif action == "reinitiate":
+        elif action in ("reinitiate", "ask-again"):
             if settings.payer_factory is None:
                 raise web.HTTPSeeOther(
                     "/finance/exceptions?message="
                     + urllib.parse.quote("no bank connection configured")
                 )
             payer = settings.payer_factory(request.app[http_key])
-            result = await actions.reinitiate_payout(
-                connection,
-                exception_id,
-                session.staff,
-                note,
-                payer,
-                settings.end_of_day,
-                dt.datetime.now(jakarta),
-            )
+            now = dt.datetime.now(jakarta)
+            if action == "reinitiate":
+                result = await actions.reinitiate_payout(
+                    connection, exception_id, session.staff, note, payer, settings.end_of_day, now
+                )
+            else:
+                result = await actions.ask_bank_again(
+                    connection, exception_id, session.staff, payer, settings.end_of_day, now
+                )
         else:
             raise web.HTTPBadRequest(text="unknown action")
     raise web.HTTPSeeOther("/finance/exceptions?message=" + urllib.parse.quote(messages[result]))

@@ -334,3 +334,61 @@ async def test_broken_statement_imports_nothing(
         assert await connection.fetchval("select count(*) from settlement_statement_files") == 0
     finally:
         await connection.close()
+
+
+async def test_unanswered_payout_is_asked_again_never_paid_twice(
+    database_url: str, bank_harness: BankHarness
+) -> None:
+    the_bank = bank_harness.bank
+    connection = await asyncpg.connect(database_url)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        await book_day(connection, cards=2, merchants=1)
+        await end_of_day.register_parties(
+            connection,
+            [
+                ("merchant", "M000", "Toko M000", "", "7700000001"),
+                ("operator", "trans-semarang", "BLU", "", operator_account),
+            ],
+        )
+        await end_of_day.close_day(connection, service_day, config)
+        the_bank.trouble.fail_next_transfers = 1_000  # the core banking system is down
+        now = dt.datetime.now(end_of_day.jakarta)
+        counts = await end_of_day.pay_day(
+            pool, service_day, bank_harness.client, config, "eod", now
+        )
+        assert counts[end_of_day.PayResult.unresolved] == 2
+        assert the_bank.transfers == {}
+        exceptions = await open_exceptions(connection)
+        assert sorted(exceptions.values()) == ["payout_unresolved", "payout_unresolved"]
+        the_bank.trouble.fail_next_transfers = 0
+        for exception_id in exceptions:
+            assert (
+                await actions.ask_bank_again(
+                    connection, exception_id, auditor, bank_harness.client, config, now
+                )
+                is ActionResult.not_allowed
+            )
+            assert (
+                await actions.ask_bank_again(
+                    connection, exception_id, clerk, bank_harness.client, config, now
+                )
+                is ActionResult.done
+            )
+            # Asking again once more cannot pay twice: the exception is closed, the bank knows the reference.
+            assert (
+                await actions.ask_bank_again(
+                    connection, exception_id, clerk, bank_harness.client, config, now
+                )
+                is ActionResult.already_resolved
+            )
+        assert await open_exceptions(connection) == {}
+        assert len(the_bank.transfers) == 2
+        held = await connection.fetchval(
+            "select sum(debits_pending) from ledger_accounts where kind in ('merchant_payable', 'operator_payable')"
+        )
+        assert held == 0  # both holds posted: the money is in transit
+    finally:
+        await pool.close()
+        await connection.close()
