@@ -8,6 +8,7 @@ import copy
 import pytest
 
 from card_reader import ksh_card
+from card_reader.apdu import Framing
 from card_reader.desfire import Desfire, DesfireError
 from card_reader.emulator import EmulatedCard, EmulatedReader
 from card_reader.keys import KeyRole, KeyStore, demo_key_store
@@ -267,3 +268,44 @@ def test_credit_and_debit_views_in_one_tap_use_non_first_authentication() -> Non
     assert (paid.balance_rupiah, paid.counter) == (3_000, 2)
     reader.insert(card)
     assert KshCard(reader, read_keys).read_state() == paid
+
+
+def test_native_framing_tap() -> None:
+    card, reader = personalised_card(9_000)
+    session = KshCard(reader, debit_keys, framing=Framing.NATIVE)
+    session.read_state()
+    after = session.debit(4_000, trip, terminal_id=2, time_unix_seconds=3)
+    assert not isinstance(after, Refusal)
+    reader.insert(card)
+    assert KshCard(reader, read_keys).read_state().balance_rupiah == 5_000
+
+
+def test_access_rights_as_documented() -> None:
+    """Free reads of profile, trip state and log; the purse needs a key; the credit key cannot
+    touch trip state; the read key can change nothing."""
+    card, reader = personalised_card(9_000)
+    anonymous = Desfire(reader)
+    anonymous.select_application(ksh_card.ksh_application_id)
+    assert (
+        Profile.from_bytes(anonymous.read_data(ksh_card.profile_file, 0, 32, ksh_card.comm_mode))
+        == profile()
+    )
+    assert anonymous.get_value(ksh_card.purse_file, ksh_card.comm_mode) == 9_000  # free GetValue
+    with pytest.raises(DesfireError) as raised:
+        anonymous.debit(ksh_card.purse_file, 1, ksh_card.comm_mode)
+    assert raised.value.status == 0xAE
+    for keys, file_number, write in [
+        (credit_keys, ksh_card.trip_state_file, True),
+        (read_keys, ksh_card.profile_file, True),
+        (read_keys, ksh_card.log_file, False),
+    ]:
+        session = KshCard(reader, keys)
+        session.read_state()
+        with pytest.raises(DesfireError) as raised:
+            if write:
+                session.desfire.write_data(file_number, 0, b"\x01", ksh_card.comm_mode)
+            else:
+                session.desfire.write_record(file_number, 0, b"\x01", ksh_card.comm_mode)
+        assert raised.value.status == 0x9D
+    reader.insert(card)
+    assert KshCard(reader, read_keys).read_state().counter == 0
