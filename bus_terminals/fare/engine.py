@@ -314,6 +314,7 @@ def _step(
     if match is None:
         return None
     leg_amount = match.amount
+    group = match.rule.group_index
     amount = leg_amount
     chosen: TransferRule | None = None
     chain_rule = no_index
@@ -321,59 +322,74 @@ def _step(
     chain_departure_s = departure_s
     chain_arrival_s = arrival_s
     if has_previous:
-        key = (
-            tariff.from_group_keys[state.effective_group_index],
-            tariff.to_group_keys[match.rule.group_index],
-        )
+        (
+            _,
+            _,
+            last_time_s,
+            effective_start_s,
+            _,
+            _,
+            effective_group,
+            _,
+            effective_charged,
+            _,
+            _,
+            previous_chain_rule,
+            previous_chain_count,
+            previous_chain_departure_s,
+            previous_chain_arrival_s,
+            _,
+            _,
+            _,
+        ) = state
+        key = (tariff.from_group_keys[effective_group], tariff.to_group_keys[group])
         rules = tariff.transfer_rules.get(key)
         if rules is not None:
-            continuing = (
-                state.chain_rule_index != no_index
-                and tariff.transfer_rule_list[state.chain_rule_index].key == key
-            )
-            if continuing:
-                count = min(state.chain_transfer_count + 1, transfer_count_saturated)
-                anchor_departure_s = state.chain_departure_s
-                anchor_arrival_s = state.chain_arrival_s
+            if (
+                previous_chain_rule != no_index
+                and tariff.transfer_rule_list[previous_chain_rule].key == key
+            ):  # the chain goes on: count on, measure from its first leg
+                count = min(previous_chain_count + 1, transfer_count_saturated)
+                anchor_departure_s = previous_chain_departure_s
+                anchor_arrival_s = previous_chain_arrival_s
             else:
                 count = 1
-                anchor_departure_s = state.effective_start_s
-                anchor_arrival_s = state.last_time_s
+                anchor_departure_s = effective_start_s
+                anchor_arrival_s = last_time_s
             for rule in rules:
-                limit_count = rule.transfer_count
-                if limit_count is not None and limit_count != -1 and limit_count < count:
+                order, _, _, limit_s, limit_type, kind, product, _, count_max = rule
+                if count > count_max:
                     continue
-                limit_s = rule.duration_limit_s
                 if limit_s is not None:
-                    kind = rule.duration_limit_type  # elapsed from the chain's first leg
-                    if kind == 1:
+                    # elapsed from the chain's first leg: 0 dep->arr, 1 dep->dep, 2 arr->dep,
+                    # 3 arr->arr
+                    if limit_type == 1:
                         elapsed_s = departure_s - anchor_departure_s
-                    elif kind == 0:
+                    elif limit_type == 0:
                         elapsed_s = arrival_s - anchor_departure_s
-                    elif kind == 2:
+                    elif limit_type == 2:
                         elapsed_s = departure_s - anchor_arrival_s
                     else:
                         elapsed_s = arrival_s - anchor_arrival_s
                     if elapsed_s > limit_s:
                         continue
-                if rule.product_index == any_index:
+                if product == any_index:
                     transfer_amount = 0
                 else:
-                    price = tariff.product_price.get((rule.product_index, category, medium))
+                    price = tariff.product_price.get((product, category, medium))
                     if price is None:
                         continue
                     transfer_amount = price
-                kind = rule.fare_transfer_type
                 if kind == 0:
                     amount = transfer_amount
                 elif kind == 1:
                     amount = transfer_amount + leg_amount
-                elif state.chain_rule_index != no_index:
+                elif previous_chain_rule != no_index:
                     amount = transfer_amount  # "S + BC": the previous leg was a transfer
                 else:
-                    amount = transfer_amount - state.effective_charged_amount
+                    amount = transfer_amount - effective_charged
                 chosen = rule
-                chain_rule = rule.order
+                chain_rule = order
                 chain_count = count
                 chain_departure_s = anchor_departure_s
                 chain_arrival_s = anchor_arrival_s
@@ -387,7 +403,7 @@ def _step(
             departure_s,
             from_stop,
             False,
-            match.rule.group_index,
+            group,
             leg_amount,
             amount,
             network,

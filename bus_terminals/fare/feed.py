@@ -32,6 +32,7 @@ from bus_terminals.fare.tariff import (
     TransferRule,
     any_index,
     seconds_per_day,
+    transfer_count_unlimited,
 )
 
 feed_file_names = (
@@ -647,6 +648,7 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
                 transfer_type,
                 product,
                 f"fare_transfer_rules.txt:{row.line}",
+                transfer_count_unlimited if count is None or count == -1 else count,
             )
             raw_transfers.append((from_group, to_group, rule_t))
         if len(raw_transfers) > card_index_max:

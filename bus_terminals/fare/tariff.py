@@ -40,6 +40,11 @@ class TransferRule(NamedTuple):
     fare_transfer_type: int  # 0 A+AB, 1 A+AB+B, 2 AB
     product_index: int  # any_index = the transfer costs 0
     label: str
+    count_max: int  # transfer_count as a bound on the current count (no limit: a huge number)
+
+
+#: `TransferRule.count_max` when transfer_count is empty or -1.
+transfer_count_unlimited = 1 << 30
 
 
 class CapRule(NamedTuple):
