@@ -20,6 +20,7 @@ are big, so the lock is held for few, long, efficient transactions.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -27,7 +28,7 @@ from typing import Any
 
 import asyncpg
 
-from ledger.booking import Existing, PendingState, decide_batch
+from ledger.booking import BatchDecision, Existing, PendingState, decide_batch
 from ledger.chain import batch_digest, next_chain_hash, transfer_columns
 from ledger.records import (
     Account,
@@ -253,19 +254,22 @@ async def create_transfers(
         )
         booked_at = max(now or head["clock"], head["booked_at"])
         existing, pendings = await _prefetch_transfers(connection, transfers)
-        accounts = await _prefetch_accounts(connection, transfers, pendings)
+        account_ids: dict[int, uuid.UUID] = {}
+        accounts = await _prefetch_accounts(connection, transfers, pendings, account_ids)
         batch_number = head["batch_number"] + 1
         decision = decide_batch(
             transfers, accounts, existing, pendings, booked_at, head["next_sequence"]
         )
         if decision.entries:
-            await _write_batch(connection, decision, batch_number, booked_at, head["chain_hash"])
+            await _write_batch(
+                connection, decision, batch_number, booked_at, head["chain_hash"], account_ids
+            )
     return decision.outcomes
 
 
 async def _prefetch_transfers(
     connection: asyncpg.Connection, transfers: list[Transfer]
-) -> tuple[dict[uuid.UUID, Existing], dict[uuid.UUID, PendingState]]:
+) -> tuple[dict[int, Existing], dict[int, PendingState]]:
     rows = await connection.fetch(
         "select id, sequence, booked_at, debit_account_id, credit_account_id, amount, code,"
         " flags, pending_id, timeout_s, terminal_id, terminal_sequence, card_number,"
@@ -274,7 +278,7 @@ async def _prefetch_transfers(
         [transfer.id for transfer in transfers],
     )
     existing = {
-        row["id"]: Existing(_transfer_from_row(row), row["sequence"], row["booked_at"])
+        row["id"].int: Existing(_transfer_from_row(row), row["sequence"], row["booked_at"])
         for row in rows
     }
     pending_ids = list(
@@ -284,25 +288,27 @@ async def _prefetch_transfers(
             if transfer.flags & resolve_flags and transfer.pending_id is not None
         }
     )
-    pendings: dict[uuid.UUID, PendingState] = {}
+    pendings: dict[int, PendingState] = {}
     if pending_ids:
         for row in await connection.fetch(
             "select * from ledger_transfers where id = any($1::uuid[])", pending_ids
         ):
-            pendings[row["id"]] = PendingState(_transfer_from_row(row), row["booked_at"])
+            pendings[row["id"].int] = PendingState(_transfer_from_row(row), row["booked_at"])
         for row in await connection.fetch(
             "select pending_id, flags from ledger_transfers where pending_id = any($1::uuid[])",
             pending_ids,
         ):
-            pendings[row["pending_id"]].resolution = TransferFlags(row["flags"]) & resolve_flags
+            pending = pendings[row["pending_id"].int]
+            pending.resolution = TransferFlags(row["flags"]) & resolve_flags
     return existing, pendings
 
 
 async def _prefetch_accounts(
     connection: asyncpg.Connection,
     transfers: list[Transfer],
-    pendings: dict[uuid.UUID, PendingState],
-) -> dict[uuid.UUID, list]:
+    pendings: dict[int, PendingState],
+    account_ids: dict[int, uuid.UUID],
+) -> dict[int, list]:
     ids = set()
     for transfer in transfers:
         ids.add(transfer.debit_account_id)
@@ -316,82 +322,102 @@ async def _prefetch_accounts(
         " credits_posted from ledger_accounts join unnest($1::uuid[]) as wanted (id) using (id)",
         list(ids),
     )
-    return {row[0]: list(row[1:]) for row in rows}
+    accounts = {}
+    for row in rows:
+        key = row[0].int
+        account_ids[key] = row[0]
+        accounts[key] = list(row[1:])
+    return accounts
+
+
+_update_totals = """
+    update ledger_accounts a
+       set debits_pending = a.debits_pending + d.debits_pending,
+           debits_posted = a.debits_posted + d.debits_posted,
+           credits_pending = a.credits_pending + d.credits_pending,
+           credits_posted = a.credits_posted + d.credits_posted
+      from unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+           as d(id, debits_pending, debits_posted, credits_pending, credits_posted)
+     where a.id = d.id
+"""
+
+_record_batch = """
+    with batch as (
+        insert into ledger_batches (batch_number, first_sequence, last_sequence,
+                                    transfer_count, booked_at, digest, chain_hash)
+        values ($1, $2, $3, $4, $5, $6, $7)
+    )
+    update ledger_head set batch_number = $1, next_sequence = $3 + 1, chain_hash = $7,
+                           booked_at = $5
+"""
 
 
 async def _write_batch(
     connection: asyncpg.Connection,
-    decision: Any,
+    decision: BatchDecision,
     batch_number: int,
     booked_at: datetime,
     previous_chain_hash: bytes,
+    account_ids: dict[int, uuid.UUID],
 ) -> None:
-    rows = [
-        (
-            entry.sequence,
-            transfer.id,
-            batch_number,
-            booked_at,
-            transfer.debit_account_id,
-            transfer.credit_account_id,
-            transfer.amount,
-            transfer.code,
-            int(transfer.flags),
-            transfer.pending_id,
-            transfer.timeout_s,
-            transfer.terminal_id,
-            transfer.terminal_sequence,
-            transfer.card_number,
-            transfer.card_counter,
-            transfer.bank_reference,
-            transfer.settlement_batch,
-            transfer.metadata,
-            *entry.debit_after,
-            *entry.credit_after,
+    """One UPDATE of the per-account deltas, one COPY of the rows, one batch row + head.
+
+    The UPDATE goes first and runs in the server while this process builds the rows and
+    their digest (the two cores work at once); a hot account is written once per batch.
+    """
+    deltas = decision.deltas
+    ordered_keys = sorted(deltas)  # a stable order, whatever locks the UPDATE takes
+    updating = asyncio.ensure_future(
+        connection.execute(
+            _update_totals,
+            [account_ids[key] for key in ordered_keys],
+            [deltas[key][0] for key in ordered_keys],
+            [deltas[key][1] for key in ordered_keys],
+            [deltas[key][2] for key in ordered_keys],
+            [deltas[key][3] for key in ordered_keys],
         )
-        for entry in decision.entries
-        for transfer in (entry.transfer,)
-    ]
-    digest = batch_digest(rows)
+    )
+    await asyncio.sleep(0)  # let the UPDATE be sent before the CPU work below
+    try:
+        rows = [
+            (
+                entry.sequence,
+                transfer.id,
+                batch_number,
+                booked_at,
+                transfer.debit_account_id,
+                transfer.credit_account_id,
+                transfer.amount,
+                transfer.code,
+                int(transfer.flags),
+                transfer.pending_id,
+                transfer.timeout_s,
+                transfer.terminal_id,
+                transfer.terminal_sequence,
+                transfer.card_number,
+                transfer.card_counter,
+                transfer.bank_reference,
+                transfer.settlement_batch,
+                transfer.metadata,
+                *entry.debit_after,
+                *entry.credit_after,
+            )
+            for entry in decision.entries
+            for transfer in (entry.transfer,)
+        ]
+        digest = batch_digest(rows)
+    finally:
+        status = await updating
+    assert status == f"UPDATE {len(ordered_keys)}", status
     chain_hash = next_chain_hash(previous_chain_hash, digest)
     await connection.copy_records_to_table(
         "ledger_transfers", records=rows, columns=transfer_columns
     )
-    deltas = decision.deltas
-    ordered = sorted(deltas)
-    status = await connection.execute(
-        """
-        update ledger_accounts a
-           set debits_pending = a.debits_pending + d.debits_pending,
-               debits_posted = a.debits_posted + d.debits_posted,
-               credits_pending = a.credits_pending + d.credits_pending,
-               credits_posted = a.credits_posted + d.credits_posted
-          from unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
-               as d(id, debits_pending, debits_posted, credits_pending, credits_posted)
-         where a.id = d.id
-        """,
-        ordered,
-        [deltas[i][0] for i in ordered],
-        [deltas[i][1] for i in ordered],
-        [deltas[i][2] for i in ordered],
-        [deltas[i][3] for i in ordered],
-    )
-    assert status == f"UPDATE {len(ordered)}", status
-    first_sequence = rows[0][0]
-    last_sequence = rows[-1][0]
     await connection.execute(
-        """
-        with batch as (
-            insert into ledger_batches (batch_number, first_sequence, last_sequence,
-                                        transfer_count, booked_at, digest, chain_hash)
-            values ($1, $2, $3, $4, $5, $6, $7)
-        )
-        update ledger_head set batch_number = $1, next_sequence = $3 + 1, chain_hash = $7,
-                               booked_at = $5
-        """,
+        _record_batch,
         batch_number,
-        first_sequence,
-        last_sequence,
+        rows[0][0],
+        rows[-1][0],
         len(rows),
         booked_at,
         digest,

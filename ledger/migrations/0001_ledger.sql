@@ -144,16 +144,20 @@ create trigger ledger_accounts_open after insert on ledger_accounts
 -- the held amount from pending and posts its own; void -> releases the held amount.
 -- Flags: 2 pending, 4 post_pending, 8 void_pending (ledger/records.py TransferFlags).
 create function ledger_note_transfers() returns trigger language plpgsql as $$
+declare
+    posted numeric;
+    pending numeric;
+    released numeric;
 begin
+    select coalesce(sum(amount) filter (where flags & 14 = 0 or flags & 4 <> 0), 0),
+           coalesce(sum(amount) filter (where flags & 2 <> 0), 0)
+      into posted, pending
+      from new_rows;
+    select coalesce(sum(h.amount), 0) into released
+      from new_rows t join ledger_transfers h on h.id = t.pending_id
+     where t.flags & 12 <> 0;
     insert into ledger_commit_checks
-    select pg_current_xact_id(), -posted, -posted, -pending, -pending
-      from (select coalesce(sum(case when t.flags & 14 = 0 or t.flags & 4 <> 0
-                                     then t.amount else 0 end), 0) as posted,
-                   coalesce(sum(case when t.flags & 2 <> 0 then t.amount
-                                     when t.flags & 12 <> 0 then -h.amount
-                                     else 0 end), 0) as pending
-              from new_rows t
-              left join ledger_transfers h on t.flags & 12 <> 0 and h.id = t.pending_id) s;
+    values (pg_current_xact_id(), -posted, -posted, released - pending, released - pending);
     return null;
 end $$;
 create trigger ledger_transfers_booked after insert on ledger_transfers
