@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import fcntl
+import getpass
+import hashlib
+import json
+import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +26,15 @@ from ksh.cli import UserError
 
 if TYPE_CHECKING:
     from card_reader.emulator import EmulatedCard
+    from card_reader.keys import KeyStore
+    from card_reader.ksh_card import CardState, LogRecord, Profile
     from card_reader.pcsc import PcscReader
+    from card_reader.port import ReaderPortError
 
 card_wait_ms_default = 10_000
 deck_cards_max = 10_000
+passphrase_variable = "KSH_KEYSTORE_PASSPHRASE"
+passphrase_chars_min = 8
 
 
 def register(subparsers: Any) -> None:
@@ -53,13 +65,95 @@ def register(subparsers: Any) -> None:
     readers = actions.add_parser("readers", help="list the PC/SC readers pcscd knows")
     readers.set_defaults(handler=run_readers)
 
+    info = actions.add_parser(
+        "info",
+        help="show the card on a reader: UID, version, KSH profile, balance, log",
+        description="Read the card on a reader. Without --keystore it reads what any phone may "
+        "read (free access, not MAC-checked); with it, it authenticates with the read key, so "
+        "every answer is proven to come from a genuine card.",
+    )
+    add_reader_arguments(info)
+    info.add_argument("--keystore", type=Path, metavar="FILE", help="verify with the read key")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(handler=run_info)
+
+    issue = actions.add_parser("issue", help="personalise a blank card as a KSH card")
+    add_reader_arguments(issue)
+    add_keystore_argument(issue)
+    issue.add_argument(
+        "--category", required=True, choices=[category.name.lower() for category in categories()]
+    )
+    issue.add_argument(
+        "--card-number", type=int, help="the printed card number (default: made from the UID)"
+    )
+    issue.add_argument("--balance", type=int, default=0, help="opening balance in rupiah")
+    issue.add_argument("--registered", action="store_true", help="a registered (named) card")
+    issue.add_argument(
+        "--valid-years", type=int, default=5, help="years until expiry (default %(default)s)"
+    )
+    issue.add_argument("--terminal-id", type=int, default=0, help="this station's terminal id")
+    issue.set_defaults(handler=run_issue)
+
+    topup = actions.add_parser("topup", help="credit the purse of a KSH card (a top-up point)")
+    add_reader_arguments(topup)
+    add_keystore_argument(topup)
+    topup.add_argument("--amount", type=int, required=True, help="rupiah to add")
+    topup.add_argument("--terminal-id", type=int, default=0, help="this top-up point's id")
+    topup.set_defaults(handler=run_topup)
+
+    keystore_new = actions.add_parser(
+        "keystore-new",
+        help="generate issuer master keys into a passphrase-sealed key store",
+        description="Generate fresh master keys for every role and seal them with a passphrase "
+        f"(from {passphrase_variable}, or asked twice).",
+    )
+    keystore_new.add_argument("--out", type=Path, required=True, metavar="FILE")
+    keystore_new.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    keystore_new.set_defaults(handler=run_keystore_new)
+
     deck_new = actions.add_parser(
-        "deck-new", help="write a deck of factory-fresh software cards (JSON)"
+        "deck-new",
+        help="write a deck of software cards (JSON): blank, or issued with --keystore",
     )
     deck_new.add_argument("--out", type=Path, required=True, metavar="FILE")
     deck_new.add_argument("--cards", type=int, default=10, help="how many (default 10)")
+    deck_new.add_argument(
+        "--keystore", type=Path, metavar="FILE", help="issue the cards with these keys"
+    )
+    deck_new.add_argument(
+        "--balance", type=int, default=50_000, help="opening balance of issued cards (rupiah)"
+    )
     deck_new.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     deck_new.set_defaults(handler=run_deck_new)
+
+
+def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reader", required=True, metavar="NAME", help="reader name, or a unique part of it"
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=card_wait_ms_default / 1000,
+        metavar="SECONDS",
+        help="how long to wait for a card (default %(default)g)",
+    )
+
+
+def add_keystore_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keystore",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help=f"the issuer key store (passphrase from {passphrase_variable}, or asked)",
+    )
+
+
+def categories() -> list[Any]:
+    from card_reader.ksh_card import RiderCategory
+
+    return list(RiderCategory)
 
 
 # ---------------------------------------------------------------------------- emulate
@@ -133,6 +227,10 @@ class DeckCard:
         self._saved = current
 
 
+def stop_on_signal(signal_number: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_emulate(arguments: argparse.Namespace) -> int:
     from card_reader.emulator import EmulatedCard
     from card_reader.vpcd import VirtualCard, VpcdAddress, VpcdBridge
@@ -158,11 +256,13 @@ def run_emulate(arguments: argparse.Namespace) -> int:
         flush=True,
     )
     bridge = VpcdBridge(card, address)
+    previous_handler = signal.signal(signal.SIGTERM, stop_on_signal)  # `kill` stops it cleanly too
     try:
         bridge.serve()
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous_handler)
         bridge.stop()
         card.power_off()  # a deck card saves itself here
     print("card removed", file=sys.stderr)
@@ -187,40 +287,358 @@ def run_readers(arguments: argparse.Namespace) -> int:
 
 
 def run_deck_new(arguments: argparse.Namespace) -> int:
+    from card_reader.deck import make_ksh_deck
     from card_reader.emulator import EmulatedCard, save_deck
+    from card_reader.ksh_card import balance_max_rupiah
 
     if not 1 <= arguments.cards <= deck_cards_max:
         raise UserError(f"--cards must be 1..{deck_cards_max}")
-    if arguments.out.exists() and not arguments.force:
-        raise UserError(f"{arguments.out} exists (use --force to overwrite it)")
-    cards = [EmulatedCard() for _ in range(arguments.cards)]
+    if not 0 <= arguments.balance <= balance_max_rupiah:
+        raise UserError(f"--balance must be 0..{balance_max_rupiah} rupiah")
+    refuse_to_overwrite(arguments.out, arguments.force)
+    if arguments.keystore is None:
+        cards = [EmulatedCard() for _ in range(arguments.cards)]
+        described = "blank cards"
+    else:
+        keys = load_keystore(arguments.keystore)
+        seed = os.urandom(8).hex()  # fresh UIDs for every deck
+        cards = make_ksh_deck(keys, [arguments.balance] * arguments.cards, seed=seed)
+        described = f"KSH cards with {rupiah(arguments.balance)} each"
     try:
         save_deck(cards, arguments.out)
     except OSError as error:
         raise UserError(f"cannot write {arguments.out}: {error.strerror}") from error
-    print(f"{len(cards)} blank cards -> {arguments.out}")
+    print(f"{len(cards)} {described} -> {arguments.out}")
     return 0
+
+
+def run_keystore_new(arguments: argparse.Namespace) -> int:
+    from card_reader.keys import KeyStore
+
+    refuse_to_overwrite(arguments.out, arguments.force)
+    passphrase = read_passphrase(confirm=True)
+    store = KeyStore.generate()
+    try:
+        store.save(arguments.out, passphrase)
+    except OSError as error:
+        raise UserError(f"cannot write {arguments.out}: {error.strerror}") from error
+    held = ", ".join(f"{role.value} v{version}" for role, version in store.current_versions.items())
+    print(f"key store -> {arguments.out} ({held})")
+    return 0
+
+
+def refuse_to_overwrite(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise UserError(f"{path} exists (use --force to overwrite it)")
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+def read_passphrase(*, confirm: bool = False) -> str:
+    """From KSH_KEYSTORE_PASSPHRASE, else asked on the terminal (twice for a new store)."""
+    passphrase = os.environ.get(passphrase_variable)
+    if passphrase is None:
+        if not sys.stdin.isatty():
+            raise UserError(f"no passphrase: set {passphrase_variable} or run in a terminal")
+        passphrase = getpass.getpass("key store passphrase: ")
+        if confirm and getpass.getpass("again: ") != passphrase:
+            raise UserError("the two passphrases differ")
+    if confirm and len(passphrase) < passphrase_chars_min:
+        raise UserError(f"the passphrase needs at least {passphrase_chars_min} characters")
+    return passphrase
+
+
+def load_keystore(path: Path) -> KeyStore:
+    from card_reader.keys import KeyStore, KeyStoreError
+
+    if not path.exists():
+        raise UserError(f"no key store at {path} (make one with `ksh card keystore-new`)")
+    try:
+        return KeyStore.load(path, read_passphrase())
+    except KeyStoreError as error:
+        raise UserError(f"cannot open the key store {path}: {error}") from error
 
 
 # ---------------------------------------------------------------------------- reader access
 
 
-def open_reader(wanted: str, wait_ms: int) -> PcscReader:
-    """The reader named (or uniquely matched by) `wanted`, with a card connected."""
+def explain(error: ReaderPortError) -> str:
+    """The error on one line, without the APDU transcript (that is for logs, not the desk)."""
+    return str(error).split(" [> ")[0]
+
+
+@contextlib.contextmanager
+def card_on_reader(arguments: argparse.Namespace) -> Iterator[PcscReader]:
+    """The reader named (or uniquely matched by) --reader, with a card connected; any reader or
+    card failure inside becomes a one-line UserError."""
     from card_reader.pcsc import PcscReader
     from card_reader.port import ReaderPortError
 
+    wait_ms = int(arguments.wait * 1000)
     try:
-        reader = PcscReader(wanted)
+        with PcscReader(arguments.reader) as reader:
+            if not reader.wait_for_card(wait_ms):
+                raise UserError(f"no card on reader {reader.name!r} after {arguments.wait:g} s")
+            yield reader
     except ReaderPortError as error:
-        raise UserError(str(error)) from error
+        raise UserError(explain(error)) from error
+
+
+def rupiah(amount: int) -> str:
+    return f"Rp {amount:,}"
+
+
+def describe_record(record: LogRecord) -> str:
+    when = dt.datetime.fromtimestamp(record.time_unix_seconds, dt.UTC).strftime("%Y-%m-%d %H:%M")
+    return (
+        f"#{record.counter:<5} {record.kind.name.lower():<6} {rupiah(record.amount_rupiah):>14}"
+        f"  balance {rupiah(record.balance_after_rupiah):>14}  terminal {record.terminal_id:<8}"
+        f" {when} UTC"
+    )
+
+
+def describe_profile(profile: Profile) -> str:
+    return (
+        f"{profile.card_number}, {profile.rider_category.name.lower()}, "
+        f"{'registered' if profile.registered else 'unregistered'}, "
+        f"{profile.status.name.lower()}, issued {profile.issue_date}, expires {profile.expiry_date}"
+    )
+
+
+def profile_json(profile: Profile) -> dict[str, Any]:
+    return {
+        "card_number": profile.card_number,
+        "rider_category": profile.rider_category.name.lower(),
+        "registered": profile.registered,
+        "status": profile.status.name.lower(),
+        "issue_date": profile.issue_date.isoformat(),
+        "expiry_date": profile.expiry_date.isoformat(),
+    }
+
+
+def record_json(record: LogRecord) -> dict[str, Any]:
+    return {
+        "counter": record.counter,
+        "kind": record.kind.name.lower(),
+        "amount_rupiah": record.amount_rupiah,
+        "balance_after_rupiah": record.balance_after_rupiah,
+        "terminal_id": record.terminal_id,
+        "time_unix_seconds": record.time_unix_seconds,
+    }
+
+
+# ---------------------------------------------------------------------------- info
+
+
+def run_info(arguments: argparse.Namespace) -> int:
+    keys = load_keystore(arguments.keystore) if arguments.keystore else None
+    with card_on_reader(arguments) as reader:
+        report = read_card_report(reader, keys)
+    if arguments.json:
+        print(json.dumps(report, sort_keys=True))
+        return 0
+    print(f"reader     {report['reader']}")
+    print(f"uid        {report['uid']}")
+    print(f"version    {report['version']}")
+    ksh = report["ksh"]
+    if ksh is None:
+        print("ksh        none (a blank card, or another issuer's)")
+        return 0
+    print(f"ksh card   {ksh['described']}")
+    print(f"balance    {rupiah(ksh['balance_rupiah'])}")
+    print(f"verified   {ksh['verified']}")
+    print("log        oldest first")
+    for line in ksh["log_lines"]:
+        print(f"  {line}")
+    return 0
+
+
+def read_card_report(reader: PcscReader, keys: KeyStore | None) -> dict[str, Any]:
+    """Everything `info` shows, as plain data."""
+    from card_reader.apdu import Status
+    from card_reader.desfire import Desfire, DesfireError
+    from card_reader.keys import KeyRole
+    from card_reader.ksh_card import (
+        KshCard,
+        LayoutError,
+        LogRecord,
+        Profile,
+        comm_mode,
+        ksh_application_id,
+        log_file,
+        log_record_bytes,
+        profile_bytes,
+        profile_file,
+        purse_file,
+        read_uid,
+    )
+
+    uid = read_uid(reader)
+    desfire = Desfire(reader, card_uid=uid)
+    desfire.select_application(0)  # ends any session an earlier program left open on the card
+    version = desfire.get_version()
+    report: dict[str, Any] = {
+        "reader": reader.name,
+        "uid": uid.hex().upper(),
+        "version": f"hardware {version.hardware.hex().upper()}, software "
+        f"{version.software.hex().upper()}, EV2 or later: {version.is_ev2_or_later}",
+        "ksh": None,
+    }
     try:
-        if not reader.wait_for_card(wait_ms):
-            raise UserError(f"no card on reader {reader.name!r} after {wait_ms / 1000:g} s")
-    except ReaderPortError as error:
-        reader.close()
-        raise UserError(str(error)) from error
-    except UserError:
-        reader.close()
+        desfire.select_application(ksh_application_id)
+    except DesfireError as error:
+        if error.status == Status.APPLICATION_NOT_FOUND:
+            return report
         raise
-    return reader
+    try:
+        if keys is None:
+            # What anyone may read: free access, plain, no MAC to check.
+            profile = Profile.from_bytes(
+                desfire.read_data(profile_file, 0, profile_bytes, comm_mode)
+            )
+            balance = desfire.get_value(purse_file, comm_mode)
+            raw_log = desfire.read_records(log_file, 0, 0, comm_mode)
+            log = tuple(
+                LogRecord.from_bytes(raw_log[offset : offset + log_record_bytes])
+                for offset in range(0, len(raw_log), log_record_bytes)
+            )
+            verified = "no: free reads, not MAC-checked (give --keystore to verify)"
+        else:
+            card = KshCard(reader, keys.view(KeyRole.READ))
+            state = card.read_state()
+            profile, balance, log = state.profile, state.balance_rupiah, card.read_log()
+            verified = f"yes: read key version {state.key_version}, every answer MAC-checked"
+    except LayoutError as error:
+        raise UserError(
+            f"the KSH files on card {uid.hex().upper()} are damaged: {error}"
+        ) from error
+    report["ksh"] = {
+        "profile": profile_json(profile),
+        "described": describe_profile(profile),
+        "balance_rupiah": balance,
+        "verified": verified,
+        "log": [record_json(record) for record in log],
+        "log_lines": [describe_record(record) for record in log],
+    }
+    return report
+
+
+# ---------------------------------------------------------------------------- issue, top-up
+
+
+def card_number_for(uid: bytes) -> int:
+    """A 16-digit card number made from the UID when the desk gives none (issuer prefix 603290)."""
+    digest = int.from_bytes(hashlib.sha256(uid).digest()[:8], "big")
+    return 6_032_900_000_000_000 + digest % 10**10
+
+
+def run_issue(arguments: argparse.Namespace) -> int:
+    from card_reader.apdu import Status
+    from card_reader.desfire import Desfire, DesfireError
+    from card_reader.keys import KeyRole
+    from card_reader.ksh_card import (
+        CardStatus,
+        Profile,
+        RiderCategory,
+        balance_max_rupiah,
+        ksh_application_id,
+        personalise,
+        read_uid,
+    )
+
+    if not 0 <= arguments.balance <= balance_max_rupiah:
+        raise UserError(f"--balance must be 0..{balance_max_rupiah} rupiah")
+    if not 1 <= arguments.valid_years <= 20:
+        raise UserError("--valid-years must be 1..20")
+    if arguments.card_number is not None and not 0 < arguments.card_number < 10**16:
+        raise UserError("--card-number must have at most 16 digits")
+    keys = load_keystore(arguments.keystore)
+    issue_date = dt.datetime.now(dt.UTC).date()
+    with card_on_reader(arguments) as reader:
+        uid = read_uid(reader)
+        desfire = Desfire(reader, card_uid=uid)
+        try:
+            desfire.select_application(ksh_application_id)
+            raise UserError(f"card {uid.hex().upper()} is already a KSH card")
+        except DesfireError as error:
+            if error.status != Status.APPLICATION_NOT_FOUND:
+                raise
+        profile = Profile(
+            card_number=arguments.card_number or card_number_for(uid),
+            rider_category=RiderCategory[arguments.category.upper()],
+            registered=arguments.registered,
+            status=CardStatus.ACTIVE,
+            expiry_date=issue_date.replace(year=issue_date.year + arguments.valid_years),
+            issue_date=issue_date,
+        )
+        try:
+            state = personalise(
+                reader,
+                keys.view(*KeyRole),
+                profile,
+                initial_balance_rupiah=arguments.balance,
+                terminal_id=arguments.terminal_id,
+                time_unix_seconds=int(time.time()),
+            )
+        except DesfireError as error:
+            if error.status in (Status.AUTHENTICATION_ERROR, Status.PERMISSION_DENIED):
+                raise UserError(
+                    f"card {uid.hex().upper()} is not blank (its master key is not the factory "
+                    "key): issue needs a factory-fresh card"
+                ) from error
+            raise
+    print(f"issued card {profile.card_number} on {uid.hex().upper()}: {describe_profile(profile)}")
+    print(f"balance {rupiah(state.balance_rupiah)}")
+    return 0
+
+
+def run_topup(arguments: argparse.Namespace) -> int:
+    from card_reader.keys import KeyRole
+    from card_reader.ksh_card import (
+        KshCard,
+        KshCardError,
+        Refusal,
+        balance_max_rupiah,
+    )
+    from card_reader.port import CardError
+
+    if not 0 < arguments.amount <= balance_max_rupiah:
+        raise UserError(f"--amount must be 1..{balance_max_rupiah} rupiah")
+    keys = load_keystore(arguments.keystore)
+    with card_on_reader(arguments) as reader:
+        card = KshCard(reader, keys.view(KeyRole.CREDIT))
+        try:
+            before = card.read_state()
+        except KshCardError as error:
+            raise UserError(explain(error)) from error
+        plan = card.plan_credit(
+            arguments.amount, terminal_id=arguments.terminal_id, time_unix_seconds=int(time.time())
+        )
+        if isinstance(plan, Refusal):
+            raise UserError(refusal_text(plan, before, arguments.amount))
+        try:
+            after: CardState = card.perform(plan)
+        except CardError as error:
+            raise UserError(
+                f"{explain(error)}: the top-up of {rupiah(arguments.amount)} is in doubt; "
+                f"`ksh card info` shows whether log record #{plan.record.counter} is on the card"
+            ) from error
+    print(
+        f"card {before.profile.card_number}: {rupiah(before.balance_rupiah)} + "
+        f"{rupiah(arguments.amount)} = {rupiah(after.balance_rupiah)} (log #{after.counter})"
+    )
+    return 0
+
+
+def refusal_text(refusal: Any, state: CardState, amount_rupiah: int) -> str:
+    from card_reader.ksh_card import Refusal, balance_max_rupiah
+
+    if refusal is Refusal.BALANCE_CAP_EXCEEDED:
+        return (
+            f"refused: {rupiah(state.balance_rupiah)} + {rupiah(amount_rupiah)} would exceed the "
+            f"cap of {rupiah(balance_max_rupiah)}"
+        )
+    if refusal is Refusal.CARD_BLOCKED:
+        return f"refused: card {state.profile.card_number} is blocked"
+    return f"refused: {refusal.value}"

@@ -3,18 +3,22 @@ service-desk commands through pyscard → pcscd → vpcd, plus their user errors
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from card_reader.desfire import Desfire
-from card_reader.emulator import load_deck
+from card_reader.emulator import EmulatedCard, EmulatedReader, load_deck
+from card_reader.ksh_card import read_uid
 from card_reader.pcsc import PcscReader
+from card_reader.vpcd import VpcdBridge
 from ksh.cli import main
 
 card_timeout_ms = 5_000
@@ -80,7 +84,7 @@ def test_deck_card_in_vpcd_is_seen_by_pcsc_and_saved_back(
     emulators.append(emulator)
     with PcscReader(pcsc_reader_name) as reader:
         assert reader.wait_for_card(card_timeout_ms)
-        assert reader.card_uid == cards_before[1].uid
+        assert read_uid(reader) == cards_before[1].uid
         desfire = Desfire(reader, card_uid=reader.card_uid)
         desfire.authenticate_ev2_first(0, bytes(16))
         desfire.create_application(0x010203, 0x0F, 1)
@@ -120,3 +124,207 @@ def test_emulate_user_errors(
     assert_user_error(status, err, "exists (use --force")
     status, _, err = ksh("card", "deck-new", "--out", str(deck), "--cards", "0", capsys=capsys)
     assert_user_error(status, err, "--cards must be")
+
+
+# ---------------------------------------------------------------------------- the service desk
+
+passphrase = "correct horse battery"
+
+
+@pytest.fixture
+def keystore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Path:
+    monkeypatch.setenv("KSH_KEYSTORE_PASSPHRASE", passphrase)
+    path = tmp_path / "keys.json"
+    status, out, err = ksh("card", "keystore-new", "--out", str(path), capsys=capsys)
+    assert status == 0, err
+    assert "debit v1" in out
+    return path
+
+
+@pytest.fixture
+def bridge(pcsc_reader_name: str) -> Iterator[VpcdBridge]:
+    """vpcd slot 0 with no card yet; the test inserts one (the card lives in this process)."""
+    bridge = VpcdBridge(None).start()
+    with PcscReader(pcsc_reader_name) as reader:
+        assert reader.wait_for_removal(card_timeout_ms)  # what an earlier test left
+    yield bridge
+    bridge.stop()
+
+
+def info(reader_name: str, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
+    status, out, err = ksh("card", "info", "--reader", reader_name, "--json", *extra, capsys=capsys)
+    assert status == 0, err
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+def test_issue_topup_and_info_through_the_virtual_reader(
+    pcsc_reader_name: str,
+    bridge: VpcdBridge,
+    keystore: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    card = EmulatedCard()
+    bridge.insert(card)
+    reader = pcsc_reader_name.lower().removeprefix("virtual ")  # a unique part is enough
+    blank = info(reader, capsys)
+    assert blank["uid"] == card.uid.hex().upper()
+    assert blank["ksh"] is None
+
+    status, out, err = ksh(
+        "card", "issue", "--reader", reader, "--keystore", str(keystore),
+        "--category", "student", "--balance", "10000", "--card-number", "6032900000000042",
+        capsys=capsys,
+    )  # fmt: skip
+    assert status == 0, err
+    assert "issued card 6032900000000042" in out
+
+    status, out, err = ksh(
+        "card", "topup", "--reader", reader, "--keystore", str(keystore), "--amount", "25000",
+        capsys=capsys,
+    )  # fmt: skip
+    assert status == 0, err
+    assert "Rp 10,000 + Rp 25,000 = Rp 35,000 (log #1)" in out
+
+    verified = info(reader, capsys, "--keystore", str(keystore))["ksh"]
+    assert verified["verified"].startswith("yes")
+    assert verified["balance_rupiah"] == 35_000
+    assert verified["profile"]["card_number"] == 6032900000000042
+    assert verified["profile"]["rider_category"] == "student"
+    assert verified["profile"]["status"] == "active"
+    assert [(r["counter"], r["kind"], r["amount_rupiah"]) for r in verified["log"]] == [
+        (0, "issue", 10_000),
+        (1, "credit", 25_000),
+    ]
+    free = info(reader, capsys)["ksh"]  # what anyone may read says the same, unverified
+    assert free["verified"].startswith("no")
+    assert (free["balance_rupiah"], free["log"]) == (35_000, verified["log"])
+
+    status, out, _ = ksh("card", "info", "--reader", reader, capsys=capsys)
+    assert status == 0
+    assert "Rp 35,000" in out
+    assert "#1     credit" in out
+
+
+def test_service_desk_user_errors(
+    pcsc_reader_name: str,
+    bridge: VpcdBridge,
+    keystore: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = pcsc_reader_name
+    topup = ("card", "topup", "--reader", name, "--keystore", str(keystore), "--amount")
+
+    status, _, err = ksh("card", "info", "--reader", "No Such Reader", capsys=capsys)
+    assert_user_error(status, err, "no reader matches 'No Such Reader'")
+    status, _, err = ksh("card", "info", "--reader", "Virtual PCD", capsys=capsys)
+    assert_user_error(status, err, "2 readers match")
+    status, _, err = ksh("card", "info", "--reader", name, "--wait", "0.2", capsys=capsys)
+    assert_user_error(status, err, "no card on reader")
+
+    bridge.insert(EmulatedCard())
+    status, _, err = ksh(*topup, "1000", capsys=capsys)
+    assert_user_error(status, err, "not a KSH card")
+    status, _, err = ksh(*topup, "0", capsys=capsys)
+    assert_user_error(status, err, "--amount must be")
+    missing = tmp_path / "none.json"
+    status, _, err = ksh(*topup[:5], str(missing), "--amount", "1", capsys=capsys)
+    assert_user_error(status, err, "no key store at")
+
+    issue = ("card", "issue", "--reader", name, "--keystore", str(keystore), "--category")
+    status, _, err = ksh(*issue, "general", "--balance", "1999000", capsys=capsys)
+    assert status == 0, err
+    status, _, err = ksh(*issue, "general", capsys=capsys)
+    assert_user_error(status, err, "is already a KSH card")
+    status, _, err = ksh(*topup, "2000", capsys=capsys)
+    assert_user_error(status, err, "would exceed the cap of Rp 2,000,000")
+
+    monkeypatch.setenv("KSH_KEYSTORE_PASSPHRASE", "not the passphrase")
+    status, _, err = ksh(*topup, "1000", capsys=capsys)
+    assert_user_error(status, err, "wrong passphrase")
+    monkeypatch.setenv("KSH_KEYSTORE_PASSPHRASE", "short")
+    other = tmp_path / "other.json"
+    status, _, err = ksh("card", "keystore-new", "--out", str(other), capsys=capsys)
+    assert_user_error(status, err, "at least 8 characters")
+    status, _, err = ksh("card", "keystore-new", "--out", str(keystore), capsys=capsys)
+    assert_user_error(status, err, "exists (use --force")
+
+    # Another issuer's keys: the card's keys do not match ours.
+    monkeypatch.setenv("KSH_KEYSTORE_PASSPHRASE", "another issuer")
+    assert ksh("card", "keystore-new", "--out", str(other), capsys=capsys)[0] == 0
+    status, _, err = ksh(*topup[:5], str(other), "--amount", "1000", capsys=capsys)
+    assert_user_error(status, err, "does not match ours")
+
+    # A card that does not have the factory key cannot be issued.
+    locked = EmulatedCard()
+    locked.picc.keys[0] = (bytes(range(16)), 1)
+    bridge.remove()
+    with PcscReader(name) as reader:
+        assert reader.wait_for_removal(card_timeout_ms)
+    bridge.insert(locked)
+    status, _, err = ksh(*issue[:5], str(other), "--category", "general", capsys=capsys)
+    assert_user_error(status, err, "is not blank")
+
+
+def test_card_pulled_during_topup_is_reported_in_doubt(
+    pcsc_reader_name: str,
+    bridge: VpcdBridge,
+    keystore: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = pcsc_reader_name
+    card = EmulatedCard()
+    bridge.insert(card)
+    issue = ("card", "issue", "--reader", name, "--keystore", str(keystore))
+    assert ksh(*issue, "--category", "general", capsys=capsys)[0] == 0
+    topup = ("card", "topup", "--reader", name, "--keystore", str(keystore), "--amount", "5000")
+    # The commit, the last exchange of a top-up, takes effect but its answer is lost.
+    card.fail_after_exchanges(exchanges_of_a_topup(card, keystore))
+    status, _, err = ksh(*topup, capsys=capsys)
+    assert_user_error(status, err, "the top-up of Rp 5,000 is in doubt")
+    assert "log record #1" in err
+    with PcscReader(name) as reader:
+        assert reader.wait_for_removal(card_timeout_ms)
+    bridge.insert(card)
+    log = info(name, capsys)["ksh"]["log"]
+    assert [(r["counter"], r["kind"], r["amount_rupiah"]) for r in log][-1] == (1, "credit", 5000)
+
+
+def exchanges_of_a_topup(card: EmulatedCard, keystore: Path) -> int:
+    """How many exchanges a top-up takes, counted on an in-process copy of the card."""
+    from card_reader.keys import KeyRole, KeyStore
+    from card_reader.ksh_card import KshCard
+
+    reader = EmulatedReader()
+    reader.insert(EmulatedCard.from_dict(card.to_dict()))
+    keys = KeyStore.load(keystore, passphrase).view(KeyRole.CREDIT)
+    desk = KshCard(reader, keys)
+    desk.read_state()
+    desk.credit(5000, terminal_id=0, time_unix_seconds=0)
+    return reader.exchanges
+
+
+def test_deck_new_with_a_keystore_issues_the_cards(
+    tmp_path: Path, keystore: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from card_reader.keys import KeyRole, KeyStore
+    from card_reader.ksh_card import KshCard
+
+    path = tmp_path / "issued.json"
+    status, out, err = ksh(
+        "card", "deck-new", "--out", str(path), "--cards", "2", "--keystore", str(keystore),
+        "--balance", "7000", capsys=capsys,
+    )  # fmt: skip
+    assert status == 0, err
+    assert "2 KSH cards with Rp 7,000 each" in out
+    keys = KeyStore.load(keystore, passphrase).view(KeyRole.DEBIT)
+    cards = load_deck(path)
+    assert cards[0].uid != cards[1].uid
+    for card in cards:
+        reader = EmulatedReader()
+        reader.insert(card)
+        assert KshCard(reader, keys).read_state().balance_rupiah == 7000
