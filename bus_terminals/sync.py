@@ -257,6 +257,7 @@ class SyncClient:
             else:
                 self.failures = 0
             await _wait(stop, self.delay_ms(interval_ms) / 1000)
+        await self.upload_all()  # shutting down: one last try, so the journal leaves the bus
 
     def delay_ms(self, interval_ms: int) -> float:
         if not self.failures:

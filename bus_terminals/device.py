@@ -1,0 +1,153 @@
+"""A terminal as a running device: the reader loop in the foreground, sync in a thread.
+
+Used by `ksh validator` and `ksh pos`. The reader is a PC/SC reader (`card_reader.pcsc`) or a
+deck of emulated cards, tapped by typing a card's index. Each tap's `Feedback` is printed as one
+JSON line (what the display shows). The sync thread owns a second journal connection
+(`recover=False`) and uploads/downloads every `sync_interval_ms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import TextIO
+
+from bus_terminals.journal import Journal
+from bus_terminals.sync import SyncClient, SyncState, load_private_key, save_new_private_key
+from bus_terminals.terminal import Decide, Feedback, Terminal
+from bus_terminals.wire import public_key_text
+from card_reader.emulator import EmulatedCard, EmulatedReader, load_deck, save_deck
+from card_reader.keys import TerminalKeys
+from card_reader.ksh_card import KshCard
+from card_reader.port import ReaderPort
+
+sync_interval_ms_default = 30_000
+card_wait_ms = 500
+
+
+def key_path(state_folder: Path) -> Path:
+    return state_folder / "terminal-key"
+
+
+def initialise(state_folder: Path) -> str:
+    """Create the terminal's Ed25519 key (once); return its public key to register."""
+    state_folder.mkdir(parents=True, exist_ok=True)
+    path = key_path(state_folder)
+    key = load_private_key(path) if path.exists() else save_new_private_key(path)
+    return public_key_text(key.public_key())
+
+
+class SyncThread:
+    def __init__(
+        self,
+        backoffice_url: str,
+        terminal_id: str,
+        state_folder: Path,
+        state: SyncState,
+        interval_ms: int,
+    ) -> None:
+        self.stop_event: asyncio.Event | None = None
+        self.loop = asyncio.new_event_loop()
+        journal = Journal(state_folder / "journal.db", terminal_id, recover=False)
+        key = load_private_key(key_path(state_folder))
+        self.client = SyncClient(backoffice_url, terminal_id, key, journal, state)
+        self.state_folder = state_folder
+        self.interval_ms = interval_ms
+        self.thread = threading.Thread(target=self._run, name="sync", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.stop_event = asyncio.Event()
+            try:
+                await self.client.run(self.interval_ms, self.stop_event, self.state_folder)
+            finally:
+                await self.client.close()
+
+        self.loop.run_until_complete(main())
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.stop_event is not None:
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(timeout=30)
+        self.client.journal.close()
+
+
+class Device:
+    def __init__(
+        self,
+        terminal_id: str,
+        state_folder: Path,
+        keys: TerminalKeys,
+        backoffice_url: str,
+        *,
+        route: str = "",
+        merchant_id: str = "",
+        sync_interval_ms: int = sync_interval_ms_default,
+    ) -> None:
+        if not key_path(state_folder).exists():
+            raise FileNotFoundError(f"{key_path(state_folder)}: run with --init first")
+        self.keys = keys
+        self.state = SyncState.load(state_folder)
+        self.journal = Journal(state_folder / "journal.db", terminal_id)
+        self.terminal = Terminal(
+            terminal_id, self.journal, self.state, route=route, merchant_id=merchant_id
+        )
+        self.sync = SyncThread(
+            backoffice_url, terminal_id, state_folder, self.state, sync_interval_ms
+        )
+
+    def __enter__(self) -> Device:
+        self.sync.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.sync.stop()
+        self.journal.close()
+
+    def tap(self, reader: ReaderPort, time_ms: int, decide: Decide) -> Feedback:
+        return self.terminal.tap(KshCard(reader, self.keys), time_ms, decide)
+
+
+def feedback_line(feedback: Feedback) -> str:
+    document = asdict(feedback)
+    document["verdict"] = feedback.verdict.value
+    document["reason"] = feedback.reason.value
+    return json.dumps(document, sort_keys=True)
+
+
+def pcsc_taps(reader: ReaderPort, stop: Callable[[], bool]) -> Iterator[ReaderPort]:
+    """Yield the reader each time a card arrives; wait for it to leave before the next."""
+    while not stop():
+        if reader.wait_for_card(card_wait_ms):
+            yield reader
+            reader.wait_for_removal(60_000)
+
+
+def deck_taps(
+    deck_path: Path, lines: TextIO, out: TextIO
+) -> Iterator[tuple[ReaderPort, list[str]]]:
+    """Read `INDEX [words...]` lines; insert that card of the deck, yield, save the deck."""
+    cards: list[EmulatedCard] = load_deck(deck_path)
+    reader = EmulatedReader("emulated deck")
+    for line in lines:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] in ("q", "quit", "exit"):
+            break
+        if not words[0].isdigit() or int(words[0]) >= len(cards):
+            print(json.dumps({"error": f"card index 0..{len(cards) - 1} expected"}), file=out)
+            continue
+        reader.insert(cards[int(words[0])])
+        try:
+            yield reader, words[1:]
+        finally:
+            reader.remove()
+            save_deck(cards, deck_path)

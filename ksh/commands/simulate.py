@@ -1,0 +1,134 @@
+"""`ksh simulate`: a service day of Trans Semarang through the real card protocol and back office."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ksh.cli import UserError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="simulate a service day: buses, riders, emulated cards, flaky network, back office",
+        description="Run a day of taps on emulated KSH cards through validators (journal, fare "
+        "core, card protocol) with a flaky network, validator power losses and cards pulled "
+        "mid-tap, against the back office and PostgreSQL. Without --backoffice, a back office "
+        "runs in-process on loopback over a fresh database (DATABASE_URL's server, or the "
+        "embedded one). Prints a summary; --json prints it as one JSON object.",
+    )
+    parser.add_argument("--buses", type=int, default=24)
+    parser.add_argument("--cards", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--backoffice", metavar="URL", help="a running back office (fresh!)")
+    parser.add_argument("--admin-token", default=os.environ.get("KSH_ADMIN_TOKEN", ""))
+    parser.add_argument("--network-loss", type=float, default=0.2, help="per request (0..1)")
+    parser.add_argument("--power-loss", type=float, default=0.003, help="per tap (0..1)")
+    parser.add_argument("--card-pull", type=float, default=0.03, help="per tap (0..1)")
+    parser.add_argument("--folder", type=Path, help="keep journals here (default: temporary)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(handler=run)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from bus_terminals.simulator import SimulationSettings, simulate_day
+
+    if arguments.buses < 1 or arguments.cards < 1 or arguments.cards > 10_000:
+        raise UserError("--buses must be at least 1 and --cards between 1 and 10000")
+    for name in ("network_loss", "power_loss", "card_pull"):
+        if not 0 <= getattr(arguments, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1)")
+    if arguments.backoffice and not arguments.admin_token:
+        raise UserError("--backoffice needs --admin-token (or KSH_ADMIN_TOKEN)")
+    if arguments.folder is not None:
+        arguments.folder.mkdir(parents=True, exist_ok=True)
+
+    async def simulate(url: str, token: str) -> Any:
+        settings = SimulationSettings(
+            buses=arguments.buses,
+            cards=arguments.cards,
+            seed=arguments.seed,
+            folder=arguments.folder,
+            admin_token=token,
+            network_loss_rate=arguments.network_loss,
+            power_loss_rate=arguments.power_loss,
+            card_pull_rate=arguments.card_pull,
+            progress=sys.stderr.isatty() or not arguments.json,
+        )
+        return await simulate_day(settings, url)
+
+    async def main() -> Any:
+        if arguments.backoffice:
+            return await simulate(arguments.backoffice, arguments.admin_token)
+        async with local_backoffice() as (url, token, _):
+            return await simulate(url, token)
+
+    try:
+        summary = asyncio.run(main())
+    except OSError as error:
+        raise UserError(f"back office unreachable: {error}") from error
+    document = summary.to_dict()
+    if arguments.json:
+        print(json.dumps(document, sort_keys=True))
+    else:
+        for key, value in document.items():
+            print(f"{key:>24}: {value}")
+    return 0 if not summary.cards_mismatched else 1
+
+
+@contextlib.asynccontextmanager
+async def local_backoffice(
+    pool_connections_max: int = 10,
+) -> AsyncIterator[tuple[str, str, str]]:
+    """A back office on loopback over a fresh, migrated database that is dropped afterwards.
+    Yields (url, staff token, database url)."""
+    import asyncpg
+    from aiohttp import web
+
+    from gateways.backoffice import BackofficeConfig, create_app
+    from ksh.commands.serve import extensions
+    from ksh.schema import migrate_all
+    from ledger.database import server_url
+
+    with server_url() as server:
+        database = f"ksh_run_{uuid.uuid4().hex[:10]}"
+        admin = await asyncpg.connect(server)
+        await admin.execute(f'create database "{database}"')
+        base, _, query = server.partition("?")
+        scheme, _, rest = base.partition("://")
+        authority = rest.partition("/")[0]
+        url = f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
+        runner = None
+        try:
+            connection = await asyncpg.connect(url)
+            try:
+                await migrate_all(connection)
+            finally:
+                await connection.close()
+            token = secrets.token_urlsafe(24)
+            config = BackofficeConfig(
+                url,
+                pool_connections_max=pool_connections_max,
+                settings={"admin_token": token},
+            )
+            runner = web.AppRunner(create_app(config, extensions()), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            yield f"http://127.0.0.1:{port}", token, url
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await admin.execute(f'drop database if exists "{database}" with (force)')
+            await admin.close()

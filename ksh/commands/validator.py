@@ -1,0 +1,149 @@
+"""`ksh validator`: a bus validator on a PC/SC reader or a deck of emulated cards."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ksh.cli import UserError
+
+
+def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--reader", metavar="NAME", help="PC/SC reader (substring of its name)")
+    source.add_argument(
+        "--emulated",
+        metavar="DECK",
+        type=Path,
+        help="deck of emulated cards; type a card's index on stdin to tap it",
+    )
+    parser.add_argument("--terminal-id", required=True)
+    parser.add_argument("--backoffice", metavar="URL", default="http://127.0.0.1:8080")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        help="journal, key and sync state folder (default ./.ksh-data/terminals/TERMINAL_ID)",
+    )
+    parser.add_argument(
+        "--key-store",
+        type=Path,
+        help="sealed card key store (passphrase in "
+        "KSH_KEY_PASSPHRASE); default: the public demo keys",
+    )
+    parser.add_argument("--sync-interval-s", type=float, default=30.0)
+    parser.add_argument(
+        "--init",
+        action="store_true",
+        help="create the terminal key, print the public key to register, exit",
+    )
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "validator",
+        help="run a bus validator (fare core, journal, sync with the back office)",
+        description="Run a validator: each tap is priced by the fare core, journalled ahead, "
+        "debited on the card and uploaded in signed batches. Feedback: one JSON line per tap.",
+    )
+    add_terminal_arguments(parser)
+    parser.add_argument("--route", required=False, help="the route the bus runs (e.g. K1)")
+    parser.add_argument("--stop", help="stop id, when the bus knows it")
+    parser.set_defaults(handler=run)
+
+
+def state_folder(arguments: argparse.Namespace) -> Path:
+    from ledger.database import data_dir
+
+    return arguments.state or data_dir() / "terminals" / arguments.terminal_id
+
+
+def terminal_keys(arguments: argparse.Namespace, *roles: Any) -> Any:
+    from card_reader.keys import KeyStore, KeyStoreError, demo_key_store
+
+    if arguments.key_store is None:
+        print("ksh: using the public demo card keys", file=sys.stderr)
+        return demo_key_store().view(*roles)
+    passphrase = os.environ.get("KSH_KEY_PASSPHRASE", "")
+    try:
+        return KeyStore.load(arguments.key_store, passphrase).view(*roles)
+    except (KeyStoreError, OSError) as error:
+        raise UserError(f"cannot open key store {arguments.key_store}: {error}") from error
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from bus_terminals.device import initialise
+
+    folder = state_folder(arguments)
+    if arguments.init:
+        print(initialise(folder))
+        return 0
+    if not arguments.route:
+        raise UserError("--route is required")
+    if not (arguments.reader or arguments.emulated):
+        raise UserError("give --reader NAME or --emulated DECK")
+    from bus_terminals.fare.feed import load_feed
+    from bus_terminals.validator import fare_decider
+    from card_reader.keys import KeyRole
+
+    tariff = load_feed()
+    if arguments.route not in tariff.network_of_route:
+        raise UserError(f"route {arguments.route!r} is not in the tariff")
+    decide = fare_decider(tariff, arguments.route, arguments.stop)
+    keys = terminal_keys(arguments, KeyRole.DEBIT, KeyRole.CREDIT)
+    return run_device(arguments, folder, keys, lambda words: decide, route=arguments.route)
+
+
+def run_device(
+    arguments: argparse.Namespace,
+    folder: Path,
+    keys: Any,
+    decider_for: Any,
+    *,
+    route: str = "",
+    merchant_id: str = "",
+) -> int:
+    """The reader loop shared by `ksh validator` and `ksh pos`."""
+    from bus_terminals.device import Device, deck_taps, feedback_line, pcsc_taps
+
+    try:
+        device = Device(
+            arguments.terminal_id,
+            folder,
+            keys,
+            arguments.backoffice,
+            route=route,
+            merchant_id=merchant_id,
+            sync_interval_ms=int(arguments.sync_interval_s * 1000),
+        )
+    except FileNotFoundError as error:
+        raise UserError(str(error)) from error
+    with device:
+        if arguments.emulated:
+            if not arguments.emulated.exists():
+                raise UserError(f"{arguments.emulated}: no such deck")
+            for reader, words in deck_taps(arguments.emulated, sys.stdin, sys.stdout):
+                decide = decider_for(words)
+                if decide is None:
+                    print('{"error": "unknown command"}', flush=True)
+                    continue
+                print(
+                    feedback_line(device.tap(reader, int(time.time() * 1000), decide)), flush=True
+                )
+        else:
+            from card_reader.pcsc import PcscReader
+            from card_reader.port import ReaderError
+
+            try:
+                reader = PcscReader(arguments.reader)
+            except ReaderError as error:
+                raise UserError(str(error)) from error
+            for present in pcsc_taps(reader, lambda: False):
+                decide = decider_for([])
+                print(
+                    feedback_line(device.tap(present, int(time.time() * 1000), decide)), flush=True
+                )
+    return 0
