@@ -157,11 +157,12 @@ class PcscReader:
         if self._card is not None and self._card_still_there():
             return True
         deadline = time.monotonic() + timeout_ms / 1000
-        state = scard.SCARD_STATE_UNAWARE
+        state, _ = self._reader_state(0, scard.SCARD_STATE_UNAWARE)
         while True:
-            state, _ = self._reader_state(0, state)
             if state & scard.SCARD_STATE_PRESENT and not state & scard.SCARD_STATE_MUTE:
-                with contextlib.suppress(CardError):  # gone again before we got to it
+                # A card that left again, or that will not connect, is retried only after the
+                # next change (or slice), never in a busy loop.
+                with contextlib.suppress(CardError):
                     self._connect()
                     return True
             remaining_ms = int((deadline - time.monotonic()) * 1000)
@@ -171,9 +172,8 @@ class PcscReader:
 
     def wait_for_removal(self, timeout_ms: int) -> bool:
         deadline = time.monotonic() + timeout_ms / 1000
-        state = scard.SCARD_STATE_UNAWARE
+        state, _ = self._reader_state(0, scard.SCARD_STATE_UNAWARE)
         while True:
-            state, _ = self._reader_state(0, state)
             if not state & scard.SCARD_STATE_PRESENT:
                 self._drop_card(scard.SCARD_LEAVE_CARD)
                 return True
