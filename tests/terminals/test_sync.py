@@ -1,0 +1,89 @@
+"""Downloads: deny list (delta and whole binary list), pending top-ups, versions; requests that
+are unsigned, signed by another key, or too old are refused. A stored batch is resent byte for
+byte until acknowledged."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+
+from bus_terminals.journal import Journal
+from bus_terminals.sync import SyncClient, SyncState, UploadStatus
+from bus_terminals.wire import (
+    RecordKind,
+    RecordStatus,
+    UploadRecord,
+    sign,
+    signature_header,
+    terminal_header,
+)
+from gateways.terminal_api import registry
+from gateways.terminal_api.routes import deny_delta_entries_max
+from tests.terminals.conftest import Backoffice
+from tests.terminals.helpers import books_snapshot
+
+
+async def test_downloads_and_their_authentication(backoffice: Backoffice, tmp_path: Path) -> None:
+    key = await backoffice.register_validator("V1")
+    async with backoffice.pool.acquire() as connection:
+        await registry.deny_cards(connection, ["6032984000000007"], "lost")
+        await registry.pay_pending_top_up(connection, "VA-1", "6032984000000001", 25_000)
+    state = SyncState()
+    journal = Journal(tmp_path / "journal.db", "V1")
+    async with aiohttp.ClientSession() as session:
+        client = SyncClient(backoffice.url, "V1", key, journal, state, session=session)
+        assert await client.download()
+        assert "6032984000000007" in state.deny_list
+        first_version = state.deny_list.version
+        assert [(t[0], t[1]) for t in state.top_ups_for("6032984000000001")] == [("VA-1", 25_000)]
+        # Many more denials than a delta carries: the whole list comes as one binary download.
+        many = [str(6032985000000000 + index) for index in range(deny_delta_entries_max + 5)]
+        async with backoffice.pool.acquire() as connection:
+            await registry.deny_cards(connection, many, "batch")
+        assert await client.download()
+        assert len(state.deny_list) == len(many) + 1
+        assert state.deny_list.version > first_version
+        assert many[-1] in state.deny_list
+        state.save(tmp_path)
+        assert SyncState.load(tmp_path).deny_list.values == state.deny_list.values
+
+        path = "/terminal/v1/sync?deny_since=0"
+        now = str(int(time.time() * 1000))
+        other = await backoffice.register_validator("V2")
+        for headers, code in [
+            ({}, "unauthenticated"),
+            ({terminal_header: "V1", signature_header: sign(other, b"x"), "X-KSH-Timestamp": now}, "signature_invalid"),
+            ({terminal_header: "V1", signature_header: sign(key, f"GET\n{path}\n1000".encode()), "X-KSH-Timestamp": "1000"}, "stale_request"),
+            ({terminal_header: "V9", signature_header: sign(key, b"x"), "X-KSH-Timestamp": now}, "unknown_terminal"),
+        ]:  # fmt: skip
+            async with session.get(backoffice.url + path, headers=headers) as response:
+                assert response.status == 401
+                assert (await response.json())["code"] == code
+    journal.close()
+
+
+async def test_a_lost_answer_resends_the_same_bytes(backoffice: Backoffice, tmp_path: Path) -> None:
+    key = await backoffice.register_validator("V1")
+    journal = Journal(tmp_path / "journal.db", "V1")
+    record = journal.intend(
+        UploadRecord(
+            "V1", 0, RecordKind.fare_debit, RecordStatus.in_doubt, "6032984000000001", 1, 3_500,
+            0, "", 16_500, 1_795_478_400_000, "K1", "", "full", 0, 0, 0,
+        )
+    )  # fmt: skip
+    journal.commit(record.sequence)
+    async with aiohttp.ClientSession() as session:
+        client = SyncClient(backoffice.url, "V1", key, journal, SyncState(), session=session)
+        client.lose_answer = lambda: True
+        assert await client.upload_once() == UploadStatus.offline
+        stored = journal.pending_batch()
+        assert stored is not None
+        booked = await books_snapshot(backoffice.pool)
+        client.lose_answer = lambda: False
+        assert await client.upload_once() == UploadStatus.acknowledged
+        assert journal.pending_batch() is None
+        assert await books_snapshot(backoffice.pool) == booked  # the repeat booked nothing
+        assert await client.upload_once() == UploadStatus.nothing_to_send
+    journal.close()
