@@ -696,6 +696,12 @@ class EmulatedCard:
         self.applications.clear()
         return self._finish(b"", CommMode.MAC)
 
+    def _get_key_settings(self, code: int, data: bytes) -> tuple[int, bytes]:
+        if self._unprotect(code, data, CommMode.MAC):
+            raise _Fail(Status.LENGTH_ERROR)
+        key_count = len(self.selected.keys)
+        return self._finish(bytes((self.selected.key_settings, 0x80 | key_count)), CommMode.MAC)
+
     def _get_key_version(self, code: int, data: bytes) -> tuple[int, bytes]:
         plain = self._unprotect(code, data, CommMode.MAC)
         if len(plain) != 1:
@@ -743,7 +749,7 @@ class EmulatedCard:
         elif change_right == no_access:
             allowed = False
         else:
-            allowed = session.key_number == change_right and not same_key
+            allowed = session.key_number == change_right
         if not allowed:
             raise _Fail(Status.PERMISSION_DENIED)
         old_key = application.keys[key_number][0]
@@ -1028,6 +1034,7 @@ class EmulatedCard:
         0x6F: _get_file_ids,
         0xCA: _create_application,
         0xFC: _format_picc,
+        0x45: _get_key_settings,
         0x64: _get_key_version,
         0x54: _change_key_settings,
         0xC4: _change_key,
