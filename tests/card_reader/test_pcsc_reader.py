@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +193,29 @@ def test_recovers_after_pcscd_restarts(
     assert reader.wait_for_card(card_timeout_ms)
     assert reader.transmit(b"\x05\x06") == b"\x06\x05\x91\x00"
     reader.close()
+
+
+def test_a_card_held_exclusively_elsewhere_is_waited_for_without_spinning(
+    pcsc_reader_name: str, bridge: VpcdBridge, reader: PcscReader
+) -> None:
+    from smartcard import scard
+
+    bridge.insert(EchoCard())
+    assert reader.next_event(card_timeout_ms) is CardEvent.inserted
+    result, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+    assert result == scard.SCARD_S_SUCCESS
+    result, holder, _ = scard.SCardConnect(
+        context, pcsc_reader_name, scard.SCARD_SHARE_EXCLUSIVE, scard.SCARD_PROTOCOL_T1
+    )
+    assert result == scard.SCARD_S_SUCCESS
+    try:
+        cpu_before = time.process_time()
+        assert not reader.wait_for_card(600)
+        assert time.process_time() - cpu_before < 0.1  # waited on pcscd, not in a busy loop
+        with pytest.raises(CardError, match="cannot connect to the card: Sharing violation"):
+            reader.transmit(b"\x01\x02")
+    finally:
+        scard.SCardDisconnect(holder, scard.SCARD_LEAVE_CARD)
+        scard.SCardReleaseContext(context)
+    assert reader.wait_for_card(card_timeout_ms)
+    assert reader.transmit(b"\x01\x02") == b"\x02\x01\x91\x00"
