@@ -23,6 +23,16 @@ fare core owns its encoding and hands `bytes` of exactly that length; a fresh ca
 Log: every committed card transaction appends one record whose counter is one more than the
 newest record's. (card number, counter) names the transaction everywhere. The issue record
 (counter 0) is written at personalisation, so the log is never empty.
+
+A debit tap is 12 exchanges: GET DATA (UID), SelectApplication, AuthenticateEV2First (2),
+ReadData profile, GetValue, ReadData trip state, ReadRecords newest, Debit, WriteData trip state,
+WriteRecord, CommitTransaction (11 when the trip state is unchanged). Every command after the
+authentication carries EV2 secure messaging (CmdCtr + MACt both ways).
+
+Pending top-ups at a validator: only the credit key may Credit, so a validator that applies them
+holds the debit and credit roles (`KeyStore.view(KeyRole.DEBIT, KeyRole.CREDIT)`); `credit` then
+switches keys with AuthenticateEV2NonFirst and commits the top-up as its own card transaction
+(own log record and counter) before the fare is debited in the next one, in the same tap.
 """
 
 from __future__ import annotations
