@@ -678,3 +678,41 @@ def personalise(
     return CardState(
         uid, credit_key.version, profile, initial_balance_rupiah, bytes(trip_state_bytes), issue
     )
+
+
+def rekey(
+    reader: ReaderPort,
+    keys: TerminalKeys,
+    *,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> dict[KeyRole, int]:
+    """Bring a KSH card's keys to the current versions after a key roll-over (a personalisation
+    station: `keys` holds every role). Keys already current are left alone; a key older than the
+    previous version cannot be changed here (its old value is no longer held). Returns the
+    version of each role's key now on the card."""
+    assert set(KeyRole) <= keys.roles, "re-keying needs every role's keys"
+    session = KshCard(reader, keys, random_bytes=random_bytes)
+    uid = read_uid(reader)
+    desfire = session.desfire
+    desfire.card_uid = uid
+    desfire.select_application(ksh_application_id)
+    session._authenticate(KeyRole.PERSONALISATION, uid, first=True)
+    versions: dict[KeyRole, int] = {}
+    # The application master key last: changing it ends the session.
+    for role in (KeyRole.READ, KeyRole.DEBIT, KeyRole.CREDIT, KeyRole.PERSONALISATION):
+        key_number = key_numbers[role]
+        on_card = desfire.get_key_version(key_number)
+        current = keys.current_versions[role]
+        if on_card != current:
+            if on_card not in keys.accepted_versions(role):
+                raise session._fail(
+                    f"{role.value} key version {on_card} is too old to re-key here", uid
+                )
+            old = keys.card_key(role, uid, ksh_application_id, on_card)
+            new = keys.card_key(role, uid, ksh_application_id)
+            if role is KeyRole.PERSONALISATION:
+                desfire.change_key(key_number, new.key, new.version)
+            else:
+                desfire.change_key(key_number, new.key, new.version, old_key=old.key)
+        versions[role] = current
+    return versions

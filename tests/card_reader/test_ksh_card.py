@@ -309,3 +309,26 @@ def test_access_rights_as_documented() -> None:
         assert raised.value.status == 0x9D
     reader.insert(card)
     assert KshCard(reader, read_keys).read_state().counter == 0
+
+
+def test_rekey_moves_a_card_to_the_current_versions() -> None:
+    keys = demo_key_store("rekey")
+    card, reader = personalised_card(5_000, keys=keys)
+    keys.roll_over(KeyRole.DEBIT)
+    keys.roll_over(KeyRole.PERSONALISATION)
+    assert ksh_card.rekey(reader, keys.view(*KeyRole)) == {
+        KeyRole.READ: 1,
+        KeyRole.DEBIT: 2,
+        KeyRole.CREDIT: 1,
+        KeyRole.PERSONALISATION: 2,
+    }
+    keys.roll_over(KeyRole.DEBIT)  # now 3 current, 2 previous: the re-keyed card is still in
+    reader.insert(card)
+    session = KshCard(reader, keys.view(KeyRole.DEBIT))
+    assert session.read_state().key_version == 2
+    reader.insert(card)
+    assert ksh_card.rekey(reader, keys.view(*KeyRole))[KeyRole.DEBIT] == 3
+    reader.insert(card)
+    assert KshCard(reader, keys.view(KeyRole.DEBIT)).read_state().key_version == 3
+    reader.insert(card)
+    assert ksh_card.rekey(reader, keys.view(*KeyRole))[KeyRole.DEBIT] == 3  # nothing to do
