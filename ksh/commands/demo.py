@@ -28,6 +28,7 @@ from typing import Any
 from ksh.cli import UserError
 
 phases_total = 8
+upload_rounds_max = 1_000  # a till uploads batch after batch until nothing is left
 
 
 def register(subparsers: Any) -> None:
@@ -39,6 +40,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--buses", type=int, default=16, help="buses in service (default 16)")
     parser.add_argument("--cards", type=int, default=200, help="cards in circulation (default 200)")
+    parser.add_argument(
+        "--merchants", type=int, default=6, help="merchants with a point of sale (default 6)"
+    )
+    parser.add_argument(
+        "--shoppers", type=int, default=40, help="cards that shop at merchants (default 40)"
+    )
     parser.add_argument("--seed", type=int, default=2026, help="seed of the day's randomness")
     parser.add_argument(
         "--reports", type=Path, default=Path("reports"), help="folder for the HTML report"
@@ -51,8 +58,10 @@ def register(subparsers: Any) -> None:
 def run(arguments: argparse.Namespace) -> int:
     from ledger.database import server_url
 
-    if not 1 <= arguments.buses <= 300 or not 10 <= arguments.cards <= 20_000:
-        raise UserError("--buses 1..300, --cards 10..20000")
+    if not 1 <= arguments.buses <= 300 or not 10 <= arguments.cards <= 5_000:
+        raise UserError("--buses 1..300, --cards 10..5000")
+    if not 0 <= arguments.merchants <= 100 or not 0 <= arguments.shoppers <= 2_000:
+        raise UserError("--merchants 0..100, --shoppers 0..2000")
     try:
         with server_url() as url:
             summary = asyncio.run(demo(url, arguments))
@@ -246,7 +255,8 @@ async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
 
         # 1. The fleet: cards issued, buses tapping all day, uploads.
         simulation = await run_fleet(arguments, today, backoffice_url, admin_token, story)
-        progress.step("fleet day simulated (taps, uploads)")
+        story["merchant_sales"] = await run_shops(arguments, today, backoffice_url, admin_token)
+        progress.step("fleet and shops simulated (taps, sales, uploads)")
 
         # 2. Citizens top up through the bank's virtual accounts; one pays a VA of no card,
         #    and the bank lists one collection twice on its statement.
@@ -414,6 +424,117 @@ async def run_fleet(
     summary = await simulate_day(settings, backoffice_url)
     story["fleet"] = summary.to_dict()
     return summary
+
+
+async def run_shops(
+    arguments: argparse.Namespace, today: dt.date, backoffice_url: str, admin_token: str
+) -> dict[str, int]:
+    """Merchants' points of sale: shoppers' cards (numbers after the fleet's) buy things through
+    the real card protocol; each POS journals and uploads its signed batches."""
+    import random
+    import tempfile
+
+    import aiohttp
+
+    from bus_terminals.point_of_sale import sale_decider
+    from bus_terminals.simulator import Bus, validator_keys
+    from bus_terminals.sync import UploadStatus
+    from bus_terminals.terminal import Verdict
+    from bus_terminals.wire import public_key_text
+    from card_reader.deck import make_ksh_deck
+    from card_reader.keys import demo_key_store
+
+    if arguments.merchants == 0 or arguments.shoppers == 0:
+        return {"sales": 0, "sales_rupiah": 0}
+    generator = random.Random(arguments.seed + 1)
+    store = demo_key_store()
+    opening_rupiah = 300_000
+    deck = make_ksh_deck(
+        store,
+        [opening_rupiah] * (arguments.cards + arguments.shoppers),
+        seed=f"shops-{arguments.seed}",
+    )
+    shoppers = deck[arguments.cards :]  # the fleet's riders hold the first card numbers
+    sales = 0
+    sales_rupiah = 0
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    midnight_ms = int(
+        dt.datetime.combine(today, dt.time(), tzinfo=dt.timezone(dt.timedelta(hours=7))).timestamp()
+        * 1000
+    )
+    with tempfile.TemporaryDirectory(prefix="ksh-shops-") as folder:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+
+            async def admin(path: str, body: dict[str, Any]) -> None:
+                async with http.post(backoffice_url + path, json=body, headers=headers) as response:
+                    if response.status >= 300:
+                        raise RuntimeError(f"{path}: {response.status} {await response.text()}")
+
+            from card_reader.emulator import EmulatedReader
+            from card_reader.keys import KeyRole
+            from card_reader.ksh_card import KshCard
+
+            for card in shoppers:
+                reader = EmulatedReader("issuing counter")
+                reader.insert(card)
+                number = str(
+                    KshCard(reader, store.view(KeyRole.READ)).read_state().profile.card_number
+                )
+                reader.remove()
+                await admin(
+                    "/admin/v1/cards",
+                    {"card_number": number, "opening_balance_rupiah": opening_rupiah},
+                )
+            tills = []
+            for index in range(arguments.merchants):
+                merchant = f"WARUNG-{index + 1:02d}"
+                await admin(
+                    "/admin/v1/merchants",
+                    {
+                        "merchant_id": merchant,
+                        "name": f"Warung {index + 1}",
+                        "fee_basis_points": 100,
+                    },
+                )
+                till = Bus(
+                    f"POS-{index + 1:03d}",
+                    "",
+                    Path(folder),
+                    validator_keys(store),
+                    backoffice_url,
+                    http,
+                )
+                till.terminal.merchant_id = merchant
+                await admin(
+                    "/admin/v1/terminals",
+                    {
+                        "terminal_id": till.terminal_id,
+                        "public_key": public_key_text(till.private_key.public_key()),
+                        "role": "pos",
+                        "merchant_id": merchant,
+                    },
+                )
+                tills.append(till)
+            for shopper_index, card in enumerate(shoppers):
+                for purchase in range(generator.randint(1, 4)):
+                    till = generator.choice(tills)
+                    amount = generator.choice((5_000, 12_000, 18_500, 25_000, 40_000))
+                    moment = (
+                        midnight_ms
+                        + (7 * 3600 + generator.randint(0, 13 * 3600)) * 1000
+                        + shopper_index * 10
+                        + purchase
+                    )
+                    feedback = till.tap(card, moment, sale_decider(amount, "demo purchase"))
+                    if feedback.verdict is Verdict.accepted:
+                        sales += 1
+                        sales_rupiah += amount
+            for till in tills:
+                for _ in range(upload_rounds_max):
+                    if await till.sync.upload_once() is not UploadStatus.acknowledged:
+                        break
+                till.close()
+    return {"sales": sales, "sales_rupiah": sales_rupiah}
 
 
 async def pay_virtual_accounts(

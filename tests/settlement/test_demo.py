@@ -15,7 +15,14 @@ async def test_demo_day_closes_with_every_invariant(
     postgres_server_url: str, tmp_path: Path
 ) -> None:
     arguments = argparse.Namespace(
-        buses=4, cards=40, seed=7, reports=tmp_path, json=True, keep_database=False
+        buses=4,
+        cards=40,
+        merchants=2,
+        shoppers=8,
+        seed=7,
+        reports=tmp_path,
+        json=True,
+        keep_database=False,
     )
     summary = await demo.demo(postgres_server_url, arguments)
     assert summary["invariants"], summary
@@ -30,6 +37,8 @@ async def test_demo_day_closes_with_every_invariant(
     assert summary["unexplained_rupiah"] == 0
     assert summary["exceptions_open_at_close"] == 0
     assert summary["taps_booked"] > 0
+    assert summary["merchant_sales"]["sales"] > 0
+    assert summary["settlement_batches"] == 3  # two merchants and the operator
     assert summary["statement_lines_matched"] == summary["statement_lines"] - 3
     report = Path(summary["report"])
     assert report.exists()
