@@ -189,8 +189,13 @@ class VpcdBridge:
         return self._card
 
     def insert(self, card: VirtualCard) -> None:
+        """Put a card in the field; a different card already there leaves it first."""
         with self._lock:
-            self._card = card
+            previous, self._card = self._card, card
+            if previous is not None and previous is not card:
+                self._drop_connection_locked()
+        if previous is not None and previous is not card:
+            previous.power_off()
         self._card_changed.set()
 
     def remove(self) -> None:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from card_reader.emulator import CardPowerLost
+from card_reader.emulator import CardPoweredOff, CardPowerLost
 from card_reader.vpcd import (
     FrameDecoder,
     VpcdAddress,
@@ -298,3 +298,54 @@ def test_stop_returns_promptly_while_vpcd_is_away() -> None:
     stopper.start()
     stopper.join(timeout=3)
     assert not stopper.is_alive()
+
+
+def test_inserting_another_card_swaps_them(vpcd: StandInVpcd) -> None:
+    first, second = EchoCard(), EchoCard()
+    second.uid = bytes.fromhex("04000000000002")
+    with VpcdBridge(first, vpcd.address) as bridge:
+        vpcd.accept()
+        assert vpcd.exchange(get_uid_command) == test_uid + b"\x90\x00"
+        bridge.insert(second)
+        assert vpcd.connection is not None
+        assert vpcd.connection.recv(16) == b""  # the first card left the field
+        assert not first.powered
+        vpcd.accept()
+        vpcd.send(b"\x01")
+        assert vpcd.exchange(get_uid_command) == second.uid + b"\x90\x00"
+
+
+@given(
+    st.lists(
+        st.one_of(st.binary(min_size=1, max_size=80), st.sampled_from([b"\x00", b"\x02"])),
+        max_size=12,
+    ),
+    st.data(),
+)
+def test_the_real_emulator_answers_any_message_vpcd_can_send(
+    messages: list[bytes], data: st.DataObject
+) -> None:
+    """Random and mutated APDUs (and control messages) through the bridge's `answer`: the
+    software card answers every APDU with at least a status while powered, and raises only
+    CardPoweredOff (which the bridge turns into a card leaving the field) when it is not."""
+    from card_reader.emulator import EmulatedCard
+
+    card = EmulatedCard(test_uid)
+    answer(card, b"\x01")
+    valid = [
+        bytes.fromhex(text)
+        for text in ("9060000000", "90AF000000", "905A00000300000000", "00A4040007D276000085010000")
+    ]
+    for message in messages:
+        if data.draw(st.booleans()):  # mutate a well-formed APDU instead
+            base = bytearray(data.draw(st.sampled_from(valid)))
+            base[data.draw(st.integers(0, len(base) - 1))] = data.draw(st.integers(0, 255))
+            message = bytes(base)
+        if classify(message) is VpcdMessage.apdu and not card.powered:
+            with pytest.raises(CardPoweredOff):  # the bridge hangs up: a torn card
+                answer(card, message)
+            continue
+        response = answer(card, message)
+        if classify(message) is VpcdMessage.apdu:
+            assert response is not None
+            assert len(response) >= 1
