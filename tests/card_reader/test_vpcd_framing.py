@@ -171,11 +171,13 @@ class StandInVpcd:
         self.address = VpcdAddress("127.0.0.1", self.server.getsockname()[1])
         self.connection: socket.socket | None = None
         self.decoder = FrameDecoder()
+        self.received: list[bytes] = []  # answers decoded but not yet taken
 
     def accept(self) -> None:
         self.connection, _ = self.server.accept()
         self.connection.settimeout(5)
         self.decoder = FrameDecoder()
+        self.received = []
 
     def send(self, payload: bytes) -> None:
         assert self.connection is not None
@@ -185,11 +187,9 @@ class StandInVpcd:
 
     def receive(self) -> bytes:
         assert self.connection is not None
-        while True:
-            payloads = self.decoder.feed(self.connection.recv(4096))
-            if payloads:
-                assert len(payloads) == 1
-                return payloads[0]
+        while not self.received:
+            self.received += self.decoder.feed(self.connection.recv(4096))
+        return self.received.pop(0)
 
     def exchange(self, payload: bytes) -> bytes:
         self.send(payload)
