@@ -316,13 +316,15 @@ async def confirm_matches(
     if not matches:
         return 0
     ids = [match_id_of(m) for m in matches]
-    await connection.executemany(
+    await connection.execute(
         """insert into settlement_matches (match_id, kind, difference_rupiah, matched_by, note)
-           values ($1, $2, $3, $4, $5) on conflict (match_id) do nothing""",
-        [
-            (mid, m.kind.value, m.difference_rupiah, matched_by, note)
-            for mid, m in zip(ids, matches)
-        ],
+           select i, k, d, $4, $5 from unnest($1::text[], $2::text[], $3::bigint[]) as x(i, k, d)
+           on conflict (match_id) do nothing""",
+        ids,
+        [m.kind.value for m in matches],
+        [m.difference_rupiah for m in matches],
+        matched_by,
+        note,
     )
     await connection.execute(
         """insert into settlement_match_lines (line_key, match_id)
