@@ -9,6 +9,7 @@ component can name a card's purse without a lookup.
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,10 +23,15 @@ fee_income_owner = "merchant-discount"
 suspense_owner = "card-anomalies"
 
 
+account_ids_cached_max = 100_000  # ~ the cards active in a few hours of uploads
+
+
+@functools.lru_cache(maxsize=account_ids_cached_max)
 def purse_account_id(card_number: str) -> uuid.UUID:
     return derive_id("card-purse", card_number)
 
 
+@functools.lru_cache(maxsize=account_ids_cached_max)
 def pending_top_up_account_id(card_number: str) -> uuid.UUID:
     return derive_id("card-pending-top-up", card_number)
 

@@ -192,6 +192,23 @@ async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
 
         check = await asyncpg.connect(url)
         booked = await check.fetchval("select count(*) from ledger_transfers where code = $1", 1)
+        # Side by side: the same fares booked straight into the ledger (no HTTP, no signature,
+        # no records, no monitoring), one batch at a time: the ceiling ingest works under.
+        revenue = registry.operator_revenue_account_id(operator_id)
+        direct = [
+            Transfer(
+                derive_id("bench-direct", index),
+                registry.purse_account_id(cards[index % len(cards)]),
+                revenue,
+                1,
+                TransferCode.fare,
+            )
+            for index in range(arguments.taps)
+        ]
+        direct_started = time.perf_counter()
+        for start in range(0, len(direct), arguments.batch_records):
+            await store.create_transfers(check, direct[start : start + arguments.batch_records])
+        direct_elapsed = time.perf_counter() - direct_started
         total = await check.fetchval(
             "select sum(credits_posted - debits_posted) from ledger_accounts"
         )
@@ -206,6 +223,8 @@ async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
             "concurrency": arguments.concurrency,
             "ingest_seconds": round(elapsed, 3),
             "taps_per_s": round(arguments.taps / elapsed),
+            "ledger_direct_transfers_per_s": round(arguments.taps / direct_elapsed),
+            "ingest_to_ledger_direct_ratio": round(direct_elapsed / elapsed, 3),
             "card_flags": flags,
             "upload_failures": failures,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 from typing import Any
 
@@ -41,7 +42,13 @@ def extensions() -> list[Any]:
             if error.name == module_name:
                 continue
             raise
-        mounted.append(getattr(module, attribute))
+        extension = getattr(module, attribute, None)
+        if extension is None:
+            logging.getLogger("ksh.serve").warning(
+                "%s has no %s: not mounted", module_name, attribute
+            )
+            continue
+        mounted.append(extension)
     return mounted
 
 
