@@ -15,10 +15,12 @@ import pytest
 from aiohttp import web
 
 from gateways.backoffice import BackofficeConfig, create_app
+from gateways.snap.client import BankClient
 from settlement import end_of_day, pages, reconciliation
 from settlement.actions import Role
 from settlement.statements import Direction, StatementLine, write_mt940
 from tests.conftest import unavailable
+from tests.settlement.conftest import BankHarness, operator_account
 from tests.settlement.day import bank, book_day, our_account, service_day
 
 chromium_path = "/usr/bin/chromium"
@@ -49,10 +51,15 @@ async def start(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 @pytest.fixture
-async def finance(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
-    """The back office with the finance pages, staff in three roles, and a reconciled day
-    with two exceptions: a small unexpected fee and a large VA payment for no card."""
+async def finance(
+    database_url: str, tmp_path: Path, bank_harness: BankHarness
+) -> AsyncIterator[str]:
+    """The back office with the finance pages, staff in three roles, and a day with three
+    exceptions: the operator's payout refused by the bank, a small unexpected fee on the
+    statement, and a large VA payment for no card."""
     connection = await asyncpg.connect(database_url)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
     try:
         for username, role in (
             ("ani", Role.clerk),
@@ -63,6 +70,16 @@ async def finance(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
         day = await book_day(connection)
         config = end_of_day.EndOfDayConfig(source_bank=bank, source_account_no=our_account)
         await end_of_day.close_day(connection, service_day, config)
+        await end_of_day.register_parties(
+            connection,
+            [("operator", "trans-semarang", "BLU UPTD Trans Semarang", "", operator_account)]
+            + [("merchant", f"M{n:03d}", f"Toko {n}", "", f"77{n:08d}") for n in range(1, 3)]
+            + [("merchant", "M000", "Toko 0", "113", "0987654321")],
+        )
+        bank_harness.bank.trouble.reject_accounts = {operator_account}
+        now = dt.datetime.now(end_of_day.jakarta)
+        await end_of_day.pay_day(pool, service_day, bank_harness.client, config, "eod", now)
+        bank_harness.bank.trouble.reject_accounts = set()
         lines = [
             StatementLine(
                 bank,
@@ -123,8 +140,15 @@ async def finance(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
         )
         await reconciliation.reconcile(connection)
     finally:
+        await pool.close()
         await connection.close()
-    settings = pages.PagesSettings(end_of_day=config, write_off_limit_rupiah=1_000_000)
+
+    def payer_factory(http: aiohttp.ClientSession) -> end_of_day.PayoutPort:
+        return BankClient.open(bank_harness.connection, http)
+
+    settings = pages.PagesSettings(
+        end_of_day=config, write_off_limit_rupiah=1_000_000, payer_factory=payer_factory
+    )
     app = create_app(
         BackofficeConfig(database_url, pool_connections_min=1, pool_connections_max=4),
         [pages.extension(settings)],
@@ -184,7 +208,7 @@ async def test_login_roles_and_working_an_exception(finance: str, browser: objec
     await auditor.screenshot(path=str(screenshots / "overview.png"), full_page=True)
     await auditor.goto(finance + "/finance/exceptions")
     rows = auditor.locator("tr[data-exception]")
-    assert await rows.count() == 2
+    assert await rows.count() == 3
     assert await auditor.locator("button.action:has-text('Write off')").count() == 0
     forged = await auditor.request.post(
         finance + "/finance/exceptions/action",
@@ -212,6 +236,13 @@ async def test_login_roles_and_working_an_exception(finance: str, browser: objec
     )
     assert no_csrf.status == 403
 
+    # The clerk re-initiates the refused payout (the operator's account was reactivated).
+    payout_row = clerk.locator("tr[data-exception]", has_text="payout_rejected")
+    await payout_row.locator("input[name=note]").fill("operator reactivated its account")
+    await payout_row.locator("button:has-text('Re-initiate')").click()
+    await clerk.wait_for_load_state()
+    assert "done" in await clerk.locator(".message").inner_text()
+
     supervisor = await log_in(browser, finance, "budi")
     await supervisor.goto(finance + "/finance/exceptions")
     await supervisor.screenshot(path=str(screenshots / "exceptions.png"), full_page=True)
@@ -221,10 +252,13 @@ async def test_login_roles_and_working_an_exception(finance: str, browser: objec
     assert "Nothing to work on" in await supervisor.content()
     await supervisor.goto(finance + "/finance/exceptions?all=1")
     assert "approved by budi" in await supervisor.content()
+    assert "new attempt P" in await supervisor.content()
 
     # Batches, exports and the overview render for the day.
     await supervisor.goto(finance + f"/finance/batches?day={service_day.isoformat()}")
-    assert "B261123" in await supervisor.content()
+    batches_html = await supervisor.content()
+    assert "B261123" in batches_html
+    assert "01 failed, P" in batches_html and "02 succeeded" in batches_html  # paid on attempt 2
     await supervisor.screenshot(path=str(screenshots / "batches.png"), full_page=True)
     csv_export = await supervisor.request.get(
         finance + f"/finance/batches.csv?day={service_day.isoformat()}"
