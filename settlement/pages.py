@@ -203,7 +203,7 @@ h1{font-size:22px;margin:4px 0 16px}h2{font-size:17px;margin:24px 0 8px}
 .card .value{font-size:22px;font-weight:600;margin-top:4px}
 table{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px #0000001a;font-size:14px}
 th,td{padding:6px 10px;border-bottom:1px solid #e5e7eb;text-align:left;vertical-align:top}
-th{background:#f9fafb;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f9fafb;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .message{background:#ecfdf5;border:1px solid #10b981;padding:8px 12px;border-radius:6px;margin-bottom:12px}
 .warning{background:#fef2f2;border-color:#ef4444}
 .chart{background:#fff;border-radius:8px;box-shadow:0 1px 2px #0000001a;margin:6px 12px 6px 0}
