@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,11 +31,13 @@ if TYPE_CHECKING:
     from card_reader.ksh_card import CardState, LogRecord, Profile
     from card_reader.pcsc import PcscReader
     from card_reader.port import ReaderPortError
+    from card_reader.vpcd import VpcdBridge
 
 card_wait_ms_default = 10_000
 deck_cards_max = 10_000
 passphrase_variable = "KSH_KEYSTORE_PASSPHRASE"
 passphrase_chars_min = 8
+vpcd_hint_after_ms = 3_000  # say so when vpcd has not answered by then
 
 
 def register(subparsers: Any) -> None:
@@ -227,6 +230,15 @@ class DeckCard:
         self._saved = current
 
 
+def hint_if_not_connected(bridge: VpcdBridge) -> None:
+    if not bridge.connected.is_set():
+        print(
+            f"still waiting for vpcd at {bridge.address}: is pcscd running with the vpcd driver?",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def stop_on_signal(signal_number: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -256,12 +268,16 @@ def run_emulate(arguments: argparse.Namespace) -> int:
         flush=True,
     )
     bridge = VpcdBridge(card, address)
+    hint = threading.Timer(vpcd_hint_after_ms / 1000, hint_if_not_connected, (bridge,))
+    hint.daemon = True
+    hint.start()
     previous_handler = signal.signal(signal.SIGTERM, stop_on_signal)  # `kill` stops it cleanly too
     try:
         bridge.serve()
     except KeyboardInterrupt:
         pass
     finally:
+        hint.cancel()
         signal.signal(signal.SIGTERM, previous_handler)
         bridge.stop()
         card.power_off()  # a deck card saves itself here
