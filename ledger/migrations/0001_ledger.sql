@@ -111,7 +111,9 @@ create table ledger_commit_checks (
 );
 create index ledger_commit_checks_transaction on ledger_commit_checks (transaction_id);
 
-create function ledger_note_account_changes() returns trigger language plpgsql as $$
+create function ledger_note_account_changes() returns trigger language plpgsql
+    -- Batches switch hash joins off for their key lookups; these joins want them.
+    set enable_hashjoin = on set enable_mergejoin = on as $$
 begin
     insert into ledger_commit_checks
     select pg_current_xact_id(),
@@ -143,7 +145,9 @@ create trigger ledger_accounts_open after insert on ledger_accounts
 -- What a transfer does to the totals: plain -> posted; pending -> pending; post -> releases
 -- the held amount from pending and posts its own; void -> releases the held amount.
 -- Flags: 2 pending, 4 post_pending, 8 void_pending (ledger/records.py TransferFlags).
-create function ledger_note_transfers() returns trigger language plpgsql as $$
+create function ledger_note_transfers() returns trigger language plpgsql
+    -- Batches switch hash joins off for their key lookups; these joins want them.
+    set enable_hashjoin = on set enable_mergejoin = on as $$
 declare
     posted numeric;
     pending numeric;
