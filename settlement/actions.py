@@ -294,7 +294,8 @@ async def ask_bank_again(
     if row["reason"] != "payout_unresolved":
         return ActionResult.wrong_kind
     attempt = await connection.fetchrow(
-        """select x.attempt, b.batch_id, b.net_rupiah, b.service_day, p.bank_code, p.account_no, p.name
+        """select x.attempt, x.instructed_at, b.batch_id, b.net_rupiah, b.service_day, p.bank_code,
+                  p.account_no, p.name
              from settlement_payouts x join settlement_batches b using (batch_id)
              left join settlement_parties p using (party_kind, party_id)
             where x.payout_id = $1""",
@@ -302,7 +303,7 @@ async def ask_bank_again(
     )
     if attempt is None or attempt["account_no"] is None:
         return ActionResult.not_found
-    instruction = instruction_for(attempt, attempt["attempt"], config, now)
+    instruction = instruction_for(attempt, attempt["attempt"], config, attempt["instructed_at"])
     outcome = await payer.pay(instruction.payout)
     answer = f"bank answered {outcome.state.value} {outcome.response_code}".strip()
     async with connection.transaction():

@@ -312,6 +312,32 @@ async def pending_instructions(
     return instructions
 
 
+async def unanswered_instructions(
+    connection: asyncpg.Connection,
+    day: dt.date,
+    config: EndOfDayConfig,
+    now: dt.datetime,
+    just_recorded: Sequence[PayoutInstruction],
+) -> list[PayoutInstruction]:
+    """Attempts of `day` still unknown or in progress with nobody looking at them."""
+    fresh = [instruction.payout_id for instruction in just_recorded]
+    rows = await connection.fetch(
+        """select x.attempt, x.instructed_at, b.batch_id, b.net_rupiah, p.bank_code, p.account_no, p.name
+             from settlement_payouts x join settlement_batches b using (batch_id)
+             join settlement_parties p using (party_kind, party_id)
+            where b.service_day = $1 and x.state in ('unknown', 'in_progress')
+              and x.payout_id <> all($2::text[])
+              and not exists (select 1 from settlement_exceptions e
+                               where e.subject_kind = 'payout' and e.subject_id = x.payout_id)
+            order by x.payout_id""",
+        day,
+        fresh,
+    )
+    # the same body as first sent (transactionDate included), only the reference matters to
+    # the bank but a byte-identical repeat is the safest
+    return [instruction_for(row, row["attempt"], config, row["instructed_at"]) for row in rows]
+
+
 def instruction_for(
     row: asyncpg.Record, attempt: int, config: EndOfDayConfig, now: dt.datetime
 ) -> PayoutInstruction:
@@ -378,8 +404,11 @@ async def record_instructions(
             )
     async with connection.transaction():
         await connection.execute(
-            """insert into settlement_payouts (payout_id, batch_id, attempt, amount_rupiah, state, instructed_by)
-               select p, b, a, r, $5, $6 from unnest($1::text[], $2::text[], $3::int[], $4::bigint[]) as x(p, b, a, r)
+            """insert into settlement_payouts
+                 (payout_id, batch_id, attempt, amount_rupiah, state, instructed_by, instructed_at)
+               select p, b, a, r, $5, $6, t
+                 from unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $7::timestamptz[])
+                      as x(p, b, a, r, t)
                on conflict (payout_id) do nothing""",
             [i.payout_id for i in instructions],
             [i.batch_id for i in instructions],
@@ -387,6 +416,7 @@ async def record_instructions(
             [i.payout.amount_rupiah for i in instructions],
             state,
             who,
+            [i.payout.transaction_date for i in instructions],
         )
         await expect_movements(connection, movements)
 
@@ -399,10 +429,13 @@ async def pay_day(
     who: str,
     now: dt.datetime,
 ) -> dict[PayResult, int]:
-    """Send the first attempt of every unpaid batch of `day` (a few at a time)."""
+    """Send the first attempt of every unpaid batch of `day` (a few at a time), and ask again
+    about attempts left without an answer (a crash between recording and sending, or a bank
+    still processing): same partnerReferenceNo, so the bank books each at most once."""
     async with pool.acquire() as connection:
         instructions = await pending_instructions(connection, day, config, now)
         await record_instructions(connection, instructions, "unknown", who, day, config)
+        instructions += await unanswered_instructions(connection, day, config, now, instructions)
     counts = {result: 0 for result in PayResult}
     gate = asyncio.Semaphore(payouts_in_flight_max)
 

@@ -392,3 +392,45 @@ async def test_unanswered_payout_is_asked_again_never_paid_twice(
     finally:
         await pool.close()
         await connection.close()
+
+
+async def test_crash_between_recording_and_answer_pays_once(
+    database_url: str, bank_harness: BankHarness
+) -> None:
+    """The process dies after recording its attempts: one was never sent, one reached the bank
+    but its answer was never recorded. The next run sends the first and asks about the second
+    under the same references; the bank books each once."""
+    the_bank = bank_harness.bank
+    connection = await asyncpg.connect(database_url)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        await book_day(connection, cards=2, merchants=1)
+        await end_of_day.register_parties(
+            connection,
+            [
+                ("merchant", "M000", "Toko M000", "", "7700000001"),
+                ("operator", "trans-semarang", "BLU", "", operator_account),
+            ],
+        )
+        await end_of_day.close_day(connection, service_day, config)
+        now = dt.datetime.now(end_of_day.jakarta)
+        instructions = await end_of_day.pending_instructions(connection, service_day, config, now)
+        await end_of_day.record_instructions(
+            connection, instructions, "unknown", "eod", service_day, config
+        )
+        sent = await bank_harness.client.pay(instructions[0].payout)  # then the crash
+        assert sent.state.value == "succeeded"
+        counts = await end_of_day.pay_day(
+            pool, service_day, bank_harness.client, config, "eod", now
+        )
+        assert counts[end_of_day.PayResult.paid] == 2
+        assert sorted(the_bank.transfers) == sorted(i.payout_id for i in instructions)
+        states = await connection.fetch("select state from settlement_payouts")
+        assert {row["state"] for row in states} == {"succeeded"}
+        again = await end_of_day.pay_day(pool, service_day, bank_harness.client, config, "eod", now)
+        assert sum(again.values()) == 0
+        assert len(the_bank.transfers) == 2
+    finally:
+        await pool.close()
+        await connection.close()
