@@ -271,22 +271,25 @@ class Journal:
                 "delete from batches where batch_sequence = ?", (batch_sequence,)
             )
 
-    def prune(self, keep: int = records_kept_after_upload) -> int:
+    def prune(self, keep: int | None = None) -> int:
         """Delete acknowledged records in a final state, keeping the newest `keep`."""
         with self._transaction():
-            cursor = self.connection.execute(
-                "delete from records where uploaded_status = status "
-                "and status in ('committed', 'void') and sequence <= "
-                "(select coalesce(max(sequence), 0) from records) - ?",
-                (keep,),
-            )
+            return self._prune(keep)
+
+    def _prune(self, keep: int | None = None) -> int:
+        cursor = self.connection.execute(
+            "delete from records where uploaded_status = status "
+            "and status in ('committed', 'void') and batch_sequence is null and sequence <= "
+            "(select coalesce(max(sequence), 0) from records) - ?",
+            (records_kept_after_upload if keep is None else keep,),
+        )
         return cursor.rowcount
 
     # ---------------------------------------------------------------- helpers
 
     def _ensure_room(self) -> None:
         if self.count() >= records_max:
-            self.prune()
+            self._prune()
             if self.count() >= records_max:
                 raise JournalFull(f"journal holds {records_max} records not yet uploaded")
 

@@ -48,6 +48,7 @@ backoff_ms_max = 300_000
 batches_per_round_max = 100  # then yield: downloads must not starve behind a long backlog
 pending_top_ups_held_max = 100_000
 timestamp_header = "X-KSH-Timestamp"
+prune_every_batches = 50  # acknowledged records beyond the journal's keep window go then
 
 
 class UploadStatus(enum.Enum):
@@ -178,6 +179,8 @@ class SyncClient:
         if status == 200:
             statuses = {int(sequence): str(state) for sequence, state in answer["records"]}
             self.journal.acknowledge_batch(pending.batch_sequence, statuses)
+            if pending.batch_sequence % prune_every_batches == 0:
+                self.journal.prune()
             return UploadStatus.acknowledged
         if status >= 500:
             return UploadStatus.offline

@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-records", type=int, default=4_000)
     parser.add_argument("--concurrency", type=int, default=4, help="uploads in flight")
     parser.add_argument("--tap-samples", type=int, default=300, help="validator taps timed")
+    parser.add_argument("--deny-list-cards", type=int, default=5_000_000)
 
 
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -39,7 +40,41 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     with server_url() as url:
         figures = asyncio.run(_ingest(url, arguments))
     figures.update(tap_latency(arguments.tap_samples))
+    figures.update(deny_list_figures(arguments.deny_list_cards))
     return figures
+
+
+def deny_list_figures(cards: int) -> dict[str, Any]:
+    """The terminal's deny list at `cards` entries against a plain set of ints, side by side."""
+    import sys
+
+    from bus_terminals.deny_list import DenyList
+
+    if cards <= 0:
+        return {}
+    generator = random.Random(5)
+    numbers = [generator.randrange(10**15, 10**16) for _ in range(cards)]
+    deny = DenyList(numbers, version=1)
+    plain = set(numbers)
+    probes = [str(generator.randrange(10**15, 10**16)) for _ in range(100_000)]
+    probes[::2] = [str(number) for number in numbers[: len(probes[::2])]]
+    started = time.perf_counter()
+    hits = sum(1 for probe in probes if probe in deny)
+    deny_us = (time.perf_counter() - started) / len(probes) * 1e6
+    started = time.perf_counter()
+    plain_hits = sum(1 for probe in probes if int(probe) in plain)
+    set_us = (time.perf_counter() - started) / len(probes) * 1e6
+    assert hits == plain_hits
+    set_bytes = sys.getsizeof(plain) + sum(sys.getsizeof(number) for number in numbers[:1000]) * (
+        len(numbers) // 1000
+    )
+    return {
+        "deny_list_cards": len(deny),
+        "deny_list_bytes": deny.values.itemsize * len(deny.values),
+        "deny_list_lookup_us": round(deny_us, 3),
+        "int_set_bytes": set_bytes,
+        "int_set_lookup_us": round(set_us, 3),
+    }
 
 
 async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:

@@ -99,3 +99,23 @@ def test_upload_bookkeeping_and_pruning(tmp_path: Path) -> None:
     assert [r.sequence for r, _ in journal.records()] == [5]
     assert journal.next_sequence() == 6
     journal.close()
+
+
+def test_a_full_journal_refuses_taps_until_uploaded(tmp_path: Path, monkeypatch: object) -> None:
+    import bus_terminals.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "records_max", 3)  # type: ignore[attr-defined]
+    journal = Journal(tmp_path / "journal.db", "V1")
+    for counter in range(1, 4):
+        journal.commit(journal.intend(tap(counter)).sequence)
+    try:
+        journal.intend(tap(4))
+        raise AssertionError("a full journal took a tap")
+    except journal_module.JournalFull:
+        pass
+    records = journal.records_to_upload()
+    journal.store_batch(1, records, b"{}", "signature")
+    journal.acknowledge_batch(1, {r.sequence: r.status.value for r in records})
+    monkeypatch.setattr(journal_module, "records_kept_after_upload", 0)  # type: ignore[attr-defined]
+    assert journal.intend(tap(4)).sequence == 4  # room again: uploaded records were pruned
+    journal.close()

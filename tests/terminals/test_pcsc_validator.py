@@ -76,11 +76,11 @@ async def test_validator_through_pcscd_and_vpcd(
         )
         assert await sync.upload_all() == UploadStatus.nothing_to_send
     journal.close()
-    for number, card in zip(numbers, cards):
-        from card_reader.emulator import EmulatedReader
+    from card_reader.emulator import EmulatedReader
 
+    for number, emulated in zip(numbers, cards):
         inspection = EmulatedReader("inspection")
-        inspection.insert(card)
+        inspection.insert(emulated)
         balance = KshCard(inspection, store.view(KeyRole.READ)).read_state().balance_rupiah
         assert await purse_balance(backoffice.pool, number) == balance
     assert (await books_snapshot(backoffice.pool))[1] == 0

@@ -13,7 +13,9 @@ import asyncio
 import itertools
 import threading
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -53,6 +55,7 @@ tariff = load_feed()
 decide = fare_decider(tariff, "K1")
 start_ms = 1_795_478_400_000  # 2026-11-24 07:00 WIB
 examples = itertools.count()
+T = TypeVar("T")
 
 
 class BackofficeThread:
@@ -65,7 +68,7 @@ class BackofficeThread:
         self.thread.start()
         self.url, self.pool = self.run(self._start())
 
-    def run(self, coroutine):  # type: ignore[no-untyped-def]
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
 
     async def _start(self) -> tuple[str, asyncpg.Pool]:
