@@ -54,6 +54,7 @@ from ledger.records import (
 )
 
 _select_transfer_columns = ", ".join(transfer_columns)
+_not_plain = int(~TransferFlags.force)  # any flag but force: linked or two-phase
 # Durable commits, said explicitly. A batch touches a few thousand of maybe millions of
 # accounts: look each up by its primary key rather than hashing the whole table.
 _batch_settings = (
@@ -259,13 +260,29 @@ async def create_transfers(
             " clock_timestamp() as clock from ledger_head for update"
         )
         booked_at = max(now or head["clock"], head["booked_at"])
-        existing, pendings = await _prefetch_transfers(connection, transfers)
-        account_ids: dict[int, uuid.UUID] = {}
-        accounts = await _prefetch_accounts(connection, transfers, pendings, account_ids)
         batch_number = head["batch_number"] + 1
-        decision = decide_batch(
-            transfers, accounts, existing, pendings, booked_at, head["next_sequence"]
-        )
+        next_sequence = head["next_sequence"]
+        account_ids: dict[int, uuid.UUID] = {}
+        if any(int(transfer.flags) & _not_plain for transfer in transfers):
+            existing, pendings = await _prefetch_transfers(connection, transfers)
+            accounts = await _prefetch_accounts(connection, transfers, pendings, account_ids)
+            decision = decide_batch(
+                transfers, accounts, existing, pendings, booked_at, next_sequence
+            )
+        else:
+            # Plain transfers (the bulk: fares, sales): decide as if no id were booked yet
+            # while the server looks the ids up; in the rare case one was, decide again on
+            # freshly loaded accounts (the head lock keeps them as they were).
+            accounts = await _prefetch_accounts(connection, transfers, {}, account_ids)
+            looking_up = asyncio.ensure_future(_prefetch_existing(connection, transfers))
+            await asyncio.sleep(0)  # let the lookup be sent before the CPU work below
+            try:
+                decision = decide_batch(transfers, accounts, {}, {}, booked_at, next_sequence)
+            finally:
+                existing = await looking_up
+            if existing:
+                accounts = await _prefetch_accounts(connection, transfers, {}, account_ids)
+                decision = decide_batch(transfers, accounts, existing, {}, booked_at, next_sequence)
         if decision.entries:
             await _write_batch(
                 connection, decision, batch_number, booked_at, head["chain_hash"], account_ids
@@ -273,9 +290,10 @@ async def create_transfers(
     return decision.outcomes
 
 
-async def _prefetch_transfers(
+async def _prefetch_existing(
     connection: asyncpg.Connection, transfers: list[Transfer]
-) -> tuple[dict[int, Existing], dict[int, PendingState]]:
+) -> dict[int, Existing]:
+    """The transfers already booked under the batch's ids."""
     rows = await connection.fetch(
         "select id, sequence, booked_at, debit_account_id, credit_account_id, amount, code,"
         " flags, pending_id, timeout_s, terminal_id, terminal_sequence, card_number,"
@@ -283,10 +301,16 @@ async def _prefetch_transfers(
         " from ledger_transfers join unnest($1::uuid[]) as wanted (id) using (id)",
         [transfer.id for transfer in transfers],
     )
-    existing = {
+    return {
         row["id"].int: Existing(_transfer_from_row(row), row["sequence"], row["booked_at"])
         for row in rows
     }
+
+
+async def _prefetch_transfers(
+    connection: asyncpg.Connection, transfers: list[Transfer]
+) -> tuple[dict[int, Existing], dict[int, PendingState]]:
+    existing = await _prefetch_existing(connection, transfers)
     pending_ids = list(
         {
             transfer.pending_id
