@@ -5,6 +5,8 @@ the records and enums of `ledger.records`, the async functions of `ledger.store`
 an asyncpg connection), `check_ledger` (`ledger.audit`) and the exports (`ledger.export`).
 """
 
+from ledger.audit import Problem, check_ledger
+from ledger.export import write_beancount, write_csv
 from ledger.records import (
     Account,
     AccountFlags,
@@ -47,6 +49,7 @@ __all__ = [
     "BookedTransfer",
     "CreateAccountResult",
     "CreateTransferResult",
+    "Problem",
     "StatementLine",
     "Transfer",
     "TransferCode",
@@ -57,6 +60,7 @@ __all__ = [
     "accounts_per_batch_max",
     "amount_max",
     "booked_results",
+    "check_ledger",
     "close_account",
     "create_accounts",
     "create_transfers",
@@ -67,4 +71,6 @@ __all__ = [
     "lookup_accounts",
     "lookup_transfers",
     "transfers_per_batch_max_default",
+    "write_beancount",
+    "write_csv",
 ]

@@ -21,6 +21,7 @@ from ledger.records import (
     TransferCode,
     TransferFlags,
     TransferOutcome,
+    all_transfer_flags,
     amount_max,
     id_max,
     id_zero,
@@ -41,6 +42,7 @@ _post = int(TransferFlags.post_pending)
 _void = int(TransferFlags.void_pending)
 _force = int(TransferFlags.force)
 _two_phase = int(two_phase_flags)
+_all_flags = int(all_transfer_flags)
 _resolve = int(resolve_flags)
 _debits_limited = int(AccountFlags.debits_must_not_exceed_credits)
 _credits_limited = int(AccountFlags.credits_must_not_exceed_debits)
@@ -92,6 +94,8 @@ def validate(transfer: Transfer) -> CreateTransferResult | None:
     if transfer_id == id_max:
         return R.id_must_not_be_max
     flags = int(transfer.flags)
+    if flags & ~_all_flags:
+        return R.reserved_flag
     two_phase = flags & _two_phase
     if two_phase and two_phase not in (_pending, _post, _void):
         return R.flags_are_mutually_exclusive

@@ -61,6 +61,7 @@ class TransferFlags(enum.IntFlag):
     force = 1 << 4
 
 
+all_transfer_flags = TransferFlags(sum(TransferFlags))
 two_phase_flags = TransferFlags.pending | TransferFlags.post_pending | TransferFlags.void_pending
 resolve_flags = TransferFlags.post_pending | TransferFlags.void_pending
 
@@ -115,6 +116,7 @@ class CreateTransferResult(enum.Enum):
     linked_event_chain_open = "linked_event_chain_open"
     id_must_not_be_zero = "id_must_not_be_zero"
     id_must_not_be_max = "id_must_not_be_max"
+    reserved_flag = "reserved_flag"  # a flag bit the ledger does not define
     flags_are_mutually_exclusive = "flags_are_mutually_exclusive"
     debit_account_id_must_not_be_zero = "debit_account_id_must_not_be_zero"
     credit_account_id_must_not_be_zero = "credit_account_id_must_not_be_zero"

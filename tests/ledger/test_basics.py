@@ -184,6 +184,7 @@ async def test_bad_input_gets_precise_results_and_books_nothing(connection) -> N
             R.pending_id_must_not_be_zero,
         ),
         (transfer("ref", bank_id, purse_id, 5, terminal_id="t" * 101), R.reference_too_long),
+        (transfer("reserved", bank_id, purse_id, 5, flags=TransferFlags(64)), R.reserved_flag),
     ]
     assert await results_of(connection, [case for case, _ in cases], now=start) == [
         expected for _, expected in cases
