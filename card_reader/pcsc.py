@@ -81,6 +81,25 @@ def list_reader_names() -> tuple[str, ...]:
         scard.SCardReleaseContext(context)
 
 
+def reader_card_presence() -> tuple[tuple[str, bool], ...]:
+    """Each reader pcscd knows, and whether a card is in it."""
+    context = establish_context("")
+    try:
+        names = reader_names_in(context)
+        if not names:
+            return ()
+        result, states = scard.SCardGetStatusChange(
+            context, 0, [(name, scard.SCARD_STATE_UNAWARE) for name in names]
+        )
+        if result != scard.SCARD_S_SUCCESS:
+            raise ReaderError(f"cannot read reader states: {describe(result)}", reader_name="")
+        return tuple(
+            (str(name), bool(state & scard.SCARD_STATE_PRESENT)) for name, state, _ in states
+        )
+    finally:
+        scard.SCardReleaseContext(context)
+
+
 def establish_context(reader_name: str) -> int:
     result, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
     if result != scard.SCARD_S_SUCCESS:

@@ -65,7 +65,9 @@ def register(subparsers: Any) -> None:
     emulate.add_argument("--index", type=int, default=0, help="which card of the deck (from 0)")
     emulate.set_defaults(handler=run_emulate)
 
-    readers = actions.add_parser("readers", help="list the PC/SC readers pcscd knows")
+    readers = actions.add_parser(
+        "readers", help="list the PC/SC readers pcscd knows, and whether a card is in each"
+    )
     readers.set_defaults(handler=run_readers)
 
     info = actions.add_parser(
@@ -289,16 +291,17 @@ def run_emulate(arguments: argparse.Namespace) -> int:
 
 
 def run_readers(arguments: argparse.Namespace) -> int:
-    from card_reader.pcsc import list_reader_names
+    from card_reader.pcsc import reader_card_presence
     from card_reader.port import ReaderPortError
 
     try:
-        names = list_reader_names()
+        readers = reader_card_presence()
     except ReaderPortError as error:
         raise UserError("cannot reach pcscd: is it running? (start it as root: pcscd)") from error
-    if not names:
+    if not readers:
         raise UserError("pcscd runs but knows no reader (plug one in, or install vpcd)")
-    print("\n".join(names))
+    for name, card_present in readers:
+        print(f"{name}\t{'card' if card_present else 'empty'}")
     return 0
 
 

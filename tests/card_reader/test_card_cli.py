@@ -98,12 +98,18 @@ def test_deck_card_in_vpcd_is_seen_by_pcsc_and_saved_back(
     assert cards_after[2].to_dict() == cards_before[2].to_dict()
 
 
-def test_readers_lists_the_virtual_reader(
-    pcsc_reader_name: str, capsys: pytest.CaptureFixture[str]
+def test_readers_lists_the_virtual_reader_and_its_card(
+    pcsc_reader_name: str, bridge: VpcdBridge, capsys: pytest.CaptureFixture[str]
 ) -> None:
     status, out, _ = ksh("card", "readers", capsys=capsys)
     assert status == 0
-    assert pcsc_reader_name in out.splitlines()
+    assert f"{pcsc_reader_name}\tempty" in out.splitlines()
+    bridge.insert(EmulatedCard())
+    with PcscReader(pcsc_reader_name) as reader:
+        assert reader.wait_for_card(card_timeout_ms)
+    status, out, _ = ksh("card", "readers", capsys=capsys)
+    assert status == 0
+    assert f"{pcsc_reader_name}\tcard" in out.splitlines()
 
 
 def test_emulate_user_errors(
