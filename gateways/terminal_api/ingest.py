@@ -680,6 +680,29 @@ async def _insert_flags(
         )
 
 
+_stored_columns = (
+    "terminal_id",
+    "sequence",
+    "batch_sequence",
+    "kind",
+    "status",
+    "card_number",
+    "card_counter",
+    "amount_rupiah",
+    "topup_rupiah",
+    "pending_topup_id",
+    "balance_after_rupiah",
+    "time_ms",
+    "route",
+    "merchant_id",
+    "fare_detail",
+    "previous_counter",
+    "previous_terminal_number",
+    "previous_balance_rupiah",
+    "outcome",
+)
+
+
 async def _store_records(
     connection: asyncpg.Connection,
     batch_sequence: int,
@@ -687,41 +710,34 @@ async def _store_records(
     changed: list[tuple[UploadRecord, RecordOutcome]],
 ) -> None:
     if new_records:
-        columns: list[list[Any]] = [[] for _ in range(19)]
-        for record, outcome in new_records:
-            values = (
-                record.terminal_id,
-                record.sequence,
-                batch_sequence,
-                record.kind.value,
-                record.status.value,
-                record.card_number,
-                record.card_counter,
-                record.amount_rupiah,
-                record.topup_rupiah,
-                record.pending_topup_id,
-                record.balance_after_rupiah,
-                record.time_ms,
-                record.route,
-                record.merchant_id,
-                record.fare_detail,
-                record.previous_counter,
-                record.previous_terminal_number,
-                record.previous_balance_rupiah,
-                outcome.value,
-            )
-            for column, value in zip(columns, values):
-                column.append(value)
-        await connection.execute(
-            "insert into card_records (terminal_id, sequence, batch_sequence, kind, status, "
-            "card_number, card_counter, amount_rupiah, topup_rupiah, pending_topup_id, "
-            "balance_after_rupiah, time_ms, route, merchant_id, fare_detail, previous_counter, "
-            "previous_terminal_number, previous_balance_rupiah, outcome) select * from unnest("
-            "$1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], "
-            "$7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::bigint[], $12::bigint[], "
-            "$13::text[], $14::text[], $15::text[], $16::bigint[], $17::bigint[], $18::bigint[], "
-            "$19::text[])",
-            *columns,
+        # Binary COPY: the cheapest way in for thousands of rows.
+        await connection.copy_records_to_table(
+            "card_records",
+            columns=_stored_columns,
+            records=[
+                (
+                    record.terminal_id,
+                    record.sequence,
+                    batch_sequence,
+                    record.kind.value,
+                    record.status.value,
+                    record.card_number,
+                    record.card_counter,
+                    record.amount_rupiah,
+                    record.topup_rupiah,
+                    record.pending_topup_id,
+                    record.balance_after_rupiah,
+                    record.time_ms,
+                    record.route,
+                    record.merchant_id,
+                    record.fare_detail,
+                    record.previous_counter,
+                    record.previous_terminal_number,
+                    record.previous_balance_rupiah,
+                    outcome.value,
+                )
+                for record, outcome in new_records
+            ],
         )
     if changed:
         await connection.executemany(
