@@ -546,6 +546,14 @@ def read_card_report(reader: PcscReader, keys: KeyStore | None) -> dict[str, Any
 # ---------------------------------------------------------------------------- issue, top-up
 
 
+def years_after(day: dt.date, years: int) -> dt.date:
+    """The same day `years` later; 29 February becomes 28 February in a common year."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return day.replace(year=day.year + years, day=28)
+
+
 def card_number_for(uid: bytes) -> int:
     """A 16-digit card number made from the UID when the desk gives none (issuer prefix 603290)."""
     digest = int.from_bytes(hashlib.sha256(uid).digest()[:8], "big")
@@ -588,7 +596,7 @@ def run_issue(arguments: argparse.Namespace) -> int:
             rider_category=RiderCategory[arguments.category.upper()],
             registered=arguments.registered,
             status=CardStatus.ACTIVE,
-            expiry_date=issue_date.replace(year=issue_date.year + arguments.valid_years),
+            expiry_date=years_after(issue_date, arguments.valid_years),
             issue_date=issue_date,
         )
         try:

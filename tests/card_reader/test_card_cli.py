@@ -334,3 +334,13 @@ def test_deck_new_with_a_keystore_issues_the_cards(
         reader = EmulatedReader()
         reader.insert(card)
         assert KshCard(reader, keys).read_state().balance_rupiah == 7000
+
+
+def test_expiry_of_a_card_issued_on_a_leap_day() -> None:
+    import datetime as dt
+
+    from ksh.commands.card import years_after
+
+    assert years_after(dt.date(2028, 2, 29), 5) == dt.date(2033, 2, 28)
+    assert years_after(dt.date(2028, 2, 29), 4) == dt.date(2032, 2, 29)
+    assert years_after(dt.date(2026, 11, 24), 5) == dt.date(2031, 11, 24)
