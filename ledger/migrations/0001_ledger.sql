@@ -14,7 +14,7 @@ create table ledger_accounts (
     credits_pending bigint not null default 0 check (credits_pending >= 0),
     credits_posted bigint not null default 0 check (credits_posted >= 0),
     check (id <> '00000000-0000-0000-0000-000000000000'::uuid)
-) with (fillfactor = 70);  -- room for HOT updates of the totals
+);
 
 -- One row per transfer, holding both of its postings: the debit leg (debit_account_id, and
 -- that account's four totals after this transfer) and the credit leg (likewise). The view
@@ -52,6 +52,7 @@ create unique index ledger_transfers_id on ledger_transfers (id);
 create index ledger_transfers_debit on ledger_transfers (debit_account_id, sequence);
 create index ledger_transfers_credit on ledger_transfers (credit_account_id, sequence);
 create index ledger_transfers_pending on ledger_transfers (pending_id) where pending_id is not null;
+create index ledger_transfers_sequence on ledger_transfers using brin (sequence);
 
 create view ledger_postings as
     select sequence, id as transfer_id, booked_at, debit_account_id as account_id,
@@ -111,9 +112,7 @@ create table ledger_commit_checks (
 );
 create index ledger_commit_checks_transaction on ledger_commit_checks (transaction_id);
 
-create function ledger_note_account_changes() returns trigger language plpgsql
-    -- Batches switch hash joins off for their key lookups; these joins want them.
-    set enable_hashjoin = on set enable_mergejoin = on as $$
+create function ledger_note_account_changes() returns trigger language plpgsql as $$
 begin
     insert into ledger_commit_checks
     select pg_current_xact_id(),
@@ -145,23 +144,17 @@ create trigger ledger_accounts_open after insert on ledger_accounts
 -- What a transfer does to the totals: plain -> posted; pending -> pending; post -> releases
 -- the held amount from pending and posts its own; void -> releases the held amount.
 -- Flags: 2 pending, 4 post_pending, 8 void_pending (ledger/records.py TransferFlags).
-create function ledger_note_transfers() returns trigger language plpgsql
-    -- Batches switch hash joins off for their key lookups; these joins want them.
-    set enable_hashjoin = on set enable_mergejoin = on as $$
-declare
-    posted numeric;
-    pending numeric;
-    released numeric;
+create function ledger_note_transfers() returns trigger language plpgsql as $$
 begin
-    select coalesce(sum(amount) filter (where flags & 14 = 0 or flags & 4 <> 0), 0),
-           coalesce(sum(amount) filter (where flags & 2 <> 0), 0)
-      into posted, pending
-      from new_rows;
-    select coalesce(sum(h.amount), 0) into released
-      from new_rows t join ledger_transfers h on h.id = t.pending_id
-     where t.flags & 12 <> 0;
     insert into ledger_commit_checks
-    values (pg_current_xact_id(), -posted, -posted, released - pending, released - pending);
+    select pg_current_xact_id(), -posted, -posted, -pending, -pending
+      from (select coalesce(sum(case when t.flags & 14 = 0 or t.flags & 4 <> 0
+                                     then t.amount else 0 end), 0) as posted,
+                   coalesce(sum(case when t.flags & 2 <> 0 then t.amount
+                                     when t.flags & 12 <> 0 then -h.amount
+                                     else 0 end), 0) as pending
+              from new_rows t
+              left join ledger_transfers h on t.flags & 12 <> 0 and h.id = t.pending_id) s;
     return null;
 end $$;
 create trigger ledger_transfers_booked after insert on ledger_transfers
