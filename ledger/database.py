@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,10 @@ def embedded_server(folder: Path | None = None) -> Iterator[str]:
 
     pgdata = (folder or data_dir()) / "pgdata"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (root, CI); harmless for pgserver.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
     try:
         yield str(server.get_uri())
     finally:

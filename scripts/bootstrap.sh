@@ -47,8 +47,14 @@ stamp="$venv/.ksh-install-stamp"
 wanted="$(sha256sum "$project_root/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "ksh: installing the project and its dependencies into $venv" >&2
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$project_root[dev]"
+    install_log="$venv/ksh-install.log"
+    if ! { "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
+        "$venv/bin/python" -m pip install --disable-pip-version-check -e "$project_root[dev]"; } \
+        >"$install_log" 2>&1; then
+        tail -n 30 "$install_log" >&2
+        echo "ksh: installing the project failed; the whole log is in $install_log" >&2
+        exit 1
+    fi
     echo "$wanted" >"$stamp"
 fi
 
