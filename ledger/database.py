@@ -35,18 +35,20 @@ def data_dir() -> Path:
 @contextlib.contextmanager
 def embedded_server(folder: Path | None = None) -> Iterator[str]:
     """Start (or join) the embedded PostgreSQL in `folder`; yield its URL; leave it cleanly."""
-    import pgserver  # imported here: only the embedded path needs its binaries
-
     pgdata = (folder or data_dir()) / "pgdata"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (root, CI); harmless for pgserver.
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pgserver  # imported here: only the embedded path needs its binaries
+
         server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
     try:
         yield str(server.get_uri())
     finally:
-        server.cleanup()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            server.cleanup()
 
 
 @contextlib.contextmanager
