@@ -43,6 +43,7 @@ from card_reader.ksh_card import RecordKind as CardRecordKind
 from card_reader.port import ReaderPortError
 
 clock_skew_ms_max = 10 * 60_000  # terminal clocks against the back office's
+retap_window_ms = 120_000  # a tap this soon after a torn one is the rider trying again
 
 
 class Verdict(enum.Enum):
@@ -146,7 +147,7 @@ class Terminal:
             )
         number = str(state.profile.card_number)
         try:
-            settled = self._settle_in_doubt(card, number)
+            settled = self._settle_in_doubt(card, number, time_ms)
         except ReaderPortError as error:
             return Feedback(
                 Verdict.tap_again, Reason.card_removed, number, 0, 0, 0, str(error)[:200]
@@ -280,9 +281,10 @@ class Terminal:
         self.journal.commit(intended.sequence)
         return intended.sequence
 
-    def _settle_in_doubt(self, card: KshCard, number: str) -> Feedback | None:
+    def _settle_in_doubt(self, card: KshCard, number: str, time_ms: int) -> Feedback | None:
         """Settle our in-doubt transactions of this card from its log. If the newest one did
-        commit and is the card's newest record, the rider is tapping again: tell them so."""
+        commit, is the card's newest record and is recent, the rider is tapping again after
+        the card left too soon: tell them it is paid (later, it is a new ride)."""
         in_doubt = self.journal.in_doubt_for_card(number)
         if not in_doubt:
             return None
@@ -294,7 +296,11 @@ class Terminal:
             outcome = settle_in_doubt(log, intended_log_record(record))
             if outcome == InDoubtOutcome.COMMITTED:
                 self.journal.commit(record.sequence)
-                if record.card_counter == state.counter and record.kind != RecordKind.topup_credit:
+                if (
+                    record.card_counter == state.counter
+                    and record.kind != RecordKind.topup_credit
+                    and time_ms - record.time_ms <= retap_window_ms
+                ):
                     feedback = Feedback(
                         Verdict.accepted,
                         Reason.already_paid,
