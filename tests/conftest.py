@@ -6,12 +6,9 @@ Under CI=true, a fixture that cannot provide its real part fails the test instea
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -125,16 +122,10 @@ async def database_url(postgres_server_url: str, migrated_template: str) -> Asyn
 
 # ---------------------------------------------------------------------------- PC/SC
 
-pcscd_socket = Path("/run/pcscd/pcscd.comm")
-vpcd_port_slot0 = 35963
 pcsc_enable_hint = (
     "run the tests as root with Debian's pcscd and vsmartcard-vpcd installed "
     "(scripts/test installs them), or start pcscd yourself"
 )
-
-
-def pcscd_running() -> bool:
-    return subprocess.run(["pgrep", "-x", "pcscd"], capture_output=True).returncode == 0
 
 
 @pytest.fixture(scope="session")
@@ -142,32 +133,22 @@ def pcsc_reader_name() -> Iterator[str]:
     """Make sure pcscd runs with the vpcd driver; yield the virtual reader's name.
 
     A card emulator connecting to 127.0.0.1:35963 (vpcd slot 0) appears in this reader.
+    pcscd is started (as our child) only when none answers; one that already runs is reused.
     """
     try:
-        from smartcard.System import readers
+        from card_reader.pcsc import list_reader_names, start_pcscd_if_needed, stop_pcscd
+        from card_reader.port import ReaderError
     except ImportError as error:  # pragma: no cover - depends on the machine
         unavailable(f"pyscard cannot be imported ({error})", pcsc_enable_hint)
         return
     if not Path("/etc/reader.conf.d/vpcd").exists():
         unavailable("the vpcd driver is not installed", pcsc_enable_hint)
-    started: subprocess.Popen[bytes] | None = None
-    if not pcscd_running():
-        pcscd = shutil.which("pcscd") or "/usr/sbin/pcscd"
-        if os.geteuid() != 0 or not Path(pcscd).exists():
-            unavailable("pcscd is not running and cannot be started here", pcsc_enable_hint)
-        started = subprocess.Popen(
-            [pcscd, "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-    name = ""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not name:
-        with contextlib.suppress(Exception):
-            name = next((str(r) for r in readers() if "Virtual PCD" in str(r)), "")
-        if not name:
-            time.sleep(0.1)
-    if not name:
-        unavailable("pcscd runs but shows no 'Virtual PCD' reader", pcsc_enable_hint)
-    yield name
+    try:
+        started = start_pcscd_if_needed("Virtual PCD")
+    except ReaderError as error:
+        unavailable(str(error), pcsc_enable_hint)
+        return
+    names = [name for name in list_reader_names() if "Virtual PCD" in name]
+    yield sorted(names)[0]
     if started is not None:
-        started.terminate()
-        started.wait(timeout=10)
+        stop_pcscd(started)
