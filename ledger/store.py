@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -178,7 +180,9 @@ async def lookup_accounts(
 async def close_account(connection: asyncpg.Connection, account_id: uuid.UUID) -> bool:
     """Mark an account closed: later transfers touching it are refused (voids still pass)."""
     async with connection.transaction():
-        await connection.execute("select 1 from ledger_head for update")
+        await connection.execute(
+            "update ledger_head set state_version = state_version + 1"
+        )  # also takes the head lock: no batch is deciding on the old flags meanwhile
         status = await connection.execute(
             "update ledger_accounts set flags = flags | $2 where id = $1",
             account_id,
@@ -188,6 +192,23 @@ async def close_account(connection: asyncpg.Connection, account_id: uuid.UUID) -
 
 
 # ---------------------------------------------------------------------------- transfers
+
+account_cache_entries_max = 1_000_000  # accounts a connection keeps in memory between batches
+
+
+@dataclass(slots=True)
+class AccountCache:
+    """Accounts as of `state_version`: id.int -> [flags, currency, debits_pending,
+    debits_posted, credits_pending, credits_posted], and id.int -> the UUID."""
+
+    state_version: int
+    states: dict[int, list] = field(default_factory=dict)
+    ids: dict[int, uuid.UUID] = field(default_factory=dict)
+
+
+_account_caches: weakref.WeakKeyDictionary[asyncpg.Connection, AccountCache] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _transfer_from_row(row: Any) -> Transfer:
@@ -253,27 +274,33 @@ async def create_transfers(
     if not transfers:
         return []
     transfers = list(transfers)
+    # The accounts this connection loaded before, valid while no one else changed any
+    # (ledger_head.state_version). Taken out while in use: if anything below raises, it is
+    # simply dropped. Not used inside a caller's transaction, which might still roll back.
+    cacheable = not connection.is_in_transaction()
+    cache = _account_caches.pop(connection, None) if cacheable else None
     async with connection.transaction():
         await connection.execute(_batch_settings)
         head = await connection.fetchrow(
-            "select batch_number, next_sequence, chain_hash, booked_at,"
+            "select batch_number, next_sequence, chain_hash, booked_at, state_version,"
             " clock_timestamp() as clock from ledger_head for update"
         )
+        if cache is None or cache.state_version != head["state_version"]:
+            cache = AccountCache(head["state_version"])
         booked_at = max(now or head["clock"], head["booked_at"])
         batch_number = head["batch_number"] + 1
         next_sequence = head["next_sequence"]
-        account_ids: dict[int, uuid.UUID] = {}
         if any(int(transfer.flags) & _not_plain for transfer in transfers):
             existing, pendings = await _prefetch_transfers(connection, transfers)
-            accounts = await _prefetch_accounts(connection, transfers, pendings, account_ids)
+            accounts = await _prefetch_accounts(connection, transfers, pendings, cache)
             decision = decide_batch(
                 transfers, accounts, existing, pendings, booked_at, next_sequence
             )
         else:
             # Plain transfers (the bulk: fares, sales): decide as if no id were booked yet
-            # while the server looks the ids up; in the rare case one was, decide again on
-            # freshly loaded accounts (the head lock keeps them as they were).
-            accounts = await _prefetch_accounts(connection, transfers, {}, account_ids)
+            # while the server looks the ids up; in the rare case one was, take the batch's
+            # effect off the accounts and decide again knowing the repeats.
+            accounts = await _prefetch_accounts(connection, transfers, {}, cache)
             looking_up = asyncio.ensure_future(_prefetch_existing(connection, transfers))
             await asyncio.sleep(0)  # let the lookup be sent before the CPU work below
             try:
@@ -281,12 +308,18 @@ async def create_transfers(
             finally:
                 existing = await looking_up
             if existing:
-                accounts = await _prefetch_accounts(connection, transfers, {}, account_ids)
+                for key, delta in decision.deltas.items():
+                    state = accounts[key]
+                    for position in range(4):
+                        state[2 + position] -= delta[position]
                 decision = decide_batch(transfers, accounts, existing, {}, booked_at, next_sequence)
         if decision.entries:
             await _write_batch(
-                connection, decision, batch_number, booked_at, head["chain_hash"], account_ids
+                connection, decision, batch_number, booked_at, head["chain_hash"], cache.ids
             )
+            cache.state_version += 1
+    if cacheable:
+        _account_caches[connection] = cache
     return decision.outcomes
 
 
@@ -337,27 +370,36 @@ async def _prefetch_accounts(
     connection: asyncpg.Connection,
     transfers: list[Transfer],
     pendings: dict[int, PendingState],
-    account_ids: dict[int, uuid.UUID],
+    cache: AccountCache,
 ) -> dict[int, list]:
-    ids = set()
+    """Load into `cache` the accounts the batch names that it does not hold yet; return the
+    cache's states (decide looks up only what it needs)."""
+    states = cache.states
+    wanted: dict[int, uuid.UUID] = {}
     for transfer in transfers:
-        ids.add(transfer.debit_account_id)
-        ids.add(transfer.credit_account_id)
+        for account_id in (transfer.debit_account_id, transfer.credit_account_id):
+            if account_id is not None and account_id.int not in states:
+                wanted[account_id.int] = account_id
     for pending in pendings.values():
-        ids.add(pending.transfer.debit_account_id)
-        ids.add(pending.transfer.credit_account_id)
-    ids.discard(None)
+        for account_id in (pending.transfer.debit_account_id, pending.transfer.credit_account_id):
+            if account_id is not None and account_id.int not in states:
+                wanted[account_id.int] = account_id
+    if not wanted:
+        return states
+    if len(states) + len(wanted) > account_cache_entries_max:
+        states.clear()
+        cache.ids.clear()
     rows = await connection.fetch(
         "select id, flags, currency, debits_pending, debits_posted, credits_pending,"
         " credits_posted from ledger_accounts join unnest($1::uuid[]) as wanted (id) using (id)",
-        list(ids),
+        list(wanted.values()),
     )
-    accounts = {}
+    ids = cache.ids
     for row in rows:
         key = row[0].int
-        account_ids[key] = row[0]
-        accounts[key] = list(row[1:])
-    return accounts
+        ids[key] = row[0]
+        states[key] = list(row[1:])
+    return states
 
 
 _update_totals = """
@@ -378,7 +420,7 @@ _record_batch = """
         values ($1, $2, $3, $4, $5, $6, $7)
     )
     update ledger_head set batch_number = $1, next_sequence = $3 + 1, chain_hash = $7,
-                           booked_at = $5
+                           booked_at = $5, state_version = state_version + 1
 """
 
 

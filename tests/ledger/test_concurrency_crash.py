@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import asyncpg
 
 from ledger import (
     CreateTransferResult,
+    Transfer,
     TransferCode,
     create_accounts,
     create_transfers,
@@ -176,3 +178,37 @@ async def test_postgres_killed_mid_batch(tmp_path: Path) -> None:
         await assert_whole_and_retry(server.get_uri(), batches, size)
     finally:
         server.cleanup()
+
+
+async def test_a_connection_never_books_on_stale_accounts(database_url: str) -> None:
+    """Each connection keeps the accounts it loaded; a write by another connection (a batch,
+    or closing an account) must make it load them again."""
+    from ledger import close_account
+
+    first = await asyncpg.connect(database_url)
+    second = await asyncpg.connect(database_url)
+    try:
+        await prepare(first)
+        purse = writer.purses[0]
+
+        def fare(name: str, amount: int) -> list[Transfer]:
+            return [
+                Transfer(uuid.uuid5(uuid.NAMESPACE_OID, name), purse, writer.revenue, amount, 1)
+            ]
+
+        assert [o.result for o in await create_transfers(first, fare("a", 1_500_000))] == [
+            R.created
+        ]
+        assert [o.result for o in await create_transfers(second, fare("b", 400_000))] == [R.created]
+        # 2,000,000 - 1,500,000 - 400,000 = 100,000 left: the first connection must know.
+        assert [o.result for o in await create_transfers(first, fare("c", 100_001))] == [
+            R.exceeds_credits
+        ]
+        assert await close_account(second, purse)
+        assert [o.result for o in await create_transfers(first, fare("d", 1))] == [
+            R.debit_account_closed
+        ]
+        assert await check_ledger(first) == []
+    finally:
+        await first.close()
+        await second.close()
