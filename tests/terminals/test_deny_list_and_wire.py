@@ -100,3 +100,43 @@ def test_records_of_another_terminal_or_repeated_are_refused() -> None:
         decode_batch(body.replace(b'["V1",2', b'["V2",2'))
     with pytest.raises(WireError, match="repeats"):
         decode_batch(body.replace(b'["V1",2', b'["V1",1'))
+
+
+json_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**60), 2**60),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=70),
+    st.sampled_from(["fare_debit", "denied", "in_doubt", "committed", "6032984000000001", "V1"]),
+)
+
+
+@given(records, st.integers(0, 16), json_values)
+def test_the_fast_record_check_agrees_with_the_field_table(
+    record: UploadRecord, position: int, value: object
+) -> None:
+    from bus_terminals.wire import _check_values, _row_valid, record_values
+
+    row = record_values(record)
+    row[position] = value
+    try:
+        _check_values(row, "")
+        slow = row[0] == "V1"
+    except WireError:
+        slow = False
+    assert _row_valid(row, "V1") == slow
+
+
+@given(
+    st.text(alphabet="0123456789", min_size=8, max_size=19),
+    st.integers(0, 2**32),
+    st.sampled_from(["fare", "sale", "fee", "top-up", "refund"]),
+)
+def test_card_transfer_ids_are_the_ledgers_derived_ids(number: str, counter: int, leg: str) -> None:
+    from gateways.terminal_api.ingest import card_transfer_id
+    from ledger.records import derive_id
+
+    assert card_transfer_id(number, counter, leg) == derive_id(
+        "card-transaction", number, counter, leg
+    )
