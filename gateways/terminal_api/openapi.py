@@ -145,6 +145,13 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "shadow balance, purse, flags"}},
                 }
             },
+            "/admin/v1/monitoring/counter-gaps": {
+                "get": {
+                    "summary": "Cards whose booked counters skip",
+                    "security": [{"staff": []}],
+                    "responses": {"200": {"description": "card, highest counter, missing"}},
+                }
+            },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",

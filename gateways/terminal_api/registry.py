@@ -378,3 +378,23 @@ async def issue_cards(
             )
             refused = [o for o in outcomes if o.result.value not in ("created", "exists")]
             assert not refused, refused[:3]
+
+
+counter_gap_cards_max = 1_000
+
+
+async def cards_with_counter_gaps(
+    connection: asyncpg.Connection, limit: int = counter_gap_cards_max
+) -> list[tuple[str, int, int]]:
+    """Cards whose booked transactions skip counters: (card, highest counter, how many are
+    missing). A gap is a transaction the card made that no terminal has reported yet (in
+    doubt, or a terminal that has not uploaded); one that lasts is worth a look."""
+    rows = await connection.fetch(
+        "select card_number, max(card_counter) as highest, "
+        "max(card_counter) - count(distinct card_counter) as missing from card_records "
+        "where outcome in ('booked', 'anomaly') and card_counter > 0 group by card_number "
+        "having max(card_counter) > count(distinct card_counter) "
+        "order by missing desc, card_number limit $1",
+        limit,
+    )
+    return [(row["card_number"], row["highest"], row["missing"]) for row in rows]

@@ -8,6 +8,7 @@ Staff (bearer token `admin_token` in the back office settings):
     POST /admin/v1/operators | merchants | terminals | cards | pending-top-ups
     POST /admin/v1/terminals/{terminal_id}/revoke
     GET  /admin/v1/cards/{card_number}  shadow balance, purse, flags, counter gaps
+    GET  /admin/v1/monitoring/counter-gaps  cards whose counters skip (unreported transactions)
 Everyone: GET /metrics (Prometheus text), GET /openapi.json.
 """
 
@@ -54,6 +55,7 @@ def terminal_extension(app: web.Application) -> None:
     app.router.add_post("/admin/v1/cards", add_card)
     app.router.add_get("/admin/v1/cards/{card_number}", card_view)
     app.router.add_post("/admin/v1/pending-top-ups", add_pending_top_up)
+    app.router.add_get("/admin/v1/monitoring/counter-gaps", counter_gaps)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
 
@@ -361,6 +363,18 @@ async def card_view(request: web.Request) -> web.Response:
     balance = purse.get(registry.purse_account_id(number))
     view["purse_balance_rupiah"] = balance.credit_balance if balance else 0
     return web.json_response(view)
+
+
+async def counter_gaps(request: web.Request) -> web.Response:
+    await _admin_body(request)
+    async with request.app[pool_key].acquire() as connection:
+        gaps = await registry.cards_with_counter_gaps(connection)
+    return web.json_response(
+        [
+            {"card_number": card, "highest_counter": high, "missing": missing}
+            for card, high, missing in gaps
+        ]
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

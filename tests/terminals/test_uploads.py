@@ -18,7 +18,7 @@ from bus_terminals.wire import (
     upload_body_bytes_max,
 )
 from gateways.terminal_api import registry
-from tests.terminals.conftest import Backoffice
+from tests.terminals.conftest import Backoffice, admin_token
 from tests.terminals.helpers import books_snapshot, post_batch, purse_balance, record
 
 card = "6032984000000001"
@@ -115,6 +115,30 @@ async def test_in_doubt_tap_that_never_happened_is_void(backoffice: Backoffice) 
             "select outcome from card_records where terminal_id = 'VA' and sequence = 2"
         )
     assert outcome == "void"
+
+
+async def test_counter_gaps_show_until_the_missing_tap_arrives(backoffice: Backoffice) -> None:
+    key_a = await backoffice.register_validator("VA")
+    key_b = await backoffice.register_validator("VB")
+    async with backoffice.pool.acquire() as connection:
+        await registry.issue_cards(connection, {card: 10_000})
+    async with aiohttp.ClientSession() as session:
+        late = record("VB", 1, card, 2, 3_500, 3_000, previous=(1, "VA", 6_500))
+        await post_batch(session, backoffice.url, key_b, "VB", 1, [late])
+        async with backoffice.pool.acquire() as connection:
+            assert await registry.cards_with_counter_gaps(connection) == [(card, 2, 1)]
+        async with session.get(
+            backoffice.url + "/admin/v1/monitoring/counter-gaps",
+            headers={"Authorization": f"Bearer {admin_token}"},
+        ) as response:
+            assert await response.json() == [
+                {"card_number": card, "highest_counter": 2, "missing": 1}
+            ]
+        first = record("VA", 1, card, 1, 3_500, 6_500)
+        await post_batch(session, backoffice.url, key_a, "VA", 1, [first])
+    async with backoffice.pool.acquire() as connection:
+        assert await registry.cards_with_counter_gaps(connection) == []
+    assert await purse_balance(backoffice.pool, card) == 3_000
 
 
 async def test_clone_is_booked_to_suspense_and_denied(backoffice: Backoffice) -> None:
