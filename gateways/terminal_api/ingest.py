@@ -236,21 +236,22 @@ async def _book(
     to_book: list[UploadRecord] = []
     held: list[UploadRecord] = []
     acknowledged: list[list[Any]] = []
+    conflicts: list[tuple[str, str, str, int, int, str]] = []
     for record in records:
         stored = previous.get(record.sequence)
         if stored is not None:
-            if stored.record.status == record.status:
+            if stored.record == record:
                 acknowledged.append([record.sequence, record.status.value])
                 continue  # reported before: nothing new
             if stored.record.status != RecordStatus.in_doubt or stored.record != _with_status(
                 record, RecordStatus.in_doubt
             ):
-                answer.flags_by_reason["record_conflict"] += 1
-                logger.warning(
-                    "conflicting report",
-                    extra={"terminal_id": record.terminal_id, "sequence": record.sequence},
+                # The terminal changed a record it reported before (not an in-doubt outcome):
+                # keep the first report, flag it, and acknowledge so the terminal moves on.
+                conflicts.append(
+                    _flag(record, "record_conflict", f"reported before as {stored.record.status}")
                 )
-                acknowledged.append([record.sequence, stored.record.status.value])
+                acknowledged.append([record.sequence, record.status.value])
                 continue
         acknowledged.append([record.sequence, record.status.value])
         target = changed if stored is not None else new_records
@@ -272,6 +273,7 @@ async def _book(
 
     card_numbers = sorted({record.card_number for record in records})
     await _ensure_cards(connection, card_numbers)
+    await _insert_flags(connection, conflicts, answer)
 
     # In-doubt transactions: settled by another report's view of the card log, either way.
     confirmed, voided, still_held = await _settle_in_doubt(connection, records, held)

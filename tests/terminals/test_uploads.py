@@ -234,3 +234,29 @@ async def test_bad_uploads_are_refused_and_book_nothing(backoffice: Backoffice) 
     count, total = await books_snapshot(backoffice.pool)
     assert count == before[0] + 1
     assert total == 0
+
+
+async def test_a_record_reported_again_with_other_content_is_flagged_not_booked(
+    backoffice: Backoffice,
+) -> None:
+    key = await backoffice.register_validator("V1")
+    async with aiohttp.ClientSession() as session:
+        first = record("V1", 1, card, 1, 3_500, 6_500)
+        await post_batch(session, backoffice.url, key, "V1", 1, [first])
+        booked = await books_snapshot(backoffice.pool)
+        changed = record("V1", 1, card, 1, 1_000, 9_000)
+        status, answer = await post_batch(session, backoffice.url, key, "V1", 2, [changed])
+        assert status == 200, answer
+        assert answer["records"] == [[1, "committed"]]
+    assert await books_snapshot(backoffice.pool) == booked
+    async with backoffice.pool.acquire() as connection:
+        reasons = await connection.fetch(
+            "select reason from card_flags where card_number = $1", card
+        )
+        amount = await connection.fetchval(
+            "select amount_rupiah from card_records where terminal_id = 'V1' and sequence = 1"
+        )
+    assert [row["reason"] for row in reasons] == ["record_conflict", "purse_negative"] or [
+        row["reason"] for row in reasons
+    ] == ["purse_negative", "record_conflict"]
+    assert amount == 3_500
