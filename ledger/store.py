@@ -59,9 +59,11 @@ _select_transfer_columns = ", ".join(transfer_columns)
 _not_plain = int(~TransferFlags.force)  # any flag but force: linked or two-phase
 # Durable commits, said explicitly. A batch touches a few thousand of maybe millions of
 # accounts: look each up by its primary key rather than hashing the whole table.
+# (Only in a transaction of our own: a SET LOCAL made inside a caller's transaction would
+# last until the caller commits and slow the caller's own joins.)
+_durable_commit = "set local synchronous_commit to on"
 _batch_settings = (
-    "set local synchronous_commit to on;"
-    " set local enable_hashjoin to off; set local enable_mergejoin to off"
+    f"{_durable_commit}; set local enable_hashjoin to off; set local enable_mergejoin to off"
 )
 statement_lines_max = 10_000
 
@@ -264,6 +266,8 @@ async def create_transfers(
     `now` is the booking time (default: the database clock); booking times never go back,
     so an earlier `now` is raised to the last batch's time. The whole batch commits in one
     transaction; if it raises (I/O), nothing of it is booked and it can be retried as is.
+    Called inside a transaction of the caller's, it books within it (a savepoint) and holds
+    the ledger's head lock until the caller commits: keep such transactions short.
     """
     assert transfers_per_batch_max > 0
     if len(transfers) > transfers_per_batch_max:
@@ -280,7 +284,7 @@ async def create_transfers(
     cacheable = not connection.is_in_transaction()
     cache = _account_caches.pop(connection, None) if cacheable else None
     async with connection.transaction():
-        await connection.execute(_batch_settings)
+        await connection.execute(_batch_settings if cacheable else _durable_commit)
         head = await connection.fetchrow(
             "select batch_number, next_sequence, chain_hash, booked_at, state_version,"
             " clock_timestamp() as clock from ledger_head for update"

@@ -322,3 +322,18 @@ async def test_the_database_refuses_unbalanced_or_changed_books(connection) -> N
     with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="immutable"):
         await connection.execute("delete from ledger_transfers")
     assert await account_balances(connection, purse_id) == Balances(0, 0, 0, 500)
+
+
+async def test_booking_inside_a_callers_transaction_commits_with_it(connection) -> None:
+    await open_books(connection)
+    top_up = transfer("in-transaction", bank_id, purse_id, 900, code=TransferCode.top_up)
+    with pytest.raises(RuntimeError):
+        async with connection.transaction():
+            assert await results_of(connection, [top_up], now=start) == [R.created]
+            raise RuntimeError("the caller changes its mind")
+    assert await account_balances(connection, purse_id) == Balances()
+    async with connection.transaction():
+        assert await results_of(connection, [top_up], now=start) == [R.created]
+        assert await connection.fetchval("show enable_hashjoin") == "on"
+    assert (await account_balances(connection, purse_id)).credit_balance == 900
+    assert await results_of(connection, [top_up]) == [R.exists]
