@@ -341,6 +341,11 @@ class BankClient:
             ):
                 await self.sleep(retry_backoff_ms * attempt / 1000)
                 continue
+            if state is TransferState.failed and attempt > 1:
+                # An earlier attempt went unanswered (or got a 5xx) and may have moved the
+                # money; a refusal of the repeat says nothing about it. Only the status
+                # inquiry may call this payout failed (and so let staff pay it again).
+                state = TransferState.unknown
             return TransferOutcome(
                 payout.partner_reference_no,
                 state,

@@ -171,6 +171,27 @@ async def test_timeout_is_an_unknown_outcome(harness: Harness) -> None:
     assert harness.bank.accounts[merchant_account_no].balance_rupiah == 10_000
 
 
+async def test_refusal_after_an_uncertain_attempt_is_confirmed_by_status(
+    harness: Harness,
+) -> None:
+    """A 5xx (or no answer) may have moved the money: a refusal of the retry must not be taken
+    as the payout's outcome (staff could then pay it again); the status inquiry decides."""
+    bank = harness.bank
+    client = BankClient.open(harness.our_connection(attempts_max=3), harness.http)
+    client.sleep = _no_sleep
+    bank.trouble.fail_next_transfers = 1
+    bank.trouble.reject_accounts = {merchant_account_no}
+    sent = await client.transfer(payout("KSHPO0200", 20_000))
+    assert sent.state is TransferState.unknown
+    assert sent.attempts == 2
+    assert sent.response_code == "4031718"
+    bank.trouble.fail_next_transfers = 1
+    resolved = await client.pay(payout("KSHPO0201", 20_000))
+    assert resolved.state is TransferState.failed  # the bank's own status says so
+    assert resolved.response_code == "2003600"
+    assert bank.accounts[merchant_account_no].balance_rupiah == 0
+
+
 async def test_statements_are_mt940_and_csv_that_importers_read(
     harness: Harness, tmp_path: Path
 ) -> None:
