@@ -15,6 +15,7 @@ Everyone: GET /metrics (Prometheus text), GET /openapi.json.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from typing import Any
 
@@ -35,6 +36,7 @@ from gateways.terminal_api.metrics import TerminalMetrics
 from gateways.terminal_api.openapi import openapi_document
 from gateways.terminal_api.registry import TerminalRole, TerminalStatus
 
+logger = logging.getLogger("ksh.terminals")
 metrics_key = web.AppKey("terminal_metrics", TerminalMetrics)
 timestamp_header = "X-KSH-Timestamp"
 request_clock_skew_ms_max = 300_000
@@ -77,8 +79,20 @@ async def upload(request: web.Request) -> web.Response:
     body = await _read_bounded(request, upload_body_bytes_max)
     async with request.app[pool_key].acquire() as connection:
         answer = await ingest_upload(connection, terminal_id, signature, body)
+    elapsed_s = time.perf_counter() - started
     metrics.uploads.increment(answer.result.value)
-    metrics.upload_seconds.increment(answer.result.value, time.perf_counter() - started)
+    metrics.upload_seconds.increment(answer.result.value, elapsed_s)
+    logger.info(
+        "upload",
+        extra={
+            "terminal_id": terminal_id,
+            "result": answer.result.value,
+            "batch_sequence": answer.acknowledgement.get("batch_sequence"),
+            "records": dict(answer.records_by_outcome),
+            "duration_ms": round(elapsed_s * 1000, 1),
+            "detail": answer.detail,
+        },
+    )
     for outcome, count in answer.records_by_outcome.items():
         metrics.records.increment(outcome, count)
     for reason, count in answer.flags_by_reason.items():
