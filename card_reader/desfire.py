@@ -9,6 +9,7 @@ and the transcript of recent exchanges in hex. Facts: `reference/desfire.md`.
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -224,7 +225,7 @@ class Desfire:
             if len(answer) < crypto.mac_bytes:
                 raise crypto.IntegrityError("has no MAC")
             body, mac = answer[: -crypto.mac_bytes], answer[-crypto.mac_bytes :]
-            if ev2.response_mac(Status.OPERATION_OK, body) != mac:
+            if not hmac.compare_digest(ev2.response_mac(Status.OPERATION_OK, body), mac):
                 raise crypto.IntegrityError("MAC does not verify")
             plain = ev2.decrypt_response(body) if mode is CommMode.FULL and body else body
             ev2.advance()
@@ -236,7 +237,7 @@ class Desfire:
         if len(answer) < crypto.mac_bytes:
             raise crypto.IntegrityError("has no CMAC")
         body, mac = answer[: -crypto.mac_bytes], answer[-crypto.mac_bytes :]
-        if ev1.mac(body + b"\x00")[: crypto.mac_bytes] != mac:
+        if not hmac.compare_digest(ev1.mac(body + b"\x00")[: crypto.mac_bytes], mac):
             raise crypto.IntegrityError("CMAC does not verify")
         return body
 
@@ -262,7 +263,7 @@ class Desfire:
         iv = token[-16:] if code == 0xAA else crypto.zero_block
         plain = crypto.aes_cbc_decrypt(key, iv, answer)
         rotated_a = plain[4:20] if code == 0x71 else plain
-        if rotated_a != crypto.rotate_left(random_a):
+        if not hmac.compare_digest(rotated_a, crypto.rotate_left(random_a)):
             raise self._error("card did not prove the key (RndA' mismatch)", code)
         self.authentication = previous  # restored only for NonFirst, which needs TI and CmdCtr
         return random_a, random_b, plain

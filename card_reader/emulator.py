@@ -30,6 +30,7 @@ holds its committed state only, and `process` raises `CardPowerLost`.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import time
@@ -454,7 +455,7 @@ class EmulatedCard:
             if len(data) < crypto.mac_bytes:
                 raise _Fail(Status.LENGTH_ERROR)
             body, mac = data[: -crypto.mac_bytes], data[-crypto.mac_bytes :]
-            if ev2.command_mac(code, body) != mac:
+            if not hmac.compare_digest(ev2.command_mac(code, body), mac):
                 raise crypto.IntegrityError("command MAC")
             if mode is CommMode.MAC:
                 return body
@@ -470,7 +471,7 @@ class EmulatedCard:
             if len(data) < crypto.mac_bytes:
                 raise _Fail(Status.LENGTH_ERROR)
             body, mac = data[: -crypto.mac_bytes], data[-crypto.mac_bytes :]
-            if ev1.mac(bytes((code,)) + body)[: crypto.mac_bytes] != mac:
+            if not hmac.compare_digest(ev1.mac(bytes((code,)) + body)[: crypto.mac_bytes], mac):
                 raise crypto.IntegrityError("command MAC")
             return body
         if mode is CommMode.FULL:
@@ -576,7 +577,7 @@ class EmulatedCard:
         iv = pending.random_b_cipher if ev1 else crypto.zero_block
         plain = crypto.aes_cbc_decrypt(pending.key, iv, data)
         random_a, rotated_b = plain[:16], plain[16:]
-        if rotated_b != crypto.rotate_left(pending.random_b):
+        if not hmac.compare_digest(rotated_b, crypto.rotate_left(pending.random_b)):
             raise _Fail(Status.AUTHENTICATION_ERROR)
         rotated_a = crypto.rotate_left(random_a)
         if ev1:
