@@ -251,10 +251,15 @@ class SyncClient:
     ) -> None:
         """Upload and download every `interval_ms` until `stop`; back off while offline."""
         while not stop.is_set():
-            uploaded = await self.upload_all()
-            downloaded = await self.download()
-            if downloaded and state_folder is not None:
-                self.state.save(state_folder)
+            try:
+                uploaded = await self.upload_all()
+                downloaded = await self.download()
+                if downloaded and state_folder is not None:
+                    self.state.save(state_folder)
+            except Exception:
+                # A back office answering nonsense must not stop the bus from syncing later.
+                logger.exception("sync round failed")
+                uploaded, downloaded = UploadStatus.offline, False
             if uploaded == UploadStatus.offline or not downloaded:
                 self.failures += 1
             else:
