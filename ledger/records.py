@@ -61,6 +61,10 @@ class TransferFlags(enum.IntFlag):
     force = 1 << 4
 
 
+# The SQL (migrations, audit, export, expiry) spells these bits as numbers: keep them.
+assert TransferFlags.pending == 2
+assert TransferFlags.post_pending == 4
+assert TransferFlags.void_pending == 8
 all_transfer_flags = TransferFlags(sum(TransferFlags))
 two_phase_flags = TransferFlags.pending | TransferFlags.post_pending | TransferFlags.void_pending
 resolve_flags = TransferFlags.post_pending | TransferFlags.void_pending

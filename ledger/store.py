@@ -507,7 +507,8 @@ async def expire_pending_transfers(
     now: datetime | None = None,
     transfers_per_batch_max: int = transfers_per_batch_max_default,
 ) -> list[TransferOutcome]:
-    """Void the pending transfers whose timeout has passed (one batch of at most the limit).
+    """Void the pending transfers whose timeout has passed (one batch of at most the limit;
+    call again while it returns a full batch). Run it periodically, e.g. before end of day.
 
     Each void has code `expiry` and the id `derive_id("ledger-expiry", pending id)`, so
     running this twice, or from two processes, books each expiry once.
@@ -519,14 +520,13 @@ async def expire_pending_transfers(
     rows = await connection.fetch(
         """
         select t.id from ledger_transfers t
-         where t.flags & $2 <> 0 and t.timeout_s > 0
+         where t.flags & 2 <> 0 and t.timeout_s > 0  -- 2: pending (ledger_transfers_expiring)
            and t.booked_at + t.timeout_s * interval '1 second' <= $1
            and not exists (select 1 from ledger_transfers r where r.pending_id = t.id)
          order by t.sequence
-         limit $3
+         limit $2
         """,
         now,
-        int(TransferFlags.pending),
         transfers_per_batch_max,
     )
     voids = [
