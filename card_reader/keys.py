@@ -216,8 +216,8 @@ class KeyStore:
             plain = AESGCM(key).decrypt(nonce, bytes.fromhex(document["sealed"]), header_bytes)
         except InvalidTag as error:
             raise KeyStoreError("wrong passphrase, or the key store was altered") from error
-        except (ValueError, KeyError, TypeError) as error:
-            raise KeyStoreError(f"damaged key store: {error}") from error
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise KeyStoreError(f"damaged key store: {error!r}") from error
         content = json.loads(plain)
         store = cls()
         for item in content["keys"]:
@@ -230,10 +230,23 @@ class KeyStore:
         return store
 
     def save(self, path: Path, passphrase: str) -> None:
+        """Replace the file atomically and durably: after a roll-over, cards are re-keyed with
+        the new keys, so a store lost to a crash would lock those cards out for good. The file
+        is private (0600) from its creation on, not only after it has been written."""
+        sealed = self.seal(passphrase)
         temporary = path.with_name(path.name + ".tmp")
-        temporary.write_bytes(self.seal(passphrase))
-        os.chmod(temporary, 0o600)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            os.fchmod(descriptor, 0o600)  # a leftover temporary file keeps its old mode
+            file.write(sealed)
+            file.flush()
+            os.fsync(descriptor)
         temporary.replace(path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     @classmethod
     def load(cls, path: Path, passphrase: str) -> KeyStore:

@@ -23,6 +23,8 @@ uid = bytes.fromhex("04782E21801D80")
 def test_sealed_store_opens_with_the_passphrase_only(tmp_path: Path) -> None:
     store = demo_key_store("at-rest")
     path = tmp_path / "keys.json"
+    path.with_name("keys.json.tmp").write_text("left by a crash")
+    path.with_name("keys.json.tmp").chmod(0o644)
     store.save(path, "correct horse battery staple")
     assert (path.stat().st_mode & 0o777) == 0o600
     text = path.read_text()
@@ -47,6 +49,10 @@ def test_altered_header_or_ciphertext_is_refused(tmp_path: Path) -> None:
         KeyStore.open(json.dumps(document).encode(), "pass")
     with pytest.raises(KeyStoreError, match="damaged"):
         KeyStore.open(b"{not json", "pass")
+    document = json.loads(sealed)
+    document["header"]["kdf"] = "scrypt"  # not an object: a clear error, not a traceback
+    with pytest.raises(KeyStoreError, match="damaged"):
+        KeyStore.open(json.dumps(document).encode(), "pass")
     with pytest.raises(KeyStoreError, match="cannot read"):
         KeyStore.load(tmp_path / "missing.json", "pass")
 
