@@ -132,3 +132,47 @@ def test_pending_top_up_is_delivered_once_across_terminals(tmp_path: Path) -> No
     charged = first.amount_rupiah + second.amount_rupiah + third.amount_rupiah
     assert charged >= fare
     assert balance(card) == 1_000 + 50_000 - charged
+
+
+class PowerCut(BaseException):
+    """The validator loses power: nothing after this line of the tap runs."""
+
+
+def test_power_cut_between_journal_and_card_or_card_and_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cut after the journal wrote the intent, before the card was asked to commit.
+    card = make_ksh_deck(store, [20_000], seed="cut-before")[0]
+    terminal = terminal_at(tmp_path, "C1")
+
+    def cut(*_: object) -> None:
+        raise PowerCut
+
+    with monkeypatch.context() as patch:
+        patch.setattr(KshCard, "perform", cut)
+        with pytest.raises(PowerCut):
+            tap(terminal, card, seven_am_ms)
+    terminal.journal.close()
+    terminal = terminal_at(tmp_path, "C1")  # reboot: the intent is now in doubt
+    assert [state for _, state in terminal.journal.records()] == [JournalState.in_doubt]
+    again = tap(terminal, card, seven_am_ms + 5_000)
+    assert (again.verdict, again.reason) == (Verdict.accepted, Reason.none)
+    assert [state for _, state in terminal.journal.records()] == [
+        JournalState.void,
+        JournalState.committed,
+    ]
+    assert balance(card) == 20_000 - fare
+
+    # Cut after the card committed, before the journal heard.
+    card = make_ksh_deck(store, [20_000], seed="cut-after")[0]
+    terminal = terminal_at(tmp_path, "C2")
+    with monkeypatch.context() as patch:
+        patch.setattr(Journal, "commit", cut)
+        with pytest.raises(PowerCut):
+            tap(terminal, card, seven_am_ms)
+    terminal.journal.close()
+    terminal = terminal_at(tmp_path, "C2")
+    again = tap(terminal, card, seven_am_ms + 5_000)
+    assert (again.verdict, again.reason) == (Verdict.accepted, Reason.already_paid)
+    assert [state for _, state in terminal.journal.records()] == [JournalState.committed]
+    assert balance(card) == 20_000 - fare
