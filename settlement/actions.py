@@ -46,6 +46,7 @@ class ActionResult(enum.StrEnum):
     wrong_kind = "wrong_kind"  # e.g. re-initiating something that is not a refused payout
     amounts_differ = "amounts_differ"  # a manual match must balance
     same_person = "same_person"  # the approver must not be the requester
+    attempt_outstanding = "attempt_outstanding"  # another attempt may pay: no new one
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,31 +247,41 @@ async def reinitiate_payout(
         return ActionResult.not_allowed
     if (problem := check_note(note)) is not None:
         return problem
-    row = await open_exception_row(connection, exception_id)
-    if isinstance(row, ActionResult):
-        return row
-    if row["reason"] not in ("payout_rejected", "no_beneficiary_account"):
-        return ActionResult.wrong_kind
-    batch = await connection.fetchrow(
-        """select b.batch_id, b.net_rupiah, b.service_day, p.bank_code, p.account_no, p.name,
-                  coalesce((select max(attempt) from settlement_payouts x where x.batch_id = b.batch_id), 0) as attempts
-             from settlement_batches b left join settlement_parties p using (party_kind, party_id)
-            where b.batch_id = coalesce((select batch_id from settlement_payouts where payout_id = $1), $1)""",
-        row["subject_id"],
-    )
-    if batch is None or batch["account_no"] is None:
-        return ActionResult.not_found
-    instruction = instruction_for(batch, batch["attempts"] + 1, config, now)
-    await record_instructions(
-        connection, [instruction], "unknown", staff.username, batch["service_day"], config
-    )
-    await connection.execute(
-        """update settlement_exceptions set resolution = 'reinitiated', resolved_by = $2,
-                  resolution_note = $3, resolved_at = now() where exception_id = $1""",
-        exception_id,
-        staff.username,
-        f"{note[:note_length_max]} (new attempt {instruction.payout_id})",
-    )
+    # One transaction holding the exception and the batch: two people pressing the button at
+    # once (or on two exceptions of one batch) make one attempt, and the second is refused.
+    async with connection.transaction():
+        row = await open_exception_row(connection, exception_id)
+        if isinstance(row, ActionResult):
+            return row
+        if row["reason"] not in ("payout_rejected", "no_beneficiary_account"):
+            return ActionResult.wrong_kind
+        batch = await connection.fetchrow(
+            """select b.batch_id, b.net_rupiah, b.service_day, p.bank_code, p.account_no, p.name,
+                      coalesce((select max(attempt) from settlement_payouts x where x.batch_id = b.batch_id), 0) as attempts,
+                      exists (select 1 from settlement_payouts x
+                               where x.batch_id = b.batch_id and x.state <> 'failed') as outstanding
+                 from settlement_batches b left join settlement_parties p using (party_kind, party_id)
+                where b.batch_id = coalesce((select batch_id from settlement_payouts where payout_id = $1), $1)
+                  for update of b""",
+            row["subject_id"],
+        )
+        if batch is None or batch["account_no"] is None:
+            return ActionResult.not_found
+        if batch["outstanding"]:
+            # An attempt that was paid, is in flight or was exported may still move the money;
+            # only when every earlier attempt was refused can a new reference be sent.
+            return ActionResult.attempt_outstanding
+        instruction = instruction_for(batch, batch["attempts"] + 1, config, now)
+        await record_instructions(
+            connection, [instruction], "unknown", staff.username, batch["service_day"], config
+        )
+        await connection.execute(
+            """update settlement_exceptions set resolution = 'reinitiated', resolved_by = $2,
+                      resolution_note = $3, resolved_at = now() where exception_id = $1""",
+            exception_id,
+            staff.username,
+            f"{note[:note_length_max]} (new attempt {instruction.payout_id})",
+        )
     outcome = await payer.pay(instruction.payout)
     await record_outcome(connection, instruction, outcome, batch["service_day"])
     return ActionResult.done

@@ -587,6 +587,7 @@ messages = {
     ActionResult.wrong_kind: "this action does not apply to this exception",
     ActionResult.amounts_differ: "amounts differ: a manual match must balance exactly",
     ActionResult.same_person: "the approver must be someone other than the requester",
+    ActionResult.attempt_outstanding: "another attempt of this payout was paid or may still pay: ask the bank about it first",
 }
 
 

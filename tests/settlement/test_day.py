@@ -4,6 +4,7 @@ bank lists twice, a fee nobody announced, a VA payment for no known card."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 
@@ -433,4 +434,73 @@ async def test_crash_between_recording_and_answer_pays_once(
         assert len(the_bank.transfers) == 2
     finally:
         await pool.close()
+        await connection.close()
+
+
+async def test_no_new_attempt_while_another_may_pay(
+    database_url: str, bank_harness: BankHarness
+) -> None:
+    """A batch first had no account on file; the account is added and the next run pays it:
+    re-initiating from the old exception must not send a second reference for that batch. Two
+    people re-initiating one refused payout at once make one new attempt."""
+    the_bank = bank_harness.bank
+    connection = await asyncpg.connect(database_url)
+    second = await asyncpg.connect(database_url)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        await book_day(connection, cards=2, merchants=1)
+        await end_of_day.register_parties(
+            connection, [("operator", "trans-semarang", "BLU", "", operator_account)]
+        )
+        await end_of_day.close_day(connection, service_day, config)
+        the_bank.trouble.reject_accounts = {operator_account}
+        now = dt.datetime.now(end_of_day.jakarta)
+        await end_of_day.pay_day(pool, service_day, bank_harness.client, config, "eod", now)
+        exceptions = {reason: key for key, reason in (await open_exceptions(connection)).items()}
+        assert sorted(exceptions) == ["no_beneficiary_account", "payout_rejected"]
+
+        await end_of_day.register_parties(
+            connection, [("merchant", "M000", "Toko M000", "", "7700000001")]
+        )
+        counts = await end_of_day.pay_day(
+            pool, service_day, bank_harness.client, config, "eod", now
+        )
+        assert counts[end_of_day.PayResult.paid] == 1
+        assert (
+            await actions.reinitiate_payout(
+                connection,
+                exceptions["no_beneficiary_account"],
+                clerk,
+                "account on file now",
+                bank_harness.client,
+                config,
+                now,
+            )
+            is ActionResult.attempt_outstanding
+        )
+
+        the_bank.trouble.reject_accounts = set()
+        results = await asyncio.gather(
+            *(
+                actions.reinitiate_payout(
+                    who_connection,
+                    exceptions["payout_rejected"],
+                    staff,
+                    "account reactivated",
+                    bank_harness.client,
+                    config,
+                    now,
+                )
+                for who_connection, staff in ((connection, clerk), (second, supervisor))
+            )
+        )
+        assert sorted(results) == [ActionResult.already_resolved, ActionResult.done]
+        paid = [t for t in the_bank.transfers.values() if t.status == "00"]
+        assert sorted(t.beneficiary_account_no for t in paid) == sorted(
+            ["7700000001", operator_account]
+        )  # each batch paid exactly once
+    finally:
+        await pool.close()
+        await second.close()
         await connection.close()
