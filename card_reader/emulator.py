@@ -1086,14 +1086,25 @@ def _file_to_dict(card_file: CardFile) -> dict[str, Any]:
     }
 
 
+def _require(condition: bool, what: str) -> None:
+    """A saved card that breaks what the card itself guarantees is refused when loaded, not
+    found out later by an assertion in the middle of an exchange."""
+    if not condition:
+        raise ValueError(what)
+
+
 def _file_from_dict(saved: dict[str, Any]) -> CardFile:
     file_type = FileType[saved["type"]]
     comm_mode = CommMode[saved["comm_mode"]]
-    access = AccessRights.from_bytes(bytes.fromhex(saved["access"]))
+    raw_access = bytes.fromhex(saved["access"])
+    _require(len(raw_access) == 2, f"access rights of {len(raw_access)} bytes")
+    access = AccessRights.from_bytes(raw_access)
     if file_type in (FileType.STANDARD_DATA, FileType.BACKUP_DATA):
-        return DataFile(file_type, comm_mode, access, bytearray.fromhex(saved["data"]))
+        data = bytearray.fromhex(saved["data"])
+        _require(0 < len(data) <= card_memory_bytes, f"data file of {len(data)} bytes")
+        return DataFile(file_type, comm_mode, access, data)
     if file_type is FileType.VALUE:
-        return ValueFile(
+        value_file = ValueFile(
             comm_mode,
             access,
             int(saved["lower_limit"]),
@@ -1103,7 +1114,11 @@ def _file_from_dict(saved: dict[str, Any]) -> CardFile:
             bool(saved["free_get_value"]),
             int(saved["limited_credit_value"]),
         )
-    return RecordFile(
+        lower, upper = value_file.lower_limit, value_file.upper_limit
+        _require(-(2**31) <= lower <= value_file.value <= upper < 2**31, "value outside its limits")
+        _require(0 <= value_file.limited_credit_value < 2**31, "limited credit value")
+        return value_file
+    record_file = RecordFile(
         file_type,
         comm_mode,
         access,
@@ -1111,6 +1126,14 @@ def _file_from_dict(saved: dict[str, Any]) -> CardFile:
         int(saved["records_max"]),
         [bytes.fromhex(record) for record in saved["records"]],
     )
+    _require(record_file.record_size > 0 and record_file.capacity() > 0, "record file shape")
+    _require(record_file.memory_bytes() <= card_memory_bytes, "record file larger than the card")
+    _require(len(record_file.records) <= record_file.capacity(), "more records than fit")
+    _require(
+        all(len(record) == record_file.record_size for record in record_file.records),
+        "a record of the wrong size",
+    )
+    return record_file
 
 
 def _application_to_dict(application: Application) -> dict[str, Any]:
@@ -1123,12 +1146,20 @@ def _application_to_dict(application: Application) -> dict[str, Any]:
 
 
 def _application_from_dict(saved: dict[str, Any]) -> Application:
-    return Application(
+    application = Application(
         int(saved["aid"], 16),
         int(saved["key_settings"]),
         [(bytes.fromhex(k["key"]), int(k["version"])) for k in saved["keys"]],
         {int(number): _file_from_dict(f) for number, f in saved["files"].items()},
     )
+    _require(0 <= application.aid <= 0xFFFFFF, f"AID {application.aid:X}")
+    _require(0 <= application.key_settings <= 0xFF, "key settings")
+    _require(1 <= len(application.keys) <= application_keys_max, "key count")
+    for key, version in application.keys:
+        _require(len(key) == crypto.key_bytes, f"an AES key of {len(key)} bytes")
+        _require(0 <= version <= 0xFF, f"key version {version}")
+    _require(all(0 <= number <= file_number_max for number in application.files), "file number")
+    return application
 
 
 deck_format_version = 1

@@ -214,6 +214,21 @@ def test_deck_round_trip(tmp_path: Path) -> None:
     path.write_text(json.dumps(damaged))
     with pytest.raises(ValueError, match="card 0 is damaged"):
         load_deck(path)
+    for breakage in (
+        lambda card: card["picc"]["keys"][0].update(key="00" * 15),  # not an AES-128 key
+        lambda card: card["picc"]["keys"][0].update(version=256),
+        lambda card: card["applications"][0]["files"]["2"].update(value=2_000_001),
+        lambda card: card["applications"][0]["files"]["4"]["records"].append("00"),
+        lambda card: card["applications"][0]["files"].update(
+            {"32": card["applications"][0]["files"]["1"]}
+        ),
+    ):
+        damaged = json.loads(json.dumps({"format": "ksh-card-deck", "version": 1}))
+        damaged["cards"] = [card.to_dict() for card in cards]
+        breakage(damaged["cards"][2])
+        path.write_text(json.dumps(damaged))
+        with pytest.raises(ValueError, match="card 2 is damaged"):
+            load_deck(path)
     path.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not a version 1 KSH card deck"):
         load_deck(path)
