@@ -18,6 +18,7 @@ from ledger.records import (
     Transfer,
     TransferFlags,
     TransferOutcome,
+    accounts_per_batch_max,
     transfers_per_batch_max_default,
 )
 
@@ -26,8 +27,9 @@ _account_ok = frozenset({CreateAccountResult.created, CreateAccountResult.exists
 
 async def ensure_accounts(connection: asyncpg.Connection, accounts: Sequence[Account]) -> None:
     """Create accounts that do not exist yet; an identical existing account is fine."""
-    if accounts:
-        results = await store.create_accounts(connection, list(accounts))
+    for start in range(0, len(accounts), accounts_per_batch_max):
+        chunk = list(accounts[start : start + accounts_per_batch_max])
+        results = await store.create_accounts(connection, chunk)
         problems = [r for r in results if r not in _account_ok]
         assert not problems, f"accounts refused: {problems[:3]}"
 

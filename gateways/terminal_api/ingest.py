@@ -696,17 +696,27 @@ async def _insert_flags(
 ) -> None:
     if not flags:
         return
-    await connection.executemany(
-        "insert into card_flags (card_number, reason, terminal_id, sequence, card_counter, detail) "
-        "values ($1, $2, $3, $4, $5, $6)",
-        flags,
+    await connection.copy_records_to_table(
+        "card_flags",
+        columns=("card_number", "reason", "terminal_id", "sequence", "card_counter", "detail"),
+        records=flags,
     )
+    by_reason: dict[str, list[str]] = {}
     for flag in flags:
         answer.flags_by_reason[flag[1]] += 1
+        by_reason.setdefault(flag[1], []).append(flag[0])
+    for reason, cards in by_reason.items():
         logger.warning(
-            "card flagged",
-            extra={"card_number": flag[0], "reason": flag[1], "terminal_id": flag[2]},
+            "cards flagged",
+            extra={
+                "reason": reason,
+                "count": len(cards),
+                "card_numbers": cards[:flagged_cards_logged_max],
+            },
         )
+
+
+flagged_cards_logged_max = 20  # per reason and batch: the rest are in card_flags
 
 
 _stored_columns = (

@@ -260,3 +260,19 @@ async def test_a_record_reported_again_with_other_content_is_flagged_not_booked(
         row["reason"] for row in reasons
     ] == ["purse_negative", "record_conflict"]
     assert amount == 3_500
+
+
+async def test_a_full_batch_of_cards_never_seen_registers_them_all(backoffice: Backoffice) -> None:
+    from bus_terminals.wire import upload_records_max
+
+    key = await backoffice.register_validator("V1")
+    taps = [
+        record("V1", index + 1, str(6032986000000000 + index), 1, 3_500, 16_500)
+        for index in range(upload_records_max)
+    ]
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(session, backoffice.url, key, "V1", 1, taps)
+    assert status == 200, answer
+    count, total = await books_snapshot(backoffice.pool)
+    assert count == upload_records_max
+    assert total == 0
