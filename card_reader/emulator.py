@@ -430,9 +430,11 @@ class EmulatedCard:
         if code not in (0x3D, 0x3B) or len(data) < 7:
             return None
         card_file = self.selected.files.get(data[0])
-        if card_file is None or self._authenticated is None:
+        if card_file is None:
             return None
         length = int.from_bytes(data[4:7], "little")
+        if self._authenticated is None:  # free access: plain, whatever the file's mode
+            return 7 + length
         mode = card_file.comm_mode
         if mode is CommMode.MAC:
             return 7 + length + crypto.mac_bytes

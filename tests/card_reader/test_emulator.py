@@ -114,6 +114,18 @@ def test_long_reads_and_writes_chain_both_ways(framing: Framing, generation: str
     assert bytes(card.applications[aid].files[1].data) == data  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("framing", [Framing.ISO_WRAPPED, Framing.NATIVE])
+def test_free_access_writes_chain_without_authentication(framing: Framing) -> None:
+    card, desfire = blank_with_application(framing, frame_bytes_max=48)
+    free = AccessRights(read=0xE, write=0xE, read_write=0xE, change=0)
+    desfire.create_std_data_file(5, CommMode.MAC, free, 100)
+    desfire.select_application(aid)  # no session: free access is plain
+    data = bytes(range(100))
+    desfire.write_data(5, 0, data, CommMode.PLAIN)  # 107 bytes: three frames
+    assert desfire.read_data(5, 0, 0, CommMode.PLAIN) == data
+    assert bytes(card.applications[aid].files[5].data) == data  # type: ignore[union-attr]
+
+
 def test_wrong_mac_gives_integrity_error_and_ends_the_session() -> None:
     card, desfire = blank_with_application(Framing.ISO_WRAPPED)
     desfire.credit(2, 10, CommMode.MAC)
