@@ -6,8 +6,8 @@ file imports nothing), and deduplication (`line_key`), so that importing the sam
 two statements that overlap, adds each bank movement once. A movement the bank itself lists
 twice in one file keeps both lines (the second one has occurrence 1): reconciliation reports it.
 
-Amounts are parsed with `Decimal` at this edge (MT940 writes a decimal comma) and kept as whole
-rupiah integers from here on.
+Amounts are parsed at this edge (MT940 writes a decimal comma, Indonesian exports a thousands
+dot) and kept as whole rupiah integers from here on.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 statement_file_bytes_max = 64 * 1024 * 1024  # a month of a busy collection account fits
@@ -86,21 +85,31 @@ class StatementError(Exception):
         self.problem = problem
 
 
+# Rupiah has no three-digit fraction, so three digits after a mark are always a thousands group
+# ("150.000" is Rp 150,000 as Indonesians write it, "1,500" is Rp 1,500); one or two digits are
+# the fraction. Anything else (exponents, NaN, mixed groups) is refused, never guessed at.
+amount_text_pattern = re.compile(
+    r"""^(?P<sign>-?)(?:
+        (?P<plain>[0-9]+)(?:[.,](?P<plain_fraction>[0-9]{1,2}))?
+      | (?P<dotted>[0-9]{1,3}(?:\.[0-9]{3})+)(?:,(?P<dotted_fraction>[0-9]{1,2}))?
+      | (?P<commas>[0-9]{1,3}(?:,[0-9]{3})+)(?:\.(?P<commas_fraction>[0-9]{1,2}))?
+    )$""",
+    re.VERBOSE,
+)
+
+
 def whole_rupiah(text: str, source_file: str, source_line: int) -> int:
-    """'150000,00' or '150000.00' or '150.000,00' -> 150000; anything else is an error."""
-    cleaned = text.strip().replace(" ", "")
-    if "," in cleaned and "." in cleaned:  # thousands separators: keep the last mark as decimal
-        decimal_mark = "," if cleaned.rfind(",") > cleaned.rfind(".") else "."
-        thousands = "." if decimal_mark == "," else ","
-        cleaned = cleaned.replace(thousands, "")
-    cleaned = cleaned.replace(",", ".")
-    try:
-        amount = Decimal(cleaned)
-    except InvalidOperation:
-        raise StatementError(source_file, source_line, f"amount {text!r} is not a number") from None
-    if amount != amount.to_integral_value():
+    """'150000', '150000,00', '150.000,00', '150,000.00' and '150.000' -> 150000; a fraction
+    other than zero, or anything that is not one of these forms, is an error."""
+    found = amount_text_pattern.match(text.strip().replace(" ", ""))
+    if found is None:
+        raise StatementError(source_file, source_line, f"amount {text!r} is not a number")
+    whole = found["plain"] or found["dotted"] or found["commas"]
+    fraction = found["plain_fraction"] or found["dotted_fraction"] or found["commas_fraction"]
+    if fraction is not None and int(fraction) != 0:
         raise StatementError(source_file, source_line, f"amount {text!r} is not whole rupiah")
-    return int(amount)
+    rupiah = int(whole.replace(".", "").replace(",", ""))
+    return -rupiah if found["sign"] else rupiah
 
 
 def with_occurrences(lines: Iterable[StatementLine]) -> tuple[StatementLine, ...]:

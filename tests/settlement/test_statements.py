@@ -14,6 +14,7 @@ from settlement.statements import (
     StatementError,
     StatementLine,
     import_file,
+    whole_rupiah,
     write_csv,
     write_mt940,
 )
@@ -122,3 +123,39 @@ def test_broken_file_names_file_and_line(tmp_path: Path, name: str) -> None:
     assert caught.value.source_line == line, str(caught.value)
     assert words in str(caught.value)
     assert str(caught.value).startswith(f"{name}:{line}: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "rupiah"),
+    [
+        ("150000", 150_000),
+        ("150000,00", 150_000),
+        ("150000.00", 150_000),
+        ("150.000", 150_000),  # Indonesian thousands dot, not Rp 150
+        ("1.500.000,00", 1_500_000),
+        ("1,500", 1_500),
+        ("1,500,000.00", 1_500_000),
+        (" 2 500 ", 2_500),
+        ("-75000,00", -75_000),
+    ],
+)
+def test_amount_text_forms(text: str, rupiah: int) -> None:
+    assert whole_rupiah(text, "f", 1) == rupiah
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("1e3", "not a number"),
+        ("Infinity", "not a number"),
+        ("NaN", "not a number"),
+        ("1.500,000", "not a number"),
+        ("1.50.000", "not a number"),
+        ("", "not a number"),
+        ("150000,5", "not whole rupiah"),
+        ("1.500.000,50", "not whole rupiah"),
+    ],
+)
+def test_amount_text_refused(text: str, words: str) -> None:
+    with pytest.raises(StatementError, match=words):
+        whole_rupiah(text, "f", 1)
