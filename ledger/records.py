@@ -94,12 +94,12 @@ class CreateAccountResult(enum.Enum):
     """Checked in this order; the first that applies is the account's result."""
 
     created = "created"
+    batch_too_large = "batch_too_large"
     id_must_not_be_zero = "id_must_not_be_zero"
     id_must_not_be_max = "id_must_not_be_max"
     flags_are_mutually_exclusive = "flags_are_mutually_exclusive"
     currency_must_be_three_letters = "currency_must_be_three_letters"
     owner_reference_too_long = "owner_reference_too_long"
-    batch_too_large = "batch_too_large"
     exists_with_different_kind = "exists_with_different_kind"
     exists_with_different_flags = "exists_with_different_flags"
     exists_with_different_currency = "exists_with_different_currency"
