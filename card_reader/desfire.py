@@ -136,7 +136,7 @@ class Desfire:
             self.authentication = None
             transcript = tuple(self.transcript) + (error.transcript or ())
             raise CardError(
-                str(error).split(" (reader ")[0],
+                error.message,
                 reader_name=self.reader.name,
                 card_uid=self.card_uid,
                 transcript=transcript,

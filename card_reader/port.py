@@ -22,6 +22,7 @@ class ReaderPortError(Exception):
         card_uid: bytes | None = None,
         transcript: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        self.message = message  # without the reader, card and transcript
         self.reader_name = reader_name
         self.card_uid = card_uid
         self.transcript = transcript
