@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from card_reader import crypto
 from card_reader.apdu import (
@@ -143,6 +143,7 @@ class RecordFile:
 
 
 CardFile = DataFile | ValueFile | RecordFile
+_FileKind = TypeVar("_FileKind", DataFile, ValueFile, RecordFile)
 
 
 @dataclass(slots=True)
@@ -522,6 +523,15 @@ class EmulatedCard:
             raise _Fail(Status.FILE_NOT_FOUND)
         return card_file
 
+    def _file_of_kind(self, data: bytes, kind: type[_FileKind]) -> _FileKind:
+        """The file named by the command's first byte; it must be of the kind the command needs."""
+        if not data:
+            raise _Fail(Status.LENGTH_ERROR)
+        card_file = self._file(data[0])
+        if not isinstance(card_file, kind):
+            raise _Fail(Status.PARAMETER_ERROR)
+        return card_file
+
     def _require_access(self, key_numbers: tuple[int, ...]) -> None:
         if free_access in key_numbers:
             return
@@ -866,9 +876,7 @@ class EmulatedCard:
         return self._finish(head + tail, CommMode.MAC)
 
     def _read_data(self, code: int, data: bytes) -> tuple[int, bytes]:
-        card_file = self._file(data[0]) if data else None
-        if not isinstance(card_file, DataFile):
-            raise _Fail(Status.PARAMETER_ERROR if card_file else Status.LENGTH_ERROR)
+        card_file = self._file_of_kind(data, DataFile)
         access = card_file.access
         self._require_access((access.read, access.read_write))
         plain = self._unprotect(code, data, self._file_command_mode(code, card_file))
@@ -883,9 +891,7 @@ class EmulatedCard:
         return self._finish(bytes(card_file.data[offset:end]), card_file.comm_mode)
 
     def _write_data(self, code: int, data: bytes) -> tuple[int, bytes]:
-        card_file = self._file(data[0]) if data else None
-        if not isinstance(card_file, DataFile):
-            raise _Fail(Status.PARAMETER_ERROR if card_file else Status.LENGTH_ERROR)
+        card_file = self._file_of_kind(data, DataFile)
         access = card_file.access
         self._require_access((access.write, access.read_write))
         plain = self._unprotect(code, data, self._file_command_mode(code, card_file))
@@ -906,14 +912,8 @@ class EmulatedCard:
             card_file.pending[offset : offset + length] = content
         return self._finish(b"", card_file.comm_mode)
 
-    def _value_file(self, data: bytes) -> ValueFile:
-        card_file = self._file(data[0]) if data else None
-        if not isinstance(card_file, ValueFile):
-            raise _Fail(Status.PARAMETER_ERROR if card_file else Status.LENGTH_ERROR)
-        return card_file
-
     def _get_value(self, code: int, data: bytes) -> tuple[int, bytes]:
-        card_file = self._value_file(data)
+        card_file = self._file_of_kind(data, ValueFile)
         access = card_file.access
         if not card_file.free_get_value:
             self._require_access((access.read, access.write, access.read_write))
@@ -924,7 +924,7 @@ class EmulatedCard:
         return self._finish(value, card_file.comm_mode)
 
     def _change_value(self, code: int, data: bytes) -> tuple[int, bytes]:
-        card_file = self._value_file(data)
+        card_file = self._file_of_kind(data, ValueFile)
         access = card_file.access
         if code == 0x0C:  # Credit
             self._require_access((access.read_write,))
@@ -956,14 +956,8 @@ class EmulatedCard:
             card_file.pending_limited_credit = True
         return self._finish(b"", card_file.comm_mode)
 
-    def _record_file(self, data: bytes) -> RecordFile:
-        card_file = self._file(data[0]) if data else None
-        if not isinstance(card_file, RecordFile):
-            raise _Fail(Status.PARAMETER_ERROR if card_file else Status.LENGTH_ERROR)
-        return card_file
-
     def _write_record(self, code: int, data: bytes) -> tuple[int, bytes]:
-        card_file = self._record_file(data)
+        card_file = self._file_of_kind(data, RecordFile)
         access = card_file.access
         self._require_access((access.write, access.read_write))
         plain = self._unprotect(code, data, self._file_command_mode(code, card_file))
@@ -990,7 +984,7 @@ class EmulatedCard:
         return self._finish(b"", card_file.comm_mode)
 
     def _read_records(self, code: int, data: bytes) -> tuple[int, bytes]:
-        card_file = self._record_file(data)
+        card_file = self._file_of_kind(data, RecordFile)
         access = card_file.access
         self._require_access((access.read, access.read_write))
         plain = self._unprotect(code, data, self._file_command_mode(code, card_file))
@@ -1007,7 +1001,7 @@ class EmulatedCard:
         return self._finish(b"".join(records[end - count : end]), card_file.comm_mode)
 
     def _clear_record_file(self, code: int, data: bytes) -> tuple[int, bytes]:
-        card_file = self._record_file(data)
+        card_file = self._file_of_kind(data, RecordFile)
         self._require_access((card_file.access.read_write,))
         plain = self._unprotect(code, data, CommMode.MAC)
         if len(plain) != 1:
