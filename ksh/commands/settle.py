@@ -38,7 +38,9 @@ def register(subparsers: Any) -> None:
         )
         sub.add_argument("--source-bank", default="009", help="bank code our payouts leave from")
         sub.add_argument(
-            "--source-account", default="1350012345678", help="our account at that bank"
+            "--source-account",
+            default=None,
+            help="our account at that bank (default: the partner's, for pay)",
         )
 
     close = actions.add_parser("close", help="close every payable owed at the cut-off into a batch")
@@ -97,7 +99,7 @@ def config_of(arguments: argparse.Namespace) -> Any:
 
     return EndOfDayConfig(
         source_bank=arguments.source_bank,
-        source_account_no=arguments.source_account,
+        source_account_no=arguments.source_account or EndOfDayConfig.source_account_no,
         cutoff=arguments.cutoff,
     )
 
@@ -139,19 +141,23 @@ def run_close(arguments: argparse.Namespace) -> int:
 
 
 def run_pay(arguments: argparse.Namespace) -> int:
+    import dataclasses
+
     import aiohttp
     import asyncpg
 
-    from gateways.snap.client import BankClient, BankConnection
-    from gateways.snap.partners import load_partner
+    from gateways.snap.client import BankClient
+    from gateways.snap.partners import bank_connection, load_partner
+    from gateways.snap.signature import load_private_key
     from ksh.schema import migrate_all
     from ledger.database import server_url
     from settlement.end_of_day import jakarta, pay_day
 
     try:
         private_key = arguments.key.read_bytes()
-    except OSError as error:
-        raise UserError(f"cannot read {arguments.key}: {error}") from None
+        load_private_key(private_key)
+    except (OSError, ValueError, TypeError) as error:  # TypeError: an encrypted key
+        raise UserError(f"cannot load our private key {arguments.key}: {error}") from None
 
     async def main(url: str) -> int:
         connection = await asyncpg.connect(url)
@@ -164,13 +170,12 @@ def run_pay(arguments: argparse.Namespace) -> int:
             raise UserError(f"no partner {arguments.partner}; add it with ksh partner add")
         if not partner.base_url:
             raise UserError(f"partner {arguments.partner} has no --base-url to call")
-        bank = BankConnection(
-            partner.base_url,
-            partner.partner_id,
-            partner.client_secret,
-            private_key,
-            partner.channel_id,
-        )
+        # Payouts leave from the account registered with the partner unless told otherwise:
+        # the statement of that account is where reconciliation looks for them.
+        source_account = arguments.source_account or partner.source_account_no
+        if not source_account:
+            raise UserError(f"partner {arguments.partner} has no --source-account; give one")
+        config = dataclasses.replace(config_of(arguments), source_account_no=source_account)
         pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
         assert pool is not None
         try:
@@ -178,8 +183,8 @@ def run_pay(arguments: argparse.Namespace) -> int:
                 counts = await pay_day(
                     pool,
                     day_of(arguments),
-                    BankClient.open(bank, http),
-                    config_of(arguments),
+                    BankClient.open(bank_connection(partner, private_key), http),
+                    config,
                     getpass.getuser(),
                     dt.datetime.now(jakarta),
                 )
@@ -188,8 +193,11 @@ def run_pay(arguments: argparse.Namespace) -> int:
         print(", ".join(f"{result.value} {count}" for result, count in counts.items()))
         return 0
 
-    with server_url() as url:
-        return asyncio.run(main(url))
+    try:
+        with server_url() as url:
+            return asyncio.run(main(url))
+    except OSError as error:
+        raise UserError(f"cannot reach the database: {error}") from error
 
 
 def run_export(arguments: argparse.Namespace) -> int:
