@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import random
 import statistics
 import tempfile
@@ -29,9 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--terminals", type=int, default=16)
     parser.add_argument("--cards", type=int, default=20_000)
     parser.add_argument("--batch-records", type=int, default=4_000)
-    parser.add_argument("--concurrency", type=int, default=4, help="uploads in flight")
+    parser.add_argument("--concurrency", type=int, default=6, help="uploads in flight")
     parser.add_argument("--tap-samples", type=int, default=300, help="validator taps timed")
     parser.add_argument("--deny-list-cards", type=int, default=5_000_000)
+    parser.add_argument(
+        "--server-processes", type=int, default=2, help="back office processes (one port)"
+    )
 
 
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -42,6 +46,40 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     figures.update(tap_latency(arguments.tap_samples))
     figures.update(deny_list_figures(arguments.deny_list_cards))
     return figures
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        await asyncio.sleep(1.0)  # let every worker bind
+        return
+    raise OSError(f"back office processes did not listen on {port}")
+
+
+def _serve_process(database_url: str, port: int, connections_max: int, ready: Any) -> None:
+    from aiohttp import web
+
+    from gateways.backoffice import BackofficeConfig, create_app
+    from gateways.terminal_api.routes import terminal_extension
+
+    app = create_app(
+        BackofficeConfig(database_url, pool_connections_max=connections_max), [terminal_extension]
+    )
+    web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None)
 
 
 def deny_list_figures(cards: int) -> dict[str, Any]:
@@ -191,15 +229,31 @@ async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
                 body = encode_batch(UploadBatch(terminal, batch_sequence, batch_records))
                 bodies[terminal].append((body, sign(keys[terminal], body)))
 
-        app = create_app(
-            BackofficeConfig(url, pool_connections_max=arguments.concurrency + 1),
-            [terminal_extension],
-        )
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        workers: list[Any] = []
+        if arguments.server_processes > 1:
+            # Several back office processes on one port (SO_REUSEPORT), as `ksh serve` could run.
+            port = _free_port()
+            context = multiprocessing.get_context("spawn")
+            ready = context.Event()
+            for _ in range(arguments.server_processes):
+                worker = context.Process(
+                    target=_serve_process,
+                    args=(url, port, arguments.concurrency + 1, ready),
+                    daemon=True,
+                )
+                worker.start()
+                workers.append(worker)
+            await _wait_for_port(port)
+        else:
+            app = create_app(
+                BackofficeConfig(url, pool_connections_max=arguments.concurrency + 1),
+                [terminal_extension],
+            )
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         base_url = f"http://127.0.0.1:{port}"
         semaphore = asyncio.Semaphore(arguments.concurrency)
         failures = 0
@@ -224,6 +278,9 @@ async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
             await asyncio.gather(*(upload_terminal(session, t) for t in terminal_ids))
         elapsed = time.perf_counter() - started
+        for worker in workers:
+            worker.terminate()
+            worker.join(timeout=10)
 
         check = await asyncpg.connect(url)
         booked = await check.fetchval("select count(*) from ledger_transfers where code = $1", 1)
@@ -256,6 +313,7 @@ async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
             "terminals": arguments.terminals,
             "batch_records": arguments.batch_records,
             "concurrency": arguments.concurrency,
+            "server_processes": arguments.server_processes,
             "ingest_seconds": round(elapsed, 3),
             "taps_per_s": round(arguments.taps / elapsed),
             "ledger_direct_transfers_per_s": round(arguments.taps / direct_elapsed),

@@ -27,6 +27,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--tariff-version", default="trans-semarang")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes serving the same port (SO_REUSEPORT)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -56,9 +59,8 @@ def run(arguments: argparse.Namespace) -> int:
     import asyncio
 
     import asyncpg
-    from aiohttp import web
 
-    from gateways.backoffice import BackofficeConfig, create_app, log_as_json_lines
+    from gateways.backoffice import log_as_json_lines
     from ksh.schema import migrate_all
     from ledger.database import server_url
 
@@ -80,11 +82,43 @@ def run(arguments: argparse.Namespace) -> int:
             asyncio.run(migrate())
         except OSError as error:
             raise UserError(f"cannot reach the database: {error}") from error
-        app = create_app(BackofficeConfig(url, settings=settings), extensions())
+        if not 1 <= arguments.workers <= workers_max:
+            raise UserError(f"--workers must be 1 to {workers_max}")
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        others = [
+            context.Process(
+                target=serve_process,
+                args=(url, settings, arguments.host, arguments.port),
+                daemon=True,
+            )
+            for _ in range(arguments.workers - 1)
+        ]
+        for process in others:
+            process.start()
         try:
-            web.run_app(app, host=arguments.host, port=arguments.port, access_log=None)
+            serve_process(url, settings, arguments.host, arguments.port)
         except OSError as error:
             raise UserError(
                 f"cannot listen on {arguments.host}:{arguments.port}: {error}"
             ) from error
+        finally:
+            for process in others:
+                process.terminate()
+                process.join(timeout=10)
     return 0
+
+
+workers_max = 16
+
+
+def serve_process(database_url: str, settings: dict[str, Any], host: str, port: int) -> None:
+    """One serving process: the whole app, its own pool, on the shared port."""
+    from aiohttp import web
+
+    from gateways.backoffice import BackofficeConfig, create_app, log_as_json_lines
+
+    log_as_json_lines()
+    app = create_app(BackofficeConfig(database_url, settings=settings), extensions())
+    web.run_app(app, host=host, port=port, access_log=None, reuse_port=True)
