@@ -2,13 +2,17 @@
 
 A batch of transfers is booked in one transaction, in three steps:
 1. prefetch: lock the chain head (the one row every booking batch locks first, so batches
-   apply one at a time and the hash chain has one order), then load the transfers already
-   booked under the batch's ids, the pending transfers it posts or voids, and its accounts;
-2. decide: `ledger.booking.decide_batch`, pure Python, computes every result, the rows and the
-   per-account deltas;
-3. write: COPY the new transfer rows, one UPDATE applying the per-account deltas (a hot
-   account is written once per batch, however many transfers touch it), one batch row with
-   its hash, the head moved on; then a durable commit (synchronous_commit on).
+   apply one at a time and the hash chain has one order), then load the batch's accounts
+   (those this connection does not hold from earlier batches: its copy is valid while
+   `ledger_head.state_version` is unchanged, i.e. nobody else booked or closed anything),
+   the transfers already booked under the batch's ids, and the holds it posts or voids;
+2. decide: `ledger.booking.decide_batch`, pure Python, computes every result, the rows and
+   the per-account deltas (for plain batches, while the server looks the ids up);
+3. write: one UPDATE applying the per-account deltas (a hot account is written once per
+   batch, however many transfers touch it; the rows and their digest are built meanwhile),
+   one COPY of the new transfer rows, one batch row with its hash and the head moved on;
+   then a durable commit (synchronous_commit on). At commit the database checks that the
+   account changes balance and match the transfers (see migrations/0001).
 
 Why one lock for the whole ledger rather than row locks in id order: a batch of 8,190
 transfers touches thousands of accounts; row locks taken by concurrent batches would have
