@@ -99,7 +99,7 @@ def config_of(arguments: argparse.Namespace) -> Any:
 
     return EndOfDayConfig(
         source_bank=arguments.source_bank,
-        source_account_no=arguments.source_account or EndOfDayConfig.source_account_no,
+        source_account_no=arguments.source_account or EndOfDayConfig().source_account_no,
         cutoff=arguments.cutoff,
     )
 
