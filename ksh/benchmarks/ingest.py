@@ -294,6 +294,10 @@ async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
                 revenue,
                 1,
                 TransferCode.fare,
+                terminal_id="BENCH-DIRECT",  # the same references a tap's transfer carries
+                terminal_sequence=index + 1,
+                card_number=cards[index % len(cards)],
+                card_counter=1_000_000 + index,
             )
             for index in range(arguments.taps)
         ]
