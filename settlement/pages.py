@@ -451,21 +451,35 @@ batch_columns = (
 
 
 async def batches_csv(request: web.Request) -> web.Response:
-    import csv
-
     await require(request)
     async with request.app[pool_key].acquire() as connection:
         day = requested_day(request, await default_day(connection))
         rows = await views.batches(connection, day)
+    return csv_response(batch_columns, rows, f"settlement-{day.isoformat()}.csv")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """Text a spreadsheet would run as a formula (bank narratives and names reach these files)
+    is written with a leading apostrophe; numbers and dates stay as they are."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def csv_response(
+    columns: tuple[str, ...], rows: list[asyncpg.Record], file_name: str
+) -> web.Response:
+    import csv
+
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(batch_columns)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow([row[column] for column in batch_columns])
+        writer.writerow([spreadsheet_safe(row[column]) for column in columns])
     return web.Response(
         text=out.getvalue(),
         content_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="settlement-{day.isoformat()}.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="{file_name}"'},
     )
 
 
@@ -667,21 +681,10 @@ exception_columns = (
 
 
 async def exceptions_csv(request: web.Request) -> web.Response:
-    import csv
-
     await require(request)
     async with request.app[pool_key].acquire() as connection:
         rows = await views.exceptions(connection, open_only=False)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(exception_columns)
-    for row in rows:
-        writer.writerow([row[column] for column in exception_columns])
-    return web.Response(
-        text=out.getvalue(),
-        content_type="text/csv",
-        headers={"Content-Disposition": 'attachment; filename="exceptions.csv"'},
-    )
+    return csv_response(exception_columns, rows, "exceptions.csv")
 
 
 # ---------------------------------------------------------------------------- cards

@@ -296,3 +296,14 @@ def test_password_hashing() -> None:
     assert pages.verify_password("correct horse battery", stored)
     assert not pages.verify_password("correct horse battery!", stored)
     assert not pages.verify_password("x", "md5$abc")
+
+
+def test_exports_do_not_carry_formulas() -> None:
+    assert (
+        pages.spreadsheet_safe('=HYPERLINK("http://x","pay")') == '\'=HYPERLINK("http://x","pay")'
+    )
+    assert pages.spreadsheet_safe("@SUM(A1)") == "'@SUM(A1)"
+    assert pages.spreadsheet_safe("VA PAYMENT 8800161") == "VA PAYMENT 8800161"
+    assert pages.spreadsheet_safe(150_000) == 150_000
+    response = pages.csv_response(("detail",), [{"detail": "+62 811"}], "x.csv")  # type: ignore[list-item]
+    assert response.text == "detail\n'+62 811\n"
