@@ -36,6 +36,7 @@ salt_bytes = 16
 nonce_bytes = 12
 system_identifier = b"KSH"  # the AN10922 system identifier of our diversification input
 key_version_max = 0xFF
+uid_lengths = (4, 7, 10)  # ISO 14443-3 single, double and triple size UIDs
 accepted_previous_versions = 1  # terminals accept the current version and this many before it
 
 
@@ -77,7 +78,7 @@ class CardKey:
 
 
 def diversify_card_key(master: MasterKey, uid: bytes, aid: int) -> CardKey:
-    assert len(uid) in (4, 7, 10)
+    assert len(uid) in uid_lengths
     assert 0 <= aid <= 0xFFFFFF
     diversification_input = uid + aid.to_bytes(3, "little") + system_identifier
     return CardKey(

@@ -47,7 +47,7 @@ from card_reader.apdu import Framing, IsoStatus, Status
 from card_reader.desfire import Desfire, DesfireError
 from card_reader.desfire_files import AccessRights, CommMode, free_access
 from card_reader.emulator import get_uid_apdu
-from card_reader.keys import CardKey, KeyRole, TerminalKeys
+from card_reader.keys import CardKey, KeyRole, TerminalKeys, uid_lengths
 from card_reader.port import CardError, ReaderPort
 
 ksh_application_id = 0x48534B
@@ -363,13 +363,16 @@ class KshCardError(CardError):
 def read_uid(reader: ReaderPort) -> bytes:
     """The anticollision UID through PC/SC Part 3 GET DATA."""
     response = reader.transmit(get_uid_apdu)
-    if len(response) < 6 or response[-2:] != IsoStatus.SUCCESS.to_bytes(2, "big"):
+    uid, status = response[:-2], response[-2:]
+    # Anything but 4, 7 or 10 bytes (a phone, a foreign card) is refused here, as a card error,
+    # rather than trip the diversification's own check.
+    if status != IsoStatus.SUCCESS.to_bytes(2, "big") or len(uid) not in uid_lengths:
         raise CardError(
-            "the reader did not give the card UID",
+            "the reader did not give a card UID of 4, 7 or 10 bytes",
             reader_name=reader.name,
             transcript=((get_uid_apdu.hex().upper(), response.hex().upper()),),
         )
-    return response[:-2]
+    return uid
 
 
 class KshCard:

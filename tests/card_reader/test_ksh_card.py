@@ -27,6 +27,7 @@ from card_reader.ksh_card import (
 from card_reader.port import CardError
 
 from .ksh_cards import issue_time, personalised_card, profile, store
+from .scripted import ScriptedReader
 
 trip = bytes(range(48))
 debit_keys = store.view(KeyRole.DEBIT)
@@ -236,6 +237,14 @@ def test_wrong_keys_and_foreign_cards_are_card_errors() -> None:
     reader.insert(blank)
     with pytest.raises(KshCardError, match="not a KSH card"):
         KshCard(reader, debit_keys).read_state()
+
+
+@pytest.mark.parametrize("answer", ["0401020304059000", "9000", "0401020304050691AE", ""])
+def test_a_uid_that_cannot_be_a_card_uid_is_a_card_error(answer: str) -> None:
+    reader = ScriptedReader([("FFCA000000", answer)])
+    with pytest.raises(CardError, match="did not give a card UID"):
+        KshCard(reader, debit_keys).read_state()
+    reader.assert_done()
 
 
 def test_damaged_profile_is_reported_with_the_field() -> None:
