@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import sys
 import time
+from array import array
 from typing import Any
 
 import asyncpg
@@ -181,17 +183,27 @@ async def sync(request: web.Request) -> web.Response:
 
 async def deny_list(request: web.Request) -> web.Response:
     await _authenticated_terminal(request)
-    from array import array
-
     async with (
         request.app[pool_key].acquire() as connection,
         connection.transaction(isolation="repeatable_read", readonly=True),
     ):
         version = await registry.deny_list_version(connection)
-        rows = await connection.fetch("select card_number from deny_list")
-    values = array("Q", sorted(card_number_value(row["card_number"]) for row in rows))
-    import sys
-
+        # Sorted and packed by PostgreSQL (big-endian int8s): millions of cards in one value.
+        # Numbers past the int8 range (19 digits above 2^63-1) come separately, and sort last.
+        packed = await connection.fetchval(
+            "select coalesce(string_agg(int8send(number), ''::bytea order by number), ''::bytea) "
+            "from (select distinct card_number::int8 as number from deny_list "
+            "where length(card_number) < 19 or card_number <= '9223372036854775807') fitting"
+        )
+        beyond = await connection.fetch(
+            "select card_number from deny_list "
+            "where length(card_number) = 19 and card_number > '9223372036854775807'"
+        )
+    values = array("Q")
+    values.frombytes(packed)
+    if sys.byteorder == "little":
+        values.byteswap()  # int8send is network order; the list travels little-endian
+    values.extend(sorted({card_number_value(row["card_number"]) for row in beyond}))
     if sys.byteorder != "little":
         values.byteswap()
     return web.Response(

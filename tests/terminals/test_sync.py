@@ -40,10 +40,14 @@ async def test_downloads_and_their_authentication(backoffice: Backoffice, tmp_pa
         assert [(t[0], t[1]) for t in state.top_ups_for("6032984000000001")] == [("VA-1", 25_000)]
         # Many more denials than a delta carries: the whole list comes as one binary download.
         many = [str(6032985000000000 + index) for index in range(deny_delta_entries_max + 5)]
+        many += ["9999999999999999999", "0000000000000042"]  # past int8; leading zeros
         async with backoffice.pool.acquire() as connection:
             await registry.deny_cards(connection, many, "batch")
         assert await client.download()
         assert len(state.deny_list) == len(many) + 1
+        assert "9999999999999999999" in state.deny_list
+        assert "42000000" not in state.deny_list
+        assert "0000000000000042" in state.deny_list
         assert state.deny_list.version > first_version
         assert many[-1] in state.deny_list
         state.save(tmp_path)
