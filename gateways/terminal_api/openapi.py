@@ -152,6 +152,13 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "card, highest counter, missing"}},
                 }
             },
+            "/admin/v1/monitoring/record-gaps": {
+                "get": {
+                    "summary": "Terminals whose uploaded journal sequences skip",
+                    "security": [{"staff": []}],
+                    "responses": {"200": {"description": "terminal, highest sequence, missing"}},
+                }
+            },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",

@@ -398,3 +398,15 @@ async def cards_with_counter_gaps(
         limit,
     )
     return [(row["card_number"], row["highest"], row["missing"]) for row in rows]
+
+
+async def terminals_with_record_gaps(connection: asyncpg.Connection) -> list[tuple[str, int, int]]:
+    """Terminals whose uploaded journal sequences skip: (terminal, highest sequence, missing).
+    A terminal uploads every record in order, so a gap means records it never sent."""
+    rows = await connection.fetch(
+        "select terminal_id, max(sequence) as highest, max(sequence) - count(*) as missing "
+        "from card_records group by terminal_id having max(sequence) > count(*) "
+        "order by missing desc, terminal_id limit $1",
+        counter_gap_cards_max,
+    )
+    return [(row["terminal_id"], row["highest"], row["missing"]) for row in rows]

@@ -9,6 +9,7 @@ Staff (bearer token `admin_token` in the back office settings):
     POST /admin/v1/terminals/{terminal_id}/revoke
     GET  /admin/v1/cards/{card_number}  shadow balance, purse, flags, counter gaps
     GET  /admin/v1/monitoring/counter-gaps  cards whose counters skip (unreported transactions)
+    GET  /admin/v1/monitoring/record-gaps   terminals whose journal sequences skip
 Everyone: GET /metrics (Prometheus text), GET /openapi.json.
 """
 
@@ -60,6 +61,7 @@ def terminal_extension(app: web.Application) -> None:
     app.router.add_get("/admin/v1/cards/{card_number}", card_view)
     app.router.add_post("/admin/v1/pending-top-ups", add_pending_top_up)
     app.router.add_get("/admin/v1/monitoring/counter-gaps", counter_gaps)
+    app.router.add_get("/admin/v1/monitoring/record-gaps", record_gaps)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
 
@@ -399,6 +401,18 @@ async def counter_gaps(request: web.Request) -> web.Response:
         [
             {"card_number": card, "highest_counter": high, "missing": missing}
             for card, high, missing in gaps
+        ]
+    )
+
+
+async def record_gaps(request: web.Request) -> web.Response:
+    await _admin_body(request)
+    async with request.app[pool_key].acquire() as connection:
+        gaps = await registry.terminals_with_record_gaps(connection)
+    return web.json_response(
+        [
+            {"terminal_id": terminal, "highest_sequence": high, "missing": missing}
+            for terminal, high, missing in gaps
         ]
     )
 

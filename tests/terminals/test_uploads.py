@@ -134,10 +134,11 @@ async def test_counter_gaps_show_until_the_missing_tap_arrives(backoffice: Backo
             assert await response.json() == [
                 {"card_number": card, "highest_counter": 2, "missing": 1}
             ]
-        first = record("VA", 1, card, 1, 3_500, 6_500)
+        first = record("VA", 3, card, 1, 3_500, 6_500)  # VA's records 1 and 2 never came
         await post_batch(session, backoffice.url, key_a, "VA", 1, [first])
     async with backoffice.pool.acquire() as connection:
         assert await registry.cards_with_counter_gaps(connection) == []
+        assert await registry.terminals_with_record_gaps(connection) == [("VA", 3, 2)]
     assert await purse_balance(backoffice.pool, card) == 3_000
 
 
