@@ -197,9 +197,13 @@ async def manual_match(
     if not line_keys or not movement_ids:
         return ActionResult.not_found
     async with connection.transaction():
+        # Neither matched nor written off: a written-off line's money is in suspense already.
         lines = await connection.fetch(
             """select l.* from settlement_statement_lines l where line_key = any($1::text[])
-                and not exists (select 1 from settlement_match_lines m where m.line_key = l.line_key)""",
+                and not exists (select 1 from settlement_match_lines m where m.line_key = l.line_key)
+                and not exists (select 1 from settlement_exceptions e
+                                 where e.subject_kind = 'line' and e.subject_id = l.line_key
+                                   and e.resolved_at is not null)""",
             line_keys,
         )
         movements = await connection.fetch(

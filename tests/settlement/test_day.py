@@ -223,89 +223,94 @@ async def test_day_with_trouble_closes_with_zero_unexplained(
         await connection.close()
 
 
-async def test_manual_match(database_url: str, tmp_path: Path) -> None:
-    """A collection the bank credited under a garbled reference: the clerk matches it by hand."""
+async def garbled_collection(
+    connection: asyncpg.Connection, tmp_path: Path
+) -> tuple[asyncpg.Record, str]:
+    """A collection the bank credited under a garbled reference: its line's open exception and
+    the movement nothing matched."""
     from settlement.statements import Direction, StatementLine
     from settlement.statements import write_mt940 as write_ours
 
+    day = await book_day(connection, cards=2, merchants=1)
+    (first_id, first_amount), (_, second_amount) = day.collections
+    lines = [
+        StatementLine(
+            bank,
+            our_account,
+            service_day,
+            first_amount,
+            Direction.credit,
+            first_id,
+            "B1",
+            "NTRF",
+            "VA",
+            "m.sta",
+            1,
+        ),
+        StatementLine(
+            bank,
+            our_account,
+            service_day,
+            second_amount,
+            Direction.credit,
+            "GARBLED",
+            "B2",
+            "NTRF",
+            "VA ???",
+            "m.sta",
+            2,
+        ),
+    ]
+    path = tmp_path / "m.sta"
+    path.write_text(write_ours(lines, our_account, "M", 0))
+    await reconciliation.import_statement(connection, path, bank, "ani")
+    start = dt.datetime.combine(service_day, dt.time(0), tzinfo=end_of_day.jakarta)
+    await reconciliation.expect_collections(
+        connection,
+        start,
+        end_of_day.cutoff_at(service_day, config),
+        service_day,
+        {},
+        our_account,
+    )
+    await reconciliation.reconcile(connection)
+    [exception] = await connection.fetch(
+        "select * from settlement_exceptions where resolved_at is null"
+    )
+    assert exception["reason"] == "unknown_reference"
+    [movement] = await connection.fetch(
+        "select movement_id, amount_rupiah from settlement_expected_movements e where not exists "
+        "(select 1 from settlement_match_movements m where m.movement_id = e.movement_id)"
+    )
+    return exception, movement["movement_id"]
+
+
+async def test_manual_match(database_url: str, tmp_path: Path) -> None:
+    """A collection the bank credited under a garbled reference: the clerk matches it by hand."""
     connection = await asyncpg.connect(database_url)
     try:
-        day = await book_day(connection, cards=2, merchants=1)
-        (first_id, first_amount), (_, second_amount) = day.collections
-        lines = [
-            StatementLine(
-                bank,
-                our_account,
-                service_day,
-                first_amount,
-                Direction.credit,
-                first_id,
-                "B1",
-                "NTRF",
-                "VA",
-                "m.sta",
-                1,
-            ),
-            StatementLine(
-                bank,
-                our_account,
-                service_day,
-                second_amount,
-                Direction.credit,
-                "GARBLED",
-                "B2",
-                "NTRF",
-                "VA ???",
-                "m.sta",
-                2,
-            ),
-        ]
-        path = tmp_path / "m.sta"
-        path.write_text(write_ours(lines, our_account, "M", 0))
-        await reconciliation.import_statement(connection, path, bank, "ani")
-        start = dt.datetime.combine(service_day, dt.time(0), tzinfo=end_of_day.jakarta)
-        await reconciliation.expect_collections(
-            connection,
-            start,
-            end_of_day.cutoff_at(service_day, config),
-            service_day,
-            {},
-            our_account,
-        )
-        await reconciliation.reconcile(connection)
-        [exception] = await connection.fetch(
-            "select * from settlement_exceptions where resolved_at is null"
-        )
-        assert exception["reason"] == "unknown_reference"
-        [movement] = await connection.fetch(
-            "select movement_id, amount_rupiah from settlement_expected_movements e where not exists "
-            "(select 1 from settlement_match_movements m where m.movement_id = e.movement_id)"
-        )
+        exception, movement_id = await garbled_collection(connection, tmp_path)
         line_key = exception["subject_id"]
         assert (
-            await actions.manual_match(
-                connection, [line_key], [movement["movement_id"]], auditor, "x"
-            )
+            await actions.manual_match(connection, [line_key], [movement_id], auditor, "x")
             is ActionResult.not_allowed
         )
         assert (
-            await actions.manual_match(connection, [line_key], [movement["movement_id"]], clerk, "")
+            await actions.manual_match(connection, [line_key], [movement_id], clerk, "")
             is ActionResult.note_required
         )
         assert (
             await actions.manual_match(
                 connection,
                 [line_key],
-                [movement["movement_id"]],
+                [movement_id],
                 clerk,
                 "bank garbled the VA reference",
             )
             is ActionResult.done
         )
         assert (
-            await actions.manual_match(
-                connection, [line_key], [movement["movement_id"]], clerk, "again"
-            )
+            await actions.manual_match(connection, [line_key], [movement_id], clerk, "again")
             is ActionResult.already_resolved
         )
         close = await actions.day_close(connection, service_day)
@@ -315,6 +320,27 @@ async def test_manual_match(database_url: str, tmp_path: Path) -> None:
             line_key,
         )
         assert kind == "manual"
+    finally:
+        await connection.close()
+
+
+async def test_a_written_off_line_cannot_be_matched_too(database_url: str, tmp_path: Path) -> None:
+    """Its money is in suspense already: matching it as well would book it a second time."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        exception, movement_id = await garbled_collection(connection, tmp_path)
+        assert (
+            await actions.write_off(connection, exception["exception_id"], clerk, "unknown payer")
+            is ActionResult.done
+        )
+        booked = await connection.fetchval("select count(*) from ledger_transfers")
+        assert (
+            await actions.manual_match(
+                connection, [exception["subject_id"]], [movement_id], clerk, "found it"
+            )
+            is ActionResult.already_resolved
+        )
+        assert await connection.fetchval("select count(*) from ledger_transfers") == booked
     finally:
         await connection.close()
 
