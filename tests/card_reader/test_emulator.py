@@ -177,8 +177,9 @@ def test_file_settings_and_key_versions() -> None:
 def test_format_picc_needs_the_master_key_and_removes_applications() -> None:
     card, desfire = blank_with_application(Framing.ISO_WRAPPED)
     desfire.select_application(0)
-    with pytest.raises(DesfireError):
+    with pytest.raises(DesfireError) as raised:
         desfire.format_picc()
+    assert raised.value.status == Status.AUTHENTICATION_ERROR
     desfire.authenticate_ev2_first(0, bytes(16))
     assert desfire.get_application_ids() == [aid]
     desfire.format_picc()

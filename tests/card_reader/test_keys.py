@@ -41,7 +41,7 @@ def test_altered_header_or_ciphertext_is_refused(tmp_path: Path) -> None:
     sealed = demo_key_store().seal("pass")
     document = json.loads(sealed)
     document["header"]["cipher"]["name"] = "AES-256-GCM "  # header is authenticated data
-    with pytest.raises(KeyStoreError):
+    with pytest.raises(KeyStoreError, match="altered"):
         KeyStore.open(json.dumps(document).encode(), "pass")
     document = json.loads(sealed)
     document["header"]["kdf"]["n"] = 2

@@ -56,16 +56,20 @@ def test_personalisation_locks_the_card() -> None:
         desfire.create_application(0x010203, 0x0F, 1)
     assert raised.value.status == 0xAE
     desfire.select_application(ksh_card.ksh_application_id)
-    with pytest.raises(DesfireError):
+    with pytest.raises(DesfireError) as raised:
         desfire.authenticate_ev2_first(2, bytes(16))
+    assert raised.value.status == 0xAE
 
 
 def test_only_blank_cards_are_personalised() -> None:
-    _card, reader = personalised_card()
-    with pytest.raises(DesfireError):
+    card, reader = personalised_card()
+    before = copy.deepcopy(card.to_dict())
+    with pytest.raises(DesfireError) as raised:
         ksh_card.personalise(
             reader, store.view(*KeyRole), profile(), terminal_id=0, time_unix_seconds=0
         )
+    assert raised.value.status == 0xAE  # the factory PICC key is gone
+    assert card.to_dict() == before
 
 
 def test_debit_commits_purse_trip_state_and_log_together() -> None:
@@ -231,7 +235,7 @@ def test_previous_key_version_is_accepted_and_older_is_not() -> None:
 
 def test_wrong_keys_and_foreign_cards_are_card_errors() -> None:
     _card, reader = personalised_card()
-    with pytest.raises(KshCardError):
+    with pytest.raises(KshCardError, match="does not match ours"):
         KshCard(reader, KeyStore.generate().view(KeyRole.DEBIT)).read_state()
     blank = EmulatedCard()
     reader.insert(blank)
