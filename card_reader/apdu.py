@@ -12,8 +12,7 @@ from dataclasses import dataclass
 desfire_cla = 0x90
 additional_frame_code = 0xAF
 short_apdu_data_bytes_max = 255
-# The ISO SELECT of the DESFire AID D2760000850100 (libfreefare sends it before anything else).
-select_desfire_aid_apdu = bytes.fromhex("00A4040007D276000085010000")
+# The DF name of the DESFire AID (libfreefare SELECTs it by name before anything else).
 desfire_df_name = bytes.fromhex("D2760000850100")
 
 

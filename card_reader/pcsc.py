@@ -43,20 +43,7 @@ reader_failures = frozenset(
         scard.SCARD_F_COMM_ERROR,
     }
 )
-# The card is gone, was reset under us, or stopped answering.
-card_failures = frozenset(
-    {
-        scard.SCARD_W_REMOVED_CARD,
-        scard.SCARD_E_NO_SMARTCARD,
-        scard.SCARD_W_RESET_CARD,
-        scard.SCARD_W_UNPOWERED_CARD,
-        scard.SCARD_W_UNRESPONSIVE_CARD,
-        scard.SCARD_W_UNSUPPORTED_CARD,
-        scard.SCARD_E_NOT_TRANSACTED,
-        scard.SCARD_E_PROTO_MISMATCH,
-        scard.SCARD_E_COMM_DATA_LOST,
-    }
-)
+# Every other failure is the card's: gone, reset under us, mute, or not transacted.
 
 
 class CardEvent(enum.Enum):
