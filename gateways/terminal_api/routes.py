@@ -25,7 +25,6 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from bus_terminals.deny_list import card_number_value
 from bus_terminals.wire import (
     signature_header,
     signature_valid,
@@ -205,7 +204,7 @@ async def deny_list(request: web.Request) -> web.Response:
     values.frombytes(packed)
     if sys.byteorder == "little":
         values.byteswap()  # int8send is network order; the list travels little-endian
-    values.extend(sorted({card_number_value(row["card_number"]) for row in beyond}))
+    values.extend(sorted({int(row["card_number"]) for row in beyond}))
     if sys.byteorder != "little":
         values.byteswap()
     return web.Response(
