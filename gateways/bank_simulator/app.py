@@ -421,9 +421,19 @@ async def _access_token(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------------- control
 
 
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="body is not JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body is not a JSON object")
+    return body
+
+
 async def _control_pay_va(request: web.Request) -> web.Response:
     simulator = request.app[simulator_key]
-    body = await request.json()
+    body = await _json_object(request)
     try:
         amount = int(body["amount"])
         va_number = str(body["virtualAccountNo"])
@@ -489,15 +499,22 @@ trouble_fields = {
 
 async def _control_trouble(request: web.Request) -> web.Response:
     trouble = request.app[bank_key].trouble
-    body = await request.json()
-    if not isinstance(body, dict) or not set(body) <= set(trouble_fields):
+    body = await _json_object(request)
+    if not set(body) <= set(trouble_fields):
         raise web.HTTPBadRequest(text=f"fields: {', '.join(trouble_fields)}")
-    for name, value in body.items():
-        attribute = trouble_fields[name]
-        if attribute == "reject_accounts":
-            trouble.reject_accounts = {str(account) for account in value}
-        else:
-            setattr(trouble, attribute, int(value))
+    try:  # read everything first: a bad value changes nothing
+        values = {
+            trouble_fields[name]: (
+                {str(account) for account in value}
+                if trouble_fields[name] == "reject_accounts"
+                else int(value)
+            )
+            for name, value in body.items()
+        }
+    except (TypeError, ValueError):
+        raise web.HTTPBadRequest(text="rejectAccounts is a list, the others are integers") from None
+    for attribute, value in values.items():
+        setattr(trouble, attribute, value)
     return web.json_response({"ok": True})
 
 

@@ -104,6 +104,24 @@ async def test_control_endpoint_pays_a_va_and_serves_statements(harness: Harness
         assert ":61:" in await response.text()
 
 
+async def test_control_endpoints_refuse_bad_input_and_change_nothing(harness: Harness) -> None:
+    trouble = harness.bank.trouble
+    bad = [
+        ("/sim/trouble", b"{not json"),
+        ("/sim/trouble", b"[1]"),
+        ("/sim/trouble", b'{"failNextTransfers": 2, "loseNextAnswers": "many"}'),
+        ("/sim/trouble", b'{"rejectAccounts": 5}'),
+        ("/sim/va-payments", b"{not json"),
+        ("/sim/va-payments", b'{"virtualAccountNo": "1", "amount": "lots"}'),
+    ]
+    for path, body in bad:
+        async with harness.http.post(harness.bank_base_url + path, data=body) as response:
+            assert response.status == 400, (path, body, await response.text())
+    assert trouble.fail_next_transfers == 0
+    assert trouble.reject_accounts == set()
+    assert await pending_rupiah(harness) == 0
+
+
 async def test_payout_with_failure_lost_answer_and_retry_pays_once(harness: Harness) -> None:
     bank = harness.bank
     client = BankClient.open(harness.our_connection(timeout_ms=1000, attempts_max=3), harness.http)
