@@ -107,7 +107,14 @@ def run_add(arguments: argparse.Namespace) -> int:
         raise UserError("; ".join(problems))
 
     async def work(connection: Any) -> None:
-        await save_partner(connection, partner)
+        import asyncpg
+
+        try:
+            await save_partner(connection, partner)
+        except asyncpg.UniqueViolationError:  # company_code: one VA prefix, one bank
+            raise UserError(
+                f"company code {partner.company_code} is already another partner's"
+            ) from None
 
     asyncio.run(_with_database(work))
     print(

@@ -41,6 +41,9 @@ async def test_partner_commands(
     assert "'   88001'" in capsys.readouterr().out
     assert await asyncio.to_thread(run, "partner", "list") == 0
     assert "BNI-01" in capsys.readouterr().out
+    same_prefix = [arg if arg != "BNI-01" else "BRI-01" for arg in add]
+    assert await asyncio.to_thread(run, *same_prefix) == 2
+    assert "company code 88001 is already another partner's" in capsys.readouterr().err
 
     over_cap = [*add[:-1], "751"]
     assert await asyncio.to_thread(run, *over_cap) == 2
