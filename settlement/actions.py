@@ -18,6 +18,7 @@ from settlement import books
 from settlement.end_of_day import (
     EndOfDayConfig,
     PayoutPort,
+    attempt_beneficiary,
     instruction_for,
     record_instructions,
     record_outcome,
@@ -309,11 +310,11 @@ async def ask_bank_again(
     if row["reason"] != "payout_unresolved":
         return ActionResult.wrong_kind
     attempt = await connection.fetchrow(
-        """select x.attempt, x.instructed_at, b.batch_id, b.net_rupiah, b.service_day, p.bank_code,
-                  p.account_no, p.name
-             from settlement_payouts x join settlement_batches b using (batch_id)
-             left join settlement_parties p using (party_kind, party_id)
-            where x.payout_id = $1""",
+        f"""select x.attempt, x.instructed_at, b.batch_id, b.net_rupiah, b.service_day,
+                   {attempt_beneficiary}
+              from settlement_payouts x join settlement_batches b using (batch_id)
+              left join settlement_parties p using (party_kind, party_id)
+             where x.payout_id = $1""",
         row["subject_id"],
     )
     if attempt is None or attempt["account_no"] is None:

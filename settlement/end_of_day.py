@@ -322,9 +322,9 @@ async def unanswered_instructions(
     """Attempts of `day` still unknown or in progress with nobody looking at them."""
     fresh = [instruction.payout_id for instruction in just_recorded]
     rows = await connection.fetch(
-        """select x.attempt, x.instructed_at, b.batch_id, b.net_rupiah, p.bank_code, p.account_no, p.name
+        f"""select x.attempt, x.instructed_at, b.batch_id, b.net_rupiah, {attempt_beneficiary}
              from settlement_payouts x join settlement_batches b using (batch_id)
-             join settlement_parties p using (party_kind, party_id)
+             left join settlement_parties p using (party_kind, party_id)
             where b.service_day = $1 and x.state in ('unknown', 'in_progress')
               and x.payout_id <> all($2::text[])
               and not exists (select 1 from settlement_exceptions e
@@ -336,6 +336,15 @@ async def unanswered_instructions(
     # the same body as first sent (transactionDate included), only the reference matters to
     # the bank but a byte-identical repeat is the safest
     return [instruction_for(row, row["attempt"], config, row["instructed_at"]) for row in rows]
+
+
+# The beneficiary of a recorded attempt: as instructed then, or (attempts recorded before that
+# was kept) the party's account on file. Columns for `instruction_for`; `x` is the attempt.
+attempt_beneficiary = (
+    "coalesce(x.beneficiary_bank_code, p.bank_code) as bank_code, "
+    "coalesce(x.beneficiary_account_no, p.account_no) as account_no, "
+    "coalesce(x.beneficiary_name, p.name) as name"
+)
 
 
 def instruction_for(
@@ -405,10 +414,12 @@ async def record_instructions(
     async with connection.transaction():
         await connection.execute(
             """insert into settlement_payouts
-                 (payout_id, batch_id, attempt, amount_rupiah, state, instructed_by, instructed_at)
-               select p, b, a, r, $5, $6, t
-                 from unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $7::timestamptz[])
-                      as x(p, b, a, r, t)
+                 (payout_id, batch_id, attempt, amount_rupiah, state, instructed_by, instructed_at,
+                  beneficiary_bank_code, beneficiary_account_no, beneficiary_name)
+               select p, b, a, r, $5, $6, t, bc, ba, bn
+                 from unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $7::timestamptz[],
+                             $8::text[], $9::text[], $10::text[])
+                      as x(p, b, a, r, t, bc, ba, bn)
                on conflict (payout_id) do nothing""",
             [i.payout_id for i in instructions],
             [i.batch_id for i in instructions],
@@ -417,6 +428,9 @@ async def record_instructions(
             state,
             who,
             [i.payout.transaction_date for i in instructions],
+            [i.payout.beneficiary_bank_code for i in instructions],
+            [i.payout.beneficiary_account_no for i in instructions],
+            [i.payout.beneficiary_account_name for i in instructions],
         )
         await expect_movements(connection, movements)
 

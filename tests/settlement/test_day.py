@@ -390,6 +390,11 @@ async def test_unanswered_payout_is_asked_again_never_paid_twice(
         exceptions = await open_exceptions(connection)
         assert sorted(exceptions.values()) == ["payout_unresolved", "payout_unresolved"]
         the_bank.trouble.fail_next_transfers = 0
+        # The merchant's account on file changes meanwhile: asking about the attempt resends
+        # what was instructed, to the account it named (a new account needs a new attempt).
+        await end_of_day.register_parties(
+            connection, [("merchant", "M000", "Toko M000", "", "7700000009")]
+        )
         for exception_id in exceptions:
             assert (
                 await actions.ask_bank_again(
@@ -412,6 +417,10 @@ async def test_unanswered_payout_is_asked_again_never_paid_twice(
             )
         assert await open_exceptions(connection) == {}
         assert len(the_bank.transfers) == 2
+        assert {t.beneficiary_account_no for t in the_bank.transfers.values()} == {
+            "7700000001",
+            operator_account,
+        }
         held = await connection.fetchval(
             "select sum(debits_pending) from ledger_accounts where kind in ('merchant_payable', 'operator_payable')"
         )
