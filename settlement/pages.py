@@ -505,6 +505,7 @@ async def exceptions_page(request: web.Request) -> web.Response:
     show_all = request.query.get("all") == "1"
     async with request.app[pool_key].acquire() as connection:
         rows = await views.exceptions(connection, open_only=not show_all)
+        count = await views.exceptions_count(connection, open_only=not show_all)
         movements = await views.open_movements(connection)
     can_act = session.staff.role is not Role.auditor
     body = (
@@ -541,6 +542,8 @@ async def exceptions_page(request: web.Request) -> web.Response:
     if not rows:
         body += '<tr><td colspan="6">Nothing to work on.</td></tr>'
     body += "</tbody></table>"
+    if count > len(rows):
+        body += f'<p class="message warning">Showing the first {len(rows):,} of {count:,}; the CSV has them all.</p>'
     if can_act and movements:
         body += "<h2>Manual match</h2><p>Expected movements nothing matched yet; pick statement line keys (from an exception) and movement ids whose amounts agree.</p>"
         body += (
@@ -683,7 +686,9 @@ exception_columns = (
 async def exceptions_csv(request: web.Request) -> web.Response:
     await require(request)
     async with request.app[pool_key].acquire() as connection:
-        rows = await views.exceptions(connection, open_only=False)
+        rows = await views.exceptions(
+            connection, open_only=False, rows_max=views.exceptions_export_rows_max
+        )
     return csv_response(exception_columns, rows, "exceptions.csv")
 
 

@@ -13,6 +13,7 @@ from ledger.records import TransferCode
 from settlement.end_of_day import EndOfDayConfig, cutoff_at
 
 exceptions_page_rows_max = 500
+exceptions_export_rows_max = 1_000_000  # a CSV export is complete: auditors sum it
 card_history_rows_max = 200
 
 
@@ -124,7 +125,9 @@ async def batches(connection: asyncpg.Connection, day: dt.date) -> list[asyncpg.
     )
 
 
-async def exceptions(connection: asyncpg.Connection, *, open_only: bool) -> list[asyncpg.Record]:
+async def exceptions(
+    connection: asyncpg.Connection, *, open_only: bool, rows_max: int = exceptions_page_rows_max
+) -> list[asyncpg.Record]:
     return await connection.fetch(
         """select e.*, l.reference, l.description, l.value_date, l.direction, l.source_file, l.source_line
              from settlement_exceptions e
@@ -133,8 +136,17 @@ async def exceptions(connection: asyncpg.Connection, *, open_only: bool) -> list
             order by e.resolved_at is not null, e.opened_at, e.exception_id
             limit $2""",
         open_only,
-        exceptions_page_rows_max,
+        rows_max,
     )
+
+
+async def exceptions_count(connection: asyncpg.Connection, *, open_only: bool) -> int:
+    """How many `exceptions` would list without a limit (pages say when they show fewer)."""
+    count = await connection.fetchval(
+        "select count(*) from settlement_exceptions where ($1::boolean is false or resolved_at is null)",
+        open_only,
+    )
+    return int(count)
 
 
 async def open_movements(connection: asyncpg.Connection) -> list[asyncpg.Record]:

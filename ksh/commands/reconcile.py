@@ -106,16 +106,18 @@ def run_match(arguments: argparse.Namespace) -> int:
 
 
 def run_exceptions(arguments: argparse.Namespace) -> int:
-    from settlement.views import exceptions
+    from settlement.views import exceptions, exceptions_count
 
     async def work(connection: Any) -> int:
         rows = await exceptions(connection, open_only=True)
+        count = await exceptions_count(connection, open_only=True)
         for row in rows:
             where = f" {row['source_file']}:{row['source_line']}" if row["source_file"] else ""
             print(
                 f"{row['exception_id']}\t{row['reason']}\tRp {row['amount_rupiah']:,}\t{row['detail']}{where}"
             )
-        print(f"{len(rows)} open")
+        shown = f" (the first {len(rows)} listed)" if count > len(rows) else ""
+        print(f"{count} open{shown}")
         return 0
 
     return with_database(work)

@@ -65,3 +65,23 @@ async def test_settle_and_reconcile_refuse_bad_input(
     assert "nothing imported" in error
     assert await asyncio.to_thread(run, "settle", "status", "--day", "2026-11-23") == 0
     assert "closed" in capsys.readouterr().out
+
+
+async def test_exception_listing_says_how_many_it_leaves_out(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            """insert into settlement_exceptions
+                 (exception_id, subject_kind, subject_id, reason, detail, amount_rupiah, service_day)
+               select 'line:' || n, 'line', n::text, 'unknown_reference', '-', n, '2026-11-23'
+                 from generate_series(1, 501) as n"""
+        )
+    finally:
+        await connection.close()
+    assert await asyncio.to_thread(main, ["reconcile", "exceptions"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("unknown_reference") == 500
+    assert out.endswith("501 open (the first 500 listed)\n")
