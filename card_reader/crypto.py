@@ -140,9 +140,9 @@ def ev2_session_keys(key: bytes, random_a: bytes, random_b: bytes) -> tuple[byte
 class Ev1Session:
     """EV1 AES secure messaging: one session key and one IV that every operation uses and updates."""
 
-    session_key: bytes
-    iv: bytes = zero_block
-    subkeys: tuple[bytes, bytes] = field(init=False)
+    session_key: bytes = field(repr=False)  # key material is never printed
+    iv: bytes = field(default=zero_block, repr=False)
+    subkeys: tuple[bytes, bytes] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.subkeys = cmac_subkeys(self.session_key)
@@ -194,8 +194,8 @@ class Ev1Session:
 class Ev2Session:
     """EV2 secure messaging state: session keys, transaction identifier, command counter."""
 
-    encryption_key: bytes
-    mac_key: bytes
+    encryption_key: bytes = field(repr=False)  # key material is never printed
+    mac_key: bytes = field(repr=False)
     transaction_identifier: bytes
     command_counter: int = 0
 

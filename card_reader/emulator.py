@@ -150,7 +150,7 @@ _FileKind = TypeVar("_FileKind", DataFile, ValueFile, RecordFile)
 class Application:
     aid: int
     key_settings: int
-    keys: list[tuple[bytes, int]]  # (AES key, key version) per key number
+    keys: list[tuple[bytes, int]] = field(repr=False)  # (AES key, version) per key number
     files: dict[int, CardFile] = field(default_factory=dict)
 
     def has_pending(self) -> bool:
@@ -220,8 +220,8 @@ class _Authenticated:
 class _AuthenticationInProgress:
     command_code: int  # 0xAA, 0x71, 0x77
     key_number: int
-    key: bytes
-    random_b: bytes
+    key: bytes = field(repr=False)  # key material is never printed
+    random_b: bytes = field(repr=False)
     random_b_cipher: bytes
     previous_ev2: crypto.Ev2Session | None  # NonFirst keeps TI and CmdCtr
 
