@@ -28,6 +28,7 @@ from aiohttp import web
 from gateways.bank_simulator.bank import Bank, VaPayment, jakarta_now
 from gateways.bank_simulator.statements import write_csv, write_mt940
 from gateways.snap import signature
+from gateways.snap.bodies import read_whole
 from gateways.snap.client import BankConnection, BankUnreachable, SnapSession
 from gateways.snap.codes import Cases, Service, SnapError, response_code
 from gateways.snap.fields import format_amount, parse_amount_value, require_text
@@ -370,10 +371,11 @@ def _snap_handler(
         trouble = simulator.bank.trouble
         if trouble.response_delay_ms:
             await asyncio.sleep(trouble.response_delay_ms / 1000)
-        raw = await request.content.read(request_body_bytes_max + 1)
+        whole = await read_whole(request.content, request_body_bytes_max)
         try:
-            if len(raw) > request_body_bytes_max:
+            if whole is None:
                 raise SnapError(Cases.bad_request, "body too large")
+            raw = whole
             simulator.authenticate(request, raw)
             try:
                 body = json.loads(raw)

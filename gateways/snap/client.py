@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from gateways.snap import signature
+from gateways.snap.bodies import read_whole
 from gateways.snap.codes import Service, parse_response_code
 from gateways.snap.fields import format_amount, parse_amount_text
 
@@ -110,8 +111,8 @@ class SnapSession:
         return aiohttp.ClientTimeout(total=self.connection.timeout_ms / 1000)
 
     async def _read(self, response: aiohttp.ClientResponse) -> SnapResponse:
-        raw = await response.content.read(response_body_bytes_max + 1)
-        if len(raw) > response_body_bytes_max:
+        raw = await read_whole(response.content, response_body_bytes_max)
+        if raw is None:
             raise BankUnreachable(f"response larger than {response_body_bytes_max} bytes")
         try:
             body = json.loads(raw) if raw else {}

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from gateways.backoffice import Extension, config_key, pool_key
 from gateways.snap import signature, topups
+from gateways.snap.bodies import read_whole
 from gateways.snap.codes import Cases, Service, SnapError, response_code
 from gateways.snap.partners import Partner, load_partner
 
@@ -79,8 +80,8 @@ async def read_body(request: web.Request, settings: SnapServerSettings) -> bytes
     limit = settings.request_body_bytes_max
     if request.content_length is not None and request.content_length > limit:
         raise SnapError(Cases.bad_request, f"body larger than {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
+    body = await read_whole(request.content, limit)
+    if body is None:
         raise SnapError(Cases.bad_request, f"body larger than {limit} bytes")
     return body
 

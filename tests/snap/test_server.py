@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -312,6 +313,38 @@ async def test_security_refusals_book_nothing(harness: Harness) -> None:
     status, answer = await raw_post(harness, payment_path, replay, external_id="777")
     assert (status, answer["responseCode"]) == (409, "4092500")
     assert await booked(harness) == (50_000, 1)
+
+
+async def test_a_body_arriving_in_pieces_is_read_whole(harness: Harness) -> None:
+    """A body split over several TCP segments (any body over one MSS, on a real network) is
+    signed as a whole and must be hashed as a whole."""
+    body = signature.minified_json(
+        dict(payment_body(40_000, "PR-PIECES"), freeTexts=[{"english": "x" * 3000}])
+    )
+    token = await harness.session.access_token()
+    timestamp = signature.format_timestamp(signature.utc_now())
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {token}",
+        "X-TIMESTAMP": timestamp,
+        "X-SIGNATURE": signature.sign_transaction(
+            client_secret, "POST", payment_path, token, body, timestamp
+        ),
+        "X-PARTNER-ID": partner_id,
+        "X-EXTERNAL-ID": str(next(external_ids)),
+        "CHANNEL-ID": channel_id,
+    }
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for offset in range(0, len(body), 1000):
+            yield body[offset : offset + 1000]
+            await asyncio.sleep(0.02)
+
+    async with harness.http.post(
+        harness.base_url + payment_path, data=pieces(), headers=headers
+    ) as response:
+        assert response.status == 200, await response.text()
+    assert await booked(harness) == (40_000, 1)
 
 
 async def test_another_partners_token_and_expired_tokens(
