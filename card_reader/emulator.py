@@ -895,13 +895,8 @@ class EmulatedCard:
         access = card_file.access
         self._require_access((access.write, access.read_write))
         plain = self._unprotect(code, data, self._file_command_mode(code, card_file))
-        if len(plain) < 7:
-            raise _Fail(Status.LENGTH_ERROR)
-        offset = int.from_bytes(plain[1:4], "little")
-        length = int.from_bytes(plain[4:7], "little")
-        content = plain[7:]
-        if length == 0 or len(content) != length:
-            raise _Fail(Status.LENGTH_ERROR)
+        offset, content = _write_arguments(plain)
+        length = len(content)
         if offset + length > len(card_file.data):
             raise _Fail(Status.BOUNDARY_ERROR)
         if card_file.file_type is FileType.STANDARD_DATA:
@@ -961,13 +956,8 @@ class EmulatedCard:
         access = card_file.access
         self._require_access((access.write, access.read_write))
         plain = self._unprotect(code, data, self._file_command_mode(code, card_file))
-        if len(plain) < 7:
-            raise _Fail(Status.LENGTH_ERROR)
-        offset = int.from_bytes(plain[1:4], "little")
-        length = int.from_bytes(plain[4:7], "little")
-        content = plain[7:]
-        if length == 0 or len(content) != length:
-            raise _Fail(Status.LENGTH_ERROR)
+        offset, content = _write_arguments(plain)
+        length = len(content)
         if offset + length > card_file.record_size:
             raise _Fail(Status.BOUNDARY_ERROR)
         if card_file.pending_clear:
@@ -1053,6 +1043,19 @@ class EmulatedCard:
         0xC7: _commit_or_abort,
         0xA7: _commit_or_abort,
     }
+
+
+def _write_arguments(plain: bytes) -> tuple[int, bytes]:
+    """(offset, content) of WriteData / WriteRecord: FileNo Offset(3) Length(3) Data, where
+    Length must be the data's own length and not zero."""
+    if len(plain) < 7:
+        raise _Fail(Status.LENGTH_ERROR)
+    offset = int.from_bytes(plain[1:4], "little")
+    length = int.from_bytes(plain[4:7], "little")
+    content = plain[7:]
+    if length == 0 or len(content) != length:
+        raise _Fail(Status.LENGTH_ERROR)
+    return offset, content
 
 
 # ---------------------------------------------------------------------------- saving
