@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from gateways.bank_simulator import BankSettings, bank_key, create_bank_app
+from gateways.bank_simulator import BankSettings, serve_bank
 from gateways.bank_simulator.bank import Bank
 from gateways.snap import signature
 from gateways.snap.client import BankClient, BankConnection
@@ -53,22 +52,13 @@ async def bank_harness(own_private_pem: bytes) -> AsyncIterator[BankHarness]:
             *((f"77{n:08d}", f"TOKO M{n:03d}", 0) for n in range(1, 3)),
         ),
     )
-    app = create_bank_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    connection = BankConnection(
-        base_url=f"http://127.0.0.1:{port}/snap",
-        client_key=partner_id,
-        client_secret=client_secret,
-        private_key_pem=own_private_pem,
-        channel_id=channel_id,
-        timeout_ms=2_000,
-    )
-    try:
-        async with aiohttp.ClientSession() as http:
-            yield BankHarness(app[bank_key], BankClient.open(connection, http), connection)
-    finally:
-        await runner.cleanup()
+    async with serve_bank(settings) as (bank_url, simulator), aiohttp.ClientSession() as http:
+        connection = BankConnection(
+            base_url=f"{bank_url}/snap",
+            client_key=partner_id,
+            client_secret=client_secret,
+            private_key_pem=own_private_pem,
+            channel_id=channel_id,
+            timeout_ms=2_000,
+        )
+        yield BankHarness(simulator.bank, BankClient.open(connection, http), connection)

@@ -12,10 +12,10 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 
 from gateways.backoffice import BackofficeConfig, create_app
 from gateways.snap.client import BankClient
+from ksh.commands.demo import start
 from settlement import end_of_day, pages, reconciliation
 from settlement.actions import Role
 from settlement.statements import Direction, StatementLine, write_mt940
@@ -39,15 +39,6 @@ passwords = {
     "citra": "auditor-password-1",
 }
 screenshots = Path(os.environ.get("KSH_SCREENSHOTS", "/tmp/ksh-screenshots"))
-
-
-async def start(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

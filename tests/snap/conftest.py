@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 
 from gateways.backoffice import BackofficeConfig, create_app
 from gateways.bank_simulator import BankSettings, Simulator, serve_bank
@@ -19,6 +18,7 @@ from gateways.snap.client import BankConnection, SnapSession
 from gateways.snap.partners import Partner, save_partner
 from gateways.snap.server import SnapServerSettings, extension
 from gateways.terminal_api import registry
+from ksh.commands.demo import start
 from ledger.records import (
     Account,
     AccountKind,
@@ -106,15 +106,6 @@ class Harness:
         }
         settings.update(overrides)
         return BankConnection(**settings)  # type: ignore[arg-type]
-
-
-async def start(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
