@@ -51,6 +51,7 @@ from card_reader.apdu import (
     wrap_response,
 )
 from card_reader.desfire_files import AccessRights, CommMode, FileType, free_access, no_access
+from card_reader.durable import replace_file
 from card_reader.port import CardError
 
 desfire_atr = bytes.fromhex("3B8180018080")
@@ -1165,12 +1166,11 @@ deck_format_version = 1
 
 
 def save_deck(cards: list[EmulatedCard], path: Path) -> None:
-    """Write a JSON deck of cards (committed state only), atomically."""
+    """Write a JSON deck of cards (committed state only), atomically and durably, readable by
+    its owner only (it holds the cards' keys)."""
     document: dict[str, Any] = {"format": "ksh-card-deck", "version": deck_format_version}
     document["cards"] = [card.to_dict() for card in cards]
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=1))
-    temporary.replace(path)
+    replace_file(path, json.dumps(document, indent=1).encode())
 
 
 def load_deck(path: Path) -> list[EmulatedCard]:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from card_reader.crypto import diversify_an10922, key_bytes
+from card_reader.durable import replace_file
 
 store_format = "ksh-key-store"
 store_format_version = 1
@@ -231,23 +232,9 @@ class KeyStore:
         return store
 
     def save(self, path: Path, passphrase: str) -> None:
-        """Replace the file atomically and durably: after a roll-over, cards are re-keyed with
-        the new keys, so a store lost to a crash would lock those cards out for good. The file
-        is private (0600) from its creation on, not only after it has been written."""
-        sealed = self.seal(passphrase)
-        temporary = path.with_name(path.name + ".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as file:
-            os.fchmod(descriptor, 0o600)  # a leftover temporary file keeps its old mode
-            file.write(sealed)
-            file.flush()
-            os.fsync(descriptor)
-        temporary.replace(path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        """Atomically and durably: after a roll-over, cards are re-keyed with the new keys, so a
+        store lost to a crash would lock those cards out for good."""
+        replace_file(path, self.seal(passphrase))
 
     @classmethod
     def load(cls, path: Path, passphrase: str) -> KeyStore:

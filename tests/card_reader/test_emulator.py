@@ -208,6 +208,7 @@ def test_deck_round_trip(tmp_path: Path) -> None:
     cards = make_ksh_deck(store, [0, 15_000, 2_000_000], seed="test")
     path = tmp_path / "deck.json"
     save_deck(cards, path)
+    assert (path.stat().st_mode & 0o777) == 0o600  # a deck holds its cards' keys
     loaded = load_deck(path)
     assert [card.to_dict() for card in loaded] == [card.to_dict() for card in cards]
     reader = EmulatedReader()
