@@ -79,15 +79,11 @@ def register(subparsers: Any) -> None:
 
 
 def _read_or_create_bank_key(path: Path) -> bytes:
-    from gateways.snap import signature
+    from gateways.snap.partners import generate_own_key
 
     if not path.exists():
-        key = signature.generate_private_key()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_bytes(signature.private_key_pem(key))
         public_path = path.with_suffix(".pub.pem")
-        public_path.write_bytes(signature.public_key_pem(key.public_key()))
+        public_path.write_bytes(generate_own_key(path))
         print(f"bank key created: {path}; its public key: {public_path}")
     return path.read_bytes()
 
