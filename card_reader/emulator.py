@@ -550,6 +550,12 @@ class EmulatedCard:
         if self._authenticated is None or self._authenticated.key_number != 0:
             raise _Fail(Status.AUTHENTICATION_ERROR)
 
+    def _require_listing_right(self) -> None:
+        """Key settings bit 1 ("free directory list access"): when clear, GetApplicationIDs,
+        GetFileIDs, GetFileSettings and GetKeySettings need the PICC or application master
+        key (DESFire data sheet, public MF3ICD40 edition)."""
+        self._require_master_key(free_when=bool(self.selected.key_settings & 0x02))
+
     def _file_command_mode(self, code: int, card_file: CardFile) -> CommMode:
         """EV2 protection of the command itself: writes carry the file's mode, reads are MACed
         unless the file is plain."""
@@ -658,7 +664,7 @@ class EmulatedCard:
             raise _Fail(Status.LENGTH_ERROR)
         if self.selected is not self.picc:
             raise _Fail(Status.PERMISSION_DENIED)
-        self._require_master_key(free_when=bool(self.picc.key_settings & 0x02))
+        self._require_listing_right()
         payload = b"".join(aid.to_bytes(3, "little") for aid in sorted(self.applications))
         return self._finish(payload, CommMode.MAC)
 
@@ -668,7 +674,7 @@ class EmulatedCard:
             raise _Fail(Status.LENGTH_ERROR)
         if self.selected is self.picc:
             raise _Fail(Status.PERMISSION_DENIED)
-        self._require_master_key(free_when=bool(self.selected.key_settings & 0x02))
+        self._require_listing_right()
         return self._finish(bytes(sorted(self.selected.files)), CommMode.MAC)
 
     def _memory_used(self) -> int:
@@ -713,6 +719,7 @@ class EmulatedCard:
     def _get_key_settings(self, code: int, data: bytes) -> tuple[int, bytes]:
         if self._unprotect(code, data, CommMode.MAC):
             raise _Fail(Status.LENGTH_ERROR)
+        self._require_listing_right()
         key_count = len(self.selected.keys)
         return self._finish(bytes((self.selected.key_settings, 0x80 | key_count)), CommMode.MAC)
 
@@ -857,6 +864,7 @@ class EmulatedCard:
         if len(plain) != 1:
             raise _Fail(Status.LENGTH_ERROR)
         card_file = self._file(plain[0])
+        self._require_listing_right()
         head = bytes((card_file.file_type, card_file.comm_mode)) + card_file.access.to_bytes()
         if isinstance(card_file, DataFile):
             tail = len(card_file.data).to_bytes(3, "little")

@@ -324,6 +324,29 @@ def test_access_rights_as_documented() -> None:
     assert KshCard(reader, read_keys).read_state().counter == 0
 
 
+def test_file_and_key_settings_need_the_personalisation_key() -> None:
+    """The KSH application's key settings leave "free directory list access" off."""
+    _card, reader = personalised_card()
+    session = KshCard(reader, debit_keys)
+    session.read_state()
+    with pytest.raises(DesfireError) as raised:
+        session.desfire.get_file_settings(ksh_card.purse_file)
+    assert raised.value.status == 0xAE
+    desfire = Desfire(reader)
+    desfire.select_application(ksh_card.ksh_application_id)
+    with pytest.raises(DesfireError) as raised:
+        desfire.get_file_ids()
+    assert raised.value.status == 0xAE
+    key = store.view(KeyRole.PERSONALISATION).card_key(
+        KeyRole.PERSONALISATION, ksh_card.read_uid(reader), ksh_card.ksh_application_id
+    )
+    desfire.select_application(ksh_card.ksh_application_id)
+    desfire.authenticate_ev2_first(0, key.key)
+    settings = desfire.get_file_settings(ksh_card.purse_file)
+    assert (settings.lower_limit, settings.upper_limit) == (0, ksh_card.balance_max_rupiah)
+    assert desfire.get_file_ids() == [1, 2, 3, 4]
+
+
 def test_rekey_moves_a_card_to_the_current_versions() -> None:
     keys = demo_key_store("rekey")
     card, reader = personalised_card(5_000, keys=keys)
