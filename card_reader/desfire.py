@@ -244,9 +244,9 @@ class Desfire:
     # ------------------------------------------------------------------ authentication
 
     def _authenticate(self, code: int, key_number: int, key: bytes) -> tuple[bytes, bytes, bytes]:
-        """The three passes; returns (RndA, RndB, decrypted last answer)."""
+        """The three passes; returns (RndA, RndB, decrypted last answer). The caller sets up the
+        new session (NonFirst keeps TI and CmdCtr of the one it read before calling)."""
         assert len(key) == crypto.key_bytes
-        previous = self.authentication
         self.authentication = None
         first = bytes((key_number,)) + (b"\x00" if code == 0x71 else b"")
         status, random_b_cipher = self.exchange(code, first)
@@ -265,7 +265,6 @@ class Desfire:
         rotated_a = plain[4:20] if code == 0x71 else plain
         if not hmac.compare_digest(rotated_a, crypto.rotate_left(random_a)):
             raise self._error("card did not prove the key (RndA' mismatch)", code)
-        self.authentication = previous  # restored only for NonFirst, which needs TI and CmdCtr
         return random_a, random_b, plain
 
     def authenticate_ev2_first(self, key_number: int, key: bytes) -> None:
