@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,11 +27,16 @@ def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="journal, key and sync state folder (default ./.ksh-data/terminals/TERMINAL_ID)",
     )
-    parser.add_argument(
-        "--key-store",
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--keystore",
         type=Path,
-        help="sealed card key store (passphrase in "
-        "KSH_KEY_PASSPHRASE); default: the public demo keys",
+        help="sealed card key store (passphrase from KSH_KEYSTORE_PASSPHRASE or a prompt)",
+    )
+    keys.add_argument(
+        "--demo-keys",
+        action="store_true",
+        help="use the public demo card keys (only for emulated demo decks; never in service)",
     )
     parser.add_argument("--sync-interval-s", type=float, default=30.0)
     parser.add_argument(
@@ -62,16 +66,17 @@ def state_folder(arguments: argparse.Namespace) -> Path:
 
 
 def terminal_keys(arguments: argparse.Namespace, *roles: Any) -> Any:
-    from card_reader.keys import KeyStore, KeyStoreError, demo_key_store
+    """The card keys of the terminal's roles: from a sealed key store, or, only when asked
+    for explicitly, the public demo keys (anyone can derive those, so never by default)."""
+    from card_reader.keys import demo_key_store
+    from ksh.commands.card import load_keystore
 
-    if arguments.key_store is None:
+    if arguments.demo_keys:
         print("ksh: using the public demo card keys", file=sys.stderr)
         return demo_key_store().view(*roles)
-    passphrase = os.environ.get("KSH_KEY_PASSPHRASE", "")
-    try:
-        return KeyStore.load(arguments.key_store, passphrase).view(*roles)
-    except (KeyStoreError, OSError) as error:
-        raise UserError(f"cannot open key store {arguments.key_store}: {error}") from error
+    if arguments.keystore is None:
+        raise UserError("give --keystore FILE (or --demo-keys for emulated demo decks)")
+    return load_keystore(arguments.keystore).view(*roles)
 
 
 def run(arguments: argparse.Namespace) -> int:

@@ -59,6 +59,18 @@ def test_validator_init_and_argument_errors(
         capsys, "validator", "--terminal-id", "V1", "--state", str(tmp_path), "--route", "K1"
     )
     assert (status, err.strip().endswith("give --reader NAME or --emulated DECK")) == (2, True)
+    status, _, err = run(
+        capsys, "validator", "--terminal-id", "V1", "--state", str(tmp_path), "--emulated",
+        str(deck), "--route", "K1",
+    )  # fmt: skip
+    assert status == 2  # the public demo keys are never a silent default
+    assert "give --keystore FILE (or --demo-keys for emulated demo decks)" in err
+    status, _, err = run(
+        capsys, "validator", "--terminal-id", "V1", "--state", str(tmp_path), "--emulated",
+        str(deck), "--route", "K1", "--keystore", str(tmp_path / "missing.keys"),
+    )  # fmt: skip
+    assert status == 2
+    assert "no key store at" in err
     status, _, err = run(capsys, "simulate", "--cards", "0")
     assert status == 2
     status, _, err = run(
