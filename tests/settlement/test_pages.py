@@ -298,3 +298,13 @@ def test_exports_do_not_carry_formulas() -> None:
     assert pages.spreadsheet_safe(150_000) == 150_000
     response = pages.csv_response(("detail",), [{"detail": "+62 811"}], "x.csv")  # type: ignore[list-item]
     assert response.text == "detail\n'+62 811\n"
+
+
+def test_passwords_are_salted_scrypt_and_damaged_hashes_refuse() -> None:
+    stored = pages.hash_password("clerk-password-1")
+    assert stored.startswith("scrypt$")
+    assert stored != pages.hash_password("clerk-password-1")  # salted
+    assert pages.verify_password("clerk-password-1", stored)
+    assert not pages.verify_password("clerk-password-2", stored)
+    for damaged in ("", "scrypt$16384$8$1$not-hex$00", "scrypt$x$8$1$00$00", "md5$1$2$3$4$5"):
+        assert not pages.verify_password("clerk-password-1", damaged)
