@@ -5,7 +5,7 @@ reads the directory; `compile_feed(texts)` does the rest from file contents, so 
 feeds in memory. Every problem raises `FeedError(file, line, field, message)`; line 1 is the
 header, so the first data row is line 2.
 
-Extension files (not GTFS; documented in README-fares.md): `public_holidays.txt`,
+Extension files (not GTFS; documented in the README, section Fares): `public_holidays.txt`,
 `fare_caps.txt`, `fare_passes.txt`, and the `calendar.txt` column `ksh_public_holidays`.
 """
 
