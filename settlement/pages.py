@@ -2,8 +2,8 @@
 
     create_app(config, [..., settlement.pages.install])
 
-Staff log in (passwords hashed with scrypt; sessions are random tokens stored hashed, in an
-HttpOnly SameSite=Strict cookie). Every form that changes something carries the session's CSRF
+Staff log in (passwords hashed with scrypt; five wrong ones lock the user name for 15 minutes;
+sessions are random tokens stored hashed, in an HttpOnly SameSite=Strict cookie). Every form that changes something carries the session's CSRF
 token. Roles: a clerk works exceptions; a supervisor also approves write-offs above the limit;
 an auditor reads everything and changes nothing. Each action goes through `settlement.actions`,
 which books a ledger transfer saying who, when and why.
@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import io
 import secrets
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,10 @@ session_ttl_seconds = 8 * 3600  # one working shift
 password_length_min = 10
 form_body_bytes_max = 16 * 1024
 scrypt_n, scrypt_r, scrypt_p = 2**14, 8, 1  # ~16 MiB, tens of milliseconds per check
+# Guessing a staff password: after this many wrong ones for a user name, that name cannot log
+# in until the window has passed (counted per back-office process, kept only for real users).
+login_failures_max = 5
+login_failures_window_seconds = 15 * 60
 
 
 # ---------------------------------------------------------------------------- passwords, staff
@@ -96,11 +101,13 @@ class PagesSettings:
 
 settings_key = web.AppKey("settlement_pages", PagesSettings)
 http_key = web.AppKey("settlement_http", aiohttp.ClientSession)
+login_failures_key = web.AppKey("settlement_login_failures", dict[str, list[float]])
 
 
 def extension(settings: PagesSettings) -> Extension:
     def mount(app: web.Application) -> None:
         app[settings_key] = settings
+        app[login_failures_key] = {}
 
         async def http_client(app: web.Application) -> Any:
             app[http_key] = aiohttp.ClientSession()
@@ -315,15 +322,26 @@ async def login(request: web.Request) -> web.Response:
     form = await read_form(request, None)
     username = form.get("username", "").strip().lower()
     password = form.get("password", "")
+    failures = request.app[login_failures_key]
+    window_start = time.monotonic() - login_failures_window_seconds
+    recent = [moment for moment in failures.get(username, ()) if moment > window_start]
     async with request.app[pool_key].acquire() as connection:
         row = await connection.fetchrow(
             "select * from settlement_staff where username = $1", username
         )
         valid = verify_password(password, row["password_hash"] if row else _absent_user_hash)
+        if len(recent) >= login_failures_max:
+            raise web.HTTPSeeOther(
+                "/finance/login?message="
+                + urllib.parse.quote("too many wrong passwords; try again in 15 minutes")
+            )
         if row is None or not valid:
+            if row is not None:
+                failures[username] = [*recent, time.monotonic()]
             raise web.HTTPSeeOther(
                 "/finance/login?message=" + urllib.parse.quote("wrong user name or password")
             )
+        failures.pop(username, None)
         token = secrets.token_urlsafe(32)
         await connection.execute("delete from settlement_sessions where expires_at < now()")
         await connection.execute(

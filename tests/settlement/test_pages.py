@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -308,3 +309,40 @@ def test_passwords_are_salted_scrypt_and_damaged_hashes_refuse() -> None:
     assert not pages.verify_password("clerk-password-2", stored)
     for damaged in ("", "scrypt$16384$8$1$not-hex$00", "scrypt$x$8$1$00$00", "md5$1$2$3$4$5"):
         assert not pages.verify_password("clerk-password-1", damaged)
+
+
+async def test_guessing_a_password_locks_the_user_name(database_url: str) -> None:
+    connection = await asyncpg.connect(database_url)
+    try:
+        await pages.add_staff(connection, "ani", passwords["ani"], Role.clerk)
+    finally:
+        await connection.close()
+    app = create_app(
+        BackofficeConfig(database_url, pool_connections_min=1, pool_connections_max=2),
+        [pages.extension(pages.PagesSettings())],
+    )
+    runner, base_url = await start(app)
+    try:
+        # unsafe: keep cookies from an IP address (the server is on 127.0.0.1)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+
+            async def log_in(password: str) -> str:
+                async with http.get(base_url + "/finance/login") as form:
+                    text = await form.text()
+                token = text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+                async with http.post(
+                    base_url + "/finance/login",
+                    data={"csrf": token, "username": "ani", "password": password},
+                    allow_redirects=False,
+                ) as answer:
+                    assert answer.status == 303
+                    return urllib.parse.unquote(answer.headers["Location"])
+
+            assert (await log_in(passwords["ani"])) == "/finance"
+            for _ in range(pages.login_failures_max):
+                assert "wrong user name or password" in await log_in("guess-guess-guess")
+            assert "too many wrong passwords" in await log_in(passwords["ani"])
+            app[pages.login_failures_key]["ani"] = [0.0] * pages.login_failures_max  # long ago
+            assert (await log_in(passwords["ani"])) == "/finance"
+    finally:
+        await runner.cleanup()
