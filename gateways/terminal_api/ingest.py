@@ -41,6 +41,8 @@ from bus_terminals.wire import (
     card_terminal_number,
     decode_batch,
     load_public_key,
+    record_fields,
+    record_values,
     signature_valid,
 )
 from gateways.terminal_api import books, registry
@@ -127,7 +129,7 @@ async def _ingest_once(
     connection: asyncpg.Connection, header_terminal_id: str, signature: str, body: bytes
 ) -> UploadAnswer:
     async with connection.transaction():
-        terminal = await _locked_terminal(connection, header_terminal_id)
+        terminal = await registry.terminal(connection, header_terminal_id, for_update=True)
         if terminal is None:
             return UploadAnswer(UploadResult.unknown_terminal, f"terminal {header_terminal_id!r}")
         if terminal.status != TerminalStatus.active:
@@ -154,25 +156,6 @@ async def _ingest_once(
             return UploadAnswer(UploadResult.record_not_for_role, problem)
         answer = await _book(connection, terminal, batch, body, signature, digest)
         return answer
-
-
-async def _locked_terminal(connection: asyncpg.Connection, terminal_id: str) -> TerminalRow | None:
-    row = await connection.fetchrow(
-        "select terminal_id, public_key, role, operator_id, merchant_id, status, "
-        "next_batch_sequence from terminals where terminal_id = $1 for update",
-        terminal_id,
-    )
-    if row is None:
-        return None
-    return TerminalRow(
-        row["terminal_id"],
-        row["public_key"],
-        TerminalRole(row["role"]),
-        row["operator_id"],
-        row["merchant_id"],
-        TerminalStatus(row["status"]),
-        row["next_batch_sequence"],
-    )
 
 
 async def _replay(
@@ -719,27 +702,8 @@ async def _insert_flags(
 flagged_cards_logged_max = 20  # per reason and batch: the rest are in card_flags
 
 
-_stored_columns = (
-    "terminal_id",
-    "sequence",
-    "batch_sequence",
-    "kind",
-    "status",
-    "card_number",
-    "card_counter",
-    "amount_rupiah",
-    "topup_rupiah",
-    "pending_topup_id",
-    "balance_after_rupiah",
-    "time_ms",
-    "route",
-    "merchant_id",
-    "fare_detail",
-    "previous_counter",
-    "previous_terminal_number",
-    "previous_balance_rupiah",
-    "outcome",
-)
+# The card_records table holds every wire field under its wire name, plus where it came from.
+_stored_columns = (*(name for name, _ in record_fields), "batch_sequence", "outcome")
 
 
 async def _store_records(
@@ -754,27 +718,7 @@ async def _store_records(
             "card_records",
             columns=_stored_columns,
             records=[
-                (
-                    record.terminal_id,
-                    record.sequence,
-                    batch_sequence,
-                    record.kind.value,
-                    record.status.value,
-                    record.card_number,
-                    record.card_counter,
-                    record.amount_rupiah,
-                    record.topup_rupiah,
-                    record.pending_topup_id,
-                    record.balance_after_rupiah,
-                    record.time_ms,
-                    record.route,
-                    record.merchant_id,
-                    record.fare_detail,
-                    record.previous_counter,
-                    record.previous_terminal_number,
-                    record.previous_balance_rupiah,
-                    outcome.value,
-                )
+                (*record_values(record), batch_sequence, outcome.value)
                 for record, outcome in new_records
             ],
         )

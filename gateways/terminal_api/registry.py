@@ -158,10 +158,14 @@ async def revoke_terminal(connection: asyncpg.Connection, terminal_id: str) -> b
     return bool(result.endswith(" 1"))
 
 
-async def terminal(connection: asyncpg.Connection, terminal_id: str) -> TerminalRow | None:
+async def terminal(
+    connection: asyncpg.Connection, terminal_id: str, *, for_update: bool = False
+) -> TerminalRow | None:
+    """The terminal's row; `for_update` locks it until the transaction ends (uploads)."""
     row = await connection.fetchrow(
         "select terminal_id, public_key, role, operator_id, merchant_id, status, "
-        "next_batch_sequence from terminals where terminal_id = $1",
+        "next_batch_sequence from terminals where terminal_id = $1"
+        + (" for update" if for_update else ""),
         terminal_id,
     )
     if row is None:
