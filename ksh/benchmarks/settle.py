@@ -57,23 +57,17 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         return asyncio.run(_run(url, arguments))
 
 
-def _database_url(server: str, database: str) -> str:
-    base, _, query = server.partition("?")
-    scheme, _, rest = base.partition("://")
-    authority = rest.partition("/")[0]
-    return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
-
-
 async def _run(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
     import asyncpg
 
+    from ksh.commands.demo import database_url_for
     from ksh.schema import migrate_all
 
     name = f"ksh_bench_settle_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(server)
     try:
         await admin.execute(f'create database "{name}"')
-        url = _database_url(server, name)
+        url = database_url_for(server, name)
         connection = await asyncpg.connect(url)
         try:
             await migrate_all(connection)
