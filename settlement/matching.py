@@ -2,7 +2,8 @@
 
 Rules always include a reference criterion (a line is only ever matched to a movement whose
 reference it carries), then an amount tolerance and a value-date tolerance. Three passes, in
-order, each over what the previous ones left:
+order, each over what the previous ones left, and all three again over what is still left
+until a round finds nothing (usually the second round ends it):
 
 1. one to one: one line, one movement (a payout, a fee, a single VA collection);
 2. one to many: one line, the movements of a group (a bank that credits a day's VA payments
@@ -164,89 +165,100 @@ def match(
     def close_in_amount(statement_rupiah: int, books_rupiah: int) -> bool:
         return abs(statement_rupiah - books_rupiah) <= rules.amount_tolerance_rupiah
 
-    # Pass 1: one to one.
-    for line in ordered_lines:
-        best: tuple[int, int, str] | None = None
-        chosen: ExpectedMovement | None = None
-        for reference in line_references(line):
-            for movement in by_reference.get((line.account, line.direction, reference), ()):
-                if movement.movement_id in used_movements:
-                    continue
-                if not close_in_amount(line.amount_rupiah, movement.amount_rupiah):
-                    continue
-                if not close_in_date(line, movement):
-                    continue
-                rank = (
-                    abs(line.amount_rupiah - movement.amount_rupiah),
-                    abs((line.value_date - movement.value_date).days),
-                    movement.movement_id,
-                )
-                if best is None or rank < best:
-                    best, chosen = rank, movement
-        if chosen is not None:
-            used_movements.add(chosen.movement_id)
-            matched_lines.add(line.key)
-            matches.append(
-                Match(
-                    MatchKind.one_to_one,
-                    (line.key,),
-                    (chosen.movement_id,),
-                    line.amount_rupiah - chosen.amount_rupiah,
-                )
-            )
-
-    # Pass 2: one line, a group of movements.
-    for line in ordered_lines:
-        if line.key in matched_lines:
-            continue
-        for reference in line_references(line):
-            members = [
-                m
-                for m in by_group.get((line.account, line.direction, reference), ())
-                if m.movement_id not in used_movements and close_in_date(line, m)
-            ]
-            total = sum(m.amount_rupiah for m in members)
-            if members and close_in_amount(line.amount_rupiah, total):
-                used_movements.update(m.movement_id for m in members)
+    # The passes again over what is left, until a round finds nothing: a later pass can take a
+    # movement that made an earlier pass give up (a group whose sum was off by exactly that
+    # movement), and what is left must be what a run over the leftovers would leave, or the
+    # next reconciliation run would find matches this one did not.
+    while True:
+        matches_before = len(matches)
+        # Pass 1: one to one.
+        for line in ordered_lines:
+            if line.key in matched_lines:
+                continue
+            best: tuple[int, int, str] | None = None
+            chosen: ExpectedMovement | None = None
+            for reference in line_references(line):
+                for movement in by_reference.get((line.account, line.direction, reference), ()):
+                    if movement.movement_id in used_movements:
+                        continue
+                    if not close_in_amount(line.amount_rupiah, movement.amount_rupiah):
+                        continue
+                    if not close_in_date(line, movement):
+                        continue
+                    rank = (
+                        abs(line.amount_rupiah - movement.amount_rupiah),
+                        abs((line.value_date - movement.value_date).days),
+                        movement.movement_id,
+                    )
+                    if best is None or rank < best:
+                        best, chosen = rank, movement
+            if chosen is not None:
+                used_movements.add(chosen.movement_id)
                 matched_lines.add(line.key)
                 matches.append(
                     Match(
-                        MatchKind.one_to_many,
+                        MatchKind.one_to_one,
                         (line.key,),
-                        tuple(m.movement_id for m in members),
-                        line.amount_rupiah - total,
+                        (chosen.movement_id,),
+                        line.amount_rupiah - chosen.amount_rupiah,
                     )
                 )
-                break
 
-    # Pass 3: several lines with one reference, one movement.
-    lines_by_reference: dict[Key, list[StatementLine]] = defaultdict(list)
-    for line in ordered_lines:
-        if line.key not in matched_lines and line.reference:
-            lines_by_reference[
-                (line.account, line.direction, normalise_reference(line.reference))
-            ].append(line)
-    for key, chunk in lines_by_reference.items():
-        if len(chunk) < 2:
-            continue
-        total = sum(line.amount_rupiah for line in chunk)
-        for movement in by_reference.get(key, ()):
-            if movement.movement_id in used_movements:
+        # Pass 2: one line, a group of movements.
+        for line in ordered_lines:
+            if line.key in matched_lines:
                 continue
-            if close_in_amount(total, movement.amount_rupiah) and all(
-                close_in_date(line, movement) for line in chunk
-            ):
-                used_movements.add(movement.movement_id)
-                matched_lines.update(line.key for line in chunk)
-                matches.append(
-                    Match(
-                        MatchKind.many_to_one,
-                        tuple(line.key for line in chunk),
-                        (movement.movement_id,),
-                        total - movement.amount_rupiah,
+            for reference in line_references(line):
+                members = [
+                    m
+                    for m in by_group.get((line.account, line.direction, reference), ())
+                    if m.movement_id not in used_movements and close_in_date(line, m)
+                ]
+                total = sum(m.amount_rupiah for m in members)
+                if members and close_in_amount(line.amount_rupiah, total):
+                    used_movements.update(m.movement_id for m in members)
+                    matched_lines.add(line.key)
+                    matches.append(
+                        Match(
+                            MatchKind.one_to_many,
+                            (line.key,),
+                            tuple(m.movement_id for m in members),
+                            line.amount_rupiah - total,
+                        )
                     )
-                )
-                break
+                    break
+
+        # Pass 3: several lines with one reference, one movement.
+        lines_by_reference: dict[Key, list[StatementLine]] = defaultdict(list)
+        for line in ordered_lines:
+            if line.key not in matched_lines and line.reference:
+                lines_by_reference[
+                    (line.account, line.direction, normalise_reference(line.reference))
+                ].append(line)
+        for key, chunk in lines_by_reference.items():
+            if len(chunk) < 2:
+                continue
+            total = sum(line.amount_rupiah for line in chunk)
+            for movement in by_reference.get(key, ()):
+                if movement.movement_id in used_movements:
+                    continue
+                if close_in_amount(total, movement.amount_rupiah) and all(
+                    close_in_date(line, movement) for line in chunk
+                ):
+                    used_movements.add(movement.movement_id)
+                    matched_lines.update(line.key for line in chunk)
+                    matches.append(
+                        Match(
+                            MatchKind.many_to_one,
+                            tuple(line.key for line in chunk),
+                            (movement.movement_id,),
+                            total - movement.amount_rupiah,
+                        )
+                    )
+                    break
+
+        if len(matches) == matches_before:
+            break
 
     # What is left becomes an exception, with the most specific reason that fits.
     lines_by_key = {line.key: line for line in ordered_lines}

@@ -106,6 +106,26 @@ def test_many_to_one_chunks() -> None:
     assert [(m.kind, len(m.line_keys)) for m in result.matches] == [(MatchKind.many_to_one, 3)]
 
 
+def test_a_later_pass_taking_a_group_member_lets_the_group_match() -> None:
+    """The group credit is off by m1 until the chunked payout lines take m1 (pass 3); the next
+    round matches the group, as a run over the leftovers would."""
+    lines = [
+        line(50_000, "GRP1", source_line=1),
+        line(400, "PO1", source_line=2),
+        line(600, "PO1", source_line=3),
+    ]
+    movements = [
+        movement("m0", 50_000, "VA1", group="GRP1"),
+        movement("m1", 1_000, "PO1", group="GRP1"),
+    ]
+    result = match(lines, movements)
+    assert sorted((m.kind, m.movement_ids) for m in result.matches) == [
+        (MatchKind.many_to_one, ("m1",)),
+        (MatchKind.one_to_many, ("m0",)),
+    ]
+    assert result.exceptions == ()
+
+
 def test_tolerances() -> None:
     rules = MatchRules(amount_tolerance_rupiah=100, date_tolerance_days=1)
     close = match(
