@@ -82,7 +82,7 @@ class Entry:
 class BatchDecision:
     outcomes: list[TransferOutcome]
     entries: list[Entry]  # in booking order, sequences assigned
-    deltas: dict[int, list[int]] = field(default_factory=dict)  # id.int -> 4 total deltas
+    deltas: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # id.int ->
 
 
 def validate(transfer: Transfer) -> CreateTransferResult | None:
@@ -190,18 +190,26 @@ def decide_batch(
     pendings: dict[int, PendingState],
     now: datetime,
     next_sequence: int,
+    before: dict[int, list[int]] | None = None,
 ) -> BatchDecision:
     """Decide a batch. Every map is keyed by the id's integer (`uuid.int`: hashing a UUID
     object costs a Python call). `accounts` maps id -> [flags, currency, debits_pending,
     debits_posted, credits_pending, credits_posted] and is updated in place to the totals
     after the batch. `pendings` gains the holds this batch creates and the resolutions it makes.
+
+    A batch of plain transfers may be decided in consecutive parts (the store streams each
+    part's rows while deciding the next): pass one `before` dict to every part; it gains each
+    touched account's totals before the first part, the decision's `deltas` stay empty, and
+    `totals_deltas(accounts, before)` gives the whole batch's deltas at the end.
     """
+    shared_before = before is not None
+    if before is None:
+        before = {}  # account id -> its four totals before the batch
     count = len(transfers)
     results: list[CreateTransferResult | None] = [None] * count
     made: list[Entry | None] = [None] * count  # the entry a created transfer became
     entries: list[Entry | None] = []  # in order; None where a failed chain was undone
     booked_here: dict[int, Entry] = {}
-    before: dict[int, list[int]] = {}  # account id -> its four totals before the batch
     chain_start: int | None = None
     # Undo log of the open chain: (account state, its four totals before), entries index,
     # ids booked, pending resolutions made.
@@ -300,20 +308,29 @@ def decide_batch(
                 outcomes.append(TransferOutcome(transfer_id, final, old.sequence, old.booked_at))
         else:
             outcomes.append(TransferOutcome(transfer_id, final))
+    deltas = {} if shared_before else totals_deltas(accounts, before)
+    return BatchDecision(outcomes, booked_entries, deltas)
+
+
+def totals_deltas(
+    accounts: dict[int, list], before: dict[int, list[int]]
+) -> dict[int, tuple[int, int, int, int]]:
+    """What changed in each account's four totals since `before` (unchanged ones left out)."""
     deltas = {}
     for account_id, totals in before.items():
         state = accounts[account_id]
-        delta = [
+        delta = (
             state[DEBITS_PENDING] - totals[0],
             state[DEBITS_POSTED] - totals[1],
             state[CREDITS_PENDING] - totals[2],
             state[CREDITS_POSTED] - totals[3],
-        ]
-        if any(delta):
+        )
+        if delta != _no_change:
             deltas[account_id] = delta
-    return BatchDecision(outcomes, booked_entries, deltas)
+    return deltas
 
 
+_no_change = (0, 0, 0, 0)
 _id_max_int = id_max.int
 
 

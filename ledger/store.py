@@ -4,15 +4,23 @@ A batch of transfers is booked in one transaction, in three steps:
 1. prefetch: lock the chain head (the one row every booking batch locks first, so batches
    apply one at a time and the hash chain has one order), then load the batch's accounts
    (those this connection does not hold from earlier batches: its copy is valid while
-   `ledger_head.state_version` is unchanged, i.e. nobody else booked or closed anything),
-   the transfers already booked under the batch's ids, and the holds it posts or voids;
+   `ledger_head.state_version` is unchanged, i.e. nobody else booked or closed anything)
+   and, for batches with two-phase or linked transfers, the transfers already booked under
+   the batch's ids and the holds it posts or voids;
 2. decide: `ledger.booking.decide_batch`, pure Python, computes every result, the rows and
-   the per-account deltas (for plain batches, while the server looks the ids up);
-3. write: one UPDATE applying the per-account deltas (a hot account is written once per
-   batch, however many transfers touch it; the rows and their digest are built meanwhile),
-   one COPY of the new transfer rows, one batch row with its hash and the head moved on;
-   then a durable commit (synchronous_commit on). At commit the database checks that the
-   account changes balance and match the transfers (see migrations/0001).
+   the per-account deltas;
+3. write: one COPY of the new transfer rows, one UPDATE applying the per-account deltas (a
+   hot account is written once per batch, however many transfers touch it; the rows' digest
+   is computed meanwhile), one batch row with its hash and the head moved on; then a durable
+   commit (synchronous_commit on). At commit the database checks that the account changes
+   balance and match the transfers (see migrations/0001).
+
+Plain batches (no two-phase or linked transfer: fares, sales, top-ups) skip the lookup of
+their ids and are decided as if none were booked before, in parts whose rows stream to the
+server while the next part is decided. A repeat shows itself either as a unique violation on
+`ledger_transfers.id` (it was to be booked again) or, for the few transfers refused on the
+state of the books, by a lookup of just those ids; then the transaction rolls back whole and
+the batch is booked again the careful way, knowing its repeats. Results are the same.
 
 Why one lock for the whole ledger rather than row locks in id order: a batch of 8,190
 transfers touches thousands of accounts; row locks taken by concurrent batches would have
@@ -27,14 +35,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from ledger.booking import BatchDecision, Existing, PendingState, decide_batch
+from ledger.booking import Entry, Existing, PendingState, decide_batch, totals_deltas
 from ledger.chain import batch_digest, next_chain_hash, transfer_columns
 from ledger.records import (
     Account,
@@ -282,6 +290,40 @@ async def create_transfers(
     if not transfers:
         return []
     transfers = list(transfers)
+    if not any(int(transfer.flags) & _not_plain for transfer in transfers):
+        # Plain transfers (the bulk: fares, sales) are booked as if none of their ids were
+        # booked before; the unique index on the id says otherwise (a repeat: rare), and
+        # then the batch, rolled back whole, is booked again knowing the repeats.
+        try:
+            return await _book(connection, transfers, now, optimistic=True)
+        except _RepeatFound:
+            pass
+        except asyncpg.UniqueViolationError as error:
+            if error.constraint_name != "ledger_transfers_id":
+                raise
+    return await _book(connection, transfers, now, optimistic=False)
+
+
+class _RepeatFound(Exception):
+    """A plain batch decided as new repeats a booked id: book it again knowing the repeats."""
+
+
+# Results decided on the state of the books, which come after the idempotency checks: a
+# transfer refused with one of these might be a repeat, whose answer is `exists*` instead.
+_state_results = frozenset(
+    tuple(CreateTransferResult)[
+        tuple(CreateTransferResult).index(CreateTransferResult.exists) + 1 :
+    ]
+)
+
+
+async def _book(
+    connection: asyncpg.Connection,
+    transfers: list[Transfer],
+    now: datetime | None,
+    *,
+    optimistic: bool,
+) -> list[TransferOutcome]:
     # The accounts this connection loaded before, valid while no one else changed any
     # (ledger_head.state_version). Taken out while in use: if anything below raises, it is
     # simply dropped. Not used inside a caller's transaction, which might still roll back.
@@ -296,39 +338,31 @@ async def create_transfers(
         if cache is None or cache.state_version != head["state_version"]:
             cache = AccountCache(head["state_version"])
         booked_at = max(now or head["clock"], head["booked_at"])
-        batch_number = head["batch_number"] + 1
+        batch = _BatchHead(head["batch_number"] + 1, booked_at, head["chain_hash"])
         next_sequence = head["next_sequence"]
-        if any(int(transfer.flags) & _not_plain for transfer in transfers):
+        if optimistic:
+            accounts = await _prefetch_accounts(connection, transfers, {}, cache)
+            outcomes, booked = await _book_plain(
+                connection, transfers, accounts, cache.ids, batch, next_sequence
+            )
+        else:
             existing, pendings = await _prefetch_transfers(connection, transfers)
             accounts = await _prefetch_accounts(connection, transfers, pendings, cache)
             decision = decide_batch(
                 transfers, accounts, existing, pendings, booked_at, next_sequence
             )
-        else:
-            # Plain transfers (the bulk: fares, sales): decide as if no id were booked yet
-            # while the server looks the ids up; in the rare case one was, take the batch's
-            # effect off the accounts and decide again knowing the repeats.
-            accounts = await _prefetch_accounts(connection, transfers, {}, cache)
-            looking_up = asyncio.ensure_future(_prefetch_existing(connection, transfers))
-            await asyncio.sleep(0)  # let the lookup be sent before the CPU work below
-            try:
-                decision = decide_batch(transfers, accounts, {}, {}, booked_at, next_sequence)
-            finally:
-                existing = await looking_up
-            if existing:
-                for key, delta in decision.deltas.items():
-                    state = accounts[key]
-                    for position in range(4):
-                        state[2 + position] -= delta[position]
-                decision = decide_batch(transfers, accounts, existing, {}, booked_at, next_sequence)
-        if decision.entries:
-            await _write_batch(
-                connection, decision, batch_number, booked_at, head["chain_hash"], cache.ids
-            )
+            outcomes, booked = decision.outcomes, bool(decision.entries)
+            if booked:
+                rows = _transfer_rows(decision.entries, batch, cache.ids)
+                await connection.copy_records_to_table(
+                    "ledger_transfers", records=rows, columns=transfer_columns
+                )
+                await _finish_batch(connection, rows, decision.deltas, cache.ids, batch)
+        if booked:
             cache.state_version += 1
     if cacheable:
         _account_caches[connection] = cache
-    return decision.outcomes
+    return outcomes
 
 
 async def _prefetch_existing(
@@ -431,77 +465,131 @@ _record_batch = """
                            booked_at = $5, state_version = state_version + 1
 """
 
+# A plain batch is decided in parts of this many transfers; each part's rows go to the server
+# (asyncpg sends COPY data every 512 KiB, ~2,000 rows) while the next part is decided.
+plain_part_transfers = 1024
 
-async def _write_batch(
+
+@dataclass(frozen=True, slots=True)
+class _BatchHead:
+    number: int
+    booked_at: datetime
+    previous_chain_hash: bytes
+
+
+def _transfer_rows(
+    entries: Sequence[Entry], batch: _BatchHead, account_ids: dict[int, uuid.UUID]
+) -> list[tuple[Any, ...]]:
+    """The ledger_transfers rows of booked entries, columns as `transfer_columns`.
+
+    The account ids are the ones read from the database (asyncpg's own UUID type, which
+    it encodes without a Python call; a `uuid.UUID` costs one per value)."""
+    batch_number, booked_at = batch.number, batch.booked_at
+    return [
+        (
+            entry.sequence,
+            transfer.id,
+            batch_number,
+            booked_at,
+            account_ids[transfer.debit_account_id.int],  # type: ignore[union-attr]
+            account_ids[transfer.credit_account_id.int],  # type: ignore[union-attr]
+            transfer.amount,
+            transfer.code,
+            int(transfer.flags),
+            transfer.pending_id,
+            transfer.timeout_s,
+            transfer.terminal_id,
+            transfer.terminal_sequence,
+            transfer.card_number,
+            transfer.card_counter,
+            transfer.bank_reference,
+            transfer.settlement_batch,
+            transfer.metadata,
+            *entry.debit_after,
+            *entry.credit_after,
+        )
+        for entry in entries
+        for transfer in (entry.transfer,)
+    ]
+
+
+async def _book_plain(
     connection: asyncpg.Connection,
-    decision: BatchDecision,
-    batch_number: int,
-    booked_at: datetime,
-    previous_chain_hash: bytes,
+    transfers: list[Transfer],
+    accounts: dict[int, list],
     account_ids: dict[int, uuid.UUID],
-) -> None:
-    """One UPDATE of the per-account deltas, one COPY of the rows, one batch row + head.
+    batch: _BatchHead,
+    next_sequence: int,
+) -> tuple[list[TransferOutcome], bool]:
+    """Decide a plain batch part by part while COPY streams the rows decided so far (the
+    client decides while the server inserts), then write the totals and the batch row.
+    Decided as if no id were booked before: a repeat makes the COPY raise."""
+    outcomes: list[TransferOutcome] = []
+    rows: list[tuple[Any, ...]] = []
+    before: dict[int, list[int]] = {}
 
-    The UPDATE goes first and runs in the server while this process builds the rows and
-    their digest (the two cores work at once); a hot account is written once per batch.
+    def decided_rows() -> Iterator[tuple[Any, ...]]:
+        sequence = next_sequence
+        for start in range(0, len(transfers), plain_part_transfers):
+            part = transfers[start : start + plain_part_transfers]
+            decision = decide_batch(part, accounts, {}, {}, batch.booked_at, sequence, before)
+            outcomes.extend(decision.outcomes)
+            part_rows = _transfer_rows(decision.entries, batch, account_ids)
+            rows.extend(part_rows)
+            sequence += len(part_rows)
+            yield from part_rows
+
+    await connection.copy_records_to_table(
+        "ledger_transfers", records=decided_rows(), columns=transfer_columns
+    )
+    # A repeat decided as new is refused by the unique index if it was to be booked; one
+    # refused on the state of the books must be looked up (the rows just copied included).
+    refused = [outcome.id for outcome in outcomes if outcome.result in _state_results]
+    if refused and await connection.fetchval(
+        "select exists (select 1 from ledger_transfers where id = any($1::uuid[]))", refused
+    ):
+        raise _RepeatFound
+    if rows:
+        await _finish_batch(connection, rows, totals_deltas(accounts, before), account_ids, batch)
+    return outcomes, bool(rows)
+
+
+async def _finish_batch(
+    connection: asyncpg.Connection,
+    rows: list[tuple[Any, ...]],
+    deltas: dict[int, tuple[int, int, int, int]],
+    account_ids: dict[int, uuid.UUID],
+    batch: _BatchHead,
+) -> None:
+    """After the COPY of the rows: one UPDATE of the per-account deltas (a hot account is
+    written once per batch), then the batch row with its hash and the head moved on.
+
+    The UPDATE runs in the server while this process computes the rows' digest (the two
+    cores work at once).
     """
-    deltas = decision.deltas
     ordered_keys = sorted(deltas)  # a stable order, whatever locks the UPDATE takes
     updating = asyncio.ensure_future(
         connection.execute(
             _update_totals,
-            [account_ids[key] for key in ordered_keys],
-            [deltas[key][0] for key in ordered_keys],
-            [deltas[key][1] for key in ordered_keys],
-            [deltas[key][2] for key in ordered_keys],
-            [deltas[key][3] for key in ordered_keys],
+            list(map(account_ids.__getitem__, ordered_keys)),
+            *zip(*map(deltas.__getitem__, ordered_keys)),
         )
     )
     await asyncio.sleep(0)  # let the UPDATE be sent before the CPU work below
     try:
-        rows = [
-            (
-                entry.sequence,
-                transfer.id,
-                batch_number,
-                booked_at,
-                transfer.debit_account_id,
-                transfer.credit_account_id,
-                transfer.amount,
-                transfer.code,
-                int(transfer.flags),
-                transfer.pending_id,
-                transfer.timeout_s,
-                transfer.terminal_id,
-                transfer.terminal_sequence,
-                transfer.card_number,
-                transfer.card_counter,
-                transfer.bank_reference,
-                transfer.settlement_batch,
-                transfer.metadata,
-                *entry.debit_after,
-                *entry.credit_after,
-            )
-            for entry in decision.entries
-            for transfer in (entry.transfer,)
-        ]
         digest = batch_digest(rows)
     finally:
         status = await updating
     assert status == f"UPDATE {len(ordered_keys)}", status
-    chain_hash = next_chain_hash(previous_chain_hash, digest)
-    await connection.copy_records_to_table(
-        "ledger_transfers", records=rows, columns=transfer_columns
-    )
     await connection.execute(
         _record_batch,
-        batch_number,
+        batch.number,
         rows[0][0],
         rows[-1][0],
         len(rows),
-        booked_at,
+        batch.booked_at,
         digest,
-        chain_hash,
+        next_chain_hash(batch.previous_chain_hash, digest),
     )
 
 

@@ -337,3 +337,50 @@ async def test_booking_inside_a_callers_transaction_commits_with_it(connection) 
         assert await connection.fetchval("show enable_hashjoin") == "on"
     assert (await account_balances(connection, purse_id)).credit_balance == 900
     assert await results_of(connection, [top_up]) == [R.exists]
+
+
+async def test_repeats_in_a_batch_bigger_than_a_part(connection) -> None:
+    """A plain batch is decided in parts while its rows stream to the server, as if no id
+    were booked: repeats across parts and of earlier batches, booked again or refused on
+    the state of the books, still get their `exists*` answer and nothing is booked twice."""
+    from ledger.store import plain_part_transfers
+
+    await open_books(connection)
+    top_up = transfer("top-up", bank_id, purse_id, 100_000, code=TransferCode.top_up)
+    booked = transfer("booked", purse_id, revenue_id, 10)
+    assert await results_of(connection, [top_up, booked], now=start) == [R.created] * 2
+    fares = [transfer(f"fare {n}", purse_id, revenue_id, 1) for n in range(plain_part_transfers)]
+    fresh = transfer("fresh", bank_id, other_purse_id, 5)
+    # Past the first part: a new transfer, a repeat of the first part's, and repeats of an
+    # earlier batch's transfer, exact and with another amount.
+    batch = [*fares, fresh, fares[0], booked, Transfer(**{**_fields(booked), "amount": 11})]
+    assert await results_of(connection, batch, now=start) == [
+        *[R.created] * plain_part_transfers,
+        R.created,
+        R.exists,
+        R.exists,
+        R.exists_with_different_amount,
+    ]
+    left = 100_000 - 10 - plain_part_transfers
+    big = transfer("big", purse_id, revenue_id, left - 100)
+    # A repeat the balance alone would refuse: in a later part than the original, and
+    # (below) in a later batch.
+    fillers = [
+        transfer(f"filler {n}", bank_id, other_purse_id, 1) for n in range(plain_part_transfers)
+    ]
+    batch = [big, *fillers[1:], transfer("new", purse_id, revenue_id, 1), big]
+    assert await results_of(connection, batch, now=start) == [
+        R.created,
+        *[R.created] * (plain_part_transfers - 1),
+        R.created,
+        R.exists,
+    ]
+    assert await results_of(connection, [transfer("too big", purse_id, revenue_id, 100), big]) == [
+        R.exceeds_credits,
+        R.exists,
+    ]
+    assert await account_balances(connection, purse_id) == Balances(0, 99_901, 0, 100_000)
+    other = Balances(0, 0, 0, 5 + plain_part_transfers - 1)
+    assert await account_balances(connection, other_purse_id) == other
+    count = await connection.fetchval("select count(*) from ledger_transfers")
+    assert count == 4 + 2 * plain_part_transfers
