@@ -62,6 +62,14 @@ def server_url() -> Iterator[str]:
         yield embedded_url
 
 
+def database_url_for(server_url: str, database: str) -> str:
+    """The same server, another database (host:port URLs and socket URLs alike)."""
+    base, _, query = server_url.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.partition("/")[0]
+    return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     component: str

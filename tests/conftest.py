@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from ksh.schema import migrate_all
-from ledger.database import embedded_server
+from ledger.database import database_url_for, embedded_server
 
 running_in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -62,14 +62,6 @@ def postgres_server_url() -> Iterator[str]:
             yield embedded_url
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def database_url_for(server_url: str, database: str) -> str:
-    """The same server, another database (works for host:port URLs and socket URLs alike)."""
-    base, _, query = server_url.partition("?")
-    scheme, _, rest = base.partition("://")
-    authority, _, _ = rest.partition("/")
-    return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
 
 
 @pytest.fixture(scope="session")

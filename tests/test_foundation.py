@@ -82,7 +82,7 @@ def test_embedded_postgres_start_migrate_write_read_stop(private_folder: Path) -
 
 async def test_concurrent_migrations_apply_once(postgres_server_url: str, tmp_path: Path) -> None:
     """Two processes starting at once: the advisory lock makes exactly one of them migrate."""
-    from tests.conftest import database_url_for
+    from ledger.database import database_url_for
 
     migrations = tmp_path / "migrations"
     write_migrations(migrations, "create table once (id integer primary key);")
@@ -112,7 +112,7 @@ def test_migration_files_must_be_numbered_without_gaps(tmp_path: Path) -> None:
 
 
 def test_broken_migration_applies_nothing(tmp_path: Path, postgres_server_url: str) -> None:
-    from tests.conftest import database_url_for
+    from ledger.database import database_url_for
 
     migrations = tmp_path / "migrations"
     write_migrations(migrations, "create table fine (id integer);", "this is not sql;")

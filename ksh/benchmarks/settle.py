@@ -60,8 +60,8 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
 async def _run(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
     import asyncpg
 
-    from ksh.commands.demo import database_url_for
     from ksh.schema import migrate_all
+    from ledger.database import database_url_for
 
     name = f"ksh_bench_settle_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(server)

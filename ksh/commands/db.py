@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 
@@ -20,19 +19,15 @@ def register(subparsers: Any) -> None:
 
 
 def run_migrate(arguments: argparse.Namespace) -> int:
-    import asyncpg
+    from ksh.database import run_with_database
 
-    from ksh.schema import migrate_all
-    from ledger.database import server_url
+    async def versions(connection: Any) -> list[str]:
+        rows = await connection.fetch(
+            "select component, max(version) as version from schema_migrations "
+            "group by component order by component"
+        )
+        return [f"{row['component']}: version {row['version']}" for row in rows]
 
-    async def apply(url: str) -> list[str]:
-        connection = await asyncpg.connect(url)
-        try:
-            return await migrate_all(connection)
-        finally:
-            await connection.close()
-
-    with server_url() as url:
-        applied = asyncio.run(apply(url))
-    print("\n".join(applied) if applied else "schema is up to date")
+    # run_with_database applies whatever is pending before it runs `versions`
+    print("\n".join(run_with_database(versions)))
     return 0

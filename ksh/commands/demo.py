@@ -93,13 +93,6 @@ class Progress:
         )
 
 
-def database_url_for(server: str, database: str) -> str:
-    base, _, query = server.partition("?")
-    scheme, _, rest = base.partition("://")
-    authority = rest.partition("/")[0]
-    return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
-
-
 async def start(app: Any) -> tuple[Any, str]:
     from aiohttp import web
 
@@ -115,6 +108,7 @@ async def demo(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
     import asyncpg
 
     from ksh.schema import migrate_all
+    from ledger.database import database_url_for
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d_%H%M%S")
     name = f"ksh_demo_{stamp}_{uuid.uuid4().hex[:6]}"

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from ksh.cli import UserError
+from ksh.database import run_with_database
 
 Result = TypeVar("Result")
 
@@ -40,28 +40,10 @@ def register(subparsers: Any) -> None:
     balance.set_defaults(handler=run_balance)
 
 
-def _with_database(work: Callable[[Any], Awaitable[Result]]) -> Result:
-    import asyncpg
-
-    from ksh.schema import migrate_all
-    from ledger.database import server_url
-
-    async def main(url: str) -> Result:
-        connection = await asyncpg.connect(url)
-        try:
-            await migrate_all(connection)
-            return await work(connection)
-        finally:
-            await connection.close()
-
-    with server_url() as url:
-        return asyncio.run(main(url))
-
-
 def run_check(arguments: argparse.Namespace) -> int:
     from ledger.audit import check_ledger
 
-    problems = _with_database(check_ledger)
+    problems = run_with_database(check_ledger)
     for problem in problems:
         print(f"{problem.check}: {problem.subject}: {problem.detail}")
     if problems:
@@ -89,7 +71,7 @@ def run_export(arguments: argparse.Namespace) -> int:
 
     writer = write_beancount if arguments.format == "beancount" else write_csv
     with _output(arguments.out) as out:
-        _with_database(lambda connection: writer(connection, out))
+        run_with_database(lambda connection: writer(connection, out))
     return 0
 
 
@@ -109,7 +91,7 @@ def run_balance(arguments: argparse.Namespace) -> int:
         if at.tzinfo is None:
             raise UserError("--at needs a time zone, e.g. 2026-11-24T08:00:00+07:00")
         at = at.astimezone(UTC)
-    balances = _with_database(lambda connection: account_balances(connection, account_id, at=at))
+    balances = run_with_database(lambda connection: account_balances(connection, account_id, at=at))
     if balances is None:
         raise UserError(f"no such account: {account_id}")
     print(f"account           {account_id}")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 from typing import Any
+
+from ksh.cli import UserError
+from ksh.database import run_with_database
 
 
 def register(subparsers: Any) -> None:
@@ -66,24 +68,8 @@ def register(subparsers: Any) -> None:
     own.set_defaults(handler=run_own_key)
 
 
-async def _with_database(work: Any) -> Any:
-    import asyncpg
-
-    from ksh.schema import migrate_all
-    from ledger.database import server_url
-
-    with server_url() as url:
-        connection = await asyncpg.connect(url)
-        try:
-            await migrate_all(connection)
-            return await work(connection)
-        finally:
-            await connection.close()
-
-
 def run_add(arguments: argparse.Namespace) -> int:
     from gateways.snap.partners import Partner, check_partner, save_partner
-    from ksh.cli import UserError
 
     try:
         public_key_pem = arguments.public_key.read_text("utf-8")
@@ -116,7 +102,7 @@ def run_add(arguments: argparse.Namespace) -> int:
                 f"company code {partner.company_code} is already another partner's"
             ) from None
 
-    asyncio.run(_with_database(work))
+    run_with_database(work)
     print(
         f"partner {partner.partner_id} registered; VA numbers start with '{partner.partner_service_id}'"
     )
@@ -126,7 +112,7 @@ def run_add(arguments: argparse.Namespace) -> int:
 def run_list(arguments: argparse.Namespace) -> int:
     from gateways.snap.partners import list_partners
 
-    partners = asyncio.run(_with_database(list_partners))
+    partners = run_with_database(list_partners)
     for partner in partners:
         print(
             f"{partner.partner_id}\t{partner.name}\tchannel {partner.channel_id}\t"
@@ -140,7 +126,6 @@ def run_list(arguments: argparse.Namespace) -> int:
 
 def run_card_holder(arguments: argparse.Namespace) -> int:
     from gateways.snap.partners import set_card_holder
-    from ksh.cli import UserError
 
     if not (arguments.card.isdigit() and len(arguments.card) <= 20):
         raise UserError("card number must be up to 20 digits")
@@ -150,13 +135,12 @@ def run_card_holder(arguments: argparse.Namespace) -> int:
     async def work(connection: Any) -> None:
         await set_card_holder(connection, arguments.card, arguments.name)
 
-    asyncio.run(_with_database(work))
+    run_with_database(work)
     return 0
 
 
 def run_own_key(arguments: argparse.Namespace) -> int:
     from gateways.snap.partners import generate_own_key, load_own_key
-    from ksh.cli import UserError
 
     path: Path = arguments.out
     if arguments.generate:

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ksh.cli import UserError
-from ksh.commands.settle import parse_day, parse_time, with_database
+from ksh.commands.settle import parse_day, parse_time
+from ksh.database import run_with_database
 
 
 def register(subparsers: Any) -> None:
@@ -68,7 +69,7 @@ def run_import(arguments: argparse.Namespace) -> int:
             print(f"{result.file_name}: {result.lines_in_file} lines, {result.lines_new} new")
         return 0
 
-    return with_database(work)
+    return run_with_database(work)
 
 
 def run_match(arguments: argparse.Namespace) -> int:
@@ -102,7 +103,7 @@ def run_match(arguments: argparse.Namespace) -> int:
             print(f"  open: {reason} {count}")
         return 0
 
-    return with_database(work)
+    return run_with_database(work)
 
 
 def run_exceptions(arguments: argparse.Namespace) -> int:
@@ -120,4 +121,4 @@ def run_exceptions(arguments: argparse.Namespace) -> int:
         print(f"{count} open{shown}")
         return 0
 
-    return with_database(work)
+    return run_with_database(work)

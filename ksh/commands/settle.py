@@ -8,11 +8,11 @@ import asyncio
 import datetime as dt
 import getpass
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from ksh.cli import UserError
+from ksh.database import run_with_database
 
 
 def register(subparsers: Any) -> None:
@@ -104,27 +104,6 @@ def config_of(arguments: argparse.Namespace) -> Any:
     )
 
 
-def with_database(work: Callable[[Any], Awaitable[int]]) -> int:
-    import asyncpg
-
-    from ksh.schema import migrate_all
-    from ledger.database import server_url
-
-    async def main(url: str) -> int:
-        connection = await asyncpg.connect(url)
-        try:
-            await migrate_all(connection)
-            return await work(connection)
-        finally:
-            await connection.close()
-
-    try:
-        with server_url() as url:
-            return asyncio.run(main(url))
-    except OSError as error:
-        raise UserError(f"cannot reach the database: {error}") from error
-
-
 def run_close(arguments: argparse.Namespace) -> int:
     from settlement.end_of_day import close_day
 
@@ -137,7 +116,7 @@ def run_close(arguments: argparse.Namespace) -> int:
         print(f"{len(batches)} new batches for {day_of(arguments)}")
         return 0
 
-    return with_database(work)
+    return run_with_database(work)
 
 
 def run_pay(arguments: argparse.Namespace) -> int:
@@ -215,7 +194,7 @@ def run_export(arguments: argparse.Namespace) -> int:
         print(f"{max(0, len(text.splitlines()) - 1)} payouts written to {arguments.out}")
         return 0
 
-    return with_database(work)
+    return run_with_database(work)
 
 
 def run_status(arguments: argparse.Namespace) -> int:
@@ -232,7 +211,7 @@ def run_status(arguments: argparse.Namespace) -> int:
         print("closed" if close.closed else "NOT closed")
         return 0 if close.closed else 1
 
-    return with_database(work)
+    return run_with_database(work)
 
 
 def run_staff(arguments: argparse.Namespace) -> int:
@@ -257,4 +236,4 @@ def run_staff(arguments: argparse.Namespace) -> int:
         print(f"{arguments.username} is a {arguments.role}")
         return 0
 
-    return with_database(work)
+    return run_with_database(work)

@@ -34,7 +34,7 @@ from ledger import (
     expiry_transfer_id,
 )
 from ledger.audit import check_ledger
-from tests.conftest import database_url_for
+from ledger.database import database_url_for
 
 R = CreateTransferResult
 purse_a, purse_b = uuid.UUID(int=0xA), uuid.UUID(int=0xB)

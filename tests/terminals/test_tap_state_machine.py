@@ -45,7 +45,7 @@ from gateways.backoffice import BackofficeConfig, create_app
 from gateways.terminal_api import registry
 from gateways.terminal_api.registry import TerminalRole
 from gateways.terminal_api.routes import terminal_extension
-from tests.conftest import database_url_for
+from ledger.database import database_url_for
 
 operator_id = "TRANS-SEMARANG"
 store = demo_key_store()

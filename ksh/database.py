@@ -1,0 +1,33 @@
+"""One way for a command to reach the back office database: connect, migrate, work, close."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from ksh.cli import UserError
+
+Result = TypeVar("Result")
+
+
+def run_with_database(work: Callable[[Any], Awaitable[Result]]) -> Result:
+    """Run `work(connection)` on DATABASE_URL's server or the embedded one, schema migrated."""
+    import asyncpg
+
+    from ksh.schema import migrate_all
+    from ledger.database import server_url
+
+    async def main(url: str) -> Result:
+        connection = await asyncpg.connect(url)
+        try:
+            await migrate_all(connection)
+            return await work(connection)
+        finally:
+            await connection.close()
+
+    try:
+        with server_url() as url:
+            return asyncio.run(main(url))
+    except OSError as error:
+        raise UserError(f"cannot reach the database: {error}") from error
