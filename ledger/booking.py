@@ -32,6 +32,9 @@ from ledger.records import (
 )
 
 R = CreateTransferResult
+# Enum members read from the class cost ~90 ns each (a descriptor call); the hot paths use these.
+_created = R.created
+_exists = R.exists
 
 # Indexes into an account's mutable state list.
 FLAGS, CURRENCY, DEBITS_PENDING, DEBITS_POSTED, CREDITS_PENDING, CREDITS_POSTED = range(6)
@@ -289,17 +292,15 @@ def decide_batch(
         entry.sequence = sequence
         sequence += 1
     outcomes = []
-    for index in range(count):
-        final = results[index]
+    for transfer, final, made_entry in zip(transfers, results, made):
         assert final is not None
-        transfer_id = transfers[index].id
-        made_entry = made[index]
-        if final is R.created:
+        transfer_id = transfer.id
+        if final is _created:
             assert made_entry is not None
             outcomes.append(
                 TransferOutcome(transfer_id, final, made_entry.sequence, now, made_entry.over_limit)
             )
-        elif final is R.exists:
+        elif final is _exists:
             here = booked_here.get(transfer_id.int)
             if here is not None:
                 outcomes.append(TransferOutcome(transfer_id, final, here.sequence, now))
@@ -432,7 +433,7 @@ def _decide_plain(
     entries.append(entry)
     booked_here[transfer_id] = entry
     made[index] = entry
-    return R.created
+    return _created
 
 
 def _undo_chain(
