@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
+from settlement.formatting import grouped
+
 chart_bars_max = 48
 
 
@@ -35,7 +37,7 @@ def bar_chart(
         y = top + plot_height - bar_height
         parts.append(
             f'<rect x="{x:.1f}" y="{y}" width="{bar_width:.1f}" height="{bar_height}" fill="#2563eb">'
-            f"<title>{escape(label)}: {value:,} {escape(unit)}</title></rect>"
+            f"<title>{escape(label)}: {grouped(value)} {escape(unit)}</title></rect>"
         )
         if len(bars) <= 24 or index % 2 == 0:
             parts.append(
@@ -45,7 +47,7 @@ def bar_chart(
         if value and len(bars) <= 16:
             parts.append(
                 f'<text x="{x + bar_width / 2:.1f}" y="{y - 3}" font-size="9" text-anchor="middle" '
-                f'fill="#111827">{value:,}</text>'
+                f'fill="#111827">{grouped(value)}</text>'
             )
     if not any(value for _, value in bars):
         parts.append(

@@ -31,6 +31,7 @@ from gateways.backoffice import Extension, config_key, pool_key
 from settlement import actions, charts, views
 from settlement.actions import ActionResult, Role, Staff
 from settlement.end_of_day import EndOfDayConfig, PayoutPort, jakarta
+from settlement.formatting import grouped, rupiah
 
 session_cookie = "ksh_finance"
 login_csrf_cookie = "ksh_finance_login"
@@ -228,10 +229,6 @@ button.action.secondary{background:#6b7280}
 """
 
 
-def rupiah(amount: int) -> str:
-    return f"Rp {amount:,}".replace(",", ".")
-
-
 def page(title: str, session: Session | None, body: str, message: str = "") -> str:
     nav = ""
     if session is not None:
@@ -395,7 +392,7 @@ async def overview(request: web.Request) -> web.Response:
         corridors = await views.revenue_per_corridor(connection, day, settings.end_of_day)
         close = await actions.day_close(connection, day + dt.timedelta(days=1))
     tiles = [
-        ("Taps", f"{numbers.taps:,}"),
+        ("Taps", grouped(numbers.taps)),
         ("Fare revenue", rupiah(numbers.fare_revenue_rupiah)),
         ("Merchant sales", rupiah(numbers.sales_rupiah)),
         ("Top-ups received", rupiah(numbers.top_ups_rupiah)),
@@ -403,7 +400,7 @@ async def overview(request: web.Request) -> web.Response:
         ("Float (banks)", rupiah(numbers.float_rupiah)),
         ("Card liabilities", rupiah(numbers.card_liabilities_rupiah)),
         ("Float minus liabilities", rupiah(numbers.float_rupiah - numbers.card_liabilities_rupiah)),
-        ("Open exceptions", f"{numbers.exceptions_open:,}"),
+        ("Open exceptions", grouped(numbers.exceptions_open)),
         ("Unexplained on statements", rupiah(close.unexplained_rupiah)),
     ]
     body = (

@@ -8,9 +8,7 @@ from typing import Any
 
 from fpdf import FPDF
 
-
-def rupiah(amount: int) -> str:
-    return f"Rp {amount:,}".replace(",", ".")
+from settlement.formatting import grouped, rupiah
 
 
 def batches_pdf_bytes(day: dt.date, rows: Sequence[Any]) -> bytes:
@@ -79,7 +77,7 @@ def demo_report_html(
         if isinstance(value, bool):
             return "yes" if value else "NO"
         if isinstance(value, int):
-            return f"{value:,}".replace(",", ".")
+            return grouped(value)
         return escape(str(value))
 
     figures = "".join(
