@@ -561,7 +561,7 @@ async def exceptions_page(request: web.Request) -> web.Response:
         body += '<tr><td colspan="6">Nothing to work on.</td></tr>'
     body += "</tbody></table>"
     if count > len(rows):
-        body += f'<p class="message warning">Showing the first {len(rows):,} of {count:,}; the CSV has them all.</p>'
+        body += f'<p class="message warning">Showing the first {grouped(len(rows))} of {grouped(count)}; the CSV has them all.</p>'
     if can_act and movements:
         body += "<h2>Manual match</h2><p>Expected movements nothing matched yet; pick statement line keys (from an exception) and movement ids whose amounts agree.</p>"
         body += (
