@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import socket
 import uuid
 import weakref
 from collections.abc import Iterator, Sequence
@@ -564,6 +565,7 @@ async def _book_plain(
             sequence += len(part_rows)
             yield from part_rows
 
+    _widen_send_buffer(connection)
     await connection.copy_records_to_table(
         "ledger_transfers", records=decided_rows(), columns=transfer_columns
     )
@@ -577,6 +579,23 @@ async def _book_plain(
     if rows:
         await _finish_batch(connection, rows, totals_deltas(accounts, before), account_ids, batch)
     return outcomes, bool(rows)
+
+
+copy_send_buffer_bytes = 4 << 20  # room in the kernel for a whole batch's COPY data
+
+
+def _widen_send_buffer(connection: asyncpg.Connection) -> None:
+    """asyncpg hands COPY data to the socket 512 KiB at a time and, when the socket does not
+    take it all (the default send buffer is ~208 KiB), waits for the server to drain it: the
+    client and the server then take turns instead of working at once. A send buffer that
+    holds a batch lets the server insert one part while the client decides the next. (The
+    kernel caps it at net.core.wmem_max; asyncpg has no public handle on its socket.)"""
+    transport = getattr(connection, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < (
+        copy_send_buffer_bytes
+    ):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, copy_send_buffer_bytes)
 
 
 async def _finish_batch(
