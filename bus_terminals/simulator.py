@@ -216,8 +216,12 @@ async def simulate_day(settings: SimulationSettings, backoffice_url: str) -> Sim
     tariff = load_feed()
     store = demo_key_store()
     keys = validator_keys(store)
-    mix = [RiderCategory.GENERAL] * 80 + [RiderCategory.STUDENT] * 12
-    mix += [RiderCategory.ELDERLY] * 6 + [RiderCategory.DISABLED] * 2
+    # Shares are our assumption (no published ridership split by category).
+    mix = [RiderCategory.GENERAL] * 74 + [RiderCategory.STUDENT] * 10
+    mix += [RiderCategory.UNIVERSITY_STUDENT] * 5 + [RiderCategory.ELDERLY] * 5
+    mix += [RiderCategory.SANTRI] * 2 + [RiderCategory.DISABLED] * 1
+    mix += [RiderCategory.VETERAN] * 1 + [RiderCategory.TODDLER] * 1
+    mix += [RiderCategory.KIA_HOLDER] * 1
     categories = [generator.choice(mix) for _ in range(settings.cards)]
     cards = make_ksh_deck(
         store,

@@ -16,7 +16,13 @@ rider_category_ids = {
     RiderCategory.STUDENT: "school_student",
     RiderCategory.ELDERLY: "elderly",
     RiderCategory.DISABLED: "disabled",
+    RiderCategory.VETERAN: "veteran",
+    RiderCategory.UNIVERSITY_STUDENT: "university_student",
+    RiderCategory.SANTRI: "santri",
+    RiderCategory.TODDLER: "toddler",
+    RiderCategory.KIA_HOLDER: "kia_holder",
 }
+assert set(rider_category_ids) == set(RiderCategory), "every card category needs a fare category"
 
 
 def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> Decide:
@@ -28,10 +34,16 @@ def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> D
     assert tariff.currency == "IDR", f"the card purse holds rupiah, not {tariff.currency}"
 
     def decide_fare(state: CardState, time_ms: int) -> Charge:
-        try:
-            trip = decode_card_state(state.trip_state)
-        except CardStateError:
-            trip = blank_card_state  # a fresh card (zeros) or a state from an older format
+        reset = ""
+        if not any(state.trip_state):
+            trip = blank_card_state  # a fresh card: the file holds zeros
+        else:
+            try:
+                trip = decode_card_state(state.trip_state)
+            except CardStateError:
+                # Damaged or from another format: ride on a blank state (caps and passes held
+                # on the card are lost) and say so in the record for the back office.
+                trip, reset = blank_card_state, " trip_state_reset"
         tap = Tap(
             time_ms // 1000,
             route_id,
@@ -42,16 +54,21 @@ def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> D
         decision = decide(tariff, trip, tap)
         if decision.outcome != FareOutcome.priced:
             return Charge(RecordKind.fare_debit, 0, None, decision.outcome.value, Reason.no_fare)
-        fare_rupiah, sen = divmod(decision.amount, minor_per_rupiah)
+        # A negative leg amount (a transfer cheaper than the leg before it) is money owed back
+        # to the rider; the validator debits nothing and the record says what is owed.
+        fare_rupiah, sen = divmod(max(decision.amount, 0), minor_per_rupiah)
         if sen:
             return Charge(RecordKind.fare_debit, 0, None, "fare not whole rupiah", Reason.no_fare)
         detail = decision.fare_product_id or ""
+        if decision.amount < 0:
+            detail += f" owed {-decision.amount // minor_per_rupiah}"
         if decision.fare_transfer_rule:
             detail += " transfer"
         if decision.cap_id:
             detail += f" cap {decision.cap_id}"
         if decision.pass_id:
             detail = f"pass {decision.pass_id}"
+        detail += reset
         return Charge(
             RecordKind.fare_debit, fare_rupiah, encode_card_state(decision.state), detail[:64]
         )

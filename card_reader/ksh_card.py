@@ -164,10 +164,17 @@ class Layout:
 
 
 class RiderCategory(enum.IntEnum):
+    """Who the card is for; the tariff prices each (Trans Semarang: concessions at Rp 1,000)."""
+
     GENERAL = 0
-    STUDENT = 1
+    STUDENT = 1  # school student (pelajar)
     ELDERLY = 2
     DISABLED = 3
+    VETERAN = 4
+    UNIVERSITY_STUDENT = 5  # mahasiswa
+    SANTRI = 6
+    TODDLER = 7
+    KIA_HOLDER = 8  # Kartu Identitas Anak
 
 
 class CardStatus(enum.IntEnum):

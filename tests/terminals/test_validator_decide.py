@@ -1,0 +1,102 @@
+"""The validator's decision step: card profile and trip state in, a charge out (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from bus_terminals.fare.card_state import card_state_bytes, decode_card_state
+from bus_terminals.fare.feed import load_feed
+from bus_terminals.terminal import Reason
+from bus_terminals.validator import fare_decider, rider_category_ids
+from card_reader.ksh_card import (
+    CardState,
+    CardStatus,
+    LogRecord,
+    Profile,
+    RecordKind,
+    RiderCategory,
+)
+from tests.fare.feeds import tariff as small_tariff
+
+tuesday_seven_am_ms = 1_795_478_400_000  # 2026-11-24 07:00 WIB, a Tuesday
+sunday_seven_am_ms = tuesday_seven_am_ms - 2 * 86_400_000  # 2026-11-22
+
+
+def card(category: RiderCategory, trip_state: bytes = bytes(card_state_bytes)) -> CardState:
+    profile = Profile(
+        6032900000000001,
+        category,
+        False,
+        CardStatus.ACTIVE,
+        dt.date(2030, 1, 1),
+        dt.date(2026, 1, 1),
+    )
+    issued = LogRecord(1, RecordKind.ISSUE, 0, 50_000, 1, 1_790_000_000)
+    return CardState(b"\x04" * 7, 1, profile, 50_000, trip_state, issued)
+
+
+trans_semarang = load_feed()
+
+
+def test_every_card_category_has_its_trans_semarang_fare() -> None:
+    decide = fare_decider(trans_semarang, "K1")
+    expected = {category: 1_000 for category in RiderCategory} | {RiderCategory.GENERAL: 3_500}
+    charged = {
+        category: decide(card(category), tuesday_seven_am_ms).amount_rupiah
+        for category in RiderCategory
+    }
+    assert charged == expected
+    assert set(rider_category_ids.values()) <= set(trans_semarang.category_ids)
+
+
+def test_student_rates_do_not_apply_on_sunday() -> None:
+    decide = fare_decider(trans_semarang, "K1")
+    assert decide(card(RiderCategory.STUDENT), sunday_seven_am_ms).amount_rupiah == 3_500
+    assert decide(card(RiderCategory.ELDERLY), sunday_seven_am_ms).amount_rupiah == 1_000
+
+
+def test_a_damaged_trip_state_rides_on_a_blank_one_and_says_so() -> None:
+    decide = fare_decider(trans_semarang, "K1")
+    damaged = bytes([0xFF]) * card_state_bytes
+    charge = decide(card(RiderCategory.GENERAL, damaged), tuesday_seven_am_ms)
+    assert charge.refusal is Reason.none
+    assert charge.amount_rupiah == 3_500
+    assert charge.detail.endswith("trip_state_reset")
+    assert charge.trip_state is not None
+    decode_card_state(charge.trip_state)  # what is written back is a good state again
+    fresh = decide(card(RiderCategory.GENERAL), tuesday_seven_am_ms)
+    assert "trip_state_reset" not in fresh.detail
+
+
+@pytest.fixture
+def cheaper_transfer_tariff():  # type: ignore[no-untyped-def]
+    """Rp 5,000 on route A, then a type 2 transfer to route B that costs Rp 2,000 in all."""
+    return small_tariff(
+        agency="agency_id,agency_name,agency_url,agency_timezone\na,A,https://a,Asia/Jakarta",
+        fare_media="fare_media_id,fare_media_type\nksh_card,2",
+        rider_categories="rider_category_id,rider_category_name,is_default_fare_category\n"
+        "general,General,1",
+        routes="route_id,route_type,network_id\nra,3,A\nrb,3,B",
+        fare_products="fare_product_id,amount,currency\nlong,5000.00,IDR\nab,2000.00,IDR",
+        fare_leg_rules="leg_group_id,network_id,fare_product_id\nga,A,long\ngb,B,long",
+        fare_transfer_rules="from_leg_group_id,to_leg_group_id,fare_transfer_type,"
+        "fare_product_id,duration_limit,duration_limit_type\nga,gb,2,ab,3600,0",
+    )
+
+
+def test_a_transfer_cheaper_than_the_leg_before_debits_nothing_and_records_what_is_owed(
+    cheaper_transfer_tariff,  # type: ignore[no-untyped-def]
+) -> None:
+    first = fare_decider(cheaper_transfer_tariff, "ra")(
+        card(RiderCategory.GENERAL), tuesday_seven_am_ms
+    )
+    assert first.amount_rupiah == 5_000
+    assert first.trip_state is not None
+    second = fare_decider(cheaper_transfer_tariff, "rb")(
+        card(RiderCategory.GENERAL, first.trip_state), tuesday_seven_am_ms + 600_000
+    )
+    assert second.refusal is Reason.none
+    assert second.amount_rupiah == 0
+    assert "owed 3000" in second.detail
