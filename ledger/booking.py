@@ -83,9 +83,41 @@ class Entry:
 
 @dataclass(slots=True)
 class BatchDecision:
-    outcomes: list[TransferOutcome]
+    transfers: list[Transfer]
+    results: list[CreateTransferResult]  # one per transfer, in order
+    made: list[Entry | None]  # the entry each created transfer became
     entries: list[Entry]  # in booking order, sequences assigned
+    booked_here: dict[int, Entry]
+    existing: dict[int, Existing]
+    now: datetime
     deltas: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # id.int ->
+
+    def outcomes(self) -> list[TransferOutcome]:
+        """One outcome per transfer. Made on request: the store asks for them while the
+        server applies the batch, off the path the rows take to the server."""
+        now, booked_here, existing = self.now, self.booked_here, self.existing
+        outcomes = []
+        for transfer, final, made_entry in zip(self.transfers, self.results, self.made):
+            transfer_id = transfer.id
+            if final is _created:
+                assert made_entry is not None
+                outcomes.append(
+                    TransferOutcome(
+                        transfer_id, final, made_entry.sequence, now, made_entry.over_limit
+                    )
+                )
+            elif final is _exists:
+                here = booked_here.get(transfer_id.int)
+                if here is not None:
+                    outcomes.append(TransferOutcome(transfer_id, final, here.sequence, now))
+                else:
+                    old = existing[transfer_id.int]
+                    outcomes.append(
+                        TransferOutcome(transfer_id, final, old.sequence, old.booked_at)
+                    )
+            else:
+                outcomes.append(TransferOutcome(transfer_id, final))
+        return outcomes
 
 
 def validate(transfer: Transfer) -> CreateTransferResult | None:
@@ -291,26 +323,18 @@ def decide_batch(
     for entry in booked_entries:
         entry.sequence = sequence
         sequence += 1
-    outcomes = []
-    for transfer, final, made_entry in zip(transfers, results, made):
-        assert final is not None
-        transfer_id = transfer.id
-        if final is _created:
-            assert made_entry is not None
-            outcomes.append(
-                TransferOutcome(transfer_id, final, made_entry.sequence, now, made_entry.over_limit)
-            )
-        elif final is _exists:
-            here = booked_here.get(transfer_id.int)
-            if here is not None:
-                outcomes.append(TransferOutcome(transfer_id, final, here.sequence, now))
-            else:
-                old = existing[transfer_id.int]
-                outcomes.append(TransferOutcome(transfer_id, final, old.sequence, old.booked_at))
-        else:
-            outcomes.append(TransferOutcome(transfer_id, final))
+    assert all(result is not None for result in results)
     deltas = {} if shared_before else totals_deltas(accounts, before)
-    return BatchDecision(outcomes, booked_entries, deltas)
+    return BatchDecision(
+        transfers,
+        results,  # type: ignore[arg-type]  # no None left (asserted)
+        made,
+        booked_entries,
+        booked_here,
+        existing,
+        now,
+        deltas,
+    )
 
 
 def totals_deltas(

@@ -38,14 +38,14 @@ import gc
 import socket
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from ledger.booking import Entry, Existing, PendingState, decide_batch, totals_deltas
+from ledger.booking import BatchDecision, Entry, Existing, PendingState, decide_batch, totals_deltas
 from ledger.chain import batch_digest, next_chain_hash, transfer_columns
 from ledger.records import (
     Account,
@@ -377,13 +377,14 @@ async def _book(
             decision = decide_batch(
                 transfers, accounts, existing, pendings, booked_at, next_sequence
             )
-            outcomes, booked = decision.outcomes, bool(decision.entries)
+            booked = bool(decision.entries)
             if booked:
                 rows = _transfer_rows(decision.entries, batch, cache.ids)
                 await connection.copy_records_to_table(
                     "ledger_transfers", records=rows, columns=transfer_columns
                 )
                 await _finish_batch(connection, rows, decision.deltas, cache.ids, batch)
+            outcomes = decision.outcomes()
         if booked:
             cache.state_version += 1
     if cacheable:
@@ -550,7 +551,7 @@ async def _book_plain(
     """Decide a plain batch part by part while COPY streams the rows decided so far (the
     client decides while the server inserts), then write the totals and the batch row.
     Decided as if no id were booked before: a repeat makes the COPY raise."""
-    outcomes: list[TransferOutcome] = []
+    decisions: list[BatchDecision] = []
     rows: list[tuple[Any, ...]] = []
     before: dict[int, list[int]] = {}
 
@@ -559,7 +560,7 @@ async def _book_plain(
         for start in range(0, len(transfers), plain_part_transfers):
             part = transfers[start : start + plain_part_transfers]
             decision = decide_batch(part, accounts, {}, {}, batch.booked_at, sequence, before)
-            outcomes.extend(decision.outcomes)
+            decisions.append(decision)
             part_rows = _transfer_rows(decision.entries, batch, account_ids)
             rows.extend(part_rows)
             sequence += len(part_rows)
@@ -571,13 +572,27 @@ async def _book_plain(
     )
     # A repeat decided as new is refused by the unique index if it was to be booked; one
     # refused on the state of the books must be looked up (the rows just copied included).
-    refused = [outcome.id for outcome in outcomes if outcome.result in _state_results]
+    refused = [
+        transfer.id
+        for decision in decisions
+        for transfer, result in zip(decision.transfers, decision.results)
+        if result in _state_results
+    ]
     if refused and await connection.fetchval(
         "select exists (select 1 from ledger_transfers where id = any($1::uuid[]))", refused
     ):
         raise _RepeatFound
+    outcomes: list[TransferOutcome] = []
+
+    def make_outcomes() -> None:
+        for decision in decisions:
+            outcomes.extend(decision.outcomes())
+
     if rows:
-        await _finish_batch(connection, rows, totals_deltas(accounts, before), account_ids, batch)
+        deltas = totals_deltas(accounts, before)
+        await _finish_batch(connection, rows, deltas, account_ids, batch, meanwhile=make_outcomes)
+    else:
+        make_outcomes()
     return outcomes, bool(rows)
 
 
@@ -604,12 +619,14 @@ async def _finish_batch(
     deltas: dict[int, tuple[int, int, int, int]],
     account_ids: dict[int, uuid.UUID],
     batch: _BatchHead,
+    *,
+    meanwhile: Callable[[], None] | None = None,
 ) -> None:
     """After the COPY of the rows: one UPDATE of the per-account deltas (a hot account is
     written once per batch), then the batch row with its hash and the head moved on.
 
-    The UPDATE runs in the server while this process computes the rows' digest (the two
-    cores work at once).
+    The UPDATE runs in the server while this process computes the rows' digest and does
+    `meanwhile` (the two cores work at once).
     """
     ordered_keys = sorted(deltas)  # a stable order, whatever locks the UPDATE takes
     updating = asyncio.ensure_future(
@@ -622,6 +639,8 @@ async def _finish_batch(
     await asyncio.sleep(0)  # let the UPDATE be sent before the CPU work below
     try:
         digest = batch_digest(rows)
+        if meanwhile is not None:
+            meanwhile()
     finally:
         status = await updating
     assert status == f"UPDATE {len(ordered_keys)}", status
