@@ -90,7 +90,8 @@ class BatchDecision:
     booked_here: dict[int, Entry]
     existing: dict[int, Existing]
     now: datetime
-    deltas: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # id.int ->
+    # id.int -> the changes of its four totals (empty for a part of a batch: see decide_batch)
+    deltas: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
 
     def outcomes(self) -> list[TransferOutcome]:
         """One outcome per transfer. Made on request: the store asks for them while the
