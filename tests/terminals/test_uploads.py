@@ -277,3 +277,39 @@ async def test_a_full_batch_of_cards_never_seen_registers_them_all(backoffice: B
     count, total = await books_snapshot(backoffice.pool)
     assert count == upload_records_max
     assert total == 0
+
+
+async def test_a_broken_balance_chain_is_flagged_whichever_tap_arrives_first(
+    backoffice: Backoffice,
+) -> None:
+    """Counters 1 → 2 → 3 of one card, each a Rp 3,500 fare; 2 and 3 each claim Rp 500 too
+    much. 3 and 1 arrive first (no neighbours yet); when 2 arrives, both of its pairs are
+    checked: (1, 2) with 2 as the later tap, (2, 3) with 2 as the earlier one."""
+    key_a = await backoffice.register_validator("VA")
+    key_b = await backoffice.register_validator("VB")
+    key_c = await backoffice.register_validator("VC")
+    async with backoffice.pool.acquire() as connection:
+        await registry.issue_cards(connection, {card: 10_500})
+    async with aiohttp.ClientSession() as session:
+        third = record("VC", 1, card, 3, 3_500, 1_000, previous=(2, "VB", 4_000))
+        first = record("VA", 1, card, 1, 3_500, 7_000)
+        second = record("VB", 1, card, 2, 3_500, 4_000, previous=(1, "VA", 7_000))
+        for key, terminal, tap in [(key_c, "VC", third), (key_a, "VA", first)]:
+            status, answer = await post_batch(session, backoffice.url, key, terminal, 1, [tap])
+            assert status == 200, answer
+        async with backoffice.pool.acquire() as connection:
+            assert await connection.fetchval("select count(*) from card_flags") == 0
+        status, answer = await post_batch(session, backoffice.url, key_b, "VB", 1, [second])
+        assert status == 200, answer
+    async with backoffice.pool.acquire() as connection:
+        flags = await connection.fetch(
+            "select reason, terminal_id, card_counter from card_flags order by card_counter"
+        )
+        denied = await connection.fetchval(
+            "select reason from deny_list where card_number = $1", card
+        )
+    assert [tuple(flag) for flag in flags] == [
+        ("balance_mismatch", "VB", 2),  # 7,000 - 3,500 is not 4,000
+        ("balance_mismatch", "VC", 3),  # 4,000 - 3,500 is not 1,000
+    ]
+    assert denied == "balance_mismatch"
