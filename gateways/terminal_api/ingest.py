@@ -352,16 +352,35 @@ def _record_from_row(row: asyncpg.Record) -> UploadRecord:
 async def _previous_reports(
     connection: asyncpg.Connection, terminal_id: str, records: tuple[UploadRecord, ...]
 ) -> dict[int, _Stored]:
-    rows = await connection.fetch(
-        f"select {_record_columns}, outcome from card_records "
-        "where terminal_id = $1 and sequence = any($2::bigint[])",
-        terminal_id,
-        [record.sequence for record in records],
-    )
+    sequences = {record.sequence for record in records}
+    if not sequences:
+        return {}
+    lowest, highest = min(sequences), max(sequences)
+    if highest - lowest < previous_range_spread_max * len(sequences):
+        # A terminal numbers its records without gaps, so a batch is a short run: one range
+        # scan of the key (usually empty: the records are new) beats a probe per sequence.
+        rows = await connection.fetch(
+            f"select {_record_columns}, outcome from card_records "
+            "where terminal_id = $1 and sequence between $2 and $3",
+            terminal_id,
+            lowest,
+            highest,
+        )
+    else:
+        rows = await connection.fetch(
+            f"select {_record_columns}, outcome from card_records "
+            "where terminal_id = $1 and sequence = any($2::bigint[])",
+            terminal_id,
+            sorted(sequences),
+        )
     return {
         row["sequence"]: _Stored(_record_from_row(row), RecordOutcome(row["outcome"]))
         for row in rows
+        if row["sequence"] in sequences
     }
+
+
+previous_range_spread_max = 2  # a batch's sequences spread over at most twice its size: a range
 
 
 async def _ensure_cards(connection: asyncpg.Connection, card_numbers: list[str]) -> None:
@@ -501,6 +520,25 @@ def _transfers_for(
     record: UploadRecord, fee_basis_points: int, credit_account: uuid.UUID
 ) -> list[Transfer]:
     purse = registry.purse_account_id(record.card_number)
+    amount = record.amount_rupiah
+    if not record.topup_rupiah and amount and record.kind == RecordKind.fare_debit:
+        # The common case (a plain fare), built positionally: this runs once per tap.
+        return [
+            Transfer(
+                card_transfer_id(record.card_number, record.card_counter, "fare"),
+                purse,
+                credit_account,
+                amount,
+                TransferCode.fare,
+                TransferFlags.force,
+                None,
+                0,
+                record.terminal_id,
+                record.sequence,
+                record.card_number,
+                record.card_counter,
+            )
+        ]
     references = {
         "terminal_id": record.terminal_id,
         "terminal_sequence": record.sequence,
@@ -520,7 +558,6 @@ def _transfers_for(
                 **references,  # type: ignore[arg-type]
             )
         )
-    amount = record.amount_rupiah
     if amount and record.kind == RecordKind.fare_debit:
         transfers.append(
             Transfer(
