@@ -15,6 +15,7 @@ Everyone: GET /metrics (Prometheus text), GET /openapi.json.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import sys
@@ -40,6 +41,13 @@ from gateways.terminal_api.registry import TerminalRole, TerminalStatus
 
 logger = logging.getLogger("ksh.terminals")
 metrics_key = web.AppKey("terminal_metrics", TerminalMetrics)
+# Batches book one at a time through the ledger's lock, and a batch's own Python work (decode,
+# transfers, the ledger's decide step) runs on this process's one event loop: a second batch in
+# the same process only steals the core from the one holding the lock. So each process books
+# one batch at a time (others wait here, before taking a database connection), and more
+# processes, not more batches per process, give the overlap.
+uploads_booking_per_process_max = 1
+booking_slots_key = web.AppKey("upload_booking_slots", asyncio.Semaphore)
 timestamp_header = "X-KSH-Timestamp"
 request_clock_skew_ms_max = 300_000
 deny_delta_entries_max = 10_000  # more than this: the terminal downloads the whole list
@@ -49,6 +57,7 @@ admin_body_bytes_max = 64 * 1024
 
 def terminal_extension(app: web.Application) -> None:
     app[metrics_key] = TerminalMetrics()
+    app[booking_slots_key] = asyncio.Semaphore(uploads_booking_per_process_max)
     app.router.add_post("/terminal/v1/uploads", upload)
     app.router.add_get("/terminal/v1/sync", sync)
     app.router.add_get("/terminal/v1/deny-list", deny_list)
@@ -80,7 +89,7 @@ async def upload(request: web.Request) -> web.Response:
         metrics.uploads.increment("unauthenticated")
         raise Problem(401, "unauthenticated", f"{terminal_header} and {signature_header} needed")
     body = await _read_bounded(request, upload_body_bytes_max)
-    async with request.app[pool_key].acquire() as connection:
+    async with request.app[booking_slots_key], request.app[pool_key].acquire() as connection:
         answer = await ingest_upload(connection, terminal_id, signature, body)
     elapsed_s = time.perf_counter() - started
     metrics.uploads.increment(answer.result.value)
