@@ -8,6 +8,7 @@ import pytest
 
 from bus_terminals.fare.card_state import card_state_bytes, decode_card_state
 from bus_terminals.fare.feed import load_feed
+from bus_terminals.fare.tariff import Tariff
 from bus_terminals.terminal import Reason
 from bus_terminals.validator import fare_decider, rider_category_ids
 from card_reader.ksh_card import (
@@ -71,7 +72,7 @@ def test_a_damaged_trip_state_rides_on_a_blank_one_and_says_so() -> None:
 
 
 @pytest.fixture
-def cheaper_transfer_tariff():  # type: ignore[no-untyped-def]
+def cheaper_transfer_tariff() -> Tariff:
     """Rp 5,000 on route A, then a type 2 transfer to route B that costs Rp 2,000 in all."""
     return small_tariff(
         agency="agency_id,agency_name,agency_url,agency_timezone\na,A,https://a,Asia/Jakarta",
@@ -87,7 +88,7 @@ def cheaper_transfer_tariff():  # type: ignore[no-untyped-def]
 
 
 def test_a_transfer_cheaper_than_the_leg_before_debits_nothing_and_records_what_is_owed(
-    cheaper_transfer_tariff,  # type: ignore[no-untyped-def]
+    cheaper_transfer_tariff: Tariff,
 ) -> None:
     first = fare_decider(cheaper_transfer_tariff, "ra")(
         card(RiderCategory.GENERAL), tuesday_seven_am_ms
