@@ -293,16 +293,17 @@ async def create_transfers(
     if not transfers:
         return []
     transfers = list(transfers)
-    with _cyclic_collector_paused():
+    with cyclic_collector_paused():
         return await _book_checking_repeats(connection, transfers, now)
 
 
 @contextlib.contextmanager
-def _cyclic_collector_paused() -> Iterator[None]:
+def cyclic_collector_paused() -> Iterator[None]:
     """A batch allocates tens of thousands of tuples and records, so Python's cyclic garbage
     collector would run dozens of times per batch and walk every live object (the account
     cache too) several times: a fifth of the client's time. Nothing a batch makes forms a
-    reference cycle; the collector is paused while it is booked and runs again after."""
+    reference cycle; the collector is paused while it is booked and runs again after.
+    The back office's upload ingest pauses it the same way around a whole upload batch."""
     if not gc.isenabled():
         yield
         return

@@ -21,15 +21,12 @@ One batch is one database transaction, in this order:
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import gc
 import hashlib
 import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +48,7 @@ from bus_terminals.wire import (
 from gateways.terminal_api import books, registry
 from gateways.terminal_api.registry import TerminalRole, TerminalRow, TerminalStatus
 from ledger.records import CreateTransferResult, Transfer, TransferCode, TransferFlags, derive_id
+from ledger.store import cyclic_collector_paused
 
 logger = logging.getLogger("ksh.terminals")
 
@@ -111,21 +109,6 @@ def _public_key(text: str) -> Any:
     return key
 
 
-@contextlib.contextmanager
-def _cyclic_collector_paused() -> Iterator[None]:
-    """A batch decodes thousands of records and builds their rows and transfers: the cyclic
-    collector would run many times per batch and walk every live object. Nothing here forms
-    a reference cycle; it runs again when the batch is done (as the ledger does)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 upload_attempts_max = 3  # deadlock or serialization failure: retry the whole batch
 
 
@@ -135,7 +118,7 @@ async def ingest_upload(
     """Check and book one upload batch (the caller gives a connection; we own the transaction)."""
     for attempt in range(1, upload_attempts_max + 1):
         try:
-            with _cyclic_collector_paused():
+            with cyclic_collector_paused():
                 return await _ingest_once(connection, header_terminal_id, signature, body)
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == upload_attempts_max:
