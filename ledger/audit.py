@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from ledger.chain import batch_digest, chain_hash_genesis, next_chain_hash, transfer_columns
+from ledger.chain import (
+    batch_digest,
+    chain_hash_genesis,
+    encode_stored_row,
+    next_chain_hash,
+    transfer_columns,
+)
 
 problems_max = 100  # per kind of check: enough to see the pattern, bounded output
 cursor_rows_prefetch = 8190
@@ -233,7 +239,7 @@ async def _check_chain(connection: asyncpg.Connection) -> list[Problem]:
             if pending_row["sequence"] >= batch["first_sequence"]:
                 rows.append(pending_row)
             pending_row = None
-        digest = batch_digest(rows)
+        digest = batch_digest(encode_stored_row(tuple(row)) for row in rows)
         if digest != batch["digest"]:
             problems.append(Problem("chain", subject, "its transfers do not match its digest"))
         if next_chain_hash(previous, batch["digest"]) != batch["chain_hash"]:

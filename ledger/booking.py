@@ -3,14 +3,15 @@
 No I/O and no clock here (TigerBeetle's shape: prefetch, then a deterministic commit step):
 `decide_batch` takes the transfers, the accounts they touch, the transfers already booked
 with the same ids, the pending transfers they post or void, the time and the next sequence
-number, and returns each transfer's outcome plus the rows to write and the per-account deltas.
+number, and returns each transfer's outcome plus the rows to write (each carrying both
+accounts' totals after it, from which the database updates the accounts' running totals).
 The store (`ledger.store`) does the loading before and the single write after.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ledger.records import (
@@ -90,8 +91,6 @@ class BatchDecision:
     booked_here: dict[int, Entry]
     existing: dict[int, Existing]
     now: datetime
-    # id.int -> the changes of its four totals (empty for a part of a batch: see decide_batch)
-    deltas: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
 
     def outcomes(self) -> list[TransferOutcome]:
         """One outcome per transfer. Made on request: the store asks for them while the
@@ -226,7 +225,6 @@ def decide_batch(
     pendings: dict[int, PendingState],
     now: datetime,
     next_sequence: int,
-    before: dict[int, list[int]] | None = None,
 ) -> BatchDecision:
     """Decide a batch. Every map is keyed by the id's integer (`uuid.int`: hashing a UUID
     object costs a Python call). `accounts` maps id -> [flags, currency, debits_pending,
@@ -234,13 +232,8 @@ def decide_batch(
     after the batch. `pendings` gains the holds this batch creates and the resolutions it makes.
 
     A batch of plain transfers may be decided in consecutive parts (the store streams each
-    part's rows while deciding the next): pass one `before` dict to every part; it gains each
-    touched account's totals before the first part, the decision's `deltas` stay empty, and
-    `totals_deltas(accounts, before)` gives the whole batch's deltas at the end.
+    part's rows while deciding the next), with `next_sequence` moved on by the rows before.
     """
-    shared_before = before is not None
-    if before is None:
-        before = {}  # account id -> its four totals before the batch
     count = len(transfers)
     results: list[CreateTransferResult | None] = [None] * count
     made: list[Entry | None] = [None] * count  # the entry a created transfer became
@@ -269,7 +262,7 @@ def decide_batch(
         if chain_start is None and not flags & ~_force:
             # The common case, a plain transfer outside any chain: the fast path.
             results[index] = _decide_plain(
-                transfer, flags, accounts, existing, booked_here, before, entries, made, index
+                transfer, flags, accounts, existing, booked_here, entries, made, index
             )
             continue
         linked = bool(flags & _linked)
@@ -289,7 +282,6 @@ def decide_batch(
                 existing,
                 pendings,
                 booked_here,
-                before,
                 now,
                 entries,
                 made,
@@ -325,7 +317,6 @@ def decide_batch(
         entry.sequence = sequence
         sequence += 1
     assert all(result is not None for result in results)
-    deltas = {} if shared_before else totals_deltas(accounts, before)
     return BatchDecision(
         transfers,
         results,  # type: ignore[arg-type]  # no None left (asserted)
@@ -334,29 +325,9 @@ def decide_batch(
         booked_here,
         existing,
         now,
-        deltas,
     )
 
 
-def totals_deltas(
-    accounts: dict[int, list], before: dict[int, list[int]]
-) -> dict[int, tuple[int, int, int, int]]:
-    """What changed in each account's four totals since `before` (unchanged ones left out)."""
-    deltas = {}
-    for account_id, totals in before.items():
-        state = accounts[account_id]
-        delta = (
-            state[DEBITS_PENDING] - totals[0],
-            state[DEBITS_POSTED] - totals[1],
-            state[CREDITS_PENDING] - totals[2],
-            state[CREDITS_POSTED] - totals[3],
-        )
-        if delta != _no_change:
-            deltas[account_id] = delta
-    return deltas
-
-
-_no_change = (0, 0, 0, 0)
 _id_max_int = id_max.int
 
 
@@ -366,7 +337,6 @@ def _decide_plain(
     accounts: dict[int, list],
     existing: dict[int, Existing],
     booked_here: dict[int, Entry],
-    before: dict[int, list[int]],
     entries: list[Entry | None],
     made: list[Entry | None],
     index: int,
@@ -443,10 +413,6 @@ def _decide_plain(
         if not flags & _force:
             return R.exceeds_debits
         over_limit = True
-    if debit_id not in before:
-        before[debit_id] = debit[2:6]
-    if credit_id not in before:
-        before[credit_id] = credit[2:6]
     debit[3] = d_posted
     credit[5] = c_posted
     entry = Entry(
@@ -490,7 +456,6 @@ def _decide_one(
     existing: dict[int, Existing],
     pendings: dict[int, PendingState],
     booked_here: dict[int, Entry],
-    before: dict[int, list[int]],
     now: datetime,
     entries: list[Entry | None],
     made: list[Entry | None],
@@ -601,10 +566,8 @@ def _decide_one(
             over_limit = True
 
     # Apply.
-    for account_id, state in ((debit_id.int, debit), (credit_id.int, credit)):
-        if account_id not in before:
-            before[account_id] = state[2:6]
-        if undo_accounts is not None:
+    if undo_accounts is not None:
+        for state in (debit, credit):
             undo_accounts.append((state, (state[2], state[3], state[4], state[5])))
     debit[DEBITS_PENDING], debit[DEBITS_POSTED] = d_pending, d_posted
     credit[CREDITS_PENDING], credit[CREDITS_POSTED] = c_pending, c_posted

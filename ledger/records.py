@@ -14,6 +14,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 currency_default = "IDR"
 transfers_per_batch_max_default = 8190
@@ -214,13 +215,15 @@ class BookedAccount:
     balances: Balances
 
 
-@dataclass(frozen=True, slots=True)
-class Transfer:
+class Transfer(NamedTuple):
     """One movement of `amount` rupiah from the debit account to the credit account.
 
     For `post_pending`/`void_pending`, the accounts and code may be left out (taken from the
     pending transfer); a post's `amount` may be left out too (the whole pending amount).
     The references say where the transfer came from; all are optional.
+
+    A named tuple rather than a dataclass: batches make tens of thousands of these, and a
+    tuple is built several times faster than a frozen dataclass.
     """
 
     id: uuid.UUID
@@ -240,9 +243,9 @@ class Transfer:
     metadata: str | None = None  # JSON text, stored as jsonb
 
 
-@dataclass(frozen=True, slots=True)
-class TransferOutcome:
-    """The result for one transfer of a batch; for `created`/`exists`, where it was booked."""
+class TransferOutcome(NamedTuple):
+    """The result for one transfer of a batch; for `created`/`exists`, where it was booked.
+    (A named tuple, like `Transfer`: one is made per transfer booked.)"""
 
     id: uuid.UUID
     result: CreateTransferResult

@@ -7,13 +7,15 @@ A batch of transfers is booked in one transaction, in three steps:
    `ledger_head.state_version` is unchanged, i.e. nobody else booked or closed anything)
    and, for batches with two-phase or linked transfers, the transfers already booked under
    the batch's ids and the holds it posts or voids;
-2. decide: `ledger.booking.decide_batch`, pure Python, computes every result, the rows and
-   the per-account deltas;
-3. write: one COPY of the new transfer rows, one UPDATE applying the per-account deltas (a
-   hot account is written once per batch, however many transfers touch it; the rows' digest
-   is computed meanwhile), one batch row with its hash and the head moved on; then a durable
-   commit (synchronous_commit on). At commit the database checks that the account changes
-   balance and match the transfers (see migrations/0001).
+2. decide: `ledger.booking.decide_batch`, pure Python, computes every result and the rows,
+   each carrying both accounts' totals after it;
+3. write: one binary COPY of the new transfer rows (`ledger.chain` encodes them, and the
+   same bytes are hashed for the chain); at its end a trigger sets each touched account's
+   totals to those of its last posting in the batch (one UPDATE: a hot account is written
+   once per batch, however many transfers touch it; the outcomes and digest are made
+   meanwhile); one batch row with its hash and the head moved on; then a durable commit
+   (synchronous_commit on). At commit the database checks that the account changes balance
+   and match the transfers (see migrations/0001 and 0005).
 
 Plain batches (no two-phase or linked transfer: fares, sales, top-ups) skip the lookup of
 their ids and are decided as if none were booked before, in parts whose rows stream to the
@@ -38,15 +40,28 @@ import gc
 import socket
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from ledger.booking import BatchDecision, Entry, Existing, PendingState, decide_batch, totals_deltas
-from ledger.chain import batch_digest, next_chain_hash, transfer_columns
+from ledger.booking import (
+    BatchDecision,
+    Entry,
+    Existing,
+    PendingState,
+    decide_batch,
+)
+from ledger.chain import (
+    TransferRowEncoder,
+    batch_digest,
+    copy_header,
+    copy_trailer,
+    next_chain_hash,
+    transfer_columns,
+)
 from ledger.records import (
     Account,
     AccountFlags,
@@ -337,6 +352,7 @@ class _RepeatFound(Exception):
 
 # Results decided on the state of the books, which come after the idempotency checks: a
 # transfer refused with one of these might be a repeat, whose answer is `exists*` instead.
+_created = CreateTransferResult.created
 _state_results = frozenset(
     tuple(CreateTransferResult)[
         tuple(CreateTransferResult).index(CreateTransferResult.exists) + 1 :
@@ -365,12 +381,17 @@ async def _book(
         if cache is None or cache.state_version != head["state_version"]:
             cache = AccountCache(head["state_version"])
         booked_at = max(now or head["clock"], head["booked_at"])
-        batch = _BatchHead(head["batch_number"] + 1, booked_at, head["chain_hash"])
+        batch = _BatchHead(
+            head["batch_number"] + 1,
+            booked_at,
+            head["chain_hash"],
+            TransferRowEncoder(head["batch_number"] + 1, booked_at),
+        )
         next_sequence = head["next_sequence"]
         if optimistic:
             accounts = await _prefetch_accounts(connection, transfers, {}, cache)
             outcomes, booked = await _book_plain(
-                connection, transfers, accounts, cache.ids, batch, next_sequence
+                connection, transfers, accounts, batch, next_sequence
             )
         else:
             existing, pendings = await _prefetch_transfers(connection, transfers)
@@ -380,11 +401,11 @@ async def _book(
             )
             booked = bool(decision.entries)
             if booked:
-                rows = _transfer_rows(decision.entries, batch, cache.ids)
-                await connection.copy_records_to_table(
-                    "ledger_transfers", records=rows, columns=transfer_columns
+                encoded = b"".join(_encoded_rows(decision.entries, batch.encoder))
+                await _copy_rows(connection, _chunks(copy_header, encoded, copy_trailer))
+                await _record_batch_row(
+                    connection, batch, next_sequence, len(decision.entries), batch_digest([encoded])
                 )
-                await _finish_batch(connection, rows, decision.deltas, cache.ids, batch)
             outcomes = decision.outcomes()
         if booked:
             cache.state_version += 1
@@ -446,10 +467,13 @@ async def _prefetch_accounts(
     cache's states (decide looks up only what it needs)."""
     states = cache.states
     wanted: dict[int, uuid.UUID] = {}
+    seen = None  # the account just checked: batches name a hot account again and again
     for transfer in transfers:
         for account_id in (transfer.debit_account_id, transfer.credit_account_id):
-            if account_id is not None and account_id.int not in states:
-                wanted[account_id.int] = account_id
+            if account_id is not seen and account_id is not None:
+                if account_id.int not in states:
+                    wanted[account_id.int] = account_id
+                seen = account_id
     for pending in pendings.values():
         for account_id in (pending.transfer.debit_account_id, pending.transfer.credit_account_id):
             if account_id is not None and account_id.int not in states:
@@ -472,17 +496,6 @@ async def _prefetch_accounts(
     return states
 
 
-_update_totals = """
-    update ledger_accounts a
-       set debits_pending = a.debits_pending + d.debits_pending,
-           debits_posted = a.debits_posted + d.debits_posted,
-           credits_pending = a.credits_pending + d.credits_pending,
-           credits_posted = a.credits_posted + d.credits_posted
-      from unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
-           as d(id, debits_pending, debits_posted, credits_pending, credits_posted)
-     where a.id = d.id
-"""
-
 _record_batch = """
     with batch as (
         insert into ledger_batches (batch_number, first_sequence, last_sequence,
@@ -503,98 +516,87 @@ class _BatchHead:
     number: int
     booked_at: datetime
     previous_chain_hash: bytes
+    encoder: TransferRowEncoder
 
 
-def _transfer_rows(
-    entries: Sequence[Entry], batch: _BatchHead, account_ids: dict[int, uuid.UUID]
-) -> list[tuple[Any, ...]]:
-    """The ledger_transfers rows of booked entries, columns as `transfer_columns`.
+def _encoded_rows(entries: Sequence[Entry], encoder: TransferRowEncoder) -> list[bytes]:
+    """The ledger_transfers rows of booked entries, as binary COPY tuples (ledger.chain)."""
+    row = encoder.row
+    return [row(e.sequence, e.transfer, e.debit_after, e.credit_after) for e in entries]
 
-    The account ids are the ones read from the database (asyncpg's own UUID type, which
-    it encodes without a Python call; a `uuid.UUID` costs one per value)."""
-    batch_number, booked_at = batch.number, batch.booked_at
-    return [
-        (
-            entry.sequence,
-            transfer.id,
-            batch_number,
-            booked_at,
-            account_ids[transfer.debit_account_id.int],  # type: ignore[union-attr]
-            account_ids[transfer.credit_account_id.int],  # type: ignore[union-attr]
-            transfer.amount,
-            transfer.code,
-            int(transfer.flags),
-            transfer.pending_id,
-            transfer.timeout_s,
-            transfer.terminal_id,
-            transfer.terminal_sequence,
-            transfer.card_number,
-            transfer.card_counter,
-            transfer.bank_reference,
-            transfer.settlement_batch,
-            transfer.metadata,
-            *entry.debit_after,
-            *entry.credit_after,
-        )
-        for entry in entries
-        for transfer in (entry.transfer,)
-    ]
+
+async def _chunks(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def _copy_rows(connection: asyncpg.Connection, source: AsyncIterator[bytes]) -> None:
+    """COPY binary rows (framed by `copy_header` and `copy_trailer`) into ledger_transfers."""
+    await connection.copy_to_table(
+        "ledger_transfers", source=source, columns=transfer_columns, format="binary"
+    )
 
 
 async def _book_plain(
     connection: asyncpg.Connection,
     transfers: list[Transfer],
     accounts: dict[int, list],
-    account_ids: dict[int, uuid.UUID],
     batch: _BatchHead,
     next_sequence: int,
 ) -> tuple[list[TransferOutcome], bool]:
     """Decide a plain batch part by part while COPY streams the rows decided so far (the
-    client decides while the server inserts), then write the totals and the batch row.
-    Decided as if no id were booked before: a repeat makes the COPY raise."""
+    client decides while the server inserts); while the server finishes the COPY (and, in
+    its trigger, the accounts' totals), make the outcomes and the digest; then write the
+    batch row. Decided as if no id were booked before: a repeat makes the COPY raise."""
     decisions: list[BatchDecision] = []
-    rows: list[tuple[Any, ...]] = []
-    before: dict[int, list[int]] = {}
+    parts: list[bytes] = []  # each part's encoded rows, in sequence order
+    row_count = 0
+    all_sent = asyncio.get_running_loop().create_future()
 
-    def decided_rows() -> Iterator[tuple[Any, ...]]:
-        sequence = next_sequence
+    async def decided_rows() -> AsyncIterator[bytes]:
+        nonlocal row_count
+        yield copy_header
         for start in range(0, len(transfers), plain_part_transfers):
             part = transfers[start : start + plain_part_transfers]
-            decision = decide_batch(part, accounts, {}, {}, batch.booked_at, sequence, before)
+            decision = decide_batch(
+                part, accounts, {}, {}, batch.booked_at, next_sequence + row_count
+            )
             decisions.append(decision)
-            part_rows = _transfer_rows(decision.entries, batch, account_ids)
-            rows.extend(part_rows)
-            sequence += len(part_rows)
-            yield from part_rows
+            encoded = b"".join(_encoded_rows(decision.entries, batch.encoder))
+            parts.append(encoded)
+            row_count += len(decision.entries)
+            yield encoded
+        all_sent.set_result(None)
+        yield copy_trailer
 
     _widen_send_buffer(connection)
-    await connection.copy_records_to_table(
-        "ledger_transfers", records=decided_rows(), columns=transfer_columns
-    )
+    copying = asyncio.ensure_future(_copy_rows(connection, decided_rows()))
+    copying.add_done_callback(lambda _: None if all_sent.done() else all_sent.set_result(None))
+    try:
+        await all_sent
+        # The server is still inserting the last rows and applying the accounts' totals:
+        # meanwhile, the outcomes and the digest.
+        outcomes = [outcome for decision in decisions for outcome in decision.outcomes()]
+        digest = batch_digest(parts)
+    except BaseException:
+        copying.cancel()
+        raise
+    await copying
     # A repeat decided as new is refused by the unique index if it was to be booked; one
     # refused on the state of the books must be looked up (the rows just copied included).
     refused = [
         transfer.id
         for decision in decisions
         for transfer, result in zip(decision.transfers, decision.results)
-        if result in _state_results
+        if result is not _created and result in _state_results  # (enum hashing is slow)
     ]
     if refused and await connection.fetchval(
         "select exists (select 1 from ledger_transfers where id = any($1::uuid[]))", refused
     ):
         raise _RepeatFound
-    outcomes: list[TransferOutcome] = []
-
-    def make_outcomes() -> None:
-        for decision in decisions:
-            outcomes.extend(decision.outcomes())
-
-    if rows:
-        deltas = totals_deltas(accounts, before)
-        await _finish_batch(connection, rows, deltas, account_ids, batch, meanwhile=make_outcomes)
-    else:
-        make_outcomes()
-    return outcomes, bool(rows)
+    if row_count:
+        await _record_batch_row(connection, batch, next_sequence, row_count, digest)
+    return outcomes, bool(row_count)
 
 
 copy_send_buffer_bytes = 4 << 20  # room in the kernel for a whole batch's COPY data
@@ -614,43 +616,20 @@ def _widen_send_buffer(connection: asyncpg.Connection) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, copy_send_buffer_bytes)
 
 
-async def _finish_batch(
+async def _record_batch_row(
     connection: asyncpg.Connection,
-    rows: list[tuple[Any, ...]],
-    deltas: dict[int, tuple[int, int, int, int]],
-    account_ids: dict[int, uuid.UUID],
     batch: _BatchHead,
-    *,
-    meanwhile: Callable[[], None] | None = None,
+    first_sequence: int,
+    row_count: int,
+    digest: bytes,
 ) -> None:
-    """After the COPY of the rows: one UPDATE of the per-account deltas (a hot account is
-    written once per batch), then the batch row with its hash and the head moved on.
-
-    The UPDATE runs in the server while this process computes the rows' digest and does
-    `meanwhile` (the two cores work at once).
-    """
-    ordered_keys = sorted(deltas)  # a stable order, whatever locks the UPDATE takes
-    updating = asyncio.ensure_future(
-        connection.execute(
-            _update_totals,
-            list(map(account_ids.__getitem__, ordered_keys)),
-            *zip(*map(deltas.__getitem__, ordered_keys)),
-        )
-    )
-    await asyncio.sleep(0)  # let the UPDATE be sent before the CPU work below
-    try:
-        digest = batch_digest(rows)
-        if meanwhile is not None:
-            meanwhile()
-    finally:
-        status = await updating
-    assert status == f"UPDATE {len(ordered_keys)}", status
+    """The batch row with its digest and chain hash, and the head moved on."""
     await connection.execute(
         _record_batch,
         batch.number,
-        rows[0][0],
-        rows[-1][0],
-        len(rows),
+        first_sequence,
+        first_sequence + row_count - 1,
+        row_count,
         batch.booked_at,
         digest,
         next_chain_hash(batch.previous_chain_hash, digest),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -115,8 +115,7 @@ class Model:
                 debit[1] += amount
                 credit[3] += amount
             self.resolved[held.id] = t.flags & (POST | VOID)
-            self.booked[t.id] = replace(
-                t,
+            self.booked[t.id] = t._replace(
                 debit_account_id=held.debit_account_id,
                 credit_account_id=held.credit_account_id,
                 amount=amount,
@@ -274,11 +273,11 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         original = data.draw(st.sampled_from(self.sent))
         if change == "amount" and original.amount is not None:
-            original = replace(original, amount=original.amount + 1)
+            original = original._replace(amount=original.amount + 1)
         elif change == "flags" and not original.flags & (POST | VOID):
-            original = replace(original, flags=original.flags ^ TransferFlags.force)
+            original = original._replace(flags=original.flags ^ TransferFlags.force)
         elif change == "debit" and original.debit_account_id is not None:
-            original = replace(original, debit_account_id=unknown)
+            original = original._replace(debit_account_id=unknown)
         extra = Transfer(self.new_id(), bank, revenue, 10, TransferCode.correction)
         self.book([original, extra, original])
 
@@ -303,7 +302,7 @@ class LedgerMachine(RuleBasedStateMachine):
             for debit, credit, amount in members
         ]
         if close:
-            group[-1] = replace(group[-1], flags=TransferFlags.none)
+            group[-1] = group[-1]._replace(flags=TransferFlags.none)
         self.book([Transfer(self.new_id(), bank, revenue, 1, TransferCode.correction), *group])
 
     @rule(
