@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import sqlite3
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from bus_terminals.wire import RecordKind, RecordStatus, UploadRecord, check_record
@@ -91,7 +91,7 @@ create table if not exists batches (
 );
 insert or ignore into meta values ('next_sequence', 1), ('next_batch_sequence', 1);
 """
-assert _columns.count(",") + 1 == len(UploadRecord.__slots__)
+assert _columns.count(",") + 1 == len(UploadRecord._fields)
 
 
 class Journal:
@@ -132,7 +132,7 @@ class Journal:
         with self._transaction():
             self._ensure_room()
             sequence = self.next_sequence()
-            record = replace(record, terminal_id=self.terminal_id, sequence=sequence)
+            record = record._replace(terminal_id=self.terminal_id, sequence=sequence)
             check_record(record)
             self._insert(record, JournalState.intended)
             self.connection.execute(
@@ -145,7 +145,7 @@ class Journal:
         with self._transaction():
             self._ensure_room()
             sequence = self.next_sequence()
-            record = replace(record, terminal_id=self.terminal_id, sequence=sequence)
+            record = record._replace(terminal_id=self.terminal_id, sequence=sequence)
             check_record(record)
             self._insert(record, JournalState(record.status.value))
             self.connection.execute(
@@ -228,7 +228,7 @@ class Journal:
         records = []
         for row in rows:
             record, state = _from_row(row)
-            records.append(replace(record, status=RecordStatus(state.value)))
+            records.append(record._replace(status=RecordStatus(state.value)))
         return records
 
     def store_batch(
@@ -317,7 +317,7 @@ class _Transaction:
 
 
 def _values(record: UploadRecord) -> tuple[object, ...]:
-    return tuple(getattr(record, name) for name in UploadRecord.__slots__)
+    return tuple(record)
 
 
 def _from_row(row: tuple[object, ...]) -> tuple[UploadRecord, JournalState]:

@@ -19,7 +19,7 @@ import json
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -66,9 +66,10 @@ class WireError(ValueError):
         super().__init__(f"field {field!r}{place}: {problem} (got {shown})")
 
 
-@dataclass(frozen=True, slots=True)
-class UploadRecord:
-    """One journal record as the back office sees it. Field order is the wire order."""
+class UploadRecord(NamedTuple):
+    """One journal record as the back office sees it. Field order is the wire order.
+    (A named tuple: the back office builds thousands per upload, several times faster than
+    a frozen dataclass.)"""
 
     terminal_id: str
     sequence: int
@@ -171,7 +172,7 @@ record_fields: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
     ("previous_terminal_number", _integer(0, counter_max)),
     ("previous_balance_rupiah", _integer(0, rupiah_max)),
 )
-assert tuple(name for name, _ in record_fields) == UploadRecord.__slots__
+assert tuple(name for name, _ in record_fields) == UploadRecord._fields
 assert upload_body_bytes_max >= upload_records_max * record_bytes_max
 
 

@@ -42,7 +42,6 @@ from bus_terminals.wire import (
     decode_batch,
     load_public_key,
     record_fields,
-    record_values,
     signature_valid,
 )
 from gateways.terminal_api import books, registry
@@ -332,9 +331,7 @@ async def _set_outcomes(
 
 
 def _with_status(record: UploadRecord, status: RecordStatus) -> UploadRecord:
-    from dataclasses import replace
-
-    return replace(record, status=status)
+    return record._replace(status=status)
 
 
 _record_columns = (
@@ -757,7 +754,7 @@ async def _store_records(
             "card_records",
             columns=_stored_columns,
             records=[
-                (*record_values(record), batch_sequence, outcome.value)
+                (*record, batch_sequence, outcome.value)  # (kind, status: str enums)
                 for record, outcome in new_records
             ],
         )
