@@ -22,6 +22,7 @@ One batch is one database transaction, in this order:
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -491,18 +492,28 @@ def card_transfer_id(card_number: str, card_counter: int, leg: str) -> uuid.UUID
     runs once per tap at upload rates.
     """
     digest = _card_transaction_namespace.copy()
-    number = b"s" + card_number.encode()
-    counter = b"i" + str(card_counter).encode()
-    name = b"s" + leg.encode()
+    number = card_number.encode()
+    counter = str(card_counter).encode()
     digest.update(
-        len(number).to_bytes(4, "big")
-        + number
-        + len(counter).to_bytes(4, "big")
-        + counter
-        + len(name).to_bytes(4, "big")
-        + name
+        b"".join(
+            (
+                (len(number) + 1).to_bytes(4, "big"),
+                b"s",
+                number,
+                (len(counter) + 1).to_bytes(4, "big"),
+                b"i",
+                counter,
+                _encoded_leg(leg),
+            )
+        )
     )
     return uuid.UUID(bytes=digest.digest())
+
+
+@functools.cache
+def _encoded_leg(leg: str) -> bytes:
+    name = b"s" + leg.encode()
+    return len(name).to_bytes(4, "big") + name
 
 
 def _namespace_state(namespace: str) -> Any:
@@ -628,12 +639,13 @@ async def _book_transfers(
         credit_account, fee_basis_points = accounts[record.terminal_id]
         planned.append((record, _transfers_for(record, fee_basis_points, credit_account)))
     transfers = [transfer for _, legs in planned for transfer in legs]
-    results = await books.create_transfers(connection, transfers)
-    by_id = {outcome.id: outcome for outcome in results}
+    results = await books.create_transfers(connection, transfers)  # one per transfer, in order
     repeats: list[tuple[UploadRecord, list[Transfer]]] = []
     flags: list[tuple[str, str, str, int, int, str]] = []
+    position = 0
     for record, legs in planned:
-        leg_outcomes = [by_id[leg.id] for leg in legs]
+        leg_outcomes = results[position : position + len(legs)]
+        position += len(legs)
         if any(o.result in _repeat_results for o in leg_outcomes):
             repeats.append((record, legs))
             flags.append(_flag(record, "counter_repeat", "same card counter, other content"))
