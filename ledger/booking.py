@@ -10,6 +10,7 @@ The store (`ledger.store`) does the loading before and the single write after.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -167,16 +168,55 @@ def validate(transfer: Transfer) -> CreateTransferResult | None:
         return R.amount_too_large
     if transfer.code <= 0 and not (resolving and transfer.code == 0):
         return R.code_must_be_positive
-    if transfer.terminal_id is not None or transfer.card_number is not None:
-        for reference in (transfer.terminal_id, transfer.card_number):
-            if reference is not None and len(reference) > reference_length_max:
+    return references_problem(transfer)
+
+
+def references_problem(transfer: Transfer) -> CreateTransferResult | None:
+    """The last checks of `validate`: the references and metadata within their lengths."""
+    for reference in (
+        transfer.terminal_id,
+        transfer.card_number,
+        transfer.bank_reference,
+        transfer.settlement_batch,
+    ):
+        if reference is not None:
+            if len(reference) > reference_length_max:
                 return R.reference_too_long
-    for reference in (transfer.bank_reference, transfer.settlement_batch):
-        if reference is not None and len(reference) > reference_length_max:
-            return R.reference_too_long
-    if transfer.metadata is not None and len(transfer.metadata) > metadata_length_max:
-        return R.metadata_too_long
+            if not _storable_text(reference):
+                return R.reference_must_be_text
+    if transfer.metadata is not None:
+        if len(transfer.metadata) > metadata_length_max:
+            return R.metadata_too_long
+        if not _json_for_jsonb(transfer.metadata):
+            return R.metadata_must_be_json
     return None
+
+
+def _storable_text(text: str) -> bool:
+    """PostgreSQL text holds UTF-8 without NUL: no NUL, no lone surrogate (not encodable)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_for_jsonb(text: str) -> bool:
+    """Whether PostgreSQL's jsonb takes `text`: strict JSON (no NaN or Infinity) whose strings
+    are storable text (a NUL or a lone surrogate, even escaped, is refused by jsonb)."""
+    try:
+        parsed = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError:
+        return False
+    return _storable_text(json.dumps(parsed, ensure_ascii=False))
 
 
 def compare_with_booked(transfer: Transfer, booked: Transfer) -> CreateTransferResult:
@@ -375,7 +415,7 @@ def _decide_plain(
         or transfer.settlement_batch is not None
         or transfer.metadata is not None
     ):
-        invalid = validate(transfer)
+        invalid = references_problem(transfer)  # the rest of `validate` was checked above
         if invalid is not None:
             return invalid
     here = booked_here.get(transfer_id)

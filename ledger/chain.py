@@ -91,6 +91,14 @@ def _row_struct(optional_length: int) -> struct.Struct:
     return struct.Struct(">6sq4s16s28s16s4s16s4sqqq" + f"{optional_length}s" + "4sq" * 8)
 
 
+@functools.cache
+def _card_transaction_struct(terminal_id_length: int, card_number_length: int) -> struct.Struct:
+    """`pending_id` .. `metadata` with only the terminal and card references set."""
+    return struct.Struct(
+        f">4sii i{terminal_id_length}s iq i{card_number_length}s iq 12s".replace(" ", "")
+    )
+
+
 def _text(value: str | None) -> bytes:
     if value is None:
         return _null
@@ -109,6 +117,23 @@ def _optional_fields(
     settlement_batch: str | None,
     metadata: str | None,
 ) -> bytes:
+    if (
+        pending_id is None
+        and bank_reference is None
+        and settlement_batch is None
+        and metadata is None
+        and terminal_id is not None
+        and card_number is not None
+        and terminal_sequence is not None
+        and card_counter is not None
+    ):
+        # A card transaction from a terminal (the upload ingest's every row), in one call.
+        terminal = terminal_id.encode("utf-8")
+        card = card_number.encode("utf-8")
+        return _card_transaction_struct(len(terminal), len(card)).pack(
+            _null, 4, timeout_s, len(terminal), terminal, 8, terminal_sequence,
+            len(card), card, 8, card_counter, _null * 3,
+        )  # fmt: skip
     if metadata is None:
         encoded_metadata = _null
     else:

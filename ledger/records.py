@@ -135,7 +135,9 @@ class CreateTransferResult(enum.Enum):
     amount_too_large = "amount_too_large"
     code_must_be_positive = "code_must_be_positive"
     reference_too_long = "reference_too_long"
+    reference_must_be_text = "reference_must_be_text"  # UTF-8 without NUL (PostgreSQL text)
     metadata_too_long = "metadata_too_long"
+    metadata_must_be_json = "metadata_must_be_json"  # JSON text jsonb takes (no \u0000)
     exists_with_different_flags = "exists_with_different_flags"
     exists_with_different_pending_id = "exists_with_different_pending_id"
     exists_with_different_timeout = "exists_with_different_timeout"
