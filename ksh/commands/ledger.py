@@ -1,4 +1,4 @@
-"""`ksh ledger`: check the books, export them, show an account's balance."""
+"""`ksh ledger`: check the books, export them, show an account's balance, expire holds."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def register(subparsers: Any) -> None:
     balance.add_argument("account", help="account id (a UUID)")
     balance.add_argument("--at", help="ISO 8601 time, e.g. 2026-11-24T08:00:00+07:00")
     balance.set_defaults(handler=run_balance)
+    expire = actions.add_parser(
+        "expire",
+        help="void the pending transfers (holds) whose timeout has passed",
+        description="Voids every hold past its timeout (code expiry), in ledger batches; safe to "
+        "run again or from several places at once (each expiry has a stable id). Run it "
+        "periodically, e.g. from cron or before end of day.",
+    )
+    expire.set_defaults(handler=run_expire)
 
 
 def run_check(arguments: argparse.Namespace) -> int:
@@ -102,4 +110,25 @@ def run_balance(arguments: argparse.Namespace) -> int:
     print(f"credits_pending   {balances.credits_pending}")
     print(f"credits_posted    {balances.credits_posted}")
     print(f"credit_balance    {balances.credit_balance}")
+    return 0
+
+
+def run_expire(arguments: argparse.Namespace) -> int:
+    from ledger import CreateTransferResult
+    from ledger.records import transfers_per_batch_max_default
+    from ledger.store import expire_pending_transfers
+
+    async def expire_all(connection: Any) -> tuple[int, int]:
+        voided = already = 0
+        while True:
+            outcomes = await expire_pending_transfers(connection)
+            created = sum(o.result is CreateTransferResult.created for o in outcomes)
+            voided += created
+            already += sum(o.result is CreateTransferResult.exists for o in outcomes)
+            # A full batch may leave more behind; one that voided nothing would only repeat.
+            if len(outcomes) < transfers_per_batch_max_default or not created:
+                return voided, already
+
+    voided, already = run_with_database(expire_all)
+    print(f"ledger expire: {voided} hold(s) voided" + (f", {already} already" if already else ""))
     return 0

@@ -10,10 +10,18 @@ from pathlib import Path
 
 import asyncpg
 
-from ledger import account_balances
+from ledger import (
+    CreateTransferResult,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+    account_balances,
+    create_transfers,
+    derive_id,
+)
 from ledger.audit import check_ledger
 from ledger.export import beancount_account_name, write_beancount, write_csv
-from tests.ledger.books import bank, book_a_day, open_books, purses, revenue
+from tests.ledger.books import bank, book_a_day, day_start, open_books, purses, revenue
 
 bin_folder = Path(sys.executable).parent
 
@@ -118,6 +126,22 @@ async def test_command_line(connection, database_url, tmp_path) -> None:
     out = tmp_path / "export.beancount"
     assert ksh(database_url, "export", "--format", "beancount", "--out", str(out)).returncode == 0
     assert "balance Liabilities:CardPurse:" in out.read_text()
+    hold = Transfer(
+        derive_id("cli", "hold"),
+        bank,
+        purses[1],
+        1_000,
+        TransferCode.pending_top_up,
+        TransferFlags.pending,
+        timeout_s=60,
+    )
+    [booked] = await create_transfers(connection, [hold], now=day_start)  # long expired
+    assert booked.result is CreateTransferResult.created
+    expired = ksh(database_url, "expire")
+    assert expired.returncode == 0, expired.stderr
+    assert expired.stdout.strip() == "ledger expire: 1 hold(s) voided"
+    assert ksh(database_url, "expire").stdout.strip() == "ledger expire: 0 hold(s) voided"
+    assert ksh(database_url, "check").returncode == 0
     bad = ksh(database_url, "balance", "not-a-uuid")
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0
