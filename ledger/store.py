@@ -551,7 +551,7 @@ async def _book_plain(
     decisions: list[BatchDecision] = []
     parts: list[bytes] = []  # each part's encoded rows, in sequence order
     row_count = 0
-    all_sent = asyncio.get_running_loop().create_future()
+    all_sent = asyncio.Event()  # every row handed to the COPY (or the COPY ended early)
 
     async def decided_rows() -> AsyncIterator[bytes]:
         nonlocal row_count
@@ -566,22 +566,27 @@ async def _book_plain(
             parts.append(encoded)
             row_count += len(decision.entries)
             yield encoded
-        all_sent.set_result(None)
+        all_sent.set()
         yield copy_trailer
 
     _widen_send_buffer(connection)
     copying = asyncio.ensure_future(_copy_rows(connection, decided_rows()))
-    copying.add_done_callback(lambda _: None if all_sent.done() else all_sent.set_result(None))
+    copying.add_done_callback(lambda _: all_sent.set())
     try:
-        await all_sent
+        await all_sent.wait()
         # The server is still inserting the last rows and applying the accounts' totals:
         # meanwhile, the outcomes and the digest.
         outcomes = [outcome for decision in decisions for outcome in decision.outcomes()]
         digest = batch_digest(parts)
+        await copying
     except BaseException:
-        copying.cancel()
+        if not copying.done():
+            # Cancelled (or failed) while the COPY runs: end it (asyncpg then sends CopyFail
+            # and reads the server's answer) before the transaction rolls back on this
+            # connection; otherwise the rollback would find the connection busy.
+            copying.cancel()
+            await asyncio.wait({copying})
         raise
-    await copying
     # A repeat decided as new is refused by the unique index if it was to be booked; one
     # refused on the state of the books must be looked up (the rows just copied included).
     refused = [

@@ -212,3 +212,51 @@ async def test_a_connection_never_books_on_stale_accounts(database_url: str) -> 
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_caller_cancelled_mid_copy_leaves_nothing_and_a_usable_connection(
+    connection, monkeypatch
+) -> None:
+    """The plain path streams rows to COPY from a task of its own; cancelling the caller while
+    rows are still being decided (a narrow socket buffer keeps the COPY waiting on the server)
+    ends the COPY before the transaction rolls back."""
+    import socket
+
+    import ledger.store as store
+    from ledger.booking import decide_batch
+
+    await prepare(connection)
+    booked_before = await connection.fetchval("select count(*) from ledger_transfers")
+
+    def narrow(connection: asyncpg.Connection) -> None:
+        transport = connection._transport  # type: ignore[attr-defined]
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport.set_write_buffer_limits(high=1024)
+
+    parts = 0
+    caller: asyncio.Task | None = None
+
+    def decide_then_cancel(*arguments, **keywords):
+        nonlocal parts
+        parts += 1
+        if parts == 3:
+            assert caller is not None
+            caller.cancel()
+        return decide_batch(*arguments, **keywords)
+
+    monkeypatch.setattr(store, "_widen_send_buffer", narrow)
+    monkeypatch.setattr(store, "decide_batch", decide_then_cancel)
+    fares = writer.batch(999, 8_190)
+    caller = asyncio.ensure_future(create_transfers(connection, fares))
+    try:
+        await caller
+    except asyncio.CancelledError:
+        pass
+    else:
+        raise AssertionError("the booking was not cancelled")
+    monkeypatch.undo()
+    assert not connection.is_in_transaction()
+    assert await connection.fetchval("select count(*) from ledger_transfers") == booked_before
+    outcomes = await create_transfers(connection, fares[:3])
+    assert [outcome.result for outcome in outcomes] == [R.created] * 3
+    assert await check_ledger(connection) == []
