@@ -10,11 +10,11 @@ The store (`ledger.store`) does the loading before and the single write after.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from ledger.chain import canonical_json
 from ledger.records import (
     AccountFlags,
     Balances,
@@ -205,18 +205,21 @@ def _storable_text(text: str) -> bool:
     return True
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _json_for_jsonb(text: str) -> bool:
-    """Whether PostgreSQL's jsonb takes `text`: strict JSON (no NaN or Infinity) whose strings
-    are storable text (a NUL or a lone surrogate, even escaped, is refused by jsonb)."""
+    """Whether PostgreSQL's jsonb takes `text` and gives back what the chain hashed
+    (`ledger.chain.canonical_json` says what that excludes)."""
     try:
-        parsed = json.loads(text, parse_constant=_refuse_constant)
+        canonical_json(text)
     except ValueError:
         return False
-    return _storable_text(json.dumps(parsed, ensure_ascii=False))
+    return True
+
+
+def _same_metadata(given: str | None, booked: str | None) -> bool:
+    """Metadata comes back from jsonb reformatted: compare the canonical forms."""
+    if given is None or booked is None:
+        return given is booked
+    return given == booked or canonical_json(given) == canonical_json(booked)
 
 
 def compare_with_booked(transfer: Transfer, booked: Transfer) -> CreateTransferResult:
@@ -248,7 +251,7 @@ def compare_with_booked(transfer: Transfer, booked: Transfer) -> CreateTransferR
         or transfer.settlement_batch != booked.settlement_batch
     ):
         return R.exists_with_different_references
-    if transfer.metadata != booked.metadata:
+    if not _same_metadata(transfer.metadata, booked.metadata):
         return R.exists_with_different_metadata
     return R.exists
 

@@ -17,6 +17,7 @@ the driver and walked again for the digest.
 
 from __future__ import annotations
 
+import decimal
 import functools
 import hashlib
 import json
@@ -60,8 +61,68 @@ transfer_columns: tuple[str, ...] = (
 )
 
 
+metadata_depth_max = 32  # arrays and objects within each other
+
+
 def canonical_json(text: str) -> str:
-    return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The one form of a metadata JSON text, the same for what the ledger sends and for what
+    PostgreSQL's jsonb gives back: keys sorted, no spaces, strings as Python's json writes
+    them, numbers as PostgreSQL's numeric prints them (plain notation, scale kept, no
+    negative zero: 1e16 -> 10000000000000000, 1.50 stays 1.50).
+
+    Raises ValueError for what jsonb refuses or changes beyond that: NaN and Infinity, a NUL
+    or a lone surrogate in a string, numbers beyond 1e±1000, nesting deeper than
+    `metadata_depth_max`."""
+    try:
+        value = json.loads(text, parse_float=decimal.Decimal, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    written: list[str] = []
+    _write_json(value, written, 0)
+    return "".join(written)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _write_json(value: Any, written: list[str], depth: int) -> None:
+    if depth > metadata_depth_max:
+        raise ValueError(f"nested deeper than {metadata_depth_max}")
+    if isinstance(value, dict):
+        written.append("{")
+        for position, key in enumerate(sorted(value)):
+            if position:
+                written.append(",")
+            written.append(_json_string(key))
+            written.append(":")
+            _write_json(value[key], written, depth + 1)
+        written.append("}")
+    elif isinstance(value, list):
+        written.append("[")
+        for position, item in enumerate(value):
+            if position:
+                written.append(",")
+            _write_json(item, written, depth + 1)
+        written.append("]")
+    elif isinstance(value, str):
+        written.append(_json_string(value))
+    elif value is None or isinstance(value, bool):
+        written.append(json.dumps(value))
+    elif isinstance(value, int):
+        written.append(str(value))
+    else:
+        assert isinstance(value, decimal.Decimal)
+        if not value.is_finite() or abs(value.adjusted()) > 1000:
+            raise ValueError(f"number {value} out of range")
+        written.append(format(abs(value) if value.is_zero() else value, "f"))
+
+
+def _json_string(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("a NUL character (jsonb cannot store it)")
+    text.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError, a ValueError
+    return json.dumps(text, ensure_ascii=False)
 
 
 # PostgreSQL's binary COPY framing and the binary forms of the column types used:

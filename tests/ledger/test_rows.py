@@ -25,8 +25,17 @@ from tests.ledger.books import bank, open_books, purses, revenue
 
 references = st.none() | st.text(max_size=reference_length_max)
 counters = st.none() | st.integers(min_value=0, max_value=2**63 - 1)
-metadata = st.none() | st.dictionaries(
-    st.text(max_size=8), st.integers(-(2**53), 2**53) | st.text(max_size=8), max_size=3
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)  # 1e+16, -0.0, 5e-324: jsonb rewrites
+    | st.text(max_size=6)
+)
+metadata = st.none() | st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=8,
 ).map(json.dumps)
 
 
@@ -117,3 +126,34 @@ async def test_stored_rows_encode_back_to_what_was_booked(
         assert await check_ledger(connection) == []
     finally:
         await connection.close()
+
+
+async def test_a_repeat_with_metadata_is_recognised_whatever_jsonb_made_of_it(
+    connection: asyncpg.Connection,
+) -> None:
+    """jsonb gives metadata back reformatted ({"x": 1.5, "a": 1e2}); a repeat compares the
+    canonical forms, so a retried settlement transfer answers `exists`."""
+    await open_books(connection)
+    first = Transfer(
+        derive_id("rows", "with-metadata"),
+        bank,
+        purses[1],
+        5_000,
+        TransferCode.top_up,
+        metadata='{"x":1.5,"a":1e2}',
+    )
+    booked = await create_transfers(connection, [first])
+    assert booked[0].result is CreateTransferResult.created
+    again = await create_transfers(
+        connection,
+        [
+            first,
+            first._replace(metadata='{"a": 100, "x": 1.5}'),
+            first._replace(metadata='{"a": 100, "x": 1.6}'),
+        ],
+    )
+    assert [outcome.result for outcome in again] == [
+        CreateTransferResult.exists,
+        CreateTransferResult.exists,
+        CreateTransferResult.exists_with_different_metadata,
+    ]
