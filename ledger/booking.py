@@ -25,11 +25,14 @@ from ledger.records import (
     TransferOutcome,
     all_transfer_flags,
     amount_max,
+    code_max,
     id_max,
     id_zero,
     metadata_length_max,
     reference_length_max,
+    reference_number_max,
     resolve_flags,
+    timeout_s_max,
     two_phase_flags,
 )
 
@@ -158,6 +161,8 @@ def validate(transfer: Transfer) -> CreateTransferResult | None:
         return R.timeout_reserved_for_pending_transfer
     if transfer.timeout_s < 0:
         return R.timeout_must_not_be_negative
+    if transfer.timeout_s > timeout_s_max:
+        return R.timeout_too_large
     amount = transfer.amount
     if amount is None:
         if not resolving:
@@ -168,22 +173,26 @@ def validate(transfer: Transfer) -> CreateTransferResult | None:
         return R.amount_too_large
     if transfer.code <= 0 and not (resolving and transfer.code == 0):
         return R.code_must_be_positive
+    if transfer.code > code_max:
+        return R.code_too_large
     return references_problem(transfer)
 
 
 def references_problem(transfer: Transfer) -> CreateTransferResult | None:
-    """The last checks of `validate`: the references and metadata within their lengths."""
-    for reference in (
+    """The last checks of `validate`: the references and metadata, in the results' order."""
+    texts = (
         transfer.terminal_id,
         transfer.card_number,
         transfer.bank_reference,
         transfer.settlement_batch,
-    ):
-        if reference is not None:
-            if len(reference) > reference_length_max:
-                return R.reference_too_long
-            if not _storable_text(reference):
-                return R.reference_must_be_text
+    )
+    if any(text is not None and len(text) > reference_length_max for text in texts):
+        return R.reference_too_long
+    if any(text is not None and not _storable_text(text) for text in texts):
+        return R.reference_must_be_text
+    for number in (transfer.terminal_sequence, transfer.card_counter):
+        if number is not None and not 0 <= number <= reference_number_max:
+            return R.reference_out_of_range
     if transfer.metadata is not None:
         if len(transfer.metadata) > metadata_length_max:
             return R.metadata_too_long
@@ -411,9 +420,13 @@ def _decide_plain(
         return R.amount_too_large
     if transfer.code <= 0:
         return R.code_must_be_positive
+    if transfer.code > code_max:
+        return R.code_too_large
     if (
         transfer.terminal_id is not None
         or transfer.card_number is not None
+        or transfer.terminal_sequence is not None
+        or transfer.card_counter is not None
         or transfer.bank_reference is not None
         or transfer.settlement_batch is not None
         or transfer.metadata is not None

@@ -136,6 +136,7 @@ _length_8 = (8).to_bytes(4, "big")
 _length_16 = (16).to_bytes(4, "big")
 _field_count_then_length_8 = len(transfer_columns).to_bytes(2, "big") + _length_8
 _length_4_shifted = 4 << 32  # an int4 field (length 4, value) packed as one big-endian int8
+_int4_max = 2**31 - 1  # ...which holds for values 0 .. this
 _int4 = struct.Struct(">ii")
 _int8 = struct.Struct(">iq")
 _length = struct.Struct(">i")
@@ -251,6 +252,9 @@ class TransferRowEncoder:
             optional = _nothing_optional
         else:
             optional = _optional_fields(*transfer[6:])
+        code, flags = transfer.code, int(transfer.flags)
+        if not (0 <= code <= _int4_max and 0 <= flags <= _int4_max):
+            raise ValueError(f"code {code} or flags {flags} outside integer (validate first)")
         return _row_struct(len(optional)).pack(
             _field_count_then_length_8,
             sequence,
@@ -262,8 +266,8 @@ class TransferRowEncoder:
             transfer.credit_account_id.bytes,  # type: ignore[union-attr]
             _length_8,
             transfer.amount,
-            _length_4_shifted | transfer.code,
-            _length_4_shifted | int(transfer.flags),
+            _length_4_shifted | code,
+            _length_4_shifted | flags,
             optional,
             _length_8,
             debit_after[0],

@@ -21,6 +21,9 @@ transfers_per_batch_max_default = 8190
 accounts_per_batch_max = 8190
 # Amounts and running totals are PostgreSQL bigint.
 amount_max = 2**63 - 1
+code_max = 2**31 - 1  # stored as integer (int4)
+timeout_s_max = 2**31 - 1  # stored as integer (int4)
+reference_number_max = 2**63 - 1  # terminal_sequence, card_counter: bigint, not negative
 id_zero = uuid.UUID(int=0)
 id_max = uuid.UUID(int=2**128 - 1)
 owner_reference_length_max = 200
@@ -131,11 +134,14 @@ class CreateTransferResult(enum.Enum):
     pending_id_must_be_different = "pending_id_must_be_different"
     timeout_reserved_for_pending_transfer = "timeout_reserved_for_pending_transfer"
     timeout_must_not_be_negative = "timeout_must_not_be_negative"
+    timeout_too_large = "timeout_too_large"
     amount_must_be_positive = "amount_must_be_positive"
     amount_too_large = "amount_too_large"
     code_must_be_positive = "code_must_be_positive"
+    code_too_large = "code_too_large"
     reference_too_long = "reference_too_long"
     reference_must_be_text = "reference_must_be_text"  # UTF-8 without NUL (PostgreSQL text)
+    reference_out_of_range = "reference_out_of_range"  # terminal sequence, card counter
     metadata_too_long = "metadata_too_long"
     metadata_must_be_json = "metadata_must_be_json"  # JSON text jsonb takes (no \u0000)
     exists_with_different_flags = "exists_with_different_flags"

@@ -180,6 +180,21 @@ async def test_bad_input_gets_precise_results_and_books_nothing(connection) -> N
             R.pending_id_must_not_be_zero,
         ),
         (transfer("ref", bank_id, purse_id, 5, terminal_id="t" * 101), R.reference_too_long),
+        (transfer("nul", bank_id, purse_id, 5, card_number="60\x0032"), R.reference_must_be_text),
+        (transfer("counter", bank_id, purse_id, 5, card_counter=-1), R.reference_out_of_range),
+        (
+            transfer("counter2", bank_id, purse_id, 5, terminal_sequence=2**63),
+            R.reference_out_of_range,
+        ),
+        (transfer("code", bank_id, purse_id, 5, code=2**31), R.code_too_large),
+        (transfer("code2", bank_id, purse_id, 5, code=2**34 + 7), R.code_too_large),
+        (
+            transfer(
+                "long-hold", bank_id, purse_id, 5, flags=TransferFlags.pending, timeout_s=2**31
+            ),
+            R.timeout_too_large,
+        ),
+        (transfer("nan", bank_id, purse_id, 5, metadata='{"x": NaN}'), R.metadata_must_be_json),
         (transfer("reserved", bank_id, purse_id, 5, flags=TransferFlags(64)), R.reserved_flag),
     ]
     assert await results_of(connection, [case for case, _ in cases], now=start) == [
