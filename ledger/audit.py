@@ -16,6 +16,7 @@ import asyncpg
 
 from ledger.chain import (
     batch_digest,
+    batch_digest_format_1,
     chain_hash_genesis,
     encode_stored_row,
     next_chain_hash,
@@ -208,7 +209,7 @@ async def _check_chain(connection: asyncpg.Connection) -> list[Problem]:
     expected_batch = 1
     expected_first = 1
     batches = connection.cursor(
-        "select batch_number, first_sequence, last_sequence, digest, chain_hash"
+        "select batch_number, first_sequence, last_sequence, digest, chain_hash, digest_format"
         " from ledger_batches order by batch_number",
         prefetch=cursor_rows_prefetch,
     )
@@ -239,7 +240,10 @@ async def _check_chain(connection: asyncpg.Connection) -> list[Problem]:
             if pending_row["sequence"] >= batch["first_sequence"]:
                 rows.append(pending_row)
             pending_row = None
-        digest = batch_digest(encode_stored_row(tuple(row)) for row in rows)
+        if batch["digest_format"] == 1:
+            digest = batch_digest_format_1(rows)
+        else:
+            digest = batch_digest(encode_stored_row(tuple(row)) for row in rows)
         if digest != batch["digest"]:
             problems.append(Problem("chain", subject, "its transfers do not match its digest"))
         if next_chain_hash(previous, batch["digest"]) != batch["chain_hash"]:

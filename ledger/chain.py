@@ -23,7 +23,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger.records import Transfer
@@ -301,6 +301,59 @@ def batch_digest(encoded_rows: Iterable[bytes]) -> bytes:
     for encoded in encoded_rows:
         digest.update(encoded)
     return digest.digest()
+
+
+digest_format = 2  # ledger_batches.digest_format of the batches booked now
+
+
+def batch_digest_format_1(rows: Sequence[Sequence[Any]]) -> bytes:
+    """The digest of batches booked before the binary encoding (digest_format 1): SHA-256,
+    column by column of `transfer_columns`, over a 4-byte big-endian length and then: ids as
+    their 16 bytes; the booking time as microseconds since 1970, and the integer columns,
+    as 8-byte little-endian integers; every other column as the UTF-8 repr of the tuple of
+    its values (pending ids as hex strings, metadata as sorted-keys compact JSON)."""
+    digest = hashlib.sha256()
+    if not rows:
+        return digest.digest()
+    for name, column in zip(transfer_columns, zip(*rows)):
+        if name in ("id", "debit_account_id", "credit_account_id"):
+            encoded = b"".join(value.bytes for value in column)
+        elif name == "booked_at":
+            encoded = _little_endian_int8s(
+                (value - _unix_epoch) // _one_microsecond for value in column
+            )
+        elif name in _format_1_integer_columns:
+            encoded = _little_endian_int8s(column)
+        elif name == "pending_id":
+            encoded = repr(tuple(None if v is None else v.hex for v in column)).encode()
+        elif name == "metadata":
+            encoded = repr(
+                tuple(
+                    None
+                    if v is None
+                    else json.dumps(
+                        json.loads(v), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+                    )
+                    for v in column
+                )
+            ).encode()
+        else:
+            encoded = repr(column).encode("utf-8")
+        digest.update(len(encoded).to_bytes(4, "big"))
+        digest.update(encoded)
+    return digest.digest()
+
+
+_unix_epoch = datetime(1970, 1, 1, tzinfo=UTC)
+_one_microsecond = timedelta(microseconds=1)
+_format_1_integer_columns = frozenset(
+    {"sequence", "batch_number", "amount", "code", "flags", "timeout_s"}
+    | {name for name in transfer_columns if name.endswith("_after")}
+)
+
+
+def _little_endian_int8s(values: Iterable[int]) -> bytes:
+    return b"".join(value.to_bytes(8, "little", signed=True) for value in values)
 
 
 def next_chain_hash(previous: bytes, digest: bytes) -> bytes:

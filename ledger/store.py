@@ -59,6 +59,7 @@ from ledger.chain import (
     batch_digest,
     copy_header,
     copy_trailer,
+    digest_format,
     next_chain_hash,
     transfer_columns,
 )
@@ -496,11 +497,11 @@ async def _prefetch_accounts(
     return states
 
 
-_record_batch = """
+_record_batch = f"""
     with batch as (
         insert into ledger_batches (batch_number, first_sequence, last_sequence,
-                                    transfer_count, booked_at, digest, chain_hash)
-        values ($1, $2, $3, $4, $5, $6, $7)
+                                    transfer_count, booked_at, digest, chain_hash, digest_format)
+        values ($1, $2, $3, $4, $5, $6, $7, {digest_format})
     )
     update ledger_head set batch_number = $1, next_sequence = $3 + 1, chain_hash = $7,
                            booked_at = $5, state_version = state_version + 1

@@ -20,6 +20,12 @@ from ledger import (
     derive_id,
 )
 from ledger.audit import check_ledger
+from ledger.chain import (
+    batch_digest_format_1,
+    chain_hash_genesis,
+    next_chain_hash,
+    transfer_columns,
+)
 from ledger.export import beancount_account_name, write_beancount, write_csv
 from tests.ledger.books import bank, book_a_day, day_start, open_books, purses, revenue
 
@@ -37,6 +43,37 @@ async def test_check_finds_nothing_in_good_books(connection) -> None:
     await open_books(connection)
     await book_a_day(connection)
     assert await check_ledger(connection) == []
+
+
+async def test_batches_of_the_first_digest_format_still_verify(connection) -> None:
+    """Batches booked before the binary row encoding carry digest_format 1: the check
+    verifies them by that format (here: today's batches rewritten as the first version
+    would have hashed them), and still catches a changed transfer."""
+    await open_books(connection)
+    await book_a_day(connection)
+    previous = chain_hash_genesis
+    for batch in await connection.fetch(
+        "select batch_number, first_sequence, last_sequence from ledger_batches"
+        " order by batch_number"
+    ):
+        rows = await connection.fetch(
+            f"select {', '.join(transfer_columns)} from ledger_transfers"
+            " where sequence between $1 and $2 order by sequence",
+            batch["first_sequence"],
+            batch["last_sequence"],
+        )
+        digest = batch_digest_format_1(rows)
+        previous = next_chain_hash(previous, digest)
+        await tamper(
+            connection,
+            f"update ledger_batches set digest_format = 1, digest = '\\x{digest.hex()}',"
+            f" chain_hash = '\\x{previous.hex()}' where batch_number = {batch['batch_number']}",
+        )
+    await tamper(connection, f"update ledger_head set chain_hash = '\\x{previous.hex()}'")
+    assert await check_ledger(connection) == []
+    await tamper(connection, "update ledger_transfers set card_number = 'c9' where sequence = 5")
+    problems = await check_ledger(connection)
+    assert [p.check for p in problems] == ["chain"], problems
 
 
 async def test_check_finds_a_changed_amount(connection) -> None:
