@@ -332,6 +332,16 @@ async def test_the_database_refuses_unbalanced_or_changed_books(connection) -> N
         await connection.execute("update ledger_transfers set amount = 1")
     with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="immutable"):
         await connection.execute("delete from ledger_transfers")
+    # A transfer row whose totals after do not follow from the accounts' totals: refused.
+    insert = """
+        insert into ledger_transfers
+        select 2, $1, 2, booked_at, debit_account_id, credit_account_id, 100, code, 0, null, 0,
+               null, null, null, null, null, null, null,
+               0, 600 + $2::bigint, 0, 0,  0, 0, 0, 600 - $2::bigint
+          from ledger_transfers where sequence = 1"""
+    for skew in (1, 7):
+        with pytest.raises(asyncpg.CheckViolationError, match="do not balance"):
+            await connection.execute(insert, derive_id("forged", skew), skew)
     assert await account_balances(connection, purse_id) == Balances(0, 0, 0, 500)
 
 
