@@ -292,7 +292,12 @@ def encode_stored_row(row: Sequence[Any]) -> bytes:
     """A row read back from ledger_transfers (columns as `transfer_columns`), encoded as the
     booking encoded it."""
     transfer = Transfer(row[1], row[4], row[5], row[6], row[7], row[8], *row[9:18])
-    return TransferRowEncoder(row[2], row[3]).row(row[0], transfer, row[18:22], row[22:26])
+    return _batch_encoder(row[2], row[3]).row(row[0], transfer, row[18:22], row[22:26])
+
+
+@functools.lru_cache(maxsize=4)
+def _batch_encoder(batch_number: int, booked_at: datetime) -> TransferRowEncoder:
+    return TransferRowEncoder(batch_number, booked_at)
 
 
 def batch_digest(encoded_rows: Iterable[bytes]) -> bytes:

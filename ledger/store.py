@@ -301,6 +301,8 @@ async def create_transfers(
     the ledger's head lock until the caller commits: keep such transactions short.
     """
     assert transfers_per_batch_max > 0
+    if isinstance(transfers, Transfer):  # a named tuple: it would iterate as its fields
+        raise TypeError("create_transfers takes a sequence of transfers, not one transfer")
     if len(transfers) > transfers_per_batch_max:
         return [
             TransferOutcome(transfer.id, CreateTransferResult.batch_too_large)
