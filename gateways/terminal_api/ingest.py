@@ -28,6 +28,7 @@ import json
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -383,9 +384,17 @@ async def _previous_reports(
 previous_range_spread_max = 2  # a batch's sequences spread over at most twice its size: a range
 
 
+def _comma_joined(values: Iterable[int | str]) -> str:
+    """Numbers or card numbers (digits: the wire checks) as one parameter the server splits
+    with string_to_array. asyncpg encodes an array parameter element by element, with an
+    abstract-class check on each: six arrays of 4,000 took 11 ms a batch, joined 0.7 ms."""
+    return ",".join(map(str, values))
+
+
 async def _ensure_cards(connection: asyncpg.Connection, card_numbers: list[str]) -> None:
     known = await connection.fetch(
-        "select card_number from cards where card_number = any($1::text[])", card_numbers
+        "select card_number from cards where card_number = any(string_to_array($1, ','))",
+        _comma_joined(card_numbers),
     )
     missing = sorted(set(card_numbers) - {row["card_number"] for row in known})
     if missing:
@@ -795,12 +804,14 @@ async def _monitor_cards(
     rows = await connection.fetch(
         """
         with given as (
-            select * from unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[],
-                                 $5::bigint[], $6::bigint[])
-                as given(card, counter, terminal_id, sequence, balance, change)
+            select * from unnest(string_to_array($1, ','), string_to_array($2, ',')::bigint[],
+                                 string_to_array($3, ',')::bigint[],
+                                 string_to_array($4, ',')::bigint[])
+                with ordinality as given(card, counter, balance, change, position)
         ), pairs as (
+            -- the record of this batch (at `position`) does not follow its stored predecessor
             select given.card as card_number, given.counter as card_counter,
-                   given.terminal_id, given.sequence,
+                   given.position, null as terminal_id, null::bigint as sequence,
                    earlier.balance_after_rupiah as before, given.balance as after, given.change
             from given cross join lateral (
                 select balance_after_rupiah from card_records
@@ -808,7 +819,8 @@ async def _monitor_cards(
                     and outcome = 'booked' offset 0
             ) earlier
             union all
-            select given.card, later.card_counter, later.terminal_id, later.sequence,
+            -- the stored successor does not follow the record of this batch
+            select given.card, later.card_counter, null, later.terminal_id, later.sequence,
                    given.balance, later.balance_after_rupiah, later.change
             from given cross join lateral (
                 select card_counter, terminal_id, sequence, balance_after_rupiah,
@@ -819,27 +831,32 @@ async def _monitor_cards(
                     and outcome = 'booked' offset 0
             ) later
         )
-        select distinct card_number, card_counter, terminal_id, sequence, before, after, change
+        select distinct card_number, card_counter, position, terminal_id, sequence,
+               before, after, change
         from pairs where after != before + change
         """,
-        [record.card_number for record in booked],
-        [record.card_counter for record in booked],
-        [record.terminal_id for record in booked],
-        [record.sequence for record in booked],
-        [record.balance_after_rupiah for record in booked],
-        [_balance_change(record) for record in booked],
+        _comma_joined(record.card_number for record in booked),
+        _comma_joined(record.card_counter for record in booked),
+        _comma_joined(record.balance_after_rupiah for record in booked),
+        _comma_joined(_balance_change(record) for record in booked),
     )
-    flags = [
-        (
-            row["card_number"],
-            "balance_mismatch",
-            row["terminal_id"],
-            row["sequence"],
-            row["card_counter"],
-            f"balance {row['before']} then {row['after']} after a change of {row['change']}",
+    flags = []
+    for row in rows:
+        if row["position"] is not None:  # the batch's own record
+            record = booked[row["position"] - 1]
+            terminal_id, sequence = record.terminal_id, record.sequence
+        else:
+            terminal_id, sequence = row["terminal_id"], row["sequence"]
+        flags.append(
+            (
+                row["card_number"],
+                "balance_mismatch",
+                terminal_id,
+                sequence,
+                row["card_counter"],
+                f"balance {row['before']} then {row['after']} after a change of {row['change']}",
+            )
         )
-        for row in rows
-    ]
     if flags:
         await _insert_flags(connection, flags, answer)
         await registry.deny_cards(connection, sorted({f[0] for f in flags}), "balance_mismatch")
