@@ -114,13 +114,21 @@ upload_attempts_max = 3  # deadlock or serialization failure: retry the whole ba
 
 
 async def ingest_upload(
-    connection: asyncpg.Connection, header_terminal_id: str, signature: str, body: bytes
+    connection: asyncpg.Connection,
+    header_terminal_id: str,
+    signature: str,
+    body: bytes,
+    known_cards: KnownCards | None = None,
 ) -> UploadAnswer:
-    """Check and book one upload batch (the caller gives a connection; we own the transaction)."""
+    """Check and book one upload batch (the caller gives a connection; we own the transaction).
+    `known_cards`: the process's memory of registered cards (none: look every card up)."""
+    known_cards = KnownCards() if known_cards is None else known_cards
     for attempt in range(1, upload_attempts_max + 1):
         try:
             with cyclic_collector_paused():
-                return await _ingest_once(connection, header_terminal_id, signature, body)
+                return await _ingest_once(
+                    connection, header_terminal_id, signature, body, known_cards
+                )
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == upload_attempts_max:
                 raise
@@ -129,7 +137,11 @@ async def ingest_upload(
 
 
 async def _ingest_once(
-    connection: asyncpg.Connection, header_terminal_id: str, signature: str, body: bytes
+    connection: asyncpg.Connection,
+    header_terminal_id: str,
+    signature: str,
+    body: bytes,
+    known_cards: KnownCards,
 ) -> UploadAnswer:
     async with connection.transaction():
         terminal = await registry.terminal(connection, header_terminal_id, for_update=True)
@@ -157,7 +169,7 @@ async def _ingest_once(
         problem = _role_problem(terminal, batch)
         if problem:
             return UploadAnswer(UploadResult.record_not_for_role, problem)
-        answer = await _book(connection, terminal, batch, body, signature, digest)
+        answer = await _book(connection, terminal, batch, body, signature, digest, known_cards)
         return answer
 
 
@@ -212,6 +224,7 @@ async def _book(
     body: bytes,
     signature: str,
     digest: bytes,
+    known_cards: KnownCards,
 ) -> UploadAnswer:
     answer = UploadAnswer(UploadResult.accepted)
     records = batch.records
@@ -258,7 +271,7 @@ async def _book(
             held.append(record)
 
     card_numbers = sorted({record.card_number for record in records})
-    await _ensure_cards(connection, card_numbers)
+    await _ensure_cards(connection, card_numbers, known_cards)
     await _insert_flags(connection, conflicts, answer)
 
     # In-doubt transactions: settled by another report's view of the card log, either way.
@@ -391,12 +404,39 @@ def _comma_joined(values: Iterable[int | str]) -> str:
     return ",".join(map(str, values))
 
 
-async def _ensure_cards(connection: asyncpg.Connection, card_numbers: list[str]) -> None:
-    known = await connection.fetch(
-        "select card_number from cards where card_number = any(string_to_array($1, ','))",
-        _comma_joined(card_numbers),
-    )
-    missing = sorted(set(card_numbers) - {row["card_number"] for row in known})
+known_cards_max = 2_000_000  # card numbers a back office process remembers (~150 MB)
+
+
+@dataclass
+class KnownCards:
+    """Card numbers this process has seen in the cards table. A card is never removed, so an
+    upload looks up only the others: most cards tap again and again. Filled only from what
+    the database showed (committed), never from a registration that might still roll back;
+    cleared when full."""
+
+    numbers: set[str] = field(default_factory=set)
+
+    def remember(self, card_numbers: Iterable[str]) -> None:
+        if len(self.numbers) >= known_cards_max:
+            self.numbers.clear()
+        self.numbers.update(card_numbers)
+
+
+async def _ensure_cards(
+    connection: asyncpg.Connection, card_numbers: list[str], known_cards: KnownCards
+) -> None:
+    unknown = [number for number in card_numbers if number not in known_cards.numbers]
+    if not unknown:
+        return
+    found = [
+        row["card_number"]
+        for row in await connection.fetch(
+            "select card_number from cards where card_number = any(string_to_array($1, ','))",
+            _comma_joined(unknown),
+        )
+    ]
+    known_cards.remember(found)
+    missing = sorted(set(unknown) - set(found))
     if missing:
         # A card issued offline (or before the back office heard of it) still gets its books.
         await registry.register_cards(connection, missing)

@@ -34,7 +34,13 @@ from bus_terminals.wire import (
 )
 from gateways.backoffice import Problem, config_key, pool_key
 from gateways.terminal_api import books, registry
-from gateways.terminal_api.ingest import UploadResult, _public_key, ingest_upload, refusal_status
+from gateways.terminal_api.ingest import (
+    KnownCards,
+    UploadResult,
+    _public_key,
+    ingest_upload,
+    refusal_status,
+)
 from gateways.terminal_api.metrics import TerminalMetrics
 from gateways.terminal_api.openapi import openapi_document
 from gateways.terminal_api.registry import TerminalRole, TerminalStatus
@@ -48,6 +54,7 @@ metrics_key = web.AppKey("terminal_metrics", TerminalMetrics)
 # processes, not more batches per process, give the overlap.
 uploads_booking_per_process_max = 1
 booking_slots_key = web.AppKey("upload_booking_slots", asyncio.Semaphore)
+known_cards_key = web.AppKey("known_cards", KnownCards)
 timestamp_header = "X-KSH-Timestamp"
 request_clock_skew_ms_max = 300_000
 deny_delta_entries_max = 10_000  # more than this: the terminal downloads the whole list
@@ -58,6 +65,7 @@ admin_body_bytes_max = 64 * 1024
 def terminal_extension(app: web.Application) -> None:
     app[metrics_key] = TerminalMetrics()
     app[booking_slots_key] = asyncio.Semaphore(uploads_booking_per_process_max)
+    app[known_cards_key] = KnownCards()
     app.router.add_post("/terminal/v1/uploads", upload)
     app.router.add_get("/terminal/v1/sync", sync)
     app.router.add_get("/terminal/v1/deny-list", deny_list)
@@ -90,7 +98,9 @@ async def upload(request: web.Request) -> web.Response:
         raise Problem(401, "unauthenticated", f"{terminal_header} and {signature_header} needed")
     body = await _read_bounded(request, upload_body_bytes_max)
     async with request.app[booking_slots_key], request.app[pool_key].acquire() as connection:
-        answer = await ingest_upload(connection, terminal_id, signature, body)
+        answer = await ingest_upload(
+            connection, terminal_id, signature, body, request.app[known_cards_key]
+        )
     elapsed_s = time.perf_counter() - started
     metrics.uploads.increment(answer.result.value)
     metrics.upload_seconds.increment(answer.result.value, elapsed_s)

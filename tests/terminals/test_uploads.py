@@ -313,3 +313,27 @@ async def test_a_broken_balance_chain_is_flagged_whichever_tap_arrives_first(
         ("balance_mismatch", "VC", 3),  # 4,000 - 3,500 is not 1,000
     ]
     assert denied == "balance_mismatch"
+
+
+async def test_the_process_remembers_only_cards_the_database_showed(backoffice: Backoffice) -> None:
+    """Cards seen in the cards table are not looked up again; a card registered by an upload
+    whose transaction then rolls back is not remembered, and the next upload registers it."""
+    from gateways.terminal_api.ingest import KnownCards, _ensure_cards
+
+    issued, offline = "6032984000000101", "6032984000000102"
+    known = KnownCards()
+    async with backoffice.pool.acquire() as connection:
+        await registry.issue_cards(connection, {issued: 0})
+        transaction = connection.transaction()
+        await transaction.start()
+        await _ensure_cards(connection, [issued, offline], known)
+        assert await connection.fetchval(
+            "select count(*) from cards where card_number = $1", offline
+        )
+        await transaction.rollback()
+        assert known.numbers == {issued}
+        await _ensure_cards(connection, [issued, offline], known)
+        assert await connection.fetchval(
+            "select count(*) from cards where card_number = $1", offline
+        )
+        assert known.numbers == {issued}  # registered now, remembered once seen committed
