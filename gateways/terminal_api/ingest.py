@@ -400,7 +400,8 @@ previous_range_spread_max = 2  # a batch's sequences spread over at most twice i
 def _comma_joined(values: Iterable[int | str]) -> str:
     """Numbers or card numbers (digits: the wire checks) as one parameter the server splits
     with string_to_array. asyncpg encodes an array parameter element by element, with an
-    abstract-class check on each: six arrays of 4,000 took 11 ms a batch, joined 0.7 ms."""
+    abstract-class check on each: the balance check's six arrays of 4,000 took 11 ms a batch;
+    one array of 4,000 card numbers takes 2.6 ms, joined 0.7 ms."""
     return ",".join(map(str, values))
 
 
