@@ -216,14 +216,19 @@ def _storable_text(text: str) -> bool:
     return True
 
 
+metadata_stored_length_max = 4 * metadata_length_max
+
+
 def _json_for_jsonb(text: str) -> bool:
     """Whether PostgreSQL's jsonb takes `text` and gives back what the chain hashed
     (`ledger.chain.canonical_json` says what that excludes)."""
     try:
-        canonical_json(text)
+        canonical = canonical_json(text)
     except ValueError:
         return False
-    return True
+    # Numbers are kept written out (1e1000 is 1,001 digits): bound what is stored, not only
+    # what was sent.
+    return len(canonical) <= metadata_stored_length_max
 
 
 def _same_metadata(given: str | None, booked: str | None) -> bool:

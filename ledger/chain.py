@@ -70,13 +70,15 @@ def canonical_json(text: str) -> str:
     them, numbers as PostgreSQL's numeric prints them (plain notation, scale kept, no
     negative zero: 1e16 -> 10000000000000000, 1.50 stays 1.50).
 
-    Raises ValueError for what jsonb refuses or changes beyond that: NaN and Infinity, a NUL
-    or a lone surrogate in a string, numbers beyond 1e±1000, nesting deeper than
-    `metadata_depth_max`."""
+    Raises ValueError for what jsonb refuses or changes beyond that, and for what the ledger
+    does not keep although jsonb would: NaN and Infinity, a NUL or a lone surrogate in a
+    string, numbers beyond 1e±1000, nesting deeper than `metadata_depth_max`."""
     try:
         value = json.loads(text, parse_float=decimal.Decimal, parse_constant=_refuse_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond Decimal's range
+        raise ValueError("number out of range") from None
     written: list[str] = []
     _write_json(value, written, 0)
     return "".join(written)

@@ -881,14 +881,15 @@ async def _monitor_cards(
         _comma_joined(record.balance_after_rupiah for record in booked),
         _comma_joined(_balance_change(record) for record in booked),
     )
-    flags = []
+    flags: dict[tuple[str, str, str, int, int, str], None] = {}  # one per broken pair
     for row in rows:
         if row["position"] is not None:  # the batch's own record
             record = booked[row["position"] - 1]
             terminal_id, sequence = record.terminal_id, record.sequence
         else:
             terminal_id, sequence = row["terminal_id"], row["sequence"]
-        flags.append(
+        # A pair within this batch is found from both ends (its records are stored already).
+        flags[
             (
                 row["card_number"],
                 "balance_mismatch",
@@ -897,9 +898,9 @@ async def _monitor_cards(
                 row["card_counter"],
                 f"balance {row['before']} then {row['after']} after a change of {row['change']}",
             )
-        )
+        ] = None
     if flags:
-        await _insert_flags(connection, flags, answer)
+        await _insert_flags(connection, list(flags), answer)
         await registry.deny_cards(connection, sorted({f[0] for f in flags}), "balance_mismatch")
 
 

@@ -195,6 +195,14 @@ async def test_bad_input_gets_precise_results_and_books_nothing(connection) -> N
             R.timeout_too_large,
         ),
         (transfer("nan", bank_id, purse_id, 5, metadata='{"x": NaN}'), R.metadata_must_be_json),
+        (
+            transfer("e", bank_id, purse_id, 5, metadata="[1e99999999999999999999]"),
+            R.metadata_must_be_json,
+        ),
+        (
+            transfer("wide", bank_id, purse_id, 5, metadata="[" + "1e999," * 200 + "0]"),
+            R.metadata_must_be_json,
+        ),
         (transfer("reserved", bank_id, purse_id, 5, flags=TransferFlags(64)), R.reserved_flag),
     ]
     assert await results_of(connection, [case for case, _ in cases], now=start) == [

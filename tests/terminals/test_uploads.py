@@ -337,3 +337,19 @@ async def test_the_process_remembers_only_cards_the_database_showed(backoffice: 
             "select count(*) from cards where card_number = $1", offline
         )
         assert known.numbers == {issued}  # registered now, remembered once seen committed
+
+
+async def test_a_broken_pair_within_one_upload_is_flagged_once(backoffice: Backoffice) -> None:
+    """Both records of a pair that does not chain arrive in one upload: found from both ends
+    (the batch's records are stored before the check), flagged once."""
+    key = await backoffice.register_validator("VP")
+    async with backoffice.pool.acquire() as connection:
+        await registry.issue_cards(connection, {card: 10_500})
+    first = record("VP", 1, card, 1, 3_500, 7_000)
+    second = record("VP", 2, card, 2, 3_500, 4_000, previous=(1, "VP", 7_000))
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(session, backoffice.url, key, "VP", 1, [first, second])
+        assert status == 200, answer
+    async with backoffice.pool.acquire() as connection:
+        flags = await connection.fetch("select reason, terminal_id, sequence from card_flags")
+    assert [tuple(flag) for flag in flags] == [("balance_mismatch", "VP", 2)]
