@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from ledger.chain import canonical_json
 from ledger.records import (
     AccountFlags,
-    Balances,
     CreateTransferResult,
     Transfer,
     TransferCode,
@@ -635,22 +634,8 @@ def _decide_one(
     debit[DEBITS_PENDING], debit[DEBITS_POSTED] = d_pending, d_posted
     credit[CREDITS_PENDING], credit[CREDITS_POSTED] = c_pending, c_posted
     if pending is not None or transfer.amount is None or transfer.code != code:
-        transfer = Transfer(
-            id=transfer.id,
-            debit_account_id=debit_id,
-            credit_account_id=credit_id,
-            amount=amount,
-            code=code,
-            flags=transfer.flags,
-            pending_id=transfer.pending_id,
-            timeout_s=transfer.timeout_s,
-            terminal_id=transfer.terminal_id,
-            terminal_sequence=transfer.terminal_sequence,
-            card_number=transfer.card_number,
-            card_counter=transfer.card_counter,
-            bank_reference=transfer.bank_reference,
-            settlement_batch=transfer.settlement_batch,
-            metadata=transfer.metadata,
+        transfer = transfer._replace(
+            debit_account_id=debit_id, credit_account_id=credit_id, amount=amount, code=code
         )
     entry = Entry(
         transfer,
@@ -668,7 +653,3 @@ def _decide_one(
         pendings[transfer.id.int] = PendingState(transfer, now)
         undo_pending_created.append(transfer.id.int)
     return R.created
-
-
-def balances_of(state: list) -> Balances:
-    return Balances(state[2], state[3], state[4], state[5])

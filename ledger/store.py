@@ -232,11 +232,10 @@ account_cache_entries_max = 1_000_000  # accounts a connection keeps in memory b
 @dataclass(slots=True)
 class AccountCache:
     """Accounts as of `state_version`: id.int -> [flags, currency, debits_pending,
-    debits_posted, credits_pending, credits_posted], and id.int -> the UUID."""
+    debits_posted, credits_pending, credits_posted]."""
 
     state_version: int
     states: dict[int, list] = field(default_factory=dict)
-    ids: dict[int, uuid.UUID] = field(default_factory=dict)
 
 
 _account_caches: weakref.WeakKeyDictionary[asyncpg.Connection, AccountCache] = (
@@ -422,9 +421,7 @@ async def _prefetch_existing(
 ) -> dict[int, Existing]:
     """The transfers already booked under the batch's ids."""
     rows = await connection.fetch(
-        "select id, sequence, booked_at, debit_account_id, credit_account_id, amount, code,"
-        " flags, pending_id, timeout_s, terminal_id, terminal_sequence, card_number,"
-        " card_counter, bank_reference, settlement_batch, metadata"
+        f"select {_select_transfer_columns}"
         " from ledger_transfers join unnest($1::uuid[]) as wanted (id) using (id)",
         [transfer.id for transfer in transfers],
     )
@@ -448,7 +445,8 @@ async def _prefetch_transfers(
     pendings: dict[int, PendingState] = {}
     if pending_ids:
         for row in await connection.fetch(
-            "select * from ledger_transfers where id = any($1::uuid[])", pending_ids
+            f"select {_select_transfer_columns} from ledger_transfers where id = any($1::uuid[])",
+            pending_ids,
         ):
             pendings[row["id"].int] = PendingState(_transfer_from_row(row), row["booked_at"])
         for row in await connection.fetch(
@@ -485,17 +483,13 @@ async def _prefetch_accounts(
         return states
     if len(states) + len(wanted) > account_cache_entries_max:
         states.clear()
-        cache.ids.clear()
     rows = await connection.fetch(
         "select id, flags, currency, debits_pending, debits_posted, credits_pending,"
         " credits_posted from ledger_accounts join unnest($1::uuid[]) as wanted (id) using (id)",
         list(wanted.values()),
     )
-    ids = cache.ids
     for row in rows:
-        key = row[0].int
-        ids[key] = row[0]
-        states[key] = list(row[1:])
+        states[row[0].int] = list(row[1:])
     return states
 
 
