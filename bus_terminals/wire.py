@@ -152,6 +152,8 @@ def _member(enumeration: type[enum.StrEnum]) -> Callable[[Any], str | None]:
 counter_max = 2**32 - 1
 time_ms_max = 2**53  # exact in JSON doubles
 terminal_id_check = _text(32, allow_empty=False)
+# An operator, merchant or top-up id: what a record can carry (a pending top-up's id is one).
+reference_check = _text(text_length_max, allow_empty=False)
 
 record_fields: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
     ("terminal_id", terminal_id_check),

@@ -48,7 +48,14 @@ from bus_terminals.wire import (
 )
 from gateways.terminal_api import books, registry
 from gateways.terminal_api.registry import TerminalRole, TerminalRow, TerminalStatus
-from ledger.records import CreateTransferResult, Transfer, TransferCode, TransferFlags, derive_id
+from ledger.records import (
+    CreateTransferResult,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+    booked_results,
+    derive_id,
+)
 from ledger.store import cyclic_collector_paused
 
 logger = logging.getLogger("ksh.terminals")
@@ -700,7 +707,7 @@ async def _book_transfers(
             repeats.append((record, legs))
             flags.append(_flag(record, "counter_repeat", "same card counter, other content"))
             continue
-        failed = [o for o in leg_outcomes if o.result.value not in ("created", "exists")]
+        failed = [o for o in leg_outcomes if o.result not in booked_results]
         assert not failed, f"ledger refused a card transaction: {failed}"
         if any(o.over_limit for o in leg_outcomes if o.result == CreateTransferResult.created):
             flags.append(_flag(record, "purse_negative", "booked past the purse's balance"))
@@ -731,7 +738,7 @@ async def _book_transfers(
                     )
                 )
         suspense_results = await books.create_transfers(connection, suspense_legs)
-        refused = [o for o in suspense_results if o.result.value not in ("created", "exists")]
+        refused = [o for o in suspense_results if o.result not in booked_results]
         assert not refused, f"suspense booking refused: {refused}"
         await registry.deny_cards(
             connection, sorted({record.card_number for record, _ in repeats}), "counter_repeat"

@@ -17,7 +17,7 @@ from datetime import datetime
 import asyncpg
 
 from gateways.terminal_api import books
-from ledger.records import Account, AccountFlags, AccountKind, derive_id
+from ledger.records import Account, AccountFlags, AccountKind, booked_results, derive_id
 
 fee_income_owner = "merchant-discount"
 suspense_owner = "card-anomalies"
@@ -301,7 +301,7 @@ async def pay_pending_top_up(
                 )
             ],
         )
-        assert outcomes[0].result.value in ("created", "exists"), outcomes
+        assert outcomes[0].result in booked_results, outcomes
         return await add_pending_top_up(connection, top_up_id, card_number, amount_rupiah, paid_at)
 
 
@@ -321,8 +321,7 @@ async def card_view(connection: asyncpg.Connection, card_number: str) -> dict[st
         "and outcome in ('booked', 'anomaly') order by card_counter",
         card_number,
     )
-    seen = [r["card_counter"] for r in counters]
-    gaps = sorted(set(range(1, (seen[-1] if seen else 0) + 1)) - set(seen))
+    gaps = _first_gaps([r["card_counter"] for r in counters], counter_gaps_shown_max)
     flags = await connection.fetch(
         "select reason, terminal_id, sequence, card_counter, detail from card_flags "
         "where card_number = $1 order by flag_id limit 100",
@@ -336,10 +335,26 @@ async def card_view(connection: asyncpg.Connection, card_number: str) -> dict[st
         "last_counter": row["card_counter"] if row else 0,
         "shadow_balance_rupiah": row["balance_after_rupiah"] if row else None,
         "last_tap_ms": row["time_ms"] if row else None,
-        "counter_gaps": gaps[:100],
+        "counter_gaps": gaps,
         "flags": [dict(flag) for flag in flags],
         "denied": denied,
     }
+
+
+counter_gaps_shown_max = 100
+
+
+def _first_gaps(counters: list[int], most: int) -> list[int]:
+    """The first `most` counters missing below the highest of the sorted `counters` (walked,
+    not a set of every counter: a cloned card may claim a counter near 2**32)."""
+    gaps: list[int] = []
+    expected = 1
+    for counter in counters:
+        while expected < counter and len(gaps) < most:
+            gaps.append(expected)
+            expected += 1
+        expected = counter + 1
+    return gaps
 
 
 def card_issue_transfer_id(card_number: str) -> uuid.UUID:
@@ -380,7 +395,7 @@ async def issue_cards(
                     if opening_balances_rupiah[number] > 0
                 ],
             )
-            refused = [o for o in outcomes if o.result.value not in ("created", "exists")]
+            refused = [o for o in outcomes if o.result not in booked_results]
             assert not refused, refused[:3]
 
 

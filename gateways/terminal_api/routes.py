@@ -27,6 +27,7 @@ import asyncpg
 from aiohttp import web
 
 from bus_terminals.wire import (
+    reference_check,
     signature_header,
     signature_valid,
     terminal_header,
@@ -270,6 +271,16 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> A
     return value
 
 
+def _reference_field(body: dict[str, Any], name: str, default: Any = ...) -> str:
+    """An operator, merchant or top-up id: printable, 1 to 64 characters (what the wire and
+    the ledger's references hold)."""
+    value = _field(body, name, str, default)
+    problem = reference_check(value)
+    if problem:
+        raise Problem(400, "bad_field", f"{name} {problem}", field=name)
+    return str(value)
+
+
 def _card_number_field(body: dict[str, Any]) -> str:
     number = _field(body, "card_number", str)
     if not number.isdigit() or not 8 <= len(number) <= 19:
@@ -279,7 +290,7 @@ def _card_number_field(body: dict[str, Any]) -> str:
 
 async def add_operator(request: web.Request) -> web.Response:
     body = await _admin_body(request)
-    operator_id = _field(body, "operator_id", str)
+    operator_id = _reference_field(body, "operator_id")
     async with request.app[pool_key].acquire() as connection:
         await registry.register_operator(connection, operator_id, _field(body, "name", str, ""))
     return web.json_response({"operator_id": operator_id}, status=201)
@@ -287,7 +298,7 @@ async def add_operator(request: web.Request) -> web.Response:
 
 async def add_merchant(request: web.Request) -> web.Response:
     body = await _admin_body(request)
-    merchant_id = _field(body, "merchant_id", str)
+    merchant_id = _reference_field(body, "merchant_id")
     fee = _field(body, "fee_basis_points", int, 0)
     if not 0 <= fee <= 10_000:
         raise Problem(400, "bad_field", "fee_basis_points is 0..10000", field="fee_basis_points")
@@ -380,17 +391,22 @@ async def add_card(request: web.Request) -> web.Response:
 async def add_pending_top_up(request: web.Request) -> web.Response:
     body = await _admin_body(request)
     number = _card_number_field(body)
-    top_up_id = _field(body, "top_up_id", str)
+    top_up_id = _reference_field(body, "top_up_id")
     amount = _field(body, "amount_rupiah", int)
     if not 0 < amount <= 2_000_000:
         raise Problem(400, "bad_field", "amount_rupiah is 1..2,000,000", field="amount_rupiah")
-    source = _field(body, "source", str, "counter")
+    source = _reference_field(body, "source", "counter")
     paid_at_ms = _field(body, "paid_at_ms", int, None)
     paid_at = None
     if paid_at_ms is not None:
         import datetime as dt
 
-        paid_at = dt.datetime.fromtimestamp(paid_at_ms / 1000, dt.UTC)
+        try:
+            paid_at = dt.datetime.fromtimestamp(paid_at_ms / 1000, dt.UTC)
+        except (OverflowError, ValueError, OSError):
+            raise Problem(
+                400, "bad_field", "paid_at_ms is not a time", field="paid_at_ms"
+            ) from None
     async with request.app[pool_key].acquire() as connection:
         created = await registry.pay_pending_top_up(
             connection, top_up_id, number, amount, source, paid_at

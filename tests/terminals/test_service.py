@@ -64,6 +64,14 @@ async def test_staff_endpoints_health_metrics_openapi(backoffice: Backoffice) ->
         assert status == 201
         assert card["purse_account_id"] == str(registry.purse_account_id("6032984000000009"))
         assert (await post("/admin/v1/cards", {"card_number": "12AB"}))[0] == 400
+        # What no terminal could report back (a top-up id longer than a record holds), or no
+        # time at all: refused, nothing booked.
+        for bad in ({"top_up_id": "V" * 65}, {"paid_at_ms": 10**20}, {"source": "a\nb"}):
+            body = {"top_up_id": "VA-8", "card_number": "6032984000000009", "amount_rupiah": 1}
+            status, problem = await post("/admin/v1/pending-top-ups", {**body, **bad})
+            assert (status, problem["field"]) == (400, next(iter(bad))), problem
+        status, problem = await post("/admin/v1/operators", {"operator_id": "O" * 65})
+        assert (status, problem["field"]) == (400, "operator_id")
         status, _ = await post(
             "/admin/v1/pending-top-ups",
             {"top_up_id": "VA-9", "card_number": "6032984000000009", "amount_rupiah": 10_000},
