@@ -14,6 +14,8 @@ from array import array
 from collections.abc import Iterable
 from pathlib import Path
 
+from card_reader.durable import replace_file
+
 card_number_value_max = 2**64 - 1
 
 
@@ -39,15 +41,14 @@ class DenyList:
     def add(self, card_numbers: Iterable[str], version: int) -> None:
         """Merge a delta (usually a handful of cards) and move to `version`."""
         additions = sorted({card_number_value(number) for number in card_numbers})
-        if additions:
-            merged = array("Q", sorted(set(self.values).union(additions)))
-            if len(additions) * 64 < len(self.values):
-                merged = self.values
-                for value in additions:
-                    index = bisect.bisect_left(merged, value)
-                    if index == len(merged) or merged[index] != value:
-                        merged.insert(index, value)
-            self.values = merged
+        if additions and len(additions) * 64 < len(self.values):
+            # A few cards into millions: insert in place (no copy of the list).
+            for value in additions:
+                index = bisect.bisect_left(self.values, value)
+                if index == len(self.values) or self.values[index] != value:
+                    self.values.insert(index, value)
+        elif additions:
+            self.values = array("Q", sorted(set(self.values).union(additions)))
         self.version = max(self.version, version)
 
     def to_bytes(self) -> bytes:
@@ -68,15 +69,16 @@ class DenyList:
         return deny_list
 
     def save(self, path: Path) -> None:
-        temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(self.version.to_bytes(8, "little") + self.to_bytes())
-        temporary.replace(path)  # atomic: a power cut leaves the old list or the new one
+        # Durable and atomic: a power cut leaves the old list or the new one.
+        replace_file(path, self.version.to_bytes(8, "little") + self.to_bytes())
 
     @classmethod
     def load(cls, path: Path) -> DenyList:
         if not path.exists():
             return cls()
         raw = path.read_bytes()
+        if len(raw) < 8:
+            raise ValueError(f"{path}: a deny list of {len(raw)} bytes has no version")
         return cls.from_bytes(raw[8:], int.from_bytes(raw[:8], "little"))
 
 

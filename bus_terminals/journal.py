@@ -288,6 +288,13 @@ class Journal:
     # ---------------------------------------------------------------- helpers
 
     def _ensure_room(self) -> None:
+        # Per tap: first a bound from the sequence key's two ends (two index probes; count(*)
+        # walks the table, ~5 ms at 500,000 records); count only when the bound is reached.
+        spread = self.connection.execute(
+            "select (select max(sequence) from records) - (select min(sequence) from records) + 1"
+        ).fetchone()[0]
+        if (spread or 0) < records_max:
+            return
         if self.count() >= records_max:
             self._prune()
             if self.count() >= records_max:

@@ -39,6 +39,7 @@ from bus_terminals.wire import (
     signature_header,
     terminal_header,
 )
+from card_reader.durable import replace_file
 
 logger = logging.getLogger("ksh.sync")
 
@@ -74,18 +75,13 @@ class SyncState:
 
     def save(self, folder: Path) -> None:
         self.deny_list.save(folder / "deny-list.bin")
-        temporary = folder / "sync-state.json.tmp"
-        temporary.write_text(
-            json.dumps(
-                {
-                    "pending_top_ups": self.pending_top_ups,
-                    "tariff_version": self.tariff_version,
-                    "key_versions": self.key_versions,
-                    "synced_at_ms": self.synced_at_ms,
-                }
-            )
-        )
-        temporary.replace(folder / "sync-state.json")
+        state = {
+            "pending_top_ups": self.pending_top_ups,
+            "tariff_version": self.tariff_version,
+            "key_versions": self.key_versions,
+            "synced_at_ms": self.synced_at_ms,
+        }
+        replace_file(folder / "sync-state.json", json.dumps(state).encode())
 
     @classmethod
     def load(cls, folder: Path) -> SyncState:
@@ -289,6 +285,5 @@ def save_new_private_key(path: Path) -> Ed25519PrivateKey:
 
     key = Ed25519PrivateKey.generate()
     raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    path.write_text(base64.b64encode(raw).decode() + "\n")
-    path.chmod(0o600)
+    replace_file(path, (base64.b64encode(raw).decode() + "\n").encode())  # private from the start
     return key

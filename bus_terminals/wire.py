@@ -247,8 +247,8 @@ def decode_batch(body: bytes) -> UploadBatch:
         raise WireError("body", f"{len(body)} bytes", f"must be at most {upload_body_bytes_max}")
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WireError("body", body[:40], f"is not JSON: {error}") from None
+    except (ValueError, RecursionError) as error:  # not UTF-8 or JSON, a 5,000-digit number,
+        raise WireError("body", body[:40], f"is not JSON: {error}") from None  # deep nesting
     if type(document) is not dict:
         raise WireError("body", document, "must be a JSON object")
     expected_keys = {"version", "terminal_id", "batch_sequence", "fields", "records"}
@@ -256,7 +256,7 @@ def decode_batch(body: bytes) -> UploadBatch:
         raise WireError(
             "body", sorted(document), f"must have exactly the keys {sorted(expected_keys)}"
         )
-    if document["version"] != wire_version:
+    if type(document["version"]) is not int or document["version"] != wire_version:
         raise WireError("version", document["version"], f"must be {wire_version}")
     terminal_id = document["terminal_id"]
     problem = terminal_id_check(terminal_id)

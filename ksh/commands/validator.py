@@ -124,7 +124,7 @@ def run_device(
             merchant_id=merchant_id,
             sync_interval_ms=int(arguments.sync_interval_s * 1000),
         )
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # missing, or damaged state files
         raise UserError(str(error)) from error
     with device:
         if arguments.emulated:
