@@ -197,6 +197,7 @@ async def manual_match(
         return problem
     if not line_keys or not movement_ids:
         return ActionResult.not_found
+    line_keys, movement_ids = sorted(set(line_keys)), sorted(set(movement_ids))  # "k1,k1"
     async with connection.transaction():
         # Neither matched nor written off: a written-off line's money is in suspense already.
         lines = await connection.fetch(

@@ -19,9 +19,10 @@ import hashlib
 import io
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 statement_file_bytes_max = 64 * 1024 * 1024  # a month of a busy collection account fits
 statement_lines_max = 1_000_000
@@ -243,12 +244,14 @@ class CsvImporter:
 
     def extract(self, path: Path, text: str) -> tuple[StatementLine, ...]:
         source_file = path.name
-        reader = csv.reader(io.StringIO(text))
-        header = next(reader, None)
+        # strict: an unclosed quote is an error, not a field swallowing the rest of the file
+        reader = csv.reader(io.StringIO(text), strict=True)
+        rows = _csv_rows(reader, source_file)
+        header = next(rows, None)
         if header is None or tuple(c.strip().lower() for c in header) != csv_columns:
             raise StatementError(source_file, 1, f"header must be {','.join(csv_columns)}")
         lines = []
-        for row in reader:
+        for row in rows:
             source_line = reader.line_num
             if not any(cell.strip() for cell in row):
                 continue
@@ -352,6 +355,13 @@ def write_mt940(
     return "\n".join(out) + "\n"
 
 
+def _csv_rows(reader: Any, source_file: str) -> Iterator[list[str]]:
+    try:
+        yield from reader
+    except csv.Error as error:
+        raise StatementError(source_file, reader.line_num, f"malformed CSV: {error}") from None
+
+
 importer_kinds = (Mt940Importer, CsvImporter)
 
 
@@ -364,6 +374,8 @@ def import_file(path: Path, bank: str) -> tuple[StatementLine, ...]:
     except UnicodeDecodeError as error:
         raise StatementError(path.name, 1, f"not UTF-8 text ({error.reason})") from None
     text = text.replace("\r\n", "\n")
+    if "\x00" in text:  # no text column can hold it: say where, rather than fail in the database
+        raise StatementError(path.name, text.count("\n", 0, text.index("\x00")) + 1, "a NUL byte")
     for kind in importer_kinds:
         importer = kind(bank)
         if importer.identify(path, text[:4096]):

@@ -302,8 +302,8 @@ async def test_manual_match(database_url: str, tmp_path: Path) -> None:
         assert (
             await actions.manual_match(
                 connection,
-                [line_key],
-                [movement_id],
+                [line_key, line_key],  # a key given twice (a page's "k1,k1") counts once
+                [movement_id, movement_id],
                 clerk,
                 "bank garbled the VA reference",
             )

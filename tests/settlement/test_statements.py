@@ -68,6 +68,21 @@ def test_written_files_read_back(tmp_path: Path) -> None:
 
 
 broken_files = {
+    "unclosed-quote.csv": (
+        "account,value_date,direction,amount,reference,bank_reference,type,description\n"
+        '1,2026-11-23,C,100,VA1,B1,NTRF,"Toko ""A\n'
+        "1,2026-11-23,C,250000,VA2,B2,NTRF,top-up\n"
+        "1,2026-11-23,D,90000,P1,B3,NTRF,payout\n",
+        4,
+        "malformed CSV",
+    ),
+    "nul.csv": (
+        "account,value_date,direction,amount,reference,bank_reference,type,description\n"
+        "1,2026-11-23,C,100,VA1,B1,NTRF,fine\n"
+        "1,2026-11-23,C,100,V\x00A2,B2,NTRF,nul\n",
+        3,
+        "NUL",
+    ),
     "bad-amount.csv": (
         "account,value_date,direction,amount,reference,bank_reference,type,description\n"
         "1,2026-11-23,C,100,VA1,B1,NTRF,fine\n"
