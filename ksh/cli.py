@@ -47,13 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in command_modules:
-        try:
-            module = importlib.import_module(f"ksh.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"ksh.commands.{name}":
-                continue  # not built yet: `ksh --help` lists only what exists
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"ksh.commands.{name}").register(subparsers)
     return parser
 
 

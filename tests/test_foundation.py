@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,29 +55,24 @@ def test_embedded_postgres_start_migrate_write_read_stop(private_folder: Path) -
         finally:
             await connection.close()
 
-    environment_url = os.environ.pop("DATABASE_URL", None)
-    try:
-        with embedded_server(tmp_path / "data") as url:
-            first, second, stored = asyncio.run(scenario(url))
-        assert first == ["0001_step", "0002_step"]
-        assert second == []
-        assert stored == "halo/clerk"
-        # stopped: the server's postmaster.pid is gone once the last user left
-        assert not (tmp_path / "data" / "pgdata" / "postmaster.pid").exists()
-        # and the data survived the stop
-        with embedded_server(tmp_path / "data") as url:
+    with embedded_server(tmp_path / "data") as url:
+        first, second, stored = asyncio.run(scenario(url))
+    assert first == ["0001_step", "0002_step"]
+    assert second == []
+    assert stored == "halo/clerk"
+    # stopped: the server's postmaster.pid is gone once the last user left
+    assert not (tmp_path / "data" / "pgdata" / "postmaster.pid").exists()
+    # and the data survived the stop
+    with embedded_server(tmp_path / "data") as url:
 
-            async def read_back() -> str:
-                connection = await asyncpg.connect(url)
-                try:
-                    return str(await connection.fetchval("select body from note"))
-                finally:
-                    await connection.close()
+        async def read_back() -> str:
+            connection = await asyncpg.connect(url)
+            try:
+                return str(await connection.fetchval("select body from note"))
+            finally:
+                await connection.close()
 
-            assert asyncio.run(read_back()) == "halo"
-    finally:
-        if environment_url is not None:
-            os.environ["DATABASE_URL"] = environment_url
+        assert asyncio.run(read_back()) == "halo"
 
 
 async def test_concurrent_migrations_apply_once(postgres_server_url: str, tmp_path: Path) -> None:
@@ -86,10 +81,11 @@ async def test_concurrent_migrations_apply_once(postgres_server_url: str, tmp_pa
 
     migrations = tmp_path / "migrations"
     write_migrations(migrations, "create table once (id integer primary key);")
+    name = f"ksh_concurrent_migrations_{uuid.uuid4().hex[:8]}"  # a shared server may hold others
     admin = await asyncpg.connect(postgres_server_url)
-    await admin.execute("create database ksh_concurrent_migrations")
+    await admin.execute(f'create database "{name}"')
     await admin.close()
-    url = database_url_for(postgres_server_url, "ksh_concurrent_migrations")
+    url = database_url_for(postgres_server_url, name)
     try:
         connections = [await asyncpg.connect(url) for _ in range(4)]
         results = await asyncio.gather(
@@ -100,7 +96,7 @@ async def test_concurrent_migrations_apply_once(postgres_server_url: str, tmp_pa
         assert sorted(len(result) for result in results) == [0, 0, 0, 1]
     finally:
         admin = await asyncpg.connect(postgres_server_url)
-        await admin.execute("drop database ksh_concurrent_migrations with (force)")
+        await admin.execute(f'drop database "{name}" with (force)')
         await admin.close()
 
 
@@ -117,11 +113,13 @@ def test_broken_migration_applies_nothing(tmp_path: Path, postgres_server_url: s
     migrations = tmp_path / "migrations"
     write_migrations(migrations, "create table fine (id integer);", "this is not sql;")
 
+    name = f"ksh_broken_migration_{uuid.uuid4().hex[:8]}"
+
     async def scenario() -> bool:
         admin = await asyncpg.connect(postgres_server_url)
-        await admin.execute("create database ksh_broken_migration")
+        await admin.execute(f'create database "{name}"')
         await admin.close()
-        url = database_url_for(postgres_server_url, "ksh_broken_migration")
+        url = database_url_for(postgres_server_url, name)
         connection = await asyncpg.connect(url)
         try:
             with pytest.raises(asyncpg.PostgresSyntaxError):
@@ -130,7 +128,7 @@ def test_broken_migration_applies_nothing(tmp_path: Path, postgres_server_url: s
         finally:
             await connection.close()
             admin = await asyncpg.connect(postgres_server_url)
-            await admin.execute("drop database ksh_broken_migration with (force)")
+            await admin.execute(f'drop database "{name}" with (force)')
             await admin.close()
 
     assert asyncio.run(scenario()) is False
@@ -154,7 +152,10 @@ def test_help_lists_every_built_subcommand(capsys: pytest.CaptureFixture[str]) -
 
 def test_user_error_is_one_line_and_exit_2() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "ksh", "no-such-command"], capture_output=True, text=True
+        # reaches a handler that raises UserError (argparse's own errors never get that far)
+        [sys.executable, "-m", "ksh", "fare", "price", "--journey", "/nonexistent"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -22,14 +22,11 @@ def register(subparsers: Any) -> None:
     )
     names = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name in benchmark_names:
-        try:
-            module = importlib.import_module(f"ksh.benchmarks.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"ksh.benchmarks.{name}":
-                continue
-            raise
+        module = importlib.import_module(f"ksh.benchmarks.{name}")
         sub = names.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
-        sub.add_argument("--json", action="store_true", help="print JSON only (the default)")
+        sub.add_argument(
+            "--json", action="store_true", help="compact one-line JSON (default: indented)"
+        )
         module.add_arguments(sub)
         sub.set_defaults(handler=run_benchmark, benchmark_module=module)
 

@@ -107,12 +107,13 @@ async def start(app: Any) -> tuple[Any, str]:
 async def demo(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
     import asyncpg
 
+    from ksh.database import connect
     from ksh.schema import migrate_all
     from ledger.database import database_url_for
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d_%H%M%S")
     name = f"ksh_demo_{stamp}_{uuid.uuid4().hex[:6]}"
-    admin = await asyncpg.connect(server)
+    admin = await connect(server)
     try:
         await admin.execute(f'create database "{name}"')
     finally:

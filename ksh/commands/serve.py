@@ -58,9 +58,8 @@ def extensions() -> list[Any]:
 def run(arguments: argparse.Namespace) -> int:
     import asyncio
 
-    import asyncpg
-
     from gateways.backoffice import log_as_json_lines
+    from ksh.database import connect
     from ksh.schema import migrate_all
     from ledger.database import server_url
 
@@ -69,10 +68,12 @@ def run(arguments: argparse.Namespace) -> int:
         "admin_token": os.environ.get("KSH_ADMIN_TOKEN", ""),
         "tariff_version": arguments.tariff_version,
     }
+    if not 1 <= arguments.workers <= workers_max:
+        raise UserError(f"--workers must be 1 to {workers_max}")
     with server_url() as url:
 
         async def migrate() -> None:
-            connection = await asyncpg.connect(url)
+            connection = await connect(url)
             try:
                 await migrate_all(connection)
             finally:
@@ -82,8 +83,6 @@ def run(arguments: argparse.Namespace) -> int:
             asyncio.run(migrate())
         except OSError as error:
             raise UserError(f"cannot reach the database: {error}") from error
-        if not 1 <= arguments.workers <= workers_max:
-            raise UserError(f"--workers must be 1 to {workers_max}")
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ksh.cli import UserError
-from ksh.database import run_with_database
+from ksh.database import connect, run_with_database
 
 
 def register(subparsers: Any) -> None:
@@ -139,7 +139,7 @@ def run_pay(arguments: argparse.Namespace) -> int:
         raise UserError(f"cannot load our private key {arguments.key}: {error}") from None
 
     async def main(url: str) -> int:
-        connection = await asyncpg.connect(url)
+        connection = await connect(url)
         try:
             await migrate_all(connection)
             partner = await load_partner(connection, arguments.partner)
