@@ -26,7 +26,7 @@ from card_reader.apdu import (
     wrap_command,
 )
 from card_reader.desfire_files import AccessRights, CommMode, FileType
-from card_reader.port import CardError, ReaderPort
+from card_reader.port import CardError, ReaderPort, hex_transcript
 
 transcript_exchanges_max = 64
 # Command bytes after the code in one frame. An ISO-wrapped short APDU carries 255; the PC/SC
@@ -112,7 +112,7 @@ class Desfire:
         self.random_bytes = random_bytes
         self.card_uid = card_uid
         self.authentication: Authentication | None = None
-        self.transcript: list[tuple[str, str]] = []
+        self.transcript: list[tuple[bytes, bytes]] = []  # the recent exchanges, raw
 
     # ------------------------------------------------------------------ exchanges
 
@@ -124,8 +124,11 @@ class Desfire:
             command_code=command_code,
             reader_name=self.reader.name,
             card_uid=self.card_uid,
-            transcript=tuple(self.transcript),
+            transcript=self.transcript_hex(),
         )
+
+    def transcript_hex(self) -> tuple[tuple[str, str], ...]:
+        return hex_transcript(self.transcript)
 
     def exchange(self, code: int, data: bytes = b"") -> tuple[int, bytes]:
         """One frame out, one frame back: (status, data)."""
@@ -134,14 +137,14 @@ class Desfire:
             response = self.reader.transmit(command)
         except CardError as error:
             self.authentication = None
-            transcript = tuple(self.transcript) + (error.transcript or ())
+            transcript = self.transcript_hex() + (error.transcript or ())
             raise CardError(
                 error.message,
                 reader_name=self.reader.name,
                 card_uid=self.card_uid,
                 transcript=transcript,
             ) from error
-        self.transcript.append((command.hex().upper(), response.hex().upper()))
+        self.transcript.append((command, response))
         del self.transcript[:-transcript_exchanges_max]
         try:
             frame = unwrap_response(response, self.framing)

@@ -415,7 +415,7 @@ class KshCard:
             message,
             reader_name=self.reader.name,
             card_uid=uid,
-            transcript=tuple(self.desfire.transcript),
+            transcript=self.desfire.transcript_hex(),
         )
 
     def _authenticate(self, role: KeyRole, uid: bytes, *, first: bool) -> int:

@@ -24,7 +24,7 @@ from typing import NoReturn
 
 from smartcard import scard
 
-from card_reader.port import CardError, ReaderError
+from card_reader.port import CardError, ReaderError, hex_transcript
 
 transcript_exchanges_max = 24  # the last exchanges with this card (a whole tap), for errors
 status_wait_slice_ms = 250  # a blocking wait returns this often, so Ctrl-C gets through
@@ -235,9 +235,7 @@ class PcscReader:
                 return CardEvent.inserted if now_present else CardEvent.removed
 
     def transcript_hex(self) -> tuple[tuple[str, str], ...]:
-        return tuple(
-            (command.hex().upper(), answer.hex().upper()) for command, answer in self._transcript
-        )
+        return hex_transcript(self._transcript)
 
     def close(self) -> None:
         # Leave the card as it is: resetting a card that has just left the field (vpcd) wedges

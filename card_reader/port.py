@@ -8,7 +8,14 @@ Both carry the reader name, the card UID when known, and the APDU transcript in 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
+
+
+def hex_transcript(exchanges: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    """Raw (command, response) exchanges as the errors carry them. Readers keep raw bytes and
+    format only when an error is raised: a tap makes a dozen exchanges and rarely fails."""
+    return tuple((command.hex().upper(), response.hex().upper()) for command, response in exchanges)
 
 
 class ReaderPortError(Exception):
