@@ -98,3 +98,9 @@ def metadata(**fields: Any) -> str:
 
 def created(outcome: TransferOutcome) -> bool:
     return outcome.result is CreateTransferResult.created
+
+
+def hold_id_for(batch_id: str) -> uuid.UUID:
+    """The pending transfer holding a settlement batch's payout (end of day books it,
+    reconciliation posts it)."""
+    return derive_id("settlement-hold", batch_id)

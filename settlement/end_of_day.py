@@ -96,10 +96,6 @@ def payout_id_for(batch_id: str, attempt: int) -> str:
     return f"P{batch_id[1:]}{attempt:02d}"
 
 
-def hold_id_for(batch_id: str) -> uuid.UUID:
-    return derive_id("settlement-hold", batch_id)
-
-
 # ---------------------------------------------------------------------------- close
 
 
@@ -232,7 +228,7 @@ async def close_day(
                 )
             transfers.append(
                 Transfer(
-                    hold_id_for(batch.batch_id),
+                    books.hold_id_for(batch.batch_id),
                     source,
                     in_transit,
                     batch.net_rupiah,
@@ -253,7 +249,7 @@ async def close_day(
             [b.party_kind for b in batches],
             [b.party_id for b in batches],
             payable_ids,
-            [hold_id_for(b.batch_id) for b in batches],
+            [books.hold_id_for(b.batch_id) for b in batches],
             [b.owed_rupiah for b in batches],
             [b.gross_rupiah for b in batches],
             [b.fees_rupiah for b in batches],

@@ -448,7 +448,7 @@ async def payout_holds(
 ) -> dict[str, tuple[str, bool]]:
     """For payout movements: the batch's hold transfer and whether it is posted already."""
     rows = await connection.fetch(
-        """select p.payout_id, b.batch_id, b.hold_transfer_id,
+        """select p.payout_id, b.batch_id,
                   exists (select 1 from ledger_transfers t
                            where t.pending_id = b.hold_transfer_id) as resolved
              from settlement_payouts p join settlement_batches b using (batch_id)
@@ -467,7 +467,7 @@ def post_hold(batch_id: str, reference: str) -> Transfer:
         None,
         TransferCode.payout,
         flags=TransferFlags.post_pending,
-        pending_id=derive_id("settlement-hold", batch_id),
+        pending_id=books.hold_id_for(batch_id),
         bank_reference=reference,
         settlement_batch=batch_id,
     )
