@@ -111,6 +111,18 @@ async def inquire(
     }
 
 
+async def _booked_payment(
+    connection: asyncpg.Connection, partner: Partner, payment_request_id: str
+) -> asyncpg.Record | None:
+    """The payment already recorded under this partner's paymentRequestId, if any."""
+    return await connection.fetchrow(
+        "select virtual_account_no, amount_rupiah, response from snap_va_payments"
+        " where partner_id = $1 and payment_request_id = $2",
+        partner.partner_id,
+        payment_request_id,
+    )
+
+
 async def pay(
     connection: asyncpg.Connection, partner: Partner, body: dict[str, Any], purse_cap_rupiah: int
 ) -> dict[str, Any]:
@@ -126,14 +138,7 @@ async def pay(
     await connection.execute(
         "select pg_advisory_xact_lock($1, hashtext($2))", card_lock_namespace, card_number
     )
-    repeat = await connection.fetchrow(
-        """
-        select virtual_account_no, amount_rupiah, response from snap_va_payments
-        where partner_id = $1 and payment_request_id = $2
-        """,
-        partner.partner_id,
-        payment_request_id,
-    )
+    repeat = await _booked_payment(connection, partner, payment_request_id)
     if repeat is not None:
         return _repeat_answer(repeat, va_number, paid_rupiah)
     allowed = await allowed_rupiah(connection, card_number, purse_cap_rupiah)
@@ -170,14 +175,7 @@ async def pay(
         json.dumps(answer),
     )
     if not inserted:  # a concurrent twin committed first; answer as it did
-        repeat = await connection.fetchrow(
-            """
-            select virtual_account_no, amount_rupiah, response from snap_va_payments
-            where partner_id = $1 and payment_request_id = $2
-            """,
-            partner.partner_id,
-            payment_request_id,
-        )
+        repeat = await _booked_payment(connection, partner, payment_request_id)
         assert repeat is not None
         return _repeat_answer(repeat, va_number, paid_rupiah)
     await ledger_port.book_pending_top_up(
