@@ -182,10 +182,15 @@ def _match_leg(
         category,
         medium,
     )
+    _remember_leg(tariff, key, match)
+    return match
+
+
+def _remember_leg(tariff: Tariff, key: tuple[int, ...], match: LegMatch | None) -> None:
+    memo = tariff.leg_memo
     if len(memo) >= leg_price_memo_entries_max:
         memo.clear()
     memo[key] = match
-    return match
 
 
 def _joins(tariff: Tariff, state: CardState, network: int, from_stop: int, time_s: int) -> bool:
@@ -300,8 +305,8 @@ def _step(
             segment[arrival_second],
         )
     match = tariff.leg_memo.get(key, _missing)
-    if match is _missing:
-        match = _match_leg(
+    if match is _missing:  # the key is built: price the leg and remember it under that key
+        match = _match_leg_uncached(
             tariff,
             network,
             from_stop,
@@ -311,6 +316,7 @@ def _step(
             category,
             medium,
         )
+        _remember_leg(tariff, key, match)
     if match is None:
         return None
     leg_amount = match.amount
