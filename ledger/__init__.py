@@ -2,11 +2,13 @@
 
 It books transfers between accounts and knows nothing about cards or buses. Public API:
 the records and enums of `ledger.records`, the async functions of `ledger.store` (each takes
-an asyncpg connection), `check_ledger` (`ledger.audit`) and the exports (`ledger.export`).
+an asyncpg connection), `TransferPipeline` (`ledger.pipeline`: batches back to back on
+several connections), `check_ledger` (`ledger.audit`) and the exports (`ledger.export`).
 """
 
 from ledger.audit import Problem, check_ledger
 from ledger.export import write_beancount, write_csv
+from ledger.pipeline import TransferPipeline
 from ledger.records import (
     Account,
     AccountFlags,
@@ -55,6 +57,7 @@ __all__ = [
     "TransferCode",
     "TransferFlags",
     "TransferOutcome",
+    "TransferPipeline",
     "account_balances",
     "account_statement",
     "accounts_per_batch_max",

@@ -48,6 +48,7 @@ _pending = int(TransferFlags.pending)
 _post = int(TransferFlags.post_pending)
 _void = int(TransferFlags.void_pending)
 _force = int(TransferFlags.force)
+_no_flags = TransferFlags.none
 _two_phase = int(two_phase_flags)
 _all_flags = int(all_transfer_flags)
 _resolve = int(resolve_flags)
@@ -316,7 +317,8 @@ def decide_batch(
 
     for index in range(open_chain_from):
         transfer = transfers[index]
-        flags = int(transfer.flags)
+        transfer_flags = transfer.flags
+        flags = 0 if transfer_flags is _no_flags else int(transfer_flags)  # int(): ~130 ns
         if chain_start is None and not flags & ~_force:
             # The common case, a plain transfer outside any chain: the fast path.
             results[index] = _decide_plain(
@@ -401,13 +403,30 @@ def _decide_plain(
 ) -> CreateTransferResult:
     """`_decide_one` for a plain transfer (no two-phase flag, not linked; maybe `force`):
     the same checks in the same order, written flat because it runs for nearly every
-    transfer. The model test drives both paths."""
-    transfer_id = transfer.id.int
+    transfer (the fields are unpacked at once: fifteen attribute reads cost more). The model
+    test drives both paths."""
+    (
+        id_uuid,
+        debit_uuid,
+        credit_uuid,
+        amount,
+        code,
+        _,
+        pending_id,
+        timeout_s,
+        terminal_id,
+        terminal_sequence,
+        card_number,
+        card_counter,
+        bank_reference,
+        settlement_batch,
+        metadata,
+    ) = transfer
+    transfer_id = id_uuid.int
     if transfer_id == 0:
         return R.id_must_not_be_zero
     if transfer_id == _id_max_int:
         return R.id_must_not_be_max
-    debit_uuid, credit_uuid = transfer.debit_account_id, transfer.credit_account_id
     if debit_uuid is None or debit_uuid.int == 0:
         return R.debit_account_id_must_not_be_zero
     if credit_uuid is None or credit_uuid.int == 0:
@@ -415,37 +434,38 @@ def _decide_plain(
     debit_id, credit_id = debit_uuid.int, credit_uuid.int
     if debit_id == credit_id:
         return R.accounts_must_be_different
-    if transfer.pending_id is not None:
+    if pending_id is not None:
         return R.pending_id_must_be_zero
-    if transfer.timeout_s:
+    if timeout_s:
         return R.timeout_reserved_for_pending_transfer
-    amount = transfer.amount
     if amount is None or amount <= 0:
         return R.amount_must_be_positive
     if amount > amount_max:
         return R.amount_too_large
-    if transfer.code <= 0:
+    if code <= 0:
         return R.code_must_be_positive
-    if transfer.code > code_max:
+    if code > code_max:
         return R.code_too_large
     if (
-        transfer.terminal_id is not None
-        or transfer.card_number is not None
-        or transfer.terminal_sequence is not None
-        or transfer.card_counter is not None
-        or transfer.bank_reference is not None
-        or transfer.settlement_batch is not None
-        or transfer.metadata is not None
+        terminal_id is not None
+        or card_number is not None
+        or terminal_sequence is not None
+        or card_counter is not None
+        or bank_reference is not None
+        or settlement_batch is not None
+        or metadata is not None
     ):
         invalid = references_problem(transfer)  # the rest of `validate` was checked above
         if invalid is not None:
             return invalid
-    here = booked_here.get(transfer_id)
-    if here is not None:
-        return compare_with_booked(transfer, here.transfer)
-    old = existing.get(transfer_id)
-    if old is not None:
-        return compare_with_booked(transfer, old.transfer)
+    if booked_here:
+        here = booked_here.get(transfer_id)
+        if here is not None:
+            return compare_with_booked(transfer, here.transfer)
+    if existing:
+        old = existing.get(transfer_id)
+        if old is not None:
+            return compare_with_booked(transfer, old.transfer)
 
     debit = accounts.get(debit_id)
     if debit is None:
@@ -453,25 +473,26 @@ def _decide_plain(
     credit = accounts.get(credit_id)
     if credit is None:
         return R.credit_account_not_found
-    if debit[1] != credit[1]:
+    debit_flags, debit_currency, d_pending, d_posted, d_credits_pending, d_credits_posted = debit
+    credit_flags, credit_currency, c_debits_pending, c_debits_posted, c_pending, c_posted = credit
+    if debit_currency != credit_currency:
         return R.accounts_must_have_the_same_currency
-    debit_flags, credit_flags = debit[0], credit[0]
     if debit_flags & _closed:
         return R.debit_account_closed
     if credit_flags & _closed:
         return R.credit_account_closed
-    d_pending, d_posted = debit[2], debit[3] + amount
-    c_pending, c_posted = credit[4], credit[5] + amount
+    d_posted += amount
+    c_posted += amount
     if d_posted > amount_max or d_pending + d_posted > amount_max:
         return R.overflows_debits
     if c_posted > amount_max or c_pending + c_posted > amount_max:
         return R.overflows_credits
     over_limit = False
-    if debit_flags & _debits_limited and d_pending + d_posted > debit[5]:
+    if debit_flags & _debits_limited and d_pending + d_posted > d_credits_posted:
         if not flags & _force:
             return R.exceeds_credits
         over_limit = True
-    if credit_flags & _credits_limited and c_pending + c_posted > credit[3]:
+    if credit_flags & _credits_limited and c_pending + c_posted > c_debits_posted:
         if not flags & _force:
             return R.exceeds_debits
         over_limit = True
@@ -479,8 +500,8 @@ def _decide_plain(
     credit[5] = c_posted
     entry = Entry(
         transfer,
-        (d_pending, d_posted, debit[4], debit[5]),
-        (credit[2], credit[3], c_pending, c_posted),
+        (d_pending, d_posted, d_credits_pending, d_credits_posted),
+        (c_debits_pending, c_debits_posted, c_pending, c_posted),
         over_limit,
     )
     entries.append(entry)

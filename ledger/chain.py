@@ -22,11 +22,12 @@ import functools
 import hashlib
 import json
 import struct
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ledger.records import Transfer
+from ledger.records import Transfer, TransferFlags
 
 chain_hash_genesis = bytes(32)
 
@@ -144,6 +145,7 @@ _int8 = struct.Struct(">iq")
 _length = struct.Struct(">i")
 # Everything from `pending_id` to `metadata` for the usual transfer: none of them set.
 _nothing_optional = _null + _int4.pack(4, 0) + _null * 7
+_no_flags = TransferFlags.none
 
 
 @functools.cache
@@ -153,6 +155,9 @@ def _row_struct(optional_length: int) -> struct.Struct:
     fields packed with their length as one int8), the optional fields pre-encoded, and
     both accounts' four totals after."""
     return struct.Struct(">6sq4s16s28s16s4s16s4sqqq" + f"{optional_length}s" + "4sq" * 8)
+
+
+_plain_row_pack = _row_struct(len(_nothing_optional)).pack
 
 
 @functools.cache
@@ -227,10 +232,17 @@ def _batch_piece(batch_number: int, booked_at: datetime) -> bytes:
 class TransferRowEncoder:
     """Encodes one batch's transfer rows (columns as `transfer_columns`) for binary COPY."""
 
-    __slots__ = ("_batch_piece",)
+    __slots__ = ("_batch_piece", "_credit", "_credit_bytes", "_debit", "_debit_bytes")
 
     def __init__(self, batch_number: int, booked_at: datetime) -> None:
         self._batch_piece = _batch_piece(batch_number, booked_at)
+        # The last account seen on each side and its 16 bytes: a hot account (revenue,
+        # bank clearing) comes again and again, and `UUID.bytes` costs 0.2 µs a time
+        # (`int.to_bytes`, which it calls, about half that).
+        self._debit: uuid.UUID | None = None
+        self._debit_bytes = b""
+        self._credit: uuid.UUID | None = None
+        self._credit_bytes = b""
 
     def row(
         self,
@@ -240,54 +252,65 @@ class TransferRowEncoder:
         credit_after: Sequence[int],
     ) -> bytes:
         """The row of a booked transfer (accounts, amount and code resolved)."""
+        (
+            id_uuid,
+            debit,
+            credit,
+            amount,
+            code,
+            transfer_flags,
+            pending_id,
+            timeout_s,
+            terminal_id,
+            terminal_sequence,
+            card_number,
+            card_counter,
+            bank_reference,
+            settlement_batch,
+            metadata,
+        ) = transfer  # at once: fifteen attribute reads cost more
         if (
-            transfer.pending_id is None
-            and not transfer.timeout_s
-            and transfer.terminal_id is None
-            and transfer.card_number is None
-            and transfer.bank_reference is None
-            and transfer.settlement_batch is None
-            and transfer.metadata is None
-            and transfer.terminal_sequence is None
-            and transfer.card_counter is None
+            pending_id is None
+            and not timeout_s
+            and terminal_id is None
+            and card_number is None
+            and bank_reference is None
+            and settlement_batch is None
+            and metadata is None
+            and terminal_sequence is None
+            and card_counter is None
         ):
             optional = _nothing_optional
+            pack = _plain_row_pack
         else:
             optional = _optional_fields(*transfer[6:])
-        code, flags = transfer.code, int(transfer.flags)
+            pack = _row_struct(len(optional)).pack
+        flags = 0 if transfer_flags is _no_flags else int(transfer_flags)
         if not (0 <= code <= _int4_max and 0 <= flags <= _int4_max):
             raise ValueError(f"code {code} or flags {flags} outside integer (validate first)")
-        return _row_struct(len(optional)).pack(
+        if debit is not self._debit:
+            self._debit, self._debit_bytes = debit, debit.int.to_bytes(16)  # type: ignore[union-attr]
+        if credit is not self._credit:
+            self._credit, self._credit_bytes = credit, credit.int.to_bytes(16)  # type: ignore[union-attr]
+        debit_0, debit_1, debit_2, debit_3 = debit_after
+        credit_0, credit_1, credit_2, credit_3 = credit_after
+        return pack(
             _field_count_then_length_8,
             sequence,
             _length_16,
-            transfer.id.bytes,
+            id_uuid.int.to_bytes(16),
             self._batch_piece,
-            transfer.debit_account_id.bytes,  # type: ignore[union-attr]
+            self._debit_bytes,
             _length_16,
-            transfer.credit_account_id.bytes,  # type: ignore[union-attr]
+            self._credit_bytes,
             _length_8,
-            transfer.amount,
+            amount,
             _length_4_shifted | code,
             _length_4_shifted | flags,
             optional,
-            _length_8,
-            debit_after[0],
-            _length_8,
-            debit_after[1],
-            _length_8,
-            debit_after[2],
-            _length_8,
-            debit_after[3],
-            _length_8,
-            credit_after[0],
-            _length_8,
-            credit_after[1],
-            _length_8,
-            credit_after[2],
-            _length_8,
-            credit_after[3],
-        )
+            _length_8, debit_0, _length_8, debit_1, _length_8, debit_2, _length_8, debit_3,
+            _length_8, credit_0, _length_8, credit_1, _length_8, credit_2, _length_8, credit_3,
+        )  # fmt: skip
 
 
 def encode_stored_row(row: Sequence[Any]) -> bytes:

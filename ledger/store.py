@@ -88,6 +88,7 @@ from ledger.records import (
 
 _select_transfer_columns = ", ".join(transfer_columns)
 _not_plain = int(~TransferFlags.force)  # any flag but force: linked or two-phase
+_no_flags = TransferFlags.none
 # Durable commits, said explicitly. A batch touches a few thousand of maybe millions of
 # accounts: look each up by its primary key rather than hashing the whole table.
 # (Only in a transaction of our own: a SET LOCAL made inside a caller's transaction would
@@ -314,33 +315,52 @@ async def create_transfers(
         return await _book_checking_repeats(connection, transfers, now)
 
 
+_collector_pauses = 0  # callers inside `cyclic_collector_paused` (tasks of one event loop)
+_collector_was_enabled = False
+
+
 @contextlib.contextmanager
 def cyclic_collector_paused() -> Iterator[None]:
     """A batch allocates tens of thousands of tuples and records, so Python's cyclic garbage
     collector would run dozens of times per batch and walk every live object (the account
     cache too) several times: a fifth of the client's time. Nothing a batch makes forms a
     reference cycle; the collector is paused while it is booked and runs again after.
-    The back office's upload ingest pauses it the same way around a whole upload batch."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
+    The back office's upload ingest pauses it the same way around a whole upload batch.
+    Concurrent callers (tasks of one event loop, e.g. a `TransferPipeline`'s) share one
+    pause: the collector runs again when the last of them is done, not in the middle of
+    another's batch."""
+    global _collector_pauses, _collector_was_enabled
+    if _collector_pauses == 0:
+        _collector_was_enabled = gc.isenabled()
+        gc.disable()
+    _collector_pauses += 1
     try:
         yield
     finally:
-        gc.enable()
+        _collector_pauses -= 1
+        if _collector_pauses == 0 and _collector_was_enabled:
+            gc.enable()
+
+
+def all_plain(transfers: Sequence[Transfer]) -> bool:
+    """No linked or two-phase transfer (`force` is fine): a batch for the fast path."""
+    for transfer in transfers:
+        flags = transfer.flags
+        if flags is not _no_flags and int(flags) & _not_plain:  # (int(): ~130 ns)
+            return False
+    return True
 
 
 async def _book_checking_repeats(
     connection: asyncpg.Connection, transfers: list[Transfer], now: datetime | None
 ) -> list[TransferOutcome]:
-    if not any(int(transfer.flags) & _not_plain for transfer in transfers):
+    if all_plain(transfers):
         # Plain transfers (the bulk: fares, sales) are booked as if none of their ids were
         # booked before; the unique index on the id says otherwise (a repeat: rare), and
         # then the batch, rolled back whole, is booked again knowing the repeats.
         try:
             return await _book(connection, transfers, now, optimistic=True)
-        except _RepeatFound:
+        except RepeatFound:
             pass
         except asyncpg.UniqueViolationError as error:
             if error.constraint_name != "ledger_transfers_id":
@@ -348,7 +368,7 @@ async def _book_checking_repeats(
     return await _book(connection, transfers, now, optimistic=False)
 
 
-class _RepeatFound(Exception):
+class RepeatFound(Exception):
     """A plain batch decided as new repeats a booked id: book it again knowing the repeats."""
 
 
@@ -387,6 +407,7 @@ async def _book(
             head["batch_number"] + 1,
             booked_at,
             head["chain_hash"],
+            head["state_version"],
             TransferRowEncoder(head["batch_number"] + 1, booked_at),
         )
         next_sequence = head["next_sequence"]
@@ -458,29 +479,35 @@ async def _prefetch_transfers(
     return existing, pendings
 
 
-async def _prefetch_accounts(
-    connection: asyncpg.Connection,
-    transfers: list[Transfer],
-    pendings: dict[int, PendingState],
-    cache: AccountCache,
-) -> dict[int, list]:
-    """Load into `cache` the accounts the batch names that it does not hold yet; return the
-    cache's states (decide looks up only what it needs)."""
-    states = cache.states
+def _accounts_to_load(
+    transfers: list[Transfer], pendings: dict[int, PendingState], states: dict[int, list]
+) -> dict[int, uuid.UUID]:
+    """The accounts the batch names (its holds' accounts too) that `states` lacks."""
     wanted: dict[int, uuid.UUID] = {}
-    seen = None  # the account just checked: batches name a hot account again and again
+    # The accounts just checked on each side: batches name a hot account again and again.
+    seen_debit = seen_credit = None
     for transfer in transfers:
-        for account_id in (transfer.debit_account_id, transfer.credit_account_id):
-            if account_id is not seen and account_id is not None:
-                if account_id.int not in states:
-                    wanted[account_id.int] = account_id
-                seen = account_id
+        debit, credit = transfer[1], transfer[2]
+        if debit is not seen_debit and debit is not None:
+            if debit.int not in states:
+                wanted[debit.int] = debit
+            seen_debit = debit
+        if credit is not seen_credit and credit is not None:
+            if credit.int not in states:
+                wanted[credit.int] = credit
+            seen_credit = credit
     for pending in pendings.values():
         for account_id in (pending.transfer.debit_account_id, pending.transfer.credit_account_id):
             if account_id is not None and account_id.int not in states:
                 wanted[account_id.int] = account_id
-    if not wanted:
-        return states
+    return wanted
+
+
+async def _load_accounts(
+    connection: asyncpg.Connection, wanted: dict[int, uuid.UUID], cache: AccountCache
+) -> None:
+    """Add the `wanted` accounts, as the connection sees them now, to `cache`."""
+    states = cache.states
     if len(states) + len(wanted) > account_cache_entries_max:
         states.clear()
     rows = await connection.fetch(
@@ -490,7 +517,20 @@ async def _prefetch_accounts(
     )
     for row in rows:
         states[row[0].int] = list(row[1:])
-    return states
+
+
+async def _prefetch_accounts(
+    connection: asyncpg.Connection,
+    transfers: list[Transfer],
+    pendings: dict[int, PendingState],
+    cache: AccountCache,
+) -> dict[int, list]:
+    """Load into `cache` the accounts the batch names that it does not hold yet; return the
+    cache's states (decide looks up only what it needs)."""
+    wanted = _accounts_to_load(transfers, pendings, cache.states)
+    if wanted:
+        await _load_accounts(connection, wanted, cache)
+    return cache.states
 
 
 _record_batch = f"""
@@ -501,6 +541,7 @@ _record_batch = f"""
     )
     update ledger_head set batch_number = $1, next_sequence = $3 + 1, chain_hash = $7,
                            booked_at = $5, state_version = state_version + 1
+     where chain_hash = $8 and state_version = $9
 """
 
 # A plain batch is decided in parts of this many transfers; each part's rows go to the server
@@ -513,6 +554,7 @@ class _BatchHead:
     number: int
     booked_at: datetime
     previous_chain_hash: bytes
+    state_version: int  # ledger_head's before this batch
     encoder: TransferRowEncoder
 
 
@@ -584,8 +626,18 @@ async def _book_plain(
             copying.cancel()
             await asyncio.wait({copying})
         raise
-    # A repeat decided as new is refused by the unique index if it was to be booked; one
-    # refused on the state of the books must be looked up (the rows just copied included).
+    await _check_refused_are_new(connection, decisions)
+    if row_count:
+        await _record_batch_row(connection, batch, next_sequence, row_count, digest)
+    return outcomes, bool(row_count)
+
+
+async def _check_refused_are_new(
+    connection: asyncpg.Connection, decisions: list[BatchDecision]
+) -> None:
+    """A plain batch decided as if none of its ids were booked: a repeat that was to be
+    booked is refused by the unique index; one refused on the state of the books must be
+    looked up (the rows just copied included). `RepeatFound` if any was booked before."""
     refused = [
         transfer.id
         for decision in decisions
@@ -595,10 +647,7 @@ async def _book_plain(
     if refused and await connection.fetchval(
         "select exists (select 1 from ledger_transfers where id = any($1::uuid[]))", refused
     ):
-        raise _RepeatFound
-    if row_count:
-        await _record_batch_row(connection, batch, next_sequence, row_count, digest)
-    return outcomes, bool(row_count)
+        raise RepeatFound
 
 
 copy_send_buffer_bytes = 4 << 20  # room in the kernel for a whole batch's COPY data
@@ -618,6 +667,11 @@ def _widen_send_buffer(connection: asyncpg.Connection) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, copy_send_buffer_bytes)
 
 
+class HeadMoved(Exception):
+    """The chain head is not where the batch was decided to follow: another batch (or an
+    account closed) came between. Nothing of the batch is booked; decide it again."""
+
+
 async def _record_batch_row(
     connection: asyncpg.Connection,
     batch: _BatchHead,
@@ -625,8 +679,9 @@ async def _record_batch_row(
     row_count: int,
     digest: bytes,
 ) -> None:
-    """The batch row with its digest and chain hash, and the head moved on."""
-    await connection.execute(
+    """The batch row with its digest and chain hash, and the head moved on, provided it
+    still is where the batch was decided (else `HeadMoved`)."""
+    status = await connection.execute(
         _record_batch,
         batch.number,
         first_sequence,
@@ -635,7 +690,11 @@ async def _record_batch_row(
         batch.booked_at,
         digest,
         next_chain_hash(batch.previous_chain_hash, digest),
+        batch.previous_chain_hash,
+        batch.state_version,
     )
+    if status != "UPDATE 1":
+        raise HeadMoved
 
 
 async def expire_pending_transfers(

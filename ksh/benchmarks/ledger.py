@@ -2,14 +2,15 @@
 
 Books N transfers (default 1,000,000) among 100,000 card purses (each with the
 debits-must-not-exceed-credits limit), every one crediting the same operator revenue account,
-in batches of 8,190, through `ledger.create_transfers` (synchronous_commit on). In the same
-run it measures the raw ceiling: COPY of the very rows the ledger stores (one per transfer,
-carrying both postings and the balances after), encoded by the ledger's own binary row
-encoder, into a bare table with no index, trigger or check, same batches, same durable
-commits. For reference it also measures the same rows encoded by asyncpg from tuples (the
-ceiling this benchmark used before the ledger encoded its own rows, slower than the ledger's
-encoder) and two narrow posting rows per transfer. Uses DATABASE_URL or the embedded server,
-in a scratch database it drops.
+in batches of 8,190, through `ledger.TransferPipeline` on two connections (synchronous_commit
+on), keeping as many batches submitted as it has connections plus one. In the same run it
+measures the raw ceiling: COPY of the very rows the ledger stores (one per transfer, carrying
+both postings and the balances after), encoded by the ledger's own binary row encoder, into a
+bare table with no index, trigger or check, same batches, same durable commits, the same two
+connections each with a batch in flight while the next is encoded. For reference it also
+books other transfers of the same shape one batch at a time through `ledger.create_transfers`
+on one connection. The three alternate in blocks so that all see the same load on a shared
+machine. Uses DATABASE_URL or the embedded server, in a scratch database it drops.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ cards_default = 100_000
 fare_rupiah = 3_500
 unknown_totals = (0, 0, 0, 0)  # the raw copies compute no balances
 top_up_rupiah = 2_000_000
+depth = 2  # the pipeline's connections: one batch applying its totals, one streaming in
+blocks = 10  # the pipeline and the raw copies take turns this many times
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,31 +50,54 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         return asyncio.run(_run(url, arguments))
 
 
-def _database_url(server: str, database: str) -> str:
-    base, _, query = server.partition("?")
-    scheme, _, rest = base.partition("://")
-    authority = rest.partition("/")[0]
-    return f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
-
-
 async def _run(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
     import asyncpg
+
+    from ledger.database import database_url_for
 
     name = f"ksh_bench_ledger_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(server)
     try:
         await admin.execute(f'create database "{name}"')
-        connection = await asyncpg.connect(_database_url(server, name))
+        url = database_url_for(server, name)
+        connection = await asyncpg.connect(url)
+        connections = [await asyncpg.connect(url) for _ in range(depth)]
         try:
-            return await _measure(connection, arguments)
+            return await _measure(connection, connections, arguments)
         finally:
-            await connection.close()
+            for each in (connection, *connections):
+                await each.close()
     finally:
         await admin.execute(f'drop database if exists "{name}" with (force)')
         await admin.close()
 
 
-async def _measure(connection: Any, arguments: argparse.Namespace) -> dict[str, Any]:
+async def _top_up(
+    book: Any, cards: list[uuid.UUID], bank: uuid.UUID, first_id: int, batch: int
+) -> None:
+    from ledger import CreateTransferResult, Transfer, TransferCode
+
+    top_ups = [
+        Transfer(uuid.UUID(int=first_id + n), bank, card, top_up_rupiah // 2, TransferCode.top_up)
+        for n, card in enumerate(cards)
+    ]
+    for start in range(0, len(top_ups), batch):
+        outcomes = await book(top_ups[start : start + batch])
+        assert {outcome.result for outcome in outcomes} == {CreateTransferResult.created}
+
+
+def _on(connection: Any) -> Any:
+    from ledger import create_transfers
+
+    async def book(transfers: list[Any]) -> list[Any]:
+        return await create_transfers(connection, transfers)
+
+    return book
+
+
+async def _measure(
+    connection: Any, connections: list[Any], arguments: argparse.Namespace
+) -> dict[str, Any]:
     from ksh.schema import migrate_all
     from ledger import (
         Account,
@@ -81,10 +107,11 @@ async def _measure(connection: Any, arguments: argparse.Namespace) -> dict[str, 
         CreateTransferResult,
         Transfer,
         TransferCode,
+        TransferPipeline,
+        check_ledger,
         create_accounts,
         create_transfers,
     )
-    from ledger.chain import TransferRowEncoder, copy_header, copy_trailer, transfer_columns
 
     await migrate_all(connection)
     await connection.execute("set synchronous_commit to on")
@@ -102,39 +129,25 @@ async def _measure(connection: Any, arguments: argparse.Namespace) -> dict[str, 
     for start in range(0, len(accounts), 8190):
         results = await create_accounts(connection, accounts[start : start + 8190])
         assert set(results) == {CreateAccountResult.created}
-    top_ups = [
-        Transfer(uuid.UUID(int=(2 << 64) + n), bank, card, top_up_rupiah, TransferCode.top_up)
-        for n, card in enumerate(cards)
-    ]
-    for start in range(0, len(top_ups), arguments.batch):
-        await create_transfers(connection, top_ups[start : start + arguments.batch])
+    # Every card topped up twice, half each time: through the pipeline before it is timed,
+    # then through the one connection before that is timed, so that each holds every card's
+    # account when its timing starts (a writer reloads the accounts after another booked).
+    pipeline = TransferPipeline(connections)
+    await _top_up(pipeline.create_transfers, cards, bank, 10 << 64, arguments.batch)
 
-    # The raw ceiling: the same transfers' rows COPYed into bare tables (no index, trigger,
+    # The raw ceiling: the same transfers' rows COPYed into a bare table (no index, trigger,
     # check, lookup or balance), built from the same Transfer records, same batches, same
-    # durable commits. Batches alternate between the ledger and the raw copies so that both
-    # see the same load on a shared machine.
+    # durable commits, on as many connections as the pipeline.
     await connection.execute(
         "create table bench_raw (like ledger_transfers excluding constraints excluding indexes)"
     )
-    await connection.execute(
-        "create table bench_raw_tuples"
-        " (like ledger_transfers excluding constraints excluding indexes)"
-    )
-    await connection.execute(
-        "create table bench_raw_postings (transfer_id uuid, account_id uuid, amount bigint)"
-    )
     picker = random.Random(arguments.seed)
     batch_count = -(-arguments.transfers // arguments.batch)
-    ledger_seconds = raw_seconds = raw_tuples_seconds = two_postings_seconds = 0.0
-    created = 0
-    sequence = 0
-    started = datetime.now(UTC)
-    for batch_index in range(batch_count):
-        first = batch_index * arguments.batch
-        size = min(arguments.batch, arguments.transfers - first)
-        batch = [
+
+    def fares(first_id: int, size: int) -> list[Transfer]:
+        return [
             Transfer(
-                uuid.UUID(int=(3 << 64) + first + n),
+                uuid.UUID(int=first_id + n),
                 cards[picker.randrange(arguments.cards)],
                 revenue,
                 fare_rupiah,
@@ -142,100 +155,115 @@ async def _measure(connection: Any, arguments: argparse.Namespace) -> dict[str, 
             )
             for n in range(size)
         ]
+
+    sizes = [
+        min(arguments.batch, arguments.transfers - b * arguments.batch) for b in range(batch_count)
+    ]
+    pipelined = [fares((3 << 64) + b * arguments.batch, size) for b, size in enumerate(sizes)]
+    alone = [fares((4 << 64) + b * arguments.batch, size) for b, size in enumerate(sizes)]
+    # The pipeline and the raw copies alternate in blocks so that both see the same load on
+    # a shared machine; then the same number of other fares, one batch at a time.
+    block = max(1, batch_count // blocks)
+    ledger_seconds = raw_seconds = 0.0
+    created = created_alone = 0
+    started = datetime.now(UTC)
+    for first in range(0, batch_count, block):
         began = time.perf_counter()
-        outcomes = await create_transfers(connection, batch)
+        for outcomes in await _book_pipelined(pipeline, pipelined[first : first + block], depth):
+            created += sum(outcome.result is CreateTransferResult.created for outcome in outcomes)
         ledger_seconds += time.perf_counter() - began
-        created += sum(outcome.result is CreateTransferResult.created for outcome in outcomes)
 
         began = time.perf_counter()
-        encoder = TransferRowEncoder(batch_index, datetime.now(UTC))
-        encoded = [copy_header]
-        for transfer in batch:
-            sequence += 1
-            encoded.append(encoder.row(sequence, transfer, unknown_totals, unknown_totals))
-        encoded.append(copy_trailer)
-        async with connection.transaction():
-            await connection.copy_to_table(
-                # (a memoryview: asyncpg would take bytes for a file name)
-                "bench_raw",
-                source=memoryview(b"".join(encoded)),
-                columns=transfer_columns,
-                format="binary",
-            )
+        await _copy_raw(connections, pipelined[first : first + block], first)
         raw_seconds += time.perf_counter() - began
 
-        began = time.perf_counter()
-        booked_at = datetime.now(UTC)
-        rows = []
-        for offset, transfer in enumerate(batch, start=sequence - len(batch) + 1):
-            rows.append(
-                (
-                    offset,
-                    transfer.id,
-                    batch_index,
-                    booked_at,
-                    transfer.debit_account_id,
-                    transfer.credit_account_id,
-                    transfer.amount,
-                    transfer.code,
-                    int(transfer.flags),
-                    transfer.pending_id,
-                    transfer.timeout_s,
-                    transfer.terminal_id,
-                    transfer.terminal_sequence,
-                    transfer.card_number,
-                    transfer.card_counter,
-                    transfer.bank_reference,
-                    transfer.settlement_batch,
-                    transfer.metadata,
-                    *unknown_totals,
-                    *unknown_totals,
-                )
-            )
-        async with connection.transaction():
-            await connection.copy_records_to_table(
-                "bench_raw_tuples", records=rows, columns=transfer_columns
-            )
-        raw_tuples_seconds += time.perf_counter() - began
+    await _top_up(_on(connection), cards, bank, 11 << 64, arguments.batch)
+    began = time.perf_counter()
+    for batch in alone:
+        outcomes = await create_transfers(connection, batch)
+        created_alone += sum(outcome.result is CreateTransferResult.created for outcome in outcomes)
+    alone_seconds = time.perf_counter() - began
 
-        began = time.perf_counter()
-        postings = []
-        for transfer in batch:
-            assert transfer.amount is not None
-            postings.append((transfer.id, transfer.debit_account_id, -transfer.amount))
-            postings.append((transfer.id, transfer.credit_account_id, transfer.amount))
-        async with connection.transaction():
-            await connection.copy_records_to_table("bench_raw_postings", records=postings)
-        two_postings_seconds += time.perf_counter() - began
-
-    assert created == arguments.transfers, f"only {created} booked"
+    assert created == created_alone == arguments.transfers, f"only {created} booked"
     revenue_credits = await connection.fetchval(
         "select credits_posted from ledger_accounts where id = $1", revenue
     )
-    assert revenue_credits == fare_rupiah * arguments.transfers
+    assert revenue_credits == fare_rupiah * 2 * arguments.transfers
+    ledger_problems = await check_ledger(connection)
+    assert not ledger_problems, ledger_problems[:3]
 
     transfers_per_s = arguments.transfers / ledger_seconds
     raw_per_s = arguments.transfers / raw_seconds
-    raw_tuples_per_s = arguments.transfers / raw_tuples_seconds
+    alone_per_s = arguments.transfers / alone_seconds
     return {
         "benchmark": "ledger",
         "transfers": arguments.transfers,
         "cards": arguments.cards,
         "batch": arguments.batch,
+        "connections": depth,
         "hot_accounts": 1,
         "synchronous_commit": await connection.fetchval("show synchronous_commit"),
         "transfers_per_s": round(transfers_per_s),
         "raw_copy_transfers_per_s": round(raw_per_s),
         "ratio": round(transfers_per_s / raw_per_s, 3),
-        "raw_copy_driver_encoded_transfers_per_s": round(raw_tuples_per_s),
-        "ratio_to_driver_encoded": round(transfers_per_s / raw_tuples_per_s, 3),
-        "raw_copy_two_postings_transfers_per_s": round(arguments.transfers / two_postings_seconds),
+        "one_connection_transfers_per_s": round(alone_per_s),
+        "pipeline_gain": round(transfers_per_s / alone_per_s, 3),
         "raw_copy_method": "the ledger's own rows (one per transfer, 26 columns) built from the"
         " same Transfer records by the ledger's binary row encoder and COPYed durably into a"
-        " bare table; driver_encoded: the same rows as tuples encoded by asyncpg; two_postings:"
-        " two (transfer, account, signed amount) rows per transfer",
+        " bare table, a batch in flight on each connection while the next is encoded",
         "ledger_seconds": round(ledger_seconds, 3),
         "raw_copy_seconds": round(raw_seconds, 3),
-        "raw_copy_driver_encoded_seconds": round(raw_tuples_seconds, 3),
+        "one_connection_seconds": round(alone_seconds, 3),
         "started_at": started.isoformat(),
     }
+
+
+async def _book_pipelined(pipeline: Any, batches: list[list[Any]], depth: int) -> list[list[Any]]:
+    """Book the batches through the pipeline, keeping `depth + 1` submitted (one being
+    decided while `depth` are in flight), as concurrent callers would."""
+    submitted: list[asyncio.Task[list[Any]]] = []
+    for batch in batches:
+        if len(submitted) - sum(task.done() for task in submitted) > depth:
+            await asyncio.wait(
+                [task for task in submitted if not task.done()],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        submitted.append(asyncio.create_task(pipeline.create_transfers(batch)))
+    return list(await asyncio.gather(*submitted))
+
+
+async def _copy_raw(connections: list[Any], batches: list[list[Any]], first_batch: int) -> None:
+    """COPY each batch's rows into bench_raw in its own durable transaction, one batch in
+    flight per connection while the next is encoded."""
+    from ledger.chain import TransferRowEncoder, copy_header, copy_trailer, transfer_columns
+
+    free: asyncio.Queue[Any] = asyncio.Queue()
+    for connection in connections:
+        free.put_nowait(connection)
+
+    async def copy(connection: Any, data: bytes) -> None:
+        try:
+            async with connection.transaction():
+                await connection.copy_to_table(
+                    # (a memoryview: asyncpg would take bytes for a file name)
+                    "bench_raw",
+                    source=memoryview(data),
+                    columns=transfer_columns,
+                    format="binary",
+                )
+        finally:
+            free.put_nowait(connection)
+
+    copies = []
+    sequence = first_batch * len(batches[0]) if batches else 0
+    for number, batch in enumerate(batches, start=first_batch):
+        encoder = TransferRowEncoder(number, datetime.now(UTC))
+        encoded = [copy_header]
+        for transfer in batch:
+            sequence += 1
+            encoded.append(encoder.row(sequence, transfer, unknown_totals, unknown_totals))
+        encoded.append(copy_trailer)
+        data = b"".join(encoded)
+        connection = await free.get()
+        copies.append(asyncio.create_task(copy(connection, data)))
+    await asyncio.gather(*copies)

@@ -1,0 +1,274 @@
+"""Booking batches back to back on several connections, for throughput.
+
+`create_transfers` books a batch in one transaction on one connection, and the two sides take
+turns: the server inserts the rows (with their three indexes: about half its work), applies
+the accounts' totals and commits while the client waits; the client decides the next batch
+while the server waits. On two cores each side then idles a third of the time.
+
+`TransferPipeline` keeps a batch's predecessors in flight. It decides batch N+1 on the books
+as they will be once batch N commits (sequence numbers, totals after, chain hash), and streams
+its rows in on a second connection while batch N still applies its totals and commits. Only
+the end of each batch runs one at a time, in order:
+1. batch N+1 ends its COPY only once batch N's COPY has returned, so N holds the chain head's
+   lock (the totals trigger takes it first, migration 0008) and N+1's trigger waits on it
+   until N has committed or rolled back;
+2. N+1 moves the head on only if it is where N+1 was decided to follow: same chain hash, same
+   state version (`HeadMoved` otherwise). If N did not commit, or anything else booked or
+   closed an account in between, N+1 rolls back whole.
+
+A batch that did not commit (a repeat of a booked id, a head that moved, a lost connection)
+is booked again by `create_transfers`, once everything in flight has finished; the pipeline
+then reads the head and the accounts afresh. The results are those `create_transfers` gives
+for the same batches in the same order; every commit is as durable and as checked.
+
+Batches with linked or two-phase transfers, batches that repeat an id still in flight and
+batches naming accounts the pipeline has not loaded wait for the pipeline to empty first.
+Concurrent callers are served in the order they call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from ledger.booking import BatchDecision, decide_batch
+from ledger.chain import (
+    TransferRowEncoder,
+    batch_digest,
+    copy_header,
+    copy_trailer,
+    next_chain_hash,
+)
+from ledger.records import Transfer, TransferOutcome, transfers_per_batch_max_default
+from ledger.store import (
+    AccountCache,
+    HeadMoved,
+    RepeatFound,
+    _accounts_to_load,
+    _batch_settings,
+    _BatchHead,
+    _check_refused_are_new,
+    _copy_rows,
+    _encoded_rows,
+    _load_accounts,
+    _record_batch_row,
+    _widen_send_buffer,
+    all_plain,
+    create_transfers,
+    cyclic_collector_paused,
+)
+
+
+@dataclass(slots=True)
+class _Head:
+    """ledger_head as it will be once every batch in flight has committed."""
+
+    batch_number: int
+    next_sequence: int
+    chain_hash: bytes
+    state_version: int
+    booked_at: datetime
+    clock_at_sync: datetime  # the database's clock when the pipeline read the head
+    monotonic_at_sync: float
+
+    def booking_time(self) -> datetime:
+        """The database's clock carried forward, never before the last batch's time."""
+        elapsed = timedelta(seconds=time.monotonic() - self.monotonic_at_sync)
+        return max(self.clock_at_sync + elapsed, self.booked_at)
+
+
+@dataclass(slots=True)
+class _Planned:
+    """A batch decided and put in flight."""
+
+    batch: _BatchHead
+    decision: BatchDecision
+    rows: bytes  # its ledger_transfers rows, encoded for COPY
+    digest: bytes
+    after: asyncio.Event | None  # the batch in flight before it: `copied`
+    copied: asyncio.Event = field(default_factory=asyncio.Event)  # its COPY returned or failed
+
+
+# Why a batch in flight did not commit, when booking it again is the answer.
+_retryable = (HeadMoved, RepeatFound, asyncpg.UniqueViolationError)
+
+
+class TransferPipeline:
+    """Books plain batches with up to `len(connections)` in flight (see the module's doc).
+
+    The connections are the caller's, used only by the pipeline while it lives; two are
+    enough on two cores. `create_transfers` may be called from many tasks at once.
+    """
+
+    def __init__(self, connections: Sequence[asyncpg.Connection]) -> None:
+        assert connections, "a pipeline needs at least one connection"
+        self._free: asyncio.Queue[asyncpg.Connection] = asyncio.Queue()
+        for connection in connections:
+            self._free.put_nowait(connection)
+        self._turn = asyncio.Lock()  # deciding (or booking alone): one caller at a time
+        self._head: _Head | None = None  # None: read it again before the next batch
+        self._cache = AccountCache(-1)
+        self._in_flight: list[_Planned] = []
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    async def create_transfers(self, transfers: Sequence[Transfer]) -> list[TransferOutcome]:
+        """As `ledger.create_transfers`, booked at the ledger's clock."""
+        if isinstance(transfers, Transfer):  # a named tuple: it would iterate as its fields
+            raise TypeError("create_transfers takes a sequence of transfers, not one transfer")
+        transfers = list(transfers)
+        if len(transfers) > transfers_per_batch_max_default or not all_plain(transfers):
+            return await self._book_alone(transfers)
+        with cyclic_collector_paused():
+            async with self._turn:
+                planned = None
+                if not self._repeats_in_flight(transfers):
+                    planned = await self._decide(transfers)
+                if planned is None:
+                    return await self._book_alone_holding_turn(transfers)
+                try:
+                    connection = await self._free.get()
+                except BaseException:
+                    self._forget()  # moved on for a batch that will not be booked
+                    raise
+                self._in_flight.append(planned)
+                self._empty.clear()
+            try:
+                await self._book(connection, planned)
+                return planned.decision.outcomes()
+            except _retryable:
+                pass  # not committed: booked again below, once nothing is in flight
+            finally:
+                planned.copied.set()
+                self._in_flight.remove(planned)
+                if not self._in_flight:
+                    self._empty.set()
+                self._free.put_nowait(connection)
+        return await self._book_alone(transfers)
+
+    def _repeats_in_flight(self, transfers: list[Transfer]) -> bool:
+        if not self._in_flight:
+            return False
+        ids = [transfer[0].int for transfer in transfers]
+        return not all(
+            planned.decision.booked_here.keys().isdisjoint(ids) for planned in self._in_flight
+        )
+
+    async def _decide(self, transfers: list[Transfer]) -> _Planned | None:
+        """Decide the batch on the books as they will be once the batches in flight commit,
+        and move the expected head past it. None when it books nothing: whether a refused
+        transfer is a repeat needs the books as they are (it is then booked alone)."""
+        if self._head is None:
+            await self._empty.wait()
+            await self._sync()
+        wanted = _accounts_to_load(transfers, {}, self._cache.states)
+        if wanted:
+            # No batch in flight touches an account the pipeline has not loaded, so its
+            # totals as committed are the ones to decide on. (Should another writer change
+            # it meanwhile, the head will have moved, and this batch rolls back.)
+            connection = await self._free.get()
+            try:
+                await _load_accounts(connection, wanted, self._cache)
+            finally:
+                self._free.put_nowait(connection)
+        head = self._head
+        assert head is not None
+        booked_at = head.booking_time()
+        batch = _BatchHead(
+            head.batch_number + 1,
+            booked_at,
+            head.chain_hash,
+            head.state_version,
+            TransferRowEncoder(head.batch_number + 1, booked_at),
+        )
+        decision = decide_batch(
+            transfers, self._cache.states, {}, {}, booked_at, head.next_sequence
+        )
+        if not decision.entries:
+            self._forget()
+            return None
+        rows = b"".join(_encoded_rows(decision.entries, batch.encoder))
+        digest = batch_digest([rows])
+        head.batch_number += 1
+        head.next_sequence += len(decision.entries)
+        head.chain_hash = next_chain_hash(head.chain_hash, digest)
+        head.state_version += 1
+        self._cache.state_version = head.state_version
+        head.booked_at = booked_at
+        after = self._in_flight[-1].copied if self._in_flight else None
+        return _Planned(batch, decision, rows, digest, after)
+
+    def _forget(self) -> None:
+        """Drop what the pipeline expects (the head, the accounts): it may not come true."""
+        self._head = None
+        self._cache = AccountCache(-1)
+
+    async def _sync(self) -> None:
+        """Read the head (nothing is in flight); forget the accounts if anything else was
+        booked or closed since the pipeline last read it."""
+        connection = await self._free.get()
+        try:
+            row = await connection.fetchrow(
+                "select batch_number, next_sequence, chain_hash, booked_at, state_version,"
+                " clock_timestamp() as clock from ledger_head"
+            )
+        finally:
+            self._free.put_nowait(connection)
+        if self._cache.state_version != row["state_version"]:
+            self._cache = AccountCache(row["state_version"])
+        self._head = _Head(
+            row["batch_number"],
+            row["next_sequence"],
+            row["chain_hash"],
+            row["state_version"],
+            row["booked_at"],
+            row["clock"],
+            time.monotonic(),
+        )
+
+    async def _book(self, connection: asyncpg.Connection, planned: _Planned) -> None:
+        try:
+            async with connection.transaction():
+                await connection.execute(_batch_settings)
+                _widen_send_buffer(connection)
+                await _copy_rows(connection, _rows_after(planned.rows, planned.after))
+                planned.copied.set()  # it holds the head now: the next may end its COPY
+                await _check_refused_are_new(connection, [planned.decision])
+                await _record_batch_row(
+                    connection,
+                    planned.batch,
+                    planned.decision.entries[0].sequence,
+                    len(planned.decision.entries),
+                    planned.digest,
+                )
+        except BaseException:
+            self._forget()  # later batches were decided on this one
+            raise
+
+    async def _book_alone(self, transfers: list[Transfer]) -> list[TransferOutcome]:
+        async with self._turn:
+            return await self._book_alone_holding_turn(transfers)
+
+    async def _book_alone_holding_turn(self, transfers: list[Transfer]) -> list[TransferOutcome]:
+        """`create_transfers` once nothing is in flight; the pipeline reads the head again
+        after it."""
+        await self._empty.wait()
+        connection = await self._free.get()
+        try:
+            return await create_transfers(connection, transfers)
+        finally:
+            self._forget()
+            self._free.put_nowait(connection)
+
+
+async def _rows_after(rows: bytes, after: asyncio.Event | None) -> AsyncIterator[bytes]:
+    """The batch's COPY data, ended (the server then runs its triggers) only once the batch
+    before it has returned from its COPY, i.e. holds the head's lock, or has failed."""
+    yield copy_header + rows + copy_trailer
+    if after is not None:
+        await after.wait()
