@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -58,6 +58,7 @@ from ledger.store import (
     _load_accounts,
     _record_batch_row,
     _widen_send_buffer,
+    account_cache_entries_max,
     all_plain,
     create_transfers,
     cyclic_collector_paused,
@@ -76,10 +77,9 @@ class _Head:
     clock_at_sync: datetime  # the database's clock when the pipeline read the head
     monotonic_at_sync: float
 
-    def booking_time(self) -> datetime:
-        """The database's clock carried forward, never before the last batch's time."""
-        elapsed = timedelta(seconds=time.monotonic() - self.monotonic_at_sync)
-        return max(self.clock_at_sync + elapsed, self.booked_at)
+    def clock(self) -> datetime:
+        """The database's clock, carried forward from when the head was read."""
+        return self.clock_at_sync + timedelta(seconds=time.monotonic() - self.monotonic_at_sync)
 
 
 @dataclass(slots=True)
@@ -90,8 +90,9 @@ class _Planned:
     decision: BatchDecision
     rows: bytes  # its ledger_transfers rows, encoded for COPY
     digest: bytes
-    after: asyncio.Event | None  # the batch in flight before it: `copied`
+    before: _Planned | None  # the batch in flight before it
     copied: asyncio.Event = field(default_factory=asyncio.Event)  # its COPY returned or failed
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # committed, or gave up
 
 
 # Why a batch in flight did not commit, when booking it again is the answer.
@@ -102,11 +103,19 @@ class TransferPipeline:
     """Books plain batches with up to `len(connections)` in flight (see the module's doc).
 
     The connections are the caller's, used only by the pipeline while it lives; two are
-    enough on two cores. `create_transfers` may be called from many tasks at once.
+    enough on two cores. `create_transfers` may be called from many tasks at once. Batches
+    are booked at the database's clock, or at `clock()` when given (as `now` is given to
+    `ledger.create_transfers`; raised, like it, to the last batch's time).
     """
 
-    def __init__(self, connections: Sequence[asyncpg.Connection]) -> None:
+    def __init__(
+        self,
+        connections: Sequence[asyncpg.Connection],
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         assert connections, "a pipeline needs at least one connection"
+        self._clock = clock  # None: the database's clock
         self._free: asyncio.Queue[asyncpg.Connection] = asyncio.Queue()
         for connection in connections:
             self._free.put_nowait(connection)
@@ -114,11 +123,12 @@ class TransferPipeline:
         self._head: _Head | None = None  # None: read it again before the next batch
         self._cache = AccountCache(-1)
         self._in_flight: list[_Planned] = []
+        self._bookings: set[asyncio.Future[list[TransferOutcome]]] = set()  # (kept alive)
         self._empty = asyncio.Event()
         self._empty.set()
 
     async def create_transfers(self, transfers: Sequence[Transfer]) -> list[TransferOutcome]:
-        """As `ledger.create_transfers`, booked at the ledger's clock."""
+        """As `ledger.create_transfers` (booked at the pipeline's clock)."""
         if isinstance(transfers, Transfer):  # a named tuple: it would iterate as its fields
             raise TypeError("create_transfers takes a sequence of transfers, not one transfer")
         transfers = list(transfers)
@@ -138,18 +148,37 @@ class TransferPipeline:
                     raise
                 self._in_flight.append(planned)
                 self._empty.clear()
+                # Once in flight a batch runs to its end even if its caller is cancelled: the
+                # batches after it were decided on it, and a COPY cut short would leave its
+                # connection in a transaction. (As when a commit races a cancellation, the
+                # caller does not know whether it was booked; sent again, it finds out.)
+                booking = asyncio.ensure_future(self._book_in_flight(connection, planned))
+                self._bookings.add(booking)
+                booking.add_done_callback(self._bookings.discard)
+            return await asyncio.shield(booking)
+
+    async def _book_in_flight(
+        self, connection: asyncpg.Connection, planned: _Planned
+    ) -> list[TransferOutcome]:
+        try:
             try:
                 await self._book(connection, planned)
                 return planned.decision.outcomes()
             except _retryable:
-                pass  # not committed: booked again below, once nothing is in flight
-            finally:
-                planned.copied.set()
-                self._in_flight.remove(planned)
-                if not self._in_flight:
-                    self._empty.set()
-                self._free.put_nowait(connection)
-        return await self._book_alone(transfers)
+                # Not committed. Booked again now, after the batches before it and before
+                # any after it is decided (those wait for the pipeline to empty), so callers
+                # are still served in the order they called.
+                if planned.before is not None:
+                    await planned.before.finished.wait()
+                return await create_transfers(
+                    connection, planned.decision.transfers, now=self._now()
+                )
+        finally:
+            planned.finished.set()
+            self._in_flight.remove(planned)
+            if not self._in_flight:
+                self._empty.set()
+            self._free.put_nowait(connection)
 
     def _repeats_in_flight(self, transfers: list[Transfer]) -> bool:
         if not self._in_flight:
@@ -163,22 +192,32 @@ class TransferPipeline:
         """Decide the batch on the books as they will be once the batches in flight commit,
         and move the expected head past it. None when it books nothing: whether a refused
         transfer is a repeat needs the books as they are (it is then booked alone)."""
-        if self._head is None:
-            await self._empty.wait()
-            await self._sync()
-        wanted = _accounts_to_load(transfers, {}, self._cache.states)
-        if wanted:
+        while True:
+            if self._head is None:
+                await self._empty.wait()
+                await self._sync()
+            head, cache = self._head, self._cache
+            wanted = _accounts_to_load(transfers, {}, cache.states)
+            if not wanted:
+                break
+            if len(cache.states) + len(wanted) > account_cache_entries_max:
+                # Full: start afresh, but not while batches in flight were decided on it.
+                await self._empty.wait()
+                self._forget()
+                continue
             # No batch in flight touches an account the pipeline has not loaded, so its
             # totals as committed are the ones to decide on. (Should another writer change
             # it meanwhile, the head will have moved, and this batch rolls back.)
             connection = await self._free.get()
             try:
-                await _load_accounts(connection, wanted, self._cache)
+                await _load_accounts(connection, wanted, cache)
             finally:
                 self._free.put_nowait(connection)
-        head = self._head
+            if self._head is head and self._cache is cache:
+                break
+            # (A batch in flight failed meanwhile, and the pipeline forgot what it expected.)
         assert head is not None
-        booked_at = head.booking_time()
+        booked_at = max(self._now() or head.clock(), head.booked_at)
         batch = _BatchHead(
             head.batch_number + 1,
             booked_at,
@@ -200,8 +239,11 @@ class TransferPipeline:
         head.state_version += 1
         self._cache.state_version = head.state_version
         head.booked_at = booked_at
-        after = self._in_flight[-1].copied if self._in_flight else None
-        return _Planned(batch, decision, rows, digest, after)
+        before = self._in_flight[-1] if self._in_flight else None
+        return _Planned(batch, decision, rows, digest, before)
+
+    def _now(self) -> datetime | None:
+        return None if self._clock is None else self._clock()
 
     def _forget(self) -> None:
         """Drop what the pipeline expects (the head, the accounts): it may not come true."""
@@ -236,7 +278,8 @@ class TransferPipeline:
             async with connection.transaction():
                 await connection.execute(_batch_settings)
                 _widen_send_buffer(connection)
-                await _copy_rows(connection, _rows_after(planned.rows, planned.after))
+                before = planned.before.copied if planned.before is not None else None
+                await _copy_rows(connection, _rows_after(planned.rows, before))
                 planned.copied.set()  # it holds the head now: the next may end its COPY
                 await _check_refused_are_new(connection, [planned.decision])
                 await _record_batch_row(
@@ -249,6 +292,8 @@ class TransferPipeline:
         except BaseException:
             self._forget()  # later batches were decided on this one
             raise
+        finally:
+            planned.copied.set()  # (failed: the next batch may end its COPY, and fail)
 
     async def _book_alone(self, transfers: list[Transfer]) -> list[TransferOutcome]:
         async with self._turn:
@@ -260,7 +305,7 @@ class TransferPipeline:
         await self._empty.wait()
         connection = await self._free.get()
         try:
-            return await create_transfers(connection, transfers)
+            return await create_transfers(connection, transfers, now=self._now())
         finally:
             self._forget()
             self._free.put_nowait(connection)

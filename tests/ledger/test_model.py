@@ -2,7 +2,9 @@
 
 Rules send batches mixing new transfers, exact and conflicting repeats, linked groups that
 fail in the middle, holds, posts (whole and part), voids, time passing and expiry sweeps, and
-bad input. The model is a plain dictionary with the rules written out one by one. After every
+bad input; and several batches at once through a `TransferPipeline`, which the model books
+one after the other in the order they were sent (the pipeline is the second writer: every
+other rule moves the head it expects). The model is a plain dictionary with the rules written out one by one. After every
 step: the books balance, model and database agree on every total and every result, and the
 recomputation (`check_ledger`: totals, history, hash chain) finds nothing.
 """
@@ -28,6 +30,8 @@ from ledger import (
     Transfer,
     TransferCode,
     TransferFlags,
+    TransferOutcome,
+    TransferPipeline,
     create_accounts,
     create_transfers,
     expire_pending_transfers,
@@ -178,6 +182,13 @@ class LedgerMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.database = f"ksh_model_{uuid.uuid4().hex[:12]}"
         self.connection: asyncpg.Connection = self.loop.run_until_complete(self._open())
+        self.pipeline_connections = [
+            self.loop.run_until_complete(
+                asyncpg.connect(database_url_for(server["url"], self.database))
+            )
+            for _ in range(2)
+        ]
+        self.pipeline = TransferPipeline(self.pipeline_connections, clock=lambda: self.now)
         self.model = Model()
         self.now = start
         self.sent: list[Transfer] = []  # everything ever sent, to repeat or conflict with
@@ -215,7 +226,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         async def close() -> None:
-            await self.connection.close()
+            for connection in (self.connection, *self.pipeline_connections):
+                await connection.close()
             admin = await asyncpg.connect(server["url"])
             try:
                 await admin.execute(f'drop database if exists "{self.database}" with (force)')
@@ -262,6 +274,63 @@ class LedgerMachine(RuleBasedStateMachine):
                 for debit, credit, amount, force in moves
             ]
         )
+
+    @rule(
+        data=st.data(),
+        batches=st.lists(
+            st.lists(
+                st.tuples(
+                    accounts,
+                    accounts,
+                    st.integers(min_value=-5, max_value=60_000),
+                    st.booleans(),
+                    st.sampled_from(("new", "new", "new", "again", "again changed", "sent")),
+                ),
+                min_size=1,
+                max_size=5,
+            ),
+            min_size=2,
+            max_size=4,
+        ),
+    )
+    def pipelined_batches(
+        self,
+        data: st.DataObject,
+        batches: list[list[tuple[uuid.UUID, uuid.UUID, int, bool, str]]],
+    ) -> None:
+        """Batches sent at once through the pipeline: new transfers, repeats of transfers
+        in the batches sent with them (exact or not: still in flight when repeated), and
+        repeats of anything sent before (a hold repeated makes its batch go alone)."""
+        sending: list[list[Transfer]] = []
+        for moves in batches:
+            batch: list[Transfer] = []
+            for debit, credit, amount, force, origin in moves:
+                earlier = [t for b in sending for t in b] + batch
+                if origin.startswith("again") and earlier:
+                    transfer = data.draw(st.sampled_from(earlier))
+                    if origin == "again changed" and transfer.amount is not None:
+                        transfer = transfer._replace(amount=transfer.amount + 1)
+                elif origin == "sent" and self.sent:
+                    transfer = data.draw(st.sampled_from(self.sent))
+                else:
+                    flags = TransferFlags.force if force else TransferFlags.none
+                    transfer = Transfer(
+                        self.new_id(), debit, credit, amount, TransferCode.fare, flags=flags
+                    )
+                batch.append(transfer)
+            sending.append(batch)
+
+        async def send() -> list[list[TransferOutcome]]:
+            calls = [
+                asyncio.ensure_future(self.pipeline.create_transfers(batch)) for batch in sending
+            ]
+            return list(await asyncio.gather(*calls))
+
+        expected = [self.model.book_batch(batch, self.now) for batch in sending]
+        booked = self.loop.run_until_complete(send())
+        assert [[o.result for o in outcomes] for outcomes in booked] == expected, sending
+        for batch in sending:
+            self.sent += batch
 
     @rule(purse=st.sampled_from((purse_a, purse_b)), amount=amounts)
     def top_up(self, purse: uuid.UUID, amount: int) -> None:

@@ -1,0 +1,208 @@
+"""`TransferPipeline` with batches big enough to overlap for real: the same results and books
+as one connection booking the same batches one after the other; another writer and an
+account closed while batches are in flight; a caller cancelled mid-flight."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import pytest
+
+from ledger import (
+    Account,
+    AccountFlags,
+    AccountKind,
+    CreateAccountResult,
+    CreateTransferResult,
+    Transfer,
+    TransferCode,
+    TransferOutcome,
+    TransferPipeline,
+    close_account,
+    create_accounts,
+    create_transfers,
+)
+from ledger.audit import check_ledger
+from ledger.database import database_url_for
+
+R = CreateTransferResult
+cards = [uuid.UUID(int=(0xCA7D << 64) + n) for n in range(300)]
+revenue, bank = uuid.UUID(int=0xAE), uuid.UUID(int=0xBA)
+fare = 3_500
+
+
+async def open_books(connection: asyncpg.Connection) -> None:
+    accounts = [
+        Account(revenue, AccountKind.operator_revenue, "operator"),
+        Account(bank, AccountKind.bank_clearing, "bank"),
+    ] + [
+        Account(
+            card, AccountKind.card_purse, f"card-{n}", AccountFlags.debits_must_not_exceed_credits
+        )
+        for n, card in enumerate(cards)
+    ]
+    assert set(await create_accounts(connection, accounts)) == {CreateAccountResult.created}
+    # Top-ups of 30..70 fares, against about 53 fares a card: some run out (exceeds_credits).
+    picker = random.Random(7)
+    top_ups = [
+        Transfer(uuid.UUID(int=(0x70 << 64) + n), bank, card, picker.randrange(30, 71) * fare, 1)
+        for n, card in enumerate(cards)
+    ]
+    top_ups = [t for t in top_ups if t.amount]
+    outcomes = await create_transfers(connection, top_ups)
+    assert {o.result for o in outcomes} == {R.created}
+
+
+def fare_batches(
+    count: int, size: int, seed: int, repeating: Sequence[int] = ()
+) -> list[list[Transfer]]:
+    """Fares on random cards. The batches numbered in `repeating` also repeat some fares of
+    the batch just before (still in flight then), exactly or with another amount."""
+    picker = random.Random(seed)
+    batches: list[list[Transfer]] = []
+    serial = 0
+    for number in range(count):
+        batch = []
+        for _ in range(size):
+            if number in repeating and picker.random() < 0.02:
+                earlier = picker.choice(batches[-1])
+                batch.append(earlier if picker.random() < 0.5 else earlier._replace(amount=1))
+                continue
+            serial += 1
+            card = picker.choice(cards)
+            batch.append(
+                Transfer(
+                    uuid.UUID(int=(seed << 64) + serial), card, revenue, fare, TransferCode.fare
+                )
+            )
+        batches.append(batch)
+    return batches
+
+
+@pytest.fixture
+async def second_database(postgres_server_url: str, migrated_template: str) -> AsyncIterator[str]:
+    name = f"ksh_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        await admin.execute(f'create database "{name}" template "{migrated_template}"')
+        yield database_url_for(postgres_server_url, name)
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        await admin.close()
+
+
+async def pipeline_on(
+    url: str, count: int = 2
+) -> tuple[TransferPipeline, list[asyncpg.Connection]]:
+    connections = [await asyncpg.connect(url) for _ in range(count)]
+    return TransferPipeline(connections), connections
+
+
+async def send_at_once(
+    pipeline: TransferPipeline, batches: Sequence[list[Transfer]]
+) -> list[list[TransferOutcome]]:
+    calls = [asyncio.ensure_future(pipeline.create_transfers(batch)) for batch in batches]
+    return list(await asyncio.gather(*calls))
+
+
+async def totals(connection: asyncpg.Connection) -> dict[uuid.UUID, tuple[int, ...]]:
+    rows = await connection.fetch(
+        "select id, debits_pending, debits_posted, credits_pending, credits_posted"
+        " from ledger_accounts"
+    )
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+async def test_pipelined_batches_book_what_one_connection_books(
+    database_url: str, second_database: str
+) -> None:
+    batches = fare_batches(count=8, size=2_000, seed=11, repeating=(2, 5))
+    one = await asyncpg.connect(second_database)
+    pipeline, connections = await pipeline_on(database_url)
+    try:
+        await open_books(one)
+        await open_books(connections[0])
+        alone = [await create_transfers(one, batch) for batch in batches]
+        pipelined = await send_at_once(pipeline, batches)
+
+        assert [[o.result for o in b] for b in pipelined] == [[o.result for o in b] for b in alone]
+        assert [[o.sequence for o in b] for b in pipelined] == [
+            [o.sequence for o in b] for b in alone
+        ]
+        results = {o.result for b in pipelined for o in b}
+        assert {R.created, R.exists, R.exists_with_different_amount, R.exceeds_credits} <= results
+        assert await totals(connections[0]) == await totals(one)
+        assert await check_ledger(connections[0]) == []
+    finally:
+        for connection in (one, *connections):
+            await connection.close()
+
+
+async def test_another_writer_and_a_closed_account_while_batches_are_in_flight(
+    database_url: str,
+) -> None:
+    pipeline, connections = await pipeline_on(database_url)
+    other = await asyncpg.connect(database_url)
+    try:
+        await open_books(other)
+        batches = fare_batches(count=6, size=2_000, seed=12)
+        others = fare_batches(count=2, size=1_000, seed=13)
+
+        async def other_writer() -> list[list[TransferOutcome]]:
+            while not pipeline._in_flight:  # books while the pipeline has batches in flight
+                await asyncio.sleep(0.001)
+            booked = [await create_transfers(other, others[0])]
+            await close_account(other, cards[0])
+            booked.append(await create_transfers(other, others[1]))
+            return booked
+
+        pipelined, by_other = await asyncio.gather(send_at_once(pipeline, batches), other_writer())
+        afterwards = await pipeline.create_transfers(
+            [Transfer(uuid.uuid4(), cards[0], revenue, 1, TransferCode.fare)]
+        )
+        assert afterwards[0].result is R.debit_account_closed
+
+        # Every batch booked whole, once: its created transfers are in the books exactly
+        # once, with the sequences they were answered with; the books add up.
+        answered = {
+            o.id: o.sequence for b in [*pipelined, *by_other] for o in b if o.result is R.created
+        }
+        stored = dict(
+            await other.fetch(
+                "select id, sequence from ledger_transfers where id = any($1::uuid[])",
+                list(answered),
+            )
+        )
+        assert stored == answered
+        assert await check_ledger(other) == []
+    finally:
+        for connection in (other, *connections):
+            await connection.close()
+
+
+async def test_a_caller_cancelled_while_its_batch_is_in_flight(database_url: str) -> None:
+    """The batch runs to its end (the batches after it were decided on it); the caller,
+    sending it again, learns it was booked; the pipeline goes on."""
+    pipeline, connections = await pipeline_on(database_url)
+    try:
+        await open_books(connections[0])
+        batches = fare_batches(count=4, size=3_000, seed=14)
+        calls = [asyncio.ensure_future(pipeline.create_transfers(batch)) for batch in batches]
+        while len(pipeline._in_flight) < 2:  # the first two batches are streaming in
+            await asyncio.sleep(0.001)
+        calls[1].cancel()
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(done[1], asyncio.CancelledError)
+        again = await pipeline.create_transfers(batches[1])
+        created_before = {o.id for o in again if o.result is R.exists}
+        assert created_before and {o.result for o in again} <= {R.exists, R.exceeds_credits}
+        later = await pipeline.create_transfers(fare_batches(count=1, size=100, seed=15)[0])
+        assert {o.result for o in later} <= {R.created, R.exceeds_credits}
+        assert await check_ledger(connections[0]) == []
+    finally:
+        for connection in connections:
+            await connection.close()
