@@ -95,8 +95,10 @@ class _Planned:
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # committed, or gave up
 
 
-# Why a batch in flight did not commit, when booking it again is the answer.
-_retryable = (HeadMoved, RepeatFound, asyncpg.UniqueViolationError)
+# Why a batch in flight did not commit, when booking it again is the answer. (A deadlock:
+# another writer, holding the head, inserts an id this batch inserted before it waited for
+# the head; PostgreSQL cancels one of the two.)
+_retryable = (HeadMoved, RepeatFound, asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
 
 
 class TransferPipeline:

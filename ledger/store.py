@@ -311,8 +311,23 @@ async def create_transfers(
     if not transfers:
         return []
     transfers = list(transfers)
+    in_callers_transaction = connection.is_in_transaction()
+    attempt = 1
     with cyclic_collector_paused():
-        return await _book_checking_repeats(connection, transfers, now)
+        while True:
+            try:
+                return await _book_checking_repeats(connection, transfers, now)
+            except asyncpg.DeadlockDetectedError:
+                # Only with a `TransferPipeline` writing too: its batch inserted an id this
+                # batch inserts, and waits for the head this one holds. PostgreSQL cancelled
+                # this one; nothing of it is booked. Again, once the other has gone on (not
+                # within the caller's transaction, which still holds the head).
+                if in_callers_transaction or attempt == deadlock_attempts:
+                    raise
+                attempt += 1
+
+
+deadlock_attempts = 3
 
 
 _collector_pauses = 0  # callers inside `cyclic_collector_paused` (tasks of one event loop)

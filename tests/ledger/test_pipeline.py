@@ -206,3 +206,39 @@ async def test_a_caller_cancelled_while_its_batch_is_in_flight(database_url: str
     finally:
         for connection in connections:
             await connection.close()
+
+
+async def test_the_same_fare_from_the_pipeline_and_another_writer_at_once(
+    database_url: str,
+) -> None:
+    """The pipeline's batch inserts a fare, then waits for the head, which another writer
+    holds while it inserts the same fare: a deadlock, which PostgreSQL breaks by cancelling
+    one of them. The pipeline books its batch again; the fare is booked once."""
+    pipeline, connections = await pipeline_on(database_url)
+    other = await asyncpg.connect(database_url)
+    try:
+        await open_books(other)
+        batch = fare_batches(count=1, size=500, seed=16)[0]
+        async with other.transaction():
+            await other.execute("select 1 from ledger_head for update")
+            sending = asyncio.ensure_future(pipeline.create_transfers(batch))
+            while not await other.fetchval(
+                # (a transaction sees one snapshot of the statistics unless told otherwise)
+                "select pg_stat_clear_snapshot(), exists (select 1 from pg_stat_activity"
+                " where datname = current_database() and wait_event_type = 'Lock'"
+                " and query like 'COPY%')",
+                column=1,
+            ):  # the pipeline's rows are in, its trigger waits for the head
+                await asyncio.sleep(0.01)
+            other_outcomes = await create_transfers(other, batch[:1])
+        pipelined = await sending
+        results = {other_outcomes[0].result, pipelined[0].result}
+        assert results == {R.created, R.exists}
+        assert (
+            await other.fetchval("select count(*) from ledger_transfers where id = $1", batch[0].id)
+            == 1
+        )
+        assert await check_ledger(other) == []
+    finally:
+        for connection in (other, *connections):
+            await connection.close()
