@@ -6,6 +6,7 @@ Under CI=true, a fixture that cannot provide its real part fails the test instea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -95,21 +96,28 @@ def migrated_template(postgres_server_url: str) -> Iterator[str]:
     asyncio.run(drop())
 
 
-@pytest.fixture
-async def database_url(postgres_server_url: str, migrated_template: str) -> AsyncIterator[str]:
-    """A fresh database with the whole schema, dropped after the test."""
+@contextlib.asynccontextmanager
+async def fresh_database(server_url: str, template: str) -> AsyncIterator[str]:
+    """A new database made from `template`, dropped when the block ends."""
     name = f"ksh_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_server_url)
+    admin = await asyncpg.connect(server_url)
     try:
-        await admin.execute(f'create database "{name}" template "{migrated_template}"')
+        await admin.execute(f'create database "{name}" template "{template}"')
     finally:
         await admin.close()
-    yield database_url_for(postgres_server_url, name)
-    admin = await asyncpg.connect(postgres_server_url)
+    yield database_url_for(server_url, name)
+    admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f'drop database if exists "{name}" with (force)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def database_url(postgres_server_url: str, migrated_template: str) -> AsyncIterator[str]:
+    """A fresh database with the whole schema, dropped after the test."""
+    async with fresh_database(postgres_server_url, migrated_template) as url:
+        yield url
 
 
 # ---------------------------------------------------------------------------- PC/SC

@@ -27,7 +27,7 @@ from ledger import (
     create_transfers,
 )
 from ledger.audit import check_ledger
-from ledger.database import database_url_for
+from tests.conftest import fresh_database
 
 R = CreateTransferResult
 cards = [uuid.UUID(int=(0xCA7D << 64) + n) for n in range(300)]
@@ -85,14 +85,8 @@ def fare_batches(
 
 @pytest.fixture
 async def second_database(postgres_server_url: str, migrated_template: str) -> AsyncIterator[str]:
-    name = f"ksh_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_server_url)
-    try:
-        await admin.execute(f'create database "{name}" template "{migrated_template}"')
-        yield database_url_for(postgres_server_url, name)
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-    finally:
-        await admin.close()
+    async with fresh_database(postgres_server_url, migrated_template) as url:
+        yield url
 
 
 async def pipeline_on(
