@@ -29,10 +29,9 @@ Concurrent callers are served in the order they call.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -74,12 +73,11 @@ class _Head:
     chain_hash: bytes
     state_version: int
     booked_at: datetime
-    clock_at_sync: datetime  # the database's clock when the pipeline read the head
-    monotonic_at_sync: float
+    clock_offset: timedelta  # the database's clock less this machine's, when the head was read
 
     def clock(self) -> datetime:
-        """The database's clock, carried forward from when the head was read."""
-        return self.clock_at_sync + timedelta(seconds=time.monotonic() - self.monotonic_at_sync)
+        """The database's clock, as this machine's clock (which NTP keeps right) tells it."""
+        return datetime.now(UTC) + self.clock_offset
 
 
 @dataclass(slots=True)
@@ -95,10 +93,23 @@ class _Planned:
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # committed, or gave up
 
 
+predecessor_wait_s = 2.0  # see `_rows_after`
+
+
+class PredecessorStuck(Exception):
+    """The batch before did not take the head in time (see `_rows_after`)."""
+
+
 # Why a batch in flight did not commit, when booking it again is the answer. (A deadlock:
 # another writer, holding the head, inserts an id this batch inserted before it waited for
 # the head; PostgreSQL cancels one of the two.)
-_retryable = (HeadMoved, RepeatFound, asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
+_retryable = (
+    HeadMoved,
+    RepeatFound,
+    asyncpg.UniqueViolationError,
+    asyncpg.DeadlockDetectedError,
+    PredecessorStuck,
+)
 
 
 class TransferPipeline:
@@ -121,6 +132,7 @@ class TransferPipeline:
         self._free: asyncio.Queue[asyncpg.Connection] = asyncio.Queue()
         for connection in connections:
             self._free.put_nowait(connection)
+        self._open_connections = len(connections)
         self._turn = asyncio.Lock()  # deciding (or booking alone): one caller at a time
         self._head: _Head | None = None  # None: read it again before the next batch
         self._cache = AccountCache(-1)
@@ -144,7 +156,7 @@ class TransferPipeline:
                 if planned is None:
                     return await self._book_alone_holding_turn(transfers)
                 try:
-                    connection = await self._free.get()
+                    connection = await self._take()
                 except BaseException:
                     self._forget()  # moved on for a batch that will not be booked
                     raise
@@ -180,6 +192,18 @@ class TransferPipeline:
             self._in_flight.remove(planned)
             if not self._in_flight:
                 self._empty.set()
+            self._give_back(connection)
+
+    async def _take(self) -> asyncpg.Connection:
+        if self._open_connections == 0:
+            raise ConnectionError("every connection of the transfer pipeline is closed")
+        return await self._free.get()
+
+    def _give_back(self, connection: asyncpg.Connection) -> None:
+        """A closed connection (lost) is not handed out again."""
+        if connection.is_closed():
+            self._open_connections -= 1
+        else:
             self._free.put_nowait(connection)
 
     def _repeats_in_flight(self, transfers: list[Transfer]) -> bool:
@@ -210,11 +234,11 @@ class TransferPipeline:
             # No batch in flight touches an account the pipeline has not loaded, so its
             # totals as committed are the ones to decide on. (Should another writer change
             # it meanwhile, the head will have moved, and this batch rolls back.)
-            connection = await self._free.get()
+            connection = await self._take()
             try:
                 await _load_accounts(connection, wanted, cache)
             finally:
-                self._free.put_nowait(connection)
+                self._give_back(connection)
             if self._head is head and self._cache is cache:
                 break
             # (A batch in flight failed meanwhile, and the pipeline forgot what it expected.)
@@ -227,13 +251,19 @@ class TransferPipeline:
             head.state_version,
             TransferRowEncoder(head.batch_number + 1, booked_at),
         )
-        decision = decide_batch(
-            transfers, self._cache.states, {}, {}, booked_at, head.next_sequence
-        )
+        try:
+            # (Deciding moves the cached totals on as it goes: if it raises, say on a
+            # malformed transfer, they would hold what was never booked.)
+            decision = decide_batch(
+                transfers, self._cache.states, {}, {}, booked_at, head.next_sequence
+            )
+            rows = b"".join(_encoded_rows(decision.entries, batch.encoder))
+        except BaseException:
+            self._forget()
+            raise
         if not decision.entries:
             self._forget()
             return None
-        rows = b"".join(_encoded_rows(decision.entries, batch.encoder))
         digest = batch_digest([rows])
         head.batch_number += 1
         head.next_sequence += len(decision.entries)
@@ -255,14 +285,14 @@ class TransferPipeline:
     async def _sync(self) -> None:
         """Read the head (nothing is in flight); forget the accounts if anything else was
         booked or closed since the pipeline last read it."""
-        connection = await self._free.get()
+        connection = await self._take()
         try:
             row = await connection.fetchrow(
                 "select batch_number, next_sequence, chain_hash, booked_at, state_version,"
                 " clock_timestamp() as clock from ledger_head"
             )
         finally:
-            self._free.put_nowait(connection)
+            self._give_back(connection)
         if self._cache.state_version != row["state_version"]:
             self._cache = AccountCache(row["state_version"])
         self._head = _Head(
@@ -271,8 +301,7 @@ class TransferPipeline:
             row["chain_hash"],
             row["state_version"],
             row["booked_at"],
-            row["clock"],
-            time.monotonic(),
+            row["clock"] - datetime.now(UTC),
         )
 
     async def _book(self, connection: asyncpg.Connection, planned: _Planned) -> None:
@@ -305,17 +334,26 @@ class TransferPipeline:
         """`create_transfers` once nothing is in flight; the pipeline reads the head again
         after it."""
         await self._empty.wait()
-        connection = await self._free.get()
+        connection = await self._take()
         try:
             return await create_transfers(connection, transfers, now=self._now())
         finally:
             self._forget()
-            self._free.put_nowait(connection)
+            self._give_back(connection)
 
 
 async def _rows_after(rows: bytes, after: asyncio.Event | None) -> AsyncIterator[bytes]:
     """The batch's COPY data, ended (the server then runs its triggers) only once the batch
-    before it has returned from its COPY, i.e. holds the head's lock, or has failed."""
+    before it has returned from its COPY, i.e. holds the head's lock, or has failed.
+
+    The wait is bounded. It is a wait the database cannot see: were another writer holding
+    the head to insert an id of this batch's, it would wait on this batch, this batch on the
+    one before, and that one on the head: a deadlock PostgreSQL would not detect. The batch
+    before takes the head within milliseconds unless something holds it; after
+    `predecessor_wait_s` this batch gives up its COPY (and its rows) and is booked again."""
     yield copy_header + rows + copy_trailer
     if after is not None:
-        await after.wait()
+        try:
+            await asyncio.wait_for(after.wait(), predecessor_wait_s)
+        except TimeoutError:
+            raise PredecessorStuck from None

@@ -236,3 +236,73 @@ async def test_the_same_fare_from_the_pipeline_and_another_writer_at_once(
     finally:
         for connection in (other, *connections):
             await connection.close()
+
+
+async def test_a_writer_holding_the_head_and_inserting_an_id_of_a_streaming_batch(
+    database_url: str,
+) -> None:
+    """Another writer holds the head while batch N waits for it and batch N+1, its rows in,
+    waits for N before ending its COPY; the writer then inserts one of N+1's ids and waits
+    on N+1. PostgreSQL sees no deadlock (one wait is the pipeline's), so N+1 gives up after
+    `predecessor_wait_s`; everything is then booked, each fare once."""
+    pipeline, connections = await pipeline_on(database_url)
+    other = await asyncpg.connect(database_url)
+    watcher = await asyncpg.connect(database_url)
+    try:
+        await open_books(other)
+        first, second = fare_batches(count=2, size=3_000, seed=17)
+
+        async def waiting_for_a_lock() -> bool:
+            return bool(
+                await watcher.fetchval(
+                    "select exists (select 1 from pg_stat_activity where datname ="
+                    " current_database() and wait_event_type = 'Lock' and query like 'COPY%')"
+                )
+            )
+
+        async with other.transaction():
+            await other.execute("select 1 from ledger_head for update")
+            calls = [asyncio.ensure_future(pipeline.create_transfers(b)) for b in (first, second)]
+            while len(pipeline._in_flight) < 2 or not await waiting_for_a_lock():
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # the second batch's rows stream in
+            by_other = await asyncio.wait_for(create_transfers(other, second[:1]), 30)
+        pipelined = await asyncio.wait_for(asyncio.gather(*calls), 30)
+
+        assert by_other[0].result is R.created
+        assert pipelined[1][0].result is R.exists
+        assert pipelined[1][0].sequence == by_other[0].sequence
+        assert (
+            await other.fetchval(
+                "select count(*) from ledger_transfers where id = $1", second[0].id
+            )
+            == 1
+        )
+        assert await check_ledger(other) == []
+    finally:
+        for connection in (other, watcher, *connections):
+            await connection.close()
+
+
+async def test_a_batch_that_fails_to_decide_leaves_no_trace_in_what_the_pipeline_expects(
+    database_url: str,
+) -> None:
+    """A malformed transfer raising while its batch is decided must not leave the totals of
+    the transfers decided before it in the pipeline's memory."""
+    pipeline, connections = await pipeline_on(database_url)
+    try:
+        await open_books(connections[0])
+        card = cards[0]
+        available = await connections[0].fetchval(
+            "select credits_posted - debits_posted from ledger_accounts where id = $1", card
+        )
+        spend_all = Transfer(uuid.uuid4(), card, revenue, available, TransferCode.fare)
+        malformed = Transfer(uuid.uuid4(), card, revenue, 1, TransferCode.fare, terminal_id=5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            await pipeline.create_transfers([spend_all, malformed])
+        outcomes = await pipeline.create_transfers([spend_all])
+        assert outcomes[0].result is R.created
+        assert await check_ledger(connections[0]) == []
+    finally:
+        for connection in connections:
+            await connection.close()
