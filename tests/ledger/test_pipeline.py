@@ -103,6 +103,19 @@ async def send_at_once(
     return list(await asyncio.gather(*calls))
 
 
+async def a_copy_waits_for_a_lock(connection: asyncpg.Connection) -> bool:
+    """Whether a pipelined batch's COPY waits for a lock (its trigger, for the head)."""
+    return bool(
+        await connection.fetchval(
+            # (a transaction sees one snapshot of the statistics unless told otherwise)
+            "select pg_stat_clear_snapshot(), exists (select 1 from pg_stat_activity"
+            " where datname = current_database() and wait_event_type = 'Lock'"
+            " and query like 'COPY%')",
+            column=1,
+        )
+    )
+
+
 async def totals(connection: asyncpg.Connection) -> dict[uuid.UUID, tuple[int, ...]]:
     rows = await connection.fetch(
         "select id, debits_pending, debits_posted, credits_pending, credits_posted"
@@ -216,14 +229,8 @@ async def test_the_same_fare_from_the_pipeline_and_another_writer_at_once(
         async with other.transaction():
             await other.execute("select 1 from ledger_head for update")
             sending = asyncio.ensure_future(pipeline.create_transfers(batch))
-            while not await other.fetchval(
-                # (a transaction sees one snapshot of the statistics unless told otherwise)
-                "select pg_stat_clear_snapshot(), exists (select 1 from pg_stat_activity"
-                " where datname = current_database() and wait_event_type = 'Lock'"
-                " and query like 'COPY%')",
-                column=1,
-            ):  # the pipeline's rows are in, its trigger waits for the head
-                await asyncio.sleep(0.01)
+            while not await a_copy_waits_for_a_lock(other):
+                await asyncio.sleep(0.01)  # the pipeline's rows are in, its trigger waits
             other_outcomes = await create_transfers(other, batch[:1])
         pipelined = await sending
         results = {other_outcomes[0].result, pipelined[0].result}
@@ -252,18 +259,10 @@ async def test_a_writer_holding_the_head_and_inserting_an_id_of_a_streaming_batc
         await open_books(other)
         first, second = fare_batches(count=2, size=3_000, seed=17)
 
-        async def waiting_for_a_lock() -> bool:
-            return bool(
-                await watcher.fetchval(
-                    "select exists (select 1 from pg_stat_activity where datname ="
-                    " current_database() and wait_event_type = 'Lock' and query like 'COPY%')"
-                )
-            )
-
         async with other.transaction():
             await other.execute("select 1 from ledger_head for update")
             calls = [asyncio.ensure_future(pipeline.create_transfers(b)) for b in (first, second)]
-            while len(pipeline._in_flight) < 2 or not await waiting_for_a_lock():
+            while len(pipeline._in_flight) < 2 or not await a_copy_waits_for_a_lock(watcher):
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.3)  # the second batch's rows stream in
             by_other = await asyncio.wait_for(create_transfers(other, second[:1]), 30)
