@@ -189,6 +189,11 @@ class TransferPipeline:
                 )
         finally:
             planned.finished.set()
+            # The batch after it keeps a reference to it; let that be all it keeps (else
+            # every batch would keep the one before, rows and all, as long as the pipeline
+            # is never empty).
+            planned.before = None
+            planned.rows = b""
             self._in_flight.remove(planned)
             if not self._in_flight:
                 self._empty.set()
