@@ -146,6 +146,8 @@ class TransferPipeline:
         if isinstance(transfers, Transfer):  # a named tuple: it would iterate as its fields
             raise TypeError("create_transfers takes a sequence of transfers, not one transfer")
         transfers = list(transfers)
+        if not transfers:
+            return []
         if len(transfers) > transfers_per_batch_max_default or not all_plain(transfers):
             return await self._book_alone(transfers)
         with cyclic_collector_paused():

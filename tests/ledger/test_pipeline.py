@@ -207,6 +207,7 @@ async def test_a_caller_cancelled_while_its_batch_is_in_flight(database_url: str
         again = await pipeline.create_transfers(batches[1])
         created_before = {o.id for o in again if o.result is R.exists}
         assert created_before and {o.result for o in again} <= {R.exists, R.exceeds_credits}
+        assert await pipeline.create_transfers([]) == []
         later = await pipeline.create_transfers(fare_batches(count=1, size=100, seed=15)[0])
         assert {o.result for o in later} <= {R.created, R.exceeds_credits}
         assert await check_ledger(connections[0]) == []
