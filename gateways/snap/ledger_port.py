@@ -9,18 +9,29 @@ clearing -> the card's pending top-up account and announced to the terminals.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 
 import asyncpg
 
+from bus_terminals.wire import reference_check
 from gateways.terminal_api import registry
 from ledger.store import lookup_accounts
 
 
 def top_up_id(partner_id: str, payment_request_id: str) -> str:
-    """The pending top-up's id: the same for every repeat of the bank's paymentRequestId."""
-    return f"snap:{partner_id}:{payment_request_id}"
+    """The pending top-up's id: the same for every repeat of the bank's paymentRequestId.
+
+    Terminals carry it on the card's record (`bus_terminals.wire.reference_check`: at most
+    64 printable characters), so a longer or unprintable one (paymentRequestId may be 128
+    characters) is replaced by a digest of the two: otherwise the money would be booked but
+    no terminal could ever deliver it to the card."""
+    readable = f"snap:{partner_id}:{payment_request_id}"
+    if reference_check(readable) is None:
+        return readable
+    digest = hashlib.sha256(f"{partner_id}\x00{payment_request_id}".encode()).hexdigest()
+    return f"snap:sha256:{digest[:48]}"
 
 
 def pending_top_up_transfer_id(partner_id: str, payment_request_id: str) -> uuid.UUID:

@@ -16,6 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
+from bus_terminals.wire import reference_check
 from gateways.terminal_api import books
 from ledger.records import Account, AccountFlags, AccountKind, booked_results, derive_id
 
@@ -278,8 +279,13 @@ async def pay_pending_top_up(
     paid_at: datetime | None = None,
 ) -> bool:
     """Book money received for a card (bank clearing → its pending top-up account) and announce
-    it to the terminals. Idempotent on `top_up_id`; returns False for a repeat."""
+    it to the terminals. Idempotent on `top_up_id`; returns False for a repeat. ValueError for
+    a `top_up_id` the terminals' records cannot carry (it could never be delivered)."""
     from ledger.records import Transfer, TransferCode
+
+    problem = reference_check(top_up_id)
+    if problem:
+        raise ValueError(f"top-up id {problem}")
 
     async with connection.transaction():
         await register_cards(connection, [card_number])

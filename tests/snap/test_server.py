@@ -13,9 +13,11 @@ from typing import Any
 
 import asyncpg
 
+from bus_terminals.wire import reference_check
 from gateways.backoffice import BackofficeConfig, create_app
 from gateways.snap import signature
 from gateways.snap.client import SnapSession
+from gateways.snap.ledger_port import top_up_id
 from gateways.snap.partners import Partner, save_partner, set_card_holder
 from gateways.snap.server import install
 from gateways.terminal_api import registry
@@ -182,6 +184,28 @@ async def test_payment_books_a_pending_top_up_once(harness: Harness) -> None:
     finally:
         await connection.close()
     assert [tuple(row) for row in rows] == [(f"snap:{partner_id}:PR-1", card_number, 200_000)]
+
+
+async def test_a_long_payment_request_id_gives_a_top_up_id_terminals_can_carry(
+    harness: Harness,
+) -> None:
+    """paymentRequestId may be 128 characters; the pending top-up id a terminal writes on the
+    card's record holds at most 64 printable ones, else the top-up could never be delivered."""
+    long_id = "R" * 128
+    for _ in ("payment", "the bank's retry"):
+        paid = await harness.session.post(
+            "/v1.0/transfer-va/payment", payment_body(50_000, long_id)
+        )
+        assert (paid.http_status, paid.response_code) == (200, "2002500")
+    connection = await asyncpg.connect(harness.database_url)
+    try:
+        rows = await connection.fetch("select top_up_id from pending_top_ups")
+    finally:
+        await connection.close()
+    assert len(rows) == 1
+    assert reference_check(rows[0]["top_up_id"]) is None
+    assert rows[0]["top_up_id"] == top_up_id(partner_id, long_id)
+    assert await booked(harness) == (50_000, 1)
 
 
 async def test_payment_over_the_cap_is_refused_and_books_nothing(harness: Harness) -> None:
