@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from ksh.cli import UserError
@@ -41,3 +43,36 @@ async def connect(url: str) -> Any:
         return await asyncpg.connect(url)
     except (asyncpg.InterfaceError, asyncpg.PostgresError, ValueError) as error:
         raise UserError(f"cannot reach the database: {error}") from error
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(
+    server: str, prefix: str, *, keep: bool = False
+) -> AsyncIterator[tuple[str, str]]:
+    """A new database on `server` (named `prefix_<random>`), with the whole schema, dropped
+    when the block ends unless `keep`: yields (name, URL). For the demo, the simulator and
+    the benchmarks, which each work in a database of their own."""
+    from ksh.schema import migrate_all
+    from ledger.database import database_url_for
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = await connect(server)
+    try:
+        await admin.execute(f'create database "{name}"')
+    finally:
+        await admin.close()
+    url = database_url_for(server, name)
+    try:
+        connection = await connect(url)
+        try:
+            await migrate_all(connection)
+        finally:
+            await connection.close()
+        yield name, url
+    finally:
+        if not keep:
+            admin = await connect(server)
+            try:
+                await admin.execute(f'drop database if exists "{name}" with (force)')
+            finally:
+                await admin.close()

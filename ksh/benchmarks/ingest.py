@@ -15,7 +15,6 @@ import random
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +117,13 @@ def deny_list_figures(cards: int) -> dict[str, Any]:
 
 
 async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
+    from ksh.database import scratch_database
+
+    async with scratch_database(server, "ksh_bench") as (_, url):
+        return await _ingest_into(url, arguments)
+
+
+async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
     import asyncpg
     from aiohttp import web
@@ -138,20 +144,12 @@ async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
     from gateways.terminal_api import registry
     from gateways.terminal_api.registry import TerminalRole
     from gateways.terminal_api.routes import terminal_extension
-    from ksh.schema import migrate_all
     from ledger import store
     from ledger.records import Account, AccountKind, Transfer, TransferCode, derive_id
 
-    database = f"ksh_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server)
-    await admin.execute(f'create database "{database}"')
-    base, _, query = server.partition("?")
-    authority = base.partition("://")[2].partition("/")[0]
-    url = f"{base.partition('://')[0]}://{authority}/{database}" + (f"?{query}" if query else "")
     runner = None
     try:
         connection = await asyncpg.connect(url)
-        await migrate_all(connection)
         await registry.register_operator(connection, operator_id)
         keys = {}
         for index in range(arguments.terminals):
@@ -330,8 +328,6 @@ async def _ingest(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
     finally:
         if runner is not None:
             await runner.cleanup()
-        await admin.execute(f'drop database if exists "{database}" with (force)')
-        await admin.close()
 
 
 def tap_latency(samples: int) -> dict[str, Any]:

@@ -57,13 +57,9 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
 async def _run(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
     import asyncpg
 
-    from ledger.database import database_url_for
+    from ksh.database import scratch_database
 
-    name = f"ksh_bench_ledger_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server)
-    try:
-        await admin.execute(f'create database "{name}"')
-        url = database_url_for(server, name)
+    async with scratch_database(server, "ksh_bench_ledger") as (_, url):
         connection = await asyncpg.connect(url)
         connections = [await asyncpg.connect(url) for _ in range(depth)]
         try:
@@ -71,9 +67,6 @@ async def _run(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
         finally:
             for each in (connection, *connections):
                 await each.close()
-    finally:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
 
 
 async def _top_up(
@@ -93,7 +86,6 @@ async def _top_up(
 async def _measure(
     connection: Any, connections: list[Any], arguments: argparse.Namespace
 ) -> dict[str, Any]:
-    from ksh.schema import migrate_all
     from ledger import (
         Account,
         AccountFlags,
@@ -108,7 +100,6 @@ async def _measure(
         create_transfers,
     )
 
-    await migrate_all(connection)
     await connection.execute("set synchronous_commit to on")
     cards = [uuid.UUID(int=(1 << 64) + n) for n in range(arguments.cards)]
     revenue, bank = uuid.UUID(int=1), uuid.UUID(int=2)

@@ -17,7 +17,6 @@ import asyncio
 import datetime as dt
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -60,23 +59,14 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
 async def _run(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
     import asyncpg
 
-    from ksh.schema import migrate_all
-    from ledger.database import database_url_for
+    from ksh.database import scratch_database
 
-    name = f"ksh_bench_settle_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server)
-    try:
-        await admin.execute(f'create database "{name}"')
-        url = database_url_for(server, name)
+    async with scratch_database(server, "ksh_bench_settle") as (_, url):
         connection = await asyncpg.connect(url)
         try:
-            await migrate_all(connection)
             return await _measure(connection, arguments)
         finally:
             await connection.close()
-    finally:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
 
 
 async def _setup(connection: Any, arguments: argparse.Namespace, booked_at: dt.datetime) -> int:

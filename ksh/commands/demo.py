@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -105,36 +104,16 @@ async def start(app: Any) -> tuple[Any, str]:
 
 
 async def demo(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
-    import asyncpg
-
-    from ksh.database import connect
-    from ksh.schema import migrate_all
-    from ledger.database import database_url_for
+    from ksh.database import scratch_database
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d_%H%M%S")
-    name = f"ksh_demo_{stamp}_{uuid.uuid4().hex[:6]}"
-    admin = await connect(server)
-    try:
-        await admin.execute(f'create database "{name}"')
-    finally:
-        await admin.close()
-    url = database_url_for(server, name)
-    try:
-        connection = await asyncpg.connect(url)
-        try:
-            await migrate_all(connection)
-        finally:
-            await connection.close()
+    async with scratch_database(server, f"ksh_demo_{stamp}", keep=arguments.keep_database) as (
+        name,
+        url,
+    ):
         summary = await run_day(url, arguments)
-        summary["database"] = name if arguments.keep_database else f"{name} (dropped)"
-        return summary
-    finally:
-        if not arguments.keep_database:
-            admin = await asyncpg.connect(server)
-            try:
-                await admin.execute(f'drop database if exists "{name}" with (force)')
-            finally:
-                await admin.close()
+    summary["database"] = name if arguments.keep_database else f"{name} (dropped)"
+    return summary
 
 
 async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:

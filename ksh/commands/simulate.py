@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -92,43 +91,29 @@ async def local_backoffice(
 ) -> AsyncIterator[tuple[str, str, str]]:
     """A back office on loopback over a fresh, migrated database that is dropped afterwards.
     Yields (url, staff token, database url)."""
-    import asyncpg
     from aiohttp import web
 
     from gateways.backoffice import BackofficeConfig, create_app
     from ksh.commands.serve import extensions
-    from ksh.schema import migrate_all
+    from ksh.database import scratch_database
     from ledger.database import server_url
 
     with server_url() as server:
-        database = f"ksh_run_{uuid.uuid4().hex[:10]}"
-        admin = await asyncpg.connect(server)
-        await admin.execute(f'create database "{database}"')
-        base, _, query = server.partition("?")
-        scheme, _, rest = base.partition("://")
-        authority = rest.partition("/")[0]
-        url = f"{scheme}://{authority}/{database}" + (f"?{query}" if query else "")
-        runner = None
-        try:
-            connection = await asyncpg.connect(url)
+        async with scratch_database(server, "ksh_run") as (_, url):
+            runner = None
             try:
-                await migrate_all(connection)
+                token = secrets.token_urlsafe(24)
+                config = BackofficeConfig(
+                    url,
+                    pool_connections_max=pool_connections_max,
+                    settings={"admin_token": token},
+                )
+                runner = web.AppRunner(create_app(config, extensions()), access_log=None)
+                await runner.setup()
+                site = web.TCPSite(runner, "127.0.0.1", 0)
+                await site.start()
+                port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+                yield f"http://127.0.0.1:{port}", token, url
             finally:
-                await connection.close()
-            token = secrets.token_urlsafe(24)
-            config = BackofficeConfig(
-                url,
-                pool_connections_max=pool_connections_max,
-                settings={"admin_token": token},
-            )
-            runner = web.AppRunner(create_app(config, extensions()), access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            yield f"http://127.0.0.1:{port}", token, url
-        finally:
-            if runner is not None:
-                await runner.cleanup()
-            await admin.execute(f'drop database if exists "{database}" with (force)')
-            await admin.close()
+                if runner is not None:
+                    await runner.cleanup()
