@@ -88,14 +88,17 @@ class SyncState:
         state = cls(deny_list=DenyList.load(folder / "deny-list.bin"))
         path = folder / "sync-state.json"
         if path.exists():
-            saved = json.loads(path.read_text())
-            state.pending_top_ups = {
-                card: [(top_up_id, amount, paid_ms) for top_up_id, amount, paid_ms in top_ups]
-                for card, top_ups in saved["pending_top_ups"].items()
-            }
-            state.tariff_version = saved["tariff_version"]
-            state.key_versions = saved["key_versions"]
-            state.synced_at_ms = saved["synced_at_ms"]
+            try:
+                saved = json.loads(path.read_text())
+                state.pending_top_ups = {
+                    card: [(top_up_id, amount, paid_ms) for top_up_id, amount, paid_ms in top_ups]
+                    for card, top_ups in saved["pending_top_ups"].items()
+                }
+                state.tariff_version = saved["tariff_version"]
+                state.key_versions = saved["key_versions"]
+                state.synced_at_ms = saved["synced_at_ms"]
+            except (KeyError, TypeError, ValueError) as error:  # (JSON errors are ValueErrors)
+                raise ValueError(f"{path}: damaged sync state ({error!r})") from error
         return state
 
 

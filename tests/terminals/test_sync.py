@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from bus_terminals.journal import Journal
 from bus_terminals.sync import SyncClient, SyncState, UploadStatus
@@ -91,3 +92,11 @@ async def test_a_lost_answer_resends_the_same_bytes(backoffice: Backoffice, tmp_
         assert await books_snapshot(backoffice.pool) == booked  # the repeat booked nothing
         assert await client.upload_once() == UploadStatus.nothing_to_send
     journal.close()
+
+
+def test_damaged_sync_state_is_a_clear_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "sync-state.json"
+    for damaged in ("{}", "[]", "{not json", '{"pending_top_ups": {"1": [[1]]}}'):
+        path.write_text(damaged)
+        with pytest.raises(ValueError, match=r"sync-state\.json: damaged sync state"):
+            SyncState.load(tmp_path)
