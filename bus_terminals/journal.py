@@ -301,7 +301,7 @@ class Journal:
                 raise JournalFull(f"journal holds {records_max} records not yet uploaded")
 
     def _insert(self, record: UploadRecord, state: JournalState) -> None:
-        values = list(_values(record))
+        values = list(record)
         values[3] = state.value
         self.connection.execute(
             f"insert into records ({_columns}) values ({', '.join('?' * len(values))})",
@@ -321,10 +321,6 @@ class _Transaction:
 
     def __exit__(self, kind: object, error: object, traceback: object) -> None:
         self.connection.execute("commit" if kind is None else "rollback")
-
-
-def _values(record: UploadRecord) -> tuple[object, ...]:
-    return tuple(record)
 
 
 def _from_row(row: tuple[object, ...]) -> tuple[UploadRecord, JournalState]:

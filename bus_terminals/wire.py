@@ -186,7 +186,7 @@ def card_terminal_number(terminal_id: str) -> int:
 
 def check_record(record: UploadRecord) -> None:
     """Raise WireError if `record` breaks the format (terminals check before journalling)."""
-    _check_values(record_values(record), f"record {record.terminal_id}/{record.sequence}")
+    _check_values(record, f"record {record.terminal_id}/{record.sequence}")
 
 
 def _check_values(values: Sequence[Any], where: str) -> None:
@@ -204,28 +204,6 @@ def _check_values(values: Sequence[Any], where: str) -> None:
 # -------------------------------------------------------------------------- encode / decode
 
 
-def record_values(record: UploadRecord) -> list[Any]:
-    return [
-        record.terminal_id,
-        record.sequence,
-        record.kind.value,
-        record.status.value,
-        record.card_number,
-        record.card_counter,
-        record.amount_rupiah,
-        record.topup_rupiah,
-        record.pending_topup_id,
-        record.balance_after_rupiah,
-        record.time_ms,
-        record.route,
-        record.merchant_id,
-        record.fare_detail,
-        record.previous_counter,
-        record.previous_terminal_number,
-        record.previous_balance_rupiah,
-    ]
-
-
 def encode_batch(batch: UploadBatch) -> bytes:
     """The canonical bytes of a batch: what the terminal signs and sends."""
     assert len(batch.records) <= upload_records_max
@@ -234,7 +212,8 @@ def encode_batch(batch: UploadBatch) -> bytes:
         "terminal_id": batch.terminal_id,
         "batch_sequence": batch.batch_sequence,
         "fields": [name for name, _ in record_fields],
-        "records": [record_values(record) for record in batch.records],
+        # (fields in wire order; the kinds and statuses are StrEnums: JSON strings)
+        "records": [list(record) for record in batch.records],
     }
     body = json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     assert len(body) <= upload_body_bytes_max, "batch too big: lower the records per batch"
