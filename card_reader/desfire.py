@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -112,7 +113,8 @@ class Desfire:
         self.random_bytes = random_bytes
         self.card_uid = card_uid
         self.authentication: Authentication | None = None
-        self.transcript: list[tuple[bytes, bytes]] = []  # the recent exchanges, raw
+        # the recent exchanges, raw
+        self.transcript: deque[tuple[bytes, bytes]] = deque(maxlen=transcript_exchanges_max)
 
     # ------------------------------------------------------------------ exchanges
 
@@ -145,7 +147,6 @@ class Desfire:
                 transcript=transcript,
             ) from error
         self.transcript.append((command, response))
-        del self.transcript[:-transcript_exchanges_max]
         try:
             frame = unwrap_response(response, self.framing)
         except ApduFormatError as error:

@@ -109,7 +109,7 @@ def test_long_reads_and_writes_chain_both_ways(framing: Framing, generation: str
     desfire.commit_transaction()
     before = len(desfire.transcript)
     assert desfire.read_data(1, 0, 0, CommMode.FULL) == data
-    read_frames = desfire.transcript[before:]
+    read_frames = list(desfire.transcript)[before:]
     assert len(read_frames) > 1  # the answer came in several AF frames
     assert bytes(card.applications[aid].files[1].data) == data  # type: ignore[union-attr]
 
