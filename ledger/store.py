@@ -42,6 +42,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 from datetime import datetime
 from typing import Any
 
@@ -494,28 +495,29 @@ async def _prefetch_transfers(
     return existing, pendings
 
 
+_debit_of, _credit_of, _int_of = itemgetter(1), itemgetter(2), attrgetter("int")
+
+
 def _accounts_to_load(
     transfers: list[Transfer], pendings: dict[int, PendingState], states: dict[int, list]
 ) -> dict[int, uuid.UUID]:
     """The accounts the batch names (its holds' accounts too) that `states` lacks."""
-    wanted: dict[int, uuid.UUID] = {}
-    # The accounts just checked on each side: batches name a hot account again and again.
-    seen_debit = seen_credit = None
-    for transfer in transfers:
-        debit, credit = transfer[1], transfer[2]
-        if debit is not seen_debit and debit is not None:
-            if debit.int not in states:
-                wanted[debit.int] = debit
-            seen_debit = debit
-        if credit is not seen_credit and credit is not None:
-            if credit.int not in states:
-                wanted[credit.int] = credit
-            seen_credit = credit
+    try:
+        # In C, with no Python frame per transfer: this ran at 0.7 µs a transfer as a loop.
+        named = set(map(_int_of, map(_debit_of, transfers)))
+        named.update(map(_int_of, map(_credit_of, transfers)))
+    except AttributeError:  # a transfer without an account (refused when decided)
+        named = {
+            account.int
+            for transfer in transfers
+            for account in (transfer[1], transfer[2])
+            if account is not None
+        }
     for pending in pendings.values():
         for account_id in (pending.transfer.debit_account_id, pending.transfer.credit_account_id):
-            if account_id is not None and account_id.int not in states:
-                wanted[account_id.int] = account_id
-    return wanted
+            if account_id is not None:
+                named.add(account_id.int)
+    return {account_id: uuid.UUID(int=account_id) for account_id in named.difference(states)}
 
 
 async def _load_accounts(
