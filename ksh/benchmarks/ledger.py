@@ -33,7 +33,10 @@ fare_rupiah = 3_500
 unknown_totals = (0, 0, 0, 0)  # the raw copies compute no balances
 top_up_rupiah = 2_000_000
 depth = 2  # the pipeline's connections: one batch applying its totals, one streaming in
-blocks = 10  # the pipeline and the raw copies take turns this many times
+# The pipeline and the raw copies take turns this many times. Each turn starts and ends with
+# nothing in flight, which a running service never does: with 10 turns of 12 batches the
+# ledger and the raw copies both measured about 8% lower than with 5 (same ratio).
+blocks = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
