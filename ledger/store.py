@@ -42,8 +42,8 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter, itemgetter
 from datetime import datetime
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import asyncpg
