@@ -269,8 +269,7 @@ class TransferPipeline:
             self._forget()
             raise
         if not decision.entries:
-            self._forget()
-            return None
+            return None  # (nothing moved: not the head, not the cached totals)
         digest = batch_digest([rows])
         head.batch_number += 1
         head.next_sequence += len(decision.entries)
@@ -339,13 +338,16 @@ class TransferPipeline:
 
     async def _book_alone_holding_turn(self, transfers: list[Transfer]) -> list[TransferOutcome]:
         """`create_transfers` once nothing is in flight; the pipeline reads the head again
-        after it."""
+        after it, and keeps the accounts it holds if that booked nothing (a batch of
+        repeats, say a terminal sending an upload again: else the next batch would load
+        thousands of accounts afresh). Every batch before it has committed or made the
+        pipeline forget, so the accounts held are those of the state version expected."""
         await self._empty.wait()
         connection = await self._take()
         try:
             return await create_transfers(connection, transfers, now=self._now())
         finally:
-            self._forget()
+            self._head = None  # `_sync` drops the accounts unless the state version held
             self._give_back(connection)
 
 

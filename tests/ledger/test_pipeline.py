@@ -307,3 +307,48 @@ async def test_a_batch_that_fails_to_decide_leaves_no_trace_in_what_the_pipeline
     finally:
         for connection in connections:
             await connection.close()
+
+
+async def test_a_batch_that_books_nothing_keeps_the_accounts_the_pipeline_holds(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch the pipeline decides books nothing (every fare more than its card holds) goes
+    to `create_transfers`, which books nothing either: the pipeline keeps its accounts rather
+    than loading them all again for the next batch. When something else books meanwhile,
+    it loads them afresh."""
+    import ledger.pipeline
+
+    loaded: list[int] = []
+    load_accounts = ledger.pipeline._load_accounts
+
+    async def counting(connection, wanted, cache):  # type: ignore[no-untyped-def]
+        loaded.append(len(wanted))
+        await load_accounts(connection, wanted, cache)
+
+    monkeypatch.setattr(ledger.pipeline, "_load_accounts", counting)
+    pipeline, connections = await pipeline_on(database_url)
+    try:
+        await open_books(connections[0])
+        first, second = fare_batches(count=2, size=1_000, seed=16)
+        assert R.created in {o.result for o in await pipeline.create_transfers(first)}
+        assert sum(loaded) > 100  # the cards the first batch names
+        loaded.clear()
+        too_dear = [t._replace(id=uuid.uuid4(), amount=10**9) for t in first[:300]]
+        refused = await pipeline.create_transfers(too_dear)
+        assert {o.result for o in refused} == {R.exceeds_credits}
+        fresh = [t._replace(id=uuid.uuid4()) for t in first[:300]]
+        assert R.created in {o.result for o in await pipeline.create_transfers(fresh)}
+        assert loaded == []  # the same cards: held all along
+        # Another writer books. The pipeline's next batch finds the head moved and is booked
+        # again by `create_transfers`; the batch after it loads the same cards afresh.
+        other = Transfer(uuid.uuid4(), bank, cards[0], fare, TransferCode.top_up)
+        assert [o.result for o in await create_transfers(connections[1], [other])] == [R.created]
+        assert R.created in {o.result for o in await pipeline.create_transfers(second)}
+        loaded.clear()
+        fresh = [t._replace(id=uuid.uuid4()) for t in first[:300]]
+        assert R.created in {o.result for o in await pipeline.create_transfers(fresh)}
+        assert sum(loaded) > 100
+        assert await check_ledger(connections[0]) == []
+    finally:
+        for connection in connections:
+            await connection.close()
