@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -105,12 +104,36 @@ def wait_for_line(process: subprocess.Popen[str], wanted: str) -> None:
     )
 
 
-async def assert_whole_and_retry(url: str, batches: int, size: int) -> None:
-    """Each batch is booked wholly or not at all; retrying all of them books the missing ones
-    and answers `exists` for the rest; the books check out."""
+async def until_a_batch_is_copying(url: str) -> None:
+    """Returns once the writer's COPY is running: killed now, it dies mid-batch (its rows
+    partly sent, nothing committed). (The COPY may yet end first: the checks still hold.)"""
+    connection = await asyncpg.connect(url)
+    try:
+        for _ in range(10_000):
+            if await connection.fetchval(
+                "select pg_stat_clear_snapshot(), exists (select 1 from pg_stat_activity"
+                " where datname = current_database() and query like 'COPY%' and state = 'active')",
+                column=1,
+            ):
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError("the writer never started copying a batch")
+    finally:
+        await connection.close()
+
+
+async def assert_whole_and_retry(url: str, batches: int, size: int, acknowledged: int) -> None:
+    """The `acknowledged` first batches (the writer said they were done) are all in the
+    books; each batch is booked wholly or not at all; retrying all of them books the missing
+    ones and answers `exists` for the rest; the books check out."""
     connection = await asyncpg.connect(url)
     try:
         assert await check_ledger(connection) == []
+        acknowledged_ids = [t.id for n in range(acknowledged) for t in writer.batch(n, size)]
+        kept = await connection.fetchval(
+            "select count(*) from ledger_transfers where id = any($1::uuid[])", acknowledged_ids
+        )
+        assert kept == len(acknowledged_ids), "a batch acknowledged before the crash was lost"
         booked_before = await connection.fetchval(
             "select count(*) from ledger_transfers where code = $1", int(TransferCode.fare)
         )
@@ -135,14 +158,14 @@ async def test_writer_killed_mid_batch(database_url: str) -> None:
     process = start_writer(database_url, 0, batches, size)
     try:
         wait_for_line(process, "done 1")
-        wait_for_line(process, "begin 3")
-        time.sleep(0.05)  # inside batch 3: prefetching, deciding or copying
+        wait_for_line(process, "begin 3")  # batches 0, 1 and 2 are done
+        await until_a_batch_is_copying(database_url)
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
-    await assert_whole_and_retry(database_url, batches, size)
+    await assert_whole_and_retry(database_url, batches, size, acknowledged=3)
 
 
 async def test_postgres_killed_mid_batch(tmp_path: Path) -> None:
@@ -163,8 +186,8 @@ async def test_postgres_killed_mid_batch(tmp_path: Path) -> None:
         process = start_writer(url, 0, batches, size)
         try:
             wait_for_line(process, "done 1")
-            wait_for_line(process, "begin 3")
-            time.sleep(0.05)
+            wait_for_line(process, "begin 3")  # batches 0, 1 and 2 are done
+            await until_a_batch_is_copying(url)
             postmaster = psutil.Process(server.get_pid())
             for victim in [postmaster, *postmaster.children(recursive=True)]:
                 os.kill(victim.pid, signal.SIGKILL)
@@ -175,7 +198,7 @@ async def test_postgres_killed_mid_batch(tmp_path: Path) -> None:
         assert process.returncode != 0  # the writer lost its server mid-batch
         psutil.wait_procs([postmaster], timeout=10)
         server.ensure_postgres_running()
-        await assert_whole_and_retry(server.get_uri(), batches, size)
+        await assert_whole_and_retry(server.get_uri(), batches, size, acknowledged=3)
     finally:
         server.cleanup()
 
