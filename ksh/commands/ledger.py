@@ -135,6 +135,7 @@ def run_expire(arguments: argparse.Namespace) -> int:
     already = results.pop(CreateTransferResult.exists, 0)
     print(f"ledger expire: {voided} hold(s) voided" + (f", {already} already" if already else ""))
     # A void refused (say, the hold was posted meanwhile) is reported, not hidden.
-    for result, count in sorted(results.items()):
-        print(f"ledger expire: {count} void(s) refused: {result}", file=sys.stderr)
+    for result in CreateTransferResult:  # (in the order they are checked; not sortable)
+        if results[result]:
+            print(f"ledger expire: {results[result]} void(s) refused: {result}", file=sys.stderr)
     return 1 if results else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 import subprocess
@@ -186,3 +187,29 @@ async def test_command_line(connection, database_url, tmp_path) -> None:
     failed = ksh(database_url, "check")
     assert failed.returncode == 1
     assert "chain: batch 1" in failed.stdout
+
+
+def test_expire_reports_each_kind_of_refused_void(monkeypatch, capsys) -> None:
+    """Refused voids of more than one kind are each reported (results are not sortable)."""
+    import argparse
+    import uuid
+
+    import ksh.commands.ledger as commands
+    import ledger.store
+    from ledger import TransferOutcome
+
+    R = CreateTransferResult
+    refused = [R.pending_transfer_already_posted, R.pending_transfer_already_voided]
+    outcomes = [TransferOutcome(uuid.uuid4(), result) for result in [R.created, *refused]]
+
+    async def expire(connection):  # type: ignore[no-untyped-def]
+        return outcomes
+
+    monkeypatch.setattr(ledger.store, "expire_pending_transfers", expire)
+    monkeypatch.setattr(commands, "run_with_database", lambda work: asyncio.run(work(None)))
+    assert commands.run_expire(argparse.Namespace()) == 1
+    printed = capsys.readouterr()
+    assert printed.out.strip() == "ledger expire: 1 hold(s) voided"
+    assert printed.err.splitlines() == [
+        f"ledger expire: 1 void(s) refused: {result}" for result in refused
+    ]
