@@ -103,7 +103,8 @@ async def _measure(
         create_transfers,
     )
 
-    await connection.execute("set synchronous_commit to on")
+    for each in (connection, *connections):  # durable commits, whatever the server's default
+        await each.execute("set synchronous_commit to on")
     cards = [uuid.UUID(int=(1 << 64) + n) for n in range(arguments.cards)]
     revenue, bank = uuid.UUID(int=1), uuid.UUID(int=2)
     accounts = [
@@ -166,7 +167,7 @@ async def _measure(
     gc.freeze()
     # The pipeline and the raw copies alternate in blocks so that both see the same load on
     # a shared machine; then the same number of other fares, one batch at a time.
-    block = max(1, batch_count // blocks)
+    block = -(-batch_count // blocks)  # (rounded up: `blocks` turns, the last maybe shorter)
     ledger_seconds = raw_seconds = raw_indexed_seconds = 0.0
     created = created_alone = 0
     started = datetime.now(UTC)
@@ -213,7 +214,7 @@ async def _measure(
         "batch": arguments.batch,
         "connections": depth,
         "hot_accounts": 1,
-        "synchronous_commit": await connection.fetchval("show synchronous_commit"),
+        "synchronous_commit": await connections[0].fetchval("show synchronous_commit"),
         "transfers_per_s": round(transfers_per_s),
         "raw_copy_transfers_per_s": round(raw_per_s),
         "ratio": round(transfers_per_s / raw_per_s, 3),
