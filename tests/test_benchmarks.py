@@ -16,7 +16,13 @@ project_root = Path(__file__).resolve().parents[1]
 small_runs = {
     "ledger": (
         ["--transfers", "20000", "--cards", "2000", "--batch", "1000"],
-        {"transfers_per_s", "raw_copy_transfers_per_s", "ratio", "one_connection_transfers_per_s"},
+        {
+            "transfers_per_s",
+            "raw_copy_transfers_per_s",
+            "ratio",
+            "one_connection_transfers_per_s",
+            "client_cpu_ms_per_batch",
+        },
     ),
     "fare": (
         ["--taps", "2000", "--rerate-taps", "5000", "--rerate-cards", "500", "--repeats", "1"],

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import functools
 import gc
+import os
 import random
 import time
 import uuid
@@ -169,13 +170,24 @@ async def _measure(
     # a shared machine; then the same number of other fares, one batch at a time.
     block = -(-batch_count // blocks)  # (rounded up: `blocks` turns, the last maybe shorter)
     ledger_seconds = raw_seconds = raw_indexed_seconds = 0.0
+    # Where the pipeline's CPU goes: this process, and the two backends when the server runs
+    # on this machine (their times are in /proc).
+    backends = [await each.fetchval("select pg_backend_pid()") for each in connections]
+    client_cpu_s = 0.0
+    backends_cpu_s: float | None = 0.0
     created = created_alone = 0
     started = datetime.now(UTC)
     for first in range(0, batch_count, block):
-        began = time.perf_counter()
+        began, cpu_began, backends_began = time.perf_counter(), time.process_time(), _cpu(backends)
         for outcomes in await _book_pipelined(pipeline, pipelined[first : first + block], depth):
             created += sum(outcome.result is CreateTransferResult.created for outcome in outcomes)
         ledger_seconds += time.perf_counter() - began
+        client_cpu_s += time.process_time() - cpu_began
+        backends_ended = _cpu(backends)
+        if backends_cpu_s is not None and backends_began is not None and backends_ended is not None:
+            backends_cpu_s += backends_ended - backends_began
+        else:
+            backends_cpu_s = None
 
         began = time.perf_counter()
         await _copy_raw(connections, "bench_raw", pipelined[first : first + block], first)
@@ -227,6 +239,12 @@ async def _measure(
         " bare table, a batch in flight on each connection while the next is encoded; indexed:"
         " the same into a table with ledger_transfers' indexes (no trigger, check or balance)",
         "ledger_seconds": round(ledger_seconds, 3),
+        # per batch of the pipeline: wall time, this process's CPU, the two backends' CPU
+        "pipeline_ms_per_batch": round(ledger_seconds / batch_count * 1000, 1),
+        "client_cpu_ms_per_batch": round(client_cpu_s / batch_count * 1000, 1),
+        "backends_cpu_ms_per_batch": None
+        if backends_cpu_s is None
+        else round(backends_cpu_s / batch_count * 1000, 1),
         "raw_copy_seconds": round(raw_seconds, 3),
         "raw_copy_indexed_seconds": round(raw_indexed_seconds, 3),
         "one_connection_seconds": round(alone_seconds, 3),
@@ -285,3 +303,19 @@ async def _copy_raw(
         connection = await free.get()
         copies.append(asyncio.create_task(copy(connection, data)))
     await asyncio.gather(*copies)
+
+
+def _cpu(pids: list[int]) -> float | None:
+    """The processes' CPU seconds (user and system), or None if they are not on this machine."""
+    total = 0.0
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as stat:
+                command, rest = stat.read().split(" ", 1)[1].rsplit(")", 1)
+            if command != "(postgres":  # (a process of this machine with a remote one's pid)
+                return None
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return None
+    return total
