@@ -102,7 +102,8 @@ class CreateAccountResult(enum.Enum):
     id_must_not_be_zero = "id_must_not_be_zero"
     id_must_not_be_max = "id_must_not_be_max"
     flags_are_mutually_exclusive = "flags_are_mutually_exclusive"
-    currency_must_be_three_letters = "currency_must_be_three_letters"
+    kind_must_be_an_account_kind = "kind_must_be_an_account_kind"
+    currency_must_be_three_letters = "currency_must_be_three_letters"  # ISO 4217: A-Z
     owner_reference_too_long = "owner_reference_too_long"
     exists_with_different_kind = "exists_with_different_kind"
     exists_with_different_flags = "exists_with_different_flags"

@@ -104,6 +104,9 @@ statement_lines_max = 10_000
 # ---------------------------------------------------------------------------- accounts
 
 
+_account_kinds = frozenset(AccountKind)
+
+
 def _validate_account(account: Account) -> CreateAccountResult | None:
     assert isinstance(account.id, uuid.UUID), "account ids are uuid.UUID"
     if account.id == id_zero:
@@ -113,7 +116,10 @@ def _validate_account(account: Account) -> CreateAccountResult | None:
     both = AccountFlags.debits_must_not_exceed_credits | AccountFlags.credits_must_not_exceed_debits
     if account.flags & both == both:
         return CreateAccountResult.flags_are_mutually_exclusive
-    if len(account.currency) != 3 or not account.currency.isalpha():
+    if account.kind not in _account_kinds:  # (stored, it would break every read and export)
+        return CreateAccountResult.kind_must_be_an_account_kind
+    currency = account.currency
+    if len(currency) != 3 or not (currency.isascii() and currency.isalpha() and currency.isupper()):
         return CreateAccountResult.currency_must_be_three_letters
     if len(account.owner_reference) > owner_reference_length_max:
         return CreateAccountResult.owner_reference_too_long

@@ -86,6 +86,10 @@ async def test_accounts_are_created_once_and_compared_on_repeat(connection) -> N
                 flags=limited | AccountFlags.credits_must_not_exceed_debits,
             ),
             Account(derive_id("y"), AccountKind.suspense, currency="RUPIAH"),
+            Account(derive_id("z"), "wallet", "w-1"),  # type: ignore[arg-type]
+            Account(derive_id("w"), AccountKind.suspense, currency="idr"),
+            Account(derive_id("v"), AccountKind.suspense, currency="ÏDR"),
+            Account(derive_id("u"), "suspense", "u-1"),  # type: ignore[arg-type]
         ],
     )
     assert results == [
@@ -95,6 +99,10 @@ async def test_accounts_are_created_once_and_compared_on_repeat(connection) -> N
         CreateAccountResult.id_must_not_be_zero,
         CreateAccountResult.flags_are_mutually_exclusive,
         CreateAccountResult.currency_must_be_three_letters,
+        CreateAccountResult.kind_must_be_an_account_kind,
+        CreateAccountResult.currency_must_be_three_letters,
+        CreateAccountResult.currency_must_be_three_letters,
+        CreateAccountResult.created,  # (a kind's name is the kind: a StrEnum)
     ]
     found = await lookup_accounts(connection, [purse_id, derive_id("x")])
     assert list(found) == [purse_id]
