@@ -10,7 +10,10 @@ The store (`ledger.store`) does the loading before and the single write after.
 
 from __future__ import annotations
 
+import contextlib
+import struct
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -122,6 +125,42 @@ class BatchDecision:
             else:
                 outcomes.append(TransferOutcome(transfer_id, final))
         return outcomes
+
+
+_id_fields = ("id", "debit_account_id", "credit_account_id", "pending_id")
+_int_fields = ("amount", "code", "flags", "timeout_s")
+
+
+def type_problem(transfers: Sequence[Transfer]) -> str | None:
+    """The first field of a type no check expects (an id that is not a `uuid.UUID`, an
+    amount that is not an `int`, ...), said plainly; None if there is none. Results cover
+    values; these are a caller's bugs, found only when something raised on them."""
+    for index, transfer in enumerate(transfers):
+        if not isinstance(transfer, Transfer):
+            return f"transfer {index} is a {type(transfer).__name__}, not a ledger.Transfer"
+        for name in _id_fields:
+            value = getattr(transfer, name)
+            if not isinstance(value, uuid.UUID) and (value is not None or name == "id"):
+                return f"transfer {index}: {name} must be a uuid.UUID, not {value!r}"
+        for name in _int_fields:
+            value = getattr(transfer, name)
+            if not isinstance(value, int) and (value is not None or name != "amount"):
+                return f"transfer {index}: {name} must be an int, not {value!r}"
+    return None
+
+
+@contextlib.contextmanager
+def malformed_transfers_named(transfers: Sequence[Transfer]) -> Iterator[None]:
+    """An error raised deep in deciding or encoding on a field of the wrong type (an
+    AttributeError, a struct.error, ...) becomes a TypeError naming the transfer and field.
+    Nothing is booked either way."""
+    try:
+        yield
+    except (TypeError, AttributeError, AssertionError, struct.error) as error:
+        problem = type_problem(transfers)
+        if problem is None:
+            raise
+        raise TypeError(problem) from error
 
 
 def validate(transfer: Transfer) -> CreateTransferResult | None:

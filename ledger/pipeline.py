@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from ledger.booking import BatchDecision, decide_batch
+from ledger.booking import BatchDecision, decide_batch, malformed_transfers_named
 from ledger.chain import (
     TransferRowEncoder,
     batch_digest,
@@ -148,9 +148,10 @@ class TransferPipeline:
         transfers = list(transfers)
         if not transfers:
             return []
-        if len(transfers) > transfers_per_batch_max_default or not all_plain(transfers):
-            return await self._book_alone(transfers)
-        with cyclic_collector_paused():
+        with malformed_transfers_named(transfers):
+            if len(transfers) > transfers_per_batch_max_default or not all_plain(transfers):
+                return await self._book_alone(transfers)
+        with cyclic_collector_paused(), malformed_transfers_named(transfers):
             async with self._turn:
                 planned = None
                 if not self._repeats_in_flight(transfers):

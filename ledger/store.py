@@ -54,6 +54,7 @@ from ledger.booking import (
     Existing,
     PendingState,
     decide_batch,
+    malformed_transfers_named,
 )
 from ledger.chain import (
     TransferRowEncoder,
@@ -320,7 +321,7 @@ async def create_transfers(
     transfers = list(transfers)
     in_callers_transaction = connection.is_in_transaction()
     attempt = 1
-    with cyclic_collector_paused():
+    with cyclic_collector_paused(), malformed_transfers_named(transfers):
         while True:
             try:
                 return await _book_checking_repeats(connection, transfers, now)

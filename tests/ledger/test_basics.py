@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -225,6 +226,43 @@ async def test_bad_input_gets_precise_results_and_books_nothing(connection) -> N
     assert await connection.fetchval("select count(*) from ledger_batches") == 0
     for account_id in (purse_id, bank_id, revenue_id):
         assert await account_balances(connection, account_id) == Balances()
+
+
+@pytest.mark.parametrize(
+    ("malformed", "named"),
+    [
+        (lambda good: good._replace(id=str(good.id)), "transfer 1: id must be a uuid.UUID"),
+        (lambda good: good._replace(debit_account_id=7), "transfer 1: debit_account_id"),
+        (lambda good: good._replace(amount=5.0), "transfer 1: amount must be an int"),
+        (lambda good: good._replace(amount="5"), "transfer 1: amount must be an int"),
+        (lambda good: tuple(good), "transfer 1 is a tuple, not a ledger.Transfer"),
+    ],
+)
+async def test_a_field_of_the_wrong_type_is_a_type_error_naming_it(
+    connection, database_url, malformed, named
+) -> None:
+    """A caller's bug, not a result: said plainly, on the plain path, the general path
+    (linked) and the pipeline, and nothing is booked."""
+    from ledger import TransferPipeline
+
+    await open_books(connection)
+    good = [transfer(f"fine-{n}", bank_id, purse_id, 5) for n in range(3)]
+    plain = [good[0], malformed(good[1]), good[2]]
+    linked = [plain[0]._replace(flags=TransferFlags.linked), *plain[1:]]
+    other = await asyncpg.connect(database_url)
+    pipeline = TransferPipeline([other])
+    try:
+        for book, batch in [
+            (lambda batch: create_transfers(connection, batch), plain),
+            (lambda batch: create_transfers(connection, batch), linked),
+            (pipeline.create_transfers, plain),
+        ]:
+            with pytest.raises(TypeError, match=re.escape(named)):
+                await book(batch)
+        assert await connection.fetchval("select count(*) from ledger_transfers") == 0
+        assert [o.result for o in await pipeline.create_transfers(good)] == [R.created] * 3
+    finally:
+        await other.close()
 
 
 async def test_force_books_past_the_limit_and_says_so(connection) -> None:
