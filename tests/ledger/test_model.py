@@ -1,8 +1,9 @@
 """The ledger against an in-memory model (Hypothesis state machine).
 
 Rules send batches mixing new transfers, exact and conflicting repeats, linked groups that
-fail in the middle, holds, posts (whole and part), voids, time passing and expiry sweeps, and
-bad input; and several batches at once through a `TransferPipeline`, which the model books
+fail in the middle (holds and resolutions among their members), holds (pending top-ups, and
+funds reserved on a purse), posts (whole and part), voids, time passing and expiry sweeps,
+and bad input: accounts limited either way, one in another currency, totals overflowed; and several batches at once through a `TransferPipeline`, which the model books
 one after the other in the order they were sent (the pipeline is the second writer: every
 other rule moves the head it expects). The model is a plain dictionary with the rules written out one by one. After every
 step: the books balance, model and database agree on every total and every result, and the
@@ -39,13 +40,19 @@ from ledger import (
 )
 from ledger.audit import check_ledger
 from ledger.database import database_url_for
+from ledger.records import amount_max
 
 R = CreateTransferResult
 purse_a, purse_b = uuid.UUID(int=0xA), uuid.UUID(int=0xB)
 bank, revenue = uuid.UUID(int=0xC), uuid.UUID(int=0xD)
 unknown = uuid.UUID(int=0xE)
-known_accounts = (purse_a, purse_b, bank, revenue)
-limited_accounts = frozenset({purse_a, purse_b})
+# `owed` may not be credited past its debits (money the bank owes us back); `dollars` keeps
+# another currency (no transfer may join it to a rupiah account).
+owed, dollars = uuid.UUID(int=0xF), uuid.UUID(int=0x10)
+known_accounts = (purse_a, purse_b, bank, revenue, owed, dollars)
+limited_accounts = frozenset({purse_a, purse_b})  # debits must not exceed credits
+credit_limited_accounts = frozenset({owed})
+huge = 2**62  # two of these overflow a total (amount_max = 2**63 - 1)
 start = datetime(2026, 11, 3, 5, 0, tzinfo=UTC)
 PENDING, POST, VOID = TransferFlags.pending, TransferFlags.post_pending, TransferFlags.void_pending
 
@@ -94,17 +101,49 @@ class Model:
             expires = self.pending_at[held.id] + timedelta(seconds=held.timeout_s)
             if held.timeout_s and now >= expires and t.code != TransferCode.expiry:
                 return R.pending_transfer_expired
-            return R.created
+            debit = self.totals[held.debit_account_id]  # type: ignore[index]
+            credit = self.totals[held.credit_account_id]  # type: ignore[index]
+            posted = (held.amount if t.amount is None else t.amount) if t.flags & POST else 0
+            return (
+                self.overflow(
+                    debit[0] - held.amount,
+                    debit[1] + posted,
+                    credit[2] - held.amount,
+                    credit[3] + posted,
+                )
+                or R.created
+            )
         if t.debit_account_id not in self.totals:
             return R.debit_account_not_found
         if t.credit_account_id not in self.totals:
             return R.credit_account_not_found
+        if (t.debit_account_id == dollars) != (t.credit_account_id == dollars):
+            return R.accounts_must_have_the_same_currency
         assert t.debit_account_id is not None and t.amount is not None
-        debit = self.totals[t.debit_account_id]
-        over = debit[0] + debit[1] + t.amount > debit[3]
-        if t.debit_account_id in limited_accounts and over and not t.flags & TransferFlags.force:
-            return R.exceeds_credits
+        debit, credit = self.totals[t.debit_account_id], self.totals[t.credit_account_id]  # type: ignore[index]
+        pending = t.amount if t.flags & PENDING else 0
+        posted = t.amount - pending
+        after = (debit[0] + pending, debit[1] + posted, credit[2] + pending, credit[3] + posted)
+        overflow = self.overflow(*after)
+        if overflow is not None:
+            return overflow
+        if not t.flags & TransferFlags.force:
+            if t.debit_account_id in limited_accounts and after[0] + after[1] > debit[3]:
+                return R.exceeds_credits
+            if t.credit_account_id in credit_limited_accounts and after[2] + after[3] > credit[1]:
+                return R.exceeds_debits
         return R.created
+
+    @staticmethod
+    def overflow(
+        debits_pending: int, debits_posted: int, credits_pending: int, credits_posted: int
+    ) -> CreateTransferResult | None:
+        """Totals after the transfer that a bigint (or their sum) cannot hold."""
+        if max(debits_pending, debits_posted, debits_pending + debits_posted) > amount_max:
+            return R.overflows_debits
+        if max(credits_pending, credits_posted, credits_pending + credits_posted) > amount_max:
+            return R.overflows_credits
+        return None
 
     def apply(self, t: Transfer, now: datetime) -> None:
         if t.flags & (POST | VOID):
@@ -174,6 +213,10 @@ server: dict[str, str] = {}
 
 amounts = st.integers(min_value=1, max_value=60_000)
 accounts = st.sampled_from((*known_accounts, unknown))
+# Mostly fares; now and then zero or negative (refused) or huge (overflows the totals).
+plain_amounts = st.one_of(
+    st.integers(min_value=-5, max_value=60_000), st.just(huge), st.just(huge + 1)
+)
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -220,6 +263,13 @@ class LedgerMachine(RuleBasedStateMachine):
                 ),
                 Account(bank, AccountKind.bank_clearing, "bank"),
                 Account(revenue, AccountKind.operator_revenue, "operator"),
+                Account(
+                    owed,
+                    AccountKind.bank_account,
+                    "owed",
+                    AccountFlags.credits_must_not_exceed_debits,
+                ),
+                Account(dollars, AccountKind.suspense, "dollars", currency="USD"),
             ],
         )
         return connection
@@ -253,9 +303,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(
         moves=st.lists(
-            st.tuples(
-                accounts, accounts, st.integers(min_value=-5, max_value=60_000), st.booleans()
-            ),
+            st.tuples(accounts, accounts, plain_amounts, st.booleans()),
             min_size=1,
             max_size=6,
         )
@@ -351,41 +399,61 @@ class LedgerMachine(RuleBasedStateMachine):
         self.book([original, extra, original])
 
     @rule(
+        data=st.data(),
         members=st.lists(
-            st.tuples(st.sampled_from(known_accounts), st.sampled_from(known_accounts), amounts),
+            st.tuples(
+                st.sampled_from(known_accounts),
+                st.sampled_from(known_accounts),
+                amounts,
+                st.sampled_from(("plain", "plain", "hold", "post", "void")),
+            ),
             min_size=2,
             max_size=4,
         ),
         close=st.sampled_from((True, True, True, False)),
     )
-    def linked_group(self, members: list[tuple[uuid.UUID, uuid.UUID, int]], close: bool) -> None:
-        group = [
-            Transfer(
-                self.new_id(),
-                debit,
-                credit,
-                amount,
-                TransferCode.merchant_sale,
-                flags=TransferFlags.linked,
+    def linked_group(
+        self,
+        data: st.DataObject,
+        members: list[tuple[uuid.UUID, uuid.UUID, int, str]],
+        close: bool,
+    ) -> None:
+        """A group booked all or none, with holds and resolutions of earlier holds among
+        its members (a failure undoes the holds it made and the holds it resolved)."""
+        holds = [t for t in self.sent if t.flags & PENDING]
+        group = []
+        for debit, credit, amount, kind in members:
+            if kind in ("post", "void") and holds:
+                held = data.draw(st.sampled_from(holds))
+                flags = (POST if kind == "post" else VOID) | TransferFlags.linked
+                group.append(
+                    Transfer(self.new_id(), None, None, None, 0, flags=flags, pending_id=held.id)
+                )
+                continue
+            flags = TransferFlags.linked | (PENDING if kind == "hold" else TransferFlags.none)
+            group.append(
+                Transfer(self.new_id(), debit, credit, amount, TransferCode.merchant_sale, flags)
             )
-            for debit, credit, amount in members
-        ]
         if close:
-            group[-1] = group[-1]._replace(flags=TransferFlags.none)
+            group[-1] = group[-1]._replace(flags=group[-1].flags & ~TransferFlags.linked)
         self.book([Transfer(self.new_id(), bank, revenue, 1, TransferCode.correction), *group])
 
     @rule(
         purse=st.sampled_from((purse_a, purse_b)),
         amount=amounts,
         timeout_s=st.sampled_from((0, 30, 600)),
+        reserve=st.booleans(),
     )
-    def hold(self, purse: uuid.UUID, amount: int, timeout_s: int) -> None:
+    def hold(self, purse: uuid.UUID, amount: int, timeout_s: int, reserve: bool) -> None:
+        """A pending top-up (bank to purse), or funds reserved on the purse (purse to
+        revenue: held debits count against its limit)."""
+        debit, credit = (purse, revenue) if reserve else (bank, purse)
         self.book(
             [
                 Transfer(
                     self.new_id(),
-                    bank,
-                    purse,
+                    debit,
+                    credit,
                     amount,
                     TransferCode.pending_top_up,
                     flags=PENDING,
