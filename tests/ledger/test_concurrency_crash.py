@@ -84,9 +84,20 @@ async def test_concurrent_account_creation_is_idempotent(database_url: str) -> N
     assert created == [1] * len(writer.accounts())
 
 
-def start_writer(url: str, first: int, batches: int, size: int) -> subprocess.Popen[str]:
+def start_writer(
+    url: str, first: int, batches: int, size: int, *mode: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.ledger.writer", url, str(first), str(batches), str(size)],
+        [
+            sys.executable,
+            "-m",
+            "tests.ledger.writer",
+            url,
+            str(first),
+            str(batches),
+            str(size),
+            *mode,
+        ],
         cwd=project_root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -166,6 +177,27 @@ async def test_writer_killed_mid_batch(database_url: str) -> None:
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
     await assert_whole_and_retry(database_url, batches, size, acknowledged=3)
+
+
+async def test_pipelined_writer_killed_with_batches_in_flight(database_url: str) -> None:
+    """Through a `TransferPipeline`: killed while one batch streams its rows in and the one
+    before may be applying its totals or committing. Every batch it said was done is kept;
+    the others are whole or absent."""
+    batches, size = 8, 4000
+    process = start_writer(database_url, 0, batches, size, "pipelined")
+    try:
+        wait_for_line(process, "done 1")
+        await until_a_batch_is_copying(database_url)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert process.stdout is not None
+    said = process.stdout.read().split()  # what it printed before it died
+    done = 2 + sum(word == "done" for word in said)  # (in order: 0 and 1 were read above)
+    assert done < batches, "the kill came after the last batch"
+    await assert_whole_and_retry(database_url, batches, size, acknowledged=done)
 
 
 async def test_postgres_killed_mid_batch(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """A writing process for the crash tests: books numbered batches of fares, saying when each
-begins and ends. Run as `python -m tests.ledger.writer URL FIRST_BATCH BATCHES SIZE`."""
+begins and ends. Run as `python -m tests.ledger.writer URL FIRST_BATCH BATCHES SIZE [pipelined]`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ledger import (
     AccountKind,
     Transfer,
     TransferCode,
+    TransferPipeline,
     create_accounts,
     create_transfers,
 )
@@ -56,16 +57,36 @@ def batch(number: int, size: int) -> list[Transfer]:
     ]
 
 
-async def main(url: str, first: int, batches: int, size: int) -> None:
+async def main(url: str, first: int, batches: int, size: int, pipelined: bool) -> None:
     connection = await asyncpg.connect(url)
     await create_accounts(connection, accounts())
     await create_transfers(connection, top_ups())
-    for number in range(first, first + batches):
-        print(f"begin {number}", flush=True)
-        await create_transfers(connection, batch(number, size))
-        print(f"done {number}", flush=True)
+    if pipelined:
+        await book_pipelined(url, range(first, first + batches), size)
+    else:
+        for number in range(first, first + batches):
+            print(f"begin {number}", flush=True)
+            await create_transfers(connection, batch(number, size))
+            print(f"done {number}", flush=True)
     await connection.close()
 
 
+async def book_pipelined(url: str, numbers: range, size: int) -> None:
+    """Every batch sent at once through a `TransferPipeline` on two connections: two in
+    flight at a time, each said done as it returns (in order)."""
+    connections = [await asyncpg.connect(url) for _ in range(2)]
+    pipeline = TransferPipeline(connections)
+
+    async def book(number: int) -> None:
+        print(f"begin {number}", flush=True)
+        await pipeline.create_transfers(batch(number, size))
+        print(f"done {number}", flush=True)
+
+    await asyncio.gather(*(book(number) for number in numbers))
+    for connection in connections:
+        await connection.close()
+
+
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+    url, first, batches, size, *mode = sys.argv[1:]
+    asyncio.run(main(url, int(first), int(batches), int(size), mode == ["pipelined"]))
