@@ -3,7 +3,8 @@
 `create_app(config, extensions)` builds it. The pool lives in `cleanup_ctx`; handlers reach it
 through `pool_key`. Each extension is a callable that adds its routes (and its own cleanup
 contexts) to the application: the terminal endpoints, the SNAP BI endpoints (`gateways.snap`),
-and the finance pages (`settlement`) are mounted this way by `ksh serve`, the composition root.
+and the finance pages (`settlement`) are mounted this way by `ksh serve`, the composition root,
+which also mounts `hold_expiry`: the ledger's holds past their timeout voided every minute.
 
 Errors leave as JSON problem bodies (RFC 9457 shape) from one middleware; a handler raises
 `Problem` for an outcome the caller must see.
@@ -11,6 +12,8 @@ Errors leave as JSON problem bodies (RFC 9457 shape) from one middleware; a hand
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -133,3 +136,51 @@ def create_app(config: BackofficeConfig, extensions: Iterable[Extension] = ()) -
     for extension in extensions:
         extension(app)
     return app
+
+
+# ------------------------------------------------------------------------- hold expiry
+
+expiry_sweep_interval_s = 60.0  # setting `expiry_sweep_interval_s`; 0: no sweep here
+
+
+def hold_expiry(app: web.Application) -> None:
+    """Void the ledger's holds past their timeout (pending top-ups never paid, payouts never
+    confirmed) at startup and then every minute, so that what they hold is released without
+    anyone running `ksh ledger expire`. Each void has a fixed id: two processes sweeping at
+    once book each expiry once (`ksh serve` sweeps in its first process only)."""
+    app.cleanup_ctx.append(_sweeping_expired_holds)
+
+
+async def _sweeping_expired_holds(app: web.Application) -> AsyncIterator[None]:
+    interval = float(
+        app[config_key].settings.get("expiry_sweep_interval_s", expiry_sweep_interval_s)
+    )
+    sweeping = asyncio.create_task(_sweep_expired_holds(app, interval)) if interval > 0 else None
+    yield
+    if sweeping is not None:
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
+
+
+async def _sweep_expired_holds(app: web.Application, interval_s: float) -> None:
+    from ledger import CreateTransferResult, expire_due_holds
+
+    sweeps = logging.getLogger("ksh.ledger.expiry")
+    while True:
+        try:
+            async with app[pool_key].acquire() as connection:
+                results = await expire_due_holds(connection)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            sweeps.warning("sweep failed, tried again in %.0f s: %s", interval_s, error)
+        else:
+            voided = results.pop(CreateTransferResult.created, 0)
+            results.pop(CreateTransferResult.exists, 0)  # (voided by another sweep)
+            if voided:
+                sweeps.info("%d hold(s) past their timeout voided", voided)
+            for result in CreateTransferResult:
+                if results[result]:
+                    sweeps.warning(
+                        "%d void(s) of expired holds refused: %s", results[result], result
+                    )
+        await asyncio.sleep(interval_s)

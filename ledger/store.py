@@ -40,6 +40,7 @@ import gc
 import socket
 import uuid
 import weakref
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -415,7 +416,10 @@ async def _book(
     # The accounts this connection loaded before, valid while no one else changed any
     # (ledger_head.state_version). Taken out while in use: if anything below raises, it is
     # simply dropped. Not used inside a caller's transaction, which might still roll back.
-    cacheable = not connection.is_in_transaction()
+    # Nor on a pool's connection proxy: one per `acquire`, and no weak reference to key on.
+    cacheable = not connection.is_in_transaction() and not isinstance(
+        connection, asyncpg.pool.PoolConnectionProxy
+    )
     cache = _account_caches.pop(connection, None) if cacheable else None
     async with connection.transaction():
         await connection.execute(_batch_settings if cacheable else _durable_commit)
@@ -764,6 +768,21 @@ async def expire_pending_transfers(
     if not voids:
         return []
     return await create_transfers(connection, voids, now=now)
+
+
+async def expire_due_holds(
+    connection: asyncpg.Connection, *, now: datetime | None = None
+) -> Counter[CreateTransferResult]:
+    """`expire_pending_transfers` until every hold past its timeout is voided: how many
+    voids had each result (`created`: voided now; `exists`: by another sweep meanwhile)."""
+    results: Counter[CreateTransferResult] = Counter()
+    while True:
+        outcomes = await expire_pending_transfers(connection, now=now)
+        results.update(outcome.result for outcome in outcomes)
+        voided = sum(outcome.result is CreateTransferResult.created for outcome in outcomes)
+        # A full batch may leave more behind; one that voided nothing would only repeat.
+        if len(outcomes) < transfers_per_batch_max_default or not voided:
+            return results
 
 
 def expiry_transfer_id(pending_id: uuid.UUID) -> uuid.UUID:

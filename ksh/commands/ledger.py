@@ -114,23 +114,10 @@ def run_balance(arguments: argparse.Namespace) -> int:
 
 
 def run_expire(arguments: argparse.Namespace) -> int:
-    from collections import Counter
-
     from ledger import CreateTransferResult
-    from ledger.records import transfers_per_batch_max_default
-    from ledger.store import expire_pending_transfers
+    from ledger.store import expire_due_holds
 
-    async def expire_all(connection: Any) -> Counter[CreateTransferResult]:
-        results: Counter[CreateTransferResult] = Counter()
-        while True:
-            outcomes = await expire_pending_transfers(connection)
-            results.update(o.result for o in outcomes)
-            created = sum(o.result is CreateTransferResult.created for o in outcomes)
-            # A full batch may leave more behind; one that voided nothing would only repeat.
-            if len(outcomes) < transfers_per_batch_max_default or not created:
-                return results
-
-    results = run_with_database(expire_all)
+    results = run_with_database(expire_due_holds)
     voided = results.pop(CreateTransferResult.created, 0)
     already = results.pop(CreateTransferResult.exists, 0)
     print(f"ledger expire: {voided} hold(s) voided" + (f", {already} already" if already else ""))

@@ -34,10 +34,12 @@ def register(subparsers: Any) -> None:
 
 
 def extensions() -> list[Any]:
-    """The terminal side always; SNAP and the finance pages when installed."""
+    """The terminal side and the sweep of expired holds always; SNAP and the finance pages
+    when installed."""
+    from gateways.backoffice import hold_expiry
     from gateways.terminal_api.routes import terminal_extension
 
-    mounted: list[Any] = [terminal_extension]
+    mounted: list[Any] = [terminal_extension, hold_expiry]
     for module_name, attribute in optional_extensions:
         try:
             module = importlib.import_module(module_name)
@@ -86,10 +88,12 @@ def run(arguments: argparse.Namespace) -> int:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
+        # One process sweeps the expired holds: the others would find nothing left to do.
+        others_settings = {**settings, "expiry_sweep_interval_s": 0}
         others = [
             context.Process(
                 target=serve_process,
-                args=(url, settings, arguments.host, arguments.port),
+                args=(url, others_settings, arguments.host, arguments.port),
                 daemon=True,
             )
             for _ in range(arguments.workers - 1)

@@ -202,7 +202,7 @@ def test_expire_reports_each_kind_of_refused_void(monkeypatch, capsys) -> None:
     refused = [R.pending_transfer_already_posted, R.pending_transfer_already_voided]
     outcomes = [TransferOutcome(uuid.uuid4(), result) for result in [R.created, *refused]]
 
-    async def expire(connection):  # type: ignore[no-untyped-def]
+    async def expire(connection, now=None):  # type: ignore[no-untyped-def]
         return outcomes
 
     monkeypatch.setattr(ledger.store, "expire_pending_transfers", expire)

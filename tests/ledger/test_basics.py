@@ -265,6 +265,24 @@ async def test_a_field_of_the_wrong_type_is_a_type_error_naming_it(
         await other.close()
 
 
+async def test_books_through_a_pool_connection(connection, database_url) -> None:
+    """A connection from an asyncpg pool (a proxy, one per acquire) books like any other,
+    outside a transaction too (the per-connection account cache is skipped)."""
+    await open_books(connection)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    assert pool is not None
+    try:
+        for n in range(2):
+            async with pool.acquire() as pooled:
+                outcomes = await create_transfers(
+                    pooled, [transfer(f"pooled-{n}", bank_id, purse_id, 5)]
+                )
+                assert [o.result for o in outcomes] == [R.created]
+    finally:
+        await pool.close()
+    assert (await account_balances(connection, purse_id)).credits_posted == 10  # type: ignore[union-attr]
+
+
 async def test_force_books_past_the_limit_and_says_so(connection) -> None:
     await open_books(connection)
     tap = transfer("offline-tap", purse_id, revenue_id, 3_500, flags=TransferFlags.force)

@@ -1,0 +1,74 @@
+"""The back office voids the ledger's expired holds by itself (`gateways.backoffice.hold_expiry`),
+on a real aiohttp server on loopback: what a hold kept pending is released without anyone
+running `ksh ledger expire`; a hold not yet due, or already posted, is left alone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp.test_utils import TestServer
+
+from gateways.backoffice import BackofficeConfig, create_app, hold_expiry
+from ledger import (
+    CreateTransferResult,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+    account_balances,
+    create_transfers,
+    derive_id,
+    expiry_transfer_id,
+    lookup_transfers,
+)
+from tests.ledger.books import bank, day_start, open_books, purses
+
+
+async def test_the_back_office_voids_expired_holds(connection, database_url, caplog) -> None:
+    await open_books(connection)
+
+    def hold(name: str, purse_number: int, timeout_s: int) -> Transfer:
+        return Transfer(
+            derive_id("sweep", name),
+            bank,
+            purses[purse_number],
+            1_000,
+            TransferCode.pending_top_up,
+            TransferFlags.pending,
+            timeout_s=timeout_s,
+        )
+
+    due, later, posted = hold("due", 0, 60), hold("later", 1, 3_650 * 86_400), hold("posted", 2, 60)
+    # Booked (at day_start) long before now: `due` and `posted` are past their timeout.
+    outcomes = await create_transfers(connection, [due, later, posted], now=day_start)
+    assert {o.result for o in outcomes} == {CreateTransferResult.created}
+    post = Transfer(
+        derive_id("sweep", "post"), None, None, None, 0, TransferFlags.post_pending, posted.id
+    )
+    [done] = await create_transfers(connection, [post], now=day_start)
+    assert done.result is CreateTransferResult.created
+    before = await account_balances(connection, purses[1])
+
+    settings = {"expiry_sweep_interval_s": 0.05}
+    app = create_app(BackofficeConfig(database_url, settings=settings), [hold_expiry])
+    server = TestServer(app, host="127.0.0.1", port=0)
+    caplog.set_level(logging.INFO, logger="ksh.ledger.expiry")
+    await server.start_server()
+    try:
+        void_id = expiry_transfer_id(due.id)
+        for _ in range(200):
+            if await lookup_transfers(connection, [void_id]):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # a few more sweeps: nothing more to do
+    finally:
+        await server.close()
+    voids = await lookup_transfers(
+        connection, [void_id, expiry_transfer_id(later.id), expiry_transfer_id(posted.id)]
+    )
+    assert list(voids) == [void_id]
+    assert voids[void_id].transfer.code == TransferCode.expiry
+    released = await account_balances(connection, purses[0])
+    assert released is not None and released.credits_pending == 0  # it held 1,000
+    assert await account_balances(connection, purses[1]) == before  # not due: still held
+    assert [r.getMessage() for r in caplog.records] == ["1 hold(s) past their timeout voided"]
