@@ -167,16 +167,21 @@ async def assert_whole_and_retry(url: str, batches: int, size: int, acknowledged
 async def test_writer_killed_mid_batch(database_url: str) -> None:
     batches, size = 6, 4000
     process = start_writer(database_url, 0, batches, size)
+    await kill_while_copying(process, database_url, "done 1", "begin 3")  # 0, 1, 2 are done
+    await assert_whole_and_retry(database_url, batches, size, acknowledged=3)
+
+
+async def kill_while_copying(process: subprocess.Popen[str], url: str, *after: str) -> None:
+    """Once the writer has said each line of `after`, SIGKILL it while it copies a batch."""
     try:
-        wait_for_line(process, "done 1")
-        wait_for_line(process, "begin 3")  # batches 0, 1 and 2 are done
-        await until_a_batch_is_copying(database_url)
+        for line in after:
+            wait_for_line(process, line)
+        await until_a_batch_is_copying(url)
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
-    await assert_whole_and_retry(database_url, batches, size, acknowledged=3)
 
 
 async def test_pipelined_writer_killed_with_batches_in_flight(database_url: str) -> None:
@@ -185,14 +190,7 @@ async def test_pipelined_writer_killed_with_batches_in_flight(database_url: str)
     the others are whole or absent."""
     batches, size = 8, 4000
     process = start_writer(database_url, 0, batches, size, "pipelined")
-    try:
-        wait_for_line(process, "done 1")
-        await until_a_batch_is_copying(database_url)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
+    await kill_while_copying(process, database_url, "done 1")
     assert process.stdout is not None
     said = process.stdout.read().split()  # what it printed before it died
     done = 2 + sum(word == "done" for word in said)  # (in order: 0 and 1 were read above)
