@@ -173,6 +173,8 @@ async def _sweep_expired_holds(app: web.Application, interval_s: float) -> None:
                 results = await expire_due_holds(connection)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             sweeps.warning("sweep failed, tried again in %.0f s: %s", interval_s, error)
+        except Exception:  # a bug: logged whole, and the service goes on (as the sweeper does)
+            sweeps.exception("sweep failed, tried again in %.0f s", interval_s)
         else:
             voided = results.pop(CreateTransferResult.created, 0)
             results.pop(CreateTransferResult.exists, 0)  # (voided by another sweep)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 from aiohttp.test_utils import TestServer
 
@@ -72,3 +73,34 @@ async def test_the_back_office_voids_expired_holds(connection, database_url, cap
     assert released is not None and released.credits_pending == 0  # it held 1,000
     assert await account_balances(connection, purses[1]) == before  # not due: still held
     assert [r.getMessage() for r in caplog.records] == ["1 hold(s) past their timeout voided"]
+
+
+async def test_a_sweep_that_fails_is_logged_and_the_next_one_runs(
+    database_url, caplog, monkeypatch
+) -> None:
+    import ledger
+
+    calls: list[int] = []
+
+    async def flaky(connection):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the sweep")
+        return Counter()
+
+    monkeypatch.setattr(ledger, "expire_due_holds", flaky)
+    settings = {"expiry_sweep_interval_s": 0.02}
+    app = create_app(BackofficeConfig(database_url, settings=settings), [hold_expiry])
+    server = TestServer(app, host="127.0.0.1", port=0)
+    caplog.set_level(logging.INFO, logger="ksh.ledger.expiry")
+    await server.start_server()
+    try:
+        for _ in range(200):
+            if len(calls) >= 3:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await server.close()
+    assert len(calls) >= 3
+    [failure] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert failure.exc_info is not None and "a bug in the sweep" in str(failure.exc_info[1])
