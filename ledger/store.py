@@ -534,10 +534,9 @@ def _accounts_to_load(
 async def _load_accounts(
     connection: asyncpg.Connection, wanted: dict[int, uuid.UUID], cache: AccountCache
 ) -> None:
-    """Add the `wanted` accounts, as the connection sees them now, to `cache`."""
+    """Add the `wanted` accounts, as the connection sees them now, to `cache` (which the
+    caller has made room in: see `_prefetch_accounts`)."""
     states = cache.states
-    if len(states) + len(wanted) > account_cache_entries_max:
-        states.clear()
     rows = await connection.fetch(
         "select id, flags, currency, debits_pending, debits_posted, credits_pending,"
         " credits_posted from ledger_accounts join unnest($1::uuid[]) as wanted (id) using (id)",
@@ -556,6 +555,11 @@ async def _prefetch_accounts(
     """Load into `cache` the accounts the batch names that it does not hold yet; return the
     cache's states (decide looks up only what it needs)."""
     wanted = _accounts_to_load(transfers, pendings, cache.states)
+    if len(cache.states) + len(wanted) > account_cache_entries_max:
+        # Full: start afresh, and load every account the batch names (emptied after the
+        # wanted ones were worked out, the cache lost some it needs: not found, they read).
+        cache.states.clear()
+        wanted = _accounts_to_load(transfers, pendings, cache.states)
     if wanted:
         await _load_accounts(connection, wanted, cache)
     return cache.states

@@ -283,6 +283,25 @@ async def test_books_through_a_pool_connection(connection, database_url) -> None
     assert (await account_balances(connection, purse_id)).credits_posted == 10  # type: ignore[union-attr]
 
 
+async def test_a_full_account_cache_starts_afresh_with_every_account_the_batch_names(
+    connection, monkeypatch
+) -> None:
+    """A connection keeps the accounts it loaded, up to a limit; the batch that would pass it
+    empties the cache and must then load every account it names, not only the new ones."""
+    import ledger.store
+
+    await open_books(connection)
+    top_up = transfer("cache-top-up", bank_id, purse_id, 100)
+    assert [o.result for o in await create_transfers(connection, [top_up])] == [R.created]
+    monkeypatch.setattr(ledger.store, "account_cache_entries_max", 3)  # holds bank and purse
+    fares = [
+        transfer("cache-fare", purse_id, revenue_id, 5),  # revenue is new: 3 in the cache
+        transfer("cache-other", bank_id, other_purse_id, 5),  # other purse: 4, too many
+    ]
+    for fare in fares:
+        assert [o.result for o in await create_transfers(connection, [fare])] == [R.created]
+
+
 async def test_force_books_past_the_limit_and_says_so(connection) -> None:
     await open_books(connection)
     tap = transfer("offline-tap", purse_id, revenue_id, 3_500, flags=TransferFlags.force)
