@@ -144,10 +144,12 @@ expiry_sweep_interval_s = 60.0  # setting `expiry_sweep_interval_s`; 0: no sweep
 
 
 def hold_expiry(app: web.Application) -> None:
-    """Void the ledger's holds past their timeout (pending top-ups never paid, payouts never
-    confirmed) at startup and then every minute, so that what they hold is released without
-    anyone running `ksh ledger expire`. Each void has a fixed id: two processes sweeping at
-    once book each expiry once (`ksh serve` sweeps in its first process only)."""
+    """Void the ledger's holds booked with a timeout once it has passed, at startup and then
+    every minute, so that what they hold is released without anyone running `ksh ledger
+    expire`. (The system's own flows set no timeout yet: pending top-ups are an account of
+    their own, and payouts wait for the bank's answer; holds with a timeout come from other
+    users of the ledger.) Each void has a fixed id: two processes sweeping at once book each
+    expiry once (`ksh serve` sweeps in its first process only)."""
     app.cleanup_ctx.append(_sweeping_expired_holds)
 
 

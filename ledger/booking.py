@@ -128,7 +128,19 @@ class BatchDecision:
 
 
 _id_fields = ("id", "debit_account_id", "credit_account_id", "pending_id")
-_int_fields = ("amount", "code", "flags", "timeout_s")
+_int_fields = ("amount", "code", "flags", "timeout_s", "terminal_sequence", "card_counter")
+# Fields that may be None (besides the text fields, which always may).
+_optional_fields = frozenset(
+    {
+        "amount",
+        "pending_id",
+        "debit_account_id",
+        "credit_account_id",
+        "terminal_sequence",
+        "card_counter",
+    }
+)
+_text_fields = ("terminal_id", "card_number", "bank_reference", "settlement_batch", "metadata")
 
 
 def type_problem(transfers: Sequence[Transfer]) -> str | None:
@@ -138,14 +150,17 @@ def type_problem(transfers: Sequence[Transfer]) -> str | None:
     for index, transfer in enumerate(transfers):
         if not isinstance(transfer, Transfer):
             return f"transfer {index} is a {type(transfer).__name__}, not a ledger.Transfer"
-        for name in _id_fields:
-            value = getattr(transfer, name)
-            if not isinstance(value, uuid.UUID) and (value is not None or name == "id"):
-                return f"transfer {index}: {name} must be a uuid.UUID, not {value!r}"
-        for name in _int_fields:
-            value = getattr(transfer, name)
-            if not isinstance(value, int) and (value is not None or name != "amount"):
-                return f"transfer {index}: {name} must be an int, not {value!r}"
+        for names, kind, wanted in (
+            (_id_fields, uuid.UUID, "a uuid.UUID"),
+            (_int_fields, int, "an int"),
+            (_text_fields, str, "a str"),
+        ):
+            for name in names:
+                value = getattr(transfer, name)
+                if value is None and (name in _optional_fields or kind is str):
+                    continue
+                if not isinstance(value, kind):
+                    return f"transfer {index}: {name} must be {wanted}, not {value!r}"
     return None
 
 

@@ -22,7 +22,9 @@ then reads the head and the accounts afresh. The results are those `create_trans
 for the same batches in the same order; every commit is as durable and as checked.
 
 Batches with linked or two-phase transfers, batches that repeat an id still in flight and
-batches naming accounts the pipeline has not loaded wait for the pipeline to empty first.
+batches that book nothing wait for the pipeline to empty, then go through `create_transfers`.
+Accounts the pipeline has not loaded are read while batches are in flight (none of those
+touches them, so their committed totals are the ones to decide on).
 Concurrent callers are served in the order they call.
 """
 

@@ -417,12 +417,13 @@ async def _book(
     # (ledger_head.state_version). Taken out while in use: if anything below raises, it is
     # simply dropped. Not used inside a caller's transaction, which might still roll back.
     # Nor on a pool's connection proxy: one per `acquire`, and no weak reference to key on.
-    cacheable = not connection.is_in_transaction() and not isinstance(
+    in_callers_transaction = connection.is_in_transaction()
+    cacheable = not in_callers_transaction and not isinstance(
         connection, asyncpg.pool.PoolConnectionProxy
     )
     cache = _account_caches.pop(connection, None) if cacheable else None
     async with connection.transaction():
-        await connection.execute(_batch_settings if cacheable else _durable_commit)
+        await connection.execute(_durable_commit if in_callers_transaction else _batch_settings)
         head = await connection.fetchrow(
             "select batch_number, next_sequence, chain_hash, booked_at, state_version,"
             " clock_timestamp() as clock from ledger_head for update"

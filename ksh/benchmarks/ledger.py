@@ -168,7 +168,7 @@ async def _measure(
     gc.freeze()
     # The pipeline and the raw copies alternate in blocks so that both see the same load on
     # a shared machine; then the same number of other fares, one batch at a time.
-    block = -(-batch_count // blocks)  # (rounded up: `blocks` turns, the last maybe shorter)
+    block = -(-batch_count // blocks)  # (rounded up: at most `blocks` turns)
     ledger_seconds = raw_seconds = raw_indexed_seconds = 0.0
     # Where the pipeline's CPU goes: this process, and the two backends when the server runs
     # on this machine (their times are in /proc).
@@ -316,6 +316,6 @@ def _cpu(pids: list[int]) -> float | None:
                 return None
             fields = rest.split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
+    except (OSError, ValueError, IndexError):  # gone, or not Linux's /proc format
         return None
     return total

@@ -22,7 +22,9 @@ def register(subparsers: Any) -> None:
         "serve",
         help="run the back office: terminal uploads and sync, SNAP BI, finance pages",
         description="Serve the back office over HTTP. Uses DATABASE_URL, or the embedded "
-        "PostgreSQL. Staff endpoints need KSH_ADMIN_TOKEN. Logs are JSON lines on stderr.",
+        "PostgreSQL. Staff endpoints need KSH_ADMIN_TOKEN. Expired ledger holds are voided "
+        "every KSH_EXPIRY_SWEEP_INTERVAL_S seconds (default 60, 0: never). Logs are JSON "
+        "lines on stderr.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
@@ -69,6 +71,7 @@ def run(arguments: argparse.Namespace) -> int:
     settings = {
         "admin_token": os.environ.get("KSH_ADMIN_TOKEN", ""),
         "tariff_version": arguments.tariff_version,
+        "expiry_sweep_interval_s": expiry_sweep_interval_s(),
     }
     if not 1 <= arguments.workers <= workers_max:
         raise UserError(f"--workers must be 1 to {workers_max}")
@@ -114,6 +117,21 @@ def run(arguments: argparse.Namespace) -> int:
 
 
 workers_max = 16
+
+
+def expiry_sweep_interval_s() -> float:
+    """KSH_EXPIRY_SWEEP_INTERVAL_S: seconds between sweeps of the ledger's expired holds
+    (default 60; 0 turns the sweep off, say where cron runs `ksh ledger expire`)."""
+    from gateways.backoffice import expiry_sweep_interval_s as default
+
+    given = os.environ.get("KSH_EXPIRY_SWEEP_INTERVAL_S", "")
+    try:
+        interval = float(given) if given else default
+    except ValueError:
+        interval = -1.0
+    if not 0 <= interval <= 86_400:
+        raise UserError(f"KSH_EXPIRY_SWEEP_INTERVAL_S must be 0 to 86400 seconds, not {given!r}")
+    return interval
 
 
 def serve_process(database_url: str, settings: dict[str, Any], host: str, port: int) -> None:

@@ -236,6 +236,9 @@ async def test_bad_input_gets_precise_results_and_books_nothing(connection) -> N
         (lambda good: good._replace(amount=5.0), "transfer 1: amount must be an int"),
         (lambda good: good._replace(amount="5"), "transfer 1: amount must be an int"),
         (lambda good: tuple(good), "transfer 1 is a tuple, not a ledger.Transfer"),
+        (lambda good: good._replace(card_number=5), "transfer 1: card_number must be a str"),
+        (lambda good: good._replace(metadata={"a": 1}), "transfer 1: metadata must be a str"),
+        (lambda good: good._replace(card_counter="7"), "transfer 1: card_counter must be an int"),
     ],
 )
 async def test_a_field_of_the_wrong_type_is_a_type_error_naming_it(

@@ -188,7 +188,7 @@ async def test_pipelined_writer_killed_with_batches_in_flight(database_url: str)
     """Through a `TransferPipeline`: killed while one batch streams its rows in and the one
     before may be applying its totals or committing. Every batch it said was done is kept;
     the others are whole or absent."""
-    batches, size = 8, 4000
+    batches, size = 10, 4000
     process = start_writer(database_url, 0, batches, size, "pipelined")
     await kill_while_copying(process, database_url, "done 1")
     assert process.stdout is not None

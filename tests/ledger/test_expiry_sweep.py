@@ -72,7 +72,8 @@ async def test_the_back_office_voids_expired_holds(connection, database_url, cap
     released = await account_balances(connection, purses[0])
     assert released is not None and released.credits_pending == 0  # it held 1,000
     assert await account_balances(connection, purses[1]) == before  # not due: still held
-    assert [r.getMessage() for r in caplog.records] == ["1 hold(s) past their timeout voided"]
+    swept = [r.getMessage() for r in caplog.records if r.name == "ksh.ledger.expiry"]
+    assert swept == ["1 hold(s) past their timeout voided"]
 
 
 async def test_a_sweep_that_fails_is_logged_and_the_next_one_runs(
@@ -102,5 +103,22 @@ async def test_a_sweep_that_fails_is_logged_and_the_next_one_runs(
     finally:
         await server.close()
     assert len(calls) >= 3
-    [failure] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    [failure] = [
+        r for r in caplog.records if r.name == "ksh.ledger.expiry" and r.levelno >= logging.WARNING
+    ]
     assert failure.exc_info is not None and "a bug in the sweep" in str(failure.exc_info[1])
+
+
+def test_the_sweep_interval_is_an_environment_setting(monkeypatch) -> None:
+    import pytest
+
+    from ksh.cli import UserError
+    from ksh.commands.serve import expiry_sweep_interval_s
+
+    for given, interval in [("", 60.0), ("5", 5.0), ("0", 0.0)]:
+        monkeypatch.setenv("KSH_EXPIRY_SWEEP_INTERVAL_S", given)
+        assert expiry_sweep_interval_s() == interval
+    for given in ("soon", "-1", "nan", "1e9"):
+        monkeypatch.setenv("KSH_EXPIRY_SWEEP_INTERVAL_S", given)
+        with pytest.raises(UserError, match="KSH_EXPIRY_SWEEP_INTERVAL_S"):
+            expiry_sweep_interval_s()
