@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 from aiohttp.test_utils import TestServer
 
@@ -23,6 +24,23 @@ from ledger import (
     lookup_transfers,
 )
 from tests.ledger.books import bank, day_start, open_books, purses
+
+
+async def sweep_until(
+    database_url: str, interval_s: float, done: Callable[[], Awaitable[bool]]
+) -> None:
+    """Run the back office with only its sweeper, on loopback, until `done()` (or 10 s)."""
+    settings = {"expiry_sweep_interval_s": interval_s}
+    app = create_app(BackofficeConfig(database_url, settings=settings), [hold_expiry])
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        for _ in range(200):
+            if await done():
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await server.close()
 
 
 async def test_the_back_office_voids_expired_holds(connection, database_url, caplog) -> None:
@@ -50,20 +68,15 @@ async def test_the_back_office_voids_expired_holds(connection, database_url, cap
     assert done.result is CreateTransferResult.created
     before = await account_balances(connection, purses[1])
 
-    settings = {"expiry_sweep_interval_s": 0.05}
-    app = create_app(BackofficeConfig(database_url, settings=settings), [hold_expiry])
-    server = TestServer(app, host="127.0.0.1", port=0)
     caplog.set_level(logging.INFO, logger="ksh.ledger.expiry")
-    await server.start_server()
-    try:
-        void_id = expiry_transfer_id(due.id)
-        for _ in range(200):
-            if await lookup_transfers(connection, [void_id]):
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)  # a few more sweeps: nothing more to do
-    finally:
-        await server.close()
+    void_id = expiry_transfer_id(due.id)
+
+    async def voided() -> bool:
+        return bool(await lookup_transfers(connection, [void_id]))
+
+    await sweep_until(database_url, 0.05, voided)
+    # A few sweeps more, on a fresh start: nothing left to do.
+    await sweep_until(database_url, 0.05, lambda: asyncio.sleep(0.2, True))
     voids = await lookup_transfers(
         connection, [void_id, expiry_transfer_id(later.id), expiry_transfer_id(posted.id)]
     )
@@ -90,18 +103,12 @@ async def test_a_sweep_that_fails_is_logged_and_the_next_one_runs(
         return Counter()
 
     monkeypatch.setattr(ledger, "expire_due_holds", flaky)
-    settings = {"expiry_sweep_interval_s": 0.02}
-    app = create_app(BackofficeConfig(database_url, settings=settings), [hold_expiry])
-    server = TestServer(app, host="127.0.0.1", port=0)
     caplog.set_level(logging.INFO, logger="ksh.ledger.expiry")
-    await server.start_server()
-    try:
-        for _ in range(200):
-            if len(calls) >= 3:
-                break
-            await asyncio.sleep(0.02)
-    finally:
-        await server.close()
+
+    async def swept_three_times() -> bool:
+        return len(calls) >= 3
+
+    await sweep_until(database_url, 0.02, swept_three_times)
     assert len(calls) >= 3
     [failure] = [
         r for r in caplog.records if r.name == "ksh.ledger.expiry" and r.levelno >= logging.WARNING
