@@ -141,6 +141,7 @@ def create_app(config: BackofficeConfig, extensions: Iterable[Extension] = ()) -
 # ------------------------------------------------------------------------- hold expiry
 
 expiry_sweep_interval_s = 60.0  # setting `expiry_sweep_interval_s`; 0: no sweep here
+sweep_lock_timeout_ms = 10_000
 
 
 def hold_expiry(app: web.Application) -> None:
@@ -172,7 +173,13 @@ async def _sweep_expired_holds(app: web.Application, interval_s: float) -> None:
     while True:
         try:
             async with app[pool_key].acquire() as connection:
-                results = await expire_due_holds(connection)
+                # A long transaction elsewhere holding the ledger's head must not stall the
+                # sweeps: give up after a while (logged below) and try again next time.
+                await connection.execute(f"set lock_timeout = '{sweep_lock_timeout_ms}ms'")
+                try:
+                    results = await expire_due_holds(connection)
+                finally:
+                    await connection.execute("reset lock_timeout")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             sweeps.warning("sweep failed, tried again in %.0f s: %s", interval_s, error)
         except Exception:  # a bug: logged whole, and the service goes on (as the sweeper does)

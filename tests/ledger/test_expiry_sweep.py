@@ -129,3 +129,49 @@ def test_the_sweep_interval_is_an_environment_setting(monkeypatch) -> None:
         monkeypatch.setenv("KSH_EXPIRY_SWEEP_INTERVAL_S", given)
         with pytest.raises(UserError, match="KSH_EXPIRY_SWEEP_INTERVAL_S"):
             expiry_sweep_interval_s()
+
+
+async def test_a_sweep_waits_for_the_head_only_so_long(
+    connection, database_url, caplog, monkeypatch
+) -> None:
+    """A transaction elsewhere holding the ledger's head: the sweep gives up after its lock
+    timeout (logged) instead of hanging, and a later sweep voids the hold."""
+    import asyncpg
+
+    import gateways.backoffice
+
+    await open_books(connection)
+    due = Transfer(
+        derive_id("sweep", "blocked"),
+        bank,
+        purses[0],
+        1_000,
+        TransferCode.pending_top_up,
+        TransferFlags.pending,
+        timeout_s=60,
+    )
+    [booked] = await create_transfers(connection, [due], now=day_start)
+    assert booked.result is CreateTransferResult.created
+    monkeypatch.setattr(gateways.backoffice, "sweep_lock_timeout_ms", 100)
+    caplog.set_level(logging.INFO, logger="ksh.ledger.expiry")
+    holder = await asyncpg.connect(database_url)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("select 1 from ledger_head for update")
+
+        async def gave_up() -> bool:
+            return any(r.levelno == logging.WARNING for r in caplog.records)
+
+        await sweep_until(database_url, 0.05, gave_up)
+        assert await gave_up()
+        assert "lock timeout" in caplog.records[0].getMessage()
+        await transaction.rollback()
+    finally:
+        await holder.close()
+
+    async def voided() -> bool:
+        return bool(await lookup_transfers(connection, [expiry_transfer_id(due.id)]))
+
+    await sweep_until(database_url, 0.05, voided)
+    assert await voided()
