@@ -167,7 +167,7 @@ async def _sweeping_expired_holds(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sweep_expired_holds(app: web.Application, interval_s: float) -> None:
-    from ledger import CreateTransferResult, expire_due_holds
+    from ledger import expire_due_holds
 
     sweeps = logging.getLogger("ksh.ledger.expiry")
     while True:
@@ -177,7 +177,7 @@ async def _sweep_expired_holds(app: web.Application, interval_s: float) -> None:
                 # sweeps: give up after a while (logged below) and try again next time.
                 await connection.execute(f"set lock_timeout = '{sweep_lock_timeout_ms}ms'")
                 try:
-                    results = await expire_due_holds(connection)
+                    sweep = await expire_due_holds(connection)
                 finally:
                     await connection.execute("reset lock_timeout")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
@@ -185,13 +185,8 @@ async def _sweep_expired_holds(app: web.Application, interval_s: float) -> None:
         except Exception:  # a bug: logged whole, and the service goes on (as the sweeper does)
             sweeps.exception("sweep failed, tried again in %.0f s", interval_s)
         else:
-            voided = results.pop(CreateTransferResult.created, 0)
-            results.pop(CreateTransferResult.exists, 0)  # (voided by another sweep)
-            if voided:
-                sweeps.info("%d hold(s) past their timeout voided", voided)
-            for result in CreateTransferResult:
-                if results[result]:
-                    sweeps.warning(
-                        "%d void(s) of expired holds refused: %s", results[result], result
-                    )
+            if sweep.voided:
+                sweeps.info("%d hold(s) past their timeout voided", sweep.voided)
+            for result, count in sweep.refused:
+                sweeps.warning("%d void(s) of expired holds refused: %s", count, result)
         await asyncio.sleep(interval_s)

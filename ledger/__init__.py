@@ -31,6 +31,7 @@ from ledger.records import (
     transfers_per_batch_max_default,
 )
 from ledger.store import (
+    ExpirySweep,
     account_balances,
     account_statement,
     close_account,
@@ -52,6 +53,7 @@ __all__ = [
     "BookedTransfer",
     "CreateAccountResult",
     "CreateTransferResult",
+    "ExpirySweep",
     "Problem",
     "StatementLine",
     "Transfer",

@@ -775,11 +775,27 @@ async def expire_pending_transfers(
     return await create_transfers(connection, voids, now=now)
 
 
+@dataclass(frozen=True, slots=True)
+class ExpirySweep:
+    """What `expire_due_holds` did: holds voided now, voids booked already (by another sweep
+    meanwhile), and voids refused (say, the hold was posted meanwhile) by result, in the order
+    results are checked."""
+
+    voided: int
+    already: int
+    refused: tuple[tuple[CreateTransferResult, int], ...]
+
+    @classmethod
+    def of(cls, results: Counter[CreateTransferResult]) -> ExpirySweep:
+        ok = (CreateTransferResult.created, CreateTransferResult.exists)
+        refused = tuple((r, results[r]) for r in CreateTransferResult if r not in ok and results[r])
+        return cls(results[ok[0]], results[ok[1]], refused)
+
+
 async def expire_due_holds(
     connection: asyncpg.Connection, *, now: datetime | None = None
-) -> Counter[CreateTransferResult]:
-    """`expire_pending_transfers` until every hold past its timeout is voided: how many
-    voids had each result (`created`: voided now; `exists`: by another sweep meanwhile)."""
+) -> ExpirySweep:
+    """`expire_pending_transfers` until every hold past its timeout is voided."""
     results: Counter[CreateTransferResult] = Counter()
     while True:
         outcomes = await expire_pending_transfers(connection, now=now)
@@ -787,7 +803,7 @@ async def expire_due_holds(
         voided = sum(outcome.result is CreateTransferResult.created for outcome in outcomes)
         # A full batch may leave more behind; one that voided nothing would only repeat.
         if len(outcomes) < transfers_per_batch_max_default or not voided:
-            return results
+            return ExpirySweep.of(results)
 
 
 def expiry_transfer_id(pending_id: uuid.UUID) -> uuid.UUID:

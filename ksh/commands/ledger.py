@@ -9,9 +9,12 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from ksh.cli import UserError
+
+if TYPE_CHECKING:
+    from ledger.store import ExpirySweep
 from ksh.database import run_with_database
 
 Result = TypeVar("Result")
@@ -114,15 +117,15 @@ def run_balance(arguments: argparse.Namespace) -> int:
 
 
 def run_expire(arguments: argparse.Namespace) -> int:
-    from ledger import CreateTransferResult
     from ledger.store import expire_due_holds
 
-    results = run_with_database(expire_due_holds)
-    voided = results.pop(CreateTransferResult.created, 0)
-    already = results.pop(CreateTransferResult.exists, 0)
-    print(f"ledger expire: {voided} hold(s) voided" + (f", {already} already" if already else ""))
-    # A void refused (say, the hold was posted meanwhile) is reported, not hidden.
-    for result in CreateTransferResult:  # (in the order they are checked; not sortable)
-        if results[result]:
-            print(f"ledger expire: {results[result]} void(s) refused: {result}", file=sys.stderr)
-    return 1 if results else 0
+    return report_expiry(run_with_database(expire_due_holds))
+
+
+def report_expiry(sweep: ExpirySweep) -> int:
+    """Print what a sweep did; exit status 1 if a void was refused (reported, not hidden)."""
+    already = f", {sweep.already} already" if sweep.already else ""
+    print(f"ledger expire: {sweep.voided} hold(s) voided{already}")
+    for result, count in sweep.refused:
+        print(f"ledger expire: {count} void(s) refused: {result}", file=sys.stderr)
+    return 1 if sweep.refused else 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import os
 import subprocess
@@ -189,27 +188,24 @@ async def test_command_line(connection, database_url, tmp_path) -> None:
     assert "chain: batch 1" in failed.stdout
 
 
-def test_expire_reports_each_kind_of_refused_void(monkeypatch, capsys) -> None:
-    """Refused voids of more than one kind are each reported (results are not sortable)."""
-    import argparse
-    import uuid
+def test_expire_reports_each_kind_of_refused_void(capsys) -> None:
+    """Refused voids of more than one kind are each reported, in the order results are
+    checked (results are not sortable), and `ksh ledger expire` exits 1."""
+    from collections import Counter
 
-    import ksh.commands.ledger as commands
-    import ledger.store
-    from ledger import TransferOutcome
+    from ksh.commands.ledger import report_expiry
+    from ledger import ExpirySweep
 
     R = CreateTransferResult
-    refused = [R.pending_transfer_already_posted, R.pending_transfer_already_voided]
-    outcomes = [TransferOutcome(uuid.uuid4(), result) for result in [R.created, *refused]]
-
-    async def expire(connection, now=None):  # type: ignore[no-untyped-def]
-        return outcomes
-
-    monkeypatch.setattr(ledger.store, "expire_pending_transfers", expire)
-    monkeypatch.setattr(commands, "run_with_database", lambda work: asyncio.run(work(None)))
-    assert commands.run_expire(argparse.Namespace()) == 1
+    posted, voided = R.pending_transfer_already_posted, R.pending_transfer_already_voided
+    results = Counter({voided: 1, R.created: 2, posted: 3, R.exists: 4})
+    sweep = ExpirySweep.of(results)
+    assert sweep == ExpirySweep(voided=2, already=4, refused=((posted, 3), (voided, 1)))
+    assert report_expiry(sweep) == 1
     printed = capsys.readouterr()
-    assert printed.out.strip() == "ledger expire: 1 hold(s) voided"
+    assert printed.out.strip() == "ledger expire: 2 hold(s) voided, 4 already"
     assert printed.err.splitlines() == [
-        f"ledger expire: 1 void(s) refused: {result}" for result in refused
+        f"ledger expire: 3 void(s) refused: {posted}",
+        f"ledger expire: 1 void(s) refused: {voided}",
     ]
+    assert report_expiry(ExpirySweep.of(Counter({R.created: 1}))) == 0

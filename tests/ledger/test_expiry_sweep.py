@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from gateways.backoffice import BackofficeConfig, create_app, hold_expiry
 from ledger import (
     CreateTransferResult,
+    ExpirySweep,
     Transfer,
     TransferCode,
     TransferFlags,
@@ -100,7 +101,7 @@ async def test_a_sweep_that_fails_is_logged_and_the_next_one_runs(
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("a bug in the sweep")
-        return Counter()
+        return ExpirySweep.of(Counter())
 
     monkeypatch.setattr(ledger, "expire_due_holds", flaky)
     caplog.set_level(logging.INFO, logger="ksh.ledger.expiry")
