@@ -49,12 +49,13 @@ class SyncThread:
         state_folder: Path,
         state: SyncState,
         interval_ms: int,
+        now_ms: Callable[[], int],
     ) -> None:
         self.stop_event: asyncio.Event | None = None
         self.loop = asyncio.new_event_loop()
         journal = Journal(state_folder / "journal.db", terminal_id, recover=False)
         key = load_private_key(key_path(state_folder))
-        self.client = SyncClient(backoffice_url, terminal_id, key, journal, state)
+        self.client = SyncClient(backoffice_url, terminal_id, key, journal, state, now_ms=now_ms)
         self.state_folder = state_folder
         self.interval_ms = interval_ms
         self.thread = threading.Thread(target=self._run, name="sync", daemon=True)
@@ -87,6 +88,7 @@ class Device:
         keys: TerminalKeys,
         backoffice_url: str,
         *,
+        now_ms: Callable[[], int],
         route: str = "",
         merchant_id: str = "",
         sync_interval_ms: int = sync_interval_ms_default,
@@ -100,7 +102,7 @@ class Device:
             terminal_id, self.journal, self.state, route=route, merchant_id=merchant_id
         )
         self.sync = SyncThread(
-            backoffice_url, terminal_id, state_folder, self.state, sync_interval_ms
+            backoffice_url, terminal_id, state_folder, self.state, sync_interval_ms, now_ms
         )
 
     def __enter__(self) -> Device:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,10 @@ class Bus:
         backoffice_url: str,
         session: aiohttp.ClientSession | None = None,
         private_key: Ed25519PrivateKey | None = None,
+        *,
+        now_ms: Callable[[], int],
     ) -> None:
+        self.now_ms = now_ms  # the clock its sync signs requests with
         self.terminal_id = terminal_id
         self.route = route
         self.folder = folder / terminal_id
@@ -118,6 +122,7 @@ class Bus:
             self.private_key,
             self.journal,
             self.state,
+            now_ms=self.now_ms,
             session=self.session,
         )
 
@@ -198,7 +203,9 @@ async def _admin(
         return dict(answer)
 
 
-async def simulate_day(settings: SimulationSettings, backoffice_url: str) -> SimulationSummary:
+async def simulate_day(
+    settings: SimulationSettings, backoffice_url: str, now_ms: Callable[[], int]
+) -> SimulationSummary:
     """Run one service day against the back office at `backoffice_url` (staff token in
     `settings.admin_token`); returns what happened and how the cards compare with the books."""
     from bus_terminals.fare.feed import load_feed
@@ -250,7 +257,15 @@ async def simulate_day(settings: SimulationSettings, backoffice_url: str) -> Sim
         buses = []
         for index in range(settings.buses):
             terminal_id = f"BUS-{settings.seed % 1000:03d}-{index:03d}"
-            bus = Bus(terminal_id, corridors[index % len(corridors)], folder, keys, url, session)
+            bus = Bus(
+                terminal_id,
+                corridors[index % len(corridors)],
+                folder,
+                keys,
+                url,
+                session,
+                now_ms=now_ms,
+            )
             await _admin(
                 session,
                 url,
@@ -414,9 +429,16 @@ def timed_validator_taps(folder: Path, samples: int) -> list[float]:
 
     store = demo_key_store()
     cards = make_ksh_deck(store, [1_000_000] * 20, seed="bench")
-    bus = Bus("BENCH-BUS", "K1", folder, validator_keys(store), "http://127.0.0.1:9")
-    decide = fare_decider(load_feed(), "K1")
     start_ms = int(dt.datetime(2026, 11, 24, 7, tzinfo=wib).timestamp() * 1000)
+    bus = Bus(  # never syncs: no back office behind the address
+        "BENCH-BUS",
+        "K1",
+        folder,
+        validator_keys(store),
+        "http://127.0.0.1:9",
+        now_ms=lambda: start_ms,
+    )
+    decide = fare_decider(load_feed(), "K1")
     durations = []
     for index in range(samples):
         card = cards[index % len(cards)]
@@ -428,5 +450,7 @@ def timed_validator_taps(folder: Path, samples: int) -> list[float]:
     return durations
 
 
-def run_simulation(settings: SimulationSettings, backoffice_url: str) -> SimulationSummary:
-    return asyncio.run(simulate_day(settings, backoffice_url))
+def run_simulation(
+    settings: SimulationSettings, backoffice_url: str, now_ms: Callable[[], int]
+) -> SimulationSummary:
+    return asyncio.run(simulate_day(settings, backoffice_url, now_ms))

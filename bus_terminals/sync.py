@@ -20,7 +20,6 @@ import enum
 import json
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,9 +110,11 @@ class SyncClient:
         journal: Journal,
         state: SyncState,
         *,
+        now_ms: Callable[[], int],
         session: aiohttp.ClientSession | None = None,
         records_per_batch: int = batch_records_max,
     ) -> None:
+        self.now_ms = now_ms  # the terminal's clock (Unix ms): signs each download request
         self.base_url = base_url.rstrip("/")
         self.terminal_id = terminal_id
         self.private_key = private_key
@@ -197,7 +198,7 @@ class SyncClient:
     # ------------------------------------------------------------------ download
 
     def _signed_headers(self, method: str, path_qs: str) -> dict[str, str]:
-        timestamp = str(int(time.time() * 1000))
+        timestamp = str(self.now_ms())
         signed = f"{method}\n{path_qs}\n{timestamp}".encode()
         return {
             terminal_header: self.terminal_id,

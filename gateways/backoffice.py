@@ -23,6 +23,8 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from ledger.clock import Clock, system_clock
+
 logger = logging.getLogger("ksh.backoffice")
 
 request_body_bytes_max = 4 * 1024 * 1024  # the largest upload batch fits well inside this
@@ -34,6 +36,7 @@ class BackofficeConfig:
     pool_connections_min: int = 2
     pool_connections_max: int = 10
     settings: dict[str, Any] = field(default_factory=dict)
+    clock: Clock = system_clock  # business time for every handler (`ledger.clock`)
 
 
 config_key = web.AppKey("config", BackofficeConfig)

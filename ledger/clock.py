@@ -57,6 +57,11 @@ class SystemClock(Clock):
         return time.monotonic()
 
     @classmethod
+    def starting_at(cls, moment: dt.datetime) -> SystemClock:
+        """The machine's clock moved so that it reads `moment` now, and runs on from there."""
+        return cls(moment - SystemClock().now())
+
+    @classmethod
     def on_day(cls, day: dt.date) -> SystemClock:
         """The machine's clock moved by whole days so that it is now `day` in Semarang, at the
         time of day it really is."""

@@ -81,6 +81,7 @@ async def write_off(
     staff: Staff,
     note: str,
     *,
+    now: dt.datetime,
     limit_rupiah: int = write_off_limit_rupiah_default,
 ) -> ActionResult:
     """Park an unexplained statement line in suspense (money in: bank account -> suspense;
@@ -105,12 +106,12 @@ async def write_off(
                 note[:note_length_max],
             )
             return ActionResult.awaiting_approval
-        await book_write_off(connection, row, staff.username, staff.username, note)
+        await book_write_off(connection, row, staff.username, staff.username, note, now)
     return ActionResult.done
 
 
 async def approve_write_off(
-    connection: asyncpg.Connection, exception_id: str, staff: Staff
+    connection: asyncpg.Connection, exception_id: str, staff: Staff, *, now: dt.datetime
 ) -> ActionResult:
     if staff.role is not Role.supervisor:
         return ActionResult.not_allowed
@@ -128,6 +129,7 @@ async def approve_write_off(
             row["write_off_requested_by"],
             staff.username,
             row["write_off_requested_note"],
+            now,
         )
     return ActionResult.done
 
@@ -138,6 +140,7 @@ async def book_write_off(
     requested_by: str,
     approved_by: str,
     note: str,
+    now: dt.datetime,
 ) -> None:
     line = await connection.fetchrow(
         "select * from settlement_statement_lines where line_key = $1", row["subject_id"]
@@ -170,16 +173,18 @@ async def book_write_off(
                 ),
             )
         ],
+        now=now,
     )
     await connection.execute(
         """update settlement_exceptions set resolution = 'written_off', resolved_by = $2,
-                  approved_by = $3, resolution_note = $4, resolution_transfer_id = $5, resolved_at = now()
+                  approved_by = $3, resolution_note = $4, resolution_transfer_id = $5, resolved_at = $6
             where exception_id = $1""",
         row["exception_id"],
         requested_by,
         approved_by,
         note[:note_length_max],
         transfer_id,
+        now,
     )
 
 
@@ -189,6 +194,8 @@ async def manual_match(
     movement_ids: list[str],
     staff: Staff,
     note: str,
+    *,
+    now: dt.datetime,
 ) -> ActionResult:
     """Match lines to expected movements by hand (amounts must agree exactly)."""
     if staff.role is Role.auditor:
@@ -229,6 +236,7 @@ async def manual_match(
             {r["line_key"]: r for r in lines},
             {r["movement_id"]: r for r in movements},
             staff.username,
+            now,
             note[:note_length_max],
         )
         await connection.execute(
@@ -283,13 +291,14 @@ async def reinitiate_payout(
         )
         await connection.execute(
             """update settlement_exceptions set resolution = 'reinitiated', resolved_by = $2,
-                      resolution_note = $3, resolved_at = now() where exception_id = $1""",
+                      resolution_note = $3, resolved_at = $4 where exception_id = $1""",
             exception_id,
             staff.username,
             f"{note[:note_length_max]} (new attempt {instruction.payout_id})",
+            now,
         )
     outcome = await payer.pay(instruction.payout)
-    await record_outcome(connection, instruction, outcome, batch["service_day"])
+    await record_outcome(connection, instruction, outcome, batch["service_day"], now)
     return ActionResult.done
 
 
@@ -334,13 +343,14 @@ async def ask_bank_again(
         elif outcome.state in (TransferState.succeeded, TransferState.in_progress):
             await connection.execute(
                 """update settlement_exceptions set resolution = 'confirmed', resolved_by = $2,
-                          resolution_note = $3, resolved_at = now() where exception_id = $1""",
+                          resolution_note = $3, resolved_at = $4 where exception_id = $1""",
                 exception_id,
                 staff.username,
                 answer,
+                now,
             )
         # record_outcome's own exception insert meets this row and leaves it as set above
-        await record_outcome(connection, instruction, outcome, attempt["service_day"])
+        await record_outcome(connection, instruction, outcome, attempt["service_day"], now)
     return ActionResult.done
 
 

@@ -7,6 +7,7 @@ line, a staff action). Booking the same thing twice is `exists`, never a second 
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import json
 import uuid
@@ -80,13 +81,16 @@ async def ensure_account(
 
 
 async def book(
-    connection: asyncpg.Connection, transfers: Sequence[Transfer]
+    connection: asyncpg.Connection, transfers: Sequence[Transfer], *, now: dt.datetime
 ) -> list[TransferOutcome]:
-    """Book `transfers` (any number; the ledger's batch limit is respected); all must book."""
+    """Book `transfers` at business time `now` (any number; the ledger's batch limit is
+    respected); all must book."""
     outcomes: list[TransferOutcome] = []
     step = transfers_per_batch_max_default
     for start in range(0, len(transfers), step):
-        outcomes += await store.create_transfers(connection, list(transfers[start : start + step]))
+        outcomes += await store.create_transfers(
+            connection, list(transfers[start : start + step]), now=now
+        )
     if any(o.result not in booked_results for o in outcomes):
         raise BookingRefused(outcomes)
     return outcomes

@@ -100,9 +100,9 @@ def payout_id_for(batch_id: str, attempt: int) -> str:
 
 
 async def close_day(
-    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig
+    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig, *, now: dt.datetime
 ) -> list[Batch]:
-    """Create (once) the day's settlement batches and book their fees and holds."""
+    """Create (once) the day's settlement batches and book their fees and holds at `now`."""
     cutoff = cutoff_at(day, config)
     in_transit = await books.ensure_account(
         connection, AccountKind.settlement_in_transit, "payouts"
@@ -255,7 +255,7 @@ async def close_day(
             [b.fees_rupiah for b in batches],
             [b.net_rupiah for b in batches],
         )
-        await books.book(connection, transfers)
+        await books.book(connection, transfers, now=now)
     return batches
 
 
@@ -453,7 +453,7 @@ async def pay_day(
         async with gate:
             outcome = await payer.pay(instruction.payout)
             async with pool.acquire() as connection:
-                counts[await record_outcome(connection, instruction, outcome, day)] += 1
+                counts[await record_outcome(connection, instruction, outcome, day, now)] += 1
 
     await asyncio.gather(*(one(instruction) for instruction in instructions))
     return counts
@@ -464,22 +464,26 @@ async def record_outcome(
     instruction: PayoutInstruction,
     outcome: TransferOutcome,
     day: dt.date,
+    now: dt.datetime,
 ) -> PayResult:
     async with connection.transaction():
         await connection.execute(
             """update settlement_payouts set state = $2, response_code = $3, response_message = $4,
-                      bank_reference_no = $5, updated_at = now()
+                      bank_reference_no = $5, updated_at = $6
                 where payout_id = $1""",
             instruction.payout_id,
             outcome.state.value,
             outcome.response_code,
             outcome.response_message[:200],
             outcome.bank_reference_no,
+            now,
         )
         if outcome.state is TransferState.succeeded:
             from settlement.reconciliation import post_hold
 
-            await books.book(connection, [post_hold(instruction.batch_id, instruction.payout_id)])
+            await books.book(
+                connection, [post_hold(instruction.batch_id, instruction.payout_id)], now=now
+            )
             return PayResult.paid
         if outcome.state is TransferState.in_progress:
             return PayResult.paid

@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import io
 import secrets
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -163,8 +162,9 @@ async def current_session(request: web.Request) -> Session | None:
         row = await connection.fetchrow(
             """select s.csrf_token, u.username, u.role from settlement_sessions s
                  join settlement_staff u using (username)
-                where s.token_sha256 = $1 and s.expires_at > now()""",
+                where s.token_sha256 = $1 and s.expires_at > $2""",
             token_digest(token),
+            request.app[config_key].clock.now(),
         )
     if row is None:
         return None
@@ -276,9 +276,9 @@ def requested_day(request: web.Request, fallback: dt.date) -> dt.date:
         raise web.HTTPBadRequest(text="day must be YYYY-MM-DD") from None
 
 
-async def default_day(connection: asyncpg.Connection) -> dt.date:
+async def default_day(request: web.Request, connection: asyncpg.Connection) -> dt.date:
     latest = await connection.fetchval("select max(service_day) from settlement_batches")
-    return latest or dt.datetime.now(jakarta).date()
+    return latest or request.app[config_key].clock.today()
 
 
 def day_picker(path: str, day: dt.date) -> str:
@@ -320,7 +320,8 @@ async def login(request: web.Request) -> web.Response:
     username = form.get("username", "").strip().lower()
     password = form.get("password", "")
     failures = request.app[login_failures_key]
-    window_start = time.monotonic() - login_failures_window_seconds
+    clock = request.app[config_key].clock
+    window_start = clock.monotonic() - login_failures_window_seconds
     recent = [moment for moment in failures.get(username, ()) if moment > window_start]
     async with request.app[pool_key].acquire() as connection:
         row = await connection.fetchrow(
@@ -334,20 +335,21 @@ async def login(request: web.Request) -> web.Response:
             )
         if row is None or not valid:
             if row is not None:
-                failures[username] = [*recent, time.monotonic()]
+                failures[username] = [*recent, clock.monotonic()]
             raise web.HTTPSeeOther(
                 "/finance/login?message=" + urllib.parse.quote("wrong user name or password")
             )
         failures.pop(username, None)
         token = secrets.token_urlsafe(32)
-        await connection.execute("delete from settlement_sessions where expires_at < now()")
+        now = clock.now()
+        await connection.execute("delete from settlement_sessions where expires_at < $1", now)
         await connection.execute(
             """insert into settlement_sessions (token_sha256, username, csrf_token, expires_at)
-               values ($1, $2, $3, now() + make_interval(secs => $4))""",
+               values ($1, $2, $3, $4)""",
             token_digest(token),
             username,
             secrets.token_urlsafe(24),
-            float(session_ttl_seconds),
+            now + dt.timedelta(seconds=session_ttl_seconds),
         )
     next_path = form.get("next", "/finance")
     if not next_path.startswith("/finance") or next_path.startswith("//"):
@@ -386,7 +388,7 @@ async def overview(request: web.Request) -> web.Response:
     session = await require(request)
     settings = request.app[settings_key]
     async with request.app[pool_key].acquire() as connection:
-        day = requested_day(request, await default_day(connection))
+        day = requested_day(request, await default_day(request, connection))
         numbers = await views.day_overview(connection, day, settings.end_of_day)
         hours = await views.taps_per_hour(connection, day, settings.end_of_day)
         corridors = await views.revenue_per_corridor(connection, day, settings.end_of_day)
@@ -425,7 +427,7 @@ async def overview(request: web.Request) -> web.Response:
 async def batches_page(request: web.Request) -> web.Response:
     session = await require(request)
     async with request.app[pool_key].acquire() as connection:
-        day = requested_day(request, await default_day(connection))
+        day = requested_day(request, await default_day(request, connection))
         rows = await views.batches(connection, day)
     body = day_picker("/finance/batches", day)
     body += (
@@ -471,7 +473,7 @@ batch_columns = (
 async def batches_csv(request: web.Request) -> web.Response:
     await require(request)
     async with request.app[pool_key].acquire() as connection:
-        day = requested_day(request, await default_day(connection))
+        day = requested_day(request, await default_day(request, connection))
         rows = await views.batches(connection, day)
     return csv_response(batch_columns, rows, f"settlement-{day.isoformat()}.csv")
 
@@ -504,7 +506,7 @@ def csv_response(
 async def batches_pdf(request: web.Request) -> web.Response:
     await require(request)
     async with request.app[pool_key].acquire() as connection:
-        day = requested_day(request, await default_day(connection))
+        day = requested_day(request, await default_day(request, connection))
         rows = await views.batches(connection, day)
     from settlement.reports import batches_pdf_bytes
 
@@ -633,6 +635,7 @@ async def exception_action(request: web.Request) -> web.Response:
     exception_id = form.get("exception_id", "")
     note = form.get("note", "")
     action = form.get("action", "")
+    now = request.app[config_key].clock.local_now()
     async with request.app[pool_key].acquire() as connection:
         if action == "write-off":
             result = await actions.write_off(
@@ -640,10 +643,13 @@ async def exception_action(request: web.Request) -> web.Response:
                 exception_id,
                 session.staff,
                 note,
+                now=now,
                 limit_rupiah=settings.write_off_limit_rupiah,
             )
         elif action == "approve":
-            result = await actions.approve_write_off(connection, exception_id, session.staff)
+            result = await actions.approve_write_off(
+                connection, exception_id, session.staff, now=now
+            )
         elif action in ("reinitiate", "ask-again"):
             if settings.payer_factory is None:
                 raise web.HTTPSeeOther(
@@ -651,7 +657,6 @@ async def exception_action(request: web.Request) -> web.Response:
                     + urllib.parse.quote("no bank connection configured")
                 )
             payer = settings.payer_factory(request.app[http_key])
-            now = dt.datetime.now(jakarta)
             if action == "reinitiate":
                 result = await actions.reinitiate_payout(
                     connection, exception_id, session.staff, note, payer, settings.end_of_day, now
@@ -679,6 +684,7 @@ async def manual_match(request: web.Request) -> web.Response:
             split(form.get("movement_ids", "")),
             session.staff,
             form.get("note", ""),
+            now=request.app[config_key].clock.now(),
         )
     raise web.HTTPSeeOther("/finance/exceptions?message=" + urllib.parse.quote(messages[result]))
 

@@ -249,6 +249,7 @@ async def reconcile(
     connection: asyncpg.Connection,
     rules: MatchRules = default_rules,
     *,
+    now: dt.datetime,
     statement_through: dt.date | None = None,
 ) -> ReconcileReport:
     # Load (with fresh planner statistics: a statement import can double a table).
@@ -281,7 +282,7 @@ async def reconcile(
     # Persist and book, in one transaction.
     async with connection.transaction():
         transfers = await confirm_matches(
-            connection, result.matches, line_rows, movement_rows, "auto"
+            connection, result.matches, line_rows, movement_rows, "auto", now
         )
         await record_line_exceptions(connection, result.exceptions, line_rows)
         missing = await record_missing_movements(
@@ -310,6 +311,7 @@ async def confirm_matches(
     line_rows: dict[str, asyncpg.Record],
     movement_rows: dict[str, asyncpg.Record],
     matched_by: str,
+    now: dt.datetime,
     note: str = "",
 ) -> int:
     """Store the matches and book what each confirms; returns the transfers booked."""
@@ -340,7 +342,7 @@ async def confirm_matches(
     )
     await connection.execute(
         """update settlement_exceptions set resolution = 'matched', resolved_by = $2,
-                  resolved_at = now(), resolution_note = $3
+                  resolved_at = $5, resolution_note = $3
             where resolved_at is null
               and ((subject_kind = 'line' and subject_id = any($1::text[]))
                 or (subject_kind = 'movement' and subject_id = any($4::text[])))""",
@@ -348,9 +350,10 @@ async def confirm_matches(
         matched_by,
         note or "matched",
         [movement for m in matches for movement in m.movement_ids],
+        now,
     )
     transfers = await confirmation_transfers(connection, matches, ids, line_rows, movement_rows)
-    await books.book(connection, transfers)
+    await books.book(connection, transfers, now=now)
     return len(transfers)
 
 

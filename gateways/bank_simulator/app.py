@@ -16,7 +16,6 @@ import datetime as dt
 import itertools
 import json
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +24,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateways.bank_simulator.bank import Bank, VaPayment, jakarta_now
+from gateways.bank_simulator.bank import Bank, VaPayment
 from gateways.bank_simulator.statements import write_csv, write_mt940
 from gateways.snap import signature
 from gateways.snap.bodies import read_whole
 from gateways.snap.client import BankConnection, BankUnreachable, SnapSession
 from gateways.snap.codes import Cases, Service, SnapError, response_code
 from gateways.snap.fields import format_amount, parse_amount_value, require_text
+from ledger.clock import Clock, system_clock
 
 request_body_bytes_max = 16 * 1024
 snap_prefix = "/snap"
@@ -95,6 +95,7 @@ class Simulator:
                 channel_id=self.settings.channel_id,
                 timeout_ms=self.settings.issuer_timeout_ms,
                 attempts_max=1,
+                clock=self.bank.clock,
             )
             self._session = SnapSession(connection, self.http)
         return self._session
@@ -129,7 +130,7 @@ class Simulator:
                 "partnerServiceId": company,
                 "customerNo": customer_no,
                 "virtualAccountNo": virtual_account_no,
-                "trxDateInit": signature.format_timestamp(self.bank.clock()),
+                "trxDateInit": signature.format_timestamp(self.bank.clock.local_now()),
                 "channelCode": 6011,
                 "language": "ID",
                 "amount": format_amount(amount_rupiah),
@@ -151,7 +152,7 @@ class Simulator:
                     "channelCode": 6011,
                     "paidAmount": format_amount(amount_rupiah),
                     "totalAmount": format_amount(amount_rupiah),
-                    "trxDateTime": signature.format_timestamp(self.bank.clock()),
+                    "trxDateTime": signature.format_timestamp(self.bank.clock.local_now()),
                     "referenceNo": request_id,
                     "flagAdvise": "N",
                 },
@@ -225,7 +226,7 @@ class Simulator:
         expiry = self.tokens.expiry_by_token.get(token)
         if expiry is None:
             raise SnapError(Cases.token_not_found)
-        if expiry < time.monotonic():
+        if expiry < self.bank.clock.monotonic():
             raise SnapError(Cases.invalid_token, "token expired")
         if not signature.verify_transaction(
             self.settings.client_secret,
@@ -237,7 +238,7 @@ class Simulator:
             headers["X-SIGNATURE"],
         ):
             raise SnapError(Cases.unauthorized, "Signature")
-        now = signature.utc_now()
+        now = self.bank.clock.now()
         if not signature.timestamp_is_fresh(moment, now, self.settings.timestamp_tolerance_seconds):
             raise SnapError(Cases.unauthorized, "X-TIMESTAMP is outside the allowed window")
         key = (now.astimezone(signature.jakarta_timezone).date(), headers["X-EXTERNAL-ID"])
@@ -263,12 +264,12 @@ class Simulator:
             raise SnapError(Cases.unauthorized, "Signature")
         moment = signature.parse_timestamp(headers["X-TIMESTAMP"])
         if moment is None or not signature.timestamp_is_fresh(
-            moment, signature.utc_now(), self.settings.timestamp_tolerance_seconds
+            moment, self.bank.clock.now(), self.settings.timestamp_tolerance_seconds
         ):
             raise SnapError(Cases.unauthorized, "X-TIMESTAMP is outside the allowed window")
         token = secrets.token_urlsafe(24)
         self.tokens.expiry_by_token[token] = (
-            time.monotonic() + self.settings.access_token_ttl_seconds
+            self.bank.clock.monotonic() + self.settings.access_token_ttl_seconds
         )
         return {
             "accessToken": token,
@@ -520,9 +521,7 @@ async def _control_trouble(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def create_bank_app(
-    settings: BankSettings, clock: Callable[[], dt.datetime] = jakarta_now
-) -> web.Application:
+def create_bank_app(settings: BankSettings, clock: Clock = system_clock) -> web.Application:
     accounts = {
         settings.issuer_account_no: ("PEMKOT SEMARANG KSH", settings.issuer_account_opening_rupiah)
     }
@@ -571,13 +570,14 @@ def create_bank_app(
 
 @contextlib.asynccontextmanager
 async def serve_bank(
-    settings: BankSettings, host: str = "127.0.0.1", port: int = 0
+    settings: BankSettings, host: str = "127.0.0.1", port: int = 0, clock: Clock = system_clock
 ) -> AsyncIterator[tuple[str, Simulator]]:
     """Run a simulated bank in this event loop; yield its base URL and its simulator.
 
-    Our client's `BankConnection.base_url` is the yielded URL + "/snap".
+    Our client's `BankConnection.base_url` is the yielded URL + "/snap". `clock` is the bank's
+    time: give it the back office's, so both agree on the day.
     """
-    app = create_bank_app(settings)
+    app = create_bank_app(settings, clock)
     runner = web.AppRunner(app, shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

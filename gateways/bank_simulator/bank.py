@@ -1,17 +1,17 @@
 """The simulated bank's books and rules, apart from HTTP: accounts, transfers, VA collections,
-statements, and the trouble a test can inject. Time comes from `clock` so tests can pin days.
+statements, and the trouble a test can inject. Time comes from `clock` (`ledger.clock`), the
+same clock as the back office's, so a test or the demo pins the day for both.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateways.bank_simulator.statements import BankLine, Direction, Statement
-from gateways.snap.signature import jakarta_timezone
+from ledger.clock import Clock, system_clock
 
 account_lines_max = 10_000_000  # a simulator's lifetime of movements on one account
 transfer_amount_max_rupiah = 250_000_000  # BI-FAST's per-transaction limit, for every route
@@ -70,10 +70,6 @@ class VaPayment:
     answer: dict[str, Any]
 
 
-def jakarta_now() -> dt.datetime:
-    return dt.datetime.now(jakarta_timezone)
-
-
 class Bank:
     """Accounts keyed by number; the issuer's account collects VA payments and pays payouts."""
 
@@ -83,7 +79,7 @@ class Bank:
         bank_code: str,
         issuer_account_no: str,
         accounts: dict[str, tuple[str, int]],
-        clock: Callable[[], dt.datetime] = jakarta_now,
+        clock: Clock = system_clock,
     ) -> None:
         assert issuer_account_no in accounts, "the issuer's account must be one of the accounts"
         self.name = name
@@ -101,7 +97,7 @@ class Bank:
         self._references = itertools.count(1)
 
     def today(self) -> dt.date:
-        return self.clock().astimezone(jakarta_timezone).date()
+        return self.clock.today()
 
     def next_reference(self, prefix: str) -> str:
         return f"{prefix}{self.today():%y%m%d}{next(self._references):06d}"
@@ -153,7 +149,7 @@ class Bank:
     ) -> TransferRecord:
         """Execute a transfer once per partnerReferenceNo (the caller checks repeats first)."""
         assert partner_reference_no not in self.transfers
-        now = self.clock()
+        now = self.clock.local_now()
         reference_no = self.next_reference("TF")
 
         def record(status: str, code: str, message: str, fee: int = 0) -> TransferRecord:

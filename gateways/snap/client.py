@@ -16,7 +16,7 @@ import enum
 import itertools
 import json
 import logging
-import time
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,6 +28,7 @@ from gateways.snap import signature
 from gateways.snap.bodies import read_whole
 from gateways.snap.codes import Service, parse_response_code
 from gateways.snap.fields import format_amount, parse_amount_text
+from ledger.clock import Clock, system_clock
 
 logger = logging.getLogger("ksh.snap.client")
 
@@ -53,6 +54,7 @@ class BankConnection:
     channel_id: str
     timeout_ms: int = timeout_ms_default
     attempts_max: int = attempts_max_default
+    clock: Clock = system_clock  # X-TIMESTAMP and the token's lifetime
 
     def __post_init__(self) -> None:
         assert self.attempts_max >= 1
@@ -79,13 +81,15 @@ class SnapResponse:
 
 
 class _ExternalIds:
-    """X-EXTERNAL-ID: numeric, unique per day; time in microseconds plus a counter."""
+    """X-EXTERNAL-ID: numeric, unique per day; a random 18-digit prefix per session plus a
+    counter (the clock is no source of uniqueness: a test's clock may stand still)."""
 
     def __init__(self) -> None:
+        self._prefix = secrets.randbelow(10**18)
         self._counter = itertools.count()
 
     def next(self) -> str:
-        return f"{time.time_ns() // 1000}{next(self._counter) % 1000:03d}"
+        return f"{self._prefix:018d}{next(self._counter):09d}"
 
 
 class SnapSession:
@@ -124,10 +128,10 @@ class SnapSession:
 
     async def access_token(self, *, refresh: bool = False) -> str:
         async with self._token_lock:
-            fresh = time.monotonic() < self._token_expires_monotonic
+            fresh = self.connection.clock.monotonic() < self._token_expires_monotonic
             if self._token is not None and fresh and not refresh:
                 return self._token
-            timestamp = signature.format_timestamp(signature.utc_now())
+            timestamp = signature.format_timestamp(self.connection.clock.now())
             headers = {
                 "Content-Type": "application/json",
                 "X-TIMESTAMP": timestamp,
@@ -159,7 +163,9 @@ class SnapSession:
                 expires_in_seconds = 900
             self._token = token
             self._token_expires_monotonic = (
-                time.monotonic() + expires_in_seconds - access_token_refresh_margin_seconds
+                self.connection.clock.monotonic()
+                + expires_in_seconds
+                - access_token_refresh_margin_seconds
             )
             return token
 
@@ -177,7 +183,7 @@ class SnapSession:
     async def _post_once(self, path: str, body: bytes, token: str) -> SnapResponse:
         url = self._url(path)
         signed_path = urlsplit(url).path
-        timestamp = signature.format_timestamp(signature.utc_now())
+        timestamp = signature.format_timestamp(self.connection.clock.now())
         headers = {
             "Content-Type": "application/json",
             "Authorization": f"Bearer {token}",

@@ -9,6 +9,7 @@ clearing -> the card's pending top-up account and announced to the terminals.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import uuid
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ async def book_pending_top_up(
     payment_request_id: str,
     card_number: str,
     amount_rupiah: int,
+    paid_at: dt.datetime,
 ) -> None:
     """Bank clearing -> the card's pending top-up account, announced to the terminals."""
     await registry.pay_pending_top_up(
@@ -88,5 +90,6 @@ async def book_pending_top_up(
         top_up_id(partner_id, payment_request_id),
         card_number,
         amount_rupiah,
+        paid_at=paid_at,
         bank_code=clearing_owner(partner_id, bank_code),
     )

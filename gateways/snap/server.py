@@ -121,7 +121,7 @@ async def access_token(request: web.Request) -> web.Response:
                 raise SnapError(Cases.invalid_mandatory_field, name)
         timestamp = request.headers["X-TIMESTAMP"]
         client_key = request.headers["X-CLIENT-KEY"]
-        now = signature.utc_now()
+        now = request.app[config_key].clock.now()
         if signature.parse_timestamp(timestamp) is None:
             raise SnapError(Cases.invalid_field_format, "X-TIMESTAMP")
         async with request.app[pool_key].acquire() as connection:
@@ -192,7 +192,7 @@ async def authenticate(
         if not headers.get(name):
             raise SnapError(Cases.invalid_mandatory_field, name)
     timestamp = headers["X-TIMESTAMP"]
-    now = signature.utc_now()
+    now = request.app[config_key].clock.now()
     if signature.parse_timestamp(timestamp) is None:
         raise SnapError(Cases.invalid_field_format, "X-TIMESTAMP")
     external_id = headers["X-EXTERNAL-ID"]
@@ -299,7 +299,9 @@ async def va_inquiry(
 async def va_payment(
     connection: asyncpg.Connection, signed: SignedRequest, settings: SnapServerSettings
 ) -> dict[str, Any]:
-    return await topups.pay(connection, signed.partner, signed.body, settings.purse_cap_rupiah)
+    return await topups.pay(
+        connection, signed.partner, signed.body, settings.purse_cap_rupiah, signed.received_at
+    )
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ import binascii
 import hashlib
 import hmac
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -173,7 +173,3 @@ def parse_timestamp(text: str) -> datetime | None:
 
 def timestamp_is_fresh(moment: datetime, now: datetime, tolerance_seconds: int) -> bool:
     return abs((now - moment).total_seconds()) <= tolerance_seconds
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

@@ -14,6 +14,7 @@ per paymentRequestId, and announces it to the terminals; a repeat gets the origi
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -124,7 +125,11 @@ async def _booked_payment(
 
 
 async def pay(
-    connection: asyncpg.Connection, partner: Partner, body: dict[str, Any], purse_cap_rupiah: int
+    connection: asyncpg.Connection,
+    partner: Partner,
+    body: dict[str, Any],
+    purse_cap_rupiah: int,
+    paid_at: dt.datetime,
 ) -> dict[str, Any]:
     va_number, card_number = read_virtual_account(partner, body)
     payment_request_id = require_text(body, "paymentRequestId", length_max=request_id_length_max)
@@ -185,6 +190,7 @@ async def pay(
         payment_request_id=payment_request_id,
         card_number=card_number,
         amount_rupiah=paid_rupiah,
+        paid_at=paid_at,
     )
     return answer
 

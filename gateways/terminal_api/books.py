@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 
@@ -35,9 +36,10 @@ async def ensure_accounts(connection: asyncpg.Connection, accounts: Sequence[Acc
 
 
 async def create_transfers(
-    connection: asyncpg.Connection, transfers: Sequence[Transfer]
+    connection: asyncpg.Connection, transfers: Sequence[Transfer], *, now: datetime
 ) -> list[TransferOutcome]:
-    """Book in ledger batches of at most the ledger's limit, never splitting a linked chain."""
+    """Book at business time `now`, in ledger batches of at most the ledger's limit, never
+    splitting a linked chain."""
     outcomes: list[TransferOutcome] = []
     start = 0
     while start < len(transfers):
@@ -45,7 +47,7 @@ async def create_transfers(
         while end < len(transfers) and transfers[end - 1].flags & TransferFlags.linked:
             end -= 1
         assert end > start
-        outcomes += await store.create_transfers(connection, transfers[start:end])
+        outcomes += await store.create_transfers(connection, transfers[start:end], now=now)
         start = end
     return outcomes
 

@@ -30,6 +30,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -126,15 +127,18 @@ async def ingest_upload(
     signature: str,
     body: bytes,
     known_cards: KnownCards | None = None,
+    *,
+    now: datetime,
 ) -> UploadAnswer:
-    """Check and book one upload batch (the caller gives a connection; we own the transaction).
-    `known_cards`: the process's memory of registered cards (none: look every card up)."""
+    """Check and book one upload batch (the caller gives a connection; we own the transaction)
+    at business time `now`. `known_cards`: the process's memory of registered cards (none: look
+    every card up)."""
     known_cards = KnownCards() if known_cards is None else known_cards
     for attempt in range(1, upload_attempts_max + 1):
         try:
             with cyclic_collector_paused():
                 return await _ingest_once(
-                    connection, header_terminal_id, signature, body, known_cards
+                    connection, header_terminal_id, signature, body, known_cards, now
                 )
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == upload_attempts_max:
@@ -149,6 +153,7 @@ async def _ingest_once(
     signature: str,
     body: bytes,
     known_cards: KnownCards,
+    now: datetime,
 ) -> UploadAnswer:
     async with connection.transaction():
         terminal = await registry.terminal(connection, header_terminal_id, for_update=True)
@@ -176,7 +181,7 @@ async def _ingest_once(
         problem = _role_problem(terminal, batch)
         if problem:
             return UploadAnswer(UploadResult.record_not_for_role, problem)
-        answer = await _book(connection, terminal, batch, body, signature, digest, known_cards)
+        answer = await _book(connection, terminal, batch, body, signature, digest, known_cards, now)
         return answer
 
 
@@ -232,6 +237,7 @@ async def _book(
     signature: str,
     digest: bytes,
     known_cards: KnownCards,
+    now: datetime,
 ) -> UploadAnswer:
     answer = UploadAnswer(UploadResult.accepted)
     records = batch.records
@@ -334,7 +340,7 @@ async def _book(
         batch.batch_sequence + 1,
     )
     # The ledger comes last: its batch lock is then held only until this transaction commits.
-    anomalies = await _book_transfers(connection, booked_records, answer)
+    anomalies = await _book_transfers(connection, booked_records, answer, now)
     if anomalies:
         await _set_outcomes(connection, [(record, RecordOutcome.anomaly) for record in anomalies])
         answer.records_by_outcome[RecordOutcome.booked.value] -= len(anomalies)
@@ -686,6 +692,7 @@ async def _book_transfers(
     connection: asyncpg.Connection,
     records: list[UploadRecord],
     answer: UploadAnswer,
+    now: datetime,
 ) -> list[UploadRecord]:
     """Book the card transactions; return those that turned out to be anomalies (clones)."""
     if not records:
@@ -696,7 +703,7 @@ async def _book_transfers(
         credit_account, fee_basis_points = accounts[record.terminal_id]
         planned.append((record, _transfers_for(record, fee_basis_points, credit_account)))
     transfers = [transfer for _, legs in planned for transfer in legs]
-    results = await books.create_transfers(connection, transfers)  # one per transfer, in order
+    results = await books.create_transfers(connection, transfers, now=now)  # in order
     repeats: list[tuple[UploadRecord, list[Transfer]]] = []
     flags: list[tuple[str, str, str, int, int, str]] = []
     position = 0
@@ -737,7 +744,7 @@ async def _book_transfers(
                         card_counter=record.card_counter,
                     )
                 )
-        suspense_results = await books.create_transfers(connection, suspense_legs)
+        suspense_results = await books.create_transfers(connection, suspense_legs, now=now)
         refused = [o for o in suspense_results if o.result not in booked_results]
         assert not refused, f"suspense booking refused: {refused}"
         await registry.deny_cards(

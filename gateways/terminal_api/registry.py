@@ -229,17 +229,17 @@ async def add_pending_top_up(
     top_up_id: str,
     card_number: str,
     amount_rupiah: int,
-    paid_at: datetime | None = None,
+    paid_at: datetime,
 ) -> bool:
     """Announce value waiting for a card (the money is booked by the caller, into the card's
-    pending top-up account). `paid_at` is when the bank took the payment (default: now);
+    pending top-up account). `paid_at` is when the bank took the payment (business time);
     terminals use it to recognise a delivery already on the card. Returns False if that
     top-up id was already announced."""
     assert amount_rupiah > 0
     await register_cards(connection, [card_number])
     result = await connection.execute(
         "insert into pending_top_ups (top_up_id, card_number, amount_rupiah, created_at) "
-        "values ($1, $2, $3, coalesce($4, now())) on conflict (top_up_id) do nothing",
+        "values ($1, $2, $3, $4) on conflict (top_up_id) do nothing",
         top_up_id,
         card_number,
         amount_rupiah,
@@ -275,8 +275,9 @@ async def pay_pending_top_up(
     top_up_id: str,
     card_number: str,
     amount_rupiah: int,
+    *,
+    paid_at: datetime,
     bank_code: str = "counter",
-    paid_at: datetime | None = None,
 ) -> bool:
     """Book money received for a card (bank clearing → its pending top-up account) and announce
     it to the terminals. Idempotent on `top_up_id`; returns False for a repeat. ValueError for
@@ -306,6 +307,7 @@ async def pay_pending_top_up(
                     bank_reference=top_up_id,
                 )
             ],
+            now=paid_at,
         )
         assert outcomes[0].result in booked_results, outcomes
         return await add_pending_top_up(connection, top_up_id, card_number, amount_rupiah, paid_at)
@@ -371,6 +373,8 @@ async def issue_cards(
     connection: asyncpg.Connection,
     opening_balances_rupiah: dict[str, int],
     bank_code: str = "counter",
+    *,
+    now: datetime,
 ) -> None:
     """Register cards sold with value already on them (personalised with an opening balance):
     their accounts, and the opening balance booked from the selling point's bank clearing.
@@ -400,6 +404,7 @@ async def issue_cards(
                     for number in chunk
                     if opening_balances_rupiah[number] > 0
                 ],
+                now=now,
             )
             refused = [o for o in outcomes if o.result not in booked_results]
             assert not refused, refused[:3]

@@ -100,7 +100,12 @@ async def upload(request: web.Request) -> web.Response:
     body = await _read_bounded(request, upload_body_bytes_max)
     async with request.app[booking_slots_key], request.app[pool_key].acquire() as connection:
         answer = await ingest_upload(
-            connection, terminal_id, signature, body, request.app[known_cards_key]
+            connection,
+            terminal_id,
+            signature,
+            body,
+            request.app[known_cards_key],
+            now=request.app[config_key].clock.now(),
         )
     elapsed_s = time.perf_counter() - started
     metrics.uploads.increment(answer.result.value)
@@ -154,7 +159,8 @@ async def _authenticated_terminal(request: web.Request) -> registry.TerminalRow:
     timestamp = request.headers.get(timestamp_header, "")
     if not terminal_id or not signature or not timestamp.isdigit():
         raise Problem(401, "unauthenticated", "terminal, signature and timestamp headers needed")
-    if abs(int(timestamp) - int(time.time() * 1000)) > request_clock_skew_ms_max:
+    now_ms = request.app[config_key].clock.unix_ms()
+    if abs(int(timestamp) - now_ms) > request_clock_skew_ms_max:
         raise Problem(401, "stale_request", "the request's timestamp is too far from our clock")
     async with request.app[pool_key].acquire() as connection:
         terminal = await registry.terminal(connection, terminal_id)
@@ -188,7 +194,7 @@ async def sync(request: web.Request) -> web.Response:
     full_needed = len(added) > deny_delta_entries_max
     return web.json_response(
         {
-            "server_time_ms": int(time.time() * 1000),
+            "server_time_ms": request.app[config_key].clock.unix_ms(),
             "deny_list_version": version,
             "deny_list_full_download": full_needed,
             "deny_list_added": [] if full_needed else [row["card_number"] for row in added],
@@ -376,7 +382,9 @@ async def add_card(request: web.Request) -> web.Response:
         )
     async with request.app[pool_key].acquire() as connection:
         if opening:
-            await registry.issue_cards(connection, {number: opening})
+            await registry.issue_cards(
+                connection, {number: opening}, now=request.app[config_key].clock.now()
+            )
         accounts = await registry.register_card(connection, number)
     return web.json_response(
         {
@@ -397,7 +405,7 @@ async def add_pending_top_up(request: web.Request) -> web.Response:
         raise Problem(400, "bad_field", "amount_rupiah is 1..2,000,000", field="amount_rupiah")
     source = _reference_field(body, "source", "counter")
     paid_at_ms = _field(body, "paid_at_ms", int, None)
-    paid_at = None
+    paid_at = request.app[config_key].clock.now()
     if paid_at_ms is not None:
         import datetime as dt
 
@@ -409,7 +417,7 @@ async def add_pending_top_up(request: web.Request) -> web.Response:
             ) from None
     async with request.app[pool_key].acquire() as connection:
         created = await registry.pay_pending_top_up(
-            connection, top_up_id, number, amount, source, paid_at
+            connection, top_up_id, number, amount, paid_at=paid_at, bank_code=source
         )
     return web.json_response({"top_up_id": top_up_id, "created": created}, status=201)
 

@@ -177,7 +177,7 @@ async def _measure(connection: Any, arguments: argparse.Namespace) -> dict[str, 
 
     phases: dict[str, float] = {}
     mark = time.perf_counter()
-    batches = await end_of_day.close_day(connection, day, config)
+    batches = await end_of_day.close_day(connection, day, config, now=now)
     phases["close_seconds"] = time.perf_counter() - mark
     mark = time.perf_counter()
     bulk = await end_of_day.export_bulk_csv(connection, day, config, "bench", now)
@@ -234,7 +234,7 @@ async def _measure(connection: Any, arguments: argparse.Namespace) -> dict[str, 
         our_account,
     )
     report = await reconciliation.reconcile(
-        connection, statement_through=day + dt.timedelta(days=1)
+        connection, now=now, statement_through=day + dt.timedelta(days=1)
     )
     phases["reconcile_seconds"] = time.perf_counter() - mark
     assert report.lines_matched == len(lines), report

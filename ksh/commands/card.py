@@ -18,12 +18,12 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ksh.cli import UserError
+from ledger.clock import system_clock
 
 if TYPE_CHECKING:
     from card_reader.emulator import EmulatedCard
@@ -581,7 +581,7 @@ def run_issue(arguments: argparse.Namespace) -> int:
     if arguments.card_number is not None and not 0 < arguments.card_number < 10**16:
         raise UserError("--card-number must have at most 16 digits")
     keys = load_keystore(arguments.keystore)
-    issue_date = dt.datetime.now(dt.UTC).date()
+    issue_date = system_clock.today()
     with card_on_reader(arguments) as reader:
         uid = read_uid(reader)
         desfire = Desfire(reader, card_uid=uid)
@@ -606,7 +606,7 @@ def run_issue(arguments: argparse.Namespace) -> int:
                 profile,
                 initial_balance_rupiah=arguments.balance,
                 terminal_id=arguments.terminal_id,
-                time_unix_seconds=int(time.time()),
+                time_unix_seconds=system_clock.unix_ms() // 1000,
             )
         except DesfireError as error:
             if error.status in (Status.AUTHENTICATION_ERROR, Status.PERMISSION_DENIED):
@@ -640,7 +640,9 @@ def run_topup(arguments: argparse.Namespace) -> int:
         except KshCardError as error:
             raise UserError(explain(error)) from error
         plan = card.plan_credit(
-            arguments.amount, terminal_id=arguments.terminal_id, time_unix_seconds=int(time.time())
+            arguments.amount,
+            terminal_id=arguments.terminal_id,
+            time_unix_seconds=system_clock.unix_ms() // 1000,
         )
         if isinstance(plan, Refusal):
             raise UserError(refusal_text(plan, before, arguments.amount))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ksh.cli import UserError
+from ledger.clock import Clock
 
 phases_total = 8
 upload_rounds_max = 1_000  # a till uploads batch after batch until nothing is left
@@ -47,6 +48,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--seed", type=int, default=2026, help="seed of the day's randomness")
     parser.add_argument(
+        "--day",
+        type=parse_day,
+        help="the service day to run, YYYY-MM-DD (default: today in Semarang); every part of the "
+        "demo (cards, tariff, holidays, bank) runs on that day, at the time of day it is now",
+    )
+    parser.add_argument(
         "--reports", type=Path, default=Path("reports"), help="folder for the HTML report"
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -54,16 +61,25 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+def parse_day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}") from None
+
+
 def run(arguments: argparse.Namespace) -> int:
+    from ledger.clock import SystemClock
     from ledger.database import server_url
 
     if not 1 <= arguments.buses <= 300 or not 10 <= arguments.cards <= 5_000:
         raise UserError("--buses 1..300, --cards 10..5000")
     if not 0 <= arguments.merchants <= 100 or not 0 <= arguments.shoppers <= 2_000:
         raise UserError("--merchants 0..100, --shoppers 0..2000")
+    clock = SystemClock.on_day(arguments.day) if arguments.day else SystemClock()
     try:
         with server_url() as url:
-            summary = asyncio.run(demo(url, arguments))
+            summary = asyncio.run(demo(url, arguments, clock))
     except OSError as error:
         raise UserError(f"cannot reach the database or a loopback port: {error}") from error
     if arguments.json:
@@ -103,20 +119,20 @@ async def start(app: Any) -> tuple[Any, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
-async def demo(server: str, arguments: argparse.Namespace) -> dict[str, Any]:
+async def demo(server: str, arguments: argparse.Namespace, clock: Clock) -> dict[str, Any]:
+    import secrets
+
     from ksh.database import scratch_database
 
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d_%H%M%S")
-    async with scratch_database(server, f"ksh_demo_{stamp}", keep=arguments.keep_database) as (
-        name,
-        url,
-    ):
-        summary = await run_day(url, arguments)
+    name = f"ksh_demo_{clock.today():%Y%m%d}_{secrets.token_hex(4)}"
+    async with scratch_database(server, name, keep=arguments.keep_database) as (name, url):
+        summary = await run_day(url, arguments, clock)
     summary["database"] = name if arguments.keep_database else f"{name} (dropped)"
     return summary
 
 
-async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
+async def run_day(url: str, arguments: argparse.Namespace, clock: Clock) -> dict[str, Any]:
+    """The day on `clock`: the back office, the bank and the terminals all read it."""
     import secrets
 
     import aiohttp
@@ -134,8 +150,7 @@ async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
     from settlement.actions import Role, Staff
 
     progress = Progress()
-    jakarta = end_of_day.jakarta
-    today = dt.datetime.now(jakarta).date()
+    today = clock.today()
     partner_id, client_secret, channel_id, company_code = (
         "BNI-KSH",
         secrets.token_hex(16),
@@ -187,6 +202,7 @@ async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
             pool_connections_min=1,
             pool_connections_max=6,
             settings={"admin_token": admin_token},
+            clock=clock,
         ),
         [
             terminal_extension,
@@ -208,7 +224,8 @@ async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
             issuer_account_no=issuer_account,
             issuer_account_opening_rupiah=500_000_000,
             accounts=((operator_account, "BLU UPTD TRANS SEMARANG", 0),),
-        )
+        ),
+        clock,
     )
     bank_runner, bank_url = await start(bank_app)
     bank_connection = BankConnection(
@@ -218,6 +235,7 @@ async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
         private_key_pem=own_private,
         channel_id=channel_id,
         timeout_ms=3_000,
+        clock=clock,
     )
     bank = bank_app[bank_key]
     simulator = bank_app[simulator_key]
@@ -228,8 +246,8 @@ async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
         progress.step("back office and bank simulator up")
 
         # 1. The fleet: cards issued, buses tapping all day, uploads.
-        simulation = await run_fleet(arguments, today, backoffice_url, admin_token, story)
-        story["merchant_sales"] = await run_shops(arguments, today, backoffice_url, admin_token)
+        simulation = await run_fleet(arguments, clock, backoffice_url, admin_token, story)
+        story["merchant_sales"] = await run_shops(arguments, clock, backoffice_url, admin_token)
         progress.step("fleet and shops simulated (taps, sales, uploads)")
 
         # 2. Citizens top up through the bank's virtual accounts; one pays a VA of no card,
@@ -259,7 +277,7 @@ async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
                 )
 
             # 4. End of day: close and pay out, with a refusal, a lost answer and an odd fee.
-            batches = await end_of_day.close_day(connection, today, config)
+            batches = await end_of_day.close_day(connection, today, config, now=clock.now())
             story["settlement_batches"] = len(batches)
             story["settlement_net_rupiah"] = sum(b.net_rupiah for b in batches)
             progress.step(f"end of day: {len(batches)} batches closed")
@@ -267,7 +285,7 @@ async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
             bank.trouble.reject_accounts = {account for _, account in payee_accounts[:1]}
             bank.trouble.lose_next_answers = 1
             bank.trouble.unexpected_fee_rupiah = 4_000
-            now = dt.datetime.now(jakarta)
+            now = clock.local_now()
             async with aiohttp.ClientSession() as http:
                 client = BankClient.open(bank_connection, http)
                 paid = await end_of_day.pay_day(pool, today, client, config, "end-of-day", now)
@@ -286,29 +304,28 @@ async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
                         "payee reactivated the account at the bank",
                         client,
                         config,
-                        dt.datetime.now(jakarta),
+                        clock.local_now(),
                     )
                     story.setdefault("staff_actions", []).append(
                         f"re-initiate {row['exception_id']}: {result.value}"
                     )
             progress.step("payouts sent host-to-host (SNAP BI)")
 
-            # 5. The bank's statement of the day, imported and reconciled.
-            statement = bank.statement(issuer_account, bank.today())
+            # 5. The bank's statements, imported and reconciled: one per bank day from the
+            #    service day to now (a run that crosses midnight in Jakarta has two).
             arguments.reports.mkdir(parents=True, exist_ok=True)
-            from gateways.bank_simulator import write_mt940
-
-            statement_path = (
-                arguments.reports / f"statement-{issuer_account}-{bank.today():%Y%m%d}.sta"
-            )
-            statement_path.write_text(write_mt940(statement))
-            imported = await reconciliation.import_statement(
-                connection, statement_path, bank_code, "ani"
-            )
-            again = await reconciliation.import_statement(
-                connection, statement_path, bank_code, "ani"
-            )
-            start_of_day = dt.datetime.combine(today, dt.time(0), tzinfo=jakarta)
+            statement_paths = write_statements(bank, issuer_account, today, arguments.reports)
+            imported_lines = reimported_lines = 0
+            for statement_path in statement_paths:
+                imported = await reconciliation.import_statement(
+                    connection, statement_path, bank_code, "ani"
+                )
+                again = await reconciliation.import_statement(
+                    connection, statement_path, bank_code, "ani"
+                )
+                imported_lines += imported.lines_in_file
+                reimported_lines += again.lines_new
+            start_of_day = dt.datetime.combine(today, dt.time(0), tzinfo=end_of_day.jakarta)
             await reconciliation.expect_collections(
                 connection,
                 start_of_day,
@@ -317,10 +334,14 @@ async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
                 {bank_code: issuer_account},
                 issuer_account,
             )
-            report = await reconciliation.reconcile(connection, statement_through=bank.today())
-            rerun = await reconciliation.reconcile(connection, statement_through=bank.today())
-            story["statement_lines"] = imported.lines_in_file
-            story["statement_lines_reimported"] = again.lines_new
+            report = await reconciliation.reconcile(
+                connection, now=clock.now(), statement_through=bank.today()
+            )
+            rerun = await reconciliation.reconcile(
+                connection, now=clock.now(), statement_through=bank.today()
+            )
+            story["statement_lines"] = imported_lines
+            story["statement_lines_reimported"] = reimported_lines
             story["statement_lines_matched"] = report.lines_matched
             story["reconcile_rerun_new_matches"] = rerun.matches_new
             progress.step(f"statement reconciled: {report.exceptions_open} exceptions")
@@ -336,10 +357,12 @@ async def run_day(url: str, arguments: argparse.Namespace) -> dict[str, Any]:
                     "unexpected_fee": "fee not in the tariff agreed with the bank; disputed",
                     "unknown_reference": "VA paid for no issued card; refund to the payer requested",
                 }.get(row["reason"], "investigated")
-                result = await actions.write_off(connection, row["exception_id"], clerk, note)
+                result = await actions.write_off(
+                    connection, row["exception_id"], clerk, note, now=clock.now()
+                )
                 if result is actions.ActionResult.awaiting_approval:
                     result = await actions.approve_write_off(
-                        connection, row["exception_id"], supervisor
+                        connection, row["exception_id"], supervisor, now=clock.now()
                     )
                 story.setdefault("staff_actions", []).append(
                     f"write off {row['reason']}: {result.value}"
@@ -374,9 +397,26 @@ def backoffice_pool(app: Any) -> Any:
     return app[pool_key]
 
 
+def write_statements(bank: Any, account: str, first_day: dt.date, folder: Path) -> list[Path]:
+    """The bank's MT940 statement of `account` for each day from `first_day` to the bank's
+    today that has movements, written to `folder`."""
+    from gateways.bank_simulator import write_mt940
+
+    paths = []
+    day = first_day
+    while day <= bank.today():
+        statement = bank.statement(account, day)
+        if statement.lines:  # a day without movements has nothing to reconcile
+            path = folder / f"statement-{account}-{day:%Y%m%d}.sta"
+            path.write_text(write_mt940(statement))
+            paths.append(path)
+        day += dt.timedelta(days=1)
+    return paths
+
+
 async def run_fleet(
     arguments: argparse.Namespace,
-    today: dt.date,
+    clock: Clock,
     backoffice_url: str,
     admin_token: str,
     story: dict[str, Any],
@@ -390,18 +430,18 @@ async def run_fleet(
         buses=arguments.buses,
         cards=arguments.cards,
         seed=arguments.seed,
-        service_date=today,
+        service_date=clock.today(),
         admin_token=admin_token,
         top_up_rate=0.0,  # top-ups come through the bank simulator's virtual accounts instead
         progress=False,
     )
-    summary = await simulate_day(settings, backoffice_url)
+    summary = await simulate_day(settings, backoffice_url, clock.unix_ms)
     story["fleet"] = summary.to_dict()
     return summary
 
 
 async def run_shops(
-    arguments: argparse.Namespace, today: dt.date, backoffice_url: str, admin_token: str
+    arguments: argparse.Namespace, clock: Clock, backoffice_url: str, admin_token: str
 ) -> dict[str, int]:
     """Merchants' points of sale: shoppers' cards (numbers after the fleet's) buy things through
     the real card protocol; each POS journals and uploads its signed batches."""
@@ -433,7 +473,9 @@ async def run_shops(
     sales_rupiah = 0
     headers = {"Authorization": f"Bearer {admin_token}"}
     midnight_ms = int(
-        dt.datetime.combine(today, dt.time(), tzinfo=dt.timezone(dt.timedelta(hours=7))).timestamp()
+        dt.datetime.combine(
+            clock.today(), dt.time(), tzinfo=dt.timezone(dt.timedelta(hours=7))
+        ).timestamp()
         * 1000
     )
     with tempfile.TemporaryDirectory(prefix="ksh-shops-") as folder:
@@ -477,6 +519,7 @@ async def run_shops(
                     validator_keys(store),
                     backoffice_url,
                     http,
+                    now_ms=clock.unix_ms,
                 )
                 till.terminal.merchant_id = merchant
                 await admin(
@@ -596,7 +639,8 @@ async def check_invariants(
     from ledger.audit import check_ledger
     from settlement import actions
 
-    close = await actions.day_close(connection, day)
+    # Through the bank's today: a run that crossed midnight has statement lines of the next day.
+    close = await actions.day_close(connection, max(day, bank.today()))
     problems = await check_ledger(connection)
     kinds = {
         row["kind"]: int(row["balance"])

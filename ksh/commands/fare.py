@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import sys
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,15 @@ from ksh.cli import UserError
 
 journey_file_bytes_max = 1024 * 1024
 journey_legs_max = 100
+#: `ksh fare check` warns when the feed's service ends within this many days.
+service_end_warning_days = 60
+
+
+def _date_argument(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
 
 
 def register(subparsers: Any) -> None:
@@ -24,6 +35,13 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     check = actions.add_parser("check", help="validate a feed (file, line and field of the error)")
     check.add_argument("--gtfs", metavar="DIR", help="feed directory (default: Trans Semarang)")
+    check.add_argument(
+        "--today",
+        metavar="YYYY-MM-DD",
+        type=_date_argument,
+        help="the day to measure the feed's service against (default: today in Asia/Jakarta); "
+        f"a warning when it ends within {service_end_warning_days} days, an error once it has",
+    )
     check.set_defaults(handler=run_check)
     price = actions.add_parser("price", help="price a journey file and print JSON")
     price.add_argument("--gtfs", metavar="DIR", help="feed directory (default: Trans Semarang)")
@@ -46,14 +64,44 @@ def _load(directory: str | None) -> Any:
 
 
 def run_check(arguments: argparse.Namespace) -> int:
+    from bus_terminals.fare.feed import feed_coverage
+    from ledger.clock import system_clock
+
     tariff = _load(arguments.gtfs)
+    name = arguments.gtfs or "trans_semarang (shipped)"
     print(
-        f"{arguments.gtfs or 'trans_semarang (shipped)'}: ok: {len(tariff.route_index)} routes, "
+        f"{name}: ok: {len(tariff.route_index)} routes, "
         f"{len(tariff.network_ids)} networks, {len(tariff.product_ids)} fare products, "
         f"{sum(len(rules) for rules in tariff.leg_rules.values())} fare leg rules, "
         f"{len(tariff.transfer_rule_list)} fare transfer rules, {len(tariff.caps)} caps, "
         f"{len(tariff.passes)} passes, currency {tariff.currency}"
     )
+    today = arguments.today or system_clock.today()  # Semarang's date (Asia/Jakarta)
+    coverage = feed_coverage(tariff, today)
+    if coverage.days_left is not None:
+        if coverage.ended:
+            raise UserError(
+                f"{name}: service ended {coverage.service_end}, {-coverage.days_left} days "
+                f"before {today}: validators with this feed charge every tap the full fare; "
+                "ship a feed whose calendar covers today"
+            )
+        print(
+            f"{name}: service {coverage.service_start} to {coverage.service_end}: "
+            f"{coverage.days_left} days left on {today}"
+        )
+        if coverage.days_left <= service_end_warning_days:
+            print(
+                f"ksh fare: warning: {name}: service ends {coverage.service_end}, "
+                f"{coverage.days_left} days after {today}: after that validators charge the "
+                "full fare on every tap; extend calendar.txt (and public_holidays.txt)",
+                file=sys.stderr,
+            )
+    for year in coverage.years_without_holidays:
+        print(
+            f"ksh fare: warning: {name}: no public holidays in {year}, which the calendar "
+            "covers: services that depend on holidays treat every day of it as a working day",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from ksh.cli import UserError
 from ksh.commands.settle import parse_day, parse_time
 from ksh.database import run_with_database
+from ledger.clock import system_clock
 
 
 def register(subparsers: Any) -> None:
@@ -73,7 +74,7 @@ def run_import(arguments: argparse.Namespace) -> int:
 
 
 def run_match(arguments: argparse.Namespace) -> int:
-    from settlement.end_of_day import EndOfDayConfig, cutoff_at, jakarta
+    from settlement.end_of_day import EndOfDayConfig, cutoff_at
     from settlement.matching import MatchRules
     from settlement.reconciliation import expect_collections, reconcile
 
@@ -85,7 +86,7 @@ def run_match(arguments: argparse.Namespace) -> int:
         accounts[bank] = account
     if arguments.amount_tolerance < 0 or arguments.date_tolerance < 0:
         raise UserError("tolerances are not negative")
-    day = arguments.day or dt.datetime.now(jakarta).date() - dt.timedelta(days=1)
+    day = arguments.day or system_clock.today() - dt.timedelta(days=1)
     config = EndOfDayConfig(cutoff=arguments.cutoff)
     rules = MatchRules(arguments.amount_tolerance, arguments.date_tolerance)
 
@@ -94,7 +95,9 @@ def run_match(arguments: argparse.Namespace) -> int:
         expected = await expect_collections(
             connection, end - dt.timedelta(days=1), end, day, accounts, config.source_account_no
         )
-        report = await reconcile(connection, rules, statement_through=arguments.through)
+        report = await reconcile(
+            connection, rules, now=system_clock.now(), statement_through=arguments.through
+        )
         print(f"collections expected (new): {expected}")
         print(
             f"lines considered {report.lines_considered}, matched {report.lines_matched}, new matches {report.matches_new}, transfers booked {report.transfers_booked}"

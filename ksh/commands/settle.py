@@ -13,6 +13,7 @@ from typing import Any
 
 from ksh.cli import UserError
 from ksh.database import connect, run_with_database
+from ledger.clock import system_clock
 
 
 def register(subparsers: Any) -> None:
@@ -89,9 +90,8 @@ def parse_time(text: str) -> dt.time:
 
 
 def day_of(arguments: argparse.Namespace) -> dt.date:
-    from settlement.end_of_day import jakarta
 
-    return arguments.day or dt.datetime.now(jakarta).date() - dt.timedelta(days=1)
+    return arguments.day or system_clock.today() - dt.timedelta(days=1)
 
 
 def config_of(arguments: argparse.Namespace) -> Any:
@@ -108,7 +108,9 @@ def run_close(arguments: argparse.Namespace) -> int:
     from settlement.end_of_day import close_day
 
     async def work(connection: Any) -> int:
-        batches = await close_day(connection, day_of(arguments), config_of(arguments))
+        batches = await close_day(
+            connection, day_of(arguments), config_of(arguments), now=system_clock.now()
+        )
         for batch in batches:
             print(
                 f"{batch.batch_id} {batch.party_kind:8} {batch.party_id:20} gross {batch.gross_rupiah:>14,} fees {batch.fees_rupiah:>10,} net {batch.net_rupiah:>14,}"
@@ -130,7 +132,7 @@ def run_pay(arguments: argparse.Namespace) -> int:
     from gateways.snap.signature import load_private_key
     from ksh.schema import migrate_all
     from ledger.database import server_url
-    from settlement.end_of_day import jakarta, pay_day
+    from settlement.end_of_day import pay_day
 
     try:
         private_key = arguments.key.read_bytes()
@@ -165,7 +167,7 @@ def run_pay(arguments: argparse.Namespace) -> int:
                     BankClient.open(bank_connection(partner, private_key), http),
                     config,
                     getpass.getuser(),
-                    dt.datetime.now(jakarta),
+                    system_clock.local_now(),
                 )
         finally:
             await pool.close()
@@ -180,7 +182,7 @@ def run_pay(arguments: argparse.Namespace) -> int:
 
 
 def run_export(arguments: argparse.Namespace) -> int:
-    from settlement.end_of_day import export_bulk_csv, jakarta
+    from settlement.end_of_day import export_bulk_csv
 
     async def work(connection: Any) -> int:
         text = await export_bulk_csv(
@@ -188,7 +190,7 @@ def run_export(arguments: argparse.Namespace) -> int:
             day_of(arguments),
             config_of(arguments),
             getpass.getuser(),
-            dt.datetime.now(jakarta),
+            system_clock.local_now(),
         )
         arguments.out.write_text(text)
         print(f"{max(0, len(text.splitlines()) - 1)} payouts written to {arguments.out}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ksh.cli import UserError
+from ledger.clock import system_clock
 
 
 def register(subparsers: Any) -> None:
@@ -64,7 +65,7 @@ def run(arguments: argparse.Namespace) -> int:
             card_pull_rate=arguments.card_pull,
             progress=sys.stderr.isatty() or not arguments.json,
         )
-        return await simulate_day(settings, url)
+        return await simulate_day(settings, url, system_clock.unix_ms)
 
     async def main() -> Any:
         if arguments.backoffice:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from ksh.cli import UserError
+from ledger.clock import system_clock
 
 
 def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +120,7 @@ def run_device(
             folder,
             keys,
             arguments.backoffice,
+            now_ms=system_clock.unix_ms,
             route=route,
             merchant_id=merchant_id,
             sync_interval_ms=int(arguments.sync_interval_s * 1000),
@@ -135,9 +136,7 @@ def run_device(
                 if decide is None:
                     print('{"error": "unknown command"}', flush=True)
                     continue
-                print(
-                    feedback_line(device.tap(reader, int(time.time() * 1000), decide)), flush=True
-                )
+                print(feedback_line(device.tap(reader, system_clock.unix_ms(), decide)), flush=True)
         else:
             from card_reader.pcsc import PcscReader
             from card_reader.port import ReaderError
@@ -149,6 +148,6 @@ def run_device(
             for present in pcsc_taps(reader, lambda: False):
                 decide = decider_for([])
                 print(
-                    feedback_line(device.tap(present, int(time.time() * 1000), decide)), flush=True
+                    feedback_line(device.tap(present, system_clock.unix_ms(), decide)), flush=True
                 )
     return 0

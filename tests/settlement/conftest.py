@@ -12,7 +12,8 @@ from gateways.bank_simulator import BankSettings, serve_bank
 from gateways.bank_simulator.bank import Bank
 from gateways.snap import signature
 from gateways.snap.client import BankClient, BankConnection
-from tests.settlement.day import bank_code, our_account
+from ledger.clock import ManualClock
+from tests.settlement.day import bank_code, closing_time, our_account
 
 partner_id = "BNI-KSH-TEST"
 client_secret = "settlement-tests-hmac-secret"
@@ -25,6 +26,7 @@ class BankHarness:
     bank: Bank
     client: BankClient
     connection: BankConnection
+    clock: ManualClock  # the bank's and our client's: it is the service day's evening
 
 
 def public_pem(private_pem: bytes) -> bytes:
@@ -52,7 +54,11 @@ async def bank_harness(own_private_pem: bytes) -> AsyncIterator[BankHarness]:
             *((f"77{n:08d}", f"TOKO M{n:03d}", 0) for n in range(1, 3)),
         ),
     )
-    async with serve_bank(settings) as (bank_url, simulator), aiohttp.ClientSession() as http:
+    clock = ManualClock(closing_time)
+    async with (
+        serve_bank(settings, clock=clock) as (bank_url, simulator),
+        aiohttp.ClientSession() as http,
+    ):
         connection = BankConnection(
             base_url=f"{bank_url}/snap",
             client_key=partner_id,
@@ -60,5 +66,6 @@ async def bank_harness(own_private_pem: bytes) -> AsyncIterator[BankHarness]:
             private_key_pem=own_private_pem,
             channel_id=channel_id,
             timeout_ms=2_000,
+            clock=clock,
         )
-        yield BankHarness(simulator.bank, BankClient.open(connection, http), connection)
+        yield BankHarness(simulator.bank, BankClient.open(connection, http), connection, clock)

@@ -18,6 +18,9 @@ bank_code = "009"  # BNI, the card's co-branding bank
 bank = bank_code
 our_account = "1350012345678"
 service_day = dt.date(2026, 11, 23)
+# When the tests' back office and bank think it is: the evening of the service day, after its
+# fares were booked (09:00) and before its cut-off, so the bank's statement is that day's.
+closing_time = dt.datetime.combine(service_day, dt.time(22, 0), tzinfo=jakarta)
 sale_fee_rupiah = 250  # 1 % of each 25,000 sale, booked with the sale as the back office does
 
 

@@ -16,7 +16,14 @@ from ledger.records import AccountKind
 from settlement import actions, end_of_day, reconciliation
 from settlement.actions import ActionResult, Role, Staff
 from tests.settlement.conftest import BankHarness, operator_account
-from tests.settlement.day import bank, book_day, our_account, sale_fee_rupiah, service_day
+from tests.settlement.day import (
+    bank,
+    book_day,
+    closing_time,
+    our_account,
+    sale_fee_rupiah,
+    service_day,
+)
 
 config = end_of_day.EndOfDayConfig(source_bank=bank, source_account_no=our_account)
 clerk = Staff("clerk.ani", Role.clerk)
@@ -58,7 +65,7 @@ async def test_day_with_trouble_closes_with_zero_unexplained(
                 ("operator", "trans-semarang", "BLU UPTD Trans Semarang", "", operator_account),
             ],
         )
-        batches = await end_of_day.close_day(connection, service_day, config)
+        batches = await end_of_day.close_day(connection, service_day, config, now=closing_time)
         assert sorted(b.party_id for b in batches) == [*sorted(day.sales), "trans-semarang"]
         operator = next(b for b in batches if b.party_kind == "operator")
         assert operator.gross_rupiah == day.fares_rupiah
@@ -67,14 +74,16 @@ async def test_day_with_trouble_closes_with_zero_unexplained(
             if batch.party_kind == "merchant":
                 assert batch.gross_rupiah == day.sales[batch.party_id]
                 assert batch.fees_rupiah == day.sales[batch.party_id] // 25_000 * sale_fee_rupiah
-        assert await end_of_day.close_day(connection, service_day, config) == []  # once only
+        assert (
+            await end_of_day.close_day(connection, service_day, config, now=closing_time) == []
+        )  # once only
 
         # Paying: M001's account is inactive; one answer is lost (resolved by status inquiry,
         # never by paying again); the bank charges a fee nobody announced.
         the_bank.trouble.reject_accounts = {"7700000001"}
         the_bank.trouble.lose_next_answers = 1
         the_bank.trouble.unexpected_fee_rupiah = 4_000
-        now = dt.datetime.now(end_of_day.jakarta)
+        now = bank_harness.clock.local_now()
         counts = await end_of_day.pay_day(
             pool, service_day, bank_harness.client, config, "eod", now
         )
@@ -135,7 +144,9 @@ async def test_day_with_trouble_closes_with_zero_unexplained(
             {},
             our_account,
         )
-        report = await reconciliation.reconcile(connection, statement_through=the_bank.today())
+        report = await reconciliation.reconcile(
+            connection, statement_through=the_bank.today(), now=closing_time
+        )
         assert report.lines_matched == len(statement.lines) - 3
         exceptions = await open_exceptions(connection)
         assert sorted(exceptions.values()) == [
@@ -143,7 +154,9 @@ async def test_day_with_trouble_closes_with_zero_unexplained(
             "unexpected_fee",
             "unknown_reference",
         ], exceptions
-        rerun = await reconciliation.reconcile(connection, statement_through=the_bank.today())
+        rerun = await reconciliation.reconcile(
+            connection, statement_through=the_bank.today(), now=closing_time
+        )
         assert (rerun.matches_new, rerun.transfers_booked) == (0, 0)
         assert await open_exceptions(connection) == exceptions
 
@@ -155,36 +168,54 @@ async def test_day_with_trouble_closes_with_zero_unexplained(
         # Finance works them: write-offs to suspense; the big one needs a supervisor.
         by_reason = {reason: exception_id for exception_id, reason in exceptions.items()}
         assert (
-            await actions.write_off(connection, by_reason["unexpected_fee"], auditor, "x")
+            await actions.write_off(
+                connection, by_reason["unexpected_fee"], auditor, "x", now=closing_time
+            )
             is ActionResult.not_allowed
         )
         assert (
-            await actions.write_off(connection, by_reason["unexpected_fee"], clerk, " ")
+            await actions.write_off(
+                connection, by_reason["unexpected_fee"], clerk, " ", now=closing_time
+            )
             is ActionResult.note_required
         )
         assert (
             await actions.write_off(
-                connection, by_reason["unexpected_fee"], clerk, "fee not agreed; disputed"
+                connection,
+                by_reason["unexpected_fee"],
+                clerk,
+                "fee not agreed; disputed",
+                now=closing_time,
             )
             is ActionResult.done
         )
         assert (
             await actions.write_off(
-                connection, by_reason["duplicate_line"], clerk, "listed twice; claimed"
+                connection,
+                by_reason["duplicate_line"],
+                clerk,
+                "listed twice; claimed",
+                now=closing_time,
             )
             is ActionResult.done
         )
         unknown = by_reason["unknown_reference"]
         assert (
-            await actions.write_off(connection, unknown, clerk, "VA of no card; refund requested")
+            await actions.write_off(
+                connection, unknown, clerk, "VA of no card; refund requested", now=closing_time
+            )
             is ActionResult.awaiting_approval
         )
         assert (
-            await actions.approve_write_off(connection, unknown, clerk) is ActionResult.not_allowed
+            await actions.approve_write_off(connection, unknown, clerk, now=closing_time)
+            is ActionResult.not_allowed
         )
-        assert await actions.approve_write_off(connection, unknown, supervisor) is ActionResult.done
         assert (
-            await actions.write_off(connection, unknown, supervisor, "again")
+            await actions.approve_write_off(connection, unknown, supervisor, now=closing_time)
+            is ActionResult.done
+        )
+        assert (
+            await actions.write_off(connection, unknown, supervisor, "again", now=closing_time)
             is ActionResult.already_resolved
         )
 
@@ -273,7 +304,7 @@ async def garbled_collection(
         {},
         our_account,
     )
-    await reconciliation.reconcile(connection)
+    await reconciliation.reconcile(connection, now=closing_time)
     [exception] = await connection.fetch(
         "select * from settlement_exceptions where resolved_at is null"
     )
@@ -292,11 +323,15 @@ async def test_manual_match(database_url: str, tmp_path: Path) -> None:
         exception, movement_id = await garbled_collection(connection, tmp_path)
         line_key = exception["subject_id"]
         assert (
-            await actions.manual_match(connection, [line_key], [movement_id], auditor, "x")
+            await actions.manual_match(
+                connection, [line_key], [movement_id], auditor, "x", now=closing_time
+            )
             is ActionResult.not_allowed
         )
         assert (
-            await actions.manual_match(connection, [line_key], [movement_id], clerk, "")
+            await actions.manual_match(
+                connection, [line_key], [movement_id], clerk, "", now=closing_time
+            )
             is ActionResult.note_required
         )
         assert (
@@ -306,11 +341,14 @@ async def test_manual_match(database_url: str, tmp_path: Path) -> None:
                 [movement_id, movement_id],
                 clerk,
                 "bank garbled the VA reference",
+                now=closing_time,
             )
             is ActionResult.done
         )
         assert (
-            await actions.manual_match(connection, [line_key], [movement_id], clerk, "again")
+            await actions.manual_match(
+                connection, [line_key], [movement_id], clerk, "again", now=closing_time
+            )
             is ActionResult.already_resolved
         )
         close = await actions.day_close(connection, service_day)
@@ -330,13 +368,20 @@ async def test_a_written_off_line_cannot_be_matched_too(database_url: str, tmp_p
     try:
         exception, movement_id = await garbled_collection(connection, tmp_path)
         assert (
-            await actions.write_off(connection, exception["exception_id"], clerk, "unknown payer")
+            await actions.write_off(
+                connection, exception["exception_id"], clerk, "unknown payer", now=closing_time
+            )
             is ActionResult.done
         )
         booked = await connection.fetchval("select count(*) from ledger_transfers")
         assert (
             await actions.manual_match(
-                connection, [exception["subject_id"]], [movement_id], clerk, "found it"
+                connection,
+                [exception["subject_id"]],
+                [movement_id],
+                clerk,
+                "found it",
+                now=closing_time,
             )
             is ActionResult.already_resolved
         )
@@ -379,9 +424,9 @@ async def test_unanswered_payout_is_asked_again_never_paid_twice(
                 ("operator", "trans-semarang", "BLU", "", operator_account),
             ],
         )
-        await end_of_day.close_day(connection, service_day, config)
+        await end_of_day.close_day(connection, service_day, config, now=closing_time)
         the_bank.trouble.fail_next_transfers = 1_000  # the core banking system is down
-        now = dt.datetime.now(end_of_day.jakarta)
+        now = bank_harness.clock.local_now()
         counts = await end_of_day.pay_day(
             pool, service_day, bank_harness.client, config, "eod", now
         )
@@ -449,8 +494,8 @@ async def test_crash_between_recording_and_answer_pays_once(
                 ("operator", "trans-semarang", "BLU", "", operator_account),
             ],
         )
-        await end_of_day.close_day(connection, service_day, config)
-        now = dt.datetime.now(end_of_day.jakarta)
+        await end_of_day.close_day(connection, service_day, config, now=closing_time)
+        now = bank_harness.clock.local_now()
         instructions = await end_of_day.pending_instructions(connection, service_day, config, now)
         await end_of_day.record_instructions(
             connection, instructions, "unknown", "eod", service_day, config
@@ -488,9 +533,9 @@ async def test_no_new_attempt_while_another_may_pay(
         await end_of_day.register_parties(
             connection, [("operator", "trans-semarang", "BLU", "", operator_account)]
         )
-        await end_of_day.close_day(connection, service_day, config)
+        await end_of_day.close_day(connection, service_day, config, now=closing_time)
         the_bank.trouble.reject_accounts = {operator_account}
-        now = dt.datetime.now(end_of_day.jakarta)
+        now = bank_harness.clock.local_now()
         await end_of_day.pay_day(pool, service_day, bank_harness.client, config, "eod", now)
         exceptions = {reason: key for key, reason in (await open_exceptions(connection)).items()}
         assert sorted(exceptions) == ["no_beneficiary_account", "payout_rejected"]

@@ -5,15 +5,34 @@ the staff actions close the day with nothing unexplained, and every invariant ho
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 from pathlib import Path
 
+import pytest
+
 from ksh.commands import demo
+from ledger.clock import Clock, SystemClock, jakarta
 
 
+def fixed_past_day() -> Clock:
+    """A leap day two years after the tariff's first calendar ended (it ran out 2027-12-31)."""
+    return SystemClock.on_day(dt.date(2028, 2, 29))
+
+
+def across_midnight() -> Clock:
+    """Just before midnight in Semarang (the small day takes about two seconds): the day starts
+    on one date and the bank pays out and writes statements on the next."""
+    return SystemClock.starting_at(dt.datetime(2028, 3, 14, 23, 59, 59, 200_000, tzinfo=jakarta))
+
+
+@pytest.mark.parametrize("make_clock", [fixed_past_day, across_midnight])
 async def test_demo_day_closes_with_every_invariant(
-    postgres_server_url: str, tmp_path: Path
+    postgres_server_url: str, tmp_path: Path, make_clock: object
 ) -> None:
+    assert callable(make_clock)
+    clock = make_clock()
+    service_day = clock.today()
     arguments = argparse.Namespace(
         buses=4,
         cards=40,
@@ -24,7 +43,10 @@ async def test_demo_day_closes_with_every_invariant(
         json=True,
         keep_database=False,
     )
-    summary = await demo.demo(postgres_server_url, arguments)
+    summary = await demo.demo(postgres_server_url, arguments, clock)
+    assert summary["service_day"] == service_day.isoformat()
+    if make_clock is across_midnight:
+        assert clock.today() == service_day + dt.timedelta(days=1), "the run did not cross midnight"
     assert summary["invariants"], summary
     assert all(summary["invariants"].values()), summary["invariants"]
     reasons = sorted(found["reason"] for found in summary["exceptions"])

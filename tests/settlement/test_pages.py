@@ -17,12 +17,13 @@ import pytest
 from gateways.backoffice import BackofficeConfig, create_app
 from gateways.snap.client import BankClient
 from ksh.commands.demo import start
+from ledger.clock import ManualClock
 from settlement import end_of_day, pages, reconciliation
 from settlement.actions import Role
 from settlement.statements import Direction, StatementLine, write_mt940
 from tests.conftest import unavailable
 from tests.settlement.conftest import BankHarness, operator_account
-from tests.settlement.day import bank, book_day, our_account, service_day
+from tests.settlement.day import bank, book_day, closing_time, our_account, service_day
 
 chromium_path = "/usr/bin/chromium"
 chromium_args = [
@@ -61,7 +62,7 @@ async def finance(
             await pages.add_staff(connection, username, passwords[username], role)
         day = await book_day(connection)
         config = end_of_day.EndOfDayConfig(source_bank=bank, source_account_no=our_account)
-        await end_of_day.close_day(connection, service_day, config)
+        await end_of_day.close_day(connection, service_day, config, now=closing_time)
         await end_of_day.register_parties(
             connection,
             [("operator", "trans-semarang", "BLU UPTD Trans Semarang", "", operator_account)]
@@ -69,7 +70,7 @@ async def finance(
             + [("merchant", "M000", "Toko 0", "113", "0987654321")],
         )
         bank_harness.bank.trouble.reject_accounts = {operator_account}
-        now = dt.datetime.now(end_of_day.jakarta)
+        now = bank_harness.clock.local_now()
         await end_of_day.pay_day(pool, service_day, bank_harness.client, config, "eod", now)
         bank_harness.bank.trouble.reject_accounts = set()
         lines = [
@@ -130,7 +131,7 @@ async def finance(
             {},
             our_account,
         )
-        await reconciliation.reconcile(connection)
+        await reconciliation.reconcile(connection, now=closing_time)
     finally:
         await pool.close()
         await connection.close()
@@ -317,8 +318,9 @@ async def test_guessing_a_password_locks_the_user_name(database_url: str) -> Non
         await pages.add_staff(connection, "ani", passwords["ani"], Role.clerk)
     finally:
         await connection.close()
+    clock = ManualClock(closing_time)
     app = create_app(
-        BackofficeConfig(database_url, pool_connections_min=1, pool_connections_max=2),
+        BackofficeConfig(database_url, pool_connections_min=1, pool_connections_max=2, clock=clock),
         [pages.extension(pages.PagesSettings())],
     )
     runner, base_url = await start(app)
@@ -342,7 +344,9 @@ async def test_guessing_a_password_locks_the_user_name(database_url: str) -> Non
             for _ in range(pages.login_failures_max):
                 assert "wrong user name or password" in await log_in("guess-guess-guess")
             assert "too many wrong passwords" in await log_in(passwords["ani"])
-            app[pages.login_failures_key]["ani"] = [0.0] * pages.login_failures_max  # long ago
+            clock.advance(pages.login_failures_window_seconds - 1)
+            assert "too many wrong passwords" in await log_in(passwords["ani"])
+            clock.advance(1)  # the failures are now as old as the window: forgotten
             assert (await log_in(passwords["ani"])) == "/finance"
     finally:
         await runner.cleanup()

@@ -3,6 +3,7 @@ registered bank partner, a card with a purse account, and the bank simulator wir
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from gateways.snap.partners import Partner, save_partner
 from gateways.snap.server import SnapServerSettings, extension
 from gateways.terminal_api import registry
 from ksh.commands.demo import start
+from ledger.clock import ManualClock, jakarta
 from ledger.records import (
     Account,
     AccountKind,
@@ -36,6 +38,9 @@ card_number = "6013500000000017"
 card_holder = "SRI WAHYUNI"
 merchant_account_no = "0987654321"
 issuer_account_no = "1350012345678"
+
+
+harness_time = dt.datetime(2026, 11, 24, 10, 0, tzinfo=jakarta)  # what the harness's clock reads
 
 
 def va_number(card: str = card_number) -> str:
@@ -90,6 +95,7 @@ class Harness:
     http: aiohttp.ClientSession
     simulator: Simulator
     own_private_pem: bytes
+    clock: ManualClock
 
     @property
     def bank(self) -> Bank:
@@ -103,6 +109,7 @@ class Harness:
             "private_key_pem": self.own_private_pem,
             "channel_id": channel_id,
             "timeout_ms": 2000,
+            "clock": self.clock,
         }
         settings.update(overrides)
         return BankConnection(**settings)  # type: ignore[arg-type]
@@ -131,8 +138,11 @@ async def harness(
     finally:
         await connection.close()
     await open_card(database_url, card_number, 1_500_000)
+    # One clock for the back office, the bank and both clients: a test's day never ends while
+    # it runs (a run across midnight in Jakarta would split the statement otherwise).
+    clock = ManualClock(harness_time)
     backoffice = create_app(
-        BackofficeConfig(database_url, pool_connections_min=1, pool_connections_max=4),
+        BackofficeConfig(database_url, pool_connections_min=1, pool_connections_max=4, clock=clock),
         [extension(SnapServerSettings(timestamp_tolerance_seconds=120))],
     )
     backoffice_runner, base_url = await start(backoffice)
@@ -148,7 +158,10 @@ async def harness(
         issuer_account_opening_rupiah=10_000_000,
         accounts=((merchant_account_no, "WARUNG BU SUGENG", 0),),
     )
-    async with serve_bank(settings) as (bank_base_url, simulator), aiohttp.ClientSession() as http:
+    async with (
+        serve_bank(settings, clock=clock) as (bank_base_url, simulator),
+        aiohttp.ClientSession() as http,
+    ):
         session = SnapSession(
             BankConnection(
                 base_url=base_url + "/snap",
@@ -158,10 +171,11 @@ async def harness(
                 channel_id=channel_id,
                 timeout_ms=5000,
                 attempts_max=1,
+                clock=clock,
             ),
             http,
         )
         yield Harness(
-            database_url, base_url, bank_base_url, session, http, simulator, own_private_pem
+            database_url, base_url, bank_base_url, session, http, simulator, own_private_pem, clock
         )
     await backoffice_runner.cleanup()

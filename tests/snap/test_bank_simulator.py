@@ -4,7 +4,6 @@ statements as MT940 and CSV (read back by the settlement importer), and injected
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import asyncpg
@@ -20,6 +19,7 @@ from settlement.statements import import_file
 from tests.snap.conftest import (
     Harness,
     card_number,
+    harness_time,
     issuer_account_no,
     merchant_account_no,
     partner_id,
@@ -35,7 +35,7 @@ def payout(
         source_account_no=issuer_account_no,
         beneficiary_account_no=account,
         amount_rupiah=amount,
-        transaction_date=dt.datetime.now(dt.UTC),
+        transaction_date=harness_time,
         beneficiary_bank_code=bank_code,
         beneficiary_account_name="WARUNG" if bank_code else "",
         remark="KSH SETTLEMENT",

@@ -66,7 +66,7 @@ async def test_generated_requests_get_documented_answers(harness: Harness) -> No
             case.validate_response(response, checks=checks)
             # signed by the bank: the body is what gets checked
             body = signature.minified_json(case.body)
-            timestamp = signature.format_timestamp(signature.utc_now())
+            timestamp = signature.format_timestamp(harness.clock.now())
             headers = {
                 "Content-Type": "application/json",
                 "Authorization": f"Bearer {token}",

@@ -78,7 +78,7 @@ async def raw_post(
     drop: tuple[str, ...] = (),
 ) -> tuple[int, dict[str, Any]]:
     token = token if token is not None else await harness.session.access_token()
-    timestamp = timestamp or signature.format_timestamp(signature.utc_now())
+    timestamp = timestamp or signature.format_timestamp(harness.clock.now())
     headers = {
         "Content-Type": "application/json",
         "Authorization": f"Bearer {token}",
@@ -131,8 +131,8 @@ async def test_access_token_refusals(harness: Harness, own_private_pem: bytes) -
         async with harness.http.post(url, data=body, headers=headers) as response:
             return response.status, (await response.json())["responseCode"]
 
-    now = signature.format_timestamp(signature.utc_now())
-    stale = signature.format_timestamp(signature.utc_now() - timedelta(minutes=10))
+    now = signature.format_timestamp(harness.clock.now())
+    stale = signature.format_timestamp(harness.clock.now() - timedelta(minutes=10))
     assert await ask(bank_key, partner_id, now) == (200, "2007300")
     assert await ask(wrong_key, partner_id, now) == (401, "4017300")
     assert await ask(bank_key, "NOBODY", now) == (401, "4017300")
@@ -293,7 +293,7 @@ async def test_security_refusals_book_nothing(harness: Harness) -> None:
         payment_path,
         token,
         body,
-        signature.format_timestamp(signature.utc_now()),
+        signature.format_timestamp(harness.clock.now()),
     )
     tampered = body.replace(b"50000.00", b"90000.00")
     status, answer = await raw_post(harness, payment_path, tampered, signature_text=signed)
@@ -301,7 +301,7 @@ async def test_security_refusals_book_nothing(harness: Harness) -> None:
 
     # stale and future timestamps, malformed timestamp
     for minutes in (-10, 10):
-        stamp = signature.format_timestamp(signature.utc_now() + timedelta(minutes=minutes))
+        stamp = signature.format_timestamp(harness.clock.now() + timedelta(minutes=minutes))
         status, answer = await raw_post(harness, payment_path, body, timestamp=stamp)
         assert (status, answer["responseCode"]) == (401, "4012500"), minutes
     status, answer = await raw_post(harness, payment_path, body, timestamp="2026-11-24 08:00")
@@ -346,7 +346,7 @@ async def test_a_body_arriving_in_pieces_is_read_whole(harness: Harness) -> None
         dict(payment_body(40_000, "PR-PIECES"), freeTexts=[{"english": "x" * 3000}])
     )
     token = await harness.session.access_token()
-    timestamp = signature.format_timestamp(signature.utc_now())
+    timestamp = signature.format_timestamp(harness.clock.now())
     headers = {
         "Content-Type": "application/json",
         "Authorization": f"Bearer {token}",
@@ -399,6 +399,7 @@ async def test_another_partners_token_and_expired_tokens(
             "another-banks-secret-key",
             own_private_pem,
             "95999",
+            clock=harness.clock,
         ),
         harness.http,
     )
@@ -427,7 +428,8 @@ async def test_another_partners_token_and_expired_tokens(
     connection = await asyncpg.connect(harness.database_url)
     try:
         await connection.execute(
-            "update snap_access_tokens set expires_at = now() - interval '1 second'"
+            "update snap_access_tokens set expires_at = $1",
+            harness.clock.now() - timedelta(seconds=1),
         )
     finally:
         await connection.close()
@@ -459,6 +461,7 @@ async def test_settings_come_from_the_backoffice_config(harness: Harness) -> Non
             harness.database_url,
             pool_connections_min=1,
             settings={"snap_timestamp_tolerance_seconds": 5, "snap_purse_cap_rupiah": 1_600_000},
+            clock=harness.clock,
         ),
         [install],
     )
@@ -470,7 +473,7 @@ async def test_settings_come_from_the_backoffice_config(harness: Harness) -> Non
         assert inquiry.body["virtualAccountData"]["totalAmount"]["value"] == "100000.00"
         other = dataclasses.replace(harness, base_url=base_url, session=session)
         body = signature.minified_json(inquiry_body())
-        stamp = signature.format_timestamp(signature.utc_now() - timedelta(seconds=30))
+        stamp = signature.format_timestamp(harness.clock.now() - timedelta(seconds=30))
         status, answer = await raw_post(other, inquiry_path, body, timestamp=stamp)
         assert (status, answer["responseCode"]) == (401, "4012400")
     finally:

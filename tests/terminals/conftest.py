@@ -3,6 +3,7 @@ PostgreSQL), with an operator, a merchant, and helpers to register terminals."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -16,8 +17,11 @@ from gateways.backoffice import BackofficeConfig, create_app
 from gateways.terminal_api import registry
 from gateways.terminal_api.registry import TerminalRole
 from gateways.terminal_api.routes import terminal_extension
+from ledger.clock import ManualClock, jakarta
 
 admin_token = "test-staff-token"
+# The terminal tests' day starts here (06:00 in Semarang, before the first bus).
+test_day_start = dt.datetime(2026, 11, 24, 6, 0, tzinfo=jakarta)
 operator_id = "TRANS-SEMARANG"
 merchant_id = "WARUNG-01"
 
@@ -27,6 +31,7 @@ class Backoffice:
     url: str
     database_url: str
     pool: asyncpg.Pool
+    clock: ManualClock  # the back office's: terminals sign with it, top-ups are paid by it
 
     async def register_validator(self, terminal_id: str) -> Ed25519PrivateKey:
         key = Ed25519PrivateKey.generate()
@@ -55,7 +60,8 @@ class Backoffice:
 
 @pytest.fixture
 async def backoffice(database_url: str) -> AsyncIterator[Backoffice]:
-    config = BackofficeConfig(database_url, settings={"admin_token": admin_token})
+    clock = ManualClock(test_day_start)
+    config = BackofficeConfig(database_url, settings={"admin_token": admin_token}, clock=clock)
     app = create_app(config, [terminal_extension])
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
@@ -65,7 +71,7 @@ async def backoffice(database_url: str) -> AsyncIterator[Backoffice]:
         await registry.register_operator(connection, operator_id, "Trans Semarang")
         await registry.register_merchant(connection, merchant_id, "Warung", fee_basis_points=100)
     try:
-        yield Backoffice(str(server.make_url("")).rstrip("/"), database_url, pool)
+        yield Backoffice(str(server.make_url("")).rstrip("/"), database_url, pool, clock)
     finally:
         await pool.close()
         await server.close()

@@ -25,7 +25,7 @@ async def test_a_short_day_books_every_card_transaction_exactly_once(
         card_pull_rate=0.15,
         top_up_rate=0.3,
     )
-    summary = await simulate_day(settings, backoffice.url)
+    summary = await simulate_day(settings, backoffice.url, backoffice.clock.unix_ms)
     assert summary.taps > 80
     assert summary.cards_pulled > 0
     assert summary.power_losses > 0

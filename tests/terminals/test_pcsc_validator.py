@@ -51,7 +51,9 @@ async def test_validator_through_pcscd_and_vpcd(
     cards = make_ksh_deck(store, [20_000, 20_000], seed="pcsc")
     numbers = ["6032900000000001", "6032900000000002"]
     async with backoffice.pool.acquire() as connection:
-        await registry.issue_cards(connection, dict.fromkeys(numbers, 20_000))
+        await registry.issue_cards(
+            connection, dict.fromkeys(numbers, 20_000), now=backoffice.clock.now()
+        )
     key = await backoffice.register_validator("PCSC-BUS")
     journal = Journal(tmp_path / "journal.db", "PCSC-BUS")
     terminal = Terminal("PCSC-BUS", journal, SyncState(), route="K1")
@@ -72,7 +74,13 @@ async def test_validator_through_pcscd_and_vpcd(
     assert verdicts[2][0] == Verdict.accepted
     async with aiohttp.ClientSession() as session:
         sync = SyncClient(
-            backoffice.url, "PCSC-BUS", key, journal, terminal.sync_state, session=session
+            backoffice.url,
+            "PCSC-BUS",
+            key,
+            journal,
+            terminal.sync_state,
+            session=session,
+            now_ms=backoffice.clock.unix_ms,
         )
         assert await sync.upload_all() == UploadStatus.nothing_to_send
     journal.close()

@@ -98,7 +98,7 @@ async def test_point_of_sale_sale_fee_and_refund(backoffice: Backoffice, tmp_pat
     card = make_ksh_deck(store, [100_000], seed="pos")[0]
     number = "6032900000000001"
     async with backoffice.pool.acquire() as connection:
-        await registry.issue_cards(connection, {number: 100_000})
+        await registry.issue_cards(connection, {number: 100_000}, now=backoffice.clock.now())
     key = await backoffice.register_pos("POS-1")
     journal = Journal(tmp_path / "journal.db", "POS-1")
     terminal = Terminal("POS-1", journal, SyncState(), merchant_id=merchant_id)
@@ -121,7 +121,13 @@ async def test_point_of_sale_sale_fee_and_refund(backoffice: Backoffice, tmp_pat
     assert too_much.reason == Reason.insufficient_balance  # type: ignore[attr-defined]
     async with aiohttp.ClientSession() as session:
         client = SyncClient(
-            backoffice.url, "POS-1", key, journal, terminal.sync_state, session=session
+            backoffice.url,
+            "POS-1",
+            key,
+            journal,
+            terminal.sync_state,
+            session=session,
+            now_ms=backoffice.clock.unix_ms,
         )
         assert await client.upload_all() == UploadStatus.nothing_to_send
     journal.close()

@@ -4,7 +4,6 @@ byte until acknowledged."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import aiohttp
@@ -30,11 +29,21 @@ async def test_downloads_and_their_authentication(backoffice: Backoffice, tmp_pa
     key = await backoffice.register_validator("V1")
     async with backoffice.pool.acquire() as connection:
         await registry.deny_cards(connection, ["6032984000000007"], "lost")
-        await registry.pay_pending_top_up(connection, "VA-1", "6032984000000001", 25_000)
+        await registry.pay_pending_top_up(
+            connection, "VA-1", "6032984000000001", 25_000, paid_at=backoffice.clock.now()
+        )
     state = SyncState()
     journal = Journal(tmp_path / "journal.db", "V1")
     async with aiohttp.ClientSession() as session:
-        client = SyncClient(backoffice.url, "V1", key, journal, state, session=session)
+        client = SyncClient(
+            backoffice.url,
+            "V1",
+            key,
+            journal,
+            state,
+            session=session,
+            now_ms=backoffice.clock.unix_ms,
+        )
         assert await client.download()
         assert "6032984000000007" in state.deny_list
         first_version = state.deny_list.version
@@ -55,7 +64,7 @@ async def test_downloads_and_their_authentication(backoffice: Backoffice, tmp_pa
         assert SyncState.load(tmp_path).deny_list.values == state.deny_list.values
 
         path = "/terminal/v1/sync?deny_since=0"
-        now = str(int(time.time() * 1000))
+        now = str(backoffice.clock.unix_ms())
         other = await backoffice.register_validator("V2")
         for headers, code in [
             ({}, "unauthenticated"),
@@ -80,7 +89,15 @@ async def test_a_lost_answer_resends_the_same_bytes(backoffice: Backoffice, tmp_
     )  # fmt: skip
     journal.commit(record.sequence)
     async with aiohttp.ClientSession() as session:
-        client = SyncClient(backoffice.url, "V1", key, journal, SyncState(), session=session)
+        client = SyncClient(
+            backoffice.url,
+            "V1",
+            key,
+            journal,
+            SyncState(),
+            session=session,
+            now_ms=backoffice.clock.unix_ms,
+        )
         client.lose_answer = lambda: True
         assert await client.upload_once() == UploadStatus.offline
         stored = journal.pending_batch()

@@ -10,6 +10,7 @@ account equals the card's own balance, minus what is still held in doubt at the 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import threading
 import uuid
@@ -45,6 +46,7 @@ from gateways.backoffice import BackofficeConfig, create_app
 from gateways.terminal_api import registry
 from gateways.terminal_api.registry import TerminalRole
 from gateways.terminal_api.routes import terminal_extension
+from ledger.clock import Clock, ManualClock
 from ledger.database import database_url_for
 
 operator_id = "TRANS-SEMARANG"
@@ -61,8 +63,9 @@ T = TypeVar("T")
 class BackofficeThread:
     """The back office (aiohttp + asyncpg) on its own event loop in a thread."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, clock: Clock) -> None:
         self.database_url = database_url
+        self.clock = clock
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -72,7 +75,9 @@ class BackofficeThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
 
     async def _start(self) -> tuple[str, asyncpg.Pool]:
-        app = create_app(BackofficeConfig(self.database_url), [terminal_extension])
+        app = create_app(
+            BackofficeConfig(self.database_url, clock=self.clock), [terminal_extension]
+        )
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -144,13 +149,23 @@ def test_tap_pull_kill_upload_state_machine(
             example = next(examples)
             folder = tmp_path_factory.mktemp(f"machine-{example}")
             self.database_url = databases.create()
-            self.office = BackofficeThread(self.database_url)
+            # The back office's clock follows the taps: a top-up is paid at the time of the
+            # last tap, so a later tap may or may not have delivered it already.
+            self.clock = ManualClock(dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC))
+            self.office = BackofficeThread(self.database_url, self.clock)
             self.cards = make_ksh_deck(store, [20_000, 3_000, 50_000], seed=f"machine-{example}")
             self.numbers = [str(card_reader_number(card)) for card in self.cards]
             self.history: dict[str, dict[int, LogRecord]] = {n: {} for n in self.numbers}
             self.buses = []
             for index in range(2):
-                bus = Bus(f"M{example}-{index}", "K1", Path(folder), keys, self.office.url)
+                bus = Bus(
+                    f"M{example}-{index}",
+                    "K1",
+                    Path(folder),
+                    keys,
+                    self.office.url,
+                    now_ms=self.clock.unix_ms,
+                )
                 self.office.run(self._register(bus))
                 self.buses.append(bus)
             self.office.run(self._issue())
@@ -174,6 +189,7 @@ def test_tap_pull_kill_upload_state_machine(
                 await registry.issue_cards(
                     connection,
                     {n: card_balance_and_log(c)[0] for n, c in zip(self.numbers, self.cards)},
+                    now=self.clock.now(),
                 )
 
         def _remember(self, number: str, card: EmulatedCard) -> None:
@@ -202,6 +218,7 @@ def test_tap_pull_kill_upload_state_machine(
         )
         def tap(self, card: int, bus: int, pull_at: int | None, minutes: int) -> None:
             self.time_ms += minutes * 60_000
+            self.clock.set(dt.datetime.fromtimestamp(self.time_ms / 1000, dt.UTC))
             feedback = self.buses[bus].tap(self.cards[card], self.time_ms, decide, pull_at)
             if pull_at is None:
                 assert feedback.verdict != Verdict.tap_again, feedback
@@ -228,7 +245,7 @@ def test_tap_pull_kill_upload_state_machine(
             async def pay() -> None:
                 async with self.office.pool.acquire() as connection:
                     await registry.pay_pending_top_up(
-                        connection, top_up_id, self.numbers[card], 10_000
+                        connection, top_up_id, self.numbers[card], 10_000, paid_at=self.clock.now()
                     )
 
             self.office.run(pay())

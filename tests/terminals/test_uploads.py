@@ -26,7 +26,9 @@ card = "6032984000000001"
 
 async def top_up(backoffice: Backoffice, card_number: str, amount: int, top_up_id: str) -> None:
     async with backoffice.pool.acquire() as connection:
-        await registry.pay_pending_top_up(connection, top_up_id, card_number, amount)
+        await registry.pay_pending_top_up(
+            connection, top_up_id, card_number, amount, paid_at=backoffice.clock.now()
+        )
 
 
 async def test_a_tap_is_booked_once_however_often_it_is_uploaded(backoffice: Backoffice) -> None:
@@ -121,7 +123,7 @@ async def test_counter_gaps_show_until_the_missing_tap_arrives(backoffice: Backo
     key_a = await backoffice.register_validator("VA")
     key_b = await backoffice.register_validator("VB")
     async with backoffice.pool.acquire() as connection:
-        await registry.issue_cards(connection, {card: 10_000})
+        await registry.issue_cards(connection, {card: 10_000}, now=backoffice.clock.now())
     async with aiohttp.ClientSession() as session:
         late = record("VB", 1, card, 2, 3_500, 3_000, previous=(1, "VA", 6_500))
         await post_batch(session, backoffice.url, key_b, "VB", 1, [late])
@@ -289,7 +291,7 @@ async def test_a_broken_balance_chain_is_flagged_whichever_tap_arrives_first(
     key_b = await backoffice.register_validator("VB")
     key_c = await backoffice.register_validator("VC")
     async with backoffice.pool.acquire() as connection:
-        await registry.issue_cards(connection, {card: 10_500})
+        await registry.issue_cards(connection, {card: 10_500}, now=backoffice.clock.now())
     async with aiohttp.ClientSession() as session:
         third = record("VC", 1, card, 3, 3_500, 1_000, previous=(2, "VB", 4_000))
         first = record("VA", 1, card, 1, 3_500, 7_000)
@@ -323,7 +325,7 @@ async def test_the_process_remembers_only_cards_the_database_showed(backoffice: 
     issued, offline = "6032984000000101", "6032984000000102"
     known = KnownCards()
     async with backoffice.pool.acquire() as connection:
-        await registry.issue_cards(connection, {issued: 0})
+        await registry.issue_cards(connection, {issued: 0}, now=backoffice.clock.now())
         transaction = connection.transaction()
         await transaction.start()
         await _ensure_cards(connection, [issued, offline], known)
@@ -344,7 +346,7 @@ async def test_a_broken_pair_within_one_upload_is_flagged_once(backoffice: Backo
     (the batch's records are stored before the check), flagged once."""
     key = await backoffice.register_validator("VP")
     async with backoffice.pool.acquire() as connection:
-        await registry.issue_cards(connection, {card: 10_500})
+        await registry.issue_cards(connection, {card: 10_500}, now=backoffice.clock.now())
     first = record("VP", 1, card, 1, 3_500, 7_000)
     second = record("VP", 2, card, 2, 3_500, 4_000, previous=(1, "VP", 7_000))
     async with aiohttp.ClientSession() as session:
