@@ -31,9 +31,10 @@ Concurrent callers are served in the order they call.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -75,11 +76,13 @@ class _Head:
     chain_hash: bytes
     state_version: int
     booked_at: datetime
-    clock_offset: timedelta  # the database's clock less this machine's, when the head was read
+    database_clock: datetime  # the database's clock when the head was read
+    read_at_monotonic: float  # this process's monotonic clock then
 
     def clock(self) -> datetime:
-        """The database's clock, as this machine's clock (which NTP keeps right) tells it."""
-        return datetime.now(UTC) + self.clock_offset
+        """The database's clock now, as the time elapsed since it was read tells it."""
+        elapsed = time.monotonic() - self.read_at_monotonic
+        return self.database_clock + timedelta(seconds=elapsed)
 
 
 @dataclass(slots=True)
@@ -310,7 +313,8 @@ class TransferPipeline:
             row["chain_hash"],
             row["state_version"],
             row["booked_at"],
-            row["clock"] - datetime.now(UTC),
+            row["clock"],
+            time.monotonic(),
         )
 
     async def _book(self, connection: asyncpg.Connection, planned: _Planned) -> None:

@@ -320,11 +320,17 @@ def write_csv(lines: Iterable[StatementLine]) -> str:
 
 
 def write_mt940(
-    lines: Iterable[StatementLine], account: str, statement_reference: str, opening_rupiah: int
+    lines: Iterable[StatementLine],
+    account: str,
+    statement_reference: str,
+    opening_rupiah: int,
+    day: dt.date | None = None,
 ) -> str:
-    """An MT940 statement for `lines` (the bank simulator's format; decimal comma)."""
+    """An MT940 statement for `lines` (the bank simulator's format; decimal comma), dated `day`
+    (default: the first line's value date; a statement without lines must name its day)."""
     rows = list(lines)
-    first_date = rows[0].value_date if rows else dt.date.today()
+    assert rows or day is not None, "a statement without lines needs its day"
+    first_date = day if day is not None else rows[0].value_date
     balance = opening_rupiah
 
     def money(rupiah: int) -> str:

@@ -25,8 +25,9 @@ import os
 import random
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
+
+from ledger.clock import system_clock
 
 transfers_default = 1_000_000
 cards_default = 100_000
@@ -176,7 +177,7 @@ async def _measure(
     client_cpu_s = 0.0
     backends_cpu_s: float | None = 0.0
     created = created_alone = 0
-    started = datetime.now(UTC)
+    started = system_clock.now()
     for first in range(0, batch_count, block):
         began, cpu_began, backends_began = time.perf_counter(), time.process_time(), _cpu(backends)
         for outcomes in await _book_pipelined(pipeline, pipelined[first : first + block], depth):
@@ -293,7 +294,7 @@ async def _copy_raw(
     copies = []
     sequence = first_batch * len(batches[0]) if batches else 0
     for number, batch in enumerate(batches, start=first_batch):
-        encoder = TransferRowEncoder(number, datetime.now(UTC))
+        encoder = TransferRowEncoder(number, system_clock.now())
         encoded = [copy_header]
         for transfer in batch:
             sequence += 1
