@@ -22,6 +22,11 @@ Semantics (GTFS-Fares v2 as in reference/fares.md, with our choices where the sp
 - Amounts are signed. Even without negative products one leg can come out negative: a type 2
   transfer whose AB is below what A paid, or a join that makes the effective leg cheaper. The
   running total of a journey or a card's day never goes below 0 then (the spec's arithmetic).
+- Out of service (ours, `decide` only): a tap no rule prices on a local date outside the feed's
+  service period (its calendar ran out, or has not begun) is `full_fare_no_service`: the full
+  fare (`_full_fare`) after passes and caps, on a fresh trip. A validator never refuses a rider
+  because the feed's calendar is stale; the outcome says why it charged. `price_journey` leaves
+  such legs unknown: it prices what the feed says, so it agrees with `decide` only in service.
 """
 
 from __future__ import annotations
@@ -503,6 +508,34 @@ def _resolve(
     return category, medium
 
 
+def _full_fare(
+    tariff: Tariff, network: int, stop: int, category: int, medium: int
+) -> LegMatch | None:
+    """The full fare of a leg boarded at `stop` on `network`, for this rider (category and
+    medium): the highest price the feed asks them for one leg at any time it prices one (each
+    timeframe pattern of its service period, each span between timeframe bounds), from the rules
+    a tap-on can match (destination unknown). So a discount limited in time (a student rate on
+    school days, an off-peak rate) does not apply, a concession that holds at all times does,
+    and no fare transfer. Ties: the earliest day and time. None: the rider can buy nothing."""
+    key = (network, stop, category, medium)
+    memo = tariff.full_fare_memo
+    if key in memo:
+        return memo[key]
+    best: LegMatch | None = None
+    for day in tariff.pattern_days or (0,):
+        for second in tariff.timeframe_bounds_s:
+            if second >= seconds_per_day:
+                continue
+            local_s = day * seconds_per_day + second
+            match = _match_leg(tariff, network, stop, no_index, local_s, local_s, category, medium)
+            if match is not None and (best is None or match.amount > best.amount):
+                best = match
+    if len(memo) >= leg_price_memo_entries_max:
+        memo.clear()
+    memo[key] = best
+    return best
+
+
 def _forget_trip(state: CardState) -> CardState:
     """Keep what the card paid (caps) and holds (pass); drop the trip part."""
     return blank_card_state._replace(
@@ -530,9 +563,24 @@ def decide(tariff: Tariff, state: CardState, tap: Tap) -> FareDecision:
         # Same 4-bit tag but indices from another tariff: start a fresh trip.
         state = _forget_trip(state)
         step = _step(tariff, state, network, stop, no_index, time_s, time_s, category, medium)
+    outcome = _priced
     if step is None:
-        return _unpriced(FareOutcome.unknown_fare, state)
-    amount, new_state, match, transfer, _ = step
+        # No rule prices the tap. On a date the feed's calendar does not cover (it has run
+        # out, or has not begun) the feed cannot say, and the tap is not refused for that:
+        # the full fare is due, after passes and caps, on a fresh trip (no fare transfer).
+        first_day, last_day = tariff.service_first_day, tariff.service_last_day
+        if first_day is None or last_day is None:
+            return _unpriced(FareOutcome.unknown_fare, state)
+        day = _local(tariff, time_s) // seconds_per_day
+        if first_day <= day <= last_day:
+            return _unpriced(FareOutcome.unknown_fare, state)
+        full = _full_fare(tariff, network, stop, category, medium)
+        if full is None:
+            return _unpriced(FareOutcome.unknown_fare, state)
+        outcome = FareOutcome.full_fare_no_service
+        amount, new_state, match, transfer = full.amount, _forget_trip(state), full, None
+    else:
+        amount, new_state, match, transfer, _ = step
     before_caps = amount
     pass_id: str | None = None
     if state.pass_index:
@@ -558,7 +606,7 @@ def decide(tariff: Tariff, state: CardState, tap: Tap) -> FareDecision:
     return _new_decision(
         FareDecision,
         (
-            _priced,
+            outcome,
             amount,
             new_state,
             tariff.product_ids[match.product_index],

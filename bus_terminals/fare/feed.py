@@ -5,8 +5,13 @@ reads the directory; `compile_feed(texts)` does the rest from file contents, so 
 feeds in memory. Every problem raises `FeedError(file, line, field, message)`; line 1 is the
 header, so the first data row is line 2.
 
-Extension files (not GTFS; documented in the README, section Fares): `public_holidays.txt`,
-`fare_caps.txt`, `fare_passes.txt`, and the `calendar.txt` column `ksh_public_holidays`.
+Extension files (not GTFS; documented in the README, section Fares): `public_holidays.txt`
+(with the column `ksh_basis`: `decree` or `projection`), `fare_caps.txt`, `fare_passes.txt`, and
+the `calendar.txt` column `ksh_public_holidays`.
+
+`feed_coverage(tariff, today)` says what the feed's calendar covers seen from a given day (the
+caller reads the clock): when its service ends, how many days are left, and which years of it
+have no public holidays.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import re
 import zoneinfo
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
@@ -74,6 +80,9 @@ transfer_count_max = 14
 card_caps_max = 2
 rolling_days_max = 366
 amount_minor_max = 2**31
+#: `public_holidays.txt` column `ksh_basis`: an official decree, or our projection of a year
+#: no decree covers yet (empty: not said).
+holiday_bases = ("decree", "projection")
 #: Service days and timeframes are computed over this many years around the calendar.
 timezone_scan_years = (2000, 2060)
 
@@ -359,7 +368,14 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
             if day in holidays:
                 raise holidays_table.error(row, "date", "date listed twice")
             holidays.add(day)
+            basis = row.get("ksh_basis", "")
+            if basis and basis not in holiday_bases:
+                raise holidays_table.error(
+                    row, "ksh_basis", f"{basis!r} is not one of {', '.join(holiday_bases)}"
+                )
     service_days: dict[str, set[int]] = defaultdict(set)
+    service_period: set[int] = set()  # first and last days of each row, added dates
+    uses_public_holidays = False
     calendar = table("calendar.txt")
     weekday_fields = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
     if calendar is not None:
@@ -374,6 +390,8 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
             if last < first:
                 raise calendar.error(row, "end_date", "before start_date")
             holiday_rule = calendar.integer(row, "ksh_public_holidays", 0, 2, default=0)
+            uses_public_holidays = uses_public_holidays or holiday_rule != 0
+            service_period.update((first, last))
             days = service_days[service]
             for day in range(first, last + 1):
                 if runs[(day + 3) % 7]:  # 1970-01-01 was a Thursday; Monday = 0
@@ -390,6 +408,7 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
             exception = calendar_dates.integer(row, "exception_type", 1, 2)
             if exception == 1:
                 service_days[service].add(day)
+                service_period.add(day)
             else:
                 service_days[service].discard(day)
 
@@ -427,6 +446,12 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
         {day: tuple(sorted(spans)) for day, spans in timeframe_rows[group].items()}
         for group in timeframe_ids
     )
+    # One day per distinct pattern of timeframe spans over the service period (`pattern_days`).
+    patterns: dict[tuple[tuple[tuple[int, int], ...] | None, ...], int] = {}
+    if service_period:
+        for day in range(min(service_period), max(service_period) + 1):
+            pattern = tuple(spans.get(day) for spans in timeframe_days)
+            patterns.setdefault(pattern, day)
 
     # --- areas
     areas = table("areas.txt")
@@ -835,4 +860,51 @@ def compile_feed(texts: Mapping[str, str]) -> Tariff:
         rider_lookup=rider_lookup,
         capped_riders=frozenset(key for key, chosen in caps_for.items() if chosen),
         fixed_offset_s=offset_s[0] if len(offset_s) == 1 else None,
+        service_first_day=min(service_period) if service_period else None,
+        service_last_day=max(service_period) if service_period else None,
+        holiday_days=frozenset(holidays),
+        uses_public_holidays=uses_public_holidays,
+        pattern_days=tuple(sorted(patterns.values())),
     )
+
+
+# ------------------------------------------------------------------------------ coverage
+
+
+def _date_of_day(day: int) -> datetime.date:
+    return _epoch + datetime.timedelta(days=day)
+
+
+def service_end_date(tariff: Tariff) -> datetime.date | None:
+    """The last local date the feed's calendar covers (None: the feed has no calendar)."""
+    if tariff.service_last_day is None:
+        return None
+    return _date_of_day(tariff.service_last_day)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedCoverage:
+    """What a feed's calendar covers, seen from `today` (a local date in the agency zone)."""
+
+    service_start: datetime.date | None  # None: no calendar (nothing in the feed expires)
+    service_end: datetime.date | None
+    days_left: int | None  # service_end - today: 0 = today is the last day; < 0: ended
+    years_without_holidays: tuple[int, ...]  # years of the service period with no holiday
+
+    @property
+    def ended(self) -> bool:
+        return self.days_left is not None and self.days_left < 0
+
+
+def feed_coverage(tariff: Tariff, today: datetime.date) -> FeedCoverage:
+    """The feed's service period against `today`. Years without public holidays are listed
+    only for a feed that ships holidays or has a service that depends on them."""
+    if tariff.service_first_day is None or tariff.service_last_day is None:
+        return FeedCoverage(None, None, None, ())
+    start = _date_of_day(tariff.service_first_day)
+    end = _date_of_day(tariff.service_last_day)
+    missing: tuple[int, ...] = ()
+    if tariff.uses_public_holidays or tariff.holiday_days:
+        shipped = {_date_of_day(day).year for day in tariff.holiday_days}
+        missing = tuple(year for year in range(start.year, end.year + 1) if year not in shipped)
+    return FeedCoverage(start, end, (end - today).days, missing)

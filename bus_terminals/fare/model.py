@@ -35,6 +35,10 @@ class FareOutcome(enum.Enum):
     """Business outcome of a fare decision (the validator acts on it)."""
 
     priced = "priced"  # amount is due (may be 0: transfer, pass, cap)
+    # No fare leg rule prices this tap and its local date is outside the feed's service period
+    # (the calendar has run out): the full fare is due, so the tap is never refused for the
+    # operator's paperwork. `amount` is the full fare after passes and caps (see engine).
+    full_fare_no_service = "full_fare_no_service"
     unknown_fare = "unknown_fare"  # no fare leg rule prices this tap (e.g. outside service hours)
     unknown_route = "unknown_route"  # the route id is not in the tariff
     unknown_rider_category = "unknown_rider_category"
@@ -128,6 +132,10 @@ blank_card_state = CardState(
     pass_last_day=0,
     caps=(),
 )
+
+
+#: Outcomes whose amount is charged (the others charge nothing and keep the card's state).
+charged_outcomes = frozenset({FareOutcome.priced, FareOutcome.full_fare_no_service})
 
 
 class FareDecision(NamedTuple):

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bus_terminals.fare.engine import decide
-from bus_terminals.fare.model import CardState, FareOutcome, Tap, blank_card_state
+from bus_terminals.fare.model import CardState, Tap, blank_card_state, charged_outcomes
 from bus_terminals.fare.tariff import Tariff
 
 #: Taps one card can have in a re-rated day; more is a data problem, not a rider.
@@ -25,7 +25,7 @@ class CardRerating:
     card_id: str
     total: int  # minor units over the priced taps
     amounts: tuple[int, ...]  # per tap, in time order (0 for an unpriced tap)
-    unpriced: tuple[int, ...]  # positions of taps no rule prices
+    unpriced: tuple[int, ...]  # positions of taps not charged (no rule prices them, in service)
     state: CardState  # the card state after the last tap
     too_many_taps: bool = False  # more than card_taps_per_day_max: not re-rated, look at it
 
@@ -47,10 +47,9 @@ def rerate_card(
     amounts: list[int] = []
     unpriced: list[int] = []
     total = 0
-    priced = FareOutcome.priced
     for position, tap in enumerate(ordered):
         decision = decide(tariff, state, tap)
-        if decision.outcome is priced:
+        if decision.outcome in charged_outcomes:  # priced, or the full fare out of service
             state = decision.state
             total += decision.amount
             amounts.append(decision.amount)

@@ -125,7 +125,20 @@ class Tariff:
     rider_lookup: dict[tuple[str | None, str | None], tuple[int, int]]
     capped_riders: frozenset[tuple[int, int]]  # (category, medium) with at least one cap
     fixed_offset_s: int | None  # the zone's only offset, when it has one (no bisect needed)
+    # The feed's service period: the first and last local day (days since 1970-01-01) of its
+    # calendar (calendar.txt start/end dates, calendar_dates.txt added dates); None without one.
+    # A tap no rule prices on a day outside it is charged the full fare (`engine.decide`).
+    service_first_day: int | None
+    service_last_day: int | None
+    holiday_days: frozenset[int]  # public_holidays.txt, local days since 1970-01-01
+    uses_public_holidays: bool  # some calendar.txt service has ksh_public_holidays 1 or 2
+    # One local day per distinct timeframe pattern of the service period (which timeframes
+    # hold which spans that day): every situation a leg can be priced in, for the full fare.
+    pattern_days: tuple[int, ...]
     leg_memo: dict[tuple[int, ...], LegMatch | None] = field(default_factory=dict)
+    # (network, from stop, category, medium) -> the full fare's leg match (`engine`); bounded
+    # like leg_memo, and like it never changes an answer.
+    full_fare_memo: dict[tuple[int, int, int, int], LegMatch | None] = field(default_factory=dict)
 
     def local_seconds(self, utc_s: int) -> int:
         """UTC epoch seconds -> local epoch seconds (days since epoch * 86400 + seconds of day)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def run_check(arguments: argparse.Namespace) -> int:
             raise UserError(
                 f"{name}: service ended {coverage.service_end}, {-coverage.days_left} days "
                 f"before {today}: validators with this feed charge every tap the full fare; "
-                "ship a feed whose calendar covers today"
+                f"ship a feed whose calendar covers {today}"
             )
         print(
             f"{name}: service {coverage.service_start} to {coverage.service_end}: "
@@ -92,7 +92,7 @@ def run_check(arguments: argparse.Namespace) -> int:
         if coverage.days_left <= service_end_warning_days:
             print(
                 f"ksh fare: warning: {name}: service ends {coverage.service_end}, "
-                f"{coverage.days_left} days after {today}: after that validators charge the "
+                f"{coverage.days_left} days left on {today}: after that validators charge the "
                 "full fare on every tap; extend calendar.txt (and public_holidays.txt)",
                 file=sys.stderr,
             )

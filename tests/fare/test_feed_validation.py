@@ -164,6 +164,10 @@ def test_the_good_feed_compiles() -> None:
             "public_holidays.txt:2: date: not a calendar date: '20250230'",
         ),
         (
+            {"public_holidays": "date,holiday_name,ksh_basis\n20250101,New Year,rumour"},
+            "public_holidays.txt:2: ksh_basis: 'rumour' is not one of decree, projection",
+        ),
+        (
             {"agency": "agency_id,agency_timezone\na,Mars/Olympus"},
             "agency.txt:2: agency_timezone: unknown time zone 'Mars/Olympus'",
         ),

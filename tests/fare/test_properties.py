@@ -7,7 +7,9 @@ concession category and caps.
 
 from __future__ import annotations
 
+import csv
 from collections import defaultdict
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -39,6 +41,7 @@ def feeds(
     ride_caps: bool = True,
     one_group: bool = False,
     every_medium: bool = False,
+    timed: bool = False,
 ) -> dict[str, str]:
     amount = st.integers(-300 if negative else 0, 600)
     products = ("p0", "p1", "p2", "p3", "t0", "t1")
@@ -56,7 +59,7 @@ def feeds(
         network = draw(st.sampled_from(("", *networks)))
         from_area = draw(st.sampled_from(("", *areas)))
         to_area = draw(st.sampled_from(("", *areas)))
-        timeframe = draw(st.sampled_from(("", "", "peak", "off")))
+        timeframe = draw(st.sampled_from(("peak", "off") if timed else ("", "", "peak", "off")))
         product = draw(st.sampled_from(products[:4]))
         group = "g" if one_group else f"g{network}"
         key = (network, from_area, to_area, timeframe, product)
@@ -299,3 +302,51 @@ def test_results_depend_only_on_the_arguments(texts: dict[str, str], taps: list[
     assert [decide(warm, blank_card_state, tap) for tap in taps] == [
         decide(cold, blank_card_state, tap) for tap in taps
     ]
+
+
+#: Moves a card's days (from `start_s`, a Monday) to the same weekdays after the feeds'
+#: calendar ends (2026-12-31): 2027-01-04 is a Monday.
+after_service_s = utc("2027-01-04T00:00") - utc("2025-03-10T00:00")
+
+
+def _after_service(texts: dict[str, str], taps: list[Tap]) -> None:
+    """Taps after the calendar ends: a rider who can buy a leg in service is never refused; a
+    tap no rule prices pays the highest single-leg fare the rider pays there in service (from
+    a blank card, at every half past the hour of a week: timeframes change on whole hours),
+    on a fresh trip, with caps only lowering it."""
+    tariff = compile_feed(texts)
+    late = [replace(tap, time_s=tap.time_s + after_service_s) for tap in taps]
+    monday = utc("2025-03-10T00:00")
+    for tap, decision in zip(late, through_the_card(tariff, late)):
+        in_service = [
+            step.amount_before_caps
+            for second in range(1800, 7 * 86_400, 3600)
+            for step in [decide(tariff, blank_card_state, replace(tap, time_s=monday + second))]
+            if step.outcome is FareOutcome.priced
+        ]
+        if not in_service:
+            assert decision.outcome is FareOutcome.unknown_fare
+            continue
+        assert decision.outcome is not FareOutcome.unknown_fare
+        if decision.outcome is FareOutcome.full_fare_no_service:
+            assert decision.amount_before_caps == max(in_service)
+            assert not decision.state.has_leg
+            if decision.amount_before_caps >= 0:
+                assert 0 <= decision.amount <= decision.amount_before_caps
+        else:  # a rule without a timeframe priced it, as on any day
+            rules = csv.DictReader(texts["fare_leg_rules.txt"].splitlines())
+            assert not all(rule["from_timeframe_group_id"] for rule in rules)
+
+
+@given(feeds(negative=True), card_days())
+def test_out_of_service_a_tap_is_never_refused_and_an_unpriced_one_pays_the_full_fare(
+    texts: dict[str, str], taps: list[Tap]
+) -> None:
+    _after_service(texts, taps)
+
+
+@given(feeds(negative=True, timed=True), card_days())
+def test_out_of_service_a_timed_feed_charges_every_tap_the_full_fare(
+    texts: dict[str, str], taps: list[Tap]
+) -> None:
+    _after_service(texts, taps)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bus_terminals.fare.engine import activate_pass, decide, price_journey
-from bus_terminals.fare.feed import load_feed
+from bus_terminals.fare.feed import feed_coverage, load_feed
 from bus_terminals.fare.model import FareOutcome, Leg, Tap, blank_card_state
 from bus_terminals.fare.tariff import Tariff
 from ksh.cli import main
@@ -212,13 +212,13 @@ def test_ksh_fare_price_names_file_line_and_field_of_a_bad_journey(
 
 
 def test_ksh_fare_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["fare", "check"]) == 0
+    assert main(["fare", "check", "--today", "2026-03-01"]) == 0
     assert "13 routes" in capsys.readouterr().out
     shipped = resources.files("bus_terminals.fare").joinpath("data", "trans_semarang")
     for entry in shipped.iterdir():
         if entry.name.endswith(".txt"):
             (tmp_path / entry.name).write_text(entry.read_text())
-    assert main(["fare", "check", "--gtfs", str(tmp_path)]) == 0
+    assert main(["fare", "check", "--gtfs", str(tmp_path), "--today", "2026-03-01"]) == 0
     capsys.readouterr()
     products = tmp_path / "fare_products.txt"
     products.write_text(products.read_text().replace("3500.00", "3500.005", 1))
@@ -251,3 +251,158 @@ def test_rerating_a_day_in_bulk(semarang: Tariff) -> None:
     refused = rerate_day(semarang, {"busy": busy})["busy"]
     assert refused.too_many_taps
     assert refused.total == 0
+
+
+def _gregorian_easter(year: int) -> datetime.date:
+    """The anonymous Gregorian computus (Meeus/Jones/Butcher)."""
+    a, b, c = year % 19, year // 100, year % 100
+    d, e = divmod(b, 4)
+    g = (8 * b + 13) // 25
+    h = (19 * a + b - d - g + 15) % 30
+    i, k = divmod(c, 4)
+    el = (32 + 2 * e + 2 * i - h - k) % 7
+    m = (a + 11 * h + 22 * el) // 451
+    month, day = divmod(h + el - 7 * m + 114, 31)
+    return datetime.date(year, month, day + 1)
+
+
+fixed_date_holidays = {
+    (1, 1): "Tahun Baru Masehi",
+    (5, 1): "Hari Buruh",
+    (6, 1): "Hari Lahir Pancasila",
+    (8, 17): "Hari Kemerdekaan",
+    (12, 25): "Natal",
+}
+every_year_holidays = {
+    *fixed_date_holidays.values(),
+    "Isra Mikraj",
+    "Tahun Baru Imlek",
+    "Hari Suci Nyepi",
+    "Idul Fitri",
+    "Wafat Yesus Kristus",
+    "Kebangkitan Yesus Kristus (Paskah)",
+    "Waisak",
+    "Kenaikan Yesus Kristus",
+    "Idul Adha",
+    "Tahun Baru Islam",
+    "Maulid Nabi Muhammad",
+}
+
+
+def _shipped_rows(name: str) -> list[dict[str, str]]:
+    folder = resources.files("bus_terminals.fare").joinpath("data", "trans_semarang")
+    return list(csv.DictReader(folder.joinpath(name).read_text().splitlines()))
+
+
+def test_shipped_calendar_and_holidays_cover_every_year_through_2030(semarang: Tariff) -> None:
+    calendar = _shipped_rows("calendar.txt")
+    assert all(row["end_date"] >= "20301231" for row in calendar)
+    first_year = min(int(row["start_date"][:4]) for row in calendar)
+    last_year = max(int(row["end_date"][:4]) for row in calendar)
+    holidays: dict[int, list[dict[str, str]]] = {}
+    for row in _shipped_rows("public_holidays.txt"):
+        holidays.setdefault(int(row["date"][:4]), []).append(row)
+    assert set(range(first_year, last_year + 1)) <= set(holidays)  # every year the calendar covers
+    assert set(range(2025, 2031)) <= set(holidays)
+    for year, rows in holidays.items():
+        days = {
+            datetime.date(year, int(row["date"][4:6]), int(row["date"][6:])): row for row in rows
+        }
+        for (month, day), name in fixed_date_holidays.items():
+            assert days[datetime.date(year, month, day)]["holiday_name"] == name, year
+        assert {row["holiday_name"] for row in rows} >= every_year_holidays, year
+        easter = _gregorian_easter(year)
+        for offset, name in ((-2, "Wafat Yesus Kristus"), (0, "Kebangkitan Yesus Kristus (Paskah)"),
+                             (39, "Kenaikan Yesus Kristus")):  # fmt: skip
+            assert days[easter + datetime.timedelta(days=offset)]["holiday_name"] == name, year
+        eid = sorted(day for day, row in days.items() if row["holiday_name"] == "Idul Fitri")
+        assert len(eid) == 2 and eid[1] - eid[0] == datetime.timedelta(days=1), year
+        # A decree where one exists (2025, 2026), our projection (and how) for the years after.
+        basis = "decree" if year <= 2026 else "projection"
+        for row in rows:
+            assert row["ksh_basis"] == basis, row
+            if basis == "decree":
+                assert "SKB 3 Menteri" in row["ksh_source"], row
+            else:
+                assert row["ksh_source"].startswith("assumption: projection"), row
+    coverage = feed_coverage(semarang, datetime.date(2025, 1, 1))
+    assert coverage.service_end == datetime.date(2030, 12, 31)
+    assert coverage.years_without_holidays == ()
+
+
+def test_the_student_rate_follows_the_2026_decree_and_the_projections(semarang: Tariff) -> None:
+    assert fare(semarang, "2026-03-20T08:05", "school_student") == 1_000_00  # cuti bersama only
+    assert fare(semarang, "2026-03-23T08:05", "school_student") == 1_000_00
+    assert fare(semarang, "2029-04-24T08:05", "school_student") == 3_500_00  # Idul Adha, projected
+    assert fare(semarang, "2030-12-25T08:05", "school_student") == 3_500_00  # Natal
+
+
+def test_after_the_service_ends_a_tap_is_charged_the_full_fare_and_says_why(
+    semarang: Tariff,
+) -> None:
+    monday = "2031-01-06T08:05"  # after the calendar's last day (2030-12-31)
+
+    def no_service(when: str, category: str, medium: str = "ksh_card") -> tuple[int, str | None]:
+        decision = decide(
+            semarang, blank_card_state, Tap(local(when), "K1", None, category, medium)
+        )
+        assert decision.outcome is FareOutcome.full_fare_no_service
+        assert not decision.state.has_leg  # a fresh trip: nothing to transfer from
+        return decision.amount, decision.fare_product_id
+
+    assert no_service(monday, "general") == (3_500_00, "general_fare")
+    assert no_service(monday, "general", "cash") == (4_000_00, "general_fare")
+    # A concession that holds every day stays; the student rate (school days only) does not.
+    assert no_service(monday, "elderly") == (1_000_00, "concession_fare")
+    assert no_service(monday, "school_student") == (3_500_00, "general_fare")
+    # The feed cannot say which hours a day it does not cover has: no tap is refused.
+    assert no_service("2031-01-06T04:30", "general") == (3_500_00, "general_fare")
+    assert no_service("2024-12-31T08:05", "general") == (3_500_00, "general_fare")  # not begun
+    # Each tap pays in full: no fare transfer out of service.
+    first = decide(semarang, blank_card_state, Tap(local(monday), "K1", None, "general", "cash"))
+    second = decide(semarang, first.state, Tap(local(monday) + 600, "K2", None, "general", "cash"))
+    assert (second.outcome, second.amount) == (FareOutcome.full_fare_no_service, 4_000_00)
+    # A pass on the card still holds.
+    card = activate_pass(
+        semarang, blank_card_state, "student_ecard_pelajar", local("2030-12-01T08:00")
+    )
+    held = decide(semarang, card, Tap(local(monday), "K2", None, "school_student", "e_card"))
+    assert (held.outcome, held.amount, held.pass_id) == (
+        FareOutcome.full_fare_no_service, 0, "student_ecard_pelajar",
+    )  # fmt: skip
+    # Inside the service period nothing changes: before 05:00 there is no fare.
+    early = Tap(local("2030-12-31T04:30"), "K1", None, "general", "ksh_card")
+    assert decide(semarang, blank_card_state, early).outcome is FareOutcome.unknown_fare
+
+
+def test_ksh_fare_check_warns_before_the_service_ends_and_fails_after(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fare", "check", "--today", "2030-10-01"]) == 0
+    captured = capsys.readouterr()
+    assert "service 2025-01-01 to 2030-12-31: 91 days left on 2030-10-01" in captured.out
+    assert captured.err == ""
+    assert main(["fare", "check", "--today", "2030-11-01"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith(
+        "ksh fare: warning: trans_semarang (shipped): service ends 2030-12-31, "
+        "60 days left on 2030-11-01"
+    )
+    assert main(["fare", "check", "--today", "2031-01-02"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "ksh fare: error: trans_semarang (shipped): service ended 2030-12-31, 2 days before "
+        "2031-01-02"
+    )
+    # A feed whose calendar runs on past the holidays it ships: a warning per year.
+    shipped = resources.files("bus_terminals.fare").joinpath("data", "trans_semarang")
+    for entry in shipped.iterdir():
+        if entry.name.endswith(".txt"):
+            (tmp_path / entry.name).write_text(entry.read_text())
+    calendar = tmp_path / "calendar.txt"
+    calendar.write_text(calendar.read_text().replace("20301231", "20321231"))
+    assert main(["fare", "check", "--gtfs", str(tmp_path), "--today", "2031-01-02"]) == 0
+    warnings = capsys.readouterr().err.splitlines()
+    assert [line.split(": ")[3] for line in warnings] == [
+        "no public holidays in 2031, which the calendar covers",
+        "no public holidays in 2032, which the calendar covers",
+    ]
