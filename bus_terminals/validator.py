@@ -7,7 +7,7 @@ from bus_terminals.fare.engine import decide
 from bus_terminals.fare.model import CardStateError, FareOutcome, Tap, blank_card_state
 from bus_terminals.fare.tariff import Tariff
 from bus_terminals.terminal import Charge, Decide, Reason
-from bus_terminals.wire import RecordKind
+from bus_terminals.wire import RecordKind, no_service_fare_detail
 from card_reader.ksh_card import CardState, RiderCategory
 
 fare_media_id = "ksh_card"
@@ -23,6 +23,7 @@ rider_category_ids = {
     RiderCategory.KIA_HOLDER: "kia_holder",
 }
 assert set(rider_category_ids) == set(RiderCategory), "every card category needs a fare category"
+assert FareOutcome.full_fare_no_service.value == no_service_fare_detail
 
 
 def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> Decide:
@@ -52,7 +53,10 @@ def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> D
             fare_media_id,
         )
         decision = decide(tariff, trip, tap)
-        if decision.outcome != FareOutcome.priced:
+        # Out of the feed's service period the full fare is charged, never refused: the card
+        # is the authority offline. The record says why, and the back office raises an alarm.
+        no_service = decision.outcome == FareOutcome.full_fare_no_service
+        if decision.outcome != FareOutcome.priced and not no_service:
             return Charge(RecordKind.fare_debit, 0, None, decision.outcome.value, Reason.no_fare)
         # A negative leg amount (a transfer cheaper than the leg before it) is money owed back
         # to the rider; the validator debits nothing and the record says what is owed.
@@ -69,6 +73,8 @@ def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> D
         if decision.pass_id:
             detail = f"pass {decision.pass_id}"
         detail += reset
+        if no_service:
+            detail = f"{no_service_fare_detail} {detail}"
         return Charge(
             RecordKind.fare_debit, fare_rupiah, encode_card_state(decision.state), detail[:64]
         )

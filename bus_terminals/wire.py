@@ -45,6 +45,12 @@ class RecordKind(enum.StrEnum):
     denied = "denied"  # no card transaction: deny list, expired, no funds (audit only)
 
 
+#: A fare_debit whose `fare_detail` starts with this word was charged the full fare because the
+#: validator's fare feed has no service on the tap's date (its calendar ran out): the tap is
+#: booked as usual and the back office raises an alarm for the stale feed.
+no_service_fare_detail = "full_fare_no_service"
+
+
 class RecordStatus(enum.StrEnum):
     committed = "committed"  # the card answered CommitTransaction with success
     in_doubt = "in_doubt"  # the commit's answer was lost: the card's log will tell

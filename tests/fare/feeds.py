@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime
+from importlib import resources
 
-from bus_terminals.fare.feed import compile_feed
+from bus_terminals.fare.feed import compile_feed, feed_file_names
 from bus_terminals.fare.model import Leg, Tap
 from bus_terminals.fare.tariff import Tariff
 
@@ -53,3 +54,18 @@ network_files = {
     "routes": "route_id,route_type,network_id\nra,3,A\nrb,3,B\nrc,3,C\nrx,3,",
     "stops": "stop_id,stop_name\ns1,S1\ns2,S2\ns3,S3\nhub,Hub",
 }
+
+
+def trans_semarang_ending(end_date: str) -> Tariff:
+    """The shipped Trans Semarang feed with its calendar cut to end on `end_date` (YYYYMMDD):
+    a feed whose service has run out, on any day the tests run."""
+    shipped = resources.files("bus_terminals.fare").joinpath("data", "trans_semarang")
+    texts = {
+        name: shipped.joinpath(name).read_text(encoding="utf-8")
+        for name in feed_file_names
+        if shipped.joinpath(name).is_file()
+    }
+    calendar = texts["calendar.txt"]
+    assert calendar.count(",20301231,") == 2, "the shipped calendar changed: update this helper"
+    texts["calendar.txt"] = calendar.replace(",20301231,", f",{end_date},")
+    return compile_feed(texts)

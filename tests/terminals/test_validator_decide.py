@@ -20,6 +20,7 @@ from card_reader.ksh_card import (
     RiderCategory,
 )
 from tests.fare.feeds import tariff as small_tariff
+from tests.fare.feeds import trans_semarang_ending
 
 tuesday_seven_am_ms = 1_795_478_400_000  # 2026-11-24 07:00 WIB, a Tuesday
 sunday_seven_am_ms = tuesday_seven_am_ms - 2 * 86_400_000  # 2026-11-22
@@ -101,3 +102,24 @@ def test_a_transfer_cheaper_than_the_leg_before_debits_nothing_and_records_what_
     assert second.refusal is Reason.none
     assert second.amount_rupiah == 0
     assert "owed 3000" in second.detail
+
+
+def test_a_feed_whose_service_has_ended_charges_the_full_fare_and_says_why() -> None:
+    stale = fare_decider(trans_semarang_ending("20260630"), "K1")  # the tap is in November
+    charges = {
+        category: stale(card(category), tuesday_seven_am_ms)
+        for category in (RiderCategory.GENERAL, RiderCategory.STUDENT, RiderCategory.ELDERLY)
+    }
+    assert {category: charge.refusal for category, charge in charges.items()} == {
+        category: Reason.none for category in charges
+    }
+    assert {category: (c.amount_rupiah, c.detail) for category, c in charges.items()} == {
+        RiderCategory.GENERAL: (3_500, "full_fare_no_service general_fare"),
+        RiderCategory.STUDENT: (3_500, "full_fare_no_service general_fare"),  # no school-day rate
+        RiderCategory.ELDERLY: (1_000, "full_fare_no_service concession_fare"),
+    }
+    written = charges[RiderCategory.GENERAL].trip_state
+    assert written is not None and not decode_card_state(written).has_leg
+    # The same tap with the feed in service: the ordinary charge, and no reason given.
+    fresh = fare_decider(trans_semarang, "K1")(card(RiderCategory.GENERAL), tuesday_seven_am_ms)
+    assert (fresh.amount_rupiah, fresh.detail) == (3_500, "general_fare")
