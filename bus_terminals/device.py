@@ -9,6 +9,7 @@ JSON line (what the display shows). The sync thread owns a second journal connec
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -50,12 +51,21 @@ class SyncThread:
         state: SyncState,
         interval_ms: int,
         now_ms: Callable[[], int],
+        feed_service_end: dt.date | None = None,
     ) -> None:
         self.stop_event: asyncio.Event | None = None
         self.loop = asyncio.new_event_loop()
         journal = Journal(state_folder / "journal.db", terminal_id, recover=False)
         key = load_private_key(key_path(state_folder))
-        self.client = SyncClient(backoffice_url, terminal_id, key, journal, state, now_ms=now_ms)
+        self.client = SyncClient(
+            backoffice_url,
+            terminal_id,
+            key,
+            journal,
+            state,
+            now_ms=now_ms,
+            feed_service_end=feed_service_end,
+        )
         self.state_folder = state_folder
         self.interval_ms = interval_ms
         self.thread = threading.Thread(target=self._run, name="sync", daemon=True)
@@ -92,6 +102,7 @@ class Device:
         route: str = "",
         merchant_id: str = "",
         sync_interval_ms: int = sync_interval_ms_default,
+        feed_service_end: dt.date | None = None,  # a validator's fare feed: reported on sync
     ) -> None:
         if not key_path(state_folder).exists():
             raise FileNotFoundError(f"{key_path(state_folder)}: run with --init first")
@@ -102,7 +113,13 @@ class Device:
             terminal_id, self.journal, self.state, route=route, merchant_id=merchant_id
         )
         self.sync = SyncThread(
-            backoffice_url, terminal_id, state_folder, self.state, sync_interval_ms, now_ms
+            backoffice_url,
+            terminal_id,
+            state_folder,
+            self.state,
+            sync_interval_ms,
+            now_ms,
+            feed_service_end,
         )
 
     def __enter__(self) -> Device:

@@ -99,8 +99,10 @@ class Bus:
         private_key: Ed25519PrivateKey | None = None,
         *,
         now_ms: Callable[[], int],
+        feed_service_end: dt.date | None = None,
     ) -> None:
         self.now_ms = now_ms  # the clock its sync signs requests with
+        self.feed_service_end = feed_service_end  # its fare feed's last day, reported on sync
         self.terminal_id = terminal_id
         self.route = route
         self.folder = folder / terminal_id
@@ -124,6 +126,7 @@ class Bus:
             self.state,
             now_ms=self.now_ms,
             session=self.session,
+            feed_service_end=self.feed_service_end,
         )
 
     def reboot(self) -> None:
@@ -208,7 +211,7 @@ async def simulate_day(
 ) -> SimulationSummary:
     """Run one service day against the back office at `backoffice_url` (staff token in
     `settings.admin_token`); returns what happened and how the cards compare with the books."""
-    from bus_terminals.fare.feed import load_feed
+    from bus_terminals.fare.feed import load_feed, service_end_date
     from bus_terminals.validator import fare_decider
     from card_reader.deck import make_ksh_deck
 
@@ -265,6 +268,7 @@ async def simulate_day(
                 url,
                 session,
                 now_ms=now_ms,
+                feed_service_end=service_end_date(tariff),
             )
             await _admin(
                 session,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import enum
 import json
 import logging
@@ -113,8 +114,12 @@ class SyncClient:
         now_ms: Callable[[], int],
         session: aiohttp.ClientSession | None = None,
         records_per_batch: int = batch_records_max,
+        feed_service_end: dt.date | None = None,
     ) -> None:
         self.now_ms = now_ms  # the terminal's clock (Unix ms): signs each download request
+        # A validator's fare feed: its last service day, reported on each download (inside the
+        # signed path) so the back office can show the days left on every bus's feed.
+        self.feed_service_end = feed_service_end
         self.base_url = base_url.rstrip("/")
         self.terminal_id = terminal_id
         self.private_key = private_key
@@ -209,6 +214,8 @@ class SyncClient:
     async def download(self) -> bool:
         """Refresh deny list, pending top-ups and versions; False when offline."""
         path = f"/terminal/v1/sync?deny_since={self.state.deny_list.version}"
+        if self.feed_service_end is not None:
+            path += f"&feed_service_end={self.feed_service_end:%Y%m%d}"
         try:
             session = await self.session()
             async with session.get(

@@ -41,6 +41,10 @@ class BackofficeConfig:
 
 config_key = web.AppKey("config", BackofficeConfig)
 pool_key = web.AppKey("pool", asyncpg.Pool)
+#: What an extension adds to `/health` beside the database: awaited with the application and a
+#: connection, it returns fields of the answer (e.g. the days left on the validators' feeds).
+HealthCheck = Callable[[web.Application, asyncpg.Connection], Awaitable[dict[str, Any]]]
+health_checks_key: web.AppKey[list[HealthCheck]] = web.AppKey("health_checks")
 
 Extension = Callable[[web.Application], None]
 
@@ -126,14 +130,18 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
 
 
 async def health(request: web.Request) -> web.Response:
+    fields: dict[str, Any] = {}
     async with request.app[pool_key].acquire() as connection:
         await connection.fetchval("select 1")
-    return web.json_response({"status": "ok"})
+        for check in request.app[health_checks_key]:
+            fields.update(await check(request.app, connection))
+    return web.json_response({"status": "ok", **fields})
 
 
 def create_app(config: BackofficeConfig, extensions: Iterable[Extension] = ()) -> web.Application:
     app = web.Application(middlewares=[problem_middleware], client_max_size=request_body_bytes_max)
     app[config_key] = config
+    app[health_checks_key] = []
     app.cleanup_ctx.append(database_pool)
     app.router.add_get("/health", health)
     for extension in extensions:

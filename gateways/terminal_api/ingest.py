@@ -44,6 +44,7 @@ from bus_terminals.wire import (
     card_terminal_number,
     decode_batch,
     load_public_key,
+    no_service_fare_detail,
     record_fields,
     signature_valid,
 )
@@ -104,6 +105,9 @@ class UploadAnswer:
     acknowledgement: dict[str, Any] = field(default_factory=dict)
     records_by_outcome: Counter[str] = field(default_factory=Counter)
     flags_by_reason: Counter[str] = field(default_factory=Counter)
+    # Fares booked that a validator charged in full for want of service in its feed, by
+    # terminal (`wire.no_service_fare_detail`): the alarm for a stale fare feed.
+    charged_without_service: Counter[str] = field(default_factory=Counter)
 
 
 _keys: dict[str, Any] = {}
@@ -316,6 +320,7 @@ async def _book(
     await _set_outcomes(connection, settled_earlier)
     await _monitor_cards(connection, booked_records, answer)
     await _take_top_ups(connection, booked_records, answer)
+    _note_charged_without_service(booked_records, answer)
     for _, outcome in new_records + changed:
         answer.records_by_outcome[outcome.value] += 1
     answer.acknowledgement = {
@@ -916,6 +921,30 @@ async def _monitor_cards(
     if flags:
         await _insert_flags(connection, list(flags), answer)
         await registry.deny_cards(connection, sorted({f[0] for f in flags}), "balance_mismatch")
+
+
+def _note_charged_without_service(booked: list[UploadRecord], answer: UploadAnswer) -> None:
+    """A fare charged in full because the validator's feed has no service that day is booked
+    like any other (the card paid it); its terminal runs a stale fare feed: raise the alarm."""
+    stale = [
+        record
+        for record in booked
+        if record.kind == RecordKind.fare_debit
+        and record.fare_detail.startswith(no_service_fare_detail)
+    ]
+    for record in stale:
+        answer.charged_without_service[record.terminal_id] += 1
+    for terminal_id, count in answer.charged_without_service.items():
+        logger.warning(
+            "taps charged the full fare without fare service: the terminal's fare feed has "
+            "run out, ship it a new one",
+            extra={
+                "reason": no_service_fare_detail,
+                "terminal_id": terminal_id,
+                "count": count,
+                "first_time_ms": min(r.time_ms for r in stale if r.terminal_id == terminal_id),
+            },
+        )
 
 
 def _balance_change(record: UploadRecord) -> int:

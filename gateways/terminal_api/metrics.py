@@ -43,7 +43,19 @@ class TerminalMetrics:
         self.upload_seconds = LabelledCounter(
             "ksh_terminal_upload_seconds_total", "Time spent booking uploads.", "result"
         )
+        self.charged_without_service = LabelledCounter(
+            "ksh_taps_charged_without_service_total",
+            "Fares booked that the validator charged in full because its fare feed has no "
+            "service on the tap's date (a stale feed: ship it a new one), by terminal.",
+            "terminal",
+        )
 
     def render(self) -> str:
-        parts = [self.uploads, self.records, self.card_flags, self.upload_seconds]
+        parts = [
+            self.uploads,
+            self.records,
+            self.card_flags,
+            self.upload_seconds,
+            self.charged_without_service,
+        ]
         return "\n".join(part.render() for part in parts) + "\n"

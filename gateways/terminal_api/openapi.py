@@ -112,8 +112,18 @@ def openapi_document() -> dict[str, Any]:
                         *terminal_headers,
                         timestamp,
                         {"name": "deny_since", "in": "query", "schema": {"type": "integer"}},
+                        {
+                            "name": "feed_service_end",
+                            "in": "query",
+                            "description": "a validator's fare feed: its last service day, "
+                            "YYYYMMDD (shown as days left on /health and /metrics)",
+                            "schema": {"type": "string", "pattern": "^[0-9]{8}$"},
+                        },
                     ],
-                    "responses": {"200": {"description": "sync state"}},
+                    "responses": {
+                        "200": {"description": "sync state"},
+                        "400": _problem("a query value is malformed"),
+                    },
                 }
             },
             "/terminal/v1/deny-list": {

@@ -16,6 +16,7 @@ Everyone: GET /metrics (Prometheus text), GET /openapi.json.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hmac
 import logging
 import sys
@@ -33,8 +34,8 @@ from bus_terminals.wire import (
     terminal_header,
     upload_body_bytes_max,
 )
-from gateways.backoffice import Problem, config_key, pool_key
-from gateways.terminal_api import books, registry
+from gateways.backoffice import Problem, config_key, health_checks_key, pool_key
+from gateways.terminal_api import books, feeds, registry
 from gateways.terminal_api.ingest import (
     KnownCards,
     UploadResult,
@@ -65,6 +66,7 @@ admin_body_bytes_max = 64 * 1024
 
 def terminal_extension(app: web.Application) -> None:
     app[metrics_key] = TerminalMetrics()
+    app[health_checks_key].append(feeds.feed_health)
     app[booking_slots_key] = asyncio.Semaphore(uploads_booking_per_process_max)
     app[known_cards_key] = KnownCards()
     app.router.add_post("/terminal/v1/uploads", upload)
@@ -125,6 +127,8 @@ async def upload(request: web.Request) -> web.Response:
         metrics.records.increment(outcome, count)
     for reason, count in answer.flags_by_reason.items():
         metrics.card_flags.increment(reason, count)
+    for stale_terminal, count in answer.charged_without_service.items():
+        metrics.charged_without_service.increment(stale_terminal, count)
     if answer.result in refusal_status:
         raise Problem(
             refusal_status[answer.result],
@@ -175,10 +179,13 @@ async def _authenticated_terminal(request: web.Request) -> registry.TerminalRow:
 
 
 async def sync(request: web.Request) -> web.Response:
-    await _authenticated_terminal(request)
+    terminal = await _authenticated_terminal(request)
     deny_since = _query_int(request, "deny_since", 0)
+    service_end = _query_feed_service_end(request)
     settings = request.app[config_key].settings
     async with request.app[pool_key].acquire() as connection:
+        if service_end is not None:  # signed with the path: the terminal's own word
+            await feeds.record_feed_service_end(connection, terminal.terminal_id, service_end)
         version = await registry.deny_list_version(connection)
         added = await connection.fetch(
             "select card_number from deny_list where entry_id > $1 order by entry_id limit $2",
@@ -238,6 +245,17 @@ async def deny_list(request: web.Request) -> web.Response:
         content_type="application/octet-stream",
         headers={"X-KSH-Version": str(version)},
     )
+
+
+def _query_feed_service_end(request: web.Request) -> dt.date | None:
+    """A validator's fare feed: its last service day (`feeds.feed_service_end_query`)."""
+    text = request.query.get(feeds.feed_service_end_query)
+    if text is None:
+        return None
+    try:
+        return feeds.parse_feed_service_end(text)
+    except ValueError as error:
+        raise Problem(400, "bad_query", str(error)) from None
 
 
 def _query_int(request: web.Request, name: str, default: int) -> int:
@@ -407,8 +425,6 @@ async def add_pending_top_up(request: web.Request) -> web.Response:
     paid_at_ms = _field(body, "paid_at_ms", int, None)
     paid_at = request.app[config_key].clock.now()
     if paid_at_ms is not None:
-        import datetime as dt
-
         try:
             paid_at = dt.datetime.fromtimestamp(paid_at_ms / 1000, dt.UTC)
         except (OverflowError, ValueError, OSError):
@@ -460,9 +476,11 @@ async def record_gaps(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        text=request.app[metrics_key].render(), content_type="text/plain", charset="utf-8"
-    )
+    today = feeds.backoffice_clock(request.app).today()
+    async with request.app[pool_key].acquire() as connection:
+        days_left = await feeds.validator_feed_days_left(connection, today)
+    text = request.app[metrics_key].render() + feeds.render_days_left(days_left)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -90,7 +90,7 @@ def run(arguments: argparse.Namespace) -> int:
         raise UserError("--route is required")
     if not (arguments.reader or arguments.emulated):
         raise UserError("give --reader NAME or --emulated DECK")
-    from bus_terminals.fare.feed import load_feed
+    from bus_terminals.fare.feed import load_feed, service_end_date
     from bus_terminals.validator import fare_decider
     from card_reader.keys import KeyRole
 
@@ -99,7 +99,14 @@ def run(arguments: argparse.Namespace) -> int:
         raise UserError(f"route {arguments.route!r} is not in the tariff")
     decide = fare_decider(tariff, arguments.route, arguments.stop)
     keys = terminal_keys(arguments, KeyRole.DEBIT, KeyRole.CREDIT)
-    return run_device(arguments, folder, keys, lambda words: decide, route=arguments.route)
+    return run_device(
+        arguments,
+        folder,
+        keys,
+        lambda words: decide,
+        route=arguments.route,
+        feed_service_end=service_end_date(tariff),
+    )
 
 
 def run_device(
@@ -110,6 +117,7 @@ def run_device(
     *,
     route: str = "",
     merchant_id: str = "",
+    feed_service_end: Any = None,  # datetime.date: a validator's fare feed, reported on sync
 ) -> int:
     """The reader loop shared by `ksh validator` and `ksh pos`."""
     from bus_terminals.device import Device, deck_taps, feedback_line, pcsc_taps
@@ -124,6 +132,7 @@ def run_device(
             route=route,
             merchant_id=merchant_id,
             sync_interval_ms=int(arguments.sync_interval_s * 1000),
+            feed_service_end=feed_service_end,
         )
     except (FileNotFoundError, ValueError) as error:  # missing, or damaged state files
         raise UserError(str(error)) from error

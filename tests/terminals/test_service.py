@@ -83,13 +83,17 @@ async def test_staff_endpoints_health_metrics_openapi(backoffice: Backoffice) ->
             view = await response.json()
         assert view["purse_balance_rupiah"] == 5_000
         async with session.get(backoffice.url + "/health") as response:
-            assert (await response.json()) == {"status": "ok"}
+            health = await response.json()
+        assert health["status"] == "ok"
+        assert health["validator_feeds"]["reporting"] == 0  # no validator has synced yet
         async with session.get(backoffice.url + "/openapi.json") as response:
             document = await response.json()
         assert "/terminal/v1/uploads" in document["paths"]
         async with session.get(backoffice.url + "/metrics") as response:
             text = await response.text()
         assert "# TYPE ksh_terminal_uploads_total counter" in text
+        assert "# TYPE ksh_taps_charged_without_service_total counter" in text
+        assert "# TYPE ksh_terminal_feed_days_left gauge" in text
 
 
 async def test_point_of_sale_sale_fee_and_refund(backoffice: Backoffice, tmp_path: Path) -> None:
