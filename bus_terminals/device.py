@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
@@ -28,6 +28,7 @@ from card_reader.port import ReaderPort
 
 sync_interval_ms_default = 30_000
 card_wait_ms = 500
+removal_wait_ms = 60_000
 
 
 def key_path(state_folder: Path) -> Path:
@@ -142,15 +143,18 @@ def feedback_line(feedback: Feedback) -> str:
 
 
 def pcsc_taps(reader: ReaderPort, stop: Callable[[], bool]) -> Iterator[ReaderPort]:
-    """Yield the reader each time a card arrives; wait for it to leave before the next."""
+    """Yield the reader each time a card arrives; wait for it to leave (a minute at most)
+    before the next. `stop` is asked at least every `card_wait_ms`."""
     while not stop():
         if reader.wait_for_card(card_wait_ms):
             yield reader
-            reader.wait_for_removal(60_000)
+            for _ in range(removal_wait_ms // card_wait_ms):
+                if stop() or reader.wait_for_removal(card_wait_ms):
+                    break
 
 
 def deck_taps(
-    deck_path: Path, lines: TextIO, out: TextIO
+    deck_path: Path, lines: Iterable[str], out: TextIO
 ) -> Iterator[tuple[ReaderPort, list[str]]]:
     """Read `INDEX [words...]` lines; insert that card of the deck, yield, save the deck."""
     cards: list[EmulatedCard] = load_deck(deck_path)

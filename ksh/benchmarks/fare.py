@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+from ksh.signals import Stop, stop_on_signals
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--taps", type=int, default=300_000, help="taps per decision loop")
@@ -16,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="decision loops: best of N")
 
 
-def _decision_loop(tariff: Any, rows: list[Any], repeats: int) -> dict[str, float]:
+def _decision_loop(tariff: Any, rows: list[Any], repeats: int, stop: Stop) -> dict[str, float]:
     """Decisions and floor lookups per second: the same loop, card state in, card state out.
 
     Each figure is the best of `repeats` interleaved runs, by wall clock and by this process's
@@ -28,6 +30,7 @@ def _decision_loop(tariff: Any, rows: list[Any], repeats: int) -> dict[str, floa
     route_prices = dict.fromkeys(tariff.route_index, blank_card_state)
     best = dict.fromkeys(("decide_wall", "decide_cpu", "floor_wall", "floor_cpu"), float("inf"))
     for _ in range(repeats):
+        stop.check()
         states = dict.fromkeys((card for card, _ in rows), blank_card_state)
         wall, cpu = time.perf_counter(), time.process_time()
         for card, tap in rows:
@@ -45,25 +48,38 @@ def _decision_loop(tariff: Any, rows: list[Any], repeats: int) -> dict[str, floa
 
 
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
-    from bus_terminals.fare.feed import compile_feed, load_feed
-    from bus_terminals.fare.rerate import group_taps_by_card, rerate_day
-    from bus_terminals.fare.synthetic import day_of_taps, large_feed_texts
+    from bus_terminals.fare.feed import load_feed
+    from bus_terminals.fare.synthetic import day_of_taps
 
     if min(arguments.taps, arguments.rerate_taps, arguments.rerate_cards, arguments.repeats) < 1:
         raise ValueError("tap, card and repeat counts must be positive")
     semarang = load_feed()
     rows = day_of_taps(semarang, cards=max(arguments.taps // 8, 1), taps=arguments.taps)
+    # SIGINT or SIGTERM (even SIGINT inherited ignored) ends the run between two timed loops.
+    with stop_on_signals() as stop:
+        return _measure(arguments, semarang, rows, stop)
+
+
+def _measure(
+    arguments: argparse.Namespace, semarang: Any, rows: list[Any], stop: Stop
+) -> dict[str, Any]:
+    from bus_terminals.fare.feed import compile_feed
+    from bus_terminals.fare.rerate import group_taps_by_card, rerate_day
+    from bus_terminals.fare.synthetic import day_of_taps, large_feed_texts
+
     gc.disable()
     try:
-        semarang_rates = _decision_loop(semarang, rows, arguments.repeats)
+        semarang_rates = _decision_loop(semarang, rows, arguments.repeats, stop)
+        stop.check()
         started = time.perf_counter()
         large = compile_feed(large_feed_texts())
         compile_large_s = time.perf_counter() - started
         large_rows = day_of_taps(large, cards=max(arguments.taps // 8, 1), taps=arguments.taps)
-        large_rates = _decision_loop(large, large_rows, arguments.repeats)
+        large_rates = _decision_loop(large, large_rows, arguments.repeats, stop)
         rerate_rows = day_of_taps(
             semarang, cards=arguments.rerate_cards, taps=arguments.rerate_taps, seed=2
         )
+        stop.check()
         started, started_cpu = time.perf_counter(), time.process_time()
         results = rerate_day(semarang, group_taps_by_card(rerate_rows))
         rerate_s = time.perf_counter() - started

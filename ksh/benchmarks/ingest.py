@@ -20,6 +20,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ksh import signals
+from ksh.signals import stop_on_signals
+
 operator_id = "TRANS-SEMARANG"
 first_card_number = 6032_9840_0000_0000
 
@@ -40,10 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
     from ledger.database import server_url
 
-    with server_url() as url:
-        figures = asyncio.run(_ingest(url, arguments))
-    figures.update(tap_latency(arguments.tap_samples))
-    figures.update(deny_list_figures(arguments.deny_list_cards))
+    # SIGINT or SIGTERM (even SIGINT inherited ignored) cancels the run; the server processes,
+    # the scratch database and the embedded server are cleaned up on the way out.
+    with stop_on_signals() as stop:
+        with server_url() as url:
+            stop.check()
+            figures = signals.run(_ingest(url, arguments), stop)
+        stop.check()
+        figures.update(tap_latency(arguments.tap_samples))
+        stop.check()
+        figures.update(deny_list_figures(arguments.deny_list_cards))
     return figures
 
 
@@ -148,6 +157,7 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
     from ledger.records import Account, AccountKind, Transfer, TransferCode, derive_id
 
     runner = None
+    workers: list[Any] = []
     try:
         connection = await asyncpg.connect(url)
         await registry.register_operator(connection, operator_id)
@@ -229,7 +239,6 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
                 body = encode_batch(UploadBatch(terminal, batch_sequence, batch_records))
                 bodies[terminal].append((body, sign(keys[terminal], body)))
 
-        workers: list[Any] = []
         if arguments.server_processes > 1:
             # Several back office processes on one port (SO_REUSEPORT), as `ksh serve` could run.
             port = _free_port()
@@ -278,9 +287,7 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
             await asyncio.gather(*(upload_terminal(session, t) for t in terminal_ids))
         elapsed = time.perf_counter() - started
-        for worker in workers:
-            worker.terminate()
-            worker.join(timeout=10)
+        stop_workers(workers)
 
         check = await asyncpg.connect(url)
         booked = await check.fetchval("select count(*) from ledger_transfers where code = $1", 1)
@@ -326,8 +333,21 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
             "upload_failures": failures,
         }
     finally:
+        stop_workers(workers)  # also when stopped by a signal: before the database is dropped
         if runner is not None:
             await runner.cleanup()
+
+
+def stop_workers(workers: list[Any]) -> None:
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()  # its run_app stops on SIGTERM, whatever it inherited
+    for worker in workers:
+        worker.join(timeout=10)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+    workers.clear()
 
 
 def tap_latency(samples: int) -> dict[str, Any]:

@@ -27,6 +27,8 @@ import time
 import uuid
 from typing import Any
 
+from ksh import signals
+from ksh.signals import stop_on_signals
 from ledger.clock import system_clock
 
 transfers_default = 1_000_000
@@ -55,8 +57,11 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
 
     if arguments.transfers <= 0 or arguments.cards <= 0 or not 0 < arguments.batch <= 8190:
         raise ValueError("--transfers and --cards must be positive, --batch 1..8190")
-    with server_url() as url:
-        return asyncio.run(_run(url, arguments))
+    # SIGINT or SIGTERM (even SIGINT inherited ignored) cancels the run; the scratch database
+    # and the embedded server are cleaned up on the way out.
+    with stop_on_signals() as stop, server_url() as url:
+        stop.check()
+        return signals.run(_run(url, arguments), stop)
 
 
 async def _run(server: str, arguments: argparse.Namespace) -> dict[str, Any]:

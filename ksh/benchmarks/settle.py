@@ -13,12 +13,14 @@ embedded server, in a scratch database it drops.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from ksh import signals
+from ksh.signals import stop_on_signals
 
 taps_default = 1_000_000
 merchants_default = 5_000
@@ -52,8 +54,11 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
 
     if min(arguments.taps, arguments.merchants, arguments.collections, arguments.cards) <= 0:
         raise ValueError("every count must be positive")
-    with server_url() as url:
-        return asyncio.run(_run(url, arguments))
+    # SIGINT or SIGTERM (even SIGINT inherited ignored) cancels the run; the scratch database
+    # and the embedded server are cleaned up on the way out.
+    with stop_on_signals() as stop, server_url() as url:
+        stop.check()
+        return signals.run(_run(url, arguments), stop)
 
 
 async def _run(server: str, arguments: argparse.Namespace) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ksh.signals import Stop, stop_on_signals
+
 if TYPE_CHECKING:
     from card_reader.emulator import EmulatedCard
     from card_reader.keys import KeyStore, TerminalKeys
@@ -57,15 +59,18 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-def time_taps(tap: Callable[[int], object], taps: int) -> list[float]:
-    """Milliseconds per tap, after a warm-up; the collector is kept out of the timed region."""
+def time_taps(tap: Callable[[int], object], taps: int, stop: Stop) -> list[float]:
+    """Milliseconds per tap, after a warm-up; the collector is kept out of the timed region.
+    A stop signal ends it between two taps (`Stopped`)."""
     for sequence in range(warmup_taps):
+        stop.check()
         tap(sequence)
     gc.collect()
     gc.disable()
     try:
         samples: list[float] = []
         for sequence in range(taps):
+            stop.check()
             started = time.perf_counter()
             tap(warmup_taps + sequence)
             samples.append((time.perf_counter() - started) * 1000)
@@ -114,7 +119,7 @@ def emulator_process(deck: Path, vpcd: str) -> Iterator[subprocess.Popen[bytes]]
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)  # it saves the deck and exits, as on Ctrl-C
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -123,6 +128,13 @@ def emulator_process(deck: Path, vpcd: str) -> Iterator[subprocess.Popen[bytes]]
 
 
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
+    # SIGINT or SIGTERM (even SIGINT inherited ignored) ends the run between two taps, and the
+    # emulator process and a pcscd started here are stopped on the way out.
+    with stop_on_signals() as stop:
+        return run_until_stopped(arguments, stop)
+
+
+def run_until_stopped(arguments: argparse.Namespace, stop: Stop) -> dict[str, Any]:
     from card_reader.emulator import EmulatedCard, EmulatedReader, save_deck
     from card_reader.keys import KeyRole
     from card_reader.ksh_card import read_uid
@@ -143,7 +155,9 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     # Counted over the timed taps, each of which writes a new trip state (the warm-up's is
     # unchanged, which saves the WriteData exchange).
     exchanges_before = in_process_reader.exchanges
-    in_process_ms = time_taps(lambda sequence: debit(in_process_reader, keys, sequence + 1), taps)
+    in_process_ms = time_taps(
+        lambda sequence: debit(in_process_reader, keys, sequence + 1), taps, stop
+    )
     exchanges_per_tap = (in_process_reader.exchanges - exchanges_before) / (warmup_taps + taps)
 
     try:
@@ -151,15 +165,17 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     except ReaderPortError as error:
         raise ValueError(str(error)) from error
     try:
+        stop.check()
         with tempfile.TemporaryDirectory() as folder:
             deck = Path(folder) / "deck.json"
             save_deck([card], deck)
             with emulator_process(deck, arguments.vpcd), PcscReader(arguments.reader) as reader:
                 if not reader.wait_for_card(card_timeout_ms):
+                    stop.check()
                     raise ValueError(f"no card appeared in {reader.name!r} (vpcd on that port?)")
-                pcsc_ms = time_taps(lambda sequence: debit(reader, keys, sequence), taps)
+                pcsc_ms = time_taps(lambda sequence: debit(reader, keys, sequence), taps, stop)
                 # One bare exchange (GET DATA UID: no crypto on either side): the stack's own cost.
-                exchange_ms = time_taps(lambda _: read_uid(reader), taps)
+                exchange_ms = time_taps(lambda _: read_uid(reader), taps, stop)
     except ReaderPortError as error:
         raise ValueError(str(error)) from error
     finally:

@@ -15,7 +15,6 @@ import getpass
 import hashlib
 import json
 import os
-import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ksh.cli import UserError
+from ksh.signals import stop_on_signals
 from ledger.clock import system_clock
 
 if TYPE_CHECKING:
@@ -241,10 +241,6 @@ def hint_if_not_connected(bridge: VpcdBridge) -> None:
         )
 
 
-def stop_on_signal(signal_number: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run_emulate(arguments: argparse.Namespace) -> int:
     from card_reader.emulator import EmulatedCard
     from card_reader.vpcd import VirtualCard, VpcdAddress, VpcdBridge
@@ -272,17 +268,16 @@ def run_emulate(arguments: argparse.Namespace) -> int:
     bridge = VpcdBridge(card, address)
     hint = threading.Timer(vpcd_hint_after_ms / 1000, hint_if_not_connected, (bridge,))
     hint.daemon = True
-    hint.start()
-    previous_handler = signal.signal(signal.SIGTERM, stop_on_signal)  # `kill` stops it cleanly too
-    try:
-        bridge.serve()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        hint.cancel()
-        signal.signal(signal.SIGTERM, previous_handler)
-        bridge.stop()
-        card.power_off()  # a deck card saves itself here
+    # Ctrl-C and `kill` alike take the card away, even when SIGINT was inherited ignored.
+    with stop_on_signals() as stop:
+        stop.when_requested(bridge.stop)
+        hint.start()
+        try:
+            bridge.serve()
+        finally:
+            hint.cancel()
+            bridge.stop()
+            card.power_off()  # a deck card saves itself here
     print("card removed", file=sys.stderr)
     return 0
 

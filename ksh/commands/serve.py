@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import importlib
 import logging
 import os
+import time
 from typing import Any
 
+from ksh import signals
 from ksh.cli import UserError
+from ksh.signals import stop_on_signals
 
 # Extensions mounted when their module exists: (module, attribute holding an Extension).
 optional_extensions: tuple[tuple[str, str], ...] = (
@@ -60,7 +65,7 @@ def extensions() -> list[Any]:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    import asyncio
+    import multiprocessing
 
     from gateways.backoffice import log_as_json_lines
     from ksh.database import connect
@@ -75,7 +80,9 @@ def run(arguments: argparse.Namespace) -> int:
     }
     if not 1 <= arguments.workers <= workers_max:
         raise UserError(f"--workers must be 1 to {workers_max}")
-    with server_url() as url:
+    # SIGINT or SIGTERM, even one that comes while the database starts or migrates (or SIGINT
+    # inherited ignored), stops the service cleanly: the workers, then the embedded server.
+    with stop_on_signals() as stop, server_url() as url:
 
         async def migrate() -> None:
             connection = await connect(url)
@@ -85,11 +92,11 @@ def run(arguments: argparse.Namespace) -> int:
                 await connection.close()
 
         try:
-            asyncio.run(migrate())
+            asyncio.run(migrate())  # not cancelled by a signal: a migration runs to its end
         except OSError as error:
             raise UserError(f"cannot reach the database: {error}") from error
-        import multiprocessing
-
+        if stop.requested:
+            return 0
         context = multiprocessing.get_context("spawn")
         # One process sweeps the expired holds: the others would find nothing left to do.
         others_settings = {**settings, "expiry_sweep_interval_s": 0}
@@ -104,19 +111,33 @@ def run(arguments: argparse.Namespace) -> int:
         for process in others:
             process.start()
         try:
-            serve_process(url, settings, arguments.host, arguments.port)
+            serve_process(url, settings, arguments.host, arguments.port, stop)
         except OSError as error:
             raise UserError(
                 f"cannot listen on {arguments.host}:{arguments.port}: {error}"
             ) from error
         finally:
-            for process in others:
-                process.terminate()
-                process.join(timeout=10)
+            stop_workers(others)
     return 0
 
 
+def stop_workers(workers: list[Any]) -> None:
+    """SIGTERM to every worker (each finishes its requests and closes its pool), then wait;
+    one still running after `worker_stop_timeout_s` is killed."""
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    deadline = time.monotonic() + worker_stop_timeout_s
+    for worker in workers:
+        worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
 workers_max = 16
+worker_stop_timeout_s = 70  # aiohttp gives requests under way 60 s to finish
+keepalive_timeout_s = 75  # as aiohttp's run_app
 
 
 def expiry_sweep_interval_s() -> float:
@@ -134,12 +155,43 @@ def expiry_sweep_interval_s() -> float:
     return interval
 
 
-def serve_process(database_url: str, settings: dict[str, Any], host: str, port: int) -> None:
-    """One serving process: the whole app, its own pool, on the shared port."""
-    from aiohttp import web
+def serve_process(
+    database_url: str,
+    settings: dict[str, Any],
+    host: str,
+    port: int,
+    stop: signals.Stop | None = None,
+) -> None:
+    """One serving process: the whole app, its own pool, on the shared port, until SIGINT or
+    SIGTERM (handled explicitly, whatever the process inherited) or, in a worker, until the
+    process that started it is gone."""
+    import multiprocessing
 
     from gateways.backoffice import BackofficeConfig, create_app, log_as_json_lines
 
     log_as_json_lines()
     app = create_app(BackofficeConfig(database_url, settings=settings), extensions())
-    web.run_app(app, host=host, port=port, access_log=None, reuse_port=True)
+    parent = multiprocessing.parent_process()
+    parent_sentinel = parent.sentinel if parent is not None else None
+    with contextlib.suppress(signals.Stopped):
+        signals.run(serve_app(app, host, port, parent_sentinel), stop)
+
+
+async def serve_app(app: Any, host: str, port: int, parent_sentinel: int | None) -> None:
+    """Serve `app` until cancelled (a stop signal) or `parent_sentinel` becomes readable (the
+    parent process ended, even killed); then finish the requests under way and clean up."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=keepalive_timeout_s)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=True)
+        await site.start()
+        logging.getLogger("ksh.serve").info("serving on http://%s:%d", host, port)
+        parent_gone = asyncio.Event()
+        if parent_sentinel is not None:
+            asyncio.get_running_loop().add_reader(parent_sentinel, parent_gone.set)
+        await parent_gone.wait()
+        logging.getLogger("ksh.serve").warning("the serving process's parent ended: stopping")
+    finally:
+        await runner.cleanup()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ksh.cli import UserError
+from ksh.signals import lines_until_stopped, stop_on_signals
 from ledger.clock import system_clock
 
 
@@ -136,11 +137,14 @@ def run_device(
         )
     except (FileNotFoundError, ValueError) as error:  # missing, or damaged state files
         raise UserError(str(error)) from error
-    with device:
+    # SIGINT or SIGTERM ends the loop between taps (never inside one), even when SIGINT was
+    # inherited ignored; leaving `with device` stops the sync thread and closes the journal.
+    with stop_on_signals() as stop, device:
         if arguments.emulated:
             if not arguments.emulated.exists():
                 raise UserError(f"{arguments.emulated}: no such deck")
-            for reader, words in deck_taps(arguments.emulated, sys.stdin, sys.stdout):
+            lines = lines_until_stopped(sys.stdin, stop)
+            for reader, words in deck_taps(arguments.emulated, lines, sys.stdout):
                 decide = decider_for(words)
                 if decide is None:
                     print('{"error": "unknown command"}', flush=True)
@@ -154,7 +158,7 @@ def run_device(
                 reader = PcscReader(arguments.reader)
             except ReaderError as error:
                 raise UserError(str(error)) from error
-            for present in pcsc_taps(reader, lambda: False):
+            for present in pcsc_taps(reader, lambda: stop.requested):
                 decide = decider_for([])
                 print(
                     feedback_line(device.tap(present, system_clock.unix_ms(), decide)), flush=True

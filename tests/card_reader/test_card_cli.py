@@ -45,21 +45,31 @@ def deck(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     return path
 
 
+emulator_exit_timeout_s = 10
+
+
 class Emulator:
-    """`ksh card emulate` as its own process, stopped with Ctrl-C (SIGINT)."""
+    """`ksh card emulate` as its own process, started as a non-interactive shell starts a
+    background job: with SIGINT ignored (the emulator must handle it explicitly anyway)."""
 
     def __init__(self, *arguments: str) -> None:
+        command = [sys.executable, "-m", "ksh", "card", "emulate", *arguments]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ksh", "card", "emulate", *arguments],
+            ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh", *command],  # same pid
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
-    def interrupt(self) -> tuple[int, str, str]:
-        self.process.send_signal(signal.SIGINT)
-        out, err = self.process.communicate(timeout=10)
+    def stop(self, signal_number: int) -> tuple[int, str, str]:
+        self.process.send_signal(signal_number)
+        try:
+            out, err = self.process.communicate(timeout=emulator_exit_timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            name = signal.Signals(signal_number).name
+            pytest.fail(f"the emulator did not exit within {emulator_exit_timeout_s} s of {name}")
         return self.process.returncode, out, err
 
     def kill(self) -> None:
@@ -76,20 +86,25 @@ def emulators() -> Iterator[list[Emulator]]:
         emulator.kill()
 
 
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
 def test_deck_card_in_vpcd_is_seen_by_pcsc_and_saved_back(
-    pcsc_reader_name: str, deck: Path, emulators: list[Emulator]
+    pcsc_reader_name: str, deck: Path, emulators: list[Emulator], signal_number: int
 ) -> None:
+    """Ctrl-C or `kill` takes the card away and saves it to its deck, even when the emulator
+    was started with SIGINT ignored (as from a script: the failure this reproduces)."""
     cards_before = load_deck(deck)
-    emulator = Emulator("--deck", str(deck), "--index", "1")
-    emulators.append(emulator)
     with PcscReader(pcsc_reader_name) as reader:
+        assert reader.wait_for_removal(card_timeout_ms)  # what an earlier test left
+        emulator = Emulator("--deck", str(deck), "--index", "1")
+        emulators.append(emulator)
         assert reader.wait_for_card(card_timeout_ms)
         assert read_uid(reader) == cards_before[1].uid
         desfire = Desfire(reader, card_uid=reader.card_uid)
         desfire.authenticate_ev2_first(0, bytes(16))
         desfire.create_application(0x010203, 0x0F, 1)
-        status, out, err = emulator.interrupt()
+        status, out, err = emulator.stop(signal_number)
         assert status == 0, err
+        assert "card removed" in err
         assert cards_before[1].uid.hex().upper() in out
         assert reader.wait_for_removal(card_timeout_ms)
     cards_after = load_deck(deck)
