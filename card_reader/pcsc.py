@@ -380,8 +380,13 @@ def start_pcscd_if_needed(reader_substring: str = "Virtual PCD") -> subprocess.P
                     "pcscd is not running and cannot be started here (needs root and pcscd)",
                     reader_name=reader_substring,
                 )
+            # In a session of its own: a Ctrl-C meant for us must not stop it under our clean-up
+            # (we stop it ourselves, with stop_pcscd).
             started = subprocess.Popen(
-                [pcscd, "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                [pcscd, "--foreground"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
         time.sleep(0.1)
     if started is not None:

@@ -6,24 +6,23 @@ test_pcsc_transactions.py. pcscd polls card presence, so tests wait with timeout
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from card_reader.pcsc import (
-    CardEvent,
-    PcscReader,
-    pick_reader_name,
-    start_pcscd_if_needed,
-    stop_pcscd,
-)
+from card_reader.pcsc import CardEvent, PcscReader, pick_reader_name, stop_pcscd
 from card_reader.port import CardError, ReaderError, ReaderPort
-from card_reader.vpcd import VpcdBridge
+from card_reader.vpcd import VpcdAddress, VpcdBridge
 from tests.card_reader.test_vpcd_framing import EchoCard, test_atr, test_uid
 from tests.conftest import unavailable
 
@@ -149,50 +148,214 @@ def test_insert_and_remove_events(bridge: VpcdBridge, reader: PcscReader) -> Non
     assert not reader.card_present()
 
 
-def pcscd_children_of_this_process() -> list[int]:
-    result = subprocess.run(["pgrep", "-x", "-P", str(os.getpid()), "pcscd"], capture_output=True)
-    return [int(pid) for pid in result.stdout.split()]
+# ---------------------------------------------------------------------------- pcscd restarts
+
+shared_vpcd_config = Path("/etc/reader.conf.d/vpcd")
+pcscd_run_folder = Path("/run/pcscd")  # pcscd 1.9 puts its socket here, whatever the environment
+private_pcscd_timeout_s = 10
+restart_test_timeout_s = 90
+exit_unavailable = 3  # the scenario's exit status when no private pcscd can be started here
 
 
-@pytest.fixture(scope="session")
-def restarted_pcscds() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """pcscd processes started by a test in place of the session's; stopped at session end."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        stop_pcscd(process)
+def pcscd_usb_driver_folder() -> str:
+    """Where this pcscd looks for USB reader drivers (`usbdropdir` in `pcscd --version`)."""
+    version = subprocess.run(["pcscd", "--version"], capture_output=True, text=True).stdout
+    for word in version.split():
+        if word.startswith("usbdropdir="):
+            return word.removeprefix("usbdropdir=")
+    raise ValueError(f"pcscd --version names no usbdropdir: {version!r}")
 
 
-def test_recovers_after_pcscd_restarts(
-    pcsc_reader_name: str,
-    bridge: VpcdBridge,
-    restarted_pcscds: list[subprocess.Popen[bytes]],
-) -> None:
+def vpcd_library() -> str:
+    """The vpcd driver the shared configuration names (LIBPATH)."""
+    for line in shared_vpcd_config.read_text().splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] == "LIBPATH":
+            return words[1]
+    raise ValueError(f"{shared_vpcd_config} names no LIBPATH")
+
+
+def free_port_pair() -> int:
+    """A TCP port free on every interface, with the next one free too (vpcd's second slot)."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("", 0))
+            port = int(first.getsockname()[1])
+            if port >= 0xFFFF:
+                continue
+            try:
+                second.bind(("", port + 1))
+            except OSError:
+                continue
+            return port
+    raise OSError("no two free neighbouring TCP ports")
+
+
+class PrivatePcscd:
+    """A pcscd of this test's own, beside the shared one (which it never touches).
+
+    pcscd 1.9 always listens on /run/pcscd/pcscd.comm, so it runs in a mount namespace of its
+    own where `folder`/run is mounted there: its socket appears as `socket_path` (clients find
+    it through PCSCLITE_CSOCK_NAME). Its reader configuration is the shared vpcd one on another
+    port, and an empty USB driver folder keeps it off real readers (they are the shared one's).
+    """
+
+    def __init__(self, folder: Path, vpcd_port: int) -> None:
+        self.folder = folder
+        self.vpcd_port = vpcd_port
+        self.run_folder = folder / "run"
+        self.socket_path = self.run_folder / "pcscd.comm"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def prepare(self) -> None:
+        for name in ("run", "config", "no-usb-drivers"):
+            (self.folder / name).mkdir(exist_ok=True)
+        (self.folder / "libifdvpcd.so").touch()  # where the real driver is mounted
+        channel = f"0x{self.vpcd_port:04X}"
+        (self.folder / "config" / "vpcd").write_text(
+            f'FRIENDLYNAME "Virtual PCD"\nDEVICENAME /dev/null:{channel}\n'
+            f"LIBPATH {self.folder / 'libifdvpcd.so'}\nCHANNELID {channel}\n"
+        )
+
+    def start(self) -> None:
+        assert self.process is None or self.process.poll() is not None
+        script = (
+            "set -e\n"
+            f'mkdir -p "{pcscd_run_folder}"\n'
+            f'mount --bind "{self.run_folder}" "{pcscd_run_folder}"\n'
+            f'mount --bind "{vpcd_library()}" "{self.folder / "libifdvpcd.so"}"\n'
+            f'mount --bind "{self.folder / "no-usb-drivers"}" "{pcscd_usb_driver_folder()}"\n'
+            f'exec pcscd --foreground --config "{self.folder / "config"}"\n'
+        )
+        with open(self.folder / "pcscd.log", "ab") as log:
+            # unshare execs the shell, which execs pcscd: self.process is pcscd itself.
+            self.process = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_for_reader(self) -> str:
+        """The private vpcd's first reader, once pcscd shows it."""
+        from card_reader.pcsc import reader_names_if_reachable
+
+        assert self.process is not None
+        deadline = time.monotonic() + private_pcscd_timeout_s
+        while time.monotonic() < deadline:
+            names = sorted(
+                name for name in reader_names_if_reachable() or () if "Virtual PCD" in name
+            )
+            if names:
+                return names[0]
+            if self.process.poll() is not None:
+                if "unshare: " in self.log():  # no mount namespace for us here
+                    raise PrivatePcscdUnavailable(self.log())
+                raise AssertionError(f"private pcscd exited: {self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"private pcscd showed no reader in time: {self.log()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            stop_pcscd(self.process)
+
+    def log(self) -> str:
+        return (self.folder / "pcscd.log").read_text(errors="replace").strip()[-2000:]
+
+
+class PrivatePcscdUnavailable(Exception):
+    pass
+
+
+def restart_scenario(folder: str, vpcd_port: str) -> None:
+    """The restart test proper, in a process whose PCSCLITE_CSOCK_NAME names the private
+    pcscd's socket (libpcsclite reads it once per process, so not in pytest's)."""
+    pcscd = PrivatePcscd(Path(folder), int(vpcd_port))
+    assert os.environ.get("PCSCLITE_CSOCK_NAME") == str(pcscd.socket_path)
+    pcscd.start()
+    try:
+        try:
+            name = pcscd.wait_for_reader()
+        except PrivatePcscdUnavailable as error:
+            print(error, file=sys.stderr)
+            sys.exit(exit_unavailable)
+        with VpcdBridge(EchoCard(), VpcdAddress("127.0.0.1", pcscd.vpcd_port)):
+            reader = PcscReader(name)
+            assert reader.wait_for_card(card_timeout_ms)
+            assert reader.transmit(b"\x01\x02") == b"\x02\x01\x91\x00"
+            pcscd.stop()
+            with pytest.raises(ReaderError, match="Service not available"):
+                reader.transmit(b"\x01\x02")
+            with pytest.raises(ReaderError, match="cannot reach pcscd"):
+                reader.wait_for_card(100)
+            pcscd.start()
+            assert pcscd.wait_for_reader() == name
+            assert reader.wait_for_card(card_timeout_ms)
+            assert reader.transmit(b"\x05\x06") == b"\x06\x05\x91\x00"
+            reader.close()
+    finally:
+        pcscd.stop()
+    print("recovered")
+
+
+def test_recovers_after_pcscd_restarts() -> None:
     """Stop pcscd under a connected reader; the next calls fail cleanly, then recover.
 
-    Only a pcscd this test run started may be stopped (others may be using a system one).
+    The pcscd stopped is a private one (its own socket and vpcd port), never the shared pcscd
+    the other tests use, so this works beside a system pcscd, socket-activated or not.
     """
-    ours = pcscd_children_of_this_process()
-    if len(ours) != 1 or not Path("/proc", str(ours[0])).exists():
-        unavailable(
-            "pcscd was not started by this test run, so restarting it would disturb others",
-            "stop pcscd and let the test fixture start it",
+    missing = [
+        what
+        for what, present in (
+            ("root", os.geteuid() == 0),
+            ("unshare", shutil.which("unshare") is not None),
+            ("pcscd", shutil.which("pcscd") is not None),
+            (str(shared_vpcd_config), shared_vpcd_config.exists()),
         )
-    reader = PcscReader(pcsc_reader_name)
-    bridge.insert(EchoCard())
-    assert reader.wait_for_card(card_timeout_ms)
-    os.kill(ours[0], signal.SIGTERM)
-    os.waitpid(ours[0], 0)
-    with pytest.raises(ReaderError, match="Service not available"):
-        reader.transmit(b"\x01\x02")
-    with pytest.raises(ReaderError, match="cannot reach pcscd"):
-        reader.wait_for_card(100)
-    restarted = start_pcscd_if_needed(pcsc_reader_name)
-    assert restarted is not None  # the session fixture's handle is dead: this one is ours
-    restarted_pcscds.append(restarted)
-    assert reader.wait_for_card(card_timeout_ms)
-    assert reader.transmit(b"\x05\x06") == b"\x06\x05\x91\x00"
-    reader.close()
+        if not present
+    ]
+    if missing:
+        unavailable(
+            f"a private pcscd needs {', '.join(missing)}",
+            "run the tests as root with util-linux, pcscd and vsmartcard-vpcd installed",
+        )
+    with tempfile.TemporaryDirectory(prefix="ksh-pcscd-") as folder:  # short: a socket path
+        run_restart_scenario(PrivatePcscd(Path(folder), free_port_pair()))
+
+
+def run_restart_scenario(pcscd: PrivatePcscd) -> None:
+    pcscd.prepare()
+    scenario = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tests.card_reader.test_pcsc_reader import restart_scenario; "
+            "restart_scenario(*sys.argv[1:])",
+            str(pcscd.folder),
+            str(pcscd.vpcd_port),
+        ],
+        cwd=Path(__file__).parents[2],
+        env={**os.environ, "PCSCLITE_CSOCK_NAME": str(pcscd.socket_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its pcscd too: one process group to clean up
+    )
+    try:
+        out, err = scenario.communicate(timeout=restart_test_timeout_s)
+    except subprocess.TimeoutExpired:
+        out, err = "", f"no result within {restart_test_timeout_s} s"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(scenario.pid, signal.SIGKILL)  # whatever is left of it (nothing, normally)
+        scenario.wait()
+    if scenario.returncode == exit_unavailable:
+        unavailable(
+            f"no private pcscd can run here ({err.strip()[-500:]})",
+            "run the tests as root where mount namespaces are allowed (unshare --mount)",
+        )
+    assert scenario.returncode == 0 and out.strip() == "recovered", (
+        f"exit {scenario.returncode}\n{out}\n{err}\npcscd log:\n{pcscd.log()}"
+    )
 
 
 def test_a_card_held_exclusively_elsewhere_is_waited_for_without_spinning(
