@@ -6,7 +6,8 @@ set -euo pipefail
 project_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${KSH_VENV:-$project_root/.venv}"
 # python3-venv, python3-dev and gcc: a fresh Debian lacks them, and pyscard builds from source.
-system_packages=(python3 python3-venv python3-dev gcc pcscd vsmartcard-vpcd libpcsclite-dev swig chromium)
+# faketime: CI runs the date-sensitive tests again at other instants (.ci/run).
+system_packages=(python3 python3-venv python3-dev gcc pcscd vsmartcard-vpcd libpcsclite-dev swig chromium faketime)
 
 missing_system_packages() {
     local package

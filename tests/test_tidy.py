@@ -83,9 +83,13 @@ def test_business_time_comes_from_the_injected_clock() -> None:
                     found.append(
                         f"{relative}:{node.lineno}: time.monotonic() (use Clock.monotonic)"
                     )
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if sql_clock.search(node.value) and relative not in sql_clock_allowed:
-                    found.append(f"{relative}:{node.lineno}: SQL clock in {node.value[:60]!r}")
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and sql_clock.search(node.value)
+                and relative not in sql_clock_allowed
+            ):
+                found.append(f"{relative}:{node.lineno}: SQL clock in {node.value[:60]!r}")
     assert not found, "read the clock through ledger.clock instead:\n" + "\n".join(found)
 
 
