@@ -9,7 +9,6 @@ component can name a card's purse without a lookup.
 from __future__ import annotations
 
 import enum
-import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,35 +17,40 @@ import asyncpg
 
 from bus_terminals.wire import reference_check
 from gateways.terminal_api import books
-from ledger.records import Account, AccountFlags, AccountKind, booked_results, derive_id
-
-fee_income_owner = "merchant-discount"
-suspense_owner = "card-anomalies"
-
-
-account_ids_cached_max = 100_000  # ~ the cards active in a few hours of uploads
-
-
-@functools.lru_cache(maxsize=account_ids_cached_max)
-def purse_account_id(card_number: str) -> uuid.UUID:
-    return derive_id("card-purse", card_number)
-
-
-@functools.lru_cache(maxsize=account_ids_cached_max)
-def pending_top_up_account_id(card_number: str) -> uuid.UUID:
-    return derive_id("card-pending-top-up", card_number)
-
-
-def operator_revenue_account_id(operator_id: str) -> uuid.UUID:
-    return derive_id("operator-revenue", operator_id)
-
-
-def merchant_payable_account_id(merchant_id: str) -> uuid.UUID:
-    return derive_id("merchant-payable", merchant_id)
-
-
-fee_income_account_id = derive_id("fee-income", fee_income_owner)
-suspense_account_id = derive_id("suspense", suspense_owner)
+from gateways.terminal_api.accounts import (
+    bank_clearing_account_id as bank_clearing_account_id,
+)
+from gateways.terminal_api.accounts import (
+    card_issue_transfer_id as card_issue_transfer_id,
+)
+from gateways.terminal_api.accounts import (
+    fee_income_account_id as fee_income_account_id,
+)
+from gateways.terminal_api.accounts import (
+    fee_income_owner as fee_income_owner,
+)
+from gateways.terminal_api.accounts import (
+    merchant_payable_account_id as merchant_payable_account_id,
+)
+from gateways.terminal_api.accounts import (
+    operator_revenue_account_id as operator_revenue_account_id,
+)
+from gateways.terminal_api.accounts import (
+    pending_top_up_account_id as pending_top_up_account_id,
+)
+from gateways.terminal_api.accounts import (
+    pending_top_up_transfer_id as pending_top_up_transfer_id,
+)
+from gateways.terminal_api.accounts import (
+    purse_account_id as purse_account_id,
+)
+from gateways.terminal_api.accounts import (
+    suspense_account_id as suspense_account_id,
+)
+from gateways.terminal_api.accounts import (
+    suspense_owner as suspense_owner,
+)
+from ledger.records import Account, AccountFlags, AccountKind, booked_results
 
 
 class TerminalRole(enum.StrEnum):
@@ -262,14 +266,6 @@ async def deny_list_version(connection: asyncpg.Connection) -> int:
     return int(await connection.fetchval("select coalesce(max(entry_id), 0) from deny_list"))
 
 
-def bank_clearing_account_id(bank_code: str) -> uuid.UUID:
-    return derive_id("bank-clearing", bank_code)
-
-
-def pending_top_up_transfer_id(top_up_id: str) -> uuid.UUID:
-    return derive_id("pending-top-up", top_up_id)
-
-
 async def pay_pending_top_up(
     connection: asyncpg.Connection,
     top_up_id: str,
@@ -363,10 +359,6 @@ def _first_gaps(counters: list[int], most: int) -> list[int]:
             expected += 1
         expected = counter + 1
     return gaps
-
-
-def card_issue_transfer_id(card_number: str) -> uuid.UUID:
-    return derive_id("card-issue", card_number)
 
 
 async def issue_cards(

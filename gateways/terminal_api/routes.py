@@ -28,6 +28,8 @@ import asyncpg
 from aiohttp import web
 
 from bus_terminals.wire import (
+    WireError,
+    load_public_key,
     reference_check,
     signature_header,
     signature_valid,
@@ -36,15 +38,11 @@ from bus_terminals.wire import (
 )
 from gateways.backoffice import Problem, config_key, health_checks_key, pool_key
 from gateways.terminal_api import books, feeds, registry
-from gateways.terminal_api.ingest import (
-    KnownCards,
-    UploadResult,
-    _public_key,
-    ingest_upload,
-    refusal_status,
-)
+from gateways.terminal_api.acceptance import public_key
+from gateways.terminal_api.ingest import KnownCards, ingest_upload
 from gateways.terminal_api.metrics import TerminalMetrics
 from gateways.terminal_api.openapi import openapi_document
+from gateways.terminal_api.planning import UploadResult, refusal_status
 from gateways.terminal_api.registry import TerminalRole, TerminalStatus
 
 logger = logging.getLogger("ksh.terminals")
@@ -173,7 +171,7 @@ async def _authenticated_terminal(request: web.Request) -> registry.TerminalRow:
     if terminal.status != TerminalStatus.active:
         raise Problem(403, UploadResult.terminal_revoked.value, f"terminal {terminal_id}")
     signed = request_signing_bytes(request.method, request.path_qs, timestamp)
-    if not signature_valid(_public_key(terminal.public_key), signed, signature):
+    if not signature_valid(public_key(terminal.public_key), signed, signature):
         raise Problem(401, UploadResult.signature_invalid.value, "request signature is wrong")
     return terminal
 
@@ -347,7 +345,6 @@ async def add_terminal(request: web.Request) -> web.Response:
         role == TerminalRole.pos
     ) != (merchant_id is not None):
         raise Problem(400, "bad_field", "a validator names an operator_id, a POS a merchant_id")
-    from bus_terminals.wire import WireError, load_public_key
 
     try:
         load_public_key(public_key)

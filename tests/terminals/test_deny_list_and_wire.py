@@ -134,7 +134,7 @@ def test_the_fast_record_check_agrees_with_the_field_table(
     st.sampled_from(["fare", "sale", "fee", "top-up", "refund"]),
 )
 def test_card_transfer_ids_are_the_ledgers_derived_ids(number: str, counter: int, leg: str) -> None:
-    from gateways.terminal_api.ingest import card_transfer_id
+    from gateways.terminal_api.accounts import card_transfer_id
     from ledger.records import derive_id
 
     assert card_transfer_id(number, counter, leg) == derive_id(

@@ -320,7 +320,7 @@ async def test_a_broken_balance_chain_is_flagged_whichever_tap_arrives_first(
 async def test_the_process_remembers_only_cards_the_database_showed(backoffice: Backoffice) -> None:
     """Cards seen in the cards table are not looked up again; a card registered by an upload
     whose transaction then rolls back is not remembered, and the next upload registers it."""
-    from gateways.terminal_api.ingest import KnownCards, _ensure_cards
+    from gateways.terminal_api.ingest import KnownCards, ensure_cards
 
     issued, offline = "6032984000000101", "6032984000000102"
     known = KnownCards()
@@ -328,13 +328,13 @@ async def test_the_process_remembers_only_cards_the_database_showed(backoffice: 
         await registry.issue_cards(connection, {issued: 0}, now=backoffice.clock.now())
         transaction = connection.transaction()
         await transaction.start()
-        await _ensure_cards(connection, [issued, offline], known)
+        await ensure_cards(connection, [issued, offline], known)
         assert await connection.fetchval(
             "select count(*) from cards where card_number = $1", offline
         )
         await transaction.rollback()
         assert known.numbers == {issued}
-        await _ensure_cards(connection, [issued, offline], known)
+        await ensure_cards(connection, [issued, offline], known)
         assert await connection.fetchval(
             "select count(*) from cards where card_number = $1", offline
         )

@@ -1,0 +1,114 @@
+"""Accepting an upload batch before anything in it is believed: the terminal, its signature
+over the raw body (checked once per batch), the batch sequence, replays, and what the
+terminal's role may report. Only then is the body parsed.
+
+Inside the caller's transaction, the terminal's row is locked: batches of one terminal are
+serial. The next batch sequence is accepted; an earlier one is a replay (same bytes: the stored
+acknowledgement again; other bytes: refused); a later one is out of order (refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from bus_terminals.wire import (
+    RecordKind,
+    UploadBatch,
+    WireError,
+    decode_batch,
+    load_public_key,
+    signature_valid,
+)
+from gateways.terminal_api import registry
+from gateways.terminal_api.planning import UploadAnswer, UploadResult
+from gateways.terminal_api.registry import TerminalRole, TerminalRow, TerminalStatus
+
+public_key_cache_max = 100_000
+_keys: dict[str, Any] = {}
+
+
+def public_key(text: str) -> Any:
+    """A terminal's Ed25519 public key from its registered text, parsed once per process."""
+    key = _keys.get(text)
+    if key is None:
+        if len(_keys) >= public_key_cache_max:
+            _keys.clear()
+        key = _keys[text] = load_public_key(text)
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    terminal: TerminalRow
+    batch: UploadBatch
+    digest: bytes  # SHA-256 of the body, kept to tell a replay from a conflict
+
+
+async def accept(
+    connection: asyncpg.Connection, header_terminal_id: str, signature: str, body: bytes
+) -> Accepted | UploadAnswer:
+    """The batch to book, or the answer that refuses it (or replays an earlier one)."""
+    terminal = await registry.terminal(connection, header_terminal_id, for_update=True)
+    if terminal is None:
+        return UploadAnswer(UploadResult.unknown_terminal, f"terminal {header_terminal_id!r}")
+    if terminal.status != TerminalStatus.active:
+        return UploadAnswer(UploadResult.terminal_revoked, f"terminal {terminal.terminal_id}")
+    if not signature_valid(public_key(terminal.public_key), body, signature):
+        return UploadAnswer(UploadResult.signature_invalid, "signature does not match body")
+    try:
+        batch = decode_batch(body)
+    except WireError as error:
+        return UploadAnswer(UploadResult.malformed, str(error))
+    if batch.terminal_id != terminal.terminal_id:
+        return UploadAnswer(UploadResult.terminal_mismatch, "body names another terminal")
+    digest = hashlib.sha256(body).digest()
+    if batch.batch_sequence < terminal.next_batch_sequence:
+        return await _replay(connection, terminal, batch.batch_sequence, digest)
+    if batch.batch_sequence > terminal.next_batch_sequence:
+        return UploadAnswer(
+            UploadResult.batch_out_of_order,
+            f"batch {batch.batch_sequence} arrived; expected {terminal.next_batch_sequence}",
+            acknowledgement={"expected_batch_sequence": terminal.next_batch_sequence},
+        )
+    problem = role_problem(terminal, batch)
+    if problem:
+        return UploadAnswer(UploadResult.record_not_for_role, problem)
+    return Accepted(terminal, batch, digest)
+
+
+async def _replay(
+    connection: asyncpg.Connection, terminal: TerminalRow, batch_sequence: int, digest: bytes
+) -> UploadAnswer:
+    row = await connection.fetchrow(
+        "select body_sha256, acknowledgement from upload_batches "
+        "where terminal_id = $1 and batch_sequence = $2",
+        terminal.terminal_id,
+        batch_sequence,
+    )
+    if row is None or bytes(row["body_sha256"]) != digest:
+        return UploadAnswer(
+            UploadResult.batch_conflict,
+            f"batch {batch_sequence} was already accepted with other content",
+        )
+    return UploadAnswer(UploadResult.exists, acknowledgement=json.loads(row["acknowledgement"]))
+
+
+_validator_kinds = frozenset({RecordKind.fare_debit, RecordKind.topup_credit, RecordKind.denied})
+_pos_kinds = frozenset(
+    {RecordKind.sale, RecordKind.refund, RecordKind.topup_credit, RecordKind.denied}
+)
+
+
+def role_problem(terminal: TerminalRow, batch: UploadBatch) -> str:
+    kinds = _validator_kinds if terminal.role == TerminalRole.validator else _pos_kinds
+    for record in batch.records:
+        if record.kind not in kinds:
+            return f"record {record.sequence}: a {terminal.role} does not make {record.kind}"
+        if terminal.role == TerminalRole.pos and record.merchant_id != terminal.merchant_id:
+            return f"record {record.sequence}: merchant {record.merchant_id!r} is not this POS's"
+    return ""

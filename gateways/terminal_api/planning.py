@@ -1,0 +1,507 @@
+"""Planning an accepted upload batch: what to store, what to book, what to flag. Pure.
+
+The writer (`gateways.terminal_api.ingest`) loads what a batch needs, calls these functions,
+and writes what they return, as the ledger's store calls `booking.decide_batch`. Nothing here
+touches the database, the clock or the network, so the rules are tested on their own
+(`tests/terminals/test_planning.py`, with Hypothesis):
+
+1. `classify`: each record against what its terminal already reported under its (terminal id,
+   sequence): new, a status change (in doubt → committed | void), a repeat, or a conflict.
+2. `settle_in_doubt`: an in-doubt card transaction (from this batch or held from earlier, any
+   terminal) is confirmed when some report saw it as the card's last log entry before a later
+   tap, void when another committed transaction holds its counter or the log showed another
+   entry there, and otherwise still held.
+3. `plan_batch`: the rows to store or update, the card transactions to book, the flags and
+   the acknowledgement.
+4. `card_transfers`: the ledger transfers of each booked card transaction; their ids derive
+   from (card number, card counter, leg), so a transaction uploaded twice, or by two
+   terminals, is booked once. The card is the authority for what it spent offline: `force`.
+5. `judge_booking`: from the ledger's answers, the clones (a counter already booked with
+   other content), whose money moves through suspense instead of the purse, and the flags.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from bus_terminals.wire import (
+    RecordKind,
+    RecordStatus,
+    UploadBatch,
+    UploadRecord,
+    card_terminal_number,
+    no_service_fare_detail,
+)
+from gateways.terminal_api.accounts import (
+    card_transfer_id,
+    fee_income_account_id,
+    pending_top_up_account_id,
+    purse_account_id,
+    suspense_account_id,
+)
+from ledger.records import (
+    CreateTransferResult,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+    TransferOutcome,
+    booked_results,
+    derive_id,
+)
+
+
+class UploadResult(enum.Enum):
+    accepted = "accepted"
+    exists = "exists"  # the same batch again: its stored acknowledgement
+    unknown_terminal = "unknown_terminal"
+    terminal_revoked = "terminal_revoked"
+    signature_invalid = "signature_invalid"
+    terminal_mismatch = "terminal_mismatch"
+    malformed = "malformed"
+    batch_conflict = "batch_conflict"  # an earlier batch sequence with other bytes
+    batch_out_of_order = "batch_out_of_order"  # a later batch sequence: one is missing
+    record_not_for_role = "record_not_for_role"
+
+
+refusal_status: dict[UploadResult, int] = {
+    UploadResult.unknown_terminal: 401,
+    UploadResult.signature_invalid: 401,
+    UploadResult.terminal_revoked: 403,
+    UploadResult.terminal_mismatch: 400,
+    UploadResult.malformed: 400,
+    UploadResult.batch_conflict: 409,
+    UploadResult.batch_out_of_order: 409,
+    UploadResult.record_not_for_role: 422,
+}
+
+
+class RecordOutcome(enum.StrEnum):
+    booked = "booked"
+    held = "held"  # in doubt: waits for the card's log
+    void = "void"
+    denied = "denied"  # no card transaction
+    anomaly = "anomaly"  # booked to suspense, card flagged
+
+
+@dataclass(slots=True)
+class UploadAnswer:
+    result: UploadResult
+    detail: str = ""
+    acknowledgement: dict[str, Any] = field(default_factory=dict)
+    records_by_outcome: Counter[str] = field(default_factory=Counter)
+    flags_by_reason: Counter[str] = field(default_factory=Counter)
+    # Fares booked that a validator charged in full for want of service in its feed, by
+    # terminal (`wire.no_service_fare_detail`): the alarm for a stale fare feed.
+    charged_without_service: Counter[str] = field(default_factory=Counter)
+
+
+class StoredReport(NamedTuple):
+    """What the back office holds for a record: enough to book it later from a held state."""
+
+    record: UploadRecord
+    outcome: RecordOutcome
+
+
+class Placed(NamedTuple):
+    """A record and the outcome it is stored with."""
+
+    record: UploadRecord
+    outcome: RecordOutcome
+
+
+class CardFlag(NamedTuple):
+    """One row of `card_flags`, in its column order (so it is COPYed as it is)."""
+
+    card_number: str
+    reason: str
+    terminal_id: str
+    sequence: int
+    card_counter: int
+    detail: str
+
+    @classmethod
+    def of(cls, record: UploadRecord, reason: str, detail: str) -> CardFlag:
+        return cls(
+            record.card_number,
+            reason,
+            record.terminal_id,
+            record.sequence,
+            record.card_counter,
+            detail,
+        )
+
+
+class LogEvidence(NamedTuple):
+    """What one report says of a card's log: its own transaction, and the card's last log
+    entry before it (`previous_*`; counter 0: none)."""
+
+    terminal_id: str
+    sequence: int
+    card_number: str
+    card_counter: int
+    status: str
+    previous_counter: int
+    previous_terminal_number: int
+    previous_balance_rupiah: int
+
+    @classmethod
+    def of(cls, record: UploadRecord) -> LogEvidence:
+        return cls(
+            record.terminal_id,
+            record.sequence,
+            record.card_number,
+            record.card_counter,
+            record.status.value,
+            record.previous_counter,
+            record.previous_terminal_number,
+            record.previous_balance_rupiah,
+        )
+
+
+class CreditAccount(NamedTuple):
+    """Where a terminal's card money goes (operator revenue or merchant payable), and the fee."""
+
+    account_id: uuid.UUID
+    fee_basis_points: int
+
+
+def with_status(record: UploadRecord, status: RecordStatus) -> UploadRecord:
+    return record._replace(status=status)
+
+
+# ------------------------------------------------------------------------------ classify
+
+
+@dataclass(slots=True)
+class Classified:
+    """Each record of a batch against what its terminal reported before."""
+
+    acknowledged: list[list[Any]] = field(default_factory=list)  # [sequence, status] per record
+    conflicts: list[CardFlag] = field(default_factory=list)
+    new_records: list[Placed] = field(default_factory=list)
+    changed: list[Placed] = field(default_factory=list)  # stored before: status and outcome
+    to_book: list[UploadRecord] = field(default_factory=list)  # committed, not booked yet
+    held: list[UploadRecord] = field(default_factory=list)  # in doubt, new
+    reported_before: set[int] = field(default_factory=set)  # sequences stored, now changed
+
+
+def classify(records: Sequence[UploadRecord], previous: Mapping[int, StoredReport]) -> Classified:
+    found = Classified()
+    for record in records:
+        stored = previous.get(record.sequence)
+        found.acknowledged.append([record.sequence, record.status.value])
+        if stored is not None:
+            if stored.record == record:
+                continue  # reported before: nothing new
+            if stored.record.status != RecordStatus.in_doubt or stored.record != with_status(
+                record, RecordStatus.in_doubt
+            ):
+                # The terminal changed a record it reported before (not an in-doubt outcome):
+                # keep the first report, flag it, and acknowledge so the terminal moves on.
+                detail = f"reported before as {stored.record.status}"
+                found.conflicts.append(CardFlag.of(record, "record_conflict", detail))
+                continue
+        if stored is not None:
+            found.reported_before.add(record.sequence)
+        target = found.changed if stored is not None else found.new_records
+        booked_before = stored is not None and stored.outcome == RecordOutcome.booked
+        if record.kind == RecordKind.denied:
+            target.append(Placed(record, RecordOutcome.denied))
+        elif record.status == RecordStatus.void:
+            # Booked already (another terminal saw it in the card's log): the card wins.
+            target.append(
+                Placed(record, RecordOutcome.booked if booked_before else RecordOutcome.void)
+            )
+        elif record.status == RecordStatus.committed:
+            if booked_before:
+                target.append(Placed(record, RecordOutcome.booked))
+            else:
+                found.to_book.append(record)
+        else:
+            found.held.append(record)
+    return found
+
+
+# ------------------------------------------------------------------------- in doubt
+
+
+@dataclass(slots=True)
+class InDoubt:
+    confirmed: list[UploadRecord] = field(default_factory=list)  # as committed
+    voided: list[UploadRecord] = field(default_factory=list)  # as void
+    still_held: list[UploadRecord] = field(default_factory=list)
+
+
+def in_doubt_candidates(
+    held_earlier: Iterable[UploadRecord], held_here: Iterable[UploadRecord]
+) -> dict[tuple[str, int], UploadRecord]:
+    """Every in-doubt report to settle, by (terminal id, sequence); this batch's last."""
+    candidates = {(r.terminal_id, r.sequence): r for r in held_earlier}
+    for record in held_here:
+        candidates[(record.terminal_id, record.sequence)] = record
+    return candidates
+
+
+def settle_in_doubt(
+    candidates: Mapping[tuple[str, int], UploadRecord], evidence: Iterable[LogEvidence]
+) -> InDoubt:
+    """An in-doubt (card, counter c, terminal T, balance after b) is confirmed when some report
+    saw (c, T, b) as the card's last entry and no other committed transaction claims c; void
+    when another does, or when a report saw a different entry at c (the card never committed
+    ours); otherwise still held."""
+    seen_in_log: dict[tuple[str, int], tuple[int, int]] = {}
+    committed_claims: dict[tuple[str, int], set[tuple[str, int]]] = {}
+    for report in evidence:
+        if report.previous_counter:
+            seen_in_log[(report.card_number, report.previous_counter)] = (
+                report.previous_terminal_number,
+                report.previous_balance_rupiah,
+            )
+        if report.status == RecordStatus.committed.value:
+            committed_claims.setdefault((report.card_number, report.card_counter), set()).add(
+                (report.terminal_id, report.sequence)
+            )
+    settled = InDoubt()
+    for (terminal_id, sequence), record in candidates.items():
+        key = (record.card_number, record.card_counter)
+        log_entry = seen_in_log.get(key)
+        others = committed_claims.get(key, set()) - {(terminal_id, sequence)}
+        ours = (card_terminal_number(terminal_id), record.balance_after_rupiah)
+        if log_entry == ours and not others:
+            settled.confirmed.append(with_status(record, RecordStatus.committed))
+        elif others or log_entry is not None:
+            settled.voided.append(with_status(record, RecordStatus.void))
+        else:
+            settled.still_held.append(record)
+    return settled
+
+
+# ------------------------------------------------------------------------------ the plan
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the writer does for an accepted batch, in its order."""
+
+    conflicts: list[CardFlag]
+    new_records: list[Placed]  # COPYed into card_records
+    changed: list[Placed]  # this terminal's earlier reports: new status and outcome
+    settled_earlier: list[Placed]  # held reports (any terminal) the card's log settled
+    booked: list[UploadRecord]  # card transactions to book, committed
+    acknowledgement: dict[str, Any]
+    records_by_outcome: Counter[str]
+    charged_without_service: Counter[str]  # fares charged in full for want of service
+
+
+def plan_batch(batch: UploadBatch, classified: Classified, settled: InDoubt) -> Plan:
+    here = {(record.terminal_id, record.sequence) for record in classified.held}
+    new_records = list(classified.new_records)
+    changed = list(classified.changed)
+    settled_earlier: list[Placed] = []
+    for record in settled.still_held:
+        if (record.terminal_id, record.sequence) in here:
+            new_records.append(Placed(record, RecordOutcome.held))
+    for record in settled.voided:
+        target = new_records if (record.terminal_id, record.sequence) in here else settled_earlier
+        target.append(Placed(record, RecordOutcome.void))
+    confirmed_here = [r for r in settled.confirmed if (r.terminal_id, r.sequence) in here]
+    confirmed_earlier = [r for r in settled.confirmed if (r.terminal_id, r.sequence) not in here]
+    for record in classified.to_book:
+        # A committed report of a transaction this terminal once reported in doubt updates
+        # that row; any other is new.
+        target = changed if record.sequence in classified.reported_before else new_records
+        target.append(Placed(record, RecordOutcome.booked))
+    for record in confirmed_here:
+        # Stored as the terminal reported it (in doubt), booked on the card log's word.
+        new_records.append(Placed(with_status(record, RecordStatus.in_doubt), RecordOutcome.booked))
+    settled_earlier += [Placed(record, RecordOutcome.booked) for record in confirmed_earlier]
+    booked = classified.to_book + confirmed_here + confirmed_earlier
+    records_by_outcome = Counter(placed.outcome.value for placed in new_records + changed)
+    return Plan(
+        conflicts=classified.conflicts,
+        new_records=new_records,
+        changed=changed,
+        settled_earlier=settled_earlier,
+        booked=booked,
+        acknowledgement={
+            "batch_sequence": batch.batch_sequence,
+            "result": UploadResult.accepted.value,
+            "records": classified.acknowledged,
+        },
+        records_by_outcome=records_by_outcome,
+        charged_without_service=Counter(
+            record.terminal_id
+            for record in booked
+            if record.kind == RecordKind.fare_debit
+            and record.fare_detail.startswith(no_service_fare_detail)
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- transfers
+
+
+class CardTransfers(NamedTuple):
+    """A booked card transaction and its ledger transfers (legs), in booking order."""
+
+    record: UploadRecord
+    legs: list[Transfer]
+
+
+def card_transfers(
+    records: Sequence[UploadRecord], accounts: Mapping[str, CreditAccount]
+) -> list[CardTransfers]:
+    planned = []
+    for record in records:
+        account_id, fee_basis_points = accounts[record.terminal_id]
+        planned.append(CardTransfers(record, transfers_for(record, fee_basis_points, account_id)))
+    return planned
+
+
+def transfers_for(
+    record: UploadRecord, fee_basis_points: int, credit_account: uuid.UUID
+) -> list[Transfer]:
+    purse = purse_account_id(record.card_number)
+    amount = record.amount_rupiah
+    if not record.topup_rupiah and amount and record.kind == RecordKind.fare_debit:
+        # The common case (a plain fare), built positionally: this runs once per tap.
+        return [
+            Transfer(
+                card_transfer_id(record.card_number, record.card_counter, "fare"),
+                purse,
+                credit_account,
+                amount,
+                TransferCode.fare,
+                TransferFlags.force,
+                None,
+                0,
+                record.terminal_id,
+                record.sequence,
+                record.card_number,
+                record.card_counter,
+            )
+        ]
+
+    def leg(
+        name: str,
+        debit: uuid.UUID,
+        credit: uuid.UUID,
+        rupiah: int,
+        code: TransferCode,
+        flags: TransferFlags = TransferFlags.force,
+    ) -> Transfer:
+        return Transfer(
+            card_transfer_id(record.card_number, record.card_counter, name),
+            debit,
+            credit,
+            rupiah,
+            code,
+            flags,
+            terminal_id=record.terminal_id,
+            terminal_sequence=record.sequence,
+            card_number=record.card_number,
+            card_counter=record.card_counter,
+        )
+
+    transfers = []
+    if record.topup_rupiah:
+        pending = pending_top_up_account_id(record.card_number)
+        transfers.append(
+            leg("top-up", pending, purse, record.topup_rupiah, TransferCode.top_up_delivery)
+        )
+    if amount and record.kind == RecordKind.fare_debit:
+        transfers.append(leg("fare", purse, credit_account, amount, TransferCode.fare))
+    elif amount and record.kind == RecordKind.sale:
+        fee = amount * fee_basis_points // 10_000
+        linked = TransferFlags.linked if fee else TransferFlags.none
+        transfers.append(
+            leg(
+                "sale",
+                purse,
+                credit_account,
+                amount,
+                TransferCode.merchant_sale,
+                TransferFlags.force | linked,
+            )
+        )
+        if fee:
+            transfers.append(
+                leg("fee", credit_account, fee_income_account_id, fee, TransferCode.merchant_fee)
+            )
+    elif amount and record.kind == RecordKind.refund:
+        transfers.append(leg("refund", credit_account, purse, amount, TransferCode.refund))
+    return transfers
+
+
+# ------------------------------------------------------------------------ the ledger's word
+
+_repeat_results = frozenset(
+    result for result in CreateTransferResult if result.value.startswith("exists_with_different")
+)
+
+
+@dataclass(slots=True)
+class BookingVerdict:
+    clones: list[UploadRecord]  # their counter was booked before with other content
+    suspense: list[Transfer]  # the clones' legs, with suspense in place of the purse
+    flags: list[CardFlag]
+
+
+def judge_booking(
+    planned: Sequence[CardTransfers], outcomes: Sequence[TransferOutcome]
+) -> BookingVerdict:
+    """`outcomes`: the ledger's, one per leg in order. A card claiming a counter already booked
+    with other content is a clone or tampered: the ride or sale happened, so its payee is paid,
+    but from suspense, not the purse. A leg booked past the purse's balance flags the card."""
+    verdict = BookingVerdict([], [], [])
+    position = 0
+    for record, legs in planned:
+        leg_outcomes = outcomes[position : position + len(legs)]
+        position += len(legs)
+        if any(o.result in _repeat_results for o in leg_outcomes):
+            verdict.clones.append(record)
+            verdict.flags.append(
+                CardFlag.of(record, "counter_repeat", "same card counter, other content")
+            )
+            verdict.suspense += suspense_legs(record, legs)
+            continue
+        failed = [o for o in leg_outcomes if o.result not in booked_results]
+        assert not failed, f"ledger refused a card transaction: {failed}"
+        if any(o.over_limit for o in leg_outcomes if o.result == CreateTransferResult.created):
+            verdict.flags.append(
+                CardFlag.of(record, "purse_negative", "booked past the purse's balance")
+            )
+    assert position == len(outcomes), "one outcome per leg"
+    return verdict
+
+
+def suspense_legs(record: UploadRecord, legs: Sequence[Transfer]) -> list[Transfer]:
+    purse = purse_account_id(record.card_number)
+    return [
+        Transfer(
+            derive_id("card-anomaly", record.terminal_id, record.sequence, str(leg.id)),
+            suspense_account_id if leg.debit_account_id == purse else leg.debit_account_id,
+            suspense_account_id if leg.credit_account_id == purse else leg.credit_account_id,
+            leg.amount,
+            TransferCode.suspense,
+            leg.flags,
+            terminal_id=record.terminal_id,
+            terminal_sequence=record.sequence,
+            card_number=record.card_number,
+            card_counter=record.card_counter,
+        )
+        for leg in legs
+    ]
+
+
+def balance_change(record: UploadRecord) -> int:
+    """What a record did to the card's purse: credited top-up, less the fare or sale, or plus
+    the refund (the same sum the chain check reads from stored neighbours)."""
+    if record.kind == RecordKind.refund:
+        return record.topup_rupiah + record.amount_rupiah
+    return record.topup_rupiah - record.amount_rupiah
