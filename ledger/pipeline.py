@@ -38,6 +38,21 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from ledger.batch_writer import (
+    AccountCache,
+    BatchHead,
+    HeadMoved,
+    RepeatFound,
+    account_cache_entries_max,
+    accounts_to_load,
+    batch_settings,
+    check_refused_are_new,
+    copy_rows,
+    encoded_rows,
+    load_accounts,
+    record_batch_row,
+    widen_send_buffer,
+)
 from ledger.booking import BatchDecision, decide_batch, malformed_transfers_named
 from ledger.chain import (
     TransferRowEncoder,
@@ -47,24 +62,7 @@ from ledger.chain import (
     next_chain_hash,
 )
 from ledger.records import Transfer, TransferOutcome, transfers_per_batch_max_default
-from ledger.store import (
-    AccountCache,
-    HeadMoved,
-    RepeatFound,
-    _accounts_to_load,
-    _batch_settings,
-    _BatchHead,
-    _check_refused_are_new,
-    _copy_rows,
-    _encoded_rows,
-    _load_accounts,
-    _record_batch_row,
-    _widen_send_buffer,
-    account_cache_entries_max,
-    all_plain,
-    create_transfers,
-    cyclic_collector_paused,
-)
+from ledger.store import all_plain, create_transfers, cyclic_collector_paused
 
 
 @dataclass(slots=True)
@@ -89,7 +87,7 @@ class _Head:
 class _Planned:
     """A batch decided and put in flight."""
 
-    batch: _BatchHead
+    batch: BatchHead
     decision: BatchDecision
     rows: bytes  # its ledger_transfers rows, encoded for COPY
     digest: bytes
@@ -236,7 +234,7 @@ class TransferPipeline:
                 await self._empty.wait()
                 await self._sync()
             head, cache = self._head, self._cache
-            wanted = _accounts_to_load(transfers, {}, cache.states)
+            wanted = accounts_to_load(transfers, {}, cache.states)
             if not wanted:
                 break
             if len(cache.states) + len(wanted) > account_cache_entries_max:
@@ -249,7 +247,7 @@ class TransferPipeline:
             # it meanwhile, the head will have moved, and this batch rolls back.)
             connection = await self._take()
             try:
-                await _load_accounts(connection, wanted, cache)
+                await load_accounts(connection, wanted, cache)
             finally:
                 self._give_back(connection)
             if self._head is head and self._cache is cache:
@@ -257,7 +255,7 @@ class TransferPipeline:
             # (A batch in flight failed meanwhile, and the pipeline forgot what it expected.)
         assert head is not None
         booked_at = max(self._now() or head.clock(), head.booked_at)
-        batch = _BatchHead(
+        batch = BatchHead(
             head.batch_number + 1,
             booked_at,
             head.chain_hash,
@@ -270,7 +268,7 @@ class TransferPipeline:
             decision = decide_batch(
                 transfers, self._cache.states, {}, {}, booked_at, head.next_sequence
             )
-            rows = b"".join(_encoded_rows(decision.entries, batch.encoder))
+            rows = b"".join(encoded_rows(decision.entries, batch.encoder))
         except BaseException:
             self._forget()
             raise
@@ -320,13 +318,13 @@ class TransferPipeline:
     async def _book(self, connection: asyncpg.Connection, planned: _Planned) -> None:
         try:
             async with connection.transaction():
-                await connection.execute(_batch_settings)
-                _widen_send_buffer(connection)
+                await connection.execute(batch_settings)
+                widen_send_buffer(connection)
                 before = planned.before.copied if planned.before is not None else None
-                await _copy_rows(connection, _rows_after(planned.rows, before))
+                await copy_rows(connection, _rows_after(planned.rows, before))
                 planned.copied.set()  # it holds the head now: the next may end its COPY
-                await _check_refused_are_new(connection, [planned.decision])
-                await _record_batch_row(
+                await check_refused_are_new(connection, [planned.decision])
+                await record_batch_row(
                     connection,
                     planned.batch,
                     planned.decision.entries[0].sequence,

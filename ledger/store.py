@@ -24,6 +24,9 @@ server while the next part is decided. A repeat shows itself either as a unique 
 state of the books, by a lookup of just those ids; then the transaction rolls back whole and
 the batch is booked again the careful way, knowing its repeats. Results are the same.
 
+The writing pieces this module shares with `ledger.pipeline` (session settings, the account
+cache, COPY rows, the repeat check, the batch row) are in `ledger.batch_writer`.
+
 Why one lock for the whole ledger rather than row locks in id order: a batch of 8,190
 transfers touches thousands of accounts; row locks taken by concurrent batches would have
 to be taken in one global order and would still serialise on every hot account (operator
@@ -37,21 +40,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import socket
 import uuid
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter, itemgetter
 from typing import Any
 
 import asyncpg
 
+from ledger.batch_writer import (
+    AccountCache,
+    BatchHead,
+    RepeatFound,
+    account_cache_entries_max,
+    accounts_to_load,
+    batch_settings,
+    check_refused_are_new,
+    copy_rows,
+    durable_commit,
+    encoded_rows,
+    load_accounts,
+    record_batch_row,
+    widen_send_buffer,
+)
 from ledger.booking import (
     BatchDecision,
-    Entry,
     Existing,
     PendingState,
     decide_batch,
@@ -62,8 +77,6 @@ from ledger.chain import (
     batch_digest,
     copy_header,
     copy_trailer,
-    digest_format,
-    next_chain_hash,
     transfer_columns,
 )
 from ledger.records import (
@@ -92,14 +105,6 @@ from ledger.records import (
 _select_transfer_columns = ", ".join(transfer_columns)
 _not_plain = int(~TransferFlags.force)  # any flag but force: linked or two-phase
 _no_flags = TransferFlags.none
-# Durable commits, said explicitly. A batch touches a few thousand of maybe millions of
-# accounts: look each up by its primary key rather than hashing the whole table.
-# (Only in a transaction of our own: a SET LOCAL made inside a caller's transaction would
-# last until the caller commits and slow the caller's own joins.)
-_durable_commit = "set local synchronous_commit to on"
-_batch_settings = (
-    f"{_durable_commit}; set local enable_hashjoin to off; set local enable_mergejoin to off"
-)
 statement_lines_max = 10_000
 
 
@@ -235,18 +240,6 @@ async def close_account(connection: asyncpg.Connection, account_id: uuid.UUID) -
 
 
 # ---------------------------------------------------------------------------- transfers
-
-account_cache_entries_max = 1_000_000  # accounts a connection keeps in memory between batches
-
-
-@dataclass(slots=True)
-class AccountCache:
-    """Accounts as of `state_version`: id.int -> [flags, currency, debits_pending,
-    debits_posted, credits_pending, credits_posted]."""
-
-    state_version: int
-    states: dict[int, list] = field(default_factory=dict)
-
 
 _account_caches: weakref.WeakKeyDictionary[asyncpg.Connection, AccountCache] = (
     weakref.WeakKeyDictionary()
@@ -392,20 +385,6 @@ async def _book_checking_repeats(
     return await _book(connection, transfers, now, optimistic=False)
 
 
-class RepeatFound(Exception):
-    """A plain batch decided as new repeats a booked id: book it again knowing the repeats."""
-
-
-# Results decided on the state of the books, which come after the idempotency checks: a
-# transfer refused with one of these might be a repeat, whose answer is `exists*` instead.
-_created = CreateTransferResult.created
-_state_results = frozenset(
-    tuple(CreateTransferResult)[
-        tuple(CreateTransferResult).index(CreateTransferResult.exists) + 1 :
-    ]
-)
-
-
 async def _book(
     connection: asyncpg.Connection,
     transfers: list[Transfer],
@@ -423,7 +402,7 @@ async def _book(
     )
     cache = _account_caches.pop(connection, None) if cacheable else None
     async with connection.transaction():
-        await connection.execute(_durable_commit if in_callers_transaction else _batch_settings)
+        await connection.execute(durable_commit if in_callers_transaction else batch_settings)
         head = await connection.fetchrow(
             "select batch_number, next_sequence, chain_hash, booked_at, state_version,"
             " clock_timestamp() as clock from ledger_head for update"
@@ -431,7 +410,7 @@ async def _book(
         if cache is None or cache.state_version != head["state_version"]:
             cache = AccountCache(head["state_version"])
         booked_at = max(now or head["clock"], head["booked_at"])
-        batch = _BatchHead(
+        batch = BatchHead(
             head["batch_number"] + 1,
             booked_at,
             head["chain_hash"],
@@ -452,9 +431,9 @@ async def _book(
             )
             booked = bool(decision.entries)
             if booked:
-                encoded = b"".join(_encoded_rows(decision.entries, batch.encoder))
-                await _copy_rows(connection, _chunks(copy_header, encoded, copy_trailer))
-                await _record_batch_row(
+                encoded = b"".join(encoded_rows(decision.entries, batch.encoder))
+                await copy_rows(connection, _chunks(copy_header, encoded, copy_trailer))
+                await record_batch_row(
                     connection, batch, next_sequence, len(decision.entries), batch_digest([encoded])
                 )
             outcomes = decision.outcomes()
@@ -507,46 +486,6 @@ async def _prefetch_transfers(
     return existing, pendings
 
 
-_debit_of, _credit_of, _int_of = itemgetter(1), itemgetter(2), attrgetter("int")
-
-
-def _accounts_to_load(
-    transfers: list[Transfer], pendings: dict[int, PendingState], states: dict[int, list]
-) -> dict[int, uuid.UUID]:
-    """The accounts the batch names (its holds' accounts too) that `states` lacks."""
-    try:
-        # In C, with no Python frame per transfer: this ran at 0.7 µs a transfer as a loop.
-        named = set(map(_int_of, map(_debit_of, transfers)))
-        named.update(map(_int_of, map(_credit_of, transfers)))
-    except AttributeError:  # a transfer without an account (refused when decided)
-        named = {
-            account.int
-            for transfer in transfers
-            for account in (transfer[1], transfer[2])
-            if account is not None
-        }
-    for pending in pendings.values():
-        for account_id in (pending.transfer.debit_account_id, pending.transfer.credit_account_id):
-            if account_id is not None:
-                named.add(account_id.int)
-    return {account_id: uuid.UUID(int=account_id) for account_id in named.difference(states)}
-
-
-async def _load_accounts(
-    connection: asyncpg.Connection, wanted: dict[int, uuid.UUID], cache: AccountCache
-) -> None:
-    """Add the `wanted` accounts, as the connection sees them now, to `cache` (which the
-    caller has made room in: see `_prefetch_accounts`)."""
-    states = cache.states
-    rows = await connection.fetch(
-        "select id, flags, currency, debits_pending, debits_posted, credits_pending,"
-        " credits_posted from ledger_accounts join unnest($1::uuid[]) as wanted (id) using (id)",
-        list(wanted.values()),
-    )
-    for row in rows:
-        states[row[0].int] = list(row[1:])
-
-
 async def _prefetch_accounts(
     connection: asyncpg.Connection,
     transfers: list[Transfer],
@@ -555,46 +494,20 @@ async def _prefetch_accounts(
 ) -> dict[int, list]:
     """Load into `cache` the accounts the batch names that it does not hold yet; return the
     cache's states (decide looks up only what it needs)."""
-    wanted = _accounts_to_load(transfers, pendings, cache.states)
+    wanted = accounts_to_load(transfers, pendings, cache.states)
     if len(cache.states) + len(wanted) > account_cache_entries_max:
         # Full: start afresh, and load every account the batch names (emptied after the
         # wanted ones were worked out, the cache lost some it needs: not found, they read).
         cache.states.clear()
-        wanted = _accounts_to_load(transfers, pendings, cache.states)
+        wanted = accounts_to_load(transfers, pendings, cache.states)
     if wanted:
-        await _load_accounts(connection, wanted, cache)
+        await load_accounts(connection, wanted, cache)
     return cache.states
 
-
-_record_batch = f"""
-    with batch as (
-        insert into ledger_batches (batch_number, first_sequence, last_sequence,
-                                    transfer_count, booked_at, digest, chain_hash, digest_format)
-        values ($1, $2, $3, $4, $5, $6, $7, {digest_format})
-    )
-    update ledger_head set batch_number = $1, next_sequence = $3 + 1, chain_hash = $7,
-                           booked_at = $5, state_version = state_version + 1
-     where chain_hash = $8 and state_version = $9
-"""
 
 # A plain batch is decided in parts of this many transfers; each part's rows go to the server
 # (asyncpg sends COPY data every 512 KiB, ~2,000 rows) while the next part is decided.
 plain_part_transfers = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class _BatchHead:
-    number: int
-    booked_at: datetime
-    previous_chain_hash: bytes
-    state_version: int  # ledger_head's before this batch
-    encoder: TransferRowEncoder
-
-
-def _encoded_rows(entries: Sequence[Entry], encoder: TransferRowEncoder) -> list[bytes]:
-    """The ledger_transfers rows of booked entries, as binary COPY tuples (ledger.chain)."""
-    row = encoder.row
-    return [row(e.sequence, e.transfer, e.debit_after, e.credit_after) for e in entries]
 
 
 async def _chunks(*chunks: bytes) -> AsyncIterator[bytes]:
@@ -602,18 +515,11 @@ async def _chunks(*chunks: bytes) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _copy_rows(connection: asyncpg.Connection, source: AsyncIterator[bytes]) -> None:
-    """COPY binary rows (framed by `copy_header` and `copy_trailer`) into ledger_transfers."""
-    await connection.copy_to_table(
-        "ledger_transfers", source=source, columns=transfer_columns, format="binary"
-    )
-
-
 async def _book_plain(
     connection: asyncpg.Connection,
     transfers: list[Transfer],
     accounts: dict[int, list],
-    batch: _BatchHead,
+    batch: BatchHead,
     next_sequence: int,
 ) -> tuple[list[TransferOutcome], bool]:
     """Decide a plain batch part by part while COPY streams the rows decided so far (the
@@ -634,15 +540,15 @@ async def _book_plain(
                 part, accounts, {}, {}, batch.booked_at, next_sequence + row_count
             )
             decisions.append(decision)
-            encoded = b"".join(_encoded_rows(decision.entries, batch.encoder))
+            encoded = b"".join(encoded_rows(decision.entries, batch.encoder))
             parts.append(encoded)
             row_count += len(decision.entries)
             yield encoded
         all_sent.set()
         yield copy_trailer
 
-    _widen_send_buffer(connection)
-    copying = asyncio.ensure_future(_copy_rows(connection, decided_rows()))
+    widen_send_buffer(connection)
+    copying = asyncio.ensure_future(copy_rows(connection, decided_rows()))
     copying.add_done_callback(lambda _: all_sent.set())
     try:
         await all_sent.wait()
@@ -659,75 +565,10 @@ async def _book_plain(
             copying.cancel()
             await asyncio.wait({copying})
         raise
-    await _check_refused_are_new(connection, decisions)
+    await check_refused_are_new(connection, decisions)
     if row_count:
-        await _record_batch_row(connection, batch, next_sequence, row_count, digest)
+        await record_batch_row(connection, batch, next_sequence, row_count, digest)
     return outcomes, bool(row_count)
-
-
-async def _check_refused_are_new(
-    connection: asyncpg.Connection, decisions: list[BatchDecision]
-) -> None:
-    """A plain batch decided as if none of its ids were booked: a repeat that was to be
-    booked is refused by the unique index; one refused on the state of the books must be
-    looked up (the rows just copied included). `RepeatFound` if any was booked before."""
-    refused = [
-        transfer.id
-        for decision in decisions
-        for transfer, result in zip(decision.transfers, decision.results)
-        if result is not _created and result in _state_results  # (enum hashing is slow)
-    ]
-    if refused and await connection.fetchval(
-        "select exists (select 1 from ledger_transfers where id = any($1::uuid[]))", refused
-    ):
-        raise RepeatFound
-
-
-copy_send_buffer_bytes = 4 << 20  # room in the kernel for a whole batch's COPY data
-
-
-def _widen_send_buffer(connection: asyncpg.Connection) -> None:
-    """asyncpg hands COPY data to the socket 512 KiB at a time and, when the socket does not
-    take it all (the default send buffer is ~208 KiB), waits for the server to drain it: the
-    client and the server then take turns instead of working at once. A send buffer that
-    holds a batch lets the server insert one part while the client decides the next. (The
-    kernel caps it at net.core.wmem_max; asyncpg has no public handle on its socket.)"""
-    transport = getattr(connection, "_transport", None)
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < (
-        copy_send_buffer_bytes
-    ):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, copy_send_buffer_bytes)
-
-
-class HeadMoved(Exception):
-    """The chain head is not where the batch was decided to follow: another batch (or an
-    account closed) came between. Nothing of the batch is booked; decide it again."""
-
-
-async def _record_batch_row(
-    connection: asyncpg.Connection,
-    batch: _BatchHead,
-    first_sequence: int,
-    row_count: int,
-    digest: bytes,
-) -> None:
-    """The batch row with its digest and chain hash, and the head moved on, provided it
-    still is where the batch was decided (else `HeadMoved`)."""
-    status = await connection.execute(
-        _record_batch,
-        batch.number,
-        first_sequence,
-        first_sequence + row_count - 1,
-        row_count,
-        batch.booked_at,
-        digest,
-        next_chain_hash(batch.previous_chain_hash, digest),
-        batch.previous_chain_hash,
-        batch.state_version,
-    )
-    if status != "UPDATE 1":
-        raise HeadMoved
 
 
 async def expire_pending_transfers(

@@ -22,6 +22,7 @@ from ledger import (
 )
 from ledger.audit import check_ledger
 from tests.ledger import writer
+from tests.waiting import next_line, wait_until_async
 
 R = CreateTransferResult
 project_root = Path(__file__).resolve().parents[2]
@@ -105,9 +106,12 @@ def start_writer(
     )
 
 
-def wait_for_line(process: subprocess.Popen[str], wanted: str) -> None:
+def wait_for_line(process: subprocess.Popen[str], wanted: str, within_s: float = 60) -> None:
+    """Read what the writer says until it says `wanted`; fail if it ends first, or if it
+    says nothing for `within_s` seconds (the caller kills it)."""
     assert process.stdout is not None
-    for line in process.stdout:
+    what = f"the writer says its next line on the way to {wanted!r}"
+    while line := next_line(process.stdout, what, within_s=within_s):
         if line.strip() == wanted:
             return
     raise AssertionError(
@@ -120,15 +124,16 @@ async def until_a_batch_is_copying(url: str) -> None:
     partly sent, nothing committed). (The COPY may yet end first: the checks still hold.)"""
     connection = await asyncpg.connect(url)
     try:
-        for _ in range(10_000):
-            if await connection.fetchval(
+        await wait_until_async(
+            lambda: connection.fetchval(
                 "select pg_stat_clear_snapshot(), exists (select 1 from pg_stat_activity"
                 " where datname = current_database() and query like 'COPY%' and state = 'active')",
                 column=1,
-            ):
-                return
-            await asyncio.sleep(0.001)
-        raise AssertionError("the writer never started copying a batch")
+            ),
+            "the writer copies a batch",
+            within_s=30,
+            every_s=0.001,
+        )
     finally:
         await connection.close()
 
@@ -297,7 +302,7 @@ async def test_a_caller_cancelled_mid_copy_leaves_nothing_and_a_usable_connectio
             caller.cancel()
         return decide_batch(*arguments, **keywords)
 
-    monkeypatch.setattr(store, "_widen_send_buffer", narrow)
+    monkeypatch.setattr(store, "widen_send_buffer", narrow)
     monkeypatch.setattr(store, "decide_batch", decide_then_cancel)
     fares = writer.batch(999, 8_190)
     caller = asyncio.ensure_future(create_transfers(connection, fares))

@@ -28,6 +28,7 @@ from ledger import (
 )
 from ledger.audit import check_ledger
 from tests.conftest import fresh_database
+from tests.waiting import wait_until_async
 
 R = CreateTransferResult
 cards = [uuid.UUID(int=(0xCA7D << 64) + n) for n in range(300)]
@@ -116,6 +117,17 @@ async def a_copy_waits_for_a_lock(connection: asyncpg.Connection) -> bool:
     )
 
 
+async def copies_with_all_their_rows(connection: asyncpg.Connection, rows: int) -> int:
+    """How many COPYs into the books have taken in all `rows` of their batch (their rows are
+    in the table, and in its unique index, for the other writers to run into)."""
+    return await connection.fetchval(
+        "select pg_stat_clear_snapshot(), count(*) from pg_stat_progress_copy"
+        " where datname = current_database() and tuples_processed = $1",
+        rows,
+        column=1,
+    )
+
+
 async def totals(connection: asyncpg.Connection) -> dict[uuid.UUID, tuple[int, ...]]:
     rows = await connection.fetch(
         "select id, debits_pending, debits_posted, credits_pending, credits_posted"
@@ -160,8 +172,13 @@ async def test_another_writer_and_a_closed_account_while_batches_are_in_flight(
         others = fare_batches(count=2, size=1_000, seed=13)
 
         async def other_writer() -> list[list[TransferOutcome]]:
-            while not pipeline._in_flight:  # books while the pipeline has batches in flight
-                await asyncio.sleep(0.001)
+            # books while the pipeline has batches in flight
+            await wait_until_async(
+                lambda: pipeline._in_flight,
+                "the pipeline has a batch in flight",
+                within_s=30,
+                every_s=0.001,
+            )
             booked = [await create_transfers(other, others[0])]
             await close_account(other, cards[0])
             booked.append(await create_transfers(other, others[1]))
@@ -199,8 +216,12 @@ async def test_a_caller_cancelled_while_its_batch_is_in_flight(database_url: str
         await open_books(connections[0])
         batches = fare_batches(count=4, size=3_000, seed=14)
         calls = [asyncio.ensure_future(pipeline.create_transfers(batch)) for batch in batches]
-        while len(pipeline._in_flight) < 2:  # the first two batches are streaming in
-            await asyncio.sleep(0.001)
+        await wait_until_async(
+            lambda: len(pipeline._in_flight) >= 2,
+            "the first two batches are in flight",
+            within_s=30,
+            every_s=0.001,
+        )
         calls[1].cancel()
         done = await asyncio.gather(*calls, return_exceptions=True)
         assert isinstance(done[1], asyncio.CancelledError)
@@ -230,8 +251,11 @@ async def test_the_same_fare_from_the_pipeline_and_another_writer_at_once(
         async with other.transaction():
             await other.execute("select 1 from ledger_head for update")
             sending = asyncio.ensure_future(pipeline.create_transfers(batch))
-            while not await a_copy_waits_for_a_lock(other):
-                await asyncio.sleep(0.01)  # the pipeline's rows are in, its trigger waits
+            await wait_until_async(
+                lambda: a_copy_waits_for_a_lock(other),
+                "the pipeline's rows are in and its trigger waits for the head",
+                within_s=30,
+            )
             other_outcomes = await create_transfers(other, batch[:1])
         pipelined = await sending
         results = {other_outcomes[0].result, pipelined[0].result}
@@ -263,9 +287,19 @@ async def test_a_writer_holding_the_head_and_inserting_an_id_of_a_streaming_batc
         async with other.transaction():
             await other.execute("select 1 from ledger_head for update")
             calls = [asyncio.ensure_future(pipeline.create_transfers(b)) for b in (first, second)]
-            while len(pipeline._in_flight) < 2 or not await a_copy_waits_for_a_lock(watcher):
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.3)  # the second batch's rows stream in
+
+            async def both_copies_hold_their_rows() -> bool:
+                return (
+                    len(pipeline._in_flight) == 2
+                    and await a_copy_waits_for_a_lock(watcher)
+                    and await copies_with_all_their_rows(watcher, len(second)) == 2
+                )
+
+            await wait_until_async(
+                both_copies_hold_their_rows,
+                "the first batch waits for the head and the second has all its rows in",
+                within_s=30,
+            )
             by_other = await asyncio.wait_for(create_transfers(other, second[:1]), 30)
         pipelined = await asyncio.wait_for(asyncio.gather(*calls), 30)
 
@@ -319,13 +353,13 @@ async def test_a_batch_that_books_nothing_keeps_the_accounts_the_pipeline_holds(
     import ledger.pipeline
 
     loaded: list[int] = []
-    load_accounts = ledger.pipeline._load_accounts
+    load_accounts = ledger.pipeline.load_accounts
 
     async def counting(connection, wanted, cache):  # type: ignore[no-untyped-def]
         loaded.append(len(wanted))
         await load_accounts(connection, wanted, cache)
 
-    monkeypatch.setattr(ledger.pipeline, "_load_accounts", counting)
+    monkeypatch.setattr(ledger.pipeline, "load_accounts", counting)
     pipeline, connections = await pipeline_on(database_url)
     try:
         await open_books(connections[0])
