@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from gateways.snap.client import TransferState
+from gateways.staff import Role as Role  # staff roles and members live in gateways.staff
+from gateways.staff import StaffMember as Staff
 from ledger.records import AccountKind, Transfer, derive_id
 from settlement import books
 from settlement.end_of_day import (
@@ -27,19 +29,15 @@ from settlement.matching import Match, MatchKind
 from settlement.reconciliation import confirm_matches
 from settlement.statements import Direction
 
-write_off_limit_rupiah_default = 1_000_000  # above this a supervisor must approve
+# Above this, a write-off waits for a supervisor other than the person who asked (four eyes,
+# whatever the asker's role).
+write_off_limit_rupiah_default = 1_000_000
 note_length_max = 500
-
-
-class Role(enum.StrEnum):
-    clerk = "clerk"
-    supervisor = "supervisor"
-    auditor = "auditor"  # reads everything, changes nothing
 
 
 class ActionResult(enum.StrEnum):
     done = "done"
-    awaiting_approval = "awaiting_approval"  # a clerk's write-off above the limit
+    awaiting_approval = "awaiting_approval"  # a write-off above the limit: a second person
     not_found = "not_found"
     already_resolved = "already_resolved"
     not_allowed = "not_allowed"  # the role may not do this
@@ -48,12 +46,6 @@ class ActionResult(enum.StrEnum):
     amounts_differ = "amounts_differ"  # a manual match must balance
     same_person = "same_person"  # the approver must not be the requester
     attempt_outstanding = "attempt_outstanding"  # another attempt may pay: no new one
-
-
-@dataclass(frozen=True, slots=True)
-class Staff:
-    username: str
-    role: Role
 
 
 def check_note(note: str) -> ActionResult | None:
@@ -85,8 +77,9 @@ async def write_off(
     limit_rupiah: int = write_off_limit_rupiah_default,
 ) -> ActionResult:
     """Park an unexplained statement line in suspense (money in: bank account -> suspense;
-    money out: suspense -> bank account). Above the limit a clerk's request waits for a
-    supervisor, who approves with `approve_write_off`."""
+    money out: suspense -> bank account). Above the limit the request waits, whoever made it,
+    for a supervisor other than the requester, who approves with `approve_write_off`; a
+    request already waiting is left as it is (the first requester stays on record)."""
     if staff.role is Role.auditor:
         return ActionResult.not_allowed
     if (problem := check_note(note)) is not None:
@@ -97,7 +90,9 @@ async def write_off(
             return row
         if row["subject_kind"] != "line":
             return ActionResult.wrong_kind
-        if row["amount_rupiah"] > limit_rupiah and staff.role is not Role.supervisor:
+        if row["write_off_requested_by"] is not None:
+            return ActionResult.awaiting_approval
+        if row["amount_rupiah"] > limit_rupiah:
             await connection.execute(
                 """update settlement_exceptions set write_off_requested_by = $2,
                           write_off_requested_note = $3 where exception_id = $1""",

@@ -2,19 +2,24 @@
 
     create_app(config, [..., settlement.pages.install])
 
-Staff log in (passwords hashed with scrypt; five wrong ones lock the user name for 15 minutes;
-sessions are random tokens stored hashed, in an HttpOnly SameSite=Strict cookie). Every form that changes something carries the session's CSRF
-token. Roles: a clerk works exceptions; a supervisor also approves write-offs above the limit;
-an auditor reads everything and changes nothing. Each action goes through `settlement.actions`,
-which books a ledger transfer saying who, when and why.
+Staff log in (`settlement.logins`: scrypt checked off the event loop; attempts counted in the
+database per user name and per client address, so that guessing is limited across processes
+and restarts; sessions are random tokens stored hashed, in an HttpOnly SameSite=Strict cookie,
+`Secure` with HSTS when served over HTTPS). Every form that changes something carries the
+session's CSRF token. Roles: a clerk works exceptions; a supervisor also approves write-offs
+above the limit (never their own), unlocks user names and ends others' sessions; an auditor
+reads everything and changes nothing. Each action goes through `settlement.actions`, which books
+a ledger transfer saying who, when and why; unlocks and ended sessions go to `staff_actions`.
+
+New pages and fragments are Jinja2 templates (`settlement/templates/`, autoescaped).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import io
+import logging
 import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -24,67 +29,60 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import jinja2
 from aiohttp import web
 
+from gateways import staff as staff_tokens
 from gateways.backoffice import Extension, config_key, pool_key
-from settlement import actions, charts, views
+from settlement import actions, charts, logins, views
 from settlement.actions import ActionResult, Role, Staff
 from settlement.end_of_day import EndOfDayConfig, PayoutPort, jakarta
 from settlement.formatting import grouped, rupiah
+from settlement.logins import LoginLimits
+from settlement.logins import hash_password as hash_password
+from settlement.logins import password_length_min as password_length_min
+from settlement.logins import verify_password as verify_password
+
+logger = logging.getLogger("ksh.finance")
 
 session_cookie = "ksh_finance"
 login_csrf_cookie = "ksh_finance_login"
-session_ttl_seconds = 8 * 3600  # one working shift
-password_length_min = 10
 form_body_bytes_max = 16 * 1024
-scrypt_n, scrypt_r, scrypt_p = 2**14, 8, 1  # ~16 MiB, tens of milliseconds per check
-# Guessing a staff password: after this many wrong ones for a user name, that name cannot log
-# in until the window has passed (counted per back-office process, kept only for real users).
-login_failures_max = 5
-login_failures_window_seconds = 15 * 60
+reason_length_max = 500
+strict_transport_security = "max-age=31536000"  # a year; sent only when cookies are Secure
+
+templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("settlement", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+templates.filters["rupiah"] = rupiah
+templates.filters["local"] = lambda moment: moment.astimezone(jakarta).strftime("%Y-%m-%d %H:%M")
+templates.filters["wib"] = lambda time_ms: dt.datetime.fromtimestamp(
+    time_ms / 1000, jakarta
+).strftime("%Y-%m-%d %H:%M:%S")
 
 
-# ---------------------------------------------------------------------------- passwords, staff
-
-
-def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=scrypt_n, r=scrypt_r, p=scrypt_p)
-    return f"scrypt${scrypt_n}${scrypt_r}${scrypt_p}${salt.hex()}${digest.hex()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-    except ValueError:
-        return False
-    if scheme != "scrypt":
-        return False
-    try:
-        computed = hashlib.scrypt(
-            password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p)
-        )
-    except ValueError:  # a damaged stored hash: no one logs in with it, and no 500
-        return False
-    return hmac.compare_digest(computed.hex(), digest)
-
-
-# A fixed hash to check against when the user does not exist, so timing does not tell.
-_absent_user_hash = hash_password(secrets.token_hex(16))
+# ---------------------------------------------------------------------------- staff
 
 
 async def add_staff(
     connection: asyncpg.Connection, username: str, password: str, role: Role
 ) -> None:
+    """Add a staff account, or set its password and role; either ends its sessions, and its
+    staff tokens act in the new role."""
     if len(password) < password_length_min:
         raise ValueError(f"password must have at least {password_length_min} characters")
-    await connection.execute(
-        """insert into settlement_staff (username, password_hash, role) values ($1, $2, $3)
-           on conflict (username) do update set password_hash = excluded.password_hash, role = excluded.role""",
-        username,
-        hash_password(password),
-        role.value,
-    )
+    async with connection.transaction():
+        await connection.execute(
+            """insert into settlement_staff (username, password_hash, role) values ($1, $2, $3)
+               on conflict (username) do update set password_hash = excluded.password_hash, role = excluded.role""",
+            username,
+            hash_password(password),
+            role.value,
+        )
+        await connection.execute("delete from settlement_sessions where username = $1", username)
+        await staff_tokens.set_role_of_tokens(connection, Staff(username, role))
 
 
 # ---------------------------------------------------------------------------- settings
@@ -93,21 +91,57 @@ async def add_staff(
 @dataclass(frozen=True, slots=True)
 class PagesSettings:
     end_of_day: EndOfDayConfig = field(default_factory=EndOfDayConfig)
+    # Above this a write-off needs a second person (a supervisor other than the requester).
     write_off_limit_rupiah: int = actions.write_off_limit_rupiah_default
     # Builds the bank client used to re-initiate payouts; None: re-initiation is unavailable.
     payer_factory: Callable[[aiohttp.ClientSession], PayoutPort] | None = None
-    secure_cookies: bool = False  # True behind HTTPS
+    # Served over HTTPS (directly or behind a proxy): cookies are Secure and pages send HSTS.
+    secure_cookies: bool = False
+    login_limits: LoginLimits = field(default_factory=LoginLimits)
+    # Behind a reverse proxy every request comes from the proxy's address: name the header the
+    # proxy sets (e.g. X-Forwarded-For; its last entry is taken) so that the per-address
+    # limit counts clients. Empty: the connection's peer address. Never set it without such a
+    # proxy in front: clients could then name any address they like.
+    client_address_header: str = ""
+
+
+def settings_from(values: dict[str, Any]) -> PagesSettings:
+    """Our settings from the back office's `BackofficeConfig.settings`: a whole PagesSettings
+    under `settlement_pages`, or the plain keys `secure_cookies`, `client_address_header`,
+    `write_off_limit_rupiah` and `password_checks_concurrent_max` (what `ksh serve` passes)."""
+    configured = values.get("settlement_pages")
+    if isinstance(configured, PagesSettings):
+        return configured
+    default = PagesSettings()
+    return PagesSettings(
+        write_off_limit_rupiah=int(
+            values.get("write_off_limit_rupiah", default.write_off_limit_rupiah)
+        ),
+        secure_cookies=bool(values.get("secure_cookies", default.secure_cookies)),
+        login_limits=LoginLimits(
+            checks_concurrent_max=int(
+                values.get(
+                    "password_checks_concurrent_max", default.login_limits.checks_concurrent_max
+                )
+            )
+        ),
+        client_address_header=str(
+            values.get("client_address_header", default.client_address_header)
+        ),
+    )
 
 
 settings_key = web.AppKey("settlement_pages", PagesSettings)
 http_key = web.AppKey("settlement_http", aiohttp.ClientSession)
-login_failures_key = web.AppKey("settlement_login_failures", dict[str, list[float]])
+password_checker_key = web.AppKey("settlement_password_checker", logins.PasswordChecker)
 
 
 def extension(settings: PagesSettings) -> Extension:
     def mount(app: web.Application) -> None:
         app[settings_key] = settings
-        app[login_failures_key] = {}
+        app[password_checker_key] = logins.PasswordChecker(
+            settings.login_limits.checks_concurrent_max
+        )
 
         async def http_client(app: web.Application) -> Any:
             app[http_key] = aiohttp.ClientSession()
@@ -115,10 +149,13 @@ def extension(settings: PagesSettings) -> Extension:
             await app[http_key].close()
 
         app.cleanup_ctx.append(http_client)
+        if settings.secure_cookies:
+            app.on_response_prepare.append(send_strict_transport_security)
         routes = [
             web.get("/finance/login", login_form),
             web.post("/finance/login", login),
             web.post("/finance/logout", logout),
+            web.post("/finance/logout-everywhere", logout_everywhere),
             web.get("/finance", overview),
             web.get("/finance/", overview),
             web.get("/finance/batches", batches_page),
@@ -129,6 +166,9 @@ def extension(settings: PagesSettings) -> Extension:
             web.post("/finance/exceptions/action", exception_action),
             web.post("/finance/match", manual_match),
             web.get("/finance/cards", card_page),
+            web.get("/finance/staff", staff_page),
+            web.post("/finance/staff/unlock", unlock_staff),
+            web.post("/finance/staff/end-sessions", end_staff_sessions),
         ]
         app.router.add_routes(routes)
 
@@ -137,8 +177,14 @@ def extension(settings: PagesSettings) -> Extension:
 
 def install(app: web.Application) -> None:
     """The default mounting (`ksh serve`): settings from the back office config, if any."""
-    configured = app[config_key].settings.get("settlement_pages")
-    extension(configured if isinstance(configured, PagesSettings) else PagesSettings())(app)
+    extension(settings_from(app[config_key].settings))(app)
+
+
+async def send_strict_transport_security(
+    request: web.Request, response: web.StreamResponse
+) -> None:
+    if request.path.startswith("/finance"):
+        response.headers["Strict-Transport-Security"] = strict_transport_security
 
 
 # ---------------------------------------------------------------------------- sessions
@@ -150,8 +196,14 @@ class Session:
     csrf_token: str
 
 
-def token_digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+def client_address(request: web.Request, header: str) -> str:
+    """Who is asking, for the per-address limit: the last entry of the configured proxy header
+    (what the nearest proxy saw), else the connection's peer."""
+    if header:
+        last = request.headers.get(header, "").rsplit(",", 1)[-1].strip()
+        if last:
+            return last[: logins.subject_length_max]
+    return (request.remote or "unknown")[: logins.subject_length_max]
 
 
 async def current_session(request: web.Request) -> Session | None:
@@ -163,7 +215,7 @@ async def current_session(request: web.Request) -> Session | None:
             """select s.csrf_token, u.username, u.role from settlement_sessions s
                  join settlement_staff u using (username)
                 where s.token_sha256 = $1 and s.expires_at > $2""",
-            token_digest(token),
+            logins.session_digest(token),
             request.app[config_key].clock.now(),
         )
     if row is None:
@@ -230,15 +282,7 @@ button.action.secondary{background:#6b7280}
 
 
 def page(title: str, session: Session | None, body: str, message: str = "") -> str:
-    nav = ""
-    if session is not None:
-        nav = (
-            '<a href="/finance">Overview</a><a href="/finance/batches">Settlement batches</a>'
-            '<a href="/finance/exceptions">Exceptions</a><a href="/finance/cards">Card lookup</a>'
-            f'<span class="who">{escape(session.staff.username)} ({escape(session.staff.role.value)}) '
-            f'<form method="post" action="/finance/logout"><input type="hidden" name="csrf" '
-            f'value="{escape(session.csrf_token)}"><button>Log out</button></form></span>'
-        )
+    nav = templates.get_template("nav.html").render(session=session) if session else ""
     note = ""
     if message:
         warn = " warning" if not message.startswith("done") else ""
@@ -315,54 +359,55 @@ async def login_form(request: web.Request) -> web.Response:
     return response
 
 
+def back_to_login(message: str) -> web.HTTPSeeOther:
+    return web.HTTPSeeOther("/finance/login?message=" + urllib.parse.quote(message))
+
+
 async def login(request: web.Request) -> web.Response:
     form = await read_form(request, None)
-    username = form.get("username", "").strip().lower()
+    username = form.get("username", "").strip().lower()[: logins.subject_length_max]
     password = form.get("password", "")
-    failures = request.app[login_failures_key]
+    settings = request.app[settings_key]
+    limits = settings.login_limits
     clock = request.app[config_key].clock
-    window_start = clock.monotonic() - login_failures_window_seconds
-    recent = [moment for moment in failures.get(username, ()) if moment > window_start]
+    address = client_address(request, settings.client_address_header)
+    # Counted before the password is checked, in the database every process shares; the
+    # connection goes back to the pool while the password is checked on a worker thread.
     async with request.app[pool_key].acquire() as connection:
-        row = await connection.fetchrow(
-            "select * from settlement_staff where username = $1", username
-        )
-        valid = verify_password(password, row["password_hash"] if row else _absent_user_hash)
-        if len(recent) >= login_failures_max:
-            raise web.HTTPSeeOther(
-                "/finance/login?message="
-                + urllib.parse.quote("too many wrong passwords; try again in 15 minutes")
+        gate = await logins.open_gate(connection, username, address, now=clock.now(), limits=limits)
+        row = None
+        if gate is logins.Gate.open:
+            row = await connection.fetchrow(
+                "select password_hash from settlement_staff where username = $1", username
             )
-        if row is None or not valid:
-            if row is not None:
-                failures[username] = [*recent, clock.monotonic()]
-            raise web.HTTPSeeOther(
-                "/finance/login?message=" + urllib.parse.quote("wrong user name or password")
-            )
-        failures.pop(username, None)
-        token = secrets.token_urlsafe(32)
-        now = clock.now()
-        await connection.execute("delete from settlement_sessions where expires_at < $1", now)
-        await connection.execute(
-            """insert into settlement_sessions (token_sha256, username, csrf_token, expires_at)
-               values ($1, $2, $3, $4)""",
-            token_digest(token),
-            username,
-            secrets.token_urlsafe(24),
-            now + dt.timedelta(seconds=session_ttl_seconds),
+    if gate is not logins.Gate.open:
+        logger.warning(
+            "login refused", extra={"username": username, "address": address, "gate": gate.value}
         )
+        minutes = max(1, limits.window_seconds // 60)
+        raise back_to_login(f"too many wrong passwords; try again in {minutes} minutes")
+    stored = row["password_hash"] if row is not None else None
+    valid = await request.app[password_checker_key].verify(password, stored)
+    if row is None or not valid:
+        logger.info("login failed", extra={"username": username, "address": address})
+        raise back_to_login("wrong user name or password")
+    now = clock.now()
+    async with request.app[pool_key].acquire() as connection:
+        await logins.login_succeeded(connection, username, address, now=now)
+        session = await logins.open_session(connection, username, address, now=now)
+    logger.info("login", extra={"username": username, "address": address})
     next_path = form.get("next", "/finance")
     if not next_path.startswith("/finance") or next_path.startswith("//"):
         next_path = "/finance"
     response = web.HTTPSeeOther(next_path)
     response.set_cookie(
         session_cookie,
-        token,
+        session.token,
         httponly=True,
         samesite="Strict",
-        secure=request.app[settings_key].secure_cookies,
+        secure=settings.secure_cookies,
         path="/finance",
-        max_age=session_ttl_seconds,
+        max_age=logins.session_ttl_seconds,
     )
     response.del_cookie(login_csrf_cookie, path="/finance")
     raise response
@@ -374,9 +419,27 @@ async def logout(request: web.Request) -> web.Response:
     async with request.app[pool_key].acquire() as connection:
         await connection.execute(
             "delete from settlement_sessions where token_sha256 = $1",
-            token_digest(request.cookies[session_cookie]),
+            logins.session_digest(request.cookies[session_cookie]),
         )
-    response = web.HTTPSeeOther("/finance/login?message=" + urllib.parse.quote("logged out"))
+    response = back_to_login("logged out")
+    response.del_cookie(session_cookie, path="/finance")
+    raise response
+
+
+async def logout_everywhere(request: web.Request) -> web.Response:
+    """End every session of the person asking (other browsers and devices too)."""
+    session = await require(request)
+    await read_form(request, session)
+    async with request.app[pool_key].acquire() as connection:
+        ended = await logins.end_sessions(
+            connection,
+            session.staff.username,
+            by=session.staff.username,
+            by_role=session.staff.role.value,
+            reason="logged out everywhere",
+            now=request.app[config_key].clock.now(),
+        )
+    response = back_to_login(f"logged out everywhere ({ended} sessions ended)")
     response.del_cookie(session_cookie, path="/finance")
     raise response
 
@@ -601,9 +664,12 @@ def exception_actions(session: Session, row: asyncpg.Record) -> str:
         )
 
     if row["subject_kind"] == "line":
-        if row["write_off_requested_by"] and session.staff.role is Role.supervisor:
+        requested_by = row["write_off_requested_by"]
+        if requested_by and requested_by == session.staff.username:
+            forms.append("<small>waiting for another supervisor to approve</small>")
+        elif requested_by and session.staff.role is Role.supervisor:
             forms.append(form("approve", "Approve write-off", with_note=False))
-        elif not row["write_off_requested_by"]:
+        elif not requested_by:
             forms.append(form("write-off", "Write off to suspense"))
         if row["subject_id"]:
             forms.append(f"<small>line key {escape(row['subject_id'])}</small>")
@@ -616,7 +682,7 @@ def exception_actions(session: Session, row: asyncpg.Record) -> str:
 
 messages = {
     ActionResult.done: "done",
-    ActionResult.awaiting_approval: "recorded: a supervisor must approve this write-off (above the limit)",
+    ActionResult.awaiting_approval: "recorded: a supervisor must approve this write-off (above the limit), and not the person who asked",
     ActionResult.not_found: "nothing found to act on",
     ActionResult.already_resolved: "already resolved by someone else",
     ActionResult.not_allowed: "your role may not do this",
@@ -737,53 +803,97 @@ async def card_page(request: web.Request) -> web.Response:
     return html(page("Card lookup", session, body))
 
 
-def card_section(story: dict[str, Any] | None, number: str) -> str:
-    if story is None:
-        return f"<p>No card {escape(number)} was issued.</p>"
-    card = story["card"]
-    balances = story["balances"]
-    shadow = card["shadow_balance_rupiah"]
-    purse = balances.get("card_purse", 0)
-    tiles = [
-        ("Shadow balance (card's own)", rupiah(shadow) if shadow is not None else "no taps yet"),
-        ("Purse account (ledger)", rupiah(purse)),
-        ("Pending top-ups", rupiah(balances.get("pending_top_up", 0))),
-        ("Last counter", str(card["last_counter"])),
-        ("Deny list", "BLOCKED" if story["denied"] else "no"),
-        ("Flags", str(len(story["flags"]))),
-    ]
-    out = (
-        f"<h2>Card {escape(number)}</h2>"
-        + '<div class="cards">'
-        + "".join(
-            f'<div class="card"><div class="label">{escape(label)}</div><div class="value">{escape(value)}</div></div>'
-            for label, value in tiles
+def card_section(story: views.CardStory | None, number: str) -> str:
+    return templates.get_template("card.html").render(story=story, number=number)
+
+
+# ---------------------------------------------------------------------------- staff
+
+staff_actions_shown_max = 50
+
+
+async def staff_page(request: web.Request) -> web.Response:
+    """Everyone: their own sessions and "log out everywhere". Supervisors and auditors: each
+    staff member's open sessions and counted wrong passwords, and the staff actions log;
+    supervisors also unlock user names and end other people's sessions."""
+    session = await require(request)
+    limits = request.app[settings_key].login_limits
+    now = request.app[config_key].clock.now()
+    can_read = session.staff.role in (Role.supervisor, Role.auditor)
+    async with request.app[pool_key].acquire() as connection:
+        members = await connection.fetch(
+            """select u.username, u.role, count(s.token_sha256) as sessions
+                 from settlement_staff u
+                 left join settlement_sessions s on s.username = u.username and s.expires_at > $1
+                group by 1, 2 order by 1""",
+            now,
         )
-        + "</div>"
+        locks = await logins.lock_states(connection, now=now, limits=limits)
+        recent = await connection.fetch(
+            """select at, username, role, action, subject, reason from staff_actions
+                order by action_id desc limit $1""",
+            staff_actions_shown_max,
+        )
+    own = next(
+        (int(row["sessions"]) for row in members if row["username"] == session.staff.username), 0
     )
-    if story["flags"]:
-        out += (
-            "<h2>Flags</h2><table><tbody>"
-            + "".join(
-                f"<tr><td>{escape(' · '.join(str(value) for value in flag.values()))}</td></tr>"
-                for flag in story["flags"]
-            )
-            + "</tbody></table>"
+    known = {row["username"] for row in members}
+    body = templates.get_template("staff.html").render(
+        session=session,
+        own_sessions=own,
+        can_read=can_read,
+        can_manage=session.staff.role is Role.supervisor,
+        members=members if can_read else [],
+        locks=locks,
+        others=[lock for name, lock in sorted(locks.items()) if name not in known],
+        recent=recent if can_read else [],
+    )
+    return html(page("Staff", session, body, request.query.get("message", "")))
+
+
+async def staff_form(request: web.Request) -> tuple[Session, str, str]:
+    """A supervisor's form about another staff member: (session, user name, reason)."""
+    session = await require(request, Role.supervisor)
+    form = await read_form(request, session)
+    username = form.get("username", "").strip().lower()
+    reason = form.get("reason", "").strip()[:reason_length_max]
+    if not username:
+        raise web.HTTPBadRequest(text="username is required")
+    if not reason:
+        raise web.HTTPSeeOther(
+            "/finance/staff?message=" + urllib.parse.quote(messages[ActionResult.note_required])
         )
-    out += "<h2>History</h2><table><thead><tr><th>Time (WIB)</th><th>Kind</th><th>Counter</th><th>Amount</th><th>Top-up</th><th>Balance after</th><th>Terminal</th><th>Route / merchant</th><th>Outcome</th></tr></thead><tbody>"
-    for record in story["history"]:
-        when = dt.datetime.fromtimestamp(record["time_ms"] / 1000, jakarta).strftime(
-            "%Y-%m-%d %H:%M:%S"
+    return session, username, reason
+
+
+async def unlock_staff(request: web.Request) -> web.Response:
+    session, username, reason = await staff_form(request)
+    async with request.app[pool_key].acquire() as connection:
+        cleared = await logins.unlock(
+            connection,
+            username,
+            by=session.staff.username,
+            by_role=session.staff.role.value,
+            reason=reason,
+            now=request.app[config_key].clock.now(),
         )
-        out += (
-            f'<tr><td>{when}</td><td>{escape(record["kind"])}</td><td class="num">{record["card_counter"]}</td>'
-            f'<td class="num">{rupiah(record["amount_rupiah"])}</td><td class="num">{rupiah(record["topup_rupiah"])}</td>'
-            f'<td class="num">{rupiah(record["balance_after_rupiah"])}</td><td>{escape(record["terminal_id"])}</td>'
-            f"<td>{escape(record['route'] or record['merchant_id'])}</td><td>{escape(record['outcome'])}</td></tr>"
+    message = f"done: {username} unlocked" if cleared else f"done: {username} was not locked"
+    raise web.HTTPSeeOther("/finance/staff?message=" + urllib.parse.quote(message))
+
+
+async def end_staff_sessions(request: web.Request) -> web.Response:
+    session, username, reason = await staff_form(request)
+    async with request.app[pool_key].acquire() as connection:
+        ended = await logins.end_sessions(
+            connection,
+            username,
+            by=session.staff.username,
+            by_role=session.staff.role.value,
+            reason=reason,
+            now=request.app[config_key].clock.now(),
         )
-    if not story["history"]:
-        out += '<tr><td colspan="9">No records uploaded for this card yet.</td></tr>'
-    return out + "</tbody></table>"
+    message = f"done: {ended} session(s) of {username} ended"
+    raise web.HTTPSeeOther("/finance/staff?message=" + urllib.parse.quote(message))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

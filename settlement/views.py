@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
@@ -160,19 +159,52 @@ async def open_movements(connection: asyncpg.Connection) -> list[asyncpg.Record]
     )
 
 
-async def card_story(connection: asyncpg.Connection, card_number: str) -> dict[str, Any] | None:
-    """Shadow balance, ledger balances, flags and the latest records of one card."""
+@dataclass(frozen=True, slots=True)
+class CardStory:
+    """One card as finance sees it: what the card itself last reported beside the books."""
+
+    card_number: str
+    # The card's own balance: balance after its highest counter booked (None: no records yet).
+    card_balance_rupiah: int | None
+    card_counter: int  # that counter (0: none)
+    card_reported_ms: int | None  # when the card made that transaction
+    books_balance_rupiah: int  # the card's purse account in the ledger
+    pending_top_ups_rupiah: int  # paid for the card, not yet on it
+    denied: bool
+    flags: list[asyncpg.Record]
+    history: list[asyncpg.Record]
+
+    @property
+    def difference_rupiah(self) -> int | None:
+        """The card's balance minus the books' (None while the card has reported nothing)."""
+        if self.card_balance_rupiah is None:
+            return None
+        return self.card_balance_rupiah - self.books_balance_rupiah
+
+
+async def card_story(connection: asyncpg.Connection, card_number: str) -> CardStory | None:
+    """The card's own balance, the books' balances, flags and the latest records of one card;
+    None when no such card was issued."""
     card = await connection.fetchrow("select * from cards where card_number = $1", card_number)
     if card is None:
         return None
     accounts = await connection.fetch(
-        """select kind, credits_posted - debits_posted as balance from ledger_accounts
+        """select id, credits_posted - debits_posted as balance from ledger_accounts
             where id in ($1, $2)""",
         card["purse_account_id"],
         card["pending_top_up_account_id"],
     )
+    balances = {row["id"]: int(row["balance"]) for row in accounts}
+    last = await connection.fetchrow(
+        """select card_counter, balance_after_rupiah, time_ms from card_records
+            where card_number = $1 and outcome = 'booked'
+            order by card_counter desc limit 1""",
+        card_number,
+    )
     flags = await connection.fetch(
-        "select * from card_flags where card_number = $1 order by 1 limit 50", card_number
+        """select reason, terminal_id, sequence, card_counter, detail from card_flags
+            where card_number = $1 order by flag_id limit 50""",
+        card_number,
     )
     denied = await connection.fetchval(
         "select exists (select 1 from deny_list where card_number = $1)", card_number
@@ -184,10 +216,14 @@ async def card_story(connection: asyncpg.Connection, card_number: str) -> dict[s
         card_number,
         card_history_rows_max,
     )
-    return {
-        "card": card,
-        "balances": {row["kind"]: int(row["balance"]) for row in accounts},
-        "flags": flags,
-        "denied": bool(denied),
-        "history": history,
-    }
+    return CardStory(
+        card_number,
+        int(last["balance_after_rupiah"]) if last else None,
+        int(last["card_counter"]) if last else 0,
+        int(last["time_ms"]) if last else None,
+        balances.get(card["purse_account_id"], 0),
+        balances.get(card["pending_top_up_account_id"], 0),
+        bool(denied),
+        list(flags),
+        list(history),
+    )

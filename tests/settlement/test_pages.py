@@ -18,7 +18,7 @@ from gateways.backoffice import BackofficeConfig, create_app
 from gateways.snap.client import BankClient
 from ksh.commands.demo import start
 from ledger.clock import ManualClock
-from settlement import end_of_day, pages, reconciliation
+from settlement import end_of_day, logins, pages, reconciliation
 from settlement.actions import Role
 from settlement.statements import Direction, StatementLine, write_mt940
 from tests.conftest import unavailable
@@ -341,10 +341,11 @@ async def test_guessing_a_password_locks_the_user_name(database_url: str) -> Non
                     return urllib.parse.unquote(answer.headers["Location"])
 
             assert (await log_in(passwords["ani"])) == "/finance"
-            for _ in range(pages.login_failures_max):
+            limits = logins.LoginLimits()
+            for _ in range(limits.user_attempts_max):
                 assert "wrong user name or password" in await log_in("guess-guess-guess")
             assert "too many wrong passwords" in await log_in(passwords["ani"])
-            clock.advance(pages.login_failures_window_seconds - 1)
+            clock.advance(limits.window_seconds - 1)
             assert "too many wrong passwords" in await log_in(passwords["ani"])
             clock.advance(1)  # the failures are now as old as the window: forgotten
             assert (await log_in(passwords["ani"])) == "/finance"
