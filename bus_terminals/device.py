@@ -21,7 +21,6 @@ from bus_terminals.journal import Journal
 from bus_terminals.sync import SyncClient, SyncState, load_private_key, save_new_private_key
 from bus_terminals.terminal import Decide, Feedback, Terminal
 from bus_terminals.wire import public_key_text
-from card_reader.emulator import EmulatedCard, EmulatedReader, load_deck, save_deck
 from card_reader.keys import TerminalKeys
 from card_reader.ksh_card import KshCard
 from card_reader.port import ReaderPort
@@ -157,6 +156,10 @@ def deck_taps(
     deck_path: Path, lines: Iterable[str], out: TextIO
 ) -> Iterator[tuple[ReaderPort, list[str]]]:
     """Read `INDEX [words...]` lines; insert that card of the deck, yield, save the deck."""
+    # Imported here, for development only: a validator on a real reader never loads the
+    # software card.
+    from card_reader.emulator import EmulatedCard, EmulatedReader, load_deck, save_deck
+
     cards: list[EmulatedCard] = load_deck(deck_path)
     reader = EmulatedReader("emulated deck")
     for line in lines:

@@ -14,6 +14,8 @@ additional_frame_code = 0xAF
 short_apdu_data_bytes_max = 255
 # The DF name of the DESFire AID (libfreefare SELECTs it by name before anything else).
 desfire_df_name = bytes.fromhex("D2760000850100")
+# PC/SC Part 3 GET DATA: the reader answers with the card's anticollision UID.
+get_uid_apdu = bytes.fromhex("FFCA000000")
 
 
 class ApduFormatError(ValueError):

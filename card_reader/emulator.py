@@ -46,6 +46,7 @@ from card_reader.apdu import (
     IsoStatus,
     Status,
     desfire_df_name,
+    get_uid_apdu,
     split_frames,
     unwrap_command,
     wrap_response,
@@ -55,7 +56,6 @@ from card_reader.durable import replace_file
 from card_reader.port import CardError
 
 desfire_atr = bytes.fromhex("3B8180018080")
-get_uid_apdu = bytes.fromhex("FFCA000000")  # PC/SC Part 3 GET DATA: the card UID
 response_frame_data_bytes_max = 59  # one native frame: 1 status + 59 data bytes
 command_chain_bytes_max = 1024  # longest command this card accepts over several AF frames
 card_memory_bytes = 8192  # EV2 8K

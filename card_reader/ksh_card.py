@@ -43,10 +43,9 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from card_reader.apdu import Framing, IsoStatus, Status
+from card_reader.apdu import Framing, IsoStatus, Status, get_uid_apdu
 from card_reader.desfire import Desfire, DesfireError
 from card_reader.desfire_files import AccessRights, CommMode, free_access
-from card_reader.emulator import get_uid_apdu
 from card_reader.keys import CardKey, KeyRole, TerminalKeys, uid_lengths
 from card_reader.port import CardError, ReaderPort
 
@@ -418,18 +417,18 @@ class KshCard:
             transcript=self.desfire.transcript_hex(),
         )
 
-    def _authenticate(self, role: KeyRole, uid: bytes, *, first: bool) -> int:
+    def authenticate(self, role: KeyRole, uid: bytes, *, first: bool) -> int:
         """Authenticate with the role key, trying the current version, then the card's own version
         if the terminal still accepts it. Returns the version used."""
         key_number = key_numbers[role]
         card_key = self.keys.card_key(role, uid, ksh_application_id)
-        authenticate = (
+        authenticate_ev2 = (
             self.desfire.authenticate_ev2_first
             if first
             else self.desfire.authenticate_ev2_non_first
         )
         try:
-            authenticate(key_number, card_key.key)
+            authenticate_ev2(key_number, card_key.key)
             return card_key.version
         except DesfireError as error:
             if error.status != Status.AUTHENTICATION_ERROR:
@@ -460,7 +459,7 @@ class KshCard:
                 raise self._fail("not a KSH card (no KSH application)", uid) from error
             raise
         role = self._session_role()
-        self._key_version = self._authenticate(role, uid, first=True)
+        self._key_version = self.authenticate(role, uid, first=True)
         self._role = role
         desfire = self.desfire
         try:
@@ -571,7 +570,7 @@ class KshCard:
         assert plan.record.counter == state.counter + 1, "the plan is stale: plan again"
         if self._role is not plan.role:
             assert self._role is not None
-            self._key_version = self._authenticate(plan.role, state.uid, first=False)
+            self._key_version = self.authenticate(plan.role, state.uid, first=False)
             self._role = plan.role
         desfire = self.desfire
         record = plan.record
@@ -706,7 +705,7 @@ def rekey(
     desfire = session.desfire
     desfire.card_uid = uid
     desfire.select_application(ksh_application_id)
-    session._authenticate(KeyRole.PERSONALISATION, uid, first=True)
+    session.authenticate(KeyRole.PERSONALISATION, uid, first=True)
     versions: dict[KeyRole, int] = {}
     # The application master key last: changing it ends the session.
     for role in (KeyRole.READ, KeyRole.DEBIT, KeyRole.CREDIT, KeyRole.PERSONALISATION):
