@@ -9,6 +9,12 @@ Every request is checked in a fixed order, and the first failure is the answer: 
 mandatory headers, timestamp format, partner, token, signature, timestamp freshness, channel,
 JSON, fields; then, in one database transaction, the X-EXTERNAL-ID (unique per partner per
 Jakarta day) and the business step. Nothing is booked unless every check passed.
+
+Every answer under the prefix, success or error (even a 404 or 405 from the router), carries
+`X-TIMESTAMP` from the back office's clock, as SNAP requires of responses. An access-token
+request is answered once: the digest of what its signature covers is claimed atomically in
+`snap_used_token_signatures` for as long as its timestamp is in the window, so a captured
+request sent again gets 401, not a fresh token.
 """
 
 from __future__ import annotations
@@ -108,6 +114,38 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+async def claim_token_signature(
+    connection: asyncpg.Connection,
+    partner_id: str,
+    client_key: str,
+    timestamp: str,
+    settings: SnapServerSettings,
+    now: datetime,
+) -> None:
+    """Refuse an access-token request whose signature was answered before. The key is the
+    string the signature covers (RSA PKCS#1 v1.5 signs it the same way every time), so another
+    encoding of the same signature is the same request too."""
+    moment = signature.parse_timestamp(timestamp)
+    assert moment is not None, "checked before"
+    claimed = await connection.fetchval(
+        """
+        insert into snap_used_token_signatures (signed_sha256, partner_id, usable_until)
+        values ($1, $2, $3)
+        on conflict do nothing
+        returning true
+        """,
+        hashlib.sha256(signature.access_token_string(client_key, timestamp)).digest(),
+        partner_id,
+        moment + timedelta(seconds=settings.timestamp_tolerance_seconds),
+    )
+    if not claimed:
+        raise SnapError(Cases.unauthorized, "this signed request was already answered")
+    await connection.execute(
+        "delete from snap_used_token_signatures where usable_until < $1",
+        now - timedelta(seconds=settings.timestamp_tolerance_seconds),
+    )
+
+
 # ---------------------------------------------------------------------------- access token
 
 
@@ -140,16 +178,21 @@ async def access_token(request: web.Request) -> web.Response:
             if grant_type != "client_credentials":
                 raise SnapError(Cases.invalid_field_format, "grantType")
             token = secrets.token_urlsafe(32)
-            await connection.execute(
-                """
-                insert into snap_access_tokens (token_sha256, partner_id, issued_at, expires_at)
-                values ($1, $2, $3, $4)
-                """,
-                token_digest(token),
-                partner.partner_id,
-                now,
-                now + timedelta(seconds=settings.access_token_ttl_seconds),
-            )
+            async with connection.transaction():
+                await claim_token_signature(
+                    connection, partner.partner_id, client_key, timestamp, settings, now
+                )
+                await connection.execute(
+                    """
+                    insert into snap_access_tokens
+                        (token_sha256, partner_id, issued_at, expires_at)
+                    values ($1, $2, $3, $4)
+                    """,
+                    token_digest(token),
+                    partner.partner_id,
+                    now,
+                    now + timedelta(seconds=settings.access_token_ttl_seconds),
+                )
             # Forget long-expired tokens and old days' external ids as we go (a token is asked
             # for every few minutes per bank), so both tables stay small.
             await connection.execute(
@@ -315,6 +358,13 @@ def extension(settings: SnapServerSettings | None = None) -> Extension:
     def install_with_settings(app: web.Application) -> None:
         app[settings_key] = chosen
         prefix = chosen.prefix
+
+        async def stamp(request: web.Request, response: web.StreamResponse) -> None:
+            if request.path.startswith(prefix + "/") and "X-TIMESTAMP" not in response.headers:
+                now = request.app[config_key].clock.now()
+                response.headers["X-TIMESTAMP"] = signature.format_timestamp(now)
+
+        app.on_response_prepare.append(stamp)
         app.router.add_post(f"{prefix}/v1.0/access-token/b2b", access_token)
         app.router.add_post(
             f"{prefix}/v1.0/transfer-va/inquiry",

@@ -435,7 +435,9 @@ async def test_another_partners_token_and_expired_tokens(
         await connection.close()
     status, answer = await raw_post(harness, payment_path, body, token=token)
     assert (status, answer["responseCode"]) == (401, "4012501")
-    # the session notices the refusal, fetches a fresh token once, and succeeds
+    # the session notices the refusal, fetches a fresh token once, and succeeds (a second
+    # after its first token request: the same signed request would be answered only once)
+    harness.clock.advance(1)
     answer_after = await harness.session.post("/v1.0/transfer-va/payment", json.loads(body))
     assert answer_after.http_status == 200  # the original answer to PR-T
     assert harness.session.token_requests == 2
