@@ -34,9 +34,11 @@ from bus_terminals.journal import Journal, batch_records_max
 from bus_terminals.wire import (
     UploadBatch,
     content_type,
+    deny_list_version_header,
     encode_batch,
     sign,
     signature_header,
+    signed_request_headers,
     terminal_header,
 )
 from card_reader.durable import replace_file
@@ -48,7 +50,6 @@ backoff_ms_initial = 500
 backoff_ms_max = 300_000
 batches_per_round_max = 100  # then yield: downloads must not starve behind a long backlog
 pending_top_ups_held_max = 100_000
-timestamp_header = "X-KSH-Timestamp"
 prune_every_batches = 50  # acknowledged records beyond the journal's keep window go then
 
 
@@ -203,13 +204,9 @@ class SyncClient:
     # ------------------------------------------------------------------ download
 
     def _signed_headers(self, method: str, path_qs: str) -> dict[str, str]:
-        timestamp = str(self.now_ms())
-        signed = f"{method}\n{path_qs}\n{timestamp}".encode()
-        return {
-            terminal_header: self.terminal_id,
-            signature_header: sign(self.private_key, signed),
-            timestamp_header: timestamp,
-        }
+        return signed_request_headers(
+            self.private_key, self.terminal_id, method, path_qs, self.now_ms()
+        )
 
     async def download(self) -> bool:
         """Refresh deny list, pending top-ups and versions; False when offline."""
@@ -233,7 +230,7 @@ class SyncClient:
                     if response.status != 200:
                         return False
                     raw = await response.read()
-                    version = int(response.headers["X-KSH-Version"])
+                    version = int(response.headers[deny_list_version_header])
                 self.state.deny_list = DenyList.from_bytes(raw, version)
             else:
                 self.state.deny_list.add(answer["deny_list_added"], answer["deny_list_version"])

@@ -34,6 +34,8 @@ card_number_length_max = 19
 rupiah_max = 100_000_000  # far above the e-money cap (Rp 2,000,000): catches garbage, not policy
 signature_header = "X-KSH-Signature"
 terminal_header = "X-KSH-Terminal"
+timestamp_header = "X-KSH-Timestamp"  # a download's signed time, terminal's clock, Unix ms
+deny_list_version_header = "X-KSH-Version"  # the version of a whole deny list downloaded
 content_type = "application/vnd.ksh.upload+json"
 
 
@@ -351,6 +353,23 @@ def _row_valid(row: list[Any], terminal_id: str) -> bool:
 
 def sign(private_key: Ed25519PrivateKey, body: bytes) -> str:
     return base64.b64encode(private_key.sign(body)).decode("ascii")
+
+
+def request_signing_bytes(method: str, path_qs: str, timestamp_ms: str) -> bytes:
+    """What a terminal signs for a download: method, path with query, and its clock."""
+    return f"{method}\n{path_qs}\n{timestamp_ms}".encode()
+
+
+def signed_request_headers(
+    private_key: Ed25519PrivateKey, terminal_id: str, method: str, path_qs: str, timestamp_ms: int
+) -> dict[str, str]:
+    """The headers of a terminal's signed download request (`request_signing_bytes`)."""
+    timestamp = str(timestamp_ms)
+    return {
+        terminal_header: terminal_id,
+        signature_header: sign(private_key, request_signing_bytes(method, path_qs, timestamp)),
+        timestamp_header: timestamp,
+    }
 
 
 def signature_valid(public_key: Ed25519PublicKey, body: bytes, signature: str) -> bool:

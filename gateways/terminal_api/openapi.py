@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus_terminals.wire import record_fields, upload_body_bytes_max, upload_records_max
+from bus_terminals.wire import (
+    deny_list_version_header,
+    record_fields,
+    signature_header,
+    terminal_header,
+    timestamp_header,
+    upload_body_bytes_max,
+    upload_records_max,
+)
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -32,9 +40,9 @@ def _admin(summary: str, required: list[str]) -> dict[str, Any]:
 
 def openapi_document() -> dict[str, Any]:
     terminal_headers = [
-        {"name": "X-KSH-Terminal", "in": "header", "required": True, "schema": {"type": "string"}},
+        {"name": terminal_header, "in": "header", "required": True, "schema": {"type": "string"}},
         {
-            "name": "X-KSH-Signature",
+            "name": signature_header,
             "in": "header",
             "required": True,
             "description": "base64 Ed25519 signature of the body (uploads) or of "
@@ -43,7 +51,7 @@ def openapi_document() -> dict[str, Any]:
         },
     ]
     timestamp = {
-        "name": "X-KSH-Timestamp",
+        "name": timestamp_header,
         "in": "header",
         "required": True,
         "schema": {"type": "string"},
@@ -130,7 +138,9 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "The whole deny list: little-endian u64 card numbers, sorted",
                     "parameters": [*terminal_headers, timestamp],
-                    "responses": {"200": {"description": "binary list; X-KSH-Version header"}},
+                    "responses": {
+                        "200": {"description": f"binary list; {deny_list_version_header} header"}
+                    },
                 }
             },
             "/admin/v1/operators": {"post": _admin("Register a bus operator", ["operator_id"])},

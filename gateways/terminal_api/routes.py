@@ -4,12 +4,16 @@ Terminals (Ed25519 signatures, one key per terminal):
     POST /terminal/v1/uploads        a signed batch (body = `bus_terminals.wire` bytes)
     GET  /terminal/v1/sync           deny list delta, pending top-ups, tariff and key versions
     GET  /terminal/v1/deny-list      the whole deny list (binary, little-endian u64, sorted)
-Staff (bearer token `admin_token` in the back office settings):
-    POST /admin/v1/operators | merchants | terminals | cards | pending-top-ups
-    POST /admin/v1/terminals/{terminal_id}/revoke
+Staff, each with a bearer token of their own (`gateways.staff`; `ksh settle staff USER
+--issue-token`), in the role it was issued for:
+    POST /admin/v1/cards | pending-top-ups           clerk or supervisor (they create money)
+    POST /admin/v1/operators | merchants | terminals  supervisor (they change parties)
+    POST /admin/v1/terminals/{terminal_id}/revoke     supervisor
     GET  /admin/v1/cards/{card_number}  shadow balance, purse, flags, counter gaps
     GET  /admin/v1/monitoring/counter-gaps  cards whose counters skip (unreported transactions)
     GET  /admin/v1/monitoring/record-gaps   terminals whose journal sequences skip
+  Reads take any role. Every POST names why (`reason`) and is written to `staff_actions` with
+  who, in what role, what and on what, in the transaction that makes the change.
 Everyone: GET /metrics (Prometheus text), GET /openapi.json.
 """
 
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hmac
 import logging
 import sys
 import time
@@ -29,14 +32,19 @@ from aiohttp import web
 
 from bus_terminals.wire import (
     WireError,
+    deny_list_version_header,
     load_public_key,
     reference_check,
+    request_signing_bytes,
     signature_header,
     signature_valid,
     terminal_header,
+    timestamp_header,
     upload_body_bytes_max,
 )
+from gateways import staff
 from gateways.backoffice import Problem, config_key, health_checks_key, pool_key
+from gateways.staff import Role, StaffMember
 from gateways.terminal_api import books, feeds, registry
 from gateways.terminal_api.acceptance import public_key
 from gateways.terminal_api.ingest import KnownCards, ingest_upload
@@ -55,7 +63,6 @@ metrics_key = web.AppKey("terminal_metrics", TerminalMetrics)
 uploads_booking_per_process_max = 1
 booking_slots_key = web.AppKey("upload_booking_slots", asyncio.Semaphore)
 known_cards_key = web.AppKey("known_cards", KnownCards)
-timestamp_header = "X-KSH-Timestamp"
 request_clock_skew_ms_max = 300_000
 deny_delta_entries_max = 10_000  # more than this: the terminal downloads the whole list
 pending_top_ups_download_max = 50_000
@@ -150,11 +157,6 @@ async def _read_bounded(request: web.Request, bytes_max: int) -> bytes:
     return b"".join(chunks)
 
 
-def request_signing_bytes(method: str, path_qs: str, timestamp_ms: str) -> bytes:
-    """What a terminal signs for a download: method, path with query, and its clock."""
-    return f"{method}\n{path_qs}\n{timestamp_ms}".encode()
-
-
 async def _authenticated_terminal(request: web.Request) -> registry.TerminalRow:
     terminal_id = request.headers.get(terminal_header, "")
     signature = request.headers.get(signature_header, "")
@@ -241,7 +243,7 @@ async def deny_list(request: web.Request) -> web.Response:
     return web.Response(
         body=values.tobytes(),
         content_type="application/octet-stream",
-        headers={"X-KSH-Version": str(version)},
+        headers={deny_list_version_header: str(version)},
     )
 
 
@@ -268,11 +270,23 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
 # ------------------------------------------------------------------------------ staff
 
 
-async def _admin_body(request: web.Request) -> dict[str, Any]:
-    token = request.app[config_key].settings.get("admin_token", "")
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-    if not token or not hmac.compare_digest(given.encode(), str(token).encode()):
-        raise Problem(401, "unauthorised", "a staff bearer token is needed")
+money_roles = (Role.clerk, Role.supervisor)  # cards with a balance, pending top-ups
+party_roles = (Role.supervisor,)  # operators, merchants, terminals
+any_role = tuple(Role)
+
+
+async def _admin_body(request: web.Request, roles: tuple[Role, ...]) -> dict[str, Any]:
+    """The caller's staff token must be live and its role one of `roles`; the JSON body."""
+    member = await _staff_member(request)
+    if member.role not in roles:
+        raise Problem(
+            403,
+            "forbidden",
+            f"a {member.role.value} may not do this (needs "
+            + " or ".join(role.value for role in roles)
+            + ")",
+        )
+    request[staff_member_key] = member
     if request.method == "GET":
         return {}
     import json
@@ -282,6 +296,54 @@ async def _admin_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise Problem(400, "malformed_body", "the body must be a JSON object")
     return body
+
+
+staff_member_key = web.RequestKey("staff_member", StaffMember)
+
+
+async def _staff_member(request: web.Request) -> StaffMember:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    member = None
+    if scheme.lower() == "bearer" and token:
+        async with request.app[pool_key].acquire() as connection:
+            member = await staff.member_of_token(connection, token)
+    if member is None:
+        raise Problem(401, "unauthorised", "a staff bearer token of your own is needed")
+    return member
+
+
+def _reason(body: dict[str, Any]) -> str:
+    """Why the caller does this: said in every change, and logged with it."""
+    reason = _field(body, "reason", str)
+    if not reason.strip() or len(reason) > staff.reason_length_max or not reason.isprintable():
+        raise Problem(
+            400,
+            "bad_field",
+            f"reason says why, in 1 to {staff.reason_length_max} printable characters",
+            field="reason",
+        )
+    return str(reason.strip())
+
+
+async def _record(
+    request: web.Request,
+    connection: asyncpg.Connection,
+    action: str,
+    subject: str,
+    reason: str,
+    **detail: Any,
+) -> None:
+    member = request[staff_member_key]
+    await staff.record_action(
+        connection,
+        username=member.username,
+        role=member.role.value,
+        action=action,
+        subject=subject,
+        reason=reason,
+        now=request.app[config_key].clock.now(),
+        detail=detail,
+    )
 
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
@@ -311,28 +373,40 @@ def _card_number_field(body: dict[str, Any]) -> str:
 
 
 async def add_operator(request: web.Request) -> web.Response:
-    body = await _admin_body(request)
+    body = await _admin_body(request, party_roles)
     operator_id = _reference_field(body, "operator_id")
-    async with request.app[pool_key].acquire() as connection:
-        await registry.register_operator(connection, operator_id, _field(body, "name", str, ""))
+    name = _field(body, "name", str, "")
+    reason = _reason(body)
+    async with request.app[pool_key].acquire() as connection, connection.transaction():
+        await registry.register_operator(connection, operator_id, name)
+        await _record(request, connection, "register_operator", operator_id, reason, name=name)
     return web.json_response({"operator_id": operator_id}, status=201)
 
 
 async def add_merchant(request: web.Request) -> web.Response:
-    body = await _admin_body(request)
+    body = await _admin_body(request, party_roles)
     merchant_id = _reference_field(body, "merchant_id")
     fee = _field(body, "fee_basis_points", int, 0)
     if not 0 <= fee <= 10_000:
         raise Problem(400, "bad_field", "fee_basis_points is 0..10000", field="fee_basis_points")
-    async with request.app[pool_key].acquire() as connection:
-        await registry.register_merchant(
-            connection, merchant_id, _field(body, "name", str, ""), fee
+    name = _field(body, "name", str, "")
+    reason = _reason(body)
+    async with request.app[pool_key].acquire() as connection, connection.transaction():
+        await registry.register_merchant(connection, merchant_id, name, fee)
+        await _record(
+            request,
+            connection,
+            "register_merchant",
+            merchant_id,
+            reason,
+            name=name,
+            fee_basis_points=fee,
         )
     return web.json_response({"merchant_id": merchant_id}, status=201)
 
 
 async def add_terminal(request: web.Request) -> web.Response:
-    body = await _admin_body(request)
+    body = await _admin_body(request, party_roles)
     terminal_id = _field(body, "terminal_id", str)
     public_key = _field(body, "public_key", str)
     role_text = _field(body, "role", str)
@@ -350,7 +424,8 @@ async def add_terminal(request: web.Request) -> web.Response:
         load_public_key(public_key)
     except WireError as error:
         raise Problem(400, "bad_field", str(error), field="public_key") from None
-    async with request.app[pool_key].acquire() as connection:
+    reason = _reason(body)
+    async with request.app[pool_key].acquire() as connection, connection.transaction():
         owner = await connection.fetchval(
             "select 1 from operators where operator_id = $1"
             if operator_id
@@ -372,20 +447,31 @@ async def add_terminal(request: web.Request) -> web.Response:
             raise Problem(
                 409, "terminal_number_taken", "another terminal has the same card number: rename"
             ) from None
+        await _record(
+            request,
+            connection,
+            "register_terminal",
+            terminal_id,
+            reason,
+            role=role.value,
+            owner=operator_id or merchant_id,
+        )
     return web.json_response({"terminal_id": terminal_id}, status=201)
 
 
 async def revoke_terminal(request: web.Request) -> web.Response:
-    await _admin_body(request)
+    body = await _admin_body(request, party_roles)
     terminal_id = request.match_info["terminal_id"]
-    async with request.app[pool_key].acquire() as connection:
+    reason = _reason(body)
+    async with request.app[pool_key].acquire() as connection, connection.transaction():
         if not await registry.revoke_terminal(connection, terminal_id):
             raise Problem(404, "terminal_not_found", f"terminal {terminal_id!r}")
+        await _record(request, connection, "revoke_terminal", terminal_id, reason)
     return web.json_response({"terminal_id": terminal_id, "status": "revoked"})
 
 
 async def add_card(request: web.Request) -> web.Response:
-    body = await _admin_body(request)
+    body = await _admin_body(request, money_roles)
     number = _card_number_field(body)
     opening = _field(body, "opening_balance_rupiah", int, 0)
     if not 0 <= opening <= 2_000_000:
@@ -395,12 +481,16 @@ async def add_card(request: web.Request) -> web.Response:
             "opening_balance_rupiah is 0..2,000,000",
             field="opening_balance_rupiah",
         )
-    async with request.app[pool_key].acquire() as connection:
+    reason = _reason(body)
+    async with request.app[pool_key].acquire() as connection, connection.transaction():
         if opening:
             await registry.issue_cards(
                 connection, {number: opening}, now=request.app[config_key].clock.now()
             )
         accounts = await registry.register_card(connection, number)
+        await _record(
+            request, connection, "issue_card", number, reason, opening_balance_rupiah=opening
+        )
     return web.json_response(
         {
             "card_number": number,
@@ -412,7 +502,7 @@ async def add_card(request: web.Request) -> web.Response:
 
 
 async def add_pending_top_up(request: web.Request) -> web.Response:
-    body = await _admin_body(request)
+    body = await _admin_body(request, money_roles)
     number = _card_number_field(body)
     top_up_id = _reference_field(body, "top_up_id")
     amount = _field(body, "amount_rupiah", int)
@@ -428,15 +518,27 @@ async def add_pending_top_up(request: web.Request) -> web.Response:
             raise Problem(
                 400, "bad_field", "paid_at_ms is not a time", field="paid_at_ms"
             ) from None
-    async with request.app[pool_key].acquire() as connection:
+    reason = _reason(body)
+    async with request.app[pool_key].acquire() as connection, connection.transaction():
         created = await registry.pay_pending_top_up(
             connection, top_up_id, number, amount, paid_at=paid_at, bank_code=source
+        )
+        await _record(
+            request,
+            connection,
+            "pending_top_up",
+            number,
+            reason,
+            top_up_id=top_up_id,
+            amount_rupiah=amount,
+            source=source,
+            created=created,
         )
     return web.json_response({"top_up_id": top_up_id, "created": created}, status=201)
 
 
 async def card_view(request: web.Request) -> web.Response:
-    await _admin_body(request)
+    await _admin_body(request, any_role)
     number = request.match_info["card_number"]
     async with request.app[pool_key].acquire() as connection:
         view = await registry.card_view(connection, number)
@@ -449,7 +551,7 @@ async def card_view(request: web.Request) -> web.Response:
 
 
 async def counter_gaps(request: web.Request) -> web.Response:
-    await _admin_body(request)
+    await _admin_body(request, any_role)
     async with request.app[pool_key].acquire() as connection:
         gaps = await registry.cards_with_counter_gaps(connection)
     return web.json_response(
@@ -461,7 +563,7 @@ async def counter_gaps(request: web.Request) -> web.Response:
 
 
 async def record_gaps(request: web.Request) -> web.Response:
-    await _admin_body(request)
+    await _admin_body(request, any_role)
     async with request.app[pool_key].acquire() as connection:
         gaps = await registry.terminals_with_record_gaps(connection)
     return web.json_response(
