@@ -28,6 +28,7 @@ command_modules: tuple[str, ...] = (
     "simulate",
     "settle",
     "reconcile",
+    "quarantine",
     "demo",
     "bench",
     "db",

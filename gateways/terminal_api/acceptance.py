@@ -1,6 +1,8 @@
 """Accepting an upload batch before anything in it is believed: the terminal, its signature
-over the raw body (checked once per batch), the batch sequence, replays, and what the
-terminal's role may report. Only then is the body parsed.
+over the raw body (checked once per batch), the batch sequence and replays. Only then is the
+body parsed. What the terminal's role may report becomes a `RoleRule` for the planner: a
+record outside it is quarantined, never a reason to refuse the batch (the terminal's later
+records would wait behind it for ever).
 
 Inside the caller's transaction, the terminal's row is locked: batches of one terminal are
 serial. The next batch sequence is accepted; an earlier one is a replay (same bytes: the stored
@@ -25,7 +27,7 @@ from bus_terminals.wire import (
     signature_valid,
 )
 from gateways.terminal_api import registry
-from gateways.terminal_api.planning import UploadAnswer, UploadResult
+from gateways.terminal_api.planning import RoleRule, UploadAnswer, UploadResult
 from gateways.terminal_api.registry import TerminalRole, TerminalRow, TerminalStatus
 
 public_key_cache_max = 100_000
@@ -47,6 +49,7 @@ class Accepted:
     terminal: TerminalRow
     batch: UploadBatch
     digest: bytes  # SHA-256 of the body, kept to tell a replay from a conflict
+    rule: RoleRule  # what this terminal may report (other records are quarantined)
 
 
 async def accept(
@@ -75,10 +78,7 @@ async def accept(
             f"batch {batch.batch_sequence} arrived; expected {terminal.next_batch_sequence}",
             acknowledgement={"expected_batch_sequence": terminal.next_batch_sequence},
         )
-    problem = role_problem(terminal, batch)
-    if problem:
-        return UploadAnswer(UploadResult.record_not_for_role, problem)
-    return Accepted(terminal, batch, digest)
+    return Accepted(terminal, batch, digest, role_rule(terminal))
 
 
 async def _replay(
@@ -104,11 +104,7 @@ _pos_kinds = frozenset(
 )
 
 
-def role_problem(terminal: TerminalRow, batch: UploadBatch) -> str:
-    kinds = _validator_kinds if terminal.role == TerminalRole.validator else _pos_kinds
-    for record in batch.records:
-        if record.kind not in kinds:
-            return f"record {record.sequence}: a {terminal.role} does not make {record.kind}"
-        if terminal.role == TerminalRole.pos and record.merchant_id != terminal.merchant_id:
-            return f"record {record.sequence}: merchant {record.merchant_id!r} is not this POS's"
-    return ""
+def role_rule(terminal: TerminalRow) -> RoleRule:
+    if terminal.role == TerminalRole.validator:
+        return RoleRule(_validator_kinds, None)
+    return RoleRule(_pos_kinds, terminal.merchant_id or "")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,6 +42,7 @@ from gateways.terminal_api.planning import (
     LogEvidence,
     Placed,
     Plan,
+    Quarantined,
     RecordOutcome,
     StoredReport,
     UploadAnswer,
@@ -93,7 +95,7 @@ async def _book(
     records = batch.records
     # Load (the second load depends on which of the batch's records are in doubt).
     previous = await _previous_reports(connection, terminal.terminal_id, records)
-    classified = planning.classify(records, previous)
+    classified = planning.classify(records, previous, accepted.rule)
     card_numbers = sorted({record.card_number for record in records})
     held_earlier = await _held_reports(connection, card_numbers)
     candidates = planning.in_doubt_candidates(held_earlier, classified.held)
@@ -102,7 +104,7 @@ async def _book(
     settled = planning.settle_in_doubt(candidates, evidence)
     plan = planning.plan_batch(batch, classified, settled)
     accounts = await _credit_accounts(connection, plan.booked)
-    card_transfers = planning.card_transfers(plan.booked, accounts)
+    card_transfers = planning.card_transfers(plan.booked, accounts, plan.quarantined)
     # Write.
     answer = UploadAnswer(
         UploadResult.accepted,
@@ -114,6 +116,7 @@ async def _book(
     await _insert_flags(connection, plan.conflicts, answer)
     await _store_records(connection, batch.batch_sequence, plan.new_records, plan.changed)
     await _set_outcomes(connection, plan.settled_earlier)
+    await _quarantine(connection, plan.quarantined, now)
     await _monitor_cards(connection, plan.booked, answer)
     await _take_top_ups(connection, plan.booked, answer)
     _log_charged_without_service(plan)
@@ -456,6 +459,30 @@ async def _monitor_cards(
         await _insert_flags(connection, list(flags), answer)
         await registry.deny_cards(
             connection, sorted({flag.card_number for flag in flags}), "balance_mismatch"
+        )
+
+
+async def _quarantine(
+    connection: asyncpg.Connection, quarantined: list[Quarantined], now: datetime
+) -> None:
+    """Keep the records the back office does not believe apart, for staff, and raise the
+    alarm (their card money is booked to suspense with the batch's transfers)."""
+    if not quarantined:
+        return
+    await connection.executemany(
+        "insert into quarantined_records (terminal_id, sequence, reason, detail, quarantined_at) "
+        "values ($1, $2, $3, $4, $5) on conflict do nothing",
+        [(q.record.terminal_id, q.record.sequence, q.reason, q.detail, now) for q in quarantined],
+    )
+    for reason, count in Counter(q.reason for q in quarantined).items():
+        logger.warning(
+            "records quarantined: their money waits in suspense for staff",
+            extra={
+                "reason": reason,
+                "count": count,
+                "terminal_id": quarantined[0].record.terminal_id,
+                "sequences": [q.record.sequence for q in quarantined][:flagged_cards_logged_max],
+            },
         )
 
 

@@ -65,7 +65,6 @@ class UploadResult(enum.Enum):
     malformed = "malformed"
     batch_conflict = "batch_conflict"  # an earlier batch sequence with other bytes
     batch_out_of_order = "batch_out_of_order"  # a later batch sequence: one is missing
-    record_not_for_role = "record_not_for_role"
 
 
 refusal_status: dict[UploadResult, int] = {
@@ -76,7 +75,6 @@ refusal_status: dict[UploadResult, int] = {
     UploadResult.malformed: 400,
     UploadResult.batch_conflict: 409,
     UploadResult.batch_out_of_order: 409,
-    UploadResult.record_not_for_role: 422,
 }
 
 
@@ -86,6 +84,7 @@ class RecordOutcome(enum.StrEnum):
     void = "void"
     denied = "denied"  # no card transaction
     anomaly = "anomaly"  # booked to suspense, card flagged
+    quarantined = "quarantined"  # not the terminal's to report: its money in suspense
 
 
 @dataclass(slots=True)
@@ -163,6 +162,31 @@ class LogEvidence(NamedTuple):
         )
 
 
+class RoleRule(NamedTuple):
+    """What a terminal may report: the record kinds of its role, and (a point of sale) whose
+    sales they are."""
+
+    kinds: frozenset[RecordKind]
+    merchant_id: str | None  # a POS's merchant; None for a validator
+
+    def problem(self, record: UploadRecord) -> str:
+        if record.kind not in self.kinds:
+            return f"a {record.kind} from a terminal that does not make them"
+        if self.merchant_id is not None and record.merchant_id != self.merchant_id:
+            return f"merchant {record.merchant_id!r} is not this POS's ({self.merchant_id})"
+        return ""
+
+
+class Quarantined(NamedTuple):
+    """A record the back office does not believe as its terminal reported it. Stored, shown
+    to staff, and acknowledged so the terminal's later records flow; what the card paid is
+    booked from its purse to suspense (the card did pay), never to the terminal's party."""
+
+    record: UploadRecord
+    reason: str
+    detail: str
+
+
 class CreditAccount(NamedTuple):
     """Where a terminal's card money goes (operator revenue or merchant payable), and the fee."""
 
@@ -188,9 +212,12 @@ class Classified:
     to_book: list[UploadRecord] = field(default_factory=list)  # committed, not booked yet
     held: list[UploadRecord] = field(default_factory=list)  # in doubt, new
     reported_before: set[int] = field(default_factory=set)  # sequences stored, now changed
+    quarantined: list[Quarantined] = field(default_factory=list)  # new, stored as quarantined
 
 
-def classify(records: Sequence[UploadRecord], previous: Mapping[int, StoredReport]) -> Classified:
+def classify(
+    records: Sequence[UploadRecord], previous: Mapping[int, StoredReport], rule: RoleRule
+) -> Classified:
     found = Classified()
     for record in records:
         stored = previous.get(record.sequence)
@@ -206,6 +233,12 @@ def classify(records: Sequence[UploadRecord], previous: Mapping[int, StoredRepor
                 detail = f"reported before as {stored.record.status}"
                 found.conflicts.append(CardFlag.of(record, "record_conflict", detail))
                 continue
+        if stored is None and (problem := rule.problem(record)):
+            # Refusing the batch would block every later record of this terminal; the card
+            # paid, so its money reaches the books (suspense) and staff see the record.
+            found.quarantined.append(Quarantined(record, "record_not_for_role", problem))
+            found.new_records.append(Placed(record, RecordOutcome.quarantined))
+            continue
         if stored is not None:
             found.reported_before.add(record.sequence)
         target = found.changed if stored is not None else found.new_records
@@ -293,6 +326,7 @@ class Plan:
     changed: list[Placed]  # this terminal's earlier reports: new status and outcome
     settled_earlier: list[Placed]  # held reports (any terminal) the card's log settled
     booked: list[UploadRecord]  # card transactions to book, committed
+    quarantined: list[Quarantined]  # stored apart; committed ones' money to suspense
     acknowledgement: dict[str, Any]
     records_by_outcome: Counter[str]
     charged_without_service: Counter[str]  # fares charged in full for want of service
@@ -328,6 +362,7 @@ def plan_batch(batch: UploadBatch, classified: Classified, settled: InDoubt) -> 
         changed=changed,
         settled_earlier=settled_earlier,
         booked=booked,
+        quarantined=classified.quarantined,
         acknowledgement={
             "batch_sequence": batch.batch_sequence,
             "result": UploadResult.accepted.value,
@@ -354,13 +389,37 @@ class CardTransfers(NamedTuple):
 
 
 def card_transfers(
-    records: Sequence[UploadRecord], accounts: Mapping[str, CreditAccount]
+    records: Sequence[UploadRecord],
+    accounts: Mapping[str, CreditAccount],
+    quarantined: Sequence[Quarantined] = (),
 ) -> list[CardTransfers]:
     planned = []
     for record in records:
         account_id, fee_basis_points = accounts[record.terminal_id]
         planned.append(CardTransfers(record, transfers_for(record, fee_basis_points, account_id)))
+    for record, _, _ in quarantined:
+        if record.status == RecordStatus.committed and balance_change(record):
+            planned.append(CardTransfers(record, [quarantine_transfer(record)]))
     return planned
+
+
+def quarantine_transfer(record: UploadRecord) -> Transfer:
+    """What the card's purse did in a quarantined card transaction, against suspense: the
+    purse account keeps equal to the card, and no party is paid until staff decide."""
+    change = balance_change(record)
+    purse = purse_account_id(record.card_number)
+    return Transfer(
+        card_transfer_id(record.card_number, record.card_counter, "quarantine"),
+        purse if change < 0 else suspense_account_id,
+        suspense_account_id if change < 0 else purse,
+        abs(change),
+        TransferCode.suspense,
+        TransferFlags.force,
+        terminal_id=record.terminal_id,
+        terminal_sequence=record.sequence,
+        card_number=record.card_number,
+        card_counter=record.card_counter,
+    )
 
 
 def transfers_for(

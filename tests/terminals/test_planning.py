@@ -189,18 +189,22 @@ def test_a_counter_booked_with_other_content_moves_through_suspense(
             st.sampled_from(list(RecordStatus)),
             st.sampled_from([None, "same", "in_doubt_before", "other_before"]),
             st.sampled_from(list(RecordOutcome)),
+            st.sampled_from([RecordKind.fare_debit, RecordKind.sale]),
         ),
         min_size=1,
         max_size=8,
     )
 )
 def test_every_record_is_acknowledged_once_and_placed_at_most_once(
-    cases: list[tuple[RecordStatus, str | None, RecordOutcome]],
+    cases: list[tuple[RecordStatus, str | None, RecordOutcome, RecordKind]],
 ) -> None:
+    validator = planning.RoleRule(
+        frozenset({RecordKind.fare_debit, RecordKind.topup_credit, RecordKind.denied}), None
+    )
     records = []
     previous = {}
-    for sequence, (status, before, outcome) in enumerate(cases, start=1):
-        now = record(terminals[0], sequence, sequence, 5_000, status)
+    for sequence, (status, before, outcome, kind) in enumerate(cases, start=1):
+        now = record(terminals[0], sequence, sequence, 5_000, status, kind=kind)
         records.append(now)
         if before == "same":
             previous[sequence] = StoredReport(now, outcome)
@@ -212,18 +216,26 @@ def test_every_record_is_acknowledged_once_and_placed_at_most_once(
             previous[sequence] = StoredReport(now._replace(amount_rupiah=999), outcome)
     batch = UploadBatch(terminals[0], 1, tuple(records))
 
-    classified = planning.classify(records, previous)
+    classified = planning.classify(records, previous, validator)
     plan = planning.plan_batch(batch, classified, planning.InDoubt(still_held=classified.held))
 
     assert [a[0] for a in classified.acknowledged] == [r.sequence for r in records]
     placed = [p.record.sequence for p in plan.new_records + plan.changed]
     assert len(placed) == len(set(placed))
     conflicts = {flag.sequence for flag in plan.conflicts}
-    for sequence, (_, before, _) in enumerate(cases, start=1):
+    quarantined = {q.record.sequence for q in plan.quarantined}
+    booked_or_held = {r.sequence for r in plan.booked} | {r.sequence for r in classified.held}
+    for sequence, (_, before, _, kind) in enumerate(cases, start=1):
         if before == "same" or sequence in conflicts:
             assert sequence not in placed  # a repeat or a conflict stores nothing new
         if before == "other_before":
             assert sequence in conflicts
+        if before is None and kind == RecordKind.sale:  # a validator's sale: not its role
+            assert sequence in quarantined
+            assert sequence not in booked_or_held
+    for placed_record in plan.new_records:
+        if placed_record.record.sequence in quarantined:
+            assert placed_record.outcome == RecordOutcome.quarantined
     for placed_record in plan.changed:
         assert placed_record.record.sequence in previous
     for placed_record in plan.new_records:

@@ -4,6 +4,9 @@ card's log, anomalies flagged, and every bad upload refused with nothing booked.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import aiohttp
 
@@ -18,7 +21,7 @@ from bus_terminals.wire import (
     upload_body_bytes_max,
 )
 from gateways.terminal_api import registry
-from tests.terminals.conftest import Backoffice, admin_token
+from tests.terminals.conftest import Backoffice, admin_token, merchant_id
 from tests.terminals.helpers import books_snapshot, post_batch, purse_balance, record
 
 card = "6032984000000001"
@@ -221,10 +224,6 @@ async def test_bad_uploads_are_refused_and_book_nothing(backoffice: Backoffice) 
         assert await send(not_json, sign(key, not_json)) == (400, "malformed")
         huge = b" " * (upload_body_bytes_max + 1)
         assert (await send(huge, sign(key, huge)))[0] == 413
-        sale = encode_batch(
-            UploadBatch("V1", 1, (record("V1", 1, card, 1, 100, 0, kind=RecordKind.sale),))
-        )
-        assert await send(sale, sign(key, sale)) == (422, "record_not_for_role")
         assert await books_snapshot(backoffice.pool) == before
         # The genuine batch goes through; a different batch 1 afterwards is a conflict.
         assert (await send(body, sign(key, body)))[0] == 200
@@ -355,3 +354,65 @@ async def test_a_broken_pair_within_one_upload_is_flagged_once(backoffice: Backo
     async with backoffice.pool.acquire() as connection:
         flags = await connection.fetch("select reason, terminal_id, sequence from card_flags")
     assert [tuple(flag) for flag in flags] == [("balance_mismatch", "VP", 2)]
+
+
+async def test_a_record_not_for_the_terminals_role_is_quarantined_and_later_records_flow(
+    backoffice: Backoffice,
+) -> None:
+    """A POS started with another merchant's id debits the card: that sale is not its
+    terminal's to report. Refusing the batch would block every later sale of the POS behind it
+    for ever; instead the record is quarantined (stored, listed, its money in suspense, never
+    paid to either merchant) and the POS's next, correct sale is booked."""
+    key = await backoffice.register_pos("P1")
+    card = "6032984000000077"
+    async with backoffice.pool.acquire() as connection:
+        await registry.issue_cards(connection, {card: 50_000}, now=backoffice.clock.now())
+    wrong = record("P1", 1, card, 1, 20_000, 30_000, kind=RecordKind.sale)._replace(
+        merchant_id="WARUNG-99"
+    )
+    right = record("P1", 2, card, 2, 5_000, 25_000, kind=RecordKind.sale)._replace(
+        merchant_id=merchant_id, previous_counter=1, previous_balance_rupiah=30_000
+    )
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(session, backoffice.url, key, "P1", 1, [wrong])
+        assert status == 200, answer
+        assert answer["records"] == [[1, "committed"]]
+        status, answer = await post_batch(session, backoffice.url, key, "P1", 2, [right])
+        assert status == 200, answer
+    async with backoffice.pool.acquire() as connection:
+        quarantined = await connection.fetch(
+            "select terminal_id, sequence, reason, detail from quarantined_records"
+        )
+        outcomes = dict(
+            await connection.fetch("select sequence, outcome from card_records order by 1")
+        )
+        suspense = await connection.fetchval(
+            "select credits_posted - debits_posted from ledger_accounts where id = $1",
+            registry.suspense_account_id,
+        )
+        payable = await connection.fetchval(
+            "select credits_posted - debits_posted from ledger_accounts where id = $1",
+            registry.merchant_payable_account_id(merchant_id),
+        )
+    assert [(r["terminal_id"], r["sequence"], r["reason"]) for r in quarantined] == [
+        ("P1", 1, "record_not_for_role")
+    ]
+    assert "WARUNG-99" in quarantined[0]["detail"]
+    assert outcomes == {1: "quarantined", 2: "booked"}
+    assert suspense == 20_000  # what the card paid in the quarantined sale
+    assert payable == 5_000 - 50  # only the right sale, less the merchant's 1 % fee
+    assert await purse_balance(backoffice.pool, card) == 25_000  # equal to the card
+    total = (await books_snapshot(backoffice.pool))[1]
+    assert total == 0
+    # Staff see it from the command line.
+    listed = subprocess.run(
+        [sys.executable, "-m", "ksh", "quarantine", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DATABASE_URL": backoffice.database_url},
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    [shown] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (shown["terminal_id"], shown["sequence"], shown["amount_rupiah"]) == ("P1", 1, 20_000)
+    assert shown["reason"] == "record_not_for_role"
