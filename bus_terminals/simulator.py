@@ -42,6 +42,7 @@ operator_id = "TRANS-SEMARANG"
 wib = dt.timezone(dt.timedelta(hours=7))
 card_exchanges_max = 14  # a pull is injected at a random exchange up to this one
 final_upload_rounds_max = 1_000
+simulation_reason = "simulated service day"  # why, in the staff actions log
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,7 @@ class SimulationSettings:
     seed: int = 2026
     service_date: dt.date = dt.date(2026, 11, 24)
     folder: Path | None = None  # journals and sync state; a temporary folder when None
-    admin_token: str = ""
+    staff_token: str = ""  # a supervisor's staff token: it registers parties and creates money
     network_loss_rate: float = 0.2  # per request, and again per answer
     power_loss_rate: float = 0.003  # per tap: the validator reboots right after it
     card_pull_rate: float = 0.03  # per tap: the card leaves at a random exchange
@@ -198,7 +199,9 @@ async def _admin(
     session: aiohttp.ClientSession, url: str, token: str, path: str, body: dict[str, Any]
 ) -> dict[str, Any]:
     async with session.post(
-        f"{url}{path}", json=body, headers={"Authorization": f"Bearer {token}"}
+        f"{url}{path}",
+        json={"reason": simulation_reason, **body},
+        headers={"Authorization": f"Bearer {token}"},
     ) as response:
         answer = await response.json()
         if response.status >= 300:
@@ -210,7 +213,7 @@ async def simulate_day(
     settings: SimulationSettings, backoffice_url: str, now_ms: Callable[[], int]
 ) -> SimulationSummary:
     """Run one service day against the back office at `backoffice_url` (staff token in
-    `settings.admin_token`); returns what happened and how the cards compare with the books."""
+    `settings.staff_token`); returns what happened and how the cards compare with the books."""
     from bus_terminals.fare.feed import load_feed, service_end_date
     from bus_terminals.validator import fare_decider
     from card_reader.deck import make_ksh_deck
@@ -244,7 +247,7 @@ async def simulate_day(
     url = backoffice_url.rstrip("/")
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        token = settings.admin_token
+        token = settings.staff_token
         await _admin(session, url, token, "/admin/v1/operators", {"operator_id": operator_id})
         for rider in riders:
             await _admin(

@@ -138,6 +138,7 @@ async def run_day(url: str, arguments: argparse.Namespace, clock: Clock) -> dict
     import aiohttp
     import asyncpg
 
+    from gateways import staff
     from gateways.backoffice import BackofficeConfig, create_app
     from gateways.bank_simulator import BankSettings, bank_key, create_bank_app, simulator_key
     from gateways.snap import signature
@@ -189,9 +190,17 @@ async def run_day(url: str, arguments: argparse.Namespace, clock: Clock) -> dict
             ("citra", Role.auditor),
         ):
             await pages.add_staff(connection, username, secrets.token_urlsafe(12), role)
+        # The demo registers parties, cards and terminals through the admin API as a named
+        # supervisor of its own; each call is in staff_actions.
+        staff_token = await staff.issue_token(
+            connection,
+            staff.StaffMember("demo", Role.supervisor),
+            issued_by="ksh demo",
+            now=clock.now(),
+            label="the demo's fleet and shops",
+        )
     finally:
         await connection.close()
-    admin_token = secrets.token_urlsafe(24)
 
     def payer_factory(http: aiohttp.ClientSession) -> end_of_day.PayoutPort:
         return BankClient.open(bank_connection, http)
@@ -201,7 +210,6 @@ async def run_day(url: str, arguments: argparse.Namespace, clock: Clock) -> dict
             url,
             pool_connections_min=1,
             pool_connections_max=6,
-            settings={"admin_token": admin_token},
             clock=clock,
         ),
         [
@@ -246,8 +254,8 @@ async def run_day(url: str, arguments: argparse.Namespace, clock: Clock) -> dict
         progress.step("back office and bank simulator up")
 
         # 1. The fleet: cards issued, buses tapping all day, uploads.
-        simulation = await run_fleet(arguments, clock, backoffice_url, admin_token, story)
-        story["merchant_sales"] = await run_shops(arguments, clock, backoffice_url, admin_token)
+        simulation = await run_fleet(arguments, clock, backoffice_url, staff_token, story)
+        story["merchant_sales"] = await run_shops(arguments, clock, backoffice_url, staff_token)
         progress.step("fleet and shops simulated (taps, sales, uploads)")
 
         # 2. Citizens top up through the bank's virtual accounts; one pays a VA of no card,
@@ -418,7 +426,7 @@ async def run_fleet(
     arguments: argparse.Namespace,
     clock: Clock,
     backoffice_url: str,
-    admin_token: str,
+    staff_token: str,
     story: dict[str, Any],
 ) -> Any:
     try:
@@ -431,7 +439,7 @@ async def run_fleet(
         cards=arguments.cards,
         seed=arguments.seed,
         service_date=clock.today(),
-        admin_token=admin_token,
+        staff_token=staff_token,
         top_up_rate=0.0,  # top-ups come through the bank simulator's virtual accounts instead
         progress=False,
     )
@@ -441,7 +449,7 @@ async def run_fleet(
 
 
 async def run_shops(
-    arguments: argparse.Namespace, clock: Clock, backoffice_url: str, admin_token: str
+    arguments: argparse.Namespace, clock: Clock, backoffice_url: str, staff_token: str
 ) -> dict[str, int]:
     """Merchants' points of sale: shoppers' cards (numbers after the fleet's) buy things through
     the real card protocol; each POS journals and uploads its signed batches."""
@@ -471,7 +479,7 @@ async def run_shops(
     shoppers = deck[arguments.cards :]  # the fleet's riders hold the first card numbers
     sales = 0
     sales_rupiah = 0
-    headers = {"Authorization": f"Bearer {admin_token}"}
+    headers = {"Authorization": f"Bearer {staff_token}"}
     midnight_ms = int(
         dt.datetime.combine(
             clock.today(), dt.time(), tzinfo=dt.timezone(dt.timedelta(hours=7))
@@ -482,7 +490,10 @@ async def run_shops(
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
 
             async def admin(path: str, body: dict[str, Any]) -> None:
-                async with http.post(backoffice_url + path, json=body, headers=headers) as response:
+                why = {"reason": "demo: the day's shops"}
+                async with http.post(
+                    backoffice_url + path, json={**why, **body}, headers=headers
+                ) as response:
                     if response.status >= 300:
                         raise RuntimeError(f"{path}: {response.status} {await response.text()}")
 

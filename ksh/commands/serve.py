@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import ipaddress
 import logging
 import os
 import time
@@ -27,9 +28,11 @@ def register(subparsers: Any) -> None:
         "serve",
         help="run the back office: terminal uploads and sync, SNAP BI, finance pages",
         description="Serve the back office over HTTP. Uses DATABASE_URL, or the embedded "
-        "PostgreSQL. Staff endpoints need KSH_ADMIN_TOKEN. Expired ledger holds are voided "
-        "every KSH_EXPIRY_SWEEP_INTERVAL_S seconds (default 60, 0: never). Logs are JSON "
-        "lines on stderr.",
+        "PostgreSQL. The admin API takes each person's staff token (ksh settle staff USER "
+        "--issue-token). Expired ledger holds are voided every KSH_EXPIRY_SWEEP_INTERVAL_S "
+        "seconds (default 60, 0: never). Logs are JSON lines on stderr. The finance pages' "
+        "cookies are Secure and pages send HSTS unless --host is a loopback address (HTTPS "
+        "is then expected in front, e.g. a reverse proxy); --insecure-cookies turns that off.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
@@ -37,7 +40,55 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="processes serving the same port (SO_REUSEPORT)"
     )
+    parser.add_argument(
+        "--insecure-cookies",
+        action="store_true",
+        help="finance cookies without Secure and no HSTS, even off loopback (plain HTTP on a "
+        "trusted network only)",
+    )
+    parser.add_argument(
+        "--client-address-header",
+        default="",
+        metavar="HEADER",
+        help="behind a reverse proxy: the header it sets with the client's address (e.g. "
+        "X-Forwarded-For; the last entry is used) for the per-address login limit. Without "
+        "it every login counts against the proxy's address. Never set it without such a proxy",
+    )
+    parser.add_argument(
+        "--password-checks",
+        type=int,
+        default=2,
+        metavar="N",
+        help="password checks (scrypt, on worker threads) running at once per process",
+    )
     parser.set_defaults(handler=run)
+
+
+def secure_cookies(host: str, insecure: bool) -> bool:
+    """Secure cookies and HSTS unless told otherwise or served on plain loopback (a browser
+    on the same machine, over HTTP)."""
+    if insecure:
+        return False
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume it is reached over HTTPS
+        return True
+
+
+def settings_of(arguments: argparse.Namespace) -> dict[str, Any]:
+    """The back office settings `ksh serve` hands to every serving process (plain values:
+    they cross to the worker processes)."""
+    if not 1 <= arguments.password_checks <= password_checks_max:
+        raise UserError(f"--password-checks must be 1 to {password_checks_max}")
+    return {
+        "tariff_version": arguments.tariff_version,
+        "expiry_sweep_interval_s": expiry_sweep_interval_s(),
+        "secure_cookies": secure_cookies(arguments.host, arguments.insecure_cookies),
+        "client_address_header": arguments.client_address_header,
+        "password_checks_concurrent_max": arguments.password_checks,
+    }
 
 
 def extensions() -> list[Any]:
@@ -73,11 +124,7 @@ def run(arguments: argparse.Namespace) -> int:
     from ledger.database import server_url
 
     log_as_json_lines()
-    settings = {
-        "admin_token": os.environ.get("KSH_ADMIN_TOKEN", ""),
-        "tariff_version": arguments.tariff_version,
-        "expiry_sweep_interval_s": expiry_sweep_interval_s(),
-    }
+    settings = settings_of(arguments)
     if not 1 <= arguments.workers <= workers_max:
         raise UserError(f"--workers must be 1 to {workers_max}")
     # SIGINT or SIGTERM, even one that comes while the database starts or migrates (or SIGINT
@@ -136,6 +183,7 @@ def stop_workers(workers: list[Any]) -> None:
 
 
 workers_max = 16
+password_checks_max = 64
 worker_stop_timeout_s = 70  # aiohttp gives requests under way 60 s to finish
 keepalive_timeout_s = 75  # as aiohttp's run_app
 

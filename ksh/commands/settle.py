@@ -69,9 +69,26 @@ def register(subparsers: Any) -> None:
     status.add_argument("--day", type=parse_day, default=None)
     status.set_defaults(handler=run_status)
 
-    staff = actions.add_parser("staff", help="add or update a finance staff account")
+    staff = actions.add_parser(
+        "staff",
+        help="finance staff: add or update an account, unlock it, issue or revoke its admin "
+        "API token, end its sessions",
+        description="With --role: add USERNAME or set their password and role (password from "
+        "KSH_STAFF_PASSWORD or a prompt; their sessions end). --unlock clears the wrong "
+        "passwords counted against USERNAME. --issue-token prints a new bearer token for the "
+        "admin API, acting in the account's role. --revoke-tokens and --end-sessions end "
+        "those. Every change but --role names why (--reason) and is written to staff_actions "
+        "with your OS user name.",
+    )
     staff.add_argument("username")
-    staff.add_argument("--role", choices=("clerk", "supervisor", "auditor"), required=True)
+    what = staff.add_mutually_exclusive_group(required=True)
+    what.add_argument("--role", choices=("clerk", "supervisor", "auditor"))
+    what.add_argument("--unlock", action="store_true", help="clear the wrong-password count")
+    what.add_argument("--issue-token", action="store_true", help="print a new staff token")
+    what.add_argument("--revoke-tokens", action="store_true", help="revoke every staff token")
+    what.add_argument("--end-sessions", action="store_true", help="log them out everywhere")
+    staff.add_argument("--reason", default="", help="why (required but with --role)")
+    staff.add_argument("--label", default="", help="--issue-token: what the token is for")
     staff.set_defaults(handler=run_staff)
 
 
@@ -220,6 +237,8 @@ def run_staff(arguments: argparse.Namespace) -> int:
     from settlement.actions import Role
     from settlement.pages import add_staff
 
+    if arguments.role is None:
+        return run_staff_change(arguments)
     password = os.environ.get("KSH_STAFF_PASSWORD") or getpass.getpass(
         f"password for {arguments.username}: "
     )
@@ -236,6 +255,68 @@ def run_staff(arguments: argparse.Namespace) -> int:
                 ) from None
             raise
         print(f"{arguments.username} is a {arguments.role}")
+        return 0
+
+    return run_with_database(work)
+
+
+command_line_role = "command line"  # the role `ksh settle staff` acts in, in staff_actions
+
+
+def run_staff_change(arguments: argparse.Namespace) -> int:
+    """--unlock, --issue-token, --revoke-tokens, --end-sessions: one change, logged."""
+    from gateways import staff
+    from settlement import logins
+
+    reason = arguments.reason.strip()
+    if not reason and not arguments.issue_token:
+        raise UserError("say why with --reason; it is written to staff_actions")
+    who = getpass.getuser()
+    username = arguments.username.strip().lower()
+
+    async def work(connection: Any) -> int:
+        now = system_clock.now()
+        if arguments.unlock:
+            cleared = await logins.unlock(
+                connection, username, by=who, by_role=command_line_role, reason=reason, now=now
+            )
+            print(f"{username} unlocked" if cleared else f"{username} was not locked")
+            return 0
+        if arguments.end_sessions:
+            ended = await logins.end_sessions(
+                connection, username, by=who, by_role=command_line_role, reason=reason, now=now
+            )
+            print(f"{ended} session(s) of {username} ended")
+            return 0
+        role = await connection.fetchval(
+            "select role from settlement_staff where username = $1", username
+        )
+        if role is None:
+            raise UserError(f"no staff account {username}; add it with --role first")
+        async with connection.transaction():
+            if arguments.revoke_tokens:
+                revoked = await staff.revoke_tokens(connection, username, now=now)
+                action, detail, said = "revoke_tokens", {"revoked": revoked}, f"{revoked} revoked"
+            else:
+                token = await staff.issue_token(
+                    connection,
+                    staff.StaffMember(username, staff.Role(role)),
+                    issued_by=who,
+                    now=now,
+                    label=arguments.label,
+                )
+                action, detail, said = "issue_token", {"label": arguments.label}, token
+            await staff.record_action(
+                connection,
+                username=who,
+                role=command_line_role,
+                action=action,
+                subject=username,
+                reason=reason or arguments.label or "issued from the command line",
+                now=now,
+                detail=detail,
+            )
+        print(said)
         return 0
 
     return run_with_database(work)

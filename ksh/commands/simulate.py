@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,7 +30,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--cards", type=int, default=300)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--backoffice", metavar="URL", help="a running back office (fresh!)")
-    parser.add_argument("--admin-token", default=os.environ.get("KSH_ADMIN_TOKEN", ""))
+    parser.add_argument(
+        "--staff-token",
+        default=os.environ.get("KSH_STAFF_TOKEN", ""),
+        help="with --backoffice: a supervisor's staff token (ksh settle staff USER "
+        "--issue-token), or KSH_STAFF_TOKEN",
+    )
     parser.add_argument("--network-loss", type=float, default=0.2, help="per request (0..1)")
     parser.add_argument("--power-loss", type=float, default=0.003, help="per tap (0..1)")
     parser.add_argument("--card-pull", type=float, default=0.03, help="per tap (0..1)")
@@ -48,8 +52,8 @@ def run(arguments: argparse.Namespace) -> int:
     for name in ("network_loss", "power_loss", "card_pull"):
         if not 0 <= getattr(arguments, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be in [0, 1)")
-    if arguments.backoffice and not arguments.admin_token:
-        raise UserError("--backoffice needs --admin-token (or KSH_ADMIN_TOKEN)")
+    if arguments.backoffice and not arguments.staff_token:
+        raise UserError("--backoffice needs --staff-token (or KSH_STAFF_TOKEN)")
     if arguments.folder is not None:
         arguments.folder.mkdir(parents=True, exist_ok=True)
 
@@ -59,7 +63,7 @@ def run(arguments: argparse.Namespace) -> int:
             cards=arguments.cards,
             seed=arguments.seed,
             folder=arguments.folder,
-            admin_token=token,
+            staff_token=token,
             network_loss_rate=arguments.network_loss,
             power_loss_rate=arguments.power_loss,
             card_pull_rate=arguments.card_pull,
@@ -69,7 +73,7 @@ def run(arguments: argparse.Namespace) -> int:
 
     async def main() -> Any:
         if arguments.backoffice:
-            return await simulate(arguments.backoffice, arguments.admin_token)
+            return await simulate(arguments.backoffice, arguments.staff_token)
         async with local_backoffice() as (url, token, _):
             return await simulate(url, token)
 
@@ -91,24 +95,31 @@ async def local_backoffice(
     pool_connections_max: int = 10,
 ) -> AsyncIterator[tuple[str, str, str]]:
     """A back office on loopback over a fresh, migrated database that is dropped afterwards.
-    Yields (url, staff token, database url)."""
+    Yields (url, a supervisor's staff token for the simulator, database url)."""
     from aiohttp import web
 
+    from gateways import staff
     from gateways.backoffice import BackofficeConfig, create_app
     from ksh.commands.serve import extensions
-    from ksh.database import scratch_database
+    from ksh.database import connect, scratch_database
     from ledger.database import server_url
 
     with server_url() as server:
         async with scratch_database(server, "ksh_run") as (_, url):
             runner = None
             try:
-                token = secrets.token_urlsafe(24)
-                config = BackofficeConfig(
-                    url,
-                    pool_connections_max=pool_connections_max,
-                    settings={"admin_token": token},
-                )
+                connection = await connect(url)
+                try:
+                    token = await staff.issue_token(
+                        connection,
+                        staff.StaffMember("simulator", staff.Role.supervisor),
+                        issued_by="ksh simulate",
+                        now=system_clock.now(),
+                        label="the simulator's own back office",
+                    )
+                finally:
+                    await connection.close()
+                config = BackofficeConfig(url, pool_connections_max=pool_connections_max)
                 runner = web.AppRunner(create_app(config, extensions()), access_log=None)
                 await runner.setup()
                 site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -13,13 +13,14 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bus_terminals.wire import public_key_text
+from gateways import staff
 from gateways.backoffice import BackofficeConfig, create_app
 from gateways.terminal_api import registry
 from gateways.terminal_api.registry import TerminalRole
 from gateways.terminal_api.routes import terminal_extension
 from ledger.clock import ManualClock, jakarta
 
-admin_token = "test-staff-token"
+admin_token = "test-staff-token"  # a supervisor's staff token (`gateways.staff`)
 # The terminal tests' day starts here (06:00 in Semarang, before the first bus).
 test_day_start = dt.datetime(2026, 11, 24, 6, 0, tzinfo=jakarta)
 operator_id = "TRANS-SEMARANG"
@@ -61,7 +62,7 @@ class Backoffice:
 @pytest.fixture
 async def backoffice(database_url: str) -> AsyncIterator[Backoffice]:
     clock = ManualClock(test_day_start)
-    config = BackofficeConfig(database_url, settings={"admin_token": admin_token}, clock=clock)
+    config = BackofficeConfig(database_url, clock=clock)
     app = create_app(config, [terminal_extension])
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
@@ -70,6 +71,13 @@ async def backoffice(database_url: str) -> AsyncIterator[Backoffice]:
     async with pool.acquire() as connection:
         await registry.register_operator(connection, operator_id, "Trans Semarang")
         await registry.register_merchant(connection, merchant_id, "Warung", fee_basis_points=100)
+        await staff.issue_token(
+            connection,
+            staff.StaffMember("terminal-tests", staff.Role.supervisor),
+            issued_by="tests",
+            now=clock.now(),
+            token=admin_token,
+        )
     try:
         yield Backoffice(str(server.make_url("")).rstrip("/"), database_url, pool, clock)
     finally:

@@ -19,7 +19,7 @@ async def test_a_short_day_books_every_card_transaction_exactly_once(
         cards=40,
         seed=11,
         folder=tmp_path,
-        admin_token=admin_token,
+        staff_token=admin_token,
         network_loss_rate=0.3,
         power_loss_rate=0.03,
         card_pull_rate=0.15,
