@@ -25,15 +25,22 @@ def _problem(description: str) -> dict[str, Any]:
 
 
 def _admin(summary: str, required: list[str]) -> dict[str, Any]:
+    """A change through the admin API: every one names why (`reason`, logged with who)."""
     return {
         "summary": summary,
         "security": [{"staff": []}],
         "requestBody": {
-            "content": {"application/json": {"schema": {"type": "object", "required": required}}}
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "required": [*required, "reason"]}
+                }
+            }
         },
         "responses": {
             "201": {"description": "created or already there"},
             "400": _problem("bad field"),
+            "401": _problem("no staff token of one's own, or a revoked one"),
+            "403": _problem("the token's role may not do this"),
         },
     }
 
@@ -60,7 +67,14 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "KSH back office: terminal side", "version": "1"},
         "components": {
-            "securitySchemes": {"staff": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "staff": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "one person's staff token (ksh settle staff USER "
+                    "--issue-token), acting in its role",
+                }
+            },
             "schemas": {
                 "Problem": {
                     "type": "object",
