@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bus_terminals.fare.card_state import decode_card_state, encode_card_state
 from bus_terminals.fare.engine import decide
-from bus_terminals.fare.model import CardStateError, FareOutcome, Tap, blank_card_state
+from bus_terminals.fare.model import FareOutcome, Tap, TripStateError, blank_trip_state
 from bus_terminals.fare.tariff import Tariff
+from bus_terminals.fare.trip_state import decode_trip_state, encode_trip_state
 from bus_terminals.terminal import Charge, Decide, Reason
 from bus_terminals.wire import RecordKind, no_service_fare_detail
 from card_reader.ksh_card import CardState, RiderCategory
@@ -37,14 +37,14 @@ def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> D
     def decide_fare(state: CardState, time_ms: int) -> Charge:
         reset = ""
         if not any(state.trip_state):
-            trip = blank_card_state  # a fresh card: the file holds zeros
+            trip = blank_trip_state  # a fresh card: the file holds zeros
         else:
             try:
-                trip = decode_card_state(state.trip_state)
-            except CardStateError:
+                trip = decode_trip_state(state.trip_state)
+            except TripStateError:
                 # Damaged or from another format: ride on a blank state (caps and passes held
                 # on the card are lost) and say so in the record for the back office.
-                trip, reset = blank_card_state, " trip_state_reset"
+                trip, reset = blank_trip_state, " trip_state_reset"
         tap = Tap(
             time_ms // 1000,
             route_id,
@@ -76,7 +76,7 @@ def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> D
         if no_service:
             detail = f"{no_service_fare_detail} {detail}"
         return Charge(
-            RecordKind.fare_debit, fare_rupiah, encode_card_state(decision.state), detail[:64]
+            RecordKind.fare_debit, fare_rupiah, encode_trip_state(decision.state), detail[:64]
         )
 
     return decide_fare

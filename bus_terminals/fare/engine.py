@@ -1,7 +1,7 @@
 """Deciding fares: `decide` for one tap-on, `price_journey` for a complete journey.
 
 Pure: no I/O, no clock, no datetime. Both APIs run the same leg step (`_step`) over a
-`CardState`, so they agree by construction on everything the card carries; what differs is
+`TripState`, so they agree by construction on everything the card carries; what differs is
 only what each knows. A journey knows where each leg ends and when it arrives; a tap-on does
 not, so for `decide` the destination is unknown (only rules with an empty `to_area_id` can
 match) and the leg's arrival is its tap time.
@@ -35,15 +35,15 @@ from collections.abc import Sequence
 
 from bus_terminals.fare.model import (
     CapSlot,
-    CardState,
     FareDecision,
     FareOutcome,
     JourneyPrice,
     Leg,
     LegPrice,
     Tap,
+    TripState,
     blank_cap_slot,
-    blank_card_state,
+    blank_trip_state,
     no_index,
 )
 from bus_terminals.fare.tariff import (
@@ -198,7 +198,7 @@ def _remember_leg(tariff: Tariff, key: tuple[int, ...], match: LegMatch | None) 
     memo[key] = match
 
 
-def _joins(tariff: Tariff, state: CardState, network: int, from_stop: int, time_s: int) -> bool:
+def _joins(tariff: Tariff, state: TripState, network: int, from_stop: int, time_s: int) -> bool:
     """Does a leg boarding at `from_stop` on `network` join the previous one (join rules)?"""
     if time_s - state.effective_start_s >= join_window_s:
         return False
@@ -221,8 +221,8 @@ def _joins(tariff: Tariff, state: CardState, network: int, from_stop: int, time_
 
 #: One leg's result: amount before passes and caps, state after it, the leg match, the fare
 #: transfer rule applied (or None), and whether the leg joined the previous one.
-_StepResult = tuple[int, CardState, LegMatch, TransferRule | None, bool]
-_new_state = tuple.__new__  # builds a CardState from a tuple without the keyword wrapper
+_StepResult = tuple[int, TripState, LegMatch, TransferRule | None, bool]
+_new_state = tuple.__new__  # builds a TripState from a tuple without the keyword wrapper
 
 
 def _local(tariff: Tariff, utc_s: int) -> int:
@@ -232,7 +232,7 @@ def _local(tariff: Tariff, utc_s: int) -> int:
 
 def _step(
     tariff: Tariff,
-    state: CardState,
+    state: TripState,
     network: int,
     from_stop: int,
     to_stop: int,
@@ -405,8 +405,8 @@ def _step(
                 chain_departure_s = anchor_departure_s
                 chain_arrival_s = anchor_arrival_s
                 break
-    new_state: CardState = _new_state(
-        CardState,
+    new_state: TripState = _new_state(
+        TripState,
         (
             tariff.tag,
             True,
@@ -431,7 +431,7 @@ def _step(
     return amount, new_state, match, chosen, False
 
 
-def _unpriced(outcome: FareOutcome, state: CardState) -> FareDecision:
+def _unpriced(outcome: FareOutcome, state: TripState) -> FareDecision:
     return FareDecision(outcome, 0, state, None, None, None, None, None, 0)
 
 
@@ -446,7 +446,7 @@ def _period_day(cap_period: str, period_days: int, service_day: int, slot: CapSl
 
 
 def apply_caps(
-    tariff: Tariff, state: CardState, amount: int, local_s: int, category: int, medium: int
+    tariff: Tariff, state: TripState, amount: int, local_s: int, category: int, medium: int
 ) -> tuple[int, tuple[CapSlot, ...], str | None]:
     """Limit `amount` by the caps of this category and medium; return it and the new slots."""
     cap_indices = tariff.caps_for[(category, medium)]
@@ -536,14 +536,14 @@ def _full_fare(
     return best
 
 
-def _forget_trip(state: CardState) -> CardState:
+def _forget_trip(state: TripState) -> TripState:
     """Keep what the card paid (caps) and holds (pass); drop the trip part."""
-    return blank_card_state._replace(
+    return blank_trip_state._replace(
         pass_index=state.pass_index, pass_last_day=state.pass_last_day, caps=state.caps
     )
 
 
-def decide(tariff: Tariff, state: CardState, tap: Tap) -> FareDecision:
+def decide(tariff: Tariff, state: TripState, tap: Tap) -> FareDecision:
     """Price one tap-on from what the card carries; return the amount, new state and why."""
     network = tariff.network_of_route.get(tap.route_id)
     if network is None:
@@ -624,8 +624,8 @@ _new_decision = tuple.__new__
 
 
 def activate_pass(
-    tariff: Tariff, state: CardState, pass_id: str, first_day_utc_s: int
-) -> CardState:
+    tariff: Tariff, state: TripState, pass_id: str, first_day_utc_s: int
+) -> TripState:
     """Put a period pass on the card, valid from the local date of `first_day_utc_s`."""
     position = tariff.pass_index[pass_id]
     first_day = tariff.local_seconds(first_day_utc_s) // seconds_per_day
@@ -648,7 +648,7 @@ def price_journey(
     resolved = _resolve(tariff, rider_category_id, fare_media_id)
     assert not isinstance(resolved, FareOutcome), f"unknown {resolved.value}"
     category, medium = resolved
-    state = blank_card_state
+    state = blank_trip_state
     prices: list[LegPrice] = []
     unknown: list[int] = []
     total = 0

@@ -1,6 +1,6 @@
-"""Records of the fare core: taps, legs, card state, decisions, and the feed error.
+"""Records of the fare core: taps, legs, trip state, decisions, and the feed error.
 
-Hot-path records (`CardState`, `FareDecision`, `LegPrice`) are `NamedTuple`s: immutable like a
+Hot-path records (`TripState`, `FareDecision`, `LegPrice`) are `NamedTuple`s: immutable like a
 frozen dataclass, but built by one C call instead of one `object.__setattr__` per field, which
 is what lets `decide` run at several hundred thousand decisions per second in CPython.
 Times are integer seconds; amounts are integers in the feed currency's minor units.
@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 from typing import NamedTuple
 
-#: Index value meaning "none" in card state fields that hold a compiled index (0xFFFF on the card).
+#: Index value meaning "none" in trip state fields that hold a compiled index (0xFFFF on the card).
 no_index = -1
 
 
@@ -27,8 +27,8 @@ class FeedError(Exception):
         super().__init__(f"{file_name}:{line}: {field}: {message}")
 
 
-class CardStateError(ValueError):
-    """Bytes read from the card's trip-state file are not a card state we can decode."""
+class TripStateError(ValueError):
+    """Bytes read from the card's trip-state file are not a trip state we can decode."""
 
 
 class FareOutcome(enum.Enum):
@@ -84,7 +84,7 @@ class CapSlot(NamedTuple):
 blank_cap_slot = CapSlot(0, 0, 0)
 
 
-class CardState(NamedTuple):
+class TripState(NamedTuple):
     """What the card carries between taps (its trip-state file, 48 bytes encoded).
 
     Times are UTC epoch seconds; `*_index` fields hold compiled tariff indices (`no_index` when
@@ -112,7 +112,7 @@ class CardState(NamedTuple):
     caps: tuple[CapSlot, ...]  # one slot per cap that applies to the card, in tariff order
 
 
-blank_card_state = CardState(
+blank_trip_state = TripState(
     tariff_tag=0,
     has_leg=False,
     last_time_s=0,
@@ -143,7 +143,7 @@ class FareDecision(NamedTuple):
 
     outcome: FareOutcome
     amount: int  # minor units to debit (0 when not priced)
-    state: CardState  # the state to write (the old one when not priced)
+    state: TripState  # the state to write (the old one when not priced)
     fare_product_id: str | None  # leg product that priced the leg
     fare_leg_rule: str | None  # "fare_leg_rules.txt:LINE"
     fare_transfer_rule: str | None  # "fare_transfer_rules.txt:LINE"

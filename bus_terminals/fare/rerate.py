@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bus_terminals.fare.engine import decide
-from bus_terminals.fare.model import CardState, Tap, blank_card_state, charged_outcomes
+from bus_terminals.fare.model import Tap, TripState, blank_trip_state, charged_outcomes
 from bus_terminals.fare.tariff import Tariff
 
 #: Taps one card can have in a re-rated day; more is a data problem, not a rider.
@@ -26,7 +26,7 @@ class CardRerating:
     total: int  # minor units over the priced taps
     amounts: tuple[int, ...]  # per tap, in time order (0 for an unpriced tap)
     unpriced: tuple[int, ...]  # positions of taps not charged (no rule prices them, in service)
-    state: CardState  # the card state after the last tap
+    state: TripState  # the trip state after the last tap
     too_many_taps: bool = False  # more than card_taps_per_day_max: not re-rated, look at it
 
 
@@ -39,7 +39,7 @@ def group_taps_by_card(rows: Iterable[tuple[str, Tap]]) -> dict[str, list[Tap]]:
 
 
 def rerate_card(
-    tariff: Tariff, card_id: str, taps: Sequence[Tap], state: CardState
+    tariff: Tariff, card_id: str, taps: Sequence[Tap], state: TripState
 ) -> CardRerating:
     if len(taps) > card_taps_per_day_max:
         return CardRerating(card_id, 0, (), (), state, too_many_taps=True)
@@ -62,11 +62,11 @@ def rerate_card(
 def rerate_day(
     tariff: Tariff,
     taps_by_card: Mapping[str, Sequence[Tap]],
-    opening_states: Mapping[str, CardState] | None = None,
+    opening_states: Mapping[str, TripState] | None = None,
 ) -> dict[str, CardRerating]:
     """Re-price every card's taps; a card without an opening state starts blank."""
     states = opening_states or {}
     return {
-        card_id: rerate_card(tariff, card_id, taps, states.get(card_id, blank_card_state))
+        card_id: rerate_card(tariff, card_id, taps, states.get(card_id, blank_trip_state))
         for card_id, taps in taps_by_card.items()
     }

@@ -3,7 +3,7 @@
 Nothing here parses text. `bus_terminals.fare.feed` builds a `Tariff`; `engine` only reads it
 (the one mutable part is the bounded memo of leg prices, which never changes an answer).
 Conventions: `any_index` (-1) in a key means "empty field" (matches per the regime);
-`no_index` (0xFFFF) means "absent" in card state.
+`no_index` (0xFFFF) means "absent" in trip state.
 """
 
 from __future__ import annotations

@@ -19,26 +19,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _decision_loop(tariff: Any, rows: list[Any], repeats: int, stop: Stop) -> dict[str, float]:
-    """Decisions and floor lookups per second: the same loop, card state in, card state out.
+    """Decisions and floor lookups per second: the same loop, trip state in, trip state out.
 
     Each figure is the best of `repeats` interleaved runs, by wall clock and by this process's
     CPU time (the machine is shared: CPU time shows what one core does while it is ours).
     """
     from bus_terminals.fare.engine import decide
-    from bus_terminals.fare.model import blank_card_state
+    from bus_terminals.fare.model import blank_trip_state
 
-    route_prices = dict.fromkeys(tariff.route_index, blank_card_state)
+    route_prices = dict.fromkeys(tariff.route_index, blank_trip_state)
     best = dict.fromkeys(("decide_wall", "decide_cpu", "floor_wall", "floor_cpu"), float("inf"))
     for _ in range(repeats):
         stop.check()
-        states = dict.fromkeys((card for card, _ in rows), blank_card_state)
+        states = dict.fromkeys((card for card, _ in rows), blank_trip_state)
         wall, cpu = time.perf_counter(), time.process_time()
         for card, tap in rows:
             states[card] = decide(tariff, states[card], tap).state
         best["decide_wall"] = min(best["decide_wall"], time.perf_counter() - wall)
         best["decide_cpu"] = min(best["decide_cpu"], time.process_time() - cpu)
 
-        states = dict.fromkeys((card for card, _ in rows), blank_card_state)
+        states = dict.fromkeys((card for card, _ in rows), blank_trip_state)
         wall, cpu = time.perf_counter(), time.process_time()
         for card, tap in rows:
             states[card] = route_prices[tap.route_id]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bus_terminals.fare.card_state import decode_card_state, encode_card_state
 from bus_terminals.fare.engine import activate_pass, decide
-from bus_terminals.fare.model import CardState, FareDecision, blank_card_state
+from bus_terminals.fare.model import FareDecision, TripState, blank_trip_state
+from bus_terminals.fare.trip_state import decode_trip_state, encode_trip_state
 from tests.fare.feeds import tap, tariff
 
 base = {
@@ -23,11 +23,11 @@ base = {
 
 
 def ride_all(t, times: list[str], category: str = "adult", medium: str = "card",  # type: ignore[no-untyped-def]
-             state: CardState = blank_card_state) -> list[FareDecision]:  # fmt: skip
+             state: TripState = blank_trip_state) -> list[FareDecision]:  # fmt: skip
     decisions = []
     for time in times:
         decision = decide(t, state, tap("r", time, None, category, medium))
-        state = decode_card_state(encode_card_state(decision.state))  # through the card
+        state = decode_trip_state(encode_trip_state(decision.state))  # through the card
         decisions.append(decision)
     return decisions
 
@@ -97,9 +97,9 @@ def test_pass_rides_are_free_only_for_its_category_and_network() -> None:
             "kids_month,child,n,30,20.00,EUR"
         ),
     )
-    card = activate_pass(t, blank_card_state, "kids_month", tap("r", "2025-03-01T00:00").time_s)
+    card = activate_pass(t, blank_trip_state, "kids_month", tap("r", "2025-03-01T00:00").time_s)
     assert decide(t, card, tap("r", "2025-03-30T20:00", None, "child", "card")).amount == 0
     assert decide(t, card, tap("r", "2025-03-31T08:00", None, "child", "card")).amount == 100
     assert decide(t, card, tap("m", "2025-03-10T08:00", None, "child", "card")).amount == 100
     assert decide(t, card, tap("r", "2025-03-10T08:00", None, "adult", "card")).amount == 200
-    assert decode_card_state(encode_card_state(card)).pass_index == 1
+    assert decode_trip_state(encode_trip_state(card)).pass_index == 1

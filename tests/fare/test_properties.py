@@ -14,12 +14,12 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bus_terminals.fare.card_state import decode_card_state, encode_card_state
 from bus_terminals.fare.engine import decide, legs_of_taps, price_journey
 from bus_terminals.fare.feed import compile_feed
-from bus_terminals.fare.model import CardState, FareDecision, FareOutcome, Tap, blank_card_state
+from bus_terminals.fare.model import FareDecision, FareOutcome, Tap, TripState, blank_trip_state
 from bus_terminals.fare.rerate import rerate_day
 from bus_terminals.fare.tariff import Tariff
+from bus_terminals.fare.trip_state import decode_trip_state, encode_trip_state
 from tests.fare.feeds import feed, utc
 
 networks = ("n0", "n1", "n2")
@@ -158,12 +158,12 @@ def card_days(draw: st.DrawFn, category: str | None = None) -> list[Tap]:
 
 def through_the_card(tariff: Tariff, taps: list[Tap]) -> list[FareDecision]:
     """decide over a card's taps, writing and reading the 48-byte state between taps."""
-    state: CardState = blank_card_state
+    state: TripState = blank_trip_state
     decisions = []
     for tap in taps:
         decision = decide(tariff, state, tap)
         if decision.outcome is FareOutcome.priced:
-            state = decode_card_state(encode_card_state(decision.state))
+            state = decode_trip_state(encode_trip_state(decision.state))
         decisions.append(decision)
     return decisions
 
@@ -299,8 +299,8 @@ def test_results_depend_only_on_the_arguments(texts: dict[str, str], taps: list[
     cold = compile_feed(texts)
     assert through_the_card(cold, list(taps)) == first  # fresh tables, empty memo
     warm.leg_memo.clear()
-    assert [decide(warm, blank_card_state, tap) for tap in taps] == [
-        decide(cold, blank_card_state, tap) for tap in taps
+    assert [decide(warm, blank_trip_state, tap) for tap in taps] == [
+        decide(cold, blank_trip_state, tap) for tap in taps
     ]
 
 
@@ -321,7 +321,7 @@ def _after_service(texts: dict[str, str], taps: list[Tap]) -> None:
         in_service = [
             step.amount_before_caps
             for second in range(1800, 7 * 86_400, 3600)
-            for step in [decide(tariff, blank_card_state, replace(tap, time_s=monday + second))]
+            for step in [decide(tariff, blank_trip_state, replace(tap, time_s=monday + second))]
             if step.outcome is FareOutcome.priced
         ]
         if not in_service:

@@ -6,7 +6,7 @@ Each test names the spec statement it checks. Amounts are in minor units (EUR ce
 from __future__ import annotations
 
 from bus_terminals.fare.engine import decide, price_journey
-from bus_terminals.fare.model import FareOutcome, blank_card_state
+from bus_terminals.fare.model import FareOutcome, blank_trip_state
 from tests.fare.feeds import leg, network_files, tap, tariff
 
 products = (
@@ -307,10 +307,10 @@ def test_no_matching_rule_means_the_fare_is_unknown() -> None:
     price = price_journey(t, [leg("ra", "2025-03-12T08:00"), leg("rb", "2025-03-12T09:00")])
     assert price.unknown_legs == (1,)
     assert price.total is None
-    decision = decide(t, blank_card_state, tap("rb", "2025-03-12T09:00"))
+    decision = decide(t, blank_trip_state, tap("rb", "2025-03-12T09:00"))
     assert decision.outcome is FareOutcome.unknown_fare
     assert decision.amount == 0
-    assert decision.state is blank_card_state
+    assert decision.state is blank_trip_state
 
 
 def translink():  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ import pytest
 
 from bus_terminals.fare.engine import activate_pass, decide, price_journey
 from bus_terminals.fare.feed import feed_coverage, load_feed
-from bus_terminals.fare.model import FareOutcome, Leg, Tap, blank_card_state
+from bus_terminals.fare.model import FareOutcome, Leg, Tap, blank_trip_state
 from bus_terminals.fare.tariff import Tariff
 from ksh.cli import main
 
@@ -32,7 +32,7 @@ def local(text: str) -> int:
 
 def fare(tariff: Tariff, when: str, category: str = "general", medium: str = "ksh_card") -> int:
     decision = decide(
-        tariff, blank_card_state, Tap(local(when), "K1", "mangkang", category, medium)
+        tariff, blank_trip_state, Tap(local(when), "K1", "mangkang", category, medium)
     )
     assert decision.outcome is FareOutcome.priced
     return decision.amount
@@ -69,7 +69,7 @@ def test_other_concessions_apply_on_sundays_and_holidays(semarang: Tariff, categ
 
 def test_student_subscription_makes_rides_free_for_its_validity(semarang: Tariff) -> None:
     start = local("2025-05-02T10:00")
-    card = activate_pass(semarang, blank_card_state, "student_ecard_pelajar", start)
+    card = activate_pass(semarang, blank_trip_state, "student_ecard_pelajar", start)
     sunday = Tap(local("2025-05-04T08:00"), "K2", None, "school_student", "e_card")
     decision = decide(semarang, card, sunday)
     assert (decision.amount, decision.pass_id) == (0, "student_ecard_pelajar")
@@ -86,7 +86,7 @@ def test_student_subscription_makes_rides_free_for_its_validity(semarang: Tariff
 
 
 def test_free_transfer_within_90_minutes_of_the_first_boarding(semarang: Tariff) -> None:
-    state = blank_card_state
+    state = blank_trip_state
     paid = []
     for when, route in (
         ("2025-03-12T08:00", "K1"),
@@ -107,12 +107,12 @@ def test_free_transfer_within_90_minutes_of_the_first_boarding(semarang: Tariff)
 
 def test_no_fare_outside_service_hours(semarang: Tariff) -> None:
     early = Tap(local("2025-03-12T04:30"), "K1", None, "general", "cash")
-    assert decide(semarang, blank_card_state, early).outcome is FareOutcome.unknown_fare
+    assert decide(semarang, blank_trip_state, early).outcome is FareOutcome.unknown_fare
     unknown = Tap(local("2025-03-12T08:30"), "K99", None, "general", "cash")
-    assert decide(semarang, blank_card_state, unknown).outcome is FareOutcome.unknown_route
+    assert decide(semarang, blank_trip_state, unknown).outcome is FareOutcome.unknown_route
     stranger = Tap(local("2025-03-12T08:30"), "K1", None, "astronaut", "cash")
     assert (
-        decide(semarang, blank_card_state, stranger).outcome is FareOutcome.unknown_rider_category
+        decide(semarang, blank_trip_state, stranger).outcome is FareOutcome.unknown_rider_category
     )
 
 
@@ -141,7 +141,7 @@ def test_price_journey_agrees_with_decide_for_tap_ons(semarang: Tariff) -> None:
     times = ("2025-03-12T08:00", "2025-03-12T08:30", "2025-03-12T12:00")
     legs = [Leg("K1", None, None, local(t), local(t)) for t in times]
     journey = price_journey(semarang, legs, "general", "cash")
-    state, amounts = blank_card_state, []
+    state, amounts = blank_trip_state, []
     for t in times:
         decision = decide(semarang, state, Tap(local(t), "K1", None, "general", "cash"))
         state = decision.state
@@ -238,7 +238,7 @@ def test_rerating_a_day_in_bulk(semarang: Tariff) -> None:
     assert len(results) == 50
     for card_id, result in results.items():
         taps = sorted((tap for card, tap in rows if card == card_id), key=lambda tap: tap.time_s)
-        state, expected = blank_card_state, []
+        state, expected = blank_trip_state, []
         for tap in taps:
             decision = decide(semarang, state, tap)
             if decision.outcome is FareOutcome.priced:
@@ -344,7 +344,7 @@ def test_after_the_service_ends_a_tap_is_charged_the_full_fare_and_says_why(
 
     def no_service(when: str, category: str, medium: str = "ksh_card") -> tuple[int, str | None]:
         decision = decide(
-            semarang, blank_card_state, Tap(local(when), "K1", None, category, medium)
+            semarang, blank_trip_state, Tap(local(when), "K1", None, category, medium)
         )
         assert decision.outcome is FareOutcome.full_fare_no_service
         assert not decision.state.has_leg  # a fresh trip: nothing to transfer from
@@ -359,12 +359,12 @@ def test_after_the_service_ends_a_tap_is_charged_the_full_fare_and_says_why(
     assert no_service("2031-01-06T04:30", "general") == (3_500_00, "general_fare")
     assert no_service("2024-12-31T08:05", "general") == (3_500_00, "general_fare")  # not begun
     # Each tap pays in full: no fare transfer out of service.
-    first = decide(semarang, blank_card_state, Tap(local(monday), "K1", None, "general", "cash"))
+    first = decide(semarang, blank_trip_state, Tap(local(monday), "K1", None, "general", "cash"))
     second = decide(semarang, first.state, Tap(local(monday) + 600, "K2", None, "general", "cash"))
     assert (second.outcome, second.amount) == (FareOutcome.full_fare_no_service, 4_000_00)
     # A pass on the card still holds.
     card = activate_pass(
-        semarang, blank_card_state, "student_ecard_pelajar", local("2030-12-01T08:00")
+        semarang, blank_trip_state, "student_ecard_pelajar", local("2030-12-01T08:00")
     )
     held = decide(semarang, card, Tap(local(monday), "K2", None, "school_student", "e_card"))
     assert (held.outcome, held.amount, held.pass_id) == (
@@ -372,7 +372,7 @@ def test_after_the_service_ends_a_tap_is_charged_the_full_fare_and_says_why(
     )  # fmt: skip
     # Inside the service period nothing changes: before 05:00 there is no fare.
     early = Tap(local("2030-12-31T04:30"), "K1", None, "general", "ksh_card")
-    assert decide(semarang, blank_card_state, early).outcome is FareOutcome.unknown_fare
+    assert decide(semarang, blank_trip_state, early).outcome is FareOutcome.unknown_fare
 
 
 def test_ksh_fare_check_warns_before_the_service_ends_and_fails_after(

@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from bus_terminals.fare.card_state import card_state_bytes, decode_card_state
 from bus_terminals.fare.feed import load_feed
 from bus_terminals.fare.tariff import Tariff
+from bus_terminals.fare.trip_state import decode_trip_state, trip_state_bytes
 from bus_terminals.terminal import Reason
 from bus_terminals.validator import fare_decider, rider_category_ids
 from card_reader.ksh_card import (
@@ -26,7 +26,7 @@ tuesday_seven_am_ms = 1_795_478_400_000  # 2026-11-24 07:00 WIB, a Tuesday
 sunday_seven_am_ms = tuesday_seven_am_ms - 2 * 86_400_000  # 2026-11-22
 
 
-def card(category: RiderCategory, trip_state: bytes = bytes(card_state_bytes)) -> CardState:
+def card(category: RiderCategory, trip_state: bytes = bytes(trip_state_bytes)) -> CardState:
     profile = Profile(
         6032900000000001,
         category,
@@ -61,13 +61,13 @@ def test_student_rates_do_not_apply_on_sunday() -> None:
 
 def test_a_damaged_trip_state_rides_on_a_blank_one_and_says_so() -> None:
     decide = fare_decider(trans_semarang, "K1")
-    damaged = bytes([0xFF]) * card_state_bytes
+    damaged = bytes([0xFF]) * trip_state_bytes
     charge = decide(card(RiderCategory.GENERAL, damaged), tuesday_seven_am_ms)
     assert charge.refusal is Reason.none
     assert charge.amount_rupiah == 3_500
     assert charge.detail.endswith("trip_state_reset")
     assert charge.trip_state is not None
-    decode_card_state(charge.trip_state)  # what is written back is a good state again
+    decode_trip_state(charge.trip_state)  # what is written back is a good state again
     fresh = decide(card(RiderCategory.GENERAL), tuesday_seven_am_ms)
     assert "trip_state_reset" not in fresh.detail
 
@@ -119,7 +119,7 @@ def test_a_feed_whose_service_has_ended_charges_the_full_fare_and_says_why() -> 
         RiderCategory.ELDERLY: (1_000, "full_fare_no_service concession_fare"),
     }
     written = charges[RiderCategory.GENERAL].trip_state
-    assert written is not None and not decode_card_state(written).has_leg
+    assert written is not None and not decode_trip_state(written).has_leg
     # The same tap with the feed in service: the ordinary charge, and no reason given.
     fresh = fare_decider(trans_semarang, "K1")(card(RiderCategory.GENERAL), tuesday_seven_am_ms)
     assert (fresh.amount_rupiah, fresh.detail) == (3_500, "general_fare")

@@ -1,4 +1,4 @@
-"""The card's trip-state file: `CardState` <-> 48 bytes.
+"""The card's trip-state file: `TripState` <-> 48 bytes.
 
 Layout, version 1 (little-endian; indices are 0xFFFF when absent; times are UTC epoch seconds,
 earlier times kept as 16-bit deltas back from `last_time_s`, saturating at 0xFFFF, which the
@@ -31,10 +31,10 @@ from __future__ import annotations
 import struct
 import zlib
 
-from bus_terminals.fare.model import CapSlot, CardState, CardStateError, no_index
+from bus_terminals.fare.model import CapSlot, TripState, TripStateError, no_index
 
-card_state_bytes = 48
-card_state_version = 1
+trip_state_bytes = 48
+trip_state_version = 1
 card_cap_slots = 2
 _layout = struct.Struct("<BBBIHHHHHHHHiiH" + "HiB" * card_cap_slots)
 _delta_max = 0xFFFF
@@ -43,7 +43,7 @@ _flag_has_leg = 0x01
 _flag_network_mixed = 0x02
 _flags_known = _flag_has_leg | _flag_network_mixed
 
-assert _layout.size + 1 == card_state_bytes
+assert _layout.size + 1 == trip_state_bytes
 
 
 def _index(value: int) -> int:
@@ -55,7 +55,7 @@ def _delta(later_s: int, earlier_s: int) -> int:
     return min(max(later_s - earlier_s, 0), _delta_max)
 
 
-def encode_card_state(state: CardState) -> bytes:
+def encode_trip_state(state: TripState) -> bytes:
     """48 bytes for the card's trip-state file."""
     assert len(state.caps) <= card_cap_slots, "the card has two cap slots"
     assert 0 <= state.last_time_s < 2**32
@@ -68,7 +68,7 @@ def encode_card_state(state: CardState) -> bytes:
         caps += (slot.period_day, slot.paid_amount, min(slot.paid_rides, 0xFF))
     last = state.last_time_s
     body = _layout.pack(
-        card_state_version << 4 | flags,
+        trip_state_version << 4 | flags,
         (state.tariff_tag & 0x0F) | min(state.chain_transfer_count, 15) << 4,
         state.pass_index,
         last,
@@ -92,29 +92,29 @@ def _from_index(value: int) -> int:
     return no_index if value == _index_none else value
 
 
-def decode_card_state(data: bytes, cap_slots_used: int = card_cap_slots) -> CardState:
-    """Read a trip-state file; raise `CardStateError` for anything that is not one we wrote.
+def decode_trip_state(data: bytes, cap_slots_used: int = card_cap_slots) -> TripState:
+    """Read a trip-state file; raise `TripStateError` for anything that is not one we wrote.
 
     `cap_slots_used` is how many caps the tariff applies to this card (slots beyond it are
     dropped); it does not change what is accepted.
     """
-    if len(data) != card_state_bytes:
-        raise CardStateError(f"card state is {len(data)} bytes, expected {card_state_bytes}")
+    if len(data) != trip_state_bytes:
+        raise TripStateError(f"trip state is {len(data)} bytes, expected {trip_state_bytes}")
     body = bytes(data[:-1])
     if zlib.crc32(body) & 0xFF != data[-1]:
-        raise CardStateError(f"card state check byte is wrong: {bytes(data).hex()}")
+        raise TripStateError(f"trip state check byte is wrong: {bytes(data).hex()}")
     values = _layout.unpack(body)
     version, flags = values[0] >> 4, values[0] & 0x0F
-    if version != card_state_version:
-        raise CardStateError(f"card state version {version} is not {card_state_version}")
+    if version != trip_state_version:
+        raise TripStateError(f"trip state version {version} is not {trip_state_version}")
     if flags & ~_flags_known:
-        raise CardStateError(f"card state has unknown flags {flags:#x}")
+        raise TripStateError(f"trip state has unknown flags {flags:#x}")
     last = values[3]
     caps = tuple(
         CapSlot(values[15 + 3 * slot], values[16 + 3 * slot], values[17 + 3 * slot])
         for slot in range(min(cap_slots_used, card_cap_slots))
     )
-    return CardState(
+    return TripState(
         tariff_tag=values[1] & 0x0F,
         has_leg=bool(flags & _flag_has_leg),
         last_time_s=last,
