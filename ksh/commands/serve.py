@@ -215,14 +215,21 @@ def serve_process(
     process that started it is gone."""
     import multiprocessing
 
-    from gateways.backoffice import BackofficeConfig, create_app, log_as_json_lines
+    from gateways.backoffice import log_as_json_lines
 
     log_as_json_lines()
-    app = create_app(BackofficeConfig(database_url, settings=settings), extensions())
+    app = backoffice_app(database_url, settings)
     parent = multiprocessing.parent_process()
     parent_sentinel = parent.sentinel if parent is not None else None
     with contextlib.suppress(signals.Stopped):
         signals.run(serve_app(app, host, port, parent_sentinel), stop)
+
+
+def backoffice_app(database_url: str, settings: dict[str, Any]) -> Any:
+    """The application each serving process runs: every extension, these settings."""
+    from gateways.backoffice import BackofficeConfig, create_app
+
+    return create_app(BackofficeConfig(database_url, settings=settings), extensions())
 
 
 async def serve_app(app: Any, host: str, port: int, parent_sentinel: int | None) -> None:

@@ -1,7 +1,9 @@
-"""Fixtures for settlement tests: the SNAP bank simulator on loopback, and our client to it."""
+"""Fixtures for settlement tests: the SNAP bank simulator on loopback, our client to it, and a
+real headless Chromium (Debian's, driven by Playwright) for the finance pages."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -13,12 +15,23 @@ from gateways.bank_simulator.bank import Bank
 from gateways.snap import signature
 from gateways.snap.client import BankClient, BankConnection
 from ledger.clock import ManualClock
+from tests.conftest import unavailable
 from tests.settlement.day import bank_code, closing_time, our_account
 
 partner_id = "BNI-KSH-TEST"
 client_secret = "settlement-tests-hmac-secret"
 channel_id = "95221"
 operator_account = "1350099990001"
+chromium_path = "/usr/bin/chromium"
+chromium_args = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @dataclass
@@ -69,3 +82,21 @@ async def bank_harness(own_private_pem: bytes) -> AsyncIterator[BankHarness]:
             clock=clock,
         )
         yield BankHarness(simulator.bank, BankClient.open(connection, http), connection, clock)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[object]:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        unavailable("playwright is not installed", "pip install playwright")
+    if shutil.which(chromium_path) is None:
+        unavailable("Debian's chromium is not installed", "apt-get install -y chromium")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=chromium_path, args=chromium_args
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,20 +20,9 @@ from ledger.clock import ManualClock
 from settlement import end_of_day, logins, pages, reconciliation
 from settlement.actions import Role
 from settlement.statements import Direction, StatementLine, write_mt940
-from tests.conftest import unavailable
 from tests.settlement.conftest import BankHarness, operator_account
 from tests.settlement.day import bank, book_day, closing_time, our_account, service_day
 
-chromium_path = "/usr/bin/chromium"
-chromium_args = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 passwords = {
     "ani": "clerk-password-1",
     "budi": "supervisor-password-1",
@@ -151,24 +139,6 @@ async def finance(
         yield base_url
     finally:
         await runner.cleanup()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[object]:
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        unavailable("playwright is not installed", "pip install playwright")
-    if shutil.which(chromium_path) is None:
-        unavailable("Debian's chromium is not installed", "apt-get install -y chromium")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=chromium_path, args=chromium_args
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 async def log_in(browser: object, base_url: str, username: str) -> object:
