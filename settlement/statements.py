@@ -7,7 +7,12 @@ two statements that overlap, adds each bank movement once. A movement the bank i
 twice in one file keeps both lines (the second one has occurrence 1): reconciliation reports it.
 
 Amounts are parsed at this edge (MT940 writes a decimal comma, Indonesian exports a thousands
-dot) and kept as whole rupiah integers from here on.
+dot) and kept as whole rupiah integers from here on; one the ledger cannot hold is an error.
+
+A statement is checked, not trusted: an MT940's closing balance must be its opening balance plus
+its movements, a file cut short (an MT940 without its closing balance, a CSV whose last line has
+no line end) and an impossible date are errors, and `check_account` refuses a statement of an
+account other than the bank's. A spreadsheet's byte order mark is read as nothing.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import hashlib
 import io
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ledger.records import amount_max
+from settlement.formatting import rupiah
 
 statement_file_bytes_max = 64 * 1024 * 1024  # a month of a busy collection account fits
 statement_lines_max = 1_000_000
@@ -109,8 +117,18 @@ def whole_rupiah(text: str, source_file: str, source_line: int) -> int:
     fraction = found["plain_fraction"] or found["dotted_fraction"] or found["commas_fraction"]
     if fraction is not None and int(fraction) != 0:
         raise StatementError(source_file, source_line, f"amount {text!r} is not whole rupiah")
-    rupiah = int(whole.replace(".", "").replace(",", ""))
-    return -rupiah if found["sign"] else rupiah
+    amount = int(whole.replace(".", "").replace(",", ""))
+    check_ledger_amount(amount, text, source_file, source_line)
+    return -amount if found["sign"] else amount
+
+
+def check_ledger_amount(amount: int, text: str, source_file: str, source_line: int) -> None:
+    if amount > amount_max:
+        raise StatementError(
+            source_file,
+            source_line,
+            f"amount {text.strip()!r} is more than the ledger can hold ({rupiah(amount_max)})",
+        )
 
 
 def with_occurrences(lines: Iterable[StatementLine]) -> tuple[StatementLine, ...]:
@@ -130,6 +148,183 @@ def with_occurrences(lines: Iterable[StatementLine]) -> tuple[StatementLine, ...
 # ---------------------------------------------------------------------------- MT940
 
 mt940_reference_pattern = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_/]{5,}")
+mt940_field_pattern = re.compile(r"(?:\{4:)?:(?P<tag>[0-9]{2}[A-Z]?):(?P<value>.*)")
+# :60F:, :62F: (and M for a statement's intermediate pages): mark, date, currency, amount
+mt940_balance_pattern = re.compile(
+    r"(?P<mark>[CD])(?P<date>[0-9]{6})(?P<currency>[A-Z]{3})(?P<amount>[0-9][0-9,]*)"
+)
+# :61: up to its amount: value date, entry date (MMDD, optional), mark, funds code, amount
+mt940_movement_pattern = re.compile(
+    r"(?P<date>[0-9]{6})(?P<entry>[0-9]{4}|\s{4})?(?P<mark>R?[CD])[A-Z]?[ ]?(?P<amount>[0-9][0-9,]*)"
+)
+mt940_amount_length_max = 15  # SWIFT's 15d, decimal comma included
+mt940_envelope_end_pattern = re.compile(r"-\}(?:\{5:[^}]*(?:\}[^}]*)*\})?\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Mt940Movement:
+    """A `:61:` line as the structural check reads it, to hold the parser's reading against."""
+
+    source_line: int
+    account: str
+    amount_rupiah: int
+    direction: Direction
+
+
+def mt940_date(
+    text: str, source_file: str, source_line: int, field: str, form: str = "YYMMDD"
+) -> dt.date:
+    """YYMMDD (20YY, as the mt-940 library reads it), or an error naming the field."""
+    try:
+        return dt.date(2000 + int(text[:2]), int(text[2:4]), int(text[4:6]))
+    except ValueError:
+        shown = text[-len(form) :]
+        raise StatementError(
+            source_file, source_line, f"{field} {shown!r} is not a date ({form})"
+        ) from None
+
+
+def mt940_rupiah(text: str, source_file: str, source_line: int, field: str) -> int:
+    """An MT940 amount (decimal comma, no grouping) in whole rupiah."""
+    whole, _, fraction = text.partition(",")
+    if not whole.isdigit() or not (fraction == "" or fraction.isdigit()):
+        raise StatementError(source_file, source_line, f"{field} amount {text!r} is not a number")
+    if fraction.strip("0"):
+        raise StatementError(
+            source_file, source_line, f"{field} amount {text!r} is not whole rupiah"
+        )
+    amount = int(whole)
+    check_ledger_amount(amount, text, source_file, source_line)
+    if len(text) > mt940_amount_length_max:
+        raise StatementError(
+            source_file,
+            source_line,
+            f"{field} amount {text!r} is longer than MT940's {mt940_amount_length_max} characters",
+        )
+    return amount
+
+
+def mt940_balance(value: str, source_file: str, source_line: int, tag: str) -> int:
+    """A balance field's amount, signed (debit negative)."""
+    found = mt940_balance_pattern.fullmatch(value.removesuffix("-}").rstrip())
+    if found is None:
+        raise StatementError(
+            source_file,
+            source_line,
+            f"malformed MT940: field :{tag}: cannot be read from {value[:80]!r}",
+        )
+    mt940_date(found["date"], source_file, source_line, f":{tag}: date")
+    amount = mt940_rupiah(found["amount"], source_file, source_line, f":{tag}:")
+    return amount if found["mark"] == "C" else -amount
+
+
+def scan_mt940(text: str, source_file: str) -> tuple[Mt940Movement, ...]:
+    """The checks the mt-940 library does not make, each naming its line: every statement in
+    the file has an account, an opening balance before its movements and a closing balance
+    after them that is the opening balance plus the movements; dates are dates; amounts fit
+    MT940 and the ledger; an enveloped message ends with `-}`. A file cut short fails here."""
+    try:
+        return _scan_mt940(text, source_file)
+    except StatementError as error:
+        cut_line = text.count("\n") + 1  # the last line, when it has no line end
+        if text.endswith("\n") or error.source_line != cut_line or "truncated" in error.problem:
+            raise
+        raise StatementError(
+            source_file,
+            cut_line,
+            f"{error.problem} (the last line has no line end: is the file cut off?)",
+        ) from None
+
+
+def _scan_mt940(text: str, source_file: str) -> tuple[Mt940Movement, ...]:
+    movements: list[Mt940Movement] = []
+    account = ""
+    opening: int | None = None
+    net = 0
+    started_at = 0  # the line of the open statement's :20:, 0 when none is open
+    last_line = 0
+    for number, row in enumerate(text.split("\n"), 1):
+        if row.strip():
+            last_line = number
+        found = mt940_field_pattern.match(row)
+        if found is None:
+            continue
+        tag, value = found["tag"], found["value"].strip()
+        if tag == "20":
+            if started_at:
+                raise StatementError(
+                    source_file,
+                    number,
+                    f"the statement starting at line {started_at} has no closing balance :62F:",
+                )
+            started_at, account, opening, net = number, "", None, 0
+        elif not started_at and tag in ("25", "60F", "60M", "61", "62F", "62M"):
+            raise StatementError(
+                source_file, number, f":{tag}: outside a statement (no :20: before it)"
+            )
+        elif tag == "25":
+            account = value
+        elif tag in ("60F", "60M"):
+            if not account:
+                raise StatementError(source_file, number, "no :25: account identification")
+            if opening is not None:
+                raise StatementError(source_file, number, "a second opening balance")
+            opening = mt940_balance(value, source_file, number, tag)
+        elif tag == "61":
+            if opening is None:
+                raise StatementError(source_file, number, ":61: before the opening balance :60F:")
+            movement = mt940_movement_pattern.match(value)
+            if movement is None:
+                raise StatementError(
+                    source_file,
+                    number,
+                    f"malformed MT940: field :61: cannot be read from {value[:80]!r}",
+                )
+            value_date = mt940_date(movement["date"], source_file, number, ":61: value date")
+            entry = movement["entry"]
+            if entry and entry.strip():
+                mt940_date(
+                    f"{value_date:%y}{entry}", source_file, number, ":61: entry date", "MMDD"
+                )
+            amount = mt940_rupiah(movement["amount"], source_file, number, ":61:")
+            if amount == 0:
+                raise StatementError(source_file, number, "amount is zero")
+            # RD, the reversal of a debit, brings money back in; RC takes it out
+            credit = movement["mark"] in ("C", "RD")
+            net += amount if credit else -amount
+            movements.append(
+                Mt940Movement(
+                    number, account, amount, Direction.credit if credit else Direction.debit
+                )
+            )
+        elif tag in ("62F", "62M"):
+            if opening is None:
+                raise StatementError(source_file, number, f":{tag}: before the opening balance")
+            closing = mt940_balance(value, source_file, number, tag)
+            expected = opening + net
+            if closing != expected:
+                raise StatementError(
+                    source_file,
+                    number,
+                    f"closing balance :{tag}: {rupiah(closing)} is not the opening balance "
+                    f"{rupiah(opening)} plus the movements {rupiah(net)} = {rupiah(expected)}: "
+                    f"a difference of {rupiah(abs(closing - expected))}",
+                )
+            started_at = 0
+        elif tag in ("64", "65") and mt940_balance_pattern.match(value):
+            mt940_date(value[1:7], source_file, number, f":{tag}: date")
+    if started_at:
+        raise StatementError(
+            source_file,
+            last_line,
+            f"truncated: the statement starting at line {started_at} has no closing balance "
+            f":62F: (the file ends at line {last_line})",
+        )
+    if text.lstrip().startswith("{") and not mt940_envelope_end_pattern.search(text):
+        raise StatementError(
+            source_file, last_line, "truncated: the SWIFT message does not end with -}"
+        )
+    return tuple(movements)
 
 
 class Mt940Importer:
@@ -149,9 +344,7 @@ class Mt940Importer:
         import mt940  # the maintained MT940 parser (PyPI `mt-940`)
 
         source_file = path.name
-        tag61_lines = [
-            number for number, row in enumerate(text.splitlines(), 1) if row.startswith(":61:")
-        ]
+        movements = scan_mt940(text, source_file)
         logging.getLogger("mt940").setLevel(logging.CRITICAL)  # it logs each failed regex try
         transactions = mt940.models.Transactions()
         try:
@@ -160,31 +353,34 @@ class Mt940Importer:
             raise StatementError(
                 source_file, locate(text, error), f"malformed MT940: {describe(error)}"
             ) from None
-        account = str(transactions.data.get("account_identification") or "").strip()
-        if not account:
-            raise StatementError(source_file, 1, "no :25: account identification")
-        if len(transactions) != len(tag61_lines):
+        if len(transactions) != len(movements):
             raise StatementError(
-                source_file, 1, f"{len(tag61_lines)} :61: lines but {len(transactions)} parsed"
+                source_file, 1, f"{len(movements)} :61: lines but {len(transactions)} parsed"
             )
         lines = []
-        for transaction, source_line in zip(transactions, tag61_lines, strict=True):
+        for transaction, movement in zip(transactions, movements, strict=True):
             data = transaction.data
+            source_line = movement.source_line
             currency = str(data.get("currency") or "IDR")
             if currency != "IDR":
                 raise StatementError(source_file, source_line, f"currency {currency} is not IDR")
             status = str(data["status"])
             direction = Direction.credit if status in ("C", "RD") else Direction.debit
-            amount = abs(whole_rupiah(str(data["amount"].amount), source_file, source_line))
-            if amount == 0:
-                raise StatementError(source_file, source_line, "amount is zero")
+            parsed = abs(data["amount"].amount)
+            if (parsed, direction) != (movement.amount_rupiah, movement.direction):
+                raise StatementError(
+                    source_file,
+                    source_line,
+                    f"malformed MT940: the parser read {direction.value} {parsed} "
+                    f"where the line says {movement.direction.value} {movement.amount_rupiah}",
+                )
             date = data["date"]
             lines.append(
                 StatementLine(
                     bank=self.bank,
-                    account=account,
+                    account=movement.account,
                     value_date=dt.date(date.year, date.month, date.day),
-                    amount_rupiah=amount,
+                    amount_rupiah=movement.amount_rupiah,
                     direction=direction,
                     reference=str(data.get("customer_reference") or "").strip(),
                     bank_reference=str(data.get("bank_reference") or "").strip(),
@@ -225,6 +421,8 @@ csv_columns = (
     "description",
 )
 
+csv_date_pattern = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
 
 class CsvImporter:
     """Our CSV statement layout (the bank simulator writes it; internet banking exports map to it).
@@ -244,6 +442,12 @@ class CsvImporter:
 
     def extract(self, path: Path, text: str) -> tuple[StatementLine, ...]:
         source_file = path.name
+        if text and not text.endswith("\n"):  # the layout ends every line, the last one too
+            raise StatementError(
+                source_file,
+                text.count("\n") + 1,
+                "truncated: the last line has no line end (the file looks cut off)",
+            )
         # strict: an unclosed quote is an error, not a field swallowing the rest of the file
         reader = csv.reader(io.StringIO(text), strict=True)
         rows = _csv_rows(reader, source_file)
@@ -261,12 +465,14 @@ class CsvImporter:
                 )
             cells = dict(zip(csv_columns, (cell.strip() for cell in row), strict=True))
             try:
+                if not csv_date_pattern.fullmatch(cells["value_date"]):
+                    raise ValueError
                 value_date = dt.date.fromisoformat(cells["value_date"])
             except ValueError:
                 raise StatementError(
                     source_file,
                     source_line,
-                    f"value_date {cells['value_date']!r} is not YYYY-MM-DD",
+                    f"value_date {cells['value_date']!r} is not a date (YYYY-MM-DD)",
                 ) from None
             mark = cells["direction"].upper()
             if mark not in ("C", "D", "CR", "DB"):
@@ -375,15 +581,38 @@ def import_file(path: Path, bank: str) -> tuple[StatementLine, ...]:
     """Identify and extract one statement file: all its lines, or a `StatementError`."""
     if path.stat().st_size > statement_file_bytes_max:
         raise StatementError(path.name, 1, f"file is larger than {statement_file_bytes_max} bytes")
+    return read_statement(path.name, path.read_bytes(), bank)
+
+
+def read_statement(name: str, data: bytes, bank: str) -> tuple[StatementLine, ...]:
+    """`import_file` for a file already read (`name` is how errors call it)."""
+    if len(data) > statement_file_bytes_max:
+        raise StatementError(name, 1, f"file is larger than {statement_file_bytes_max} bytes")
     try:
-        text = path.read_text("utf-8")
+        text = data.decode("utf-8-sig")  # a spreadsheet's byte order mark is not a character
     except UnicodeDecodeError as error:
-        raise StatementError(path.name, 1, f"not UTF-8 text ({error.reason})") from None
+        raise StatementError(name, 1, f"not UTF-8 text ({error.reason})") from None
     text = text.replace("\r\n", "\n")
     if "\x00" in text:  # no text column can hold it: say where, rather than fail in the database
-        raise StatementError(path.name, text.count("\n", 0, text.index("\x00")) + 1, "a NUL byte")
+        raise StatementError(name, text.count("\n", 0, text.index("\x00")) + 1, "a NUL byte")
+    path = Path(name)
     for kind in importer_kinds:
         importer = kind(bank)
         if importer.identify(path, text[:4096]):
             return importer.extract(path, text)
-    raise StatementError(path.name, 1, "neither MT940 nor the KSH statement CSV layout")
+    raise StatementError(name, 1, "neither MT940 nor the KSH statement CSV layout")
+
+
+def check_account(
+    lines: Iterable[StatementLine], bank: str, expected: Collection[str], configured_by: str
+) -> None:
+    """Every line is on one of `expected`, bank `bank`'s accounts (as `configured_by` says)."""
+    for line in lines:
+        if line.account not in expected:
+            ours = " or ".join(sorted(expected))
+            raise StatementError(
+                line.source_file,
+                line.source_line,
+                f"the statement is for account {line.account}, not bank {bank}'s account "
+                f"{ours} ({configured_by})",
+            )
