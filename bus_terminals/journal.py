@@ -24,7 +24,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus_terminals.wire import RecordKind, RecordStatus, UploadRecord, check_record
+from bus_terminals.wire import RecordStatus, UploadKind, UploadRecord, check_record
 
 records_max = 500_000  # ~ weeks of taps on one bus; then the validator stops taking taps
 records_kept_after_upload = 10_000  # kept for audit and the POS "refund last sale"
@@ -190,7 +190,7 @@ class Journal:
         rows = self.connection.execute(f"select {_columns} from records order by sequence")
         return [_from_row(row) for row in rows.fetchall()]
 
-    def last_record(self, kind: RecordKind) -> UploadRecord | None:
+    def last_record(self, kind: UploadKind) -> UploadRecord | None:
         row = self.connection.execute(
             f"select {_columns} from records where kind = ? and status = 'committed' "
             "order by sequence desc limit 1",
@@ -326,7 +326,7 @@ class _Transaction:
 def _from_row(row: tuple[object, ...]) -> tuple[UploadRecord, JournalState]:
     values = list(row)
     state = JournalState(str(values[3]))
-    values[2] = RecordKind(str(values[2]))
+    values[2] = UploadKind(str(values[2]))
     # An intended record travels nowhere; shown as in doubt if someone asks for its wire form.
     values[3] = RecordStatus(
         RecordStatus.in_doubt.value if state == JournalState.intended else state.value

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from bus_terminals.journal import Journal, JournalFull
 from bus_terminals.sync import SyncState
-from bus_terminals.wire import RecordKind, RecordStatus, UploadRecord, card_terminal_number
+from bus_terminals.wire import RecordStatus, UploadKind, UploadRecord, card_terminal_number
 from card_reader.keys import KeyRole
 from card_reader.ksh_card import (
     CardPlan,
@@ -86,7 +86,7 @@ class Feedback:
 class Charge:
     """What the decision step wants from this card (pure; no I/O)."""
 
-    kind: RecordKind  # fare_debit, sale or refund
+    kind: UploadKind  # fare_debit, sale or refund
     amount_rupiah: int
     trip_state: bytes | None  # the new trip state to write (debits), None to keep it
     detail: str
@@ -107,9 +107,9 @@ _refusal_reasons = {
 
 def intended_log_record(record: UploadRecord) -> LogRecord:
     """The log record the card writes if this journalled transaction commits."""
-    if record.kind in (RecordKind.fare_debit, RecordKind.sale):
+    if record.kind in (UploadKind.fare_debit, UploadKind.sale):
         kind, amount = CardRecordKind.DEBIT, record.amount_rupiah
-    elif record.kind == RecordKind.topup_credit:
+    elif record.kind == UploadKind.topup_credit:
         kind, amount = CardRecordKind.CREDIT, record.topup_rupiah
     else:
         kind, amount = CardRecordKind.CREDIT, record.amount_rupiah
@@ -171,7 +171,7 @@ class Terminal:
             )
             if isinstance(plan, CardPlan):
                 outcome = self._perform(
-                    card, plan, RecordKind.topup_credit, 0, amount, top_up_id, "", time_ms
+                    card, plan, UploadKind.topup_credit, 0, amount, top_up_id, "", time_ms
                 )
                 if isinstance(outcome, Feedback):
                     return outcome
@@ -181,7 +181,7 @@ class Terminal:
         charge = decide(state, time_ms)
         if charge.refusal != Reason.none:
             return self._deny(state, charge.refusal, time_ms, charge.detail, topup_rupiah)
-        if charge.kind == RecordKind.refund:
+        if charge.kind == UploadKind.refund:
             if charge.amount_rupiah <= 0:
                 return self._deny(
                     state, Reason.nothing_to_refund, time_ms, charge.detail, topup_rupiah
@@ -224,7 +224,7 @@ class Terminal:
         self,
         card: KshCard,
         plan: CardPlan,
-        kind: RecordKind,
+        kind: UploadKind,
         amount_rupiah: int,
         topup_rupiah: int,
         top_up_id: str,
@@ -298,7 +298,7 @@ class Terminal:
                 self.journal.commit(record.sequence)
                 if (
                     record.card_counter == state.counter
-                    and record.kind != RecordKind.topup_credit
+                    and record.kind != UploadKind.topup_credit
                     and time_ms - record.time_ms <= retap_window_ms
                 ):
                     feedback = Feedback(
@@ -373,7 +373,7 @@ class Terminal:
                 UploadRecord(
                     self.terminal_id,
                     0,
-                    RecordKind.denied,
+                    UploadKind.denied,
                     RecordStatus.committed,
                     number,
                     0,

@@ -7,7 +7,7 @@ from bus_terminals.fare.model import FareOutcome, Tap, TripStateError, blank_tri
 from bus_terminals.fare.tariff import Tariff
 from bus_terminals.fare.trip_state import decode_trip_state, encode_trip_state
 from bus_terminals.terminal import Charge, Decide, Reason
-from bus_terminals.wire import RecordKind, no_service_fare_detail
+from bus_terminals.wire import UploadKind, no_service_fare_detail
 from card_reader.ksh_card import CardState, RiderCategory
 
 fare_media_id = "ksh_card"
@@ -57,12 +57,12 @@ def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> D
         # is the authority offline. The record says why, and the back office raises an alarm.
         no_service = decision.outcome == FareOutcome.full_fare_no_service
         if decision.outcome != FareOutcome.priced and not no_service:
-            return Charge(RecordKind.fare_debit, 0, None, decision.outcome.value, Reason.no_fare)
+            return Charge(UploadKind.fare_debit, 0, None, decision.outcome.value, Reason.no_fare)
         # A negative leg amount (a transfer cheaper than the leg before it) is money owed back
         # to the rider; the validator debits nothing and the record says what is owed.
         fare_rupiah, sen = divmod(max(decision.amount, 0), minor_per_rupiah)
         if sen:
-            return Charge(RecordKind.fare_debit, 0, None, "fare not whole rupiah", Reason.no_fare)
+            return Charge(UploadKind.fare_debit, 0, None, "fare not whole rupiah", Reason.no_fare)
         detail = decision.fare_product_id or ""
         if decision.amount < 0:
             detail += f" owed {-decision.amount // minor_per_rupiah}"
@@ -76,7 +76,7 @@ def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> D
         if no_service:
             detail = f"{no_service_fare_detail} {detail}"
         return Charge(
-            RecordKind.fare_debit, fare_rupiah, encode_trip_state(decision.state), detail[:64]
+            UploadKind.fare_debit, fare_rupiah, encode_trip_state(decision.state), detail[:64]
         )
 
     return decide_fare

@@ -39,7 +39,7 @@ deny_list_version_header = "X-KSH-Version"  # the version of a whole deny list d
 content_type = "application/vnd.ksh.upload+json"
 
 
-class RecordKind(enum.StrEnum):
+class UploadKind(enum.StrEnum):
     fare_debit = "fare_debit"  # a validator charged a fare (amount may be 0: free transfer)
     sale = "sale"  # a POS debited the card for a purchase
     refund = "refund"  # a POS credited the card back for its last sale
@@ -81,7 +81,7 @@ class UploadRecord(NamedTuple):
 
     terminal_id: str
     sequence: int
-    kind: RecordKind
+    kind: UploadKind
     status: RecordStatus
     card_number: str
     card_counter: int  # the card's log counter of this transaction (0 when denied)
@@ -166,7 +166,7 @@ reference_check = _text(text_length_max, allow_empty=False)
 record_fields: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
     ("terminal_id", terminal_id_check),
     ("sequence", _integer(1, 2**53)),
-    ("kind", _member(RecordKind)),
+    ("kind", _member(UploadKind)),
     ("status", _member(RecordStatus)),
     ("card_number", _card_number),
     ("card_counter", _integer(0, counter_max)),
@@ -203,9 +203,9 @@ def _check_values(values: Sequence[Any], where: str) -> None:
         if problem is not None:
             raise WireError(name, value, problem, where)
     kind, status, counter = values[2], values[3], values[5]
-    if kind == RecordKind.denied and status != RecordStatus.committed:
+    if kind == UploadKind.denied and status != RecordStatus.committed:
         raise WireError("status", status, "a denied tap has no card transaction", where)
-    if kind != RecordKind.denied and counter == 0:
+    if kind != UploadKind.denied and counter == 0:
         raise WireError("card_counter", counter, "a card transaction has a counter >= 1", where)
 
 
@@ -281,7 +281,7 @@ def decode_batch(body: bytes) -> UploadBatch:
     return UploadBatch(terminal_id, batch_sequence, tuple(records))
 
 
-_kinds = {kind.value: kind for kind in RecordKind}
+_kinds = {kind.value: kind for kind in UploadKind}
 _statuses = {status.value: status for status in RecordStatus}
 _sequence_max = 2**53
 

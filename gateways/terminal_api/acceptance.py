@@ -19,8 +19,8 @@ from typing import Any
 import asyncpg
 
 from bus_terminals.wire import (
-    RecordKind,
     UploadBatch,
+    UploadKind,
     WireError,
     decode_batch,
     load_public_key,
@@ -98,9 +98,9 @@ async def _replay(
     return UploadAnswer(UploadResult.exists, acknowledgement=json.loads(row["acknowledgement"]))
 
 
-_validator_kinds = frozenset({RecordKind.fare_debit, RecordKind.topup_credit, RecordKind.denied})
+_validator_kinds = frozenset({UploadKind.fare_debit, UploadKind.topup_credit, UploadKind.denied})
 _pos_kinds = frozenset(
-    {RecordKind.sale, RecordKind.refund, RecordKind.topup_credit, RecordKind.denied}
+    {UploadKind.sale, UploadKind.refund, UploadKind.topup_credit, UploadKind.denied}
 )
 
 

@@ -28,8 +28,8 @@ from datetime import datetime
 import asyncpg
 
 from bus_terminals.wire import (
-    RecordKind,
     RecordStatus,
+    UploadKind,
     UploadRecord,
     no_service_fare_detail,
     record_fields,
@@ -178,7 +178,7 @@ _record_columns = (
 
 def _record_from_row(row: asyncpg.Record) -> UploadRecord:
     values = list(row.values())[:17]
-    values[2] = RecordKind(values[2])
+    values[2] = UploadKind(values[2])
     values[3] = RecordStatus(values[3])
     return UploadRecord(*values)
 
@@ -501,7 +501,7 @@ def _log_charged_without_service(plan: Plan) -> None:
                     r.time_ms
                     for r in plan.booked
                     if r.terminal_id == terminal_id
-                    and r.kind == RecordKind.fare_debit
+                    and r.kind == UploadKind.fare_debit
                     and r.fare_detail.startswith(no_service_fare_detail)
                 ),
             },

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from bus_terminals.wire import (
-    RecordKind,
     RecordStatus,
     UploadBatch,
+    UploadKind,
     UploadRecord,
     card_terminal_number,
     no_service_fare_detail,
@@ -166,7 +166,7 @@ class RoleRule(NamedTuple):
     """What a terminal may report: the record kinds of its role, and (a point of sale) whose
     sales they are."""
 
-    kinds: frozenset[RecordKind]
+    kinds: frozenset[UploadKind]
     merchant_id: str | None  # a POS's merchant; None for a validator
 
     def problem(self, record: UploadRecord) -> str:
@@ -243,7 +243,7 @@ def classify(
             found.reported_before.add(record.sequence)
         target = found.changed if stored is not None else found.new_records
         booked_before = stored is not None and stored.outcome == RecordOutcome.booked
-        if record.kind == RecordKind.denied:
+        if record.kind == UploadKind.denied:
             target.append(Placed(record, RecordOutcome.denied))
         elif record.status == RecordStatus.void:
             # Booked already (another terminal saw it in the card's log): the card wins.
@@ -372,7 +372,7 @@ def plan_batch(batch: UploadBatch, classified: Classified, settled: InDoubt) -> 
         charged_without_service=Counter(
             record.terminal_id
             for record in booked
-            if record.kind == RecordKind.fare_debit
+            if record.kind == UploadKind.fare_debit
             and record.fare_detail.startswith(no_service_fare_detail)
         ),
     )
@@ -427,7 +427,7 @@ def transfers_for(
 ) -> list[Transfer]:
     purse = purse_account_id(record.card_number)
     amount = record.amount_rupiah
-    if not record.topup_rupiah and amount and record.kind == RecordKind.fare_debit:
+    if not record.topup_rupiah and amount and record.kind == UploadKind.fare_debit:
         # The common case (a plain fare), built positionally: this runs once per tap.
         return [
             Transfer(
@@ -473,9 +473,9 @@ def transfers_for(
         transfers.append(
             leg("top-up", pending, purse, record.topup_rupiah, TransferCode.top_up_delivery)
         )
-    if amount and record.kind == RecordKind.fare_debit:
+    if amount and record.kind == UploadKind.fare_debit:
         transfers.append(leg("fare", purse, credit_account, amount, TransferCode.fare))
-    elif amount and record.kind == RecordKind.sale:
+    elif amount and record.kind == UploadKind.sale:
         fee = amount * fee_basis_points // 10_000
         linked = TransferFlags.linked if fee else TransferFlags.none
         transfers.append(
@@ -492,7 +492,7 @@ def transfers_for(
             transfers.append(
                 leg("fee", credit_account, fee_income_account_id, fee, TransferCode.merchant_fee)
             )
-    elif amount and record.kind == RecordKind.refund:
+    elif amount and record.kind == UploadKind.refund:
         transfers.append(leg("refund", credit_account, purse, amount, TransferCode.refund))
     return transfers
 
@@ -561,6 +561,6 @@ def suspense_legs(record: UploadRecord, legs: Sequence[Transfer]) -> list[Transf
 def balance_change(record: UploadRecord) -> int:
     """What a record did to the card's purse: credited top-up, less the fare or sale, or plus
     the refund (the same sum the chain check reads from stored neighbours)."""
-    if record.kind == RecordKind.refund:
+    if record.kind == UploadKind.refund:
         return record.topup_rupiah + record.amount_rupiah
     return record.topup_rupiah - record.amount_rupiah

@@ -138,9 +138,9 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
     from aiohttp import web
 
     from bus_terminals.wire import (
-        RecordKind,
         RecordStatus,
         UploadBatch,
+        UploadKind,
         UploadRecord,
         card_terminal_number,
         encode_batch,
@@ -211,7 +211,7 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
                 UploadRecord(
                     terminal,
                     len(records) + 1,
-                    RecordKind.fare_debit,
+                    UploadKind.fare_debit,
                     RecordStatus.committed,
                     number,
                     counter + 1,

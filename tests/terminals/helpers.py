@@ -7,9 +7,9 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bus_terminals.wire import (
-    RecordKind,
     RecordStatus,
     UploadBatch,
+    UploadKind,
     UploadRecord,
     card_terminal_number,
     encode_batch,
@@ -28,7 +28,7 @@ def record(
     amount: int,
     balance_after: int,
     *,
-    kind: RecordKind = RecordKind.fare_debit,
+    kind: UploadKind = UploadKind.fare_debit,
     status: RecordStatus = RecordStatus.committed,
     previous: tuple[int, str, int] = (0, "", 0),
     topup: int = 0,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from bus_terminals.journal import Journal
-from bus_terminals.wire import RecordKind, RecordStatus, UploadRecord
+from bus_terminals.wire import RecordStatus, UploadKind, UploadRecord
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
             UploadRecord(
                 "V1",
                 0,
-                RecordKind.fare_debit,
+                UploadKind.fare_debit,
                 RecordStatus.in_doubt,
                 "6032984000000001",
                 counter,

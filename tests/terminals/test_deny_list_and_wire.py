@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from bus_terminals.deny_list import DenyList
 from bus_terminals.wire import (
-    RecordKind,
     RecordStatus,
     UploadBatch,
+    UploadKind,
     UploadRecord,
     WireError,
     decode_batch,
@@ -51,7 +51,7 @@ def test_deny_list_is_a_set(members: set[int], probes: list[int]) -> None:
 
 def _record(**changes: object) -> UploadRecord:
     base = UploadRecord(
-        "V1", 1, RecordKind.fare_debit, RecordStatus.committed, "6032984000000001", 7, 3_500,
+        "V1", 1, UploadKind.fare_debit, RecordStatus.committed, "6032984000000001", 7, 3_500,
         0, "", 16_500, 1_763_942_400_000, "K1", "", "full", 6, 17, 3_500,
     )  # fmt: skip
     return base._replace(**changes)  # type: ignore[arg-type]
@@ -60,7 +60,7 @@ def _record(**changes: object) -> UploadRecord:
 records = st.builds(
     _record,
     sequence=st.integers(1, 2**40),
-    kind=st.sampled_from([k for k in RecordKind if k != RecordKind.denied]),
+    kind=st.sampled_from([k for k in UploadKind if k != UploadKind.denied]),
     status=st.sampled_from(list(RecordStatus)),
     card_counter=st.integers(1, 2**32 - 1),
     amount_rupiah=st.integers(0, 2_000_000),

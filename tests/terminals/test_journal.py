@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from bus_terminals.journal import Journal, JournalState
-from bus_terminals.wire import RecordKind, RecordStatus, UploadBatch, UploadRecord, encode_batch
+from bus_terminals.wire import RecordStatus, UploadBatch, UploadKind, UploadRecord, encode_batch
 
 worker = Path(__file__).with_name("journal_worker.py")
 
@@ -66,7 +66,7 @@ def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(tmp_path:
 
 def tap(counter: int) -> UploadRecord:
     return UploadRecord(
-        "V1", 0, RecordKind.fare_debit, RecordStatus.committed, "6032984000000001", counter,
+        "V1", 0, UploadKind.fare_debit, RecordStatus.committed, "6032984000000001", counter,
         3_500, 0, "", 10_000, 1_763_942_400_000, "K1", "", "full", 0, 0, 0,
     )  # fmt: skip
 

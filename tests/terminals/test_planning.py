@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bus_terminals.wire import (
-    RecordKind,
     RecordStatus,
     UploadBatch,
+    UploadKind,
     UploadRecord,
     card_terminal_number,
 )
@@ -35,7 +35,7 @@ def record(
     status: RecordStatus,
     previous: tuple[int, int, int] = (0, 0, 0),
     amount: int = 1_000,
-    kind: RecordKind = RecordKind.fare_debit,
+    kind: UploadKind = UploadKind.fare_debit,
 ) -> UploadRecord:
     return UploadRecord(
         terminal_id, sequence, kind, status, card, counter, amount, 0, "", balance_after,
@@ -127,7 +127,7 @@ def test_in_doubt_settles_only_as_the_card_log_shows(
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from([RecordKind.fare_debit, RecordKind.sale]),
+            st.sampled_from([UploadKind.fare_debit, UploadKind.sale]),
             st.sampled_from(list(CreateTransferResult)),
             st.booleans(),
         ),
@@ -136,7 +136,7 @@ def test_in_doubt_settles_only_as_the_card_log_shows(
     )
 )
 def test_a_counter_booked_with_other_content_moves_through_suspense(
-    cases: list[tuple[RecordKind, CreateTransferResult, bool]],
+    cases: list[tuple[UploadKind, CreateTransferResult, bool]],
 ) -> None:
     booked_or_repeat = {
         r for r in CreateTransferResult if r.value.startswith("exists_with_different")
@@ -189,17 +189,17 @@ def test_a_counter_booked_with_other_content_moves_through_suspense(
             st.sampled_from(list(RecordStatus)),
             st.sampled_from([None, "same", "in_doubt_before", "other_before"]),
             st.sampled_from(list(RecordOutcome)),
-            st.sampled_from([RecordKind.fare_debit, RecordKind.sale]),
+            st.sampled_from([UploadKind.fare_debit, UploadKind.sale]),
         ),
         min_size=1,
         max_size=8,
     )
 )
 def test_every_record_is_acknowledged_once_and_placed_at_most_once(
-    cases: list[tuple[RecordStatus, str | None, RecordOutcome, RecordKind]],
+    cases: list[tuple[RecordStatus, str | None, RecordOutcome, UploadKind]],
 ) -> None:
     validator = planning.RoleRule(
-        frozenset({RecordKind.fare_debit, RecordKind.topup_credit, RecordKind.denied}), None
+        frozenset({UploadKind.fare_debit, UploadKind.topup_credit, UploadKind.denied}), None
     )
     records = []
     previous = {}
@@ -230,7 +230,7 @@ def test_every_record_is_acknowledged_once_and_placed_at_most_once(
             assert sequence not in placed  # a repeat or a conflict stores nothing new
         if before == "other_before":
             assert sequence in conflicts
-        if before is None and kind == RecordKind.sale:  # a validator's sale: not its role
+        if before is None and kind == UploadKind.sale:  # a validator's sale: not its role
             assert sequence in quarantined
             assert sequence not in booked_or_held
     for placed_record in plan.new_records:

@@ -12,8 +12,8 @@ import pytest
 from bus_terminals.journal import Journal
 from bus_terminals.sync import SyncClient, SyncState, UploadStatus
 from bus_terminals.wire import (
-    RecordKind,
     RecordStatus,
+    UploadKind,
     UploadRecord,
     sign,
     signature_header,
@@ -83,7 +83,7 @@ async def test_a_lost_answer_resends_the_same_bytes(backoffice: Backoffice, tmp_
     journal = Journal(tmp_path / "journal.db", "V1")
     record = journal.intend(
         UploadRecord(
-            "V1", 0, RecordKind.fare_debit, RecordStatus.in_doubt, "6032984000000001", 1, 3_500,
+            "V1", 0, UploadKind.fare_debit, RecordStatus.in_doubt, "6032984000000001", 1, 3_500,
             0, "", 16_500, 1_795_478_400_000, "K1", "", "full", 0, 0, 0,
         )
     )  # fmt: skip

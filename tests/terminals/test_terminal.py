@@ -13,7 +13,7 @@ from bus_terminals.journal import Journal, JournalState
 from bus_terminals.sync import SyncState
 from bus_terminals.terminal import Feedback, Reason, Terminal, Verdict
 from bus_terminals.validator import fare_decider
-from bus_terminals.wire import RecordKind
+from bus_terminals.wire import UploadKind
 from card_reader.deck import make_ksh_deck
 from card_reader.emulator import EmulatedCard, EmulatedReader
 from card_reader.keys import KeyRole, demo_key_store
@@ -68,7 +68,7 @@ def test_a_card_pulled_at_any_exchange_pays_once_after_tapping_again(tmp_path: P
         assert balance(card) == 20_000 - fare, (pull_at, first, again)
         states = [(r.kind, state) for r, state in terminal.journal.records()]
         committed = [
-            s for kind, s in states if kind == RecordKind.fare_debit and s == JournalState.committed
+            s for kind, s in states if kind == UploadKind.fare_debit and s == JournalState.committed
         ]
         assert len(committed) == 1, states
         assert all(state != JournalState.in_doubt for _, state in states)
@@ -112,7 +112,7 @@ def test_deny_list_and_balance(tmp_path: Path) -> None:
     poor = tap(terminal, cards[1], seven_am_ms)
     assert (poor.verdict, poor.reason) == (Verdict.denied, Reason.insufficient_balance)
     assert balance(cards[0]) == 20_000
-    assert [r.kind for r, _ in terminal.journal.records()] == [RecordKind.denied] * 2
+    assert [r.kind for r, _ in terminal.journal.records()] == [UploadKind.denied] * 2
 
 
 def test_pending_top_up_is_delivered_once_across_terminals(tmp_path: Path) -> None:
