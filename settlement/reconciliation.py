@@ -1,7 +1,8 @@
 """Reconciliation as a visible pipeline: load, match, validate, persist and book, report.
 
 `import_statement` stores a statement file's lines (all or nothing; a line already known from
-an earlier or overlapping file is skipped). `reconcile` loads every line not yet matched and
+an earlier or overlapping file is skipped; a statement of another account than the bank's, or
+one already imported under another bank code, is refused). `reconcile` loads every line not yet matched and
 every expected movement not yet matched, runs the pure matcher, checks its result, then in one
 database transaction stores the matches, books what each match confirms, and opens or closes
 exceptions. Matches are keyed by what they match, so a re-run changes nothing.
@@ -14,11 +15,12 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
 
+from gateways.snap.partners import list_partners
 from ledger.records import AccountKind, Transfer, TransferCode, TransferFlags, derive_id
 from settlement import books
 from settlement.matching import (
@@ -31,7 +33,14 @@ from settlement.matching import (
     line_references,
     match,
 )
-from settlement.statements import Direction, StatementError, StatementLine, import_file
+from settlement.statements import (
+    Direction,
+    StatementError,
+    StatementLine,
+    check_account,
+    read_statement,
+    statement_file_bytes_max,
+)
 
 default_rules = MatchRules()
 reconcile_lines_max = 2_000_000  # one run's working set; far above a day of a city's banks
@@ -43,6 +52,8 @@ class ImportResult:
     file_sha256: str
     lines_in_file: int
     lines_new: int
+    accounts: tuple[str, ...] = ()  # the accounts the statement's lines are on
+    account_checked: bool = False  # False: no account of ours was configured for the bank
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +72,46 @@ class ReconcileReport:
 
 
 async def import_statement(
-    connection: asyncpg.Connection, path: Path, bank: str, imported_by: str
+    connection: asyncpg.Connection,
+    path: Path,
+    bank: str,
+    imported_by: str,
+    *,
+    expected_account: str | None = None,
+    require_account: bool = False,
 ) -> ImportResult:
-    """Parse the file (a `StatementError` imports nothing), then store its new lines."""
-    lines = import_file(path, bank)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    """Parse the file, check it against what we know, then store its new lines. Any
+    `StatementError` imports nothing.
+
+    `expected_account` is our account at `bank`; without it, the source accounts of the SNAP
+    partners registered with that bank code are. A statement for another account is refused.
+    When neither names an account, the statement's account is taken unchecked
+    (`account_checked` is False), or refused with `require_account`. A file, or a movement,
+    already imported under another bank code is refused: it would count twice."""
+    if path.stat().st_size > statement_file_bytes_max:
+        raise StatementError(path.name, 1, f"file is larger than {statement_file_bytes_max} bytes")
+    data = path.read_bytes()
+    lines = read_statement(path.name, data, bank)
+    digest = hashlib.sha256(data).hexdigest()
+    accounts = tuple(sorted({line.account for line in lines}))
     async with connection.transaction():
+        # one import at a time, so two files of one statement under two bank codes both see
+        # the other
+        await connection.execute(
+            "select pg_advisory_xact_lock(hashtext('settlement-statement-import'))"
+        )
+        await refuse_other_bank(connection, path.name, bank, digest, lines)
+        expected, configured_by = await expected_accounts(connection, bank, expected_account)
+        if expected:
+            check_account(lines, bank, expected, configured_by)
+        elif require_account and lines:
+            raise StatementError(
+                path.name,
+                1,
+                f"no account of ours is configured for bank {bank} to check the statement's "
+                f"account {', '.join(accounts)} against: give it (--account {bank}=ACCOUNT) "
+                "or set the source account of the bank's SNAP partner",
+            )
         await connection.execute(
             """insert into settlement_statement_files (file_sha256, bank, file_name, line_count, imported_by)
                values ($1, $2, $3, $4, $5) on conflict (file_sha256) do nothing""",
@@ -77,7 +122,65 @@ async def import_statement(
             imported_by,
         )
         new = await store_lines(connection, lines, digest)
-    return ImportResult(path.name, digest, len(lines), new)
+    return ImportResult(path.name, digest, len(lines), new, accounts, bool(expected))
+
+
+async def expected_accounts(
+    connection: asyncpg.Connection, bank: str, given: str | None
+) -> tuple[frozenset[str], str]:
+    """Our accounts at `bank`, and where that was said: the caller, or the SNAP partners."""
+    if given:
+        return frozenset((given,)), "as given"
+    partners = [
+        p for p in await list_partners(connection) if p.bank_code == bank and p.source_account_no
+    ]
+    names = ", ".join(p.partner_id for p in partners)
+    return frozenset(p.source_account_no for p in partners), f"SNAP partner {names}"
+
+
+async def refuse_other_bank(
+    connection: asyncpg.Connection,
+    file_name: str,
+    bank: str,
+    file_sha256: str,
+    lines: Sequence[StatementLine],
+) -> None:
+    """A line's key includes its bank code, so the same statement under another bank code would
+    be new lines: refuse the file, or its first movement already imported under another code."""
+    earlier = await connection.fetchrow(
+        "select bank, file_name, imported_by from settlement_statement_files "
+        "where file_sha256 = $1",
+        file_sha256,
+    )
+    if earlier is not None and earlier["bank"] != bank:
+        raise StatementError(
+            file_name,
+            1,
+            f"this file was already imported as bank {earlier['bank']} "
+            f"(as {earlier['file_name']} by {earlier['imported_by']}), not {bank}",
+        )
+    if not lines:
+        return
+    others = await connection.fetch(
+        "select distinct bank from settlement_statement_files where bank <> $1 order by bank",
+        bank,
+    )
+    for other in (row["bank"] for row in others):
+        found = await connection.fetchrow(
+            """select k.ordinal, l.source_file, l.source_line
+                 from unnest($1::text[]) with ordinality as k (line_key, ordinal)
+                 join settlement_statement_lines l on l.line_key = k.line_key
+                order by k.ordinal limit 1""",
+            [replace(line, bank=other).key for line in lines],
+        )
+        if found is not None:
+            line = lines[found["ordinal"] - 1]
+            raise StatementError(
+                file_name,
+                line.source_line,
+                f"this movement was already imported as bank {other} "
+                f"({found['source_file']} line {found['source_line']}), not {bank}",
+            )
 
 
 async def store_lines(

@@ -27,6 +27,14 @@ def register(subparsers: Any) -> None:
     )
     imports.add_argument("files", nargs="+", type=Path)
     imports.add_argument("--bank", required=True, help="the bank's code, e.g. 009")
+    imports.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="[BANK=]ACCOUNT",
+        help="our account at the bank: a statement for another account is refused (default: "
+        "the source account of the bank's SNAP partner; with neither, the import is refused)",
+    )
     imports.set_defaults(handler=run_import)
 
     run = actions.add_parser("run", help="match open statement lines against expected movements")
@@ -59,18 +67,48 @@ def run_import(arguments: argparse.Namespace) -> int:
     from settlement.reconciliation import import_statement
     from settlement.statements import StatementError
 
+    expected_account = parse_accounts(arguments.account, arguments.bank).get(arguments.bank)
+
     async def work(connection: Any) -> int:
         for path in arguments.files:
             try:
-                result = await import_statement(connection, path, arguments.bank, getpass.getuser())
+                result = await import_statement(
+                    connection,
+                    path,
+                    arguments.bank,
+                    getpass.getuser(),
+                    expected_account=expected_account,
+                    require_account=True,
+                )
             except StatementError as error:
                 raise UserError(f"{error} (nothing imported from {path.name})") from None
             except OSError as error:
                 raise UserError(f"cannot read {path}: {error}") from None
-            print(f"{result.file_name}: {result.lines_in_file} lines, {result.lines_new} new")
+            on = f" on account {', '.join(result.accounts)}" if result.accounts else ""
+            print(f"{result.file_name}: {result.lines_in_file} lines, {result.lines_new} new{on}")
         return 0
 
     return run_with_database(work)
+
+
+def parse_accounts(items: list[str], bank: str | None = None) -> dict[str, str]:
+    """`--account BANK=ACCOUNT` options as {bank: account}; a bare ACCOUNT is `bank`'s."""
+    accounts: dict[str, str] = {}
+    for item in items:
+        if "=" in item:
+            code, _, account = item.partition("=")
+        else:
+            code, account = bank or "", item
+        code, account = code.strip(), account.strip()
+        if not code or not account:
+            forms = "BANK=ACCOUNT or ACCOUNT" if bank else "BANK=ACCOUNT"
+            raise UserError(f"--account takes {forms}, not {item!r}")
+        if accounts.get(code, account) != account:
+            raise UserError(
+                f"--account gives bank {code} two accounts: {accounts[code]}, {account}"
+            )
+        accounts[code] = account
+    return accounts
 
 
 def run_match(arguments: argparse.Namespace) -> int:
@@ -78,12 +116,7 @@ def run_match(arguments: argparse.Namespace) -> int:
     from settlement.matching import MatchRules
     from settlement.reconciliation import expect_collections, reconcile
 
-    accounts: dict[str, str] = {}
-    for item in arguments.account:
-        bank, _, account = item.partition("=")
-        if not bank or not account:
-            raise UserError(f"--account takes BANK=ACCOUNT, not {item!r}")
-        accounts[bank] = account
+    accounts = parse_accounts(arguments.account)
     if arguments.amount_tolerance < 0 or arguments.date_tolerance < 0:
         raise UserError("tolerances are not negative")
     day = arguments.day or system_clock.today() - dt.timedelta(days=1)
