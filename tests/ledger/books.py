@@ -29,6 +29,13 @@ fees = derive_id("books", "fee-income")
 pending_top_ups = derive_id("books", "pending-top-ups")
 
 
+async def database_clock(connection: asyncpg.Connection) -> datetime:
+    """The database's now, the clock the ledger books and expires holds at when given none:
+    a test books its transfers relative to it rather than at a fixed date, where a timeout
+    must have passed (or not) by the time it runs."""
+    return await connection.fetchval("select clock_timestamp()")
+
+
 async def open_books(connection: asyncpg.Connection) -> None:
     accounts = [
         Account(
@@ -45,8 +52,9 @@ async def open_books(connection: asyncpg.Connection) -> None:
     assert set(await create_accounts(connection, accounts)) == {CreateAccountResult.created}
 
 
-async def book_a_day(connection: asyncpg.Connection) -> None:
-    """Top-ups, fares, a sale with its fee, a hold posted in part, a hold voided."""
+async def book_a_day(connection: asyncpg.Connection, start: datetime = day_start) -> None:
+    """Top-ups, fares, a sale with its fee, a hold posted in part, a hold voided: a batch an
+    hour from `start`."""
 
     def t(name: str, debit, credit, amount, code, **fields) -> Transfer:
         return Transfer(derive_id("books-transfer", name), debit, credit, amount, code, **fields)
@@ -132,5 +140,5 @@ async def book_a_day(connection: asyncpg.Connection) -> None:
         ],
     ]
     for hour, batch in enumerate(batches):
-        outcomes = await create_transfers(connection, batch, now=day_start + timedelta(hours=hour))
+        outcomes = await create_transfers(connection, batch, now=start + timedelta(hours=hour))
         assert {o.result for o in outcomes} == {CreateTransferResult.created}, outcomes

@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -27,9 +28,16 @@ from ledger.chain import (
     transfer_columns,
 )
 from ledger.export import beancount_account_name, write_beancount, write_csv
-from tests.ledger.books import bank, book_a_day, day_start, open_books, purses, revenue
+from tests.ledger.books import bank, book_a_day, database_clock, open_books, purses, revenue
 
 bin_folder = Path(sys.executable).parent
+command_timeout_s = 120  # a command that hangs fails its test, saying which
+
+
+def bean_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [bin_folder / "bean-check", path], capture_output=True, text=True, timeout=command_timeout_s
+    )
 
 
 async def tamper(connection: asyncpg.Connection, sql: str) -> None:
@@ -101,7 +109,7 @@ async def test_beancount_export_passes_bean_check_with_our_balances(connection, 
     path = tmp_path / "books.beancount"
     with path.open("w") as out:
         await write_beancount(connection, out)
-    checked = subprocess.run([bin_folder / "bean-check", path], capture_output=True, text=True)
+    checked = bean_check(path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
     from beancount import loader
@@ -116,6 +124,7 @@ async def test_beancount_export_passes_bean_check_with_our_balances(connection, 
         (revenue, "operator_revenue"),
     ):
         ours = await account_balances(connection, account_id)
+        assert ours is not None
         node = realization.get(tree, beancount_account_name(kind, account_id))
         theirs = node.balance.get_currency_units("IDR").number
         assert theirs == ours.debits_posted - ours.credits_posted
@@ -127,7 +136,7 @@ async def test_beancount_export_passes_bean_check_with_our_balances(connection, 
     )
     with path.open("w") as out:
         await write_beancount(connection, out)
-    checked = subprocess.run([bin_folder / "bean-check", path], capture_output=True, text=True)
+    checked = bean_check(path)
     assert checked.returncode != 0
 
 
@@ -146,16 +155,24 @@ async def test_csv_export_has_every_transfer(connection, tmp_path) -> None:
 def ksh(database_url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "DATABASE_URL": database_url}
     return subprocess.run(
-        [bin_folder / "ksh", "ledger", *arguments], capture_output=True, text=True, env=environment
+        [bin_folder / "ksh", "ledger", *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=command_timeout_s,
     )
 
 
 async def test_command_line(connection, database_url, tmp_path) -> None:
+    """`ksh ledger expire` voids at the database's clock: the day is booked the day before it,
+    so that the hold booked after it is long expired on any day the test runs."""
     await open_books(connection)
-    await book_a_day(connection)
+    start = await database_clock(connection) - timedelta(days=1)
+    await book_a_day(connection, start)
     checked = ksh(database_url, "check")
     assert checked.returncode == 0, checked.stderr
-    balance = ksh(database_url, "balance", str(purses[0]), "--at", "2026-11-02T07:30:00+00:00")
+    between_batches = (start + timedelta(hours=1, minutes=30)).isoformat()
+    balance = ksh(database_url, "balance", str(purses[0]), "--at", between_batches)
     assert balance.returncode == 0, balance.stderr
     assert "credit_balance    46500" in balance.stdout
     now = ksh(database_url, "balance", str(purses[0]))
@@ -172,7 +189,8 @@ async def test_command_line(connection, database_url, tmp_path) -> None:
         TransferFlags.pending,
         timeout_s=60,
     )
-    [booked] = await create_transfers(connection, [hold], now=day_start)  # long expired
+    long_expired = start + timedelta(hours=3)
+    [booked] = await create_transfers(connection, [hold], now=long_expired)
     assert booked.result is CreateTransferResult.created
     expired = ksh(database_url, "expire")
     assert expired.returncode == 0, expired.stderr
