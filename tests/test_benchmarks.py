@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 project_root = Path(__file__).resolve().parents[1]
+# Each small run takes seconds. Under the suite's 300 s a test (pytest-timeout), so that a run
+# that hangs fails as the command that timed out, with its name, rather than as a stack dump.
+command_timeout_s = 240
 
 small_runs = {
     "ledger": (
@@ -48,7 +51,7 @@ def test_benchmark_runs_small(name: str, postgres_server_url: str) -> None:
         env={**os.environ, "DATABASE_URL": postgres_server_url},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=command_timeout_s,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     printed = json.loads(done.stdout)
@@ -64,7 +67,7 @@ def test_tap_benchmark_runs_small(pcsc_reader_name: str) -> None:
         cwd=project_root,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=command_timeout_s,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     printed = json.loads(done.stdout)

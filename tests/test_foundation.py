@@ -156,6 +156,7 @@ def test_user_error_is_one_line_and_exit_2() -> None:
         [sys.executable, "-m", "ksh", "fare", "price", "--journey", "/nonexistent"],
         capture_output=True,
         text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -187,8 +187,11 @@ class StandInVpcd:
 
     def receive(self) -> bytes:
         assert self.connection is not None
-        while not self.received:
-            self.received += self.decoder.feed(self.connection.recv(4096))
+        while not self.received:  # (each recv waits at most the socket's 5 s timeout)
+            data = self.connection.recv(4096)
+            if not data:  # else this loop would spin for ever on a closed socket
+                raise AssertionError("the bridge hung up before answering")
+            self.received += self.decoder.feed(data)
         return self.received.pop(0)
 
     def exchange(self, payload: bytes) -> bytes:

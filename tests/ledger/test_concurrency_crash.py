@@ -207,7 +207,7 @@ async def test_postgres_killed_mid_batch(tmp_path: Path) -> None:
     """A private embedded server, killed with SIGKILL (postmaster and every backend) while a
     batch is being written, then started again: crash recovery keeps exactly what committed."""
     import pgserver
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     server = pgserver.get_server(str(tmp_path / "pgdata"), cleanup_mode="stop")
     try:
@@ -287,7 +287,7 @@ async def test_a_caller_cancelled_mid_copy_leaves_nothing_and_a_usable_connectio
     booked_before = await connection.fetchval("select count(*) from ledger_transfers")
 
     def narrow(connection: asyncpg.Connection) -> None:
-        transport = connection._transport  # type: ignore[attr-defined]
+        transport = connection._transport
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         transport.set_write_buffer_limits(high=1024)
 

@@ -355,7 +355,7 @@ async def test_a_batch_that_books_nothing_keeps_the_accounts_the_pipeline_holds(
     loaded: list[int] = []
     load_accounts = ledger.pipeline.load_accounts
 
-    async def counting(connection, wanted, cache):  # type: ignore[no-untyped-def]
+    async def counting(connection, wanted, cache):
         loaded.append(len(wanted))
         await load_accounts(connection, wanted, cache)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bus_terminals.journal import Journal, JournalState
 from bus_terminals.wire import RecordStatus, UploadBatch, UploadKind, UploadRecord, encode_batch
+from tests.waiting import next_line
 
 worker = Path(__file__).with_name("journal_worker.py")
 
@@ -30,18 +31,20 @@ def test_kill_minus_nine_at_random_points_loses_and_duplicates_nothing(tmp_path:
             cwd=Path(__file__).parents[2],
         )
         assert process.stdout is not None
-        lines = generator.randint(1, 120)
-        for _ in range(lines):
-            line = process.stdout.readline()
-            if not line:
-                break
-            words = line.split()
-            printed[int(words[1])] = words[0]
-            if words[0] == "intended":
-                counters[int(words[1])] = int(words[2])
-        time.sleep(generator.random() / 200)  # land somewhere inside the next write
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        try:
+            lines = generator.randint(1, 120)
+            for _ in range(lines):
+                line = next_line(process.stdout, "the worker journals its next tap")
+                if not line:
+                    break
+                words = line.split()
+                printed[int(words[1])] = words[0]
+                if words[0] == "intended":
+                    counters[int(words[1])] = int(words[2])
+            time.sleep(generator.random() / 200)  # land somewhere inside the next write
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
         journal = Journal(path, "V1")
         rows = journal.records()
         journal.close()
