@@ -336,7 +336,9 @@ class Mt940Importer:
         self.bank = bank
 
     def identify(self, path: Path, head: str) -> bool:
-        return (":20:" in head and ":25:" in head and ":61:" in head) or head.startswith("{1:")
+        # a day without movements has no :61:, only its balances
+        fields = ":20:" in head and ":25:" in head
+        return (fields and (":61:" in head or ":60F:" in head)) or head.startswith("{1:")
 
     def extract(self, path: Path, text: str) -> tuple[StatementLine, ...]:
         import logging
