@@ -40,6 +40,7 @@ from gateways.terminal_api.planning import (
     CardFlag,
     CreditAccount,
     LogEvidence,
+    PendingTopUp,
     Placed,
     Plan,
     Quarantined,
@@ -95,16 +96,18 @@ async def _book(
     records = batch.records
     # Load (the second load depends on which of the batch's records are in doubt).
     previous = await _previous_reports(connection, terminal.terminal_id, records)
-    classified = planning.classify(records, previous, accepted.rule)
     card_numbers = sorted({record.card_number for record in records})
+    issued = await issued_cards(connection, card_numbers, known_cards)
+    classified = planning.classify(records, previous, accepted.rule, issued)
     held_earlier = await _held_reports(connection, card_numbers)
     candidates = planning.in_doubt_candidates(held_earlier, classified.held)
     evidence = await _log_evidence(connection, candidates.values(), records)
     # Decide.
     settled = planning.settle_in_doubt(candidates, evidence)
-    plan = planning.plan_batch(batch, classified, settled)
+    pending_top_ups = await _pending_top_ups(connection, plan_records=records)
+    plan = planning.plan_batch(batch, classified, settled, pending_top_ups)
     accounts = await _credit_accounts(connection, plan.booked)
-    card_transfers = planning.card_transfers(plan.booked, accounts, plan.quarantined)
+    card_transfers = planning.card_transfers(plan, accounts)
     # Write.
     answer = UploadAnswer(
         UploadResult.accepted,
@@ -112,13 +115,12 @@ async def _book(
         records_by_outcome=plan.records_by_outcome,
         charged_without_service=plan.charged_without_service,
     )
-    await ensure_cards(connection, card_numbers, known_cards)
     await _insert_flags(connection, plan.conflicts, answer)
     await _store_records(connection, batch.batch_sequence, plan.new_records, plan.changed)
     await _set_outcomes(connection, plan.settled_earlier)
     await _quarantine(connection, plan.quarantined, now)
     await _monitor_cards(connection, plan.booked, answer)
-    await _take_top_ups(connection, plan.booked, answer)
+    await _take_top_ups(connection, plan.top_ups_taken)
     _log_charged_without_service(plan)
     await connection.execute(
         "insert into upload_batches (terminal_id, batch_sequence, body, signature, "
@@ -295,24 +297,38 @@ class KnownCards:
         self.numbers.update(card_numbers)
 
 
-async def ensure_cards(
+async def issued_cards(
     connection: asyncpg.Connection, card_numbers: list[str], known_cards: KnownCards
-) -> None:
+) -> set[str]:
+    """Which of these card numbers the back office issued (registered with their accounts).
+    A card it never issued is not registered on the spot: its records are quarantined."""
     unknown = [number for number in card_numbers if number not in known_cards.numbers]
-    if not unknown:
-        return
-    found = [
-        row["card_number"]
-        for row in await connection.fetch(
-            "select card_number from cards where card_number = any(string_to_array($1, ','))",
-            _comma_joined(unknown),
-        )
-    ]
-    known_cards.remember(found)
-    missing = sorted(set(unknown) - set(found))
-    if missing:
-        # A card issued offline (or before the back office heard of it) still gets its books.
-        await registry.register_cards(connection, missing)
+    if unknown:
+        found = [
+            row["card_number"]
+            for row in await connection.fetch(
+                "select card_number from cards where card_number = any(string_to_array($1, ','))",
+                _comma_joined(unknown),
+            )
+        ]
+        known_cards.remember(found)
+    return {number for number in card_numbers if number in known_cards.numbers}
+
+
+async def _pending_top_ups(
+    connection: asyncpg.Connection, plan_records: Iterable[UploadRecord]
+) -> dict[str, PendingTopUp]:
+    """The pending top-ups the batch's records claim to have delivered, locked until the
+    batch commits (two terminals delivering the same one are decided one after the other)."""
+    ids = sorted({record.pending_topup_id for record in plan_records if record.pending_topup_id})
+    if not ids:
+        return {}
+    rows = await connection.fetch(
+        "select top_up_id, card_number, amount_rupiah, taken_terminal_id is not null as taken "
+        "from pending_top_ups where top_up_id = any($1::text[]) order by top_up_id for update",
+        ids,
+    )
+    return {row["top_up_id"]: PendingTopUp(*row.values()) for row in rows}
 
 
 # --------------------------------------------------------------------------------- write
@@ -508,30 +524,17 @@ def _log_charged_without_service(plan: Plan) -> None:
         )
 
 
-async def _take_top_ups(
-    connection: asyncpg.Connection, booked: list[UploadRecord], answer: UploadAnswer
-) -> None:
-    taken = [record for record in booked if record.pending_topup_id]
+async def _take_top_ups(connection: asyncpg.Connection, taken: list[UploadRecord]) -> None:
+    """Mark the pending top-ups the planner found delivered (their rows are locked)."""
     if not taken:
         return
-    rows = await connection.fetch(
+    await connection.execute(
         "update pending_top_ups p set taken_terminal_id = t.terminal, taken_sequence = t.sequence, "
         "taken_card_counter = t.counter from unnest($1::text[], $2::text[], $3::bigint[], "
-        "$4::bigint[], $5::text[]) as t(top_up, terminal, sequence, counter, card) "
-        "where p.top_up_id = t.top_up and p.card_number = t.card "
-        "and p.taken_terminal_id is null returning p.top_up_id",
+        "$4::bigint[]) as t(top_up, terminal, sequence, counter) "
+        "where p.top_up_id = t.top_up and p.taken_terminal_id is null",
         [record.pending_topup_id for record in taken],
         [record.terminal_id for record in taken],
         [record.sequence for record in taken],
         [record.card_counter for record in taken],
-        [record.card_number for record in taken],
     )
-    marked = {row["top_up_id"] for row in rows}
-    flags = [
-        CardFlag.of(
-            record, "top_up_not_open", f"pending top-up {record.pending_topup_id} was not open"
-        )
-        for record in taken
-        if record.pending_topup_id not in marked
-    ]
-    await _insert_flags(connection, flags, answer)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -187,6 +187,16 @@ class Quarantined(NamedTuple):
     detail: str
 
 
+class PendingTopUp(NamedTuple):
+    """A top-up the back office announced (paid for, booked to the card's pending top-up
+    account), as loaded and locked for a batch that claims to have delivered it."""
+
+    top_up_id: str
+    card_number: str
+    amount_rupiah: int
+    taken: bool  # some terminal already delivered it
+
+
 class CreditAccount(NamedTuple):
     """Where a terminal's card money goes (operator revenue or merchant payable), and the fee."""
 
@@ -216,8 +226,13 @@ class Classified:
 
 
 def classify(
-    records: Sequence[UploadRecord], previous: Mapping[int, StoredReport], rule: RoleRule
+    records: Sequence[UploadRecord],
+    previous: Mapping[int, StoredReport],
+    rule: RoleRule,
+    issued_cards: Container[str],
 ) -> Classified:
+    """`issued_cards`: the batch's card numbers the back office issued (a card it never issued
+    is quarantined: its transactions prove nothing, and nothing is booked for them)."""
     found = Classified()
     for record in records:
         stored = previous.get(record.sequence)
@@ -233,6 +248,11 @@ def classify(
                 detail = f"reported before as {stored.record.status}"
                 found.conflicts.append(CardFlag.of(record, "record_conflict", detail))
                 continue
+        if stored is None and record.card_number not in issued_cards:
+            detail = f"card {record.card_number} was never issued"
+            found.quarantined.append(Quarantined(record, "unknown_card", detail))
+            found.new_records.append(Placed(record, RecordOutcome.quarantined))
+            continue
         if stored is None and (problem := rule.problem(record)):
             # Refusing the batch would block every later record of this terminal; the card
             # paid, so its money reaches the books (suspense) and staff see the record.
@@ -327,12 +347,19 @@ class Plan:
     settled_earlier: list[Placed]  # held reports (any terminal) the card's log settled
     booked: list[UploadRecord]  # card transactions to book, committed
     quarantined: list[Quarantined]  # stored apart; committed ones' money to suspense
+    top_ups_taken: list[UploadRecord]  # booked records that delivered an open pending top-up
+    top_ups_refused: dict[tuple[str, int], str]  # (terminal, sequence) -> why: from suspense
     acknowledgement: dict[str, Any]
     records_by_outcome: Counter[str]
     charged_without_service: Counter[str]  # fares charged in full for want of service
 
 
-def plan_batch(batch: UploadBatch, classified: Classified, settled: InDoubt) -> Plan:
+def plan_batch(
+    batch: UploadBatch,
+    classified: Classified,
+    settled: InDoubt,
+    pending_top_ups: Mapping[str, PendingTopUp],
+) -> Plan:
     here = {(record.terminal_id, record.sequence) for record in classified.held}
     new_records = list(classified.new_records)
     changed = list(classified.changed)
@@ -355,6 +382,12 @@ def plan_batch(batch: UploadBatch, classified: Classified, settled: InDoubt) -> 
         new_records.append(Placed(with_status(record, RecordStatus.in_doubt), RecordOutcome.booked))
     settled_earlier += [Placed(record, RecordOutcome.booked) for record in confirmed_earlier]
     booked = classified.to_book + confirmed_here + confirmed_earlier
+    taken, refused = judge_top_ups(booked, pending_top_ups)
+    quarantined = classified.quarantined + [
+        Quarantined(record, "top_up_not_delivered", refused[(record.terminal_id, record.sequence)])
+        for record in booked
+        if (record.terminal_id, record.sequence) in refused
+    ]
     records_by_outcome = Counter(placed.outcome.value for placed in new_records + changed)
     return Plan(
         conflicts=classified.conflicts,
@@ -362,7 +395,9 @@ def plan_batch(batch: UploadBatch, classified: Classified, settled: InDoubt) -> 
         changed=changed,
         settled_earlier=settled_earlier,
         booked=booked,
-        quarantined=classified.quarantined,
+        quarantined=quarantined,
+        top_ups_taken=taken,
+        top_ups_refused=refused,
         acknowledgement={
             "batch_sequence": batch.batch_sequence,
             "result": UploadResult.accepted.value,
@@ -378,6 +413,41 @@ def plan_batch(batch: UploadBatch, classified: Classified, settled: InDoubt) -> 
     )
 
 
+def judge_top_ups(
+    booked: Sequence[UploadRecord], pending_top_ups: Mapping[str, PendingTopUp]
+) -> tuple[list[UploadRecord], dict[tuple[str, int], str]]:
+    """A credit a card received is booked from its pending top-up account only against an open
+    top-up with the same id, card and amount, delivered once; any other credit the card got
+    from a terminal (an invented or empty id, another amount, a second delivery) comes from
+    suspense, and the record is quarantined for staff: the purse still equals the card, and
+    the pending account never goes below what was paid into it."""
+    taken: list[UploadRecord] = []
+    refused: dict[tuple[str, int], str] = {}
+    delivered: set[str] = set()
+    for record in booked:
+        if not record.topup_rupiah:
+            continue
+        key = (record.terminal_id, record.sequence)
+        top_up = pending_top_ups.get(record.pending_topup_id)
+        if not record.pending_topup_id:
+            refused[key] = f"credit of Rp {record.topup_rupiah:,} with no top-up id"
+        elif top_up is None:
+            refused[key] = f"top-up {record.pending_topup_id} was never announced"
+        elif top_up.card_number != record.card_number:
+            refused[key] = f"top-up {top_up.top_up_id} is for card {top_up.card_number}"
+        elif top_up.amount_rupiah != record.topup_rupiah:
+            refused[key] = (
+                f"top-up {top_up.top_up_id} is Rp {top_up.amount_rupiah:,}, "
+                f"the card got Rp {record.topup_rupiah:,}"
+            )
+        elif top_up.taken or top_up.top_up_id in delivered:
+            refused[key] = f"top-up {top_up.top_up_id} was delivered already"
+        else:
+            delivered.add(top_up.top_up_id)
+            taken.append(record)
+    return taken, refused
+
+
 # ---------------------------------------------------------------------------- transfers
 
 
@@ -388,17 +458,19 @@ class CardTransfers(NamedTuple):
     legs: list[Transfer]
 
 
-def card_transfers(
-    records: Sequence[UploadRecord],
-    accounts: Mapping[str, CreditAccount],
-    quarantined: Sequence[Quarantined] = (),
-) -> list[CardTransfers]:
+def card_transfers(plan: Plan, accounts: Mapping[str, CreditAccount]) -> list[CardTransfers]:
+    """The ledger transfers of the plan's booked card transactions, then those of its
+    quarantined ones (the card's purse against suspense)."""
     planned = []
-    for record in records:
+    for record in plan.booked:
         account_id, fee_basis_points = accounts[record.terminal_id]
-        planned.append(CardTransfers(record, transfers_for(record, fee_basis_points, account_id)))
-    for record, _, _ in quarantined:
-        if record.status == RecordStatus.committed and balance_change(record):
+        refused = (record.terminal_id, record.sequence) in plan.top_ups_refused
+        legs = transfers_for(record, fee_basis_points, account_id, top_up_from_suspense=refused)
+        planned.append(CardTransfers(record, legs))
+    for record, reason, _ in plan.quarantined:
+        # A card never issued has no purse: nothing it claims is booked.
+        whole = reason == "record_not_for_role" and record.status == RecordStatus.committed
+        if whole and balance_change(record):
             planned.append(CardTransfers(record, [quarantine_transfer(record)]))
     return planned
 
@@ -423,7 +495,11 @@ def quarantine_transfer(record: UploadRecord) -> Transfer:
 
 
 def transfers_for(
-    record: UploadRecord, fee_basis_points: int, credit_account: uuid.UUID
+    record: UploadRecord,
+    fee_basis_points: int,
+    credit_account: uuid.UUID,
+    *,
+    top_up_from_suspense: bool = False,
 ) -> list[Transfer]:
     purse = purse_account_id(record.card_number)
     amount = record.amount_rupiah
@@ -469,9 +545,13 @@ def transfers_for(
 
     transfers = []
     if record.topup_rupiah:
-        pending = pending_top_up_account_id(record.card_number)
+        source = (
+            suspense_account_id
+            if top_up_from_suspense
+            else pending_top_up_account_id(record.card_number)
+        )
         transfers.append(
-            leg("top-up", pending, purse, record.topup_rupiah, TransferCode.top_up_delivery)
+            leg("top-up", source, purse, record.topup_rupiah, TransferCode.top_up_delivery)
         )
     if amount and record.kind == UploadKind.fare_debit:
         transfers.append(leg("fare", purse, credit_account, amount, TransferCode.fare))

@@ -46,6 +46,11 @@ class Backoffice:
             )
         return key
 
+    async def issue_cards(self, opening_balances_rupiah: dict[str, int]) -> None:
+        """Issue cards as the back office does (the only cards whose records it books)."""
+        async with self.pool.acquire() as connection:
+            await registry.issue_cards(connection, opening_balances_rupiah, now=self.clock.now())
+
     async def register_pos(self, terminal_id: str) -> Ed25519PrivateKey:
         key = Ed25519PrivateKey.generate()
         async with self.pool.acquire() as connection:

@@ -18,7 +18,11 @@ from bus_terminals.wire import (
     card_terminal_number,
 )
 from gateways.terminal_api import planning
-from gateways.terminal_api.accounts import purse_account_id, suspense_account_id
+from gateways.terminal_api.accounts import (
+    pending_top_up_account_id,
+    purse_account_id,
+    suspense_account_id,
+)
 from gateways.terminal_api.planning import LogEvidence, RecordOutcome, StoredReport
 from ledger.records import CreateTransferResult, TransferOutcome
 
@@ -145,8 +149,7 @@ def test_a_counter_booked_with_other_content_moves_through_suspense(
         record(terminals[0], n, n, 10_000, RecordStatus.committed, kind=kind, amount=2_000)
         for n, (kind, _, _) in enumerate(cases, start=1)
     ]
-    accounts = {terminals[0]: planning.CreditAccount(revenue, 100)}
-    planned = planning.card_transfers(records, accounts)
+    planned = [planning.CardTransfers(r, planning.transfers_for(r, 100, revenue)) for r in records]
     outcomes = []
     for (_, result, over_limit), (_, legs) in zip(cases, planned):
         result = result if result in booked_or_repeat else CreateTransferResult.created
@@ -216,8 +219,9 @@ def test_every_record_is_acknowledged_once_and_placed_at_most_once(
             previous[sequence] = StoredReport(now._replace(amount_rupiah=999), outcome)
     batch = UploadBatch(terminals[0], 1, tuple(records))
 
-    classified = planning.classify(records, previous, validator)
-    plan = planning.plan_batch(batch, classified, planning.InDoubt(still_held=classified.held))
+    classified = planning.classify(records, previous, validator, {card})
+    settled = planning.InDoubt(still_held=classified.held)
+    plan = planning.plan_batch(batch, classified, settled, {})
 
     assert [a[0] for a in classified.acknowledged] == [r.sequence for r in records]
     placed = [p.record.sequence for p in plan.new_records + plan.changed]
@@ -241,3 +245,57 @@ def test_every_record_is_acknowledged_once_and_placed_at_most_once(
     for placed_record in plan.new_records:
         assert placed_record.record.sequence not in previous
     assert sum(plan.records_by_outcome.values()) == len(placed)
+
+
+# ------------------------------------------------------------------------------- top-ups
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["T1", "T2", "T3"]),
+        st.tuples(
+            st.sampled_from([card, "6032984000000002"]),
+            st.sampled_from([10_000, 50_000]),
+            st.booleans(),
+        ),
+    ),
+    st.lists(
+        st.tuples(st.sampled_from(["T1", "T2", "T3", "T9", ""]), st.sampled_from([10_000, 50_000])),
+        max_size=6,
+    ),
+)
+def test_a_card_credit_comes_from_its_pending_top_up_once_or_from_suspense(
+    announced: dict[str, tuple[str, int, bool]], claims: list[tuple[str, int]]
+) -> None:
+    pending = {
+        top_up_id: planning.PendingTopUp(top_up_id, number, amount, taken)
+        for top_up_id, (number, amount, taken) in announced.items()
+    }
+    records = [
+        record(terminals[0], n, n, 60_000, RecordStatus.committed, amount=0)._replace(
+            kind=UploadKind.topup_credit, topup_rupiah=amount, pending_topup_id=top_up_id
+        )
+        for n, (top_up_id, amount) in enumerate(claims, start=1)
+    ]
+
+    taken, refused = planning.judge_top_ups(records, pending)
+
+    assert len(taken) + len(refused) == len(records)
+    assert len({r.pending_topup_id for r in taken}) == len(taken)  # each delivered once
+    for delivered in taken:
+        top_up = pending[delivered.pending_topup_id]
+        assert not top_up.taken
+        assert (top_up.card_number, top_up.amount_rupiah) == (card, delivered.topup_rupiah)
+    for r in records:
+        top_up = pending.get(r.pending_topup_id)
+        fits = top_up is not None and not top_up.taken and top_up.card_number == card
+        if not fits or top_up is None or top_up.amount_rupiah != r.topup_rupiah:
+            assert (r.terminal_id, r.sequence) in refused
+        legs = planning.transfers_for(
+            r, 0, revenue, top_up_from_suspense=(r.terminal_id, r.sequence) in refused
+        )
+        source = legs[0].debit_account_id
+        if (r.terminal_id, r.sequence) in refused:
+            assert source == suspense_account_id
+        else:
+            assert source == pending_top_up_account_id(card)

@@ -178,6 +178,7 @@ async def test_a_purse_overdrawn_offline_is_still_booked_and_flagged(
     backoffice: Backoffice,
 ) -> None:
     key = await backoffice.register_validator("V1")
+    await backoffice.issue_cards({card: 0})
     async with aiohttp.ClientSession() as session:
         tap = record("V1", 1, card, 1, 3_500, 0)
         status, answer = await post_batch(session, backoffice.url, key, "V1", 1, [tap])
@@ -192,6 +193,7 @@ async def test_a_purse_overdrawn_offline_is_still_booked_and_flagged(
 
 async def test_bad_uploads_are_refused_and_book_nothing(backoffice: Backoffice) -> None:
     key = await backoffice.register_validator("V1")
+    await backoffice.issue_cards({card: 0})
     other_key = await backoffice.register_validator("V2")
     tap = record("V1", 1, card, 1, 3_500, 6_500)
     body = encode_batch(UploadBatch("V1", 1, (tap,)))
@@ -242,6 +244,7 @@ async def test_a_record_reported_again_with_other_content_is_flagged_not_booked(
     backoffice: Backoffice,
 ) -> None:
     key = await backoffice.register_validator("V1")
+    await backoffice.issue_cards({card: 0})
     async with aiohttp.ClientSession() as session:
         first = record("V1", 1, card, 1, 3_500, 6_500)
         await post_batch(session, backoffice.url, key, "V1", 1, [first])
@@ -264,7 +267,12 @@ async def test_a_record_reported_again_with_other_content_is_flagged_not_booked(
     assert amount == 3_500
 
 
-async def test_a_full_batch_of_cards_never_seen_registers_them_all(backoffice: Backoffice) -> None:
+async def test_a_full_batch_of_cards_never_issued_is_quarantined_and_books_nothing(
+    backoffice: Backoffice,
+) -> None:
+    """Card numbers the back office never issued are not registered on the spot (a terminal
+    could otherwise invent cards and the sales on them): every record is quarantined, nothing
+    is booked, and the batch is acknowledged so the terminal's later records flow."""
     from bus_terminals.wire import upload_records_max
 
     key = await backoffice.register_validator("V1")
@@ -275,9 +283,14 @@ async def test_a_full_batch_of_cards_never_seen_registers_them_all(backoffice: B
     async with aiohttp.ClientSession() as session:
         status, answer = await post_batch(session, backoffice.url, key, "V1", 1, taps)
     assert status == 200, answer
-    count, total = await books_snapshot(backoffice.pool)
-    assert count == upload_records_max
-    assert total == 0
+    assert await books_snapshot(backoffice.pool) == (0, 0)
+    async with backoffice.pool.acquire() as connection:
+        reasons = await connection.fetch(
+            "select reason, count(*) from quarantined_records group by reason"
+        )
+        registered = await connection.fetchval("select count(*) from cards")
+    assert [tuple(row) for row in reasons] == [("unknown_card", upload_records_max)]
+    assert registered == 0
 
 
 async def test_a_broken_balance_chain_is_flagged_whichever_tap_arrives_first(
@@ -316,28 +329,25 @@ async def test_a_broken_balance_chain_is_flagged_whichever_tap_arrives_first(
     assert denied == "balance_mismatch"
 
 
-async def test_the_process_remembers_only_cards_the_database_showed(backoffice: Backoffice) -> None:
-    """Cards seen in the cards table are not looked up again; a card registered by an upload
-    whose transaction then rolls back is not remembered, and the next upload registers it."""
-    from gateways.terminal_api.ingest import KnownCards, ensure_cards
+async def test_the_process_remembers_issued_cards_and_looks_up_only_the_others(
+    backoffice: Backoffice,
+) -> None:
+    """Cards seen in the cards table are remembered and not looked up again (an upload writes
+    no card, so what it reads is committed); a card issued later is found on the next upload."""
+    from gateways.terminal_api.ingest import KnownCards, issued_cards
 
-    issued, offline = "6032984000000101", "6032984000000102"
+    issued, later = "6032984000000101", "6032984000000102"
     known = KnownCards()
+    await backoffice.issue_cards({issued: 0})
     async with backoffice.pool.acquire() as connection:
-        await registry.issue_cards(connection, {issued: 0}, now=backoffice.clock.now())
-        transaction = connection.transaction()
-        await transaction.start()
-        await ensure_cards(connection, [issued, offline], known)
-        assert await connection.fetchval(
-            "select count(*) from cards where card_number = $1", offline
-        )
-        await transaction.rollback()
+        assert await issued_cards(connection, [issued, later], known) == {issued}
         assert known.numbers == {issued}
-        await ensure_cards(connection, [issued, offline], known)
-        assert await connection.fetchval(
-            "select count(*) from cards where card_number = $1", offline
-        )
-        assert known.numbers == {issued}  # registered now, remembered once seen committed
+        await connection.execute("delete from cards where card_number = $1", issued)
+        # remembered: not looked up again (a card is never removed in service)
+        assert await issued_cards(connection, [issued], known) == {issued}
+    await backoffice.issue_cards({later: 0})
+    async with backoffice.pool.acquire() as connection:
+        assert await issued_cards(connection, [issued, later], known) == {issued, later}
 
 
 async def test_a_broken_pair_within_one_upload_is_flagged_once(backoffice: Backoffice) -> None:
