@@ -31,7 +31,10 @@ record_bytes_max = 400
 upload_body_bytes_max = upload_records_max * record_bytes_max
 text_length_max = 64
 card_number_length_max = 19
-rupiah_max = 100_000_000  # far above the e-money cap (Rp 2,000,000): catches garbage, not policy
+# The purse's cap (Bank Indonesia's for unregistered e-money; `card_reader.ksh_card.
+# balance_max_rupiah`, held equal by a test): no card transaction can move more, or leave
+# more on the card, so a record that claims it is refused, not booked.
+rupiah_max = 2_000_000
 signature_header = "X-KSH-Signature"
 terminal_header = "X-KSH-Terminal"
 timestamp_header = "X-KSH-Timestamp"  # a download's signed time, terminal's clock, Unix ms

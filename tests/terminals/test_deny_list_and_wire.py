@@ -81,6 +81,7 @@ def test_batches_round_trip(batch_records: list[UploadRecord]) -> None:
         (b'"6032984000000001"', b'"60329840000000AB"', "card_number"),
         (b",3500,", b",-3500,", "amount_rupiah"),
         (b",3500,", b",3500.0,", "amount_rupiah"),
+        (b",3500,", b",2000001,", "amount_rupiah"),  # more than any purse can hold
         (b'"batch_sequence":1', b'"batch_sequence":0', "batch_sequence"),
         (b'"version":1', b'"version":2', "version"),
     ],
@@ -140,3 +141,12 @@ def test_card_transfer_ids_are_the_ledgers_derived_ids(number: str, counter: int
     assert card_transfer_id(number, counter, leg) == derive_id(
         "card-transaction", number, counter, leg
     )
+
+
+def test_no_record_moves_more_than_a_purse_holds() -> None:
+    """The wire's bound is the card's: an upload claiming a sale of Rp 2,000,001 (or a balance
+    the purse cannot hold) is refused, not booked."""
+    from bus_terminals import wire
+    from card_reader import ksh_card
+
+    assert wire.rupiah_max == ksh_card.balance_max_rupiah
