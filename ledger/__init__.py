@@ -6,19 +6,19 @@ an asyncpg connection), `TransferPipeline` (`ledger.pipeline`: batches back to b
 several connections), `check_ledger` (`ledger.audit`) and the exports (`ledger.export`).
 """
 
-from ledger.audit import Problem, check_ledger
+from ledger.audit import AuditProblem, check_ledger
 from ledger.export import write_beancount, write_csv
 from ledger.pipeline import TransferPipeline
 from ledger.records import (
     Account,
     AccountFlags,
     AccountKind,
+    AccountStatementLine,
     Balances,
     BookedAccount,
     BookedTransfer,
     CreateAccountResult,
     CreateTransferResult,
-    StatementLine,
     Transfer,
     TransferCode,
     TransferFlags,
@@ -48,14 +48,14 @@ __all__ = [
     "Account",
     "AccountFlags",
     "AccountKind",
+    "AccountStatementLine",
+    "AuditProblem",
     "Balances",
     "BookedAccount",
     "BookedTransfer",
     "CreateAccountResult",
     "CreateTransferResult",
     "ExpirySweep",
-    "Problem",
-    "StatementLine",
     "Transfer",
     "TransferCode",
     "TransferFlags",

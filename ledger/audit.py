@@ -57,16 +57,18 @@ with effects as (
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
+class AuditProblem:
+    """One thing `check_ledger` found wrong in the books."""
+
     check: str  # which check found it: totals, history, zero_sum, sequence, chain
     subject: str  # the account, transfer or batch concerned
     detail: str
 
 
-async def check_ledger(connection: asyncpg.Connection) -> list[Problem]:
+async def check_ledger(connection: asyncpg.Connection) -> list[AuditProblem]:
     """Everything that differs between the books and their recomputation (empty: all good).
     Runs in one repeatable-read transaction, so it sees one consistent state."""
-    problems: list[Problem] = []
+    problems: list[AuditProblem] = []
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         problems += await _check_totals(connection)
         problems += await _check_history(connection)
@@ -76,7 +78,7 @@ async def check_ledger(connection: asyncpg.Connection) -> list[Problem]:
     return problems
 
 
-async def _check_totals(connection: asyncpg.Connection) -> list[Problem]:
+async def _check_totals(connection: asyncpg.Connection) -> list[AuditProblem]:
     rows = await connection.fetch(
         _legs
         + """
@@ -100,14 +102,16 @@ async def _check_totals(connection: asyncpg.Connection) -> list[Problem]:
     problems = []
     for row in rows:
         if row["debits_pending"] is None:
-            problems.append(Problem("totals", str(row["id"]), "transfers name a missing account"))
+            problems.append(
+                AuditProblem("totals", str(row["id"]), "transfers name a missing account")
+            )
             continue
         stored = tuple(
             row[k] for k in ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
         )
         recomputed = tuple(int(row[k]) for k in ("dp", "dpo", "cp", "cpo"))
         problems.append(
-            Problem(
+            AuditProblem(
                 "totals",
                 str(row["id"]),
                 f"running totals (debits pending, posted, credits pending, posted) {stored}"
@@ -117,7 +121,7 @@ async def _check_totals(connection: asyncpg.Connection) -> list[Problem]:
     return problems
 
 
-async def _check_history(connection: asyncpg.Connection) -> list[Problem]:
+async def _check_history(connection: asyncpg.Connection) -> list[AuditProblem]:
     rows = await connection.fetch(
         _legs
         + """
@@ -135,7 +139,7 @@ async def _check_history(connection: asyncpg.Connection) -> list[Problem]:
         problems_max,
     )
     return [
-        Problem(
+        AuditProblem(
             "history",
             f"transfer {row['sequence']} account {row['account_id']}",
             f"stored totals after {(row['a_dp'], row['a_dpo'], row['a_cp'], row['a_cpo'])}"
@@ -145,7 +149,7 @@ async def _check_history(connection: asyncpg.Connection) -> list[Problem]:
     ]
 
 
-async def _check_zero_sum(connection: asyncpg.Connection) -> list[Problem]:
+async def _check_zero_sum(connection: asyncpg.Connection) -> list[AuditProblem]:
     row = await connection.fetchrow(
         "select coalesce(sum(debits_posted) - sum(credits_posted), 0) as posted,"
         " coalesce(sum(debits_pending) - sum(credits_pending), 0) as pending"
@@ -154,7 +158,7 @@ async def _check_zero_sum(connection: asyncpg.Connection) -> list[Problem]:
     if row["posted"] == 0 and row["pending"] == 0:
         return []
     return [
-        Problem(
+        AuditProblem(
             "zero_sum",
             "ledger",
             f"debits minus credits: posted {row['posted']}, pending {row['pending']}",
@@ -162,7 +166,7 @@ async def _check_zero_sum(connection: asyncpg.Connection) -> list[Problem]:
     ]
 
 
-async def _check_sequences(connection: asyncpg.Connection) -> list[Problem]:
+async def _check_sequences(connection: asyncpg.Connection) -> list[AuditProblem]:
     problems = []
     row = await connection.fetchrow(
         "select count(*) as n, coalesce(min(sequence), 1) as low,"
@@ -170,7 +174,7 @@ async def _check_sequences(connection: asyncpg.Connection) -> list[Problem]:
     )
     if row["n"] and (row["low"] != 1 or row["high"] != row["n"]):
         problems.append(
-            Problem(
+            AuditProblem(
                 "sequence",
                 "ledger_transfers",
                 f"{row['n']} transfers but sequences run {row['low']}..{row['high']}",
@@ -179,7 +183,7 @@ async def _check_sequences(connection: asyncpg.Connection) -> list[Problem]:
     head = await connection.fetchrow("select batch_number, next_sequence from ledger_head")
     if head["next_sequence"] != row["high"] + 1:
         problems.append(
-            Problem(
+            AuditProblem(
                 "sequence",
                 "ledger_head",
                 f"next sequence {head['next_sequence']} after {row['high']}",
@@ -196,15 +200,17 @@ async def _check_sequences(connection: asyncpg.Connection) -> list[Problem]:
         problems_max,
     )
     problems += [
-        Problem("sequence", f"transfer {r['sequence']}", f"not within batch {r['batch_number']}")
+        AuditProblem(
+            "sequence", f"transfer {r['sequence']}", f"not within batch {r['batch_number']}"
+        )
         for r in misplaced
     ]
     return problems
 
 
-async def _check_chain(connection: asyncpg.Connection) -> list[Problem]:
+async def _check_chain(connection: asyncpg.Connection) -> list[AuditProblem]:
     """Recompute every batch's digest from the stored transfers, and the chain over them."""
-    problems: list[Problem] = []
+    problems: list[AuditProblem] = []
     previous = chain_hash_genesis
     expected_batch = 1
     expected_first = 1
@@ -222,7 +228,7 @@ async def _check_chain(connection: asyncpg.Connection) -> list[Problem]:
         subject = f"batch {batch['batch_number']}"
         if batch["batch_number"] != expected_batch or batch["first_sequence"] != expected_first:
             problems.append(
-                Problem(
+                AuditProblem(
                     "chain",
                     subject,
                     f"expected batch {expected_batch} starting at sequence {expected_first}",
@@ -245,9 +251,11 @@ async def _check_chain(connection: asyncpg.Connection) -> list[Problem]:
         else:
             digest = batch_digest(encode_stored_row(tuple(row)) for row in rows)
         if digest != batch["digest"]:
-            problems.append(Problem("chain", subject, "its transfers do not match its digest"))
+            problems.append(AuditProblem("chain", subject, "its transfers do not match its digest"))
         if next_chain_hash(previous, batch["digest"]) != batch["chain_hash"]:
-            problems.append(Problem("chain", subject, "chain hash does not follow the previous"))
+            problems.append(
+                AuditProblem("chain", subject, "chain hash does not follow the previous")
+            )
         previous = batch["chain_hash"]
         expected_batch = batch["batch_number"] + 1
         expected_first = batch["last_sequence"] + 1
@@ -255,5 +263,5 @@ async def _check_chain(connection: asyncpg.Connection) -> list[Problem]:
             return problems
     head = await connection.fetchval("select chain_hash from ledger_head")
     if head != previous:
-        problems.append(Problem("chain", "ledger_head", "head hash is not the last batch's"))
+        problems.append(AuditProblem("chain", "ledger_head", "head hash is not the last batch's"))
     return problems

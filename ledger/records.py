@@ -276,8 +276,9 @@ class BookedTransfer:
 
 
 @dataclass(frozen=True, slots=True)
-class StatementLine:
-    """One transfer as seen from one account, with that account's totals after it."""
+class AccountStatementLine:
+    """One line of an account's statement (`account_statement`): one transfer as seen from
+    the account, with the account's totals after it. (Not a bank statement's line.)"""
 
     sequence: int
     booked_at: datetime

@@ -83,12 +83,12 @@ from ledger.records import (
     Account,
     AccountFlags,
     AccountKind,
+    AccountStatementLine,
     Balances,
     BookedAccount,
     BookedTransfer,
     CreateAccountResult,
     CreateTransferResult,
-    StatementLine,
     Transfer,
     TransferCode,
     TransferFlags,
@@ -694,7 +694,7 @@ async def account_statement(
     *,
     after_sequence: int = 0,
     limit: int = 1000,
-) -> list[StatementLine]:
+) -> list[AccountStatementLine]:
     """The account's transfers after `after_sequence`, oldest first, with its totals after
     each; page by passing the last line's sequence."""
     assert 0 < limit <= statement_lines_max
@@ -722,7 +722,7 @@ async def account_statement(
         limit,
     )
     return [
-        StatementLine(
+        AccountStatementLine(
             sequence=row["sequence"],
             booked_at=row["booked_at"],
             transfer_id=row["id"],
