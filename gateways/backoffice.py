@@ -28,6 +28,24 @@ from ledger.clock import Clock, system_clock
 logger = logging.getLogger("ksh.backoffice")
 
 request_body_bytes_max = 4 * 1024 * 1024  # the largest upload batch fits well inside this
+database_connect_timeout_s = 5.0  # per host of DATABASE_URL (asyncpg's default is 60 s)
+database_retry_after_s = 5  # what a 503 tells the caller while the database is unreachable
+ready_write_timeout_ms = 2_000
+
+# The database is unreachable, restarting, or not (any more) the primary: nothing the request
+# did is lost (its transaction did not commit, or an idempotent retry finds it), so the answer
+# is 503 and the caller tries again later (a terminal's sync does on any status >= 500).
+# (TimeoutError is an OSError.)
+database_unavailable_errors: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.TargetServerAttributeNotMatched,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +82,19 @@ class Problem(Exception):
 
 
 def problem_response(problem: Problem) -> web.Response:
-    return web.json_response(
+    response = web.json_response(
         problem.body(), status=problem.status, content_type="application/problem+json"
+    )
+    if problem.status == 503:
+        response.headers["Retry-After"] = str(database_retry_after_s)
+    return response
+
+
+def database_unavailable(error: BaseException) -> Problem:
+    return Problem(
+        503,
+        "database_unavailable",
+        f"the database cannot take this now ({type(error).__name__}); try again later",
     )
 
 
@@ -83,6 +112,9 @@ async def problem_middleware(
         return problem_response(Problem(400, "malformed_json", f"body is not JSON: {error}"))
     except web.HTTPException:
         raise
+    except database_unavailable_errors as error:
+        logger.warning("database unavailable on %s %s: %r", request.method, request.path, error)
+        return problem_response(database_unavailable(error))
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(Problem(500, "internal_error", "internal error, logged"))
@@ -122,6 +154,7 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
         config.database_url,
         min_size=config.pool_connections_min,
         max_size=config.pool_connections_max,
+        timeout=database_connect_timeout_s,
     )
     assert pool is not None
     app[pool_key] = pool
@@ -138,15 +171,118 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", **fields})
 
 
+async def health_live(request: web.Request) -> web.Response:
+    """The process answers (asks nothing of the database): restart it when this fails."""
+    return web.json_response({"status": "live"})
+
+
+async def health_ready(request: web.Request) -> web.Response:
+    """Whether this instance can take uploads now: its pool reaches the primary (not a server
+    in recovery) and a write is acknowledged within `ready_write_timeout_ms` (with a
+    synchronous standby named, only once the standby has it: a lost standby makes every
+    instance unready until an operator runs `ksh db degrade-async`)."""
+    try:
+        async with (
+            asyncio.timeout(ready_write_timeout_ms / 1000),
+            request.app[pool_key].acquire() as connection,
+        ):
+            if await connection.fetchval("select pg_is_in_recovery()"):
+                raise Problem(503, "not_primary", "the database is a standby")
+            async with connection.transaction():
+                # A transaction id makes the commit a write: it waits for the synchronous standby.
+                await connection.fetchval("select pg_current_xact_id()")
+    except TimeoutError:
+        raise Problem(
+            503,
+            "writes_not_acknowledged",
+            f"a write was not acknowledged within {ready_write_timeout_ms} ms (no synchronous "
+            "standby, or the database is overloaded)",
+        ) from None
+    leadership = request.app.get(leadership_key)
+    return web.json_response(
+        {"status": "ready", "singleton_jobs": bool(leadership and leadership.leading)}
+    )
+
+
 def create_app(config: BackofficeConfig, extensions: Iterable[Extension] = ()) -> web.Application:
     app = web.Application(middlewares=[problem_middleware], client_max_size=request_body_bytes_max)
     app[config_key] = config
     app[health_checks_key] = []
     app.cleanup_ctx.append(database_pool)
     app.router.add_get("/health", health)
+    app.router.add_get("/health/live", health_live)
+    app.router.add_get("/health/ready", health_ready)
     for extension in extensions:
         extension(app)
     return app
+
+
+# ------------------------------------------------------------------------- singleton jobs
+
+# pg_try_advisory_lock key of the singleton jobs: "ksh-jobs" in ASCII.
+singleton_lock_key = 0x6B73_682D_6A6F_6273
+leadership_poll_s = 1.0  # a follower tries for the lock this often; a leader checks its hold
+
+
+class Leadership:
+    """Whether this process runs the singleton jobs (the expiry sweep) of all the back office
+    instances on one database: it does while it holds a session-level advisory lock on a
+    connection of its own. The lock goes with that connection (the process dies, the host
+    is lost, the database fails over) and another instance takes it within
+    `leadership_poll_s`."""
+
+    def __init__(self) -> None:
+        self.leading = False
+        self.terms = 0  # how many times this process became the leader
+
+
+leadership_key = web.AppKey("leadership", Leadership)
+
+
+def singleton_jobs(app: web.Application) -> Leadership:
+    """This app's `Leadership`, installed (once) with the task that contends for the lock."""
+    if leadership_key not in app:
+        app[leadership_key] = Leadership()
+        app.cleanup_ctx.append(_contending_for_leadership)
+    return app[leadership_key]
+
+
+async def _contending_for_leadership(app: web.Application) -> AsyncIterator[None]:
+    contending = asyncio.create_task(_contend_for_leadership(app))
+    yield
+    contending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await contending
+
+
+async def _contend_for_leadership(app: web.Application) -> None:
+    leadership = app[leadership_key]
+    log = logging.getLogger("ksh.backoffice.leadership")
+    while True:
+        connection = None
+        try:
+            connection = await asyncpg.connect(
+                app[config_key].database_url, timeout=database_connect_timeout_s
+            )
+            while True:
+                async with asyncio.timeout(database_connect_timeout_s):
+                    if leadership.leading:
+                        await connection.fetchval("select 1")  # still connected: still held
+                    elif await connection.fetchval(
+                        "select pg_try_advisory_lock($1)", singleton_lock_key
+                    ):
+                        leadership.leading = True
+                        leadership.terms += 1
+                        log.info("this instance runs the singleton jobs now")
+                await asyncio.sleep(leadership_poll_s)
+        except (*database_unavailable_errors, asyncpg.PostgresError) as error:
+            if leadership.leading:
+                log.warning("singleton jobs given up (connection lost): %r", error)
+        finally:
+            leadership.leading = False
+            if connection is not None:
+                connection.terminate()  # the lock, if held, goes with the session
+        await asyncio.sleep(leadership_poll_s)
 
 
 # ------------------------------------------------------------------------- hold expiry
@@ -160,8 +296,10 @@ def hold_expiry(app: web.Application) -> None:
     every minute, so that what they hold is released without anyone running `ksh ledger
     expire`. (The system's own flows set no timeout yet: pending top-ups are an account of
     their own, and payouts wait for the bank's answer; holds with a timeout come from other
-    users of the ledger.) Each void has a fixed id: two processes sweeping at once book each
-    expiry once (`ksh serve` sweeps in its first process only)."""
+    users of the ledger.) Only the instance that holds the singleton jobs' lock sweeps
+    (`singleton_jobs`); each void has a fixed id, so two sweeps at once would still book each
+    expiry once."""
+    singleton_jobs(app)
     app.cleanup_ctx.append(_sweeping_expired_holds)
 
 
@@ -181,7 +319,11 @@ async def _sweep_expired_holds(app: web.Application, interval_s: float) -> None:
     from ledger import expire_due_holds
 
     sweeps = logging.getLogger("ksh.ledger.expiry")
+    leadership = app[leadership_key]
     while True:
+        if not leadership.leading:
+            await asyncio.sleep(leadership_poll_s / 4)
+            continue
         try:
             async with app[pool_key].acquire() as connection:
                 # A long transaction elsewhere holding the ledger's head must not stall the
