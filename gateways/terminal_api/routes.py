@@ -43,14 +43,20 @@ from bus_terminals.wire import (
     upload_body_bytes_max,
 )
 from gateways import staff
-from gateways.backoffice import Problem, config_key, health_checks_key, pool_key
+from gateways.backoffice import (
+    Problem,
+    config_key,
+    database_unavailable_errors,
+    health_checks_key,
+    pool_key,
+)
 from gateways.staff import Role, StaffMember
 from gateways.terminal_api import books, feeds, registry
 from gateways.terminal_api.acceptance import public_key
 from gateways.terminal_api.ingest import KnownCards, ingest_upload
 from gateways.terminal_api.metrics import TerminalMetrics
 from gateways.terminal_api.openapi import openapi_document
-from gateways.terminal_api.planning import UploadResult, refusal_status
+from gateways.terminal_api.planning import UploadAnswer, UploadResult, refusal_status
 from gateways.terminal_api.registry import TerminalRole, TerminalStatus
 
 logger = logging.getLogger("ksh.terminals")
@@ -67,6 +73,15 @@ request_clock_skew_ms_max = 300_000
 deny_delta_entries_max = 10_000  # more than this: the terminal downloads the whole list
 pending_top_ups_download_max = 50_000
 admin_body_bytes_max = 64 * 1024
+# An upload is answered within this (setting `upload_booking_timeout_ms`), booked or not: a
+# commit waits for the synchronous standby, and with the standby gone it would wait for ever.
+# 503 then; the terminal keeps the batch and sends the same bytes again. Below the terminal's
+# own request timeout (`bus_terminals.sync.request_timeout_ms`, 15 s).
+upload_booking_timeout_ms = 10_000
+# The database went away under the booking (a failover): the same batch again, on a new
+# connection, this many times in all, within the same timeout.
+upload_database_attempts_max = 3
+upload_database_retry_pause_s = 0.5
 
 
 def terminal_extension(app: web.Application) -> None:
@@ -105,15 +120,7 @@ async def upload(request: web.Request) -> web.Response:
         metrics.uploads.increment("unauthenticated")
         raise Problem(401, "unauthenticated", f"{terminal_header} and {signature_header} needed")
     body = await _read_bounded(request, upload_body_bytes_max)
-    async with request.app[booking_slots_key], request.app[pool_key].acquire() as connection:
-        answer = await ingest_upload(
-            connection,
-            terminal_id,
-            signature,
-            body,
-            request.app[known_cards_key],
-            now=request.app[config_key].clock.now(),
-        )
+    answer = await _book_upload(request, terminal_id, signature, body)
     elapsed_s = time.perf_counter() - started
     metrics.uploads.increment(answer.result.value)
     metrics.upload_seconds.increment(answer.result.value, elapsed_s)
@@ -144,6 +151,62 @@ async def upload(request: web.Request) -> web.Response:
     acknowledgement = dict(answer.acknowledgement)
     acknowledgement["result"] = answer.result.value
     return web.json_response(acknowledgement)
+
+
+async def _book_upload(
+    request: web.Request, terminal_id: str, signature: str, body: bytes
+) -> UploadAnswer:
+    """Book the batch; retried on a new connection when the database goes away under it (safe:
+    a batch is booked once per terminal and batch sequence). Answered as 503 when no
+    acknowledged answer comes within the booking timeout: nothing the terminal was told is
+    booked is ever missing from the standby."""
+    metrics = request.app[metrics_key]
+    settings = request.app[config_key].settings
+    timeout_ms = int(settings.get("upload_booking_timeout_ms", upload_booking_timeout_ms))
+    try:
+        async with asyncio.timeout(timeout_ms / 1000):
+            for attempt in range(1, upload_database_attempts_max + 1):
+                try:
+                    async with (
+                        request.app[booking_slots_key],
+                        request.app[pool_key].acquire() as connection,
+                    ):
+                        answer = await ingest_upload(
+                            connection,
+                            terminal_id,
+                            signature,
+                            body,
+                            request.app[known_cards_key],
+                            now=request.app[config_key].clock.now(),
+                        )
+                        if answer.result == UploadResult.exists:
+                            await _wait_until_replicated(connection)
+                        return answer
+                except TimeoutError:
+                    raise
+                except database_unavailable_errors as error:
+                    if attempt == upload_database_attempts_max:
+                        metrics.uploads.increment("database_unavailable")
+                        raise
+                    logger.warning("upload of %s retried: %r", terminal_id, error)
+                    await asyncio.sleep(upload_database_retry_pause_s * attempt)
+    except TimeoutError:
+        metrics.uploads.increment("not_acknowledged_in_time")
+        raise Problem(
+            503,
+            "booking_not_acknowledged",
+            f"the batch was not booked and replicated within {timeout_ms} ms (the database "
+            "waits for its synchronous standby, or is overloaded): send it again later",
+        ) from None
+    raise AssertionError("unreachable")
+
+
+async def _wait_until_replicated(connection: asyncpg.Connection) -> None:
+    """A replay's answer is read, not written: the batch may be committed on the primary and
+    not yet on the synchronous standby (its first answer timed out). A commit of our own comes
+    after it in the WAL, so once that commit returns the standby has the batch too."""
+    async with connection.transaction():
+        await connection.fetchval("select pg_current_xact_id()")
 
 
 async def _read_bounded(request: web.Request, bytes_max: int) -> bytes:
