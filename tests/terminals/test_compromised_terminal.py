@@ -1,0 +1,192 @@
+"""One terminal is hostile: it holds its own valid signing key and uploads what it likes, through
+the real HTTP API into a real database. Whatever it sends, no rupiah it invents reaches a
+merchant's or the operator's payable (so no payout), no honest card is denied, and the books
+stay clean (`ledger.audit.check_ledger`). Each case names what the back office believed before.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import asyncpg
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bus_terminals.wire import UploadBatch, UploadKind, encode_batch
+from gateways.terminal_api import registry
+from ledger.audit import check_ledger
+from tests.terminals.conftest import Backoffice, merchant_id, operator_id
+from tests.terminals.helpers import books_snapshot, post_batch, purse_balance, record
+
+honest_card = "6032984000000501"
+never_issued = "6032984000000999"
+
+
+async def payables_rupiah(pool: asyncpg.Pool) -> int:
+    """What the operator and the merchant are owed: what a payout would pay."""
+    async with pool.acquire() as connection:
+        owed = await connection.fetchval(
+            "select coalesce(sum(credits_posted - debits_posted), 0) from ledger_accounts "
+            "where id = any($1::uuid[])",
+            [
+                registry.merchant_payable_account_id(merchant_id),
+                registry.operator_revenue_account_id(operator_id),
+            ],
+        )
+    return int(owed)
+
+
+async def denied_cards(pool: asyncpg.Pool) -> set[str]:
+    async with pool.acquire() as connection:
+        rows = await connection.fetch("select card_number from deny_list")
+    return {row["card_number"] for row in rows}
+
+
+async def books_are_clean(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as connection:
+        assert await check_ledger(connection) == []
+    assert (await books_snapshot(pool))[1] == 0
+
+
+@pytest.fixture
+async def rogue_pos(backoffice: Backoffice) -> tuple[Backoffice, Ed25519PrivateKey]:
+    key = await backoffice.register_pos("ROGUE-POS")
+    await backoffice.issue_cards({honest_card: 50_000})
+    return backoffice, key
+
+
+async def test_a_sale_bigger_than_any_purse_is_refused(
+    rogue_pos: tuple[Backoffice, Ed25519PrivateKey],
+) -> None:
+    """Before: one record could carry Rp 100,000,000; a POS sold Rp 1,500,000 on a card
+    holding Rp 50,000 and its merchant was paid."""
+    backoffice, key = rogue_pos
+    sale = record(
+        "ROGUE-POS", 1, honest_card, 1, 1_500_000, 0, kind=UploadKind.sale, merchant_id=merchant_id
+    )
+    body = encode_batch(UploadBatch("ROGUE-POS", 1, (sale,))).replace(b",1500000,", b",5000000,")
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(
+            session, backoffice.url, key, "ROGUE-POS", 1, [], body=body
+        )
+    assert (status, answer["code"]) == (400, "malformed")
+    assert await payables_rupiah(backoffice.pool) == 0
+    assert await denied_cards(backoffice.pool) == set()
+    await books_are_clean(backoffice.pool)
+
+
+async def test_a_sale_on_a_card_never_issued_pays_nobody(
+    rogue_pos: tuple[Backoffice, Ed25519PrivateKey],
+) -> None:
+    """Before: the card number was registered on the spot and the merchant paid Rp 2,000,000."""
+    backoffice, key = rogue_pos
+    forged = record(
+        "ROGUE-POS", 1, never_issued, 1, 2_000_000, 0, kind=UploadKind.sale, merchant_id=merchant_id
+    )
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(session, backoffice.url, key, "ROGUE-POS", 1, [forged])
+    assert status == 200, answer
+    assert await payables_rupiah(backoffice.pool) == 0
+    async with backoffice.pool.acquire() as connection:
+        reason = await connection.fetchval("select reason from quarantined_records")
+        registered = await connection.fetchval(
+            "select count(*) from cards where card_number = $1", never_issued
+        )
+    assert (reason, registered) == ("unknown_card", 0)
+    await books_are_clean(backoffice.pool)
+
+
+@pytest.mark.parametrize(
+    ("top_up_id", "paid_rupiah", "credited_rupiah", "why"),
+    [
+        ("", 0, 1_000_000, "no top-up id"),
+        ("INVENTED-1", 0, 900_000, "never announced"),
+        ("VA-1", 50_000, 500_000, "is Rp 50,000"),
+    ],
+)
+async def test_a_credit_no_one_paid_for_comes_from_suspense(
+    backoffice: Backoffice, top_up_id: str, paid_rupiah: int, credited_rupiah: int, why: str
+) -> None:
+    """Before: a validator credited Rp 1,000,000 with an empty top-up id and Rp 900,000 with an
+    invented one, and the card's pending top-up account went to -Rp 1,880,000."""
+    key = await backoffice.register_validator("ROGUE-V")
+    await backoffice.issue_cards({honest_card: 10_000})
+    if paid_rupiah:
+        async with backoffice.pool.acquire() as connection:
+            await registry.pay_pending_top_up(
+                connection, top_up_id, honest_card, paid_rupiah, paid_at=backoffice.clock.now()
+            )
+    credit = record(
+        "ROGUE-V",
+        1,
+        honest_card,
+        1,
+        0,
+        10_000 + credited_rupiah,
+        kind=UploadKind.topup_credit,
+        topup=credited_rupiah,
+        topup_id=top_up_id,
+    )
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(session, backoffice.url, key, "ROGUE-V", 1, [credit])
+    assert status == 200, answer
+    async with backoffice.pool.acquire() as connection:
+        pending = await connection.fetchval(
+            "select credits_posted - debits_posted from ledger_accounts where id = $1",
+            registry.pending_top_up_account_id(honest_card),
+        )
+        quarantined = await connection.fetch("select reason, detail from quarantined_records")
+    assert pending == paid_rupiah  # nothing left the pending account that was not paid in
+    assert [row["reason"] for row in quarantined] == ["top_up_not_delivered"]
+    assert why in quarantined[0]["detail"]
+    # The card holds the credit; its purse account says so (suspense holds the loss).
+    assert await purse_balance(backoffice.pool, honest_card) == 10_000 + credited_rupiah
+    assert await payables_rupiah(backoffice.pool) == 0
+    assert await denied_cards(backoffice.pool) == set()
+    await books_are_clean(backoffice.pool)
+
+
+async def test_a_pos_reporting_another_merchants_sale_pays_neither(
+    rogue_pos: tuple[Backoffice, Ed25519PrivateKey],
+) -> None:
+    backoffice, key = rogue_pos
+    elsewhere = record(
+        "ROGUE-POS", 1, honest_card, 1, 20_000, 30_000, kind=UploadKind.sale, merchant_id="OTHER"
+    )
+    fare = record("ROGUE-POS", 2, honest_card, 2, 3_500, 26_500, previous=(1, "ROGUE-POS", 30_000))
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(
+            session, backoffice.url, key, "ROGUE-POS", 1, [elsewhere, fare]
+        )
+    assert status == 200, answer
+    async with backoffice.pool.acquire() as connection:
+        reasons = [
+            r["reason"] for r in await connection.fetch("select reason from quarantined_records")
+        ]
+    assert reasons == ["record_not_for_role", "record_not_for_role"]  # a POS makes no fares
+    assert await payables_rupiah(backoffice.pool) == 0
+    assert await denied_cards(backoffice.pool) == set()
+    await books_are_clean(backoffice.pool)
+
+
+async def test_a_replayed_batch_books_nothing_again(
+    rogue_pos: tuple[Backoffice, Ed25519PrivateKey],
+) -> None:
+    backoffice, key = rogue_pos
+    sale = record(
+        "ROGUE-POS",
+        1,
+        honest_card,
+        1,
+        20_000,
+        30_000,
+        kind=UploadKind.sale,
+        merchant_id=merchant_id,
+    )
+    async with aiohttp.ClientSession() as session:
+        first = await post_batch(session, backoffice.url, key, "ROGUE-POS", 1, [sale])
+        booked = await books_snapshot(backoffice.pool)
+        again = await post_batch(session, backoffice.url, key, "ROGUE-POS", 1, [sale])
+    assert first[0] == again[0] == 200
+    assert again[1]["result"] == "exists"
+    assert await books_snapshot(backoffice.pool) == booked
+    await books_are_clean(backoffice.pool)
