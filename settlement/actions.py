@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from gateways.snap.client import TransferState
+from gateways.snap.client import PayoutState
 from gateways.staff import Role as Role  # staff roles and members live in gateways.staff
 from gateways.staff import StaffMember as Staff
 from ledger.records import AccountKind, Transfer, derive_id
@@ -328,14 +328,14 @@ async def ask_bank_again(
     outcome = await payer.pay(instruction.payout)
     answer = f"bank answered {outcome.state.value} {outcome.response_code}".strip()
     async with connection.transaction():
-        if outcome.state is TransferState.failed:  # now a refusal: staff may re-initiate
+        if outcome.state is PayoutState.failed:  # now a refusal: staff may re-initiate
             await connection.execute(
                 """update settlement_exceptions set reason = 'payout_rejected', detail = $2
                     where exception_id = $1""",
                 exception_id,
                 f"{outcome.response_code} {outcome.response_message}".strip(),
             )
-        elif outcome.state in (TransferState.succeeded, TransferState.in_progress):
+        elif outcome.state in (PayoutState.succeeded, PayoutState.in_progress):
             await connection.execute(
                 """update settlement_exceptions set resolution = 'confirmed', resolved_by = $2,
                           resolution_note = $3, resolved_at = $4 where exception_id = $1""",

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import asyncpg
 
-from gateways.snap.client import Payout, TransferOutcome, TransferState
+from gateways.snap.client import Payout, PayoutOutcome, PayoutState
 from ledger.records import AccountKind, Transfer, TransferCode, TransferFlags, derive_id
 from settlement import books
 from settlement.matching import ExpectedMovement, MovementKind
@@ -44,7 +44,7 @@ payouts_in_flight_max = 8
 class PayoutPort(Protocol):
     """What settlement needs from a bank: `gateways.snap.client.BankClient` is one."""
 
-    async def pay(self, payout: Payout) -> TransferOutcome: ...
+    async def pay(self, payout: Payout) -> PayoutOutcome: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,7 +462,7 @@ async def pay_day(
 async def record_outcome(
     connection: asyncpg.Connection,
     instruction: PayoutInstruction,
-    outcome: TransferOutcome,
+    outcome: PayoutOutcome,
     day: dt.date,
     now: dt.datetime,
 ) -> PayResult:
@@ -478,16 +478,16 @@ async def record_outcome(
             outcome.bank_reference_no,
             now,
         )
-        if outcome.state is TransferState.succeeded:
+        if outcome.state is PayoutState.succeeded:
             from settlement.reconciliation import post_hold
 
             await books.book(
                 connection, [post_hold(instruction.batch_id, instruction.payout_id)], now=now
             )
             return PayResult.paid
-        if outcome.state is TransferState.in_progress:
+        if outcome.state is PayoutState.in_progress:
             return PayResult.paid
-        if outcome.state is TransferState.failed:
+        if outcome.state is PayoutState.failed:
             await connection.execute(
                 "update settlement_expected_movements set cancelled = true where movement_id = any($1::text[])",
                 [instruction.payout_id, f"{instruction.payout_id}-fee"],

@@ -207,7 +207,9 @@ class SnapSession:
 # ---------------------------------------------------------------------------- payouts
 
 
-class TransferState(enum.Enum):
+class PayoutState(enum.Enum):
+    """Where a payout stands at the bank, as its answers tell."""
+
     succeeded = "succeeded"  # the bank moved the money
     in_progress = "in_progress"  # accepted, not final yet: ask again with transfer_status
     failed = "failed"  # refused for good (bad account, funds, format): nothing moved
@@ -254,9 +256,11 @@ class Payout:
 
 
 @dataclass(frozen=True, slots=True)
-class TransferOutcome:
+class PayoutOutcome:
+    """What came of sending a payout (or asking the bank about it)."""
+
     partner_reference_no: str
-    state: TransferState
+    state: PayoutState
     response_code: str = ""
     response_message: str = ""
     bank_reference_no: str = ""
@@ -281,35 +285,35 @@ balance_inquiry_path = "/v1.0/balance-inquiry"
 _final_failure_statuses = frozenset({400, 401, 403, 404})
 
 
-def classify_transfer_answer(response: SnapResponse) -> TransferState:
+def classify_transfer_answer(response: SnapResponse) -> PayoutState:
     if response.http_status == 200:
-        return TransferState.succeeded
+        return PayoutState.succeeded
     if response.http_status == 202:
-        return TransferState.in_progress
+        return PayoutState.in_progress
     if response.http_status == 409 and response.case_code == "01":
         # Duplicate partnerReferenceNo: an earlier attempt reached the bank; ask its status.
-        return TransferState.unknown
+        return PayoutState.unknown
     if response.http_status in _final_failure_statuses:
-        return TransferState.failed
-    return TransferState.unknown
+        return PayoutState.failed
+    return PayoutState.unknown
 
 
-def status_from_inquiry(response: SnapResponse) -> TransferState:
+def status_from_inquiry(response: SnapResponse) -> PayoutState:
     if response.http_status == 404 and response.case_code == "01":
-        return TransferState.not_found
+        return PayoutState.not_found
     if response.http_status != 200:
-        return TransferState.unknown
+        return PayoutState.unknown
     latest = str(response.body.get("latestTransactionStatus", ""))
     return {
-        "00": TransferState.succeeded,
-        "01": TransferState.in_progress,  # initiated
-        "02": TransferState.in_progress,  # paying
-        "03": TransferState.in_progress,  # pending
-        "04": TransferState.failed,  # refunded
-        "05": TransferState.failed,  # cancelled
-        "06": TransferState.failed,  # failed
-        "07": TransferState.not_found,
-    }.get(latest, TransferState.unknown)
+        "00": PayoutState.succeeded,
+        "01": PayoutState.in_progress,  # initiated
+        "02": PayoutState.in_progress,  # paying
+        "03": PayoutState.in_progress,  # pending
+        "04": PayoutState.failed,  # refunded
+        "05": PayoutState.failed,  # cancelled
+        "06": PayoutState.failed,  # failed
+        "07": PayoutState.not_found,
+    }.get(latest, PayoutState.unknown)
 
 
 @dataclass
@@ -323,7 +327,7 @@ class BankClient:
     def open(cls, connection: BankConnection, http: aiohttp.ClientSession) -> BankClient:
         return cls(SnapSession(connection, http))
 
-    async def transfer(self, payout: Payout) -> TransferOutcome:
+    async def transfer(self, payout: Payout) -> PayoutOutcome:
         """Send the payout, retrying (same reference, same body) while there is no answer."""
         path = transfer_paths[payout.service]
         body = payout.body()
@@ -342,18 +346,18 @@ class BankClient:
                 continue
             state = classify_transfer_answer(response)
             if (
-                state is TransferState.unknown
+                state is PayoutState.unknown
                 and response.http_status >= 500
                 and attempt < attempts_max
             ):
                 await self.sleep(retry_backoff_ms * attempt / 1000)
                 continue
-            if state is TransferState.failed and attempt > 1:
+            if state is PayoutState.failed and attempt > 1:
                 # An earlier attempt went unanswered (or got a 5xx) and may have moved the
                 # money; a refusal of the repeat says nothing about it. Only the status
                 # inquiry may call this payout failed (and so let staff pay it again).
-                state = TransferState.unknown
-            return TransferOutcome(
+                state = PayoutState.unknown
+            return PayoutOutcome(
                 payout.partner_reference_no,
                 state,
                 response.response_code,
@@ -361,11 +365,11 @@ class BankClient:
                 str(response.body.get("referenceNo", "")),
                 attempt,
             )
-        return TransferOutcome(
-            payout.partner_reference_no, TransferState.unknown, "", last_error, "", attempts_max
+        return PayoutOutcome(
+            payout.partner_reference_no, PayoutState.unknown, "", last_error, "", attempts_max
         )
 
-    async def transfer_status(self, payout: Payout) -> TransferOutcome:
+    async def transfer_status(self, payout: Payout) -> PayoutOutcome:
         """What the bank knows of the payout's reference (resolves `unknown`)."""
         body = {
             "originalPartnerReferenceNo": payout.partner_reference_no,
@@ -375,10 +379,8 @@ class BankClient:
         try:
             response = await self.session.post(transfer_status_path, body)
         except BankUnreachable as error:
-            return TransferOutcome(
-                payout.partner_reference_no, TransferState.unknown, "", str(error)
-            )
-        return TransferOutcome(
+            return PayoutOutcome(payout.partner_reference_no, PayoutState.unknown, "", str(error))
+        return PayoutOutcome(
             payout.partner_reference_no,
             status_from_inquiry(response),
             response.response_code,
@@ -387,19 +389,19 @@ class BankClient:
             1,
         )
 
-    async def pay(self, payout: Payout, *, status_checks_max: int = 3) -> TransferOutcome:
+    async def pay(self, payout: Payout, *, status_checks_max: int = 3) -> PayoutOutcome:
         """Transfer, and if the outcome is unknown or in progress, ask the status (never re-pay
         under another reference). `not_found` after an unanswered send: send again, same body."""
         outcome = await self.transfer(payout)
         for _ in range(status_checks_max):
-            if outcome.state not in (TransferState.unknown, TransferState.in_progress):
+            if outcome.state not in (PayoutState.unknown, PayoutState.in_progress):
                 return outcome
             status = await self.transfer_status(payout)
-            if status.state is TransferState.not_found:
+            if status.state is PayoutState.not_found:
                 outcome = await self.transfer(payout)
                 continue
             outcome = status
-            if outcome.state is TransferState.in_progress:
+            if outcome.state is PayoutState.in_progress:
                 await self.sleep(retry_backoff_ms / 1000)
         return outcome
 

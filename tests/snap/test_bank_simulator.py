@@ -11,7 +11,7 @@ import mt940
 
 from gateways.bank_simulator import write_csv, write_mt940
 from gateways.snap import ledger_port
-from gateways.snap.client import BankClient, Payout, TransferState
+from gateways.snap.client import BankClient, Payout, PayoutState
 from gateways.terminal_api import registry
 from ledger.records import TransferCode
 from ledger.store import lookup_accounts, lookup_transfers
@@ -130,41 +130,41 @@ async def test_payout_with_failure_lost_answer_and_retry_pays_once(harness: Harn
     # 1. core banking down twice, then up: the same reference is retried and pays once
     bank.trouble.fail_next_transfers = 2
     outcome = await client.transfer(payout("KSHPO0001", 400_000))
-    assert outcome.state is TransferState.succeeded
+    assert outcome.state is PayoutState.succeeded
     assert outcome.attempts == 3
     assert bank.accounts[merchant_account_no].balance_rupiah == 400_000
 
     # 2. the answer is lost after booking: the retry meets "duplicate", status resolves it
     bank.trouble.lose_next_answers = 1
     lost = await client.pay(payout("KSHPO0002", 100_000))
-    assert lost.state is TransferState.succeeded
+    assert lost.state is PayoutState.succeeded
     assert bank.accounts[merchant_account_no].balance_rupiah == 500_000  # not 600,000
 
     # 3. every attempt unanswered: outcome unknown, then resolved by status only
     bank.trouble.lose_next_answers = 3
     unknown = await client.transfer(payout("KSHPO0003", 50_000))
-    assert unknown.state is TransferState.unknown
+    assert unknown.state is PayoutState.unknown
     status = await client.transfer_status(payout("KSHPO0003", 50_000))
-    assert status.state is TransferState.succeeded
+    assert status.state is PayoutState.succeeded
     assert bank.accounts[merchant_account_no].balance_rupiah == 550_000
 
     # 4. a rejected beneficiary: failed for good, nothing moved
     bank.trouble.reject_accounts = {merchant_account_no}
     rejected = await client.pay(payout("KSHPO0004", 70_000))
-    assert rejected.state is TransferState.failed
+    assert rejected.state is PayoutState.failed
     assert rejected.response_code == "4031718"
     assert bank.accounts[merchant_account_no].balance_rupiah == 550_000
     bank.trouble.reject_accounts = set()
 
     # 5. a reference the bank never saw: status says not found
     never = await client.transfer_status(payout("KSHPO0099", 1_000))
-    assert never.state is TransferState.not_found
+    assert never.state is PayoutState.not_found
 
     # 6. interbank with the BI-FAST fee, and an unexpected fee on top
     bank.trouble.unexpected_fee_rupiah = 1_234
     opening = bank.accounts[issuer_account_no].balance_rupiah
     inter = await client.pay(payout("KSHPO0005", 300_000, "5550001111", bank_code="113"))
-    assert inter.state is TransferState.succeeded
+    assert inter.state is PayoutState.succeeded
     assert bank.accounts[issuer_account_no].balance_rupiah == opening - 300_000 - 2_500 - 1_234
 
     balance = await client.balance(issuer_account_no, "KSHBAL0001")
@@ -182,10 +182,10 @@ async def test_timeout_is_an_unknown_outcome(harness: Harness) -> None:
     await client.session.access_token()
     harness.bank.trouble.response_delay_ms = 400
     outcome = await client.transfer(payout("KSHPO0100", 10_000))
-    assert outcome.state is TransferState.unknown
+    assert outcome.state is PayoutState.unknown
     harness.bank.trouble.response_delay_ms = 0
     resolved = await client.pay(payout("KSHPO0100", 10_000))
-    assert resolved.state is TransferState.succeeded
+    assert resolved.state is PayoutState.succeeded
     assert harness.bank.accounts[merchant_account_no].balance_rupiah == 10_000
 
 
@@ -200,12 +200,12 @@ async def test_refusal_after_an_uncertain_attempt_is_confirmed_by_status(
     bank.trouble.fail_next_transfers = 1
     bank.trouble.reject_accounts = {merchant_account_no}
     sent = await client.transfer(payout("KSHPO0200", 20_000))
-    assert sent.state is TransferState.unknown
+    assert sent.state is PayoutState.unknown
     assert sent.attempts == 2
     assert sent.response_code == "4031718"
     bank.trouble.fail_next_transfers = 1
     resolved = await client.pay(payout("KSHPO0201", 20_000))
-    assert resolved.state is TransferState.failed  # the bank's own status says so
+    assert resolved.state is PayoutState.failed  # the bank's own status says so
     assert resolved.response_code == "2003600"
     assert bank.accounts[merchant_account_no].balance_rupiah == 0
 
@@ -224,7 +224,7 @@ async def test_statements_are_mt940_and_csv_that_importers_read(
     assert stray.credited
     client = BankClient.open(harness.our_connection(), harness.http)
     bank.trouble.duplicate_next_statement_lines = 1
-    assert (await client.pay(payout("KSHPO0200", 60_000))).state is TransferState.succeeded
+    assert (await client.pay(payout("KSHPO0200", 60_000))).state is PayoutState.succeeded
 
     statement = bank.statement(issuer_account_no, bank.today())
     assert statement.opening_rupiah == 10_000_000
