@@ -9,6 +9,11 @@ beside the journal so a validator that boots offline still has them.
 
 The bus is offline for hours or days: every call has a timeout, failures back off
 exponentially up to `backoff_ms_max`, and nothing is lost while it waits.
+
+The back office may run on several hosts: `SyncClient` takes one URL or a list, sends to the
+one that answered last, and on a connection failure (refused, reset, timed out) tries the next
+at once. Any of them books a batch once (the batch sequence is the key), so a batch whose
+answer was lost with a host is simply sent again to another.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import enum
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,10 +108,19 @@ class SyncState:
         return state
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One HTTP answer, read whole."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+
 class SyncClient:
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         terminal_id: str,
         private_key: Ed25519PrivateKey,
         journal: Journal,
@@ -121,7 +135,10 @@ class SyncClient:
         # A validator's fare feed: its last service day, reported on each download (inside the
         # signed path) so the back office can show the days left on every bus's feed.
         self.feed_service_end = feed_service_end
-        self.base_url = base_url.rstrip("/")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        assert urls, "at least one back office URL"
+        self.base_urls = tuple(url.rstrip("/") for url in urls)
+        self._current = 0  # the back office that answered last
         self.terminal_id = terminal_id
         self.private_key = private_key
         self.journal = journal
@@ -141,6 +158,32 @@ class SyncClient:
                 timeout=aiohttp.ClientTimeout(total=request_timeout_ms / 1000)
             )
         return self._session
+
+    @property
+    def base_url(self) -> str:
+        """The back office requests go to now (the first, until it fails to connect)."""
+        return self.base_urls[self._current]
+
+    async def _send(
+        self, method: str, path: str, headers: Mapping[str, str], data: bytes | None = None
+    ) -> Answer:
+        """The request to the current back office; on a connection failure to the next one,
+        each tried once. Raises the last failure when none answered."""
+        session = await self.session()
+        failure: BaseException | None = None
+        for _ in range(len(self.base_urls)):
+            try:
+                async with session.request(
+                    method, self.base_url + path, data=data, headers=headers
+                ) as response:
+                    return Answer(response.status, await response.read(), response.headers)
+            except (aiohttp.ClientConnectionError, TimeoutError) as error:
+                failure = error
+                if len(self.base_urls) > 1:
+                    logger.info("back office %s unreachable (%r): next", self.base_url, error)
+                self._current = (self._current + 1) % len(self.base_urls)
+        assert failure is not None
+        raise failure
 
     async def close(self) -> None:
         if self._session is not None and self._own_session:
@@ -165,18 +208,18 @@ class SyncClient:
         if self.lose_request():
             return UploadStatus.offline
         try:
-            session = await self.session()
-            async with session.post(
-                f"{self.base_url}/terminal/v1/uploads",
-                data=pending.body,
-                headers={
+            sent = await self._send(
+                "POST",
+                "/terminal/v1/uploads",
+                {
                     terminal_header: self.terminal_id,
                     signature_header: pending.signature,
                     "Content-Type": content_type,
                 },
-            ) as response:
-                answer = await response.json(content_type=None)
-                status = response.status
+                pending.body,
+            )
+            status = sent.status
+            answer = json.loads(sent.body)
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as error:
             logger.info("upload of batch %d failed: %s", pending.batch_sequence, error)
             return UploadStatus.offline
@@ -214,24 +257,18 @@ class SyncClient:
         if self.feed_service_end is not None:
             path += f"&feed_service_end={self.feed_service_end:%Y%m%d}"
         try:
-            session = await self.session()
-            async with session.get(
-                self.base_url + path, headers=self._signed_headers("GET", path)
-            ) as response:
-                if response.status != 200:
-                    logger.warning("sync refused: %s", await response.text())
-                    return False
-                answer = await response.json()
+            sent = await self._send("GET", path, self._signed_headers("GET", path))
+            if sent.status != 200:
+                logger.warning("sync refused: %s", sent.body[:1000].decode(errors="replace"))
+                return False
+            answer = json.loads(sent.body)
             if answer["deny_list_full_download"]:
                 list_path = "/terminal/v1/deny-list"
-                async with session.get(
-                    self.base_url + list_path, headers=self._signed_headers("GET", list_path)
-                ) as response:
-                    if response.status != 200:
-                        return False
-                    raw = await response.read()
-                    version = int(response.headers[deny_list_version_header])
-                self.state.deny_list = DenyList.from_bytes(raw, version)
+                listed = await self._send("GET", list_path, self._signed_headers("GET", list_path))
+                if listed.status != 200:
+                    return False
+                version = int(listed.headers[deny_list_version_header])
+                self.state.deny_list = DenyList.from_bytes(listed.body, version)
             else:
                 self.state.deny_list.add(answer["deny_list_added"], answer["deny_list_version"])
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, KeyError) as error:
