@@ -88,6 +88,7 @@ def settings_of(arguments: argparse.Namespace) -> dict[str, Any]:
         "secure_cookies": secure_cookies(arguments.host, arguments.insecure_cookies),
         "client_address_header": arguments.client_address_header,
         "password_checks_concurrent_max": arguments.password_checks,
+        "upload_booking_timeout_ms": upload_booking_timeout_ms(),
     }
 
 
@@ -201,6 +202,18 @@ def expiry_sweep_interval_s() -> float:
     if not 0 <= interval <= 86_400:
         raise UserError(f"KSH_EXPIRY_SWEEP_INTERVAL_S must be 0 to 86400 seconds, not {given!r}")
     return interval
+
+
+def upload_booking_timeout_ms() -> int:
+    """KSH_UPLOAD_BOOKING_TIMEOUT_MS: how long an upload may wait to be booked and replicated
+    before it is answered 503 (default 10000; below the terminals' 15 s request timeout)."""
+    from gateways.terminal_api.routes import upload_booking_timeout_ms as default
+
+    given = os.environ.get("KSH_UPLOAD_BOOKING_TIMEOUT_MS", "")
+    timeout_ms = int(given) if given.isdigit() else (default if not given else -1)
+    if not 100 <= timeout_ms <= 14_000:
+        raise UserError(f"KSH_UPLOAD_BOOKING_TIMEOUT_MS must be 100 to 14000 ms, not {given!r}")
+    return timeout_ms
 
 
 def serve_process(
