@@ -198,7 +198,7 @@ class Journal:
         ).fetchone()
         return None if row is None else _from_row(row)[0]
 
-    def taken_topup_ids(self, card_number: str) -> set[str]:
+    def taken_top_up_ids(self, card_number: str) -> set[str]:
         """Pending top-ups this terminal already put on (or may have put on) the card."""
         rows = self.connection.execute(
             "select pending_topup_id from records where card_number = ? "

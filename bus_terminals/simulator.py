@@ -415,7 +415,7 @@ def _count(summary: SimulationSummary, feedback: Feedback) -> None:
     summary.reasons[feedback.reason.value] += 1
     if feedback.verdict == Verdict.accepted:
         summary.fares_rupiah += feedback.amount_rupiah
-        if feedback.topup_rupiah:
+        if feedback.top_up_rupiah:
             summary.top_ups_delivered += 1
 
 

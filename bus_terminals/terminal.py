@@ -76,7 +76,7 @@ class Feedback:
     reason: Reason
     card_number: str
     amount_rupiah: int
-    topup_rupiah: int
+    top_up_rupiah: int
     balance_rupiah: int
     detail: str = ""
     sequence: int = 0  # journal sequence of the (last) card transaction, 0 if none
@@ -157,7 +157,7 @@ class Terminal:
         refusal = self._refusal(state, number, time_ms)
         if refusal is not None:
             return self._deny(state, refusal, time_ms, "")
-        topup_rupiah = 0
+        top_up_rupiah = 0
         try:
             top_up = self._pending_top_up(number, card)
         except ReaderPortError as error:
@@ -175,16 +175,16 @@ class Terminal:
                 )
                 if isinstance(outcome, Feedback):
                     return outcome
-                topup_rupiah = amount
+                top_up_rupiah = amount
                 assert card.state is not None
                 state = card.state
         charge = decide(state, time_ms)
         if charge.refusal != Reason.none:
-            return self._deny(state, charge.refusal, time_ms, charge.detail, topup_rupiah)
+            return self._deny(state, charge.refusal, time_ms, charge.detail, top_up_rupiah)
         if charge.kind == UploadKind.refund:
             if charge.amount_rupiah <= 0:
                 return self._deny(
-                    state, Reason.nothing_to_refund, time_ms, charge.detail, topup_rupiah
+                    state, Reason.nothing_to_refund, time_ms, charge.detail, top_up_rupiah
                 )
             plan_or_refusal = card.plan_credit(
                 charge.amount_rupiah,
@@ -201,7 +201,7 @@ class Terminal:
             )
         if isinstance(plan_or_refusal, Refusal):
             reason = _refusal_reasons[plan_or_refusal]
-            return self._deny(state, reason, time_ms, charge.detail, topup_rupiah)
+            return self._deny(state, reason, time_ms, charge.detail, top_up_rupiah)
         outcome = self._perform(
             card, plan_or_refusal, charge.kind, charge.amount_rupiah, 0, "", charge.detail, time_ms
         )
@@ -212,7 +212,7 @@ class Terminal:
             Reason.none,
             number,
             charge.amount_rupiah,
-            topup_rupiah,
+            top_up_rupiah,
             plan_or_refusal.record.balance_after_rupiah,
             charge.detail,
             outcome,
@@ -226,7 +226,7 @@ class Terminal:
         plan: CardPlan,
         kind: UploadKind,
         amount_rupiah: int,
-        topup_rupiah: int,
+        top_up_rupiah: int,
         top_up_id: str,
         detail: str,
         time_ms: int,
@@ -247,7 +247,7 @@ class Terminal:
                     number,
                     plan.record.counter,
                     amount_rupiah,
-                    topup_rupiah,
+                    top_up_rupiah,
                     top_up_id,
                     plan.record.balance_after_rupiah,
                     time_ms,
@@ -273,7 +273,7 @@ class Terminal:
                 Reason.card_removed,
                 number,
                 amount_rupiah,
-                topup_rupiah,
+                top_up_rupiah,
                 state.balance_rupiah,
                 str(error)[:200],
                 intended.sequence,
@@ -338,7 +338,7 @@ class Terminal:
         candidates = self.sync_state.top_ups_for(number)
         if not candidates:
             return None
-        taken = self.taken_top_ups | self.journal.taken_topup_ids(number)
+        taken = self.taken_top_ups | self.journal.taken_top_up_ids(number)
         waiting = [c for c in candidates if c[0] not in taken]
         if not waiting:
             return None
@@ -364,7 +364,7 @@ class Terminal:
         return None
 
     def _deny(
-        self, state: CardState, reason: Reason, time_ms: int, detail: str, topup_rupiah: int = 0
+        self, state: CardState, reason: Reason, time_ms: int, detail: str, top_up_rupiah: int = 0
     ) -> Feedback:
         number = str(state.profile.card_number)
         previous = state.last_record
@@ -394,5 +394,5 @@ class Terminal:
         except JournalFull:
             sequence = 0
         return Feedback(
-            Verdict.denied, reason, number, 0, topup_rupiah, state.balance_rupiah, detail, sequence
+            Verdict.denied, reason, number, 0, top_up_rupiah, state.balance_rupiah, detail, sequence
         )

@@ -308,7 +308,7 @@ def _row_valid(row: list[Any], terminal_id: str) -> bool:
         card_number,
         counter,
         amount,
-        topup,
+        top_up,
         top_up_id,
         balance,
         time_ms,
@@ -334,7 +334,7 @@ def _row_valid(row: list[Any], terminal_id: str) -> bool:
         and type(counter) is int
         and 0 <= counter <= counter_max
         and _rupiah(amount)
-        and _rupiah(topup)
+        and _rupiah(top_up)
         and _short_text(top_up_id)
         and _rupiah(balance)
         and type(time_ms) is int

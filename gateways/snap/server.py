@@ -33,7 +33,7 @@ import asyncpg
 from aiohttp import web
 
 from gateways.backoffice import Extension, config_key, pool_key
-from gateways.snap import signature, topups
+from gateways.snap import signature, top_ups
 from gateways.snap.bodies import read_whole
 from gateways.snap.codes import Cases, Service, SnapError, response_code
 from gateways.snap.partners import Partner, load_partner
@@ -49,7 +49,7 @@ class SnapServerSettings:
     timestamp_tolerance_seconds: int = signature.timestamp_tolerance_seconds_default
     access_token_ttl_seconds: int = 900
     request_body_bytes_max: int = 16 * 1024  # a VA payment is well under 2 KiB
-    purse_cap_rupiah: int = topups.purse_cap_rupiah_default
+    purse_cap_rupiah: int = top_ups.purse_cap_rupiah_default
 
     def __post_init__(self) -> None:
         assert self.timestamp_tolerance_seconds > 0
@@ -336,13 +336,13 @@ def transaction_handler(
 async def va_inquiry(
     connection: asyncpg.Connection, signed: SignedRequest, settings: SnapServerSettings
 ) -> dict[str, Any]:
-    return await topups.inquire(connection, signed.partner, signed.body, settings.purse_cap_rupiah)
+    return await top_ups.inquire(connection, signed.partner, signed.body, settings.purse_cap_rupiah)
 
 
 async def va_payment(
     connection: asyncpg.Connection, signed: SignedRequest, settings: SnapServerSettings
 ) -> dict[str, Any]:
-    return await topups.pay(
+    return await top_ups.pay(
         connection, signed.partner, signed.body, settings.purse_cap_rupiah, signed.received_at
     )
 

@@ -99,12 +99,12 @@ def register(subparsers: Any) -> None:
     issue.add_argument("--terminal-id", type=int, default=0, help="this station's terminal id")
     issue.set_defaults(handler=run_issue)
 
-    topup = actions.add_parser("topup", help="credit the purse of a KSH card (a top-up point)")
-    add_reader_arguments(topup)
-    add_keystore_argument(topup)
-    topup.add_argument("--amount", type=int, required=True, help="rupiah to add")
-    topup.add_argument("--terminal-id", type=int, default=0, help="this top-up point's id")
-    topup.set_defaults(handler=run_topup)
+    top_up = actions.add_parser("topup", help="credit the purse of a KSH card (a top-up point)")
+    add_reader_arguments(top_up)
+    add_keystore_argument(top_up)
+    top_up.add_argument("--amount", type=int, required=True, help="rupiah to add")
+    top_up.add_argument("--terminal-id", type=int, default=0, help="this top-up point's id")
+    top_up.set_defaults(handler=run_top_up)
 
     keystore_new = actions.add_parser(
         "keystore-new",
@@ -615,7 +615,7 @@ def run_issue(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def run_topup(arguments: argparse.Namespace) -> int:
+def run_top_up(arguments: argparse.Namespace) -> int:
     from card_reader.keys import KeyRole
     from card_reader.ksh_card import (
         KshCard,

@@ -181,7 +181,7 @@ def info(reader_name: str, capsys: pytest.CaptureFixture[str], *extra: str) -> d
     return report
 
 
-def test_issue_topup_and_info_through_the_virtual_reader(
+def test_issue_top_up_and_info_through_the_virtual_reader(
     pcsc_reader_name: str,
     bridge: VpcdBridge,
     keystore: Path,
@@ -238,7 +238,7 @@ def test_service_desk_user_errors(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = pcsc_reader_name
-    topup = ("card", "topup", "--reader", name, "--keystore", str(keystore), "--amount")
+    top_up = ("card", "topup", "--reader", name, "--keystore", str(keystore), "--amount")
 
     status, _, err = ksh("card", "info", "--reader", "No Such Reader", capsys=capsys)
     assert_user_error(status, err, "no reader matches 'No Such Reader'")
@@ -248,12 +248,12 @@ def test_service_desk_user_errors(
     assert_user_error(status, err, "no card on reader")
 
     bridge.insert(EmulatedCard())
-    status, _, err = ksh(*topup, "1000", capsys=capsys)
+    status, _, err = ksh(*top_up, "1000", capsys=capsys)
     assert_user_error(status, err, "not a KSH card")
-    status, _, err = ksh(*topup, "0", capsys=capsys)
+    status, _, err = ksh(*top_up, "0", capsys=capsys)
     assert_user_error(status, err, "--amount must be")
     missing = tmp_path / "none.json"
-    status, _, err = ksh(*topup[:5], str(missing), "--amount", "1", capsys=capsys)
+    status, _, err = ksh(*top_up[:5], str(missing), "--amount", "1", capsys=capsys)
     assert_user_error(status, err, "no key store at")
 
     issue = ("card", "issue", "--reader", name, "--keystore", str(keystore), "--category")
@@ -261,11 +261,11 @@ def test_service_desk_user_errors(
     assert status == 0, err
     status, _, err = ksh(*issue, "general", capsys=capsys)
     assert_user_error(status, err, "is already a KSH card")
-    status, _, err = ksh(*topup, "2000", capsys=capsys)
+    status, _, err = ksh(*top_up, "2000", capsys=capsys)
     assert_user_error(status, err, "would exceed the cap of Rp 2,000,000")
 
     monkeypatch.setenv("KSH_KEYSTORE_PASSPHRASE", "not the passphrase")
-    status, _, err = ksh(*topup, "1000", capsys=capsys)
+    status, _, err = ksh(*top_up, "1000", capsys=capsys)
     assert_user_error(status, err, "wrong passphrase")
     monkeypatch.setenv("KSH_KEYSTORE_PASSPHRASE", "short")
     other = tmp_path / "other.json"
@@ -277,7 +277,7 @@ def test_service_desk_user_errors(
     # Another issuer's keys: the card's keys do not match ours.
     monkeypatch.setenv("KSH_KEYSTORE_PASSPHRASE", "another issuer")
     assert ksh("card", "keystore-new", "--out", str(other), capsys=capsys)[0] == 0
-    status, _, err = ksh(*topup[:5], str(other), "--amount", "1000", capsys=capsys)
+    status, _, err = ksh(*top_up[:5], str(other), "--amount", "1000", capsys=capsys)
     assert_user_error(status, err, "does not match ours")
 
     # A card that does not have the factory key cannot be issued.
@@ -291,7 +291,7 @@ def test_service_desk_user_errors(
     assert_user_error(status, err, "is not blank")
 
 
-def test_card_pulled_during_topup_is_reported_in_doubt(
+def test_card_pulled_during_top_up_is_reported_in_doubt(
     pcsc_reader_name: str,
     bridge: VpcdBridge,
     keystore: Path,
@@ -302,10 +302,10 @@ def test_card_pulled_during_topup_is_reported_in_doubt(
     bridge.insert(card)
     issue = ("card", "issue", "--reader", name, "--keystore", str(keystore))
     assert ksh(*issue, "--category", "general", capsys=capsys)[0] == 0
-    topup = ("card", "topup", "--reader", name, "--keystore", str(keystore), "--amount", "5000")
+    top_up = ("card", "topup", "--reader", name, "--keystore", str(keystore), "--amount", "5000")
     # The commit, the last exchange of a top-up, takes effect but its answer is lost.
-    card.fail_after_exchanges(exchanges_of_a_topup(card, keystore))
-    status, _, err = ksh(*topup, capsys=capsys)
+    card.fail_after_exchanges(exchanges_of_a_top_up(card, keystore))
+    status, _, err = ksh(*top_up, capsys=capsys)
     assert_user_error(status, err, "the top-up of Rp 5,000 is in doubt")
     assert "log record #1" in err
     with PcscReader(name) as reader:
@@ -315,7 +315,7 @@ def test_card_pulled_during_topup_is_reported_in_doubt(
     assert [(r["counter"], r["kind"], r["amount_rupiah"]) for r in log][-1] == (1, "credit", 5000)
 
 
-def exchanges_of_a_topup(card: EmulatedCard, keystore: Path) -> int:
+def exchanges_of_a_top_up(card: EmulatedCard, keystore: Path) -> int:
     """How many exchanges a top-up takes, counted on an in-process copy of the card."""
     from card_reader.keys import KeyRole, KeyStore
     from card_reader.ksh_card import KshCard

@@ -31,8 +31,8 @@ def record(
     kind: UploadKind = UploadKind.fare_debit,
     status: RecordStatus = RecordStatus.committed,
     previous: tuple[int, str, int] = (0, "", 0),
-    topup: int = 0,
-    topup_id: str = "",
+    top_up: int = 0,
+    top_up_id: str = "",
     merchant_id: str = "",
 ) -> UploadRecord:
     return UploadRecord(
@@ -43,8 +43,8 @@ def record(
         card_number,
         counter,
         amount,
-        topup,
-        topup_id,
+        top_up,
+        top_up_id,
         balance_after,
         1_763_942_400_000 + sequence,
         "K1" if not merchant_id else "",

@@ -123,8 +123,8 @@ async def test_a_credit_no_one_paid_for_comes_from_suspense(
         0,
         10_000 + credited_rupiah,
         kind=UploadKind.topup_credit,
-        topup=credited_rupiah,
-        topup_id=top_up_id,
+        top_up=credited_rupiah,
+        top_up_id=top_up_id,
     )
     async with aiohttp.ClientSession() as session:
         status, answer = await post_batch(session, backoffice.url, key, "ROGUE-V", 1, [credit])

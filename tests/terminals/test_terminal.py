@@ -124,11 +124,11 @@ def test_pending_top_up_is_delivered_once_across_terminals(tmp_path: Path) -> No
     bus_a = terminal_at(tmp_path, "A", state_a)
     bus_b = terminal_at(tmp_path, "B", state_b)
     first = tap(bus_a, card, seven_am_ms)
-    assert (first.verdict, first.topup_rupiah) == (Verdict.accepted, 50_000)
+    assert (first.verdict, first.top_up_rupiah) == (Verdict.accepted, 50_000)
     second = tap(bus_b, card, seven_am_ms + 3_600_000)
-    assert (second.verdict, second.topup_rupiah) == (Verdict.accepted, 0)
+    assert (second.verdict, second.top_up_rupiah) == (Verdict.accepted, 0)
     third = tap(bus_a, card, seven_am_ms + 7_200_000)
-    assert third.topup_rupiah == 0
+    assert third.top_up_rupiah == 0
     charged = first.amount_rupiah + second.amount_rupiah + third.amount_rupiah
     assert charged >= fare
     assert balance(card) == 1_000 + 50_000 - charged

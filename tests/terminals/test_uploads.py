@@ -39,7 +39,15 @@ async def test_a_tap_is_booked_once_however_often_it_is_uploaded(backoffice: Bac
     await top_up(backoffice, card, 20_000, "T-1")
     taps = [
         record(
-            "V1", 1, card, 1, 0, 20_000, kind=UploadKind.topup_credit, topup=20_000, topup_id="T-1"
+            "V1",
+            1,
+            card,
+            1,
+            0,
+            20_000,
+            kind=UploadKind.topup_credit,
+            top_up=20_000,
+            top_up_id="T-1",
         ),
         record("V1", 2, card, 2, 3_500, 16_500, previous=(1, "V1", 20_000)),
     ]
@@ -74,7 +82,15 @@ async def test_in_doubt_tap_is_settled_by_the_next_tap_elsewhere(backoffice: Bac
     await top_up(backoffice, card, 10_000, "T-2")
     async with aiohttp.ClientSession() as session:
         first = record(
-            "VA", 1, card, 1, 0, 10_000, kind=UploadKind.topup_credit, topup=10_000, topup_id="T-2"
+            "VA",
+            1,
+            card,
+            1,
+            0,
+            10_000,
+            kind=UploadKind.topup_credit,
+            top_up=10_000,
+            top_up_id="T-2",
         )
         doubtful = record(
             "VA", 2, card, 2, 3_500, 6_500, status=RecordStatus.in_doubt, previous=(1, "VA", 10_000)
@@ -104,7 +120,15 @@ async def test_in_doubt_tap_that_never_happened_is_void(backoffice: Backoffice) 
     await top_up(backoffice, card, 10_000, "T-3")
     async with aiohttp.ClientSession() as session:
         first = record(
-            "VA", 1, card, 1, 0, 10_000, kind=UploadKind.topup_credit, topup=10_000, topup_id="T-3"
+            "VA",
+            1,
+            card,
+            1,
+            0,
+            10_000,
+            kind=UploadKind.topup_credit,
+            top_up=10_000,
+            top_up_id="T-3",
         )
         doubtful = record(
             "VA", 2, card, 2, 3_500, 6_500, status=RecordStatus.in_doubt, previous=(1, "VA", 10_000)
@@ -153,7 +177,15 @@ async def test_clone_is_booked_to_suspense_and_denied(backoffice: Backoffice) ->
     await top_up(backoffice, card, 10_000, "T-4")
     async with aiohttp.ClientSession() as session:
         first = record(
-            "VA", 1, card, 1, 0, 10_000, kind=UploadKind.topup_credit, topup=10_000, topup_id="T-4"
+            "VA",
+            1,
+            card,
+            1,
+            0,
+            10_000,
+            kind=UploadKind.topup_credit,
+            top_up=10_000,
+            top_up_id="T-4",
         )
         tap = record("VA", 2, card, 2, 3_500, 6_500, previous=(1, "VA", 10_000))
         await post_batch(session, backoffice.url, key_a, "VA", 1, [first, tap])
