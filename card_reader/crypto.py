@@ -244,16 +244,6 @@ class Ev2Session:
         self.command_counter = (self.command_counter + 1) & 0xFFFF
 
 
-def transaction_mac_session_keys(
-    transaction_mac_key: bytes, uid: bytes, transaction_mac_counter: int
-) -> tuple[bytes, bytes]:
-    """(SesTMENCKey, SesTMMACKey) of the EV2 Transaction MAC for the next transaction
-    (`reference/desfire.md` §5; PM3 vectors). The TMV input itself is NDA-only, so not used."""
-    counter = (transaction_mac_counter + 1).to_bytes(4, "little")
-    suffix = bytes.fromhex("00010080") + counter + uid
-    return cmac(transaction_mac_key, b"\xa5" + suffix), cmac(transaction_mac_key, b"\x5a" + suffix)
-
-
 # ---------------------------------------------------------------------------- diversification
 
 diversification_input_bytes_max = 31

@@ -14,6 +14,7 @@ import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from card_reader import crypto
 from card_reader.apdu import (
@@ -30,6 +31,7 @@ from card_reader.desfire_files import AccessRights, CommMode, FileType
 from card_reader.port import CardError, ReaderPort, hex_transcript
 
 transcript_exchanges_max = 64
+transaction_mac_key_option_aes = 0x02  # TMKeyOption of CreateTransactionMACFile
 # Command bytes after the code in one frame. An ISO-wrapped short APDU carries 255; the PC/SC
 # reader's ISO 14443-4 layer chains blocks below us. Set 59 to chain at DESFire's native frame
 # size with `AF` frames instead (the card accepts both).
@@ -85,6 +87,31 @@ class FileSettings:
     record_size: int | None = None  # record files
     records_max: int | None = None
     records_current: int | None = None
+    transaction_mac_key_version: int | None = None  # the Transaction MAC file
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionMac:
+    """The card's Transaction MAC of its last committed transaction (`reference/desfire.md` §5):
+    what `CommitTransaction` with option 0x01 answers and what the TransactionMAC file holds,
+    TMC (4 bytes, LE) ‖ TMV (8 bytes). The counter counts the transactions the card MACed."""
+
+    counter: int
+    value: bytes
+
+    wire_bytes: ClassVar[int] = 12
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.counter <= 0xFFFFFFFF
+        assert len(self.value) == 8
+
+    def to_bytes(self) -> bytes:
+        return self.counter.to_bytes(4, "little") + self.value
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> TransactionMac:
+        assert len(raw) == cls.wire_bytes
+        return cls(int.from_bytes(raw[:4], "little"), raw[4:])
 
 
 @dataclass(slots=True)
@@ -212,7 +239,7 @@ class Desfire:
         message = bytes((code,)) + header + data
         if code in _write_commands and mode is CommMode.MAC:
             return header + data + ev1.mac(message)[: crypto.mac_bytes]
-        if code in _write_commands and mode is CommMode.FULL:
+        if mode is CommMode.FULL and data:
             return header + ev1.encrypt_with_crc(data, message)
         ev1.mac(message)
         return header + data
@@ -457,11 +484,36 @@ class Desfire:
         )
         self._create_file(0xC0, header)
 
+    def create_transaction_mac_file(
+        self,
+        file_number: int,
+        comm_mode: CommMode,
+        access: AccessRights,
+        key: bytes,
+        key_version: int,
+    ) -> None:
+        """CreateTransactionMACFile (0xCE): FileNo ‖ FileOption ‖ AccessRights ‖ TMKeyOption (AES)
+        in the clear, the key and its version enciphered (PM3's header length 5). Needs an
+        authenticated session: the key travels under its session key."""
+        assert self.authentication is not None, "the Transaction MAC key travels enciphered"
+        assert len(key) == crypto.key_bytes and 0 <= key_version <= 0xFF
+        header = (
+            bytes((file_number, comm_mode))
+            + access.to_bytes()
+            + bytes((transaction_mac_key_option_aes,))
+        )
+        self.command(0xCE, header, key + bytes((key_version,)), command_mode=CommMode.FULL)
+
     def get_file_settings(self, file_number: int) -> FileSettings:
         data = self.command(0xF5, bytes((file_number,)))
         try:
             file_type, comm_mode = FileType(data[0]), CommMode(data[1] & 0x03)
             access = AccessRights.from_bytes(data[2:4])
+            if file_type is FileType.TRANSACTION_MAC and len(data) in (6, 10):
+                # TMKeyOption ‖ TMKeyVersion [‖ TMCLimit]
+                return FileSettings(
+                    file_type, comm_mode, access, transaction_mac_key_version=data[5]
+                )
             if file_type in (FileType.STANDARD_DATA, FileType.BACKUP_DATA) and len(data) == 7:
                 return FileSettings(file_type, comm_mode, access, size=_u24(data[4:7]))
             if file_type is FileType.VALUE and len(data) == 17:
@@ -574,8 +626,17 @@ class Desfire:
     def limited_credit(self, file_number: int, amount: int, comm_mode: CommMode) -> None:
         self._change_value(0x1C, file_number, amount, comm_mode)
 
-    def commit_transaction(self) -> None:
-        self.command(0xC7)
+    def commit_transaction(self, *, transaction_mac: bool = False) -> TransactionMac | None:
+        """CommitTransaction. With `transaction_mac` (option 0x01; the application must have a
+        TransactionMAC file, or the card refuses and the transaction is lost) the card answers
+        the Transaction MAC of what it just committed."""
+        if not transaction_mac:
+            self.command(0xC7)
+            return None
+        answer = self.command(0xC7, b"\x01")
+        if len(answer) != TransactionMac.wire_bytes:
+            raise self._error(f"CommitTransaction answered {len(answer)} bytes, expected 12", 0xC7)
+        return TransactionMac.from_bytes(answer)
 
     def abort_transaction(self) -> None:
         self.command(0xA7)

@@ -22,6 +22,7 @@ class FileType(enum.IntEnum):
     VALUE = 0x02
     LINEAR_RECORD = 0x03
     CYCLIC_RECORD = 0x04
+    TRANSACTION_MAC = 0x05  # EV2: TMC ‖ TMV of the application's last transaction (§5)
 
 
 @dataclass(frozen=True, slots=True)

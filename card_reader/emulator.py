@@ -21,6 +21,17 @@ expect from this card:
 - Standard data files are written whole at once (a real card may leave undefined content when torn).
 - Only AES keys. Wrapper errors: 67 00 (length), 6E 00 (class), 6D 00 (instruction), 6A 82
   (SELECT of another AID).
+- Transaction MAC (`card_reader.tmac`: session key, TMI and TMV; the TMI layout is ours, after the
+  public DESFire Light definition, so a real EV2 card's TMV differs): one TransactionMAC file per
+  application (`CreateTransactionMACFile` 0xCE, AES only, created by the application master key
+  with its key enciphered; CommitReaderID is not implemented, so its RW right must be F). While
+  a transaction runs, each successful covered command appends to the TMI; CommitTransaction with
+  a non-empty TMI increments TMC and stores TMC ‖ TMV with the other changes, at once; option
+  0x01 answers those 12 bytes (the file's unchanged content when nothing covered ran), and is
+  refused (91 9D, which aborts the transaction) when the application has no TransactionMAC file.
+  Reading the file gives the same 12 bytes. Anything that discards pending changes (abort, a
+  failing command, select, authentication, power loss) discards the TMI; TMC stays. A card whose
+  TMC reached 2^32 - 1 refuses to commit a MACed transaction (91 9D).
 
 Power loss: `fail_after_exchanges(n)` makes the n-th exchange from now the last one. By default it is
 processed (a CommitTransaction in it takes effect) and its answer is lost; with
@@ -39,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from card_reader import crypto
+from card_reader import crypto, tmac
 from card_reader.apdu import (
     ApduFormatError,
     CommandApdu,
@@ -70,6 +81,8 @@ version_hardware = bytes.fromhex(
 version_software = bytes.fromhex("04010102001A05")
 version_batch = bytes.fromhex("BA4519E320")
 version_week_year = bytes.fromhex("2126")
+tmac_key_option_aes = 0x02
+commit_option_transaction_mac = 0x01  # CommitTransaction answers TMC ‖ TMV
 
 
 class CardPoweredOff(Exception):
@@ -143,7 +156,29 @@ class RecordFile:
         return self.record_size * self.records_max
 
 
-CardFile = DataFile | ValueFile | RecordFile
+@dataclass(slots=True)
+class TransactionMacFile:
+    """The TransactionMAC file: the AppTransactionMACKey, TMC and TMV of the last MACed
+    transaction, and the TMI of the ongoing one (never saved: uncommitted)."""
+
+    comm_mode: CommMode
+    access: AccessRights
+    key: bytes = field(repr=False)  # key material is never printed
+    key_version: int
+    counter: int = 0
+    value: bytes = bytes(tmac.value_bytes)
+    pending_input: bytearray = field(default_factory=bytearray, repr=False)
+    file_type: FileType = FileType.TRANSACTION_MAC
+
+    def content(self) -> bytes:
+        """TMC (4, LE) ‖ TMV (8): what ReadData and CommitTransaction option 0x01 answer."""
+        return self.counter.to_bytes(4, "little") + self.value
+
+    def memory_bytes(self) -> int:
+        return 32
+
+
+CardFile = DataFile | ValueFile | RecordFile | TransactionMacFile
 _FileKind = TypeVar("_FileKind", DataFile, ValueFile, RecordFile)
 
 
@@ -165,12 +200,20 @@ class Application:
         for card_file in self.files.values():
             _commit_file(card_file)
 
+    def transaction_mac_file(self) -> TransactionMacFile | None:
+        for card_file in self.files.values():
+            if isinstance(card_file, TransactionMacFile):
+                return card_file
+        return None
+
 
 def _file_has_pending(card_file: CardFile) -> bool:
     if isinstance(card_file, DataFile):
         return card_file.pending is not None
     if isinstance(card_file, ValueFile):
         return card_file.pending_delta is not None
+    if isinstance(card_file, TransactionMacFile):
+        return bool(card_file.pending_input)
     return card_file.pending_record is not None or card_file.pending_clear
 
 
@@ -181,6 +224,8 @@ def _discard_file_pending(card_file: CardFile) -> None:
         card_file.pending_delta = None
         card_file.pending_debits = 0
         card_file.pending_limited_credit = False
+    elif isinstance(card_file, TransactionMacFile):
+        card_file.pending_input.clear()
     else:
         card_file.pending_record = None
         card_file.pending_clear = False
@@ -198,6 +243,8 @@ def _commit_file(card_file: CardFile) -> None:
                 card_file.limited_credit_value = 0
             elif card_file.pending_debits:
                 card_file.limited_credit_value = card_file.pending_debits
+    elif isinstance(card_file, TransactionMacFile):
+        pass  # TMC and TMV are set by CommitTransaction itself, which has the UID
     else:
         if card_file.pending_clear:
             card_file.records = []
@@ -237,7 +284,7 @@ class _CommandChain:
 # Commands whose data goes in the file's communication mode (write type).
 _write_commands = {0x3D, 0x3B, 0x0C, 0xDC, 0x1C}
 # Plain header length (never enciphered) for commands that carry file data.
-_header_bytes = {0x3D: 7, 0x3B: 7, 0x0C: 1, 0xDC: 1, 0x1C: 1, 0xC4: 1, 0x54: 0}
+_header_bytes = {0x3D: 7, 0x3B: 7, 0x0C: 1, 0xDC: 1, 0x1C: 1, 0xC4: 1, 0x54: 0, 0xCE: 5}
 
 
 class EmulatedCard:
@@ -468,7 +515,7 @@ class EmulatedCard:
             return header + (ev2.decrypt_command(cipher) if cipher else b"")
         assert session.ev1 is not None
         ev1 = session.ev1
-        if code not in _write_commands and code != 0xC4:
+        if code not in _write_commands and code not in (0xC4, 0xCE):
             ev1.mac(bytes((code,)) + data)
             return data
         if mode is CommMode.MAC:
@@ -486,7 +533,10 @@ class EmulatedCard:
                     raise _Fail(Status.LENGTH_ERROR)
                 return header + ev1.decrypt(cipher)  # ChangeKey checks its own CRCs
             prefix = bytes((code,)) + header
-            data_bytes = int.from_bytes(header[4:7], "little") if code in (0x3D, 0x3B) else 4
+            if code in (0x3D, 0x3B):
+                data_bytes = int.from_bytes(header[4:7], "little")
+            else:  # a value, or a Transaction MAC key and its version
+                data_bytes = 17 if code == 0xCE else 4
             return header + ev1.decrypt_with_crc(cipher, prefix, b"", data_bytes)
         ev1.mac(bytes((code,)) + data)
         return data
@@ -868,6 +918,8 @@ class EmulatedCard:
         head = bytes((card_file.file_type, card_file.comm_mode)) + card_file.access.to_bytes()
         if isinstance(card_file, DataFile):
             tail = len(card_file.data).to_bytes(3, "little")
+        elif isinstance(card_file, TransactionMacFile):  # TMKeyOption ‖ TMKeyVersion
+            tail = bytes((tmac_key_option_aes, card_file.key_version))
         elif isinstance(card_file, ValueFile):
             options = int(card_file.limited_credit_enabled) | int(card_file.free_get_value) << 1
             tail = (
@@ -885,7 +937,11 @@ class EmulatedCard:
         return self._finish(head + tail, CommMode.MAC)
 
     def _read_data(self, code: int, data: bytes) -> tuple[int, bytes]:
-        card_file = self._file_of_kind(data, DataFile)
+        if not data:
+            raise _Fail(Status.LENGTH_ERROR)
+        card_file = self._file(data[0])
+        if not isinstance(card_file, DataFile | TransactionMacFile):
+            raise _Fail(Status.PARAMETER_ERROR)
         access = card_file.access
         self._require_access((access.read, access.read_write))
         plain = self._unprotect(code, data, self._file_command_mode(code, card_file))
@@ -893,11 +949,18 @@ class EmulatedCard:
             raise _Fail(Status.LENGTH_ERROR)
         offset = int.from_bytes(plain[1:4], "little")
         length = int.from_bytes(plain[4:7], "little")
-        size = len(card_file.data)
+        content = (
+            card_file.content() if isinstance(card_file, TransactionMacFile) else card_file.data
+        )
+        size = len(content)
         if offset >= size or offset + length > size:
             raise _Fail(Status.BOUNDARY_ERROR)
         end = size if length == 0 else offset + length
-        return self._finish(bytes(card_file.data[offset:end]), card_file.comm_mode)
+        answer = bytes(content[offset:end])
+        if isinstance(card_file, DataFile):  # reading the TransactionMAC file is never MACed
+            read = plain[:4] + len(answer).to_bytes(3, "little")
+            self._collect_transaction_mac_input(code, read, answer)
+        return self._finish(answer, card_file.comm_mode)
 
     def _write_data(self, code: int, data: bytes) -> tuple[int, bytes]:
         card_file = self._file_of_kind(data, DataFile)
@@ -914,6 +977,7 @@ class EmulatedCard:
             if card_file.pending is None:
                 card_file.pending = bytearray(card_file.data)
             card_file.pending[offset : offset + length] = content
+        self._collect_transaction_mac_input(code, plain)
         return self._finish(b"", card_file.comm_mode)
 
     def _get_value(self, code: int, data: bytes) -> tuple[int, bytes]:
@@ -925,6 +989,7 @@ class EmulatedCard:
         if len(plain) != 1:
             raise _Fail(Status.LENGTH_ERROR)
         value = card_file.value.to_bytes(4, "little", signed=True)
+        self._collect_transaction_mac_input(code, plain, value)
         return self._finish(value, card_file.comm_mode)
 
     def _change_value(self, code: int, data: bytes) -> tuple[int, bytes]:
@@ -958,6 +1023,7 @@ class EmulatedCard:
             card_file.pending_debits += amount
         if code == 0x1C:
             card_file.pending_limited_credit = True
+        self._collect_transaction_mac_input(code, plain)
         return self._finish(b"", card_file.comm_mode)
 
     def _write_record(self, code: int, data: bytes) -> tuple[int, bytes]:
@@ -980,6 +1046,7 @@ class EmulatedCard:
                 raise _Fail(Status.BOUNDARY_ERROR)
             card_file.pending_record = bytearray(card_file.record_size)
         card_file.pending_record[offset : offset + length] = content
+        self._collect_transaction_mac_input(code, plain)
         return self._finish(b"", card_file.comm_mode)
 
     def _read_records(self, code: int, data: bytes) -> tuple[int, bytes]:
@@ -997,7 +1064,10 @@ class EmulatedCard:
             raise _Fail(Status.BOUNDARY_ERROR)
         count = count or available
         end = len(records) - newest_offset
-        return self._finish(b"".join(records[end - count : end]), card_file.comm_mode)
+        answer = b"".join(records[end - count : end])
+        read = plain[:4] + count.to_bytes(3, "little")
+        self._collect_transaction_mac_input(code, read, answer)
+        return self._finish(answer, card_file.comm_mode)
 
     def _clear_record_file(self, code: int, data: bytes) -> tuple[int, bytes]:
         card_file = self._file_of_kind(data, RecordFile)
@@ -1007,16 +1077,71 @@ class EmulatedCard:
             raise _Fail(Status.LENGTH_ERROR)
         card_file.pending_record = None
         card_file.pending_clear = True
+        self._collect_transaction_mac_input(code, plain)
         return self._finish(b"", CommMode.MAC)
 
     def _commit_or_abort(self, code: int, data: bytes) -> tuple[int, bytes]:
         plain = self._unprotect(code, data, CommMode.MAC)
-        if plain:
+        application = self.selected
+        if code == 0xA7:
+            if plain:
+                raise _Fail(Status.LENGTH_ERROR)
+            application.discard_pending()
+            return self._finish(b"", CommMode.MAC)
+        if len(plain) > 1:
             raise _Fail(Status.LENGTH_ERROR)
-        if code == 0xC7:
-            self.selected.commit()
-        else:
-            self.selected.discard_pending()
+        option = plain[0] if plain else 0
+        if option & ~commit_option_transaction_mac:
+            raise _Fail(Status.PARAMETER_ERROR)
+        mac_file = application.transaction_mac_file()
+        if option and mac_file is None:
+            raise _Fail(Status.PERMISSION_DENIED)
+        if mac_file is not None and mac_file.pending_input:
+            if mac_file.counter >= tmac.counter_max:
+                raise _Fail(Status.PERMISSION_DENIED)
+            counter = mac_file.counter + 1
+            value = tmac.transaction_mac_value(
+                mac_file.key, self.uid, counter, bytes(mac_file.pending_input)
+            )
+            mac_file.counter, mac_file.value = counter, value  # with the commit below, at once
+        application.commit()
+        answer = mac_file.content() if option and mac_file is not None else b""
+        return self._finish(answer, CommMode.MAC)
+
+    def _collect_transaction_mac_input(
+        self, code: int, plain: bytes, response: bytes = b""
+    ) -> None:
+        """A command that succeeded updates the ongoing transaction's TMI (`tmac.command_input`
+        decides whether it is covered), when the application has a TransactionMAC file."""
+        mac_file = self.selected.transaction_mac_file()
+        if mac_file is not None:
+            mac_file.pending_input += tmac.command_input(code, plain, response)
+
+    def _create_transaction_mac_file(self, code: int, data: bytes) -> tuple[int, bytes]:
+        """CreateTransactionMACFile: FileNo ‖ FileOption ‖ AccessRights(2) ‖ TMKeyOption in the
+        clear, then the key and its version enciphered; the application master key only."""
+        application = self.selected
+        if application is self.picc:
+            raise _Fail(Status.PERMISSION_DENIED)
+        if self._authenticated is None:  # the key would travel in the clear
+            raise _Fail(Status.AUTHENTICATION_ERROR)
+        plain = self._unprotect(code, data, CommMode.FULL)
+        if len(plain) != 22:
+            raise _Fail(Status.LENGTH_ERROR)
+        self._require_master_key()
+        file_number, comm_byte = plain[0], plain[1]
+        access = AccessRights.from_bytes(plain[2:4])
+        key_option, key, key_version = plain[4], plain[5:21], plain[21]
+        if file_number > file_number_max or comm_byte not in (0, 1, 3):
+            raise _Fail(Status.PARAMETER_ERROR)
+        if key_option != tmac_key_option_aes or access.read_write != no_access:
+            raise _Fail(Status.PARAMETER_ERROR)  # AES only; no CommitReaderID here
+        if file_number in application.files or application.transaction_mac_file() is not None:
+            raise _Fail(Status.DUPLICATE_ERROR)
+        new_file = TransactionMacFile(CommMode(comm_byte), access, bytes(key), key_version)
+        if self._memory_used() + new_file.memory_bytes() > card_memory_bytes:
+            raise _Fail(Status.OUT_OF_EEPROM_ERROR)
+        application.files[file_number] = new_file
         return self._finish(b"", CommMode.MAC)
 
     _handlers: ClassVar[dict[int, Callable[[EmulatedCard, int, bytes], tuple[int, bytes]]]] = {
@@ -1039,6 +1164,7 @@ class EmulatedCard:
         0xCC: _create_file,
         0xC0: _create_file,
         0xC1: _create_file,
+        0xCE: _create_transaction_mac_file,
         0xF5: _get_file_settings,
         0xBD: _read_data,
         0x3D: _write_data,
@@ -1087,6 +1213,13 @@ def _file_to_dict(card_file: CardFile) -> dict[str, Any]:
             "free_get_value": card_file.free_get_value,
             "limited_credit_value": card_file.limited_credit_value,
         }
+    if isinstance(card_file, TransactionMacFile):
+        return common | {
+            "key": card_file.key.hex(),
+            "key_version": card_file.key_version,
+            "counter": card_file.counter,
+            "value": card_file.value.hex(),
+        }
     return common | {
         "record_size": card_file.record_size,
         "records_max": card_file.records_max,
@@ -1126,6 +1259,20 @@ def _file_from_dict(saved: dict[str, Any]) -> CardFile:
         _require(-(2**31) <= lower <= value_file.value <= upper < 2**31, "value outside its limits")
         _require(0 <= value_file.limited_credit_value < 2**31, "limited credit value")
         return value_file
+    if file_type is FileType.TRANSACTION_MAC:
+        mac_file = TransactionMacFile(
+            comm_mode,
+            access,
+            bytes.fromhex(saved["key"]),
+            int(saved["key_version"]),
+            int(saved["counter"]),
+            bytes.fromhex(saved["value"]),
+        )
+        _require(len(mac_file.key) == crypto.key_bytes, "Transaction MAC key length")
+        _require(0 <= mac_file.key_version <= 0xFF, "Transaction MAC key version")
+        _require(0 <= mac_file.counter <= tmac.counter_max, "Transaction MAC counter")
+        _require(len(mac_file.value) == tmac.value_bytes, "Transaction MAC value length")
+        return mac_file
     record_file = RecordFile(
         file_type,
         comm_mode,
@@ -1167,6 +1314,8 @@ def _application_from_dict(saved: dict[str, Any]) -> Application:
         _require(len(key) == crypto.key_bytes, f"an AES key of {len(key)} bytes")
         _require(0 <= version <= 0xFF, f"key version {version}")
     _require(all(0 <= number <= file_number_max for number in application.files), "file number")
+    mac_files = [f for f in application.files.values() if isinstance(f, TransactionMacFile)]
+    _require(len(mac_files) <= 1, "more than one TransactionMAC file")
     return application
 
 

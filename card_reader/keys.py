@@ -2,7 +2,9 @@
 terminals receive.
 
 A card's keys are diversified from the master keys with AN10922 (input: card UID ‖ AID ‖ "KSH"),
-so one card's keys reveal nothing about another's. Cards carry the key version they were
+so one card's keys reveal nothing about another's. The Transaction MAC key (`KeyRole.TMAC`) is
+diversified the same way from its own master, which only the issuer and the back office hold:
+no terminal view includes it, so no terminal can forge a card's Transaction MAC. Cards carry the key version they were
 personalised (or last re-keyed) with; terminals accept the current and the previous version of
 their role, so a key roll-over does not lock out cards that have not yet been re-keyed.
 
@@ -46,6 +48,10 @@ class KeyRole(enum.Enum):
     READ = "read"
     DEBIT = "debit"
     CREDIT = "credit"
+    # The card's AppTransactionMACKey (file 5, not an application key number): the back office
+    # verifies each transaction's TMV with it (`card_reader.tmac.verify`). Last, so the demo
+    # store's other keys stay as they were.
+    TMAC = "tmac"
 
 
 class KeyStoreError(Exception):
@@ -164,6 +170,9 @@ class KeyStore:
     def view(self, *roles: KeyRole) -> TerminalKeys:
         """The role-restricted keys a terminal receives: current and previous versions only."""
         assert roles, "name at least one role"
+        missing = [role.value for role in roles if role not in self.current_versions]
+        if missing:  # a store sealed before the role existed (the TMAC master came later)
+            raise KeyStoreError(f"the key store holds no {', '.join(missing)} key")
         keys: list[MasterKey] = []
         for role in roles:
             current = self.current_versions[role]

@@ -4,12 +4,14 @@ block, read the log), each one card transaction committed by one `CommitTransact
 
 Application `KSH` (AID 0x48534B, bytes 4B 53 48 on the wire), AES, 4 keys:
     key 0 personalisation (application master), key 1 read, key 2 debit, key 3 credit.
-Files (every one MACed; R/W/RW/Chg are key numbers, E free):
+Files (every one MACed; R/W/RW/Chg are key numbers, E free, F never):
     1 profile      backup data 32 B   R=E W=0 RW=2 Chg=0   card number, category, status, expiry
     2 purse        value              R=2 W=2 RW=3 Chg=0   0 ≤ balance ≤ Rp 2,000,000,
                                                            limited credit on, free GetValue
     3 trip state   backup data 48 B   R=E W=0 RW=2 Chg=0   opaque bytes owned by the fare core
     4 log          cyclic 24 B × 16   R=E W=3 RW=2 Chg=0   15 newest transactions, own counter
+    5 TMAC         transaction MAC    R=E W=F RW=F Chg=0   TMC ‖ TMV of the last transaction
+                                                           (RW=F: CommitReaderID disabled)
 Why these rights: DESFire names one key per right, and three roles must read. Reading is free,
 so a phone can show the card number and history (as on many transit cards); terminals read
 inside their authenticated session, where every answer carries the card's MAC, so what they act
@@ -23,6 +25,13 @@ fare core owns its encoding and hands `bytes` of exactly that length; a fresh ca
 Log: every committed card transaction appends one record whose counter is one more than the
 newest record's. (card number, counter) names the transaction everywhere. The issue record
 (counter 0) is written at personalisation, so the log is never empty.
+
+Transaction MAC (file 5, `card_reader.tmac`): the card MACs each transaction it commits with a
+per-card key (role `KeyRole.TMAC`, diversified like the others) that only the back office
+holds; terminals commit with option 0x01 and carry the card's TMC and TMV in the upload record.
+The issue record is the card's first MACed transaction (TMC 1), so after issue TMC = log
+counter + 1. Cards issued before file 5 existed have the profile's feature bit clear and are
+committed without it (`Profile.transaction_mac`).
 
 A debit tap is 12 exchanges: GET DATA (UID), SelectApplication, AuthenticateEV2First (2),
 ReadData profile, GetValue, ReadData trip state, ReadRecords newest, Debit, WriteData trip state,
@@ -41,11 +50,11 @@ import datetime as dt
 import enum
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from card_reader.apdu import Framing, IsoStatus, Status, get_uid_apdu
-from card_reader.desfire import Desfire, DesfireError
-from card_reader.desfire_files import AccessRights, CommMode, free_access
+from card_reader.desfire import Desfire, DesfireError, TransactionMac
+from card_reader.desfire_files import AccessRights, CommMode, free_access, no_access
 from card_reader.keys import CardKey, KeyRole, TerminalKeys, uid_lengths
 from card_reader.port import CardError, ReaderPort
 
@@ -65,6 +74,7 @@ profile_file = 1
 purse_file = 2
 trip_state_file = 3
 log_file = 4
+transaction_mac_file = 5
 
 balance_max_rupiah = 2_000_000  # Bank Indonesia cap for unregistered e-money
 profile_bytes = 32
@@ -78,6 +88,10 @@ profile_access = AccessRights(read=free_access, write=0, read_write=2, change=0)
 purse_access = AccessRights(read=2, write=2, read_write=3, change=0)
 trip_state_access = AccessRights(read=free_access, write=0, read_write=2, change=0)
 log_access = AccessRights(read=free_access, write=3, read_write=2, change=0)
+# Anyone may read the last TMC ‖ TMV; nobody writes it; CommitReaderID disabled (RW = F).
+transaction_mac_access = AccessRights(
+    read=free_access, write=no_access, read_write=no_access, change=0
+)
 
 
 # ---------------------------------------------------------------------------- layouts
@@ -189,6 +203,7 @@ class RecordKind(enum.IntEnum):
 
 
 profile_format_version = 1
+profile_feature_transaction_mac = 0x01  # the application has the TransactionMAC file
 
 profile_layout = Layout(
     "profile",
@@ -201,7 +216,10 @@ profile_layout = Layout(
         Field("status", 11, 1, allowed=frozenset(CardStatus)),
         Field("expiry_date", 12, 2, Encoding.DATE),
         Field("issue_date", 14, 2, Encoding.DATE),
-        Field("reserved", 16, 16, Encoding.RESERVED),
+        # Bit flags (older cards: a reserved zero byte). Unknown bits are ignored, so a later
+        # feature does not make older terminals refuse the card.
+        Field("features", 16, 1),
+        Field("reserved", 17, 15, Encoding.RESERVED),
     ),
 )
 
@@ -228,6 +246,7 @@ class Profile:
     status: CardStatus
     expiry_date: dt.date
     issue_date: dt.date
+    transaction_mac: bool = True  # the card has file 5 and MACs its transactions
 
     def to_bytes(self) -> bytes:
         return profile_layout.encode(
@@ -239,6 +258,7 @@ class Profile:
                 "status": int(self.status),
                 "expiry_date": self.expiry_date,
                 "issue_date": self.issue_date,
+                "features": profile_feature_transaction_mac if self.transaction_mac else 0,
             }
         )
 
@@ -252,6 +272,7 @@ class Profile:
             status=CardStatus(_int(values["status"])),
             expiry_date=_date(values["expiry_date"]),
             issue_date=_date(values["issue_date"]),
+            transaction_mac=bool(_int(values["features"]) & profile_feature_transaction_mac),
         )
 
 
@@ -291,6 +312,24 @@ class LogRecord:
         )
 
 
+class PurseOperation(enum.IntEnum):
+    """The DESFire value command a card transaction sends to the purse."""
+
+    CREDIT = 0x0C
+    DEBIT = 0xDC
+
+
+def purse_operation(record: LogRecord) -> PurseOperation | None:
+    """What a card transaction does to the purse, from its log record: a debit of its amount, a
+    credit of its amount, or nothing (a free transfer debits 0 and sends no Debit; issue and
+    block leave the purse alone). `KshCard.perform` sends it; `card_reader.tmac` rebuilds it."""
+    if record.kind is RecordKind.DEBIT and record.amount_rupiah:
+        return PurseOperation.DEBIT
+    if record.kind is RecordKind.CREDIT:
+        return PurseOperation.CREDIT
+    return None
+
+
 def _int(value: FieldValue) -> int:
     assert isinstance(value, int)
     return value
@@ -314,6 +353,10 @@ class CardState:
     balance_rupiah: int
     trip_state: bytes
     last_record: LogRecord
+    # The card's Transaction MAC of the transaction that produced this state (`perform`); None
+    # when the state was read, or the card has no TransactionMAC file. Not part of the state
+    # itself: a state read back from the card equals the one `perform` returned.
+    transaction_mac: TransactionMac | None = field(default=None, compare=False)
 
     @property
     def counter(self) -> int:
@@ -574,16 +617,17 @@ class KshCard:
             self._role = plan.role
         desfire = self.desfire
         record = plan.record
-        if record.kind is RecordKind.DEBIT and record.amount_rupiah:
+        operation = purse_operation(record)
+        if operation is PurseOperation.DEBIT:
             desfire.debit(purse_file, record.amount_rupiah, comm_mode)
-        elif record.kind is RecordKind.CREDIT:
+        elif operation is PurseOperation.CREDIT:
             desfire.credit(purse_file, record.amount_rupiah, comm_mode)
         if plan.trip_state is not None and plan.trip_state != state.trip_state:
             desfire.write_data(trip_state_file, 0, plan.trip_state, comm_mode)
         if plan.profile is not None:
             desfire.write_data(profile_file, 0, plan.profile.to_bytes(), comm_mode)
         desfire.write_record(log_file, 0, record.to_bytes(), comm_mode)
-        desfire.commit_transaction()
+        transaction_mac = desfire.commit_transaction(transaction_mac=state.profile.transaction_mac)
         self.state = CardState(
             state.uid,
             self._key_version,
@@ -591,6 +635,7 @@ class KshCard:
             record.balance_after_rupiah,
             plan.trip_state if plan.trip_state is not None else state.trip_state,
             record,
+            transaction_mac,
         )
         return self.state
 
@@ -631,8 +676,10 @@ def personalise(
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> CardState:
     """Turn a factory-fresh card into a KSH card. `keys` must hold every role (the personalisation
-    station loads all of them). The PICC master key becomes the card's personalisation key, so
-    nobody else can format the card or add applications."""
+    station loads all of them, the Transaction MAC master too). The PICC master key becomes the
+    card's personalisation key, so nobody else can format the card or add applications. The
+    TransactionMAC file is created when `profile.transaction_mac` (always, but for tests of
+    cards issued before it existed)."""
     assert set(KeyRole) <= keys.roles, "personalisation needs every role's keys"
     assert 0 <= initial_balance_rupiah <= balance_max_rupiah
     uid = read_uid(reader)
@@ -657,9 +704,14 @@ def personalise(
     desfire.create_cyclic_record_file(
         log_file, comm_mode, log_access, log_record_bytes, log_records_max
     )
-    desfire.write_data(profile_file, 0, profile.to_bytes(), comm_mode)
-    desfire.commit_transaction()
     card_keys = {role: keys.card_key(role, uid, ksh_application_id) for role in KeyRole}
+    if profile.transaction_mac:
+        tmac_key = card_keys[KeyRole.TMAC]
+        desfire.create_transaction_mac_file(
+            transaction_mac_file, comm_mode, transaction_mac_access, tmac_key.key, tmac_key.version
+        )
+    desfire.write_data(profile_file, 0, profile.to_bytes(), comm_mode)
+    desfire.commit_transaction()  # the profile write is not MACed: TMC stays 0
     for role in (KeyRole.READ, KeyRole.DEBIT, KeyRole.CREDIT):
         card_key = card_keys[role]
         desfire.change_key(key_numbers[role], card_key.key, card_key.version, old_key=factory_key)
@@ -677,7 +729,7 @@ def personalise(
         time_unix_seconds,
     )
     desfire.write_record(log_file, 0, issue.to_bytes(), comm_mode)
-    desfire.commit_transaction()
+    issue_mac = desfire.commit_transaction(transaction_mac=profile.transaction_mac)  # TMC 1
     # Lock the PICC level: its master key becomes this card's personalisation key.
     picc_key = keys.card_key(KeyRole.PERSONALISATION, uid, 0)
     desfire.select_application(0)
@@ -685,7 +737,13 @@ def personalise(
     desfire.change_key_settings(picc_key_settings)
     desfire.change_key(0x80, picc_key.key, picc_key.version)
     return CardState(
-        uid, credit_key.version, profile, initial_balance_rupiah, bytes(trip_state_bytes), issue
+        uid,
+        credit_key.version,
+        profile,
+        initial_balance_rupiah,
+        bytes(trip_state_bytes),
+        issue,
+        issue_mac,
     )
 
 

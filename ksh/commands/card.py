@@ -558,7 +558,7 @@ def card_number_for(uid: bytes) -> int:
 def run_issue(arguments: argparse.Namespace) -> int:
     from card_reader.apdu import Status
     from card_reader.desfire import Desfire, DesfireError
-    from card_reader.keys import KeyRole
+    from card_reader.keys import KeyRole, KeyStoreError
     from card_reader.ksh_card import (
         CardStatus,
         Profile,
@@ -576,6 +576,12 @@ def run_issue(arguments: argparse.Namespace) -> int:
     if arguments.card_number is not None and not 0 < arguments.card_number < 10**16:
         raise UserError("--card-number must have at most 16 digits")
     keys = load_keystore(arguments.keystore)
+    try:
+        all_keys = keys.view(*KeyRole)
+    except KeyStoreError as error:
+        raise UserError(
+            f"{arguments.keystore}: {error}: make a new one with `ksh card keystore-new`"
+        ) from error
     issue_date = system_clock.today()
     with card_on_reader(arguments) as reader:
         uid = read_uid(reader)
@@ -597,7 +603,7 @@ def run_issue(arguments: argparse.Namespace) -> int:
         try:
             state = personalise(
                 reader,
-                keys.view(*KeyRole),
+                all_keys,
                 profile,
                 initial_balance_rupiah=arguments.balance,
                 terminal_id=arguments.terminal_id,

@@ -148,15 +148,6 @@ def test_ev1_crc_search_is_not_fooled_by_the_zero_residue() -> None:
         assert receiver.decrypt_with_crc(cipher, b"\x3d", b"") == data
 
 
-def test_transaction_mac_session_keys_pm3() -> None:
-    assert crypto.transaction_mac_session_keys(
-        h("66A8CB93269DC9BC2885B7A91B9C697B"), h("04010203040506"), 8
-    ) == (h("119B902A07B18A865B8E1B0060594784"), h("7C1AD2D9C5C08154A0A4914B401A6598"))
-    assert crypto.transaction_mac_session_keys(
-        h("0123456789ABCDEFFEDCBA9876543210"), h("04A1B2C3D4E5F6"), 0x12345678
-    ) == (h("6F701DC037A5F0757A7FF667055F4B25"), h("8F76D21BAE6765845188BCF9159BE0EC"))
-
-
 def test_session_state_never_prints_key_material() -> None:
     key, other = h("000102030405060708090A0B0C0D0E0F"), h("F0E0D0C0B0A090807060504030201000")
     for session in (crypto.Ev1Session(key), crypto.Ev2Session(key, other, h("01020304"))):

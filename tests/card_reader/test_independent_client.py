@@ -147,3 +147,37 @@ def test_python_desfire_reads_what_we_wrote(other_client: tuple[EmulatedCard, DE
     client.authenticate(0, DESFireKey(settings, "00" * 16))
     file_settings = client.get_file_settings(1)
     assert bytes(client.read_file_data(1, file_settings)) == written
+
+
+def test_python_desfire_reads_the_transaction_mac_our_card_committed(
+    other_client: tuple[EmulatedCard, DESFire],
+) -> None:
+    """The TransactionMAC file is read like a 12-byte file, free and in plain, by anyone; their
+    client reads what our commit answered (TMC ‖ TMV), and a TMV that verifies."""
+    from card_reader import ksh_card, tmac
+    from card_reader.keys import KeyRole, diversify_card_key
+    from card_reader.ksh_card import KshCard, Refusal
+
+    from .ksh_cards import issue_time, personalised_card, store
+
+    _, client = other_client
+    card, reader = personalised_card(10_000)
+    session = KshCard(reader, store.view(KeyRole.DEBIT))
+    session.read_state()
+    after = session.debit(3_500, bytes(48), terminal_id=7, time_unix_seconds=issue_time + 1)
+    assert not isinstance(after, Refusal) and after.transaction_mac is not None
+    reader.remove()
+    card.power_on()
+    client.device.card = card  # type: ignore[attr-defined]  # their device, our card
+    client.select_application(list(ksh_card.ksh_application_id.to_bytes(3, "little")))
+    twelve_plain_bytes = FileSettings(
+        DESFireCommunicationMode.PLAIN,
+        DESFireFileType.MDFT_STANDARD_DATA_FILE,
+        FilePermissions(0, 0, 0, 0),
+        12,
+    )
+    read = bytes(client.read_file_data(ksh_card.transaction_mac_file, twelve_plain_bytes))
+    assert read == after.transaction_mac.to_bytes()
+    key = diversify_card_key(store.master_key(KeyRole.TMAC), card.uid, 0x48534B).key
+    counter, value = int.from_bytes(read[:4], "little"), read[4:]
+    assert tmac.verify(key, card.uid, counter, value, tmac.CardTransaction.of(after.last_record))

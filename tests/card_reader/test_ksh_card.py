@@ -10,7 +10,8 @@ import pytest
 from card_reader import ksh_card
 from card_reader.apdu import Framing
 from card_reader.desfire import Desfire, DesfireError
-from card_reader.emulator import EmulatedCard, EmulatedReader
+from card_reader.desfire_files import FileType
+from card_reader.emulator import EmulatedCard, EmulatedReader, TransactionMacFile
 from card_reader.keys import KeyRole, KeyStore, demo_key_store
 from card_reader.ksh_card import (
     CardStatus,
@@ -199,6 +200,10 @@ def test_tearing_at_every_exchange_of_a_debit(before_processing: bool) -> None:
         reader.insert(card)
         after = KshCard(reader, read_keys).read_state()
         new_state = after.balance_rupiah == 7_500
+        # The Transaction MAC counter moves with the commit and nothing else (issue was 1).
+        mac_file = card.applications[ksh_card.ksh_application_id].files[5]
+        assert isinstance(mac_file, TransactionMacFile)
+        assert mac_file.counter == (2 if new_state else 1) and not mac_file.pending_input
         if new_state:
             assert after.trip_state == trip
             assert after.last_record == intended
@@ -344,7 +349,11 @@ def test_file_and_key_settings_need_the_personalisation_key() -> None:
     desfire.authenticate_ev2_first(0, key.key)
     settings = desfire.get_file_settings(ksh_card.purse_file)
     assert (settings.lower_limit, settings.upper_limit) == (0, ksh_card.balance_max_rupiah)
-    assert desfire.get_file_ids() == [1, 2, 3, 4]
+    assert desfire.get_file_ids() == [1, 2, 3, 4, 5]
+    mac_file = desfire.get_file_settings(ksh_card.transaction_mac_file)
+    assert mac_file.file_type is FileType.TRANSACTION_MAC
+    assert mac_file.access == ksh_card.transaction_mac_access
+    assert mac_file.transaction_mac_key_version == store.current_versions[KeyRole.TMAC]
 
 
 def test_rekey_moves_a_card_to_the_current_versions() -> None:
