@@ -189,8 +189,9 @@ async def health_ready(request: web.Request) -> web.Response:
             if await connection.fetchval("select pg_is_in_recovery()"):
                 raise Problem(503, "not_primary", "the database is a standby")
             async with connection.transaction():
-                # A transaction id makes the commit a write: it waits for the synchronous standby.
-                await connection.fetchval("select pg_current_xact_id()")
+                # A row lock is a write (WAL, a transaction id): the commit waits for the
+                # synchronous standby. (FOR KEY SHARE conflicts with no other probe.)
+                await connection.execute("select 1 from schema_migrations limit 1 for key share")
     except TimeoutError:
         raise Problem(
             503,
@@ -275,9 +276,15 @@ async def _contend_for_leadership(app: web.Application) -> None:
                         leadership.terms += 1
                         log.info("this instance runs the singleton jobs now")
                 await asyncio.sleep(leadership_poll_s)
-        except (*database_unavailable_errors, asyncpg.PostgresError) as error:
+        except (
+            *database_unavailable_errors,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as error:
             if leadership.leading:
                 log.warning("singleton jobs given up (connection lost): %r", error)
+        except Exception:  # a bug: logged whole; contending goes on (it must not end silently)
+            log.exception("singleton jobs given up")
         finally:
             leadership.leading = False
             if connection is not None:

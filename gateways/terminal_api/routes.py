@@ -179,8 +179,10 @@ async def _book_upload(
                             request.app[known_cards_key],
                             now=request.app[config_key].clock.now(),
                         )
-                        if answer.result == UploadResult.exists:
-                            await _wait_until_replicated(connection)
+                        # A replay's answer too comes from a transaction that wrote (it
+                        # locks the terminal's row), so its commit waits for the standby:
+                        # a batch first committed on the primary alone is not acknowledged
+                        # before the standby has it.
                         return answer
                 except TimeoutError:
                     raise
@@ -199,14 +201,6 @@ async def _book_upload(
             "waits for its synchronous standby, or is overloaded): send it again later",
         ) from None
     raise AssertionError("unreachable")
-
-
-async def _wait_until_replicated(connection: asyncpg.Connection) -> None:
-    """A replay's answer is read, not written: the batch may be committed on the primary and
-    not yet on the synchronous standby (its first answer timed out). A commit of our own comes
-    after it in the WAL, so once that commit returns the standby has the batch too."""
-    async with connection.transaction():
-        await connection.fetchval("select pg_current_xact_id()")
 
 
 async def _read_bounded(request: web.Request, bytes_max: int) -> bytes:
