@@ -58,7 +58,16 @@ import hmac
 from dataclasses import dataclass
 
 from card_reader.crypto import block_bytes, cmac, key_bytes, truncate_mac
-from card_reader.ksh_card import LogRecord, PurseOperation, log_file, purse_file, purse_operation
+from card_reader.keys import KeyRole, MasterKey, diversify_card_key
+from card_reader.ksh_card import (
+    LogRecord,
+    PurseOperation,
+    RecordKind,
+    ksh_application_id,
+    log_file,
+    purse_file,
+    purse_operation,
+)
 
 counter_max = 0xFFFFFFFF  # TMC is 4 bytes; a card at its limit MACs nothing more
 value_bytes = 8  # TMV
@@ -168,6 +177,38 @@ class CardTransaction:
     @classmethod
     def of(cls, record: LogRecord) -> CardTransaction:
         return cls(purse_operation(record), record.amount_rupiah, record.to_bytes())
+
+    @classmethod
+    def of_log_fields(
+        cls,
+        counter: int,
+        credit: bool,
+        amount_rupiah: int,
+        balance_after_rupiah: int,
+        terminal_number: int,
+        time_unix_seconds: int,
+    ) -> CardTransaction:
+        """From what an upload record says the card's log record holds, in
+        `bus_terminals.wire.card_log_fields` order: a debit or a credit of the amount."""
+        kind = RecordKind.CREDIT if credit else RecordKind.DEBIT
+        return cls.of(
+            LogRecord(
+                counter,
+                kind,
+                amount_rupiah,
+                balance_after_rupiah,
+                terminal_number,
+                time_unix_seconds,
+            )
+        )
+
+
+def card_key(master_key: bytes, uid: bytes) -> bytes:
+    """A card's AppTransactionMACKey: the TMAC master (`KeyRole.TMAC`, of the version the card
+    was personalised with) diversified with AN10922 over UID ‖ AID 4B 53 48 ‖ "KSH", as every
+    KSH card key (`card_reader.keys.diversify_card_key`)."""
+    master = MasterKey(KeyRole.TMAC, 0, master_key)
+    return diversify_card_key(master, uid, ksh_application_id).key
 
 
 def transaction_input(transaction: CardTransaction) -> bytes:

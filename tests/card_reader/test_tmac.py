@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.cmac import CMAC
 
-from card_reader import ksh_card, tmac
+from card_reader import crypto, ksh_card, tmac
 from card_reader.apdu import Status
 from card_reader.desfire import Desfire, DesfireError, TransactionMac
 from card_reader.desfire_files import AccessRights, CommMode, free_access, no_access
@@ -50,8 +50,32 @@ def independent_tmv(key: bytes, uid: bytes, counter: int, tmi: bytes) -> bytes:
 
 def card_tmac_key(uid: bytes) -> bytes:
     """How the back office gets a card's key: its TMAC master, diversified with the UID."""
+    return tmac.card_key(store.master_key(KeyRole.TMAC).key, uid)
+
+
+def test_the_card_key_is_the_tmac_master_diversified_like_every_ksh_key() -> None:
+    uid = h("04112233445566")
     master = store.master_key(KeyRole.TMAC)
-    return diversify_card_key(master, uid, ksh_card.ksh_application_id).key
+    by_hand = crypto.diversify_an10922(master.key, uid + h("4B5348") + b"KSH")
+    assert card_tmac_key(uid) == by_hand
+    assert diversify_card_key(master, uid, ksh_card.ksh_application_id).key == by_hand
+    # ...and the card holds exactly that key in file 5.
+    card, _ = personalised_card()
+    mac_file = card.applications[ksh_card.ksh_application_id].files[5]
+    assert isinstance(mac_file, TransactionMacFile) and mac_file.key == by_hand
+    assert mac_file.key_version == master.version
+    assert KeyRole.TMAC not in store.view(KeyRole.DEBIT, KeyRole.CREDIT).roles
+
+
+def test_the_transaction_from_upload_fields_is_the_one_from_the_log_record() -> None:
+    debit = LogRecord(7, RecordKind.DEBIT, 3_500, 6_500, 0xDEADBEEF, issue_time)
+    credit = LogRecord(8, RecordKind.CREDIT, 20_000, 26_500, 12, issue_time + 1)
+    assert tmac.CardTransaction.of_log_fields(7, False, 3_500, 6_500, 0xDEADBEEF, issue_time) == (
+        tmac.CardTransaction.of(debit)
+    )
+    assert tmac.CardTransaction.of_log_fields(
+        8, True, 20_000, 26_500, 12, issue_time + 1
+    ) == tmac.CardTransaction.of(credit)
 
 
 # ---------------------------------------------------------------------------- session key
