@@ -4,6 +4,11 @@ Figures: `taps_per_s` (end to end: HTTP, signature check per batch, parse, ledge
 card monitoring, all in the back office's real code path against a fresh database),
 and `tap_ms_median` / `tap_ms_p99` (a validator's whole tap: card read, fare, journal write
 ahead with fsync, debit and commit on an in-process emulated card).
+
+`--replicated` measures the same ingest again, in the same run, against a primary with a
+synchronous standby (`ledger.replication`: the same binaries and memory settings, on loopback
+TCP), where every commit returns only once the standby has flushed it:
+`replicated_taps_per_s` beside the single server's `taps_per_s`.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server-processes", type=int, default=2, help="back office processes (one port)"
     )
+    parser.add_argument(
+        "--replicated",
+        action="store_true",
+        help="also ingest into a primary with a synchronous standby, side by side",
+    )
 
 
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -49,11 +59,59 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         with server_url() as url:
             stop.check()
             figures = signals.run(_ingest(url, arguments), stop)
+        if getattr(arguments, "replicated", False):
+            stop.check()
+            figures.update(replicated_figures(arguments, figures["taps_per_s"], stop))
         stop.check()
         figures.update(tap_latency(arguments.tap_samples))
         stop.check()
         figures.update(deny_list_figures(arguments.deny_list_cards))
     return figures
+
+
+def replicated_figures(
+    arguments: argparse.Namespace, single_taps_per_s: int, stop: signals.Stop
+) -> dict[str, Any]:
+    """The same ingest into a primary whose commits wait for a synchronous standby."""
+    import contextlib
+    import shutil
+
+    from ledger import replication
+
+    folder = Path(tempfile.mkdtemp(prefix="ksh-bench-replicated-"))
+    servers: list[replication.Server] = []
+    try:
+        primary = replication.start_primary(folder / "primary", _free_port())
+        servers.append(primary)
+        standby = signals.run(
+            replication.start_standby(primary.url, folder / "standby", _free_port()), stop
+        )
+        servers.append(standby)
+        figures = signals.run(_ingest(primary.url, arguments), stop)
+        standbys = signals.run(_standby_states(primary.url), stop)
+    finally:
+        for server in reversed(servers):
+            with contextlib.suppress(replication.ReplicationError):
+                replication.stop(server.folder, "immediate")
+        shutil.rmtree(folder, ignore_errors=True)
+    assert standbys == ["sync"], f"the standby was not synchronous throughout: {standbys}"
+    return {
+        "replicated_taps_per_s": figures["taps_per_s"],
+        "replicated_ingest_seconds": figures["ingest_seconds"],
+        "replicated_ledger_direct_transfers_per_s": figures["ledger_direct_transfers_per_s"],
+        "replicated_to_single_ratio": round(figures["taps_per_s"] / single_taps_per_s, 3),
+    }
+
+
+async def _standby_states(url: str) -> list[str]:
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch("select sync_state from pg_stat_replication")
+    finally:
+        await connection.close()
+    return [row["sync_state"] for row in rows]
 
 
 def _free_port() -> int:
