@@ -27,7 +27,7 @@ from ledger.clock import system_clock
 
 if TYPE_CHECKING:
     from card_reader.emulator import EmulatedCard
-    from card_reader.keys import KeyStore
+    from card_reader.keys import KeyStore, TerminalKeys
     from card_reader.ksh_card import CardState, LogRecord, Profile
     from card_reader.pcsc import PcscReader
     from card_reader.port import ReaderPortError
@@ -315,6 +315,7 @@ def run_deck_new(arguments: argparse.Namespace) -> int:
         described = "blank cards"
     else:
         keys = load_keystore(arguments.keystore)
+        issuer_keys(keys, arguments.keystore)  # every role, or a clear error
         seed = os.urandom(8).hex()  # fresh UIDs for every deck
         cards = make_ksh_deck(keys, [arguments.balance] * arguments.cards, seed=seed)
         described = f"KSH cards with {rupiah(arguments.balance)} each"
@@ -372,6 +373,17 @@ def load_keystore(path: Path) -> KeyStore:
         return KeyStore.load(path, read_passphrase())
     except KeyStoreError as error:
         raise UserError(f"cannot open the key store {path}: {error}") from error
+
+
+def issuer_keys(keys: KeyStore, path: Path) -> TerminalKeys:
+    """Every role's keys, as personalisation needs them; a store sealed before a role existed
+    (the Transaction MAC master came later) is a user error, not a traceback."""
+    from card_reader.keys import KeyRole, KeyStoreError
+
+    try:
+        return keys.view(*KeyRole)
+    except KeyStoreError as error:
+        raise UserError(f"{path}: {error}: make a new one with `ksh card keystore-new`") from error
 
 
 # ---------------------------------------------------------------------------- reader access
@@ -558,7 +570,6 @@ def card_number_for(uid: bytes) -> int:
 def run_issue(arguments: argparse.Namespace) -> int:
     from card_reader.apdu import Status
     from card_reader.desfire import Desfire, DesfireError
-    from card_reader.keys import KeyRole, KeyStoreError
     from card_reader.ksh_card import (
         CardStatus,
         Profile,
@@ -576,12 +587,7 @@ def run_issue(arguments: argparse.Namespace) -> int:
     if arguments.card_number is not None and not 0 < arguments.card_number < 10**16:
         raise UserError("--card-number must have at most 16 digits")
     keys = load_keystore(arguments.keystore)
-    try:
-        all_keys = keys.view(*KeyRole)
-    except KeyStoreError as error:
-        raise UserError(
-            f"{arguments.keystore}: {error}: make a new one with `ksh card keystore-new`"
-        ) from error
+    all_keys = issuer_keys(keys, arguments.keystore)
     issue_date = system_clock.today()
     with card_on_reader(arguments) as reader:
         uid = read_uid(reader)

@@ -351,6 +351,26 @@ def test_deck_new_with_a_keystore_issues_the_cards(
         assert KshCard(reader, keys).read_state().balance_rupiah == 7000
 
 
+def test_a_keystore_from_before_the_transaction_mac_is_a_clear_error(
+    tmp_path: Path, keystore: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cards cannot be issued without the TMAC master: say so, once, without a traceback."""
+    from card_reader.keys import KeyRole, KeyStore
+
+    store = KeyStore.load(keystore, passphrase)
+    older = KeyStore()
+    for role in KeyRole:
+        if role is not KeyRole.TMAC:
+            older.add(store.master_key(role))
+    older.save(keystore, passphrase)
+    path = tmp_path / "issued.json"
+    status, _, err = ksh(
+        "card", "deck-new", "--out", str(path), "--keystore", str(keystore), capsys=capsys
+    )
+    assert_user_error(status, err, "holds no tmac key")
+    assert "keystore-new" in err
+
+
 def test_expiry_of_a_card_issued_on_a_leap_day() -> None:
     import datetime as dt
 
