@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,6 +121,29 @@ async def problem_middleware(
         return problem_response(Problem(500, "internal_error", "internal error, logged"))
 
 
+@web.middleware
+async def timing_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every request's duration by area and status (`gateways.observability`)."""
+    from gateways import observability
+
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as error:
+        status = error.status
+        raise
+    finally:
+        area = observability.request_area(request.path)
+        request.app[observability.registry_key].requests.labels(area, str(status)).observe(
+            time.perf_counter() - started
+        )
+
+
 class JsonLineFormatter(logging.Formatter):
     """One JSON object per log line: time, level, logger, message, and any `extra` fields."""
 
@@ -206,8 +230,14 @@ async def health_ready(request: web.Request) -> web.Response:
 
 
 def create_app(config: BackofficeConfig, extensions: Iterable[Extension] = ()) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware], client_max_size=request_body_bytes_max)
+    from gateways import observability
+
+    app = web.Application(
+        middlewares=[timing_middleware, problem_middleware],
+        client_max_size=request_body_bytes_max,
+    )
     app[config_key] = config
+    observability.install(app)
     app[health_checks_key] = []
     app.cleanup_ctx.append(database_pool)
     app.router.add_get("/health", health)

@@ -1,61 +1,73 @@
-"""Prometheus counters of the terminal side, written out in the text exposition format.
+"""Prometheus counters of the terminal side, added up across `ksh serve`'s processes.
 
-Hand-written (a few labelled counters) rather than a dependency: one process, no multiprocess
-registry to manage. `render()` is what `/metrics` returns.
+Backed by prometheus-client (`gateways.observability`): in multiprocess mode every serving
+process writes its values to a shared folder and `/metrics` from any of them shows the sums.
+The metric names are the ones `/metrics` has always shown; the upload latency histogram is new.
 """
 
 from __future__ import annotations
 
-labels_max = 1_000  # a counter refuses new label values past this: bounded memory
+from typing import Any
+
+from gateways.observability import Registry, labels_max, request_duration_buckets_s
 
 
 class LabelledCounter:
-    def __init__(self, name: str, help_text: str, label: str) -> None:
+    """A counter with one label, refusing new label values past `labels_max`."""
+
+    def __init__(self, registry: Registry, name: str, help_text: str, label: str) -> None:
+        assert name.endswith("_total")
         self.name = name
-        self.help_text = help_text
-        self.label = label
-        self.values: dict[str, float] = {}
+        self.counter: Any = registry.counter(name.removesuffix("_total"), help_text, (label,))
+        self.seen: set[str] = set()
 
     def increment(self, label_value: str, amount: float = 1) -> None:
-        if label_value in self.values or len(self.values) < labels_max:
-            self.values[label_value] = self.values.get(label_value, 0) + amount
-
-    def render(self) -> str:
-        lines = [f"# HELP {self.name} {self.help_text}", f"# TYPE {self.name} counter"]
-        for value, count in sorted(self.values.items()):
-            lines.append(f'{self.name}{{{self.label}="{value}"}} {count:g}')
-        return "\n".join(lines)
+        if label_value not in self.seen:
+            if len(self.seen) >= labels_max:
+                return
+            self.seen.add(label_value)
+        self.counter.labels(label_value).inc(amount)
 
 
 class TerminalMetrics:
-    def __init__(self) -> None:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
         self.uploads = LabelledCounter(
-            "ksh_terminal_uploads_total", "Upload batches by result.", "result"
+            registry, "ksh_terminal_uploads_total", "Upload batches by result.", "result"
         )
         self.records = LabelledCounter(
+            registry,
             "ksh_terminal_records_total",
             "Upload records by what the back office made of them.",
             "outcome",
         )
         self.card_flags = LabelledCounter(
-            "ksh_card_flags_total", "Cards flagged by monitoring, by reason.", "reason"
+            registry, "ksh_card_flags_total", "Cards flagged by monitoring, by reason.", "reason"
         )
         self.upload_seconds = LabelledCounter(
-            "ksh_terminal_upload_seconds_total", "Time spent booking uploads.", "result"
+            registry,
+            "ksh_terminal_upload_seconds_total",
+            "Time spent booking uploads.",
+            "result",
         )
         self.charged_without_service = LabelledCounter(
+            registry,
             "ksh_taps_charged_without_service_total",
             "Fares booked that the validator charged in full because its fare feed has no "
             "service on the tap's date (a stale feed: ship it a new one), by terminal.",
             "terminal",
         )
+        self.upload_duration = registry.histogram(
+            "ksh_terminal_upload_duration_seconds",
+            "Upload requests from receipt to answer (booking and replication included), by result.",
+            ("result",),
+            request_duration_buckets_s,
+        )
+
+    def observe_upload(self, result: str, elapsed_s: float) -> None:
+        self.uploads.increment(result)
+        self.upload_seconds.increment(result, elapsed_s)
+        self.upload_duration.labels(result).observe(elapsed_s)
 
     def render(self) -> str:
-        parts = [
-            self.uploads,
-            self.records,
-            self.card_flags,
-            self.upload_seconds,
-            self.charged_without_service,
-        ]
-        return "\n".join(part.render() for part in parts) + "\n"
+        return self.registry.render()

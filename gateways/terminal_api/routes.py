@@ -42,7 +42,7 @@ from bus_terminals.wire import (
     timestamp_header,
     upload_body_bytes_max,
 )
-from gateways import staff
+from gateways import observability, staff
 from gateways.backoffice import (
     Problem,
     config_key,
@@ -85,7 +85,7 @@ upload_database_retry_pause_s = 0.5
 
 
 def terminal_extension(app: web.Application) -> None:
-    app[metrics_key] = TerminalMetrics()
+    app[metrics_key] = TerminalMetrics(observability.install(app))
     app[health_checks_key].append(feeds.feed_health)
     app[booking_slots_key] = asyncio.Semaphore(uploads_booking_per_process_max)
     app[known_cards_key] = KnownCards()
@@ -122,8 +122,7 @@ async def upload(request: web.Request) -> web.Response:
     body = await _read_bounded(request, upload_body_bytes_max)
     answer = await _book_upload(request, terminal_id, signature, body)
     elapsed_s = time.perf_counter() - started
-    metrics.uploads.increment(answer.result.value)
-    metrics.upload_seconds.increment(answer.result.value, elapsed_s)
+    metrics.observe_upload(answer.result.value, elapsed_s)
     logger.info(
         "upload",
         extra={
@@ -635,7 +634,8 @@ async def metrics(request: web.Request) -> web.Response:
     today = feeds.backoffice_clock(request.app).today()
     async with request.app[pool_key].acquire() as connection:
         days_left = await feeds.validator_feed_days_left(connection, today)
-    text = request.app[metrics_key].render() + feeds.render_days_left(days_left)
+        gauges = await observability.database_metrics(request.app, connection)
+    text = request.app[metrics_key].render() + feeds.render_days_left(days_left) + gauges
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 

@@ -128,6 +128,11 @@ def run(arguments: argparse.Namespace) -> int:
     settings = settings_of(arguments)
     if not 1 <= arguments.workers <= workers_max:
         raise UserError(f"--workers must be 1 to {workers_max}")
+    if arguments.workers > 1:
+        from gateways.observability import prepare_multiprocess_folder
+
+        # Before any worker starts: /metrics from any of them adds up every process's counts.
+        prepare_multiprocess_folder()
     # SIGINT or SIGTERM, even one that comes while the database starts or migrates (or SIGINT
     # inherited ignored), stops the service cleanly: the workers, then the embedded server.
     with stop_on_signals() as stop, server_url() as url:
@@ -181,6 +186,10 @@ def stop_workers(workers: list[Any]) -> None:
         if worker.is_alive():
             worker.kill()
             worker.join()
+    from gateways.observability import process_ended
+
+    for worker in workers:
+        process_ended(worker.pid)
 
 
 workers_max = 16

@@ -112,7 +112,7 @@ async def test_a_stale_feed_charges_the_full_fare_and_the_back_office_raises_the
 
         text, health = await metrics_and_health(session, backoffice)
         lines = set(text.splitlines())
-        assert 'ksh_taps_charged_without_service_total{terminal="BUS-STALE"} 1' in lines
+        assert 'ksh_taps_charged_without_service_total{terminal="BUS-STALE"} 1.0' in lines
         assert 'ksh_terminal_feed_days_left{terminal="BUS-STALE"} -147' in lines
         fresh_days = (fresh_end - dt.date(2026, 11, 24)).days
         assert f'ksh_terminal_feed_days_left{{terminal="BUS-FRESH"}} {fresh_days}' in lines
