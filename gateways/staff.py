@@ -33,10 +33,24 @@ class Role(enum.StrEnum):
     auditor = "auditor"  # reads everything, changes nothing
 
 
+# Who may do what (README, "Who can do what"), for the admin API and the `ksh` commands alike.
+money_roles = (Role.clerk, Role.supervisor)  # issue cards, take pending top-ups: create money
+party_roles = (Role.supervisor,)  # register or suspend operators, merchants, terminals
+any_role = tuple(Role)
+
+
 @dataclass(frozen=True, slots=True)
 class StaffMember:
     username: str
     role: Role
+
+
+def reason_problem(reason: str) -> str | None:
+    """What is wrong with a reason given for a staff action, or None: every change says why,
+    in 1 to `reason_length_max` printable characters."""
+    if not reason.strip() or len(reason) > reason_length_max or not reason.isprintable():
+        return f"reason says why, in 1 to {reason_length_max} printable characters"
+    return None
 
 
 def token_digest(token: str) -> bytes:
@@ -139,3 +153,27 @@ async def record_action(
             **{f"detail_{key}": value for key, value in details.items()},
         },
     )
+
+
+async def actions_on(
+    connection: asyncpg.Connection, subject: str, actions: tuple[str, ...], *, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The staff actions of the kinds `actions` on `subject`, oldest first: who did what, in
+    what role, when and why (what `ksh operator show` and the like print as history)."""
+    rows = await connection.fetch(
+        """select at, username, role, action, reason, detail from staff_actions
+            where subject = $1 and action = any($2::text[]) order by action_id limit $3""",
+        subject,
+        list(actions),
+        limit,
+    )
+    return [
+        {
+            **dict(row),
+            # text, unless the connection decodes jsonb itself
+            "detail": json.loads(row["detail"])
+            if isinstance(row["detail"], str)
+            else row["detail"],
+        }
+        for row in rows
+    ]

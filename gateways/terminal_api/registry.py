@@ -4,6 +4,10 @@ SNAP virtual-account mapping, the demo, staff pages) can repeat them safely.
 
 Ledger accounts have ids derived from what they belong to (`ledger.records.derive_id`), so any
 component can name a card's purse without a lookup.
+
+The rules of registration (what an id, a key or an opening balance may be; that a terminal's
+owner exists and is active) live here, once: the admin API and the `ksh` commands both call
+these functions and turn a `RegistryError` into their own answer (a problem, a one-line error).
 """
 
 from __future__ import annotations
@@ -11,11 +15,18 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import asyncpg
 
-from bus_terminals.wire import reference_check
+from bus_terminals.wire import (
+    WireError,
+    card_number_length_max,
+    load_public_key,
+    reference_check,
+    rupiah_max,
+    terminal_id_check,
+)
 from gateways.terminal_api import books
 from gateways.terminal_api.accounts import (
     bank_clearing_account_id as bank_clearing_account_id,
@@ -63,6 +74,75 @@ class TerminalStatus(enum.StrEnum):
     revoked = "revoked"
 
 
+class PartyKind(enum.StrEnum):
+    """Who a terminal belongs to and whose payable a settlement closes."""
+
+    operator = "operator"  # runs validators; earns fares
+    merchant = "merchant"  # runs points of sale; is paid its sales less its fee
+
+
+class PartyStatus(enum.StrEnum):
+    active = "active"
+    suspended = "suspended"  # its terminals revoked; no new one; what it is owed is still paid
+
+
+class RegistryError(ValueError):
+    """A registration refused, said in one line. `code` names the kind of refusal (the admin
+    API's problem type), `field` the input at fault (None: the combination of inputs)."""
+
+    def __init__(self, message: str, *, code: str = "bad_field", field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field
+
+
+class NotRegistered(RegistryError):
+    """What the change names (an owner, a terminal, a party) is not registered."""
+
+
+class Conflict(RegistryError):
+    """The change clashes with what is registered: an id taken, a suspended owner."""
+
+
+name_length_max = 200
+card_number_length_min = 8
+
+
+def check_reference(field: str, value: str) -> str:
+    """An operator, merchant or top-up id: printable, 1 to 64 characters (what the wire and the
+    ledger's references hold)."""
+    problem = reference_check(value)
+    if problem:
+        raise RegistryError(f"{field} {problem}", field=field)
+    return value
+
+
+def check_name(value: str) -> str:
+    if len(value) > name_length_max or not value.isprintable():
+        raise RegistryError(f"name is at most {name_length_max} printable characters", field="name")
+    return value
+
+
+def check_card_number(number: str) -> str:
+    if not (number.isascii() and number.isdigit()) or not (
+        card_number_length_min <= len(number) <= card_number_length_max
+    ):
+        raise RegistryError(
+            f"card_number must be {card_number_length_min} to {card_number_length_max} digits",
+            field="card_number",
+        )
+    return number
+
+
+def check_opening_balance(rupiah: int) -> int:
+    """What a card may be sold with: 0 to the purse's cap."""
+    if not 0 <= rupiah <= rupiah_max:
+        raise RegistryError(
+            f"opening_balance_rupiah is 0..{rupiah_max:,}", field="opening_balance_rupiah"
+        )
+    return rupiah
+
+
 @dataclass(frozen=True, slots=True)
 class TerminalRow:
     terminal_id: str
@@ -92,41 +172,116 @@ async def ensure_house_accounts(connection: asyncpg.Connection) -> None:
 
 
 async def register_operator(
-    connection: asyncpg.Connection, operator_id: str, name: str = ""
+    connection: asyncpg.Connection, operator_id: str, name: str = "", *, new: bool = False
 ) -> None:
+    """Register an operator and its revenue account; again with the same id renames it, unless
+    `new` (then an id already registered is a `Conflict`)."""
+    check_reference("operator_id", operator_id)
+    check_name(name)
     account_id = operator_revenue_account_id(operator_id)
     async with connection.transaction():
         await ensure_house_accounts(connection)
         await books.ensure_accounts(
             connection, [Account(account_id, AccountKind.operator_revenue, operator_id)]
         )
-        await connection.execute(
-            "insert into operators values ($1, $2, $3) on conflict (operator_id) do update "
-            "set name = excluded.name",
+        inserted = await connection.fetchval(
+            "insert into operators (operator_id, name, revenue_account_id) values ($1, $2, $3) "
+            "on conflict (operator_id) do "
+            + ("nothing" if new else "update set name = excluded.name")
+            + " returning true",
             operator_id,
             name,
             account_id,
         )
+        if not inserted:
+            raise _taken(PartyKind.operator, operator_id)
+
+
+fee_basis_points_max = 10_000
 
 
 async def register_merchant(
-    connection: asyncpg.Connection, merchant_id: str, name: str = "", fee_basis_points: int = 0
+    connection: asyncpg.Connection,
+    merchant_id: str,
+    name: str = "",
+    fee_basis_points: int = 0,
+    *,
+    new: bool = False,
 ) -> None:
-    assert 0 <= fee_basis_points <= 10_000
+    """Register a merchant (its fee per sale, in basis points) and its payable account; again
+    with the same id updates name and fee, unless `new` (then it is a `Conflict`)."""
+    check_reference("merchant_id", merchant_id)
+    check_name(name)
+    if not 0 <= fee_basis_points <= fee_basis_points_max:
+        raise RegistryError(
+            f"fee_basis_points is 0..{fee_basis_points_max}", field="fee_basis_points"
+        )
     account_id = merchant_payable_account_id(merchant_id)
     async with connection.transaction():
         await ensure_house_accounts(connection)
         await books.ensure_accounts(
             connection, [Account(account_id, AccountKind.merchant_payable, merchant_id)]
         )
-        await connection.execute(
-            "insert into merchants values ($1, $2, $3, $4) on conflict (merchant_id) do update "
-            "set name = excluded.name, fee_basis_points = excluded.fee_basis_points",
+        inserted = await connection.fetchval(
+            "insert into merchants (merchant_id, name, fee_basis_points, payable_account_id) "
+            "values ($1, $2, $3, $4) on conflict (merchant_id) do "
+            + (
+                "nothing"
+                if new
+                else "update set name = excluded.name, fee_basis_points = excluded.fee_basis_points"
+            )
+            + " returning true",
             merchant_id,
             name,
             fee_basis_points,
             account_id,
         )
+        if not inserted:
+            raise _taken(PartyKind.merchant, merchant_id)
+
+
+def _taken(kind: PartyKind, party_id: str) -> Conflict:
+    return Conflict(
+        f"{kind.value} {party_id} is already registered",
+        code="already_registered",
+        field=f"{kind.value}_id",
+    )
+
+
+async def suspend_party(
+    connection: asyncpg.Connection, kind: PartyKind, party_id: str
+) -> list[str]:
+    """Suspend an operator or merchant and revoke its active terminals (returned, sorted), in
+    one transaction. What it is owed is still closed and paid at end of day."""
+    table, key = _party_table(kind)
+    async with connection.transaction():
+        status = await connection.fetchval(
+            f"select status from {table} where {key} = $1 for update", party_id
+        )
+        if status is None:
+            raise NotRegistered(
+                f"no {kind.value} {party_id}", code=f"{kind.value}_not_found", field=key
+            )
+        if status == PartyStatus.suspended:
+            raise Conflict(
+                f"{kind.value} {party_id} is already suspended", code="already_suspended"
+            )
+        await connection.execute(
+            f"update {table} set status = 'suspended' where {key} = $1", party_id
+        )
+        rows = await connection.fetch(
+            f"update terminals set status = 'revoked' where {key} = $1 and status = 'active' "
+            "returning terminal_id",
+            party_id,
+        )
+    return sorted(row["terminal_id"] for row in rows)
+
+
+def _party_table(kind: PartyKind) -> tuple[str, str]:
+    """The table of `kind` and its key column (also the terminals' column naming the owner)."""
+    return (
+        ("operators", "operator_id") if kind is PartyKind.operator else ("merchants", "merchant_id")
+    )
 
 
 async def register_terminal(
@@ -137,23 +292,68 @@ async def register_terminal(
     *,
     operator_id: str | None = None,
     merchant_id: str | None = None,
+    new: bool = False,
 ) -> None:
-    """Register (or re-key) a terminal. A validator belongs to an operator, a POS to a merchant."""
-    assert (role == TerminalRole.validator) == (operator_id is not None)
-    assert (role == TerminalRole.pos) == (merchant_id is not None)
+    """Register a terminal: a validator belongs to an operator, a POS to a merchant, either
+    registered and active; `public_key` is its raw Ed25519 key in base64. Again with the same
+    id re-keys and reactivates it, unless `new` (then it is a `Conflict`)."""
     from bus_terminals.wire import card_terminal_number
 
-    await connection.execute(
-        "insert into terminals (terminal_id, public_key, role, operator_id, merchant_id, "
-        "card_terminal_number) values ($1, $2, $3, $4, $5, $6) on conflict (terminal_id) do update "
-        "set public_key = excluded.public_key, status = 'active'",
-        terminal_id,
-        public_key,
-        role.value,
-        operator_id,
-        merchant_id,
-        card_terminal_number(terminal_id),
+    problem = terminal_id_check(terminal_id)
+    if problem:
+        raise RegistryError(f"terminal_id {problem}", field="terminal_id")
+    if (role == TerminalRole.validator) != (operator_id is not None) or (
+        role == TerminalRole.pos
+    ) != (merchant_id is not None):
+        raise RegistryError("a validator belongs to an operator, a POS to a merchant")
+    try:
+        load_public_key(public_key)
+    except WireError as error:
+        raise RegistryError(str(error), field="public_key") from None
+    kind = PartyKind.operator if operator_id is not None else PartyKind.merchant
+    owner = operator_id or merchant_id
+    table, key = _party_table(kind)
+    status = await connection.fetchval(
+        f"select status from {table} where {key} = $1 for share", owner
     )
+    if status is None:
+        raise NotRegistered(
+            f"no {kind.value} {owner}: register the operator or merchant first",
+            code="owner_not_found",
+            field=key,
+        )
+    if status == PartyStatus.suspended:
+        raise Conflict(f"{kind.value} {owner} is suspended", code="owner_suspended", field=key)
+    try:
+        inserted = await connection.fetchval(
+            "insert into terminals (terminal_id, public_key, role, operator_id, merchant_id, "
+            "card_terminal_number) values ($1, $2, $3, $4, $5, $6) on conflict (terminal_id) do "
+            + (
+                "nothing"
+                if new
+                else "update set public_key = excluded.public_key, status = 'active'"
+            )
+            + " returning true",
+            terminal_id,
+            public_key,
+            role.value,
+            operator_id,
+            merchant_id,
+            card_terminal_number(terminal_id),
+        )
+    except asyncpg.UniqueViolationError:
+        raise Conflict(
+            f"another terminal has the same card number as {terminal_id} (a checksum of the "
+            "id): choose another id",
+            code="terminal_number_taken",
+            field="terminal_id",
+        ) from None
+    if not inserted:
+        raise Conflict(
+            f"terminal {terminal_id} is already registered",
+            code="already_registered",
+            field="terminal_id",
+        )
 
 
 async def revoke_terminal(connection: asyncpg.Connection, terminal_id: str) -> bool:
@@ -224,6 +424,7 @@ async def register_cards(connection: asyncpg.Connection, card_numbers: list[str]
 
 async def register_card(connection: asyncpg.Connection, card_number: str) -> CardAccounts:
     """Issue (or look up) a card in the back office: its purse and pending top-up accounts."""
+    check_card_number(card_number)
     await register_cards(connection, [card_number])
     return card_accounts(card_number)
 
@@ -367,15 +568,22 @@ async def issue_cards(
     bank_code: str = "counter",
     *,
     now: datetime,
+    new: bool = False,
 ) -> None:
     """Register cards sold with value already on them (personalised with an opening balance):
     their accounts, and the opening balance booked from the selling point's bank clearing.
-    Idempotent per card (the transfer id derives from the card number)."""
+    Idempotent per card (the transfer id derives from the card number), unless `new`: then a
+    card already issued is a `Conflict` and nothing is issued."""
     from ledger.records import Transfer, TransferCode
 
+    for number, rupiah in opening_balances_rupiah.items():
+        check_card_number(number)
+        check_opening_balance(rupiah)
     numbers = sorted(opening_balances_rupiah)
     clearing = bank_clearing_account_id(bank_code)
     async with connection.transaction():
+        if new:
+            await _refuse_issued(connection, numbers)
         await books.ensure_accounts(
             connection, [Account(clearing, AccountKind.bank_clearing, bank_code)]
         )
@@ -399,7 +607,42 @@ async def issue_cards(
                 now=now,
             )
             refused = [o for o in outcomes if o.result not in booked_results]
-            assert not refused, refused[:3]
+            if refused:
+                raise Conflict(
+                    f"{len(refused)} of these cards were issued before with another opening "
+                    f"balance ({refused[0].result})",
+                    code="issued_differently",
+                    field="opening_balance_rupiah",
+                )
+
+
+async def _refuse_issued(connection: asyncpg.Connection, numbers: list[str]) -> None:
+    """A `Conflict` naming the first of `numbers` already issued. Issuing is serialised for
+    the rest of the transaction, so two desks cannot both find a number free."""
+    await connection.execute("select pg_advisory_xact_lock(hashtext('ksh-card-issue'))")
+    issued = await connection.fetch(
+        "select card_number from cards where card_number = any($1::text[]) "
+        "order by card_number limit 1",
+        numbers,
+    )
+    if issued:
+        raise Conflict(
+            f"card {issued[0]['card_number']} is already issued",
+            code="already_registered",
+            field="card_number",
+        )
+
+
+async def highest_card_number(connection: asyncpg.Connection, at_least: int) -> int | None:
+    """The highest card number issued that is at least `at_least` (and no longer than a card
+    number), or None: where a new run of numbers can start."""
+    found = await connection.fetchval(
+        "select max(card_number::numeric) from cards where length(card_number) = $1 "
+        "and card_number >= $2",
+        len(str(at_least)),
+        str(at_least),
+    )
+    return None if found is None else int(found)
 
 
 counter_gap_cards_max = 1_000
@@ -432,3 +675,110 @@ async def terminals_with_record_gaps(connection: asyncpg.Connection) -> list[tup
         counter_gap_cards_max,
     )
     return [(row["terminal_id"], row["highest"], row["missing"]) for row in rows]
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True, slots=True)
+class PartyRow:
+    """An operator or merchant as registered, with how many terminals it has."""
+
+    kind: PartyKind
+    party_id: str
+    name: str
+    status: PartyStatus
+    account_id: uuid.UUID  # the operator's revenue or the merchant's payable
+    fee_basis_points: int  # a merchant's fee per sale (0 for an operator)
+    terminals_active: int
+    terminals: int
+
+
+async def parties(
+    connection: asyncpg.Connection, kind: PartyKind, party_id: str | None = None
+) -> list[PartyRow]:
+    """Every operator or merchant (or the one named), by id."""
+    table, key = _party_table(kind)
+    account = "revenue_account_id" if kind is PartyKind.operator else "payable_account_id"
+    fee = "0" if kind is PartyKind.operator else "p.fee_basis_points"
+    rows = await connection.fetch(
+        f"""select p.{key} as party_id, p.name, p.status, p.{account} as account_id,
+                   {fee} as fee_basis_points,
+                   count(t.terminal_id) filter (where t.status = 'active') as terminals_active,
+                   count(t.terminal_id) as terminals
+              from {table} p left join terminals t on t.{key} = p.{key}
+             where $1::text is null or p.{key} = $1
+             group by p.{key} order by p.{key}""",
+        party_id,
+    )
+    return [
+        PartyRow(
+            kind,
+            row["party_id"],
+            row["name"],
+            PartyStatus(row["status"]),
+            row["account_id"],
+            row["fee_basis_points"],
+            row["terminals_active"],
+            row["terminals"],
+        )
+        for row in rows
+    ]
+
+
+async def party(connection: asyncpg.Connection, kind: PartyKind, party_id: str) -> PartyRow | None:
+    found = await parties(connection, kind, party_id)
+    return found[0] if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalListing:
+    """A terminal as registered, for people (`TerminalRow` is what an upload needs)."""
+
+    terminal_id: str
+    role: TerminalRole
+    owner_kind: PartyKind
+    owner_id: str
+    status: TerminalStatus
+    public_key: str
+    card_terminal_number: int
+    next_batch_sequence: int
+    registered_at: datetime
+    feed_service_end: date | None
+
+
+async def terminal_listings(
+    connection: asyncpg.Connection,
+    *,
+    terminal_id: str | None = None,
+    owner: tuple[PartyKind, str] | None = None,
+) -> list[TerminalListing]:
+    """Every terminal (or the one named, or an owner's), by id."""
+    owner_kind, owner_id = owner if owner else (None, None)
+    rows = await connection.fetch(
+        """select terminal_id, role, operator_id, merchant_id, status, public_key,
+                  card_terminal_number, next_batch_sequence, registered_at, feed_service_end
+             from terminals
+            where ($1::text is null or terminal_id = $1)
+              and ($2::text is null or ($2 = 'operator' and operator_id = $3)
+                   or ($2 = 'merchant' and merchant_id = $3))
+            order by terminal_id""",
+        terminal_id,
+        owner_kind,
+        owner_id,
+    )
+    return [
+        TerminalListing(
+            row["terminal_id"],
+            TerminalRole(row["role"]),
+            PartyKind.operator if row["operator_id"] is not None else PartyKind.merchant,
+            row["operator_id"] or row["merchant_id"],
+            TerminalStatus(row["status"]),
+            row["public_key"],
+            row["card_terminal_number"],
+            row["next_batch_sequence"],
+            row["registered_at"],
+            row["feed_service_end"],
+        )
+        for row in rows
+    ]
