@@ -102,7 +102,8 @@ def payout_id_for(batch_id: str, attempt: int) -> str:
 async def close_day(
     connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig, *, now: dt.datetime
 ) -> list[Batch]:
-    """Create (once) the day's settlement batches and book their fees and holds at `now`."""
+    """Create (once) the day's settlement batches and book their fees and holds at `now`;
+    record that the day was closed (`day_closed_at`), with batches or none."""
     cutoff = cutoff_at(day, config)
     in_transit = await books.ensure_account(
         connection, AccountKind.settlement_in_transit, "payouts"
@@ -193,50 +194,9 @@ async def close_day(
                 )
             )
             payable_ids.append(row["id"])
-        operator_payables = {
-            row["owner_reference"]: row["id"]
-            for row in await connection.fetch(
-                "select owner_reference, id from ledger_accounts where kind = 'operator_payable'"
-            )
-        }
-        transfers: list[Transfer] = []
-        for batch, payable in zip(batches, payable_ids, strict=True):
-            source = payable
-            if batch.party_kind == "operator":
-                # fares earned become what the issuer owes the operator, then that is held
-                source = operator_payables[batch.party_id]
-                transfers.append(
-                    Transfer(
-                        derive_id("settlement-sweep", batch.batch_id),
-                        payable,
-                        source,
-                        batch.owed_rupiah,
-                        TransferCode.operator_settlement,
-                        settlement_batch=batch.batch_id,
-                    )
-                )
-            if batch.owed_rupiah > batch.net_rupiah:
-                transfers.append(
-                    Transfer(
-                        derive_id("settlement-fee", batch.batch_id),
-                        source,
-                        fee_income,
-                        batch.owed_rupiah - batch.net_rupiah,
-                        TransferCode.merchant_fee,
-                        settlement_batch=batch.batch_id,
-                    )
-                )
-            transfers.append(
-                Transfer(
-                    books.hold_id_for(batch.batch_id),
-                    source,
-                    in_transit,
-                    batch.net_rupiah,
-                    TransferCode.payout,
-                    flags=TransferFlags.pending,
-                    settlement_batch=batch.batch_id,
-                )
-            )
+        transfers = await _close_transfers(
+            connection, batches, payable_ids, fee_income=fee_income, in_transit=in_transit
+        )
         await connection.execute(
             """insert into settlement_batches
                  (batch_id, service_day, party_kind, party_id, payable_account_id, hold_transfer_id,
@@ -256,7 +216,71 @@ async def close_day(
             [b.net_rupiah for b in batches],
         )
         await books.book(connection, transfers, now=now)
+        await connection.execute(
+            """insert into settlement_day_closes (service_day, first_closed_at, last_closed_at)
+               values ($1, $2, $2) on conflict (service_day)
+               do update set last_closed_at = excluded.last_closed_at""",
+            day,
+            now,
+        )
     return batches
+
+
+async def _close_transfers(
+    connection: asyncpg.Connection,
+    batches: Sequence[Batch],
+    payable_ids: Sequence[uuid.UUID],
+    *,
+    fee_income: uuid.UUID,
+    in_transit: uuid.UUID,
+) -> list[Transfer]:
+    """Each batch's ledger transfers: an operator's revenue swept to what it is owed, the
+    end-of-day fee, and the hold of the net amount (payable -> in transit, pending)."""
+    operator_payables = {
+        row["owner_reference"]: row["id"]
+        for row in await connection.fetch(
+            "select owner_reference, id from ledger_accounts where kind = 'operator_payable'"
+        )
+    }
+    transfers: list[Transfer] = []
+    for batch, payable in zip(batches, payable_ids, strict=True):
+        source = payable
+        if batch.party_kind == "operator":
+            # fares earned become what the issuer owes the operator, then that is held
+            source = operator_payables[batch.party_id]
+            transfers.append(
+                Transfer(
+                    derive_id("settlement-sweep", batch.batch_id),
+                    payable,
+                    source,
+                    batch.owed_rupiah,
+                    TransferCode.operator_settlement,
+                    settlement_batch=batch.batch_id,
+                )
+            )
+        if batch.owed_rupiah > batch.net_rupiah:
+            transfers.append(
+                Transfer(
+                    derive_id("settlement-fee", batch.batch_id),
+                    source,
+                    fee_income,
+                    batch.owed_rupiah - batch.net_rupiah,
+                    TransferCode.merchant_fee,
+                    settlement_batch=batch.batch_id,
+                )
+            )
+        transfers.append(
+            Transfer(
+                books.hold_id_for(batch.batch_id),
+                source,
+                in_transit,
+                batch.net_rupiah,
+                TransferCode.payout,
+                flags=TransferFlags.pending,
+                settlement_batch=batch.batch_id,
+            )
+        )
+    return transfers
 
 
 # ---------------------------------------------------------------------------- paying
@@ -445,8 +469,15 @@ async def pay_day(
     async with pool.acquire() as connection:
         instructions = await pending_instructions(connection, day, config, now)
         await record_instructions(connection, instructions, "unknown", who, day, config)
+        # what is left without an attempt had no bank account on file (an exception each)
+        no_account = await connection.fetchval(
+            """select count(*) from settlement_batches b where b.service_day = $1
+                 and not exists (select 1 from settlement_payouts x where x.batch_id = b.batch_id)""",
+            day,
+        )
         instructions += await unanswered_instructions(connection, day, config, now, instructions)
     counts = {result: 0 for result in PayResult}
+    counts[PayResult.no_account] = no_account
     gate = asyncio.Semaphore(payouts_in_flight_max)
 
     async def one(instruction: PayoutInstruction) -> None:
@@ -514,6 +545,48 @@ async def record_outcome(
         return PayResult.unresolved
 
 
+@dataclass(frozen=True, slots=True)
+class PayoutException:
+    """An open exception about paying one of a day's batches, with the party it is for."""
+
+    exception_id: str
+    reason: str  # no_beneficiary_account | payout_rejected | payout_unresolved
+    detail: str
+    amount_rupiah: int
+    batch_id: str
+    payout_id: str | None  # None: no attempt was made (no account on file)
+    party_kind: str
+    party_id: str
+    attempted: bool  # the batch has a payout attempt (so a no-account exception is stale)
+
+
+async def open_payout_exceptions(
+    connection: asyncpg.Connection, day: dt.date
+) -> list[PayoutException]:
+    """The open exceptions about paying `day`'s batches, by id."""
+    rows = await connection.fetch(
+        """select e.exception_id, e.reason, e.detail, e.amount_rupiah, b.batch_id, x.payout_id,
+                  b.party_kind, b.party_id,
+                  exists (select 1 from settlement_payouts a where a.batch_id = b.batch_id)
+                      as attempted
+             from settlement_exceptions e
+             left join settlement_payouts x on x.payout_id = e.subject_id
+             join settlement_batches b on b.batch_id = coalesce(x.batch_id, e.subject_id)
+            where e.subject_kind = 'payout' and e.resolved_at is null and b.service_day = $1
+            order by e.exception_id""",
+        day,
+    )
+    return [PayoutException(**dict(row)) for row in rows]
+
+
+async def day_closed_at(connection: asyncpg.Connection, day: dt.date) -> dt.datetime | None:
+    """When `day` was first closed (`close_day`), or None if it never was."""
+    found: dt.datetime | None = await connection.fetchval(
+        "select first_closed_at from settlement_day_closes where service_day = $1", day
+    )
+    return found
+
+
 async def open_exception(
     connection: asyncpg.Connection,
     subject_kind: str,
@@ -574,10 +647,70 @@ async def export_bulk_csv(
     return out.getvalue()
 
 
+party_kinds = ("operator", "merchant")
+# What a SNAP payout can carry (beneficiaryBankCode, beneficiaryAccountNo, beneficiaryAccountName).
+bank_code_length_max = 8
+account_no_length_max = 34
+holder_name_length_max = 100
+
+
+def party_account_problem(
+    party_kind: str, party_id: str, name: str, bank_code: str, account_no: str
+) -> str | None:
+    """What is wrong with where a party is to be paid, or None. `bank_code` empty: the bank our
+    payouts leave from (intrabank)."""
+    if party_kind not in party_kinds:
+        return f"a party is an operator or a merchant, not {party_kind!r}"
+    if not party_id or not party_id.isprintable():
+        return "the party's id is printable text"
+    if bank_code and not (
+        bank_code.isascii() and bank_code.isalnum() and len(bank_code) <= bank_code_length_max
+    ):
+        return f"a bank code is up to {bank_code_length_max} letters and digits (e.g. 009)"
+    if (
+        not (account_no.isascii() and account_no.isdigit())
+        or len(account_no) > account_no_length_max
+    ):
+        return f"an account number is 1 to {account_no_length_max} digits"
+    if not name.strip() or len(name) > holder_name_length_max or not name.isprintable():
+        return f"the account holder's name is 1 to {holder_name_length_max} printable characters"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PartyAccount:
+    """Where a party is paid."""
+
+    party_kind: str
+    party_id: str
+    name: str  # the account holder's name
+    bank_code: str  # empty: the bank our payouts leave from
+    account_no: str
+
+
+async def party_accounts(
+    connection: asyncpg.Connection, party_kind: str | None = None, party_id: str | None = None
+) -> list[PartyAccount]:
+    """The bank accounts on file (all, a kind's, or one party's), by kind and id."""
+    rows = await connection.fetch(
+        """select party_kind, party_id, name, bank_code, account_no from settlement_parties
+            where ($1::text is null or party_kind = $1) and ($2::text is null or party_id = $2)
+            order by party_kind, party_id""",
+        party_kind,
+        party_id,
+    )
+    return [PartyAccount(**dict(row)) for row in rows]
+
+
 async def register_parties(
     connection: asyncpg.Connection, parties: Sequence[tuple[str, str, str, str, str]]
 ) -> None:
-    """(party_kind, party_id, name, bank_code, account_no): where each party is paid."""
+    """(party_kind, party_id, name, bank_code, account_no): where each party is paid. ValueError
+    (and nothing stored) when one is malformed (`party_account_problem`)."""
+    for party in parties:
+        problem = party_account_problem(*party)
+        if problem:
+            raise ValueError(f"{party[0]} {party[1]}: {problem}")
     await connection.executemany(
         """insert into settlement_parties (party_kind, party_id, name, bank_code, account_no)
            values ($1, $2, $3, $4, $5)
@@ -585,3 +718,35 @@ async def register_parties(
               set name = excluded.name, bank_code = excluded.bank_code, account_no = excluded.account_no""",
         parties,
     )
+
+
+async def set_party_account(
+    connection: asyncpg.Connection, account: PartyAccount
+) -> PartyAccount | None:
+    """Put on file where a registered operator or merchant is paid; returns the account it
+    replaces, if any. ValueError (nothing stored) for a malformed account or a party not
+    registered. Attempts already made keep the account they were sent to."""
+    from gateways.terminal_api.registry import PartyKind, party
+
+    problem = party_account_problem(
+        account.party_kind, account.party_id, account.name, account.bank_code, account.account_no
+    )
+    if problem:
+        raise ValueError(problem)
+    async with connection.transaction():
+        if await party(connection, PartyKind(account.party_kind), account.party_id) is None:
+            raise ValueError(f"no {account.party_kind} {account.party_id}: register it first")
+        before = await party_accounts(connection, account.party_kind, account.party_id)
+        await register_parties(
+            connection,
+            [
+                (
+                    account.party_kind,
+                    account.party_id,
+                    account.name,
+                    account.bank_code,
+                    account.account_no,
+                )
+            ],
+        )
+    return before[0] if before else None

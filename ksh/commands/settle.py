@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import getpass
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,14 @@ def register(subparsers: Any) -> None:
     with_day(close)
     close.set_defaults(handler=run_close)
 
-    pay = actions.add_parser("pay", help="pay the day's unpaid batches through a SNAP partner bank")
+    pay = actions.add_parser(
+        "pay",
+        help="pay the day's unpaid batches through a SNAP partner bank",
+        description="Pay each of the day's batches with no payout yet, and ask the bank again "
+        "about payouts left without an answer. Says each batch it could not pay and the "
+        "exception that stands for it (no bank account on file, refused, no final answer); "
+        "exit status 1 when there is one.",
+    )
     with_day(pay)
     pay.add_argument("--partner", required=True, help="the bank's partner id (see ksh partner)")
     pay.add_argument(
@@ -149,7 +157,7 @@ def run_pay(arguments: argparse.Namespace) -> int:
     from gateways.snap.signature import load_private_key
     from ksh.schema import migrate_all
     from ledger.database import server_url
-    from settlement.end_of_day import pay_day
+    from settlement.end_of_day import open_payout_exceptions, pay_day
 
     try:
         private_key = arguments.key.read_bytes()
@@ -162,6 +170,9 @@ def run_pay(arguments: argparse.Namespace) -> int:
         try:
             await migrate_all(connection)
             partner = await load_partner(connection, arguments.partner)
+            open_before = {
+                e.exception_id for e in await open_payout_exceptions(connection, day_of(arguments))
+            }
         finally:
             await connection.close()
         if partner is None:
@@ -186,16 +197,46 @@ def run_pay(arguments: argparse.Namespace) -> int:
                     getpass.getuser(),
                     system_clock.local_now(),
                 )
+            async with pool.acquire() as connection:
+                open_after = await open_payout_exceptions(connection, day_of(arguments))
         finally:
             await pool.close()
         print(", ".join(f"{result.value} {count}" for result, count in counts.items()))
-        return 0
+        return report_unpaid(open_after, open_before)
 
     try:
         with server_url() as url:
             return asyncio.run(main(url))
     except OSError as error:
         raise UserError(f"cannot reach the database: {error}") from error
+
+
+def report_unpaid(open_after: list[Any], open_before: set[str]) -> int:
+    """One line on stderr per batch this run could not pay: the exceptions it opened, and the
+    no-account exceptions of batches still without an attempt. 1 if there is one."""
+    unpaid = [
+        e
+        for e in open_after
+        if e.exception_id not in open_before
+        or (e.reason == "no_beneficiary_account" and not e.attempted)
+    ]
+    for exception in unpaid:
+        party = f"{exception.party_kind} {exception.party_id}"
+        said = {
+            "no_beneficiary_account": f"no bank account for {party}",
+            "payout_rejected": f"payout {exception.payout_id} to {party} refused by the bank "
+            f"({exception.detail})",
+            "payout_unresolved": f"payout {exception.payout_id} to {party} has no final answer "
+            "from the bank",
+        }.get(exception.reason, f"{exception.reason} for {party}")
+        state = "opened" if exception.exception_id not in open_before else "still open"
+        hint = " (set one: ksh party set)" if exception.reason == "no_beneficiary_account" else ""
+        print(
+            f"ksh settle pay: {said}: exception {state} (batch {exception.batch_id}, "
+            f"Rp {exception.amount_rupiah:,}){hint}",
+            file=sys.stderr,
+        )
+    return 1 if unpaid else 0
 
 
 def run_export(arguments: argparse.Namespace) -> int:
@@ -218,9 +259,15 @@ def run_export(arguments: argparse.Namespace) -> int:
 
 def run_status(arguments: argparse.Namespace) -> int:
     from settlement.actions import day_close
+    from settlement.end_of_day import day_closed_at
 
     async def work(connection: Any) -> int:
-        close = await day_close(connection, day_of(arguments))
+        day = day_of(arguments)
+        closed_at = await day_closed_at(connection, day)
+        if closed_at is None:
+            print(f"day {day} was never closed (close it with ksh settle close --day {day})")
+            return 1
+        close = await day_close(connection, day)
         print(
             f"service day {close.service_day}: {close.statement_lines} statement lines, {close.lines_matched} matched, {close.lines_written_off} written off, {close.lines_open} open"
         )

@@ -63,8 +63,9 @@ async def test_settle_and_reconcile_refuse_bad_input(
     error = capsys.readouterr().err
     assert "broken.csv:2:" in error
     assert "nothing imported" in error
-    assert await asyncio.to_thread(run, "settle", "status", "--day", "2026-11-23") == 0
-    assert "closed" in capsys.readouterr().out
+    # a day nobody closed is not reported closed, however quiet its statements
+    assert await asyncio.to_thread(run, "settle", "status", "--day", "2026-11-23") == 1
+    assert "day 2026-11-23 was never closed" in capsys.readouterr().out
 
 
 async def test_exception_listing_says_how_many_it_leaves_out(
