@@ -13,9 +13,9 @@ from ksh.cli import UserError
 Result = TypeVar("Result")
 
 
-def run_with_database(work: Callable[[Any], Awaitable[Result]]) -> Result:
-    """Run `work(connection)` on DATABASE_URL's server or the embedded one, schema migrated."""
-
+def run_with_database(work: Callable[[Any], Awaitable[Result]], url: str | None = None) -> Result:
+    """Run `work(connection)` on DATABASE_URL's server or the embedded one (or on `url` when
+    given), schema migrated."""
     from ksh.schema import migrate_all
     from ledger.database import server_url
 
@@ -28,8 +28,8 @@ def run_with_database(work: Callable[[Any], Awaitable[Result]]) -> Result:
             await connection.close()
 
     try:
-        with server_url() as url:
-            return asyncio.run(main(url))
+        with contextlib.nullcontext(url) if url else server_url() as chosen:
+            return asyncio.run(main(chosen))
     except OSError as error:
         raise UserError(f"cannot reach the database: {error}") from error
 

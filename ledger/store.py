@@ -225,6 +225,33 @@ async def lookup_accounts(
     }
 
 
+async def find_accounts(
+    connection: asyncpg.Connection,
+    *,
+    kind: AccountKind | None = None,
+    owner: str | None = None,
+    owner_contains: str | None = None,
+    limit: int = 1000,
+) -> list[BookedAccount]:
+    """Accounts by kind and owner reference (exactly `owner`, or containing `owner_contains`,
+    ignoring case), ordered by kind, owner and creation; at most `limit`."""
+    rows = await connection.fetch(
+        """select * from ledger_accounts
+            where ($1::text is null or kind = $1)
+              and ($2::text is null or owner_reference = $2)
+              and ($3::text is null or strpos(lower(owner_reference), lower($3)) > 0)
+            order by kind, owner_reference, created_at, id
+            limit $4""",
+        None if kind is None else kind.value,
+        owner,
+        owner_contains,
+        limit,
+    )
+    return [
+        BookedAccount(_account_from_row(row), row["created_at"], _balances(row)) for row in rows
+    ]
+
+
 async def close_account(connection: asyncpg.Connection, account_id: uuid.UUID) -> bool:
     """Mark an account closed: later transfers touching it are refused (voids still pass)."""
     async with connection.transaction():

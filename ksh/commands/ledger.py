@@ -1,4 +1,5 @@
-"""`ksh ledger`: check the books, export them, show an account's balance, expire holds."""
+"""`ksh ledger`: check the books, export them, list accounts, show an account's balance, expire
+holds."""
 
 from __future__ import annotations
 
@@ -37,8 +38,37 @@ def register(subparsers: Any) -> None:
     export.add_argument("--format", choices=("beancount", "csv"), required=True)
     export.add_argument("--out", type=Path, help="file to write (default: standard output)")
     export.set_defaults(handler=run_export)
-    balance = actions.add_parser("balance", help="an account's totals, now or at a time")
-    balance.add_argument("account", help="account id (a UUID)")
+    accounts = actions.add_parser(
+        "accounts",
+        help="list accounts: id, kind, owner, balance",
+        description="Accounts by kind and owner, with their posted balance (credits minus "
+        "debits: positive for what we owe, such as a purse or a payable; negative for what "
+        "we hold, such as a bank clearing account) and what is pending.",
+    )
+    accounts.add_argument("--kind", choices=[kind.value for kind in account_kinds()])
+    accounts.add_argument("--owner", metavar="TEXT", help="only owners containing TEXT (any case)")
+    accounts.add_argument(
+        "--limit",
+        type=int,
+        default=accounts_listed_default,
+        help="at most this many (default %(default)s)",
+    )
+    accounts.add_argument("--json", action="store_true", help="one JSON object per line")
+    accounts.set_defaults(handler=run_accounts)
+    balance = actions.add_parser(
+        "balance",
+        help="an account's totals, now or at a time",
+        description="An account's totals, named by its id or by its kind and owner "
+        "(--owner card_purse:6032900000000001; see ksh ledger accounts).",
+    )
+    named = balance.add_mutually_exclusive_group(required=True)
+    named.add_argument("account", nargs="?", help="account id (a UUID)")
+    named.add_argument(
+        "--owner",
+        metavar="KIND:OWNER",
+        help="the account of this kind and owner, e.g. card_purse:6032900000000001 or "
+        "operator_revenue:trans-semarang",
+    )
     balance.add_argument("--at", help="ISO 8601 time, e.g. 2026-11-24T08:00:00+07:00")
     balance.set_defaults(handler=run_balance)
     expire = actions.add_parser(
@@ -86,13 +116,99 @@ def run_export(arguments: argparse.Namespace) -> int:
     return 0
 
 
+accounts_listed_default = 1000
+
+
+def account_kinds() -> list[Any]:
+    from ledger.records import AccountKind
+
+    return list(AccountKind)
+
+
+def run_accounts(arguments: argparse.Namespace) -> int:
+    from ksh.tables import print_json_lines, print_table
+    from ledger.records import AccountKind
+    from ledger.store import find_accounts
+
+    if arguments.limit < 1:
+        raise UserError("--limit must be at least 1")
+    kind = None if arguments.kind is None else AccountKind(arguments.kind)
+    found = run_with_database(
+        lambda connection: find_accounts(
+            connection, kind=kind, owner_contains=arguments.owner, limit=arguments.limit + 1
+        )
+    )
+    more = len(found) > arguments.limit
+    found = found[: arguments.limit]
+    if arguments.json:
+        print_json_lines(
+            {
+                "id": booked.account.id,
+                "kind": booked.account.kind,
+                "owner": booked.account.owner_reference,
+                "balance_rupiah": booked.balances.credit_balance,
+                "pending_rupiah": booked.balances.credits_pending - booked.balances.debits_pending,
+            }
+            for booked in found
+        )
+        return 0
+    if not found:
+        print("no accounts" + (" match" if arguments.kind or arguments.owner else " yet"))
+        return 0
+    print_table(
+        ["ID", "KIND", "OWNER", "BALANCE", "PENDING"],
+        (
+            [
+                booked.account.id,
+                booked.account.kind.value,
+                booked.account.owner_reference,
+                booked.balances.credit_balance,
+                booked.balances.credits_pending - booked.balances.debits_pending,
+            ]
+            for booked in found
+        ),
+    )
+    if more:
+        print(f"(the first {arguments.limit}; narrow with --kind or --owner, or raise --limit)")
+    return 0
+
+
+def account_named(arguments: argparse.Namespace) -> uuid.UUID:
+    """The account id given, or the one account of --owner KIND:OWNER."""
+    from ledger.records import AccountKind
+    from ledger.store import find_accounts
+
+    if arguments.owner is None:
+        try:
+            return uuid.UUID(arguments.account)
+        except ValueError as error:
+            raise UserError(f"not an account id (UUID): {arguments.account!r}") from error
+    kind_text, colon, owner = arguments.owner.partition(":")
+    if not colon or not owner:
+        raise UserError("--owner is KIND:OWNER, e.g. card_purse:6032900000000001")
+    if kind_text not in AccountKind.__members__:
+        raise UserError(
+            f"no account kind {kind_text!r} (one of: {', '.join(AccountKind.__members__)})"
+        )
+    found = run_with_database(
+        lambda connection: find_accounts(
+            connection, kind=AccountKind(kind_text), owner=owner, limit=2
+        )
+    )
+    if not found:
+        raise UserError(f"no {kind_text} account of {owner!r} (see ksh ledger accounts)")
+    if len(found) > 1:
+        raise UserError(
+            f"several {kind_text} accounts of {owner!r}: give the id (ksh ledger accounts "
+            f"--kind {kind_text} --owner {owner})"
+        )
+    return found[0].account.id
+
+
 def run_balance(arguments: argparse.Namespace) -> int:
     from ledger.store import account_balances
 
-    try:
-        account_id = uuid.UUID(arguments.account)
-    except ValueError as error:
-        raise UserError(f"not an account id (UUID): {arguments.account!r}") from error
+    account_id = account_named(arguments)
     at = None
     if arguments.at is not None:
         try:
@@ -106,6 +222,8 @@ def run_balance(arguments: argparse.Namespace) -> int:
     if balances is None:
         raise UserError(f"no such account: {account_id}")
     print(f"account           {account_id}")
+    if arguments.owner is not None:
+        print(f"owner             {arguments.owner}")
     if at is not None:
         print(f"at                {at.isoformat()}")
     print(f"debits_pending    {balances.debits_pending}")
