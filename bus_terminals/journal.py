@@ -10,7 +10,8 @@ A card transaction goes through the journal like this (DESIGN.md, "A tap, step b
 `intended` record; opening the journal turns it into `in_doubt` (the card may or may not have
 committed), and the card's own log settles it the next time that card taps.
 
-Each record is keyed by (terminal id, sequence), carries the card's counter, and is uploaded in
+Each record is keyed by (terminal id, sequence), carries the card's counter (and, once the card
+answered the commit, its Transaction MAC: `commit` stores TMC and TMV), and is uploaded in
 signed batches (`bus_terminals.sync`). A batch is stored with its exact bytes before it is sent,
 so a retry sends the same bytes (idempotent at the back office). Acknowledged records in a final
 state can be pruned; the journal refuses new taps when it holds `records_max` records that cannot
@@ -53,7 +54,8 @@ class PendingBatch:
 _columns = (
     "terminal_id, sequence, kind, status, card_number, card_counter, amount_rupiah, "
     "topup_rupiah, pending_topup_id, balance_after_rupiah, time_ms, route, merchant_id, "
-    "fare_detail, previous_counter, previous_terminal_number, previous_balance_rupiah"
+    "fare_detail, previous_counter, previous_terminal_number, previous_balance_rupiah, "
+    "tmac_counter, tmac_value"
 )
 
 _schema = """
@@ -80,7 +82,9 @@ create table if not exists records (
     previous_terminal_number integer not null,
     previous_balance_rupiah integer not null,
     uploaded_status text,  -- the status the back office has acknowledged
-    batch_sequence integer  -- the batch it is waiting in, if any
+    batch_sequence integer,  -- the batch it is waiting in, if any
+    tmac_counter integer not null default 0,  -- the card's Transaction MAC, once committed
+    tmac_value text not null default ''
 );
 create index if not exists records_card on records (card_number, status);
 create index if not exists records_upload on records (batch_sequence, uploaded_status);
@@ -91,6 +95,12 @@ create table if not exists batches (
 );
 insert or ignore into meta values ('next_sequence', 1), ('next_batch_sequence', 1);
 """
+# Columns added after the first journals were written, each with its default: `_migrate` adds
+# the missing ones to a journal opened by a newer program (existing records get the default).
+_added_columns = (
+    ("tmac_counter", "integer not null default 0"),
+    ("tmac_value", "text not null default ''"),
+)
 assert _columns.count(",") + 1 == len(UploadRecord._fields)
 
 
@@ -110,6 +120,8 @@ class Journal:
         self.connection.execute("pragma synchronous = full")
         # One transaction, so two processes opening a new journal at once create it once.
         self.connection.executescript(f"begin immediate;{_schema}commit;")
+        with self._transaction():
+            self._migrate()
         if recover:
             self.connection.execute(
                 "update records set status = 'in_doubt' where status = 'intended'"
@@ -117,6 +129,14 @@ class Journal:
 
     def close(self) -> None:
         self.connection.close()
+
+    def _migrate(self) -> None:
+        """Add the columns a journal written by an older program lacks (one transaction, so
+        two processes opening it at once add each once)."""
+        present = {row[1] for row in self.connection.execute("pragma table_info(records)")}
+        for name, definition in _added_columns:
+            if name not in present:
+                self.connection.execute(f"alter table records add column {name} {definition}")
 
     # ---------------------------------------------------------------- the write-ahead path
 
@@ -153,8 +173,22 @@ class Journal:
             )
         return record
 
-    def commit(self, sequence: int) -> None:
-        self._move(sequence, (JournalState.intended, JournalState.in_doubt), JournalState.committed)
+    def commit(self, sequence: int, tmac_counter: int = 0, tmac_value: str = "") -> None:
+        """The card committed. With the card's Transaction MAC when its commit answer came
+        (`tmac_counter`, `tmac_value`: TMC and TMV in hex); without, when the card's log showed
+        it later."""
+        record = self.record(sequence)
+        assert record is not None, f"no record {sequence}"
+        committed = record[0]._replace(
+            status=RecordStatus.committed, tmac_counter=tmac_counter, tmac_value=tmac_value
+        )
+        check_record(committed)  # a Transaction MAC as the wire format accepts it
+        cursor = self.connection.execute(
+            "update records set status = 'committed', tmac_counter = ?, tmac_value = ? "
+            "where sequence = ? and status in ('intended', 'in_doubt')",
+            (tmac_counter, tmac_value, sequence),
+        )
+        assert cursor.rowcount == 1, f"record {sequence} is not intended or in doubt"
 
     def mark_in_doubt(self, sequence: int) -> None:
         self._move(sequence, (JournalState.intended,), JournalState.in_doubt)

@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 
 from bus_terminals.journal import Journal, JournalFull
 from bus_terminals.sync import SyncState
-from bus_terminals.wire import RecordStatus, UploadKind, UploadRecord, card_terminal_number
+from bus_terminals.wire import (
+    RecordStatus,
+    UploadKind,
+    UploadRecord,
+    card_log_fields,
+    card_terminal_number,
+)
 from card_reader.keys import KeyRole
 from card_reader.ksh_card import (
     CardPlan,
@@ -106,20 +112,16 @@ _refusal_reasons = {
 
 
 def intended_log_record(record: UploadRecord) -> LogRecord:
-    """The log record the card writes if this journalled transaction commits."""
-    if record.kind in (UploadKind.fare_debit, UploadKind.sale):
-        kind, amount = CardRecordKind.DEBIT, record.amount_rupiah
-    elif record.kind == UploadKind.topup_credit:
-        kind, amount = CardRecordKind.CREDIT, record.topup_rupiah
-    else:
-        kind, amount = CardRecordKind.CREDIT, record.amount_rupiah
+    """The log record the card writes if this journalled transaction commits (the same fields
+    the back office rebuilds the card's Transaction MAC input from: `wire.card_log_fields`)."""
+    fields = card_log_fields(record)
     return LogRecord(
-        record.card_counter,
-        kind,
-        amount,
-        record.balance_after_rupiah,
-        card_terminal_number(record.terminal_id),
-        record.time_ms // 1000,
+        fields.counter,
+        CardRecordKind.CREDIT if fields.credit else CardRecordKind.DEBIT,
+        fields.amount_rupiah,
+        fields.balance_after_rupiah,
+        fields.terminal_number,
+        fields.time_unix_seconds,
     )
 
 
@@ -265,9 +267,9 @@ class Terminal:
         if top_up_id:
             self.taken_top_ups.add(top_up_id)
         try:
-            card.perform(plan)
+            committed = card.perform(plan)
         except ReaderPortError as error:
-            self.journal.mark_in_doubt(intended.sequence)
+            self.journal.mark_in_doubt(intended.sequence)  # no answer, so no Transaction MAC
             return Feedback(
                 Verdict.tap_again,
                 Reason.card_removed,
@@ -278,7 +280,11 @@ class Terminal:
                 str(error)[:200],
                 intended.sequence,
             )
-        self.journal.commit(intended.sequence)
+        mac = committed.transaction_mac  # the card's proof, for the back office
+        if mac is None:  # a card issued before Transaction MACs
+            self.journal.commit(intended.sequence)
+        else:
+            self.journal.commit(intended.sequence, mac.counter, mac.value.hex())
         return intended.sequence
 
     def _settle_in_doubt(self, card: KshCard, number: str, time_ms: int) -> Feedback | None:

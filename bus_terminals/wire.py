@@ -9,6 +9,12 @@ only then parses. Parse errors raise `WireError` naming the field, the bad value
 
 Identity: (terminal id, sequence) names the upload record; (card number, card counter) names
 the card transaction (see DESIGN.md, "Identity of a card transaction").
+
+Proof: a committed card transaction carries the card's own Transaction MAC (TMC and TMV, the
+last two fields), which only the card and the back office can compute (`card_reader.tmac`);
+`card_log_fields` is what the back office rebuilds its input from. Those two fields came after
+the first terminals shipped: a batch whose `fields` list stops before them is still accepted,
+its records read as carrying no Transaction MAC.
 """
 
 from __future__ import annotations
@@ -99,6 +105,12 @@ class UploadRecord(NamedTuple):
     previous_counter: int  # the card's last log entry before this transaction (0: none)
     previous_terminal_number: int  # ...and the card-side number of the terminal that wrote it
     previous_balance_rupiah: int  # ...and the balance after it (the balance this tap began with)
+    # The card's Transaction MAC of this card transaction as its CommitTransaction answered:
+    # counter (TMC) and value (TMV, 16 lowercase hex digits). Only on a committed card
+    # transaction whose commit answer the terminal received; 0 and "" otherwise (denied, void,
+    # in doubt, settled from the card's log, a card issued before Transaction MACs).
+    tmac_counter: int = 0
+    tmac_value: str = ""
 
     @property
     def card_transaction(self) -> tuple[str, int]:
@@ -162,6 +174,18 @@ def _member(enumeration: type[enum.StrEnum]) -> Callable[[Any], str | None]:
 
 counter_max = 2**32 - 1
 time_ms_max = 2**53  # exact in JSON doubles
+tmac_value_length = 16  # 8 bytes in hex
+_hex_digits = "0123456789abcdef"
+
+
+def _tmac_value(value: Any) -> str | None:
+    if type(value) is not str:
+        return "must be a string"
+    if value and (len(value) != tmac_value_length or value.strip(_hex_digits)):
+        return f'must be "" or {tmac_value_length} lowercase hexadecimal digits'
+    return None
+
+
 terminal_id_check = _text(32, allow_empty=False)
 # An operator, merchant or top-up id: what a record can carry (a pending top-up's id is one).
 reference_check = _text(text_length_max, allow_empty=False)
@@ -184,8 +208,13 @@ record_fields: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
     ("previous_counter", _integer(0, counter_max)),
     ("previous_terminal_number", _integer(0, counter_max)),
     ("previous_balance_rupiah", _integer(0, rupiah_max)),
+    ("tmac_counter", _integer(0, counter_max)),
+    ("tmac_value", _tmac_value),
 )
 assert tuple(name for name, _ in record_fields) == UploadRecord._fields
+field_names = [name for name, _ in record_fields]
+# The fields of the first terminals, before the Transaction MAC: still accepted (see above).
+fields_before_tmac = field_names[: field_names.index("tmac_counter")]
 assert upload_body_bytes_max >= upload_records_max * record_bytes_max
 
 
@@ -193,6 +222,39 @@ def card_terminal_number(terminal_id: str) -> int:
     """The u32 a terminal writes into the card's log (the card has no room for text). The back
     office refuses to register two terminals with the same number."""
     return zlib.crc32(terminal_id.encode("utf-8"))
+
+
+class CardLogFields(NamedTuple):
+    """What the card's own log record of a card transaction holds
+    (`card_reader.ksh_card.LogRecord`): the terminal checks its plan against it before the card
+    commits, and the back office rebuilds the card's Transaction MAC input from it
+    (`card_reader.tmac.CardTransaction.of_log_fields(*fields)`)."""
+
+    counter: int
+    credit: bool  # a credit of the amount (top-up, refund), else a debit (fare, sale)
+    amount_rupiah: int
+    balance_after_rupiah: int
+    terminal_number: int
+    time_unix_seconds: int
+
+
+def card_log_fields(record: UploadRecord) -> CardLogFields:
+    """The log record the card writes (or wrote) for this record's card transaction."""
+    assert record.kind != UploadKind.denied, "a denied tap has no card transaction"
+    if record.kind in (UploadKind.fare_debit, UploadKind.sale):
+        credit, amount = False, record.amount_rupiah
+    elif record.kind == UploadKind.topup_credit:
+        credit, amount = True, record.topup_rupiah
+    else:  # refund
+        credit, amount = True, record.amount_rupiah
+    return CardLogFields(
+        record.card_counter,
+        credit,
+        amount,
+        record.balance_after_rupiah,
+        card_terminal_number(record.terminal_id),
+        record.time_ms // 1000,
+    )
 
 
 def check_record(record: UploadRecord) -> None:
@@ -210,6 +272,13 @@ def _check_values(values: Sequence[Any], where: str) -> None:
         raise WireError("status", status, "a denied tap has no card transaction", where)
     if kind != UploadKind.denied and counter == 0:
         raise WireError("card_counter", counter, "a card transaction has a counter >= 1", where)
+    tmac_counter, tmac_value = values[17], values[18]
+    if (tmac_counter == 0) != (tmac_value == ""):
+        problem = "a Transaction MAC has both a counter (>= 1) and a value, or neither"
+        raise WireError("tmac_counter", tmac_counter, problem, where)
+    if tmac_counter and (kind == UploadKind.denied or status != RecordStatus.committed):
+        problem = "only a committed card transaction carries the card's Transaction MAC"
+        raise WireError("tmac_counter", tmac_counter, problem, where)
 
 
 # -------------------------------------------------------------------------- encode / decode
@@ -222,7 +291,7 @@ def encode_batch(batch: UploadBatch) -> bytes:
         "version": wire_version,
         "terminal_id": batch.terminal_id,
         "batch_sequence": batch.batch_sequence,
-        "fields": [name for name, _ in record_fields],
+        "fields": field_names,
         # (fields in wire order; the kinds and statuses are StrEnums: JSON strings)
         "records": [list(record) for record in batch.records],
     }
@@ -256,20 +325,27 @@ def decode_batch(body: bytes) -> UploadBatch:
     problem = _integer(1, 2**53)(batch_sequence)
     if problem:
         raise WireError("batch_sequence", batch_sequence, problem)
-    if document["fields"] != [name for name, _ in record_fields]:
-        raise WireError("fields", document["fields"], "must list the record fields of this version")
+    fields = document["fields"]
+    if fields == field_names:
+        missing: tuple[Any, ...] = ()
+    elif fields == fields_before_tmac:  # a terminal from before the Transaction MAC
+        missing = (0, "")
+    else:
+        raise WireError("fields", fields, "must list the record fields of this version")
     rows = document["records"]
     if type(rows) is not list:
         raise WireError("records", rows, "must be a list")
     if len(rows) > upload_records_max:
         raise WireError("records", f"{len(rows)} records", f"must be at most {upload_records_max}")
     records = []
-    field_count = len(record_fields)
+    field_count = len(fields)
     sequences: set[int] = set()
     for index, row in enumerate(rows):
         if type(row) is not list or len(row) != field_count:
             where = f"records[{index}]"
             raise WireError("records", row, f"each record must be a list of {field_count}", where)
+        if missing:
+            row.extend(missing)
         if not _row_valid(row, terminal_id):
             # The slow path names the field (the fast one only says yes or no).
             where = f"records[{index}]"
@@ -318,6 +394,8 @@ def _row_valid(row: list[Any], terminal_id: str) -> bool:
         previous_counter,
         previous_terminal,
         previous_balance,
+        tmac_counter,
+        tmac_value,
     ) = row
     return (
         terminal == terminal_id
@@ -348,6 +426,18 @@ def _row_valid(row: list[Any], terminal_id: str) -> bool:
         and 0 <= previous_terminal <= counter_max
         and _rupiah(previous_balance)
         and (status == "committed" if kind == "denied" else counter != 0)
+        and type(tmac_counter) is int
+        and type(tmac_value) is str
+        and (
+            (tmac_counter == 0 and tmac_value == "")
+            or (
+                0 < tmac_counter <= counter_max
+                and len(tmac_value) == tmac_value_length
+                and not tmac_value.strip(_hex_digits)
+                and status == "committed"
+                and kind != "denied"
+            )
+        )
     )
 
 

@@ -49,14 +49,22 @@ def test_deny_list_is_a_set(members: set[int], probes: list[int]) -> None:
         assert (str(probe) in deny) == (probe in members)
 
 
-def _record(**changes: object) -> UploadRecord:
+def _record(tmac: tuple[int, str] = (0, ""), **changes: object) -> UploadRecord:
+    """A record; `tmac` (counter, value) is kept only where the format allows it (committed)."""
     base = UploadRecord(
         "V1", 1, UploadKind.fare_debit, RecordStatus.committed, "6032984000000001", 7, 3_500,
         0, "", 16_500, 1_763_942_400_000, "K1", "", "full", 6, 17, 3_500,
     )  # fmt: skip
-    return base._replace(**changes)  # type: ignore[arg-type]
+    record = base._replace(**changes)  # type: ignore[arg-type]
+    if record.status == RecordStatus.committed:
+        record = record._replace(tmac_counter=tmac[0], tmac_value=tmac[1])
+    return record
 
 
+tmacs = st.one_of(
+    st.just((0, "")),
+    st.tuples(st.integers(1, 2**32 - 1), st.binary(min_size=8, max_size=8).map(bytes.hex)),
+)
 records = st.builds(
     _record,
     sequence=st.integers(1, 2**40),
@@ -65,6 +73,7 @@ records = st.builds(
     card_counter=st.integers(1, 2**32 - 1),
     amount_rupiah=st.integers(0, 2_000_000),
     route=st.text(max_size=64).filter(str.isprintable),
+    tmac=tmacs,
 )
 
 
@@ -84,15 +93,53 @@ def test_batches_round_trip(batch_records: list[UploadRecord]) -> None:
         (b",3500,", b",2000001,", "amount_rupiah"),  # more than any purse can hold
         (b'"batch_sequence":1', b'"batch_sequence":0', "batch_sequence"),
         (b'"version":1', b'"version":2', "version"),
+        (b'2,"00112233aabbccdd"]', b'2,"00112233AABBCCDD"]', "tmac_value"),  # lowercase hex
+        (b'2,"00112233aabbccdd"]', b'2,"00112233aabbcc"]', "tmac_value"),
+        (b'2,"00112233aabbccdd"]', b'2,""]', "tmac_counter"),  # both or neither
+        (b'2,"00112233aabbccdd"]', b'0,"00112233aabbccdd"]', "tmac_counter"),
+        (b'"committed"', b'"in_doubt"', "tmac_counter"),  # only a committed one carries it
     ],
 )
 def test_parse_errors_name_the_field(old: bytes, new: bytes, field: str) -> None:
-    body = encode_batch(UploadBatch("V1", 1, (_record(),)))
+    body = encode_batch(UploadBatch("V1", 1, (_record(tmac=(2, "00112233aabbccdd")),)))
     assert old in body
     with pytest.raises(WireError) as caught:
         decode_batch(body.replace(old, new, 1))
     assert caught.value.field == field
     assert field in str(caught.value)
+
+
+def test_a_batch_from_before_the_transaction_mac_is_read_without_one() -> None:
+    """Terminals upgraded after the back office still upload: the fields list of the first
+    terminals (no tmac_counter, tmac_value) is accepted, its records carry no Transaction MAC."""
+    from bus_terminals.wire import fields_before_tmac
+
+    record = _record()
+    document = json.loads(encode_batch(UploadBatch("V1", 1, (record,))))
+    assert document["fields"][-2:] == ["tmac_counter", "tmac_value"]
+    document["fields"] = fields_before_tmac
+    document["records"] = [row[:-2] for row in document["records"]]
+    assert decode_batch(json.dumps(document).encode()).records == (record,)
+    document["records"] = [[*row, 0, ""] for row in document["records"]]
+    with pytest.raises(WireError, match="list of 17"):
+        decode_batch(json.dumps(document).encode())
+
+
+def test_card_log_fields_are_the_log_record_the_card_writes() -> None:
+    from bus_terminals.terminal import intended_log_record
+    from bus_terminals.wire import card_log_fields, card_terminal_number
+    from card_reader import tmac
+
+    for kind, top_up in ((UploadKind.fare_debit, 0), (UploadKind.topup_credit, 5_000)):
+        record = _record(kind=kind, topup_rupiah=top_up)
+        fields = card_log_fields(record)
+        assert fields.credit is (kind == UploadKind.topup_credit)
+        assert fields.amount_rupiah == (top_up or record.amount_rupiah)
+        assert fields.terminal_number == card_terminal_number("V1")
+        assert fields.time_unix_seconds == record.time_ms // 1000
+        assert tmac.CardTransaction.of_log_fields(*fields) == tmac.CardTransaction.of(
+            intended_log_record(record)
+        )
 
 
 def test_records_of_another_terminal_or_repeated_are_refused() -> None:
@@ -110,10 +157,11 @@ json_values = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=70),
     st.sampled_from(["fare_debit", "denied", "in_doubt", "committed", "6032984000000001", "V1"]),
+    st.sampled_from(["", "0123456789abcdef", "0123456789ABCDEF", "0123456789abcde"]),
 )
 
 
-@given(records, st.integers(0, 16), json_values)
+@given(records, st.integers(0, 18), json_values)
 def test_the_fast_record_check_agrees_with_the_field_table(
     record: UploadRecord, position: int, value: object
 ) -> None:

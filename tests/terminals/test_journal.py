@@ -11,7 +11,14 @@ import time
 from pathlib import Path
 
 from bus_terminals.journal import Journal, JournalState
-from bus_terminals.wire import RecordStatus, UploadBatch, UploadKind, UploadRecord, encode_batch
+from bus_terminals.wire import (
+    RecordStatus,
+    UploadBatch,
+    UploadKind,
+    UploadRecord,
+    WireError,
+    encode_batch,
+)
 from tests.waiting import next_line
 
 worker = Path(__file__).with_name("journal_worker.py")
@@ -122,3 +129,56 @@ def test_a_full_journal_refuses_taps_until_uploaded(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(journal_module, "records_kept_after_upload", 0)  # type: ignore[attr-defined]
     assert journal.intend(tap(4)).sequence == 4  # room again: uploaded records were pruned
     journal.close()
+
+
+def test_commit_keeps_the_cards_transaction_mac_and_only_there(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db", "V1")
+    answered = journal.intend(tap(1))
+    journal.commit(answered.sequence, 2, "0011223344556677")
+    lost = journal.intend(tap(2))
+    journal.mark_in_doubt(lost.sequence)
+    for bad in ((3, ""), (0, "0011223344556677"), (3, "00112233445566"), (3, "001122334455667G")):
+        try:
+            journal.commit(lost.sequence, *bad)
+            raise AssertionError(f"a Transaction MAC {bad} was kept")
+        except WireError:
+            pass
+    journal.commit(lost.sequence)  # settled from the card's log later: no MAC
+    uploaded = {r.sequence: (r.tmac_counter, r.tmac_value) for r in journal.records_to_upload()}
+    assert uploaded == {answered.sequence: (2, "0011223344556677"), lost.sequence: (0, "")}
+    journal.close()
+
+
+def test_a_journal_from_before_the_transaction_mac_gains_its_columns(tmp_path: Path) -> None:
+    """A validator updated in the field opens its old journal: the records it holds keep
+    uploading (without a Transaction MAC) and new ones carry it."""
+    import sqlite3
+
+    import bus_terminals.journal as journal_module
+
+    path = tmp_path / "journal.db"
+    before = journal_module._schema.replace(  # the schema as the first terminals wrote it
+        "batch_sequence integer,  -- the batch it is waiting in, if any\n"
+        "    tmac_counter integer not null default 0,  -- the card's Transaction MAC, once committed\n"
+        "    tmac_value text not null default ''\n",
+        "batch_sequence integer  -- the batch it is waiting in, if any\n",
+    )
+    assert "tmac" not in before
+    old = sqlite3.connect(path)
+    old.executescript(before)
+    old.execute(
+        "insert into records (terminal_id, sequence, kind, status, card_number, card_counter, "
+        "amount_rupiah, topup_rupiah, pending_topup_id, balance_after_rupiah, time_ms, route, "
+        "merchant_id, fare_detail, previous_counter, previous_terminal_number, "
+        "previous_balance_rupiah) values ('V1', 1, 'fare_debit', 'committed', "
+        "'6032984000000001', 1, 3500, 0, '', 16500, 1763942400001, 'K1', '', 'full', 0, 0, 0)"
+    )
+    old.execute("update meta set value = 2 where key = 'next_sequence'")
+    old.commit()
+    old.close()
+    journal = Journal(path, "V1")
+    journal.commit(journal.intend(tap(2)).sequence, 3, "8899aabbccddeeff")
+    uploaded = [(r.sequence, r.tmac_counter, r.tmac_value) for r in journal.records_to_upload()]
+    assert uploaded == [(1, 0, ""), (2, 3, "8899aabbccddeeff")]
+    journal.close()
+    Journal(path, "V1").close()  # a second opening changes nothing

@@ -134,6 +134,42 @@ def test_pending_top_up_is_delivered_once_across_terminals(tmp_path: Path) -> No
     assert balance(card) == 1_000 + 50_000 - charged
 
 
+def test_upload_records_carry_the_cards_transaction_mac(tmp_path: Path) -> None:
+    """Each card transaction the card answered is uploaded with its TMC and TMV, which the back
+    office verifies with the card's key (top-up and fare each their own); a denied tap and a
+    tap whose commit answer was lost carry none, and the next one shows the count."""
+    from bus_terminals.wire import card_log_fields
+    from card_reader import tmac
+
+    card, poor = make_ksh_deck(store, [1_000, 0], seed="tmac")
+    state = SyncState()
+    state.pending_top_ups["6032900000000001"] = [("VA-9", 50_000, seven_am_ms - 60_000)]
+    terminal = terminal_at(tmp_path, state=state)
+    assert tap(terminal, card, seven_am_ms).verdict == Verdict.accepted
+    assert tap(terminal, poor, seven_am_ms + 1_000).verdict == Verdict.denied
+    torn = tap(terminal, card, seven_am_ms + 14_400_000, pull_at=12)  # the commit: answer lost
+    assert torn.reason == Reason.card_removed
+    assert tap(terminal, card, seven_am_ms + 28_800_000).verdict == Verdict.accepted
+    key = tmac.card_key(store.master_key(KeyRole.TMAC).key, card.uid)
+    proofs = []
+    for record in terminal.journal.records_to_upload():
+        if record.kind == UploadKind.denied or record.tmac_counter == 0:
+            proofs.append((record.kind, record.status.value, None))
+            continue
+        transaction = tmac.CardTransaction.of_log_fields(*card_log_fields(record))
+        mac = bytes.fromhex(record.tmac_value)
+        assert tmac.verify(key, card.uid, record.tmac_counter, mac, transaction), record
+        assert record.tmac_counter == record.card_counter + 1  # the issue record was the first
+        proofs.append((record.kind, record.status.value, record.tmac_counter))
+    assert proofs == [
+        (UploadKind.topup_credit, "committed", 2),
+        (UploadKind.fare_debit, "committed", 3),
+        (UploadKind.denied, "committed", None),
+        (UploadKind.fare_debit, "committed", None),  # settled from the card's log at the next tap
+        (UploadKind.fare_debit, "committed", 5),  # ...whose counter shows number 4 happened
+    ]
+
+
 class PowerCut(BaseException):
     """The validator loses power: nothing after this line of the tap runs."""
 

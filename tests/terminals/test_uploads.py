@@ -76,6 +76,38 @@ async def test_a_tap_is_booked_once_however_often_it_is_uploaded(backoffice: Bac
     assert taken == "V1"
 
 
+async def test_the_cards_transaction_mac_is_stored_with_its_record(backoffice: Backoffice) -> None:
+    """What the back office verifies later (`card_reader.tmac.verify`) is kept as uploaded; a
+    batch from a terminal older than the Transaction MAC still books, without one."""
+    key = await backoffice.register_validator("VT")
+    await top_up(backoffice, card, 20_000, "T-9")
+    credit = record(
+        "VT", 1, card, 1, 0, 20_000, kind=UploadKind.topup_credit, top_up=20_000, top_up_id="T-9"
+    )._replace(tmac_counter=2, tmac_value="00112233aabbccdd")
+    fare = record("VT", 2, card, 2, 3_500, 16_500, previous=(1, "VT", 20_000))
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(session, backoffice.url, key, "VT", 1, [credit, fare])
+        assert status == 200, answer
+        older = record("VT", 3, card, 3, 3_500, 13_000, previous=(2, "VT", 16_500))
+        document = json.loads(encode_batch(UploadBatch("VT", 2, (older,))))
+        document["fields"] = document["fields"][:-2]
+        document["records"] = [row[:-2] for row in document["records"]]
+        body = json.dumps(document, separators=(",", ":")).encode()
+        status, answer = await post_batch(session, backoffice.url, key, "VT", 2, [], body=body)
+        assert status == 200, answer
+    async with backoffice.pool.acquire() as connection:
+        rows = await connection.fetch(
+            "select sequence, tmac_counter, tmac_value, outcome from card_records "
+            "where terminal_id = 'VT' order by sequence"
+        )
+    assert [tuple(row.values()) for row in rows] == [
+        (1, 2, "00112233aabbccdd", "booked"),
+        (2, 0, "", "booked"),
+        (3, 0, "", "booked"),
+    ]
+    assert await purse_balance(backoffice.pool, card) == 13_000
+
+
 async def test_in_doubt_tap_is_settled_by_the_next_tap_elsewhere(backoffice: Backoffice) -> None:
     key_a = await backoffice.register_validator("VA")
     key_b = await backoffice.register_validator("VB")
