@@ -244,7 +244,9 @@ async def simulate_day(
     )
     served = corridors[: max(1, min(len(corridors), settings.buses))]
     riders = _riders(cards, categories, generator, served)
-    url = backoffice_url.rstrip("/")
+    # One back office URL, or several separated by commas (hosts of one back office): staff
+    # calls go to the first, the buses' sync to all of them (`SyncClient`).
+    url = backoffice_url.split(",")[0].rstrip("/")
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         token = settings.staff_token
@@ -268,7 +270,7 @@ async def simulate_day(
                 corridors[index % len(corridors)],
                 folder,
                 keys,
-                url,
+                backoffice_url,
                 session,
                 now_ms=now_ms,
                 feed_service_end=service_end_date(tariff),

@@ -135,7 +135,8 @@ class SyncClient:
         # A validator's fare feed: its last service day, reported on each download (inside the
         # signed path) so the back office can show the days left on every bus's feed.
         self.feed_service_end = feed_service_end
-        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        # One URL, several separated by commas (`--backoffice URL1,URL2`), or a sequence.
+        urls = base_url.split(",") if isinstance(base_url, str) else list(base_url)
         assert urls, "at least one back office URL"
         self.base_urls = tuple(url.rstrip("/") for url in urls)
         self._current = 0  # the back office that answered last

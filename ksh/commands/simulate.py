@@ -29,7 +29,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--buses", type=int, default=24)
     parser.add_argument("--cards", type=int, default=300)
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--backoffice", metavar="URL", help="a running back office (fresh!)")
+    parser.add_argument(
+        "--backoffice",
+        metavar="URL[,URL]",
+        help="a running back office (fresh!); several hosts of it separated by commas",
+    )
     parser.add_argument(
         "--staff-token",
         default=os.environ.get("KSH_STAFF_TOKEN", ""),

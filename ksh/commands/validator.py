@@ -22,7 +22,12 @@ def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
         help="deck of emulated cards; type a card's index on stdin to tap it",
     )
     parser.add_argument("--terminal-id", required=True)
-    parser.add_argument("--backoffice", metavar="URL", default="http://127.0.0.1:8080")
+    parser.add_argument(
+        "--backoffice",
+        metavar="URL[,URL]",
+        default="http://127.0.0.1:8080",
+        help="the back office; several hosts separated by commas (the next on connection failure)",
+    )
     parser.add_argument(
         "--state",
         type=Path,
