@@ -33,8 +33,9 @@ def make_ksh_deck(
     rider_categories: Sequence[RiderCategory] | None = None,
     issue_date: dt.date = dt.date(2026, 1, 1),
     expiry_date: dt.date = dt.date(2031, 1, 1),
+    first_number: int = first_card_number,
 ) -> list[EmulatedCard]:
-    """One personalised KSH card per balance; card numbers count up from `first_card_number`."""
+    """One personalised KSH card per balance; card numbers count up from `first_number`."""
     assert len(balances_rupiah) <= deck_cards_max
     assert rider_categories is None or len(rider_categories) == len(balances_rupiah)
     all_roles = keys.view(*KeyRole)
@@ -46,7 +47,7 @@ def make_ksh_deck(
         reader.insert(card)
         category = rider_categories[index] if rider_categories else RiderCategory.GENERAL
         profile = Profile(
-            card_number=first_card_number + index,
+            card_number=first_number + index,
             rider_category=category,
             registered=False,
             status=CardStatus.ACTIVE,

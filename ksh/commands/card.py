@@ -129,7 +129,36 @@ def register(subparsers: Any) -> None:
         "--balance", type=int, default=50_000, help="opening balance of issued cards (rupiah)"
     )
     deck_new.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    deck_new.add_argument(
+        "--first-number",
+        type=int,
+        metavar="N",
+        help="card number of the first issued card, counting up (default 6032900000000001; "
+        "with --register, the one after the highest issued from there)",
+    )
+    add_deck_register_arguments(deck_new)
     deck_new.set_defaults(handler=run_deck_new)
+
+
+def add_deck_register_arguments(deck_new: argparse.ArgumentParser) -> None:
+    from ksh import acting
+
+    books = deck_new.add_argument_group(
+        "issuing the cards in the back office's books, so their fares are booked (not "
+        "quarantined as unknown cards)"
+    )
+    books.add_argument(
+        "--register",
+        action="store_true",
+        help="issue the cards with their opening balance in the back office's database "
+        "(DATABASE_URL, or the embedded PostgreSQL); all or none, before the deck is written",
+    )
+    books.add_argument(
+        "--backoffice-db",
+        metavar="URL",
+        help="issue them in this database instead (implies --register)",
+    )
+    acting.add_arguments(books, "a clerk or a supervisor; with --register", required=False)
 
 
 def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
@@ -304,25 +333,49 @@ def run_deck_new(arguments: argparse.Namespace) -> int:
     from card_reader.deck import make_ksh_deck
     from card_reader.emulator import EmulatedCard, save_deck
     from card_reader.ksh_card import balance_max_rupiah
+    from ksh import acting
+    from ksh.commands.cards import deck_first_number, issue_cards_as
 
     if not 1 <= arguments.cards <= deck_cards_max:
         raise UserError(f"--cards must be 1..{deck_cards_max}")
     if not 0 <= arguments.balance <= balance_max_rupiah:
         raise UserError(f"--balance must be 0..{balance_max_rupiah} rupiah")
+    register = arguments.register or arguments.backoffice_db is not None
+    if arguments.keystore is None and (register or arguments.first_number is not None):
+        raise UserError("blank cards have no number and are not issued: give --keystore")
+    reason = acting.reason_of(arguments) if register else ""
     refuse_to_overwrite(arguments.out, arguments.force)
+    first = 0
     if arguments.keystore is None:
         cards = [EmulatedCard() for _ in range(arguments.cards)]
         described = "blank cards"
     else:
         keys = load_keystore(arguments.keystore)
         issuer_keys(keys, arguments.keystore)  # every role, or a clear error
+        first = deck_first_number(
+            arguments, arguments.cards, register=register, url=arguments.backoffice_db
+        )
         seed = os.urandom(8).hex()  # fresh UIDs for every deck
-        cards = make_ksh_deck(keys, [arguments.balance] * arguments.cards, seed=seed)
+        cards = make_ksh_deck(
+            keys, [arguments.balance] * arguments.cards, seed=seed, first_number=first
+        )
         described = f"KSH cards with {rupiah(arguments.balance)} each"
+    # Registering, the deck is written beside FILE, the cards issued (all or none), then it
+    # is renamed FILE: no deck of cards the books do not know, no cards booked with no deck.
+    written = arguments.out.with_name(arguments.out.name + ".new") if register else arguments.out
     try:
-        save_deck(cards, arguments.out)
+        save_deck(cards, written)
     except OSError as error:
         raise UserError(f"cannot write {arguments.out}: {error.strerror}") from error
+    if register:
+        numbers = {str(first + index): arguments.balance for index in range(len(cards))}
+        try:
+            issue_cards_as(arguments, numbers, reason, url=arguments.backoffice_db)
+        except BaseException:
+            written.unlink(missing_ok=True)
+            raise
+        written.replace(arguments.out)
+        described += f", issued in the books as {first}..{first + len(cards) - 1}"
     print(f"{len(cards)} {described} -> {arguments.out}")
     return 0
 
