@@ -274,7 +274,6 @@ function_lines_max = 100
 # Functions longer than that today (path:qualified name -> lines). The list only shrinks: one
 # that grows fails, and one split to `function_lines_max` or fewer (or gone) must leave it.
 long_functions_allowed: dict[str, int] = {
-    "bus_terminals/fare/engine.py:_step": 199,
     "bus_terminals/fare/feed.py:compile_feed": 576,
     "bus_terminals/simulator.py:simulate_day": 185,
     "gateways/terminal_api/openapi.py:openapi_document": 157,
