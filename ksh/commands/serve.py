@@ -20,6 +20,7 @@ from ksh.signals import stop_on_signals
 optional_extensions: tuple[tuple[str, str], ...] = (
     ("gateways.snap.server", "install"),
     ("settlement.pages", "install"),
+    ("settlement.metrics", "install"),  # payouts and open exceptions on /metrics
 )
 
 

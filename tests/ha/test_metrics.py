@@ -82,6 +82,8 @@ async def test_metrics_add_up_across_worker_processes(database_url: str, tmp_pat
             assert "ksh_database_primary 1" in text
             assert "ksh_database_synchronous_standbys 0" in text
             assert 'ksh_terminals_not_heard_from{role="validator"} 1' in text
+            assert "ksh_settlement_payout_unsettled_seconds 0" in text
+            assert "# TYPE ksh_reconciliation_exceptions_open gauge" in text
             async with session.get(url + "/health/ready") as response:
                 assert response.status == 200, await response.text()
     finally:
