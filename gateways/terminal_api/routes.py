@@ -20,21 +20,20 @@ Everyone: GET /metrics (Prometheus text), GET /openapi.json.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import sys
 import time
 from array import array
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from bus_terminals.wire import (
-    WireError,
     deny_list_version_header,
-    load_public_key,
-    reference_check,
     request_signing_bytes,
     signature_header,
     signature_valid,
@@ -50,7 +49,7 @@ from gateways.backoffice import (
     health_checks_key,
     pool_key,
 )
-from gateways.staff import Role, StaffMember
+from gateways.staff import Role, StaffMember, any_role, money_roles, party_roles
 from gateways.terminal_api import books, feeds, registry
 from gateways.terminal_api.acceptance import public_key
 from gateways.terminal_api.ingest import KnownCards, ingest_upload
@@ -326,9 +325,7 @@ def _query_int(request: web.Request, name: str, default: int) -> int:
 # ------------------------------------------------------------------------------ staff
 
 
-money_roles = (Role.clerk, Role.supervisor)  # cards with a balance, pending top-ups
-party_roles = (Role.supervisor,)  # operators, merchants, terminals
-any_role = tuple(Role)
+# Who may call what: gateways.staff (money_roles, party_roles, any_role), shared with `ksh`.
 
 
 async def _admin_body(request: web.Request, roles: tuple[Role, ...]) -> dict[str, Any]:
@@ -371,14 +368,28 @@ async def _staff_member(request: web.Request) -> StaffMember:
 def _reason(body: dict[str, Any]) -> str:
     """Why the caller does this: said in every change, and logged with it."""
     reason = _field(body, "reason", str)
-    if not reason.strip() or len(reason) > staff.reason_length_max or not reason.isprintable():
-        raise Problem(
-            400,
-            "bad_field",
-            f"reason says why, in 1 to {staff.reason_length_max} printable characters",
-            field="reason",
-        )
+    problem = staff.reason_problem(reason)
+    if problem:
+        raise Problem(400, "bad_field", problem, field="reason")
     return str(reason.strip())
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """The registry's refusals as the admin API answers them: 404 for what is not registered,
+    409 for a clash with what is, 400 for a bad field (the rules live in the registry)."""
+    try:
+        yield
+    except registry.RegistryError as error:
+        status = (
+            404
+            if isinstance(error, registry.NotRegistered)
+            else 409
+            if isinstance(error, registry.Conflict)
+            else 400
+        )
+        extra = {} if error.field is None else {"field": error.field}
+        raise Problem(status, error.code, str(error), **extra) from None
 
 
 async def _record(
@@ -415,40 +426,37 @@ def _reference_field(body: dict[str, Any], name: str, default: Any = ...) -> str
     """An operator, merchant or top-up id: printable, 1 to 64 characters (what the wire and
     the ledger's references hold)."""
     value = _field(body, name, str, default)
-    problem = reference_check(value)
-    if problem:
-        raise Problem(400, "bad_field", f"{name} {problem}", field=name)
-    return str(value)
+    with _refusals():
+        return registry.check_reference(name, value)
 
 
 def _card_number_field(body: dict[str, Any]) -> str:
     number = _field(body, "card_number", str)
-    if not number.isdigit() or not 8 <= len(number) <= 19:
-        raise Problem(400, "bad_field", "card_number must be 8 to 19 digits", field="card_number")
-    return str(number)
+    with _refusals():
+        return registry.check_card_number(number)
 
 
 async def add_operator(request: web.Request) -> web.Response:
     body = await _admin_body(request, party_roles)
-    operator_id = _reference_field(body, "operator_id")
+    operator_id = _field(body, "operator_id", str)
     name = _field(body, "name", str, "")
     reason = _reason(body)
     async with request.app[pool_key].acquire() as connection, connection.transaction():
-        await registry.register_operator(connection, operator_id, name)
+        with _refusals():
+            await registry.register_operator(connection, operator_id, name)
         await _record(request, connection, "register_operator", operator_id, reason, name=name)
     return web.json_response({"operator_id": operator_id}, status=201)
 
 
 async def add_merchant(request: web.Request) -> web.Response:
     body = await _admin_body(request, party_roles)
-    merchant_id = _reference_field(body, "merchant_id")
+    merchant_id = _field(body, "merchant_id", str)
     fee = _field(body, "fee_basis_points", int, 0)
-    if not 0 <= fee <= 10_000:
-        raise Problem(400, "bad_field", "fee_basis_points is 0..10000", field="fee_basis_points")
     name = _field(body, "name", str, "")
     reason = _reason(body)
     async with request.app[pool_key].acquire() as connection, connection.transaction():
-        await registry.register_merchant(connection, merchant_id, name, fee)
+        with _refusals():
+            await registry.register_merchant(connection, merchant_id, name, fee)
         await _record(
             request,
             connection,
@@ -471,26 +479,9 @@ async def add_terminal(request: web.Request) -> web.Response:
     role = TerminalRole(role_text)
     operator_id = _field(body, "operator_id", str, None)
     merchant_id = _field(body, "merchant_id", str, None)
-    if (role == TerminalRole.validator) != (operator_id is not None) or (
-        role == TerminalRole.pos
-    ) != (merchant_id is not None):
-        raise Problem(400, "bad_field", "a validator names an operator_id, a POS a merchant_id")
-
-    try:
-        load_public_key(public_key)
-    except WireError as error:
-        raise Problem(400, "bad_field", str(error), field="public_key") from None
     reason = _reason(body)
     async with request.app[pool_key].acquire() as connection, connection.transaction():
-        owner = await connection.fetchval(
-            "select 1 from operators where operator_id = $1"
-            if operator_id
-            else "select 1 from merchants where merchant_id = $1",
-            operator_id or merchant_id,
-        )
-        if owner is None:
-            raise Problem(404, "owner_not_found", "register the operator or merchant first")
-        try:
+        with _refusals():
             await registry.register_terminal(
                 connection,
                 terminal_id,
@@ -499,10 +490,6 @@ async def add_terminal(request: web.Request) -> web.Response:
                 operator_id=operator_id,
                 merchant_id=merchant_id,
             )
-        except asyncpg.UniqueViolationError:
-            raise Problem(
-                409, "terminal_number_taken", "another terminal has the same card number: rename"
-            ) from None
         await _record(
             request,
             connection,
@@ -530,20 +517,15 @@ async def add_card(request: web.Request) -> web.Response:
     body = await _admin_body(request, money_roles)
     number = _card_number_field(body)
     opening = _field(body, "opening_balance_rupiah", int, 0)
-    if not 0 <= opening <= 2_000_000:
-        raise Problem(
-            400,
-            "bad_field",
-            "opening_balance_rupiah is 0..2,000,000",
-            field="opening_balance_rupiah",
-        )
+    with _refusals():
+        registry.check_opening_balance(opening)
     reason = _reason(body)
     async with request.app[pool_key].acquire() as connection, connection.transaction():
-        if opening:
+        with _refusals():
             await registry.issue_cards(
                 connection, {number: opening}, now=request.app[config_key].clock.now()
             )
-        accounts = await registry.register_card(connection, number)
+        accounts = registry.card_accounts(number)
         await _record(
             request, connection, "issue_card", number, reason, opening_balance_rupiah=opening
         )
