@@ -217,11 +217,13 @@ def print_party(kind: PartyKind, shown: dict[str, Any]) -> None:
 
 
 def print_history(history: list[dict[str, Any]]) -> None:
-    print("history")
+    from ledger.clock import jakarta
+
+    print("history (WIB)")
     for entry in history:
         print(
-            f"  {entry['at']:%Y-%m-%d %H:%M:%S%z}  {entry['username']} ({entry['role']})  "
-            f"{entry['action']}: {entry['reason']}"
+            f"  {entry['at'].astimezone(jakarta):%Y-%m-%d %H:%M:%S}  {entry['username']} "
+            f"({entry['role']})  {entry['action']}: {entry['reason']}"
         )
     if not history:
         print("  (no staff actions recorded)")

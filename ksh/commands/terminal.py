@@ -172,6 +172,7 @@ def run_list(arguments: argparse.Namespace) -> int:
 def run_show(arguments: argparse.Namespace) -> int:
     from gateways import staff
     from gateways.terminal_api import registry
+    from ledger.clock import jakarta
 
     async def work(connection: Any) -> dict[str, Any]:
         found = await registry.terminal_listings(connection, terminal_id=arguments.id)
@@ -197,7 +198,7 @@ def run_show(arguments: argparse.Namespace) -> int:
             "card terminal number": shown["card_terminal_number"],
             "next batch": shown["next_batch_sequence"],
             "fare feed ends": shown["feed_service_end"],
-            "registered": f"{shown['registered_at']:%Y-%m-%d %H:%M:%S%z}",
+            "registered": f"{shown['registered_at'].astimezone(jakarta):%Y-%m-%d %H:%M:%S} WIB",
         }
     )
     print_history(shown["history"])
