@@ -336,14 +336,20 @@ def hold_expiry(app: web.Application) -> None:
     users of the ledger.) Only the instance that holds the singleton jobs' lock sweeps
     (`singleton_jobs`); each void has a fixed id, so two sweeps at once would still book each
     expiry once."""
-    singleton_jobs(app)
+    # Only a process that would sweep contends for the lock (`ksh serve` gives its other
+    # workers an interval of 0): a winner that never sweeps would leave every host unswept.
+    if _expiry_interval_s(app) > 0:
+        singleton_jobs(app)
     app.cleanup_ctx.append(_sweeping_expired_holds)
 
 
+def _expiry_interval_s(app: web.Application) -> float:
+    settings = app[config_key].settings
+    return float(settings.get("expiry_sweep_interval_s", expiry_sweep_interval_s))
+
+
 async def _sweeping_expired_holds(app: web.Application) -> AsyncIterator[None]:
-    interval = float(
-        app[config_key].settings.get("expiry_sweep_interval_s", expiry_sweep_interval_s)
-    )
+    interval = _expiry_interval_s(app)
     sweeping = asyncio.create_task(_sweep_expired_holds(app, interval)) if interval > 0 else None
     yield
     if sweeping is not None:
