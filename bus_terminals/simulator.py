@@ -260,6 +260,7 @@ async def simulate_day(
                 {
                     "card_number": rider.card_number,
                     "opening_balance_rupiah": settings.opening_balance_rupiah,
+                    "uid": rider.card.uid.hex(),  # the back office verifies its TMACs with it
                 },
             )
         buses = []

@@ -145,6 +145,13 @@ class KeyStore:
         if make_current:
             self.current_versions[key.role] = key.version
 
+    def accepted_master_keys(self, role: KeyRole) -> tuple[bytes, ...]:
+        """The role's master keys a card may carry, current version first (for the back office:
+        the Transaction MAC masters it verifies cards' proofs with)."""
+        return tuple(
+            self._keys[(role, version)].key for version in self.view(role).accepted_versions(role)
+        )
+
     def master_key(self, role: KeyRole, version: int | None = None) -> MasterKey:
         chosen = self.current_versions[role] if version is None else version
         return self._keys[(role, chosen)]

@@ -126,7 +126,8 @@ imports_allowed: dict[str, tuple[str, ...]] = {
     "card_reader": (),  # the card side stands alone
     "ledger": (),  # the books know nothing of cards, buses or banks
     "bus_terminals": ("card_reader",),
-    "gateways": ("ledger", "bus_terminals.wire", "bus_terminals.fare"),
+    # card_reader.tmac: the back office checks each card's own proof of its transactions
+    "gateways": ("ledger", "bus_terminals.wire", "bus_terminals.fare", "card_reader.tmac"),
     "settlement": ("ledger", "gateways"),
     "ksh": product_packages,  # the composition root wires everything together
 }
@@ -274,7 +275,6 @@ function_lines_max = 100
 # Functions longer than that today (path:qualified name -> lines). The list only shrinks: one
 # that grows fails, and one split to `function_lines_max` or fewer (or gone) must leave it.
 long_functions_allowed: dict[str, int] = {
-    "bus_terminals/fare/feed.py:compile_feed": 576,
     "bus_terminals/simulator.py:simulate_day": 185,
     "gateways/terminal_api/openapi.py:openapi_document": 157,
     "ksh/benchmarks/ingest.py:_ingest_into": 204,

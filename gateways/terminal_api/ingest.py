@@ -34,6 +34,7 @@ from bus_terminals.wire import (
     no_service_fare_detail,
     record_fields,
 )
+from card_reader import tmac
 from gateways.terminal_api import books, planning, registry
 from gateways.terminal_api.acceptance import Accepted, accept
 from gateways.terminal_api.planning import (
@@ -64,11 +65,14 @@ async def ingest_upload(
     known_cards: KnownCards | None = None,
     *,
     now: datetime,
+    proof_keys: ProofKeys | None = None,
 ) -> UploadAnswer:
     """Check and book one upload batch (the caller gives a connection; we own the transaction)
-    at business time `now`. `known_cards`: the process's memory of registered cards (none: look
-    every card up)."""
+        at business time `now`. `known_cards`: the process's memory of registered cards (none: look
+        every card up). `proof_keys`: the back office's Transaction MAC masters (none: a card issued
+    with a Transaction MAC cannot be verified, and its transactions are quarantined)."""
     known_cards = KnownCards() if known_cards is None else known_cards
+    proof_keys = ProofKeys() if proof_keys is None else proof_keys
     for attempt in range(1, upload_attempts_max + 1):
         try:
             with cyclic_collector_paused():
@@ -76,7 +80,9 @@ async def ingest_upload(
                     accepted = await accept(connection, header_terminal_id, signature, body)
                     if isinstance(accepted, UploadAnswer):
                         return accepted
-                    return await _book(connection, accepted, body, signature, known_cards, now)
+                    return await _book(
+                        connection, accepted, body, signature, known_cards, proof_keys, now
+                    )
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == upload_attempts_max:
                 raise
@@ -90,6 +96,7 @@ async def _book(
     body: bytes,
     signature: str,
     known_cards: KnownCards,
+    proof_keys: ProofKeys,
     now: datetime,
 ) -> UploadAnswer:
     terminal, batch = accepted.terminal, accepted.batch
@@ -98,7 +105,10 @@ async def _book(
     previous = await _previous_reports(connection, terminal.terminal_id, records)
     card_numbers = sorted({record.card_number for record in records})
     issued = await issued_cards(connection, card_numbers, known_cards)
-    classified = planning.classify(records, previous, accepted.rule, issued)
+    proofs = {
+        number: proof_keys.proof(uid) for number in issued if (uid := known_cards.uids.get(number))
+    }
+    classified = planning.classify(records, previous, accepted.rule, issued, proofs)
     held_earlier = await _held_reports(connection, card_numbers)
     candidates = planning.in_doubt_candidates(held_earlier, classified.held)
     evidence = await _log_evidence(connection, candidates.values(), records)
@@ -290,11 +300,36 @@ class KnownCards:
     cleared when full."""
 
     numbers: set[str] = field(default_factory=set)
+    uids: dict[str, bytes] = field(default_factory=dict)  # of those issued with a UID
 
-    def remember(self, card_numbers: Iterable[str]) -> None:
+    def remember(self, card_numbers: Iterable[str], uids: dict[str, bytes] | None = None) -> None:
         if len(self.numbers) >= known_cards_max:
             self.numbers.clear()
+            self.uids.clear()
         self.numbers.update(card_numbers)
+        self.uids.update(uids or {})
+
+
+proof_keys_cached_max = 200_000  # per-card Transaction MAC keys a process keeps (~30 MB)
+
+
+class ProofKeys:
+    """The back office's Transaction MAC master keys (the TMAC role's current version first,
+    then the previous ones cards may still carry) and the per-card keys diversified from them,
+    cached (a diversification costs two AES operations; most cards tap again and again)."""
+
+    def __init__(self, masters: tuple[bytes, ...] = ()) -> None:
+        self.masters = masters
+        self._cards: dict[bytes, planning.CardProof] = {}
+
+    def proof(self, uid: bytes) -> planning.CardProof:
+        proof = self._cards.get(uid)
+        if proof is None:
+            if len(self._cards) >= proof_keys_cached_max:
+                self._cards.clear()
+            keys = tuple(tmac.card_key(master, uid) for master in self.masters)
+            proof = self._cards[uid] = planning.CardProof(uid, keys)
+        return proof
 
 
 async def issued_cards(
@@ -304,14 +339,14 @@ async def issued_cards(
     A card it never issued is not registered on the spot: its records are quarantined."""
     unknown = [number for number in card_numbers if number not in known_cards.numbers]
     if unknown:
-        found = [
-            row["card_number"]
-            for row in await connection.fetch(
-                "select card_number from cards where card_number = any(string_to_array($1, ','))",
-                _comma_joined(unknown),
-            )
-        ]
-        known_cards.remember(found)
+        rows = await connection.fetch(
+            "select card_number, uid from cards where card_number = any(string_to_array($1, ','))",
+            _comma_joined(unknown),
+        )
+        known_cards.remember(
+            [row["card_number"] for row in rows],
+            {row["card_number"]: bytes(row["uid"]) for row in rows if row["uid"] is not None},
+        )
     return {number for number in card_numbers if number in known_cards.numbers}
 
 

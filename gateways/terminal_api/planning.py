@@ -34,9 +34,11 @@ from bus_terminals.wire import (
     UploadBatch,
     UploadKind,
     UploadRecord,
+    card_log_fields,
     card_terminal_number,
     no_service_fare_detail,
 )
+from card_reader import tmac
 from gateways.terminal_api.accounts import (
     card_transfer_id,
     fee_income_account_id,
@@ -187,6 +189,31 @@ class Quarantined(NamedTuple):
     detail: str
 
 
+class CardProof(NamedTuple):
+    """How to check a card's own proof of its transactions: its UID as registered at issuance,
+    and its Transaction MAC keys to try (diversified from the back office's masters, current
+    version first; none when the back office holds no TMAC master)."""
+
+    uid: bytes
+    keys: tuple[bytes, ...]
+
+
+def proof_problem(record: UploadRecord, proof: CardProof) -> tuple[str, str] | None:
+    """(reason, detail) when a committed card transaction of a card issued with a Transaction
+    MAC does not carry the card's own proof of it; None when it does. The card, not the
+    terminal, says what it committed (`card_reader.tmac`)."""
+    if not record.tmac_value:
+        return "tmac_missing", "the card's Transaction MAC is missing"
+    if not proof.keys:
+        return "tmac_unverifiable", "the back office holds no Transaction MAC master key"
+    transaction = tmac.CardTransaction.of_log_fields(*card_log_fields(record))
+    value = bytes.fromhex(record.tmac_value)
+    for key in proof.keys:
+        if tmac.verify(key, proof.uid, record.tmac_counter, value, transaction):
+            return None
+    return "tmac_invalid", f"the card did not MAC this (counter {record.tmac_counter})"
+
+
 class PendingTopUp(NamedTuple):
     """A top-up the back office announced (paid for, booked to the card's pending top-up
     account), as loaded and locked for a batch that claims to have delivered it."""
@@ -230,9 +257,13 @@ def classify(
     previous: Mapping[int, StoredReport],
     rule: RoleRule,
     issued_cards: Container[str],
+    proofs: Mapping[str, CardProof],
 ) -> Classified:
     """`issued_cards`: the batch's card numbers the back office issued (a card it never issued
-    is quarantined: its transactions prove nothing, and nothing is booked for them)."""
+    is quarantined: its transactions prove nothing, and nothing is booked for them). `proofs`:
+    of those, the cards issued with a Transaction MAC: a new committed transaction of theirs
+    that the card's own MAC does not prove is quarantined, and nothing about the card changes
+    (the terminal made it up or altered it)."""
     found = Classified()
     for record in records:
         stored = previous.get(record.sequence)
@@ -251,6 +282,16 @@ def classify(
         if stored is None and record.card_number not in issued_cards:
             detail = f"card {record.card_number} was never issued"
             found.quarantined.append(Quarantined(record, "unknown_card", detail))
+            found.new_records.append(Placed(record, RecordOutcome.quarantined))
+            continue
+        proof = proofs.get(record.card_number) if stored is None else None
+        if (
+            proof is not None
+            and record.status == RecordStatus.committed
+            and record.kind != UploadKind.denied
+            and (unproven := proof_problem(record, proof)) is not None
+        ):
+            found.quarantined.append(Quarantined(record, *unproven))
             found.new_records.append(Placed(record, RecordOutcome.quarantined))
             continue
         if stored is None and (problem := rule.problem(record)):

@@ -782,3 +782,34 @@ async def terminal_listings(
         )
         for row in rows
     ]
+
+
+card_uid_bytes = 7
+
+
+async def register_card_uids(connection: asyncpg.Connection, uids: dict[str, bytes]) -> None:
+    """Record the UID of issued cards (the back office verifies each card's Transaction MAC with
+    a key diversified from it). A card's UID never changes: another UID for a card that has one
+    is a `Conflict`, and nothing is recorded."""
+    for number, uid in uids.items():
+        if len(uid) != card_uid_bytes:
+            raise RegistryError(
+                f"card {number}: a UID is {card_uid_bytes} bytes, not {len(uid)}", field="uid"
+            )
+    if not uids:
+        return
+    async with connection.transaction():
+        rows = await connection.fetch(
+            "update cards c set uid = coalesce(c.uid, given.uid) "
+            "from unnest($1::text[], $2::bytea[]) as given(number, uid) "
+            "where c.card_number = given.number returning c.card_number, c.uid",
+            list(uids),
+            list(uids.values()),
+        )
+        found = {row["card_number"]: bytes(row["uid"]) for row in rows}
+        missing = sorted(set(uids) - set(found))
+        if missing:
+            raise NotRegistered(f"card {missing[0]} was never issued", field="card_number")
+        for number, uid in found.items():
+            if uid != uids[number]:
+                raise Conflict(f"card {number} has another UID ({uid.hex()})", field="uid")

@@ -52,7 +52,7 @@ from gateways.backoffice import (
 from gateways.staff import Role, StaffMember, any_role, money_roles, party_roles
 from gateways.terminal_api import books, feeds, registry
 from gateways.terminal_api.acceptance import public_key
-from gateways.terminal_api.ingest import KnownCards, ingest_upload
+from gateways.terminal_api.ingest import KnownCards, ProofKeys, ingest_upload
 from gateways.terminal_api.metrics import TerminalMetrics
 from gateways.terminal_api.openapi import openapi_document
 from gateways.terminal_api.planning import UploadAnswer, UploadResult, refusal_status
@@ -68,6 +68,9 @@ metrics_key = web.AppKey("terminal_metrics", TerminalMetrics)
 uploads_booking_per_process_max = 1
 booking_slots_key = web.AppKey("upload_booking_slots", asyncio.Semaphore)
 known_cards_key = web.AppKey("known_cards", KnownCards)
+# The back office's Transaction MAC masters: setting `tmac_master_keys` (current version first),
+# put there by the composition root from the back office's key store, never by a terminal.
+proof_keys_key = web.AppKey("proof_keys", ProofKeys)
 request_clock_skew_ms_max = 300_000
 deny_delta_entries_max = 10_000  # more than this: the terminal downloads the whole list
 pending_top_ups_download_max = 50_000
@@ -88,6 +91,7 @@ def terminal_extension(app: web.Application) -> None:
     app[health_checks_key].append(feeds.feed_health)
     app[booking_slots_key] = asyncio.Semaphore(uploads_booking_per_process_max)
     app[known_cards_key] = KnownCards()
+    app[proof_keys_key] = ProofKeys(tuple(app[config_key].settings.get("tmac_master_keys", ())))
     app.router.add_post("/terminal/v1/uploads", upload)
     app.router.add_get("/terminal/v1/sync", sync)
     app.router.add_get("/terminal/v1/deny-list", deny_list)
@@ -176,6 +180,7 @@ async def _book_upload(
                             body,
                             request.app[known_cards_key],
                             now=request.app[config_key].clock.now(),
+                            proof_keys=request.app[proof_keys_key],
                         )
                         # A replay's answer too comes from a transaction that wrote (it
                         # locks the terminal's row), so its commit waits for the standby:
@@ -519,12 +524,19 @@ async def add_card(request: web.Request) -> web.Response:
     opening = _field(body, "opening_balance_rupiah", int, 0)
     with _refusals():
         registry.check_opening_balance(opening)
+    uid_text = _field(body, "uid", str, "")  # hex, from the card at issuance
+    try:
+        uid = bytes.fromhex(uid_text)
+    except ValueError:
+        raise Problem(400, "bad_field", "uid is hexadecimal", field="uid") from None
     reason = _reason(body)
     async with request.app[pool_key].acquire() as connection, connection.transaction():
         with _refusals():
             await registry.issue_cards(
                 connection, {number: opening}, now=request.app[config_key].clock.now()
             )
+            if uid:
+                await registry.register_card_uids(connection, {number: uid})
         accounts = registry.card_accounts(number)
         await _record(
             request, connection, "issue_card", number, reason, opening_balance_rupiah=opening

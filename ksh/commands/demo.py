@@ -124,34 +124,32 @@ async def demo(server: str, arguments: argparse.Namespace, clock: Clock) -> dict
 
     from ksh.database import scratch_database
 
-    name = f"ksh_demo_{clock.today():%Y%m%d}_{secrets.token_hex(4)}"
+    # The service day is fixed once, at the start: a run that crosses midnight stays on its day.
+    service_day = clock.today()
+    name = f"ksh_demo_{service_day:%Y%m%d}_{secrets.token_hex(4)}"
     async with scratch_database(server, name, keep=arguments.keep_database) as (name, url):
-        summary = await run_day(url, arguments, clock)
+        summary = await run_day(url, arguments, clock, service_day)
     summary["database"] = name if arguments.keep_database else f"{name} (dropped)"
     return summary
 
 
-async def run_day(url: str, arguments: argparse.Namespace, clock: Clock) -> dict[str, Any]:
+async def run_day(
+    url: str, arguments: argparse.Namespace, clock: Clock, today: dt.date
+) -> dict[str, Any]:
     """The day on `clock`: the back office, the bank and the terminals all read it."""
     import secrets
 
     import aiohttp
     import asyncpg
 
-    from gateways import staff
-    from gateways.backoffice import BackofficeConfig, create_app
     from gateways.bank_simulator import BankSettings, bank_key, create_bank_app, simulator_key
     from gateways.snap import signature
     from gateways.snap.client import BankClient, BankConnection
     from gateways.snap.partners import Partner, save_partner
-    from gateways.snap.server import SnapServerSettings
-    from gateways.snap.server import extension as snap_extension
-    from gateways.terminal_api.routes import terminal_extension
-    from settlement import actions, end_of_day, pages, reconciliation
+    from settlement import actions, end_of_day, reconciliation
     from settlement.actions import Role, Staff
 
     progress = Progress()
-    today = clock.today()
     partner_id, client_secret, channel_id, company_code = (
         "BNI-KSH",
         secrets.token_hex(16),
@@ -184,40 +182,14 @@ async def run_day(url: str, arguments: argparse.Namespace, clock: Clock) -> dict
                 source_account_no=issuer_account,
             ),
         )
-        for username, role in (
-            ("ani", Role.clerk),
-            ("budi", Role.supervisor),
-            ("citra", Role.auditor),
-        ):
-            await pages.add_staff(connection, username, secrets.token_urlsafe(12), role)
-        # The demo registers parties, cards and terminals through the admin API as a named
-        # supervisor of its own; each call is in staff_actions.
-        staff_token = await staff.issue_token(
-            connection,
-            staff.StaffMember("demo", Role.supervisor),
-            issued_by="ksh demo",
-            now=clock.now(),
-            label="the demo's fleet and shops",
-        )
+        staff_token = await add_demo_staff(connection, clock)
     finally:
         await connection.close()
 
     def payer_factory(http: aiohttp.ClientSession) -> end_of_day.PayoutPort:
         return BankClient.open(bank_connection, http)
 
-    backoffice = create_app(
-        BackofficeConfig(
-            url,
-            pool_connections_min=1,
-            pool_connections_max=6,
-            clock=clock,
-        ),
-        [
-            terminal_extension,
-            snap_extension(SnapServerSettings()),
-            pages.extension(pages.PagesSettings(end_of_day=config, payer_factory=payer_factory)),
-        ],
-    )
+    backoffice = demo_backoffice(url, clock, config, payer_factory)
     backoffice_runner, backoffice_url = await start(backoffice)
     bank_app = create_bank_app(
         BankSettings(
@@ -254,8 +226,10 @@ async def run_day(url: str, arguments: argparse.Namespace, clock: Clock) -> dict
         progress.step("back office and bank simulator up")
 
         # 1. The fleet: cards issued, buses tapping all day, uploads.
-        simulation = await run_fleet(arguments, clock, backoffice_url, staff_token, story)
-        story["merchant_sales"] = await run_shops(arguments, clock, backoffice_url, staff_token)
+        simulation = await run_fleet(arguments, clock, today, backoffice_url, staff_token, story)
+        story["merchant_sales"] = await run_shops(
+            arguments, clock, today, backoffice_url, staff_token
+        )
         progress.step("fleet and shops simulated (taps, sales, uploads)")
 
         # 2. Citizens top up through the bank's virtual accounts; one pays a VA of no card,
@@ -399,6 +373,67 @@ async def run_day(url: str, arguments: argparse.Namespace, clock: Clock) -> dict
     return story
 
 
+async def add_demo_staff(connection: Any, clock: Clock) -> str:
+    """Finance staff in three roles, and the staff token the demo registers parties, cards and
+    terminals with through the admin API (a named supervisor of its own: each call is in
+    staff_actions)."""
+    import secrets
+
+    from gateways import staff
+    from settlement import pages
+    from settlement.actions import Role
+
+    for username, role in (("ani", Role.clerk), ("budi", Role.supervisor), ("citra", Role.auditor)):
+        await pages.add_staff(connection, username, secrets.token_urlsafe(12), role)
+    return await staff.issue_token(
+        connection,
+        staff.StaffMember("demo", Role.supervisor),
+        issued_by="ksh demo",
+        now=clock.now(),
+        label="the demo's fleet and shops",
+    )
+
+
+def demo_backoffice(url: str, clock: Clock, config: Any, payer_factory: Any) -> Any:
+    """The back office with the terminal API, the SNAP endpoints and the finance pages, holding
+    the issuer's Transaction MAC masters (the demo's cards prove their own transactions)."""
+    from card_reader.keys import KeyRole, demo_key_store
+    from gateways.backoffice import BackofficeConfig, create_app
+    from gateways.snap.server import SnapServerSettings
+    from gateways.snap.server import extension as snap_extension
+    from gateways.terminal_api.routes import terminal_extension
+    from settlement import pages
+
+    return create_app(
+        BackofficeConfig(
+            url,
+            pool_connections_min=1,
+            pool_connections_max=6,
+            clock=clock,
+            settings={"tmac_master_keys": demo_key_store().accepted_master_keys(KeyRole.TMAC)},
+        ),
+        [
+            terminal_extension,
+            snap_extension(SnapServerSettings()),
+            pages.extension(pages.PagesSettings(end_of_day=config, payer_factory=payer_factory)),
+        ],
+    )
+
+
+def issue_body(card: Any, store: Any, opening_rupiah: int) -> dict[str, Any]:
+    """What the issuing counter tells the back office of a card it sold: its number (read from
+    the card), its opening balance and its UID (its Transaction MACs are verified with it)."""
+    from card_reader.emulator import EmulatedReader
+    from card_reader.keys import KeyRole
+    from card_reader.ksh_card import KshCard
+
+    reader = EmulatedReader("issuing counter")
+    reader.insert(card)
+    number = str(KshCard(reader, store.view(KeyRole.READ)).read_state().profile.card_number)
+    reader.remove()
+    return {"card_number": number, "opening_balance_rupiah": opening_rupiah, "uid": card.uid.hex()}
+
+
 def backoffice_pool(app: Any) -> Any:
     from gateways.backoffice import pool_key
 
@@ -425,6 +460,7 @@ def write_statements(bank: Any, account: str, first_day: dt.date, folder: Path) 
 async def run_fleet(
     arguments: argparse.Namespace,
     clock: Clock,
+    today: dt.date,
     backoffice_url: str,
     staff_token: str,
     story: dict[str, Any],
@@ -438,7 +474,7 @@ async def run_fleet(
         buses=arguments.buses,
         cards=arguments.cards,
         seed=arguments.seed,
-        service_date=clock.today(),
+        service_date=today,
         staff_token=staff_token,
         top_up_rate=0.0,  # top-ups come through the bank simulator's virtual accounts instead
         progress=False,
@@ -449,7 +485,11 @@ async def run_fleet(
 
 
 async def run_shops(
-    arguments: argparse.Namespace, clock: Clock, backoffice_url: str, staff_token: str
+    arguments: argparse.Namespace,
+    clock: Clock,
+    today: dt.date,
+    backoffice_url: str,
+    staff_token: str,
 ) -> dict[str, int]:
     """Merchants' points of sale: shoppers' cards (numbers after the fleet's) buy things through
     the real card protocol; each POS journals and uploads its signed batches."""
@@ -481,9 +521,7 @@ async def run_shops(
     sales_rupiah = 0
     headers = {"Authorization": f"Bearer {staff_token}"}
     midnight_ms = int(
-        dt.datetime.combine(
-            clock.today(), dt.time(), tzinfo=dt.timezone(dt.timedelta(hours=7))
-        ).timestamp()
+        dt.datetime.combine(today, dt.time(), tzinfo=dt.timezone(dt.timedelta(hours=7))).timestamp()
         * 1000
     )
     with tempfile.TemporaryDirectory(prefix="ksh-shops-") as folder:
@@ -497,21 +535,8 @@ async def run_shops(
                     if response.status >= 300:
                         raise RuntimeError(f"{path}: {response.status} {await response.text()}")
 
-            from card_reader.emulator import EmulatedReader
-            from card_reader.keys import KeyRole
-            from card_reader.ksh_card import KshCard
-
             for card in shoppers:
-                reader = EmulatedReader("issuing counter")
-                reader.insert(card)
-                number = str(
-                    KshCard(reader, store.view(KeyRole.READ)).read_state().profile.card_number
-                )
-                reader.remove()
-                await admin(
-                    "/admin/v1/cards",
-                    {"card_number": number, "opening_balance_rupiah": opening_rupiah},
-                )
+                await admin("/admin/v1/cards", issue_body(card, store, opening_rupiah))
             tills = []
             for index in range(arguments.merchants):
                 merchant = f"WARUNG-{index + 1:02d}"

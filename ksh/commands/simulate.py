@@ -102,6 +102,7 @@ async def local_backoffice(
     Yields (url, a supervisor's staff token for the simulator, database url)."""
     from aiohttp import web
 
+    from card_reader.keys import KeyRole, demo_key_store
     from gateways import staff
     from gateways.backoffice import BackofficeConfig, create_app
     from ksh.commands.serve import extensions
@@ -123,7 +124,15 @@ async def local_backoffice(
                     )
                 finally:
                     await connection.close()
-                config = BackofficeConfig(url, pool_connections_max=pool_connections_max)
+                config = BackofficeConfig(
+                    url,
+                    pool_connections_max=pool_connections_max,
+                    # The simulator's cards are personalised from the demo key store: the back
+                    # office verifies their Transaction MACs with its TMAC masters.
+                    settings={
+                        "tmac_master_keys": demo_key_store().accepted_master_keys(KeyRole.TMAC)
+                    },
+                )
                 runner = web.AppRunner(create_app(config, extensions()), access_log=None)
                 await runner.setup()
                 site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bus_terminals.wire import public_key_text
+from card_reader.keys import KeyRole, demo_key_store
 from gateways import staff
 from gateways.backoffice import BackofficeConfig, create_app
 from gateways.terminal_api import registry
@@ -67,7 +68,10 @@ class Backoffice:
 @pytest.fixture
 async def backoffice(database_url: str) -> AsyncIterator[Backoffice]:
     clock = ManualClock(test_day_start)
-    config = BackofficeConfig(database_url, clock=clock)
+    # The issuer's Transaction MAC masters: the test cards (the demo key store's) prove their
+    # own transactions, as in service.
+    masters = demo_key_store().accepted_master_keys(KeyRole.TMAC)
+    config = BackofficeConfig(database_url, clock=clock, settings={"tmac_master_keys": masters})
     app = create_app(config, [terminal_extension])
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()

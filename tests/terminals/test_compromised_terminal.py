@@ -6,13 +6,22 @@ stay clean (`ledger.audit.check_ledger`). Each case names what the back office b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bus_terminals.wire import UploadBatch, UploadKind, encode_batch
+from bus_terminals.point_of_sale import sale_decider
+from bus_terminals.simulator import Bus, validator_keys
+from bus_terminals.terminal import Verdict
+from bus_terminals.wire import UploadBatch, UploadKind, UploadRecord, encode_batch, public_key_text
+from card_reader.deck import make_ksh_deck
+from card_reader.emulator import EmulatedCard
+from card_reader.keys import demo_key_store
 from gateways.terminal_api import registry
+from gateways.terminal_api.registry import TerminalRole
 from ledger.audit import check_ledger
 from tests.terminals.conftest import Backoffice, merchant_id, operator_id
 from tests.terminals.helpers import books_snapshot, post_batch, purse_balance, record
@@ -189,4 +198,114 @@ async def test_a_replayed_batch_books_nothing_again(
     assert first[0] == again[0] == 200
     assert again[1]["result"] == "exists"
     assert await books_snapshot(backoffice.pool) == booked
+    await books_are_clean(backoffice.pool)
+
+
+# ------------------------------------------------------------- the card's own proof (TMAC)
+
+card_a = "6032984000000601"
+card_b = "6032984000000602"
+
+
+@pytest.fixture
+async def cards_that_prove(
+    backoffice: Backoffice, tmp_path: Path
+) -> tuple[Backoffice, Bus, Ed25519PrivateKey, list[EmulatedCard]]:
+    """Two cards issued with their UIDs (so every committed transaction of theirs must carry
+    the card's own Transaction MAC), an honest point of sale and a rogue one of the same
+    merchant, each with its own valid signing key."""
+    store = demo_key_store()
+    cards = make_ksh_deck(store, [50_000, 50_000], seed="compromised", first_number=int(card_a))
+    await backoffice.issue_cards({card_a: 50_000, card_b: 50_000})
+    async with backoffice.pool.acquire() as connection:
+        await registry.register_card_uids(connection, {card_a: cards[0].uid, card_b: cards[1].uid})
+    honest = Bus(
+        "HONEST-POS", "", tmp_path, validator_keys(store), backoffice.url,
+        now_ms=backoffice.clock.unix_ms,
+    )  # fmt: skip
+    honest.terminal.merchant_id = merchant_id
+    rogue_key = await backoffice.register_pos("ROGUE-POS")
+    async with backoffice.pool.acquire() as connection:
+        await registry.register_terminal(
+            connection,
+            honest.terminal_id,
+            public_key_text(honest.private_key.public_key()),
+            TerminalRole.pos,
+            merchant_id=merchant_id,
+        )
+    return backoffice, honest, rogue_key, cards
+
+
+def honest_sale(till: Bus, card: EmulatedCard, amount: int) -> UploadRecord:
+    feedback = till.tap(card, 1_795_478_400_000 + amount, sale_decider(amount, "honest"))
+    assert feedback.verdict == Verdict.accepted, feedback
+    [sale] = [r for r in till.journal.records_to_upload() if r.card_number == feedback.card_number]
+    assert sale.tmac_value  # the card proved it
+    return sale
+
+
+async def quarantine_reasons(pool: asyncpg.Pool) -> list[str]:
+    async with pool.acquire() as connection:
+        rows = await connection.fetch("select reason from quarantined_records order by sequence")
+    return [row["reason"] for row in rows]
+
+
+@pytest.mark.parametrize("forgery", ["made_up", "no_mac", "altered", "other_card"])
+async def test_a_card_transaction_the_card_did_not_prove_pays_nobody(
+    cards_that_prove: tuple[Backoffice, Bus, Ed25519PrivateKey, list[EmulatedCard]],
+    forgery: str,
+) -> None:
+    """With its own valid key, a terminal uploads a sale the card never made (an invented MAC,
+    or none), alters a real one (Rp 5,000 became Rp 50,000), or reports a real one as another
+    card's. Before: every one was booked and the merchant paid. Now the card's Transaction MAC
+    does not prove it: quarantined, nothing booked, the card's purse and status untouched."""
+    backoffice, honest, rogue_key, cards = cards_that_prove
+    real = honest_sale(honest, cards[0], 5_000)
+    claimed = {
+        "made_up": real._replace(terminal_id="ROGUE-POS", tmac_value="00" * 8),
+        "no_mac": real._replace(terminal_id="ROGUE-POS", tmac_counter=0, tmac_value=""),
+        "altered": real._replace(
+            terminal_id="ROGUE-POS", amount_rupiah=50_000, balance_after_rupiah=0
+        ),
+        "other_card": real._replace(terminal_id="ROGUE-POS", card_number=card_b),
+    }[forgery]._replace(sequence=1)
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(
+            session, backoffice.url, rogue_key, "ROGUE-POS", 1, [claimed]
+        )
+    assert status == 200, answer
+    expected = "tmac_missing" if forgery == "no_mac" else "tmac_invalid"
+    assert await quarantine_reasons(backoffice.pool) == [expected]
+    assert await payables_rupiah(backoffice.pool) == 0
+    assert await purse_balance(backoffice.pool, card_a) == 50_000
+    assert await purse_balance(backoffice.pool, card_b) == 50_000
+    assert await denied_cards(backoffice.pool) == set()
+    await books_are_clean(backoffice.pool)
+
+
+async def test_a_second_terminal_reusing_an_honest_cards_counter_is_the_terminals_fraud(
+    cards_that_prove: tuple[Backoffice, Bus, Ed25519PrivateKey, list[EmulatedCard]],
+) -> None:
+    """Before: a second POS uploaded a different sale on a card counter the first POS had
+    already used; its merchant was paid from suspense and the honest card was denied for
+    counter_repeat. Now the record whose Transaction MAC verifies is the card's; the other is
+    quarantined, and the honest card is not denied."""
+    backoffice, honest, rogue_key, cards = cards_that_prove
+    real = honest_sale(honest, cards[0], 5_000)
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(
+            session, backoffice.url, honest.private_key, honest.terminal_id, 1, [real]
+        )
+        assert status == 200, answer
+        reused = real._replace(
+            terminal_id="ROGUE-POS", sequence=1, amount_rupiah=30_000, balance_after_rupiah=20_000
+        )
+        status, answer = await post_batch(
+            session, backoffice.url, rogue_key, "ROGUE-POS", 1, [reused]
+        )
+        assert status == 200, answer
+    assert await quarantine_reasons(backoffice.pool) == ["tmac_invalid"]
+    assert await payables_rupiah(backoffice.pool) == 5_000 - 50  # the honest sale, less its fee
+    assert await purse_balance(backoffice.pool, card_a) == 45_000  # equal to the card
+    assert await denied_cards(backoffice.pool) == set()
     await books_are_clean(backoffice.pool)

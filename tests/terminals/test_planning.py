@@ -219,7 +219,7 @@ def test_every_record_is_acknowledged_once_and_placed_at_most_once(
             previous[sequence] = StoredReport(now._replace(amount_rupiah=999), outcome)
     batch = UploadBatch(terminals[0], 1, tuple(records))
 
-    classified = planning.classify(records, previous, validator, {card})
+    classified = planning.classify(records, previous, validator, {card}, {})
     settled = planning.InDoubt(still_held=classified.held)
     plan = planning.plan_batch(batch, classified, settled, {})
 
