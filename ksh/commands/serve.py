@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from ksh import signals
@@ -62,6 +63,14 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="password checks (scrypt, on worker threads) running at once per process",
     )
+    parser.add_argument(
+        "--keystore",
+        type=Path,
+        metavar="FILE",
+        help="the issuer's sealed key store (passphrase from KSH_KEYSTORE_PASSPHRASE or a "
+        "prompt): its Transaction MAC masters verify what each card committed. Without it, "
+        "the transactions of cards issued with a Transaction MAC are quarantined, unverified",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -90,7 +99,21 @@ def settings_of(arguments: argparse.Namespace) -> dict[str, Any]:
         "client_address_header": arguments.client_address_header,
         "password_checks_concurrent_max": arguments.password_checks,
         "upload_booking_timeout_ms": upload_booking_timeout_ms(),
+        "tmac_master_keys": transaction_mac_masters(arguments.keystore),
     }
+
+
+def transaction_mac_masters(keystore: Path | None) -> tuple[bytes, ...]:
+    """The issuer's Transaction MAC master keys, current version first (none without a store)."""
+    if keystore is None:
+        return ()
+    from card_reader.keys import KeyRole, KeyStoreError
+    from ksh.commands.card import load_keystore
+
+    try:
+        return load_keystore(keystore).accepted_master_keys(KeyRole.TMAC)
+    except KeyStoreError as error:
+        raise UserError(f"{keystore}: {error}") from error
 
 
 def extensions() -> list[Any]:

@@ -77,3 +77,26 @@ def test_validator_init_and_argument_errors(
         capsys, "pos", "--terminal-id", "P1", "--state", str(tmp_path), "--merchant", "M"
     )
     assert status == 2
+
+
+def test_serve_takes_the_transaction_mac_masters_from_the_issuers_key_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ksh serve --keystore FILE` hands every serving process the issuer's TMAC masters
+    (current first) and nothing else of the store; a wrong passphrase is a one-line error."""
+    from card_reader.keys import KeyRole, KeyStore
+    from ksh.cli import UserError
+    from ksh.commands.serve import transaction_mac_masters
+
+    store = KeyStore.generate()
+    store.roll_over(KeyRole.TMAC)
+    path = tmp_path / "issuer.keys"
+    path.write_bytes(store.seal("a passphrase long enough"))
+    monkeypatch.setenv("KSH_KEYSTORE_PASSPHRASE", "a passphrase long enough")
+    masters = transaction_mac_masters(path)
+    assert masters == store.accepted_master_keys(KeyRole.TMAC)
+    assert masters[0] == store.master_key(KeyRole.TMAC).key  # the current version first
+    assert transaction_mac_masters(None) == ()
+    monkeypatch.setenv("KSH_KEYSTORE_PASSPHRASE", "not the passphrase at all")
+    with pytest.raises(UserError, match="cannot open the key store"):
+        transaction_mac_masters(path)
