@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--server-processes", type=int, default=2, help="back office processes (one port)"
     )
     parser.add_argument(
+        "--no-transaction-mac",
+        dest="transaction_mac",
+        action="store_false",
+        help="cards without a Transaction MAC (the back office verifies none): to see its cost",
+    )
+    parser.add_argument(
         "--replicated",
         action="store_true",
         help="also ingest into a primary with a synchronous standby, side by side",
@@ -136,14 +142,21 @@ async def _wait_for_port(port: int) -> None:
     raise OSError(f"back office processes did not listen on {port}")
 
 
-def _serve_process(database_url: str, port: int, connections_max: int, ready: Any) -> None:
+def _serve_process(
+    database_url: str, port: int, connections_max: int, ready: Any, masters: tuple[bytes, ...]
+) -> None:
     from aiohttp import web
 
     from gateways.backoffice import BackofficeConfig, create_app
     from gateways.terminal_api.routes import terminal_extension
 
     app = create_app(
-        BackofficeConfig(database_url, pool_connections_max=connections_max), [terminal_extension]
+        BackofficeConfig(
+            database_url,
+            pool_connections_max=connections_max,
+            settings={"tmac_master_keys": masters},
+        ),
+        [terminal_extension],
     )
     web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None)
 
@@ -200,6 +213,7 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
         UploadBatch,
         UploadKind,
         UploadRecord,
+        card_log_fields,
         card_terminal_number,
         encode_batch,
         public_key_text,
@@ -207,6 +221,7 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
         signature_header,
         terminal_header,
     )
+    from card_reader import tmac
     from gateways.backoffice import BackofficeConfig, create_app
     from gateways.terminal_api import registry
     from gateways.terminal_api.registry import TerminalRole
@@ -252,7 +267,18 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
                     for number in chunk
                 ],
             )
+        # Cards issued with a Transaction MAC (their UIDs registered): every tap carries the
+        # card's own proof, which the back office verifies (the TMVs are made here, untimed).
+        masters: tuple[bytes, ...] = ()
+        uids: dict[str, bytes] = {}
+        if arguments.transaction_mac:
+            masters = (random.Random(11).randbytes(16),)
+            uids = {number: bytes.fromhex(f"04{index:012x}") for index, number in enumerate(cards)}
+            for start in range(0, len(cards), 4_000):
+                chunk = cards[start : start + 4_000]
+                await registry.register_card_uids(connection, {n: uids[n] for n in chunk})
         await connection.close()
+        card_keys = {number: tmac.card_key(masters[0], uid) for number, uid in uids.items()}
 
         # The taps: each card rides in turn on random buses; counters and balances chain.
         generator = random.Random(2026)
@@ -265,27 +291,35 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
             fare = 3_500 if generator.random() < 0.8 else 1_000
             terminal = generator.choice(terminal_ids)
             records = per_terminal[terminal]
-            records.append(
-                UploadRecord(
-                    terminal,
-                    len(records) + 1,
-                    UploadKind.fare_debit,
-                    RecordStatus.committed,
-                    number,
-                    counter + 1,
-                    fare,
-                    0,
-                    "",
-                    balance - fare,
-                    1_763_942_400_000 + index,
-                    "K1",
-                    "",
-                    "full",
-                    counter,
-                    last_terminal,
-                    balance if counter else 0,
-                )
+            record = UploadRecord(
+                terminal,
+                len(records) + 1,
+                UploadKind.fare_debit,
+                RecordStatus.committed,
+                number,
+                counter + 1,
+                fare,
+                0,
+                "",
+                balance - fare,
+                1_763_942_400_000 + index,
+                "K1",
+                "",
+                "full",
+                counter,
+                last_terminal,
+                balance if counter else 0,
             )
+            if uids:
+                transaction = tmac.CardTransaction.of_log_fields(*card_log_fields(record))
+                mac = tmac.transaction_mac_value(
+                    card_keys[number],
+                    uids[number],
+                    counter + 2,
+                    tmac.transaction_input(transaction),
+                )  # the card's counter: its issue was its first MACed transaction
+                record = record._replace(tmac_counter=counter + 2, tmac_value=mac.hex())
+            records.append(record)
             card_state[number] = (counter + 1, card_terminal_number(terminal), balance - fare)
         bodies: dict[str, list[tuple[bytes, str]]] = {}
         for terminal, terminal_records in per_terminal.items():
@@ -305,7 +339,7 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
             for _ in range(arguments.server_processes):
                 worker = context.Process(
                     target=_serve_process,
-                    args=(url, port, arguments.concurrency + 1, ready),
+                    args=(url, port, arguments.concurrency + 1, ready, masters),
                     daemon=True,
                 )
                 worker.start()
@@ -313,7 +347,11 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
             await _wait_for_port(port)
         else:
             app = create_app(
-                BackofficeConfig(url, pool_connections_max=arguments.concurrency + 1),
+                BackofficeConfig(
+                    url,
+                    pool_connections_max=arguments.concurrency + 1,
+                    settings={"tmac_master_keys": masters},
+                ),
                 [terminal_extension],
             )
             runner = web.AppRunner(app, access_log=None)
@@ -389,6 +427,7 @@ async def _ingest_into(url: str, arguments: argparse.Namespace) -> dict[str, Any
             "ingest_to_ledger_direct_ratio": round(direct_elapsed / elapsed, 3),
             "card_flags": flags,
             "upload_failures": failures,
+            "transaction_mac_verified": bool(masters),  # every tap proved by its card
         }
     finally:
         stop_workers(workers)  # also when stopped by a signal: before the database is dropped
