@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -195,13 +195,20 @@ def _riders(
     return riders
 
 
-async def _admin(
-    session: aiohttp.ClientSession, url: str, token: str, path: str, body: dict[str, Any]
-) -> dict[str, Any]:
-    async with session.post(
-        f"{url}{path}",
+@dataclass(frozen=True, slots=True)
+class _Office:
+    """The back office as the simulator's staff calls see it: one host, a supervisor's token."""
+
+    session: aiohttp.ClientSession
+    url: str  # the first host of `backoffice_url` (staff calls go there)
+    token: str
+
+
+async def _admin(office: _Office, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with office.session.post(
+        f"{office.url}{path}",
         json={"reason": simulation_reason, **body},
-        headers={"Authorization": f"Bearer {token}"},
+        headers={"Authorization": f"Bearer {office.token}"},
     ) as response:
         answer = await response.json()
         if response.status >= 300:
@@ -213,10 +220,14 @@ async def simulate_day(
     settings: SimulationSettings, backoffice_url: str, now_ms: Callable[[], int]
 ) -> SimulationSummary:
     """Run one service day against the back office at `backoffice_url` (staff token in
-    `settings.staff_token`); returns what happened and how the cards compare with the books."""
+    `settings.staff_token`); returns what happened and how the cards compare with the books.
+
+    The day in phases: riders and their cards, registration (operator, cards, buses), the
+    day's taps with top-ups paid as they fall due, the night's uploads and the next morning's
+    taps of cards in doubt, then every card against its purse account. One random generator
+    drives it all, in that order, so a seed gives the same day."""
     from bus_terminals.fare.feed import load_feed, service_end_date
     from bus_terminals.validator import fare_decider
-    from card_reader.deck import make_ksh_deck
 
     started = time.perf_counter()
     generator = random.Random(settings.seed)
@@ -229,6 +240,60 @@ async def simulate_day(
     tariff = load_feed()
     store = demo_key_store()
     keys = validator_keys(store)
+    riders = _make_riders(settings, store, generator)
+    # One back office URL, or several separated by commas (hosts of one back office): staff
+    # calls go to the first, the buses' sync to all of them (`SyncClient`).
+    url = backoffice_url.split(",")[0].rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        office = _Office(session, url, settings.staff_token)
+        await _register_cards(office, settings, riders)
+        buses = []
+        for index in range(settings.buses):
+            terminal_id = f"BUS-{settings.seed % 1000:03d}-{index:03d}"
+            bus = Bus(
+                terminal_id,
+                corridors[index % len(corridors)],
+                folder,
+                keys,
+                backoffice_url,
+                session,
+                now_ms=now_ms,
+                feed_service_end=service_end_date(tariff),
+            )
+            await _register_bus(office, settings, generator, bus)
+            buses.append(bus)
+        midnight = dt.datetime.combine(settings.service_date, dt.time(), wib)
+        day = _Day(
+            settings,
+            generator,
+            summary,
+            office,
+            riders,
+            buses,
+            {route: fare_decider(tariff, route) for route in corridors},
+            int(midnight.timestamp() * 1000),
+        )
+        taps_planned = await _run_service_hours(day)
+        await _night_and_next_morning(day)
+        if settings.progress:
+            _progress(taps_planned, taps_planned)
+            print(file=sys.stderr)
+        await _compare_cards_with_books(office, store, riders, summary)
+        for bus in buses:
+            bus.close()
+    if temporary is not None:
+        temporary.cleanup()
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _make_riders(
+    settings: SimulationSettings, store: KeyStore, generator: random.Random
+) -> list[Rider]:
+    """The day's riders: categories drawn from the mix, a KSH card each, their trips."""
+    from card_reader.deck import make_ksh_deck
+
     # Shares are our assumption (no published ridership split by category).
     mix = [RiderCategory.GENERAL] * 74 + [RiderCategory.STUDENT] * 10
     mix += [RiderCategory.UNIVERSITY_STUDENT] * 5 + [RiderCategory.ELDERLY] * 5
@@ -243,160 +308,187 @@ async def simulate_day(
         rider_categories=categories,
     )
     served = corridors[: max(1, min(len(corridors), settings.buses))]
-    riders = _riders(cards, categories, generator, served)
-    # One back office URL, or several separated by commas (hosts of one back office): staff
-    # calls go to the first, the buses' sync to all of them (`SyncClient`).
-    url = backoffice_url.split(",")[0].rstrip("/")
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        token = settings.staff_token
-        await _admin(session, url, token, "/admin/v1/operators", {"operator_id": operator_id})
-        for rider in riders:
-            await _admin(
-                session,
-                url,
-                token,
-                "/admin/v1/cards",
-                {
-                    "card_number": rider.card_number,
-                    "opening_balance_rupiah": settings.opening_balance_rupiah,
-                    "uid": rider.card.uid.hex(),  # the back office verifies its TMACs with it
-                },
-            )
-        buses = []
-        for index in range(settings.buses):
-            terminal_id = f"BUS-{settings.seed % 1000:03d}-{index:03d}"
-            bus = Bus(
-                terminal_id,
-                corridors[index % len(corridors)],
-                folder,
-                keys,
-                backoffice_url,
-                session,
-                now_ms=now_ms,
-                feed_service_end=service_end_date(tariff),
-            )
-            await _admin(
-                session,
-                url,
-                token,
-                "/admin/v1/terminals",
-                {
-                    "terminal_id": terminal_id,
-                    "public_key": public_key_text(bus.private_key.public_key()),
-                    "role": "validator",
-                    "operator_id": operator_id,
-                },
-            )
-            bus.sync.lose_request = lambda: generator.random() < settings.network_loss_rate
-            bus.sync.lose_answer = lambda: generator.random() < settings.network_loss_rate
-            buses.append(bus)
-        by_route: dict[str, list[Bus]] = {}
-        for bus in buses:
-            by_route.setdefault(bus.route, []).append(bus)
-        deciders = {route: fare_decider(tariff, route) for route in corridors}
-        midnight = dt.datetime.combine(settings.service_date, dt.time(), wib)
-        midnight_ms = int(midnight.timestamp() * 1000)
+    return _riders(cards, categories, generator, served)
 
-        # Top-ups paid during the day at the bank, at random hours.
-        top_ups = sorted(
-            (int(generator.uniform(5, 20) * 3600), rider)
-            for rider in generator.sample(riders, int(len(riders) * settings.top_up_rate))
+
+async def _register_cards(
+    office: _Office, settings: SimulationSettings, riders: list[Rider]
+) -> None:
+    """The operator, and every rider's card with its opening balance and UID."""
+    await _admin(office, "/admin/v1/operators", {"operator_id": operator_id})
+    for rider in riders:
+        await _admin(
+            office,
+            "/admin/v1/cards",
+            {
+                "card_number": rider.card_number,
+                "opening_balance_rupiah": settings.opening_balance_rupiah,
+                "uid": rider.card.uid.hex(),  # the back office verifies its TMACs with it
+            },
         )
-        # Every tap of the day in time order: (seconds after midnight, rider, corridor).
-        taps: list[tuple[int, int, str]] = []
-        for rider_index, rider in enumerate(riders):
-            for departure, legs in rider.trips:
-                moment = max(5 * 3600, min(22 * 3600, departure))
-                for corridor in legs:
-                    taps.append((moment, rider_index, corridor))
-                    moment += int(generator.uniform(600, 2400))
-        taps.sort()
-        next_sync_s = 5 * 3600
-        top_up_index = 0
-        for position, (second, rider_index, corridor) in enumerate(taps):
-            while top_up_index < len(top_ups) and top_ups[top_up_index][0] <= second:
-                rider = top_ups[top_up_index][1]
-                await _admin(
-                    session,
-                    url,
-                    token,
-                    "/admin/v1/pending-top-ups",
-                    {
-                        "top_up_id": f"VA-{settings.seed}-{top_up_index}",
-                        "card_number": rider.card_number,
-                        "amount_rupiah": 50_000,
-                        "source": "va-bank",
-                        "paid_at_ms": midnight_ms + top_ups[top_up_index][0] * 1000,
-                    },
-                )
-                summary.top_ups_paid += 1
-                top_up_index += 1
-            if second >= next_sync_s:
-                for bus in buses:
-                    await _sync(bus, summary)
-                next_sync_s = second + settings.upload_interval_s
-            rider = riders[rider_index]
-            bus = generator.choice(by_route[corridor])
-            time_ms = midnight_ms + second * 1000 + position % 1000
-            pull_at = None
-            if generator.random() < settings.card_pull_rate:
-                pull_at = generator.randint(1, card_exchanges_max)
-                summary.cards_pulled += 1
-            feedback = bus.tap(rider.card, time_ms, deciders[corridor], pull_at)
+
+
+async def _register_bus(
+    office: _Office, settings: SimulationSettings, generator: random.Random, bus: Bus
+) -> None:
+    """Register the bus's validator; its network loses requests and answers at random."""
+    await _admin(
+        office,
+        "/admin/v1/terminals",
+        {
+            "terminal_id": bus.terminal_id,
+            "public_key": public_key_text(bus.private_key.public_key()),
+            "role": "validator",
+            "operator_id": operator_id,
+        },
+    )
+    bus.sync.lose_request = lambda: generator.random() < settings.network_loss_rate
+    bus.sync.lose_answer = lambda: generator.random() < settings.network_loss_rate
+
+
+@dataclass(frozen=True, slots=True)
+class _Day:
+    """What the phases of a simulated day share."""
+
+    settings: SimulationSettings
+    generator: random.Random  # the one source of randomness, drawn in a fixed order
+    summary: SimulationSummary  # counted into as the day goes
+    office: _Office
+    riders: list[Rider]
+    buses: list[Bus]
+    deciders: dict[str, Decide]  # corridor -> the validators' fare decider
+    midnight_ms: int  # the service day's start, UTC epoch milliseconds
+
+
+class _TopUp(NamedTuple):
+    second: int  # paid at this many seconds after midnight
+    rider: Rider
+
+
+class _PlannedTap(NamedTuple):
+    second: int  # seconds after midnight
+    rider_index: int
+    corridor: str
+
+
+def _plan_top_ups(day: _Day) -> list[_TopUp]:
+    """Top-ups paid during the day at the bank, at random hours."""
+    generator = day.generator
+    chosen = generator.sample(day.riders, int(len(day.riders) * day.settings.top_up_rate))
+    return sorted(_TopUp(int(generator.uniform(5, 20) * 3600), rider) for rider in chosen)
+
+
+def _plan_taps(day: _Day) -> list[_PlannedTap]:
+    """Every tap of the day in time order: legs of a trip 10 to 40 minutes apart."""
+    taps: list[_PlannedTap] = []
+    for rider_index, rider in enumerate(day.riders):
+        for departure, legs in rider.trips:
+            moment = max(5 * 3600, min(22 * 3600, departure))
+            for corridor in legs:
+                taps.append(_PlannedTap(moment, rider_index, corridor))
+                moment += int(day.generator.uniform(600, 2400))
+    taps.sort()
+    return taps
+
+
+async def _run_service_hours(day: _Day) -> int:
+    """The day's taps in time order, with the top-ups paid before each and the buses syncing
+    every `upload_interval_s`; returns how many taps were planned."""
+    settings, generator, summary = day.settings, day.generator, day.summary
+    by_route: dict[str, list[Bus]] = {}
+    for bus in day.buses:
+        by_route.setdefault(bus.route, []).append(bus)
+    top_ups = _plan_top_ups(day)
+    taps = _plan_taps(day)
+    next_sync_s = 5 * 3600
+    top_up_index = 0
+    for position, (second, rider_index, corridor) in enumerate(taps):
+        while top_up_index < len(top_ups) and top_ups[top_up_index].second <= second:
+            await _pay_top_up(day, top_up_index, top_ups[top_up_index])
+            top_up_index += 1
+        if second >= next_sync_s:
+            for bus in day.buses:
+                await _sync(bus, summary)
+            next_sync_s = second + settings.upload_interval_s
+        rider = day.riders[rider_index]
+        bus = generator.choice(by_route[corridor])
+        time_ms = day.midnight_ms + second * 1000 + position % 1000
+        pull_at = None
+        if generator.random() < settings.card_pull_rate:
+            pull_at = generator.randint(1, card_exchanges_max)
+            summary.cards_pulled += 1
+        feedback = bus.tap(rider.card, time_ms, day.deciders[corridor], pull_at)
+        _count(summary, feedback)
+        if generator.random() < settings.power_loss_rate:
+            bus.reboot()
+            summary.power_losses += 1
+        if feedback.verdict == Verdict.tap_again:
+            # The rider taps again at once; the card's log settles the first attempt.
+            feedback = bus.tap(rider.card, time_ms + 2_000, day.deciders[corridor])
             _count(summary, feedback)
-            if generator.random() < settings.power_loss_rate:
-                bus.reboot()
-                summary.power_losses += 1
-            if feedback.verdict == Verdict.tap_again:
-                # The rider taps again at once; the card's log settles the first attempt.
-                feedback = bus.tap(rider.card, time_ms + 2_000, deciders[corridor])
-                _count(summary, feedback)
-            if settings.progress and position % 50 == 0:
-                _progress(position + 1, len(taps))
-        # Night: every bus reaches the depot network (no more losses) and uploads everything.
-        for bus in buses:
-            bus.sync.lose_request = lambda: False
-            bus.sync.lose_answer = lambda: False
-            await _sync(bus, summary)
-        # Next morning: cards with a transaction still in doubt tap once more.
-        morning_ms = midnight_ms + 86_400_000 + 6 * 3_600_000
-        unsettled = {
-            record.card_number
-            for bus in buses
-            for record, state in bus.journal.records()
-            if state.value == "in_doubt"
-        }
-        for offset, rider in enumerate(r for r in riders if r.card_number in unsettled):
-            bus = buses[offset % len(buses)]
-            _count(summary, bus.tap(rider.card, morning_ms + offset * 1000, deciders[bus.route]))
-        for bus in buses:
-            await _sync(bus, summary)
-        if settings.progress:
-            _progress(len(taps), len(taps))
-            print(file=sys.stderr)
-        # The books against the cards themselves.
-        for rider in riders:
-            reader = EmulatedReader("inspection")
-            reader.insert(rider.card)
-            balance = KshCard(reader, store.view(KeyRole.READ)).read_state().balance_rupiah
-            reader.remove()
-            async with session.get(
-                f"{url}/admin/v1/cards/{rider.card_number}",
-                headers={"Authorization": f"Bearer {token}"},
-            ) as response:
-                view = await response.json()
-            summary.cards_checked += 1
-            if view["purse_balance_rupiah"] == balance:
-                summary.cards_matching += 1
-            else:
-                summary.cards_mismatched.append(rider.card_number)
-        for bus in buses:
-            bus.close()
-    if temporary is not None:
-        temporary.cleanup()
-    summary.seconds = round(time.perf_counter() - started, 3)
-    return summary
+        if settings.progress and position % 50 == 0:
+            _progress(position + 1, len(taps))
+    return len(taps)
+
+
+async def _pay_top_up(day: _Day, index: int, top_up: _TopUp) -> None:
+    """The bank pays a virtual-account top-up: the back office holds it for the card."""
+    await _admin(
+        day.office,
+        "/admin/v1/pending-top-ups",
+        {
+            "top_up_id": f"VA-{day.settings.seed}-{index}",
+            "card_number": top_up.rider.card_number,
+            "amount_rupiah": 50_000,
+            "source": "va-bank",
+            "paid_at_ms": day.midnight_ms + top_up.second * 1000,
+        },
+    )
+    day.summary.top_ups_paid += 1
+
+
+async def _night_and_next_morning(day: _Day) -> None:
+    """Night: every bus reaches the depot network (no more losses) and uploads everything.
+    Next morning: cards with a transaction still in doubt tap once more, and the buses sync."""
+    buses, summary = day.buses, day.summary
+    for bus in buses:
+        bus.sync.lose_request = lambda: False
+        bus.sync.lose_answer = lambda: False
+        await _sync(bus, summary)
+    morning_ms = day.midnight_ms + 86_400_000 + 6 * 3_600_000
+    unsettled = {
+        record.card_number
+        for bus in buses
+        for record, state in bus.journal.records()
+        if state.value == "in_doubt"
+    }
+    for offset, rider in enumerate(r for r in day.riders if r.card_number in unsettled):
+        bus = buses[offset % len(buses)]
+        _count(summary, bus.tap(rider.card, morning_ms + offset * 1000, day.deciders[bus.route]))
+    for bus in buses:
+        await _sync(bus, summary)
+
+
+async def _compare_cards_with_books(
+    office: _Office, store: KeyStore, riders: list[Rider], summary: SimulationSummary
+) -> None:
+    """The books against the cards themselves: each card's balance, read from the card, and
+    its purse account in the back office."""
+    for rider in riders:
+        reader = EmulatedReader("inspection")
+        reader.insert(rider.card)
+        balance = KshCard(reader, store.view(KeyRole.READ)).read_state().balance_rupiah
+        reader.remove()
+        async with office.session.get(
+            f"{office.url}/admin/v1/cards/{rider.card_number}",
+            headers={"Authorization": f"Bearer {office.token}"},
+        ) as response:
+            view = await response.json()
+        summary.cards_checked += 1
+        if view["purse_balance_rupiah"] == balance:
+            summary.cards_matching += 1
+        else:
+            summary.cards_mismatched.append(rider.card_number)
 
 
 async def _sync(bus: Bus, summary: SimulationSummary) -> None:
