@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from ledger import (
     CreateTransferResult,
@@ -203,13 +207,22 @@ async def test_pipelined_writer_killed_with_batches_in_flight(database_url: str)
     await assert_whole_and_retry(database_url, batches, size, acknowledged=done)
 
 
-async def test_postgres_killed_mid_batch(tmp_path: Path) -> None:
+@pytest.fixture
+def server_folder() -> Iterator[Path]:
+    """A folder outside pytest's basetemp: as root, pgserver runs PostgreSQL as its own user,
+    which cannot reach into /tmp/pytest-of-root (mode 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="ksh-test-crash-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_postgres_killed_mid_batch(server_folder: Path) -> None:
     """A private embedded server, killed with SIGKILL (postmaster and every backend) while a
     batch is being written, then started again: crash recovery keeps exactly what committed."""
     import pgserver
     import psutil  # type: ignore[import-untyped]
 
-    server = pgserver.get_server(str(tmp_path / "pgdata"), cleanup_mode="stop")
+    server = pgserver.get_server(str(server_folder / "pgdata"), cleanup_mode="stop")
     try:
         url = server.get_uri()
         from ksh.schema import migrate_all
