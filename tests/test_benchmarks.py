@@ -32,8 +32,26 @@ small_runs = {
         {"decisions_per_s", "decisions_per_s_large", "rerate_s"},
     ),
     "ingest": (
-        ["--taps", "2000", "--terminals", "4", "--cards", "200", "--tap-samples", "20"],
-        {"taps_per_s", "ledger_direct_transfers_per_s", "tap_ms_median", "deny_list_lookup_us"},
+        # --replicated: the same again into a primary with a synchronous standby
+        [
+            "--taps",
+            "2000",
+            "--terminals",
+            "4",
+            "--cards",
+            "200",
+            "--tap-samples",
+            "20",
+            "--replicated",
+        ],
+        {
+            "taps_per_s",
+            "ledger_direct_transfers_per_s",
+            "tap_ms_median",
+            "deny_list_lookup_us",
+            "replicated_taps_per_s",
+            "replicated_to_single_ratio",
+        },
     ),
     "settle": (
         ["--taps", "5000", "--merchants", "20", "--collections", "50", "--cards", "500"],
