@@ -60,6 +60,9 @@ class BackofficeConfig:
 
 config_key = web.AppKey("config", BackofficeConfig)
 pool_key = web.AppKey("pool", asyncpg.Pool)
+# Reports and exports (finance pages): a standby when DATABASE_URL names one, else `pool_key`'s.
+reporting_pool_key = web.AppKey("reporting_pool", asyncpg.Pool)
+reporting_pool_connections_max = 4
 #: What an extension adds to `/health` beside the database: awaited with the application and a
 #: connection, it returns fields of the answer (e.g. the days left on the validators' feeds).
 HealthCheck = Callable[[web.Application, asyncpg.Connection], Awaitable[dict[str, Any]]]
@@ -172,6 +175,16 @@ def log_as_json_lines(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
+def reporting_url(database_url: str) -> str:
+    """The same servers, a standby first (`target_session_attrs=prefer-standby`), when the URL
+    asks for the primary among several; otherwise the URL itself. For reads that may be a
+    moment behind (reports, exports): they then cost the primary nothing."""
+    attribute = "target_session_attrs=read-write"
+    if attribute not in database_url:
+        return database_url
+    return database_url.replace(attribute, "target_session_attrs=prefer-standby")
+
+
 async def database_pool(app: web.Application) -> AsyncIterator[None]:
     config = app[config_key]
     pool = await asyncpg.create_pool(
@@ -182,7 +195,19 @@ async def database_pool(app: web.Application) -> AsyncIterator[None]:
     )
     assert pool is not None
     app[pool_key] = pool
+    reporting = pool
+    if reporting_url(config.database_url) != config.database_url:
+        reporting = await asyncpg.create_pool(
+            reporting_url(config.database_url),
+            min_size=0,
+            max_size=reporting_pool_connections_max,
+            timeout=database_connect_timeout_s,
+        )
+        assert reporting is not None
+    app[reporting_pool_key] = reporting
     yield
+    if reporting is not pool:
+        await reporting.close()
     await pool.close()
 
 

@@ -33,7 +33,7 @@ import jinja2
 from aiohttp import web
 
 from gateways import staff as staff_tokens
-from gateways.backoffice import Extension, config_key, pool_key
+from gateways.backoffice import Extension, config_key, pool_key, reporting_pool_key
 from settlement import actions, charts, logins, views
 from settlement.actions import ActionResult, Role, Staff
 from settlement.end_of_day import EndOfDayConfig, PayoutPort, jakarta
@@ -535,7 +535,7 @@ batch_columns = (
 
 async def batches_csv(request: web.Request) -> web.Response:
     await require(request)
-    async with request.app[pool_key].acquire() as connection:
+    async with request.app[reporting_pool_key].acquire() as connection:
         day = requested_day(request, await default_day(request, connection))
         rows = await views.batches(connection, day)
     return csv_response(batch_columns, rows, f"settlement-{day.isoformat()}.csv")
@@ -568,7 +568,7 @@ def csv_response(
 
 async def batches_pdf(request: web.Request) -> web.Response:
     await require(request)
-    async with request.app[pool_key].acquire() as connection:
+    async with request.app[reporting_pool_key].acquire() as connection:
         day = requested_day(request, await default_day(request, connection))
         rows = await views.batches(connection, day)
     from settlement.reports import batches_pdf_bytes
@@ -775,7 +775,7 @@ exception_columns = (
 
 async def exceptions_csv(request: web.Request) -> web.Response:
     await require(request)
-    async with request.app[pool_key].acquire() as connection:
+    async with request.app[reporting_pool_key].acquire() as connection:
         rows = await views.exceptions(
             connection, open_only=False, rows_max=views.exceptions_export_rows_max
         )

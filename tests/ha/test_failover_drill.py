@@ -46,7 +46,7 @@ from card_reader.deck import first_card_number, make_ksh_deck
 from card_reader.emulator import EmulatedCard, EmulatedReader
 from card_reader.keys import KeyRole, demo_key_store
 from card_reader.ksh_card import KshCard
-from gateways.backoffice import BackofficeConfig, create_app
+from gateways.backoffice import BackofficeConfig, create_app, pool_key, reporting_pool_key
 from gateways.terminal_api import registry
 from gateways.terminal_api.registry import TerminalRole
 from ksh.commands.serve import extensions
@@ -473,7 +473,8 @@ async def test_without_its_standby_the_primary_acknowledges_no_upload_until_degr
     await prepare_database(replicated_pair)
     url = replicated_pair.url()
     settings = {"upload_booking_timeout_ms": booking_timeout_ms, "expiry_sweep_interval_s": 0}
-    runner = web.AppRunner(create_app(BackofficeConfig(url, settings=settings), extensions()))
+    app = create_app(BackofficeConfig(url, settings=settings), extensions())
+    runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -482,6 +483,11 @@ async def test_without_its_standby_the_primary_acknowledges_no_upload_until_degr
     fleet = await make_fleet(url, replicated_pair.folder / "buses", [backoffice_url])
     bus = fleet.buses[0]
     try:
+        # Finance reports and exports read from the standby; everything else from the primary.
+        async with app[reporting_pool_key].acquire() as connection:
+            assert await connection.fetchval("select pg_is_in_recovery()")
+        async with app[pool_key].acquire() as connection:
+            assert not await connection.fetchval("select pg_is_in_recovery()")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             fleet.tap(bus)
             assert await bus.sync.upload_once() == UploadStatus.acknowledged
