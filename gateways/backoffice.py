@@ -94,6 +94,14 @@ def problem_response(problem: Problem) -> web.Response:
     return response
 
 
+async def forget_demoted_primary(app: web.Application, error: BaseException) -> None:
+    """A write refused as read-only: the server our pooled connections reach was demoted (a
+    standby now). Every connection is replaced on its next use, each reaching whichever
+    server is the primary now (`target_session_attrs=read-write`)."""
+    if isinstance(error, asyncpg.ReadOnlySQLTransactionError) and pool_key in app:
+        await app[pool_key].expire_connections()
+
+
 def database_unavailable(error: BaseException) -> Problem:
     return Problem(
         503,
@@ -118,6 +126,7 @@ async def problem_middleware(
         raise
     except database_unavailable_errors as error:
         logger.warning("database unavailable on %s %s: %r", request.method, request.path, error)
+        await forget_demoted_primary(request.app, error)
         return problem_response(database_unavailable(error))
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)

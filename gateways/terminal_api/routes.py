@@ -46,6 +46,7 @@ from gateways.backoffice import (
     Problem,
     config_key,
     database_unavailable_errors,
+    forget_demoted_primary,
     health_checks_key,
     pool_key,
 )
@@ -194,6 +195,7 @@ async def _book_upload(
                         metrics.uploads.increment("database_unavailable")
                         raise
                     logger.warning("upload of %s retried: %r", terminal_id, error)
+                    await forget_demoted_primary(request.app, error)
                     await asyncio.sleep(upload_database_retry_pause_s * attempt)
     except TimeoutError:
         metrics.uploads.increment("not_acknowledged_in_time")
