@@ -24,7 +24,7 @@ import uuid
 import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import asyncpg
 
@@ -105,14 +105,7 @@ async def close_day(
     """Create (once) the day's settlement batches and book their fees and holds at `now`;
     record that the day was closed (`day_closed_at`), with batches or none."""
     cutoff = cutoff_at(day, config)
-    in_transit = await books.ensure_account(
-        connection, AccountKind.settlement_in_transit, "payouts"
-    )
-    fee_income = await books.ensure_account(connection, AccountKind.fee_income, "merchant-discount")
-    for row in await connection.fetch(
-        "select distinct owner_reference from ledger_accounts where kind = 'operator_revenue'"
-    ):
-        await books.ensure_account(connection, AccountKind.operator_payable, row["owner_reference"])
+    accounts = await _ensure_close_accounts(connection)
     # Fresh planner statistics: after a busy day autovacuum may not have caught up, and the
     # close below scans the day's transfers once, set-based.
     await connection.execute("analyze ledger_accounts, ledger_transfers, settlement_batches")
@@ -121,100 +114,17 @@ async def close_day(
         base = await connection.fetchval(
             "select count(*) from settlement_batches where service_day = $1", day
         )
-        rows = await connection.fetch(
-            """
-            with payables as (
-                select id, kind, owner_reference from ledger_accounts
-                 where kind in ('merchant_payable', 'operator_revenue')
-            ),
-            movements as (
-                -- posted movements booked before the cut-off, apart from settlement's own,
-                -- summed per account first (one pass), then narrowed to the payables
-                select id, sum(rupiah) as rupiah from (
-                    select credit_account_id as id, amount as rupiah from ledger_transfers
-                     where booked_at < $1 and flags & (2 | 8) = 0 and settlement_batch is null
-                    union all
-                    select debit_account_id, -amount from ledger_transfers
-                     where booked_at < $1 and flags & (2 | 8) = 0 and settlement_batch is null
-                ) legs group by id
-            ),
-            owed as (
-                select id, rupiah from movements join payables using (id)
-            ),
-            closed as (
-                select payable_account_id as id, sum(owed_rupiah) as rupiah
-                  from settlement_batches group by payable_account_id
-            ),
-            sale_fees as (
-                select debit_account_id as id, sum(amount) as rupiah from ledger_transfers
-                 where booked_at >= $3 and booked_at < $1 and code = $4
-                   and flags & (2 | 8) = 0 and settlement_batch is null
-                 group by debit_account_id
-            )
-            select p.id, p.kind, p.owner_reference,
-                   o.rupiah - coalesce(c.rupiah, 0) as owed_rupiah,
-                   coalesce(f.rupiah, 0) as sale_fees_rupiah
-              from payables p join owed o using (id) left join closed c using (id)
-              left join sale_fees f using (id)
-             where o.rupiah - coalesce(c.rupiah, 0) > 0
-               and not exists (select 1 from settlement_batches b
-                                where b.service_day = $2 and b.payable_account_id = p.id)
-             order by p.kind, p.owner_reference
-            """,
-            cutoff,
-            day,
-            cutoff - dt.timedelta(days=1),
-            int(TransferCode.merchant_fee),
-        )
+        rows = await _owed_at_cutoff(connection, day, cutoff)
         assert base + len(rows) <= batches_per_day_max, "too many batches for one day"
-        batches: list[Batch] = []
-        payable_ids: list[uuid.UUID] = []
-        for number, row in enumerate(rows, start=base + 1):
-            merchant = row["kind"] == AccountKind.merchant_payable.value
-            basis_points = (
-                config.merchant_discount_basis_points
-                if merchant
-                else config.operator_fee_basis_points
-            )
-            owed = int(row["owed_rupiah"])
-            end_of_day_fee = owed * basis_points // 10_000
-            if owed - end_of_day_fee <= 0:
-                continue
-            sale_fees = int(row["sale_fees_rupiah"])
-            batches.append(
-                Batch(
-                    batch_id_for(day, number),
-                    day,
-                    "merchant" if merchant else "operator",
-                    row["owner_reference"],
-                    owed,
-                    owed + sale_fees,
-                    sale_fees + end_of_day_fee,
-                    owed - end_of_day_fee,
-                )
-            )
-            payable_ids.append(row["id"])
+        closing = _batches_from(rows, day, base, config)
         transfers = await _close_transfers(
-            connection, batches, payable_ids, fee_income=fee_income, in_transit=in_transit
+            connection,
+            closing.batches,
+            closing.payable_ids,
+            fee_income=accounts.fee_income,
+            in_transit=accounts.in_transit,
         )
-        await connection.execute(
-            """insert into settlement_batches
-                 (batch_id, service_day, party_kind, party_id, payable_account_id, hold_transfer_id,
-                  owed_rupiah, gross_rupiah, fees_rupiah, net_rupiah)
-               select * from unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::uuid[],
-                                    $6::uuid[], $7::bigint[], $8::bigint[], $9::bigint[],
-                                    $10::bigint[])""",
-            [b.batch_id for b in batches],
-            [b.service_day for b in batches],
-            [b.party_kind for b in batches],
-            [b.party_id for b in batches],
-            payable_ids,
-            [books.hold_id_for(b.batch_id) for b in batches],
-            [b.owed_rupiah for b in batches],
-            [b.gross_rupiah for b in batches],
-            [b.fees_rupiah for b in batches],
-            [b.net_rupiah for b in batches],
-        )
+        await _insert_batches(connection, closing)
         await books.book(connection, transfers, now=now)
         await connection.execute(
             """insert into settlement_day_closes (service_day, first_closed_at, last_closed_at)
@@ -223,7 +133,140 @@ async def close_day(
             day,
             now,
         )
-    return batches
+    return closing.batches
+
+
+class _CloseAccounts(NamedTuple):
+    in_transit: uuid.UUID  # settlement in transit: holds of what is being paid out
+    fee_income: uuid.UUID  # the end-of-day fees
+
+
+async def _ensure_close_accounts(connection: asyncpg.Connection) -> _CloseAccounts:
+    """The accounts a close books into: in transit, fee income and each operator's payable."""
+    in_transit = await books.ensure_account(
+        connection, AccountKind.settlement_in_transit, "payouts"
+    )
+    fee_income = await books.ensure_account(connection, AccountKind.fee_income, "merchant-discount")
+    for row in await connection.fetch(
+        "select distinct owner_reference from ledger_accounts where kind = 'operator_revenue'"
+    ):
+        await books.ensure_account(connection, AccountKind.operator_payable, row["owner_reference"])
+    return _CloseAccounts(in_transit, fee_income)
+
+
+async def _owed_at_cutoff(
+    connection: asyncpg.Connection, day: dt.date, cutoff: dt.datetime
+) -> list[asyncpg.Record]:
+    """Every payable (merchant, operator revenue) still owed something at the cut-off and not
+    yet in a batch of `day`: what it was owed minus what earlier batches closed, and the day's
+    sale fees; in (kind, owner) order."""
+    return await connection.fetch(
+        """
+        with payables as (
+            select id, kind, owner_reference from ledger_accounts
+             where kind in ('merchant_payable', 'operator_revenue')
+        ),
+        movements as (
+            -- posted movements booked before the cut-off, apart from settlement's own,
+            -- summed per account first (one pass), then narrowed to the payables
+            select id, sum(rupiah) as rupiah from (
+                select credit_account_id as id, amount as rupiah from ledger_transfers
+                 where booked_at < $1 and flags & (2 | 8) = 0 and settlement_batch is null
+                union all
+                select debit_account_id, -amount from ledger_transfers
+                 where booked_at < $1 and flags & (2 | 8) = 0 and settlement_batch is null
+            ) legs group by id
+        ),
+        owed as (
+            select id, rupiah from movements join payables using (id)
+        ),
+        closed as (
+            select payable_account_id as id, sum(owed_rupiah) as rupiah
+              from settlement_batches group by payable_account_id
+        ),
+        sale_fees as (
+            select debit_account_id as id, sum(amount) as rupiah from ledger_transfers
+             where booked_at >= $3 and booked_at < $1 and code = $4
+               and flags & (2 | 8) = 0 and settlement_batch is null
+             group by debit_account_id
+        )
+        select p.id, p.kind, p.owner_reference,
+               o.rupiah - coalesce(c.rupiah, 0) as owed_rupiah,
+               coalesce(f.rupiah, 0) as sale_fees_rupiah
+          from payables p join owed o using (id) left join closed c using (id)
+          left join sale_fees f using (id)
+         where o.rupiah - coalesce(c.rupiah, 0) > 0
+           and not exists (select 1 from settlement_batches b
+                            where b.service_day = $2 and b.payable_account_id = p.id)
+         order by p.kind, p.owner_reference
+        """,
+        cutoff,
+        day,
+        cutoff - dt.timedelta(days=1),
+        int(TransferCode.merchant_fee),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Closing:
+    """The batches a close creates and, position by position, the payable each one pays."""
+
+    batches: list[Batch]
+    payable_ids: list[uuid.UUID]
+
+
+def _batches_from(
+    rows: Sequence[asyncpg.Record], day: dt.date, base: int, config: EndOfDayConfig
+) -> _Closing:
+    """A batch per payable owed more than the end-of-day fee, numbered on from `base`."""
+    batches: list[Batch] = []
+    payable_ids: list[uuid.UUID] = []
+    for number, row in enumerate(rows, start=base + 1):
+        merchant = row["kind"] == AccountKind.merchant_payable.value
+        basis_points = (
+            config.merchant_discount_basis_points if merchant else config.operator_fee_basis_points
+        )
+        owed = int(row["owed_rupiah"])
+        end_of_day_fee = owed * basis_points // 10_000
+        if owed - end_of_day_fee <= 0:
+            continue
+        sale_fees = int(row["sale_fees_rupiah"])
+        batches.append(
+            Batch(
+                batch_id_for(day, number),
+                day,
+                "merchant" if merchant else "operator",
+                row["owner_reference"],
+                owed,
+                owed + sale_fees,
+                sale_fees + end_of_day_fee,
+                owed - end_of_day_fee,
+            )
+        )
+        payable_ids.append(row["id"])
+    return _Closing(batches, payable_ids)
+
+
+async def _insert_batches(connection: asyncpg.Connection, closing: _Closing) -> None:
+    batches = closing.batches
+    await connection.execute(
+        """insert into settlement_batches
+             (batch_id, service_day, party_kind, party_id, payable_account_id, hold_transfer_id,
+              owed_rupiah, gross_rupiah, fees_rupiah, net_rupiah)
+           select * from unnest($1::text[], $2::date[], $3::text[], $4::text[], $5::uuid[],
+                                $6::uuid[], $7::bigint[], $8::bigint[], $9::bigint[],
+                                $10::bigint[])""",
+        [b.batch_id for b in batches],
+        [b.service_day for b in batches],
+        [b.party_kind for b in batches],
+        [b.party_id for b in batches],
+        closing.payable_ids,
+        [books.hold_id_for(b.batch_id) for b in batches],
+        [b.owed_rupiah for b in batches],
+        [b.gross_rupiah for b in batches],
+        [b.fees_rupiah for b in batches],
+        [b.net_rupiah for b in batches],
+    )
 
 
 async def _close_transfers(
