@@ -137,7 +137,43 @@ def match(
     assert len({m.movement_id for m in ordered_movements}) == len(ordered_movements), (
         "duplicate ids"
     )
+    settled = sorted(settled_movements, key=lambda movement: movement.movement_id)
+    index = _index_movements(ordered_movements, settled)
+    matched = _Matched({movement.movement_id for movement in settled}, set(), [])
+    # The passes again over what is left, until a round finds nothing: a later pass can take a
+    # movement that made an earlier pass give up (a group whose sum was off by exactly that
+    # movement), and what is left must be what a run over the leftovers would leave, or the
+    # next reconciliation run would find matches this one did not.
+    while True:
+        matches_before = len(matched.matches)
+        _match_one_to_one(ordered_lines, index, rules, matched)
+        _match_one_to_many(ordered_lines, index, rules, matched)
+        _match_many_to_one(ordered_lines, index, rules, matched)
+        if len(matched.matches) == matches_before:
+            break
+    exceptions = _exceptions(ordered_lines, settled_lines, index, rules, matched)
+    unmatched = tuple(
+        m.movement_id for m in ordered_movements if m.movement_id not in matched.movement_ids
+    )
+    result = MatchResult(tuple(matched.matches), tuple(exceptions), unmatched)
+    assert sum(len(m.line_keys) for m in result.matches) + len(result.exceptions) == len(
+        ordered_lines
+    )
+    return result
 
+
+@dataclass(frozen=True, slots=True)
+class _MovementIndex:
+    """The expected movements by (account, direction, normalised reference)."""
+
+    by_reference: dict[Key, list[ExpectedMovement]]  # open movements, by their own reference
+    by_group: dict[Key, list[ExpectedMovement]]  # open movements, by their group reference
+    known_by_reference: dict[Key, list[ExpectedMovement]]  # open and settled, by reference
+
+
+def _index_movements(
+    ordered_movements: list[ExpectedMovement], settled: list[ExpectedMovement]
+) -> _MovementIndex:
     by_reference: dict[Key, list[ExpectedMovement]] = defaultdict(list)
     by_group: dict[Key, list[ExpectedMovement]] = defaultdict(list)
     for movement in ordered_movements:
@@ -148,136 +184,144 @@ def match(
             by_group[
                 (movement.account, movement.direction, normalise_reference(movement.group))
             ].append(movement)
-
-    settled = sorted(settled_movements, key=lambda movement: movement.movement_id)
     known_by_reference: dict[Key, list[ExpectedMovement]] = defaultdict(list)
     for movement in [*ordered_movements, *settled]:
         known_by_reference[
             (movement.account, movement.direction, normalise_reference(movement.reference))
         ].append(movement)
-    used_movements: set[str] = {movement.movement_id for movement in settled}
-    matched_lines: set[str] = set()
-    matches: list[Match] = []
+    return _MovementIndex(by_reference, by_group, known_by_reference)
 
-    def close_in_date(line: StatementLine, movement: ExpectedMovement) -> bool:
-        return abs((line.value_date - movement.value_date).days) <= rules.date_tolerance_days
 
-    def close_in_amount(statement_rupiah: int, books_rupiah: int) -> bool:
-        return abs(statement_rupiah - books_rupiah) <= rules.amount_tolerance_rupiah
+@dataclass(slots=True)
+class _Matched:
+    """What the passes have matched so far; each pass adds to it as it goes."""
 
-    # The passes again over what is left, until a round finds nothing: a later pass can take a
-    # movement that made an earlier pass give up (a group whose sum was off by exactly that
-    # movement), and what is left must be what a run over the leftovers would leave, or the
-    # next reconciliation run would find matches this one did not.
-    while True:
-        matches_before = len(matches)
-        # Pass 1: one to one.
-        for line in ordered_lines:
-            if line.key in matched_lines:
-                continue
-            best: tuple[int, int, str] | None = None
-            chosen: ExpectedMovement | None = None
-            for reference in line_references(line):
-                for movement in by_reference.get((line.account, line.direction, reference), ()):
-                    if movement.movement_id in used_movements:
-                        continue
-                    if not close_in_amount(line.amount_rupiah, movement.amount_rupiah):
-                        continue
-                    if not close_in_date(line, movement):
-                        continue
-                    rank = (
-                        abs(line.amount_rupiah - movement.amount_rupiah),
-                        abs((line.value_date - movement.value_date).days),
-                        movement.movement_id,
-                    )
-                    if best is None or rank < best:
-                        best, chosen = rank, movement
-            if chosen is not None:
-                used_movements.add(chosen.movement_id)
-                matched_lines.add(line.key)
-                matches.append(
+    movement_ids: set[str]  # movements used (the settled ones from the start)
+    line_keys: set[str]
+    matches: list[Match]
+
+    def add(self, found: Match) -> None:
+        self.movement_ids.update(found.movement_ids)
+        self.line_keys.update(found.line_keys)
+        self.matches.append(found)
+
+
+def _close_in_date(line: StatementLine, movement: ExpectedMovement, rules: MatchRules) -> bool:
+    return abs((line.value_date - movement.value_date).days) <= rules.date_tolerance_days
+
+
+def _close_in_amount(statement_rupiah: int, books_rupiah: int, rules: MatchRules) -> bool:
+    return abs(statement_rupiah - books_rupiah) <= rules.amount_tolerance_rupiah
+
+
+def _match_one_to_one(
+    ordered_lines: list[StatementLine], index: _MovementIndex, rules: MatchRules, matched: _Matched
+) -> None:
+    """Pass 1: one line, one movement (the closest in amount, then date, then id)."""
+    for line in ordered_lines:
+        if line.key in matched.line_keys:
+            continue
+        best: tuple[int, int, str] | None = None
+        chosen: ExpectedMovement | None = None
+        for reference in line_references(line):
+            for movement in index.by_reference.get((line.account, line.direction, reference), ()):
+                if movement.movement_id in matched.movement_ids:
+                    continue
+                if not _close_in_amount(line.amount_rupiah, movement.amount_rupiah, rules):
+                    continue
+                if not _close_in_date(line, movement, rules):
+                    continue
+                rank = (
+                    abs(line.amount_rupiah - movement.amount_rupiah),
+                    abs((line.value_date - movement.value_date).days),
+                    movement.movement_id,
+                )
+                if best is None or rank < best:
+                    best, chosen = rank, movement
+        if chosen is not None:
+            matched.add(
+                Match(
+                    MatchKind.one_to_one,
+                    (line.key,),
+                    (chosen.movement_id,),
+                    line.amount_rupiah - chosen.amount_rupiah,
+                )
+            )
+
+
+def _match_one_to_many(
+    ordered_lines: list[StatementLine], index: _MovementIndex, rules: MatchRules, matched: _Matched
+) -> None:
+    """Pass 2: one line, the open movements of a group it names (their sum)."""
+    for line in ordered_lines:
+        if line.key in matched.line_keys:
+            continue
+        for reference in line_references(line):
+            members = [
+                m
+                for m in index.by_group.get((line.account, line.direction, reference), ())
+                if m.movement_id not in matched.movement_ids and _close_in_date(line, m, rules)
+            ]
+            total = sum(m.amount_rupiah for m in members)
+            if members and _close_in_amount(line.amount_rupiah, total, rules):
+                matched.add(
                     Match(
-                        MatchKind.one_to_one,
+                        MatchKind.one_to_many,
                         (line.key,),
-                        (chosen.movement_id,),
-                        line.amount_rupiah - chosen.amount_rupiah,
+                        tuple(m.movement_id for m in members),
+                        line.amount_rupiah - total,
                     )
                 )
+                break
 
-        # Pass 2: one line, a group of movements.
-        for line in ordered_lines:
-            if line.key in matched_lines:
-                continue
-            for reference in line_references(line):
-                members = [
-                    m
-                    for m in by_group.get((line.account, line.direction, reference), ())
-                    if m.movement_id not in used_movements and close_in_date(line, m)
-                ]
-                total = sum(m.amount_rupiah for m in members)
-                if members and close_in_amount(line.amount_rupiah, total):
-                    used_movements.update(m.movement_id for m in members)
-                    matched_lines.add(line.key)
-                    matches.append(
-                        Match(
-                            MatchKind.one_to_many,
-                            (line.key,),
-                            tuple(m.movement_id for m in members),
-                            line.amount_rupiah - total,
-                        )
-                    )
-                    break
 
-        # Pass 3: several lines with one reference, one movement.
-        lines_by_reference: dict[Key, list[StatementLine]] = defaultdict(list)
-        for line in ordered_lines:
-            if line.key not in matched_lines and line.reference:
-                lines_by_reference[
-                    (line.account, line.direction, normalise_reference(line.reference))
-                ].append(line)
-        for key, chunk in lines_by_reference.items():
-            if len(chunk) < 2:
-                continue
-            total = sum(line.amount_rupiah for line in chunk)
-            for movement in by_reference.get(key, ()):
-                if movement.movement_id in used_movements:
-                    continue
-                if close_in_amount(total, movement.amount_rupiah) and all(
-                    close_in_date(line, movement) for line in chunk
-                ):
-                    used_movements.add(movement.movement_id)
-                    matched_lines.update(line.key for line in chunk)
-                    matches.append(
-                        Match(
-                            MatchKind.many_to_one,
-                            tuple(line.key for line in chunk),
-                            (movement.movement_id,),
-                            total - movement.amount_rupiah,
-                        )
-                    )
-                    break
-
-        if len(matches) == matches_before:
-            break
-
-    # What is left becomes an exception, with the most specific reason that fits.
-    lines_by_key = {line.key: line for line in ordered_lines}
-    matched_shapes = {shape(lines_by_key[key]) for key in matched_lines}
-    matched_shapes.update(shape(line) for line in settled_lines)
-    exceptions: list[LineException] = []
+def _match_many_to_one(
+    ordered_lines: list[StatementLine], index: _MovementIndex, rules: MatchRules, matched: _Matched
+) -> None:
+    """Pass 3: several lines with one reference (their sum), one movement."""
+    lines_by_reference: dict[Key, list[StatementLine]] = defaultdict(list)
     for line in ordered_lines:
-        if line.key in matched_lines:
+        if line.key not in matched.line_keys and line.reference:
+            lines_by_reference[
+                (line.account, line.direction, normalise_reference(line.reference))
+            ].append(line)
+    for key, chunk in lines_by_reference.items():
+        if len(chunk) < 2:
             continue
-        exceptions.append(classify(line, matched_shapes, known_by_reference, used_movements, rules))
+        total = sum(line.amount_rupiah for line in chunk)
+        for movement in index.by_reference.get(key, ()):
+            if movement.movement_id in matched.movement_ids:
+                continue
+            if _close_in_amount(total, movement.amount_rupiah, rules) and all(
+                _close_in_date(line, movement, rules) for line in chunk
+            ):
+                matched.add(
+                    Match(
+                        MatchKind.many_to_one,
+                        tuple(line.key for line in chunk),
+                        (movement.movement_id,),
+                        total - movement.amount_rupiah,
+                    )
+                )
+                break
 
-    unmatched = tuple(
-        m.movement_id for m in ordered_movements if m.movement_id not in used_movements
-    )
-    result = MatchResult(tuple(matches), tuple(exceptions), unmatched)
-    assert sum(len(m.line_keys) for m in result.matches) + len(result.exceptions) == len(
-        ordered_lines
-    )
-    return result
+
+def _exceptions(
+    ordered_lines: list[StatementLine],
+    settled_lines: Iterable[StatementLine],
+    index: _MovementIndex,
+    rules: MatchRules,
+    matched: _Matched,
+) -> list[LineException]:
+    """What is left becomes an exception, with the most specific reason that fits."""
+    lines_by_key = {line.key: line for line in ordered_lines}
+    matched_shapes = {shape(lines_by_key[key]) for key in matched.line_keys}
+    matched_shapes.update(shape(line) for line in settled_lines)
+    return [
+        classify(line, matched_shapes, index.known_by_reference, matched.movement_ids, rules)
+        for line in ordered_lines
+        if line.key not in matched.line_keys
+    ]
 
 
 def shape(line: StatementLine) -> tuple[str, Direction, int, dt.date, str]:

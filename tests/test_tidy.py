@@ -284,7 +284,6 @@ long_functions_allowed: dict[str, int] = {
     "ledger/booking.py:_decide_one": 141,
     "ledger/booking.py:_decide_plain": 117,
     "ledger/booking.py:decide_batch": 109,
-    "settlement/matching.py:match": 157,
 }
 
 
