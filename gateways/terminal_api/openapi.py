@@ -46,6 +46,56 @@ def _admin(summary: str, required: list[str]) -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "KSH back office: terminal side", "version": "1"},
+        "components": _components(),
+        "paths": {**_terminal_paths(), **_admin_paths(), **_service_paths()},
+    }
+
+
+def _components() -> dict[str, Any]:
+    """The staff token scheme, and the schemas of a problem and of an upload batch."""
+    return {
+        "securitySchemes": {
+            "staff": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "one person's staff token (ksh settle staff USER "
+                "--issue-token), acting in its role",
+            }
+        },
+        "schemas": {
+            "Problem": {
+                "type": "object",
+                "properties": {
+                    "status": {"type": "integer"},
+                    "code": {"type": "string"},
+                    "detail": {"type": "string"},
+                },
+            },
+            "UploadBatch": {
+                "type": "object",
+                "required": ["version", "terminal_id", "batch_sequence", "fields", "records"],
+                "properties": {
+                    "version": {"const": 1},
+                    "terminal_id": {"type": "string", "maxLength": 32},
+                    "batch_sequence": {"type": "integer", "minimum": 1},
+                    "fields": {"const": [name for name, _ in record_fields]},
+                    "records": {
+                        "type": "array",
+                        "maxItems": upload_records_max,
+                        "items": {"type": "array", "minItems": len(record_fields)},
+                    },
+                },
+                "description": f"at most {upload_body_bytes_max} bytes; records follow 'fields'",
+            },
+        },
+    }
+
+
+def _terminal_paths() -> dict[str, Any]:
+    """What terminals call, signed with their key: uploads, sync and the deny list."""
     terminal_headers = [
         {"name": terminal_header, "in": "header", "required": True, "schema": {"type": "string"}},
         {
@@ -64,141 +114,111 @@ def openapi_document() -> dict[str, Any]:
         "schema": {"type": "string"},
     }
     return {
-        "openapi": "3.1.0",
-        "info": {"title": "KSH back office: terminal side", "version": "1"},
-        "components": {
-            "securitySchemes": {
-                "staff": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "one person's staff token (ksh settle staff USER "
-                    "--issue-token), acting in its role",
-                }
-            },
-            "schemas": {
-                "Problem": {
-                    "type": "object",
-                    "properties": {
-                        "status": {"type": "integer"},
-                        "code": {"type": "string"},
-                        "detail": {"type": "string"},
-                    },
-                },
-                "UploadBatch": {
-                    "type": "object",
-                    "required": ["version", "terminal_id", "batch_sequence", "fields", "records"],
-                    "properties": {
-                        "version": {"const": 1},
-                        "terminal_id": {"type": "string", "maxLength": 32},
-                        "batch_sequence": {"type": "integer", "minimum": 1},
-                        "fields": {"const": [name for name, _ in record_fields]},
-                        "records": {
-                            "type": "array",
-                            "maxItems": upload_records_max,
-                            "items": {"type": "array", "minItems": len(record_fields)},
-                        },
-                    },
-                    "description": f"at most {upload_body_bytes_max} bytes; records follow 'fields'",
-                },
-            },
-        },
-        "paths": {
-            "/terminal/v1/uploads": {
-                "post": {
-                    "summary": "Upload a signed batch of journal records",
-                    "parameters": terminal_headers,
-                    "requestBody": {
-                        "content": {
-                            "application/vnd.ksh.upload+json": {
-                                "schema": {"$ref": "#/components/schemas/UploadBatch"}
-                            }
+        "/terminal/v1/uploads": {
+            "post": {
+                "summary": "Upload a signed batch of journal records",
+                "parameters": terminal_headers,
+                "requestBody": {
+                    "content": {
+                        "application/vnd.ksh.upload+json": {
+                            "schema": {"$ref": "#/components/schemas/UploadBatch"}
                         }
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "accepted or exists (a replay): records acknowledged"
-                        },
-                        "400": _problem("malformed"),
-                        "401": _problem("unknown terminal or bad signature"),
-                        "403": _problem("terminal revoked"),
-                        "409": _problem("batch out of order or conflicting replay"),
-                        "413": _problem("body too large"),
-                        "422": _problem("record kind not allowed for the terminal's role"),
-                    },
-                }
-            },
-            "/terminal/v1/sync": {
-                "get": {
-                    "summary": "Deny list delta, pending top-ups, tariff and key versions",
-                    "parameters": [
-                        *terminal_headers,
-                        timestamp,
-                        {"name": "deny_since", "in": "query", "schema": {"type": "integer"}},
-                        {
-                            "name": "feed_service_end",
-                            "in": "query",
-                            "description": "a validator's fare feed: its last service day, "
-                            "YYYYMMDD (shown as days left on /health and /metrics)",
-                            "schema": {"type": "string", "pattern": "^[0-9]{8}$"},
-                        },
-                    ],
-                    "responses": {
-                        "200": {"description": "sync state"},
-                        "400": _problem("a query value is malformed"),
-                    },
-                }
-            },
-            "/terminal/v1/deny-list": {
-                "get": {
-                    "summary": "The whole deny list: little-endian u64 card numbers, sorted",
-                    "parameters": [*terminal_headers, timestamp],
-                    "responses": {
-                        "200": {"description": f"binary list; {deny_list_version_header} header"}
-                    },
-                }
-            },
-            "/admin/v1/operators": {"post": _admin("Register a bus operator", ["operator_id"])},
-            "/admin/v1/merchants": {"post": _admin("Register a merchant", ["merchant_id"])},
-            "/admin/v1/terminals": {
-                "post": _admin("Register a terminal", ["terminal_id", "public_key", "role"])
-            },
-            "/admin/v1/terminals/{terminal_id}/revoke": {"post": _admin("Revoke a terminal", [])},
-            "/admin/v1/cards": {
-                "post": _admin("Register a card (creates its accounts)", ["card_number"])
-            },
-            "/admin/v1/pending-top-ups": {
-                "post": _admin(
-                    "Book a payment for a card and announce it as a pending top-up",
-                    ["top_up_id", "card_number", "amount_rupiah"],
-                )
-            },
-            "/admin/v1/cards/{card_number}": {
-                "get": {
-                    "summary": "Card monitoring view",
-                    "security": [{"staff": []}],
-                    "responses": {"200": {"description": "shadow balance, purse, flags"}},
-                }
-            },
-            "/admin/v1/monitoring/counter-gaps": {
-                "get": {
-                    "summary": "Cards whose booked counters skip",
-                    "security": [{"staff": []}],
-                    "responses": {"200": {"description": "card, highest counter, missing"}},
-                }
-            },
-            "/admin/v1/monitoring/record-gaps": {
-                "get": {
-                    "summary": "Terminals whose uploaded journal sequences skip",
-                    "security": [{"staff": []}],
-                    "responses": {"200": {"description": "terminal, highest sequence, missing"}},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text"}},
-                }
-            },
-            "/health": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}}}},
+                    }
+                },
+                "responses": {
+                    "200": {"description": "accepted or exists (a replay): records acknowledged"},
+                    "400": _problem("malformed"),
+                    "401": _problem("unknown terminal or bad signature"),
+                    "403": _problem("terminal revoked"),
+                    "409": _problem("batch out of order or conflicting replay"),
+                    "413": _problem("body too large"),
+                    "422": _problem("record kind not allowed for the terminal's role"),
+                },
+            }
         },
+        "/terminal/v1/sync": {
+            "get": {
+                "summary": "Deny list delta, pending top-ups, tariff and key versions",
+                "parameters": [
+                    *terminal_headers,
+                    timestamp,
+                    {"name": "deny_since", "in": "query", "schema": {"type": "integer"}},
+                    {
+                        "name": "feed_service_end",
+                        "in": "query",
+                        "description": "a validator's fare feed: its last service day, "
+                        "YYYYMMDD (shown as days left on /health and /metrics)",
+                        "schema": {"type": "string", "pattern": "^[0-9]{8}$"},
+                    },
+                ],
+                "responses": {
+                    "200": {"description": "sync state"},
+                    "400": _problem("a query value is malformed"),
+                },
+            }
+        },
+        "/terminal/v1/deny-list": {
+            "get": {
+                "summary": "The whole deny list: little-endian u64 card numbers, sorted",
+                "parameters": [*terminal_headers, timestamp],
+                "responses": {
+                    "200": {"description": f"binary list; {deny_list_version_header} header"}
+                },
+            }
+        },
+    }
+
+
+def _admin_paths() -> dict[str, Any]:
+    """What staff call with their own token: registrations, top-ups, monitoring."""
+    return {
+        "/admin/v1/operators": {"post": _admin("Register a bus operator", ["operator_id"])},
+        "/admin/v1/merchants": {"post": _admin("Register a merchant", ["merchant_id"])},
+        "/admin/v1/terminals": {
+            "post": _admin("Register a terminal", ["terminal_id", "public_key", "role"])
+        },
+        "/admin/v1/terminals/{terminal_id}/revoke": {"post": _admin("Revoke a terminal", [])},
+        "/admin/v1/cards": {
+            "post": _admin("Register a card (creates its accounts)", ["card_number"])
+        },
+        "/admin/v1/pending-top-ups": {
+            "post": _admin(
+                "Book a payment for a card and announce it as a pending top-up",
+                ["top_up_id", "card_number", "amount_rupiah"],
+            )
+        },
+        "/admin/v1/cards/{card_number}": {
+            "get": {
+                "summary": "Card monitoring view",
+                "security": [{"staff": []}],
+                "responses": {"200": {"description": "shadow balance, purse, flags"}},
+            }
+        },
+        "/admin/v1/monitoring/counter-gaps": {
+            "get": {
+                "summary": "Cards whose booked counters skip",
+                "security": [{"staff": []}],
+                "responses": {"200": {"description": "card, highest counter, missing"}},
+            }
+        },
+        "/admin/v1/monitoring/record-gaps": {
+            "get": {
+                "summary": "Terminals whose uploaded journal sequences skip",
+                "security": [{"staff": []}],
+                "responses": {"200": {"description": "terminal, highest sequence, missing"}},
+            }
+        },
+    }
+
+
+def _service_paths() -> dict[str, Any]:
+    """Open to anyone who can reach the service: metrics and health."""
+    return {
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "text"}},
+            }
+        },
+        "/health": {"get": {"summary": "Health", "responses": {"200": {"description": "ok"}}}},
     }
