@@ -284,16 +284,26 @@ def classify(
             found.quarantined.append(Quarantined(record, "unknown_card", detail))
             found.new_records.append(Placed(record, RecordOutcome.quarantined))
             continue
-        proof = proofs.get(record.card_number) if stored is None else None
+        booked_before = stored is not None and stored.outcome == RecordOutcome.booked
+        proof = proofs.get(record.card_number)
         if (
             proof is not None
             and record.status == RecordStatus.committed
             and record.kind != UploadKind.denied
+            and not booked_before
             and (unproven := proof_problem(record, proof)) is not None
         ):
-            found.quarantined.append(Quarantined(record, *unproven))
-            found.new_records.append(Placed(record, RecordOutcome.quarantined))
-            continue
+            if unproven[0] == "tmac_missing":
+                # An honest terminal that lost the card's answer settles it from the card's log
+                # at the next tap, without the MAC: it waits like any in-doubt transaction, and
+                # the card's log (in later taps, which carry their own MACs) settles it.
+                if stored is None:
+                    found.held.append(with_status(record, RecordStatus.in_doubt))
+                continue  # an earlier in-doubt report of it stays held
+            if stored is None:
+                found.quarantined.append(Quarantined(record, *unproven))
+                found.new_records.append(Placed(record, RecordOutcome.quarantined))
+            continue  # an unproven change to an earlier report changes nothing
         if stored is None and (problem := rule.problem(record)):
             # Refusing the batch would block every later record of this terminal; the card
             # paid, so its money reaches the books (suspense) and staff see the record.
@@ -303,7 +313,6 @@ def classify(
         if stored is not None:
             found.reported_before.add(record.sequence)
         target = found.changed if stored is not None else found.new_records
-        booked_before = stored is not None and stored.outcome == RecordOutcome.booked
         if record.kind == UploadKind.denied:
             target.append(Placed(record, RecordOutcome.denied))
         elif record.status == RecordStatus.void:
