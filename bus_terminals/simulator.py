@@ -33,7 +33,7 @@ from bus_terminals.journal import Journal
 from bus_terminals.sync import SyncClient, SyncState, UploadStatus
 from bus_terminals.terminal import Decide, Feedback, Terminal, Verdict
 from bus_terminals.wire import public_key_text
-from card_reader.emulator import EmulatedCard, EmulatedReader
+from card_reader.emulator import EmulatedCard, EmulatedReader, save_deck
 from card_reader.keys import KeyRole, KeyStore, TerminalKeys, demo_key_store
 from card_reader.ksh_card import KshCard, RiderCategory
 
@@ -60,6 +60,7 @@ class SimulationSettings:
     opening_balance_rupiah: int = 25_000
     upload_interval_s: int = 900
     progress: bool = False  # a progress bar on stderr
+    cards_out: Path | None = None  # every card's final state, as a deck (for an outside audit)
 
 
 @dataclass(slots=True)
@@ -282,6 +283,8 @@ async def simulate_day(
         await _compare_cards_with_books(office, store, riders, summary)
         for bus in buses:
             bus.close()
+    if settings.cards_out is not None:
+        save_deck([rider.card for rider in riders], settings.cards_out)
     if temporary is not None:
         temporary.cleanup()
     summary.seconds = round(time.perf_counter() - started, 3)

@@ -45,6 +45,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--card-pull", type=float, default=0.03, help="per tap (0..1)")
     parser.add_argument("--folder", type=Path, help="keep journals here (default: temporary)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--cards-out",
+        type=Path,
+        metavar="FILE",
+        help="write every card's final state as a card deck (ksh card emulate --deck reads it), "
+        "so the day can be audited from outside: the cards against the books",
+    )
+    parser.add_argument(
+        "--keep-database",
+        action="store_true",
+        help="without --backoffice: keep the day's database and print its URL (on stderr)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -72,13 +84,16 @@ def run(arguments: argparse.Namespace) -> int:
             power_loss_rate=arguments.power_loss,
             card_pull_rate=arguments.card_pull,
             progress=sys.stderr.isatty() or not arguments.json,
+            cards_out=arguments.cards_out,
         )
         return await simulate_day(settings, url, system_clock.unix_ms)
 
     async def main() -> Any:
         if arguments.backoffice:
             return await simulate(arguments.backoffice, arguments.staff_token)
-        async with local_backoffice() as (url, token, _):
+        async with local_backoffice(keep_database=arguments.keep_database) as (url, token, db):
+            if arguments.keep_database:
+                print(f"ksh simulate: the day's database is kept: {db}", file=sys.stderr)
             return await simulate(url, token)
 
     try:
@@ -96,7 +111,7 @@ def run(arguments: argparse.Namespace) -> int:
 
 @contextlib.asynccontextmanager
 async def local_backoffice(
-    pool_connections_max: int = 10,
+    pool_connections_max: int = 10, *, keep_database: bool = False
 ) -> AsyncIterator[tuple[str, str, str]]:
     """A back office on loopback over a fresh, migrated database that is dropped afterwards.
     Yields (url, a supervisor's staff token for the simulator, database url)."""
@@ -110,7 +125,7 @@ async def local_backoffice(
     from ledger.database import server_url
 
     with server_url() as server:
-        async with scratch_database(server, "ksh_run") as (_, url):
+        async with scratch_database(server, "ksh_run", keep=keep_database) as (_, url):
             runner = None
             try:
                 connection = await connect(url)

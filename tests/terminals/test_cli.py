@@ -3,11 +3,16 @@ fresh database), `ksh validator --init`, and one-line errors for bad arguments."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from card_reader.emulator import EmulatedCard, EmulatedReader, load_deck
+from card_reader.keys import KeyRole, demo_key_store
+from card_reader.ksh_card import KshCard
 from ksh.cli import main
 
 
@@ -24,15 +29,53 @@ def test_simulate_prints_a_summary_where_every_card_matches_its_purse(
     tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", postgres_server_url)
+    deck = tmp_path / "cards.json"
     status, out, err = run(
         capsys, "simulate", "--buses", "3", "--cards", "15", "--seed", "5", "--json",
-        "--folder", str(tmp_path),
+        "--folder", str(tmp_path), "--cards-out", str(deck), "--keep-database",
     )  # fmt: skip
     assert status == 0, err
     summary = json.loads(out)
     assert summary["cards_checked"] == 15
     assert summary["cards_mismatched"] == []
     assert summary["taps"] > 20
+    # Audited from outside: the cards as they ended, against the kept database's books.
+    [kept] = [line.rsplit(": ", 1)[1] for line in err.splitlines() if "database is kept" in line]
+    cards = dict(map(number_and_balance, load_deck(deck)))
+    assert len(cards) == 15
+
+    async def purses() -> dict[str, int]:
+        connection = await asyncpg.connect(kept)
+        try:
+            rows = await connection.fetch(
+                "select owner_reference, credits_posted - debits_posted as balance "
+                "from ledger_accounts where kind = 'card_purse'"
+            )
+        finally:
+            await connection.close()
+        return {row["owner_reference"]: int(row["balance"]) for row in rows}
+
+    assert asyncio.run(purses()) == cards
+
+    async def drop_kept() -> None:
+        admin = await asyncpg.connect(postgres_server_url)
+        try:
+            name = kept.partition("?")[0].rsplit("/", 1)[1]
+            await admin.execute(f'drop database "{name}" with (force)')
+        finally:
+            await admin.close()
+
+    asyncio.run(drop_kept())
+
+
+def number_and_balance(card: EmulatedCard) -> tuple[str, int]:
+    """What the card itself says: its number and purse (read with the read key, as any
+    inspection point would)."""
+    reader = EmulatedReader("inspection")
+    reader.insert(card)
+    state = KshCard(reader, demo_key_store().view(KeyRole.READ)).read_state()
+    reader.remove()
+    return str(state.profile.card_number), state.balance_rupiah
 
 
 def test_validator_init_and_argument_errors(
