@@ -18,9 +18,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -36,7 +38,13 @@ from bus_terminals.simulator import Bus, validator_keys
 from bus_terminals.sync import UploadStatus
 from bus_terminals.terminal import Verdict
 from bus_terminals.validator import fare_decider
-from bus_terminals.wire import card_terminal_number, public_key_text
+from bus_terminals.wire import (
+    RecordStatus,
+    UploadKind,
+    UploadRecord,
+    card_terminal_number,
+    public_key_text,
+)
 from card_reader.deck import make_ksh_deck
 from card_reader.emulator import EmulatedCard, EmulatedReader
 from card_reader.keys import KeyRole, demo_key_store
@@ -48,6 +56,7 @@ from gateways.terminal_api.registry import TerminalRole
 from gateways.terminal_api.routes import terminal_extension
 from ledger.clock import Clock, ManualClock
 from ledger.database import database_url_for
+from tests.terminals.helpers import post_batch
 
 operator_id = "TRANS-SEMARANG"
 store = demo_key_store()
@@ -76,7 +85,13 @@ class BackofficeThread:
 
     async def _start(self) -> tuple[str, asyncpg.Pool]:
         app = create_app(
-            BackofficeConfig(self.database_url, clock=self.clock), [terminal_extension]
+            BackofficeConfig(
+                self.database_url,
+                clock=self.clock,
+                # The issuer's Transaction MAC masters: the cards prove their transactions.
+                settings={"tmac_master_keys": store.accepted_master_keys(KeyRole.TMAC)},
+            ),
+            [terminal_extension],
         )
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -169,6 +184,11 @@ def test_tap_pull_kill_upload_state_machine(
                 self.office.run(self._register(bus))
                 self.buses.append(bus)
             self.office.run(self._issue())
+            # A hostile validator of the same operator, with its own valid key.
+            self.rogue = Ed25519PrivateKey.generate()
+            self.rogue_id = f"ROGUE-{example}"
+            self.rogue_sequence = 0
+            self.office.run(self._register_rogue())
             self.time_ms = start_ms
             self.top_ups = 0
             for number, card in zip(self.numbers, self.cards):
@@ -190,6 +210,19 @@ def test_tap_pull_kill_upload_state_machine(
                     connection,
                     {n: card_balance_and_log(c)[0] for n, c in zip(self.numbers, self.cards)},
                     now=self.clock.now(),
+                )
+                await registry.register_card_uids(
+                    connection, {n: c.uid for n, c in zip(self.numbers, self.cards)}
+                )
+
+        async def _register_rogue(self) -> None:
+            async with self.office.pool.acquire() as connection:
+                await registry.register_terminal(
+                    connection,
+                    self.rogue_id,
+                    public_key_text(self.rogue.public_key()),
+                    TerminalRole.validator,
+                    operator_id=operator_id,
                 )
 
         def _remember(self, number: str, card: EmulatedCard) -> None:
@@ -223,6 +256,54 @@ def test_tap_pull_kill_upload_state_machine(
             if pull_at is None:
                 assert feedback.verdict != Verdict.tap_again, feedback
             self._remember(self.numbers[card], self.cards[card])
+
+        @rule(
+            card=st.integers(0, 2),
+            forgery=st.sampled_from(["made_up_mac", "no_mac", "reused_counter", "copied"]),
+            amount=st.sampled_from([1_000, 3_500, 50_000]),
+        )
+        def rogue_uploads(self, card: int, forgery: str, amount: int) -> None:
+            """The hostile validator reports a fare the card never paid (the next counter, or
+            one the card already used), with an invented MAC, none, or an honest record's MAC
+            copied. The invariants after every step: it is never booked, no card is denied."""
+            number = self.numbers[card]
+            counters = sorted(self.history[number])
+            reuse = forgery == "reused_counter" and len(counters) > 1
+            counter = counters[-1] if reuse else counters[-1] + 1
+            latest = self.history[number][counters[-2] if reuse else counters[-1]]
+            self.rogue_sequence += 1
+            mac = {"made_up_mac": (counter + 1, "5a" * 8), "no_mac": (0, "")}.get(
+                forgery, (counter + 1, "00" * 8)
+            )
+            if forgery == "copied":
+                stored = self.office.run(self._a_mac_of(number))
+                mac = stored or mac
+            claimed = UploadRecord(
+                self.rogue_id, self.rogue_sequence, UploadKind.fare_debit,
+                RecordStatus.committed, number, counter, amount, 0, "",
+                max(latest.balance_after_rupiah - amount, 0), self.time_ms, "K1", "",
+                "full", latest.counter, latest.terminal_id, latest.balance_after_rupiah, *mac,
+            )  # fmt: skip
+
+            async def send() -> int:
+                async with aiohttp.ClientSession() as session:
+                    status, _ = await post_batch(
+                        session, self.office.url, self.rogue, self.rogue_id,
+                        self.rogue_sequence, [claimed],
+                    )  # fmt: skip
+                    return status
+
+            assert asyncio.run(send()) == 200
+
+        async def _a_mac_of(self, number: str) -> tuple[int, str] | None:
+            """A MAC some honest terminal uploaded for this card (a replay's raw material)."""
+            async with self.office.pool.acquire() as connection:
+                row = await connection.fetchrow(
+                    "select tmac_counter, tmac_value from card_records "
+                    "where card_number = $1 and tmac_value <> '' limit 1",
+                    number,
+                )
+            return None if row is None else (row["tmac_counter"], row["tmac_value"])
 
         @rule(bus=st.integers(0, 1))
         def kill_validator(self, bus: int) -> None:
@@ -323,6 +404,19 @@ def test_tap_pull_kill_upload_state_machine(
                 kind = CardRecordKind.DEBIT if row["code"] == 1 else CardRecordKind.CREDIT
                 assert record.kind is kind, (dict(row), record)
                 assert record.amount_rupiah == row["amount"], (dict(row), record)
+
+        @invariant()
+        def the_rogue_is_never_believed_and_no_honest_card_is_denied(self) -> None:
+            async def look() -> tuple[int, int]:
+                async with self.office.pool.acquire() as connection:
+                    booked = await connection.fetchval(
+                        "select count(*) from ledger_transfers where terminal_id = $1",
+                        self.rogue_id,
+                    )
+                    denied = await connection.fetchval("select count(*) from deny_list")
+                return int(booked), int(denied)
+
+            assert self.office.run(look()) == (0, 0)
 
         def teardown(self) -> None:
             for bus in self.buses:
