@@ -293,13 +293,16 @@ def classify(
             and not booked_before
             and (unproven := proof_problem(record, proof)) is not None
         ):
-            if unproven[0] == "tmac_missing":
+            role_problem = rule.problem(record) if stored is None else ""
+            if unproven[0] == "tmac_missing" and not role_problem:
                 # An honest terminal that lost the card's answer settles it from the card's log
                 # at the next tap, without the MAC: it waits like any in-doubt transaction, and
                 # the card's log (in later taps, which carry their own MACs) settles it.
                 if stored is None:
                     found.held.append(with_status(record, RecordStatus.in_doubt))
                 continue  # an earlier in-doubt report of it stays held
+            if role_problem:  # unproven and not the terminal's to report: held apart, no money
+                unproven = (unproven[0], f"{unproven[1]}; {role_problem}")
             if stored is None:
                 found.quarantined.append(Quarantined(record, *unproven))
                 found.new_records.append(Placed(record, RecordOutcome.quarantined))

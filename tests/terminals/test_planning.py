@@ -299,3 +299,25 @@ def test_a_card_credit_comes_from_its_pending_top_up_once_or_from_suspense(
             assert source == suspense_account_id
         else:
             assert source == pending_top_up_account_id(card)
+
+
+def test_an_unproven_record_outside_the_terminals_role_is_held_apart_not_in_doubt() -> None:
+    """Without the card's MAC a validator's fare waits for the card's log; a validator's *sale*
+    without it must not: the log could confirm it later and pay a merchant on a validator's
+    word. It is quarantined, and no money moves (nothing proves the card paid)."""
+    validator = planning.RoleRule(
+        frozenset({UploadKind.fare_debit, UploadKind.topup_credit, UploadKind.denied}), None
+    )
+    proof = {card: planning.CardProof(bytes(7), (bytes(16),))}
+    fare = record(terminals[0], 1, 1, 5_000, RecordStatus.committed)
+    sale = record(terminals[0], 2, 2, 4_000, RecordStatus.committed, kind=UploadKind.sale)
+    classified = planning.classify([fare, sale], {}, validator, {card}, proof)
+    assert [r.sequence for r in classified.held] == [1]
+    assert [(q.record.sequence, q.reason) for q in classified.quarantined] == [(2, "tmac_missing")]
+    plan = planning.plan_batch(
+        UploadBatch(terminals[0], 1, (fare, sale)),
+        classified,
+        planning.InDoubt(still_held=classified.held),
+        {},
+    )
+    assert planning.card_transfers(plan, {terminals[0]: planning.CreditAccount(revenue, 0)}) == []
