@@ -123,6 +123,8 @@ def _own(folder: Path) -> None:
         return
     import pwd
 
+    _run_as()  # on a fresh machine the server's user does not exist yet
+
     with _quiet_pgserver_import():
         from pgserver.utils import ensure_prefix_permissions
 
@@ -135,6 +137,8 @@ def _own(folder: Path) -> None:
 def _own_file(path: Path) -> None:
     if os.geteuid() == 0:
         import pwd
+
+        _run_as()  # on a fresh machine the server's user does not exist yet
 
         entry = pwd.getpwnam(system_user_when_root)
         os.chown(path, entry.pw_uid, entry.pw_gid)
