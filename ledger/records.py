@@ -92,6 +92,8 @@ class TransferCode(enum.IntEnum):
     operator_settlement = 13  # operator revenue -> operator payable (end of day)
     card_issue = 14  # card sale / deposit
     expiry = 15  # booked by the ledger when a pending transfer expires (void)
+    qris_payment = 16  # acquirer's QRIS clearing -> merchant payable (a QRIS sale confirmed)
+    qris_mdr = 17  # merchant payable -> acquirer's QRIS clearing (the MDR it keeps)
 
 
 class CreateAccountResult(enum.Enum):

@@ -24,6 +24,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bus_terminals.qris import QrisMerchant
+from gateways.bank_simulator.acquirer import Acquirer, QrisRefused, QrOrder
 from gateways.bank_simulator.bank import Bank, VaPayment
 from gateways.bank_simulator.statements import write_csv, write_mt940
 from gateways.snap import signature
@@ -59,6 +61,8 @@ class BankSettings:
     timestamp_tolerance_seconds: int = signature.timestamp_tolerance_seconds_default
     access_token_ttl_seconds: int = 900
     issuer_timeout_ms: int = 10_000
+    # The merchants this bank acquires QRIS for (their `merchant_id` is the bank's id for them).
+    qris_merchants: tuple[QrisMerchant, ...] = ()
 
 
 @dataclass
@@ -79,6 +83,7 @@ class Simulator:
         self._session: SnapSession | None = None
         self._payment_ids = itertools.count(1)
         self._public_key = signature.load_public_key(settings.issuer_public_key_pem)
+        self.acquirer = Acquirer(settings.qris_merchants, bank.clock)
 
     # -------------------------------------------------------------- calling the issuer
 
@@ -180,6 +185,25 @@ class Simulator:
         )
         self.bank.va_payments.append(record)
         return record
+
+    async def pay_qr(self, qr_content: str, *, notify_amount_rupiah: int | None = None) -> QrOrder:
+        """A rider's app pays a dynamic QRIS code; the bank then notifies the issuer (unless the
+        notification is lost: `trouble.lose_next_notifications`). `QrisRefused` when the code
+        cannot be paid (expired, paid, not ours)."""
+        order = self.acquirer.pay(qr_content)
+        trouble = self.bank.trouble
+        if trouble.lose_next_notifications > 0:
+            trouble.lose_next_notifications -= 1
+            return order
+        await self.notify_qr(order, amount_rupiah=notify_amount_rupiah)
+        return order
+
+    async def notify_qr(self, order: QrOrder, *, amount_rupiah: int | None = None) -> str:
+        """Tell the issuer an order was paid (again, when a test repeats it); its answer code."""
+        answer = await self._issuer().post(
+            "/v1.0/qr/qr-mpm-notify", self.acquirer.notification(order, amount_rupiah=amount_rupiah)
+        )
+        return answer.response_code
 
     def write_statements(self, folder: Path, day: dt.date) -> list[Path]:
         """Each account's statement of `day` as `<account>-<YYYYMMDD>.sta` (MT940) and `.csv`,
@@ -465,6 +489,22 @@ async def _control_pay_va(request: web.Request) -> web.Response:
     )
 
 
+async def _control_pay_qr(request: web.Request) -> web.Response:
+    """A rider's app pays the dynamic QRIS code in `qrContent`."""
+    simulator = request.app[simulator_key]
+    body = await _json_object(request)
+    content = body.get("qrContent")
+    if not isinstance(content, str):
+        raise web.HTTPBadRequest(text="need qrContent")
+    try:
+        order = await simulator.pay_qr(content)
+    except QrisRefused as error:
+        raise web.HTTPUnprocessableEntity(text=str(error)) from None
+    except BankUnreachable as error:
+        raise web.HTTPBadGateway(text=str(error)) from None
+    return web.json_response({"referenceNo": order.reference_no, "paid": True})
+
+
 async def _control_statement(request: web.Request) -> web.Response:
     bank = request.app[bank_key]
     account_no = request.match_info["account"]
@@ -497,6 +537,7 @@ trouble_fields = {
     "duplicateNextStatementLines": "duplicate_next_statement_lines",
     "unexpectedFeeRupiah": "unexpected_fee_rupiah",
     "responseDelayMs": "response_delay_ms",
+    "loseNextNotifications": "lose_next_notifications",
 }
 
 
@@ -561,7 +602,16 @@ def create_bank_app(settings: BankSettings, clock: Clock = system_clock) -> web.
         f"{prefix}/balance-inquiry",
         _snap_handler(Service.balance_inquiry, lambda s, b: s.balance(b)),
     )
+    app.router.add_post(
+        f"{prefix}/qr/qr-mpm-generate",
+        _snap_handler(Service.qr_mpm_generate, lambda s, b: s.acquirer.generate(b)),
+    )
+    app.router.add_post(
+        f"{prefix}/qr/qr-mpm-query",
+        _snap_handler(Service.qr_mpm_query, lambda s, b: s.acquirer.query(b)),
+    )
     app.router.add_post("/sim/va-payments", _control_pay_va)
+    app.router.add_post("/sim/qris-payments", _control_pay_qr)
     app.router.add_get("/sim/accounts", _control_accounts)
     app.router.add_post("/sim/trouble", _control_trouble)
     app.router.add_get(r"/sim/statements/{account}/{day}.{format:mt940|csv}", _control_statement)

@@ -39,6 +39,7 @@ class Trouble:
     duplicate_next_statement_lines: int = 0  # the bank lists a movement twice
     unexpected_fee_rupiah: int = 0  # charged once, on the next transfer
     response_delay_ms: int = 0  # every SNAP answer waits this long
+    lose_next_notifications: int = 0  # a QRIS payment is made, the issuer never hears of it
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,9 @@ class Service(enum.IntEnum):
     va_inquiry = 24
     va_payment = 25
     transfer_status = 36
+    qr_mpm_generate = 47
+    qr_mpm_query = 51
+    qr_mpm_notify = 52
     access_token = 73
 
 

@@ -1,5 +1,6 @@
-"""Our SNAP BI endpoints (the bank calls us): the B2B access token, and virtual-account
-inquiry (24) and payment (25) for top-ups, plus the OpenAPI description.
+"""Our SNAP BI endpoints (the bank calls us): the B2B access token, virtual-account
+inquiry (24) and payment (25) for top-ups, the QRIS payment notification (52, `qris`), plus the
+OpenAPI description.
 
 Mounted into the back office with `install` (defaults) or `extension(settings)`:
 
@@ -33,7 +34,7 @@ import asyncpg
 from aiohttp import web
 
 from gateways.backoffice import Extension, config_key, pool_key
-from gateways.snap import signature, top_ups
+from gateways.snap import qris, signature, top_ups
 from gateways.snap.bodies import read_whole
 from gateways.snap.codes import Cases, Service, SnapError, response_code
 from gateways.snap.partners import Partner, load_partner
@@ -298,10 +299,13 @@ async def claim_external_id(
 Business = Callable[
     [asyncpg.Connection, SignedRequest, SnapServerSettings], Awaitable[dict[str, Any]]
 ]
+#: Called in the request's transaction after the business step (its outcome: "booked" or the
+#: refusal's message), outside the business step's savepoint: a refusal is kept too.
+Recorder = Callable[[asyncpg.Connection, SignedRequest, str], Awaitable[None]]
 
 
 def transaction_handler(
-    service: Service, business: Business
+    service: Service, business: Business, record: Recorder | None = None
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         settings = request.app[settings_key]
@@ -320,7 +324,11 @@ def transaction_handler(
                             signed.partner.partner_id,
                             refusal,
                         )
+                        if record is not None:
+                            await record(connection, signed, refusal.message())
                         return error_response(refusal, service)
+                    if record is not None:
+                        await record(connection, signed, "booked")
         except SnapError as error:
             return error_response(error, service)
         except Exception:
@@ -344,6 +352,27 @@ async def va_payment(
 ) -> dict[str, Any]:
     return await top_ups.pay(
         connection, signed.partner, signed.body, settings.purse_cap_rupiah, signed.received_at
+    )
+
+
+async def qr_notify(
+    connection: asyncpg.Connection, signed: SignedRequest, settings: SnapServerSettings
+) -> dict[str, Any]:
+    return await qris.notified(
+        connection, signed.partner.partner_id, signed.body, signed.received_at
+    )
+
+
+async def record_qr_notification(
+    connection: asyncpg.Connection, signed: SignedRequest, outcome: str
+) -> None:
+    await qris.record_notification(
+        connection,
+        signed.partner.partner_id,
+        signed.external_id,
+        signed.body,
+        signed.received_at,
+        outcome,
     )
 
 
@@ -373,6 +402,10 @@ def extension(settings: SnapServerSettings | None = None) -> Extension:
         app.router.add_post(
             f"{prefix}/v1.0/transfer-va/payment",
             transaction_handler(Service.va_payment, va_payment),
+        )
+        app.router.add_post(
+            f"{prefix}/v1.0/qr/qr-mpm-notify",
+            transaction_handler(Service.qr_mpm_notify, qr_notify, record_qr_notification),
         )
         app.router.add_get(f"{prefix}/openapi.json", openapi)
 

@@ -11,6 +11,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from bus_terminals.qris import QrisMerchant
 from gateways.backoffice import BackofficeConfig, create_app
 from gateways.bank_simulator import BankSettings, Simulator, serve_bank
 from gateways.bank_simulator.bank import Bank
@@ -39,6 +40,19 @@ card_holder = "SRI WAHYUNI"
 merchant_account_no = "0987654321"
 issuer_account_no = "1350012345678"
 
+
+# The QRIS merchant the bank acquires for us (the public Demak sample's merchant, at this bank).
+qris_warung = QrisMerchant(
+    name="Warung Sayur Bu Sugeng",
+    city="Semarang",
+    mcc="5812",
+    nmid="ID1020017611473",
+    criteria="UMI",
+    acquirer_guid="ID.CO.BNI.WWW",
+    merchant_pan="936000090225914810",
+    merchant_id="022591481",
+    postal_code="50132",
+)
 
 harness_time = dt.datetime(2026, 11, 24, 10, 0, tzinfo=jakarta)  # what the harness's clock reads
 
@@ -157,6 +171,7 @@ async def harness(
         issuer_account_no=issuer_account_no,
         issuer_account_opening_rupiah=10_000_000,
         accounts=((merchant_account_no, "WARUNG BU SUGENG", 0),),
+        qris_merchants=(qris_warung,),
     )
     async with (
         serve_bank(settings, clock=clock) as (bank_base_url, simulator),

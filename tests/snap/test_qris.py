@@ -1,0 +1,180 @@
+"""QRIS sales through the acquirer, over the real SNAP HTTP endpoints and the real database:
+a code asked for a sale, paid by a rider's app and booked once on the acquirer's notification;
+a notification repeated, one with another amount, one for an order we never made; an expired
+code; a lost notification made good by a query. The books move exactly once per paid sale."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from bus_terminals import qris as payload
+from gateways.bank_simulator.acquirer import QrisRefused
+from gateways.snap import qris
+from gateways.snap.client import SnapSession
+from gateways.terminal_api import registry
+from ledger.records import derive_id
+from ledger.store import lookup_accounts
+from tests.snap.conftest import Harness, partner_id, qris_warung
+
+merchant = "M-WARUNG"
+
+
+async def payable_rupiah(connection: asyncpg.Connection) -> int:
+    account_id = derive_id("merchant-payable", merchant)
+    found = await lookup_accounts(connection, [account_id])
+    return found[account_id].balances.credit_balance
+
+
+async def notifications(connection: asyncpg.Connection) -> list[tuple[str, str]]:
+    rows = await connection.fetch(
+        "select original_partner_reference_no, outcome from qris_notifications "
+        "order by notification_id"
+    )
+    return [(row[0], row[1]) for row in rows]
+
+
+@pytest.fixture
+async def shop(harness: Harness):
+    connection = await asyncpg.connect(harness.database_url)
+    await registry.register_merchant(connection, merchant, "Warung Bu Sugeng")
+    await qris.register_merchant(
+        connection,
+        merchant,
+        partner_id=partner_id,
+        acquirer_merchant_id=qris_warung.merchant_id,
+        mdr_category="UMI",
+    )
+    session = SnapSession(harness.our_connection(), harness.http)
+    try:
+        yield connection, session
+    finally:
+        await connection.close()
+
+
+async def new_order(harness: Harness, shop, order_id: str, amount: int, **options):
+    connection, session = shop
+    return await qris.create_order(
+        connection,
+        session,
+        order_id=order_id,
+        merchant_id=merchant,
+        terminal_id="POS-1",
+        amount_rupiah=amount,
+        now=harness.clock.now(),
+        **options,
+    )
+
+
+async def test_a_paid_code_is_booked_once_and_a_repeated_notification_is_refused(harness, shop):
+    connection, _ = shop
+    sale = await new_order(harness, shop, "POS-1:1", 150_000)
+    code = payload.read(sale.qr_content)
+    assert (code.dynamic, code.amount_rupiah, code.merchant.nmid) == (
+        True,
+        150_000,
+        qris_warung.nmid,
+    )
+    assert sale.state is qris.OrderState.open
+
+    await harness.simulator.pay_qr(sale.qr_content)
+    paid = await qris.order(connection, "POS-1:1")
+    assert paid is not None and paid.state is qris.OrderState.paid
+    assert paid.mdr_rupiah == 450  # UMI: 0.3 % above Rp 100.000
+    assert await payable_rupiah(connection) == 150_000 - 450
+
+    order = harness.simulator.acquirer.orders[sale.reference_no]
+    assert await harness.simulator.notify_qr(order) == "4045214"  # bill has been paid
+    assert await payable_rupiah(connection) == 150_000 - 450
+    assert [outcome for _, outcome in await notifications(connection)] == [
+        "booked",
+        "Bill has been paid the order is already paid",
+    ]
+    # The same sale asked again (a POS that lost our answer) is the same order, not a new code.
+    again = await new_order(harness, shop, "POS-1:1", 150_000)
+    assert again.qr_content == sale.qr_content and again.state is qris.OrderState.paid
+
+
+async def test_a_notification_with_another_amount_is_refused_and_the_query_books_the_real_one(
+    harness, shop
+):
+    connection, session = shop
+    sale = await new_order(harness, shop, "POS-1:2", 20_000)
+    await harness.simulator.pay_qr(sale.qr_content, notify_amount_rupiah=2_000_000)
+    assert (await qris.order(connection, "POS-1:2")).state is qris.OrderState.open
+    assert await payable_rupiah(connection) == 0
+    assert (await notifications(connection))[-1] == (
+        "POS-1:2",
+        "Invalid Amount the order is for 20000",
+    )
+    checked = await qris.check_order(connection, session, "POS-1:2", now=harness.clock.now())
+    assert checked.state is qris.OrderState.paid
+    assert await payable_rupiah(connection) == 20_000  # UMI up to Rp 100.000: no MDR
+
+
+async def test_a_lost_notification_is_made_good_by_a_query_and_only_once(harness, shop):
+    connection, session = shop
+    sale = await new_order(harness, shop, "POS-1:3", 250_000)
+    harness.bank.trouble.lose_next_notifications = 1
+    await harness.simulator.pay_qr(sale.qr_content)
+    assert (await qris.order(connection, "POS-1:3")).state is qris.OrderState.open
+    for _ in range(2):
+        checked = await qris.check_order(connection, session, "POS-1:3", now=harness.clock.now())
+        assert checked.state is qris.OrderState.paid
+    assert await payable_rupiah(connection) == 250_000 - 750
+    # The notification, arriving late after all, books nothing more.
+    assert await harness.simulator.notify_qr(harness.simulator.acquirer.orders[sale.reference_no])
+    assert await payable_rupiah(connection) == 250_000 - 750
+
+
+async def test_an_expired_code_cannot_be_paid_and_the_order_expires(harness, shop):
+    connection, session = shop
+    sale = await new_order(harness, shop, "POS-1:4", 35_000, validity_seconds=60)
+    harness.clock.advance(61)
+    with pytest.raises(QrisRefused, match="expired"):
+        await harness.simulator.pay_qr(sale.qr_content)
+    checked = await qris.check_order(connection, session, "POS-1:4", now=harness.clock.now())
+    assert checked.state is qris.OrderState.expired
+    assert await payable_rupiah(connection) == 0
+
+
+async def test_a_notification_for_an_order_we_never_made_is_refused_and_recorded(harness, shop):
+    connection, _ = shop
+    from gateways.snap.fields import format_amount
+
+    _, answer = harness.simulator.acquirer.generate(
+        {
+            "partnerReferenceNo": "SOMEONE-ELSE:9",
+            "amount": format_amount(99_000),
+            "merchantId": qris_warung.merchant_id,
+        }
+    )
+    order = harness.simulator.acquirer.orders[answer["referenceNo"]]
+    harness.simulator.acquirer.pay(order.qr_content)
+    assert await harness.simulator.notify_qr(order) == "4045201"  # transaction not found
+    assert (await notifications(connection))[-1] == (
+        "SOMEONE-ELSE:9",
+        "Transaction Not Found no such QRIS order",
+    )
+    assert await payable_rupiah(connection) == 0
+
+
+async def test_the_acquirer_code_must_be_for_the_amount_asked(harness, shop):
+    """A code for another amount (an acquirer's fault, or a tampered answer) is never shown."""
+    connection, session = shop
+    with pytest.raises(qris.QrisError, match="no QRIS"):
+        await qris.create_order(
+            connection,
+            session,
+            order_id="POS-9:1",
+            merchant_id="NOT-A-QRIS-MERCHANT",
+            terminal_id="POS-9",
+            amount_rupiah=1_000,
+            now=harness.clock.now(),
+        )
+    with pytest.raises(qris.QrisError, match="amount"):
+        await new_order(harness, shop, "POS-1:5", 0)
+    assert qris.mdr_rupiah("UMI", 100_000) == 0
+    assert qris.mdr_rupiah("UMI", 100_001) == 300
+    assert qris.mdr_rupiah("BLU", 3_500) == 14  # 0.4 % of Rp 3.500 = 14
+    assert qris.mdr_rupiah("UKE", 10_000) == 70
