@@ -18,6 +18,7 @@ import asyncpg
 
 from gateways.snap import signature
 from gateways.snap.client import BankConnection, attempts_max_default, timeout_ms_default
+from ledger.clock import Clock, system_clock
 
 partner_service_id_length = 8
 client_secret_length_min = 16
@@ -54,8 +55,9 @@ def bank_connection(
     *,
     timeout_ms: int = timeout_ms_default,
     attempts_max: int = attempts_max_default,
+    clock: Clock = system_clock,
 ) -> BankConnection:
-    """How we call this bank as a client (payouts, status, balance)."""
+    """How we call this bank as a client (payouts, status, balance, QRIS codes)."""
     assert partner.base_url, f"partner {partner.partner_id} has no base URL to call"
     return BankConnection(
         base_url=partner.base_url,
@@ -65,6 +67,7 @@ def bank_connection(
         channel_id=partner.channel_id,
         timeout_ms=timeout_ms,
         attempts_max=attempts_max,
+        clock=clock,
     )
 
 

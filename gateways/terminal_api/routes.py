@@ -219,7 +219,7 @@ async def _read_bounded(request: web.Request, bytes_max: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _authenticated_terminal(request: web.Request) -> registry.TerminalRow:
+async def authenticated_terminal(request: web.Request) -> registry.TerminalRow:
     terminal_id = request.headers.get(terminal_header, "")
     signature = request.headers.get(signature_header, "")
     timestamp = request.headers.get(timestamp_header, "")
@@ -241,7 +241,7 @@ async def _authenticated_terminal(request: web.Request) -> registry.TerminalRow:
 
 
 async def sync(request: web.Request) -> web.Response:
-    terminal = await _authenticated_terminal(request)
+    terminal = await authenticated_terminal(request)
     deny_since = _query_int(request, "deny_since", 0)
     service_end = _query_feed_service_end(request)
     settings = request.app[config_key].settings
@@ -278,7 +278,7 @@ async def sync(request: web.Request) -> web.Response:
 
 
 async def deny_list(request: web.Request) -> web.Response:
-    await _authenticated_terminal(request)
+    await authenticated_terminal(request)
     async with (
         request.app[pool_key].acquire() as connection,
         connection.transaction(isolation="repeatable_read", readonly=True),

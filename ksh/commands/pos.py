@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from ksh.cli import UserError
@@ -20,6 +24,30 @@ def register(subparsers: Any) -> None:
     add_terminal_arguments(parser)
     parser.add_argument("--merchant", help="merchant id the POS belongs to")
     parser.add_argument("--amount", type=int, help="sale amount in rupiah (PC/SC mode)")
+    qris = parser.add_argument_group("QRIS sale (no card: the customer pays with any QRIS app)")
+    qris.add_argument(
+        "--qris",
+        metavar="AMOUNT",
+        type=int,
+        help="sell AMOUNT rupiah by dynamic QRIS: show the code, wait until paid or expired, "
+        "print the receipt as one JSON line (exit 0 paid, 1 expired or not paid in time)",
+    )
+    qris.add_argument(
+        "--sale",
+        type=int,
+        help="this POS's sale number for --qris (the same number again shows the same code); "
+        "default: one more than the last QRIS sale of this terminal",
+    )
+    qris.add_argument(
+        "--qr-out", type=Path, help="also write the code as a PNG or SVG (by suffix) for a screen"
+    )
+    qris.add_argument(
+        "--wait-s",
+        type=float,
+        default=330.0,
+        help="how long to wait for the payment (default: %(default)s s, the code's validity "
+        "and a margin)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -30,6 +58,8 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.init:
         print(initialise(folder))
         return 0
+    if arguments.qris is not None:
+        return sell_by_qris(arguments, folder)
     if not arguments.merchant:
         raise UserError("--merchant is required")
     if not (arguments.reader or arguments.emulated):
@@ -63,3 +93,69 @@ def run(arguments: argparse.Namespace) -> int:
     finally:
         for journal in journal_holder:
             journal.close()
+
+
+qris_poll_interval_s = 2.0
+
+
+def sell_by_qris(arguments: argparse.Namespace, folder: Path) -> int:
+    """One QRIS sale through the back office (the merchant is the one this POS is registered
+    to): the code on stderr (and --qr-out), the receipt on stdout."""
+    from bus_terminals.device import key_path
+    from bus_terminals.sync import load_private_key
+
+    if not 0 < arguments.qris <= 10_000_000:
+        raise UserError("--qris is the sale amount, 1..10000000 rupiah")
+    if arguments.qr_out and arguments.qr_out.suffix.lower() not in (".png", ".svg"):
+        raise UserError("--qr-out must end in .png or .svg")
+    if not key_path(folder).exists():
+        raise UserError(f"no terminal key in {folder}: run with --init and register the POS")
+    counter = folder / "qris-last-sale"
+    sale = arguments.sale or int((counter.read_text() if counter.exists() else "0") or 0) + 1
+    url = arguments.backoffice.split(",")[0]
+    receipt = asyncio.run(
+        _qris_sale(url, arguments, load_private_key(key_path(folder)), sale, counter)
+    )
+    print(json.dumps(receipt), flush=True)
+    return 0 if receipt["state"] == "paid" else 1
+
+
+async def _qris_sale(
+    url: str, arguments: argparse.Namespace, key: Any, sale: int, counter: Path
+) -> dict[str, Any]:
+    import aiohttp
+
+    from bus_terminals.qris_till import Till, TillError, finished_states, qr_text, save_qr_image
+    from ledger.clock import system_clock
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+        till = Till(http, url, arguments.terminal_id, key, system_clock.unix_ms)
+        try:
+            shown = await till.sell(sale, arguments.qris)
+        except TillError as error:
+            raise UserError(f"QRIS sale refused: {error}") from error
+        counter.write_text(str(sale))
+        print(qr_text(shown.qr_content), file=sys.stderr)
+        print(
+            f"{shown.merchant_name}: Rp {shown.amount_rupiah:,} — scan to pay, "
+            f"valid until {shown.expires_at} (order {shown.order_id})".replace(",", "."),
+            file=sys.stderr,
+            flush=True,
+        )
+        if arguments.qr_out:
+            save_qr_image(shown.qr_content, arguments.qr_out)
+        deadline = system_clock.monotonic() + arguments.wait_s
+        current = shown
+        while current.state not in finished_states and system_clock.monotonic() < deadline:
+            await asyncio.sleep(qris_poll_interval_s)  # asking the back office, not syncing
+            try:
+                current = await till.status(shown.order_id)
+            except TillError as error:  # offline for a moment: ask again
+                print(f"ksh pos: still waiting ({error})", file=sys.stderr)
+    return {
+        "order_id": current.order_id,
+        "amount": current.amount_rupiah,
+        "merchant": current.merchant_name,
+        "state": current.state,
+        "paid_at": current.paid_at,
+    }

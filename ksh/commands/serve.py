@@ -20,6 +20,7 @@ from ksh.signals import stop_on_signals
 # Extensions mounted when their module exists: (module, attribute holding an Extension).
 optional_extensions: tuple[tuple[str, str], ...] = (
     ("gateways.snap.server", "install"),
+    ("gateways.terminal_api.qris_sales", "install"),  # POS sales by QRIS
     ("settlement.pages", "install"),
     ("settlement.metrics", "install"),  # payouts and open exceptions on /metrics
 )
@@ -71,6 +72,14 @@ def register(subparsers: Any) -> None:
         "prompt): its Transaction MAC masters verify what each card committed. Without it, "
         "the transactions of cards issued with a Transaction MAC are quarantined, unverified",
     )
+    parser.add_argument(
+        "--snap-key",
+        type=Path,
+        metavar="FILE",
+        help="the back office's RSA private key (PEM) for calling banks over SNAP: QRIS codes "
+        "for POS sales are asked of the merchant's acquirer with it. Without it, QRIS sales "
+        "are refused (503 qris_unavailable)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -100,7 +109,23 @@ def settings_of(arguments: argparse.Namespace) -> dict[str, Any]:
         "password_checks_concurrent_max": arguments.password_checks,
         "upload_booking_timeout_ms": upload_booking_timeout_ms(),
         "tmac_master_keys": transaction_mac_masters(arguments.keystore),
+        "snap_private_key_pem": snap_private_key(arguments.snap_key),
     }
+
+
+def snap_private_key(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    from gateways.snap.signature import load_private_key
+
+    try:
+        pem = path.read_bytes()
+        load_private_key(pem)
+    except (OSError, ValueError, TypeError) as error:
+        raise UserError(
+            f"--snap-key {path}: not a readable RSA private key (PEM): {error}"
+        ) from error
+    return pem.decode()
 
 
 def transaction_mac_masters(keystore: Path | None) -> tuple[bytes, ...]:

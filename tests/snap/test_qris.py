@@ -178,3 +178,86 @@ async def test_the_acquirer_code_must_be_for_the_amount_asked(harness, shop):
     assert qris.mdr_rupiah("UMI", 100_001) == 300
     assert qris.mdr_rupiah("BLU", 3_500) == 14  # 0.4 % of Rp 3.500 = 14
     assert qris.mdr_rupiah("UKE", 10_000) == 70
+
+
+# ------------------------------------------------------------------ a POS through the back office
+
+
+@pytest.fixture
+async def till(harness: Harness, shop):
+    """A registered POS of the merchant, and a back office that serves it QRIS sales (its own
+    process in service; here a second app on the same database and clock)."""
+    import dataclasses
+
+    import aiohttp
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bus_terminals.qris_till import Till
+    from bus_terminals.wire import public_key_text
+    from gateways.backoffice import BackofficeConfig, create_app
+    from gateways.snap.partners import load_partner, save_partner
+    from gateways.terminal_api import qris_sales
+    from gateways.terminal_api.routes import terminal_extension
+    from ksh.commands.demo import start
+
+    connection, _ = shop
+    key = Ed25519PrivateKey.generate()
+    await registry.register_terminal(
+        connection,
+        "POS-7",
+        public_key_text(key.public_key()),
+        registry.TerminalRole.pos,
+        merchant_id=merchant,
+    )
+    partner = await load_partner(connection, partner_id)
+    assert partner is not None
+    await save_partner(
+        connection, dataclasses.replace(partner, base_url=harness.bank_base_url + "/snap")
+    )
+    app = create_app(
+        BackofficeConfig(
+            harness.database_url,
+            pool_connections_min=1,
+            pool_connections_max=2,
+            clock=harness.clock,
+            settings={"snap_private_key_pem": harness.own_private_pem.decode()},
+        ),
+        [terminal_extension, qris_sales.install],
+    )
+    runner, base_url = await start(app)
+    async with aiohttp.ClientSession() as http:
+        yield Till(http, base_url, "POS-7", key, harness.clock.unix_ms)
+    await runner.cleanup()
+
+
+async def test_a_pos_sells_by_qris_through_the_back_office(harness, shop, till, tmp_path):
+    from bus_terminals.qris_till import TillError, qr_text, save_qr_image
+
+    connection, _ = shop
+    sale = await till.sell(1, 42_000)
+    assert (sale.amount_rupiah, sale.merchant_name, sale.state) == (
+        42_000,
+        qris_warung.name,
+        "open",
+    )
+    assert sale.order_id == "POS-7:1"
+    assert (await till.sell(1, 42_000)).qr_content == sale.qr_content  # asked again: same code
+    with pytest.raises(TillError, match="order_conflict"):
+        await till.sell(1, 43_000)
+    assert "\u2580" in qr_text(sale.qr_content) or "\u2588" in qr_text(sale.qr_content)
+
+    await harness.simulator.pay_qr(sale.qr_content)
+    paid = await till.status(sale.order_id)
+    assert paid.state == "paid" and paid.paid_at is not None
+    assert await payable_rupiah(connection) == 42_000
+
+    with pytest.raises(TillError, match="unknown_order"):
+        await till.status("POS-1:1")  # another terminal's order
+    with pytest.raises(TillError, match="bad_amount"):
+        await till.sell(2, 0)
+    save_qr_image(sale.qr_content, tmp_path / "code.png")
+    save_qr_image(sale.qr_content, tmp_path / "code.svg")
+    assert (tmp_path / "code.png").read_bytes().startswith(b"\x89PNG")
+    assert b"<svg" in (tmp_path / "code.svg").read_bytes()
+    with pytest.raises(ValueError, match=r"png or \.svg"):
+        save_qr_image(sale.qr_content, tmp_path / "code.gif")
