@@ -1,6 +1,8 @@
 """The simulated bank as a QRIS acquirer: it makes dynamic codes for the merchants it acquires
-(`qr/qr-mpm-generate`), answers status queries (`qr/qr-mpm-query`), and plays the paying app
-a rider scans the code with. Paying and notifying the issuer are `Simulator.pay_qr`'s (it holds
+(`qr/qr-mpm-generate`), answers status queries (`qr/qr-mpm-query`), plays the paying app a
+rider scans the code with, and settles each day's payments to the issuer in one credit, net of
+the MDR (by the merchant's criteria), with the reference the issuer expects
+(`gateways.snap.qris.settlement_reference`). Paying and notifying the issuer are `Simulator.pay_qr`'s (it holds
 the signed session to the issuer); this module keeps the orders and their rules.
 
 Status codes (SNAP `latestTransactionStatus`): "00" paid, "03" waiting to be paid, "06" failed
@@ -18,6 +20,7 @@ from bus_terminals import qris
 from gateways.snap import signature
 from gateways.snap.codes import Case, Cases, SnapError
 from gateways.snap.fields import format_amount, parse_amount_value, require_text
+from gateways.snap.qris import mdr_rupiah
 from ledger.clock import Clock
 
 validity_seconds_default = 300
@@ -34,6 +37,7 @@ class QrOrder:
     qr_content: str
     expires_at: dt.datetime
     paid_at: dt.datetime | None = None
+    settled: bool = False  # paid out to the issuer in a day's QRIS settlement
 
     def status(self, now: dt.datetime) -> tuple[str, str]:
         if self.paid_at is not None:
@@ -149,3 +153,18 @@ class Acquirer:
                 "transactionDate": signature.format_timestamp(order.paid_at),
             },
         }
+
+
+def net_rupiah(order: QrOrder) -> int:
+    return order.amount_rupiah - mdr_rupiah(order.merchant.criteria, order.amount_rupiah)
+
+
+def unsettled_on(orders: list[QrOrder], day: dt.date) -> list[QrOrder]:
+    """The orders paid on `day` (Jakarta) and not yet settled."""
+    return [
+        order
+        for order in orders
+        if order.paid_at is not None
+        and not order.settled
+        and order.paid_at.astimezone(signature.jakarta_timezone).date() == day
+    ]

@@ -25,14 +25,21 @@ import aiohttp
 from aiohttp import web
 
 from bus_terminals.qris import QrisMerchant
-from gateways.bank_simulator.acquirer import Acquirer, QrisRefused, QrOrder
+from gateways.bank_simulator.acquirer import (
+    Acquirer,
+    QrisRefused,
+    QrOrder,
+    net_rupiah,
+    unsettled_on,
+)
 from gateways.bank_simulator.bank import Bank, VaPayment
-from gateways.bank_simulator.statements import write_csv, write_mt940
+from gateways.bank_simulator.statements import BankLine, Direction, write_csv, write_mt940
 from gateways.snap import signature
 from gateways.snap.bodies import read_whole
 from gateways.snap.client import BankConnection, BankUnreachable, SnapSession
 from gateways.snap.codes import Cases, Service, SnapError, response_code
 from gateways.snap.fields import format_amount, parse_amount_value, require_text
+from gateways.snap.qris import settlement_reference
 from ledger.clock import Clock, system_clock
 
 request_body_bytes_max = 16 * 1024
@@ -204,6 +211,27 @@ class Simulator:
             "/v1.0/qr/qr-mpm-notify", self.acquirer.notification(order, amount_rupiah=amount_rupiah)
         )
         return answer.response_code
+
+    def settle_qris(self, day: dt.date) -> int:
+        """Pay the issuer the QRIS payments of `day`, net of MDR, in one credit; the amount."""
+        orders = unsettled_on(list(self.acquirer.orders.values()), day)
+        total = sum(net_rupiah(order) for order in orders)
+        if total:
+            self.bank.post(
+                self.settings.issuer_account_no,
+                BankLine(
+                    self.bank.today(),
+                    Direction.credit,
+                    total,
+                    settlement_reference(day),
+                    self.bank.next_reference("QS"),
+                    "NTRF",
+                    f"QRIS SETTLEMENT {day:%d%m%y} {len(orders)} TRX",
+                ),
+            )
+        for order in orders:
+            order.settled = True
+        return total
 
     def write_statements(self, folder: Path, day: dt.date) -> list[Path]:
         """Each account's statement of `day` as `<account>-<YYYYMMDD>.sta` (MT940) and `.csv`,

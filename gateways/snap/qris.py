@@ -120,6 +120,11 @@ class QrisError(Exception):
         self.detail = detail
 
 
+def settlement_reference(day: dt.date) -> str:
+    """The reference of an acquirer's settlement of `day`'s QRIS payments (one credit)."""
+    return f"QRIS{day:%Y%m%d}"
+
+
 def clearing_account_id(partner_id: str) -> uuid.UUID:
     """The acquirer's QRIS clearing: what it owes us for payments it confirmed."""
     return derive_id("bank-clearing", f"qris:{partner_id}")

@@ -114,7 +114,7 @@ def parse_accounts(items: list[str], bank: str | None = None) -> dict[str, str]:
 def run_match(arguments: argparse.Namespace) -> int:
     from settlement.end_of_day import EndOfDayConfig, cutoff_at
     from settlement.matching import MatchRules
-    from settlement.reconciliation import expect_collections, reconcile
+    from settlement.reconciliation import expect_collections, expect_qris_settlements, reconcile
 
     accounts = parse_accounts(arguments.account)
     if arguments.amount_tolerance < 0 or arguments.date_tolerance < 0:
@@ -125,13 +125,17 @@ def run_match(arguments: argparse.Namespace) -> int:
 
     async def work(connection: Any) -> int:
         end = cutoff_at(day, config)
+        start = end - dt.timedelta(days=1)
         expected = await expect_collections(
-            connection, end - dt.timedelta(days=1), end, day, accounts, config.source_account_no
+            connection, start, end, day, accounts, config.source_account_no
+        )
+        expected += await expect_qris_settlements(
+            connection, start, end, day, accounts, config.source_account_no
         )
         report = await reconcile(
             connection, rules, now=system_clock.now(), statement_through=arguments.through
         )
-        print(f"collections expected (new): {expected}")
+        print(f"collections expected (new, VA top-ups and QRIS payments): {expected}")
         print(
             f"lines considered {report.lines_considered}, matched {report.lines_matched}, new matches {report.matches_new}, transfers booked {report.transfers_booked}"
         )

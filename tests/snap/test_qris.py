@@ -261,3 +261,44 @@ async def test_a_pos_sells_by_qris_through_the_back_office(harness, shop, till, 
     assert b"<svg" in (tmp_path / "code.svg").read_bytes()
     with pytest.raises(ValueError, match=r"png or \.svg"):
         save_qr_image(sale.qr_content, tmp_path / "code.gif")
+
+
+async def test_the_acquirers_settlement_reconciles_with_nothing_unexplained(
+    harness, shop, tmp_path
+):
+    import datetime as dt
+
+    from ledger.clock import jakarta
+    from settlement.reconciliation import expect_qris_settlements, import_statement, reconcile
+    from tests.snap.conftest import issuer_account_no
+
+    connection, _ = shop
+    for number, amount in ((11, 150_000), (12, 20_000), (13, 3_500)):
+        sale = await new_order(harness, shop, f"POS-1:{number}", amount)
+        await harness.simulator.pay_qr(sale.qr_content)
+    unpaid = await new_order(harness, shop, "POS-1:14", 9_000)
+    assert unpaid.state is qris.OrderState.open
+    day = harness.clock.now().astimezone(jakarta).date()
+    net = 150_000 - 450 + 20_000 + 3_500  # UMI: no MDR up to Rp 100.000
+    assert harness.simulator.settle_qris(day) == net
+    assert harness.simulator.settle_qris(day) == 0  # a day is settled once
+
+    [statement] = [
+        path
+        for path in harness.simulator.write_statements(tmp_path, day)
+        if path.name.startswith(issuer_account_no) and path.suffix == ".sta"
+    ]
+    await import_statement(
+        connection, statement, "009", "finance", expected_account=issuer_account_no
+    )
+    start = dt.datetime.combine(day, dt.time(0), jakarta)
+    expected = await expect_qris_settlements(
+        connection, start, start + dt.timedelta(days=1), day, {"009": issuer_account_no}, "none"
+    )
+    assert expected == 3
+    report = await reconcile(connection, now=harness.clock.now())
+    assert (report.lines_matched, report.exceptions_open, report.movements_missing) == (1, 0, 0)
+    clearing = qris.clearing_account_id(partner_id)
+    balances = (await lookup_accounts(connection, [clearing]))[clearing].balances
+    assert balances.credit_balance == 0  # the acquirer owes us nothing more
+    assert await payable_rupiah(connection) == net  # owed to the merchant, paid at end of day
