@@ -49,6 +49,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import os
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -126,13 +127,22 @@ class Field:
     allowed: frozenset[int] | None = None  # for enumerations
 
 
+_struct_codes = {1: "B", 2: "H", 4: "I", 8: "Q"}  # unsigned little-endian, by length
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """A table of fields; `decode` and `encode` are the one codec for every card record."""
+    """A table of fields; `decode` and `encode` are the one codec for every card record.
+
+    A layout of plain unsigned fields (and reserved bytes) also gets a `struct` packer, so
+    `encode_fields` builds a record in about a microsecond: the back office rebuilds every
+    card's log record from its upload to check the card's Transaction MAC."""
 
     name: str
     size: int
     fields: tuple[Field, ...]
+    _packer: struct.Struct | None = field(init=False, repr=False, compare=False)
+    _valued: tuple[Field, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         position = 0
@@ -140,6 +150,30 @@ class Layout:
             assert item.offset == position, f"{self.name}.{item.name} leaves a gap or overlaps"
             position += item.length
         assert position == self.size, f"{self.name} fields cover {position} of {self.size} bytes"
+        valued = tuple(item for item in self.fields if item.encoding is not Encoding.RESERVED)
+        codes = [
+            f"{item.length}x"
+            if item.encoding is Encoding.RESERVED
+            else _struct_codes.get(item.length)
+            for item in self.fields
+        ]
+        plain = all(item.encoding is Encoding.UNSIGNED for item in valued) and all(codes)
+        packer = struct.Struct("<" + "".join(str(code) for code in codes)) if plain else None
+        object.__setattr__(self, "_packer", packer)
+        object.__setattr__(self, "_valued", valued)
+
+    def encode_fields(self, *numbers: int) -> bytes:
+        """`encode` with the values in field order (reserved fields left out): the fast path."""
+        packer = self._packer
+        if packer is not None and all(
+            item.allowed is None or number in item.allowed
+            for item, number in zip(self._valued, numbers)
+        ):
+            try:
+                return packer.pack(*numbers)
+            except struct.error:
+                pass  # out of range: `encode` names the field
+        return self.encode(dict(zip((item.name for item in self._valued), numbers)))
 
     def decode(self, raw: bytes) -> dict[str, FieldValue]:
         if len(raw) != self.size:
@@ -288,15 +322,13 @@ class LogRecord:
     time_unix_seconds: int
 
     def to_bytes(self) -> bytes:
-        return log_record_layout.encode(
-            {
-                "counter": self.counter,
-                "kind": int(self.kind),
-                "amount_rupiah": self.amount_rupiah,
-                "balance_after_rupiah": self.balance_after_rupiah,
-                "terminal_id": self.terminal_id,
-                "time_unix_seconds": self.time_unix_seconds,
-            }
+        return log_record_layout.encode_fields(
+            self.counter,
+            self.kind,
+            self.amount_rupiah,
+            self.balance_after_rupiah,
+            self.terminal_id,
+            self.time_unix_seconds,
         )
 
     @classmethod
@@ -323,9 +355,14 @@ def purse_operation(record: LogRecord) -> PurseOperation | None:
     """What a card transaction does to the purse, from its log record: a debit of its amount, a
     credit of its amount, or nothing (a free transfer debits 0 and sends no Debit; issue and
     block leave the purse alone). `KshCard.perform` sends it; `card_reader.tmac` rebuilds it."""
-    if record.kind is RecordKind.DEBIT and record.amount_rupiah:
+    return purse_operation_of(record.kind, record.amount_rupiah)
+
+
+def purse_operation_of(kind: RecordKind, amount_rupiah: int) -> PurseOperation | None:
+    """`purse_operation` from a log record's kind and amount."""
+    if kind is RecordKind.DEBIT and amount_rupiah:
         return PurseOperation.DEBIT
-    if record.kind is RecordKind.CREDIT:
+    if kind is RecordKind.CREDIT:
         return PurseOperation.CREDIT
     return None
 

@@ -65,8 +65,10 @@ from card_reader.ksh_card import (
     RecordKind,
     ksh_application_id,
     log_file,
+    log_record_layout,
     purse_file,
     purse_operation,
+    purse_operation_of,
 )
 
 counter_max = 0xFFFFFFFF  # TMC is 4 bytes; a card at its limit MACs nothing more
@@ -119,7 +121,7 @@ def command_input(code: int, plain: bytes, response: bytes = b"") -> bytes:
     `response` is the plain data a read answered."""
     if code not in covered_commands:
         return b""
-    split = _parameter_bytes[Command(code)]
+    split = _parameter_bytes[code]  # type: ignore[index]  # an IntEnum key answers to its int
     head = bytes((code,)) + plain[:split]
     if code == Command.GET_VALUE:
         return _zero_padded(head + response)
@@ -189,18 +191,14 @@ class CardTransaction:
         time_unix_seconds: int,
     ) -> CardTransaction:
         """From what an upload record says the card's log record holds, in
-        `bus_terminals.wire.card_log_fields` order: a debit or a credit of the amount."""
+        `bus_terminals.wire.card_log_fields` order: a debit or a credit of the amount. (The
+        bytes `LogRecord.to_bytes` would give, built without the object: once per upload
+        record in the back office.)"""
         kind = RecordKind.CREDIT if credit else RecordKind.DEBIT
-        return cls.of(
-            LogRecord(
-                counter,
-                kind,
-                amount_rupiah,
-                balance_after_rupiah,
-                terminal_number,
-                time_unix_seconds,
-            )
+        record = log_record_layout.encode_fields(
+            counter, kind, amount_rupiah, balance_after_rupiah, terminal_number, time_unix_seconds
         )
+        return cls(purse_operation_of(kind, amount_rupiah), amount_rupiah, record)
 
 
 def card_key(master_key: bytes, uid: bytes) -> bytes:
@@ -215,14 +213,19 @@ def transaction_input(transaction: CardTransaction) -> bytes:
     """The TMI the card accumulated for `transaction`: its commands in the order
     `KshCard.perform` sends them, each through `command_input` (the uncovered trip-state write
     adds nothing, and is left out)."""
-    commands: list[tuple[int, bytes]] = []
-    if transaction.purse_operation is not None:
-        amount = transaction.amount_rupiah.to_bytes(4, "little", signed=True)
-        commands.append((transaction.purse_operation, bytes((purse_file,)) + amount))
     record = transaction.log_record
-    header = bytes((log_file,)) + bytes(3) + len(record).to_bytes(3, "little")
-    commands.append((Command.WRITE_RECORD, header + record))
-    return b"".join(command_input(code, plain) for code, plain in commands)
+    write = command_input(
+        Command.WRITE_RECORD, _log_write_head + len(record).to_bytes(3, "little") + record
+    )
+    operation = transaction.purse_operation
+    if operation is None:
+        return write
+    amount = transaction.amount_rupiah.to_bytes(4, "little", signed=True)
+    return command_input(operation, _purse_head + amount) + write
+
+
+_purse_head = bytes((purse_file,))
+_log_write_head = bytes((log_file,)) + bytes(3)  # FileNo, Offset 0
 
 
 def verify(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from card_reader import ksh_card
 from card_reader.apdu import Framing
@@ -23,6 +25,7 @@ from card_reader.ksh_card import (
     Profile,
     RecordKind,
     Refusal,
+    log_record_layout,
     settle_in_doubt,
 )
 from card_reader.port import CardError
@@ -377,3 +380,26 @@ def test_rekey_moves_a_card_to_the_current_versions() -> None:
     assert KshCard(reader, keys.view(KeyRole.DEBIT)).read_state().key_version == 3
     reader.insert(card)
     assert ksh_card.rekey(reader, keys.view(*KeyRole))[KeyRole.DEBIT] == 3  # nothing to do
+
+
+@given(
+    st.tuples(
+        st.integers(min_value=-1, max_value=2**32),
+        st.sampled_from([*RecordKind, 0, 9]),
+        *(st.integers(min_value=-1, max_value=2**32) for _ in range(4)),
+    )
+)
+def test_the_fast_log_record_codec_is_the_field_table(numbers) -> None:
+    """`Layout.encode_fields` (struct) gives the bytes, or the error naming the field, of the
+    field-by-field `encode`: the back office rebuilds every uploaded log record with it."""
+    names = ("counter", "kind", "amount_rupiah", "balance_after_rupiah", "terminal_id",
+             "time_unix_seconds")  # fmt: skip
+    try:
+        expected: bytes | str = log_record_layout.encode(dict(zip(names, numbers)))
+    except LayoutError as error:
+        expected = str(error)
+    try:
+        fast: bytes | str = log_record_layout.encode_fields(*numbers)
+    except LayoutError as error:
+        fast = str(error)
+    assert fast == expected
