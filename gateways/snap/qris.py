@@ -33,6 +33,7 @@ from gateways.snap.client import BankUnreachable, SnapSession
 from gateways.snap.codes import Cases, Service, SnapError
 from gateways.snap.fields import format_amount, parse_amount_value, require_text
 from gateways.terminal_api import books
+from gateways.terminal_api.accounts import merchant_payable_account_id, operator_revenue_account_id
 from ledger.records import (
     Account,
     AccountKind,
@@ -84,11 +85,31 @@ class OrderState(enum.StrEnum):
     expired = "expired"
 
 
+class PayeeKind(enum.StrEnum):
+    merchant = "merchant"  # a POS sale: its payable, paid at end of day with its card sales
+    operator = "operator"  # a bus ride sold by QR: the operator's fare revenue
+
+
+@dataclass(frozen=True, slots=True)
+class Payee:
+    """Who a QRIS payment is for: a merchant (POS sales) or the bus operator (QR rides)."""
+
+    kind: PayeeKind
+    party_id: str
+
+    @property
+    def account_id(self) -> uuid.UUID:
+        if self.kind is PayeeKind.merchant:
+            return merchant_payable_account_id(self.party_id)
+        return operator_revenue_account_id(self.party_id)
+
+
 @dataclass(frozen=True, slots=True)
 class QrisOrder:
     order_id: str
-    merchant_id: str
+    payee: Payee
     terminal_id: str
+    detail: str
     amount_rupiah: int
     partner_id: str
     reference_no: str
@@ -102,7 +123,7 @@ class QrisOrder:
     def as_json(self) -> dict[str, Any]:
         return {
             "order_id": self.order_id,
-            "merchant_id": self.merchant_id,
+            self.payee.kind.value: self.payee.party_id,
             "amount": self.amount_rupiah,
             "qr_content": self.qr_content,
             "expires_at": self.expires_at.isoformat(),
@@ -138,45 +159,67 @@ def mdr_transfer_id(order_id: str) -> uuid.UUID:
     return derive_id("qris-mdr", order_id)
 
 
-async def register_merchant(
+async def register_payee(
     connection: asyncpg.Connection,
-    merchant_id: str,
+    payee: Payee,
     *,
     partner_id: str,
     acquirer_merchant_id: str,
     mdr_category: str,
 ) -> None:
-    """Say which acquirer takes QRIS for a registered merchant, and in which MDR category."""
+    """Say which acquirer takes QRIS for a registered merchant or operator, and in which MDR
+    category; again for the same payee changes them."""
     if mdr_category not in mdr_rates:
         raise QrisError("bad_category", f"MDR category is one of {', '.join(mdr_rates)}")
+    table, column = (
+        ("merchants", "merchant_id")
+        if payee.kind is PayeeKind.merchant
+        else ("operators", "operator_id")
+    )
     known = await connection.fetchval(
-        "select exists (select 1 from merchants where merchant_id = $1)", merchant_id
+        f"select exists (select 1 from {table} where {column} = $1)", payee.party_id
     )
     if not known:
-        raise QrisError("unknown_merchant", f"merchant {merchant_id} is not registered")
+        raise QrisError(
+            f"unknown_{payee.kind.value}", f"{payee.kind.value} {payee.party_id} is not registered"
+        )
     await connection.execute(
         """
-        insert into qris_merchants (merchant_id, partner_id, acquirer_merchant_id, mdr_category)
-        values ($1, $2, $3, $4)
-        on conflict (merchant_id) do update set partner_id = excluded.partner_id,
+        insert into qris_payees
+            (party_kind, party_id, partner_id, acquirer_merchant_id, mdr_category)
+        values ($1, $2, $3, $4, $5)
+        on conflict (party_kind, party_id) do update set partner_id = excluded.partner_id,
             acquirer_merchant_id = excluded.acquirer_merchant_id,
             mdr_category = excluded.mdr_category
         """,
-        merchant_id,
+        payee.kind.value,
+        payee.party_id,
         partner_id,
         acquirer_merchant_id,
         mdr_category,
     )
 
 
+async def payee_acquirer(connection: asyncpg.Connection, payee: Payee) -> str | None:
+    """The SNAP partner that acquires QRIS for `payee`; None when it takes no QRIS."""
+    partner_id: str | None = await connection.fetchval(
+        "select partner_id from qris_payees where party_kind = $1 and party_id = $2",
+        payee.kind.value,
+        payee.party_id,
+    )
+    return partner_id
+
+
 _order_columns = (
-    "order_id, merchant_id, terminal_id, amount_rupiah, partner_id, reference_no, qr_content, "
-    "created_at, expires_at, state, paid_at, mdr_rupiah"
+    "order_id, party_kind, party_id, terminal_id, detail, amount_rupiah, partner_id, "
+    "reference_no, qr_content, created_at, expires_at, state, paid_at, mdr_rupiah"
 )
 
 
 def _order(row: asyncpg.Record) -> QrisOrder:
-    return QrisOrder(**{**dict(row), "state": OrderState(row["state"])})
+    values = dict(row)
+    payee = Payee(PayeeKind(values.pop("party_kind")), values.pop("party_id"))
+    return QrisOrder(**{**values, "payee": payee, "state": OrderState(row["state"])})
 
 
 async def order(connection: asyncpg.Connection, order_id: str) -> QrisOrder | None:
@@ -191,17 +234,18 @@ async def create_order(
     session: SnapSession,
     *,
     order_id: str,
-    merchant_id: str,
+    payee: Payee,
     terminal_id: str,
     amount_rupiah: int,
     now: dt.datetime,
+    detail: str = "",
     validity_seconds: int = validity_seconds_default,
 ) -> QrisOrder:
-    """Ask the merchant's acquirer for a dynamic code for one sale. The same `order_id` again
-    returns the order already made (a POS that lost our answer asks again)."""
+    """Ask the payee's acquirer for a dynamic code for one sale. The same `order_id` again
+    returns the order already made (a terminal that lost our answer asks again)."""
     existing = await order(connection, order_id)
     if existing is not None:
-        if (existing.merchant_id, existing.amount_rupiah) != (merchant_id, amount_rupiah):
+        if (existing.payee, existing.amount_rupiah) != (payee, amount_rupiah):
             raise QrisError("order_conflict", f"order {order_id} exists with another sale")
         return existing
     if not 0 < amount_rupiah <= sale_rupiah_max:
@@ -209,11 +253,13 @@ async def create_order(
     if not order_id or len(order_id) > order_id_length_max:
         raise QrisError("bad_order_id", f"order id is 1..{order_id_length_max} characters")
     acquiring = await connection.fetchrow(
-        "select partner_id, acquirer_merchant_id from qris_merchants where merchant_id = $1",
-        merchant_id,
+        "select partner_id, acquirer_merchant_id from qris_payees "
+        "where party_kind = $1 and party_id = $2",
+        payee.kind.value,
+        payee.party_id,
     )
     if acquiring is None:
-        raise QrisError("no_acquirer", f"merchant {merchant_id} takes no QRIS")
+        raise QrisError("no_acquirer", f"{payee.kind.value} {payee.party_id} takes no QRIS")
     expires_at = now + dt.timedelta(seconds=validity_seconds)
     try:
         answer = await session.post(
@@ -233,14 +279,16 @@ async def create_order(
     qr_content, reference_no = _checked_code(answer.body, amount_rupiah)
     row = await connection.fetchrow(
         f"""
-        insert into qris_orders (order_id, merchant_id, terminal_id, amount_rupiah, partner_id,
-            reference_no, qr_content, created_at, expires_at, state)
-        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open')
+        insert into qris_orders (order_id, party_kind, party_id, terminal_id, detail,
+            amount_rupiah, partner_id, reference_no, qr_content, created_at, expires_at, state)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'open')
         returning {_order_columns}
         """,
         order_id,
-        merchant_id,
+        payee.kind.value,
+        payee.party_id,
         terminal_id,
+        detail[:64],
         amount_rupiah,
         acquiring["partner_id"],
         reference_no,
@@ -271,13 +319,15 @@ def _checked_code(body: dict[str, Any], amount_rupiah: int) -> tuple[str, str]:
 async def _book_payment(
     connection: asyncpg.Connection, sale: QrisOrder, *, paid_at: dt.datetime, via: str
 ) -> QrisOrder:
-    """Acquirer clearing → merchant payable, and the MDR back (linked); the order is paid."""
+    """Acquirer clearing → the payee's account, and the MDR back (linked); the order is paid."""
     category = await connection.fetchval(
-        "select mdr_category from qris_merchants where merchant_id = $1", sale.merchant_id
+        "select mdr_category from qris_payees where party_kind = $1 and party_id = $2",
+        sale.payee.kind.value,
+        sale.payee.party_id,
     )
     mdr = mdr_rupiah(category, sale.amount_rupiah)
     clearing = clearing_account_id(sale.partner_id)
-    payable = derive_id("merchant-payable", sale.merchant_id)
+    payable = sale.payee.account_id
     await books.ensure_accounts(
         connection, [Account(clearing, AccountKind.bank_clearing, f"qris:{sale.partner_id}")]
     )

@@ -1,15 +1,17 @@
-"""A POS sells by QRIS through the back office: it asks for a dynamic code for one sale, shows
-it, and asks how the sale stands until it is paid or expired (`gateways.snap.qris` talks to
-the acquirer and keeps the books).
+"""A POS sells, and a bus validator sells a ride, by QRIS through the back office: the terminal
+asks for a dynamic code for one sale, shows it, and asks how the sale stands until it is paid or
+expired (`gateways.snap.qris` talks to the acquirer and keeps the books).
 
-    POST /terminal/v1/qris/orders?sale=17&amount=25000    -> the order: qr_content, expires_at
-    GET  /terminal/v1/qris/orders/{order_id}               -> the order, asking the acquirer
-                                                              when it is still open
+    POST /terminal/v1/qris/orders?sale=17&amount=25000[&detail=...] -> the order: qr_content
+    GET  /terminal/v1/qris/orders/{order_id}        -> the order, asking the acquirer when it
+                                                       is still open
 
 Both are signed like a terminal's downloads (`bus_terminals.wire.request_signing_bytes`: the
-amount is in the signed query). The merchant is the one the POS is registered to; the order id
-is "<terminal>:<sale>", so a POS that lost our answer asks again and gets the same code, and no
-terminal can see another's orders.
+amount is in the signed query). The payee is the POS's merchant, or the validator's operator;
+the order id is "<terminal>:<sale>", so a terminal that lost our answer asks again and gets
+the same code, and no terminal can see another's orders. A validator prices the ride itself (the
+cash fare); the rider's app shows the amount before anyone pays, so a wrong price moves no money
+the rider did not agree to.
 
 The back office calls the acquirer with its own SNAP key: setting `snap_private_key_pem` (PEM
 text; `ksh serve --snap-key FILE`). Without it QRIS sales are refused (503 `qris_unavailable`).
@@ -26,10 +28,11 @@ from gateways.backoffice import Problem, config_key, pool_key
 from gateways.snap import qris
 from gateways.snap.client import SnapSession
 from gateways.snap.partners import bank_connection, load_partner
-from gateways.terminal_api.registry import TerminalRole
+from gateways.terminal_api.registry import TerminalRole, TerminalRow
 from gateways.terminal_api.routes import authenticated_terminal
 
 sale_number_max = 10**12
+detail_length_max = 64  # what was sold, e.g. a ride's route and fare product
 
 http_key = web.AppKey("qris_http", aiohttp.ClientSession)
 sessions_key = web.AppKey("qris_sessions", dict)  # partner id -> SnapSession (keeps its token)
@@ -60,10 +63,18 @@ def _problem(error: qris.QrisError) -> Problem:
     return Problem(status, error.code, error.detail)
 
 
+def payee_of(terminal: TerminalRow) -> qris.Payee:
+    """A POS sells for its merchant, a validator rides for its operator: never another."""
+    if terminal.role is TerminalRole.pos and terminal.merchant_id:
+        return qris.Payee(qris.PayeeKind.merchant, terminal.merchant_id)
+    if terminal.role is TerminalRole.validator and terminal.operator_id:
+        return qris.Payee(qris.PayeeKind.operator, terminal.operator_id)
+    raise Problem(403, "no_payee", f"terminal {terminal.terminal_id} sells for nobody")
+
+
 async def create_order(request: web.Request) -> web.Response:
     terminal = await authenticated_terminal(request)
-    if terminal.role is not TerminalRole.pos or not terminal.merchant_id:
-        raise Problem(403, "not_a_merchant_terminal", "only a merchant's POS sells by QRIS")
+    payee = payee_of(terminal)
     try:
         sale = int(request.query.get("sale", ""))
         amount = int(request.query.get("amount", ""))
@@ -71,12 +82,15 @@ async def create_order(request: web.Request) -> web.Response:
         raise Problem(400, "bad_field", "sale and amount are whole numbers") from None
     if not 0 < sale <= sale_number_max:
         raise Problem(400, "bad_field", f"sale is 1..{sale_number_max}")
-    async with request.app[pool_key].acquire() as connection:
-        partner_id = await connection.fetchval(
-            "select partner_id from qris_merchants where merchant_id = $1", terminal.merchant_id
+    detail = request.query.get("detail", "")
+    if len(detail) > detail_length_max or not detail.isprintable():
+        raise Problem(
+            400, "bad_field", f"detail is at most {detail_length_max} printable characters"
         )
+    async with request.app[pool_key].acquire() as connection:
+        partner_id = await qris.payee_acquirer(connection, payee)
     if partner_id is None:
-        raise Problem(422, "no_acquirer", f"merchant {terminal.merchant_id} takes no QRIS")
+        raise Problem(422, "no_acquirer", f"{payee.kind.value} {payee.party_id} takes no QRIS")
     session = await _acquirer_session(request.app, partner_id)
     async with request.app[pool_key].acquire() as connection:
         try:
@@ -84,10 +98,11 @@ async def create_order(request: web.Request) -> web.Response:
                 connection,
                 session,
                 order_id=f"{terminal.terminal_id}:{sale}",
-                merchant_id=terminal.merchant_id,
+                payee=payee,
                 terminal_id=terminal.terminal_id,
                 amount_rupiah=amount,
                 now=request.app[config_key].clock.now(),
+                detail=detail,
             )
         except qris.QrisError as error:
             raise _problem(error) from error

@@ -77,31 +77,36 @@ def register_party_commands(subparsers: Any, kind: str) -> None:
     suspend.add_argument("id")
     acting.add_arguments(suspend, supervisors_may)
     suspend.set_defaults(handler=run_suspend, kind=kind)
-    if kind == "merchant":
-        register_qris_command(actions)
+    register_qris_command(actions, kind)
 
 
-def register_qris_command(actions: Any) -> None:
-    """`ksh merchant qris`: which acquirer takes QRIS for a merchant, in which MDR category."""
+def register_qris_command(actions: Any, kind: str) -> None:
+    """`ksh merchant|operator qris`: which acquirer takes QRIS for the party, in which MDR
+    category."""
     from gateways.snap.qris import mdr_rates
 
+    sells = (
+        "its POS sell by QRIS (ksh pos --qris)"
+        if kind == "merchant"
+        else ("its validators sell rides by QRIS to riders without a card")
+    )
     qris = actions.add_parser(
         "qris",
-        help="let a merchant take QRIS: its acquiring bank, its id there, its MDR category",
-        description="Let a merchant's POS sell by QRIS (ksh pos --qris): the acquiring bank "
-        "(a SNAP partner, see ksh partner), the merchant's id at that bank, and its MDR "
+        help=f"let a {kind} take QRIS: its acquiring bank, its id there, its MDR category",
+        description=f"Let a {kind} take QRIS, so {sells}: the acquiring bank "
+        f"(a SNAP partner, see ksh partner), the {kind}'s id at that bank, and its MDR "
         "category (Bank Indonesia's rates: UMI 0.3 %% and nothing up to Rp 100.000; UKE, "
-        "UME, UBE 0.7 %%; education 0.6 %%; BLU 0.4 %%; government 0 %%). Again for the same "
-        "merchant changes them.",
+        "UME, UBE 0.7 %%; education 0.6 %%; BLU 0.4 %% (Trans Semarang is a BLU); "
+        f"government 0 %%). Again for the same {kind} changes them.",
     )
-    qris.add_argument("id", help="the merchant")
+    qris.add_argument("id", help=f"the {kind}")
     qris.add_argument("--acquirer", required=True, help="the acquiring bank's SNAP partner id")
     qris.add_argument(
         "--acquirer-merchant-id", required=True, help="the merchant's id at the acquirer"
     )
     qris.add_argument("--category", required=True, choices=sorted(mdr_rates))
     acting.add_arguments(qris, supervisors_may)
-    qris.set_defaults(handler=run_qris, kind="merchant")
+    qris.set_defaults(handler=run_qris, kind=kind)
 
 
 def run_qris(arguments: argparse.Namespace) -> int:
@@ -117,9 +122,9 @@ def run_qris(arguments: argparse.Namespace) -> int:
             if await load_partner(connection, arguments.acquirer) is None:
                 raise UserError(f"no SNAP partner {arguments.acquirer} (see ksh partner list)")
             try:
-                await qris.register_merchant(
+                await qris.register_payee(
                     connection,
-                    arguments.id,
+                    qris.Payee(qris.PayeeKind(arguments.kind), arguments.id),
                     partner_id=arguments.acquirer,
                     acquirer_merchant_id=arguments.acquirer_merchant_id,
                     mdr_category=arguments.category,
@@ -129,7 +134,7 @@ def run_qris(arguments: argparse.Namespace) -> int:
             await acting.record(
                 connection,
                 member,
-                "set_merchant_qris",
+                f"set_{arguments.kind}_qris",
                 arguments.id,
                 reason,
                 acquirer=arguments.acquirer,
@@ -138,7 +143,10 @@ def run_qris(arguments: argparse.Namespace) -> int:
             )
 
     run_with_database(work)
-    print(f"merchant {arguments.id} takes QRIS through {arguments.acquirer} ({arguments.category})")
+    print(
+        f"{arguments.kind} {arguments.id} takes QRIS through {arguments.acquirer} "
+        f"({arguments.category})"
+    )
     return 0
 
 

@@ -50,7 +50,7 @@ async def test_a_merchant_takes_qris_and_mistakes_change_nothing(ksh: Ksh, datab
     assert ran.out == "merchant warung-sugeng takes QRIS through JATENG-QRIS (UMI)\n"
     connection = await asyncpg.connect(database_url)
     try:
-        row = await connection.fetchrow("select * from qris_merchants")
+        row = await connection.fetchrow("select * from qris_payees")
         assert (row["partner_id"], row["acquirer_merchant_id"], row["mdr_category"]) == (
             "JATENG-QRIS",
             "022591481",

@@ -38,9 +38,9 @@ async def notifications(connection: asyncpg.Connection) -> list[tuple[str, str]]
 async def shop(harness: Harness):
     connection = await asyncpg.connect(harness.database_url)
     await registry.register_merchant(connection, merchant, "Warung Bu Sugeng")
-    await qris.register_merchant(
+    await qris.register_payee(
         connection,
-        merchant,
+        qris.Payee(qris.PayeeKind.merchant, merchant),
         partner_id=partner_id,
         acquirer_merchant_id=qris_warung.merchant_id,
         mdr_category="UMI",
@@ -58,7 +58,7 @@ async def new_order(harness: Harness, shop, order_id: str, amount: int, **option
         connection,
         session,
         order_id=order_id,
-        merchant_id=merchant,
+        payee=qris.Payee(qris.PayeeKind.merchant, merchant),
         terminal_id="POS-1",
         amount_rupiah=amount,
         now=harness.clock.now(),
@@ -167,7 +167,7 @@ async def test_the_acquirer_code_must_be_for_the_amount_asked(harness, shop):
             connection,
             session,
             order_id="POS-9:1",
-            merchant_id="NOT-A-QRIS-MERCHANT",
+            payee=qris.Payee(qris.PayeeKind.merchant, "NOT-A-QRIS-MERCHANT"),
             terminal_id="POS-9",
             amount_rupiah=1_000,
             now=harness.clock.now(),
