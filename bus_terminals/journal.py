@@ -94,6 +94,19 @@ create table if not exists batches (
     signature text not null
 );
 insert or ignore into meta values ('next_sequence', 1), ('next_batch_sequence', 1);
+-- Rides sold by QRIS to riders without a card (`bus_terminals.qris_till.QrisRides`): written
+-- before the back office is asked for the code, then each state it reaches. No card moves, so
+-- nothing here is uploaded: the back office books the ride from the acquirer's confirmation.
+create table if not exists qris_rides (
+    sale integer primary key,
+    time_ms integer not null,
+    route text not null,
+    amount_rupiah integer not null,
+    fare_detail text not null,
+    state text not null check (state in ('asked', 'open', 'paid', 'expired', 'failed')),
+    order_id text not null default '',
+    qr_content text not null default ''
+);
 """
 # Columns added after the first journals were written, each with its default: `_migrate` adds
 # the missing ones to a journal opened by a newer program (existing records get the default).
@@ -333,6 +346,37 @@ class Journal:
             self._prune()
             if self.count() >= records_max:
                 raise JournalFull(f"journal holds {records_max} records not yet uploaded")
+
+    # ---------------------------------------------------------------- rides sold by QRIS
+
+    def intend_qris_ride(self, time_ms: int, route: str, amount_rupiah: int, detail: str) -> int:
+        """Record a QR ride before its code is asked for; its sale number."""
+        with self._transaction():
+            row = self.connection.execute("select coalesce(max(sale), 0) + 1 from qris_rides")
+            sale = int(row.fetchone()[0])
+            self.connection.execute(
+                "insert into qris_rides (sale, time_ms, route, amount_rupiah, fare_detail, state) "
+                "values (?, ?, ?, ?, ?, 'asked')",
+                (sale, time_ms, route, amount_rupiah, detail),
+            )
+        return sale
+
+    def update_qris_ride(
+        self, sale: int, state: str, order_id: str = "", qr_content: str = ""
+    ) -> None:
+        self.connection.execute(
+            "update qris_rides set state = ?, order_id = coalesce(nullif(?, ''), order_id), "
+            "qr_content = coalesce(nullif(?, ''), qr_content) where sale = ?",
+            (state, order_id, qr_content, sale),
+        )
+
+    def qris_rides(self) -> list[dict[str, object]]:
+        cursor = self.connection.execute(
+            "select sale, time_ms, route, amount_rupiah, fare_detail, state, order_id "
+            "from qris_rides order by sale"
+        )
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
 
     def _insert(self, record: UploadRecord, state: JournalState) -> None:
         values = list(record)

@@ -11,6 +11,9 @@ from bus_terminals.wire import UploadKind, no_service_fare_detail
 from card_reader.ksh_card import CardState, RiderCategory
 
 fare_media_id = "ksh_card"
+# A rider without a card who pays by QRIS pays what a rider without a card pays: the cash fare.
+no_card_fare_media_id = "cash"
+no_card_rider_category_id = "general"  # nothing proves a concession without a card
 rider_category_ids = {
     RiderCategory.GENERAL: "general",
     RiderCategory.STUDENT: "school_student",
@@ -80,3 +83,19 @@ def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> D
         )
 
     return decide_fare
+
+
+def no_card_fare(
+    tariff: Tariff, route_id: str, stop_id: str | None, time_ms: int
+) -> tuple[int, str] | None:
+    """The fare of a ride sold without a card (by QRIS): the cash fare for a general rider on
+    a fresh trip (no transfer, cap or pass: those live on a card), in whole rupiah, and the
+    fare product; None when the feed prices no such ride."""
+    tap = Tap(time_ms // 1000, route_id, stop_id, no_card_rider_category_id, no_card_fare_media_id)
+    decision = decide(tariff, blank_trip_state, tap)
+    if decision.outcome not in (FareOutcome.priced, FareOutcome.full_fare_no_service):
+        return None
+    rupiah, sen = divmod(decision.amount, 10**tariff.currency_decimals)
+    if sen or rupiah <= 0:
+        return None
+    return rupiah, decision.fare_product_id or ""

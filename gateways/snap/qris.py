@@ -183,6 +183,20 @@ async def register_payee(
         raise QrisError(
             f"unknown_{payee.kind.value}", f"{payee.kind.value} {payee.party_id} is not registered"
         )
+    taken = await connection.fetchrow(
+        "select party_kind, party_id from qris_payees where partner_id = $1 "
+        "and acquirer_merchant_id = $2 and (party_kind, party_id) <> ($3, $4)",
+        partner_id,
+        acquirer_merchant_id,
+        payee.kind.value,
+        payee.party_id,
+    )
+    if taken is not None:
+        raise QrisError(
+            "acquirer_id_taken",
+            f"{acquirer_merchant_id} at {partner_id} is {taken['party_kind']} "
+            f"{taken['party_id']}'s",
+        )
     await connection.execute(
         """
         insert into qris_payees

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,13 @@ def register(subparsers: Any) -> None:
     add_terminal_arguments(parser)
     parser.add_argument("--route", required=False, help="the route the bus runs (e.g. K1)")
     parser.add_argument("--stop", help="stop id, when the bus knows it")
+    parser.add_argument(
+        "--qris-rides",
+        action="store_true",
+        help="sell rides by QRIS to riders without a card (the operator must take QRIS: ksh "
+        "operator qris): with --emulated, type 'qr' to sell one at the cash fare; the code and "
+        "the outcome are JSON lines, and card taps go on meanwhile",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -105,14 +115,56 @@ def run(arguments: argparse.Namespace) -> int:
         raise UserError(f"route {arguments.route!r} is not in the tariff")
     decide = fare_decider(tariff, arguments.route, arguments.stop)
     keys = terminal_keys(arguments, KeyRole.DEBIT, KeyRole.CREDIT)
-    return run_device(
-        arguments,
-        folder,
-        keys,
-        lambda words: decide,
-        route=arguments.route,
-        feed_service_end=service_end_date(tariff),
+    with contextlib.ExitStack() as stack:
+        side_command = None
+        if arguments.qris_rides:
+            side_command = stack.enter_context(qris_ride_seller(arguments, folder, tariff))
+        return run_device(
+            arguments,
+            folder,
+            keys,
+            lambda words: decide,
+            route=arguments.route,
+            feed_service_end=service_end_date(tariff),
+            side_command=side_command,
+        )
+
+
+@contextlib.contextmanager
+def qris_ride_seller(arguments: argparse.Namespace, folder: Path, tariff: Any) -> Iterator[Any]:
+    """The 'qr' command: a ride sold by QRIS at the cash fare, on a thread of its own."""
+    from bus_terminals.device import key_path
+    from bus_terminals.qris_till import QrisRides
+    from bus_terminals.sync import load_private_key
+    from bus_terminals.validator import no_card_fare
+
+    if not arguments.emulated:
+        raise UserError("--qris-rides needs --emulated (type 'qr' to sell a ride)")
+
+    def show(ride: dict[str, Any]) -> None:
+        print(json.dumps(ride), flush=True)
+
+    rides = QrisRides(
+        folder / "journal.db",
+        arguments.terminal_id,
+        arguments.backoffice.split(",")[0],
+        load_private_key(key_path(folder)),
+        system_clock.unix_ms,
+        show,
     )
+
+    def side_command(words: list[str]) -> bool:
+        if words != ["qr"]:
+            return False
+        priced = no_card_fare(tariff, arguments.route, arguments.stop, system_clock.unix_ms())
+        if priced is None:
+            show({"error": "no cash fare for this route now"})
+        else:
+            rides.sell(priced[0], arguments.route, priced[1])
+        return True
+
+    with rides:
+        yield side_command
 
 
 def run_device(
@@ -124,6 +176,7 @@ def run_device(
     route: str = "",
     merchant_id: str = "",
     feed_service_end: Any = None,  # datetime.date: a validator's fare feed, reported on sync
+    side_command: Callable[[list[str]], bool] | None = None,  # True: a line it took (not a tap)
 ) -> int:
     """The reader loop shared by `ksh validator` and `ksh pos`."""
     from bus_terminals.device import Device, deck_taps, feedback_line, pcsc_taps
@@ -149,6 +202,8 @@ def run_device(
             if not arguments.emulated.exists():
                 raise UserError(f"{arguments.emulated}: no such deck")
             lines = lines_until_stopped(sys.stdin, stop)
+            if side_command is not None:
+                lines = (line for line in lines if not side_command(line.split()))
             for reader, words in deck_taps(arguments.emulated, lines, sys.stdout):
                 decide = decider_for(words)
                 if decide is None:

@@ -54,6 +54,19 @@ qris_warung = QrisMerchant(
     postal_code="50132",
 )
 
+# Trans Semarang (a BLU) as the same bank acquires it, for rides sold by QR on the buses.
+qris_trans_semarang = QrisMerchant(
+    name="Trans Semarang",
+    city="Semarang",
+    mcc="4111",
+    nmid="ID1020099900001",
+    criteria="UBE",
+    acquirer_guid="ID.CO.BNI.WWW",
+    merchant_pan="936000090990000001",
+    merchant_id="TS0000001",
+    postal_code="50132",
+)
+
 harness_time = dt.datetime(2026, 11, 24, 10, 0, tzinfo=jakarta)  # what the harness's clock reads
 
 
@@ -171,7 +184,7 @@ async def harness(
         issuer_account_no=issuer_account_no,
         issuer_account_opening_rupiah=10_000_000,
         accounts=((merchant_account_no, "WARUNG BU SUGENG", 0),),
-        qris_merchants=(qris_warung,),
+        qris_merchants=(qris_warung, qris_trans_semarang),
     )
     async with (
         serve_bank(settings, clock=clock) as (bank_base_url, simulator),

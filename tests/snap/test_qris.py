@@ -15,7 +15,7 @@ from gateways.snap.client import SnapSession
 from gateways.terminal_api import registry
 from ledger.records import derive_id
 from ledger.store import lookup_accounts
-from tests.snap.conftest import Harness, partner_id, qris_warung
+from tests.snap.conftest import Harness, partner_id, qris_trans_semarang, qris_warung
 
 merchant = "M-WARUNG"
 
@@ -302,3 +302,103 @@ async def test_the_acquirers_settlement_reconciles_with_nothing_unexplained(
     balances = (await lookup_accounts(connection, [clearing]))[clearing].balances
     assert balances.credit_balance == 0  # the acquirer owes us nothing more
     assert await payable_rupiah(connection) == net  # owed to the merchant, paid at end of day
+
+
+async def test_a_bus_validator_sells_a_ride_by_qris_beside_its_card_taps(harness, shop, tmp_path):
+    """A rider without a card: the validator prices the cash fare, asks the back office for a
+    code for its operator (BLU), shows it, and the ride is booked to the operator's revenue
+    once the rider's app pays. The sale runs on its own thread: `sell` returns at once."""
+    import asyncio
+    import dataclasses
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bus_terminals.fare.feed import load_feed
+    from bus_terminals.journal import Journal
+    from bus_terminals.qris_till import QrisRides
+    from bus_terminals.validator import no_card_fare
+    from bus_terminals.wire import public_key_text
+    from gateways.backoffice import BackofficeConfig, create_app
+    from gateways.snap.partners import load_partner, save_partner
+    from gateways.terminal_api import qris_sales
+    from gateways.terminal_api.accounts import operator_revenue_account_id
+    from gateways.terminal_api.routes import terminal_extension
+    from ksh.commands.demo import start
+    from tests.waiting import wait_until_async
+
+    connection, _ = shop
+    operator = "trans-semarang"
+    await registry.register_operator(connection, operator, "BLU UPTD Trans Semarang")
+    await qris.register_payee(
+        connection,
+        qris.Payee(qris.PayeeKind.operator, operator),
+        partner_id=partner_id,
+        acquirer_merchant_id=qris_trans_semarang.merchant_id,
+        mdr_category="BLU",
+    )
+    key = Ed25519PrivateKey.generate()
+    await registry.register_terminal(
+        connection,
+        "BUS-9",
+        public_key_text(key.public_key()),
+        registry.TerminalRole.validator,
+        operator_id=operator,
+    )
+    partner = await load_partner(connection, partner_id)
+    assert partner is not None
+    await save_partner(
+        connection, dataclasses.replace(partner, base_url=harness.bank_base_url + "/snap")
+    )
+    app = create_app(
+        BackofficeConfig(
+            harness.database_url,
+            pool_connections_min=1,
+            pool_connections_max=2,
+            clock=harness.clock,
+            settings={"snap_private_key_pem": harness.own_private_pem.decode()},
+        ),
+        [terminal_extension, qris_sales.install],
+    )
+    runner, base_url = await start(app)
+    tariff = load_feed()
+    route = sorted(tariff.network_of_route)[0]
+    priced = no_card_fare(tariff, route, None, harness.clock.unix_ms())
+    assert priced is not None
+    fare, product = priced
+    assert (fare, product) == (4_000, "general_fare")  # the cash fare, not the card's Rp 3.500
+    shown: list[dict] = []
+    journal_path = tmp_path / "journal.db"
+    Journal(journal_path, "BUS-9").close()
+    try:
+        with QrisRides(
+            journal_path,
+            "BUS-9",
+            base_url,
+            key,
+            harness.clock.unix_ms,
+            shown.append,
+            poll_interval_s=0.05,
+        ) as rides:
+            harness.bank.trouble.response_delay_ms = 300  # the acquirer is slow to answer
+            ride = rides.sell(fare, route, product)
+            assert not ride.done()  # the validator's next card tap need not wait for it
+            await wait_until_async(lambda: any(s["state"] == "open" for s in shown), "code shown")
+            harness.bank.trouble.response_delay_ms = 0
+            code = next(s for s in shown if s["state"] == "open")["qr_content"]
+            await harness.simulator.pay_qr(code)
+            result = await asyncio.wrap_future(ride)
+            assert result["state"] == "paid"
+    finally:
+        await runner.cleanup()
+    journal = Journal(journal_path, "BUS-9", recover=False)
+    try:
+        [row] = journal.qris_rides()
+        assert (row["state"], row["amount_rupiah"], row["order_id"]) == ("paid", 4_000, "BUS-9:1")
+        assert journal.records() == []  # no card moved: nothing to upload
+    finally:
+        journal.close()
+    revenue = operator_revenue_account_id(operator)
+    balances = (await lookup_accounts(connection, [revenue]))[revenue].balances
+    assert balances.credit_balance == 4_000 - 16  # BLU: 0.4 % MDR
+    sale = await qris.order(connection, "BUS-9:1")
+    assert sale is not None and sale.detail == f"{route} general_fare"
