@@ -226,7 +226,8 @@ async def test_login_roles_and_working_an_exception(finance: str, browser: objec
     csv_export = await supervisor.request.get(
         finance + f"/finance/batches.csv?day={service_day.isoformat()}"
     )
-    assert (await csv_export.text()).startswith("batch_id,")
+    # A bare request (no Accept-Language, no language cookie) gets the default: Indonesian.
+    assert (await csv_export.text()).startswith("Batch,Hari layanan,Jenis pihak,")
     pdf_export = await supervisor.request.get(
         finance + f"/finance/batches.pdf?day={service_day.isoformat()}"
     )
@@ -268,8 +269,8 @@ def test_exports_do_not_carry_formulas() -> None:
     assert pages.spreadsheet_safe("@SUM(A1)") == "'@SUM(A1)"
     assert pages.spreadsheet_safe("VA PAYMENT 8800161") == "VA PAYMENT 8800161"
     assert pages.spreadsheet_safe(150_000) == 150_000
-    response = pages.csv_response(("detail",), [{"detail": "+62 811"}], "x.csv")  # type: ignore[list-item]
-    assert response.text == "detail\n'+62 811\n"
+    response = pages.csv_response((("detail", "Detail"),), [{"detail": "+62 811"}], "x.csv")  # type: ignore[list-item]
+    assert response.text == "Detail\n'+62 811\n"
 
 
 def test_passwords_are_salted_scrypt_and_damaged_hashes_refuse() -> None:
@@ -296,7 +297,9 @@ async def test_guessing_a_password_locks_the_user_name(database_url: str) -> Non
     runner, base_url = await start(app)
     try:
         # unsafe: keep cookies from an IP address (the server is on 127.0.0.1)
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with aiohttp.ClientSession(
+            cookie_jar=aiohttp.CookieJar(unsafe=True), headers={"Accept-Language": "en"}
+        ) as http:
 
             async def log_in(password: str) -> str:
                 async with http.get(base_url + "/finance/login") as form:
