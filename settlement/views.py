@@ -82,12 +82,17 @@ async def day_fares(
     for row in rows:
         hours[row["hour"]] += int(row["taps"])
         corridors[row["route"]] = corridors.get(row["route"], 0) + int(row["rupiah"])
-    ranked = sorted(corridors.items())
-    if len(ranked) > corridors_shown_max:
-        biggest = sorted(ranked, key=lambda item: -item[1])[: corridors_shown_max - 1]
-        rest = sum(corridors.values()) - sum(amount for _, amount in biggest)
-        ranked = [*sorted(biggest), (other_corridors, rest)]
-    return DayFares([(f"{hour:02d}", count) for hour, count in enumerate(hours)], ranked)
+    return DayFares([(f"{hour:02d}", count) for hour, count in enumerate(hours)], bars(corridors))
+
+
+def bars(amounts: dict[str, int]) -> list[tuple[str, int]]:
+    """By name; past `corridors_shown_max`, the biggest and one bar for all the others."""
+    ranked = sorted(amounts.items())
+    if len(ranked) <= corridors_shown_max:
+        return ranked
+    biggest = sorted(ranked, key=lambda item: -item[1])[: corridors_shown_max - 1]
+    rest = sum(amounts.values()) - sum(amount for _, amount in biggest)
+    return [*sorted(biggest), (other_corridors, rest)]
 
 
 async def day_overview(
