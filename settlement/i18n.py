@@ -115,6 +115,11 @@ async def language_switch(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="to: one of " + ", ".join(languages))
     response = web.HTTPSeeOther(local_path(request.query.get("next", "/"), "/"))
     response.set_cookie(
-        language_cookie, language, max_age=language_cookie_max_age, path="/", samesite="Lax"
+        language_cookie,
+        language,
+        max_age=language_cookie_max_age,
+        path="/",
+        samesite="Lax",
+        httponly=True,
     )
     raise response

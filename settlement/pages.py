@@ -722,7 +722,7 @@ async def exception_action(request: web.Request) -> web.Response:
                     connection, exception_id, session.staff, payer, settings.end_of_day, now
                 )
         else:
-            raise web.HTTPBadRequest(text="unknown action")
+            raise web.HTTPBadRequest(text=translator(request).gettext("unknown action"))
     raise result_message(request, "/finance/exceptions", result)
 
 
@@ -878,7 +878,7 @@ async def staff_form(request: web.Request) -> tuple[Session, str, str]:
     username = form.get("username", "").strip().lower()
     reason = form.get("reason", "").strip()[:reason_length_max]
     if not username:
-        raise web.HTTPBadRequest(text="username is required")
+        raise web.HTTPBadRequest(text=translator(request).gettext("username is required"))
     if not reason:
         raise result_message(request, "/finance/staff", ActionResult.note_required)
     return session, username, reason
