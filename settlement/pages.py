@@ -280,6 +280,8 @@ body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;c
 header{background:#0f3d91;color:#fff;padding:10px 24px;display:flex;align-items:center;gap:24px}
 header a{color:#dbeafe;text-decoration:none;font-weight:500}header a:hover{color:#fff}
 header .who{margin-left:auto;font-size:14px}header form{display:inline}
+header .languages{display:flex;gap:10px;font-size:14px}header .languages b{color:#fff}
+form[data-form=manual-match] h3{font-size:15px;margin:16px 0 6px}
 header button{background:none;border:1px solid #93c5fd;color:#fff;border-radius:4px;padding:3px 10px;cursor:pointer}
 main{padding:20px 24px;max-width:1200px}
 h1{font-size:22px;margin:4px 0 16px}h2{font-size:17px;margin:24px 0 8px}

@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import re
 import urllib.parse
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -252,6 +253,12 @@ def chart_values(svg: str) -> list[int]:
     ]
 
 
+def pdf_text(pdf: bytes) -> str:
+    """The page content of a PDF as fpdf2 writes it (zlib streams of text operators)."""
+    streams = re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S)
+    return b"".join(zlib.decompress(stream) for stream in streams).decode("latin-1")
+
+
 @pytest.mark.browser
 async def test_indonesian_by_default_english_by_choice(finance: str, browser: object) -> None:
     # A browser asking for Indonesian: every page, message and heading in Indonesian.
@@ -291,6 +298,9 @@ async def test_indonesian_by_default_english_by_choice(finance: str, browser: ob
     )
     export = await page.request.get(finance + f"/finance/batches.csv?day={service_day.isoformat()}")
     assert (await export.text()).startswith("Batch,Hari layanan,")
+    report = await page.request.get(finance + f"/finance/batches.pdf?day={service_day.isoformat()}")
+    text = pdf_text(await report.body())
+    assert "batch penyelesaian, hari layanan 23 Nov 2026" in text and "(Bruto)" in text
 
     # The switch on the page: English, remembered (the browser still asks for Indonesian).
     await page.click("header [data-language=en]")
@@ -304,6 +314,9 @@ async def test_indonesian_by_default_english_by_choice(finance: str, browser: ob
     assert await page.locator("[data-tile=fare-revenue] .value").inner_text() == "Rp 84,000"
     export = await page.request.get(finance + f"/finance/batches.csv?day={service_day.isoformat()}")
     assert (await export.text()).startswith("Batch,Service day,Party kind,")
+    report = await page.request.get(finance + f"/finance/batches.pdf?day={service_day.isoformat()}")
+    text = pdf_text(await report.body())
+    assert "settlement batches, service day 23 Nov 2026" in text and "(Gross)" in text
     await page.click("header button:has-text('Log out')")
     assert "logged out" in await page.locator(".message").inner_text()
     # And back to Indonesian.
@@ -386,6 +399,7 @@ async def test_a_manual_match_picked_from_the_lists(
     # The wrong line first: the page says by how much the sides differ and offers no confirm.
     await lines.filter(has_text="TYPO").locator("input[type=checkbox]").check()
     await movements.first.locator("input[type=checkbox]").check()
+    await clerk.screenshot(path=str(screenshots / "manual-match-lists.png"), full_page=True)
     await clerk.click("[data-action=review-match]")
     await clerk.wait_for_url(base_url + "/finance/match")
     assert await clerk.locator(".message.warning").inner_text() == (
