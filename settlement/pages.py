@@ -57,8 +57,45 @@ def N_(text: str) -> str:
     return text
 
 
-role_names = {"clerk": N_("clerk"), "supervisor": N_("supervisor"), "auditor": N_("auditor")}
-direction_names = {"credit": N_("in (credit)"), "debit": N_("out (debit)")}
+# Codes the pages show, in words (the code stays in the cell's title, as the exports have
+# it); a code not listed here is shown as it is.
+terms = {
+    # staff roles; statement directions
+    "clerk": N_("clerk"),
+    "supervisor": N_("supervisor"),
+    "auditor": N_("auditor"),
+    "credit": N_("in (credit)"),
+    "debit": N_("out (debit)"),
+    # why an exception is open, and how it was resolved
+    "duplicate_line": N_("line seen twice"),
+    "amount_mismatch": N_("amount does not match"),
+    "date_out_of_tolerance": N_("date too far off"),
+    "unexpected_fee": N_("unexpected bank fee"),
+    "unknown_reference": N_("unknown reference"),
+    "missing_from_statement": N_("missing from the statement"),
+    "no_beneficiary_account": N_("no bank account for the party"),
+    "payout_rejected": N_("payout refused by the bank"),
+    "payout_unresolved": N_("payout outcome unknown"),
+    "matched": N_("matched"),
+    "written_off": N_("written off to suspense"),
+    "reinitiated": N_("paid again (new attempt)"),
+    "confirmed": N_("confirmed by the bank"),
+    # expected movements
+    "collection": N_("collection"),
+    "payout": N_("payout"),
+    "fee": N_("bank fee"),
+    # terminals' records and what the back office made of them
+    "fare_debit": N_("fare"),
+    "sale": N_("sale"),
+    "refund": N_("refund"),
+    "topup_credit": N_("top-up"),
+    "denied": N_("denied"),
+    "booked": N_("booked"),
+    "held": N_("held (in doubt)"),
+    "void": N_("void"),
+    "anomaly": N_("anomaly"),
+    "quarantined": N_("quarantined"),
+}
 
 
 def translator(request: web.Request) -> gettext.NullTranslations:
@@ -71,8 +108,7 @@ def render(request: web.Request, template: str, **values: Any) -> Markup:
     env = i18n.environment("settlement", i18n.language_of(request))
     return Markup(
         env.get_template(template).render(
-            role_name=lambda role: _(role_names.get(role) or role),
-            direction_name=lambda direction: _(direction_names.get(direction) or direction),
+            term=lambda code: _(terms[code]) if code in terms else code,
             **values,
         )
     )

@@ -186,12 +186,12 @@ async def test_login_roles_and_working_an_exception(finance: str, browser: objec
     # The clerk writes off the small fee at once; the big unknown VA waits for a supervisor.
     clerk = await log_in(browser, finance, "ani")
     await clerk.goto(finance + "/finance/exceptions")
-    fee_row = clerk.locator("tr[data-exception]", has_text="unexpected_fee")
+    fee_row = clerk.locator("tr[data-exception]:has([data-reason=unexpected_fee])")
     await fee_row.locator("input[name=note]").fill("monthly admin fee; claimed from the bank")
     await fee_row.locator("button:has-text('Write off')").click()
     await clerk.wait_for_load_state()
     assert "done" in await clerk.locator(".message").inner_text()
-    unknown_row = clerk.locator("tr[data-exception]", has_text="unknown_reference")
+    unknown_row = clerk.locator("tr[data-exception]:has([data-reason=unknown_reference])")
     await unknown_row.locator("input[name=note]").fill("no card for this VA; refund to payer")
     await unknown_row.locator("button:has-text('Write off')").click()
     await clerk.wait_for_load_state()
@@ -204,7 +204,7 @@ async def test_login_roles_and_working_an_exception(finance: str, browser: objec
     assert no_csrf.status == 403
 
     # The clerk re-initiates the refused payout (the operator's account was reactivated).
-    payout_row = clerk.locator("tr[data-exception]", has_text="payout_rejected")
+    payout_row = clerk.locator("tr[data-exception]:has([data-reason=payout_rejected])")
     await payout_row.locator("input[name=note]").fill("operator reactivated its account")
     await payout_row.locator("button:has-text('Re-initiate')").click()
     await clerk.wait_for_load_state()
@@ -294,7 +294,10 @@ async def test_indonesian_by_default_english_by_choice(finance: str, browser: ob
     assert await page.locator("h1").inner_text() == "Pengecualian"
     assert "Pencocokan manual" in await page.content()
     assert (
-        "Rp 2.000.000" in await page.locator("tr[data-exception]", has_text="unknown").inner_text()
+        "Rp 2.000.000"
+        in await page.locator(
+            "tr[data-exception]:has([data-reason=unknown_reference])"
+        ).inner_text()
     )
     export = await page.request.get(finance + f"/finance/batches.csv?day={service_day.isoformat()}")
     assert (await export.text()).startswith("Batch,Hari layanan,")
@@ -307,7 +310,10 @@ async def test_indonesian_by_default_english_by_choice(finance: str, browser: ob
     await page.wait_for_url(finance + "/finance/exceptions")
     assert await page.locator("h1").inner_text() == "Exceptions"
     assert (
-        "Rp 2,000,000" in await page.locator("tr[data-exception]", has_text="unknown").inner_text()
+        "Rp 2,000,000"
+        in await page.locator(
+            "tr[data-exception]:has([data-reason=unknown_reference])"
+        ).inner_text()
     )
     await page.goto(finance + f"/finance?day={service_day.isoformat()}")
     assert await page.locator("h1").inner_text() == "Overview 23 Nov 2026"
