@@ -9,8 +9,9 @@ Modules, in the order money flows through them:
 - `matching`: the pure matcher (`match`), its rules and its reasons.
 - `reconciliation`: `import_statement`, `expect_collections`, `reconcile` (load, match,
   validate, persist and book, report).
-- `actions`: what staff do (`write_off`, `approve_write_off`, `manual_match`,
-  `reinitiate_payout`) and `day_close`.
+- `actions`: what staff do (`write_off`, `approve_write_off`, `preview_match` and
+  `manual_match`, `reinitiate_payout`) and `day_close`.
 - `views`, `charts`, `reports`: what people read; `pages`: the finance pages
-  (`settlement.pages.install` for `gateways.backoffice.create_app`).
+  (`settlement.pages.install` for `gateways.backoffice.create_app`), in the reader's language
+  through `i18n` (templates and catalogs) and `formatting` (rupiah and dates per language).
 """

@@ -183,6 +183,63 @@ async def book_write_off(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class MatchPreview:
+    """What a manual match would join, and why it cannot (`problem` None: it can)."""
+
+    lines: list[asyncpg.Record]
+    movements: list[asyncpg.Record]
+    problem: ActionResult | None
+
+    @property
+    def lines_rupiah(self) -> int:
+        return sum(int(r["amount_rupiah"]) for r in self.lines)
+
+    @property
+    def movements_rupiah(self) -> int:
+        return sum(int(r["amount_rupiah"]) for r in self.movements)
+
+    @property
+    def difference_rupiah(self) -> int:
+        """Lines minus movements: what stands between the two sides."""
+        return self.lines_rupiah - self.movements_rupiah
+
+
+async def preview_match(
+    connection: asyncpg.Connection, line_keys: list[str], movement_ids: list[str]
+) -> MatchPreview:
+    """The lines (neither matched nor written off: a written-off line's money is in suspense
+    already) and the open expected movements picked, checked as `manual_match` checks them.
+    Inside a transaction, the rows are locked until it ends."""
+    line_keys, movement_ids = sorted(set(line_keys)), sorted(set(movement_ids))  # "k1,k1"
+    lines = await connection.fetch(
+        """select l.* from settlement_statement_lines l where line_key = any($1::text[])
+            and not exists (select 1 from settlement_match_lines m where m.line_key = l.line_key)
+            and not exists (select 1 from settlement_exceptions e
+                             where e.subject_kind = 'line' and e.subject_id = l.line_key
+                               and e.resolved_at is not null)
+            order by l.line_key for update""",
+        line_keys,
+    )
+    movements = await connection.fetch(
+        """select e.* from settlement_expected_movements e where movement_id = any($1::text[])
+            and not e.cancelled
+            and not exists (select 1 from settlement_match_movements m where m.movement_id = e.movement_id)
+            order by e.movement_id for update""",
+        movement_ids,
+    )
+    problem = None
+    if not line_keys or not movement_ids:
+        problem = ActionResult.not_found
+    elif len(lines) != len(line_keys) or len(movements) != len(movement_ids):
+        problem = ActionResult.already_resolved
+    elif len({(r["direction"], r["account"]) for r in [*lines, *movements]}) != 1:
+        problem = ActionResult.wrong_kind
+    elif sum(r["amount_rupiah"] for r in lines) != sum(r["amount_rupiah"] for r in movements):
+        problem = ActionResult.amounts_differ
+    return MatchPreview(list(lines), list(movements), problem)
+
+
 async def manual_match(
     connection: asyncpg.Connection,
     line_keys: list[str],
@@ -197,46 +254,24 @@ async def manual_match(
         return ActionResult.not_allowed
     if (problem := check_note(note)) is not None:
         return problem
-    if not line_keys or not movement_ids:
-        return ActionResult.not_found
-    line_keys, movement_ids = sorted(set(line_keys)), sorted(set(movement_ids))  # "k1,k1"
     async with connection.transaction():
-        # Neither matched nor written off: a written-off line's money is in suspense already.
-        lines = await connection.fetch(
-            """select l.* from settlement_statement_lines l where line_key = any($1::text[])
-                and not exists (select 1 from settlement_match_lines m where m.line_key = l.line_key)
-                and not exists (select 1 from settlement_exceptions e
-                                 where e.subject_kind = 'line' and e.subject_id = l.line_key
-                                   and e.resolved_at is not null)""",
-            line_keys,
-        )
-        movements = await connection.fetch(
-            """select e.* from settlement_expected_movements e where movement_id = any($1::text[])
-                and not e.cancelled
-                and not exists (select 1 from settlement_match_movements m where m.movement_id = e.movement_id)""",
-            movement_ids,
-        )
-        if len(lines) != len(set(line_keys)) or len(movements) != len(set(movement_ids)):
-            return ActionResult.already_resolved
-        if len({(r["direction"], r["account"]) for r in [*lines, *movements]}) != 1:
-            return ActionResult.wrong_kind
-        if sum(r["amount_rupiah"] for r in lines) != sum(r["amount_rupiah"] for r in movements):
-            return ActionResult.amounts_differ
-        found = Match(
-            MatchKind.one_to_one, tuple(sorted(line_keys)), tuple(sorted(movement_ids)), 0
-        )
+        preview = await preview_match(connection, line_keys, movement_ids)
+        if preview.problem is not None:
+            return preview.problem
+        keys = tuple(r["line_key"] for r in preview.lines)
+        ids = tuple(r["movement_id"] for r in preview.movements)
         await confirm_matches(
             connection,
-            [found],
-            {r["line_key"]: r for r in lines},
-            {r["movement_id"]: r for r in movements},
+            [Match(MatchKind.one_to_one, keys, ids, 0)],
+            {r["line_key"]: r for r in preview.lines},
+            {r["movement_id"]: r for r in preview.movements},
             staff.username,
             now,
             note[:note_length_max],
         )
         await connection.execute(
             "update settlement_matches set kind = 'manual' where match_id = (select match_id from settlement_match_lines where line_key = $1)",
-            line_keys[0],
+            keys[0],
         )
     return ActionResult.done
 

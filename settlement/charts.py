@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from settlement.formatting import grouped
+from settlement.formatting import default_language, grouped
 
 chart_bars_max = 48
 
@@ -17,8 +17,11 @@ def bar_chart(
     unit: str = "",
     width_px: int = 640,
     height_px: int = 220,
+    empty: str = "no data for this day",
+    language: str = default_language,
 ) -> str:
-    """Vertical bars with their labels under them and values over them."""
+    """Vertical bars with their labels under them and values over them; `empty` (in the
+    reader's language, as the title and unit are) when every bar is zero."""
     assert len(bars) <= chart_bars_max, "summarise before drawing"
     top, bottom, left = 28, 36, 8
     plot_height = height_px - top - bottom
@@ -37,7 +40,7 @@ def bar_chart(
         y = top + plot_height - bar_height
         parts.append(
             f'<rect x="{x:.1f}" y="{y}" width="{bar_width:.1f}" height="{bar_height}" fill="#2563eb">'
-            f"<title>{escape(label)}: {grouped(value)} {escape(unit)}</title></rect>"
+            f"<title>{escape(label)}: {grouped(value, language)} {escape(unit)}</title></rect>"
         )
         if len(bars) <= 24 or index % 2 == 0:
             parts.append(
@@ -47,12 +50,12 @@ def bar_chart(
         if value and len(bars) <= 16:
             parts.append(
                 f'<text x="{x + bar_width / 2:.1f}" y="{y - 3}" font-size="9" text-anchor="middle" '
-                f'fill="#111827">{grouped(value)}</text>'
+                f'fill="#111827">{grouped(value, language)}</text>'
             )
     if not any(value for _, value in bars):
         parts.append(
             f'<text x="{width_px / 2:.0f}" y="{top + plot_height / 2:.0f}" font-size="12" '
-            'text-anchor="middle" fill="#6b7280">no data for this day</text>'
+            f'text-anchor="middle" fill="#6b7280">{escape(empty)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)

@@ -11,12 +11,14 @@ above the limit (never their own), unlocks user names and ends others' sessions;
 reads everything and changes nothing. Each action goes through `settlement.actions`, which books
 a ledger transfer saying who, when and why; unlocks and ended sessions go to `staff_actions`.
 
-New pages and fragments are Jinja2 templates (`settlement/templates/`, autoescaped).
+Pages are Jinja2 templates (`settlement/templates/`, autoescaped) in the staff member's
+language: Bahasa Indonesia by default, English as a choice (`settlement.i18n`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import gettext
 import hmac
 import io
 import logging
@@ -24,20 +26,18 @@ import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from html import escape
 from typing import Any
 
 import aiohttp
 import asyncpg
-import jinja2
 from aiohttp import web
+from markupsafe import Markup
 
 from gateways import staff as staff_tokens
 from gateways.backoffice import Extension, config_key, pool_key, reporting_pool_key
-from settlement import actions, charts, logins, views
+from settlement import actions, charts, formatting, i18n, logins, views
 from settlement.actions import ActionResult, Role, Staff
-from settlement.end_of_day import EndOfDayConfig, PayoutPort, jakarta
-from settlement.formatting import grouped, rupiah
+from settlement.end_of_day import EndOfDayConfig, PayoutPort
 from settlement.logins import LoginLimits
 from settlement.logins import hash_password as hash_password
 from settlement.logins import password_length_min as password_length_min
@@ -51,16 +51,67 @@ form_body_bytes_max = 16 * 1024
 reason_length_max = 500
 strict_transport_security = "max-age=31536000"  # a year; sent only when cookies are Secure
 
-templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("settlement", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-)
-templates.filters["rupiah"] = rupiah
-templates.filters["local"] = lambda moment: moment.astimezone(jakarta).strftime("%Y-%m-%d %H:%M")
-templates.filters["wib"] = lambda time_ms: dt.datetime.fromtimestamp(
-    time_ms / 1000, jakarta
-).strftime("%Y-%m-%d %H:%M:%S")
+
+def N_(text: str) -> str:
+    """Marks text for the catalog where it is defined; it is translated where it is shown."""
+    return text
+
+
+# Codes the pages show, in words (the code stays in the cell's title, as the exports have
+# it); a code not listed here is shown as it is.
+terms = {
+    # staff roles; statement directions
+    "clerk": N_("clerk"),
+    "supervisor": N_("supervisor"),
+    "auditor": N_("auditor"),
+    "credit": N_("in (credit)"),
+    "debit": N_("out (debit)"),
+    # why an exception is open, and how it was resolved
+    "duplicate_line": N_("line seen twice"),
+    "amount_mismatch": N_("amount does not match"),
+    "date_out_of_tolerance": N_("date too far off"),
+    "unexpected_fee": N_("unexpected bank fee"),
+    "unknown_reference": N_("unknown reference"),
+    "missing_from_statement": N_("missing from the statement"),
+    "no_beneficiary_account": N_("no bank account for the party"),
+    "payout_rejected": N_("payout refused by the bank"),
+    "payout_unresolved": N_("payout outcome unknown"),
+    "matched": N_("matched"),
+    "written_off": N_("written off to suspense"),
+    "reinitiated": N_("paid again (new attempt)"),
+    "confirmed": N_("confirmed by the bank"),
+    # expected movements
+    "collection": N_("collection"),
+    "payout": N_("payout"),
+    "fee": N_("bank fee"),
+    # terminals' records and what the back office made of them
+    "fare_debit": N_("fare"),
+    "sale": N_("sale"),
+    "refund": N_("refund"),
+    "topup_credit": N_("top-up"),
+    "denied": N_("denied"),
+    "booked": N_("booked"),
+    "held": N_("held (in doubt)"),
+    "void": N_("void"),
+    "anomaly": N_("anomaly"),
+    "quarantined": N_("quarantined"),
+}
+
+
+def translator(request: web.Request) -> gettext.NullTranslations:
+    return i18n.translations("settlement", i18n.language_of(request))
+
+
+def render(request: web.Request, template: str, **values: Any) -> Markup:
+    """A template in the language of the person asking."""
+    _ = translator(request).gettext
+    env = i18n.environment("settlement", i18n.language_of(request))
+    return Markup(
+        env.get_template(template).render(
+            term=lambda code: _(terms[code]) if code in terms else code,
+            **values,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------- staff
@@ -153,6 +204,7 @@ def extension(settings: PagesSettings) -> Extension:
             app.on_response_prepare.append(send_strict_transport_security)
         routes = [
             web.get("/finance/login", login_form),
+            web.get("/finance/language", i18n.language_switch),
             web.post("/finance/login", login),
             web.post("/finance/logout", logout),
             web.post("/finance/logout-everywhere", logout_everywhere),
@@ -228,8 +280,14 @@ async def require(request: web.Request, *roles: Role) -> Session:
     if session is None:
         raise web.HTTPSeeOther("/finance/login?next=" + urllib.parse.quote(request.path_qs))
     if roles and session.staff.role not in roles:
+        _ = translator(request).gettext
         raise web.HTTPForbidden(
-            text=page("Not allowed", session, "<p>Your role may not do this.</p>"),
+            text=page(
+                request,
+                _("Not allowed"),
+                session,
+                Markup("<p>%s</p>") % _("Your role may not do this."),
+            ),
             content_type="text/html",
         )
     return session
@@ -245,7 +303,8 @@ async def read_form(request: web.Request, session: Session | None) -> dict[str, 
     expected = session.csrf_token if session else request.cookies.get(login_csrf_cookie, "")
     if not expected or not hmac.compare_digest(values.get("csrf", ""), expected):
         raise web.HTTPForbidden(
-            text="CSRF token missing or wrong; reload the page", content_type="text/plain"
+            text=translator(request).gettext("CSRF token missing or wrong; reload the page"),
+            content_type="text/plain",
         )
     return values
 
@@ -257,6 +316,8 @@ body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;c
 header{background:#0f3d91;color:#fff;padding:10px 24px;display:flex;align-items:center;gap:24px}
 header a{color:#dbeafe;text-decoration:none;font-weight:500}header a:hover{color:#fff}
 header .who{margin-left:auto;font-size:14px}header form{display:inline}
+header .languages{display:flex;gap:10px;font-size:14px}header .languages b{color:#fff}
+form[data-form=manual-match] h3{font-size:15px;margin:16px 0 6px}
 header button{background:none;border:1px solid #93c5fd;color:#fff;border-radius:4px;padding:3px 10px;cursor:pointer}
 main{padding:20px 24px;max-width:1200px}
 h1{font-size:22px;margin:4px 0 16px}h2{font-size:17px;margin:24px 0 8px}
@@ -281,17 +342,37 @@ button.action.secondary{background:#6b7280}
 """
 
 
-def page(title: str, session: Session | None, body: str, message: str = "") -> str:
-    nav = templates.get_template("nav.html").render(session=session) if session else ""
-    note = ""
-    if message:
-        warn = " warning" if not message.startswith("done") else ""
-        note = f'<div class="message{warn}" role="status">{escape(message)}</div>'
-    return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)} · KSH finance</title>'
-        f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{style}</style></head>'
-        f"<body><header><strong>KSH finance</strong>{nav}</header><main><h1>{escape(title)}</h1>{note}{body}</main></body></html>"
+def page(
+    request: web.Request,
+    title: str,
+    session: Session | None,
+    body: Markup,
+    message: str = "",
+    ok: bool = False,
+) -> str:
+    return render(
+        request,
+        "layout.html",
+        title=title,
+        session=session,
+        body=body,
+        message=message,
+        ok=ok,
+        style=Markup(style),
+        here=request.path_qs if request.method == "GET" else "/finance",  # where a switch returns
     )
+
+
+def with_message(path: str, message: str, ok: bool) -> web.HTTPSeeOther:
+    """Back to a page that shows `message` (already in the reader's language)."""
+    query = {"message": message} | ({"ok": "1"} if ok else {})
+    return web.HTTPSeeOther(
+        path + "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+    )
+
+
+def shown_message(request: web.Request) -> dict[str, Any]:
+    return {"message": request.query.get("message", ""), "ok": request.query.get("ok") == "1"}
 
 
 def html(text: str, status: int = 200) -> web.Response:
@@ -308,29 +389,19 @@ def html(text: str, status: int = 200) -> web.Response:
     )
 
 
-def hidden_csrf(session: Session) -> str:
-    return f'<input type="hidden" name="csrf" value="{escape(session.csrf_token)}">'
-
-
 def requested_day(request: web.Request, fallback: dt.date) -> dt.date:
     text = request.query.get("day", "")
     try:
         return dt.date.fromisoformat(text) if text else fallback
     except ValueError:
-        raise web.HTTPBadRequest(text="day must be YYYY-MM-DD") from None
+        raise web.HTTPBadRequest(
+            text=translator(request).gettext("day must be YYYY-MM-DD")
+        ) from None
 
 
 async def default_day(request: web.Request, connection: asyncpg.Connection) -> dt.date:
     latest = await connection.fetchval("select max(service_day) from settlement_batches")
     return latest or request.app[config_key].clock.today()
-
-
-def day_picker(path: str, day: dt.date) -> str:
-    return (
-        f'<form class="inline" method="get" action="{path}"><label>Service day '
-        f'<input type="date" name="day" value="{day.isoformat()}"></label>'
-        '<button class="action secondary">Show</button></form>'
-    )
 
 
 # ---------------------------------------------------------------------------- login
@@ -339,15 +410,9 @@ def day_picker(path: str, day: dt.date) -> str:
 async def login_form(request: web.Request) -> web.Response:
     token = secrets.token_urlsafe(24)
     next_path = request.query.get("next", "/finance")
-    body = (
-        '<form class="login" method="post" action="/finance/login">'
-        f'<input type="hidden" name="csrf" value="{token}">'
-        f'<input type="hidden" name="next" value="{escape(next_path)}">'
-        '<label for="username">User name</label><input id="username" name="username" type="text" autocomplete="username" required>'
-        '<label for="password">Password</label><input id="password" name="password" type="password" autocomplete="current-password" required>'
-        '<p><button class="action" type="submit">Log in</button></p></form>'
-    )
-    response = html(page("Log in", None, body, request.query.get("message", "")))
+    body = render(request, "login.html", token=token, next_path=next_path)
+    title = translator(request).gettext("Log in")
+    response = html(page(request, title, None, body, **shown_message(request)))
     response.set_cookie(
         login_csrf_cookie,
         token,
@@ -359,8 +424,8 @@ async def login_form(request: web.Request) -> web.Response:
     return response
 
 
-def back_to_login(message: str) -> web.HTTPSeeOther:
-    return web.HTTPSeeOther("/finance/login?message=" + urllib.parse.quote(message))
+def back_to_login(message: str, ok: bool = False) -> web.HTTPSeeOther:
+    return with_message("/finance/login", message, ok)
 
 
 async def login(request: web.Request) -> web.Response:
@@ -380,17 +445,20 @@ async def login(request: web.Request) -> web.Response:
             row = await connection.fetchrow(
                 "select password_hash from settlement_staff where username = $1", username
             )
+    _ = translator(request).gettext
     if gate is not logins.Gate.open:
         logger.warning(
             "login refused", extra={"username": username, "address": address, "gate": gate.value}
         )
         minutes = max(1, limits.window_seconds // 60)
-        raise back_to_login(f"too many wrong passwords; try again in {minutes} minutes")
+        raise back_to_login(
+            _("too many wrong passwords; try again in %(minutes)s minutes") % {"minutes": minutes}
+        )
     stored = row["password_hash"] if row is not None else None
     valid = await request.app[password_checker_key].verify(password, stored)
     if row is None or not valid:
         logger.info("login failed", extra={"username": username, "address": address})
-        raise back_to_login("wrong user name or password")
+        raise back_to_login(_("wrong user name or password"))
     now = clock.now()
     async with request.app[pool_key].acquire() as connection:
         await logins.login_succeeded(connection, username, address, now=now)
@@ -421,7 +489,7 @@ async def logout(request: web.Request) -> web.Response:
             "delete from settlement_sessions where token_sha256 = $1",
             logins.session_digest(request.cookies[session_cookie]),
         )
-    response = back_to_login("logged out")
+    response = back_to_login(translator(request).gettext("logged out"), ok=True)
     response.del_cookie(session_cookie, path="/finance")
     raise response
 
@@ -439,7 +507,11 @@ async def logout_everywhere(request: web.Request) -> web.Response:
             reason="logged out everywhere",
             now=request.app[config_key].clock.now(),
         )
-    response = back_to_login(f"logged out everywhere ({ended} sessions ended)")
+    response = back_to_login(
+        translator(request).gettext("logged out everywhere (%(ended)s sessions ended)")
+        % {"ended": ended},
+        ok=True,
+    )
     response.del_cookie(session_cookie, path="/finance")
     raise response
 
@@ -450,38 +522,60 @@ async def logout_everywhere(request: web.Request) -> web.Response:
 async def overview(request: web.Request) -> web.Response:
     session = await require(request)
     settings = request.app[settings_key]
+    _ = translator(request).gettext
+    language = i18n.language_of(request)
     async with request.app[pool_key].acquire() as connection:
         day = requested_day(request, await default_day(request, connection))
         numbers = await views.day_overview(connection, day, settings.end_of_day)
-        hours = await views.taps_per_hour(connection, day, settings.end_of_day)
-        corridors = await views.revenue_per_corridor(connection, day, settings.end_of_day)
         close = await actions.day_close(connection, day + dt.timedelta(days=1))
+
+    def money(amount: int) -> str:
+        return formatting.rupiah(amount, language)
+
     tiles = [
-        ("Taps", grouped(numbers.taps)),
-        ("Fare revenue", rupiah(numbers.fare_revenue_rupiah)),
-        ("Merchant sales", rupiah(numbers.sales_rupiah)),
-        ("Top-ups received", rupiah(numbers.top_ups_rupiah)),
-        ("Payouts", rupiah(numbers.payouts_rupiah)),
-        ("Float (banks)", rupiah(numbers.float_rupiah)),
-        ("Card liabilities", rupiah(numbers.card_liabilities_rupiah)),
-        ("Float minus liabilities", rupiah(numbers.float_rupiah - numbers.card_liabilities_rupiah)),
-        ("Open exceptions", grouped(numbers.exceptions_open)),
-        ("Unexplained on statements", rupiah(close.unexplained_rupiah)),
+        ("taps", _("Taps"), formatting.grouped(numbers.taps, language)),
+        ("fare-revenue", _("Fare revenue"), money(numbers.fare_revenue_rupiah)),
+        ("sales", _("Merchant sales"), money(numbers.sales_rupiah)),
+        ("top-ups", _("Top-ups received"), money(numbers.top_ups_rupiah)),
+        ("payouts", _("Payouts"), money(numbers.payouts_rupiah)),
+        ("float", _("Float (banks)"), money(numbers.float_rupiah)),
+        ("liabilities", _("Card liabilities"), money(numbers.card_liabilities_rupiah)),
+        (
+            "float-minus-liabilities",
+            _("Float minus liabilities"),
+            money(numbers.float_rupiah - numbers.card_liabilities_rupiah),
+        ),
+        ("exceptions", _("Open exceptions"), formatting.grouped(numbers.exceptions_open, language)),
+        ("unexplained", _("Unexplained on statements"), money(close.unexplained_rupiah)),
     ]
-    body = (
-        day_picker("/finance", day)
-        + '<h2>The day</h2><div class="cards">'
-        + "".join(
-            f'<div class="card"><div class="label">{escape(label)}</div><div class="value">{escape(value)}</div></div>'
-            for label, value in tiles
-        )
-        + "</div><h2>Charts</h2>"
+    empty = _("no data for this day")
+    body = render(
+        request,
+        "overview.html",
+        path="/finance",
+        day=day,
+        tiles=tiles,
+        taps_chart=Markup(
+            charts.bar_chart(
+                _("Taps per hour"),
+                numbers.fares.per_hour,
+                unit=_("taps"),
+                empty=empty,
+                language=language,
+            )
+        ),
+        corridors_chart=Markup(
+            charts.bar_chart(
+                _("Fare revenue per corridor (rupiah)"),
+                numbers.fares.per_corridor,
+                unit="rupiah",
+                empty=empty,
+                language=language,
+            )
+        ),
     )
-    body += charts.bar_chart("Taps per hour", hours, unit="taps")
-    body += charts.bar_chart("Fare revenue per corridor (rupiah)", corridors, unit="rupiah")
-    return html(
-        page(f"Overview {day.isoformat()}", session, body, request.query.get("message", ""))
-    )
+    title = _("Overview %(day)s") % {"day": formatting.day(day, language)}
+    return html(page(request, title, session, body, **shown_message(request)))
 
 
 # ---------------------------------------------------------------------------- batches
@@ -492,44 +586,34 @@ async def batches_page(request: web.Request) -> web.Response:
     async with request.app[pool_key].acquire() as connection:
         day = requested_day(request, await default_day(request, connection))
         rows = await views.batches(connection, day)
-    body = day_picker("/finance/batches", day)
-    body += (
-        f'<p><a href="/finance/batches.csv?day={day.isoformat()}">CSV</a> · '
-        f'<a href="/finance/batches.pdf?day={day.isoformat()}">PDF report</a></p>'
+    body = render(
+        request,
+        "batches.html",
+        path="/finance/batches",
+        day=day,
+        rows=rows,
+        total=sum(row["net_rupiah"] for row in rows),
     )
-    body += "<table><thead><tr><th>Batch</th><th>Party</th><th>Paid to</th><th>Gross</th><th>Fees</th><th>Net</th><th>Attempts</th><th>On statement</th></tr></thead><tbody>"
-    for row in rows:
-        body += (
-            f"<tr><td>{escape(row['batch_id'])}</td><td>{escape(row['party_kind'])} {escape(row['party_id'])}<br><small>{escape(row['name'] or '')}</small></td>"
-            f"<td>{escape((row['bank_code'] or 'same bank') + ' ' + (row['account_no'] or '-'))}</td>"
-            f'<td class="num">{rupiah(row["gross_rupiah"])}</td><td class="num">{rupiah(row["fees_rupiah"])}</td>'
-            f'<td class="num">{rupiah(row["net_rupiah"])}</td><td>{escape(row["attempts"] or "not sent")}</td>'
-            f"<td>{confirmed_badge if row['confirmed'] else in_transit_badge}</td></tr>"
-        )
-    if not rows:
-        body += '<tr><td colspan="8">No settlement batches for this day.</td></tr>'
-    body += "</tbody></table>"
-    total = sum(row["net_rupiah"] for row in rows)
-    body += f"<p>{len(rows)} batches, net {rupiah(total)}.</p>"
-    return html(page(f"Settlement batches {day.isoformat()}", session, body))
+    title = translator(request).gettext("Settlement batches %(day)s") % {
+        "day": formatting.day(day, i18n.language_of(request))
+    }
+    return html(page(request, title, session, body))
 
 
-confirmed_badge = '<span class="badge done">confirmed</span>'
-in_transit_badge = '<span class="badge open">in transit</span>'
-
+# Exported columns and their headings (translated when the file is made).
 batch_columns = (
-    "batch_id",
-    "service_day",
-    "party_kind",
-    "party_id",
-    "name",
-    "bank_code",
-    "account_no",
-    "gross_rupiah",
-    "fees_rupiah",
-    "net_rupiah",
-    "attempts",
-    "confirmed",
+    ("batch_id", N_("Batch")),
+    ("service_day", N_("Service day")),
+    ("party_kind", N_("Party kind")),
+    ("party_id", N_("Party")),
+    ("name", N_("Name")),
+    ("bank_code", N_("Bank code")),
+    ("account_no", N_("Account number")),
+    ("gross_rupiah", N_("Gross (rupiah)")),
+    ("fees_rupiah", N_("Fees (rupiah)")),
+    ("net_rupiah", N_("Net (rupiah)")),
+    ("attempts", N_("Attempts")),
+    ("confirmed", N_("Confirmed by statement")),
 )
 
 
@@ -538,7 +622,9 @@ async def batches_csv(request: web.Request) -> web.Response:
     async with request.app[reporting_pool_key].acquire() as connection:
         day = requested_day(request, await default_day(request, connection))
         rows = await views.batches(connection, day)
-    return csv_response(batch_columns, rows, f"settlement-{day.isoformat()}.csv")
+    return csv_response(
+        batch_columns, rows, f"settlement-{day.isoformat()}.csv", translator(request).gettext
+    )
 
 
 def spreadsheet_safe(value: Any) -> Any:
@@ -550,18 +636,23 @@ def spreadsheet_safe(value: Any) -> Any:
 
 
 def csv_response(
-    columns: tuple[str, ...], rows: list[asyncpg.Record], file_name: str
+    columns: tuple[tuple[str, str], ...],
+    rows: list[asyncpg.Record],
+    file_name: str,
+    translate: Callable[[str], str] = str,
 ) -> web.Response:
+    """`columns`: (column, heading) pairs; the heading row in the reader's language."""
     import csv
 
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
+    writer.writerow([translate(heading) for _, heading in columns])
     for row in rows:
-        writer.writerow([spreadsheet_safe(row[column]) for column in columns])
+        writer.writerow([spreadsheet_safe(row[column]) for column, _ in columns])
     return web.Response(
         text=out.getvalue(),
         content_type="text/csv",
+        charset="utf-8",
         headers={"Content-Disposition": f'attachment; filename="{file_name}"'},
     )
 
@@ -574,7 +665,7 @@ async def batches_pdf(request: web.Request) -> web.Response:
     from settlement.reports import batches_pdf_bytes
 
     return web.Response(
-        body=batches_pdf_bytes(day, rows),
+        body=batches_pdf_bytes(day, rows, i18n.language_of(request)),
         content_type="application/pdf",
         headers={"Content-Disposition": f'attachment; filename="settlement-{day.isoformat()}.pdf"'},
     )
@@ -586,112 +677,51 @@ async def batches_pdf(request: web.Request) -> web.Response:
 async def exceptions_page(request: web.Request) -> web.Response:
     session = await require(request)
     show_all = request.query.get("all") == "1"
+    can_act = session.staff.role is not Role.auditor
     async with request.app[pool_key].acquire() as connection:
         rows = await views.exceptions(connection, open_only=not show_all)
         count = await views.exceptions_count(connection, open_only=not show_all)
-        movements = await views.open_movements(connection)
-    can_act = session.staff.role is not Role.auditor
-    body = (
-        '<p><a href="/finance/exceptions?all=1">Show resolved too</a> · <a href="/finance/exceptions.csv">CSV</a></p>'
-        if not show_all
-        else '<p><a href="/finance/exceptions">Open only</a> · <a href="/finance/exceptions.csv">CSV</a></p>'
+        lines = await views.open_lines(connection) if can_act else []
+        movements = await views.open_movements(connection) if can_act else []
+    body = render(
+        request,
+        "exceptions.html",
+        session=session,
+        show_all=show_all,
+        rows=rows,
+        count=count,
+        can_act=can_act,
+        is_supervisor=session.staff.role is Role.supervisor,
+        lines=lines,
+        movements=movements,
+        picked_lines=set(request.query.getall("line_keys", [])),
+        picked_movements=set(request.query.getall("movement_ids", [])),
     )
-    body += "<table><thead><tr><th>Exception</th><th>Reason</th><th>Amount</th><th>Detail</th><th>State</th><th>Action</th></tr></thead><tbody>"
-    for row in rows:
-        source = (
-            f"<br><small>{escape(row['source_file'])}:{row['source_line']}</small>"
-            if row["source_file"]
-            else ""
-        )
-        state = (
-            f'<span class="badge done">{escape(row["resolution"])}</span><br><small>by {escape(row["resolved_by"] or "")}'
-            f"{' approved by ' + escape(row['approved_by']) if row['approved_by'] and row['approved_by'] != row['resolved_by'] else ''}: {escape(row['resolution_note'] or '')}</small>"
-            if row["resolved_at"]
-            else '<span class="badge open">open</span>'
-            + (
-                f"<br><small>write-off requested by {escape(row['write_off_requested_by'])}: {escape(row['write_off_requested_note'] or '')}</small>"
-                if row["write_off_requested_by"]
-                else ""
-            )
-        )
-        action = ""
-        if can_act and row["resolved_at"] is None:
-            action = exception_actions(session, row)
-        body += (
-            f'<tr data-exception="{escape(row["exception_id"])}"><td><small>{escape(row["exception_id"][:24])}</small>{source}</td>'
-            f'<td>{escape(row["reason"])}</td><td class="num">{rupiah(row["amount_rupiah"])}</td>'
-            f"<td>{escape(row['detail'])}</td><td>{state}</td><td>{action}</td></tr>"
-        )
-    if not rows:
-        body += '<tr><td colspan="6">Nothing to work on.</td></tr>'
-    body += "</tbody></table>"
-    if count > len(rows):
-        body += f'<p class="message warning">Showing the first {grouped(len(rows))} of {grouped(count)}; the CSV has them all.</p>'
-    if can_act and movements:
-        body += "<h2>Manual match</h2><p>Expected movements nothing matched yet; pick statement line keys (from an exception) and movement ids whose amounts agree.</p>"
-        body += (
-            '<form class="inline" method="post" action="/finance/match">'
-            + hidden_csrf(session)
-            + '<input type="text" name="line_keys" placeholder="line key(s), comma separated" size="40">'
-            + '<input type="text" name="movement_ids" placeholder="movement id(s)" size="30">'
-            + '<input type="text" name="note" placeholder="why" size="30"><button class="action">Match</button></form>'
-        )
-        body += "<table><thead><tr><th>Movement</th><th>Kind</th><th>Reference</th><th>Amount</th><th>Value date</th></tr></thead><tbody>"
-        for movement in movements[:50]:
-            body += (
-                f"<tr><td><small>{escape(movement['movement_id'])}</small></td><td>{escape(movement['kind'])}</td>"
-                f'<td>{escape(movement["reference"])}</td><td class="num">{rupiah(movement["amount_rupiah"])}</td><td>{movement["value_date"]}</td></tr>'
-            )
-        body += "</tbody></table>"
-    return html(page("Exceptions", session, body, request.query.get("message", "")))
-
-
-def exception_actions(session: Session, row: asyncpg.Record) -> str:
-    exception_id = escape(row["exception_id"])
-    forms = []
-
-    def form(action: str, label: str, with_note: bool = True) -> str:
-        note = (
-            '<input type="text" name="note" placeholder="why" required size="18">'
-            if with_note
-            else ""
-        )
-        return (
-            '<form class="inline" method="post" action="/finance/exceptions/action">'
-            + hidden_csrf(session)
-            + f'<input type="hidden" name="exception_id" value="{exception_id}">'
-            + f'<input type="hidden" name="action" value="{action}">{note}<button class="action" name="do" value="{action}">{label}</button></form>'
-        )
-
-    if row["subject_kind"] == "line":
-        requested_by = row["write_off_requested_by"]
-        if requested_by and requested_by == session.staff.username:
-            forms.append("<small>waiting for another supervisor to approve</small>")
-        elif requested_by and session.staff.role is Role.supervisor:
-            forms.append(form("approve", "Approve write-off", with_note=False))
-        elif not requested_by:
-            forms.append(form("write-off", "Write off to suspense"))
-        if row["subject_id"]:
-            forms.append(f"<small>line key {escape(row['subject_id'])}</small>")
-    elif row["reason"] in ("payout_rejected", "no_beneficiary_account"):
-        forms.append(form("reinitiate", "Re-initiate payout"))
-    elif row["reason"] == "payout_unresolved":
-        forms.append(form("ask-again", "Ask the bank again", with_note=False))
-    return "".join(forms)
+    title = translator(request).gettext("Exceptions")
+    return html(page(request, title, session, body, **shown_message(request)))
 
 
 messages = {
-    ActionResult.done: "done",
-    ActionResult.awaiting_approval: "recorded: a supervisor must approve this write-off (above the limit), and not the person who asked",
-    ActionResult.not_found: "nothing found to act on",
-    ActionResult.already_resolved: "already resolved by someone else",
-    ActionResult.not_allowed: "your role may not do this",
-    ActionResult.note_required: "say why (a note is required)",
-    ActionResult.wrong_kind: "this action does not apply to this exception",
-    ActionResult.amounts_differ: "amounts differ: a manual match must balance exactly",
-    ActionResult.same_person: "the approver must be someone other than the requester",
-    ActionResult.attempt_outstanding: "another attempt of this payout was paid or may still pay: ask the bank about it first",
+    ActionResult.done: N_("done"),
+    ActionResult.awaiting_approval: N_(
+        "recorded: a supervisor must approve this write-off (above the limit), and not the person who asked"
+    ),
+    ActionResult.not_found: N_("nothing found to act on"),
+    ActionResult.already_resolved: N_("already resolved by someone else"),
+    ActionResult.not_allowed: N_("your role may not do this"),
+    ActionResult.note_required: N_("say why (a note is required)"),
+    ActionResult.wrong_kind: N_("this action does not apply to this exception"),
+    ActionResult.amounts_differ: N_("amounts differ: a manual match must balance exactly"),
+    ActionResult.same_person: N_("the approver must be someone other than the requester"),
+    ActionResult.attempt_outstanding: N_(
+        "another attempt of this payout was paid or may still pay: ask the bank about it first"
+    ),
 }
+
+
+def result_message(request: web.Request, path: str, result: ActionResult) -> web.HTTPSeeOther:
+    message = translator(request).gettext(messages[result])
+    return with_message(path, message, ok=result is ActionResult.done)
 
 
 async def exception_action(request: web.Request) -> web.Response:
@@ -718,10 +748,8 @@ async def exception_action(request: web.Request) -> web.Response:
             )
         elif action in ("reinitiate", "ask-again"):
             if settings.payer_factory is None:
-                raise web.HTTPSeeOther(
-                    "/finance/exceptions?message="
-                    + urllib.parse.quote("no bank connection configured")
-                )
+                message = translator(request).gettext("no bank connection configured")
+                raise with_message("/finance/exceptions", message, ok=False)
             payer = settings.payer_factory(request.app[http_key])
             if action == "reinitiate":
                 result = await actions.reinitiate_payout(
@@ -732,44 +760,81 @@ async def exception_action(request: web.Request) -> web.Response:
                     connection, exception_id, session.staff, payer, settings.end_of_day, now
                 )
         else:
-            raise web.HTTPBadRequest(text="unknown action")
-    raise web.HTTPSeeOther("/finance/exceptions?message=" + urllib.parse.quote(messages[result]))
+            raise web.HTTPBadRequest(text=translator(request).gettext("unknown action"))
+    raise result_message(request, "/finance/exceptions", result)
+
+
+picked_max = 50  # lines or movements in one manual match
+
+
+def match_problem(request: web.Request, preview: actions.MatchPreview) -> str:
+    """Why these cannot be matched, in words; for amounts, by how much and which side is more."""
+    _ = translator(request).gettext
+    assert preview.problem is not None
+    if preview.problem is ActionResult.not_found:
+        return _("pick at least one statement line and one expected movement")
+    if preview.problem is ActionResult.already_resolved:
+        return _("one of these was matched or written off meanwhile; pick again")
+    if preview.problem is ActionResult.wrong_kind:
+        return _("the lines and movements must be of one account and one direction (in or out)")
+    if preview.problem is ActionResult.amounts_differ:
+        language = i18n.language_of(request)
+        difference = formatting.rupiah(abs(preview.difference_rupiah), language)
+        if preview.difference_rupiah > 0:
+            return _("amounts differ by %(difference)s: the statement lines are more") % {
+                "difference": difference
+            }
+        return _("amounts differ by %(difference)s: the expected movements are more") % {
+            "difference": difference
+        }
+    return _(messages[preview.problem])
 
 
 async def manual_match(request: web.Request) -> web.Response:
+    """Two steps from the picking lists: `review` shows the picked lines and movements with
+    their totals (and what is wrong, changing nothing); `confirm` (with a note) matches them."""
     session = await require(request, Role.clerk, Role.supervisor)
     form = await read_form(request, session)
-
-    def split(text: str) -> list[str]:
-        return [part.strip() for part in text.split(",") if part.strip()][:50]
-
+    posted = await request.post()  # read_form read it already: the lists' many values
+    line_keys = [str(key) for key in posted.getall("line_keys", [])][:picked_max]
+    movement_ids = [str(key) for key in posted.getall("movement_ids", [])][:picked_max]
     async with request.app[pool_key].acquire() as connection:
-        result = await actions.manual_match(
-            connection,
-            split(form.get("line_keys", "")),
-            split(form.get("movement_ids", "")),
-            session.staff,
-            form.get("note", ""),
-            now=request.app[config_key].clock.now(),
-        )
-    raise web.HTTPSeeOther("/finance/exceptions?message=" + urllib.parse.quote(messages[result]))
+        if form.get("step") == "confirm":
+            result = await actions.manual_match(
+                connection,
+                line_keys,
+                movement_ids,
+                session.staff,
+                form.get("note", ""),
+                now=request.app[config_key].clock.now(),
+            )
+            if result is not ActionResult.amounts_differ:
+                raise result_message(request, "/finance/exceptions", result)
+        preview = await actions.preview_match(connection, line_keys, movement_ids)
+    _ = translator(request).gettext
+    back = "/finance/exceptions?" + urllib.parse.urlencode(
+        [("line_keys", key) for key in line_keys] + [("movement_ids", key) for key in movement_ids]
+    )
+    message = match_problem(request, preview) if preview.problem else ""
+    body = render(request, "match_review.html", session=session, preview=preview, back=back)
+    return html(page(request, _("Check the manual match"), session, body, message))
 
 
 exception_columns = (
-    "exception_id",
-    "subject_kind",
-    "subject_id",
-    "reason",
-    "detail",
-    "amount_rupiah",
-    "service_day",
-    "opened_at",
-    "resolution",
-    "resolved_by",
-    "approved_by",
-    "resolution_note",
-    "resolution_transfer_id",
-    "resolved_at",
+    ("exception_id", N_("Exception")),
+    ("subject_kind", N_("Subject kind")),
+    ("subject_id", N_("Subject")),
+    ("reason", N_("Reason")),
+    ("detail", N_("Detail")),
+    ("amount_rupiah", N_("Amount (rupiah)")),
+    ("service_day", N_("Service day")),
+    ("opened_at", N_("Opened at")),
+    ("resolution", N_("Resolution")),
+    ("resolved_by", N_("Resolved by")),
+    ("approved_by", N_("Approved by")),
+    ("resolution_note", N_("Resolution note")),
+    ("resolution_transfer_id", N_("Resolution transfer")),
+    ("resolved_at", N_("Resolved at")),
 )
 
 
@@ -779,7 +844,7 @@ async def exceptions_csv(request: web.Request) -> web.Response:
         rows = await views.exceptions(
             connection, open_only=False, rows_max=views.exceptions_export_rows_max
         )
-    return csv_response(exception_columns, rows, "exceptions.csv")
+    return csv_response(exception_columns, rows, "exceptions.csv", translator(request).gettext)
 
 
 # ---------------------------------------------------------------------------- cards
@@ -788,23 +853,13 @@ async def exceptions_csv(request: web.Request) -> web.Response:
 async def card_page(request: web.Request) -> web.Response:
     session = await require(request)
     number = request.query.get("number", "").strip()
-    body = (
-        '<form class="inline" method="get" action="/finance/cards"><label>Card number '
-        f'<input type="text" name="number" value="{escape(number)}" inputmode="numeric" pattern="[0-9]{{1,20}}"></label>'
-        '<button class="action">Look up</button></form>'
-    )
-    if number:
-        if not number.isdigit() or len(number) > 20:
-            body += '<p class="message warning">A card number is up to 20 digits.</p>'
-        else:
-            async with request.app[pool_key].acquire() as connection:
-                story = await views.card_story(connection, number)
-            body += card_section(story, number)
-    return html(page("Card lookup", session, body))
-
-
-def card_section(story: views.CardStory | None, number: str) -> str:
-    return templates.get_template("card.html").render(story=story, number=number)
+    valid = number.isdigit() and len(number) <= 20
+    body = render(request, "cards_form.html", number=number, valid=valid)
+    if number and valid:
+        async with request.app[pool_key].acquire() as connection:
+            story = await views.card_story(connection, number)
+        body += render(request, "card.html", story=story, number=number)
+    return html(page(request, translator(request).gettext("Card lookup"), session, body))
 
 
 # ---------------------------------------------------------------------------- staff
@@ -838,7 +893,9 @@ async def staff_page(request: web.Request) -> web.Response:
         (int(row["sessions"]) for row in members if row["username"] == session.staff.username), 0
     )
     known = {row["username"] for row in members}
-    body = templates.get_template("staff.html").render(
+    body = render(
+        request,
+        "staff.html",
         session=session,
         own_sessions=own,
         can_read=can_read,
@@ -848,7 +905,8 @@ async def staff_page(request: web.Request) -> web.Response:
         others=[lock for name, lock in sorted(locks.items()) if name not in known],
         recent=recent if can_read else [],
     )
-    return html(page("Staff", session, body, request.query.get("message", "")))
+    title = translator(request).gettext("Staff")
+    return html(page(request, title, session, body, **shown_message(request)))
 
 
 async def staff_form(request: web.Request) -> tuple[Session, str, str]:
@@ -858,11 +916,9 @@ async def staff_form(request: web.Request) -> tuple[Session, str, str]:
     username = form.get("username", "").strip().lower()
     reason = form.get("reason", "").strip()[:reason_length_max]
     if not username:
-        raise web.HTTPBadRequest(text="username is required")
+        raise web.HTTPBadRequest(text=translator(request).gettext("username is required"))
     if not reason:
-        raise web.HTTPSeeOther(
-            "/finance/staff?message=" + urllib.parse.quote(messages[ActionResult.note_required])
-        )
+        raise result_message(request, "/finance/staff", ActionResult.note_required)
     return session, username, reason
 
 
@@ -877,8 +933,9 @@ async def unlock_staff(request: web.Request) -> web.Response:
             reason=reason,
             now=request.app[config_key].clock.now(),
         )
-    message = f"done: {username} unlocked" if cleared else f"done: {username} was not locked"
-    raise web.HTTPSeeOther("/finance/staff?message=" + urllib.parse.quote(message))
+    _ = translator(request).gettext
+    message = _("done: %(name)s unlocked") if cleared else _("done: %(name)s was not locked")
+    raise with_message("/finance/staff", message % {"name": username}, ok=True)
 
 
 async def end_staff_sessions(request: web.Request) -> web.Response:
@@ -892,8 +949,8 @@ async def end_staff_sessions(request: web.Request) -> web.Response:
             reason=reason,
             now=request.app[config_key].clock.now(),
         )
-    message = f"done: {ended} session(s) of {username} ended"
-    raise web.HTTPSeeOther("/finance/staff?message=" + urllib.parse.quote(message))
+    message = translator(request).gettext("done: %(ended)s session(s) of %(name)s ended")
+    raise with_message("/finance/staff", message % {"ended": ended, "name": username}, ok=True)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

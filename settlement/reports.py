@@ -8,37 +8,41 @@ from typing import Any
 
 from fpdf import FPDF
 
-from settlement.formatting import grouped, rupiah
+from settlement import formatting, i18n
+from settlement.formatting import grouped
 
 
-def batches_pdf_bytes(day: dt.date, rows: Sequence[Any]) -> bytes:
-    """One table per day: batch, party, account, gross, fees, net, state; totals at the end."""
+def batches_pdf_bytes(
+    day: dt.date, rows: Sequence[Any], language: str = formatting.default_language
+) -> bytes:
+    """One table per day: batch, party, account, gross, fees, net, state; totals at the end;
+    in `language` (headings, words, numbers and the date)."""
+    _ = i18n.translations("settlement", language).gettext
+    ngettext = i18n.translations("settlement", language).ngettext
+
+    def money(amount: int) -> str:
+        return formatting.rupiah(amount, language)
+
     pdf = FPDF(orientation="L", unit="mm", format="A4")
-    pdf.set_title(f"KSH settlement {day.isoformat()}")
+    pdf.set_title(_("KSH settlement %(day)s") % {"day": day.isoformat()})
     pdf.set_author("KSH back office")
     pdf.add_page()
     pdf.set_font("Helvetica", "B", 15)
     pdf.cell(
         0,
         10,
-        f"Kartu Semarang Hebat - settlement batches, service day {day.isoformat()}",
+        _("Kartu Semarang Hebat - settlement batches, service day %(day)s")
+        % {"day": formatting.day(day, language)},
         new_x="LMARGIN",
         new_y="NEXT",
     )
     pdf.set_font("Helvetica", "", 9)
     widths = (30, 70, 45, 32, 28, 32, 40)
-    headers = ("Batch", "Party", "Paid to", "Gross", "Fees", "Net", "State")
+    headers = (_("Batch"), _("Party"), _("Paid to"), _("Gross"), _("Fees"), _("Net"), _("State"))
     pdf.set_fill_color(230, 236, 245)
     pdf.set_font("Helvetica", "B", 9)
-    for width, header in zip(widths, headers, strict=True):
-        pdf.cell(
-            width,
-            7,
-            header,
-            border=1,
-            fill=True,
-            align="R" if header in ("Gross", "Fees", "Net") else "L",
-        )
+    for index, (width, header) in enumerate(zip(widths, headers, strict=True)):
+        pdf.cell(width, 7, header, border=1, fill=True, align="R" if index in (3, 4, 5) else "L")
     pdf.ln()
     pdf.set_font("Helvetica", "", 9)
     totals = [0, 0, 0]
@@ -46,11 +50,11 @@ def batches_pdf_bytes(day: dt.date, rows: Sequence[Any]) -> bytes:
         cells = (
             row["batch_id"],
             f"{row['party_kind']} {row['party_id']} {row['name'] or ''}"[:45],
-            f"{row['bank_code'] or 'same bank'} {row['account_no'] or '-'}",
-            rupiah(row["gross_rupiah"]),
-            rupiah(row["fees_rupiah"]),
-            rupiah(row["net_rupiah"]),
-            "confirmed" if row["confirmed"] else "in transit",
+            f"{row['bank_code'] or _('same bank')} {row['account_no'] or '-'}",
+            money(row["gross_rupiah"]),
+            money(row["fees_rupiah"]),
+            money(row["net_rupiah"]),
+            _("confirmed") if row["confirmed"] else _("in transit"),
         )
         totals[0] += row["gross_rupiah"]
         totals[1] += row["fees_rupiah"]
@@ -59,9 +63,10 @@ def batches_pdf_bytes(day: dt.date, rows: Sequence[Any]) -> bytes:
             pdf.cell(width, 6, str(text), border=1, align="R" if index in (3, 4, 5) else "L")
         pdf.ln()
     pdf.set_font("Helvetica", "B", 9)
-    pdf.cell(widths[0] + widths[1] + widths[2], 7, f"{len(rows)} batches", border=1)
+    count = ngettext("%(num)s batch", "%(num)s batches", len(rows)) % {"num": len(rows)}
+    pdf.cell(widths[0] + widths[1] + widths[2], 7, count, border=1)
     for width, total in zip(widths[3:6], totals, strict=True):
-        pdf.cell(width, 7, rupiah(total), border=1, align="R")
+        pdf.cell(width, 7, money(total), border=1, align="R")
     pdf.cell(widths[6], 7, "", border=1)
     pdf.ln()
     return bytes(pdf.output())

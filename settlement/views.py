@@ -27,6 +27,7 @@ class DayOverview:
     float_rupiah: int  # money the issuer holds or is owed by banks for cardholders
     card_liabilities_rupiah: int  # purses plus pending top-ups: what cardholders can spend
     exceptions_open: int
+    fares: DayFares  # the charts' data: its sums are `taps` and `fare_revenue_rupiah`
 
 
 def window(day: dt.date, config: EndOfDayConfig) -> tuple[dt.datetime, dt.datetime]:
@@ -34,20 +35,78 @@ def window(day: dt.date, config: EndOfDayConfig) -> tuple[dt.datetime, dt.dateti
     return end - dt.timedelta(days=1), end
 
 
+@dataclass(frozen=True, slots=True)
+class DayFares:
+    """The day's booked fares, counted once: the overview's tiles and its charts are sums of
+    these same rows, so they cannot disagree (a day booked without the terminals' records, as
+    a test day is, once showed 24 taps beside an empty taps chart)."""
+
+    per_hour: list[tuple[str, int]]  # taps by hour (Jakarta) of the tap, "00".."23"
+    per_corridor: list[tuple[str, int]]  # rupiah by route ("?" when no record names one)
+
+    @property
+    def taps(self) -> int:
+        return sum(count for _, count in self.per_hour)
+
+    @property
+    def rupiah(self) -> int:
+        return sum(amount for _, amount in self.per_corridor)
+
+
+corridors_shown_max = 24  # the rest are added up as one bar, so the bars still sum to the tile
+other_corridors = "…"
+
+
+async def day_fares(
+    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig
+) -> DayFares:
+    """Fares booked in the ledger for the day (the window the settlement uses); each one's hour
+    and route come from the terminal's record when there is one, else its booking time."""
+    start, end = window(day, config)
+    rows = await connection.fetch(
+        """select extract(hour from coalesce(to_timestamp(r.time_ms / 1000.0), t.booked_at)
+                          at time zone 'Asia/Jakarta')::int as hour,
+                  coalesce(nullif(r.route, ''), '?') as route,
+                  count(*) as taps, sum(t.amount) as rupiah
+             from ledger_transfers t
+             left join card_records r
+               on r.terminal_id = t.terminal_id and r.sequence = t.terminal_sequence
+            where t.booked_at >= $1 and t.booked_at < $2 and t.code = $3 and t.flags & (2 | 8) = 0
+            group by 1, 2""",
+        start,
+        end,
+        int(TransferCode.fare),
+    )
+    hours = [0] * 24
+    corridors: dict[str, int] = {}
+    for row in rows:
+        hours[row["hour"]] += int(row["taps"])
+        corridors[row["route"]] = corridors.get(row["route"], 0) + int(row["rupiah"])
+    return DayFares([(f"{hour:02d}", count) for hour, count in enumerate(hours)], bars(corridors))
+
+
+def bars(amounts: dict[str, int]) -> list[tuple[str, int]]:
+    """By name; past `corridors_shown_max`, the biggest and one bar for all the others."""
+    ranked = sorted(amounts.items())
+    if len(ranked) <= corridors_shown_max:
+        return ranked
+    biggest = sorted(ranked, key=lambda item: -item[1])[: corridors_shown_max - 1]
+    rest = sum(amounts.values()) - sum(amount for _, amount in biggest)
+    return [*sorted(biggest), (other_corridors, rest)]
+
+
 async def day_overview(
     connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig
 ) -> DayOverview:
     start, end = window(day, config)
+    fares = await day_fares(connection, day, config)
     row = await connection.fetchrow(
-        """select count(*) filter (where code = $3) as taps,
-                  coalesce(sum(amount) filter (where code = $3), 0) as fares,
-                  coalesce(sum(amount) filter (where code = $4), 0) as sales,
-                  coalesce(sum(amount) filter (where code in ($5, $6)), 0) as top_ups
+        """select coalesce(sum(amount) filter (where code = $3), 0) as sales,
+                  coalesce(sum(amount) filter (where code in ($4, $5)), 0) as top_ups
              from ledger_transfers
             where booked_at >= $1 and booked_at < $2 and flags & (2 | 8) = 0""",
         start,
         end,
-        int(TransferCode.fare),
         int(TransferCode.merchant_sale),
         int(TransferCode.pending_top_up),
         int(TransferCode.top_up),
@@ -65,50 +124,16 @@ async def day_overview(
     )
     return DayOverview(
         day,
-        int(row["taps"]),
-        int(row["fares"]),
+        fares.taps,
+        fares.rupiah,
         int(row["sales"]),
         int(row["top_ups"]),
         int(payouts),
         int(balances["float"]),
         int(balances["liabilities"]),
         int(exceptions_open),
+        fares,
     )
-
-
-async def taps_per_hour(
-    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig
-) -> list[tuple[str, int]]:
-    """Fare taps by hour of the day (Jakarta), from the terminals' records."""
-    start, end = window(day, config)
-    rows = await connection.fetch(
-        """select extract(hour from to_timestamp(time_ms / 1000.0) at time zone 'Asia/Jakarta')::int as hour,
-                  count(*) as taps
-             from card_records
-            where kind = 'fare_debit' and outcome = 'booked'
-              and time_ms >= $1 and time_ms < $2
-            group by 1 order by 1""",
-        int(start.timestamp() * 1000),
-        int(end.timestamp() * 1000),
-    )
-    counts = {row["hour"]: row["taps"] for row in rows}
-    return [(f"{hour:02d}", counts.get(hour, 0)) for hour in range(24)]
-
-
-async def revenue_per_corridor(
-    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig
-) -> list[tuple[str, int]]:
-    start, end = window(day, config)
-    rows = await connection.fetch(
-        """select coalesce(nullif(route, ''), '?') as route, sum(amount_rupiah) as rupiah
-             from card_records
-            where kind = 'fare_debit' and outcome = 'booked'
-              and time_ms >= $1 and time_ms < $2
-            group by 1 order by 1 limit 48""",
-        int(start.timestamp() * 1000),
-        int(end.timestamp() * 1000),
-    )
-    return [(row["route"], int(row["rupiah"])) for row in rows]
 
 
 async def batches(connection: asyncpg.Connection, day: dt.date) -> list[asyncpg.Record]:
@@ -155,6 +180,19 @@ async def open_movements(connection: asyncpg.Connection) -> list[asyncpg.Record]
             where not e.cancelled
               and not exists (select 1 from settlement_match_movements m where m.movement_id = e.movement_id)
             order by e.value_date, e.movement_id limit $1""",
+        exceptions_page_rows_max,
+    )
+
+
+async def open_lines(connection: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Statement lines neither matched nor written off (candidates for a manual match)."""
+    return await connection.fetch(
+        """select l.* from settlement_statement_lines l
+            where not exists (select 1 from settlement_match_lines m where m.line_key = l.line_key)
+              and not exists (select 1 from settlement_exceptions e
+                               where e.subject_kind = 'line' and e.subject_id = l.line_key
+                                 and e.resolved_at is not null)
+            order by l.value_date, l.line_key limit $1""",
         exceptions_page_rows_max,
     )
 

@@ -727,8 +727,8 @@ async def write_report(
     from settlement import charts, views
     from settlement.reports import demo_report_html
 
-    hours = await views.taps_per_hour(connection, day, config)
-    corridors = await views.revenue_per_corridor(connection, day, config)
+    fares = await views.day_fares(connection, day, config)
+    hours, corridors = fares.per_hour, fares.per_corridor
     batches = [
         {
             "batch": row["batch_id"],

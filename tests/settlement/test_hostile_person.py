@@ -37,10 +37,14 @@ from ksh.cli import build_parser, main
 from ksh.commands import serve
 from ksh.commands.demo import start
 from ledger.clock import ManualClock
-from settlement import logins, pages, reconciliation
+from settlement import formatting, logins, pages, reconciliation
 from settlement.statements import Direction, StatementLine, write_mt940
 from tests.settlement.day import bank, closing_time, our_account, service_day
 from tests.waiting import wait_until
+
+# These tests read the pages' messages in English (the source language; Indonesian is the
+# default, tested in test_pages).
+english = {"Accept-Language": "en"}
 
 passwords = {
     "ani": "clerk-password-1",
@@ -114,7 +118,9 @@ async def log_in(url: str, username: str, password: str, address: str = "192.0.2
     """One login by a client of its own (its own cookies and connection) from `address`;
     where the answer sends it: "/finance", or the login page's message."""
     headers = {proxy_header: address}
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.CookieJar(unsafe=True), headers=english
+    ) as http:
         async with http.get(url + "/finance/login", headers=headers) as form:
             text = await form.text()
         token = text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
@@ -220,7 +226,7 @@ async def test_logins_never_stall_the_event_loop(backoffice: Backoffice) -> None
         for n in range(30)
     ]
     latencies = []
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=english) as http:
         while not all(attempt.done() for attempt in attempts):
             asked = time.monotonic()
             async with http.get(backoffice.url + "/health") as response:
@@ -369,7 +375,9 @@ async def test_ksh_serve_cookies_are_secure_with_hsts_unless_on_plain_loopback(
         app = serve.backoffice_app(database_url, serve.settings_of(parser.parse_args(argv)))
         runner, url = await start(app)  # served on loopback for the test
         try:
-            async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            async with aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(), headers=english
+            ) as http:
                 async with http.get(url + "/finance/login") as form:
                     text = await form.text()
                     login_cookie = form.headers["Set-Cookie"]
@@ -449,6 +457,7 @@ async def test_a_supervisor_cannot_write_off_a_large_sum_alone(
     forged = await budi.request.post(
         url + "/finance/exceptions/action",
         form={"csrf": csrf, "exception_id": exception_id, "action": "approve"},
+        headers=english,
     )
     assert "someone other than the requester" in urllib.parse.unquote(forged.url)
 
@@ -479,7 +488,7 @@ async def test_money_and_parties_need_a_named_person_with_a_role_and_a_reason(
     url, tokens = backoffice.url, backoffice.tokens
     card = "6013500000000017"
 
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=english) as http:
 
         async def admin(path: str, body: dict[str, Any], token: str) -> tuple[int, Any]:
             headers = {"Authorization": f"Bearer {token}"}
@@ -572,7 +581,7 @@ async def test_the_card_lookup_sets_the_cards_balance_beside_the_books(
     (card,) = make_ksh_deck(store, [50_000], seed="hostile-card-lookup")
     _, number = balance_and_number(card)
     url, tokens = backoffice.url, backoffice.tokens
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=english) as http:
 
         async def admin(path: str, body: dict[str, Any], who: str) -> None:
             headers = {"Authorization": f"Bearer {tokens[who]}"}
@@ -622,9 +631,9 @@ async def test_the_card_lookup_sets_the_cards_balance_beside_the_books(
         for name in ("card-balance", "books-balance", "difference")
     }
     assert tiles == {
-        "card-balance": pages.rupiah(on_card),
-        "books-balance": pages.rupiah(20_000 - fare),
-        "difference": pages.rupiah(30_000),
+        "card-balance": formatting.rupiah(on_card, "en"),
+        "books-balance": formatting.rupiah(20_000 - fare, "en"),
+        "difference": formatting.rupiah(30_000, "en"),
     }
     assert "BUS-H01" in await page.locator("table").last.inner_text()
     await page.goto(url + "/finance/cards?number=6099999999999999")
@@ -667,7 +676,7 @@ async def test_snap_answers_carry_x_timestamp_and_a_token_request_works_once(
             "X-SIGNATURE": signature.sign_access_token(bank_key, "BNI-HOSTILE", timestamp),
         }
 
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=english) as http:
 
         async def post(url: str, headers: dict[str, str]) -> tuple[int, str, Any]:
             async with http.post(url, data=body, headers=headers) as response:
