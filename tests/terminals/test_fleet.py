@@ -26,12 +26,13 @@ from bus_terminals.packages import (
     sign_package,
 )
 from bus_terminals.simulator import Bus
+from bus_terminals.sync import UploadStatus
 from bus_terminals.terminal import Verdict
-from bus_terminals.validator import fleet_fare_decider
+from bus_terminals.validator import fare_decider, fleet_fare_decider
 from bus_terminals.wire import load_public_key
 from card_reader.deck import first_card_number, make_ksh_deck
 from card_reader.keys import KeyRole, demo_key_store
-from gateways.terminal_api import fleet
+from gateways.terminal_api import fleet, registry
 from tests.setup.helpers import Ksh, assert_user_error, staff_password
 from tests.terminals.conftest import Backoffice, test_day_start
 
@@ -335,3 +336,72 @@ async def test_fleet_publish_refuses_bad_inputs_and_changes_nothing(
     # A good one, for contrast: the deny list as it is now.
     ran = await ksh.ok("fleet", "publish", "--deny-list", *acting)
     assert ran.out.startswith("deny_list version 1 published")
+
+
+async def test_settings_key_versions_and_the_deny_list_run_from_packages(
+    backoffice: Backoffice, tmp_path: Path
+) -> None:
+    fleet_key = Ed25519PrivateKey.generate()
+    issuer = demo_key_store()
+    cards = make_ksh_deck(issuer, [20_000, 20_000], seed="fleet-kinds")  # debit key version 1
+    # The key store brought debit version 2 (current in the store) beside 1; the back office
+    # keeps the fleet on 1 until it says otherwise.
+    issuer.roll_over(KeyRole.DEBIT, random_bytes=lambda size: bytes(range(size)))
+    numbers = [str(first_card_number + index) for index in range(2)]
+    await backoffice.issue_cards(dict.fromkeys(numbers, 20_000))
+    key = await backoffice.register_validator("BUS-K")
+    now = backoffice.clock.now()
+
+    async def publish(kind: PackageKind, content: bytes | None = None) -> None:
+        async with backoffice.pool.acquire() as connection:
+            if content is None:
+                content = await fleet.deny_list_snapshot(connection)
+            await fleet.publish(
+                connection, fleet_key, kind, content, effective_at=now, now=now,
+                published_by="tests",
+            )  # fmt: skip
+
+    await publish(PackageKind.settings, b'{"records_per_batch": 1}')
+    await publish(PackageKind.key_version, b'{"debit": 1}')
+    async with backoffice.pool.acquire() as connection:
+        await registry.deny_cards(connection, [numbers[1]], "stolen")
+    await publish(PackageKind.deny_list)
+    async with aiohttp.ClientSession() as session:
+        bus = Bus(
+            "BUS-K", "K1", tmp_path, issuer.view(KeyRole.DEBIT, KeyRole.CREDIT),
+            backoffice.url, session, key, now_ms=backoffice.clock.unix_ms,
+            fleet_public_key=fleet_key.public_key(),
+        )  # fmt: skip
+        assert bus.keys.current_versions[KeyRole.DEBIT] == 2
+        assert await bus.sync.download()
+        assert bus.keys.current_versions[KeyRole.DEBIT] == 1  # as the package says, at once
+
+        # The deny list package runs even on a terminal that lost its synced list (never
+        # saved here: a power cut after the sync).
+        assert not (bus.folder / "deny-list.bin").exists()
+        bus.reboot()
+        assert numbers[1] in bus.state.deny_list
+        denied = bus.tap(cards[1], backoffice.clock.unix_ms(), fare_decider(shipped, "K1"))
+        assert denied.verdict is Verdict.denied
+
+        # Settings: one record per upload batch.
+        for minute in (1, 2):
+            tap_ms = backoffice.clock.unix_ms() + minute * 3_600_000
+            fed = bus.tap(cards[0], tap_ms, fare_decider(shipped, "K1"))
+            assert fed.verdict is Verdict.accepted
+        assert await bus.sync.upload_all() == UploadStatus.nothing_to_send
+        async with backoffice.pool.acquire() as connection:
+            records = await connection.fetchval(
+                "select count(*) from card_records where terminal_id = 'BUS-K'"
+            )
+        assert records >= 2
+        assert bus.journal.next_batch_sequence() == records + 1  # batches of one record
+
+        # A key version whose material this terminal lacks: refused, reported, 1 stays.
+        await publish(PackageKind.key_version, b'{"debit": 3}')
+        assert await bus.sync.download()
+        assert await bus.sync.download()
+        assert (await reported(backoffice, "BUS-K"))["key_version"] == (1, 0, 2)
+        assert bus.keys.current_versions[KeyRole.DEBIT] == 1
+        assert (await reported(backoffice, "BUS-K"))["settings"] == (1, 0, 0)
+    bus.close()
