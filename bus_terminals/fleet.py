@@ -217,8 +217,13 @@ class Fleet:
             listed = sorted(
                 [*self.staged.get(manifest.kind, []), signed], key=lambda s: s.manifest.version
             )
-            self.staged[manifest.kind] = listed[-staged_per_kind_max:]
-            self._save()
+            previous = self.staged
+            self.staged = {**self.staged, manifest.kind: listed[-staged_per_kind_max:]}
+            try:
+                self._save()
+            except OSError:
+                self.staged = previous  # not staged; fetched again next round
+                raise
             for dropped in listed[:-staged_per_kind_max]:
                 self.content_path(dropped).unlink(missing_ok=True)
         logger.info("staged %s version %d", manifest.kind.value, manifest.version)
@@ -238,32 +243,37 @@ class Fleet:
     def switch_due(self, now_ms: int) -> list[PackageKind]:
         """Run, of each kind, the newest staged package whose effective time has come."""
         with self._lock:
-            switched: list[tuple[PackageKind, SignedManifest | None]] = []
+            running, staged = dict(self.running), dict(self.staged)
+            switched: list[PackageKind] = []
+            obsolete: list[SignedManifest] = []  # their files go once the switch is saved
             for kind, listed in self.staged.items():
                 due = [signed for signed in listed if signed.manifest.effective_at_ms <= now_ms]
                 if not due:
                     continue
                 newest = due[-1]  # staged lists are in version order
-                switched.append((kind, self.running.get(kind)))
-                self.running[kind] = newest
-                self.staged[kind] = [
-                    s for s in listed if s.manifest.version > newest.manifest.version
-                ]
-                for superseded in due[:-1]:
-                    self.content_path(superseded).unlink(missing_ok=True)
+                obsolete += due[:-1] + ([running[kind]] if kind in running else [])
+                running[kind] = newest
+                staged[kind] = [s for s in listed if s.manifest.version > newest.manifest.version]
+                switched.append(kind)
             if not switched:
                 return []
-            self._save()  # the one step that switches: the old version runs until it is done
-            for kind, previous in switched:
-                if previous is not None:
-                    self.content_path(previous).unlink(missing_ok=True)
+            previous = self.running, self.staged
+            self.running, self.staged = running, staged
+            try:
+                self._save()  # the one step that switches: the old version runs until it is done
+            except OSError:
+                self.running, self.staged = previous
+                raise
+            for signed in obsolete:
+                self.content_path(signed).unlink(missing_ok=True)
+            for kind in switched:
                 logger.info("switched to %s version %d", kind.value, self.running_version(kind))
                 applier = self.appliers.get(kind)
                 if applier is not None:
                     content = self.running_content(kind)
                     assert content is not None
                     applier(content)
-            return [kind for kind, _ in switched]
+            return switched
 
     # ------------------------------------------------------------------ reporting
 

@@ -333,6 +333,11 @@ async def test_fleet_publish_refuses_bad_inputs_and_changes_nothing(
         ran = await ksh("fleet", "publish", *acting, *arguments)  # the last --signing-key counts
         assert_user_error(ran, "fleet", fragment)
     assert (await ksh.ok("fleet", "list")).out.startswith("no fleet packages published")
+    validator = (
+        "validator", "--terminal-id", "V9", "--state", str(tmp_path / "v9"), "--route", "K1",
+        "--emulated", str(tmp_path / "deck.json"), "--demo-keys",
+    )  # fmt: skip
+    assert_user_error(await ksh(*validator, "--fleet-key", "not-a-key"), "validator", "--fleet-key")
     # A good one, for contrast: the deny list as it is now.
     ran = await ksh.ok("fleet", "publish", "--deny-list", *acting)
     assert ran.out.startswith("deny_list version 1 published")
