@@ -4,6 +4,7 @@ switched at their effective time by the terminal's clock, reported, and refused 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bus_terminals.device import Device, fleet_of, initialise
 from bus_terminals.fare.feed import feed_file_names, load_feed
 from bus_terminals.fleet import Fleet
 from bus_terminals.packages import (
@@ -29,12 +31,15 @@ from bus_terminals.simulator import Bus
 from bus_terminals.sync import UploadStatus
 from bus_terminals.terminal import Verdict
 from bus_terminals.validator import fare_decider, fleet_fare_decider
-from bus_terminals.wire import load_public_key
+from bus_terminals.wire import load_public_key, public_key_text
 from card_reader.deck import first_card_number, make_ksh_deck
+from card_reader.emulator import EmulatedReader
 from card_reader.keys import KeyRole, demo_key_store
 from gateways.terminal_api import fleet, registry
+from gateways.terminal_api.registry import TerminalRole
 from tests.setup.helpers import Ksh, assert_user_error, staff_password
-from tests.terminals.conftest import Backoffice, test_day_start
+from tests.terminals.conftest import Backoffice, operator_id, test_day_start
+from tests.waiting import wait_until_async
 
 store = demo_key_store()
 keys = store.view(KeyRole.DEBIT, KeyRole.CREDIT)
@@ -410,3 +415,46 @@ async def test_settings_key_versions_and_the_deny_list_run_from_packages(
         assert bus.keys.current_versions[KeyRole.DEBIT] == 1
         assert (await reported(backoffice, "BUS-K"))["settings"] == (1, 0, 0)
     bus.close()
+
+
+async def test_a_running_validator_device_takes_a_tariff_through_its_sync_thread(
+    backoffice: Backoffice, tmp_path: Path
+) -> None:
+    """`ksh validator`'s device: the sync thread stages, the tap at the effective time runs it."""
+    fleet_key = Ed25519PrivateKey.generate()
+    folder = tmp_path / "BUS-D"
+    async with backoffice.pool.acquire() as connection:
+        await registry.register_terminal(
+            connection, "BUS-D", initialise(folder), TerminalRole.validator,
+            operator_id=operator_id,
+        )  # fmt: skip
+        await fleet.publish(
+            connection, fleet_key, PackageKind.fare_feed, feed_content_of("4500.00"),
+            effective_at=eight_am, now=backoffice.clock.now(), published_by="tests",
+        )  # fmt: skip
+    card = make_ksh_deck(store, [20_000], seed="fleet-device")[0]
+    await backoffice.issue_cards({str(first_card_number): 20_000})
+    running = fleet_of(folder, public_key_text(fleet_key.public_key()))
+    assert running is not None
+    device = Device(
+        "BUS-D", folder, keys, backoffice.url, now_ms=backoffice.clock.unix_ms, route="K1",
+        sync_interval_ms=20, fleet=running,
+    )  # fmt: skip
+    device.sync.start()
+    try:
+        await wait_until_async(
+            lambda: running.staged.get(PackageKind.fare_feed), "the device staged the feed"
+        )
+        reader = EmulatedReader("BUS-D reader")
+        reader.insert(card)
+        tapped = device.tap(
+            reader, ms(eight_am) + 60_000, fleet_fare_decider(running, shipped, "K1")
+        )
+        assert (tapped.verdict, tapped.amount_rupiah) == (Verdict.accepted, 4_500)
+
+        async def reported_running() -> bool:
+            return (await reported(backoffice, "BUS-D"))["fare_feed"][0] == 1
+
+        await wait_until_async(reported_running, "the device reported running version 1")
+    finally:
+        await asyncio.to_thread(device.__exit__, None, None, None)
