@@ -356,7 +356,7 @@ async def package_content(request: web.Request) -> web.Response:
     async with request.app[pool_key].acquire() as connection:
         found = await fleet.content(connection, PackageKind(kind_text), int(version_text[:18]))
     if found is None:
-        raise Problem(404, "package_not_found", f"no package {kind_text} {version_text}")
+        raise Problem(404, "package_not_found", f"no package {kind_text} {version_text[:20]}")
     return web.Response(body=found, content_type="application/octet-stream")
 
 

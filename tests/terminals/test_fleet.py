@@ -23,6 +23,7 @@ from bus_terminals.packages import (
     Manifest,
     PackageKind,
     Refusal,
+    SignedManifest,
     encode_manifest,
     feed_content,
     sign_package,
@@ -295,7 +296,7 @@ def test_an_older_version_is_refused_and_the_running_one_stays(tmp_path: Path) -
     key = Ed25519PrivateKey.generate()
     terminal = Fleet.open(tmp_path / "fleet", key.public_key())
 
-    def settings(version: int, interval_s: int) -> tuple[object, bytes]:
+    def settings(version: int, interval_s: int) -> tuple[SignedManifest, bytes]:
         content = json.dumps({"sync_interval_s": interval_s}).encode()
         signed = sign_package(
             key, PackageKind.settings, version, content, effective_at_ms=0, published_at_ms=0
@@ -303,10 +304,10 @@ def test_an_older_version_is_refused_and_the_running_one_stays(tmp_path: Path) -
         return signed, content
 
     newer, newer_content = settings(5, 60)
-    assert terminal.stage(newer, newer_content) is None  # type: ignore[arg-type]
+    assert terminal.stage(newer, newer_content) is None
     assert terminal.switch_due(1) == [PackageKind.settings]
     older, older_content = settings(4, 10)
-    assert terminal.stage(older, older_content) is Refusal.stale_version  # type: ignore[arg-type]
+    assert terminal.stage(older, older_content) is Refusal.stale_version
     reopened = Fleet.open(tmp_path / "fleet", key.public_key())
     assert reopened.settings() == {"sync_interval_s": 60}
     assert reopened.report_query() == "&running=settings:5"  # an older refusal is history
