@@ -17,10 +17,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
+from bus_terminals.fleet import Fleet, use_key_versions
 from bus_terminals.journal import Journal
 from bus_terminals.sync import SyncClient, SyncState, load_private_key, save_new_private_key
 from bus_terminals.terminal import Decide, Feedback, Terminal
-from bus_terminals.wire import public_key_text
+from bus_terminals.wire import load_public_key, public_key_text
 from card_reader.keys import TerminalKeys
 from card_reader.ksh_card import KshCard
 from card_reader.port import ReaderPort
@@ -42,6 +43,14 @@ def initialise(state_folder: Path) -> str:
     return public_key_text(key.public_key())
 
 
+def fleet_of(state_folder: Path, fleet_public_key: str | None) -> Fleet | None:
+    """The terminal's fleet packages, when it is configured with the back office's fleet key
+    (`ksh fleet key` prints it); ValueError for a bad key or damaged fleet state."""
+    if fleet_public_key is None:
+        return None
+    return Fleet.open(state_folder / "fleet", load_public_key(fleet_public_key))
+
+
 class SyncThread:
     def __init__(
         self,
@@ -52,6 +61,7 @@ class SyncThread:
         interval_ms: int,
         now_ms: Callable[[], int],
         feed_service_end: dt.date | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.stop_event: asyncio.Event | None = None
         self.loop = asyncio.new_event_loop()
@@ -65,6 +75,7 @@ class SyncThread:
             state,
             now_ms=now_ms,
             feed_service_end=feed_service_end,
+            fleet=fleet,
         )
         self.state_folder = state_folder
         self.interval_ms = interval_ms
@@ -103,12 +114,15 @@ class Device:
         merchant_id: str = "",
         sync_interval_ms: int = sync_interval_ms_default,
         feed_service_end: dt.date | None = None,  # a validator's fare feed: reported on sync
+        fleet: Fleet | None = None,  # its fleet packages (`fleet_of`), shared by taps and sync
     ) -> None:
         if not key_path(state_folder).exists():
             raise FileNotFoundError(f"{key_path(state_folder)}: run with --init first")
         self.keys = keys
         self.state = SyncState.load(state_folder)
         self.journal = Journal(state_folder / "journal.db", terminal_id)
+        if fleet is not None:
+            use_key_versions(fleet, keys)
         self.terminal = Terminal(
             terminal_id, self.journal, self.state, route=route, merchant_id=merchant_id
         )
@@ -120,6 +134,7 @@ class Device:
             sync_interval_ms,
             now_ms,
             feed_service_end,
+            fleet,
         )
 
     def __enter__(self) -> Device:

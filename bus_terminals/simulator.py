@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from bus_terminals.fleet import Fleet, use_key_versions
 from bus_terminals.journal import Journal
 from bus_terminals.sync import SyncClient, SyncState, UploadStatus
 from bus_terminals.terminal import Decide, Feedback, Terminal, Verdict
@@ -102,8 +103,10 @@ class Bus:
         *,
         now_ms: Callable[[], int],
         feed_service_end: dt.date | None = None,
+        fleet_public_key: Ed25519PublicKey | None = None,
     ) -> None:
         self.now_ms = now_ms  # the clock its sync signs requests with
+        self.fleet_public_key = fleet_public_key  # the back office's fleet key: takes packages
         self.feed_service_end = feed_service_end  # its fare feed's last day, reported on sync
         self.terminal_id = terminal_id
         self.route = route
@@ -120,6 +123,13 @@ class Bus:
         self.journal = Journal(self.folder / "journal.db", self.terminal_id)
         self.state = SyncState.load(self.folder)
         self.terminal = Terminal(self.terminal_id, self.journal, self.state, route=self.route)
+        self.fleet = (
+            None
+            if self.fleet_public_key is None
+            else Fleet.open(self.folder / "fleet", self.fleet_public_key)
+        )
+        if self.fleet is not None:
+            use_key_versions(self.fleet, self.keys)
         self.sync = SyncClient(
             self.backoffice_url,
             self.terminal_id,
@@ -129,6 +139,7 @@ class Bus:
             now_ms=self.now_ms,
             session=self.session,
             feed_service_end=self.feed_service_end,
+            fleet=self.fleet,
         )
 
     def reboot(self) -> None:

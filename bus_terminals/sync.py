@@ -5,7 +5,9 @@ signature) before the first send; every retry sends those same bytes, so the bac
 it once and answers `exists` to a repeat. Only an acknowledgement moves the journal on.
 Download: deny list (delta since our version, or the whole binary list), the pending top-ups
 waiting for cards, tariff and key versions; kept in a `SyncState` the tap flow reads, and saved
-beside the journal so a validator that boots offline still has them.
+beside the journal so a validator that boots offline still has them. With a `Fleet`, each sync
+also reports the fleet packages the terminal runs, has staged and refused, and takes the newer
+ones the back office offers (`bus_terminals.fleet`: verified, staged, switched at their time).
 
 The bus is offline for hours or days: every call has a timeout, failures back off
 exponentially up to `backoff_ms_max`, and nothing is lost while it waits.
@@ -35,7 +37,10 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bus_terminals.deny_list import DenyList
+from bus_terminals.fare.feed import service_end_date
+from bus_terminals.fleet import Fleet
 from bus_terminals.journal import Journal, batch_records_max
+from bus_terminals.packages import PackageKind, deny_list_numbers
 from bus_terminals.wire import (
     UploadBatch,
     content_type,
@@ -55,6 +60,7 @@ backoff_ms_initial = 500
 backoff_ms_max = 300_000
 batches_per_round_max = 100  # then yield: downloads must not starve behind a long backlog
 pending_top_ups_held_max = 100_000
+packages_offered_max = 16  # fleet packages taken from one sync answer
 prune_every_batches = 50  # acknowledged records beyond the journal's keep window go then
 
 
@@ -130,6 +136,7 @@ class SyncClient:
         session: aiohttp.ClientSession | None = None,
         records_per_batch: int = batch_records_max,
         feed_service_end: dt.date | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.now_ms = now_ms  # the terminal's clock (Unix ms): signs each download request
         # A validator's fare feed: its last service day, reported on each download (inside the
@@ -152,6 +159,10 @@ class SyncClient:
         # the back office), or an answer lost on the way back (the back office has the batch).
         self.lose_request: Callable[[], bool] = lambda: False
         self.lose_answer: Callable[[], bool] = lambda: False
+        # Packages the back office publishes; None: this terminal takes none (no fleet key).
+        self.fleet = fleet
+        if fleet is not None:
+            fleet.apply_with(PackageKind.deny_list, self._apply_deny_list)
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -197,7 +208,7 @@ class SyncClient:
         """Send the stored batch, or build, store and send the next one."""
         pending = self.journal.pending_batch()
         if pending is None:
-            records = self.journal.records_to_upload(self.records_per_batch)
+            records = self.journal.records_to_upload(self._setting("records_per_batch"))
             if not records:
                 return UploadStatus.nothing_to_send
             batch_sequence = self.journal.next_batch_sequence()
@@ -253,10 +264,18 @@ class SyncClient:
         )
 
     async def download(self) -> bool:
-        """Refresh deny list, pending top-ups and versions; False when offline."""
+        """Refresh deny list, pending top-ups and versions, take new fleet packages; False when
+        offline."""
         path = f"/terminal/v1/sync?deny_since={self.state.deny_list.version}"
-        if self.feed_service_end is not None:
-            path += f"&feed_service_end={self.feed_service_end:%Y%m%d}"
+        feed_service_end = self.feed_service_end
+        if self.fleet is not None:
+            self.fleet.switch_due(self.now_ms())
+            path += self.fleet.report_query()
+            tariff = self.fleet.tariff()
+            if tariff is not None:
+                feed_service_end = service_end_date(tariff)
+        if feed_service_end is not None:
+            path += f"&feed_service_end={feed_service_end:%Y%m%d}"
         try:
             sent = await self._send("GET", path, self._signed_headers("GET", path))
             if sent.status != 200:
@@ -284,7 +303,54 @@ class SyncClient:
         self.state.tariff_version = answer["tariff_version"]
         self.state.key_versions = answer["key_versions"]
         self.state.synced_at_ms = answer["server_time_ms"]
+        if self.fleet is not None:
+            await self._take_packages(answer.get("packages", []))
+            self.fleet.switch_due(self.now_ms())
         return True
+
+    async def _take_packages(self, offers: list[dict[str, Any]]) -> None:
+        """Fetch, check and stage each offered package this terminal wants (a refusal is kept
+        for the next sync's report; a fetch that fails is tried again next round)."""
+        assert self.fleet is not None
+        for offer in offers[:packages_offered_max]:
+            try:
+                kind, version = PackageKind(offer["kind"]), int(offer["version"])
+                raw, signature = base64.b64decode(offer["manifest"]), str(offer["signature"])
+            except (KeyError, ValueError, TypeError) as error:
+                logger.warning("a package offer unreadable: %r", error)
+                continue
+            if not self.fleet.wants(kind, version):
+                continue
+            signed = self.fleet.check_offer(kind, version, raw, signature)
+            if signed is None:
+                continue
+            path = f"/terminal/v1/packages/{kind.value}/{version}"
+            try:
+                sent = await self._send("GET", path, self._signed_headers("GET", path))
+            except (aiohttp.ClientError, TimeoutError) as error:
+                logger.info("package %s %d not fetched: %s", kind.value, version, error)
+                return
+            if sent.status != 200:
+                logger.warning("package %s %d not fetched: %d", kind.value, version, sent.status)
+                continue
+            self.fleet.stage(signed, sent.body)
+
+    def _apply_deny_list(self, content: bytes) -> None:
+        """A deny-list package: its cards join the list (it only grows; the deltas go on from
+        the newer of the two versions)."""
+        version, numbers = deny_list_numbers(content)
+        self.state.deny_list.add([str(number) for number in numbers], version)
+
+    def _interval_ms(self, own_ms: int) -> int:
+        """The running settings package's sync interval, else the terminal's own."""
+        settings = self.fleet.settings() if self.fleet is not None else {}
+        return settings["sync_interval_s"] * 1000 if "sync_interval_s" in settings else own_ms
+
+    def _setting(self, name: str) -> int:
+        """A terminal setting from the running settings package, else this client's own."""
+        defaults = {"records_per_batch": self.records_per_batch}
+        settings = self.fleet.settings() if self.fleet is not None else {}
+        return settings.get(name, defaults[name])
 
     # ------------------------------------------------------------------ the loop
 
@@ -306,7 +372,7 @@ class SyncClient:
                 self.failures += 1
             else:
                 self.failures = 0
-            await _wait(stop, self.delay_ms(interval_ms) / 1000)
+            await _wait(stop, self.delay_ms(self._interval_ms(interval_ms)) / 1000)
         await self.upload_all()  # shutting down: one last try, so the journal leaves the bus
 
     def delay_ms(self, interval_ms: int) -> float:

@@ -1,4 +1,5 @@
-"""The validator's decision: the fare core prices a tap from the card's trip state (pure)."""
+"""The validator's decision: the fare core prices a tap from the card's trip state (pure), with
+the fare feed the fleet runs at the tap's time (`fleet_fare_decider`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from bus_terminals.fare.engine import decide
 from bus_terminals.fare.model import FareOutcome, Tap, TripStateError, blank_trip_state
 from bus_terminals.fare.tariff import Tariff
 from bus_terminals.fare.trip_state import decode_trip_state, encode_trip_state
+from bus_terminals.fleet import Fleet
+from bus_terminals.packages import PackageKind
 from bus_terminals.terminal import Charge, Decide, Reason
 from bus_terminals.wire import UploadKind, no_service_fare_detail
 from card_reader.ksh_card import CardState, RiderCategory
@@ -99,3 +102,23 @@ def no_card_fare(
     if sen or rupiah <= 0:
         return None
     return rupiah, decision.fare_product_id or ""
+
+
+def fleet_fare_decider(
+    fleet: Fleet, shipped: Tariff, route_id: str, stop_id: str | None = None
+) -> Decide:
+    """A `Decide` that prices each tap with the fare feed the fleet runs at the tap's time:
+    a staged feed whose effective time has come is switched to first (`Fleet.switch_due`, by
+    the terminal's clock: the tap's time); `shipped` serves until a feed package runs."""
+    deciders: dict[int, Decide] = {}
+
+    def decide_fare(state: CardState, time_ms: int) -> Charge:
+        fleet.switch_due(time_ms)
+        tariff = fleet.tariff()
+        version = fleet.running_version(PackageKind.fare_feed) if tariff is not None else 0
+        if version not in deciders:
+            deciders.clear()  # one feed runs at a time
+            deciders[version] = fare_decider(tariff or shipped, route_id, stop_id)
+        return deciders[version](state, time_ms)
+
+    return decide_fare

@@ -116,6 +116,15 @@ class TerminalKeys:
         ]
         return tuple(version for version in candidates if (role, version) in self._keys)
 
+    def holds(self, role: KeyRole, version: int) -> bool:
+        return (role, version) in self._keys
+
+    def use_current(self, role: KeyRole, version: int) -> None:
+        """Make a held version the current one (a fleet key-version package, switched at its
+        effective time: the back office names the version, the key store brought the key)."""
+        assert self.holds(role, version), f"no {role.value} key version {version} here"
+        self.current_versions[role] = version
+
     def card_key(self, role: KeyRole, uid: bytes, aid: int, version: int | None = None) -> CardKey:
         """The card's key for a role; `version` None means the current one. A version this terminal
         does not accept raises KeyError."""

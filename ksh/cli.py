@@ -23,6 +23,7 @@ command_modules: tuple[str, ...] = (
     "operator",
     "merchant",
     "terminal",
+    "fleet",
     "party",
     "cards",
     "validator",

@@ -207,6 +207,13 @@ def load_feed(directory: str | Path | None = None) -> Tariff:
             if entry.is_file():
                 texts[name] = entry.read_text(encoding="utf-8")
         return compile_feed(texts)
+    return compile_feed(read_feed_texts(directory))
+
+
+def read_feed_texts(directory: str | Path) -> dict[str, str]:
+    """The feed files in `directory` as {file name: contents} (what `compile_feed` takes, and
+    what a fleet package carries)."""
+    texts: dict[str, str] = {}
     folder = Path(directory)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a directory")
@@ -219,7 +226,7 @@ def load_feed(directory: str | Path | None = None) -> Tariff:
                 texts[name] = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as error:
                 raise FeedError(name, 1, "(file)", f"not UTF-8: {error}") from None
-    return compile_feed(texts)
+    return texts
 
 
 def _index(table: _Table | None, field: str) -> dict[str, int]:

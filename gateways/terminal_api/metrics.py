@@ -57,6 +57,13 @@ class TerminalMetrics:
             "service on the tap's date (a stale feed: ship it a new one), by terminal.",
             "terminal",
         )
+        self.fleet_refusals = LabelledCounter(
+            registry,
+            "ksh_fleet_package_refusals_total",
+            "Fleet packages a terminal reported it refused (bad signature, wrong hash, invalid "
+            "content, not newer), by reason.",
+            "reason",
+        )
         self.upload_duration = registry.histogram(
             "ksh_terminal_upload_duration_seconds",
             "Upload requests from receipt to answer (booking and replication included), by result.",

@@ -95,7 +95,7 @@ def _components() -> dict[str, Any]:
 
 
 def _terminal_paths() -> dict[str, Any]:
-    """What terminals call, signed with their key: uploads, sync and the deny list."""
+    """What terminals call, signed with their key: uploads, sync, the deny list, packages."""
     terminal_headers = [
         {"name": terminal_header, "in": "header", "required": True, "schema": {"type": "string"}},
         {
@@ -150,9 +150,13 @@ def _terminal_paths() -> dict[str, Any]:
                         "YYYYMMDD (shown as days left on /health and /metrics)",
                         "schema": {"type": "string", "pattern": "^[0-9]{8}$"},
                     },
+                    *_fleet_report_parameters(),
                 ],
                 "responses": {
-                    "200": {"description": "sync state"},
+                    "200": {
+                        "description": "sync state, with `packages`: the fleet packages newer "
+                        "than those the terminal runs (kind, version, signed manifest)"
+                    },
                     "400": _problem("a query value is malformed"),
                 },
             }
@@ -166,6 +170,47 @@ def _terminal_paths() -> dict[str, Any]:
                 },
             }
         },
+        "/terminal/v1/packages/{kind}/{version}": _package_path([*terminal_headers, timestamp]),
+    }
+
+
+def _fleet_report_parameters() -> list[dict[str, Any]]:
+    """Sync's query of what the terminal runs, staged and refused (`bus_terminals.fleet`)."""
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "description": f"fleet packages {what}, per kind",
+            "schema": {"type": "string", "example": example},
+        }
+        for name, what, example in (
+            ("running", "the terminal runs", "fare_feed:3,settings:1"),
+            ("staged", "staged (the newest)", "fare_feed:4"),
+            ("refused", "refused (the newest)", "fare_feed:5:signature_invalid"),
+        )
+    ]
+
+
+def _package_path(signed_headers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": "A fleet package's content, checked by the terminal against the "
+            "signed manifest sync offered",
+            "parameters": [
+                *signed_headers,
+                {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "version",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "integer"},
+                },
+            ],
+            "responses": {
+                "200": {"description": "the content, application/octet-stream"},
+                "404": _problem("no such package (or not for the terminal's role)"),
+            },
+        }
     }
 
 

@@ -4,6 +4,7 @@ Terminals (Ed25519 signatures, one key per terminal):
     POST /terminal/v1/uploads        a signed batch (body = `bus_terminals.wire` bytes)
     GET  /terminal/v1/sync           deny list delta, pending top-ups, tariff and key versions
     GET  /terminal/v1/deny-list      the whole deny list (binary, little-endian u64, sorted)
+    GET  /terminal/v1/packages/{kind}/{version}  a fleet package's content (`fleet`)
 Staff, each with a bearer token of their own (`gateways.staff`; `ksh settle staff USER
 --issue-token`), in the role it was issued for:
     POST /admin/v1/cards | pending-top-ups           clerk or supervisor (they create money)
@@ -32,6 +33,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from bus_terminals.packages import PackageKind
 from bus_terminals.wire import (
     deny_list_version_header,
     request_signing_bytes,
@@ -51,7 +53,7 @@ from gateways.backoffice import (
     pool_key,
 )
 from gateways.staff import Role, StaffMember, any_role, money_roles, party_roles
-from gateways.terminal_api import books, feeds, registry
+from gateways.terminal_api import books, feeds, fleet, registry
 from gateways.terminal_api.acceptance import public_key
 from gateways.terminal_api.ingest import KnownCards, ProofKeys, ingest_upload
 from gateways.terminal_api.metrics import TerminalMetrics
@@ -96,6 +98,7 @@ def terminal_extension(app: web.Application) -> None:
     app.router.add_post("/terminal/v1/uploads", upload)
     app.router.add_get("/terminal/v1/sync", sync)
     app.router.add_get("/terminal/v1/deny-list", deny_list)
+    app.router.add_get("/terminal/v1/packages/{kind}/{version}", package_content)
     app.router.add_post("/admin/v1/operators", add_operator)
     app.router.add_post("/admin/v1/merchants", add_merchant)
     app.router.add_post("/admin/v1/terminals", add_terminal)
@@ -244,10 +247,17 @@ async def sync(request: web.Request) -> web.Response:
     terminal = await authenticated_terminal(request)
     deny_since = _query_int(request, "deny_since", 0)
     service_end = _query_feed_service_end(request)
+    report = _query_fleet_report(request)
     settings = request.app[config_key].settings
+    now = request.app[config_key].clock.now()
     async with request.app[pool_key].acquire() as connection:
         if service_end is not None:  # signed with the path: the terminal's own word
             await feeds.record_feed_service_end(connection, terminal.terminal_id, service_end)
+        refusals = await fleet.record_report(
+            connection, terminal.terminal_id, terminal.role.value, report, now
+        )
+        running = {kind: reported.running_version for kind, reported in report.items()}
+        packages = await fleet.offers(connection, terminal.role.value, running, now)
         version = await registry.deny_list_version(connection)
         added = await connection.fetch(
             "select card_number from deny_list where entry_id > $1 order by entry_id limit $2",
@@ -260,6 +270,8 @@ async def sync(request: web.Request) -> web.Response:
             "where taken_terminal_id is null order by created_at limit $1",
             pending_top_ups_download_max,
         )
+    for _, refused in refusals:
+        request.app[metrics_key].fleet_refusals.increment(refused.refused_reason)
     full_needed = len(added) > deny_delta_entries_max
     return web.json_response(
         {
@@ -273,6 +285,7 @@ async def sync(request: web.Request) -> web.Response:
             ],
             "tariff_version": settings.get("tariff_version", ""),
             "key_versions": settings.get("key_versions", {}),
+            "packages": packages,
         }
     )
 
@@ -318,6 +331,33 @@ def _query_feed_service_end(request: web.Request) -> dt.date | None:
         return feeds.parse_feed_service_end(text)
     except ValueError as error:
         raise Problem(400, "bad_query", str(error)) from None
+
+
+def _query_fleet_report(request: web.Request) -> dict[PackageKind, fleet.TerminalReport]:
+    """What the terminal runs, has staged and refused (`bus_terminals.fleet.Fleet.report_query`),
+    signed with the path like the rest of the query."""
+    try:
+        return fleet.parse_report(
+            request.query.get("running", ""),
+            request.query.get("staged", ""),
+            request.query.get("refused", ""),
+        )
+    except ValueError as error:
+        raise Problem(400, "bad_query", str(error)) from None
+
+
+async def package_content(request: web.Request) -> web.Response:
+    """A fleet package's content, as published (the terminal checks it against the signed
+    manifest the sync offered)."""
+    terminal = await authenticated_terminal(request)
+    kind_text, version_text = request.match_info["kind"], request.match_info["version"]
+    if kind_text not in fleet.kinds_by_role[terminal.role.value] or not version_text.isdigit():
+        raise Problem(404, "package_not_found", f"no package {kind_text} {version_text[:20]}")
+    async with request.app[pool_key].acquire() as connection:
+        found = await fleet.content(connection, PackageKind(kind_text), int(version_text[:18]))
+    if found is None:
+        raise Problem(404, "package_not_found", f"no package {kind_text} {version_text[:20]}")
+    return web.Response(body=found, content_type="application/octet-stream")
 
 
 def _query_int(request: web.Request, name: str, default: int) -> int:
@@ -631,7 +671,13 @@ async def metrics(request: web.Request) -> web.Response:
     async with request.app[pool_key].acquire() as connection:
         days_left = await feeds.validator_feed_days_left(connection, today)
         gauges = await observability.database_metrics(request.app, connection)
-    text = request.app[metrics_key].render() + feeds.render_days_left(days_left) + gauges
+        statuses = await fleet.fleet_status(connection, request.app[config_key].clock.now())
+    text = (
+        request.app[metrics_key].render()
+        + feeds.render_days_left(days_left)
+        + fleet.render_metrics(statuses)
+        + gauges
+    )
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from ksh.cli import UserError
-from ksh.commands.validator import add_terminal_arguments, run_device, state_folder, terminal_keys
+from ksh.commands.validator import (
+    add_terminal_arguments,
+    fleet_from_arguments,
+    run_device,
+    state_folder,
+    terminal_keys,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -89,7 +95,14 @@ def run(arguments: argparse.Namespace) -> int:
         return None
 
     try:
-        return run_device(arguments, folder, keys, decider_for, merchant_id=arguments.merchant)
+        return run_device(
+            arguments,
+            folder,
+            keys,
+            decider_for,
+            merchant_id=arguments.merchant,
+            fleet=fleet_from_arguments(arguments, folder),
+        )
     finally:
         for journal in journal_holder:
             journal.close()

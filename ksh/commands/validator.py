@@ -47,7 +47,19 @@ def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use the public demo card keys (only for emulated demo decks; never in service)",
     )
-    parser.add_argument("--sync-interval-s", type=float, default=30.0)
+    parser.add_argument(
+        "--fleet-key",
+        metavar="KEY|FILE",
+        help="the back office's fleet public key (as `ksh fleet key` prints it), or a file "
+        "holding it: take the signed fare feed, key version, deny list and settings packages "
+        "it publishes (default: none taken)",
+    )
+    parser.add_argument(
+        "--sync-interval-s",
+        type=float,
+        default=30.0,
+        help="seconds between syncs (default 30; a settings package may set it)",
+    )
     parser.add_argument(
         "--init",
         action="store_true",
@@ -107,25 +119,32 @@ def run(arguments: argparse.Namespace) -> int:
     if not (arguments.reader or arguments.emulated):
         raise UserError("give --reader NAME or --emulated DECK")
     from bus_terminals.fare.feed import load_feed, service_end_date
-    from bus_terminals.validator import fare_decider
+    from bus_terminals.validator import fare_decider, fleet_fare_decider
     from card_reader.keys import KeyRole
 
-    tariff = load_feed()
-    if arguments.route not in tariff.network_of_route:
+    fleet = fleet_from_arguments(arguments, folder)
+    shipped = load_feed()
+    running = (fleet.tariff() if fleet is not None else None) or shipped
+    if arguments.route not in running.network_of_route:
         raise UserError(f"route {arguments.route!r} is not in the tariff")
-    decide = fare_decider(tariff, arguments.route, arguments.stop)
+    decide = (
+        fare_decider(shipped, arguments.route, arguments.stop)
+        if fleet is None
+        else fleet_fare_decider(fleet, shipped, arguments.route, arguments.stop)
+    )
     keys = terminal_keys(arguments, KeyRole.DEBIT, KeyRole.CREDIT)
     with contextlib.ExitStack() as stack:
         side_command = None
         if arguments.qris_rides:
-            side_command = stack.enter_context(qris_ride_seller(arguments, folder, tariff))
+            side_command = stack.enter_context(qris_ride_seller(arguments, folder, running))
         return run_device(
             arguments,
             folder,
             keys,
             lambda words: decide,
             route=arguments.route,
-            feed_service_end=service_end_date(tariff),
+            feed_service_end=service_end_date(shipped),
+            fleet=fleet,
             side_command=side_command,
         )
 
@@ -167,6 +186,19 @@ def qris_ride_seller(arguments: argparse.Namespace, folder: Path, tariff: Any) -
         yield side_command
 
 
+def fleet_from_arguments(arguments: argparse.Namespace, folder: Path) -> Any:
+    """The terminal's fleet packages (`bus_terminals.fleet.Fleet`), or None without --fleet-key."""
+    from bus_terminals.device import fleet_of
+    from ksh.commands.terminal import public_key_of
+
+    if arguments.fleet_key is None:
+        return None
+    try:
+        return fleet_of(folder, public_key_of(arguments.fleet_key))
+    except ValueError as error:  # a bad key, or damaged fleet state
+        raise UserError(f"--fleet-key: {error}") from error
+
+
 def run_device(
     arguments: argparse.Namespace,
     folder: Path,
@@ -176,6 +208,7 @@ def run_device(
     route: str = "",
     merchant_id: str = "",
     feed_service_end: Any = None,  # datetime.date: a validator's fare feed, reported on sync
+    fleet: Any = None,  # bus_terminals.fleet.Fleet, from --fleet-key
     side_command: Callable[[list[str]], bool] | None = None,  # True: a line it took (not a tap)
 ) -> int:
     """The reader loop shared by `ksh validator` and `ksh pos`."""
@@ -192,6 +225,7 @@ def run_device(
             merchant_id=merchant_id,
             sync_interval_ms=int(arguments.sync_interval_s * 1000),
             feed_service_end=feed_service_end,
+            fleet=fleet,
         )
     except (FileNotFoundError, ValueError) as error:  # missing, or damaged state files
         raise UserError(str(error)) from error
