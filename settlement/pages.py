@@ -527,6 +527,7 @@ async def overview(request: web.Request) -> web.Response:
     async with request.app[pool_key].acquire() as connection:
         day = requested_day(request, await default_day(request, connection))
         numbers = await views.day_overview(connection, day, settings.end_of_day)
+        payees = await views.payee_days(connection, day, settings.end_of_day)
         close = await actions.day_close(connection, day + dt.timedelta(days=1))
 
     def money(amount: int) -> str:
@@ -555,6 +556,7 @@ async def overview(request: web.Request) -> web.Response:
         path="/finance",
         day=day,
         tiles=tiles,
+        payees=payees,
         taps_chart=Markup(
             charts.bar_chart(
                 _("Taps per hour"),

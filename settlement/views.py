@@ -136,6 +136,61 @@ async def day_overview(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PayeeDay:
+    """One merchant's (or the operator's) day, card and QRIS side by side: for a merchant its
+    card sales and QRIS sales, for the operator its card fares and rides sold by QRIS."""
+
+    kind: str  # "merchant" or "operator"
+    party_id: str
+    card_count: int
+    card_rupiah: int
+    qris_count: int
+    qris_rupiah: int  # what riders and customers paid by QRIS
+    qris_mdr_rupiah: int  # what the acquirer keeps of it
+
+    @property
+    def total_rupiah(self) -> int:
+        """What the day adds to the payee's account: card, and QRIS less its MDR."""
+        return self.card_rupiah + self.qris_rupiah - self.qris_mdr_rupiah
+
+
+async def payee_days(
+    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig
+) -> list[PayeeDay]:
+    """Every merchant and operator paid anything on the day (the settlement's window)."""
+    start, end = window(day, config)
+    rows = await connection.fetch(
+        """select case a.kind when 'merchant_payable' then 'merchant' else 'operator' end
+                      as kind,
+                  a.owner_reference as party_id,
+                  count(*) filter (where t.code in ($3, $4) and t.credit_account_id = a.id)
+                      as card_count,
+                  coalesce(sum(t.amount) filter (where t.code in ($3, $4)
+                      and t.credit_account_id = a.id), 0) as card_rupiah,
+                  count(*) filter (where t.code = $5 and t.credit_account_id = a.id)
+                      as qris_count,
+                  coalesce(sum(t.amount) filter (where t.code = $5
+                      and t.credit_account_id = a.id), 0) as qris_rupiah,
+                  coalesce(sum(t.amount) filter (where t.code = $6
+                      and t.debit_account_id = a.id), 0) as qris_mdr_rupiah
+             from ledger_transfers t
+             join ledger_accounts a on a.id in (t.credit_account_id, t.debit_account_id)
+            where t.booked_at >= $1 and t.booked_at < $2 and t.flags & (2 | 8) = 0
+              and t.code in ($3, $4, $5, $6)
+              and a.kind in ('merchant_payable', 'operator_revenue')
+            group by 1, 2
+            order by 1 desc, 2""",
+        start,
+        end,
+        int(TransferCode.merchant_sale),
+        int(TransferCode.fare),
+        int(TransferCode.qris_payment),
+        int(TransferCode.qris_mdr),
+    )
+    return [PayeeDay(**dict(row)) for row in rows]
+
+
 async def batches(connection: asyncpg.Connection, day: dt.date) -> list[asyncpg.Record]:
     return await connection.fetch(
         """select b.*, p.name, p.bank_code, p.account_no,

@@ -73,3 +73,47 @@ def test_many_corridors_are_summed_into_one_bar_not_dropped() -> None:
     assert shown[-1] == (views.other_corridors, sum(range(1, 18)))  # K01..K17
     assert sum(amount for _, amount in shown) == sum(amounts.values())
     assert views.bars({"K2": 5, "K1": 7}) == [("K1", 7), ("K2", 5)]
+
+
+async def test_card_and_qris_side_by_side_per_payee(database_url: str) -> None:
+    """Each merchant's card sales beside its QRIS sales (less the acquirer's MDR), and the
+    operator's card fares beside its rides sold by QRIS: what end of day owes each."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        day = await book_day(connection)
+        purse = ledger_account(AccountKind.card_purse, "620000000001")
+        payable = ledger_account(AccountKind.merchant_payable, "warung-sugeng")
+        revenue = ledger_account(AccountKind.operator_revenue, "trans-semarang")
+        clearing = ledger_account(AccountKind.bank_clearing, "qris:BNI-SNAP-01")
+        await store.create_accounts(connection, [purse, payable, clearing])
+
+        def moved(debit, credit, amount, code):  # type: ignore[no-untyped-def]
+            return Transfer(uuid.uuid4(), debit.id, credit.id, amount, code)
+
+        await store.create_transfers(
+            connection,
+            [
+                moved(purse, payable, 25_000, TransferCode.merchant_sale),
+                moved(clearing, payable, 150_000, TransferCode.qris_payment),
+                moved(payable, clearing, 450, TransferCode.qris_mdr),
+                moved(clearing, revenue, 4_000, TransferCode.qris_payment),
+                moved(revenue, clearing, 16, TransferCode.qris_mdr),
+            ],
+            now=day.booked_at,
+        )
+        payees = {
+            (p.kind, p.party_id): p for p in await views.payee_days(connection, service_day, config)
+        }
+        warung = payees[("merchant", "warung-sugeng")]
+        assert (warung.card_count, warung.card_rupiah) == (1, 25_000)
+        assert (warung.qris_count, warung.qris_rupiah, warung.qris_mdr_rupiah) == (1, 150_000, 450)
+        assert warung.total_rupiah == 25_000 + 150_000 - 450
+        operator = payees[("operator", "trans-semarang")]
+        assert (operator.card_count, operator.card_rupiah) == (24, day.fares_rupiah)
+        assert (operator.qris_count, operator.qris_rupiah, operator.qris_mdr_rupiah) == (
+            1,
+            4_000,
+            16,
+        )
+    finally:
+        await connection.close()
