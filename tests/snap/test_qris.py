@@ -303,6 +303,36 @@ async def test_the_acquirers_settlement_reconciles_with_nothing_unexplained(
     assert balances.credit_balance == 0  # the acquirer owes us nothing more
     assert await payable_rupiah(connection) == net  # owed to the merchant, paid at end of day
 
+    # End of day pays the merchant its card and QRIS sales in one batch (one card sale here).
+    from tests.snap.conftest import card_number
+
+    await registry.register_cards(connection, [card_number])
+    from gateways.terminal_api.accounts import purse_account_id
+    from ledger.records import Transfer, TransferCode
+    from ledger.store import create_transfers
+    from settlement.end_of_day import EndOfDayConfig, close_day
+
+    [sold] = await create_transfers(
+        connection,
+        [
+            Transfer(
+                derive_id("test-card-sale", "1"),
+                purse_account_id(card_number),
+                derive_id("merchant-payable", merchant),
+                12_000,
+                TransferCode.merchant_sale,
+            )
+        ],
+        now=harness.clock.now(),
+    )
+    assert sold.result.value == "created"
+    [batch] = await close_day(connection, day, EndOfDayConfig(), now=harness.clock.now())
+    assert (batch.party_kind, batch.party_id, batch.gross_rupiah) == (
+        "merchant",
+        merchant,
+        net + 12_000,
+    )
+
 
 async def test_a_bus_validator_sells_a_ride_by_qris_beside_its_card_taps(harness, shop, tmp_path):
     """A rider without a card: the validator prices the cash fare, asks the back office for a
