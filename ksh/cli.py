@@ -25,6 +25,7 @@ command_modules: tuple[str, ...] = (
     "terminal",
     "party",
     "cards",
+    "complaint",
     "validator",
     "pos",
     "serve",

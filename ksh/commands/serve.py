@@ -22,6 +22,8 @@ optional_extensions: tuple[tuple[str, str], ...] = (
     ("gateways.snap.server", "install"),
     ("settlement.pages", "install"),
     ("settlement.metrics", "install"),  # payouts and open exceptions on /metrics
+    ("gateways.service_desk.citizen", "install"),  # the public card page; complaints gauges
+    ("settlement.complaint_pages", "install"),  # the service desk's complaint pages
 )
 
 
