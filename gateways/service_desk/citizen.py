@@ -290,6 +290,7 @@ def language_of(values: Any) -> str:
 
 
 def render(language: str, status: int = 200, **values: Any) -> web.Response:
+    shown: dict[str, Any] = {"card": None, "message": "", "card_number": "", "check_code": ""}
     text = templates.get_template("citizen.html").render(
         _=gettext_for(language),
         lang=language,
@@ -297,11 +298,7 @@ def render(language: str, status: int = 200, **values: Any) -> web.Response:
         wib=wib,
         local_day=complaints.local_day,
         rupiah=lambda amount: f"Rp {amount:,}".replace(",", "."),
-        card=None,
-        message="",
-        card_number="",
-        check_code="",
-        **values,
+        **{**shown, **values},
     )
     return web.Response(
         text=text,
