@@ -253,6 +253,11 @@ async def count_lookup(request: web.Request, connection: asyncpg.Connection) -> 
     lookups_max = int(settings.get("citizen_lookups_max", citizen_lookups_max_default))
     window_s = int(settings.get("citizen_window_s", citizen_window_s_default))
     now = request.app[config_key].clock.now()
+    # Windows that ended count for nothing: dropped, so the table holds the active ones only.
+    await connection.execute(
+        "delete from citizen_lookups where window_started_at <= $1",
+        now - dt.timedelta(seconds=window_s),
+    )
     row = await connection.fetchrow(
         """insert into citizen_lookups as l (address, window_started_at, lookups)
            values ($1, $2, 1)

@@ -376,11 +376,11 @@ def run_deck_new(arguments: argparse.Namespace) -> int:
             raise
         written.replace(arguments.out)
         described += f", issued in the books as {first}..{first + len(cards) - 1}"
-    print(f"{len(cards)} {described} -> {arguments.out}")
-    if register:  # what to print on each card beside its number
+        # What to print on each card beside its number (the public card page asks for it).
         codes = print_check_codes(sorted(numbers), arguments.backoffice_db)
         for number, code in codes.items():
             print(f"card {number} check code {code}")
+    print(f"{len(cards)} {described} -> {arguments.out}")
     return 0
 
 

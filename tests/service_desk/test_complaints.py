@@ -332,6 +332,15 @@ async def test_ksh_complaint_from_intake_to_refund_and_report(
     assert (report["received"], report["refunded_rupiah"]) == (1, fare)
     bad = await ksh("complaint", "report", "--month", "2026-13")
     assert bad.err.strip() == "ksh complaint: error: a month is YYYY-MM, not '2026-13'"
+    issued = await ksh.ok(
+        "cards", "issue", "--number", "6032911100000001", "--opening-balance", "0",
+        "--as", "ani", "--reason", "sold at the counter",
+    )  # fmt: skip
+    async with desk.pool.acquire() as connection:
+        codes = await check_codes.check_codes(connection, ["6032911100000001"])
+    assert issued.out.splitlines()[-1] == (
+        f"check code {codes['6032911100000001']} (print it on the card)"
+    )
 
 
 def test_a_check_code_is_keyed_and_forgives_how_it_is_typed() -> None:
