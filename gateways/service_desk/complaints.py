@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from gateways.staff import Role, StaffMember
+from gateways.staff import Role, StaffMember, record_action
 from gateways.terminal_api import books, registry
 from gateways.terminal_api.accounts import card_transfer_id
 from ledger.clock import jakarta
@@ -366,7 +366,7 @@ async def resolve(
                 now,
             )
             return Resolution.awaiting_approval
-        await _book_refund(connection, row, refund_rupiah, member.username, None, text, now)
+        await _book_refund(connection, member, row, refund_rupiah, member.username, None, text, now)
     return Resolution.done
 
 
@@ -385,6 +385,7 @@ async def approve_refund(
             raise ComplaintError("the approver must be someone other than the asker", "same_person")
         await _book_refund(
             connection,
+            member,
             row,
             int(row["refund_requested_rupiah"]),
             requested_by,
@@ -471,6 +472,7 @@ async def _refundable_shares(
 
 async def _book_refund(
     connection: asyncpg.Connection,
+    booked_by: StaffMember,
     row: asyncpg.Record,
     refund_rupiah: int,
     requested_by: str,
@@ -538,6 +540,23 @@ async def _book_refund(
         refund_rupiah,
         top_up_id,
         approved_by,
+    )
+    # Money moved by a person: on the staff actions log too, beside the admin API's top-ups.
+    await record_action(
+        connection,
+        username=booked_by.username,
+        role=booked_by.role.value,
+        action="complaint_refund",
+        subject=card_number,
+        reason=answer,
+        now=now,
+        detail={
+            "complaint": complaint_id,
+            "amount_rupiah": refund_rupiah,
+            "top_up_id": top_up_id,
+            "requested_by": requested_by,
+            "approved_by": approved_by,
+        },
     )
     by = requested_by if approved_by is None else f"{requested_by}, approved by {approved_by}"
     await _event(

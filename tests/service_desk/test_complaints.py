@@ -223,6 +223,11 @@ async def test_a_refund_above_the_limit_needs_a_second_supervisor(desk: Desk) ->
         "complaint": number,
         "requested_by": "budi",
     }
+    logged = await desk.fetchval(
+        "select username || ' ' || role || ' ' || subject || ' ' || (detail->>'amount_rupiah') "
+        "from staff_actions where action = 'complaint_refund'"
+    )
+    assert logged == f"dewi supervisor {desk.number} {fare}"
     assert await desk.books() == (booked_before[0] + 1, 0)
 
 

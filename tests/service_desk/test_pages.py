@@ -12,8 +12,7 @@ from gateways.service_desk import check_codes, complaints
 from ledger.clock import jakarta
 from settlement.formatting import rupiah
 from tests.service_desk.conftest import Desk, passwords, proxy_header
-
-pytest_plugins = ["tests.settlement.conftest"]
+from tests.settlement.conftest import browser as browser  # the headless Chromium fixture
 
 
 async def log_in(browser: Any, url: str, username: str) -> Any:
