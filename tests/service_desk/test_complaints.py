@@ -359,3 +359,69 @@ def test_a_check_code_is_keyed_and_forgives_how_it_is_typed() -> None:
     assert not check_codes.matches(secret, "6032984000000002", code)
     assert not check_codes.matches(secret, "6032984000000001", "")
     assert check_codes.normalised("UUUU-UUUU") is None  # U is not in the alphabet
+
+
+async def test_random_complaints_never_give_back_more_than_the_taps_paid(desk: Desk) -> None:
+    """A random walk of complaints over four fares (some named by several complaints), each
+    answered with a random refund, rejected, or left open, against a plain model: a refund is
+    refused exactly when it exceeds what its taps have left, every refund is booked once, no
+    tap gives back more than it paid, and the books balance after every step."""
+    import random
+
+    for _ in range(3):
+        desk.clock.advance(3 * 3600)  # past the fare transfer window: a full fare each
+        desk.tap()
+    await desk.upload()
+    async with desk.pool.acquire() as connection:
+        rows = await connection.fetch(
+            "select terminal_id, sequence, card_counter, amount_rupiah from card_records "
+            "where card_number = $1 and outcome = 'booked' order by card_counter",
+            desk.number,
+        )
+    paid = {row["card_counter"]: int(row["amount_rupiah"]) for row in rows}
+    refs = {row["card_counter"]: TapRef(row["terminal_id"], row["sequence"]) for row in rows}
+    assert len(paid) == 4 and all(paid.values())
+    left = dict(paid)  # the model: what each tap may still give back
+    chance = random.Random(17)
+    corrections = 0
+    for step in range(24):
+        named = sorted(chance.sample(sorted(paid), chance.randint(0, 3)))
+        number = await add(desk, [refs[counter] for counter in named])
+        can = sum(left[counter] for counter in named)
+        choice = chance.random()
+        async with desk.pool.acquire() as connection:
+            if choice < 0.15:
+                await complaints.reject(connection, number, ani, "no", now=desk.clock.now())
+                continue
+            if choice < 0.25:
+                continue  # left open
+            asked = chance.choice([0, 1, can, can + 1, chance.randint(0, can + 5_000)])
+            try:
+                await complaints.resolve(
+                    connection,
+                    number,
+                    budi,
+                    f"step {step}",
+                    refund_rupiah=asked,
+                    now=desk.clock.now(),
+                )
+            except ComplaintError as error:
+                assert (error.code, asked > can) == ("over_refund", True), (step, asked, can)
+                continue
+            assert asked <= can, (step, asked, can)
+            for counter in named:  # oldest first, each up to what it has left
+                part = min(asked, left[counter])
+                left[counter] -= part
+                asked -= part
+                corrections += part > 0
+            refunded = dict(
+                await connection.fetch(
+                    "select card_counter, sum(amount_rupiah) from complaint_refunds "
+                    "group by card_counter"
+                )
+            )
+        assert {c: paid[c] - refunded.get(c, 0) for c in paid} == left
+        assert (await desk.books())[1] == 0
+    assert all(0 <= left[counter] <= paid[counter] for counter in paid)
+    booked = await desk.fetchval("select count(*) from ledger_transfers where code = 11")
+    assert booked == corrections > 0
