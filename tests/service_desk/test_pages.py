@@ -52,6 +52,7 @@ async def test_a_clerk_answers_a_complaint_with_a_refund_the_citizen_sees(
     await page.select_option("select[name=channel]", "counter")
     await page.fill("textarea[name=description]", "charged the full fare on a free transfer")
     await page.check("input[name=tap][data-counter='1']")
+    await page.screenshot(path="/tmp/ksh-screenshots/complaint-intake.png", full_page=True)
     await page.click("[data-action=take]")
     await page.wait_for_url("**/finance/complaints/*")
     number = int(page.url.split("/")[-1].split("?")[0])
@@ -80,6 +81,7 @@ async def test_a_clerk_answers_a_complaint_with_a_refund_the_citizen_sees(
     assert await rows.nth(0).get_attribute("data-complaint") == str(old)  # overdue first
     assert await rows.nth(0).locator("[data-overdue]").count() == 1
     assert await rows.nth(1).get_attribute("data-complaint") == str(number)
+    await page.screenshot(path="/tmp/ksh-screenshots/complaints.png", full_page=True)
     await page.goto(desk.url + "/finance/complaints/report?month=2026-12")
     assert await page.locator("[data-tile=received] .value").inner_text() == "1"
     assert await page.locator("[data-tile=refunded] .value").inner_text() == rupiah(fare)
