@@ -59,15 +59,16 @@ def matches(secret: bytes, card_number: str, typed: str) -> bool:
 async def check_code_secret(connection: asyncpg.Connection) -> bytes:
     """The back office's check code secret, made at random the first time it is asked for (two
     processes asking at once agree: the first insert wins)."""
-    await connection.execute(
-        "insert into backoffice_secrets (name, secret) values ($1, $2) "
-        "on conflict (name) do nothing",
-        secret_name,
-        secrets.token_bytes(secret_bytes),
-    )
-    secret = await connection.fetchval(
-        "select secret from backoffice_secrets where name = $1", secret_name
-    )
+    query = "select secret from backoffice_secrets where name = $1"
+    secret = await connection.fetchval(query, secret_name)
+    if secret is None:
+        await connection.execute(
+            "insert into backoffice_secrets (name, secret) values ($1, $2) "
+            "on conflict (name) do nothing",
+            secret_name,
+            secrets.token_bytes(secret_bytes),
+        )
+        secret = await connection.fetchval(query, secret_name)
     return bytes(secret)
 
 
