@@ -34,7 +34,6 @@ create table complaint_taps (
     terminal_id text not null,
     sequence bigint not null,
     card_counter bigint not null,
-    amount_rupiah bigint not null,
     primary key (complaint_id, terminal_id, sequence),
     foreign key (terminal_id, sequence) references card_records (terminal_id, sequence)
 );

@@ -53,6 +53,12 @@ card_lock_namespace = 0x4350  # "CP"
 staff_roles = (Role.clerk, Role.supervisor)  # take, investigate and answer complaints
 refundable_kinds = ("fare_debit", "sale")
 refund_top_up_prefix = "complaint-"
+# The booked record of card counter t.card_counter of card $2 that paid someone (kinds $3).
+paid_record_query = """select c.kind, c.amount_rupiah from card_records c
+                        where c.card_number = $2 and c.card_counter = t.card_counter
+                          and c.outcome = 'booked' and c.kind = any($3::text[])
+                          and c.amount_rupiah > 0
+                        order by c.terminal_id, c.sequence limit 1"""
 
 
 class Channel(enum.StrEnum):
@@ -100,7 +106,7 @@ class ComplaintTap:
     sequence: int
     card_counter: int
     kind: str
-    amount_rupiah: int
+    amount_rupiah: int  # what it paid someone, so what a refund may give back (0: nothing)
     time_ms: int
     outcome: str
 
@@ -201,7 +207,7 @@ async def add_complaint(
         if known is None:
             raise ComplaintError(f"card {card_number} was never issued", "card_not_found")
         rows = await connection.fetch(
-            "select terminal_id, sequence, card_counter, kind, amount_rupiah, outcome "
+            "select terminal_id, sequence, card_counter "
             "from card_records where card_number = $1 and (terminal_id, sequence) in "
             "(select * from unnest($2::text[], $3::bigint[]))",
             card_number,
@@ -228,29 +234,15 @@ async def add_complaint(
             )
         )
         await connection.executemany(
-            "insert into complaint_taps (complaint_id, terminal_id, sequence, card_counter, "
-            "amount_rupiah) values ($1, $2, $3, $4, $5) on conflict do nothing",
+            "insert into complaint_taps (complaint_id, terminal_id, sequence, card_counter) "
+            "values ($1, $2, $3, $4) on conflict do nothing",
             [
-                (
-                    complaint_id,
-                    row["terminal_id"],
-                    row["sequence"],
-                    row["card_counter"],
-                    _paid_rupiah(row),
-                )
+                (complaint_id, row["terminal_id"], row["sequence"], row["card_counter"])
                 for row in found.values()
             ],
         )
         await _event(connection, complaint_id, received_by, State.received, chosen.value, now)
     return complaint_id
-
-
-def _paid_rupiah(row: asyncpg.Record) -> int:
-    """What the card paid in this transaction that a refund may give back (0: nothing booked
-    to a party: a refused tap, a top-up, a quarantined or void record)."""
-    if row["kind"] in refundable_kinds and row["outcome"] == "booked":
-        return int(row["amount_rupiah"])
-    return 0
 
 
 async def _event(
@@ -442,16 +434,21 @@ async def _refundable_shares(
     await connection.execute(
         "select pg_advisory_xact_lock($1, hashtext($2))", card_lock_namespace, card_number
     )
+    # What each named card transaction paid is read now, by card counter, from whichever
+    # terminal's record of it was booked (one named in doubt may have been settled since).
     taps = await connection.fetch(
-        """select t.card_counter, max(c.kind) as kind, max(t.amount_rupiah) as paid,
-                  coalesce((select sum(r.amount_rupiah) from complaint_refunds r
-                             where r.card_number = $2 and r.card_counter = t.card_counter), 0)
-                      as refunded
-             from complaint_taps t join card_records c using (terminal_id, sequence)
-            where t.complaint_id = $1 and t.amount_rupiah > 0
-            group by t.card_counter order by t.card_counter""",
+        f"""select t.card_counter, paid.kind, paid.amount_rupiah as paid,
+                   coalesce(back.rupiah, 0) as refunded
+              from (select distinct card_counter from complaint_taps
+                     where complaint_id = $1) t
+              join lateral ({paid_record_query}) paid on true
+              left join lateral (select sum(r.amount_rupiah) as rupiah from complaint_refunds r
+                                  where r.card_number = $2 and r.card_counter = t.card_counter)
+                        back on true
+             order by t.card_counter""",
         row["complaint_id"],
         card_number,
+        list(refundable_kinds),
     )
     shares: list[_Share] = []
     left = refund_rupiah
@@ -631,11 +628,14 @@ async def complaint(connection: asyncpg.Connection, complaint_id: int) -> Compla
     if row is None:
         return None
     taps = await connection.fetch(
-        """select t.terminal_id, t.sequence, t.card_counter, c.kind, t.amount_rupiah, c.time_ms,
-                  c.outcome
-             from complaint_taps t join card_records c using (terminal_id, sequence)
-            where t.complaint_id = $1 order by t.card_counter, t.terminal_id""",
+        f"""select c.terminal_id, c.sequence, c.card_counter, c.kind,
+                   coalesce(paid.amount_rupiah, 0), c.time_ms, c.outcome
+              from complaint_taps t join card_records c using (terminal_id, sequence)
+              left join lateral ({paid_record_query}) paid on true
+             where t.complaint_id = $1 order by t.card_counter, t.terminal_id""",
         complaint_id,
+        row["card_number"],
+        list(refundable_kinds),
     )
     events = await connection.fetch(
         "select at, username, state, note from complaint_events where complaint_id = $1 "
