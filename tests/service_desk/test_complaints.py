@@ -332,7 +332,8 @@ async def test_ksh_complaint_from_intake_to_refund_and_report(
     assert (await desk.books())[0] == before[0] + 1
     listed = await ksh.ok("complaint", "list", "--all", "--json")
     assert [line["state"] for line in listed.json_lines()] == ["resolved_refund"]
-    month = json.loads(listed.out)["received_at"][:7]
+    received_at = dt.datetime.fromisoformat(json.loads(listed.out)["received_at"])
+    month = received_at.astimezone(jakarta).strftime("%Y-%m")  # the month in Semarang
     report = json.loads((await ksh.ok("complaint", "report", "--month", month, "--json")).out)
     assert (report["received"], report["refunded_rupiah"]) == (1, fare)
     bad = await ksh("complaint", "report", "--month", "2026-13")
