@@ -86,13 +86,6 @@ def register(subparsers: Any) -> None:
                 metavar="RUPIAH",
                 help="give back this much of what the named taps paid (default 0: no refund)",
             )
-            step.add_argument(
-                "--limit",
-                type=int,
-                default=None,
-                metavar="RUPIAH",
-                help="above this a second person approves (default: Rp 1,000,000)",
-            )
         who(step)
         step.set_defaults(handler=run_step)
 
@@ -268,7 +261,7 @@ def run_step(arguments: argparse.Namespace) -> int:
             elif arguments.action == "approve":
                 await complaints.approve_refund(connection, number, member, now=now)
             else:
-                limit = arguments.limit
+                # The limit is the service's, never the asker's to choose.
                 outcome = await complaints.resolve(
                     connection,
                     number,
@@ -276,7 +269,6 @@ def run_step(arguments: argparse.Namespace) -> int:
                     arguments.text,
                     refund_rupiah=arguments.refund,
                     now=now,
-                    limit_rupiah=complaints.refund_limit_rupiah_default if limit is None else limit,
                 )
                 if outcome is complaints.Resolution.awaiting_approval:
                     return "waiting: a refund above the limit needs another supervisor's approval"
