@@ -150,6 +150,7 @@ async def detail_page(request: web.Request) -> web.Response:
         if found is None:
             raise web.HTTPNotFound(text=f"no complaint {complaint_id}")
         history = await complaints.card_history(connection, found.card_number)
+        refundable = await complaints.refundable_rupiah(connection, found)
     named = {(tap.terminal_id, tap.sequence) for tap in found.taps}
     body = render(
         "complaint.html",
@@ -160,7 +161,7 @@ async def detail_page(request: web.Request) -> web.Response:
         overdue=found.overdue(today),
         history=history,
         named=named,
-        refundable_rupiah=sum(tap.amount_rupiah for tap in found.taps),
+        refundable_rupiah=refundable,
         can_change=session.staff.role in changing_roles,
         can_approve=session.staff.role is Role.supervisor
         and found.refund_requested_by not in (None, session.staff.username),

@@ -424,21 +424,25 @@ class _Share:
     amount_rupiah: int
 
 
-async def _refundable_shares(
-    connection: asyncpg.Connection, row: asyncpg.Record, refund_rupiah: int
-) -> list[_Share]:
-    """`refund_rupiah` spread over the named card transactions, oldest first, each up to what
-    it paid less what any complaint gave back of it already; a `ComplaintError` if they hold
-    less. Takes the card's lock for the rest of the transaction."""
-    card_number = row["card_number"]
-    await connection.execute(
-        "select pg_advisory_xact_lock($1, hashtext($2))", card_lock_namespace, card_number
-    )
-    # What each named card transaction paid is read now, by card counter, from whichever
-    # terminal's record of it was booked (one named in doubt may have been settled since).
+@dataclass(frozen=True, slots=True)
+class _Refundable:
+    """A named card transaction that paid someone: what it may still give back."""
+
+    card_counter: int
+    kind: str
+    left_rupiah: int
+
+
+async def _refundable(
+    connection: asyncpg.Connection, complaint_id: int, card_number: str
+) -> list[_Refundable]:
+    """The named card transactions that paid someone, oldest first, each with what it paid
+    less what any complaint gave back of it already. What each paid is read now, by card
+    counter, from whichever terminal's record of it was booked (one named while in doubt may
+    have been settled since)."""
     taps = await connection.fetch(
-        f"""select t.card_counter, paid.kind, paid.amount_rupiah as paid,
-                   coalesce(back.rupiah, 0) as refunded
+        f"""select t.card_counter, paid.kind, paid.amount_rupiah - coalesce(back.rupiah, 0)
+                   as left_rupiah
               from (select distinct card_counter from complaint_taps
                      where complaint_id = $1) t
               join lateral ({paid_record_query}) paid on true
@@ -446,16 +450,38 @@ async def _refundable_shares(
                                   where r.card_number = $2 and r.card_counter = t.card_counter)
                         back on true
              order by t.card_counter""",
-        row["complaint_id"],
+        complaint_id,
         card_number,
         list(refundable_kinds),
     )
+    return [
+        _Refundable(int(tap["card_counter"]), str(tap["kind"]), int(tap["left_rupiah"]))
+        for tap in taps
+    ]
+
+
+async def refundable_rupiah(connection: asyncpg.Connection, complaint: Complaint) -> int:
+    """The most a refund of `complaint` may give back now."""
+    found = await _refundable(connection, complaint.complaint_id, complaint.card_number)
+    return sum(max(0, tap.left_rupiah) for tap in found)
+
+
+async def _refundable_shares(
+    connection: asyncpg.Connection, row: asyncpg.Record, refund_rupiah: int
+) -> list[_Share]:
+    """`refund_rupiah` spread over the named card transactions, oldest first, each up to what
+    it has left to give back; a `ComplaintError` if they hold less. Takes the card's lock for
+    the rest of the transaction."""
+    card_number = row["card_number"]
+    await connection.execute(
+        "select pg_advisory_xact_lock($1, hashtext($2))", card_lock_namespace, card_number
+    )
     shares: list[_Share] = []
     left = refund_rupiah
-    for tap in taps:
-        part = min(left, int(tap["paid"]) - int(tap["refunded"]))
+    for tap in await _refundable(connection, int(row["complaint_id"]), card_number):
+        part = min(left, tap.left_rupiah)
         if part > 0:
-            shares.append(_Share(int(tap["card_counter"]), str(tap["kind"]), part))
+            shares.append(_Share(tap.card_counter, tap.kind, part))
             left -= part
     if left > 0:
         most = refund_rupiah - left
