@@ -349,25 +349,25 @@ async def looked_up(
     return await citizen_card(connection, number, code, today=today)
 
 
+def refused(language: str, wait_s: int | None, card_number: str) -> web.Response:
+    """No card to show: none with this number and code (404), or too many lookups (429)."""
+    gettext = gettext_for(language)
+    if wait_s is None:
+        message = gettext("No card with this number and check code.")
+        return render(language, 404, message=message, card_number=card_number)
+    message = gettext("Too many lookups from your address; try again later.")
+    response = render(language, 429, message=message)
+    response.headers["Retry-After"] = str(wait_s)
+    return response
+
+
 async def card_page(request: web.Request) -> web.Response:
     form = await read_form(request)
     language = language_of(form)
-    gettext = gettext_for(language)
     async with request.app[pool_key].acquire() as connection:
         found = await looked_up(request, connection, form["card_number"], form["check_code"])
-    if isinstance(found, int):
-        response = render(
-            language, 429, message=gettext("Too many lookups from your address; try again later.")
-        )
-        response.headers["Retry-After"] = str(found)
-        return response
-    if found is None:
-        return render(
-            language,
-            404,
-            message=gettext("No card with this number and check code."),
-            card_number=form["card_number"],
-        )
+    if found is None or isinstance(found, int):
+        return refused(language, found, form["card_number"])
     return render(
         language, card=found, card_number=found.card_number, check_code=form["check_code"]
     )
@@ -386,8 +386,8 @@ async def web_complaint(request: web.Request) -> web.Response:
             taps.append(complaints.TapRef(terminal_id, int(sequence)))
     async with request.app[pool_key].acquire() as connection:
         found = await looked_up(request, connection, form["card_number"], form["check_code"])
-        if isinstance(found, int) or found is None:
-            return await card_page_again(request, form, found)
+        if found is None or isinstance(found, int):
+            return refused(language, found, form["card_number"])
         try:
             complaint_id = await complaints.add_complaint(
                 connection,
@@ -417,23 +417,6 @@ async def web_complaint(request: web.Request) -> web.Response:
         check_code=form["check_code"],
         message=gettext("complaint_taken").format(number=complaint_id, due=due.isoformat()),
     )
-
-
-async def card_page_again(
-    request: web.Request, form: dict[str, Any], found: int | None
-) -> web.Response:
-    gettext = gettext_for(language_of(form))
-    if found is None:
-        return render(
-            language_of(form), 404, message=gettext("No card with this number and check code.")
-        )
-    response = render(
-        language_of(form),
-        429,
-        message=gettext("Too many lookups from your address; try again later."),
-    )
-    response.headers["Retry-After"] = str(found)
-    return response
 
 
 async def card_json(request: web.Request) -> web.Response:
