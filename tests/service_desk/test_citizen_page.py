@@ -107,3 +107,45 @@ async def test_a_refund_waits_on_the_page_and_a_web_complaint_is_taken(desk: Des
         ) as response:
             assert response.status == 404
     assert await desk.fetchval("select count(*) from complaints") == 1
+
+
+async def test_two_back_office_processes_count_one_limit_and_the_page_says_so(
+    desk: Desk,
+) -> None:
+    """Lookups alternate between two back office applications on the same database: the
+    address's fifth lookup is refused wherever it lands, on the HTML page too."""
+    from gateways.backoffice import BackofficeConfig, create_app
+    from ksh.commands import serve
+    from ksh.commands.demo import start
+
+    code = await code_of(desk)
+    settings = {"client_address_header": proxy_header, "expiry_sweep_interval_s": 0}
+    settings["citizen_lookups_max"] = lookups_max
+    other = create_app(
+        BackofficeConfig(
+            desk.database_url, pool_connections_min=1, settings=settings, clock=desk.clock
+        ),
+        serve.extensions(),
+    )
+    runner, other_url = await start(other)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for index in range(lookups_max):
+                url = (desk.url, other_url)[index % 2]
+                async with http.post(
+                    url + "/kartu/v1/card",
+                    json={"card_number": desk.number, "check_code": code},
+                    headers={proxy_header: "203.0.113.7"},
+                ) as response:
+                    assert response.status == 200
+            async with http.post(
+                other_url + "/kartu",
+                data={"card_number": desk.number, "check_code": code, "lang": "en"},
+                headers={proxy_header: "203.0.113.7"},
+            ) as response:
+                page = await response.text()
+                assert (response.status, response.headers["Retry-After"]) == (429, "900")
+        assert "Too many lookups from your address; try again later." in page
+        assert "Balance in our books" not in page
+    finally:
+        await runner.cleanup()
