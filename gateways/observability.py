@@ -73,7 +73,8 @@ class Registry:
         self.own = prometheus_client.CollectorRegistry()
         self.requests = self.histogram(
             "ksh_http_request_duration_seconds",
-            "HTTP requests by area (terminal, snap, finance, admin, health, metrics) and status.",
+            "HTTP requests by area (terminal, snap, finance, admin, health, metrics, kartu) and "
+            "status.",
             ("area", "status"),
             request_duration_buckets_s,
         )
@@ -114,7 +115,9 @@ def install(app: web.Application) -> Registry:
     return app[registry_key]
 
 
-request_areas = frozenset({"terminal", "snap", "finance", "admin", "health", "metrics"})
+request_areas = frozenset(
+    {"terminal", "snap", "finance", "admin", "health", "metrics", "kartu"}  # kartu: the card page
+)
 
 
 def request_area(path: str) -> str:

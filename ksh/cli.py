@@ -26,6 +26,7 @@ command_modules: tuple[str, ...] = (
     "fleet",
     "party",
     "cards",
+    "complaint",
     "validator",
     "pos",
     "serve",

@@ -334,7 +334,7 @@ def run_deck_new(arguments: argparse.Namespace) -> int:
     from card_reader.emulator import EmulatedCard, save_deck
     from card_reader.ksh_card import balance_max_rupiah
     from ksh import acting
-    from ksh.commands.cards import deck_first_number, issue_cards_as
+    from ksh.commands.cards import deck_first_number, issue_cards_as, print_check_codes
 
     if not 1 <= arguments.cards <= deck_cards_max:
         raise UserError(f"--cards must be 1..{deck_cards_max}")
@@ -376,6 +376,10 @@ def run_deck_new(arguments: argparse.Namespace) -> int:
             raise
         written.replace(arguments.out)
         described += f", issued in the books as {first}..{first + len(cards) - 1}"
+        # What to print on each card beside its number (the public card page asks for it).
+        codes = print_check_codes(sorted(numbers), arguments.backoffice_db)
+        for number, code in codes.items():
+            print(f"card {number} check code {code}")
     print(f"{len(cards)} {described} -> {arguments.out}")
     return 0
 

@@ -69,6 +69,7 @@ def run_issue(arguments: argparse.Namespace) -> int:
         raise UserError(str(error)) from None
     issued = issue_cards_as(arguments, {number: opening}, reason, bank_code=arguments.sold_at)
     print(f"card {number} issued: purse {issued[number]} holds {rupiah(opening)}")
+    print(f"check code {print_check_codes([number])[number]} (print it on the card)")
     return 0
 
 
@@ -112,6 +113,13 @@ def issue_cards_as(
         return {number: registry.purse_account_id(number) for number in opening_balances_rupiah}
 
     return run_with_database(work, url)
+
+
+def print_check_codes(card_numbers: list[str], url: str | None = None) -> dict[str, str]:
+    """The check code to print on each card (the public card page asks for it)."""
+    from gateways.service_desk.check_codes import check_codes
+
+    return run_with_database(lambda connection: check_codes(connection, card_numbers), url)
 
 
 deck_number_digits = (8, 16)  # what the back office accepts and a deck card's profile holds

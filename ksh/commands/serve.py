@@ -23,6 +23,8 @@ optional_extensions: tuple[tuple[str, str], ...] = (
     ("gateways.terminal_api.qris_sales", "install"),  # POS sales by QRIS
     ("settlement.pages", "install"),
     ("settlement.metrics", "install"),  # payouts and open exceptions on /metrics
+    ("gateways.service_desk.citizen", "install"),  # the public card page; complaints gauges
+    ("settlement.complaint_pages", "install"),  # the service desk's complaint pages
 )
 
 

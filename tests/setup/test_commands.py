@@ -5,6 +5,7 @@ log; each mistake one line, exit 2, nothing changed."""
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -209,7 +210,9 @@ async def test_card_issued_and_its_purse_shown_by_owner(ksh: Ksh, database_url: 
         "--as", "ani", "--reason", "sold at the Simpang Lima desk",
     )  # fmt: skip
     purse = registry.purse_account_id("6032984000000001")
-    assert ran.out == f"card 6032984000000001 issued: purse {purse} holds Rp 50,000\n"
+    issued, printed = ran.out.splitlines()
+    assert issued == f"card 6032984000000001 issued: purse {purse} holds Rp 50,000"
+    assert re.fullmatch(r"check code [0-9A-Z]{4}-[0-9A-Z]{4} \(print it on the card\)", printed)
     balance = await ksh.ok("ledger", "balance", "--owner", "card_purse:6032984000000001")
     assert f"account           {purse}\n" in balance.out
     assert "credit_balance    50000\n" in balance.out
