@@ -111,9 +111,9 @@ async def _book(
     classified = planning.classify(records, previous, accepted.rule, issued, proofs)
     held_earlier = await _held_reports(connection, card_numbers)
     candidates = planning.in_doubt_candidates(held_earlier, classified.held)
-    evidence = await _log_evidence(connection, candidates.values(), records)
+    evidence = await _log_evidence(connection, candidates.values(), records, classified.to_book)
     # Decide.
-    settled = planning.settle_in_doubt(candidates, evidence)
+    settled = planning.settle_in_doubt(candidates, evidence, proofs)
     pending_top_ups = await _pending_top_ups(connection, plan_records=records)
     plan = planning.plan_batch(batch, classified, settled, pending_top_ups)
     accounts = await _credit_accounts(connection, plan.booked)
@@ -245,19 +245,25 @@ async def _log_evidence(
     connection: asyncpg.Connection,
     candidates: Iterable[UploadRecord],
     records: Iterable[UploadRecord],
+    to_book: Iterable[UploadRecord],
 ) -> list[LogEvidence]:
     """What every report of the in-doubt candidates' cards says of their logs: those stored,
-    then the batch's own."""
+    then the batch's own. Proven: booked with the card's Transaction MAC (stored), or about to
+    be (the batch's, whose MAC `classify` verified)."""
     cards = sorted({record.card_number for record in candidates})
     if not cards:
         return []
     rows = await connection.fetch(
         "select terminal_id, sequence, card_number, card_counter, status, previous_counter, "
-        "previous_terminal_number, previous_balance_rupiah from card_records "
+        "previous_terminal_number, previous_balance_rupiah, "
+        "outcome = 'booked' and tmac_value <> '' as proven from card_records "
         "where card_number = any($1::text[])",
         cards,
     )
-    return [LogEvidence(*row.values()) for row in rows] + [LogEvidence.of(r) for r in records]
+    proven = {(r.terminal_id, r.sequence) for r in to_book if r.tmac_value}
+    return [LogEvidence(*row.values()) for row in rows] + [
+        LogEvidence.of(r, proven=(r.terminal_id, r.sequence) in proven) for r in records
+    ]
 
 
 async def _credit_accounts(
