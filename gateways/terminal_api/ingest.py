@@ -116,7 +116,7 @@ async def _book(
     settled = planning.settle_in_doubt(candidates, evidence, proofs)
     pending_top_ups = await _pending_top_ups(connection, plan_records=records)
     plan = planning.plan_batch(batch, classified, settled, pending_top_ups)
-    accounts = await _credit_accounts(connection, plan.booked)
+    accounts = await credit_accounts(connection, plan.booked)
     card_transfers = planning.card_transfers(plan, accounts)
     # Write.
     answer = UploadAnswer(
@@ -181,14 +181,14 @@ async def _book_card_transfers(
 
 # ---------------------------------------------------------------------------------- load
 
-_record_columns = (
+record_columns = (
     "terminal_id, sequence, kind, status, card_number, card_counter, amount_rupiah, "
     "topup_rupiah, pending_topup_id, balance_after_rupiah, time_ms, route, merchant_id, "
     "fare_detail, previous_counter, previous_terminal_number, previous_balance_rupiah"
 )
 
 
-def _record_from_row(row: asyncpg.Record) -> UploadRecord:
+def record_from_row(row: asyncpg.Record) -> UploadRecord:
     values = list(row.values())[:17]
     values[2] = UploadKind(values[2])
     values[3] = RecordStatus(values[3])
@@ -206,7 +206,7 @@ async def _previous_reports(
         # A terminal numbers its records without gaps, so a batch is a short run: one range
         # scan of the key (usually empty: the records are new) beats a probe per sequence.
         rows = await connection.fetch(
-            f"select {_record_columns}, outcome from card_records "
+            f"select {record_columns}, outcome from card_records "
             "where terminal_id = $1 and sequence between $2 and $3",
             terminal_id,
             lowest,
@@ -214,13 +214,13 @@ async def _previous_reports(
         )
     else:
         rows = await connection.fetch(
-            f"select {_record_columns}, outcome from card_records "
+            f"select {record_columns}, outcome from card_records "
             "where terminal_id = $1 and sequence = any($2::bigint[])",
             terminal_id,
             sorted(sequences),
         )
     return {
-        row["sequence"]: StoredReport(_record_from_row(row), RecordOutcome(row["outcome"]))
+        row["sequence"]: StoredReport(record_from_row(row), RecordOutcome(row["outcome"]))
         for row in rows
         if row["sequence"] in sequences
     }
@@ -234,11 +234,11 @@ async def _held_reports(
 ) -> list[UploadRecord]:
     """In-doubt reports (any terminal) of these cards, waiting for the card's log."""
     rows = await connection.fetch(
-        f"select {_record_columns} from card_records "
+        f"select {record_columns} from card_records "
         "where outcome = 'held' and card_number = any($1::text[])",
         card_numbers,
     )
-    return [_record_from_row(row) for row in rows]
+    return [record_from_row(row) for row in rows]
 
 
 async def _log_evidence(
@@ -266,7 +266,7 @@ async def _log_evidence(
     ]
 
 
-async def _credit_accounts(
+async def credit_accounts(
     connection: asyncpg.Connection, records: list[UploadRecord]
 ) -> dict[str, CreditAccount]:
     """Per terminal of the records: where its money goes (revenue or payable) and the fee."""

@@ -1,0 +1,157 @@
+"""Supervisors release or write off what the quarantine holds, through `ksh quarantine` against
+the records a terminal uploaded over HTTP: money moves only when two supervisors agree, once,
+and what is held never reaches a settlement batch until it is released (then the next one)."""
+
+from __future__ import annotations
+
+import aiohttp
+import asyncpg
+import pytest
+
+from bus_terminals.wire import UploadKind
+from gateways.terminal_api import registry
+from gateways.terminal_api.accounts import quarantine_write_off_account_id, suspense_account_id
+from ledger.audit import check_ledger
+from ledger.clock import system_clock
+from tests.setup.helpers import Ksh, add_staff, assert_user_error
+from tests.terminals.conftest import Backoffice, operator_id, test_day_start
+from tests.terminals.helpers import post_batch, record
+
+card = "6032984000000701"
+never_issued = "6032984000000799"
+note = ("--note", "checked the bus's paper log: the sale was real")
+
+
+async def balance(pool: asyncpg.Pool, account_id: object) -> int:
+    async with pool.acquire() as connection:
+        value = await connection.fetchval(
+            "select credits_posted - debits_posted from ledger_accounts where id = $1", account_id
+        )
+    return int(value or 0)
+
+
+async def operator_batches_rupiah(pool: asyncpg.Pool) -> list[int]:
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(
+            "select owed_rupiah from settlement_batches where party_kind = 'operator' "
+            "order by batch_id"
+        )
+    return [int(row["owed_rupiah"]) for row in rows]
+
+
+@pytest.fixture
+async def ksh(
+    backoffice: Backoffice, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Ksh:
+    """`ksh` on the back office's database, with budi and dewi (supervisors) and ani (clerk)."""
+    monkeypatch.setenv("DATABASE_URL", backoffice.database_url)
+    ksh = Ksh(capsys)
+    await add_staff(ksh, monkeypatch)
+    await ksh.ok("settle", "staff", "dewi", "--role", "supervisor")
+    return ksh
+
+
+async def test_a_release_needs_two_supervisors_and_is_paid_at_the_next_close(
+    backoffice: Backoffice, ksh: Ksh
+) -> None:
+    """A validator reports a sale (not its role: the card's Rp 20,000 waits in suspense) and a
+    fare. The day's close pays the operator the fare only; the release, asked by budi and
+    confirmed by dewi, books the Rp 20,000 once, and the next close pays it."""
+    key = await backoffice.register_validator("BUS-01")
+    await backoffice.issue_cards({card: 50_000})
+    sale = record("BUS-01", 1, card, 1, 20_000, 30_000, kind=UploadKind.sale)
+    fare = record("BUS-01", 2, card, 2, 3_500, 26_500, previous=(1, "BUS-01", 30_000))
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(session, backoffice.url, key, "BUS-01", 1, [sale, fare])
+    assert status == 200, answer
+    assert await balance(backoffice.pool, suspense_account_id) == 20_000
+
+    day = test_day_start.date().isoformat()
+    await ksh.ok("settle", "close", "--day", day)
+    assert await operator_batches_rupiah(backoffice.pool) == [3_500]  # the held sale is not
+    status_out = (await ksh("settle", "status", "--day", day)).out
+    assert "held in quarantine: 1 record, Rp 20,000 (open 1 Rp 20,000" in status_out
+    assert "record_not_for_role: 1 record, Rp 20,000" in status_out
+    assert "BUS-01: 1 record, Rp 20,000" in status_out
+
+    release = ("quarantine", "release", "BUS-01/1")
+    assert_user_error(await ksh(*release, "--as", "ani", *note), "quarantine", "only a supervisor")
+    asked = await ksh.ok(*release, "--as", "budi", *note)
+    assert "a second supervisor confirms" in asked.out
+    assert await balance(backoffice.pool, suspense_account_id) == 20_000  # nothing moved yet
+    assert_user_error(await ksh(*release, "--as", "budi", *note), "quarantine", "same person")
+    assert_user_error(
+        await ksh("quarantine", "write-off", "BUS-01/1", "--as", "dewi", *note),
+        "quarantine",
+        "budi asked for release",
+    )
+    confirmed = await ksh.ok(*release, "--as", "dewi", *note)
+    assert confirmed.out == "BUS-01/1 released: Rp 20,000 booked (by dewi, asked by budi)\n"
+    assert await balance(backoffice.pool, suspense_account_id) == 0
+    again = await ksh(*release, "--as", "dewi", *note)
+    assert_user_error(again, "quarantine", "released already")
+    revenue = registry.operator_revenue_account_id(operator_id)
+    async with backoffice.pool.acquire() as connection:
+        credited = await connection.fetchval(
+            "select count(*) from ledger_transfers where credit_account_id = $1", revenue
+        )
+    assert credited == 2  # the fare and the release, once
+
+    # Booked after the day's cut-off: the day closed again pays nothing more; today's pays it.
+    await ksh.ok("settle", "close", "--day", day)
+    assert await operator_batches_rupiah(backoffice.pool) == [3_500]
+    await ksh.ok("settle", "close", "--day", system_clock.today().isoformat())
+    assert await operator_batches_rupiah(backoffice.pool) == [3_500, 20_000]
+
+    listed = (await ksh.ok("quarantine", "list", "--all", "--json")).json_lines()
+    assert [(r["state"], r["requested_by"], r["approved_by"]) for r in listed] == [
+        ("released", "budi", "dewi")
+    ]
+    assert (await ksh.ok("quarantine", "list")).out == "nothing in quarantine\n"
+    async with backoffice.pool.acquire() as connection:
+        actions = await connection.fetch(
+            "select username, action from staff_actions where subject = 'quarantine BUS-01/1' "
+            "order by action_id"
+        )
+        assert await check_ledger(connection) == []
+    assert [tuple(row) for row in actions] == [
+        ("budi", "request_quarantine_release"),
+        ("dewi", "release_quarantine"),
+    ]
+
+
+async def test_write_offs_a_credit_nobody_paid_for_and_a_card_never_issued(
+    backoffice: Backoffice, ksh: Ksh
+) -> None:
+    """A credit with no top-up behind it (suspense paid the card Rp 900,000) is written off by
+    two supervisors against the issuer; a sale on a card never issued (nothing booked) by one.
+    Neither can be released."""
+    key = await backoffice.register_validator("BUS-02")
+    await backoffice.issue_cards({card: 10_000})
+    credit = record(
+        "BUS-02", 1, card, 1, 0, 910_000, kind=UploadKind.topup_credit, top_up=900_000,
+        top_up_id="INVENTED",
+    )  # fmt: skip
+    unknown = record("BUS-02", 2, never_issued, 1, 3_500, 0)
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(
+            session, backoffice.url, key, "BUS-02", 1, [credit, unknown]
+        )
+    assert status == 200, answer
+    assert await balance(backoffice.pool, suspense_account_id) == -900_000
+
+    for entry in ("BUS-02/1", "BUS-02/2"):
+        refused = await ksh("quarantine", "release", entry, "--as", "budi", *note)
+        assert_user_error(refused, "quarantine", "cannot release")
+    write_off = ("quarantine", "write-off", "BUS-02/1")
+    await ksh.ok(*write_off, "--as", "budi", *note)
+    done = await ksh.ok(*write_off, "--as", "dewi", *note)
+    assert done.out == "BUS-02/1 written off: Rp 900,000 booked (by dewi, asked by budi)\n"
+    alone = await ksh.ok("quarantine", "write-off", "BUS-02/2", "--as", "budi", *note)
+    assert alone.out == "BUS-02/2 written off: no money moved (by budi)\n"
+    assert await balance(backoffice.pool, suspense_account_id) == 0
+    assert await balance(backoffice.pool, quarantine_write_off_account_id) == -900_000
+    bad = await ksh("quarantine", "write-off", "BUS-02", "--as", "budi", *note)
+    assert_user_error(bad, "quarantine", "is not TERMINAL/SEQUENCE")
+    async with backoffice.pool.acquire() as connection:
+        assert await check_ledger(connection) == []
