@@ -35,7 +35,7 @@ from bus_terminals.wire import (
     record_fields,
 )
 from card_reader import tmac
-from gateways.terminal_api import books, planning, registry
+from gateways.terminal_api import books, planning, registry, suspension
 from gateways.terminal_api.acceptance import Accepted, accept
 from gateways.terminal_api.planning import (
     CardFlag,
@@ -66,11 +66,14 @@ async def ingest_upload(
     *,
     now: datetime,
     proof_keys: ProofKeys | None = None,
+    quarantined_per_day_max: int = suspension.quarantined_per_day_max_default,
 ) -> UploadAnswer:
     """Check and book one upload batch (the caller gives a connection; we own the transaction)
         at business time `now`. `known_cards`: the process's memory of registered cards (none: look
         every card up). `proof_keys`: the back office's Transaction MAC masters (none: a card issued
-    with a Transaction MAC cannot be verified, and its transactions are quarantined)."""
+    with a Transaction MAC cannot be verified, and its transactions are quarantined).
+    `quarantined_per_day_max`: past this many quarantined records in a day the terminal is
+    suspended (`suspension`)."""
     known_cards = KnownCards() if known_cards is None else known_cards
     proof_keys = ProofKeys() if proof_keys is None else proof_keys
     for attempt in range(1, upload_attempts_max + 1):
@@ -80,9 +83,20 @@ async def ingest_upload(
                     accepted = await accept(connection, header_terminal_id, signature, body)
                     if isinstance(accepted, UploadAnswer):
                         return accepted
-                    return await _book(
+                    answer = await _book(
                         connection, accepted, body, signature, known_cards, proof_keys, now
                     )
+                    if answer.quarantined_by_reason:
+                        answer.suspended_reason = (
+                            await suspension.suspend_if_over_limit(
+                                connection,
+                                accepted.terminal.terminal_id,
+                                now=now,
+                                limit=quarantined_per_day_max,
+                            )
+                            or ""
+                        )
+                    return answer
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == upload_attempts_max:
                 raise
@@ -124,6 +138,7 @@ async def _book(
         acknowledgement=plan.acknowledgement,
         records_by_outcome=plan.records_by_outcome,
         charged_without_service=plan.charged_without_service,
+        quarantined_by_reason=Counter(q.reason for q in plan.quarantined),
     )
     await _insert_flags(connection, plan.conflicts, answer)
     await _store_records(connection, batch.batch_sequence, plan.new_records, plan.changed)

@@ -62,6 +62,7 @@ class UploadResult(enum.Enum):
     exists = "exists"  # the same batch again: its stored acknowledgement
     unknown_terminal = "unknown_terminal"
     terminal_revoked = "terminal_revoked"
+    terminal_suspended = "terminal_suspended"  # too many records quarantined, or by staff
     signature_invalid = "signature_invalid"
     terminal_mismatch = "terminal_mismatch"
     malformed = "malformed"
@@ -73,6 +74,7 @@ refusal_status: dict[UploadResult, int] = {
     UploadResult.unknown_terminal: 401,
     UploadResult.signature_invalid: 401,
     UploadResult.terminal_revoked: 403,
+    UploadResult.terminal_suspended: 403,
     UploadResult.terminal_mismatch: 400,
     UploadResult.malformed: 400,
     UploadResult.batch_conflict: 409,
@@ -99,6 +101,9 @@ class UploadAnswer:
     # Fares booked that a validator charged in full for want of service in its feed, by
     # terminal (`wire.no_service_fare_detail`): the alarm for a stale fare feed.
     charged_without_service: Counter[str] = field(default_factory=Counter)
+    # Records quarantined by reason; and why this upload suspended its terminal ("": it did not).
+    quarantined_by_reason: Counter[str] = field(default_factory=Counter)
+    suspended_reason: str = ""
 
 
 class StoredReport(NamedTuple):

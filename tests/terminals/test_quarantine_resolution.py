@@ -8,7 +8,13 @@ import aiohttp
 import asyncpg
 import pytest
 
-from bus_terminals.wire import UploadKind
+from bus_terminals.wire import (
+    UploadKind,
+    sign,
+    signature_header,
+    terminal_header,
+    timestamp_header,
+)
 from gateways.terminal_api import registry
 from gateways.terminal_api.accounts import quarantine_write_off_account_id, suspense_account_id
 from ledger.audit import check_ledger
@@ -155,3 +161,71 @@ async def test_write_offs_a_credit_nobody_paid_for_and_a_card_never_issued(
     assert_user_error(bad, "quarantine", "is not TERMINAL/SEQUENCE")
     async with backoffice.pool.acquire() as connection:
         assert await check_ledger(connection) == []
+
+
+async def test_a_terminal_with_too_many_quarantined_records_is_suspended_until_resumed(
+    backoffice: Backoffice, ksh: Ksh
+) -> None:
+    """Four records quarantined in a day (at most three allowed by default): the upload that
+    shows the fourth is accepted, and the terminal is suspended (source automatic). Its next
+    upload and its sync are refused with `terminal_suspended`; what it uploaded before is as
+    it was; /metrics and `ksh terminal show` say why. A supervisor resumes it."""
+    backoffice.clock.set(system_clock.now())  # `ksh` counts the last 24 hours by its clock
+    key = await backoffice.register_validator("BUS-03")
+    await backoffice.issue_cards({card: 50_000})
+    fare = record("BUS-03", 1, card, 1, 3_500, 46_500)
+    unknown = [record("BUS-03", s, never_issued, s, 3_500, 0) for s in range(2, 6)]
+    next_fare = record("BUS-03", 6, card, 2, 3_500, 43_000, previous=(1, "BUS-03", 46_500))
+    revenue = registry.operator_revenue_account_id(operator_id)
+    async with aiohttp.ClientSession() as session:
+        first = await post_batch(session, backoffice.url, key, "BUS-03", 1, [fare, *unknown[:2]])
+        assert first[0] == 200, first
+        second = await post_batch(session, backoffice.url, key, "BUS-03", 2, unknown[1:3])
+        assert second[0] == 200, second  # (a repeat of record 3 is only acknowledged)
+        async with backoffice.pool.acquire() as connection:
+            assert (
+                await connection.fetchval(
+                    "select status from terminals where terminal_id = 'BUS-03'"
+                )
+                == "active"
+            )  # three: at the limit
+        third = await post_batch(session, backoffice.url, key, "BUS-03", 3, [unknown[3]])
+        assert third[0] == 200, third  # the fourth: accepted, and the terminal suspended
+        refused = await post_batch(session, backoffice.url, key, "BUS-03", 4, [next_fare])
+        assert (refused[0], refused[1]["code"]) == (403, "terminal_suspended")
+        assert "ksh terminal resume" in str(refused[1]["detail"])
+        path = "/terminal/v1/sync?deny_since=0"
+        now = str(backoffice.clock.unix_ms())
+        signed = sign(key, f"GET\n{path}\n{now}".encode())
+        headers = {terminal_header: "BUS-03", signature_header: signed, timestamp_header: now}
+        async with session.get(backoffice.url + path, headers=headers) as response:
+            assert (response.status, (await response.json())["code"]) == (
+                403,
+                "terminal_suspended",
+            )
+        async with session.get(backoffice.url + "/metrics") as response:
+            metrics = await response.text()
+    assert 'ksh_terminal_quarantined_records{terminal="BUS-03",reason="unknown_card"} 4' in metrics
+    assert 'ksh_terminal_suspended{terminal="BUS-03",source="automatic"} 1' in metrics
+    assert await balance(backoffice.pool, revenue) == 3_500  # the fare before stays booked
+
+    shown = (await ksh.ok("terminal", "show", "BUS-03")).out
+    assert "unknown_card 4" in shown
+    assert "by automatic: 4 records quarantined in 24 hours (at most 3)" in shown
+    listed = (await ksh.ok("terminal", "list", "--json")).json_lines()
+    assert [(t["status"], t["quarantined_24h"]) for t in listed] == [
+        ("suspended", {"unknown_card": 4})
+    ]
+    why = ("--reason", "the unknown card was a test card; the bus is fine")
+    denied = await ksh("terminal", "resume", "BUS-03", "--as", "ani", *why)
+    assert_user_error(denied, "terminal", "only a supervisor")
+    resumed = await ksh.ok("terminal", "resume", "BUS-03", "--as", "budi", *why)
+    assert resumed.out == "terminal BUS-03 resumed: its uploads are accepted again\n"
+    again = await ksh("terminal", "resume", "BUS-03", "--as", "budi", *why)
+    assert_user_error(again, "terminal", "is active, not suspended")
+    async with aiohttp.ClientSession() as session:
+        accepted = await post_batch(session, backoffice.url, key, "BUS-03", 4, [next_fare])
+    assert accepted[0] == 200, accepted
+    assert await balance(backoffice.pool, revenue) == 7_000
+    (bus,) = (await ksh.ok("terminal", "show", "BUS-03", "--json")).json_lines()
+    assert [(e["action"], e["username"]) for e in bus["history"]][-1] == ("resume_terminal", "budi")
