@@ -492,6 +492,7 @@ async def batches_page(request: web.Request) -> web.Response:
     async with request.app[pool_key].acquire() as connection:
         day = requested_day(request, await default_day(request, connection))
         rows = await views.batches(connection, day)
+        held = await views.held_in_quarantine(connection, day, request.app[settings_key].end_of_day)
     body = day_picker("/finance/batches", day)
     body += (
         f'<p><a href="/finance/batches.csv?day={day.isoformat()}">CSV</a> · '
@@ -511,6 +512,10 @@ async def batches_page(request: web.Request) -> web.Response:
     body += "</tbody></table>"
     total = sum(row["net_rupiah"] for row in rows)
     body += f"<p>{len(rows)} batches, net {rupiah(total)}.</p>"
+    # What the day's uploads held apart: in no batch until two supervisors release it.
+    body += (
+        '<h2>Held in quarantine</h2><pre class="held">' + escape("\n".join(held.lines())) + "</pre>"
+    )
     return html(page(f"Settlement batches {day.isoformat()}", session, body))
 
 
@@ -571,10 +576,11 @@ async def batches_pdf(request: web.Request) -> web.Response:
     async with request.app[reporting_pool_key].acquire() as connection:
         day = requested_day(request, await default_day(request, connection))
         rows = await views.batches(connection, day)
+        held = await views.held_in_quarantine(connection, day, request.app[settings_key].end_of_day)
     from settlement.reports import batches_pdf_bytes
 
     return web.Response(
-        body=batches_pdf_bytes(day, rows),
+        body=batches_pdf_bytes(day, rows, held.lines()),
         content_type="application/pdf",
         headers={"Content-Disposition": f'attachment; filename="settlement-{day.isoformat()}.pdf"'},
     )

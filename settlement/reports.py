@@ -11,8 +11,9 @@ from fpdf import FPDF
 from settlement.formatting import grouped, rupiah
 
 
-def batches_pdf_bytes(day: dt.date, rows: Sequence[Any]) -> bytes:
-    """One table per day: batch, party, account, gross, fees, net, state; totals at the end."""
+def batches_pdf_bytes(day: dt.date, rows: Sequence[Any], held: Sequence[str] = ()) -> bytes:
+    """One table per day: batch, party, account, gross, fees, net, state; totals at the end;
+    then `held`: what the day's uploads held in quarantine (`views.HeldInQuarantine.lines`)."""
     pdf = FPDF(orientation="L", unit="mm", format="A4")
     pdf.set_title(f"KSH settlement {day.isoformat()}")
     pdf.set_author("KSH back office")
@@ -64,6 +65,10 @@ def batches_pdf_bytes(day: dt.date, rows: Sequence[Any]) -> bytes:
         pdf.cell(width, 7, rupiah(total), border=1, align="R")
     pdf.cell(widths[6], 7, "", border=1)
     pdf.ln()
+    pdf.ln()
+    pdf.set_font("Helvetica", "", 9)
+    for line in held:
+        pdf.cell(0, 5, line, new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
 
 
