@@ -367,3 +367,27 @@ async def test_an_in_doubt_sale_is_not_booked_on_a_terminals_word(
     assert outcome == "held"
     assert await denied_cards(backoffice.pool) == set()
     await books_are_clean(backoffice.pool)
+
+
+async def test_a_held_apart_record_reported_again_as_committed_stays_apart(
+    backoffice: Backoffice,
+) -> None:
+    """A validator reports a sale (not its role) in doubt: quarantined, no money moved. Before:
+    the same record re-reported as committed was booked to the operator, as if the first
+    report had never been held apart. Now a quarantined record waits for staff, whatever its
+    terminal reports of it later."""
+    key = await backoffice.register_validator("ROGUE-V")
+    await backoffice.issue_cards({honest_card: 50_000})
+    sale = record(
+        "ROGUE-V", 1, honest_card, 1, 20_000, 30_000, kind=UploadKind.sale,
+        status=RecordStatus.in_doubt,
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        first = await post_batch(session, backoffice.url, key, "ROGUE-V", 1, [sale])
+        committed = sale._replace(status=RecordStatus.committed)
+        second = await post_batch(session, backoffice.url, key, "ROGUE-V", 2, [committed])
+    assert first[0] == second[0] == 200, (first, second)
+    assert await payables_rupiah(backoffice.pool) == 0
+    assert await purse_balance(backoffice.pool, honest_card) == 50_000
+    assert await quarantine_reasons(backoffice.pool) == ["record_not_for_role"]
+    await books_are_clean(backoffice.pool)
