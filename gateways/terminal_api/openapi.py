@@ -181,6 +181,12 @@ def _admin_paths() -> dict[str, Any]:
         "/admin/v1/terminals/{terminal_id}/resume": {
             "post": _admin("Lift a terminal's suspension", [])
         },
+        "/admin/v1/quarantine/{terminal_id}/{sequence}/release": {
+            "post": _admin("Ask for or confirm (a second supervisor) a release", [])
+        },
+        "/admin/v1/quarantine/{terminal_id}/{sequence}/write-off": {
+            "post": _admin("Ask for or confirm (a second supervisor) a write-off", [])
+        },
         "/admin/v1/cards": {
             "post": _admin("Register a card (creates its accounts)", ["card_number"])
         },

@@ -10,6 +10,8 @@ Staff, each with a bearer token of their own (`gateways.staff`; `ksh settle staf
     POST /admin/v1/operators | merchants | terminals  supervisor (they change parties)
     POST /admin/v1/terminals/{terminal_id}/revoke     supervisor
     POST /admin/v1/terminals/{terminal_id}/resume     supervisor: lift a suspension
+    POST /admin/v1/quarantine/{terminal_id}/{sequence}/release | write-off
+                                                      supervisor; a second one confirms
     GET  /admin/v1/cards/{card_number}  shadow balance, purse, flags, counter gaps
     GET  /admin/v1/monitoring/counter-gaps  cards whose counters skip (unreported transactions)
     GET  /admin/v1/monitoring/record-gaps   terminals whose journal sequences skip
@@ -52,7 +54,7 @@ from gateways.backoffice import (
     pool_key,
 )
 from gateways.staff import Role, StaffMember, any_role, money_roles, party_roles
-from gateways.terminal_api import books, feeds, registry, suspension
+from gateways.terminal_api import books, feeds, quarantine, registry, suspension
 from gateways.terminal_api.acceptance import public_key, suspended_detail
 from gateways.terminal_api.ingest import KnownCards, ProofKeys, ingest_upload
 from gateways.terminal_api.metrics import TerminalMetrics
@@ -102,6 +104,10 @@ def terminal_extension(app: web.Application) -> None:
     app.router.add_post("/admin/v1/terminals", add_terminal)
     app.router.add_post("/admin/v1/terminals/{terminal_id}/revoke", revoke_terminal)
     app.router.add_post("/admin/v1/terminals/{terminal_id}/resume", resume_terminal)
+    app.router.add_post(
+        "/admin/v1/quarantine/{terminal_id}/{sequence:[0-9]{1,18}}/{action:release|write-off}",
+        resolve_quarantined,
+    )
     app.router.add_post("/admin/v1/cards", add_card)
     app.router.add_get("/admin/v1/cards/{card_number}", card_view)
     app.router.add_post("/admin/v1/pending-top-ups", add_pending_top_up)
@@ -539,6 +545,54 @@ async def resume_terminal(request: web.Request) -> web.Response:
             raise Problem(404, "not_suspended", f"terminal {terminal_id!r} is not suspended")
         await _record(request, connection, "resume_terminal", terminal_id, reason)
     return web.json_response({"terminal_id": terminal_id, "status": "active"})
+
+
+_resolve_status = {
+    quarantine.ResolveResult.done: 200,
+    quarantine.ResolveResult.awaiting_second: 202,
+    quarantine.ResolveResult.not_found: 404,
+    quarantine.ResolveResult.not_allowed: 403,
+    quarantine.ResolveResult.note_required: 400,
+}
+
+
+async def resolve_quarantined(request: web.Request) -> web.Response:
+    """Ask for, or confirm, the release or write-off of a quarantined record
+    (`gateways.terminal_api.quarantine`): 202 asked, 200 booked, 409 refused (resolved
+    already, the same person, another request waiting, nothing to release)."""
+    body = await _admin_body(request, party_roles)
+    key = quarantine.EntryKey(
+        request.match_info["terminal_id"], int(request.match_info["sequence"])
+    )
+    resolution = (
+        quarantine.Resolution.release
+        if request.match_info["action"] == "release"
+        else quarantine.Resolution.write_off
+    )
+    reason = _reason(body)
+    async with request.app[pool_key].acquire() as connection:
+        resolved = await quarantine.resolve(
+            connection,
+            key,
+            resolution,
+            request[staff_member_key],
+            reason,
+            now=request.app[config_key].clock.now(),
+        )
+    status = _resolve_status.get(resolved.result, 409)
+    if status >= 400:
+        raise Problem(status, resolved.result.value, resolved.detail)
+    return web.json_response(
+        {
+            "terminal_id": key.terminal_id,
+            "sequence": key.sequence,
+            "result": resolved.result.value,
+            "rupiah": resolved.rupiah,
+            "requested_by": resolved.requested_by,
+            "transfer_ids": resolved.transfer_ids,
+        },
+        status=status,
+    )
 
 
 async def add_card(request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ import logging
 
 import asyncpg
 
+from gateways import staff
 from gateways.observability import escape_label
 
 logger = logging.getLogger("ksh.terminals")
@@ -72,6 +73,17 @@ async def suspend_if_over_limit(
     )
     if not await suspend(connection, terminal_id, by="automatic", reason=reason, now=now):
         return None
+    # In the staff actions log too, so the terminal's history keeps it after a resume.
+    await staff.record_action(
+        connection,
+        username="automatic",
+        role="system",
+        action="suspend_terminal",
+        subject=terminal_id,
+        reason=reason,
+        now=now,
+        detail={"quarantined": by_reason, "limit": limit},
+    )
     logger.warning(
         "terminal suspended automatically: its uploads are refused until a supervisor "
         "resumes it (ksh terminal resume)",

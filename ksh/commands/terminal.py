@@ -200,7 +200,9 @@ def run_show(arguments: argparse.Namespace) -> int:
         if not found:
             raise UserError(f"no terminal {arguments.id} (see ksh terminal list)")
         history = await staff.actions_on(
-            connection, arguments.id, ("register_terminal", "revoke_terminal", "resume_terminal")
+            connection,
+            arguments.id,
+            ("register_terminal", "revoke_terminal", "suspend_terminal", "resume_terminal"),
         )
         held = await suspension.quarantined_recently(
             connection, now=system_clock.now(), terminal_id=arguments.id

@@ -4,6 +4,8 @@ and what is held never reaches a settlement batch until it is released (then the
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import asyncpg
 import pytest
@@ -15,12 +17,13 @@ from bus_terminals.wire import (
     terminal_header,
     timestamp_header,
 )
+from gateways import staff
 from gateways.terminal_api import registry
 from gateways.terminal_api.accounts import quarantine_write_off_account_id, suspense_account_id
 from ledger.audit import check_ledger
 from ledger.clock import system_clock
 from tests.setup.helpers import Ksh, add_staff, assert_user_error
-from tests.terminals.conftest import Backoffice, operator_id, test_day_start
+from tests.terminals.conftest import Backoffice, admin_token, operator_id, test_day_start
 from tests.terminals.helpers import post_batch, record
 
 card = "6032984000000701"
@@ -228,4 +231,49 @@ async def test_a_terminal_with_too_many_quarantined_records_is_suspended_until_r
     assert accepted[0] == 200, accepted
     assert await balance(backoffice.pool, revenue) == 7_000
     (bus,) = (await ksh.ok("terminal", "show", "BUS-03", "--json")).json_lines()
-    assert [(e["action"], e["username"]) for e in bus["history"]][-1] == ("resume_terminal", "budi")
+    assert [(e["action"], e["username"]) for e in bus["history"]][-2:] == [
+        ("suspend_terminal", "automatic"),
+        ("resume_terminal", "budi"),
+    ]
+
+
+async def test_the_admin_api_releases_with_two_supervisors_tokens(backoffice: Backoffice) -> None:
+    """The same four eyes through `POST /admin/v1/quarantine/T/SEQ/release`, each supervisor
+    with a token of their own; a clerk's token is refused."""
+    key = await backoffice.register_validator("BUS-04")
+    await backoffice.issue_cards({card: 50_000})
+    tokens = {"dewi": "dewi-supervisor-token", "ani": "ani-clerk-token-00"}
+    async with backoffice.pool.acquire() as connection:
+        for username, role in (("dewi", staff.Role.supervisor), ("ani", staff.Role.clerk)):
+            await staff.issue_token(
+                connection,
+                staff.StaffMember(username, role),
+                issued_by="tests",
+                now=backoffice.clock.now(),
+                token=tokens[username],
+            )
+    sale = record("BUS-04", 1, card, 1, 20_000, 30_000, kind=UploadKind.sale)
+    url = f"{backoffice.url}/admin/v1/quarantine/BUS-04/1/release"
+    body = {"reason": "the bus's paper log shows the sale"}
+
+    async def release(session: aiohttp.ClientSession, token: str) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with session.post(url, json=body, headers=headers) as response:
+            return response.status, await response.json()
+
+    async with aiohttp.ClientSession() as session:
+        assert (await post_batch(session, backoffice.url, key, "BUS-04", 1, [sale]))[0] == 200
+        status, clerk = await release(session, tokens["ani"])
+        assert (status, clerk["code"]) == (403, "forbidden")
+        status, asked = await release(session, admin_token)
+        assert (status, asked["result"], asked["rupiah"]) == (202, "awaiting_second", 20_000)
+        status, again = await release(session, admin_token)
+        assert (status, again["code"]) == (409, "same_person")
+        status, done = await release(session, tokens["dewi"])
+        assert (status, done["result"], done["requested_by"]) == (200, "done", "terminal-tests")
+        assert len(done["transfer_ids"]) == 1
+        status, twice = await release(session, tokens["dewi"])
+        assert (status, twice["code"]) == (409, "already_resolved")
+    revenue = registry.operator_revenue_account_id(operator_id)
+    assert await balance(backoffice.pool, revenue) == 20_000
+    assert await balance(backoffice.pool, suspense_account_id) == 0
