@@ -456,6 +456,8 @@ async def overview(request: web.Request) -> web.Response:
         hours = await views.taps_per_hour(connection, day, settings.end_of_day)
         corridors = await views.revenue_per_corridor(connection, day, settings.end_of_day)
         close = await actions.day_close(connection, day + dt.timedelta(days=1))
+        held = await views.held_in_quarantine(connection, day, settings.end_of_day)
+    still_held = held.total.rupiah.get("open", 0) + held.total.rupiah.get("asked", 0)
     tiles = [
         ("Taps", grouped(numbers.taps)),
         ("Fare revenue", rupiah(numbers.fare_revenue_rupiah)),
@@ -466,6 +468,7 @@ async def overview(request: web.Request) -> web.Response:
         ("Card liabilities", rupiah(numbers.card_liabilities_rupiah)),
         ("Float minus liabilities", rupiah(numbers.float_rupiah - numbers.card_liabilities_rupiah)),
         ("Open exceptions", grouped(numbers.exceptions_open)),
+        ("Held in quarantine (unpaid)", rupiah(still_held)),
         ("Unexplained on statements", rupiah(close.unexplained_rupiah)),
     ]
     body = (

@@ -21,8 +21,10 @@ quarantine_listed_max = 1_000
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "quarantine",
-        help="list upload records held apart, whose card money waits in suspense",
+        help="upload records held apart, whose card money waits in suspense: list, release, "
+        "write off",
         description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="the open quarantine, oldest first")
@@ -33,7 +35,14 @@ def register(subparsers: Any) -> None:
         ("release", "release", "pay a held record to its terminal's party (two supervisors)"),
         ("write-off", "write_off", "write a held record off against the issuer (two supervisors)"),
     ):
-        action = actions.add_parser(name, help=help_text, description=__doc__)
+        action = actions.add_parser(
+            name,
+            help=help_text,
+            description=f"{help_text[0].upper()}{help_text[1:]}: the first supervisor asks, a "
+            "second runs the same command and it is booked, once (a write-off that moves no "
+            "money takes one). A credit nobody paid for, or a record the card did not prove, "
+            "can only be written off.",
+        )
         action.add_argument("entry", metavar="TERMINAL/SEQUENCE")
         action.add_argument(
             "--as",
@@ -114,15 +123,16 @@ def run_resolve(arguments: argparse.Namespace) -> int:
     done = quarantine.ResolveResult
     if resolved.result is done.awaiting_second:
         print(
-            f"{what} of {key} (Rp {resolved.rupiah:,}) asked by {arguments.acting_as}: a second "
+            f"{what} of {key} (Rp {resolved.rupiah:,}) asked by {arguments.acting_as.strip().lower()}: a second "
             f"supervisor confirms it with the same command"
         )
         return 0
     if resolved.result is not done.done:
         raise UserError(f"{key}: {resolved.result.value.replace('_', ' ')}: {resolved.detail}")
     moved = f"Rp {resolved.rupiah:,} booked" if resolved.transfer_ids else "no money moved"
+    acting_as = arguments.acting_as.strip().lower()  # as `acting.acting_member` reads it
     by = resolved.requested_by
-    confirmed = "" if by == arguments.acting_as else f", asked by {by}"
+    confirmed = "" if by == acting_as else f", asked by {by}"
     state = quarantine.final_state[resolution].replace("_", " ")
-    print(f"{key} {state}: {moved} (by {arguments.acting_as}{confirmed})")
+    print(f"{key} {state}: {moved} (by {acting_as}{confirmed})")
     return 0
