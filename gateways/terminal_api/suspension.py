@@ -2,7 +2,7 @@
 
 Every quarantined record counts against its terminal, by reason (`quarantined_records`). A
 terminal with more than `quarantined_per_day_max` of them in the last
-`quarantine_window_hours` of business time (setting `terminal_quarantined_per_day_max`) is
+`quarantine_window_hours` of business time (setting `terminal_quarantined_per_day_max`: `ksh serve --quarantined-per-day`) is
 suspended at once, in the transaction of the upload that crossed the limit, with the source
 `automatic` and a reason that says the count and the reasons. That upload is accepted and
 acknowledged as usual; from then on the terminal's uploads, sync and deny-list downloads are
