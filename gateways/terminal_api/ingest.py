@@ -86,15 +86,12 @@ async def ingest_upload(
                     answer = await _book(
                         connection, accepted, body, signature, known_cards, proof_keys, now
                     )
-                    if answer.quarantined_by_reason:
-                        answer.suspended_reason = (
-                            await suspension.suspend_if_over_limit(
-                                connection,
-                                accepted.terminal.terminal_id,
-                                now=now,
-                                limit=quarantined_per_day_max,
-                            )
-                            or ""
+                    if answer.quarantined_by_reason:  # too many: the terminal is suspended
+                        await suspension.suspend_if_over_limit(
+                            connection,
+                            accepted.terminal.terminal_id,
+                            now=now,
+                            limit=quarantined_per_day_max,
                         )
                     return answer
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):

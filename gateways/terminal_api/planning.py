@@ -101,9 +101,7 @@ class UploadAnswer:
     # Fares booked that a validator charged in full for want of service in its feed, by
     # terminal (`wire.no_service_fare_detail`): the alarm for a stale fare feed.
     charged_without_service: Counter[str] = field(default_factory=Counter)
-    # Records quarantined by reason; and why this upload suspended its terminal ("": it did not).
     quarantined_by_reason: Counter[str] = field(default_factory=Counter)
-    suspended_reason: str = ""
 
 
 class StoredReport(NamedTuple):
