@@ -529,6 +529,8 @@ async def overview(request: web.Request) -> web.Response:
         numbers = await views.day_overview(connection, day, settings.end_of_day)
         payees = await views.payee_days(connection, day, settings.end_of_day)
         close = await actions.day_close(connection, day + dt.timedelta(days=1))
+        held = await views.held_in_quarantine(connection, day, settings.end_of_day)
+    still_held = held.total.rupiah.get("open", 0) + held.total.rupiah.get("asked", 0)
 
     def money(amount: int) -> str:
         return formatting.rupiah(amount, language)
@@ -547,6 +549,7 @@ async def overview(request: web.Request) -> web.Response:
             money(numbers.float_rupiah - numbers.card_liabilities_rupiah),
         ),
         ("exceptions", _("Open exceptions"), formatting.grouped(numbers.exceptions_open, language)),
+        ("held", _("Held in quarantine (unpaid)"), money(still_held)),
         ("unexplained", _("Unexplained on statements"), money(close.unexplained_rupiah)),
     ]
     empty = _("no data for this day")
@@ -588,6 +591,7 @@ async def batches_page(request: web.Request) -> web.Response:
     async with request.app[pool_key].acquire() as connection:
         day = requested_day(request, await default_day(request, connection))
         rows = await views.batches(connection, day)
+        held = await views.held_in_quarantine(connection, day, request.app[settings_key].end_of_day)
     body = render(
         request,
         "batches.html",
@@ -595,6 +599,7 @@ async def batches_page(request: web.Request) -> web.Response:
         day=day,
         rows=rows,
         total=sum(row["net_rupiah"] for row in rows),
+        held_lines=held.lines(),
     )
     title = translator(request).gettext("Settlement batches %(day)s") % {
         "day": formatting.day(day, i18n.language_of(request))
@@ -664,10 +669,11 @@ async def batches_pdf(request: web.Request) -> web.Response:
     async with request.app[reporting_pool_key].acquire() as connection:
         day = requested_day(request, await default_day(request, connection))
         rows = await views.batches(connection, day)
+        held = await views.held_in_quarantine(connection, day, request.app[settings_key].end_of_day)
     from settlement.reports import batches_pdf_bytes
 
     return web.Response(
-        body=batches_pdf_bytes(day, rows, i18n.language_of(request)),
+        body=batches_pdf_bytes(day, rows, i18n.language_of(request), held.lines()),
         content_type="application/pdf",
         headers={"Content-Disposition": f'attachment; filename="settlement-{day.isoformat()}.pdf"'},
     )

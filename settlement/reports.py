@@ -13,10 +13,14 @@ from settlement.formatting import grouped
 
 
 def batches_pdf_bytes(
-    day: dt.date, rows: Sequence[Any], language: str = formatting.default_language
+    day: dt.date,
+    rows: Sequence[Any],
+    language: str = formatting.default_language,
+    held: Sequence[str] = (),
 ) -> bytes:
     """One table per day: batch, party, account, gross, fees, net, state; totals at the end;
-    in `language` (headings, words, numbers and the date)."""
+    then `held`: what the day's uploads held in quarantine (`views.HeldInQuarantine.lines`); in
+    `language` (headings, words, numbers and the date)."""
     _ = i18n.translations("settlement", language).gettext
     ngettext = i18n.translations("settlement", language).ngettext
 
@@ -69,6 +73,10 @@ def batches_pdf_bytes(
         pdf.cell(width, 7, money(total), border=1, align="R")
     pdf.cell(widths[6], 7, "", border=1)
     pdf.ln()
+    pdf.ln()
+    pdf.set_font("Helvetica", "", 9)
+    for line in held:
+        pdf.cell(0, 5, line, new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
 
 

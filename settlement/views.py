@@ -320,3 +320,85 @@ async def card_story(connection: asyncpg.Connection, card_number: str) -> CardSt
         list(flags),
         list(history),
     )
+
+
+quarantine_states = ("open", "asked", "released", "written_off")
+
+
+@dataclass(frozen=True, slots=True)
+class HeldTally:
+    """Records and the rupiah their terminals claimed (amount plus credit), by state."""
+
+    records: dict[str, int]
+    rupiah: dict[str, int]
+
+    @property
+    def total_records(self) -> int:
+        return sum(self.records.values())
+
+    @property
+    def total_rupiah(self) -> int:
+        return sum(self.rupiah.values())
+
+    def text(self) -> str:
+        plural = "" if self.total_records == 1 else "s"
+        states = ", ".join(
+            f"{state.replace('_', ' ')} {self.records.get(state, 0)} "
+            f"Rp {self.rupiah.get(state, 0):,}"
+            for state in quarantine_states
+            if self.records.get(state) or state == "open"
+        )
+        return f"{self.total_records} record{plural}, Rp {self.total_rupiah:,} ({states})"
+
+
+@dataclass(frozen=True, slots=True)
+class HeldInQuarantine:
+    """What the day's uploads held apart (`gateways.terminal_api.quarantine`): never in a
+    settlement batch until released. 'asked': a supervisor asked, a second has not confirmed."""
+
+    total: HeldTally
+    by_reason: dict[str, HeldTally]
+    by_terminal: dict[str, HeldTally]
+
+    def lines(self) -> list[str]:
+        if not self.total.total_records:
+            return ["held in quarantine: nothing"]
+        return (
+            [f"held in quarantine: {self.total.text()}"]
+            + [f"  reason {reason}: {tally.text()}" for reason, tally in self.by_reason.items()]
+            + [f"  terminal {terminal}: {t.text()}" for terminal, t in self.by_terminal.items()]
+        )
+
+
+async def held_in_quarantine(
+    connection: asyncpg.Connection, day: dt.date, config: EndOfDayConfig
+) -> HeldInQuarantine:
+    """The records quarantined in the service day's window, by reason and by terminal."""
+    start, end = window(day, config)
+    rows = await connection.fetch(
+        """select q.reason, q.terminal_id,
+                  case when q.state like '%_requested' then 'asked' else q.state end as state,
+                  count(*) as records, sum(r.amount_rupiah + r.topup_rupiah) as rupiah
+             from quarantined_records q join card_records r using (terminal_id, sequence)
+            where q.quarantined_at >= $1 and q.quarantined_at < $2
+            group by 1, 2, 3 order by 1, 2, 3""",
+        start,
+        end,
+    )
+
+    def tally(column: str | None = None, value: str = "") -> HeldTally:
+        records: dict[str, int] = {}
+        rupiah: dict[str, int] = {}
+        for row in rows:
+            if column is None or row[column] == value:
+                records[row["state"]] = records.get(row["state"], 0) + int(row["records"])
+                rupiah[row["state"]] = rupiah.get(row["state"], 0) + int(row["rupiah"])
+        return HeldTally(records, rupiah)
+
+    reasons = sorted({row["reason"] for row in rows})
+    terminals = sorted({row["terminal_id"] for row in rows})
+    return HeldInQuarantine(
+        tally(),
+        {reason: tally("reason", reason) for reason in reasons},
+        {terminal: tally("terminal_id", terminal) for terminal in terminals},
+    )

@@ -44,6 +44,13 @@ def public_key(text: str) -> Any:
     return key
 
 
+def suspended_detail(terminal_id: str) -> str:
+    return (
+        f"terminal {terminal_id} is suspended (see ksh terminal show {terminal_id}); keep the "
+        "journal: a supervisor resumes it with ksh terminal resume"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     terminal: TerminalRow
@@ -59,6 +66,8 @@ async def accept(
     terminal = await registry.terminal(connection, header_terminal_id, for_update=True)
     if terminal is None:
         return UploadAnswer(UploadResult.unknown_terminal, f"terminal {header_terminal_id!r}")
+    if terminal.status == TerminalStatus.suspended:
+        return UploadAnswer(UploadResult.terminal_suspended, suspended_detail(terminal.terminal_id))
     if terminal.status != TerminalStatus.active:
         return UploadAnswer(UploadResult.terminal_revoked, f"terminal {terminal.terminal_id}")
     if not signature_valid(public_key(terminal.public_key), body, signature):

@@ -93,3 +93,13 @@ def _namespace_state(namespace: str) -> Any:
 
 
 _card_transaction_namespace = _namespace_state("card-transaction")
+
+
+quarantine_write_off_owner = "quarantine-write-offs"
+# What a supervisor writes off from the quarantine (suspense against it): the issuer's own.
+quarantine_write_off_account_id = derive_id("equity", quarantine_write_off_owner)
+
+
+def quarantine_transfer_id(terminal_id: str, sequence: int, action: str, leg: str) -> uuid.UUID:
+    """A release or write-off leg of one quarantined record: booked once however often asked."""
+    return derive_id("quarantine", terminal_id, sequence, action, leg)

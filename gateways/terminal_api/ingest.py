@@ -35,7 +35,7 @@ from bus_terminals.wire import (
     record_fields,
 )
 from card_reader import tmac
-from gateways.terminal_api import books, planning, registry
+from gateways.terminal_api import books, planning, registry, suspension
 from gateways.terminal_api.acceptance import Accepted, accept
 from gateways.terminal_api.planning import (
     CardFlag,
@@ -66,11 +66,14 @@ async def ingest_upload(
     *,
     now: datetime,
     proof_keys: ProofKeys | None = None,
+    quarantined_per_day_max: int = suspension.quarantined_per_day_max_default,
 ) -> UploadAnswer:
     """Check and book one upload batch (the caller gives a connection; we own the transaction)
         at business time `now`. `known_cards`: the process's memory of registered cards (none: look
         every card up). `proof_keys`: the back office's Transaction MAC masters (none: a card issued
-    with a Transaction MAC cannot be verified, and its transactions are quarantined)."""
+    with a Transaction MAC cannot be verified, and its transactions are quarantined).
+    `quarantined_per_day_max`: past this many quarantined records in a day the terminal is
+    suspended (`suspension`)."""
     known_cards = KnownCards() if known_cards is None else known_cards
     proof_keys = ProofKeys() if proof_keys is None else proof_keys
     for attempt in range(1, upload_attempts_max + 1):
@@ -80,9 +83,17 @@ async def ingest_upload(
                     accepted = await accept(connection, header_terminal_id, signature, body)
                     if isinstance(accepted, UploadAnswer):
                         return accepted
-                    return await _book(
+                    answer = await _book(
                         connection, accepted, body, signature, known_cards, proof_keys, now
                     )
+                    if answer.quarantined_by_reason:  # too many: the terminal is suspended
+                        await suspension.suspend_if_over_limit(
+                            connection,
+                            accepted.terminal.terminal_id,
+                            now=now,
+                            limit=quarantined_per_day_max,
+                        )
+                    return answer
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == upload_attempts_max:
                 raise
@@ -111,12 +122,12 @@ async def _book(
     classified = planning.classify(records, previous, accepted.rule, issued, proofs)
     held_earlier = await _held_reports(connection, card_numbers)
     candidates = planning.in_doubt_candidates(held_earlier, classified.held)
-    evidence = await _log_evidence(connection, candidates.values(), records)
+    evidence = await _log_evidence(connection, candidates.values(), records, classified.to_book)
     # Decide.
-    settled = planning.settle_in_doubt(candidates, evidence)
+    settled = planning.settle_in_doubt(candidates, evidence, proofs)
     pending_top_ups = await _pending_top_ups(connection, plan_records=records)
     plan = planning.plan_batch(batch, classified, settled, pending_top_ups)
-    accounts = await _credit_accounts(connection, plan.booked)
+    accounts = await credit_accounts(connection, plan.booked)
     card_transfers = planning.card_transfers(plan, accounts)
     # Write.
     answer = UploadAnswer(
@@ -124,6 +135,7 @@ async def _book(
         acknowledgement=plan.acknowledgement,
         records_by_outcome=plan.records_by_outcome,
         charged_without_service=plan.charged_without_service,
+        quarantined_by_reason=Counter(q.reason for q in plan.quarantined),
     )
     await _insert_flags(connection, plan.conflicts, answer)
     await _store_records(connection, batch.batch_sequence, plan.new_records, plan.changed)
@@ -181,14 +193,14 @@ async def _book_card_transfers(
 
 # ---------------------------------------------------------------------------------- load
 
-_record_columns = (
+record_columns = (
     "terminal_id, sequence, kind, status, card_number, card_counter, amount_rupiah, "
     "topup_rupiah, pending_topup_id, balance_after_rupiah, time_ms, route, merchant_id, "
     "fare_detail, previous_counter, previous_terminal_number, previous_balance_rupiah"
 )
 
 
-def _record_from_row(row: asyncpg.Record) -> UploadRecord:
+def record_from_row(row: asyncpg.Record) -> UploadRecord:
     values = list(row.values())[:17]
     values[2] = UploadKind(values[2])
     values[3] = RecordStatus(values[3])
@@ -206,7 +218,7 @@ async def _previous_reports(
         # A terminal numbers its records without gaps, so a batch is a short run: one range
         # scan of the key (usually empty: the records are new) beats a probe per sequence.
         rows = await connection.fetch(
-            f"select {_record_columns}, outcome from card_records "
+            f"select {record_columns}, outcome from card_records "
             "where terminal_id = $1 and sequence between $2 and $3",
             terminal_id,
             lowest,
@@ -214,13 +226,13 @@ async def _previous_reports(
         )
     else:
         rows = await connection.fetch(
-            f"select {_record_columns}, outcome from card_records "
+            f"select {record_columns}, outcome from card_records "
             "where terminal_id = $1 and sequence = any($2::bigint[])",
             terminal_id,
             sorted(sequences),
         )
     return {
-        row["sequence"]: StoredReport(_record_from_row(row), RecordOutcome(row["outcome"]))
+        row["sequence"]: StoredReport(record_from_row(row), RecordOutcome(row["outcome"]))
         for row in rows
         if row["sequence"] in sequences
     }
@@ -234,33 +246,39 @@ async def _held_reports(
 ) -> list[UploadRecord]:
     """In-doubt reports (any terminal) of these cards, waiting for the card's log."""
     rows = await connection.fetch(
-        f"select {_record_columns} from card_records "
+        f"select {record_columns} from card_records "
         "where outcome = 'held' and card_number = any($1::text[])",
         card_numbers,
     )
-    return [_record_from_row(row) for row in rows]
+    return [record_from_row(row) for row in rows]
 
 
 async def _log_evidence(
     connection: asyncpg.Connection,
     candidates: Iterable[UploadRecord],
     records: Iterable[UploadRecord],
+    to_book: Iterable[UploadRecord],
 ) -> list[LogEvidence]:
     """What every report of the in-doubt candidates' cards says of their logs: those stored,
-    then the batch's own."""
+    then the batch's own. Proven: booked with the card's Transaction MAC (stored), or about to
+    be (the batch's, whose MAC `classify` verified)."""
     cards = sorted({record.card_number for record in candidates})
     if not cards:
         return []
     rows = await connection.fetch(
         "select terminal_id, sequence, card_number, card_counter, status, previous_counter, "
-        "previous_terminal_number, previous_balance_rupiah from card_records "
+        "previous_terminal_number, previous_balance_rupiah, "
+        "outcome = 'booked' and tmac_value <> '' as proven from card_records "
         "where card_number = any($1::text[])",
         cards,
     )
-    return [LogEvidence(*row.values()) for row in rows] + [LogEvidence.of(r) for r in records]
+    proven = {(r.terminal_id, r.sequence) for r in to_book if r.tmac_value}
+    return [LogEvidence(*row.values()) for row in rows] + [
+        LogEvidence.of(r, proven=(r.terminal_id, r.sequence) in proven) for r in records
+    ]
 
 
-async def _credit_accounts(
+async def credit_accounts(
     connection: asyncpg.Connection, records: list[UploadRecord]
 ) -> dict[str, CreditAccount]:
     """Per terminal of the records: where its money goes (revenue or payable) and the fee."""

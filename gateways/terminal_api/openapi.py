@@ -129,7 +129,7 @@ def _terminal_paths() -> dict[str, Any]:
                     "200": {"description": "accepted or exists (a replay): records acknowledged"},
                     "400": _problem("malformed"),
                     "401": _problem("unknown terminal or bad signature"),
-                    "403": _problem("terminal revoked"),
+                    "403": _problem("terminal revoked or suspended"),
                     "409": _problem("batch out of order or conflicting replay"),
                     "413": _problem("body too large"),
                     "422": _problem("record kind not allowed for the terminal's role"),
@@ -223,6 +223,15 @@ def _admin_paths() -> dict[str, Any]:
             "post": _admin("Register a terminal", ["terminal_id", "public_key", "role"])
         },
         "/admin/v1/terminals/{terminal_id}/revoke": {"post": _admin("Revoke a terminal", [])},
+        "/admin/v1/terminals/{terminal_id}/resume": {
+            "post": _admin("Lift a terminal's suspension", [])
+        },
+        "/admin/v1/quarantine/{terminal_id}/{sequence}/release": {
+            "post": _admin("Ask for or confirm (a second supervisor) a release", [])
+        },
+        "/admin/v1/quarantine/{terminal_id}/{sequence}/write-off": {
+            "post": _admin("Ask for or confirm (a second supervisor) a write-off", [])
+        },
         "/admin/v1/cards": {
             "post": _admin("Register a card (creates its accounts)", ["card_number"])
         },

@@ -62,6 +62,7 @@ class UploadResult(enum.Enum):
     exists = "exists"  # the same batch again: its stored acknowledgement
     unknown_terminal = "unknown_terminal"
     terminal_revoked = "terminal_revoked"
+    terminal_suspended = "terminal_suspended"  # too many records quarantined, or by staff
     signature_invalid = "signature_invalid"
     terminal_mismatch = "terminal_mismatch"
     malformed = "malformed"
@@ -73,6 +74,7 @@ refusal_status: dict[UploadResult, int] = {
     UploadResult.unknown_terminal: 401,
     UploadResult.signature_invalid: 401,
     UploadResult.terminal_revoked: 403,
+    UploadResult.terminal_suspended: 403,
     UploadResult.terminal_mismatch: 400,
     UploadResult.malformed: 400,
     UploadResult.batch_conflict: 409,
@@ -99,6 +101,7 @@ class UploadAnswer:
     # Fares booked that a validator charged in full for want of service in its feed, by
     # terminal (`wire.no_service_fare_detail`): the alarm for a stale fare feed.
     charged_without_service: Counter[str] = field(default_factory=Counter)
+    quarantined_by_reason: Counter[str] = field(default_factory=Counter)
 
 
 class StoredReport(NamedTuple):
@@ -139,7 +142,9 @@ class CardFlag(NamedTuple):
 
 class LogEvidence(NamedTuple):
     """What one report says of a card's log: its own transaction, and the card's last log
-    entry before it (`previous_*`; counter 0: none)."""
+    entry before it (`previous_*`; counter 0: none). `proven`: the report is a committed card
+    transaction whose own Transaction MAC verified (the card, not the terminal, vouches that
+    the tap happened); for a card issued with a UID only such reports settle an in-doubt one."""
 
     terminal_id: str
     sequence: int
@@ -149,9 +154,10 @@ class LogEvidence(NamedTuple):
     previous_counter: int
     previous_terminal_number: int
     previous_balance_rupiah: int
+    proven: bool = False
 
     @classmethod
-    def of(cls, record: UploadRecord) -> LogEvidence:
+    def of(cls, record: UploadRecord, *, proven: bool = False) -> LogEvidence:
         return cls(
             record.terminal_id,
             record.sequence,
@@ -161,6 +167,7 @@ class LogEvidence(NamedTuple):
             record.previous_counter,
             record.previous_terminal_number,
             record.previous_balance_rupiah,
+            proven,
         )
 
 
@@ -279,6 +286,8 @@ def classify(
                 detail = f"reported before as {stored.record.status}"
                 found.conflicts.append(CardFlag.of(record, "record_conflict", detail))
                 continue
+            if stored.outcome == RecordOutcome.quarantined:
+                continue  # held apart until staff release or write it off: a new status waits
         if stored is None and record.card_number not in issued_cards:
             detail = f"card {record.card_number} was never issued"
             found.quarantined.append(Quarantined(record, "unknown_card", detail))
@@ -354,15 +363,21 @@ def in_doubt_candidates(
 
 
 def settle_in_doubt(
-    candidates: Mapping[tuple[str, int], UploadRecord], evidence: Iterable[LogEvidence]
+    candidates: Mapping[tuple[str, int], UploadRecord],
+    evidence: Iterable[LogEvidence],
+    proving_cards: Container[str] = (),
 ) -> InDoubt:
     """An in-doubt (card, counter c, terminal T, balance after b) is confirmed when some report
     saw (c, T, b) as the card's last entry and no other committed transaction claims c; void
     when another does, or when a report saw a different entry at c (the card never committed
-    ours); otherwise still held."""
+    ours); otherwise still held. For `proving_cards` (issued with a UID: their transactions
+    carry the card's Transaction MAC) only `proven` reports count: a terminal's unproven word
+    neither books an in-doubt transaction nor voids one."""
     seen_in_log: dict[tuple[str, int], tuple[int, int]] = {}
     committed_claims: dict[tuple[str, int], set[tuple[str, int]]] = {}
     for report in evidence:
+        if not report.proven and report.card_number in proving_cards:
+            continue
         if report.previous_counter:
             seen_in_log[(report.card_number, report.previous_counter)] = (
                 report.previous_terminal_number,

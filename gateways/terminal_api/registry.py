@@ -71,7 +71,8 @@ class TerminalRole(enum.StrEnum):
 
 class TerminalStatus(enum.StrEnum):
     active = "active"
-    revoked = "revoked"
+    suspended = "suspended"  # uploads refused until a supervisor resumes it (`suspension`)
+    revoked = "revoked"  # for good: registering it again with a new key reactivates it
 
 
 class PartyKind(enum.StrEnum):
@@ -270,7 +271,7 @@ async def suspend_party(
             f"update {table} set status = 'suspended' where {key} = $1", party_id
         )
         rows = await connection.fetch(
-            f"update terminals set status = 'revoked' where {key} = $1 and status = 'active' "
+            f"update terminals set status = 'revoked' where {key} = $1 and status <> 'revoked' "
             "returning terminal_id",
             party_id,
         )
@@ -745,6 +746,9 @@ class TerminalListing:
     next_batch_sequence: int
     registered_at: datetime
     feed_service_end: date | None
+    suspended_at: datetime | None  # while suspended: when, by whom ('automatic' or a
+    suspended_by: str | None  # supervisor) and why
+    suspended_reason: str | None
 
 
 async def terminal_listings(
@@ -757,7 +761,8 @@ async def terminal_listings(
     owner_kind, owner_id = owner if owner else (None, None)
     rows = await connection.fetch(
         """select terminal_id, role, operator_id, merchant_id, status, public_key,
-                  card_terminal_number, next_batch_sequence, registered_at, feed_service_end
+                  card_terminal_number, next_batch_sequence, registered_at, feed_service_end,
+                  suspended_at, suspended_by, suspended_reason
              from terminals
             where ($1::text is null or terminal_id = $1)
               and ($2::text is null or ($2 = 'operator' and operator_id = $3)
@@ -779,6 +784,9 @@ async def terminal_listings(
             row["next_batch_sequence"],
             row["registered_at"],
             row["feed_service_end"],
+            row["suspended_at"],
+            row["suspended_by"],
+            row["suspended_reason"],
         )
         for row in rows
     ]

@@ -10,6 +10,9 @@ Staff, each with a bearer token of their own (`gateways.staff`; `ksh settle staf
     POST /admin/v1/cards | pending-top-ups           clerk or supervisor (they create money)
     POST /admin/v1/operators | merchants | terminals  supervisor (they change parties)
     POST /admin/v1/terminals/{terminal_id}/revoke     supervisor
+    POST /admin/v1/terminals/{terminal_id}/resume     supervisor: lift a suspension
+    POST /admin/v1/quarantine/{terminal_id}/{sequence}/release | write-off
+                                                      supervisor; a second one confirms
     GET  /admin/v1/cards/{card_number}  shadow balance, purse, flags, counter gaps
     GET  /admin/v1/monitoring/counter-gaps  cards whose counters skip (unreported transactions)
     GET  /admin/v1/monitoring/record-gaps   terminals whose journal sequences skip
@@ -53,8 +56,8 @@ from gateways.backoffice import (
     pool_key,
 )
 from gateways.staff import Role, StaffMember, any_role, money_roles, party_roles
-from gateways.terminal_api import books, feeds, fleet, registry
-from gateways.terminal_api.acceptance import public_key
+from gateways.terminal_api import books, feeds, fleet, quarantine, registry, suspension
+from gateways.terminal_api.acceptance import public_key, suspended_detail
 from gateways.terminal_api.ingest import KnownCards, ProofKeys, ingest_upload
 from gateways.terminal_api.metrics import TerminalMetrics
 from gateways.terminal_api.openapi import openapi_document
@@ -103,6 +106,11 @@ def terminal_extension(app: web.Application) -> None:
     app.router.add_post("/admin/v1/merchants", add_merchant)
     app.router.add_post("/admin/v1/terminals", add_terminal)
     app.router.add_post("/admin/v1/terminals/{terminal_id}/revoke", revoke_terminal)
+    app.router.add_post("/admin/v1/terminals/{terminal_id}/resume", resume_terminal)
+    app.router.add_post(
+        "/admin/v1/quarantine/{terminal_id}/{sequence:[0-9]{1,18}}/{action:release|write-off}",
+        resolve_quarantined,
+    )
     app.router.add_post("/admin/v1/cards", add_card)
     app.router.add_get("/admin/v1/cards/{card_number}", card_view)
     app.router.add_post("/admin/v1/pending-top-ups", add_pending_top_up)
@@ -185,6 +193,12 @@ async def _book_upload(
                             request.app[known_cards_key],
                             now=request.app[config_key].clock.now(),
                             proof_keys=request.app[proof_keys_key],
+                            quarantined_per_day_max=int(
+                                settings.get(
+                                    "terminal_quarantined_per_day_max",
+                                    suspension.quarantined_per_day_max_default,
+                                )
+                            ),
                         )
                         # A replay's answer too comes from a transaction that wrote (it
                         # locks the terminal's row), so its commit waits for the standby:
@@ -235,6 +249,8 @@ async def authenticated_terminal(request: web.Request) -> registry.TerminalRow:
         terminal = await registry.terminal(connection, terminal_id)
     if terminal is None:
         raise Problem(401, UploadResult.unknown_terminal.value, f"terminal {terminal_id!r}")
+    if terminal.status == TerminalStatus.suspended:
+        raise Problem(403, UploadResult.terminal_suspended.value, suspended_detail(terminal_id))
     if terminal.status != TerminalStatus.active:
         raise Problem(403, UploadResult.terminal_revoked.value, f"terminal {terminal_id}")
     signed = request_signing_bytes(request.method, request.path_qs, timestamp)
@@ -560,6 +576,65 @@ async def revoke_terminal(request: web.Request) -> web.Response:
     return web.json_response({"terminal_id": terminal_id, "status": "revoked"})
 
 
+async def resume_terminal(request: web.Request) -> web.Response:
+    body = await _admin_body(request, party_roles)
+    terminal_id = request.match_info["terminal_id"]
+    reason = _reason(body)
+    async with request.app[pool_key].acquire() as connection, connection.transaction():
+        if not await suspension.resume(connection, terminal_id):
+            raise Problem(404, "not_suspended", f"terminal {terminal_id!r} is not suspended")
+        await _record(request, connection, "resume_terminal", terminal_id, reason)
+    return web.json_response({"terminal_id": terminal_id, "status": "active"})
+
+
+_resolve_status = {
+    quarantine.ResolveResult.done: 200,
+    quarantine.ResolveResult.awaiting_second: 202,
+    quarantine.ResolveResult.not_found: 404,
+    quarantine.ResolveResult.not_allowed: 403,
+    quarantine.ResolveResult.note_required: 400,
+}
+
+
+async def resolve_quarantined(request: web.Request) -> web.Response:
+    """Ask for, or confirm, the release or write-off of a quarantined record
+    (`gateways.terminal_api.quarantine`): 202 asked, 200 booked, 409 refused (resolved
+    already, the same person, another request waiting, nothing to release)."""
+    body = await _admin_body(request, party_roles)
+    key = quarantine.EntryKey(
+        request.match_info["terminal_id"], int(request.match_info["sequence"])
+    )
+    resolution = (
+        quarantine.Resolution.release
+        if request.match_info["action"] == "release"
+        else quarantine.Resolution.write_off
+    )
+    reason = _reason(body)
+    async with request.app[pool_key].acquire() as connection:
+        resolved = await quarantine.resolve(
+            connection,
+            key,
+            resolution,
+            request[staff_member_key],
+            reason,
+            now=request.app[config_key].clock.now(),
+        )
+    status = _resolve_status.get(resolved.result, 409)
+    if status >= 400:
+        raise Problem(status, resolved.result.value, resolved.detail)
+    return web.json_response(
+        {
+            "terminal_id": key.terminal_id,
+            "sequence": key.sequence,
+            "result": resolved.result.value,
+            "rupiah": resolved.rupiah,
+            "requested_by": resolved.requested_by,
+            "transfer_ids": resolved.transfer_ids,
+        },
+        status=status,
+    )
+
+
 async def add_card(request: web.Request) -> web.Response:
     body = await _admin_body(request, money_roles)
     number = _card_number_field(body)
@@ -671,11 +746,15 @@ async def metrics(request: web.Request) -> web.Response:
     async with request.app[pool_key].acquire() as connection:
         days_left = await feeds.validator_feed_days_left(connection, today)
         gauges = await observability.database_metrics(request.app, connection)
-        statuses = await fleet.fleet_status(connection, request.app[config_key].clock.now())
+        now = request.app[config_key].clock.now()
+        statuses = await fleet.fleet_status(connection, now)
+        held = await suspension.quarantined_recently(connection, now=now)
+        suspended = await suspension.suspended_terminals(connection)
     text = (
         request.app[metrics_key].render()
         + feeds.render_days_left(days_left)
         + fleet.render_metrics(statuses)
+        + suspension.render_metrics(held, suspended)
         + gauges
     )
     return web.Response(text=text, content_type="text/plain", charset="utf-8")

@@ -67,6 +67,13 @@ def register(subparsers: Any) -> None:
         help="password checks (scrypt, on worker threads) running at once per process",
     )
     parser.add_argument(
+        "--quarantined-per-day",
+        type=int,
+        default=None,
+        metavar="N",
+        help="suspend a terminal with more than N records quarantined in 24 hours (default 3)",
+    )
+    parser.add_argument(
         "--keystore",
         type=Path,
         metavar="FILE",
@@ -103,7 +110,15 @@ def settings_of(arguments: argparse.Namespace) -> dict[str, Any]:
     they cross to the worker processes)."""
     if not 1 <= arguments.password_checks <= password_checks_max:
         raise UserError(f"--password-checks must be 1 to {password_checks_max}")
+    from gateways.terminal_api.suspension import quarantined_per_day_max_default
+
+    quarantined = arguments.quarantined_per_day
+    if quarantined is None:
+        quarantined = quarantined_per_day_max_default
+    if not 0 <= quarantined <= quarantined_per_day_limit:
+        raise UserError(f"--quarantined-per-day must be 0 to {quarantined_per_day_limit}")
     return {
+        "terminal_quarantined_per_day_max": quarantined,
         "tariff_version": arguments.tariff_version,
         "expiry_sweep_interval_s": expiry_sweep_interval_s(),
         "secure_cookies": secure_cookies(arguments.host, arguments.insecure_cookies),
@@ -128,6 +143,9 @@ def snap_private_key(path: Path | None) -> str | None:
             f"--snap-key {path}: not a readable RSA private key (PEM): {error}"
         ) from error
     return pem.decode()
+
+
+quarantined_per_day_limit = 1_000_000  # past this, suspension would never happen: say so
 
 
 def transaction_mac_masters(keystore: Path | None) -> tuple[bytes, ...]:

@@ -72,7 +72,8 @@ def register(subparsers: Any) -> None:
     export.set_defaults(handler=run_export)
 
     status = actions.add_parser(
-        "status", help="is the day closed: exceptions open, unexplained rupiah"
+        "status",
+        help="is the day closed: exceptions open, unexplained rupiah, what quarantine holds",
     )
     status.add_argument("--day", type=parse_day, default=None)
     status.set_defaults(handler=run_status)
@@ -259,7 +260,8 @@ def run_export(arguments: argparse.Namespace) -> int:
 
 def run_status(arguments: argparse.Namespace) -> int:
     from settlement.actions import day_close
-    from settlement.end_of_day import day_closed_at
+    from settlement.end_of_day import EndOfDayConfig, day_closed_at
+    from settlement.views import held_in_quarantine
 
     async def work(connection: Any) -> int:
         day = day_of(arguments)
@@ -274,6 +276,8 @@ def run_status(arguments: argparse.Namespace) -> int:
         print(
             f"exceptions open {close.exceptions_open}; unexplained Rp {close.unexplained_rupiah:,}; bank vs books Rp {close.bank_books_difference_rupiah:,}"
         )
+        for line in (await held_in_quarantine(connection, day, EndOfDayConfig())).lines():
+            print(line)
         print("closed" if close.closed else "NOT closed")
         return 0 if close.closed else 1
 

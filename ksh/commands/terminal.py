@@ -1,5 +1,9 @@
 """`ksh terminal`: validators and points of sale the back office accepts uploads from (add,
-list, show, suspend).
+list, show, suspend, resume).
+
+A terminal with too many records quarantined in a day is suspended automatically (its uploads
+refused until a supervisor resumes it: `gateways.terminal_api.suspension`); `list` and `show`
+say how many of its records were quarantined in the last 24 hours, and why.
 
 A terminal is known by its id and its Ed25519 public key (what `ksh validator --init` or
 `ksh pos --init` prints); a validator belongs to an operator, a POS to a merchant. Each change
@@ -72,6 +76,17 @@ def register(subparsers: Any) -> None:
     acting.add_arguments(suspend, supervisors_may)
     suspend.set_defaults(handler=run_suspend)
 
+    resume = actions.add_parser(
+        "resume",
+        help="lift a terminal's suspension: its uploads are accepted again",
+        description="Lift a suspension (automatic, after too many quarantined records): the "
+        "terminal uploads what its journal kept. Look at its quarantined records first "
+        "(ksh quarantine list). A revoked terminal is registered again instead.",
+    )
+    resume.add_argument("id")
+    acting.add_arguments(resume, supervisors_may)
+    resume.set_defaults(handler=run_resume)
+
 
 def public_key_of(given: str) -> str:
     """The key as text: read from the file `given` names, or `given` itself."""
@@ -142,8 +157,13 @@ def run_add(arguments: argparse.Namespace) -> int:
 def run_list(arguments: argparse.Namespace) -> int:
     from gateways.terminal_api import registry
 
-    async def work(connection: Any) -> list[registry.TerminalListing]:
-        return await registry.terminal_listings(connection, owner=owner_of(arguments))
+    async def work(connection: Any) -> list[dict[str, Any]]:
+        from gateways.terminal_api import suspension
+        from ledger.clock import system_clock
+
+        found = await registry.terminal_listings(connection, owner=owner_of(arguments))
+        held = await suspension.quarantined_recently(connection, now=system_clock.now())
+        return [{**plain(t), "quarantined_24h": held.get(t.terminal_id, {})} for t in found]
 
     found = run_with_database(work)
     if arguments.json:
@@ -153,15 +173,16 @@ def run_list(arguments: argparse.Namespace) -> int:
         print("no terminals registered (add one with ksh terminal add)")
         return 0
     print_table(
-        ["ID", "ROLE", "OWNER", "STATUS", "NEXT BATCH", "FEED ENDS"],
+        ["ID", "ROLE", "OWNER", "STATUS", "NEXT BATCH", "FEED ENDS", "QUARANTINED 24H"],
         (
             [
-                t.terminal_id,
-                t.role.value,
-                f"{t.owner_kind.value} {t.owner_id}",
-                t.status.value,
-                t.next_batch_sequence,
-                t.feed_service_end,
+                t["terminal_id"],
+                t["role"],
+                f"{t['owner_kind']} {t['owner_id']}",
+                t["status"],
+                t["next_batch_sequence"],
+                t["feed_service_end"],
+                sum(t["quarantined_24h"].values()),
             ]
             for t in found
         ),
@@ -171,18 +192,23 @@ def run_list(arguments: argparse.Namespace) -> int:
 
 def run_show(arguments: argparse.Namespace) -> int:
     from gateways import staff
-    from gateways.terminal_api import registry
-    from ledger.clock import jakarta
+    from gateways.terminal_api import registry, suspension
+    from ledger.clock import jakarta, system_clock
 
     async def work(connection: Any) -> dict[str, Any]:
         found = await registry.terminal_listings(connection, terminal_id=arguments.id)
         if not found:
             raise UserError(f"no terminal {arguments.id} (see ksh terminal list)")
         history = await staff.actions_on(
-            connection, arguments.id, ("register_terminal", "revoke_terminal")
+            connection,
+            arguments.id,
+            ("register_terminal", "revoke_terminal", "suspend_terminal", "resume_terminal"),
+        )
+        held = await suspension.quarantined_recently(
+            connection, now=system_clock.now(), terminal_id=arguments.id
         )
         shown: dict[str, Any] = plain(found[0])
-        return {**shown, "history": history}
+        return {**shown, "quarantined_24h": held.get(arguments.id, {}), "history": history}
 
     shown = run_with_database(work)
     if arguments.json:
@@ -199,6 +225,15 @@ def run_show(arguments: argparse.Namespace) -> int:
             "next batch": shown["next_batch_sequence"],
             "fare feed ends": shown["feed_service_end"],
             "registered": f"{shown['registered_at'].astimezone(jakarta):%Y-%m-%d %H:%M:%S} WIB",
+            "quarantined (24 h)": suspension.reasons_text(shown["quarantined_24h"]) or "none",
+            **(
+                {
+                    "suspended": f"{shown['suspended_at'].astimezone(jakarta):%Y-%m-%d %H:%M:%S} "
+                    f"WIB by {shown['suspended_by']}: {shown['suspended_reason']}"
+                }
+                if shown["suspended_at"]
+                else {}
+            ),
         }
     )
     print_history(shown["history"])
@@ -224,4 +259,26 @@ def run_suspend(arguments: argparse.Namespace) -> int:
 
     run_with_database(work)
     print(f"terminal {arguments.id} revoked: its uploads are refused from now on")
+    return 0
+
+
+def run_resume(arguments: argparse.Namespace) -> int:
+    from gateways.staff import party_roles
+    from gateways.terminal_api import registry, suspension
+
+    reason = acting.reason_of(arguments)
+
+    async def work(connection: Any) -> None:
+        async with connection.transaction():
+            member = await acting.acting_member(connection, arguments, party_roles)
+            found = await registry.terminal(connection, arguments.id, for_update=True)
+            if found is None:
+                raise UserError(f"no terminal {arguments.id} (see ksh terminal list)")
+            if found.status is not registry.TerminalStatus.suspended:
+                raise UserError(f"terminal {arguments.id} is {found.status.value}, not suspended")
+            await suspension.resume(connection, arguments.id)
+            await acting.record(connection, member, "resume_terminal", arguments.id, reason)
+
+    run_with_database(work)
+    print(f"terminal {arguments.id} resumed: its uploads are accepted again")
     return 0

@@ -226,6 +226,7 @@ async def test_login_roles_and_working_an_exception(finance: str, browser: objec
     batches_html = await supervisor.content()
     assert "B261123" in batches_html
     assert "01 failed, P" in batches_html and "02 succeeded" in batches_html  # paid on attempt 2
+    assert "held in quarantine: nothing" in batches_html  # no upload was held that day
     await supervisor.screenshot(path=str(screenshots / "batches.png"), full_page=True)
     csv_export = await supervisor.request.get(
         finance + f"/finance/batches.csv?day={service_day.isoformat()}"

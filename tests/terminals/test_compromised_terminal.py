@@ -16,7 +16,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bus_terminals.point_of_sale import sale_decider
 from bus_terminals.simulator import Bus, validator_keys
 from bus_terminals.terminal import Verdict
-from bus_terminals.wire import UploadBatch, UploadKind, UploadRecord, encode_batch, public_key_text
+from bus_terminals.wire import (
+    RecordStatus,
+    UploadBatch,
+    UploadKind,
+    UploadRecord,
+    encode_batch,
+    public_key_text,
+)
 from card_reader.deck import make_ksh_deck
 from card_reader.emulator import EmulatedCard
 from card_reader.keys import demo_key_store
@@ -317,4 +324,70 @@ async def test_a_second_terminal_reusing_an_honest_cards_counter_is_the_terminal
     assert await payables_rupiah(backoffice.pool) == 5_000 - 50  # the honest sale, less its fee
     assert await purse_balance(backoffice.pool, card_a) == 45_000  # equal to the card
     assert await denied_cards(backoffice.pool) == set()
+    await books_are_clean(backoffice.pool)
+
+
+@pytest.mark.parametrize("witness", ["made_up_mac", "no_mac"])
+async def test_an_in_doubt_sale_is_not_booked_on_a_terminals_word(
+    cards_that_prove: tuple[Backoffice, Bus, Ed25519PrivateKey, list[EmulatedCard]],
+    witness: str,
+) -> None:
+    """A terminal reports a sale in doubt (no MAC is due then), re-reports it as committed with
+    a MAC the card never made (a changed record: flagged, the first report kept), and adds a
+    later 'tap' (with an invented MAC, or none) whose card log shows the sale. Before: that
+    later report's word confirmed the in-doubt sale and the merchant was paid, no MAC ever
+    checked. Now only a report the card proved settles an in-doubt one: the sale stays held,
+    nothing is booked, the card untouched."""
+    backoffice, _, rogue_key, _ = cards_that_prove
+    sale = record(
+        "ROGUE-POS", 1, card_a, 1, 20_000, 30_000, kind=UploadKind.sale, merchant_id=merchant_id,
+        status=RecordStatus.in_doubt,
+    )  # fmt: skip
+    claimed = sale._replace(status=RecordStatus.committed, tmac_counter=1, tmac_value="00" * 8)
+    later = record(
+        "ROGUE-POS", 2, card_a, 2, 5_000, 25_000, kind=UploadKind.sale, merchant_id=merchant_id,
+        previous=(1, "ROGUE-POS", 30_000),
+    )  # fmt: skip
+    if witness == "made_up_mac":
+        later = later._replace(tmac_counter=2, tmac_value="11" * 8)
+    async with aiohttp.ClientSession() as session:
+        first = await post_batch(session, backoffice.url, rogue_key, "ROGUE-POS", 1, [sale])
+        second = await post_batch(
+            session, backoffice.url, rogue_key, "ROGUE-POS", 2, [claimed, later]
+        )
+    assert first[0] == second[0] == 200, (first, second)
+    assert await payables_rupiah(backoffice.pool) == 0
+    assert await purse_balance(backoffice.pool, card_a) == 50_000
+    reasons = await quarantine_reasons(backoffice.pool)
+    assert reasons == (["tmac_invalid"] if witness == "made_up_mac" else [])
+    async with backoffice.pool.acquire() as connection:
+        outcome = await connection.fetchval(
+            "select outcome from card_records where terminal_id = 'ROGUE-POS' and sequence = 1"
+        )
+    assert outcome == "held"
+    assert await denied_cards(backoffice.pool) == set()
+    await books_are_clean(backoffice.pool)
+
+
+async def test_a_held_apart_record_reported_again_as_committed_stays_apart(
+    backoffice: Backoffice,
+) -> None:
+    """A validator reports a sale (not its role) in doubt: quarantined, no money moved. Before:
+    the same record re-reported as committed was booked to the operator, as if the first
+    report had never been held apart. Now a quarantined record waits for staff, whatever its
+    terminal reports of it later."""
+    key = await backoffice.register_validator("ROGUE-V")
+    await backoffice.issue_cards({honest_card: 50_000})
+    sale = record(
+        "ROGUE-V", 1, honest_card, 1, 20_000, 30_000, kind=UploadKind.sale,
+        status=RecordStatus.in_doubt,
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        first = await post_batch(session, backoffice.url, key, "ROGUE-V", 1, [sale])
+        committed = sale._replace(status=RecordStatus.committed)
+        second = await post_batch(session, backoffice.url, key, "ROGUE-V", 2, [committed])
+    assert first[0] == second[0] == 200, (first, second)
+    assert await payables_rupiah(backoffice.pool) == 0
+    assert await purse_balance(backoffice.pool, honest_card) == 50_000
+    assert await quarantine_reasons(backoffice.pool) == ["record_not_for_role"]
     await books_are_clean(backoffice.pool)

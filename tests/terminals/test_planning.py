@@ -321,3 +321,23 @@ def test_an_unproven_record_outside_the_terminals_role_is_held_apart_not_in_doub
         {},
     )
     assert planning.card_transfers(plan, {terminals[0]: planning.CreditAccount(revenue, 0)}) == []
+
+
+def test_for_a_card_that_proves_its_transactions_only_proven_reports_settle_in_doubt() -> None:
+    """The card's log as a later report shows it settles an in-doubt transaction only when the
+    card proved that report (its Transaction MAC verified); a terminal's unproven word neither
+    confirms ours nor, claiming the counter, voids it."""
+    held = record("T1", 1, 1, 9_000, RecordStatus.in_doubt)
+    candidates = {("T1", 1): held}
+    shows_it = record(
+        "T1", 2, 2, 8_000, RecordStatus.committed, (1, card_terminal_number("T1"), 9_000)
+    )
+    claims_it = record("T2", 1, 1, 5_000, RecordStatus.committed)
+    for witness in (shows_it, claims_it):
+        unproven = [LogEvidence.of(held), LogEvidence.of(witness)]
+        settled = planning.settle_in_doubt(candidates, unproven, {card})
+        assert settled.still_held == [held]
+        assert planning.settle_in_doubt(candidates, unproven) != settled  # without a UID: believed
+    proven = [LogEvidence.of(held), LogEvidence.of(shows_it, proven=True)]
+    settled = planning.settle_in_doubt(candidates, proven, {card})
+    assert [r.status for r in settled.confirmed] == [RecordStatus.committed]

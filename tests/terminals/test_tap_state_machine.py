@@ -265,7 +265,8 @@ def test_tap_pull_kill_upload_state_machine(
         def rogue_uploads(self, card: int, forgery: str, amount: int) -> None:
             """The hostile validator reports a fare the card never paid (the next counter, or
             one the card already used), with an invented MAC, none, or an honest record's MAC
-            copied. The invariants after every step: it is never booked, no card is denied."""
+            copied. The invariants after every step: it is never booked, no card is denied.
+            Past a few quarantined records it is suspended (automatic): refused from then on."""
             number = self.numbers[card]
             counters = sorted(self.history[number])
             reuse = forgery == "reused_counter" and len(counters) > 1
@@ -285,15 +286,28 @@ def test_tap_pull_kill_upload_state_machine(
                 "full", latest.counter, latest.terminal_id, latest.balance_after_rupiah, *mac,
             )  # fmt: skip
 
-            async def send() -> int:
+            async def send() -> tuple[int, object]:
                 async with aiohttp.ClientSession() as session:
-                    status, _ = await post_batch(
+                    status, answer = await post_batch(
                         session, self.office.url, self.rogue, self.rogue_id,
                         self.rogue_sequence, [claimed],
                     )  # fmt: skip
-                    return status
+                    return status, answer.get("code")
 
-            assert asyncio.run(send()) == 200
+            status, code = asyncio.run(send())
+            if status == 403:
+                assert code == "terminal_suspended", code
+                assert self.office.run(self._suspended()) == {self.rogue_id: "automatic"}
+                self.rogue_sequence -= 1  # refused: the batch sequence is still the next one
+            else:
+                assert status == 200, (status, code)
+
+        async def _suspended(self) -> dict[str, str]:
+            async with self.office.pool.acquire() as connection:
+                rows = await connection.fetch(
+                    "select terminal_id, suspended_by from terminals where status = 'suspended'"
+                )
+            return {row["terminal_id"]: row["suspended_by"] for row in rows}
 
         async def _a_mac_of(self, number: str) -> tuple[int, str] | None:
             """A MAC some honest terminal uploaded for this card (a replay's raw material)."""
@@ -417,6 +431,8 @@ def test_tap_pull_kill_upload_state_machine(
                 return int(booked), int(denied)
 
             assert self.office.run(look()) == (0, 0)
+            # Only the rogue's quarantined records may suspend a terminal: never an honest bus.
+            assert set(self.office.run(self._suspended())) <= {self.rogue_id}
 
         def teardown(self) -> None:
             for bus in self.buses:
