@@ -3,7 +3,7 @@
 Upload: the next batch is built from the journal, signed, and *stored* (exact bytes and
 signature) before the first send; every retry sends those same bytes, so the back office books
 it once and answers `exists` to a repeat. Only an acknowledgement moves the journal on.
-Download: deny list (delta since our version, or the whole binary list), the pending top-ups
+Download: deny list (cards added and lifted since our version, or the whole binary list), the pending top-ups
 waiting for cards, tariff and key versions; kept in a `SyncState` the tap flow reads, and saved
 beside the journal so a validator that boots offline still has them.
 
@@ -272,6 +272,8 @@ class SyncClient:
                 self.state.deny_list = DenyList.from_bytes(listed.body, version)
             else:
                 self.state.deny_list.add(answer["deny_list_added"], answer["deny_list_version"])
+                # Lifted by staff since our version (absent from an older back office's answer).
+                self.state.deny_list.remove(answer.get("deny_list_lifted", ()))
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, KeyError) as error:
             logger.info("sync failed: %s", error)
             return False

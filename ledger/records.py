@@ -92,6 +92,7 @@ class TransferCode(enum.IntEnum):
     operator_settlement = 13  # operator revenue -> operator payable (end of day)
     card_issue = 14  # card sale / deposit
     expiry = 15  # booked by the ledger when a pending transfer expires (void)
+    card_replacement = 16  # a lost card's purse / pending top-ups -> its replacement's pending
 
 
 class CreateAccountResult(enum.Enum):

@@ -71,6 +71,14 @@ def register(subparsers: Any) -> None:
         "prompt): its Transaction MAC masters verify what each card committed. Without it, "
         "the transactions of cards issued with a Transaction MAC are quarantined, unverified",
     )
+    parser.add_argument(
+        "--replacement-wait-days",
+        type=float,
+        default=3.0,
+        metavar="DAYS",
+        help="how long a blocked card's balance waits for offline taps still on their way "
+        "before it moves to its replacement (default 3)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -90,6 +98,8 @@ def secure_cookies(host: str, insecure: bool) -> bool:
 def settings_of(arguments: argparse.Namespace) -> dict[str, Any]:
     """The back office settings `ksh serve` hands to every serving process (plain values:
     they cross to the worker processes)."""
+    if not 0 <= arguments.replacement_wait_days <= 365:
+        raise UserError("--replacement-wait-days must be 0 to 365")
     if not 1 <= arguments.password_checks <= password_checks_max:
         raise UserError(f"--password-checks must be 1 to {password_checks_max}")
     return {
@@ -100,6 +110,7 @@ def settings_of(arguments: argparse.Namespace) -> dict[str, Any]:
         "password_checks_concurrent_max": arguments.password_checks,
         "upload_booking_timeout_ms": upload_booking_timeout_ms(),
         "tmac_master_keys": transaction_mac_masters(arguments.keystore),
+        "replacement_wait_days": arguments.replacement_wait_days,
     }
 
 
@@ -117,12 +128,13 @@ def transaction_mac_masters(keystore: Path | None) -> tuple[bytes, ...]:
 
 
 def extensions() -> list[Any]:
-    """The terminal side and the sweep of expired holds always; SNAP and the finance pages
+    """The terminal side, the service desk's card API and the sweep of expired holds always; SNAP and the finance pages
     when installed."""
     from gateways.backoffice import hold_expiry
+    from gateways.terminal_api.card_desk_routes import card_desk_extension
     from gateways.terminal_api.routes import terminal_extension
 
-    mounted: list[Any] = [terminal_extension, hold_expiry]
+    mounted: list[Any] = [terminal_extension, card_desk_extension, hold_expiry]
     for module_name, attribute in optional_extensions:
         try:
             module = importlib.import_module(module_name)

@@ -237,7 +237,9 @@ async def test_unknown_virtual_account(harness: Harness) -> None:
 async def test_blocked_card_is_refused(harness: Harness) -> None:
     connection = await asyncpg.connect(harness.database_url)
     try:
-        await registry.deny_cards(connection, [card_number], "reported lost")
+        await registry.deny_cards(
+            connection, [card_number], "reported lost", now=harness.clock.now()
+        )
     finally:
         await connection.close()
     answer = await harness.session.post("/v1.0/transfer-va/payment", payment_body(10_000))
