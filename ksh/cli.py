@@ -25,6 +25,7 @@ command_modules: tuple[str, ...] = (
     "terminal",
     "party",
     "cards",
+    "deny",
     "validator",
     "pos",
     "serve",

@@ -378,7 +378,12 @@ async def lift_entry(
         if entry.reason in fraud_reasons:
             if entry.lift_requested_by is None:
                 await _change(
-                    connection, entry, "lift_requested", username=member.username, note=note, now=now
+                    connection,
+                    entry,
+                    "lift_requested",
+                    username=member.username,
+                    note=note,
+                    now=now,
                 )
                 return LiftOutcome.awaiting_approval
             if entry.lift_requested_by == member.username:
@@ -495,9 +500,7 @@ async def _check_replaceable(connection: asyncpg.Connection, old: str, new: str)
         raise Conflict(f"card {new} is on the deny list", code="card_denied")
     if await holder_of(connection, new) is not None:
         raise Conflict(f"card {new} is registered already", code="already_registered")
-    if await connection.fetchval(
-        "select 1 from card_replacements where new_card_number = $1", new
-    ):
+    if await connection.fetchval("select 1 from card_replacements where new_card_number = $1", new):
         raise Conflict(f"card {new} replaces another card already", code="already_replacing")
 
 
@@ -510,8 +513,7 @@ async def move_due_balances(
 ) -> list[Replacement]:
     """Move the balances whose wait is over (of one card, or of all); returns those moved."""
     due = await connection.fetch(
-        _replacement_query
-        + " where r.moved_at is null and d.added_at + $1::interval <= $2 "
+        _replacement_query + " where r.moved_at is null and d.added_at + $1::interval <= $2 "
         "and ($3::text is null or r.old_card_number = $3) order by r.old_card_number",
         wait,
         now,

@@ -122,7 +122,9 @@ async def block(request: web.Request) -> web.Response:
                 username=member.username,
                 now=request.app[config_key].clock.now(),
             )
-        await record_staff_action(request, connection, "block_card", number, reason, cause=cause_text)
+        await record_staff_action(
+            request, connection, "block_card", number, reason, cause=cause_text
+        )
     return web.json_response({"card_number": number, "denied": cause_text}, status=201)
 
 

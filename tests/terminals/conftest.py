@@ -17,8 +17,8 @@ from card_reader.keys import KeyRole, demo_key_store
 from gateways import staff
 from gateways.backoffice import BackofficeConfig, create_app
 from gateways.terminal_api import registry
-from gateways.terminal_api.registry import TerminalRole
 from gateways.terminal_api.card_desk_routes import card_desk_extension
+from gateways.terminal_api.registry import TerminalRole
 from gateways.terminal_api.routes import terminal_extension
 from ledger.clock import ManualClock, jakarta
 

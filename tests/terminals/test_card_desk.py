@@ -13,7 +13,6 @@ import aiohttp
 
 from bus_terminals.journal import Journal
 from bus_terminals.sync import SyncClient, SyncState
-from bus_terminals.wire import UploadKind
 from gateways import staff
 from gateways.terminal_api import card_desk, registry
 from tests.terminals.conftest import Backoffice, admin_token
