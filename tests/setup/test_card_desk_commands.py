@@ -43,7 +43,7 @@ async def test_a_lost_card_registered_blocked_and_replaced(ksh: Ksh, database_ur
         (f"cards replace {lost} --new {spare} --as ani", "is not blocked as lost"),
         (f"cards register {spare} --name X --nik 12 --phone 0812345678 --as ani", "16-digit"),
         (f"cards block {lost} --cause lost --as citra", "citra is an auditor"),
-        (f"cards block 6032984000000009 --cause lost --as ani", "was never issued"),
+        ("cards block 6032984000000009 --cause lost --as ani", "was never issued"),
     ]
     for line, fragment in mistakes:
         assert_user_error(await ksh(*line.split(), *why), "cards", fragment)
