@@ -451,35 +451,44 @@ async def request_replacement(
             "select pg_advisory_xact_lock(hashtext('ksh-card-replacement'))"
         )  # one replacement at a time: a card replaces one card, a card is replaced once
         existing = await replacement_of(connection, old_card_number)
-        if existing is not None:
-            if existing.new_card_number != new_card_number:
-                raise Conflict(
-                    f"card {old_card_number} is replaced by {existing.new_card_number} already",
-                    code="already_replaced",
-                )
-            return existing
-        await _check_replaceable(connection, old_card_number, new_card_number)
-        await connection.execute(
-            "insert into card_replacements (old_card_number, new_card_number, requested_by, "
-            "requested_at) values ($1, $2, $3, $4)",
-            old_card_number,
-            new_card_number,
-            username,
-            now,
-        )
-        await connection.execute(
-            "insert into card_holders (card_number, name, nik_salt, nik_hash, nik_last4, phone, "
-            "registered_by, registered_at) select $2, name, nik_salt, nik_hash, nik_last4, "
-            "phone, $3, $4 from card_holders where card_number = $1",
-            old_card_number,
-            new_card_number,
-            username,
-            now,
-        )
+        if existing is not None and existing.new_card_number != new_card_number:
+            raise Conflict(
+                f"card {old_card_number} is replaced by {existing.new_card_number} already",
+                code="already_replaced",
+            )
+        if existing is None:
+            await _add_replacement(connection, old_card_number, new_card_number, username, now)
     await move_due_balances(connection, now=now, wait=wait, old_card_number=old_card_number)
     found = await replacement_of(connection, old_card_number)
     assert found is not None
     return found
+
+
+async def _add_replacement(
+    connection: asyncpg.Connection,
+    old_card_number: str,
+    new_card_number: str,
+    username: str,
+    now: dt.datetime,
+) -> None:
+    await _check_replaceable(connection, old_card_number, new_card_number)
+    await connection.execute(
+        "insert into card_replacements (old_card_number, new_card_number, requested_by, "
+        "requested_at) values ($1, $2, $3, $4)",
+        old_card_number,
+        new_card_number,
+        username,
+        now,
+    )
+    await connection.execute(
+        "insert into card_holders (card_number, name, nik_salt, nik_hash, nik_last4, phone, "
+        "registered_by, registered_at) select $2, name, nik_salt, nik_hash, nik_last4, "
+        "phone, $3, $4 from card_holders where card_number = $1",
+        old_card_number,
+        new_card_number,
+        username,
+        now,
+    )
 
 
 async def _check_replaceable(connection: asyncpg.Connection, old: str, new: str) -> None:
