@@ -49,6 +49,21 @@ def test_deny_list_is_a_set(members: set[int], probes: list[int]) -> None:
         assert (str(probe) in deny) == (probe in members)
 
 
+@given(
+    st.sets(st.integers(0, 10**19 - 1), max_size=200),
+    st.sets(st.integers(0, 10**19 - 1), max_size=50),
+)
+def test_deny_list_lifts_take_cards_off(members: set[int], lifted: set[int]) -> None:
+    """A lift from the back office (staff took the entry off) is a set difference; the list
+    stays sorted, so it saves and loads as before."""
+    deny = DenyList()
+    deny.add([str(number) for number in members], version=1)
+    deny.remove([str(number) for number in lifted | set(list(members)[:3])])
+    kept = members - lifted - set(list(members)[:3])
+    assert list(deny.values) == sorted(kept)
+    assert DenyList.from_bytes(deny.to_bytes(), 2).values == deny.values
+
+
 def _record(tmac: tuple[int, str] = (0, ""), **changes: object) -> UploadRecord:
     """A record; `tmac` (counter, value) is kept only where the format allows it (committed)."""
     base = UploadRecord(
