@@ -13,18 +13,32 @@ change names why (`reason`) and is written to `staff_actions` in the change's tr
     POST /admin/v1/deny-list/{card_number}/review   keep an automatic entry, with a note
     POST /admin/v1/deny-list/{card_number}/lift     lift (fraud: a second person, a supervisor)
 
-Changes take a clerk or a supervisor (`staff.desk_roles`); reads any role.
+Changes take a clerk or a supervisor (`staff.desk_roles`); reads any role. The instance that
+runs the singleton jobs also moves every balance whose wait is over, once an hour (setting
+`replacement_sweep_interval_s`; 0: not here), so nobody has to remember `move-due`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
-from gateways.backoffice import Problem, config_key, pool_key
+from gateways.backoffice import (
+    Problem,
+    config_key,
+    leadership_key,
+    leadership_poll_s,
+    pool_key,
+    singleton_jobs,
+)
 from gateways.staff import any_role, desk_roles
 from gateways.terminal_api import card_desk
 from gateways.terminal_api.routes import (
@@ -48,6 +62,56 @@ def card_desk_extension(app: web.Application) -> None:
     app.router.add_get("/admin/v1/deny-list/{card_number}", deny_entry)
     app.router.add_post("/admin/v1/deny-list/{card_number}/review", review)
     app.router.add_post("/admin/v1/deny-list/{card_number}/lift", lift)
+    if _sweep_interval_s(app) > 0:
+        singleton_jobs(app)
+        app.cleanup_ctx.append(_sweeping_due_replacements)
+
+
+replacement_sweep_interval_s = 3_600.0
+sweeps = logging.getLogger("ksh.desk.replacements")
+
+
+def _sweep_interval_s(app: web.Application) -> float:
+    settings = app[config_key].settings
+    return float(settings.get("replacement_sweep_interval_s", replacement_sweep_interval_s))
+
+
+async def _sweeping_due_replacements(app: web.Application) -> AsyncIterator[None]:
+    sweeping = asyncio.create_task(_sweep_due_replacements(app, _sweep_interval_s(app)))
+    yield
+    sweeping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeping
+
+
+async def _sweep_due_replacements(app: web.Application, interval_s: float) -> None:
+    """While this instance leads: move the balances whose wait is over, then wait."""
+    leadership = app[leadership_key]
+    while True:
+        if not leadership.leading:
+            await asyncio.sleep(leadership_poll_s / 4)
+            continue
+        try:
+            async with app[pool_key].acquire() as connection, connection.transaction():
+                moved = await card_desk.move_due_balances(
+                    connection, now=app[config_key].clock.now(), wait=replacement_wait(app)
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            sweeps.warning("sweep failed, tried again in %.0f s: %s", interval_s, error)
+        except Exception:  # a bug: logged whole, and the service goes on
+            sweeps.exception("sweep failed, tried again in %.0f s", interval_s)
+        else:
+            for found in moved:
+                sweeps.info(
+                    "balance moved",
+                    extra={
+                        "card_number": found.old_card_number,
+                        "new_card_number": found.new_card_number,
+                        "purse_rupiah": found.purse_rupiah,
+                        "pending_rupiah": found.pending_rupiah,
+                    },
+                )
+        await asyncio.sleep(interval_s)
 
 
 def replacement_wait(app: web.Application) -> dt.timedelta:

@@ -188,7 +188,11 @@ def run(arguments: argparse.Namespace) -> int:
             return 0
         context = multiprocessing.get_context("spawn")
         # One process sweeps the expired holds: the others would find nothing left to do.
-        others_settings = {**settings, "expiry_sweep_interval_s": 0}
+        others_settings = {
+            **settings,
+            "expiry_sweep_interval_s": 0,
+            "replacement_sweep_interval_s": 0,
+        }
         others = [
             context.Process(
                 target=serve_process,

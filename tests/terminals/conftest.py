@@ -72,7 +72,12 @@ async def backoffice(database_url: str) -> AsyncIterator[Backoffice]:
     # The issuer's Transaction MAC masters: the test cards (the demo key store's) prove their
     # own transactions, as in service.
     masters = demo_key_store().accepted_master_keys(KeyRole.TMAC)
-    config = BackofficeConfig(database_url, clock=clock, settings={"tmac_master_keys": masters})
+    config = BackofficeConfig(
+        database_url,
+        clock=clock,
+        # The service desk's sweep of due replacements runs only where a test asks for it.
+        settings={"tmac_master_keys": masters, "replacement_sweep_interval_s": 0},
+    )
     app = create_app(config, [terminal_extension, card_desk_extension])
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()

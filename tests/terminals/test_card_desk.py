@@ -10,13 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
+from aiohttp.test_utils import TestServer
 
 from bus_terminals.journal import Journal
 from bus_terminals.sync import SyncClient, SyncState
 from gateways import staff
+from gateways.backoffice import BackofficeConfig, create_app
 from gateways.terminal_api import card_desk, registry
-from tests.terminals.conftest import Backoffice, admin_token
+from gateways.terminal_api.card_desk_routes import card_desk_extension
+from gateways.terminal_api.routes import terminal_extension
+from ledger.clock import ManualClock
+from tests.terminals.conftest import Backoffice, admin_token, test_day_start
 from tests.terminals.helpers import books_snapshot, post_batch, purse_balance, record
+from tests.waiting import wait_until_async
 
 old_card = "6032984000000101"
 new_card = "6032984000000102"
@@ -238,3 +245,44 @@ async def test_deny_list_entries_are_reviewed_and_lifted_with_four_eyes_for_frau
         assert old_card in client.state.deny_list
     await client.close()
     client.journal.close()
+
+
+async def test_the_back_office_moves_a_due_balance_by_itself(database_url: str) -> None:
+    clock = ManualClock(test_day_start)
+    settings = {"replacement_sweep_interval_s": 0.05, "replacement_wait_days": 1}
+    app = create_app(
+        BackofficeConfig(database_url, clock=clock, settings=settings),
+        [terminal_extension, card_desk_extension],
+    )
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    connection = await asyncpg.connect(database_url)
+    try:
+        await registry.issue_cards(connection, {old_card: 20_000, new_card: 0}, now=clock.now())
+        await card_desk.register_holder(
+            connection, old_card, "Siti", nik, "081234567890", username="ani", now=clock.now()
+        )
+        await card_desk.block_card(
+            connection,
+            old_card,
+            card_desk.BlockCause.stolen,
+            "bag",
+            username="ani",
+            now=clock.now(),
+        )
+        await card_desk.request_replacement(
+            connection, old_card, new_card, username="ani", now=clock.now()
+        )
+
+        async def moved() -> int | None:
+            found = await card_desk.replacement_of(connection, old_card)
+            assert found is not None
+            return found.purse_rupiah
+
+        assert await moved() is None  # due in a day (the setting): before that, see above
+        clock.advance(86_400)
+        await wait_until_async(moved, "the sweep moved the balance")
+        assert await moved() == 20_000
+    finally:
+        await connection.close()
+        await server.close()
