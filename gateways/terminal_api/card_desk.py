@@ -537,6 +537,22 @@ async def move_due_balances(
     return moved
 
 
+replacement_chain_max = 100
+
+
+async def _card_in_use(connection: asyncpg.Connection, number: str) -> str:
+    """The card that replaced `number`, and the one that replaced that, to the one in use: a
+    replacement lost in its turn before the first balance moved gets it all the same."""
+    for _ in range(replacement_chain_max):
+        newer = await connection.fetchval(
+            "select new_card_number from card_replacements where old_card_number = $1", number
+        )
+        if newer is None:
+            return number
+        number = newer
+    raise AssertionError(f"a chain of more than {replacement_chain_max} replacements")
+
+
 async def _move_balance(
     connection: asyncpg.Connection, old: str, new: str, now: dt.datetime
 ) -> None:
@@ -544,13 +560,14 @@ async def _move_balance(
     as pending top-ups of at most what one card transaction carries; the old purse closed. The
     ledger is locked from the balances' reading to the close: nothing books in between."""
     source = registry.card_accounts(old)
-    target = registry.card_accounts(new)
     async with connection.transaction():
         if await connection.fetchval(
             "select moved_at from card_replacements where old_card_number = $1 for update", old
         ):
             return  # moved by another desk meanwhile
         await books.lock_ledger(connection)
+        new = await _card_in_use(connection, new)
+        target = registry.card_accounts(new)
         found = await books.balances(
             connection, [source.purse_account_id, source.pending_top_up_account_id]
         )

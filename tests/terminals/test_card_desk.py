@@ -286,3 +286,48 @@ async def test_the_back_office_moves_a_due_balance_by_itself(database_url: str) 
     finally:
         await connection.close()
         await server.close()
+
+
+async def test_a_replacement_lost_in_its_turn_passes_the_balance_on(database_url: str) -> None:
+    """The new card is lost too, and replaced, before the first balance moves: the first
+    balance reaches the card in use, and each old purse is closed. (The sweep takes the second
+    card first: its number is lower.)"""
+    first_card, second_card, third_card = "6032984000000105", new_card, "6032984000000104"
+    clock = ManualClock(test_day_start)
+    connection = await asyncpg.connect(database_url)
+    try:
+        await registry.issue_cards(
+            connection, {first_card: 20_000, second_card: 5_000, third_card: 0}, now=clock.now()
+        )
+        await card_desk.register_holder(
+            connection, first_card, "Siti", nik, "081234567890", username="ani", now=clock.now()
+        )
+        for lost, replacing in ((first_card, second_card), (second_card, third_card)):
+            await card_desk.block_card(
+                connection, lost, card_desk.BlockCause.lost, "bus", username="ani", now=clock.now()
+            )
+            await card_desk.request_replacement(
+                connection, lost, replacing, username="ani", now=clock.now()
+            )
+            clock.advance(3_600)
+        clock.advance(3 * 86_400)
+        moved = await card_desk.move_due_balances(connection, now=clock.now())
+        assert [(m.old_card_number, m.purse_rupiah) for m in moved] == [
+            (second_card, 5_000),
+            (first_card, 20_000),
+        ]
+        third = registry.card_accounts(third_card)
+        balances = await connection.fetch(
+            "select id, credits_posted - debits_posted as balance, flags & 4 = 4 as closed "
+            "from ledger_accounts where owner_reference = any($1::text[]) "
+            "and kind in ('card_purse', 'pending_top_up')",
+            [first_card, second_card, third_card],
+        )
+    finally:
+        await connection.close()
+    held = {row["id"]: (row["balance"], row["closed"]) for row in balances}
+    assert held.pop(third.pending_top_up_account_id) == (25_000, False)
+    assert held.pop(third.purse_account_id) == (0, False)
+    assert {balance for balance, _ in held.values()} == {0}
+    closed_purses = [closed for (_, closed) in held.values() if closed]
+    assert len(closed_purses) == 2
