@@ -161,6 +161,8 @@ async def test_a_lost_card_is_blocked_replaced_and_its_balance_moves_once(
         assert status == 200, answer
         status, shown = await desk.call("GET", f"/admin/v1/cards/{old_card}")
         assert [flag["reason"] for flag in shown["flags"]] == ["purse_closed"]
+        async with session.get(backoffice.url + "/metrics") as response:
+            assert 'ksh_card_flags_total{reason="purse_closed"} 1.0' in await response.text()
         status, problem = await desk.call("POST", f"/admin/v1/deny-list/{old_card}/lift", {})
         assert (status, problem["code"]) == (409, "card_replaced")
     await client.close()
