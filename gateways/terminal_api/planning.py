@@ -671,14 +671,17 @@ def judge_booking(
             )
             verdict.suspense += suspense_legs(record, legs)
             continue
-        if any(o.result in _closed_results for o in leg_outcomes):
+        failed = [o for o in leg_outcomes if o.result not in booked_results]
+        if failed and any(o.result in _closed_results for o in failed):
+            # Every leg of a card transaction touches the purse (a fee is linked to its sale),
+            # so none of them was booked: all go through suspense instead.
+            assert len(failed) == len(legs), f"part of a closed card's transaction booked: {failed}"
             verdict.closed.append(record)
             verdict.flags.append(
                 CardFlag.of(record, "purse_closed", "a tap after the balance moved to a new card")
             )
             verdict.suspense += suspense_legs(record, legs)
             continue
-        failed = [o for o in leg_outcomes if o.result not in booked_results]
         assert not failed, f"ledger refused a card transaction: {failed}"
         if any(o.over_limit for o in leg_outcomes if o.result == CreateTransferResult.created):
             verdict.flags.append(
