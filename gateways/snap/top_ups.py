@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from bus_terminals.wire import rupiah_max
 from gateways.snap import ledger_port
 from gateways.snap.codes import Cases, SnapError
 from gateways.snap.fields import (
@@ -68,7 +69,8 @@ async def holder_name(connection: asyncpg.Connection, card_number: str) -> str:
 async def allowed_rupiah(
     connection: asyncpg.Connection, card_number: str, purse_cap_rupiah: int
 ) -> int:
-    """How much may still be topped up: cap - (purse + pending top-ups), never below zero.
+    """How much one top-up may bring: cap - (purse + pending top-ups), never below zero, and
+    at most what one card transaction carries (`bus_terminals.wire.rupiah_max`).
     `purse_cap_rupiah` is the cap of an unregistered card; a registered card's is its own
     (Rp 20,000,000: `card_desk`)."""
     position = await ledger_port.card_position(connection, card_number)
@@ -77,7 +79,9 @@ async def allowed_rupiah(
     if position.blocked:
         raise SnapError(Cases.inactive_account, "card is blocked")
     cap = card_desk.purse_cap_rupiah_registered if position.registered else purse_cap_rupiah
-    return max(0, cap - position.purse_rupiah - position.pending_rupiah)
+    room = max(0, cap - position.purse_rupiah - position.pending_rupiah)
+    # One top-up is one card transaction, which moves at most what a purse holds.
+    return min(room, rupiah_max)
 
 
 def _va_data(body: dict[str, Any], va_number: str, card_name: str) -> dict[str, Any]:
