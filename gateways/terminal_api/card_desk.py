@@ -540,9 +540,10 @@ async def move_due_balances(
 replacement_chain_max = 100
 
 
-async def _card_in_use(connection: asyncpg.Connection, number: str) -> str:
+async def card_in_use(connection: asyncpg.Connection, number: str) -> str:
     """The card that replaced `number`, and the one that replaced that, to the one in use: a
-    replacement lost in its turn before the first balance moved gets it all the same."""
+    replacement lost in its turn before the first balance moved gets it all the same. Money
+    owed to a replaced card later (a refund) is owed to this one: its own purse is closed."""
     for _ in range(replacement_chain_max):
         newer = await connection.fetchval(
             "select new_card_number from card_replacements where old_card_number = $1", number
@@ -566,7 +567,7 @@ async def _move_balance(
         ):
             return  # moved by another desk meanwhile
         await books.lock_ledger(connection)
-        new = await _card_in_use(connection, new)
+        new = await card_in_use(connection, new)
         target = registry.card_accounts(new)
         found = await books.balances(
             connection, [source.purse_account_id, source.pending_top_up_account_id]

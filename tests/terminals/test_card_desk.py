@@ -325,8 +325,10 @@ async def test_a_replacement_lost_in_its_turn_passes_the_balance_on(database_url
             "and kind in ('card_purse', 'pending_top_up')",
             [first_card, second_card, third_card],
         )
+        in_use = [await card_desk.card_in_use(connection, n) for n in (first_card, second_card)]
     finally:
         await connection.close()
+    assert in_use == [third_card, third_card]
     held = {row["id"]: (row["balance"], row["closed"]) for row in balances}
     assert held.pop(third.pending_top_up_account_id) == (25_000, False)
     assert held.pop(third.purse_account_id) == (0, False)
