@@ -396,6 +396,14 @@ async def register_cards(connection: asyncpg.Connection, card_numbers: list[str]
     """Create the ledger accounts of cards (purse, pending top-up) and their rows; idempotent."""
     if not card_numbers:
         return
+    # A card already registered has its accounts (made with its row); its purse may be closed
+    # since (replaced at the service desk), which an account made again would not match.
+    known = await connection.fetch(
+        "select card_number from cards where card_number = any($1::text[])", card_numbers
+    )
+    card_numbers = sorted(set(card_numbers) - {row["card_number"] for row in known})
+    if not card_numbers:
+        return
     accounts = []
     for number in card_numbers:
         accounts.append(

@@ -165,6 +165,9 @@ async def test_a_lost_card_is_blocked_replaced_and_its_balance_moves_once(
             assert 'ksh_card_flags_total{reason="purse_closed"} 1.0' in await response.text()
         status, problem = await desk.call("POST", f"/admin/v1/deny-list/{old_card}/lift", {})
         assert (status, problem["code"]) == (409, "card_replaced")
+        # Issued again as it was (the admin API is idempotent): fine, its purse stays closed.
+        card = {"card_number": old_card, "opening_balance_rupiah": 50_000}
+        assert (await desk.call("POST", "/admin/v1/cards", card))[0] == 201
     await client.close()
     client.journal.close()
     count, total = await books_snapshot(backoffice.pool)
