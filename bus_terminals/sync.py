@@ -3,7 +3,7 @@
 Upload: the next batch is built from the journal, signed, and *stored* (exact bytes and
 signature) before the first send; every retry sends those same bytes, so the back office books
 it once and answers `exists` to a repeat. Only an acknowledgement moves the journal on.
-Download: deny list (delta since our version, or the whole binary list), the pending top-ups
+Download: deny list (cards added and lifted since our version, or the whole binary list), the pending top-ups
 waiting for cards, tariff and key versions; kept in a `SyncState` the tap flow reads, and saved
 beside the journal so a validator that boots offline still has them. With a `Fleet`, each sync
 also reports the fleet packages the terminal runs, has staged and refused, and takes the newer
@@ -291,6 +291,8 @@ class SyncClient:
                 self.state.deny_list = DenyList.from_bytes(listed.body, version)
             else:
                 self.state.deny_list.add(answer["deny_list_added"], answer["deny_list_version"])
+                # Lifted by staff since our version (absent from an older back office's answer).
+                self.state.deny_list.remove(answer.get("deny_list_lifted", ()))
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, KeyError) as error:
             logger.info("sync failed: %s", error)
             return False
@@ -336,10 +338,13 @@ class SyncClient:
             self.fleet.stage(signed, sent.body)
 
     def _apply_deny_list(self, content: bytes) -> None:
-        """A deny-list package: its cards join the list (it only grows; the deltas go on from
-        the newer of the two versions)."""
+        """A deny-list package is the whole list as of its version (a change id of the back
+        office's deny list): it replaces the terminal's list when it is at least as new, and the
+        deltas go on from it. An older one is ignored: the deltas since carried newer additions
+        and lifts, and a card staff lifted must not come back."""
         version, numbers = deny_list_numbers(content)
-        self.state.deny_list.add([str(number) for number in numbers], version)
+        if version >= self.state.deny_list.version:
+            self.state.deny_list = DenyList(numbers, version)
 
     def _interval_ms(self, own_ms: int) -> int:
         """The running settings package's sync interval, else the terminal's own."""

@@ -36,6 +36,7 @@ class Role(enum.StrEnum):
 # Who may do what (README, "Who can do what"), for the admin API and the `ksh` commands alike.
 money_roles = (Role.clerk, Role.supervisor)  # issue cards, take pending top-ups: create money
 party_roles = (Role.supervisor,)  # register or suspend operators, merchants, terminals
+desk_roles = (Role.clerk, Role.supervisor)  # the service desk: register, block, replace cards
 any_role = tuple(Role)
 
 

@@ -27,6 +27,7 @@ command_modules: tuple[str, ...] = (
     "party",
     "cards",
     "complaint",
+    "deny",
     "validator",
     "pos",
     "serve",

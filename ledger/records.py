@@ -94,6 +94,7 @@ class TransferCode(enum.IntEnum):
     expiry = 15  # booked by the ledger when a pending transfer expires (void)
     qris_payment = 16  # acquirer's QRIS clearing -> merchant payable (a QRIS sale confirmed)
     qris_mdr = 17  # merchant payable -> acquirer's QRIS clearing (the MDR it keeps)
+    card_replacement = 18  # a lost card's purse / pending top-ups -> its replacement's pending
 
 
 class CreateAccountResult(enum.Enum):

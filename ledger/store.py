@@ -252,12 +252,18 @@ async def find_accounts(
     ]
 
 
+async def lock_head(connection: asyncpg.Connection) -> None:
+    """Take the ledger's head lock until the caller's transaction ends: no batch books
+    meanwhile, so balances read after it stay true until the caller's own booking (a
+    read-then-book, such as moving a whole balance and closing the account)."""
+    assert connection.is_in_transaction(), "the lock lasts as long as the caller's transaction"
+    await connection.execute("update ledger_head set state_version = state_version + 1")
+
+
 async def close_account(connection: asyncpg.Connection, account_id: uuid.UUID) -> bool:
     """Mark an account closed: later transfers touching it are refused (voids still pass)."""
     async with connection.transaction():
-        await connection.execute(
-            "update ledger_head set state_version = state_version + 1"
-        )  # also takes the head lock: no batch is deciding on the old flags meanwhile
+        await lock_head(connection)  # no batch is deciding on the old flags meanwhile
         status = await connection.execute(
             "update ledger_accounts set flags = flags | $2 where id = $1",
             account_id,

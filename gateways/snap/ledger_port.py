@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from bus_terminals.wire import reference_check
-from gateways.terminal_api import registry
+from gateways.terminal_api import card_desk, registry
 from ledger.store import lookup_accounts
 
 
@@ -45,6 +45,7 @@ class CardPosition:
     purse_rupiah: int  # the card purse account's balance (the card's value as we know it)
     pending_rupiah: int  # paid at a bank, not yet written to the card
     blocked: bool
+    registered: bool  # to a person: Bank Indonesia's higher cap applies
 
 
 async def card_position(connection: asyncpg.Connection, card_number: str) -> CardPosition | None:
@@ -66,6 +67,7 @@ async def card_position(connection: asyncpg.Connection, card_number: str) -> Car
         purse_rupiah=purse.balances.credit_balance if purse else 0,
         pending_rupiah=pending.balances.credit_balance if pending else 0,
         blocked=bool(blocked),
+        registered=await card_desk.holder_of(connection, card_number) is not None,
     )
 
 

@@ -7,7 +7,7 @@ card was issued (the terminal side's card registry, see `ledger_port`).
 
 The purse balance as the back office knows it is the card purse account's balance plus the
 card's pending top-ups; inquiry and payment keep that sum within the e-money cap
-(Rp 2,000,000 for unregistered cards). Payment books one ledger transfer, bank clearing ->
+(Rp 2,000,000 for unregistered cards, Rp 20,000,000 for registered ones). Payment books one ledger transfer, bank clearing ->
 the card's pending top-up account, with an id derived from (partner, paymentRequestId), once
 per paymentRequestId, and announces it to the terminals; a repeat gets the original answer.
 """
@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from bus_terminals.wire import rupiah_max
 from gateways.snap import ledger_port
 from gateways.snap.codes import Cases, SnapError
 from gateways.snap.fields import (
@@ -29,6 +30,7 @@ from gateways.snap.fields import (
     require_text,
 )
 from gateways.snap.partners import Partner, top_up_fee_rupiah
+from gateways.terminal_api import card_desk
 
 purse_cap_rupiah_default = 2_000_000
 customer_number_length_max = 20
@@ -67,13 +69,19 @@ async def holder_name(connection: asyncpg.Connection, card_number: str) -> str:
 async def allowed_rupiah(
     connection: asyncpg.Connection, card_number: str, purse_cap_rupiah: int
 ) -> int:
-    """How much may still be topped up: cap - (purse + pending top-ups), never below zero."""
+    """How much one top-up may bring: cap - (purse + pending top-ups), never below zero, and
+    at most what one card transaction carries (`bus_terminals.wire.rupiah_max`).
+    `purse_cap_rupiah` is the cap of an unregistered card; a registered card's is its own
+    (Rp 20,000,000: `card_desk`)."""
     position = await ledger_port.card_position(connection, card_number)
     if position is None:
         raise SnapError(Cases.invalid_bill, "unknown virtual account")
     if position.blocked:
         raise SnapError(Cases.inactive_account, "card is blocked")
-    return max(0, purse_cap_rupiah - position.purse_rupiah - position.pending_rupiah)
+    cap = card_desk.purse_cap_rupiah_registered if position.registered else purse_cap_rupiah
+    room = max(0, cap - position.purse_rupiah - position.pending_rupiah)
+    # One top-up is one card transaction, which moves at most what a purse holds.
+    return min(room, rupiah_max)
 
 
 def _va_data(body: dict[str, Any], va_number: str, card_name: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The terminal side's only door into the ledger: create accounts, book transfers, read balances.
 
-Kept to three functions so that the ledger's API can move without touching the ingest logic.
+Kept to five functions so that the ledger's API can move without touching the ingest logic.
 """
 
 from __future__ import annotations
@@ -57,3 +57,14 @@ async def balances(
 ) -> dict[uuid.UUID, Balances]:
     booked = await store.lookup_accounts(connection, list(account_ids))
     return {account_id: account.balances for account_id, account in booked.items()}
+
+
+async def close_account(connection: asyncpg.Connection, account_id: uuid.UUID) -> None:
+    """No transfer may touch the account from now on (a replaced card's purse)."""
+    closed = await store.close_account(connection, account_id)
+    assert closed, f"no account {account_id}"
+
+
+async def lock_ledger(connection: asyncpg.Connection) -> None:
+    """Nothing books until the caller's transaction ends (`ledger.store.lock_head`)."""
+    await store.lock_head(connection)

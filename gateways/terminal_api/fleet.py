@@ -90,9 +90,10 @@ async def publish(
 
 
 async def deny_list_snapshot(connection: asyncpg.Connection) -> bytes:
-    """The whole deny list as a package's content, with the version it is complete up to."""
-    row = await connection.fetchrow(  # one statement: one snapshot of the list
-        "select coalesce(max(entry_id), 0) as version, "
+    """The whole deny list as a package's content, with the version it is complete up to: the
+    last change (addition, review, lift) of `deny_list_changes`, as the sync's deltas count."""
+    row = await connection.fetchrow(  # one statement: one snapshot of the list and its version
+        "select (select coalesce(max(change_id), 0) from deny_list_changes) as version, "
         "coalesce(array_agg(distinct card_number), '{}') as numbers from deny_list"
     )
     return deny_list_content(row["version"], [int(number) for number in row["numbers"]])

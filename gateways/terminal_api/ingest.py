@@ -141,7 +141,7 @@ async def _book(
     await _store_records(connection, batch.batch_sequence, plan.new_records, plan.changed)
     await _set_outcomes(connection, plan.settled_earlier)
     await _quarantine(connection, plan.quarantined, now)
-    await _monitor_cards(connection, plan.booked, answer)
+    await _monitor_cards(connection, plan.booked, answer, now)
     await _take_top_ups(connection, plan.top_ups_taken)
     _log_charged_without_service(plan)
     await connection.execute(
@@ -176,18 +176,24 @@ async def _book_card_transfers(
     legs = [leg for planned in card_transfers for leg in planned.legs]
     outcomes = await books.create_transfers(connection, legs, now=now)  # one per leg, in order
     verdict = planning.judge_booking(card_transfers, outcomes)
-    if verdict.clones:
+    if verdict.suspense:
         booked = await books.create_transfers(connection, verdict.suspense, now=now)
         refused = [o for o in booked if o.result not in planning.booked_results]
         assert not refused, f"suspense booking refused: {refused}"
+    if verdict.clones:
         await registry.deny_cards(
-            connection, sorted({record.card_number for record in verdict.clones}), "counter_repeat"
+            connection,
+            sorted({record.card_number for record in verdict.clones}),
+            "counter_repeat",
+            now=now,
         )
+    anomalies = verdict.clones + verdict.closed
+    if anomalies:
         await _set_outcomes(
-            connection, [Placed(record, RecordOutcome.anomaly) for record in verdict.clones]
+            connection, [Placed(record, RecordOutcome.anomaly) for record in anomalies]
         )
-        answer.records_by_outcome[RecordOutcome.booked.value] -= len(verdict.clones)
-        answer.records_by_outcome[RecordOutcome.anomaly.value] += len(verdict.clones)
+        answer.records_by_outcome[RecordOutcome.booked.value] -= len(anomalies)
+        answer.records_by_outcome[RecordOutcome.anomaly.value] += len(anomalies)
     await _insert_flags(connection, verdict.flags, answer)
 
 
@@ -456,7 +462,7 @@ async def _store_records(
 
 
 async def _monitor_cards(
-    connection: asyncpg.Connection, booked: list[UploadRecord], answer: UploadAnswer
+    connection: asyncpg.Connection, booked: list[UploadRecord], answer: UploadAnswer, now: datetime
 ) -> None:
     """The balance chain between adjacent counters (the shadow balance and counter of a card
     are read from its records when asked: no per-card row to update, so no lock to wait on)."""
@@ -527,7 +533,7 @@ async def _monitor_cards(
     if flags:
         await _insert_flags(connection, list(flags), answer)
         await registry.deny_cards(
-            connection, sorted({flag.card_number for flag in flags}), "balance_mismatch"
+            connection, sorted({flag.card_number for flag in flags}), "balance_mismatch", now=now
         )
 
 

@@ -50,7 +50,12 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "KSH back office: terminal side", "version": "1"},
         "components": _components(),
-        "paths": {**_terminal_paths(), **_admin_paths(), **_service_paths()},
+        "paths": {
+            **_terminal_paths(),
+            **_admin_paths(),
+            **_desk_paths(),
+            **_service_paths(),
+        },
     }
 
 
@@ -138,7 +143,8 @@ def _terminal_paths() -> dict[str, Any]:
         },
         "/terminal/v1/sync": {
             "get": {
-                "summary": "Deny list delta, pending top-ups, tariff and key versions",
+                "summary": "Deny list delta (cards added and lifted since deny_since), "
+                "pending top-ups, tariff and key versions",
                 "parameters": [
                     *terminal_headers,
                     timestamp,
@@ -261,6 +267,43 @@ def _admin_paths() -> dict[str, Any]:
                 "security": [{"staff": []}],
                 "responses": {"200": {"description": "terminal, highest sequence, missing"}},
             }
+        },
+    }
+
+
+def _read(summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": [{"staff": []}],
+        "responses": {"200": {"description": "JSON"}},
+    }
+
+
+def _desk_paths() -> dict[str, Any]:
+    """The service desk's card work (`card_desk_routes`): holders, blocks, replacements, the
+    deny list's entries."""
+    card = "/admin/v1/cards/{card_number}"
+    deny = "/admin/v1/deny-list"
+    return {
+        f"{card}/holder": {
+            "post": _admin("Register a card to its holder", ["name", "nik", "phone"]),
+            "get": _read("The card's holder (NIK's last four digits) and its cap"),
+        },
+        f"{card}/block": {
+            "post": _admin("Block a card (cause: lost, stolen, damaged, fraud)", ["cause"])
+        },
+        f"{card}/replace": {
+            "post": _admin("Name the card replacing a blocked one", ["new_card_number"])
+        },
+        f"{card}/replacement": {"get": _read("The card's replacement and when its balance moves")},
+        "/admin/v1/replacements/move-due": {
+            "post": _admin("Move every balance whose waiting period is over", [])
+        },
+        deny: {"get": _read("Deny list entries, newest first (?unreviewed=1)")},
+        f"{deny}/{{card_number}}": {"get": _read("A card's deny list entry and its history")},
+        f"{deny}/{{card_number}}/review": {"post": _admin("Keep an automatic entry", [])},
+        f"{deny}/{{card_number}}/lift": {
+            "post": _admin("Lift an entry (fraud: a second person, a supervisor)", [])
         },
     }
 

@@ -652,10 +652,16 @@ _repeat_results = frozenset(
 )
 
 
+_closed_results = frozenset(
+    {CreateTransferResult.debit_account_closed, CreateTransferResult.credit_account_closed}
+)
+
+
 @dataclass(slots=True)
 class BookingVerdict:
     clones: list[UploadRecord]  # their counter was booked before with other content
-    suspense: list[Transfer]  # the clones' legs, with suspense in place of the purse
+    closed: list[UploadRecord]  # of a card whose purse is closed (its balance moved on)
+    suspense: list[Transfer]  # their legs, with suspense in place of the purse
     flags: list[CardFlag]
 
 
@@ -664,8 +670,11 @@ def judge_booking(
 ) -> BookingVerdict:
     """`outcomes`: the ledger's, one per leg in order. A card claiming a counter already booked
     with other content is a clone or tampered: the ride or sale happened, so its payee is paid,
-    but from suspense, not the purse. A leg booked past the purse's balance flags the card."""
-    verdict = BookingVerdict([], [], [])
+    but from suspense, not the purse. So is a late tap of a card whose balance the service desk
+    moved to a replacement (its purse closed): the balance is never paid twice, and what the
+    old card still spent shows in suspense. A leg booked past the purse's balance flags the
+    card."""
+    verdict = BookingVerdict([], [], [], [])
     position = 0
     for record, legs in planned:
         leg_outcomes = outcomes[position : position + len(legs)]
@@ -678,6 +687,16 @@ def judge_booking(
             verdict.suspense += suspense_legs(record, legs)
             continue
         failed = [o for o in leg_outcomes if o.result not in booked_results]
+        if failed and any(o.result in _closed_results for o in failed):
+            # Every leg of a card transaction touches the purse (a fee is linked to its sale),
+            # so none of them was booked: all go through suspense instead.
+            assert len(failed) == len(legs), f"part of a closed card's transaction booked: {failed}"
+            verdict.closed.append(record)
+            verdict.flags.append(
+                CardFlag.of(record, "purse_closed", "a tap after the balance moved to a new card")
+            )
+            verdict.suspense += suspense_legs(record, legs)
+            continue
         assert not failed, f"ledger refused a card transaction: {failed}"
         if any(o.over_limit for o in leg_outcomes if o.result == CreateTransferResult.created):
             verdict.flags.append(
@@ -688,12 +707,22 @@ def judge_booking(
 
 
 def suspense_legs(record: UploadRecord, legs: Sequence[Transfer]) -> list[Transfer]:
+    """The legs with suspense in place of the card's purse; a leg that would then move money
+    from suspense to suspense (a credit that came from suspense already) is left out."""
     purse = purse_account_id(record.card_number)
+    substituted = [
+        (
+            leg,
+            suspense_account_id if leg.debit_account_id == purse else leg.debit_account_id,
+            suspense_account_id if leg.credit_account_id == purse else leg.credit_account_id,
+        )
+        for leg in legs
+    ]
     return [
         Transfer(
             derive_id("card-anomaly", record.terminal_id, record.sequence, str(leg.id)),
-            suspense_account_id if leg.debit_account_id == purse else leg.debit_account_id,
-            suspense_account_id if leg.credit_account_id == purse else leg.credit_account_id,
+            debit,
+            credit,
             leg.amount,
             TransferCode.suspense,
             leg.flags,
@@ -702,7 +731,8 @@ def suspense_legs(record: UploadRecord, legs: Sequence[Transfer]) -> list[Transf
             card_number=record.card_number,
             card_counter=record.card_counter,
         )
-        for leg in legs
+        for leg, debit, credit in substituted
+        if debit != credit
     ]
 
 

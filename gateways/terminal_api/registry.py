@@ -397,6 +397,14 @@ async def register_cards(connection: asyncpg.Connection, card_numbers: list[str]
     """Create the ledger accounts of cards (purse, pending top-up) and their rows; idempotent."""
     if not card_numbers:
         return
+    # A card already registered has its accounts (made with its row); its purse may be closed
+    # since (replaced at the service desk), which an account made again would not match.
+    known = await connection.fetch(
+        "select card_number from cards where card_number = any($1::text[])", card_numbers
+    )
+    card_numbers = sorted(set(card_numbers) - {row["card_number"] for row in known})
+    if not card_numbers:
+        return
     accounts = []
     for number in card_numbers:
         accounts.append(
@@ -454,18 +462,52 @@ async def add_pending_top_up(
     return bool(result.endswith(" 1"))
 
 
-async def deny_cards(connection: asyncpg.Connection, card_numbers: list[str], reason: str) -> None:
-    if card_numbers:
-        await connection.execute(
-            "insert into deny_list (card_number, reason) select unnest($1::text[]), $2 "
-            "on conflict (card_number) do nothing",
-            card_numbers,
-            reason,
-        )
+class DenySource(enum.StrEnum):
+    rule = "rule"  # an automatic rule of the back office (counter_repeat, balance_mismatch)
+    staff = "staff"  # a person (a lost or stolen card, fraud found by staff)
+
+
+async def deny_cards(
+    connection: asyncpg.Connection,
+    card_numbers: list[str],
+    reason: str,
+    *,
+    source: DenySource = DenySource.rule,
+    username: str = "",
+    note: str = "",
+    now: datetime,
+) -> list[str]:
+    """Put cards on the deny list (those already on it stay as they are), each addition also a
+    row of its history (`deny_list_changes`, whose change id is the entry's id and the list's
+    new version). Returns the cards added, at business time `now`."""
+    if not card_numbers:
+        return []
+    rows = await connection.fetch(
+        """with added as (
+               insert into deny_list (card_number, reason, source, added_by, note, added_at)
+               select number, $2, $3, $4, $5, $6
+                 from unnest($1::text[]) as given(number)
+               on conflict (card_number) do nothing
+               returning entry_id, card_number, added_at)
+           insert into deny_list_changes
+                  (change_id, card_number, change, reason, source, username, note, at)
+           select entry_id, card_number, 'added', $2, $3, $4, $5, added_at from added
+           returning card_number""",
+        sorted(set(card_numbers)),
+        reason,
+        source.value,
+        username,
+        note,
+        now,
+    )
+    return sorted(row["card_number"] for row in rows)
 
 
 async def deny_list_version(connection: asyncpg.Connection) -> int:
-    return int(await connection.fetchval("select coalesce(max(entry_id), 0) from deny_list"))
+    """The highest change of the deny list (an addition, a review, a lift)."""
+    return int(
+        await connection.fetchval("select coalesce(max(change_id), 0) from deny_list_changes")
+    )
 
 
 async def pay_pending_top_up(

@@ -275,8 +275,13 @@ async def sync(request: web.Request) -> web.Response:
         running = {kind: reported.running_version for kind, reported in report.items()}
         packages = await fleet.offers(connection, terminal.role.value, running, now)
         version = await registry.deny_list_version(connection)
-        added = await connection.fetch(
-            "select card_number from deny_list where entry_id > $1 order by entry_id limit $2",
+        # Each card changed since the terminal's version, as it stands now: on the list
+        # (added), or off it (lifted). A card added and lifted meanwhile is simply lifted.
+        changed = await connection.fetch(
+            "select c.card_number, exists (select 1 from deny_list d "
+            "where d.card_number = c.card_number) as denied from (select distinct card_number "
+            "from deny_list_changes where change_id > $1 and change in ('added', 'lifted') "
+            "limit $2) c",
             deny_since,
             deny_delta_entries_max + 1,
         )
@@ -288,13 +293,18 @@ async def sync(request: web.Request) -> web.Response:
         )
     for _, refused in refusals:
         request.app[metrics_key].fleet_refusals.increment(refused.refused_reason)
-    full_needed = len(added) > deny_delta_entries_max
+    full_needed = len(changed) > deny_delta_entries_max
     return web.json_response(
         {
             "server_time_ms": request.app[config_key].clock.unix_ms(),
             "deny_list_version": version,
             "deny_list_full_download": full_needed,
-            "deny_list_added": [] if full_needed else [row["card_number"] for row in added],
+            "deny_list_added": []
+            if full_needed
+            else sorted(row["card_number"] for row in changed if row["denied"]),
+            "deny_list_lifted": []
+            if full_needed
+            else sorted(row["card_number"] for row in changed if not row["denied"]),
             "pending_top_ups": [
                 [row["top_up_id"], row["card_number"], row["amount_rupiah"], row["paid_ms"]]
                 for row in top_ups
@@ -687,6 +697,7 @@ async def add_pending_top_up(request: web.Request) -> web.Response:
             ) from None
     reason = _reason(body)
     async with request.app[pool_key].acquire() as connection, connection.transaction():
+        await _refuse_past_cap(connection, number, top_up_id, amount)
         created = await registry.pay_pending_top_up(
             connection, top_up_id, number, amount, paid_at=paid_at, bank_code=source
         )
@@ -702,6 +713,30 @@ async def add_pending_top_up(request: web.Request) -> web.Response:
             created=created,
         )
     return web.json_response({"top_up_id": top_up_id, "created": created}, status=201)
+
+
+async def _refuse_past_cap(
+    connection: asyncpg.Connection, card_number: str, top_up_id: str, amount_rupiah: int
+) -> None:
+    """A new top-up must keep the card within its cap (Rp 20,000,000 registered, 2,000,000
+    not: `card_desk`); a denied card takes none. A repeat of a booked top-up passes."""
+    from gateways.terminal_api import card_desk
+
+    if await connection.fetchval("select 1 from pending_top_ups where top_up_id = $1", top_up_id):
+        return
+    denied = await connection.fetchval(
+        "select reason from deny_list where card_number = $1", card_number
+    )
+    if denied is not None:
+        raise Problem(409, "card_denied", f"card {card_number} is on the deny list ({denied})")
+    room = await card_desk.top_up_room_rupiah(connection, card_number)
+    if amount_rupiah > room:
+        cap = await card_desk.purse_cap_rupiah(connection, card_number)
+        raise Problem(
+            409,
+            "purse_cap",
+            f"card {card_number} may take Rp {room:,} more (its cap is Rp {cap:,})",
+        )
 
 
 async def card_view(request: web.Request) -> web.Response:
@@ -762,3 +797,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
+
+
+# The seams other admin modules (`card_desk_routes`) build their handlers on: the caller's
+# token and body, a field, the reason, the registry's refusals as problems, the staff action.
+admin_body = _admin_body
+body_field = _field
+staff_reason = _reason
+registry_refusals = _refusals
+record_staff_action = _record

@@ -1,4 +1,5 @@
-"""`ksh cards`: cards in the back office's books (issue).
+"""`ksh cards`: cards in the back office's books (issue, and the service desk: register to a
+holder, block, replace, move-due, show).
 
 Plural on purpose: `ksh card` works with one card on a reader (personalise, top up, read);
 `ksh cards` works with the register of cards the back office keeps, and never touches a card.
@@ -54,6 +55,235 @@ def register(subparsers: Any) -> None:
     )
     acting.add_arguments(issue, clerks_may)
     issue.set_defaults(handler=run_issue)
+    add_desk_parsers(actions)
+
+
+def add_desk_parsers(actions: Any) -> None:
+    """The service desk's work on one card: register, block, replace, move-due, show."""
+    register_card = actions.add_parser(
+        "register",
+        help="register a card to its holder (Bank Indonesia's registered cap: Rp 20,000,000)",
+        description="Register an issued card to a person. The NIK is kept only as a salted "
+        "hash and its last four digits. A registered card may hold up to Rp 20,000,000 "
+        "(unregistered: Rp 2,000,000) and is the one whose balance a replacement recovers.",
+    )
+    register_card.add_argument("number", help="the card number")
+    register_card.add_argument("--name", required=True)
+    register_card.add_argument("--nik", required=True, help="the 16-digit national ID number")
+    register_card.add_argument("--phone", required=True)
+    acting.add_arguments(register_card, clerks_may)
+    register_card.set_defaults(handler=run_register)
+    block = actions.add_parser(
+        "block",
+        help="block a lost, stolen, damaged or fraudulent card: the deny list carries it to "
+        "every terminal at its next sync",
+    )
+    block.add_argument("number", help="the card number")
+    block.add_argument("--cause", required=True, choices=["lost", "stolen", "damaged", "fraud"])
+    acting.add_arguments(block, clerks_may)
+    block.set_defaults(handler=run_block)
+    replace = actions.add_parser(
+        "replace",
+        help="name the card that replaces a blocked registered card; its balance moves there "
+        "after the waiting period",
+    )
+    replace.add_argument("number", help="the blocked card")
+    replace.add_argument("--new", required=True, metavar="NUMBER", help="the new card (issued)")
+    add_wait_argument(replace)
+    acting.add_arguments(replace, clerks_may)
+    replace.set_defaults(handler=run_replace)
+    move_due = actions.add_parser(
+        "move-due",
+        help="move every replaced card's balance whose waiting period is over (run daily)",
+    )
+    add_wait_argument(move_due)
+    acting.add_arguments(move_due, clerks_may)
+    move_due.set_defaults(handler=run_move_due)
+    show = actions.add_parser(
+        "show", help="a card at the desk: holder, cap, balance, deny list entry, replacement"
+    )
+    show.add_argument("number", help="the card number")
+    show.set_defaults(handler=run_show)
+
+
+def add_wait_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait-days",
+        type=float,
+        default=3.0,
+        metavar="DAYS",
+        help="how long after the block the balance waits for offline taps (default 3; the "
+        "back office's --replacement-wait-days)",
+    )
+
+
+def wait_of(arguments: argparse.Namespace) -> Any:
+    import datetime as dt
+
+    if not 0 <= arguments.wait_days <= 365:
+        raise UserError("--wait-days must be 0 to 365")
+    return dt.timedelta(days=arguments.wait_days)
+
+
+def run_desk_change(arguments: argparse.Namespace, action: str, subject: str, change: Any) -> Any:
+    """Do `change(connection, member, now)` as the --as staff member, with its staff action,
+    in one transaction; a refusal of the desk's rules is a one-line error."""
+    from gateways.staff import desk_roles
+    from gateways.terminal_api import registry
+    from ledger.clock import system_clock
+
+    reason = acting.reason_of(arguments)
+
+    async def work(connection: Any) -> Any:
+        async with connection.transaction():
+            member = await acting.acting_member(connection, arguments, desk_roles)
+            try:
+                done = await change(connection, member, system_clock.now())
+            except registry.RegistryError as error:
+                raise UserError(str(error)) from None
+            await acting.record(connection, member, action, subject, reason)
+        return done
+
+    return run_with_database(work)
+
+
+def run_register(arguments: argparse.Namespace) -> int:
+    from gateways.terminal_api import card_desk
+
+    async def change(connection: Any, member: Any, now: Any) -> Any:
+        return await card_desk.register_holder(
+            connection,
+            arguments.number,
+            arguments.name,
+            arguments.nik,
+            arguments.phone,
+            username=member.username,
+            now=now,
+        )
+
+    holder = run_desk_change(arguments, "register_card", arguments.number, change)
+    print(
+        f"card {arguments.number} registered to {holder.name} (NIK ****{holder.nik_last4}): "
+        f"it may hold up to {rupiah(card_desk.purse_cap_rupiah_registered)}"
+    )
+    return 0
+
+
+def run_block(arguments: argparse.Namespace) -> int:
+    from gateways.terminal_api import card_desk
+
+    async def change(connection: Any, member: Any, now: Any) -> None:
+        await card_desk.block_card(
+            connection,
+            arguments.number,
+            card_desk.BlockCause(arguments.cause),
+            arguments.reason or "",
+            username=member.username,
+            now=now,
+        )
+
+    run_desk_change(arguments, "block_card", arguments.number, change)
+    print(
+        f"card {arguments.number} blocked ({arguments.cause}): terminals refuse it from their next sync"
+    )
+    return 0
+
+
+def run_replace(arguments: argparse.Namespace) -> int:
+    from gateways.terminal_api import card_desk
+
+    wait = wait_of(arguments)
+
+    async def change(connection: Any, member: Any, now: Any) -> Any:
+        return await card_desk.request_replacement(
+            connection,
+            arguments.number,
+            arguments.new,
+            username=member.username,
+            now=now,
+            wait=wait,
+        )
+
+    found = run_desk_change(arguments, "replace_card", arguments.number, change)
+    print(f"card {found.old_card_number} is replaced by {found.new_card_number}")
+    print(describe_replacement(found, wait))
+    return 0
+
+
+def describe_replacement(found: Any, wait: Any) -> str:
+    if found.moved_at is None:
+        return f"its balance moves on {found.due_at(wait):%Y-%m-%d %H:%M %Z} (ksh cards move-due)"
+    return (
+        f"moved {found.moved_at:%Y-%m-%d %H:%M}: {rupiah(found.purse_rupiah)} from the purse and "
+        f"{rupiah(found.pending_rupiah)} pending, delivered at the new card's next tap"
+    )
+
+
+def run_move_due(arguments: argparse.Namespace) -> int:
+    from gateways.terminal_api import card_desk
+
+    wait = wait_of(arguments)
+
+    async def change(connection: Any, member: Any, now: Any) -> Any:
+        moved = await card_desk.move_due_balances(connection, now=now, wait=wait)
+        for found in moved:
+            await acting.record(
+                connection,
+                member,
+                "move_card_balance",
+                found.old_card_number,
+                arguments.reason,
+                new_card_number=found.new_card_number,
+                purse_rupiah=found.purse_rupiah,
+                pending_rupiah=found.pending_rupiah,
+            )
+        return moved
+
+    moved = run_desk_change(arguments, "move_due_balances", "cards", change)
+    for found in moved:
+        print(
+            f"{found.old_card_number} -> {found.new_card_number}: {describe_replacement(found, wait)}"
+        )
+    print(f"{len(moved)} balance(s) moved")
+    return 0
+
+
+def run_show(arguments: argparse.Namespace) -> int:
+    from gateways.terminal_api import books, card_desk, registry
+    from ksh.tables import print_fields
+
+    number = arguments.number
+    try:
+        registry.check_card_number(number)
+    except registry.RegistryError as error:
+        raise UserError(str(error)) from None
+
+    async def work(connection: Any) -> dict[str, object]:
+        if not await connection.fetchval("select 1 from cards where card_number = $1", number):
+            raise UserError(f"card {number} was never issued")
+        holder = await card_desk.holder_of(connection, number)
+        entry = await card_desk.deny_entry(connection, number)
+        replaced = await card_desk.replacement_of(connection, number)
+        accounts = registry.card_accounts(number)
+        found = await books.balances(
+            connection, [accounts.purse_account_id, accounts.pending_top_up_account_id]
+        )
+        return {
+            "card": number,
+            "holder": None
+            if holder is None
+            else f"{holder.name} (NIK ****{holder.nik_last4}, {holder.phone})",
+            "cap": rupiah(await card_desk.purse_cap_rupiah(connection, number)),
+            "purse": rupiah(found[accounts.purse_account_id].credit_balance),
+            "pending top-ups": rupiah(found[accounts.pending_top_up_account_id].credit_balance),
+            "deny list": None
+            if entry is None
+            else f"{entry.reason} ({entry.source.value}, {entry.added_by or 'rule'}, {entry.added_at:%Y-%m-%d %H:%M})",
+            "replaced by": None if replaced is None else replaced.new_card_number,
+        }
+
+    print_fields(run_with_database(work))
+    return 0
 
 
 def run_issue(arguments: argparse.Namespace) -> int:

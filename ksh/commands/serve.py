@@ -89,6 +89,14 @@ def register(subparsers: Any) -> None:
         "for POS sales are asked of the merchant's acquirer with it. Without it, QRIS sales "
         "are refused (503 qris_unavailable)",
     )
+    parser.add_argument(
+        "--replacement-wait-days",
+        type=float,
+        default=3.0,
+        metavar="DAYS",
+        help="how long a blocked card's balance waits for offline taps still on their way "
+        "before it moves to its replacement (default 3)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -108,6 +116,8 @@ def secure_cookies(host: str, insecure: bool) -> bool:
 def settings_of(arguments: argparse.Namespace) -> dict[str, Any]:
     """The back office settings `ksh serve` hands to every serving process (plain values:
     they cross to the worker processes)."""
+    if not 0 <= arguments.replacement_wait_days <= 365:
+        raise UserError("--replacement-wait-days must be 0 to 365")
     if not 1 <= arguments.password_checks <= password_checks_max:
         raise UserError(f"--password-checks must be 1 to {password_checks_max}")
     from gateways.terminal_api.suspension import quarantined_per_day_max_default
@@ -127,6 +137,7 @@ def settings_of(arguments: argparse.Namespace) -> dict[str, Any]:
         "upload_booking_timeout_ms": upload_booking_timeout_ms(),
         "tmac_master_keys": transaction_mac_masters(arguments.keystore),
         "snap_private_key_pem": snap_private_key(arguments.snap_key),
+        "replacement_wait_days": arguments.replacement_wait_days,
     }
 
 
@@ -162,12 +173,13 @@ def transaction_mac_masters(keystore: Path | None) -> tuple[bytes, ...]:
 
 
 def extensions() -> list[Any]:
-    """The terminal side and the sweep of expired holds always; SNAP and the finance pages
+    """The terminal side, the service desk's card API and the sweep of expired holds always; SNAP and the finance pages
     when installed."""
     from gateways.backoffice import hold_expiry
+    from gateways.terminal_api.card_desk_routes import card_desk_extension
     from gateways.terminal_api.routes import terminal_extension
 
-    mounted: list[Any] = [terminal_extension, hold_expiry]
+    mounted: list[Any] = [terminal_extension, card_desk_extension, hold_expiry]
     for module_name, attribute in optional_extensions:
         try:
             module = importlib.import_module(module_name)
@@ -221,7 +233,11 @@ def run(arguments: argparse.Namespace) -> int:
             return 0
         context = multiprocessing.get_context("spawn")
         # One process sweeps the expired holds: the others would find nothing left to do.
-        others_settings = {**settings, "expiry_sweep_interval_s": 0}
+        others_settings = {
+            **settings,
+            "expiry_sweep_interval_s": 0,
+            "replacement_sweep_interval_s": 0,
+        }
         others = [
             context.Process(
                 target=serve_process,

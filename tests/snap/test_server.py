@@ -20,7 +20,7 @@ from gateways.snap.client import SnapSession
 from gateways.snap.ledger_port import top_up_id
 from gateways.snap.partners import Partner, save_partner, set_card_holder
 from gateways.snap.server import install
-from gateways.terminal_api import registry
+from gateways.terminal_api import card_desk, registry
 from ledger.store import lookup_accounts
 from tests.snap.conftest import (
     Harness,
@@ -220,6 +220,32 @@ async def test_payment_over_the_cap_is_refused_and_books_nothing(harness: Harnes
     assert inquiry.body["virtualAccountData"]["totalAmount"]["value"] == "200000.00"
 
 
+async def test_a_registered_card_takes_top_ups_up_to_the_registered_cap(harness: Harness) -> None:
+    connection = await asyncpg.connect(harness.database_url)
+    try:
+        await card_desk.register_holder(
+            connection,
+            card_number,
+            "Siti Rahayu",
+            "3374012345678901",
+            "081234567890",
+            username="ani",
+            now=harness.clock.now(),
+        )
+    finally:
+        await connection.close()
+    # purse 1,500,000 of the registered cap of 20,000,000; one top-up is one card transaction,
+    # at most 2,000,000
+    for payment_request_id in ("PR-1", "PR-2"):
+        inquiry = await harness.session.post("/v1.0/transfer-va/inquiry", inquiry_body())
+        assert inquiry.body["virtualAccountData"]["totalAmount"]["value"] == "2000000.00"
+        paid = await harness.session.post(
+            "/v1.0/transfer-va/payment", payment_body(2_000_000, payment_request_id)
+        )
+        assert (paid.http_status, paid.response_code) == (200, "2002500")
+    assert await booked(harness) == (4_000_000, 2)
+
+
 async def test_unknown_virtual_account(harness: Harness) -> None:
     inquiry = await harness.session.post("/v1.0/transfer-va/inquiry", inquiry_body("999999"))
     assert (inquiry.http_status, inquiry.response_code) == (404, "4042412")
@@ -237,7 +263,9 @@ async def test_unknown_virtual_account(harness: Harness) -> None:
 async def test_blocked_card_is_refused(harness: Harness) -> None:
     connection = await asyncpg.connect(harness.database_url)
     try:
-        await registry.deny_cards(connection, [card_number], "reported lost")
+        await registry.deny_cards(
+            connection, [card_number], "reported lost", now=harness.clock.now()
+        )
     finally:
         await connection.close()
     answer = await harness.session.post("/v1.0/transfer-va/payment", payment_body(10_000))

@@ -17,6 +17,7 @@ from card_reader.keys import KeyRole, demo_key_store
 from gateways import staff
 from gateways.backoffice import BackofficeConfig, create_app
 from gateways.terminal_api import registry
+from gateways.terminal_api.card_desk_routes import card_desk_extension
 from gateways.terminal_api.registry import TerminalRole
 from gateways.terminal_api.routes import terminal_extension
 from ledger.clock import ManualClock, jakarta
@@ -71,8 +72,13 @@ async def backoffice(database_url: str) -> AsyncIterator[Backoffice]:
     # The issuer's Transaction MAC masters: the test cards (the demo key store's) prove their
     # own transactions, as in service.
     masters = demo_key_store().accepted_master_keys(KeyRole.TMAC)
-    config = BackofficeConfig(database_url, clock=clock, settings={"tmac_master_keys": masters})
-    app = create_app(config, [terminal_extension])
+    config = BackofficeConfig(
+        database_url,
+        clock=clock,
+        # The service desk's sweep of due replacements runs only where a test asks for it.
+        settings={"tmac_master_keys": masters, "replacement_sweep_interval_s": 0},
+    )
+    app = create_app(config, [terminal_extension, card_desk_extension])
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)

@@ -49,6 +49,21 @@ def test_deny_list_is_a_set(members: set[int], probes: list[int]) -> None:
         assert (str(probe) in deny) == (probe in members)
 
 
+@given(
+    st.sets(st.integers(0, 10**19 - 1), max_size=200),
+    st.sets(st.integers(0, 10**19 - 1), max_size=50),
+)
+def test_deny_list_lifts_take_cards_off(members: set[int], lifted: set[int]) -> None:
+    """A lift from the back office (staff took the entry off) is a set difference; the list
+    stays sorted, so it saves and loads as before."""
+    deny = DenyList()
+    deny.add([str(number) for number in members], version=1)
+    deny.remove([str(number) for number in lifted | set(list(members)[:3])])
+    kept = members - lifted - set(list(members)[:3])
+    assert list(deny.values) == sorted(kept)
+    assert DenyList.from_bytes(deny.to_bytes(), 2).values == deny.values
+
+
 def _record(tmac: tuple[int, str] = (0, ""), **changes: object) -> UploadRecord:
     """A record; `tmac` (counter, value) is kept only where the format allows it (committed)."""
     base = UploadRecord(
@@ -198,3 +213,22 @@ def test_no_record_moves_more_than_a_purse_holds() -> None:
     from card_reader import ksh_card
 
     assert wire.rupiah_max == ksh_card.balance_max_rupiah
+
+
+def test_a_deny_list_package_replaces_the_list_only_when_it_is_as_new() -> None:
+    """A fleet deny-list package is the whole list as of a change id: a newer one replaces the
+    terminal's list (a card lifted since is off it); an older one is ignored, so a card staff
+    lifted after it was published does not come back."""
+    from types import SimpleNamespace
+
+    from bus_terminals.deny_list import DenyList
+    from bus_terminals.packages import deny_list_content
+    from bus_terminals.sync import SyncClient, SyncState
+
+    state = SyncState(deny_list=DenyList([111, 222], version=5))
+    client = SimpleNamespace(state=state)
+    SyncClient._apply_deny_list(client, deny_list_content(4, [111, 222, 333]))  # type: ignore[arg-type]
+    assert "333" not in state.deny_list and state.deny_list.version == 5
+    SyncClient._apply_deny_list(client, deny_list_content(7, [222]))  # type: ignore[arg-type]
+    assert "111" not in state.deny_list and "222" in state.deny_list
+    assert state.deny_list.version == 7

@@ -375,7 +375,7 @@ async def test_settings_key_versions_and_the_deny_list_run_from_packages(
     await publish(PackageKind.settings, b'{"records_per_batch": 1}')
     await publish(PackageKind.key_version, b'{"debit": 1}')
     async with backoffice.pool.acquire() as connection:
-        await registry.deny_cards(connection, [numbers[1]], "stolen")
+        await registry.deny_cards(connection, [numbers[1]], "stolen", now=backoffice.clock.now())
     await publish(PackageKind.deny_list)
     async with aiohttp.ClientSession() as session:
         bus = Bus(

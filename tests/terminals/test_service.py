@@ -90,6 +90,7 @@ async def test_staff_endpoints_health_metrics_openapi(backoffice: Backoffice) ->
         async with session.get(backoffice.url + "/openapi.json") as response:
             document = await response.json()
         assert "/terminal/v1/uploads" in document["paths"]
+        assert "/admin/v1/deny-list/{card_number}/lift" in document["paths"]
         async with session.get(backoffice.url + "/metrics") as response:
             text = await response.text()
         assert "# TYPE ksh_terminal_uploads_total counter" in text

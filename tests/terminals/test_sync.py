@@ -28,7 +28,9 @@ from tests.terminals.helpers import books_snapshot
 async def test_downloads_and_their_authentication(backoffice: Backoffice, tmp_path: Path) -> None:
     key = await backoffice.register_validator("V1")
     async with backoffice.pool.acquire() as connection:
-        await registry.deny_cards(connection, ["6032984000000007"], "lost")
+        await registry.deny_cards(
+            connection, ["6032984000000007"], "lost", now=backoffice.clock.now()
+        )
         await registry.pay_pending_top_up(
             connection, "VA-1", "6032984000000001", 25_000, paid_at=backoffice.clock.now()
         )
@@ -52,7 +54,7 @@ async def test_downloads_and_their_authentication(backoffice: Backoffice, tmp_pa
         many = [str(6032985000000000 + index) for index in range(deny_delta_entries_max + 5)]
         many += ["9999999999999999999", "0000000000000042"]  # past int8; leading zeros
         async with backoffice.pool.acquire() as connection:
-            await registry.deny_cards(connection, many, "batch")
+            await registry.deny_cards(connection, many, "batch", now=backoffice.clock.now())
         assert await client.download()
         assert len(state.deny_list) == len(many) + 1
         assert "9999999999999999999" in state.deny_list

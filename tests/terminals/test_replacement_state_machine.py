@@ -1,0 +1,375 @@
+"""A Hypothesis state machine over a lost card's life: taps and POS sales and refunds made
+offline (uploaded late, terminal by terminal, before or after anything else), a pending top-up
+paid and delivered, the block, the terminals syncing it, the replacement, the clock running
+past the waiting period, the balance moved, the new card collecting it. Real PostgreSQL, through
+the upload ingest and the service desk's own functions.
+
+After every step: the books sum to zero; until the move, the old purse is what its booked
+records say; the move happens once, after the wait, of exactly the books' balance then (purse
+and pending top-ups); after it the old purse never changes again, and everything the old card
+still did shows in suspense: the balance is never paid twice. What reached the new card (pending
+and collected) is the moved amount."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import Phase, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from bus_terminals.wire import (
+    UploadBatch,
+    UploadKind,
+    UploadRecord,
+    encode_batch,
+    public_key_text,
+    sign,
+)
+from gateways.terminal_api import card_desk, registry
+from gateways.terminal_api.ingest import ingest_upload
+from gateways.terminal_api.planning import balance_change
+from gateways.terminal_api.registry import TerminalRole
+from ledger.clock import ManualClock, jakarta
+from ledger.database import database_url_for
+from tests.terminals.helpers import record
+
+old_card, new_card = "6032984000000201", "6032984000000202"
+opening_rupiah = 30_000
+wait = dt.timedelta(days=3)
+operator_id, merchant_id = "TRANS-SEMARANG", "WARUNG-01"
+validators, points_of_sale = ("V1", "V2"), ("P1",)
+
+
+@dataclass
+class Terminal:
+    terminal_id: str
+    key: Ed25519PrivateKey
+    next_sequence: int = 1
+    next_batch: int = 1
+    queue: list[UploadRecord] = field(default_factory=list)  # made offline, not uploaded
+    knows_block: bool = False  # synced since the block: refuses the old card
+
+
+@dataclass
+class Chip:
+    """A card as it is: its balance, counter and newest log record (counter, terminal, balance)."""
+
+    balance: int
+    counter: int = 0
+    last: tuple[int, str, int] = (0, "", 0)
+
+
+def test_block_late_taps_replace_move_state_machine(
+    postgres_server_url: str, migrated_template: str
+) -> None:
+    class ReplacementMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loop = asyncio.new_event_loop()
+            self.database = f"ksh_test_{uuid.uuid4().hex[:12]}"
+            self.clock = ManualClock(dt.datetime(2026, 11, 24, 6, 0, tzinfo=jakarta))
+            self.terminals = {
+                name: Terminal(name, Ed25519PrivateKey.generate())
+                for name in validators + points_of_sale
+            }
+            self.chips = {old_card: Chip(opening_rupiah), new_card: Chip(0)}
+            self.sales_rupiah = 0  # sold at the POS to the old card, not yet refunded
+            self.top_ups: list[tuple[str, int]] = []  # paid for the old card
+            self.on_chip: set[str] = set()  # top-ups a terminal wrote onto a card
+            self.top_up_ids = itertools.count(1)
+            # The books as the model sees them.
+            self.old_purse = opening_rupiah  # what the old card's booked records add up to
+            self.old_pending = 0  # paid, and not booked as delivered
+            self.suspense = 0
+            self.blocked_at: dt.datetime | None = None
+            self.replaced = False
+            self.moved_rupiah: int | None = None
+            self.new_collected = 0
+            self.run(self._start())
+
+        def run(self, coroutine: Any) -> Any:
+            return self.loop.run_until_complete(coroutine)
+
+        async def _start(self) -> None:
+            admin = await asyncpg.connect(postgres_server_url)
+            try:
+                await admin.execute(
+                    f'create database "{self.database}" template "{migrated_template}"'
+                )
+            finally:
+                await admin.close()
+            self.db = await asyncpg.connect(database_url_for(postgres_server_url, self.database))
+            db = self.db
+            await registry.register_operator(db, operator_id)
+            await registry.register_merchant(db, merchant_id, fee_basis_points=100)
+            for name, terminal in self.terminals.items():
+                await registry.register_terminal(
+                    db,
+                    name,
+                    public_key_text(terminal.key.public_key()),
+                    TerminalRole.validator if name in validators else TerminalRole.pos,
+                    operator_id=operator_id if name in validators else None,
+                    merchant_id=merchant_id if name in points_of_sale else None,
+                )
+            await registry.issue_cards(
+                db, {old_card: opening_rupiah, new_card: 0}, now=self.clock.now()
+            )
+            await card_desk.register_holder(
+                db,
+                old_card,
+                "Siti",
+                "3374012345678901",
+                "081234567890",
+                username="desk",
+                now=self.clock.now(),
+            )
+
+        def teardown(self) -> None:
+            async def stop() -> None:
+                await self.db.close()
+                admin = await asyncpg.connect(postgres_server_url)
+                try:
+                    await admin.execute(f'drop database if exists "{self.database}" with (force)')
+                finally:
+                    await admin.close()
+
+            self.run(stop())
+            self.loop.close()
+
+        # ---------------------------------------------------------------- the cards
+
+        def _write(
+            self,
+            terminal: Terminal,
+            number: str,
+            kind: UploadKind,
+            amount: int,
+            top_up: tuple[str, int] | None = None,
+        ) -> None:
+            """The card commits a transaction at an offline terminal, which journals it."""
+            chip = self.chips[number]
+            credit = top_up[1] if top_up else 0
+            made = record(
+                terminal.terminal_id,
+                terminal.next_sequence,
+                number,
+                chip.counter + 1,
+                amount,
+                0,
+                kind=kind,
+                previous=chip.last,
+                top_up=credit,
+                top_up_id=top_up[0] if top_up else "",
+                merchant_id=merchant_id if terminal.terminal_id in points_of_sale else "",
+            )
+            made = made._replace(balance_after_rupiah=chip.balance + balance_change(made))
+            assert made.balance_after_rupiah >= 0
+            chip.balance = made.balance_after_rupiah
+            chip.counter += 1
+            chip.last = (chip.counter, terminal.terminal_id, chip.balance)
+            terminal.next_sequence += 1
+            terminal.queue.append(made)
+
+        @rule(
+            terminal=st.sampled_from(validators + points_of_sale),
+            amount=st.integers(1, 9_000),
+            refund=st.booleans(),
+        )
+        def old_card_pays(self, terminal: str, amount: int, refund: bool) -> None:
+            at = self.terminals[terminal]
+            chip = self.chips[old_card]
+            if at.knows_block:
+                return  # refused at the reader: nothing on the card, nothing to book
+            if terminal in points_of_sale and refund:
+                amount = min(amount, self.sales_rupiah)
+                if amount:
+                    self.sales_rupiah -= amount
+                    self._write(at, old_card, UploadKind.refund, amount)
+            elif amount <= chip.balance:
+                kind = UploadKind.fare_debit if terminal in validators else UploadKind.sale
+                self.sales_rupiah += amount if kind is UploadKind.sale else 0
+                self._write(at, old_card, kind, amount)
+
+        @precondition(lambda self: self.blocked_at is None)
+        @rule(amount=st.integers(1, 20_000))
+        def pay_top_up(self, amount: int) -> None:
+            top_up_id = f"VA-{next(self.top_up_ids)}"
+            self.run(
+                registry.pay_pending_top_up(
+                    self.db, top_up_id, old_card, amount, paid_at=self.clock.now()
+                )
+            )
+            self.top_ups.append((top_up_id, amount))
+            self.old_pending += amount
+
+        @rule(terminal=st.sampled_from(validators))
+        def old_card_collects_a_top_up(self, terminal: str) -> None:
+            at = self.terminals[terminal]
+            waiting = [t for t in self.top_ups if t[0] not in self.on_chip]
+            if at.knows_block or not waiting:
+                return
+            self.on_chip.add(waiting[0][0])
+            self._write(at, old_card, UploadKind.topup_credit, 0, waiting[0])
+
+        @precondition(lambda self: self.moved_rupiah is not None)
+        @rule(terminal=st.sampled_from(validators))
+        def new_card_collects(self, terminal: str) -> None:
+            top_up_id = f"replace:{old_card}:1"
+            if top_up_id in self.on_chip or not self.moved_rupiah:
+                return
+            self.on_chip.add(top_up_id)
+            self._write(
+                self.terminals[terminal],
+                new_card,
+                UploadKind.topup_credit,
+                0,
+                (top_up_id, self.moved_rupiah),
+            )
+
+        # ---------------------------------------------------------------- the back office
+
+        @rule(terminal=st.sampled_from(validators + points_of_sale))
+        def upload(self, terminal: str) -> None:
+            at = self.terminals[terminal]
+            if not at.queue:
+                return
+            body = encode_batch(UploadBatch(terminal, at.next_batch, tuple(at.queue)))
+            answer = self.run(
+                ingest_upload(self.db, terminal, sign(at.key, body), body, now=self.clock.now())
+            )
+            assert answer.result.value == "accepted", answer
+            for made in at.queue:
+                self._book_in_model(made)
+            at.queue.clear()
+            at.next_batch += 1
+
+        def _book_in_model(self, made: UploadRecord) -> None:
+            if made.card_number == new_card:
+                self.new_collected += made.topup_rupiah
+                return
+            if self.moved_rupiah is None:
+                self.old_purse += balance_change(made)
+                self.old_pending -= made.topup_rupiah
+            else:  # after the move: the old card's money is in suspense, never the purse
+                event("a record of the old card booked after its balance moved")
+                self.suspense += balance_change(made) - made.topup_rupiah
+
+        @rule(terminal=st.sampled_from(validators + points_of_sale))
+        def sync(self, terminal: str) -> None:
+            denied = self.run(
+                self.db.fetchval("select 1 from deny_list where card_number = $1", old_card)
+            )
+            assert bool(denied) == (self.blocked_at is not None)
+            self.terminals[terminal].knows_block = bool(denied)
+
+        @precondition(lambda self: self.blocked_at is None)
+        @rule()
+        def block(self) -> None:
+            self.run(
+                card_desk.block_card(
+                    self.db,
+                    old_card,
+                    card_desk.BlockCause.lost,
+                    "lost on a bus",
+                    username="desk",
+                    now=self.clock.now(),
+                )
+            )
+            self.blocked_at = self.clock.now()
+
+        @precondition(lambda self: self.blocked_at is not None)
+        @rule()
+        def replace(self) -> None:
+            self.run(
+                card_desk.request_replacement(
+                    self.db, old_card, new_card, username="desk", now=self.clock.now(), wait=wait
+                )
+            )
+            self.replaced = True
+            self._moved_if_due()
+
+        @rule(hours=st.integers(1, 80))
+        def time_passes(self, hours: int) -> None:
+            """The clock moves on, and the back office's sweep runs (as a daily job would)."""
+            self.clock.advance(hours * 3_600)
+            self.move_due()
+
+        @rule()
+        def move_due(self) -> None:
+            self.run(card_desk.move_due_balances(self.db, now=self.clock.now(), wait=wait))
+            self._moved_if_due()
+
+        def _moved_if_due(self) -> None:
+            due = self.blocked_at is not None and self.clock.now() >= self.blocked_at + wait
+            if self.replaced and due and self.moved_rupiah is None:
+                self.moved_rupiah = max(0, self.old_purse) + self.old_pending
+                event("the balance moved")
+                self.old_purse = min(0, self.old_purse)  # what stays on the closed purse
+                self.old_pending = 0
+
+        # ---------------------------------------------------------------- invariants
+
+        async def _balance(self, account_id: uuid.UUID) -> int:
+            value = await self.db.fetchval(
+                "select credits_posted - debits_posted from ledger_accounts where id = $1",
+                account_id,
+            )
+            return int(value or 0)
+
+        @invariant()
+        def books_agree_with_the_model(self) -> None:
+            async def look() -> dict[str, int]:
+                old, new = registry.card_accounts(old_card), registry.card_accounts(new_card)
+                return {
+                    "total": int(
+                        await self.db.fetchval(
+                            "select coalesce(sum(credits_posted - debits_posted), 0) from ledger_accounts"
+                        )
+                    ),
+                    "old_purse": await self._balance(old.purse_account_id),
+                    "old_pending": await self._balance(old.pending_top_up_account_id),
+                    "new_purse": await self._balance(new.purse_account_id),
+                    "new_pending": await self._balance(new.pending_top_up_account_id),
+                    "suspense": await self._balance(registry.suspense_account_id),
+                    "moves": int(
+                        await self.db.fetchval(
+                            "select count(*) from ledger_transfers where code = 16"
+                        )
+                    ),
+                }
+
+            books = self.run(look())
+            assert books["total"] == 0
+            assert books["old_purse"] == self.old_purse
+            assert books["old_pending"] == self.old_pending
+            assert books["suspense"] == self.suspense
+            moved = self.moved_rupiah or 0
+            assert books["new_pending"] + books["new_purse"] == moved  # once, never twice
+            assert books["new_purse"] == self.new_collected
+            assert books["moves"] <= 2  # the purse and the pending top-ups, each once
+
+    run_state_machine_as_test(
+        ReplacementMachine,
+        # Not shrunk: an example costs a database and a second or so, and shrinking one ran
+        # past the test's timeout; a failure shows its steps as they came (at most 40).
+        settings=settings(
+            max_examples=15,
+            stateful_step_count=40,
+            deadline=None,
+            phases=(Phase.explicit, Phase.reuse, Phase.generate),
+        ),
+    )
