@@ -55,7 +55,7 @@ from dataclasses import dataclass, field, replace
 from card_reader.apdu import Framing, IsoStatus, Status, get_uid_apdu
 from card_reader.desfire import Desfire, DesfireError, TransactionMac
 from card_reader.desfire_files import AccessRights, CommMode, free_access, no_access
-from card_reader.keys import CardKey, KeyRole, TerminalKeys, uid_lengths
+from card_reader.keys import CardKey, CardKeys, KeyRole, uid_lengths
 from card_reader.port import CardError, ReaderPort
 
 ksh_application_id = 0x48534B
@@ -434,7 +434,7 @@ class KshCard:
     def __init__(
         self,
         reader: ReaderPort,
-        keys: TerminalKeys,
+        keys: CardKeys,
         *,
         framing: Framing = Framing.ISO_WRAPPED,
         random_bytes: Callable[[int], bytes] = os.urandom,
@@ -667,7 +667,7 @@ class KshCard:
 
 def personalise(
     reader: ReaderPort,
-    keys: TerminalKeys,
+    keys: CardKeys,
     profile: Profile,
     *,
     initial_balance_rupiah: int = 0,
@@ -749,7 +749,7 @@ def personalise(
 
 def rekey(
     reader: ReaderPort,
-    keys: TerminalKeys,
+    keys: CardKeys,
     *,
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> dict[KeyRole, int]:

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from ksh.cli import UserError
-from ksh.commands.validator import add_terminal_arguments, run_device, state_folder, terminal_keys
+from ksh.commands.card_keys import terminal_keys
+from ksh.commands.validator import add_terminal_arguments, run_device, state_folder
 
 
 def register(subparsers: Any) -> None:
@@ -21,6 +22,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--merchant", help="merchant id the POS belongs to")
     parser.add_argument("--amount", type=int, help="sale amount in rupiah (PC/SC mode)")
     parser.set_defaults(handler=run)
+
+
+def pos_roles() -> tuple[frozenset[Any], frozenset[Any]]:
+    """What a POS needs, and what it may hold: debit for sales; credit only for refunds (a
+    refund is a Credit on the card; without the role a refund is refused, `role_not_held`)."""
+    from card_reader.keys import KeyRole
+
+    return frozenset({KeyRole.DEBIT}), frozenset({KeyRole.DEBIT, KeyRole.CREDIT})
 
 
 def run(arguments: argparse.Namespace) -> int:
@@ -38,9 +47,8 @@ def run(arguments: argparse.Namespace) -> int:
         raise UserError("--reader needs --amount")
     from bus_terminals.journal import Journal
     from bus_terminals.point_of_sale import refund_decider, sale_decider, sale_rupiah_max
-    from card_reader.keys import KeyRole
 
-    keys = terminal_keys(arguments, KeyRole.DEBIT, KeyRole.CREDIT)
+    keys = terminal_keys(arguments, "POS", *pos_roles())
     journal_holder: list[Journal] = []
 
     def decider_for(words: list[str]) -> Any:
