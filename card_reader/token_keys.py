@@ -83,6 +83,9 @@ def _login(token: Any, pin: str, *, rw: bool = False) -> Any:
 
     try:
         return token.open(rw=rw, user_pin=pin)
+    except pkcs11.UserAlreadyLoggedIn:
+        # PKCS#11 logs in a process, not a session: another session of ours already did
+        return token.open(rw=rw)
     except (pkcs11.PinIncorrect, pkcs11.PinLenRange):
         raise TokenError(f"wrong PIN for token {token.label!r}") from None
     except pkcs11.PinLocked:

@@ -226,3 +226,24 @@ def test_export_roll_and_reload_a_token_from_the_command_line(issuer: Path) -> N
                "tmac", "--out", "x.keys", check=False)  # fmt: skip
     assert done.returncode == 2 and "holds no tmac key" in done.stderr
     assert not (folder / "x.keys").exists()
+
+
+def test_the_back_office_takes_its_tmac_keys_from_a_token(
+    monkeypatch: pytest.MonkeyPatch, issuer: Path
+) -> None:
+    from card_reader import tmac
+    from gateways.terminal_api.ingest import ProofKeys
+    from ksh.cli import UserError
+    from ksh.commands.serve import transaction_mac_token
+
+    monkeypatch.setenv("KSH_TOKEN_PIN", pin)
+    token = transaction_mac_token(issuer / "tokens", "backoffice")
+    assert token is not None and token["label"] == "backoffice"
+    store = KeyStore.load(issuer / "issuer.keys", passphrase)
+    uid = bytes.fromhex("04A1B2C3D4E5F6")
+    expected = tuple(tmac.card_key(m, uid) for m in store.accepted_master_keys(KeyRole.TMAC))
+    assert ProofKeys(token=token).proof(uid).keys == expected
+    with pytest.raises(UserError, match="token 'validator' holds credit, debit keys, which a "
+                       "back office must not hold"):  # fmt: skip
+        transaction_mac_token(issuer / "tokens", "validator")
+    assert transaction_mac_token(None, "ksh") is None
