@@ -60,6 +60,10 @@ from card_reader.port import CardError, ReaderPort
 
 ksh_application_id = 0x48534B
 application_key_settings = 0x09  # master key changeable, configuration changeable, rest needs key 0
+# Once its keys are written: each key changes itself only (ChangeKey right 0xE), so a terminal
+# moves a card's key of its own role to the current version at a tap after a roll-over, and
+# never needs the personalisation key. Cards issued before keep 0x09 (re-keyed at a desk).
+application_key_settings_issued = 0xE9
 picc_key_settings = 0x09  # listing and creating applications need the PICC master key
 factory_key = bytes(16)
 
@@ -657,6 +661,28 @@ class KshCard:
         )
         return plan if isinstance(plan, Refusal) else self.perform(plan)
 
+    def move_to_current_key(self) -> int | None:
+        """After a tap's last commit: if the card authenticated with an older version of this
+        session's key than the terminal's current one, change that key to the current version
+        (ChangeKey of the authenticated key; it ends the session). So after a roll-over each
+        card moves at its next tap. A card issued before keys could change themselves refuses
+        (`91 9D`): it moves at a desk (`rekey`). Returns the new version, or None."""
+        role, state = self._role, self.state
+        if role is None or state is None or role not in key_numbers:
+            return None
+        if self._key_version == self.keys.current_versions[role]:
+            return None
+        new = self.keys.card_key(role, state.uid, ksh_application_id)
+        self._role = None  # whatever the answer, the session is over
+        try:
+            self.desfire.change_key(key_numbers[role], new.key, new.version)
+        except DesfireError as error:
+            if error.status == Status.PERMISSION_DENIED:
+                return None
+            raise
+        self._key_version = new.version
+        return new.version
+
     def block(self, *, terminal_id: int, time_unix_seconds: int) -> CardState | Refusal:
         plan = self.plan_block(terminal_id=terminal_id, time_unix_seconds=time_unix_seconds)
         return plan if isinstance(plan, Refusal) else self.perform(plan)
@@ -715,6 +741,7 @@ def personalise(
     for role in (KeyRole.READ, KeyRole.DEBIT, KeyRole.CREDIT):
         card_key = card_keys[role]
         desfire.change_key(key_numbers[role], card_key.key, card_key.version, old_key=factory_key)
+    desfire.change_key_settings(application_key_settings_issued)
     personalisation = card_keys[KeyRole.PERSONALISATION]
     desfire.change_key(0, personalisation.key, personalisation.version)  # ends the session
     # The issue record, written with the credit key: it also proves the new keys work.
@@ -764,10 +791,15 @@ def rekey(
     desfire.card_uid = uid
     desfire.select_application(ksh_application_id)
     session.authenticate(KeyRole.PERSONALISATION, uid, first=True)
+    # Cards issued with 0xE9 change each key in its own session; older ones (0x09) change
+    # keys 1-3 under the application master key.
+    each_key_itself = desfire.get_key_settings() >> 4 == free_access
     versions: dict[KeyRole, int] = {}
     # The application master key last: changing it ends the session.
     for role in (KeyRole.READ, KeyRole.DEBIT, KeyRole.CREDIT, KeyRole.PERSONALISATION):
         key_number = key_numbers[role]
+        if each_key_itself:  # a session of that key (the last change ended the one before)
+            session.authenticate(role, uid, first=True)
         on_card = desfire.get_key_version(key_number)
         current = keys.current_versions[role]
         if on_card != current:
@@ -777,8 +809,8 @@ def rekey(
                 )
             old = keys.card_key(role, uid, ksh_application_id, on_card)
             new = keys.card_key(role, uid, ksh_application_id)
-            if role is KeyRole.PERSONALISATION:
-                desfire.change_key(key_number, new.key, new.version)
+            if role is KeyRole.PERSONALISATION or each_key_itself:
+                desfire.change_key(key_number, new.key, new.version)  # ends the session
             else:
                 desfire.change_key(key_number, new.key, new.version, old_key=old.key)
         versions[role] = current

@@ -247,3 +247,39 @@ def test_the_back_office_takes_its_tmac_keys_from_a_token(
                        "back office must not hold"):  # fmt: skip
         transaction_mac_token(issuer / "tokens", "validator")
     assert transaction_mac_token(None, "ksh") is None
+
+
+def key_versions(deck: Path) -> list[int]:
+    """Each deck card's debit key version (key 2 of the KSH application), as the card holds it."""
+    from card_reader.emulator import load_deck
+    from card_reader.ksh_card import key_numbers, ksh_application_id
+
+    return [
+        card.applications[ksh_application_id].keys[key_numbers[KeyRole.DEBIT]][1]
+        for card in load_deck(deck)
+    ]
+
+
+def test_after_a_roll_over_a_tap_moves_the_card_to_the_new_key(issuer: Path) -> None:
+    """Rotation: roll the debit master, load the token again, and a POS running from that token
+    changes the card's debit key at its next tap; the tap after uses the new key directly."""
+    assert key_versions(issuer / "deck.json") == [1, 1]
+    ksh(issuer, "card", "keystore-roll", "--keystore", "issuer.keys", "--role", "debit")
+    ksh(issuer, "card", "token-load", "--keystore", "issuer.keys", "--roles", "debit",
+        "--token-dir", "tokens", "--token-label", "pos")  # fmt: skip
+    pos = ["pos", "--terminal-id", "P1", "--state", "P1", "--merchant", "M1", "--emulated",
+           "deck.json", "--backoffice", unreachable_backoffice, "--token-dir", "tokens",
+           "--token-label", "pos"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "ksh", *pos],
+        cwd=issuer,
+        input="0 sale 100\n0 sale 100\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KSH_TOKEN_PIN": pin},
+    )
+    assert done.returncode == 0, done.stderr
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [answer["verdict"] for answer in answers] == ["accepted", "accepted"], done.stdout
+    assert key_versions(issuer / "deck.json") == [2, 1]  # the card tapped moved; the other not
