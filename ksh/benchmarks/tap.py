@@ -229,13 +229,16 @@ def one_kind(
     with tempfile.TemporaryDirectory() as folder:
         deck = Path(folder) / "deck.json"
         save_deck([card], deck)
-        with emulator_process(deck, arguments.vpcd), PcscReader(arguments.reader) as reader:
-            if not reader.wait_for_card(card_timeout_ms):
-                stop.check()
-                raise ValueError(f"no card appeared in {reader.name!r} (vpcd on that port?)")
-            pcsc_ms = time_taps(lambda sequence: debit(reader, keys, sequence), taps, stop)
-            # One bare exchange (GET DATA UID: no crypto on either side): the stack's own cost.
-            exchange_ms = time_taps(lambda _: read_uid(reader), taps, stop)
+        with PcscReader(arguments.reader) as reader:
+            with emulator_process(deck, arguments.vpcd):
+                if not reader.wait_for_card(card_timeout_ms):
+                    stop.check()
+                    raise ValueError(f"no card appeared in {reader.name!r} (vpcd on that port?)")
+                pcsc_ms = time_taps(lambda sequence: debit(reader, keys, sequence), taps, stop)
+                # One bare exchange (GET DATA UID: no crypto on either side): the stack's cost.
+                exchange_ms = time_taps(lambda _: read_uid(reader), taps, stop)
+            # Gone from pcscd's view before the next kind's card comes (or the next run's).
+            reader.wait_for_removal(card_timeout_ms)
     figures = {
         "pcsc_exchange_ms_median": round(statistics.median(exchange_ms), 3),
         "pcsc_exchange_ms_p99": round(percentile(exchange_ms, 0.99), 3),
