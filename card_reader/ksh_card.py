@@ -4,6 +4,8 @@ block, read the log), each one card transaction committed by one `CommitTransact
 
 Application `KSH` (AID 0x48534B, bytes 4B 53 48 on the wire), AES, 4 keys:
     key 0 personalisation (application master), key 1 read, key 2 debit, key 3 credit.
+    Once written, each key changes only itself (key settings 0xE9): a terminal moves the key it
+    authenticated with to the current version after a roll-over (`move_to_current_key`).
 Files (every one MACed; R/W/RW/Chg are key numbers, E free, F never):
     1 profile      backup data 32 B   R=E W=0 RW=2 Chg=0   card number, category, status, expiry
     2 purse        value              R=2 W=2 RW=3 Chg=0   0 ≤ balance ≤ Rp 2,000,000,
