@@ -8,6 +8,11 @@ no terminal view includes it, so no terminal can forge a card's Transaction MAC.
 personalised (or last re-keyed) with; terminals accept the current and the previous version of
 their role, so a key roll-over does not lock out cards that have not yet been re-keyed.
 
+In service the masters live in PKCS#11 tokens, limited to the holder's roles, that compute the
+per-card keys themselves (`card_reader.token_keys.TokenKeys`); terminals take either kind through
+`CardKeys`. This sealed file store is the issuer's, and, exported role by role
+(`KeyStore.export`), a development terminal's.
+
 At rest the store is JSON sealed with AES-256-GCM under a key made from a passphrase with Scrypt
 (memory-hard). The file header (format, KDF parameters, salt, nonce) is authenticated as GCM's
 associated data, so no field can be altered without the open failing.

@@ -117,7 +117,7 @@ def role_names(roles: Iterable[KeyRole]) -> str:
 
 def run_keystore_export(arguments: argparse.Namespace) -> int:
     from card_reader.keys import KeyStoreError
-    from ksh.commands.card import load_keystore, refuse_to_overwrite
+    from ksh.commands.card import load_keystore, read_passphrase, refuse_to_overwrite
 
     refuse_to_overwrite(arguments.out, arguments.force)
     store = load_keystore(arguments.keystore)
@@ -125,13 +125,8 @@ def run_keystore_export(arguments: argparse.Namespace) -> int:
         limited = store.export(*arguments.roles)
     except KeyStoreError as error:
         raise UserError(f"{arguments.keystore}: {error}") from error
-    passphrase = os.environ.get(export_passphrase_variable) or os.environ.get(
-        "KSH_KEYSTORE_PASSPHRASE"
-    )
-    if passphrase is None:
-        from ksh.commands.card import read_passphrase
-
-        passphrase = read_passphrase(confirm=True)
+    # Its own passphrase when given, else the source's (a development copy).
+    passphrase = os.environ.get(export_passphrase_variable) or read_passphrase()
     try:
         limited.save(arguments.out, passphrase)
     except OSError as error:
