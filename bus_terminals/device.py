@@ -22,7 +22,7 @@ from bus_terminals.journal import Journal
 from bus_terminals.sync import SyncClient, SyncState, load_private_key, save_new_private_key
 from bus_terminals.terminal import Decide, Feedback, Terminal
 from bus_terminals.wire import load_public_key, public_key_text
-from card_reader.keys import TerminalKeys
+from card_reader.keys import CardKeys
 from card_reader.ksh_card import KshCard
 from card_reader.port import ReaderPort
 
@@ -106,7 +106,7 @@ class Device:
         self,
         terminal_id: str,
         state_folder: Path,
-        keys: TerminalKeys,
+        keys: CardKeys,
         backoffice_url: str,
         *,
         now_ms: Callable[[], int],

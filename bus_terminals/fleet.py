@@ -45,7 +45,7 @@ from bus_terminals.packages import (
     verify_manifest,
 )
 from card_reader.durable import replace_file
-from card_reader.keys import KeyRole, TerminalKeys
+from card_reader.keys import CardKeys, KeyRole
 
 logger = logging.getLogger("ksh.fleet")
 
@@ -304,7 +304,7 @@ class Fleet:
         return "".join("&" + part for part in parts)
 
 
-def use_key_versions(fleet: Fleet, keys: TerminalKeys) -> None:
+def use_key_versions(fleet: Fleet, keys: CardKeys) -> None:
     """Key-version packages on a terminal holding `keys`: refused at staging when it lacks the
     key material of a version named for one of its roles (the key store brings the keys; the
     package only names the current version), and made current at the switch."""

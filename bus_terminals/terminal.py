@@ -21,6 +21,7 @@ fare are two card transactions in the same tap, each journalled ahead, each atom
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -209,6 +210,10 @@ class Terminal:
         )
         if isinstance(outcome, Feedback):
             return outcome
+        # After a key roll-over (the tap itself is done). Pulled away meanwhile: a key change is
+        # atomic on the card, and its next tap tries again.
+        with contextlib.suppress(ReaderPortError):
+            card.move_to_current_key()
         return Feedback(
             Verdict.accepted,
             Reason.none,

@@ -63,7 +63,12 @@ def _shift_left_one_bit(block: bytes) -> bytes:
 
 def cmac_subkeys(key: bytes) -> tuple[bytes, bytes]:
     """K1, K2 of SP 800-38B (needed where the plain CMAC API does not fit: EV1 IV, AN10922)."""
-    first = _shift_left_one_bit(aes_ecb_encrypt(key, zero_block))
+    return subkeys_of(aes_ecb_encrypt(key, zero_block))
+
+
+def subkeys_of(encrypted_zero_block: bytes) -> tuple[bytes, bytes]:
+    """K1, K2 from L = E_K(0) (a PKCS#11 token gives L and keeps K)."""
+    first = _shift_left_one_bit(encrypted_zero_block)
     return first, _shift_left_one_bit(first)
 
 
@@ -253,12 +258,17 @@ def diversify_an10922(master_key: bytes, diversification_input: bytes) -> bytes:
     """AN10922 AES-128 diversification: CMAC-like over `01 ‖ input`, always padded to 32 bytes
     (so inputs of 15 bytes or fewer differ from plain CMAC, as the AN10957 vector shows)."""
     assert len(master_key) == key_bytes
+    padded = an10922_blocks(diversification_input, cmac_subkeys(master_key))
+    return aes_cbc_encrypt(master_key, zero_block, padded)[-block_bytes:]
+
+
+def an10922_blocks(diversification_input: bytes, subkeys: tuple[bytes, bytes]) -> bytes:
+    """The two blocks AN10922 runs AES-CBC over with a zero IV (the last cipher block is the
+    diversified key): `01 ‖ input`, padded to 32 bytes, the second block masked by K1 or K2."""
     assert 1 <= len(diversification_input) <= diversification_input_bytes_max
     message = b"\x01" + diversification_input
-    first, second = cmac_subkeys(master_key)
+    first, second = subkeys
     if len(message) == 2 * block_bytes:
-        padded = message[:block_bytes] + _xor(message[block_bytes:], first)
-    else:
-        filled = message + b"\x80" + bytes(2 * block_bytes - len(message) - 1)
-        padded = filled[:block_bytes] + _xor(filled[block_bytes:], second)
-    return aes_cbc_encrypt(master_key, zero_block, padded)[-block_bytes:]
+        return message[:block_bytes] + _xor(message[block_bytes:], first)
+    filled = message + b"\x80" + bytes(2 * block_bytes - len(message) - 1)
+    return filled[:block_bytes] + _xor(filled[block_bytes:], second)

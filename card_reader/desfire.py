@@ -366,6 +366,13 @@ class Desfire:
             raise self._error(f"GetKeyVersion answered {len(data)} bytes", 0x64)
         return data[0]
 
+    def get_key_settings(self) -> int:
+        """The selected application's key settings (GetKeySettings; the key count is dropped)."""
+        data = self.command(0x45, b"")
+        if len(data) != 2:
+            raise self._error(f"GetKeySettings answered {len(data)} bytes", 0x45)
+        return data[0]
+
     def change_key_settings(self, key_settings: int) -> None:
         session = self.authentication
         assert session is not None, "ChangeKeySettings needs authentication"

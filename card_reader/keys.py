@@ -8,6 +8,11 @@ no terminal view includes it, so no terminal can forge a card's Transaction MAC.
 personalised (or last re-keyed) with; terminals accept the current and the previous version of
 their role, so a key roll-over does not lock out cards that have not yet been re-keyed.
 
+In service the masters live in PKCS#11 tokens, limited to the holder's roles, that compute the
+per-card keys themselves (`card_reader.token_keys.TokenKeys`); terminals take either kind through
+`CardKeys`. This sealed file store is the issuer's, and, exported role by role
+(`KeyStore.export`), a development terminal's.
+
 At rest the store is JSON sealed with AES-256-GCM under a key made from a passphrase with Scrypt
 (memory-hard). The file header (format, KDF parameters, salt, nonce) is authenticated as GCM's
 associated data, so no field can be altered without the open failing.
@@ -19,9 +24,10 @@ import enum
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -85,12 +91,63 @@ class CardKey:
 
 
 def diversify_card_key(master: MasterKey, uid: bytes, aid: int) -> CardKey:
+    return CardKey(
+        master.role,
+        master.version,
+        diversify_an10922(master.key, diversification_input(uid, aid)),
+    )
+
+
+class CardKeys(Protocol):
+    """What every terminal takes: the per-card keys of its roles. `TerminalKeys` holds masters in
+    memory (development, the issuer's own tools); `card_reader.token_keys.TokenKeys` asks a
+    PKCS#11 token that never lets a master out."""
+
+    @property
+    def current_versions(self) -> Mapping[KeyRole, int]: ...
+
+    @property
+    def roles(self) -> frozenset[KeyRole]: ...
+
+    def accepted_versions(self, role: KeyRole) -> tuple[int, ...]: ...
+
+    def holds(self, role: KeyRole, version: int) -> bool: ...
+
+    def use_current(self, role: KeyRole, version: int) -> None:
+        """Make a held version current (a fleet key-version package at its effective time)."""
+
+    def card_key(
+        self, role: KeyRole, uid: bytes, aid: int, version: int | None = None
+    ) -> CardKey: ...
+
+
+def accepted_versions_of(current: int, held: Callable[[int], bool]) -> tuple[int, ...]:
+    """The current version first, then the previous ones still accepted, of those held."""
+    candidates = [
+        (current - back) % (key_version_max + 1) for back in range(1 + accepted_previous_versions)
+    ]
+    return tuple(version for version in candidates if held(version))
+
+
+def diversification_input(uid: bytes, aid: int) -> bytes:
+    """UID ‖ AID (3 bytes, little-endian as on the wire) ‖ "KSH": AN10922's input for our cards."""
     assert len(uid) in uid_lengths
     assert 0 <= aid <= 0xFFFFFF
-    diversification_input = uid + aid.to_bytes(3, "little") + system_identifier
-    return CardKey(
-        master.role, master.version, diversify_an10922(master.key, diversification_input)
-    )
+    return uid + aid.to_bytes(3, "little") + system_identifier
+
+
+def parse_roles(text: str) -> tuple[KeyRole, ...]:
+    """`debit,credit` -> the roles; ValueError naming an unknown one."""
+    roles: list[KeyRole] = []
+    for name in (part.strip() for part in text.split(",")):
+        try:
+            role = KeyRole(name)
+        except ValueError:
+            known = ", ".join(role.value for role in KeyRole)
+            raise ValueError(f"unknown key role {name!r} (roles: {known})") from None
+        if role not in roles:
+            roles.append(role)
+    return tuple(roles)
 
 
 class TerminalKeys:
@@ -109,12 +166,9 @@ class TerminalKeys:
 
     def accepted_versions(self, role: KeyRole) -> tuple[int, ...]:
         """Current first, then the previous ones still held."""
-        current = self.current_versions[role]
-        candidates = [
-            (current - back) % (key_version_max + 1)
-            for back in range(1 + accepted_previous_versions)
-        ]
-        return tuple(version for version in candidates if (role, version) in self._keys)
+        return accepted_versions_of(
+            self.current_versions[role], lambda version: (role, version) in self._keys
+        )
 
     def holds(self, role: KeyRole, version: int) -> bool:
         return (role, version) in self._keys
@@ -157,9 +211,8 @@ class KeyStore:
     def accepted_master_keys(self, role: KeyRole) -> tuple[bytes, ...]:
         """The role's master keys a card may carry, current version first (for the back office:
         the Transaction MAC masters it verifies cards' proofs with)."""
-        return tuple(
-            self._keys[(role, version)].key for version in self.view(role).accepted_versions(role)
-        )
+        self.view(role)  # present, or KeyStoreError
+        return tuple(key.key for key in self.accepted_keys(role))
 
     def master_key(self, role: KeyRole, version: int | None = None) -> MasterKey:
         chosen = self.current_versions[role] if version is None else version
@@ -189,14 +242,30 @@ class KeyStore:
         missing = [role.value for role in roles if role not in self.current_versions]
         if missing:  # a store sealed before the role existed (the TMAC master came later)
             raise KeyStoreError(f"the key store holds no {', '.join(missing)} key")
-        keys: list[MasterKey] = []
-        for role in roles:
-            current = self.current_versions[role]
-            for back in range(1 + accepted_previous_versions):
-                version = (current - back) % (key_version_max + 1)
-                if (role, version) in self._keys:
-                    keys.append(self._keys[(role, version)])
+        keys = [key for role in roles for key in self.accepted_keys(role)]
         return TerminalKeys(keys, {role: self.current_versions[role] for role in roles})
+
+    def accepted_keys(self, role: KeyRole) -> tuple[MasterKey, ...]:
+        """The role's master keys a card may carry: the current version first, then the
+        previous ones still accepted (what a terminal view or a token of that role holds)."""
+        versions = accepted_versions_of(
+            self.current_versions[role], lambda version: (role, version) in self._keys
+        )
+        return tuple(self._keys[(role, version)] for version in versions)
+
+    @property
+    def roles(self) -> frozenset[KeyRole]:
+        return frozenset(self.current_versions)
+
+    def export(self, *roles: KeyRole) -> KeyStore:
+        """A store holding only these roles, each with its current and previous version (for a
+        development terminal: `ksh card keystore-export`)."""
+        self.view(*roles)  # every role present, or KeyStoreError
+        limited = KeyStore()
+        for role in roles:
+            for key in reversed(self.accepted_keys(role)):  # the current one added last
+                limited.add(key)
+        return limited
 
     # ------------------------------------------------------------------ at rest
 

@@ -4,6 +4,8 @@ block, read the log), each one card transaction committed by one `CommitTransact
 
 Application `KSH` (AID 0x48534B, bytes 4B 53 48 on the wire), AES, 4 keys:
     key 0 personalisation (application master), key 1 read, key 2 debit, key 3 credit.
+    Once written, each key changes only itself (key settings 0xE9): a terminal moves the key it
+    authenticated with to the current version after a roll-over (`move_to_current_key`).
 Files (every one MACed; R/W/RW/Chg are key numbers, E free, F never):
     1 profile      backup data 32 B   R=E W=0 RW=2 Chg=0   card number, category, status, expiry
     2 purse        value              R=2 W=2 RW=3 Chg=0   0 ≤ balance ≤ Rp 2,000,000,
@@ -56,11 +58,15 @@ from dataclasses import dataclass, field, replace
 from card_reader.apdu import Framing, IsoStatus, Status, get_uid_apdu
 from card_reader.desfire import Desfire, DesfireError, TransactionMac
 from card_reader.desfire_files import AccessRights, CommMode, free_access, no_access
-from card_reader.keys import CardKey, KeyRole, TerminalKeys, uid_lengths
+from card_reader.keys import CardKey, CardKeys, KeyRole, uid_lengths
 from card_reader.port import CardError, ReaderPort
 
 ksh_application_id = 0x48534B
 application_key_settings = 0x09  # master key changeable, configuration changeable, rest needs key 0
+# Once its keys are written: each key changes itself only (ChangeKey right 0xE), so a terminal
+# moves a card's key of its own role to the current version at a tap after a roll-over, and
+# never needs the personalisation key. Cards issued before keep 0x09 (re-keyed at a desk).
+application_key_settings_issued = 0xE9
 picc_key_settings = 0x09  # listing and creating applications need the PICC master key
 factory_key = bytes(16)
 
@@ -471,7 +477,7 @@ class KshCard:
     def __init__(
         self,
         reader: ReaderPort,
-        keys: TerminalKeys,
+        keys: CardKeys,
         *,
         framing: Framing = Framing.ISO_WRAPPED,
         random_bytes: Callable[[int], bytes] = os.urandom,
@@ -694,6 +700,28 @@ class KshCard:
         )
         return plan if isinstance(plan, Refusal) else self.perform(plan)
 
+    def move_to_current_key(self) -> int | None:
+        """After a tap's last commit: if the card authenticated with an older version of this
+        session's key than the terminal's current one, change that key to the current version
+        (ChangeKey of the authenticated key; it ends the session). So after a roll-over each
+        card moves at its next tap. A card issued before keys could change themselves refuses
+        (`91 9D`): it moves at a desk (`rekey`). Returns the new version, or None."""
+        role, state = self._role, self.state
+        if role is None or state is None or role not in key_numbers:
+            return None
+        if self._key_version == self.keys.current_versions[role]:
+            return None
+        new = self.keys.card_key(role, state.uid, ksh_application_id)
+        self._role = None  # whatever the answer, the session is over
+        try:
+            self.desfire.change_key(key_numbers[role], new.key, new.version)
+        except DesfireError as error:
+            if error.status == Status.PERMISSION_DENIED:
+                return None
+            raise
+        self._key_version = new.version
+        return new.version
+
     def block(self, *, terminal_id: int, time_unix_seconds: int) -> CardState | Refusal:
         plan = self.plan_block(terminal_id=terminal_id, time_unix_seconds=time_unix_seconds)
         return plan if isinstance(plan, Refusal) else self.perform(plan)
@@ -704,7 +732,7 @@ class KshCard:
 
 def personalise(
     reader: ReaderPort,
-    keys: TerminalKeys,
+    keys: CardKeys,
     profile: Profile,
     *,
     initial_balance_rupiah: int = 0,
@@ -752,6 +780,7 @@ def personalise(
     for role in (KeyRole.READ, KeyRole.DEBIT, KeyRole.CREDIT):
         card_key = card_keys[role]
         desfire.change_key(key_numbers[role], card_key.key, card_key.version, old_key=factory_key)
+    desfire.change_key_settings(application_key_settings_issued)
     personalisation = card_keys[KeyRole.PERSONALISATION]
     desfire.change_key(0, personalisation.key, personalisation.version)  # ends the session
     # The issue record, written with the credit key: it also proves the new keys work.
@@ -786,7 +815,7 @@ def personalise(
 
 def rekey(
     reader: ReaderPort,
-    keys: TerminalKeys,
+    keys: CardKeys,
     *,
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> dict[KeyRole, int]:
@@ -801,10 +830,15 @@ def rekey(
     desfire.card_uid = uid
     desfire.select_application(ksh_application_id)
     session.authenticate(KeyRole.PERSONALISATION, uid, first=True)
+    # Cards issued with 0xE9 change each key in its own session; older ones (0x09) change
+    # keys 1-3 under the application master key.
+    each_key_itself = desfire.get_key_settings() >> 4 == free_access
     versions: dict[KeyRole, int] = {}
     # The application master key last: changing it ends the session.
     for role in (KeyRole.READ, KeyRole.DEBIT, KeyRole.CREDIT, KeyRole.PERSONALISATION):
         key_number = key_numbers[role]
+        if each_key_itself:  # a session of that key (the last change ended the one before)
+            session.authenticate(role, uid, first=True)
         on_card = desfire.get_key_version(key_number)
         current = keys.current_versions[role]
         if on_card != current:
@@ -814,8 +848,8 @@ def rekey(
                 )
             old = keys.card_key(role, uid, ksh_application_id, on_card)
             new = keys.card_key(role, uid, ksh_application_id)
-            if role is KeyRole.PERSONALISATION:
-                desfire.change_key(key_number, new.key, new.version)
+            if role is KeyRole.PERSONALISATION or each_key_itself:
+                desfire.change_key(key_number, new.key, new.version)  # ends the session
             else:
                 desfire.change_key(key_number, new.key, new.version, old_key=old.key)
         versions[role] = current

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from card_reader.crypto import block_bytes, cmac, key_bytes, truncate_mac
@@ -207,6 +208,26 @@ def card_key(master_key: bytes, uid: bytes) -> bytes:
     KSH card key (`card_reader.keys.diversify_card_key`)."""
     master = MasterKey(KeyRole.TMAC, 0, master_key)
     return diversify_card_key(master, uid, ksh_application_id).key
+
+
+def token_card_keys(token_dir: str, label: str, pin: str) -> Callable[[bytes], tuple[bytes, ...]]:
+    """The back office's HSM: a card's AppTransactionMACKeys for the TMAC versions the token
+    accepts (current first), diversified inside a PKCS#11 token that never lets the master out
+    (`card_reader.token_keys`; opened here, the one I/O of this module, so the back office's
+    gateways need import nothing else of the card side)."""
+    from pathlib import Path
+
+    from card_reader.token_keys import open_token
+
+    token = open_token(Path(token_dir), label, pin)
+
+    def card_keys(uid: bytes) -> tuple[bytes, ...]:
+        return tuple(
+            token.card_key(KeyRole.TMAC, uid, ksh_application_id, version).key
+            for version in token.accepted_versions(KeyRole.TMAC)
+        )
+
+    return card_keys
 
 
 def transaction_input(transaction: CardTransaction) -> bytes:

@@ -7,7 +7,8 @@ project_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${KSH_VENV:-$project_root/.venv}"
 # python3-venv, python3-dev and gcc: a fresh Debian lacks them, and pyscard builds from source.
 # faketime: CI runs the date-sensitive tests again at other instants (.ci/run).
-system_packages=(python3 python3-venv python3-dev gcc pcscd vsmartcard-vpcd libpcsclite-dev swig chromium faketime)
+# softhsm2: the PKCS#11 token that holds master keys (a terminal's SAM, the back office's HSM).
+system_packages=(python3 python3-venv python3-dev gcc pcscd vsmartcard-vpcd libpcsclite-dev swig chromium faketime softhsm2)
 
 missing_system_packages() {
     local package

@@ -91,3 +91,5 @@ def test_tap_benchmark_runs_small(pcsc_reader_name: str) -> None:
     printed = json.loads(done.stdout)
     assert printed["taps"] == 20
     assert printed["pcsc_ms_median"] > 0 and printed["inprocess_ms_median"] > 0, printed
+    # the debit master in a SoftHSM 2 token, side by side in the same run
+    assert printed["token_pcsc_ms_median"] > 0 and printed["token_inprocess_ms_median"] > 0

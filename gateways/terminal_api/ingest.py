@@ -338,12 +338,21 @@ proof_keys_cached_max = 200_000  # per-card Transaction MAC keys a process keeps
 
 
 class ProofKeys:
-    """The back office's Transaction MAC master keys (the TMAC role's current version first,
-    then the previous ones cards may still carry) and the per-card keys diversified from them,
-    cached (a diversification costs two AES operations; most cards tap again and again)."""
+    """The back office's Transaction MAC keys per card: diversified from its master keys (the
+    TMAC role's current version first, then the previous ones cards may still carry), or asked
+    of its token (`token`: {"dir", "label", "pin"}, the masters stay inside), and cached (a
+    diversification costs two AES operations; most cards tap again and again)."""
 
-    def __init__(self, masters: tuple[bytes, ...] = ()) -> None:
+    def __init__(
+        self, masters: tuple[bytes, ...] = (), token: dict[str, str] | None = None
+    ) -> None:
+        assert not (masters and token), "masters from a key store or a token, not both"
         self.masters = masters
+        self._token_keys = (
+            None
+            if token is None
+            else tmac.token_card_keys(token["dir"], token["label"], token["pin"])
+        )
         self._cards: dict[bytes, planning.CardProof] = {}
 
     def proof(self, uid: bytes) -> planning.CardProof:
@@ -351,7 +360,10 @@ class ProofKeys:
         if proof is None:
             if len(self._cards) >= proof_keys_cached_max:
                 self._cards.clear()
-            keys = tuple(tmac.card_key(master, uid) for master in self.masters)
+            if self._token_keys is not None:
+                keys = self._token_keys(uid)
+            else:
+                keys = tuple(tmac.card_key(master, uid) for master in self.masters)
             proof = self._cards[uid] = planning.CardProof(uid, keys)
         return proof
 

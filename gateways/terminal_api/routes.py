@@ -75,7 +75,8 @@ uploads_booking_per_process_max = 1
 booking_slots_key = web.AppKey("upload_booking_slots", asyncio.Semaphore)
 known_cards_key = web.AppKey("known_cards", KnownCards)
 # The back office's Transaction MAC masters: setting `tmac_master_keys` (current version first),
-# put there by the composition root from the back office's key store, never by a terminal.
+# put there by the composition root from the back office's key store, never by a terminal; or
+# setting `tmac_token` ({"dir", "label", "pin"}), the token that holds them (each process opens it).
 proof_keys_key = web.AppKey("proof_keys", ProofKeys)
 request_clock_skew_ms_max = 300_000
 deny_delta_entries_max = 10_000  # more than this: the terminal downloads the whole list
@@ -97,7 +98,10 @@ def terminal_extension(app: web.Application) -> None:
     app[health_checks_key].append(feeds.feed_health)
     app[booking_slots_key] = asyncio.Semaphore(uploads_booking_per_process_max)
     app[known_cards_key] = KnownCards()
-    app[proof_keys_key] = ProofKeys(tuple(app[config_key].settings.get("tmac_master_keys", ())))
+    settings = app[config_key].settings
+    app[proof_keys_key] = ProofKeys(
+        tuple(settings.get("tmac_master_keys", ())), settings.get("tmac_token")
+    )
     app.router.add_post("/terminal/v1/uploads", upload)
     app.router.add_get("/terminal/v1/sync", sync)
     app.router.add_get("/terminal/v1/deny-list", deny_list)

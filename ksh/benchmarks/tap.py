@@ -8,6 +8,10 @@ pcscd → vpcd → the vpcd bridge → the emulator (`ksh card emulate`, in its 
 stays in the field between taps, so the figures are the transaction itself, not pcscd's
 card-detection polling.
 
+`--keys` chooses where the debit master sits: `file` (a key store view in memory, development),
+`token` (a SoftHSM 2 token: each tap asks the token for the card's key, two AES operations over
+PKCS#11) or `both` (default), side by side in one run, the token figures prefixed `token_`.
+
 Starts pcscd when it is not running and we are root, and stops it again afterwards.
 """
 
@@ -31,7 +35,7 @@ from ksh.signals import Stop, stop_on_signals
 
 if TYPE_CHECKING:
     from card_reader.emulator import EmulatedCard
-    from card_reader.keys import KeyStore, TerminalKeys
+    from card_reader.keys import CardKeys, KeyStore
     from card_reader.port import ReaderPort
 
 card_timeout_ms = 10_000
@@ -50,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vpcd", default="127.0.0.1:35963", help="vpcd slot 0 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--keys",
+        choices=("file", "token", "both"),
+        default="both",
+        help="debit master in a key store view, in a SoftHSM 2 token, or both side by side "
+        "(default: %(default)s)",
     )
 
 
@@ -92,7 +103,7 @@ def bench_keys() -> KeyStore:
     return demo_key_store("bench-tap")
 
 
-def debit(reader: ReaderPort, keys: TerminalKeys, sequence: int) -> None:
+def debit(reader: ReaderPort, keys: CardKeys, sequence: int) -> None:
     """One complete validator tap: GET DATA UID, select, authenticate with the debit key, read
     profile, purse, trip state and newest log record, debit, write trip state and log record,
     commit."""
@@ -134,11 +145,40 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         return run_until_stopped(arguments, stop)
 
 
-def run_until_stopped(arguments: argparse.Namespace, stop: Stop) -> dict[str, Any]:
-    from card_reader.emulator import EmulatedCard, EmulatedReader, save_deck
+@contextlib.contextmanager
+def key_views(kinds: str) -> Iterator[dict[str, CardKeys]]:
+    """The debit keys by kind: the file store's view, and the same masters loaded into a
+    throw-away SoftHSM 2 token (random PIN) in a temporary folder."""
+    import secrets
+
     from card_reader.keys import KeyRole
-    from card_reader.ksh_card import read_uid
-    from card_reader.pcsc import PcscReader, start_pcscd_if_needed, stop_pcscd
+    from card_reader.token_keys import TokenError, create_token, load_token, open_token
+
+    store = bench_keys()
+    views: dict[str, CardKeys] = {}
+    if kinds in ("file", "both"):
+        views["file"] = store.view(KeyRole.DEBIT)
+    if kinds == "file":
+        yield views
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        pin = secrets.token_hex(8)
+        try:
+            create_token(Path(folder), "bench", pin)
+            debit_keys = store.accepted_keys(KeyRole.DEBIT)
+            load_token(Path(folder), "bench", pin, debit_keys, {KeyRole.DEBIT: 1})
+            token = open_token(Path(folder), "bench", pin)
+        except TokenError as error:
+            raise ValueError(str(error)) from error
+        views["token"] = token
+        try:
+            yield views
+        finally:
+            token.close()
+
+
+def run_until_stopped(arguments: argparse.Namespace, stop: Stop) -> dict[str, Any]:
+    from card_reader.pcsc import start_pcscd_if_needed, stop_pcscd
     from card_reader.port import ReaderPortError
 
     taps = int(arguments.taps)
@@ -146,7 +186,33 @@ def run_until_stopped(arguments: argparse.Namespace, stop: Stop) -> dict[str, An
     if not 1 <= taps <= taps_max:
         raise ValueError(f"--taps must be 1..{taps_max} (one purse's worth)")
     card = personalised_card()
-    keys = bench_keys().view(KeyRole.DEBIT)
+    figures: dict[str, Any] = {"taps": taps}
+    with key_views(arguments.keys) as views:
+        try:
+            started_pcscd = start_pcscd_if_needed(arguments.reader)
+        except ReaderPortError as error:
+            raise ValueError(str(error)) from error
+        try:
+            for kind, keys in views.items():
+                prefix = "" if kind == "file" else f"{kind}_"
+                side = one_kind(card, keys, arguments, taps, stop)
+                figures.update({f"{prefix}{name}": value for name, value in side.items()})
+        except ReaderPortError as error:
+            raise ValueError(str(error)) from error
+        finally:
+            if started_pcscd is not None:
+                stop_pcscd(started_pcscd)
+    figures["load_average_1min"] = round(os.getloadavg()[0], 2)  # other work on the machine
+    return figures
+
+
+def one_kind(
+    card: EmulatedCard, keys: CardKeys, arguments: argparse.Namespace, taps: int, stop: Stop
+) -> dict[str, Any]:
+    """In-process, then through pcscd, each on its own fresh copy of the card."""
+    from card_reader.emulator import EmulatedCard, EmulatedReader, save_deck
+    from card_reader.ksh_card import read_uid
+    from card_reader.pcsc import PcscReader
 
     in_process_card = EmulatedCard.from_dict(card.to_dict())
     in_process_reader = EmulatedReader()
@@ -159,32 +225,21 @@ def run_until_stopped(arguments: argparse.Namespace, stop: Stop) -> dict[str, An
         lambda sequence: debit(in_process_reader, keys, sequence + 1), taps, stop
     )
     exchanges_per_tap = (in_process_reader.exchanges - exchanges_before) / (warmup_taps + taps)
-
-    try:
-        started_pcscd = start_pcscd_if_needed(arguments.reader)
-    except ReaderPortError as error:
-        raise ValueError(str(error)) from error
-    try:
-        stop.check()
-        with tempfile.TemporaryDirectory() as folder:
-            deck = Path(folder) / "deck.json"
-            save_deck([card], deck)
-            with emulator_process(deck, arguments.vpcd), PcscReader(arguments.reader) as reader:
+    stop.check()
+    with tempfile.TemporaryDirectory() as folder:
+        deck = Path(folder) / "deck.json"
+        save_deck([card], deck)
+        with PcscReader(arguments.reader) as reader:
+            with emulator_process(deck, arguments.vpcd):
                 if not reader.wait_for_card(card_timeout_ms):
                     stop.check()
                     raise ValueError(f"no card appeared in {reader.name!r} (vpcd on that port?)")
                 pcsc_ms = time_taps(lambda sequence: debit(reader, keys, sequence), taps, stop)
-                # One bare exchange (GET DATA UID: no crypto on either side): the stack's own cost.
+                # One bare exchange (GET DATA UID: no crypto on either side): the stack's cost.
                 exchange_ms = time_taps(lambda _: read_uid(reader), taps, stop)
-    except ReaderPortError as error:
-        raise ValueError(str(error)) from error
-    finally:
-        if started_pcscd is not None:
-            stop_pcscd(started_pcscd)
-
+            # Gone from pcscd's view before the next kind's card comes (or the next run's).
+            reader.wait_for_removal(card_timeout_ms)
     figures = {
-        "taps": taps,
-        "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine
         "pcsc_exchange_ms_median": round(statistics.median(exchange_ms), 3),
         "pcsc_exchange_ms_p99": round(percentile(exchange_ms, 0.99), 3),
         "exchanges_per_tap": exchanges_per_tap,

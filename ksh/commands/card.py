@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ksh.cli import UserError
+from ksh.commands import card_keys
 from ksh.signals import stop_on_signals
 from ledger.clock import system_clock
 
@@ -115,6 +116,7 @@ def register(subparsers: Any) -> None:
     keystore_new.add_argument("--out", type=Path, required=True, metavar="FILE")
     keystore_new.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     keystore_new.set_defaults(handler=run_keystore_new)
+    card_keys.register(actions)
 
     deck_new = actions.add_parser(
         "deck-new",

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ksh.cli import UserError
+from ksh.commands.card_keys import terminal_keys
 from ksh.commands.validator import (
     add_terminal_arguments,
     fleet_from_arguments,
     run_device,
     state_folder,
-    terminal_keys,
 )
 
 
@@ -57,6 +57,14 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+def pos_roles() -> tuple[frozenset[Any], frozenset[Any]]:
+    """What a POS needs, and what it may hold: debit for sales; credit only for refunds (a
+    refund is a Credit on the card; without the role a refund is refused, `role_not_held`)."""
+    from card_reader.keys import KeyRole
+
+    return frozenset({KeyRole.DEBIT}), frozenset({KeyRole.DEBIT, KeyRole.CREDIT})
+
+
 def run(arguments: argparse.Namespace) -> int:
     from bus_terminals.device import initialise
 
@@ -74,9 +82,8 @@ def run(arguments: argparse.Namespace) -> int:
         raise UserError("--reader needs --amount")
     from bus_terminals.journal import Journal
     from bus_terminals.point_of_sale import refund_decider, sale_decider, sale_rupiah_max
-    from card_reader.keys import KeyRole
 
-    keys = terminal_keys(arguments, KeyRole.DEBIT, KeyRole.CREDIT)
+    keys = terminal_keys(arguments, "POS", *pos_roles())
     journal_holder: list[Journal] = []
 
     def decider_for(words: list[str]) -> Any:

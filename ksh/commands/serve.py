@@ -73,13 +73,25 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="suspend a terminal with more than N records quarantined in 24 hours (default 3)",
     )
-    parser.add_argument(
+    masters = parser.add_mutually_exclusive_group()
+    masters.add_argument(
         "--keystore",
         type=Path,
         metavar="FILE",
         help="the issuer's sealed key store (passphrase from KSH_KEYSTORE_PASSPHRASE or a "
-        "prompt): its Transaction MAC masters verify what each card committed. Without it, "
-        "the transactions of cards issued with a Transaction MAC are quarantined, unverified",
+        "prompt): its Transaction MAC masters verify what each card committed. Without it "
+        "(or --tmac-token-dir), the transactions of cards issued with a Transaction MAC are "
+        "quarantined, unverified",
+    )
+    masters.add_argument(
+        "--tmac-token-dir",
+        type=Path,
+        metavar="DIR",
+        help="the back office's HSM instead: a token holding the tmac role only (ksh card "
+        "token-load --roles tmac; PIN from KSH_TOKEN_PIN or a prompt)",
+    )
+    parser.add_argument(
+        "--tmac-token-label", default="ksh", metavar="LABEL", help="its label (default ksh)"
     )
     parser.add_argument(
         "--snap-key",
@@ -138,6 +150,7 @@ def settings_of(arguments: argparse.Namespace) -> dict[str, Any]:
         "tmac_master_keys": transaction_mac_masters(arguments.keystore),
         "snap_private_key_pem": snap_private_key(arguments.snap_key),
         "replacement_wait_days": arguments.replacement_wait_days,
+        "tmac_token": transaction_mac_token(arguments.tmac_token_dir, arguments.tmac_token_label),
     }
 
 
@@ -170,6 +183,28 @@ def transaction_mac_masters(keystore: Path | None) -> tuple[bytes, ...]:
         return load_keystore(keystore).accepted_master_keys(KeyRole.TMAC)
     except KeyStoreError as error:
         raise UserError(f"{keystore}: {error}") from error
+
+
+def transaction_mac_token(folder: Path | None, label: str) -> dict[str, str] | None:
+    """Where each serving process finds the TMAC token: opened here once to check that it holds
+    the tmac role and no other (a back office needs no terminal's key)."""
+    if folder is None:
+        return None
+    from card_reader.keys import KeyRole
+    from card_reader.token_keys import TokenError, open_token
+    from ksh.commands.card_keys import check_roles, read_token_pin
+
+    pin = read_token_pin()
+    try:
+        token = open_token(folder, label, pin)
+    except TokenError as error:
+        raise UserError(str(error)) from error
+    try:
+        tmac_only = frozenset({KeyRole.TMAC})
+        check_roles(f"token {label!r}", token.roles, "back office", tmac_only, tmac_only)
+    finally:
+        token.close()
+    return {"dir": str(folder.resolve()), "label": label, "pin": pin}
 
 
 def extensions() -> list[Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ksh.cli import UserError
+from ksh.commands.card_keys import terminal_keys
 from ksh.signals import lines_until_stopped, stop_on_signals
 from ledger.clock import system_clock
 
@@ -40,12 +41,23 @@ def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
     keys.add_argument(
         "--keystore",
         type=Path,
-        help="sealed card key store (passphrase from KSH_KEYSTORE_PASSPHRASE or a prompt)",
+        help="a role-limited sealed key store, for development (ksh card keystore-export; "
+        "passphrase from KSH_KEYSTORE_PASSPHRASE or a prompt)",
     )
     keys.add_argument(
         "--demo-keys",
         action="store_true",
         help="use the public demo card keys (only for emulated demo decks; never in service)",
+    )
+    keys.add_argument(
+        "--token-dir",
+        type=Path,
+        metavar="DIR",
+        help="the terminal's key token, a SoftHSM 2 folder made by `ksh card token-load` "
+        "(user PIN from KSH_TOKEN_PIN or a prompt)",
+    )
+    parser.add_argument(
+        "--token-label", default="ksh", metavar="LABEL", help="the token's label (default ksh)"
     )
     parser.add_argument(
         "--fleet-key",
@@ -93,18 +105,11 @@ def state_folder(arguments: argparse.Namespace) -> Path:
     return arguments.state or data_dir() / "terminals" / arguments.terminal_id
 
 
-def terminal_keys(arguments: argparse.Namespace, *roles: Any) -> Any:
-    """The card keys of the terminal's roles: from a sealed key store, or, only when asked
-    for explicitly, the public demo keys (anyone can derive those, so never by default)."""
-    from card_reader.keys import demo_key_store
-    from ksh.commands.card import load_keystore
+def validator_roles() -> tuple[frozenset[Any], frozenset[Any]]:
+    """What a validator needs, and what it may hold: credit delivers pending top-ups."""
+    from card_reader.keys import KeyRole
 
-    if arguments.demo_keys:
-        print("ksh: using the public demo card keys", file=sys.stderr)
-        return demo_key_store().view(*roles)
-    if arguments.keystore is None:
-        raise UserError("give --keystore FILE (or --demo-keys for emulated demo decks)")
-    return load_keystore(arguments.keystore).view(*roles)
+    return frozenset({KeyRole.DEBIT}), frozenset({KeyRole.DEBIT, KeyRole.CREDIT})
 
 
 def run(arguments: argparse.Namespace) -> int:
@@ -120,7 +125,6 @@ def run(arguments: argparse.Namespace) -> int:
         raise UserError("give --reader NAME or --emulated DECK")
     from bus_terminals.fare.feed import load_feed, service_end_date
     from bus_terminals.validator import fare_decider, fleet_fare_decider
-    from card_reader.keys import KeyRole
 
     fleet = fleet_from_arguments(arguments, folder)
     shipped = load_feed()
@@ -132,7 +136,7 @@ def run(arguments: argparse.Namespace) -> int:
         if fleet is None
         else fleet_fare_decider(fleet, shipped, arguments.route, arguments.stop)
     )
-    keys = terminal_keys(arguments, KeyRole.DEBIT, KeyRole.CREDIT)
+    keys = terminal_keys(arguments, "validator", *validator_roles())
     with contextlib.ExitStack() as stack:
         side_command = None
         if arguments.qris_rides:

@@ -403,3 +403,39 @@ def test_the_fast_log_record_codec_is_the_field_table(numbers) -> None:
     except LayoutError as error:
         fast = str(error)
     assert fast == expected
+
+
+def test_a_tap_moves_the_card_to_the_current_key_unless_issued_before_keys_changed_themselves() -> (
+    None
+):
+    keys = demo_key_store("move")
+    card, reader = personalised_card(5_000, keys=keys)
+    old_card = copy.deepcopy(card)
+    # A card issued before 0xE9: its application keys change only under key 0.
+    old_reader = EmulatedReader()
+    old_reader.insert(old_card)
+    desfire = Desfire(old_reader)
+    desfire.select_application(ksh_card.ksh_application_id)
+    master = keys.view(KeyRole.PERSONALISATION).card_key(
+        KeyRole.PERSONALISATION, ksh_card.read_uid(old_reader), ksh_card.ksh_application_id
+    )
+    desfire.authenticate_ev2_first(0, master.key)
+    assert desfire.get_key_settings() == ksh_card.application_key_settings_issued
+    desfire.change_key_settings(ksh_card.application_key_settings)
+    keys.roll_over(KeyRole.DEBIT)  # v2 current, v1 accepted
+    for tapped, expected in ((reader, 2), (old_reader, None)):
+        session = KshCard(tapped, keys.view(KeyRole.DEBIT))
+        assert session.read_state().key_version == 1
+        assert isinstance(
+            session.debit(100, bytes(48), terminal_id=1, time_unix_seconds=1), ksh_card.CardState
+        )
+        assert session.move_to_current_key() == expected
+    reader.insert(card)
+    assert KshCard(reader, keys.view(KeyRole.DEBIT)).read_state().key_version == 2
+    old_reader.insert(old_card)
+    assert KshCard(old_reader, keys.view(KeyRole.DEBIT)).read_state().key_version == 1
+    # The desk moves the old card under its application master key.
+    old_reader.insert(old_card)
+    assert ksh_card.rekey(old_reader, keys.view(*KeyRole))[KeyRole.DEBIT] == 2
+    old_reader.insert(old_card)
+    assert KshCard(old_reader, keys.view(KeyRole.DEBIT)).read_state().key_version == 2

@@ -107,7 +107,7 @@ def test_validator_init_and_argument_errors(
         str(deck), "--route", "K1",
     )  # fmt: skip
     assert status == 2  # the public demo keys are never a silent default
-    assert "give --keystore FILE (or --demo-keys for emulated demo decks)" in err
+    assert "give --token-dir DIR, --keystore FILE (or --demo-keys for emulated demo decks)" in err
     status, _, err = run(
         capsys, "validator", "--terminal-id", "V1", "--state", str(tmp_path), "--emulated",
         str(deck), "--route", "K1", "--keystore", str(tmp_path / "missing.keys"),
