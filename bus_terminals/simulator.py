@@ -298,7 +298,7 @@ def _make_riders(
     from card_reader.deck import make_ksh_deck
 
     # Shares are our assumption (no published ridership split by category).
-    mix = [RiderCategory.GENERAL] * 74 + [RiderCategory.STUDENT] * 10
+    mix = [RiderCategory.GENERAL] * 74 + [RiderCategory.SCHOOL_STUDENT] * 10
     mix += [RiderCategory.UNIVERSITY_STUDENT] * 5 + [RiderCategory.ELDERLY] * 5
     mix += [RiderCategory.SANTRI] * 2 + [RiderCategory.DISABLED] * 1
     mix += [RiderCategory.VETERAN] * 1 + [RiderCategory.TODDLER] * 1

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import typing
 from collections.abc import Sequence
 
 # Order is the order shown by `ksh --help`. A module listed here must exist.
@@ -40,14 +42,56 @@ command_modules: tuple[str, ...] = (
 )
 
 exit_usage = 2
+exit_broken_pipe = 141  # what a shell reports for a process ended by SIGPIPE (128 + 13)
 
 
 class UserError(Exception):
     """A mistake the user can fix (bad argument, missing file, unreachable reader)."""
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help says its default, unless it already does or has none to say (no
+    value, a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text.lower()
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default == []
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class RawDescriptionDefaultsHelpFormatter(
+    argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter
+):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """`ksh`'s parsers (each subcommand's too: add_subparsers makes them of this class): help
+    with defaults, and a usage mistake in one line, `ksh COMMAND: error: ...`, exit 2."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        formatter = kwargs.get("formatter_class", argparse.HelpFormatter)
+        if formatter is argparse.RawDescriptionHelpFormatter:
+            kwargs["formatter_class"] = RawDescriptionDefaultsHelpFormatter
+        elif formatter is argparse.HelpFormatter:
+            kwargs["formatter_class"] = DefaultsHelpFormatter
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(exit_usage, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ksh",
         description="Kartu Semarang Hebat: card, fares, ledger, terminals, banks and settlement.",
     )
@@ -58,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`ksh ... | head -1`): stop quietly, as other Unix tools do.
+        # Python's own flush of stdout at exit would fail again: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exit_broken_pipe
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
     handler = getattr(arguments, "handler", None)
