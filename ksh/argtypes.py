@@ -96,3 +96,24 @@ def terminal_id(text: str) -> str:
     if problem:
         raise argparse.ArgumentTypeError(f"{text!r} {problem}")
     return text
+
+
+def secret(variable: str, prompt: str) -> str:
+    """A password or passphrase: from the environment variable, else typed at the terminal;
+    with neither (a script, a pipe) a one-line error naming the variable, not a hang or an
+    end-of-file traceback."""
+    import getpass
+    import os
+    import sys
+
+    from ksh.cli import UserError
+
+    value = os.environ.get(variable)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise UserError(f"no {prompt}: set {variable} or run in a terminal")
+    try:
+        return getpass.getpass(f"{prompt}: ")
+    except EOFError:
+        raise UserError(f"no {prompt}: set {variable} or type it at the prompt") from None

@@ -62,7 +62,7 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
             or default is None
             or default is False
             or default is argparse.SUPPRESS
-            or default == []
+            or default in ([], "")
         ):
             return action.help
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"

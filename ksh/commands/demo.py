@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ksh import argtypes
 from ksh.cli import UserError
 from ledger.clock import Clock
 
@@ -38,13 +39,26 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--buses", type=int, default=16, help="buses in service (default 16)")
-    parser.add_argument("--cards", type=int, default=200, help="cards in circulation (default 200)")
     parser.add_argument(
-        "--merchants", type=int, default=6, help="merchants with a point of sale (default 6)"
+        "--buses", type=argtypes.integer(1, 300), default=16, help="buses in service, 1 to 300"
     )
     parser.add_argument(
-        "--shoppers", type=int, default=40, help="cards that shop at merchants (default 40)"
+        "--cards",
+        type=argtypes.integer(10, 5_000),
+        default=200,
+        help="cards in circulation, 10 to 5000",
+    )
+    parser.add_argument(
+        "--merchants",
+        type=argtypes.integer(0, 100),
+        default=6,
+        help="merchants with a point of sale, 0 to 100",
+    )
+    parser.add_argument(
+        "--shoppers",
+        type=argtypes.integer(0, 2_000),
+        default=40,
+        help="cards that shop at merchants, 0 to 2000",
     )
     parser.add_argument("--seed", type=int, default=2026, help="seed of the day's randomness")
     parser.add_argument(
@@ -54,7 +68,10 @@ def register(subparsers: Any) -> None:
         "demo (cards, tariff, holidays, bank) runs on that day, at the time of day it is now",
     )
     parser.add_argument(
-        "--reports", type=Path, default=Path("reports"), help="folder for the HTML report"
+        "--reports",
+        type=argtypes.folder,
+        default=Path("reports"),
+        help="folder for the HTML report",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--keep-database", action="store_true", help="keep the demo's database")
@@ -72,10 +89,6 @@ def run(arguments: argparse.Namespace) -> int:
     from ledger.clock import SystemClock
     from ledger.database import server_url
 
-    if not 1 <= arguments.buses <= 300 or not 10 <= arguments.cards <= 5_000:
-        raise UserError("--buses 1..300, --cards 10..5000")
-    if not 0 <= arguments.merchants <= 100 or not 0 <= arguments.shoppers <= 2_000:
-        raise UserError("--merchants 0..100, --shoppers 0..2000")
     clock = SystemClock.on_day(arguments.day) if arguments.day else SystemClock()
     try:
         with server_url() as url:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ksh import argtypes
 from ksh.cli import UserError
 from ksh.commands.validator import add_terminal_arguments, run_device, state_folder, terminal_keys
 
@@ -19,7 +20,11 @@ def register(subparsers: Any) -> None:
     )
     add_terminal_arguments(parser)
     parser.add_argument("--merchant", help="merchant id the POS belongs to")
-    parser.add_argument("--amount", type=int, help="sale amount in rupiah (PC/SC mode)")
+    parser.add_argument(
+        "--amount",
+        type=argtypes.integer(1, 2_000_000, "rupiah"),  # a card holds at most Rp 2,000,000
+        help="sale amount in rupiah (PC/SC mode)",
+    )
     parser.set_defaults(handler=run)
 
 

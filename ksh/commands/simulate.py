@@ -9,9 +9,9 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
+from ksh import argtypes
 from ksh.cli import UserError
 from ledger.clock import system_clock
 
@@ -26,9 +26,13 @@ def register(subparsers: Any) -> None:
         "runs in-process on loopback over a fresh database (DATABASE_URL's server, or the "
         "embedded one). Prints a summary; --json prints it as one JSON object.",
     )
-    parser.add_argument("--buses", type=int, default=24)
-    parser.add_argument("--cards", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--buses", type=argtypes.integer(1, 300), default=24, help="buses in service, 1 to 300"
+    )
+    parser.add_argument(
+        "--cards", type=argtypes.integer(1, 10_000), default=300, help="cards, 1 to 10000"
+    )
+    parser.add_argument("--seed", type=int, default=2026, help="seed of the day's randomness")
     parser.add_argument(
         "--backoffice",
         metavar="URL[,URL]",
@@ -40,14 +44,22 @@ def register(subparsers: Any) -> None:
         help="with --backoffice: a supervisor's staff token (ksh settle staff USER "
         "--issue-token), or KSH_STAFF_TOKEN",
     )
-    parser.add_argument("--network-loss", type=float, default=0.2, help="per request (0..1)")
-    parser.add_argument("--power-loss", type=float, default=0.003, help="per tap (0..1)")
-    parser.add_argument("--card-pull", type=float, default=0.03, help="per tap (0..1)")
-    parser.add_argument("--folder", type=Path, help="keep journals here (default: temporary)")
+    parser.add_argument(
+        "--network-loss", type=argtypes.fraction, default=0.2, help="per request (0 to below 1)"
+    )
+    parser.add_argument(
+        "--power-loss", type=argtypes.fraction, default=0.003, help="per tap (0 to below 1)"
+    )
+    parser.add_argument(
+        "--card-pull", type=argtypes.fraction, default=0.03, help="per tap (0 to below 1)"
+    )
+    parser.add_argument(
+        "--folder", type=argtypes.folder, help="keep journals here (default: temporary)"
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
         "--cards-out",
-        type=Path,
+        type=argtypes.new_file,
         metavar="FILE",
         help="write every card's final state as a card deck (ksh card emulate --deck reads it), "
         "so the day can be audited from outside: the cards against the books",
@@ -63,11 +75,6 @@ def register(subparsers: Any) -> None:
 def run(arguments: argparse.Namespace) -> int:
     from bus_terminals.simulator import SimulationSettings, simulate_day
 
-    if arguments.buses < 1 or arguments.cards < 1 or arguments.cards > 10_000:
-        raise UserError("--buses must be at least 1 and --cards between 1 and 10000")
-    for name in ("network_loss", "power_loss", "card_pull"):
-        if not 0 <= getattr(arguments, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1)")
     if arguments.backoffice and not arguments.staff_token:
         raise UserError("--backoffice needs --staff-token (or KSH_STAFF_TOKEN)")
     if arguments.folder is not None:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ksh import argtypes
 from ksh.cli import UserError
 from ksh.signals import lines_until_stopped, stop_on_signals
 from ledger.clock import system_clock
@@ -18,10 +19,15 @@ def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--emulated",
         metavar="DECK",
-        type=Path,
+        type=argtypes.existing_file,
         help="deck of emulated cards; type a card's index on stdin to tap it",
     )
-    parser.add_argument("--terminal-id", required=True)
+    parser.add_argument(
+        "--terminal-id",
+        type=argtypes.terminal_id,
+        required=True,
+        help="this terminal's id, as registered (ksh terminal add)",
+    )
     parser.add_argument(
         "--backoffice",
         metavar="URL[,URL]",
@@ -30,7 +36,7 @@ def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--state",
-        type=Path,
+        type=argtypes.folder,
         help="journal, key and sync state folder (default ./.ksh-data/terminals/TERMINAL_ID)",
     )
     keys = parser.add_mutually_exclusive_group()
@@ -44,7 +50,12 @@ def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use the public demo card keys (only for emulated demo decks; never in service)",
     )
-    parser.add_argument("--sync-interval-s", type=float, default=30.0)
+    parser.add_argument(
+        "--sync-interval-s",
+        type=argtypes.seconds,
+        default=30.0,
+        help="seconds between syncs with the back office",
+    )
     parser.add_argument(
         "--init",
         action="store_true",
