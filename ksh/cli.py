@@ -90,13 +90,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(exit_usage, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; or, when `argv` starts with a command's name, a parser of that
+    command alone (the others' modules are not imported: a mistake is reported sooner)."""
     parser = Parser(
         prog="ksh",
         description="Kartu Semarang Hebat: card, fares, ledger, terminals, banks and settlement.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in command_modules:
+    first = next(iter(argv or ()), "").replace("-", "_")
+    for name in (first,) if first in command_modules else command_modules:
         importlib.import_module(f"ksh.commands.{name}").register(subparsers)
     return parser
 
@@ -112,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     arguments = parser.parse_args(argv)
     handler = getattr(arguments, "handler", None)
     if handler is None:
