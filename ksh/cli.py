@@ -50,22 +50,29 @@ class UserError(Exception):
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Every option's help says its default, unless it already does or has none to say (no
-    value, a flag that is off)."""
+    """Every option's help says its default (`none` when it has no value), unless it already
+    does, is required, or is a flag; never the value of a secret's (a token taken from the
+    environment would be printed)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
         if (
             not action.option_strings
+            or action.required
             or "default" in text.lower()
-            or default is None
-            or default is False
+            or isinstance(default, bool)
             or default is argparse.SUPPRESS
-            or default in ([], "")
+            or action.nargs == 0
         ):
             return action.help
-        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+        if default is None or default in ([], ""):
+            said = "none"
+        elif any(word in action.dest for word in ("token", "secret", "password", "passphrase")):
+            said = "from the environment"
+        else:
+            said = "%(default)s"
+        return f"{text} (default: {said})" if text else f"default: {said}"
 
 
 class RawDescriptionDefaultsHelpFormatter(
