@@ -123,7 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser(sys.argv[1:] if argv is None else argv)
-    arguments = parser.parse_args(argv)
+    try:
+        arguments = parser.parse_args(argv)
+    except SystemExit as stop:  # a usage error (its line is printed): a status, as below
+        if not stop.code:
+            raise  # --help: printed, done
+        return int(stop.code)
     handler = getattr(arguments, "handler", None)
     if handler is None:
         parser.print_help()

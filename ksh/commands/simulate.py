@@ -111,9 +111,38 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.json:
         print(json.dumps(document, sort_keys=True))
     else:
-        for key, value in document.items():
-            print(f"{key:>24}: {value}")
+        print(readable(document, arguments))
     return 0 if not summary.cards_mismatched else 1
+
+
+def readable(summary: dict[str, Any], arguments: argparse.Namespace) -> str:
+    """The summary as people read it: what happened to the taps, the uploads, the top-ups,
+    and whether every card agrees with the books (the same figures as --json)."""
+
+    def counted(counts: dict[str, int]) -> str:
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        return ", ".join(f"{name.replace('_', ' ')} {count:,}" for name, count in ordered)
+
+    mismatched = summary["cards_mismatched"]
+    reasons = {name: count for name, count in summary["reasons"].items() if name != "none"}
+    lines = [
+        f"ksh simulate: a service day of {arguments.buses} bus(es) and {arguments.cards} cards "
+        f"(seed {arguments.seed}) in {summary['seconds']:.1f} s",
+        f"  taps                  {summary['taps']:,} ({counted(summary['verdicts']) or 'none'})",
+        f"  reasons               {counted(reasons) or 'none'}",
+        f"  fares                 Rp {summary['fares_rupiah']:,}",
+        f"  trouble               {summary['cards_pulled']:,} cards pulled mid-tap, "
+        f"{summary['power_losses']:,} validator power losses",
+        f"  uploads               {summary['uploads_acknowledged']:,} acknowledged, "
+        f"{summary['uploads_lost']:,} lost on the network (sent again)",
+        f"  VA top-ups            {summary['top_ups_paid']:,} paid at the bank, "
+        f"{summary['top_ups_delivered']:,} taken onto cards",
+        f"  cards vs books        {summary['cards_checked']:,} checked, "
+        f"{summary['cards_matching']:,} matching their purse accounts",
+    ]
+    if mismatched:
+        lines.append(f"  MISMATCHED            {', '.join(mismatched)}")
+    return "\n".join(lines)
 
 
 @contextlib.asynccontextmanager

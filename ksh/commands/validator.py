@@ -19,7 +19,7 @@ def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--emulated",
         metavar="DECK",
-        type=argtypes.existing_file,
+        type=Path,
         help="deck of emulated cards; type a card's index on stdin to tap it",
     )
     parser.add_argument(

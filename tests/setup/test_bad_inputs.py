@@ -151,7 +151,10 @@ cases: tuple[Case, ...] = (
     case("validator --terminal-id BUS-01 --state {file} --init", "argument --state"),
     case("validator --terminal-id BUS-01 --sync-interval-s 0", "argument --sync-interval-s"),
     case("validator --terminal-id BUS-01 --sync-interval-s -3", "argument --sync-interval-s"),
-    case("validator --terminal-id BUS-01 --emulated {dir}/no.json", "argument --emulated"),
+    case(
+        "validator --terminal-id BUS-01 --route K1 --demo-keys --emulated {dir}/no.json",
+        "no.json",
+    ),
     case("validator --terminal-id BUS-01", "--route is required"),
     case("pos --terminal-id ../POS --init", "argument --terminal-id"),
     case("pos --terminal-id POS-01 --merchant warung --amount -5", "argument --amount"),
