@@ -11,6 +11,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import os
 import sys
@@ -73,6 +74,12 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         else:
             said = "%(default)s"
         return f"{text} (default: {said})" if text else f"default: {said}"
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.nargs != 0:
+            action = copy.copy(action)  # an option given no help still says its default
+            action.help = self._get_help_string(action) or None
+        return super()._format_action(action)
 
 
 class RawDescriptionDefaultsHelpFormatter(

@@ -87,29 +87,59 @@ def register(subparsers: Any) -> None:
     serve.set_defaults(handler=run_serve)
 
     pay = actions.add_parser("pay-va", help="a citizen pays a VA from the bank's app")
-    pay.add_argument("--url", default="http://127.0.0.1:8091")
+    pay.add_argument("--url", default="http://127.0.0.1:8091", help="the running bank simulator")
     pay.add_argument("--va", required=True, help="virtual account number (company code + card)")
-    pay.add_argument("--amount", type=argtypes.integer(1, 2_000_000, "rupiah"), required=True)
+    pay.add_argument(
+        "--amount",
+        type=argtypes.integer(1, 2_000_000, "rupiah"),
+        required=True,
+        help="rupiah the citizen pays (a card holds at most Rp 2,000,000)",
+    )
     pay.set_defaults(handler=run_pay)
 
     statement = actions.add_parser("statement", help="an account's statement for one day")
-    statement.add_argument("--url", default="http://127.0.0.1:8091")
-    statement.add_argument("--account", required=True)
+    statement.add_argument(
+        "--url", default="http://127.0.0.1:8091", help="the running bank simulator"
+    )
+    statement.add_argument("--account", required=True, help="the account number at the bank")
     statement.add_argument("--day", required=True, help="YYYY-MM-DD (Jakarta)")
-    statement.add_argument("--format", choices=("mt940", "csv"), default="mt940")
+    statement.add_argument(
+        "--format", choices=("mt940", "csv"), default="mt940", help="statement file format"
+    )
     statement.add_argument("--out", type=argtypes.new_file, help="file to write (default: stdout)")
     statement.set_defaults(handler=run_statement)
 
     trouble = actions.add_parser("trouble", help="inject faults into a running simulator")
-    trouble.add_argument("--url", default="http://127.0.0.1:8091")
-    trouble.add_argument("--reject-account", action="append", default=None)
-    trouble.add_argument("--fail-next-transfers", type=argtypes.integer(0, 1000))
-    trouble.add_argument("--lose-next-answers", type=argtypes.integer(0, 1000))
-    trouble.add_argument("--duplicate-next-statement-lines", type=argtypes.integer(0, 1000))
+    trouble.add_argument(
+        "--url", default="http://127.0.0.1:8091", help="the running bank simulator"
+    )
+    trouble.add_argument(
+        "--reject-account",
+        action="append",
+        default=None,
+        help="refuse transfers to this account (repeatable)",
+    )
+    trouble.add_argument(
+        "--fail-next-transfers", type=argtypes.integer(0, 1000), help="refuse this many transfers"
+    )
+    trouble.add_argument(
+        "--lose-next-answers",
+        type=argtypes.integer(0, 1000),
+        help="do the next transfers but drop the connection before answering",
+    )
+    trouble.add_argument(
+        "--duplicate-next-statement-lines",
+        type=argtypes.integer(0, 1000),
+        help="list this many statement lines twice",
+    )
     trouble.add_argument(
         "--unexpected-fee", type=argtypes.rupiah, help="rupiah, charged on the next transfer"
     )
-    trouble.add_argument("--response-delay-ms", type=argtypes.integer(0, 60_000, "ms"))
+    trouble.add_argument(
+        "--response-delay-ms",
+        type=argtypes.integer(0, 60_000, "ms"),
+        help="answer every request this late",
+    )
     trouble.set_defaults(handler=run_trouble)
 
 
