@@ -16,7 +16,6 @@ invariant fails.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import logging
@@ -25,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ksh import argtypes
+from ksh import argtypes, signals
 from ksh.cli import UserError
+from ksh.signals import stop_on_signals
 from ledger.clock import Clock
 
 phases_total = 8
@@ -91,9 +91,9 @@ def run(arguments: argparse.Namespace) -> int:
     from ledger.database import server_url
 
     clock = SystemClock.on_day(arguments.day) if arguments.day else SystemClock()
-    try:
-        with server_url() as url:
-            summary = asyncio.run(demo(url, arguments, clock))
+    try:  # SIGINT or SIGTERM, even inherited ignored: cleaned up (database dropped, server left)
+        with stop_on_signals() as stop, server_url() as url:
+            summary = signals.run(demo(url, arguments, clock), stop)
     except OSError as error:
         raise UserError(f"cannot reach the database or a loopback port: {error}") from error
     if arguments.json:

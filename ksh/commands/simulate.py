@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -11,8 +10,9 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ksh import argtypes
+from ksh import argtypes, signals
 from ksh.cli import UserError
+from ksh.signals import stop_on_signals
 from ledger.clock import system_clock
 
 
@@ -103,8 +103,9 @@ def run(arguments: argparse.Namespace) -> int:
                 print(f"ksh simulate: the day's database is kept: {db}", file=sys.stderr)
             return await simulate(url, token)
 
-    try:
-        summary = asyncio.run(main())
+    try:  # SIGINT or SIGTERM, even inherited ignored: cleaned up (database dropped, server left)
+        with stop_on_signals() as stop:
+            summary = signals.run(main(), stop)
     except OSError as error:
         raise UserError(f"back office unreachable: {error}") from error
     document = summary.to_dict()

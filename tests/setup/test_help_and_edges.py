@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from ksh.cli import build_parser
+from tests.waiting import wait_until
 
 ksh = [sys.executable, "-m", "ksh"]
 sample = Path(__file__).parents[2] / "bus_terminals" / "fare" / "data" / "journey_sample.json"
@@ -192,3 +193,54 @@ def test_simulate_prints_a_readable_summary_or_json(postgres_server_url: str) ->
     assert as_json.returncode == 0, as_json.stderr
     summary = json.loads(as_json.stdout)
     assert (summary["cards_checked"], summary["cards_mismatched"]) == (4, [])
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_command_leaves_the_embedded_database_clean(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """`ksh simulate` stopped mid-day (SIGTERM, or SIGINT inherited ignored as a background job
+    of a script has it): its scratch database is dropped, and the embedded server it started is
+    left, so it stops: no pid in its handle file, no postmaster.pid, no database but the three
+    PostgreSQL makes."""
+    env = {**os.environ, "KSH_DATA_DIR": str(tmp_path)}
+    env.pop("DATABASE_URL", None)
+    progress = tmp_path / "stderr.txt"
+    with progress.open("w") as stderr:
+        day = subprocess.Popen(
+            [*ksh, "simulate", "--buses", "5", "--cards", "300"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+        try:
+            wait_until(lambda: "taps" in progress.read_text(), "the day is under way", within_s=120)
+            day.send_signal(stop)
+            assert day.wait(timeout=120) == 130
+        finally:
+            day.kill()
+    assert progress.read_text().endswith("ksh simulate: interrupted\n")
+    pgdata = tmp_path / "pgdata"
+    assert not (pgdata / "postmaster.pid").exists()
+    handle = pgdata / ".handle_pids.json"
+    assert not handle.exists() or json.loads(handle.read_text()) == []
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, asyncpg\n"
+            "from ledger.database import server_url\n"
+            "async def names(url):\n"
+            "    c = await asyncpg.connect(url)\n"
+            "    print(sorted(r[0] for r in await c.fetch('select datname from pg_database')))\n"
+            "    await c.close()\n"
+            "with server_url() as url:\n"
+            "    asyncio.run(names(url))\n",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.stdout == "['postgres', 'template0', 'template1']\n", listed.stderr
