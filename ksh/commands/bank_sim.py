@@ -190,7 +190,7 @@ def run_serve(arguments: argparse.Namespace) -> int:
     app = create_bank_app(settings)
     if arguments.statements_dir:
         app.cleanup_ctx.append(_statement_writer(arguments.statements_dir))
-    web.run_app(app, host=arguments.host, port=argtypes.port)
+    web.run_app(app, host=arguments.host, port=arguments.port)
     return 0
 
 
