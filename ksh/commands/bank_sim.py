@@ -20,6 +20,11 @@ def register(subparsers: Any) -> None:
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
+    register_serve(actions)
+    register_clients(actions)
+
+
+def register_serve(actions: Any) -> None:
     serve = actions.add_parser(
         "serve",
         help="run the bank",
@@ -86,6 +91,9 @@ def register(subparsers: Any) -> None:
     )
     serve.set_defaults(handler=run_serve)
 
+
+def register_clients(actions: Any) -> None:
+    """What runs against a running simulator: a citizen's payment, statements, trouble."""
     pay = actions.add_parser("pay-va", help="a citizen pays a VA from the bank's app")
     pay.add_argument("--url", default="http://127.0.0.1:8091", help="the running bank simulator")
     pay.add_argument("--va", required=True, help="virtual account number (company code + card)")
