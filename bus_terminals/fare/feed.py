@@ -247,9 +247,7 @@ def _index(table: _Table | None, field: str) -> dict[str, int]:
     return {value: position for position, value in enumerate(sorted(seen))}
 
 
-def _amount(
-    table: _Table, row: _Row, field: str, decimals: int, *, signed: bool = False
-) -> int:
+def _amount(table: _Table, row: _Row, field: str, decimals: int, *, signed: bool = False) -> int:
     """An amount in minor units; negative only when `signed` (GTFS lets a fare product be
     negative, a discount; a cap or a pass price cannot be)."""
     value = table.required(row, field)
