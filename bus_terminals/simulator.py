@@ -205,6 +205,11 @@ class _Office:
     token: str
 
 
+class StaffTokenRefused(Exception):
+    """The back office refused the simulator's staff token (unknown, revoked, or of a role
+    that may not register parties or create money): the user's to mend."""
+
+
 async def _admin(office: _Office, path: str, body: dict[str, Any]) -> dict[str, Any]:
     async with office.session.post(
         f"{office.url}{path}",
@@ -212,6 +217,8 @@ async def _admin(office: _Office, path: str, body: dict[str, Any]) -> dict[str, 
         headers={"Authorization": f"Bearer {office.token}"},
     ) as response:
         answer = await response.json()
+        if response.status in (401, 403):
+            raise StaffTokenRefused(f"{path}: {response.status} {answer.get('detail', answer)}")
         if response.status >= 300:
             raise RuntimeError(f"{path}: {response.status} {answer}")
         return dict(answer)

@@ -88,6 +88,21 @@ def existing_file(text: str) -> Path:
     return path
 
 
+def http_urls(text: str) -> str:
+    """One URL, or several separated by commas (hosts of one service): each http(s)://HOST."""
+    from urllib.parse import urlsplit
+
+    for url in text.split(","):
+        parts = urlsplit(url.strip())
+        try:
+            parts.port  # noqa: B018 (a port out of range or not a number raises here)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{url!r}: {error}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise argparse.ArgumentTypeError(f"{url!r} is not an http:// or https:// URL")
+    return text
+
+
 def terminal_id(text: str) -> str:
     """A terminal id as the back office registers it (and safe as the name of its folder)."""
     from bus_terminals.wire import terminal_id_check

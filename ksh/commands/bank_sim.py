@@ -55,7 +55,10 @@ def register_serve(actions: Any) -> None:
         help="the bank's private key (created when missing; give its public key to ksh partner add)",
     )
     serve.add_argument(
-        "--issuer-url", default="http://127.0.0.1:8080/snap", help="the issuer's SNAP BI base URL"
+        "--issuer-url",
+        type=argtypes.http_urls,
+        default="http://127.0.0.1:8080/snap",
+        help="the issuer's SNAP BI base URL",
     )
     serve.add_argument(
         "--company-code", default="88001", help="virtual account prefix of the issuer"
@@ -95,7 +98,12 @@ def register_serve(actions: Any) -> None:
 def register_clients(actions: Any) -> None:
     """What runs against a running simulator: a citizen's payment, statements, trouble."""
     pay = actions.add_parser("pay-va", help="a citizen pays a VA from the bank's app")
-    pay.add_argument("--url", default="http://127.0.0.1:8091", help="the running bank simulator")
+    pay.add_argument(
+        "--url",
+        type=argtypes.http_urls,
+        default="http://127.0.0.1:8091",
+        help="the running bank simulator",
+    )
     pay.add_argument("--va", required=True, help="virtual account number (company code + card)")
     pay.add_argument(
         "--amount",
@@ -107,7 +115,10 @@ def register_clients(actions: Any) -> None:
 
     statement = actions.add_parser("statement", help="an account's statement for one day")
     statement.add_argument(
-        "--url", default="http://127.0.0.1:8091", help="the running bank simulator"
+        "--url",
+        type=argtypes.http_urls,
+        default="http://127.0.0.1:8091",
+        help="the running bank simulator",
     )
     statement.add_argument("--account", required=True, help="the account number at the bank")
     statement.add_argument("--day", required=True, help="YYYY-MM-DD (Jakarta)")
@@ -119,7 +130,10 @@ def register_clients(actions: Any) -> None:
 
     trouble = actions.add_parser("trouble", help="inject faults into a running simulator")
     trouble.add_argument(
-        "--url", default="http://127.0.0.1:8091", help="the running bank simulator"
+        "--url",
+        type=argtypes.http_urls,
+        default="http://127.0.0.1:8091",
+        help="the running bank simulator",
     )
     trouble.add_argument(
         "--reject-account",

@@ -35,6 +35,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=2026, help="seed of the day's randomness")
     parser.add_argument(
         "--backoffice",
+        type=argtypes.http_urls,
         metavar="URL[,URL]",
         help="a running back office (fresh!); several hosts of it separated by commas",
     )
@@ -73,7 +74,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from bus_terminals.simulator import SimulationSettings, simulate_day
+    from bus_terminals.simulator import SimulationSettings, StaffTokenRefused, simulate_day
 
     if arguments.backoffice and not arguments.staff_token:
         raise UserError("--backoffice needs --staff-token (or KSH_STAFF_TOKEN)")
@@ -108,6 +109,8 @@ def run(arguments: argparse.Namespace) -> int:
             summary = signals.run(main(), stop)
     except OSError as error:
         raise UserError(f"back office unreachable: {error}") from error
+    except StaffTokenRefused as error:
+        raise UserError(f"--staff-token refused by the back office: {error}") from error
     document = summary.to_dict()
     if arguments.json:
         print(json.dumps(document, sort_keys=True))

@@ -30,6 +30,7 @@ def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backoffice",
+        type=argtypes.http_urls,
         metavar="URL[,URL]",
         default="http://127.0.0.1:8080",
         help="the back office; several hosts separated by commas (the next on connection failure)",
@@ -157,8 +158,9 @@ def run_device(
     # inherited ignored; leaving `with device` stops the sync thread and closes the journal.
     with stop_on_signals() as stop, device:
         if arguments.emulated:
-            if not arguments.emulated.exists():
-                raise UserError(f"{arguments.emulated}: no such deck")
+            from ksh.commands.card import load_deck_or_explain
+
+            load_deck_or_explain(arguments.emulated)  # missing or not a deck: one line
             lines = lines_until_stopped(sys.stdin, stop)
             for reader, words in deck_taps(arguments.emulated, lines, sys.stdout):
                 decide = decider_for(words)

@@ -140,6 +140,10 @@ cases: tuple[Case, ...] = (
     case("simulate --cards-out {dir}", "argument --cards-out: {dir} is a folder, not a file"),
     case("simulate --cards-out {dir}/no/such/deck.json", "argument --cards-out"),
     case("simulate --backoffice http://127.0.0.1:9", "--backoffice needs --staff-token"),
+    case("simulate --backoffice notaurl --staff-token x", "'notaurl' is not an http://"),
+    case("simulate --backoffice http://a:99999 --staff-token x", "Port out of range"),
+    case("validator --terminal-id BUS-01 --backoffice 127.0.0.1:8080", "argument --backoffice"),
+    case("bank-sim pay-va --url ftp://bank --va 1 --amount 5", "argument --url"),
     # terminals: ids become folder names
     case(
         "validator --terminal-id ../../etc --emulated {file} --demo-keys --init",

@@ -113,7 +113,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_serve_banner_and_a_second_serve_on_the_same_port(database_url: str) -> None:
+def test_serve_banner_a_wrong_staff_token_and_a_second_serve_on_the_same_port(
+    database_url: str,
+) -> None:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url}
     first = subprocess.Popen(
@@ -131,6 +133,17 @@ def test_serve_banner_and_a_second_serve_on_the_same_port(database_url: str) -> 
         assert f"{base}/openapi.json" in banner and f"{base}/snap/openapi.json" in banner
         with urllib.request.urlopen(f"{base}/openapi.json", timeout=10) as answer:
             assert "paths" in json.loads(answer.read())
+        wrong = subprocess.run(
+            [*ksh, "simulate", "--backoffice", base, "--staff-token", "not-a-token"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert (wrong.returncode, wrong.stderr) == (
+            2,
+            "ksh simulate: error: --staff-token refused by the back office: "
+            "/admin/v1/operators: 401 a staff bearer token of your own is needed\n",
+        )
         second = subprocess.run(
             [*ksh, "serve", "--port", str(port)], env=env, capture_output=True, text=True
         )
