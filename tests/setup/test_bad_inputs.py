@@ -156,8 +156,8 @@ cases: tuple[Case, ...] = (
     case("validator --terminal-id BUS-01 --sync-interval-s 0", "argument --sync-interval-s"),
     case("validator --terminal-id BUS-01 --sync-interval-s -3", "argument --sync-interval-s"),
     case(
-        "validator --terminal-id BUS-01 --route K1 --demo-keys --emulated {dir}/no.json",
-        "no.json",
+        "validator --terminal-id BUS-01 --route K1 --emulated {dir}/no.json",
+        "give --keystore FILE (or --demo-keys for emulated demo decks)",
     ),
     case("validator --terminal-id BUS-01", "--route is required"),
     case("pos --terminal-id ../POS --init", "argument --terminal-id"),

@@ -230,7 +230,7 @@ def test_an_interrupted_command_leaves_the_embedded_database_clean(
         try:
             wait_until(lambda: "taps" in progress.read_text(), "the day is under way", within_s=120)
             day.send_signal(stop)
-            assert day.wait(timeout=120) == 130
+            assert day.wait(timeout=120) == 130, progress.read_text()[-3000:]
         finally:
             day.kill()
     assert progress.read_text().endswith("ksh simulate: interrupted\n")
