@@ -40,7 +40,7 @@ threads = 4
 class Case:
     argv: str  # as typed in a shell; {dir} is the module's scratch folder, {file} a file in it
     fragment: str  # what the one line must say (the input it names)
-    env: tuple[tuple[str, str], ...] = ()  # variables set (or, with value None, removed)
+    env: tuple[tuple[str, str], ...] = ()  # variables set (or, with the value "", removed)
 
 
 def case(argv: str, fragment: str, **env: str) -> Case:
@@ -254,6 +254,12 @@ cases: tuple[Case, ...] = (
     case("ledger accounts", "cannot reach the database", DATABASE_URL="postgres://nowhere:bad"),
     case("ledger accounts", "cannot reach the database", DATABASE_URL="not a url"),
     case(
+        "ledger accounts",
+        "the data folder {file} (KSH_DATA_DIR) is a file",
+        DATABASE_URL="",
+        KSH_DATA_DIR="{file}",
+    ),
+    case(
         "simulate --backoffice http://127.0.0.1:9 --staff-token x",
         "back office unreachable",
     ),
@@ -380,7 +386,11 @@ def ran(books: dict[str, object]) -> dict[Case, Ran]:
 
     def one(item: Case) -> Ran:
         env = dict(books["env"])  # type: ignore[call-overload]
-        env.update(item.env)
+        for name, value in item.env:
+            if value:
+                env[name] = substituted(value, values)
+            else:
+                env.pop(name, None)
         argv = shlex.split(substituted(item.argv, values))
         started = time.monotonic()
         done = run(argv, env)
