@@ -30,6 +30,8 @@ def run_with_database(work: Callable[[Any], Awaitable[Result]], url: str | None 
     try:
         with contextlib.nullcontext(url) if url else server_url() as chosen:
             return asyncio.run(main(chosen))
+    except BrokenPipeError:
+        raise  # the reader of our output went away (`| head`): not the database
     except OSError as error:
         raise UserError(f"cannot reach the database: {error}") from error
 

@@ -221,6 +221,8 @@ def run_pay(arguments: argparse.Namespace) -> int:
     try:
         with server_url() as url:
             return asyncio.run(main(url))
+    except BrokenPipeError:
+        raise  # the reader of our output went away (`| head`): not the database
     except OSError as error:
         raise UserError(f"cannot reach the database: {error}") from error
 

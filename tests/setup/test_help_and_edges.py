@@ -175,6 +175,25 @@ def test_a_closed_pipe_ends_quietly() -> None:
     assert done.returncode == 141
 
 
+def test_a_listing_into_a_closed_pipe_is_not_blamed_on_the_database(database_url: str) -> None:
+    """`ksh ledger accounts | head -1`: the write fails inside the database work; still no
+    traceback, and no 'cannot reach the database'."""
+    reading, writing = os.pipe()
+    os.close(reading)
+    try:
+        done = subprocess.run(
+            [*ksh, "ledger", "accounts"],
+            env={**os.environ, "DATABASE_URL": database_url},
+            stdout=writing,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(writing)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
 def test_help_into_a_closed_pipe_ends_quietly() -> None:
     reading, writing = os.pipe()
     os.close(reading)
