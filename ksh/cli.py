@@ -17,6 +17,7 @@ import os
 import sys
 import typing
 from collections.abc import Sequence
+from typing import Any
 
 # Order is the order shown by `ksh --help`. A module listed here must exist.
 command_modules: tuple[str, ...] = (
@@ -118,6 +119,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def innermost(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> Any:
+    """The parser of the (sub)command `arguments` were parsed for."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(arguments, action.dest, None)
+            if chosen in action.choices:
+                return innermost(action.choices[chosen], arguments)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -131,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser(sys.argv[1:] if argv is None else argv)
     try:
-        arguments = parser.parse_args(argv)
+        arguments, extras = parser.parse_known_args(argv)
+        if extras:  # named by the command they were given to, not by `ksh` itself
+            innermost(parser, arguments).error(f"unrecognized arguments: {' '.join(extras)}")
     except SystemExit as stop:  # a usage error (its line is printed): a status, as below
         if not stop.code:
             raise  # --help: printed, done

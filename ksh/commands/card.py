@@ -168,7 +168,7 @@ def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait",
-        type=float,
+        type=argtypes.seconds,
         default=card_wait_ms_default / 1000,
         metavar="SECONDS",
         help="how long to wait for a card (default %(default)g)",

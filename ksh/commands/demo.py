@@ -81,9 +81,12 @@ def register(subparsers: Any) -> None:
 
 def parse_day(text: str) -> dt.date:
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}") from None
+    if not dt.date(2000, 1, 1) <= day <= dt.date(2099, 12, 31):  # terminals' clocks: Unix time
+        raise argparse.ArgumentTypeError(f"{text}: a day from 2000-01-01 to 2099-12-31")
+    return day
 
 
 def run(arguments: argparse.Namespace) -> int:

@@ -264,6 +264,15 @@ cases: tuple[Case, ...] = (
         "back office unreachable",
     ),
     case("nonexistent", "invalid choice: 'nonexistent'"),
+    case("ledger check --help-me", "unrecognized arguments: --help-me"),
+    case("quarantine list --bogus", "unrecognized arguments: --bogus"),
+    case("fare price --journey {sample} extra", "unrecognized arguments: extra"),
+    case("bench ingest --terminals 0", "argument --terminals: 0 is outside the limits"),
+    case("bench ingest --terminals 100000000", "argument --terminals"),
+    case("bench ledger --transfers -5", "argument --transfers"),
+    case("card info --reader x --wait nan", "argument --wait"),
+    case("card info --reader x --wait -5", "argument --wait"),
+    case("demo --day 1900-01-01", "a day from 2000-01-01 to 2099-12-31"),
     case("fare", "the following arguments are required: ACTION"),
 )
 
