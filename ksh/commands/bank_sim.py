@@ -181,6 +181,9 @@ def run_serve(arguments: argparse.Namespace) -> int:
     from gateways.bank_simulator import BankSettings, create_bank_app
     from gateways.snap import signature
     from ksh.cli import UserError
+    from ksh.commands.serve import refuse_port_in_use
+
+    refuse_port_in_use(arguments.host, arguments.port)  # before a bank key is made
 
     accounts = []
     for text in arguments.account:

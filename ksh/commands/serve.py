@@ -278,7 +278,8 @@ def serve_process(
 
 
 def refuse_port_in_use(host: str, port: int) -> None:
-    """Refuse to start beside another server on the port. The serving processes share it with
+    """Refuse to start beside another server on the port (`ksh serve`, `ksh bank-sim serve`).
+    The serving processes share it with
     SO_REUSEPORT, which would also let a second `ksh serve` bind it and take half the
     requests; a probe bound without that option fails while anyone listens there."""
     import socket
@@ -294,7 +295,7 @@ def refuse_port_in_use(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as error:
             raise UserError(
-                f"cannot listen on {host}:{port}: {error.strerror} (is another ksh serve "
+                f"cannot listen on {host}:{port}: {error.strerror} (is another server "
                 "running there? give another --port)"
             ) from error
 

@@ -114,7 +114,7 @@ def free_port() -> int:
 
 
 def test_serve_banner_a_wrong_staff_token_and_a_second_serve_on_the_same_port(
-    database_url: str,
+    database_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url}
@@ -147,10 +147,34 @@ def test_serve_banner_a_wrong_staff_token_and_a_second_serve_on_the_same_port(
         second = subprocess.run(
             [*ksh, "serve", "--port", str(port)], env=env, capture_output=True, text=True
         )
+        bank = subprocess.run(
+            [
+                *ksh,
+                "bank-sim",
+                "serve",
+                "--port",
+                str(port),
+                "--partner-id",
+                "b",
+                "--client-secret",
+                "s",
+                "--issuer-public-key",
+                __file__,
+                "--bank-key",
+                str(tmp_path / "bank.pem"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert (bank.returncode, bank.stderr) == (
+            2,
+            f"ksh bank-sim: error: cannot listen on 127.0.0.1:{port}: Address already in use "
+            "(is another server running there? give another --port)\n",
+        )
         assert second.returncode == 2
         assert second.stderr == (
             f"ksh serve: error: cannot listen on 127.0.0.1:{port}: Address already in use (is "
-            "another ksh serve running there? give another --port)\n"
+            "another server running there? give another --port)\n"
         )
     finally:
         first.send_signal(signal.SIGINT)
