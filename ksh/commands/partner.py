@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ksh import argtypes
 from ksh.cli import UserError
 from ksh.database import run_with_database
 
@@ -65,7 +64,7 @@ def register(subparsers: Any) -> None:
         "own-key", help="generate or load our RSA key; print the public key to give to banks"
     )
     own.add_argument(
-        "--out", type=argtypes.new_file, required=True, help="the private key file (PEM)"
+        "--out", type=Path, required=True, help="the private key file (PEM; folders are made)"
     )
     own.add_argument("--generate", action="store_true", help="create a new key at --out")
     own.set_defaults(handler=run_own_key)
