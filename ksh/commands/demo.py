@@ -157,9 +157,11 @@ class Progress:
             logging.getLogger().removeHandler(self.handler)
 
     def note(self, text: str) -> None:
-        clear = "\r\033[K" if sys.stderr.isatty() else ""
-        print(f"{clear}ksh demo: {text}", file=sys.stderr, flush=True)
-        self.draw()
+        if not sys.stderr.isatty():
+            print(f"ksh demo: {text}", file=sys.stderr, flush=True)
+            return
+        print(f"\r\033[Kksh demo: {text}", file=sys.stderr, flush=True)
+        self.draw()  # the progress line again, below the note
 
 
 def inject_payout_trouble(bank: Any, payee_accounts: list[Any], progress: Progress) -> None:

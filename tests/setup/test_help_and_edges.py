@@ -300,3 +300,40 @@ def test_an_interrupted_command_leaves_the_embedded_database_clean(
         timeout=120,
     )
     assert listed.stdout == "['postgres', 'template0', 'template1']\n", listed.stderr
+
+
+def test_demo_progress_says_what_it_waits_for_and_agrees_with_the_summary(
+    postgres_server_url: str, tmp_path: Path
+) -> None:
+    """`ksh demo` with stderr not a terminal: one progress line per state, each saying what
+    the demo waits for; the trouble it injects on lines of their own; the counts the progress
+    lines give are those of the summary."""
+    from ksh.commands.demo import payouts_text, phases_total
+
+    small = ["--buses", "1", "--cards", "10", "--merchants", "1", "--shoppers", "2"]
+    done = subprocess.run(
+        [*ksh, "demo", *small, "--json", "--reports", str(tmp_path)],
+        env={**os.environ, "DATABASE_URL": postgres_server_url},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+    assert "\r" not in done.stderr and "\033" not in done.stderr
+    progress = [line for line in lines if line.startswith("[")]
+    assert len(progress) == phases_total + 1  # the start, then one per phase
+    assert all("; waiting for " in line for line in progress[:-1]), progress
+    assert progress[-1].endswith("; done")
+    notes = [line for line in lines if not line.startswith("[")]
+    trouble = [line for line in notes if line.startswith("ksh demo: trouble injected: ")]
+    assert len(trouble) == 3, notes
+    said = " | ".join(progress)
+    assert f"] 3/{phases_total}" in said and f" {summary['va_top_ups']} VA top-ups" in said
+    assert f"payouts sent: {payouts_text(summary['payouts'])};" in said
+    assert (
+        f" {summary['statement_lines']} statement lines, "
+        f"{summary['statement_lines_matched']} matched;" in said
+    )
+    assert f" {len(summary['exceptions'])} exceptions found and worked" in said
