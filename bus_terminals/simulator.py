@@ -216,6 +216,11 @@ class _Office:
     token: str
 
 
+class StaffTokenRefused(Exception):
+    """The back office refused the simulator's staff token (unknown, revoked, or of a role
+    that may not register parties or create money): the user's to mend."""
+
+
 async def _admin(office: _Office, path: str, body: dict[str, Any]) -> dict[str, Any]:
     async with office.session.post(
         f"{office.url}{path}",
@@ -223,6 +228,8 @@ async def _admin(office: _Office, path: str, body: dict[str, Any]) -> dict[str, 
         headers={"Authorization": f"Bearer {office.token}"},
     ) as response:
         answer = await response.json()
+        if response.status in (401, 403):
+            raise StaffTokenRefused(f"{path}: {response.status} {answer.get('detail', answer)}")
         if response.status >= 300:
             raise RuntimeError(f"{path}: {response.status} {answer}")
         return dict(answer)
@@ -309,7 +316,7 @@ def _make_riders(
     from card_reader.deck import make_ksh_deck
 
     # Shares are our assumption (no published ridership split by category).
-    mix = [RiderCategory.GENERAL] * 74 + [RiderCategory.STUDENT] * 10
+    mix = [RiderCategory.GENERAL] * 74 + [RiderCategory.SCHOOL_STUDENT] * 10
     mix += [RiderCategory.UNIVERSITY_STUDENT] * 5 + [RiderCategory.ELDERLY] * 5
     mix += [RiderCategory.SANTRI] * 2 + [RiderCategory.DISABLED] * 1
     mix += [RiderCategory.VETERAN] * 1 + [RiderCategory.TODDLER] * 1

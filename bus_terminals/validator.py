@@ -17,18 +17,9 @@ fare_media_id = "ksh_card"
 # A rider without a card who pays by QRIS pays what a rider without a card pays: the cash fare.
 no_card_fare_media_id = "cash"
 no_card_rider_category_id = "general"  # nothing proves a concession without a card
-rider_category_ids = {
-    RiderCategory.GENERAL: "general",
-    RiderCategory.STUDENT: "school_student",
-    RiderCategory.ELDERLY: "elderly",
-    RiderCategory.DISABLED: "disabled",
-    RiderCategory.VETERAN: "veteran",
-    RiderCategory.UNIVERSITY_STUDENT: "university_student",
-    RiderCategory.SANTRI: "santri",
-    RiderCategory.TODDLER: "toddler",
-    RiderCategory.KIA_HOLDER: "kia_holder",
-}
-assert set(rider_category_ids) == set(RiderCategory), "every card category needs a fare category"
+# One vocabulary: a card's category is named as the fare feed names it (rider_categories.txt).
+# tests/fare/test_rider_categories.py fails if the shipped feed and the card drift apart.
+rider_category_ids = {category: category.name.lower() for category in RiderCategory}
 assert FareOutcome.full_fare_no_service.value == no_service_fare_detail
 
 

@@ -186,7 +186,18 @@ def _tmac_value(value: Any) -> str | None:
     return None
 
 
-terminal_id_check = _text(32, allow_empty=False)
+_terminal_id_text = _text(32, allow_empty=False)
+
+
+def terminal_id_check(value: Any) -> str | None:
+    """A terminal id: printable, 1 to 32 characters, and safe as a folder name, since a
+    terminal keeps its journal and keys under one (no `/`, `\\`, and not `.` first: no `..`)."""
+    problem = _terminal_id_text(value)
+    if problem is None and ("/" in value or "\\" in value or value.startswith(".")):
+        return "must not contain / or \\ nor start with . (it names the terminal's folder)"
+    return problem
+
+
 # An operator, merchant or top-up id: what a record can carry (a pending top-up's id is one).
 reference_check = _text(text_length_max, allow_empty=False)
 

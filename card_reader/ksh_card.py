@@ -220,7 +220,7 @@ class RiderCategory(enum.IntEnum):
     """Who the card is for; the tariff prices each (Trans Semarang: concessions at Rp 1,000)."""
 
     GENERAL = 0
-    STUDENT = 1  # school student (pelajar)
+    SCHOOL_STUDENT = 1  # pelajar
     ELDERLY = 2
     DISABLED = 3
     VETERAN = 4

@@ -30,6 +30,8 @@ def run_with_database(work: Callable[[Any], Awaitable[Result]], url: str | None 
     try:
         with contextlib.nullcontext(url) if url else server_url() as chosen:
             return asyncio.run(main(chosen))
+    except BrokenPipeError:
+        raise  # the reader of our output went away (`| head`): not the database
     except OSError as error:
         raise UserError(f"cannot reach the database: {error}") from error
 
@@ -71,8 +73,21 @@ async def scratch_database(
         yield name, url
     finally:
         if not keep:
-            admin = await connect(server)
-            try:
-                await admin.execute(f'drop database if exists "{name}" with (force)')
-            finally:
-                await admin.close()
+            await _drop(server, name)
+
+
+async def _drop(server: str, name: str) -> None:
+    """Drop a scratch database; once more on a fresh connection if the first is lost (seen
+    when a stop signal lands while the server is busy), so that none is left behind."""
+    import asyncpg
+
+    for attempt in (1, 2):
+        admin = await connect(server)
+        try:
+            await admin.execute(f'drop database if exists "{name}" with (force)')
+            return
+        except (asyncpg.InterfaceError, OSError):
+            if attempt == 2:
+                raise
+        finally:
+            await admin.close()

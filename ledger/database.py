@@ -37,6 +37,8 @@ def data_dir() -> Path:
 def embedded_server(folder: Path | None = None) -> Iterator[str]:
     """Start (or join) the embedded PostgreSQL in `folder`; yield its URL; leave it cleanly."""
     pgdata = (folder or data_dir()) / "pgdata"
+    if pgdata.parent.exists() and not pgdata.parent.is_dir():
+        raise NotADirectoryError(f"the data folder {pgdata.parent} (KSH_DATA_DIR) is a file")
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (root, CI); harmless for pgserver.

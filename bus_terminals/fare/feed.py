@@ -108,8 +108,17 @@ class _Table:
     def required(self, row: _Row, field: str) -> str:
         value = row.get(field, "")
         if value == "":
+            self.require_column(field)
             raise self.error(row, field, "required value is empty")
         return value
+
+    def require_column(self, field: str) -> None:
+        """A required field whose column is absent (left out, or renamed): say so, on the
+        header line, rather than call every row's value empty."""
+        if field not in self.header:
+            raise self.error(
+                None, field, f"no column {field} (the header has: {', '.join(self.header)})"
+            )
 
     def integer(
         self, row: _Row, field: str, low: int, high: int, default: int | None = None
@@ -117,6 +126,7 @@ class _Table:
         value = row.get(field, "")
         if value == "":
             if default is None:
+                self.require_column(field)
                 raise self.error(row, field, "required value is empty")
             return default
         try:
@@ -244,7 +254,9 @@ def _index(table: _Table | None, field: str) -> dict[str, int]:
     return {value: position for position, value in enumerate(sorted(seen))}
 
 
-def _amount(table: _Table, row: _Row, field: str, decimals: int) -> int:
+def _amount(table: _Table, row: _Row, field: str, decimals: int, *, signed: bool = False) -> int:
+    """An amount in minor units; negative only when `signed` (GTFS lets a fare product be
+    negative, a discount; a cap or a pass price cannot be)."""
     value = table.required(row, field)
     try:
         number = Decimal(value)
@@ -259,6 +271,8 @@ def _amount(table: _Table, row: _Row, field: str, decimals: int) -> int:
     minor = int(number.scaleb(decimals))
     if abs(minor) >= amount_minor_max:
         raise table.error(row, field, f"{value} is too large (the card holds 32-bit amounts)")
+    if minor < 0 and not signed:
+        raise table.error(row, field, f"{value} is negative: an amount here cannot be")
     return minor
 
 
@@ -686,7 +700,7 @@ def _compile_products(products: _Table | None, riders: _Riders) -> _Products:
             currency = code
         elif code != currency:
             raise products.error(row, "currency", f"{code} differs from {currency}: one currency")
-        amount = _amount(products, row, "amount", currency_decimals_by_code[code])
+        amount = _amount(products, row, "amount", currency_decimals_by_code[code], signed=True)
         key = (
             product_index[row["fare_product_id"]],
             products.reference(
@@ -1074,8 +1088,6 @@ def _parse_cap(caps_table: _Table, row: _Row, currency: str) -> CapRule:
         if caps_table.required(row, "currency") != currency:
             raise caps_table.error(row, "currency", f"must be {currency}")
         amount_max = _amount(caps_table, row, "amount", currency_decimals_by_code[currency])
-        if amount_max < 0:
-            raise caps_table.error(row, "amount", "a cap cannot be negative")
     rides_max = None
     if row.get("ride_count"):
         rides_max = caps_table.integer(row, "ride_count", 1, 255)

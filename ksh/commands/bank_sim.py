@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ksh import argtypes
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -18,13 +20,33 @@ def register(subparsers: Any) -> None:
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    serve = actions.add_parser("serve", help="run the bank")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8091)
-    serve.add_argument("--partner-id", required=True)
-    serve.add_argument("--client-secret", required=True)
+    register_serve(actions)
+    register_clients(actions)
+
+
+def register_serve(actions: Any) -> None:
+    serve = actions.add_parser(
+        "serve",
+        help="run the bank",
+        description="Run a simulated bank on HTTP until stopped (Ctrl-C): it calls the issuer's "
+        "SNAP BI endpoints when a citizen pays a virtual account (pay-va), executes the payouts "
+        "`ksh settle pay` sends it, and writes each day's statements. The issuer registers it "
+        "with `ksh partner add` (its --partner-id, --client-secret and the public key of "
+        "--bank-key); trouble can be injected while it runs (`ksh bank-sim trouble`).",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=argtypes.port, default=8091, help="port to listen on")
     serve.add_argument(
-        "--issuer-public-key", type=Path, required=True, help="our public key (ksh partner own-key)"
+        "--partner-id", required=True, help="the bank's SNAP partner id at the issuer"
+    )
+    serve.add_argument(
+        "--client-secret", required=True, help="the SNAP client secret the issuer gave the bank"
+    )
+    serve.add_argument(
+        "--issuer-public-key",
+        type=argtypes.existing_file,
+        required=True,
+        help="our public key (ksh partner own-key)",
     )
     serve.add_argument(
         "--bank-key",
@@ -32,11 +54,25 @@ def register(subparsers: Any) -> None:
         required=True,
         help="the bank's private key (created when missing; give its public key to ksh partner add)",
     )
-    serve.add_argument("--issuer-url", default="http://127.0.0.1:8080/snap")
-    serve.add_argument("--company-code", default="88001")
-    serve.add_argument("--channel", default="95221")
-    serve.add_argument("--issuer-account", default="1350012345678")
-    serve.add_argument("--issuer-opening", type=int, default=0, help="rupiah")
+    serve.add_argument(
+        "--issuer-url",
+        type=argtypes.http_urls,
+        default="http://127.0.0.1:8080/snap",
+        help="the issuer's SNAP BI base URL",
+    )
+    serve.add_argument(
+        "--company-code", default="88001", help="virtual account prefix of the issuer"
+    )
+    serve.add_argument("--channel", default="95221", help="SNAP channel id the bank sends")
+    serve.add_argument(
+        "--issuer-account", default="1350012345678", help="the issuer's account at this bank"
+    )
+    serve.add_argument(
+        "--issuer-opening",
+        type=argtypes.rupiah,
+        default=0,
+        help="opening balance of the issuer's account (rupiah)",
+    )
     serve.add_argument(
         "--account",
         action="append",
@@ -44,37 +80,88 @@ def register(subparsers: Any) -> None:
         metavar="NUMBER:NAME:OPENING",
         help="another account at this bank (repeatable)",
     )
-    serve.add_argument("--interbank-fee", type=int, default=2_500)
+    serve.add_argument(
+        "--interbank-fee",
+        type=argtypes.rupiah,
+        default=2_500,
+        help="fee charged on a transfer to another bank (rupiah)",
+    )
     serve.add_argument(
         "--statements-dir",
-        type=Path,
+        type=argtypes.folder,
         help="write each day's statements here (MT940 .sta and .csv per account) at "
         "each day's end and on exit",
     )
     serve.set_defaults(handler=run_serve)
 
+
+def register_clients(actions: Any) -> None:
+    """What runs against a running simulator: a citizen's payment, statements, trouble."""
     pay = actions.add_parser("pay-va", help="a citizen pays a VA from the bank's app")
-    pay.add_argument("--url", default="http://127.0.0.1:8091")
+    pay.add_argument(
+        "--url",
+        type=argtypes.http_urls,
+        default="http://127.0.0.1:8091",
+        help="the running bank simulator",
+    )
     pay.add_argument("--va", required=True, help="virtual account number (company code + card)")
-    pay.add_argument("--amount", type=int, required=True, help="rupiah")
+    pay.add_argument(
+        "--amount",
+        type=argtypes.integer(1, 2_000_000, "rupiah"),
+        required=True,
+        help="rupiah the citizen pays (a card holds at most Rp 2,000,000)",
+    )
     pay.set_defaults(handler=run_pay)
 
     statement = actions.add_parser("statement", help="an account's statement for one day")
-    statement.add_argument("--url", default="http://127.0.0.1:8091")
-    statement.add_argument("--account", required=True)
+    statement.add_argument(
+        "--url",
+        type=argtypes.http_urls,
+        default="http://127.0.0.1:8091",
+        help="the running bank simulator",
+    )
+    statement.add_argument("--account", required=True, help="the account number at the bank")
     statement.add_argument("--day", required=True, help="YYYY-MM-DD (Jakarta)")
-    statement.add_argument("--format", choices=("mt940", "csv"), default="mt940")
-    statement.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    statement.add_argument(
+        "--format", choices=("mt940", "csv"), default="mt940", help="statement file format"
+    )
+    statement.add_argument("--out", type=argtypes.new_file, help="file to write (default: stdout)")
     statement.set_defaults(handler=run_statement)
 
     trouble = actions.add_parser("trouble", help="inject faults into a running simulator")
-    trouble.add_argument("--url", default="http://127.0.0.1:8091")
-    trouble.add_argument("--reject-account", action="append", default=None)
-    trouble.add_argument("--fail-next-transfers", type=int)
-    trouble.add_argument("--lose-next-answers", type=int)
-    trouble.add_argument("--duplicate-next-statement-lines", type=int)
-    trouble.add_argument("--unexpected-fee", type=int, help="rupiah, charged on the next transfer")
-    trouble.add_argument("--response-delay-ms", type=int)
+    trouble.add_argument(
+        "--url",
+        type=argtypes.http_urls,
+        default="http://127.0.0.1:8091",
+        help="the running bank simulator",
+    )
+    trouble.add_argument(
+        "--reject-account",
+        action="append",
+        default=None,
+        help="refuse transfers to this account (repeatable)",
+    )
+    trouble.add_argument(
+        "--fail-next-transfers", type=argtypes.integer(0, 1000), help="refuse this many transfers"
+    )
+    trouble.add_argument(
+        "--lose-next-answers",
+        type=argtypes.integer(0, 1000),
+        help="do the next transfers but drop the connection before answering",
+    )
+    trouble.add_argument(
+        "--duplicate-next-statement-lines",
+        type=argtypes.integer(0, 1000),
+        help="list this many statement lines twice",
+    )
+    trouble.add_argument(
+        "--unexpected-fee", type=argtypes.rupiah, help="rupiah, charged on the next transfer"
+    )
+    trouble.add_argument(
+        "--response-delay-ms",
+        type=argtypes.integer(0, 60_000, "ms"),
+        help="answer every request this late",
+    )
     trouble.set_defaults(handler=run_trouble)
 
 
@@ -94,6 +181,9 @@ def run_serve(arguments: argparse.Namespace) -> int:
     from gateways.bank_simulator import BankSettings, create_bank_app
     from gateways.snap import signature
     from ksh.cli import UserError
+    from ksh.commands.serve import refuse_port_in_use
+
+    refuse_port_in_use(arguments.host, arguments.port)  # before a bank key is made
 
     accounts = []
     for text in arguments.account:

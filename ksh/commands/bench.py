@@ -28,7 +28,20 @@ def register(subparsers: Any) -> None:
             "--json", action="store_true", help="compact one-line JSON (default: indented)"
         )
         module.add_arguments(sub)
+        bound_sizes(sub)
         sub.set_defaults(handler=run_benchmark, benchmark_module=module)
+
+
+def bound_sizes(parser: argparse.ArgumentParser) -> None:
+    """Every size of a benchmark (an integer option but the seed) from 1 to ten times its
+    default (at least 1,000): a typo of a few zeros is refused, not run for hours."""
+    from ksh import argtypes
+
+    for action in parser._actions:
+        if action.type is int and action.dest != "seed" and isinstance(action.default, int):
+            limit = max(10 * action.default, 1_000)
+            action.type = argtypes.integer(1, limit)
+            action.help = f"{action.help or action.dest.replace('_', ' ')}, 1 to {limit:,}"
 
 
 def run_benchmark(arguments: argparse.Namespace) -> int:

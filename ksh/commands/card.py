@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ksh import argtypes
 from ksh.cli import UserError
 from ksh.commands import card_keys
 from ksh.signals import stop_on_signals
@@ -113,7 +114,7 @@ def register(subparsers: Any) -> None:
         description="Generate fresh master keys for every role and seal them with a passphrase "
         f"(from {passphrase_variable}, or asked twice).",
     )
-    keystore_new.add_argument("--out", type=Path, required=True, metavar="FILE")
+    keystore_new.add_argument("--out", type=argtypes.new_file, required=True, metavar="FILE")
     keystore_new.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     keystore_new.set_defaults(handler=run_keystore_new)
     card_keys.register(actions)
@@ -122,7 +123,7 @@ def register(subparsers: Any) -> None:
         "deck-new",
         help="write a deck of software cards (JSON): blank, or issued with --keystore",
     )
-    deck_new.add_argument("--out", type=Path, required=True, metavar="FILE")
+    deck_new.add_argument("--out", type=argtypes.new_file, required=True, metavar="FILE")
     deck_new.add_argument("--cards", type=int, default=10, help="how many (default 10)")
     deck_new.add_argument(
         "--keystore", type=Path, metavar="FILE", help="issue the cards with these keys"
@@ -169,7 +170,7 @@ def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait",
-        type=float,
+        type=argtypes.seconds,
         default=card_wait_ms_default / 1000,
         metavar="SECONDS",
         help="how long to wait for a card (default %(default)g)",

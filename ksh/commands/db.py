@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from pathlib import Path
 from typing import Any
 
+from ksh import argtypes
 from ksh.cli import UserError
 
 
@@ -33,9 +33,11 @@ def register_replication(actions: Any) -> None:
         "with WAL for a physical standby. It commits alone until `ksh db standby` gives it "
         "a synchronous standby.",
     )
-    primary.add_argument("--data", type=Path, required=True, metavar="DIR")
-    primary.add_argument("--host", default="127.0.0.1")
-    primary.add_argument("--port", type=int, default=5433)
+    primary.add_argument(
+        "--data", type=argtypes.folder, required=True, metavar="DIR", help="its data folder"
+    )
+    primary.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    primary.add_argument("--port", type=argtypes.port, default=5433, help="port to listen on")
     primary.set_defaults(handler=run_primary)
     standby = actions.add_parser(
         "standby",
@@ -46,9 +48,11 @@ def register_replication(actions: Any) -> None:
         "acknowledges is on both servers.",
     )
     standby.add_argument("--from", dest="primary_url", required=True, metavar="URL")
-    standby.add_argument("--data", type=Path, required=True, metavar="DIR")
-    standby.add_argument("--host", default="127.0.0.1")
-    standby.add_argument("--port", type=int, default=5434)
+    standby.add_argument(
+        "--data", type=argtypes.folder, required=True, metavar="DIR", help="its data folder"
+    )
+    standby.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    standby.add_argument("--port", type=argtypes.port, default=5434, help="port to listen on")
     standby.add_argument("--name", default="ksh_standby", help="its application_name and slot")
     standby.add_argument(
         "--asynchronous", action="store_true", help="stream, but let the primary not wait"
@@ -60,7 +64,9 @@ def register_replication(actions: Any) -> None:
         description="pg_ctl promote. Make sure the old primary is down and stays down (fence "
         "it): two primaries would each acknowledge uploads the other never sees.",
     )
-    promote.add_argument("--data", type=Path, required=True, metavar="DIR")
+    promote.add_argument(
+        "--data", type=argtypes.folder, required=True, metavar="DIR", help="its data folder"
+    )
     promote.set_defaults(handler=run_promote)
     degrade = actions.add_parser(
         "degrade-async",

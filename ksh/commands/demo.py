@@ -16,15 +16,17 @@ invariant fails.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ksh import argtypes, signals
 from ksh.cli import UserError
+from ksh.signals import stop_on_signals
 from ledger.clock import Clock
 
 phases_total = 8
@@ -38,13 +40,26 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--buses", type=int, default=16, help="buses in service (default 16)")
-    parser.add_argument("--cards", type=int, default=200, help="cards in circulation (default 200)")
     parser.add_argument(
-        "--merchants", type=int, default=6, help="merchants with a point of sale (default 6)"
+        "--buses", type=argtypes.integer(1, 300), default=16, help="buses in service, 1 to 300"
     )
     parser.add_argument(
-        "--shoppers", type=int, default=40, help="cards that shop at merchants (default 40)"
+        "--cards",
+        type=argtypes.integer(10, 5_000),
+        default=200,
+        help="cards in circulation, 10 to 5000",
+    )
+    parser.add_argument(
+        "--merchants",
+        type=argtypes.integer(0, 100),
+        default=6,
+        help="merchants with a point of sale, 0 to 100",
+    )
+    parser.add_argument(
+        "--shoppers",
+        type=argtypes.integer(0, 2_000),
+        default=40,
+        help="cards that shop at merchants, 0 to 2000",
     )
     parser.add_argument("--seed", type=int, default=2026, help="seed of the day's randomness")
     parser.add_argument(
@@ -54,7 +69,10 @@ def register(subparsers: Any) -> None:
         "demo (cards, tariff, holidays, bank) runs on that day, at the time of day it is now",
     )
     parser.add_argument(
-        "--reports", type=Path, default=Path("reports"), help="folder for the HTML report"
+        "--reports",
+        type=argtypes.folder,
+        default=Path("reports"),
+        help="folder for the HTML report",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--keep-database", action="store_true", help="keep the demo's database")
@@ -63,23 +81,22 @@ def register(subparsers: Any) -> None:
 
 def parse_day(text: str) -> dt.date:
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}") from None
+    if not dt.date(2000, 1, 1) <= day <= dt.date(2099, 12, 31):  # terminals' clocks: Unix time
+        raise argparse.ArgumentTypeError(f"{text}: a day from 2000-01-01 to 2099-12-31")
+    return day
 
 
 def run(arguments: argparse.Namespace) -> int:
     from ledger.clock import SystemClock
     from ledger.database import server_url
 
-    if not 1 <= arguments.buses <= 300 or not 10 <= arguments.cards <= 5_000:
-        raise UserError("--buses 1..300, --cards 10..5000")
-    if not 0 <= arguments.merchants <= 100 or not 0 <= arguments.shoppers <= 2_000:
-        raise UserError("--merchants 0..100, --shoppers 0..2000")
     clock = SystemClock.on_day(arguments.day) if arguments.day else SystemClock()
-    try:
-        with server_url() as url:
-            summary = asyncio.run(demo(url, arguments, clock))
+    try:  # SIGINT or SIGTERM, even inherited ignored: cleaned up (database dropped, server left)
+        with stop_on_signals() as stop, server_url() as url:
+            summary = signals.run(demo(url, arguments, clock), stop)
     except OSError as error:
         raise UserError(f"cannot reach the database or a loopback port: {error}") from error
     if arguments.json:
@@ -89,23 +106,74 @@ def run(arguments: argparse.Namespace) -> int:
     return 0 if all(summary["invariants"].values()) else 1
 
 
+# What the demo waits for in each phase, in order: the progress line names the one under way.
+phase_waits = (
+    "the back office and the bank simulator to start",
+    "the fleet and the shops to run the day (taps, sales, uploads)",
+    "citizens' VA top-ups through the bank",
+    "end of day to close the settlement batches",
+    "the bank to answer the payouts (SNAP BI)",
+    "the bank's statements to be imported and reconciled",
+    "finance to work the exceptions",
+    "the invariants and the report",
+)
+assert len(phase_waits) == phases_total
+
+
 class Progress:
-    """A one-line progress bar on stderr (phases of the day)."""
+    """A progress line on stderr, redrawn in place: how many phases of the day are done, the
+    last one's outcome, and what the demo waits for now. A note (trouble injected) is a line
+    of its own above it."""
 
     def __init__(self) -> None:
         self.done = 0
+        self.last = "starting"
         self.started = time.perf_counter()
+        # Warnings logged meanwhile (a payout retried) are notes too, not text glued to the bar.
+        self.handler = logging.Handler(logging.WARNING)
+        self.handler.emit = lambda record: self.note(record.getMessage())  # type: ignore[method-assign]
+        logging.getLogger().addHandler(self.handler)
+        self.draw()
+
+    def draw(self) -> None:
+        filled = round(30 * self.done / phases_total)
+        elapsed = time.perf_counter() - self.started
+        waiting = f"waiting for {phase_waits[self.done]}" if self.done < phases_total else "done"
+        line = (
+            f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{phases_total} "
+            f"{elapsed:5.1f}s {self.last}; {waiting}"
+        )
+        if not sys.stderr.isatty():  # a log file: one line per state, no control codes
+            print(line, file=sys.stderr, flush=True)
+            return
+        end = "" if self.done < phases_total else "\n"
+        print(f"\r\033[K{line}", end=end, file=sys.stderr, flush=True)
 
     def step(self, label: str) -> None:
         self.done += 1
-        filled = round(30 * self.done / phases_total)
-        elapsed = time.perf_counter() - self.started
-        print(
-            f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{phases_total} {label:<44} {elapsed:6.1f}s",
-            end="" if self.done < phases_total else "\n",
-            file=sys.stderr,
-            flush=True,
-        )
+        self.last = label
+        self.draw()
+        if self.done == phases_total:
+            logging.getLogger().removeHandler(self.handler)
+
+    def note(self, text: str) -> None:
+        if not sys.stderr.isatty():
+            print(f"ksh demo: {text}", file=sys.stderr, flush=True)
+            return
+        print(f"\r\033[Kksh demo: {text}", file=sys.stderr, flush=True)
+        self.draw()  # the progress line again, below the note
+
+
+def inject_payout_trouble(bank: Any, payee_accounts: list[Any], progress: Progress) -> None:
+    """The bank refuses the first payout (the payee's account is inactive), loses its answer
+    to the next, and charges a fee no one agreed; each said on a line of its own."""
+    bank.trouble.reject_accounts = {account for _, account in payee_accounts[:1]}
+    bank.trouble.lose_next_answers = 1
+    bank.trouble.unexpected_fee_rupiah = 4_000
+    for account in sorted(bank.trouble.reject_accounts):
+        progress.note(f"trouble injected: the bank refuses payouts to account {account}")
+    progress.note("trouble injected: the bank loses its answer to the next payout")
+    progress.note("trouble injected: the bank charges an unexpected fee of Rp 4,000")
 
 
 async def start(app: Any) -> tuple[Any, str]:
@@ -246,7 +314,7 @@ async def run_day(
                 simulator, bank, cards, company_code, arguments.seed
             )
             story.update(top_ups)
-            progress.step("VA top-ups through the bank")
+            progress.step(f"{story.get('va_top_ups', 0)} VA top-ups through the bank")
 
             # 3. Merchants' sales (the fleet simulator books validators; sales come from POS
             #    terminals when it drives them, otherwise none).
@@ -263,10 +331,7 @@ async def run_day(
             story["settlement_batches"] = len(batches)
             story["settlement_net_rupiah"] = sum(b.net_rupiah for b in batches)
             progress.step(f"end of day: {len(batches)} batches closed")
-            # The bank refuses the first payout (the payee's account is inactive).
-            bank.trouble.reject_accounts = {account for _, account in payee_accounts[:1]}
-            bank.trouble.lose_next_answers = 1
-            bank.trouble.unexpected_fee_rupiah = 4_000
+            inject_payout_trouble(bank, payee_accounts, progress)
             now = clock.local_now()
             async with aiohttp.ClientSession() as http:
                 client = BankClient.open(bank_connection, http)
@@ -291,7 +356,7 @@ async def run_day(
                     story.setdefault("staff_actions", []).append(
                         f"re-initiate {row['exception_id']}: {result.value}"
                     )
-            progress.step("payouts sent host-to-host (SNAP BI)")
+            progress.step(f"payouts sent: {payouts_text(story['payouts'])}")
 
             # 5. The bank's statements, imported and reconciled: one per bank day from the
             #    service day to now (a run that crosses midnight in Jakarta has two).
@@ -326,7 +391,7 @@ async def run_day(
             story["statement_lines_reimported"] = reimported_lines
             story["statement_lines_matched"] = report.lines_matched
             story["reconcile_rerun_new_matches"] = rerun.matches_new
-            progress.step(f"statement reconciled: {report.exceptions_open} exceptions")
+            progress.step(f"{imported_lines} statement lines, {report.lines_matched} matched")
 
             # 6. Finance works the exceptions: write-offs to suspense, the big one approved.
             open_rows = await connection.fetch(
@@ -349,7 +414,7 @@ async def run_day(
                 story.setdefault("staff_actions", []).append(
                     f"write off {row['reason']}: {result.value}"
                 )
-            progress.step("exceptions worked by finance")
+            progress.step(f"{len(exceptions_found)} exceptions found and worked by finance")
 
             # 7. Invariants and the report.
             invariants, figures = await check_invariants(
@@ -766,6 +831,11 @@ async def write_report(
     return path
 
 
+def payouts_text(payouts: dict[str, int]) -> str:
+    """The payouts by outcome, as the progress line and the summary both say them."""
+    return ", ".join(f"{count} {outcome}" for outcome, count in sorted(payouts.items())) or "none"
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     fleet = summary.get("fleet") or {}
     print(f"KSH demo, service day {summary['service_day']}")
@@ -784,7 +854,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(
         f"  statement lines       {summary.get('statement_lines', 0)} ({summary.get('statement_lines_matched', 0)} matched)"
     )
-    print("  exceptions found:")
+    print(f"  payouts               {payouts_text(summary.get('payouts', {}))}")
+    print(f"  exceptions found      {len(summary.get('exceptions', []))}")
     for found in summary.get("exceptions", []):
         print(f"    - {found['reason']}: Rp {found['amount_rupiah']:,} ({found['detail']})")
     for action in summary.get("staff_actions", []):

@@ -13,6 +13,10 @@ from typing import Any
 from ksh.cli import UserError
 
 journey_file_bytes_max = 1024 * 1024
+#: A journey to try `ksh fare price` with (shipped beside the Trans Semarang feed).
+sample_journey = (
+    Path(__file__).parents[2] / "bus_terminals" / "fare" / "data" / "journey_sample.json"
+)
 journey_legs_max = 100
 #: `ksh fare check` warns when the feed's service ends within this many days.
 service_end_warning_days = 60
@@ -43,9 +47,21 @@ def register(subparsers: Any) -> None:
         f"a warning when it ends within {service_end_warning_days} days, an error once it has",
     )
     check.set_defaults(handler=run_check)
-    price = actions.add_parser("price", help="price a journey file and print JSON")
+    price = actions.add_parser(
+        "price",
+        help="price a journey file and print JSON",
+        description="Price a whole journey (GTFS-Fares v2 leg, transfer and join rules; not "
+        "caps or passes, which belong to a card's history). The journey is a JSON object: "
+        '{"rider_category_id": ..., "fare_media_id": ..., "legs": [{"route_id": ..., '
+        '"from_stop_id": ..., "to_stop_id": ..., "departure": "YYYY-MM-DDTHH:MM", '
+        '"arrival": ...}, ...]}, local times in the feed\'s time zone, legs in time order; '
+        "the category and medium default to the feed's default and the cheapest. A sample: "
+        f"{sample_journey}",
+    )
     price.add_argument("--gtfs", metavar="DIR", help="feed directory (default: Trans Semarang)")
-    price.add_argument("--journey", metavar="FILE", required=True, help="journey JSON file")
+    price.add_argument(
+        "--journey", metavar="FILE", required=True, help=f"journey JSON file, e.g. {sample_journey}"
+    )
     price.set_defaults(handler=run_price)
 
 
@@ -134,36 +150,43 @@ class _Journey:
         return UserError(f"{self.path}:{line}: {field}: {message}")
 
 
-def run_price(arguments: argparse.Namespace) -> int:
+journey_fields = ("rider_category_id", "fare_media_id", "legs")
+leg_fields = ("route_id", "from_stop_id", "to_stop_id", "departure", "arrival")
+# A local date and time, to the minute at least: a day alone would be read as its midnight.
+_date_time_pattern = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+
+
+def _refuse_unknown_fields(
+    journey: _Journey, data: dict[str, Any], known: tuple[str, ...], name: str, position: int = 0
+) -> None:
+    """A misspelt or renamed field is named, not ignored (it would price as if absent)."""
+    for key in data:
+        if key not in known:
+            raise journey.error(
+                key if name == "(journey)" else f"{name}.{key}",
+                f"unknown field (expected: {', '.join(known)})",
+                position if name != "(journey)" else 0,
+            )
+
+
+def _legs(journey: _Journey, tariff: Any, raw_legs: list[Any]) -> list[Any]:
+    """The journey's legs, checked: known routes and stops, local date-times, and each leg
+    starting no earlier than the one before it ends (in time order, none overlapping)."""
     import datetime
     import zoneinfo
 
-    from bus_terminals.fare.engine import price_journey
     from bus_terminals.fare.model import Leg
 
-    journey = _Journey(arguments.journey)
-    tariff = _load(arguments.gtfs)
-    data = journey.data
-    if not isinstance(data, dict):
-        raise UserError(f"{journey.path}:1: (journey): expected a JSON object")
-    category = data.get("rider_category_id")
-    if category is not None and category not in tariff.category_index:
-        raise journey.error("rider_category_id", f"{category!r} is not in rider_categories.txt")
-    medium = data.get("fare_media_id")
-    if medium is not None and medium not in tariff.media_index:
-        raise journey.error("fare_media_id", f"{medium!r} is not in fare_media.txt")
-    raw_legs = data.get("legs")
-    if not isinstance(raw_legs, list) or not raw_legs:
-        raise journey.error("legs", "a non-empty list of legs is required")
-    if len(raw_legs) > journey_legs_max:
-        raise journey.error("legs", f"more than {journey_legs_max} legs")
     zone = zoneinfo.ZoneInfo(tariff.timezone_name)
     legs: list[Leg] = []
     for position, raw in enumerate(raw_legs):
         name = f"legs[{position}]"
         if not isinstance(raw, dict):
             raise journey.error("legs", f"{name} is not an object")
+        _refuse_unknown_fields(journey, raw, leg_fields, name, position)
         route = raw.get("route_id")
+        if route is None:
+            raise journey.error("legs", f"{name}.route_id: missing")
         if not isinstance(route, str) or route not in tariff.route_index:
             raise journey.error(f"{name}.route_id", f"{route!r} is not in routes.txt", position)
         stops: list[str | None] = []
@@ -175,18 +198,57 @@ def run_price(arguments: argparse.Namespace) -> int:
         times: list[int] = []
         for field in ("departure", "arrival"):
             value = raw.get(field)
+            if value is None:
+                raise journey.error("legs", f"{name}.{field}: missing")
             try:
-                moment = datetime.datetime.fromisoformat(str(value))
+                if not isinstance(value, str) or not _date_time_pattern.match(value):
+                    raise ValueError
+                moment = datetime.datetime.fromisoformat(value)
             except ValueError:
                 raise journey.error(
-                    f"{name}.{field}", f"not a local ISO date-time: {value!r}", position
+                    f"{name}.{field}",
+                    f"not a local ISO date and time (YYYY-MM-DDTHH:MM): {value!r}",
+                    position,
                 ) from None
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=zone)
             times.append(int(moment.timestamp()))
         if times[1] < times[0]:
             raise journey.error(f"{name}.arrival", "before departure", position)
+        if legs and times[0] < legs[-1].arrival_s:
+            raise journey.error(
+                f"{name}.departure",
+                f"before legs[{position - 1}] arrives: legs are in time order and do not overlap",
+                position,
+            )
         legs.append(Leg(route, stops[0], stops[1], times[0], times[1]))
+    return legs
+
+
+def run_price(arguments: argparse.Namespace) -> int:
+    from bus_terminals.fare.engine import price_journey
+
+    journey = _Journey(arguments.journey)
+    tariff = _load(arguments.gtfs)
+    data = journey.data
+    if not isinstance(data, dict):
+        raise UserError(f"{journey.path}:1: (journey): expected a JSON object")
+    _refuse_unknown_fields(journey, data, journey_fields, "(journey)")
+    category = data.get("rider_category_id")
+    if category is not None and category not in tariff.category_index:
+        raise journey.error(
+            "rider_category_id",
+            f"{category!r} is not in rider_categories.txt ({', '.join(tariff.category_index)})",
+        )
+    medium = data.get("fare_media_id")
+    if medium is not None and medium not in tariff.media_index:
+        raise journey.error("fare_media_id", f"{medium!r} is not in fare_media.txt")
+    raw_legs = data.get("legs")
+    if not isinstance(raw_legs, list) or not raw_legs:
+        raise journey.error("legs", "a non-empty list of legs is required")
+    if len(raw_legs) > journey_legs_max:
+        raise journey.error("legs", f"more than {journey_legs_max} legs")
+    legs = _legs(journey, tariff, raw_legs)
     price = price_journey(tariff, legs, category, medium)
 
     def money(amount: int | None) -> str | None:

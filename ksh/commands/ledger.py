@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
+from ksh import argtypes
 from ksh.cli import UserError
 
 if TYPE_CHECKING:
@@ -36,7 +37,9 @@ def register(subparsers: Any) -> None:
     check.set_defaults(handler=run_check)
     export = actions.add_parser("export", help="write the books as Beancount or CSV")
     export.add_argument("--format", choices=("beancount", "csv"), required=True)
-    export.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    export.add_argument(
+        "--out", type=argtypes.new_file, help="file to write (default: standard output)"
+    )
     export.set_defaults(handler=run_export)
     accounts = actions.add_parser(
         "accounts",

@@ -63,7 +63,9 @@ def register(subparsers: Any) -> None:
     own = actions.add_parser(
         "own-key", help="generate or load our RSA key; print the public key to give to banks"
     )
-    own.add_argument("--out", type=Path, required=True, help="the private key file (PEM)")
+    own.add_argument(
+        "--out", type=Path, required=True, help="the private key file (PEM; folders are made)"
+    )
     own.add_argument("--generate", action="store_true", help="create a new key at --out")
     own.set_defaults(handler=run_own_key)
 

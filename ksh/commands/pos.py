@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ksh import argtypes
 from ksh.cli import UserError
 from ksh.commands.card_keys import terminal_keys
 from ksh.commands.validator import (
@@ -29,27 +30,33 @@ def register(subparsers: Any) -> None:
     )
     add_terminal_arguments(parser)
     parser.add_argument("--merchant", help="merchant id the POS belongs to")
-    parser.add_argument("--amount", type=int, help="sale amount in rupiah (PC/SC mode)")
+    parser.add_argument(
+        "--amount",
+        type=argtypes.integer(1, 2_000_000, "rupiah"),  # a card holds at most Rp 2,000,000
+        help="sale amount in rupiah (PC/SC mode)",
+    )
     qris = parser.add_argument_group("QRIS sale (no card: the customer pays with any QRIS app)")
     qris.add_argument(
         "--qris",
         metavar="AMOUNT",
-        type=int,
+        type=argtypes.integer(1, 10_000_000, "rupiah"),
         help="sell AMOUNT rupiah by dynamic QRIS: show the code, wait until paid or expired, "
         "print the receipt as one JSON line (exit 0 paid, 1 expired or not paid in time)",
     )
     qris.add_argument(
         "--sale",
-        type=int,
+        type=argtypes.integer(1, 10**12),
         help="this POS's sale number for --qris (the same number again shows the same code); "
         "default: one more than the last QRIS sale of this terminal",
     )
     qris.add_argument(
-        "--qr-out", type=Path, help="also write the code as a PNG or SVG (by suffix) for a screen"
+        "--qr-out",
+        type=Path,
+        help="also write the code as a PNG or SVG (by suffix) for a screen (default: none)",
     )
     qris.add_argument(
         "--wait-s",
-        type=float,
+        type=argtypes.seconds,
         default=330.0,
         help="how long to wait for the payment (default: %(default)s s, the code's validity "
         "and a margin)",

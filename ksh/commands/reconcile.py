@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import getpass
-from pathlib import Path
 from typing import Any
 
+from ksh import argtypes
 from ksh.cli import UserError
 from ksh.commands.settle import parse_day, parse_time
 from ksh.database import run_with_database
@@ -25,7 +25,7 @@ def register(subparsers: Any) -> None:
     imports = actions.add_parser(
         "import", help="import statement files (a broken file imports nothing)"
     )
-    imports.add_argument("files", nargs="+", type=Path)
+    imports.add_argument("files", nargs="+", type=argtypes.existing_file, metavar="FILE")
     imports.add_argument("--bank", required=True, help="the bank's code, e.g. 009")
     imports.add_argument(
         "--account",
@@ -37,14 +37,27 @@ def register(subparsers: Any) -> None:
     )
     imports.set_defaults(handler=run_import)
 
-    run = actions.add_parser("run", help="match open statement lines against expected movements")
+    run = actions.add_parser(
+        "run",
+        help="match open statement lines against expected movements",
+        description="Match the open lines of imported statements (ksh reconcile import) against "
+        "the movements the books expect: payouts sent, and the day's virtual-account "
+        "collections. A line matches a movement of the same amount (within "
+        "--amount-tolerance) and value date (within --date-tolerance); what matches nothing "
+        "opens an exception, listed by `ksh reconcile exceptions` and on the finance pages.",
+    )
     run.add_argument(
         "--day",
         type=parse_day,
         default=None,
         help="service day whose VA collections to expect (default: yesterday)",
     )
-    run.add_argument("--cutoff", type=parse_time, default=dt.time(2, 0))
+    run.add_argument(
+        "--cutoff",
+        type=parse_time,
+        default=dt.time(2, 0),
+        help="end of the service day next morning, HH:MM (default 02:00)",
+    )
     run.add_argument(
         "--account",
         action="append",
@@ -55,8 +68,18 @@ def register(subparsers: Any) -> None:
     run.add_argument(
         "--through", type=parse_day, default=None, help="statements are complete up to this day"
     )
-    run.add_argument("--amount-tolerance", type=int, default=0, help="rupiah")
-    run.add_argument("--date-tolerance", type=int, default=2, help="days")
+    run.add_argument(
+        "--amount-tolerance",
+        type=argtypes.integer(0, 1_000_000, "rupiah"),
+        default=0,
+        help="rupiah a line may differ from its movement",
+    )
+    run.add_argument(
+        "--date-tolerance",
+        type=argtypes.integer(0, 31, "days"),
+        default=2,
+        help="days a line's value date may differ from its movement's",
+    )
     run.set_defaults(handler=run_match)
 
     listing = actions.add_parser("exceptions", help="list open exceptions")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ksh import signals
+from ksh import argtypes, signals
 from ksh.cli import UserError
 from ksh.signals import stop_on_signals
 
@@ -39,11 +39,16 @@ def register(subparsers: Any) -> None:
         "cookies are Secure and pages send HSTS unless --host is a loopback address (HTTPS "
         "is then expected in front, e.g. a reverse proxy); --insecure-cookies turns that off.",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--tariff-version", default="trans-semarang")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=argtypes.port, default=8080, help="port to listen on")
     parser.add_argument(
-        "--workers", type=int, default=1, help="processes serving the same port (SO_REUSEPORT)"
+        "--tariff-version", default="trans-semarang", help="tariff version sync hands terminals"
+    )
+    parser.add_argument(
+        "--workers",
+        type=argtypes.integer(1, workers_max),
+        default=1,
+        help="processes serving the same port (SO_REUSEPORT)",
     )
     parser.add_argument(
         "--insecure-cookies",
@@ -61,7 +66,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--password-checks",
-        type=int,
+        type=argtypes.integer(1, password_checks_max),
         default=2,
         metavar="N",
         help="password checks (scrypt, on worker threads) running at once per process",
@@ -76,7 +81,7 @@ def register(subparsers: Any) -> None:
     masters = parser.add_mutually_exclusive_group()
     masters.add_argument(
         "--keystore",
-        type=Path,
+        type=argtypes.existing_file,
         metavar="FILE",
         help="the issuer's sealed key store (passphrase from KSH_KEYSTORE_PASSPHRASE or a "
         "prompt): its Transaction MAC masters verify what each card committed. Without it "
@@ -244,6 +249,7 @@ def run(arguments: argparse.Namespace) -> int:
     settings = settings_of(arguments)
     if not 1 <= arguments.workers <= workers_max:
         raise UserError(f"--workers must be 1 to {workers_max}")
+    refuse_port_in_use(arguments.host, arguments.port)
     if arguments.workers > 1:
         from gateways.observability import prepare_multiprocess_folder
 
@@ -367,6 +373,39 @@ def serve_process(
         signals.run(serve_app(app, host, port, parent_sentinel), stop)
 
 
+def refuse_port_in_use(host: str, port: int) -> None:
+    """Refuse to start beside another server on the port (`ksh serve`, `ksh bank-sim serve`).
+    The serving processes share it with
+    SO_REUSEPORT, which would also let a second `ksh serve` bind it and take half the
+    requests; a probe bound without that option fails while anyone listens there."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise UserError(f"--host {host}: {error.strerror}") from error
+    family, kind, protocol, _, address = infos[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise UserError(
+                f"cannot listen on {host}:{port}: {error.strerror} (is another server "
+                "running there? give another --port)"
+            ) from error
+
+
+def banner(host: str, port: int) -> str:
+    """What `ksh serve` prints on stdout once it listens: where people and programs go."""
+    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    return (
+        f"ksh serve: back office on {base}: finance pages {base}/finance/ ; API docs "
+        f"{base}/openapi.json (terminals, admin) and {base}/snap/openapi.json (SNAP BI); "
+        f"health {base}/health, metrics {base}/metrics"
+    )
+
+
 def backoffice_app(database_url: str, settings: dict[str, Any]) -> Any:
     """The application each serving process runs: every extension, these settings."""
     from gateways.backoffice import BackofficeConfig, create_app
@@ -385,6 +424,8 @@ async def serve_app(app: Any, host: str, port: int, parent_sentinel: int | None)
         site = web.TCPSite(runner, host, port, reuse_port=True)
         await site.start()
         logging.getLogger("ksh.serve").info("serving on http://%s:%d", host, port)
+        if parent_sentinel is None:  # the first process: say where to go, once
+            print(banner(host, port), flush=True)
         parent_gone = asyncio.Event()
         if parent_sentinel is not None:
             asyncio.get_running_loop().add_reader(parent_sentinel, parent_gone.set)

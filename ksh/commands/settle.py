@@ -7,11 +7,10 @@ import argparse
 import asyncio
 import datetime as dt
 import getpass
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
+from ksh import argtypes
 from ksh.cli import UserError
 from ksh.database import connect, run_with_database
 from ledger.clock import system_clock
@@ -60,7 +59,10 @@ def register(subparsers: Any) -> None:
     with_day(pay)
     pay.add_argument("--partner", required=True, help="the bank's partner id (see ksh partner)")
     pay.add_argument(
-        "--key", type=Path, required=True, help="our RSA private key (PEM) for the access token"
+        "--key",
+        type=argtypes.existing_file,
+        required=True,
+        help="our RSA private key (PEM) for the access token",
     )
     pay.set_defaults(handler=run_pay)
 
@@ -68,14 +70,25 @@ def register(subparsers: Any) -> None:
         "export", help="write the day's unpaid batches as a bulk-transfer CSV instead"
     )
     with_day(export)
-    export.add_argument("--out", type=Path, required=True, help="the CSV file to write")
+    export.add_argument(
+        "--out", type=argtypes.new_file, required=True, help="the CSV file to write"
+    )
     export.set_defaults(handler=run_export)
 
     status = actions.add_parser(
         "status",
         help="is the day closed: exceptions open, unexplained rupiah, what quarantine holds",
+        description="Whether a service day is closed: its statement lines (matched, written "
+        "off, open), the exceptions still open, the rupiah the books cannot explain and the "
+        "difference between bank and books, and what the day's uploads held in quarantine. Exit status 0 when the day is closed; 1 when it "
+        "is not, or was never closed with `ksh settle close` (then it says so).",
     )
-    status.add_argument("--day", type=parse_day, default=None)
+    status.add_argument(
+        "--day",
+        type=parse_day,
+        default=None,
+        help="service day YYYY-MM-DD (default: yesterday, Jakarta)",
+    )
     status.set_defaults(handler=run_status)
 
     staff = actions.add_parser(
@@ -208,6 +221,8 @@ def run_pay(arguments: argparse.Namespace) -> int:
     try:
         with server_url() as url:
             return asyncio.run(main(url))
+    except BrokenPipeError:
+        raise  # the reader of our output went away (`| head`): not the database
     except OSError as error:
         raise UserError(f"cannot reach the database: {error}") from error
 
@@ -290,9 +305,7 @@ def run_staff(arguments: argparse.Namespace) -> int:
 
     if arguments.role is None:
         return run_staff_change(arguments)
-    password = os.environ.get("KSH_STAFF_PASSWORD") or getpass.getpass(
-        f"password for {arguments.username}: "
-    )
+    password = argtypes.secret("KSH_STAFF_PASSWORD", f"password for {arguments.username}")
 
     async def work(connection: Any) -> int:
         try:

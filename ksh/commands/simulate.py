@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
+from ksh import argtypes, signals
 from ksh.cli import UserError
+from ksh.signals import stop_on_signals
 from ledger.clock import system_clock
 
 
@@ -26,11 +26,16 @@ def register(subparsers: Any) -> None:
         "runs in-process on loopback over a fresh database (DATABASE_URL's server, or the "
         "embedded one). Prints a summary; --json prints it as one JSON object.",
     )
-    parser.add_argument("--buses", type=int, default=24)
-    parser.add_argument("--cards", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--buses", type=argtypes.integer(1, 300), default=24, help="buses in service, 1 to 300"
+    )
+    parser.add_argument(
+        "--cards", type=argtypes.integer(1, 10_000), default=300, help="cards, 1 to 10000"
+    )
+    parser.add_argument("--seed", type=int, default=2026, help="seed of the day's randomness")
     parser.add_argument(
         "--backoffice",
+        type=argtypes.http_urls,
         metavar="URL[,URL]",
         help="a running back office (fresh!); several hosts of it separated by commas",
     )
@@ -40,14 +45,22 @@ def register(subparsers: Any) -> None:
         help="with --backoffice: a supervisor's staff token (ksh settle staff USER "
         "--issue-token), or KSH_STAFF_TOKEN",
     )
-    parser.add_argument("--network-loss", type=float, default=0.2, help="per request (0..1)")
-    parser.add_argument("--power-loss", type=float, default=0.003, help="per tap (0..1)")
-    parser.add_argument("--card-pull", type=float, default=0.03, help="per tap (0..1)")
-    parser.add_argument("--folder", type=Path, help="keep journals here (default: temporary)")
+    parser.add_argument(
+        "--network-loss", type=argtypes.fraction, default=0.2, help="per request (0 to below 1)"
+    )
+    parser.add_argument(
+        "--power-loss", type=argtypes.fraction, default=0.003, help="per tap (0 to below 1)"
+    )
+    parser.add_argument(
+        "--card-pull", type=argtypes.fraction, default=0.03, help="per tap (0 to below 1)"
+    )
+    parser.add_argument(
+        "--folder", type=argtypes.folder, help="keep journals here (default: temporary)"
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
         "--cards-out",
-        type=Path,
+        type=argtypes.new_file,
         metavar="FILE",
         help="write every card's final state as a card deck (ksh card emulate --deck reads it), "
         "so the day can be audited from outside: the cards against the books",
@@ -61,13 +74,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from bus_terminals.simulator import SimulationSettings, simulate_day
+    from bus_terminals.simulator import SimulationSettings, StaffTokenRefused, simulate_day
 
-    if arguments.buses < 1 or arguments.cards < 1 or arguments.cards > 10_000:
-        raise UserError("--buses must be at least 1 and --cards between 1 and 10000")
-    for name in ("network_loss", "power_loss", "card_pull"):
-        if not 0 <= getattr(arguments, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1)")
     if arguments.backoffice and not arguments.staff_token:
         raise UserError("--backoffice needs --staff-token (or KSH_STAFF_TOKEN)")
     if arguments.folder is not None:
@@ -96,17 +104,49 @@ def run(arguments: argparse.Namespace) -> int:
                 print(f"ksh simulate: the day's database is kept: {db}", file=sys.stderr)
             return await simulate(url, token)
 
-    try:
-        summary = asyncio.run(main())
+    try:  # SIGINT or SIGTERM, even inherited ignored: cleaned up (database dropped, server left)
+        with stop_on_signals() as stop:
+            summary = signals.run(main(), stop)
     except OSError as error:
         raise UserError(f"back office unreachable: {error}") from error
+    except StaffTokenRefused as error:
+        raise UserError(f"--staff-token refused by the back office: {error}") from error
     document = summary.to_dict()
     if arguments.json:
         print(json.dumps(document, sort_keys=True))
     else:
-        for key, value in document.items():
-            print(f"{key:>24}: {value}")
+        print(readable(document, arguments))
     return 0 if not summary.cards_mismatched else 1
+
+
+def readable(summary: dict[str, Any], arguments: argparse.Namespace) -> str:
+    """The summary as people read it: what happened to the taps, the uploads, the top-ups,
+    and whether every card agrees with the books (the same figures as --json)."""
+
+    def counted(counts: dict[str, int]) -> str:
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        return ", ".join(f"{name.replace('_', ' ')} {count:,}" for name, count in ordered)
+
+    mismatched = summary["cards_mismatched"]
+    reasons = {name: count for name, count in summary["reasons"].items() if name != "none"}
+    lines = [
+        f"ksh simulate: a service day of {arguments.buses} bus(es) and {arguments.cards} cards "
+        f"(seed {arguments.seed}) in {summary['seconds']:.1f} s",
+        f"  taps                  {summary['taps']:,} ({counted(summary['verdicts']) or 'none'})",
+        f"  reasons               {counted(reasons) or 'none'}",
+        f"  fares                 Rp {summary['fares_rupiah']:,}",
+        f"  trouble               {summary['cards_pulled']:,} cards pulled mid-tap, "
+        f"{summary['power_losses']:,} validator power losses",
+        f"  uploads               {summary['uploads_acknowledged']:,} acknowledged, "
+        f"{summary['uploads_lost']:,} lost on the network (sent again)",
+        f"  VA top-ups            {summary['top_ups_paid']:,} paid at the bank, "
+        f"{summary['top_ups_delivered']:,} taken onto cards",
+        f"  cards vs books        {summary['cards_checked']:,} checked, "
+        f"{summary['cards_matching']:,} matching their purse accounts",
+    ]
+    if mismatched:
+        lines.append(f"  MISMATCHED            {', '.join(mismatched)}")
+    return "\n".join(lines)
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ksh import argtypes
 from ksh.cli import UserError
 from ksh.commands.card_keys import terminal_keys
 from ksh.signals import lines_until_stopped, stop_on_signals
@@ -25,16 +26,22 @@ def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="deck of emulated cards; type a card's index on stdin to tap it",
     )
-    parser.add_argument("--terminal-id", required=True)
+    parser.add_argument(
+        "--terminal-id",
+        type=argtypes.terminal_id,
+        required=True,
+        help="this terminal's id, as registered (ksh terminal add)",
+    )
     parser.add_argument(
         "--backoffice",
+        type=argtypes.http_urls,
         metavar="URL[,URL]",
         default="http://127.0.0.1:8080",
         help="the back office; several hosts separated by commas (the next on connection failure)",
     )
     parser.add_argument(
         "--state",
-        type=Path,
+        type=argtypes.folder,
         help="journal, key and sync state folder (default ./.ksh-data/terminals/TERMINAL_ID)",
     )
     keys = parser.add_mutually_exclusive_group()
@@ -68,7 +75,7 @@ def add_terminal_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sync-interval-s",
-        type=float,
+        type=argtypes.seconds,
         default=30.0,
         help="seconds between syncs (default 30; a settings package may set it)",
     )
@@ -237,8 +244,9 @@ def run_device(
     # inherited ignored; leaving `with device` stops the sync thread and closes the journal.
     with stop_on_signals() as stop, device:
         if arguments.emulated:
-            if not arguments.emulated.exists():
-                raise UserError(f"{arguments.emulated}: no such deck")
+            from ksh.commands.card import load_deck_or_explain
+
+            load_deck_or_explain(arguments.emulated)  # missing or not a deck: one line
             lines = lines_until_stopped(sys.stdin, stop)
             if side_command is not None:
                 lines = (line for line in lines if not side_command(line.split()))

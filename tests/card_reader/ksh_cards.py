@@ -15,7 +15,7 @@ store: KeyStore = demo_key_store("tests")
 def profile(card_number: int = 6_032_900_000_000_001) -> Profile:
     return Profile(
         card_number=card_number,
-        rider_category=RiderCategory.STUDENT,
+        rider_category=RiderCategory.SCHOOL_STUDENT,
         registered=True,
         status=CardStatus.ACTIVE,
         expiry_date=dt.date(2031, 1, 1),

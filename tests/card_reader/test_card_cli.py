@@ -196,7 +196,7 @@ def test_issue_top_up_and_info_through_the_virtual_reader(
 
     status, out, err = ksh(
         "card", "issue", "--reader", reader, "--keystore", str(keystore),
-        "--category", "student", "--balance", "10000", "--card-number", "6032900000000042",
+        "--category", "school_student", "--balance", "10000", "--card-number", "6032900000000042",
         capsys=capsys,
     )  # fmt: skip
     assert status == 0, err
@@ -213,7 +213,7 @@ def test_issue_top_up_and_info_through_the_virtual_reader(
     assert verified["verified"].startswith("yes")
     assert verified["balance_rupiah"] == 35_000
     assert verified["profile"]["card_number"] == 6032900000000042
-    assert verified["profile"]["rider_category"] == "student"
+    assert verified["profile"]["rider_category"] == "school_student"
     assert verified["profile"]["status"] == "active"
     assert [(r["counter"], r["kind"], r["amount_rupiah"]) for r in verified["log"]] == [
         (0, "issue", 10_000),

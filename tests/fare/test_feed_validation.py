@@ -78,7 +78,9 @@ def test_the_good_feed_compiles() -> None:
                 "fare_transfer_rules": "from_leg_group_id,to_leg_group_id,transfer_count,"
                 "duration_limit,fare_transfer_type\ng,g,1,600,0"
             },
-            "fare_transfer_rules.txt:2: duration_limit_type: required value is empty",
+            "fare_transfer_rules.txt:1: duration_limit_type: no column duration_limit_type (the "
+            "header has: from_leg_group_id, to_leg_group_id, transfer_count, duration_limit, "
+            "fare_transfer_type)",
         ),
         (
             {
@@ -141,6 +143,31 @@ def test_the_good_feed_compiles() -> None:
             "fare_caps.txt:2: period: 'hourly' is not one of daily, weekly, rolling",
         ),
         (
+            {"fare_caps": "fare_cap_id,period,amount,currency\nc,daily,-5.00,EUR"},
+            "fare_caps.txt:2: amount: -5.00 is negative: an amount here cannot be",
+        ),
+        (
+            {
+                "fare_passes": "fare_pass_id,network_id,validity_days,amount,currency\n"
+                "month,n1,30,-20.00,EUR"
+            },
+            "fare_passes.txt:2: amount: -20.00 is negative: an amount here cannot be",
+        ),
+        (  # a renamed column is named as missing, with the columns that are there
+            {"fare_products": "fare_product_id,price,currency\np,1.50,EUR"},
+            "fare_products.txt:1: amount: no column amount (the header has: fare_product_id, "
+            "price, currency)",
+        ),
+        (
+            {"fare_products": "fare_product_id,amount\np,1.50"},
+            "fare_products.txt:1: currency: no column currency (the header has: "
+            "fare_product_id, amount)",
+        ),
+        (
+            {"fare_products": "fare_product_id,amount,currency\np,1.50,EUR\nq,,EUR"},
+            "fare_products.txt:3: amount: required value is empty",
+        ),
+        (
             {"fare_caps": "fare_cap_id,period\nc,daily"},
             "fare_caps.txt:2: amount: give amount, ride_count or both",
         ),
@@ -157,7 +184,7 @@ def test_the_good_feed_compiles() -> None:
         ),
         (
             {"calendar": "service_id,monday\nx,1"},
-            "calendar.txt:2: tuesday: required value is empty",
+            "calendar.txt:1: tuesday: no column tuesday (the header has: service_id, monday)",
         ),
         (
             {"public_holidays": "date,holiday_name\n20250230,Nope"},

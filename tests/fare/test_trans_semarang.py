@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -174,8 +175,8 @@ def test_ksh_fare_price_prints_the_journey_as_json(
                     },
                     {
                         "route_id": "K3",
-                        "departure": "2025-03-12T04:00:00",
-                        "arrival": "2025-03-12T04:30:00",
+                        "departure": "2025-03-13T04:00:00",  # next day, before service
+                        "arrival": "2025-03-13T04:30:00",
                     },
                 ],
             }
@@ -204,7 +205,8 @@ def test_ksh_fare_price_names_file_line_and_field_of_a_bad_journey(
     assert main(["fare", "price", "--journey", str(journey)]) == 2
     error = capsys.readouterr().err.strip()
     assert error == (
-        f"ksh fare: error: {journey}:4: legs[1].departure: not a local ISO date-time: 'yesterday'"
+        f"ksh fare: error: {journey}:4: legs[1].departure: not a local ISO date and time "
+        "(YYYY-MM-DDTHH:MM): 'yesterday'"
     )
     journey.write_text('{"legs": [')
     assert main(["fare", "price", "--journey", str(journey)]) == 2
@@ -406,3 +408,21 @@ def test_ksh_fare_check_warns_before_the_service_ends_and_fails_after(
         "no public holidays in 2031, which the calendar covers",
         "no public holidays in 2032, which the calendar covers",
     ]
+
+
+def test_a_card_carries_exactly_the_rider_categories_the_feed_defines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One vocabulary: `ksh card issue --category` offers the feed's rider_category_id values,
+    no more and no fewer (a card that said `student` to a feed of `school_student` was priced
+    as no one)."""
+    from card_reader.ksh_card import RiderCategory
+
+    with pytest.raises(SystemExit):
+        main(["card", "issue", "--help"])
+    usage = capsys.readouterr().out
+    offered = re.search(r"--category \{([a-z_,]+)\}", usage)
+    assert offered is not None, usage
+    feed_categories = set(load_feed().category_ids)
+    assert set(offered[1].split(",")) == feed_categories
+    assert {category.name.lower() for category in RiderCategory} == feed_categories

@@ -55,7 +55,7 @@ def test_every_card_category_has_its_trans_semarang_fare() -> None:
 
 def test_student_rates_do_not_apply_on_sunday() -> None:
     decide = fare_decider(trans_semarang, "K1")
-    assert decide(card(RiderCategory.STUDENT), sunday_seven_am_ms).amount_rupiah == 3_500
+    assert decide(card(RiderCategory.SCHOOL_STUDENT), sunday_seven_am_ms).amount_rupiah == 3_500
     assert decide(card(RiderCategory.ELDERLY), sunday_seven_am_ms).amount_rupiah == 1_000
 
 
@@ -108,14 +108,15 @@ def test_a_feed_whose_service_has_ended_charges_the_full_fare_and_says_why() -> 
     stale = fare_decider(trans_semarang_ending("20260630"), "K1")  # the tap is in November
     charges = {
         category: stale(card(category), tuesday_seven_am_ms)
-        for category in (RiderCategory.GENERAL, RiderCategory.STUDENT, RiderCategory.ELDERLY)
+        for category in (RiderCategory.GENERAL, RiderCategory.SCHOOL_STUDENT, RiderCategory.ELDERLY)
     }
     assert {category: charge.refusal for category, charge in charges.items()} == {
         category: Reason.none for category in charges
     }
     assert {category: (c.amount_rupiah, c.detail) for category, c in charges.items()} == {
         RiderCategory.GENERAL: (3_500, "full_fare_no_service general_fare"),
-        RiderCategory.STUDENT: (3_500, "full_fare_no_service general_fare"),  # no school-day rate
+        # no school-day rate on a Sunday
+        RiderCategory.SCHOOL_STUDENT: (3_500, "full_fare_no_service general_fare"),
         RiderCategory.ELDERLY: (1_000, "full_fare_no_service concession_fare"),
     }
     written = charges[RiderCategory.GENERAL].trip_state
