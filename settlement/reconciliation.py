@@ -684,19 +684,20 @@ async def expect_qris_settlements(
     connection: asyncpg.Connection,
     start: dt.datetime,
     end: dt.datetime,
-    value_date: dt.date,
     collection_accounts: dict[str, str],
     default_account: str,
 ) -> int:
     """Every QRIS payment booked in [start, end) is money its acquirer owes us, net of the MDR
     it keeps: expect it on our account at that bank (by the acquirer's bank code in
-    `collection_accounts`), grouped under the day's settlement reference, as the acquirer pays
-    a day in one credit (`gateways.bank_simulator.acquirer.settlement_reference`)."""
+    `collection_accounts`), grouped under the settlement reference of the calendar day it was
+    paid in Semarang, as the acquirer pays each calendar day in one credit
+    (`gateways.snap.qris.settlement_reference`): a payment after midnight but before the
+    service day's cut-off is in the next day's credit, and expected on that day."""
     from gateways.snap.qris import clearing_account_id, settlement_reference
 
     rows = await connection.fetch(
         """select o.order_id, o.partner_id, o.reference_no, o.amount_rupiah - o.mdr_rupiah as net,
-                  p.bank_code
+                  (o.paid_at at time zone 'Asia/Jakarta')::date as paid_day, p.bank_code
              from qris_orders o join snap_partners p on p.partner_id = o.partner_id
             where o.state = 'paid' and o.paid_at >= $1 and o.paid_at < $2""",
         start,
@@ -710,9 +711,9 @@ async def expect_qris_settlements(
                 collection_accounts.get(row["bank_code"], default_account),
                 Direction.credit,
                 row["net"],
-                value_date,
+                row["paid_day"],
                 row["reference_no"],
-                settlement_reference(value_date),
+                settlement_reference(row["paid_day"]),
             ),
             clearing_account_id(row["partner_id"]),
         )

@@ -289,7 +289,7 @@ long_functions_allowed: dict[str, int] = {
     "ksh/benchmarks/ingest.py:_ingest_into": 230,
     "ksh/benchmarks/ledger.py:_measure": 163,
     "ksh/benchmarks/settle.py:_measure": 101,
-    "ksh/commands/demo.py:run_day": 238,
+    "ksh/commands/demo.py:run_day": 220,
     "ksh/commands/demo.py:run_shops": 104,
     "ledger/booking.py:_decide_one": 141,
     "ledger/booking.py:_decide_plain": 117,

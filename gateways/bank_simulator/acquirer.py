@@ -54,6 +54,9 @@ class QrisRefused(Exception):
 class Acquirer:
     def __init__(self, merchants: tuple[qris.QrisMerchant, ...], clock: Clock) -> None:
         self.merchants = {merchant.merchant_id: merchant for merchant in merchants}
+        # A merchant's MDR category when it is not its criteria (UMI, UKE, ...): a public
+        # service body (BLU) or a school, as the acquirer agreed with it.
+        self.mdr_categories: dict[str, str] = {}
         self.clock = clock
         self.orders: dict[str, QrOrder] = {}  # by reference_no
         self._by_partner_reference: dict[str, QrOrder] = {}
@@ -136,6 +139,12 @@ class Acquirer:
         order.paid_at = now
         return order
 
+    def net_rupiah(self, order: QrOrder) -> int:
+        """What the acquirer pays out for an order: the amount less its MDR."""
+        merchant = order.merchant
+        category = self.mdr_categories.get(merchant.merchant_id, merchant.criteria)
+        return order.amount_rupiah - mdr_rupiah(category, order.amount_rupiah)
+
     def notification(self, order: QrOrder, *, amount_rupiah: int | None = None) -> dict[str, Any]:
         """The body of the notification to the issuer (`amount_rupiah`: trouble, another one)."""
         assert order.paid_at is not None
@@ -153,10 +162,6 @@ class Acquirer:
                 "transactionDate": signature.format_timestamp(order.paid_at),
             },
         }
-
-
-def net_rupiah(order: QrOrder) -> int:
-    return order.amount_rupiah - mdr_rupiah(order.merchant.criteria, order.amount_rupiah)
 
 
 def unsettled_on(orders: list[QrOrder], day: dt.date) -> list[QrOrder]:

@@ -29,7 +29,6 @@ from gateways.bank_simulator.acquirer import (
     Acquirer,
     QrisRefused,
     QrOrder,
-    net_rupiah,
     unsettled_on,
 )
 from gateways.bank_simulator.bank import Bank, VaPayment
@@ -215,7 +214,7 @@ class Simulator:
     def settle_qris(self, day: dt.date) -> int:
         """Pay the issuer the QRIS payments of `day`, net of MDR, in one credit; the amount."""
         orders = unsettled_on(list(self.acquirer.orders.values()), day)
-        total = sum(net_rupiah(order) for order in orders)
+        total = sum(self.acquirer.net_rupiah(order) for order in orders)
         if total:
             self.bank.post(
                 self.settings.issuer_account_no,

@@ -111,7 +111,7 @@ phase_waits = (
     "the back office and the bank simulator to start",
     "the fleet and the shops to run the day (taps, sales, uploads)",
     "citizens' VA top-ups through the bank",
-    "end of day to close the settlement batches",
+    "QRIS sales and rides, and end of day to close the settlement batches",
     "the bank to answer the payouts (SNAP BI)",
     "the bank's statements to be imported and reconciled",
     "finance to work the exceptions",
@@ -214,6 +214,7 @@ async def run_day(
     from gateways.snap import signature
     from gateways.snap.client import BankClient, BankConnection
     from gateways.snap.partners import Partner, save_partner
+    from ksh.demo_qris import run_qris
     from settlement import actions, end_of_day, reconciliation
     from settlement.actions import Role, Staff
 
@@ -257,7 +258,7 @@ async def run_day(
     def payer_factory(http: aiohttp.ClientSession) -> end_of_day.PayoutPort:
         return BankClient.open(bank_connection, http)
 
-    backoffice = demo_backoffice(url, clock, config, payer_factory)
+    backoffice = demo_backoffice(url, clock, config, payer_factory, own_private)
     backoffice_runner, backoffice_url = await start(backoffice)
     bank_app = create_bank_app(
         BankSettings(
@@ -325,6 +326,9 @@ async def run_day(
                 story["missing_pieces"].append(
                     "merchant sales: the fleet simulator drove no POS terminal"
                 )
+            story.update(
+                await run_qris(connection, simulator, bank_url, backoffice_url, clock, partner_id)
+            )
 
             # 4. End of day: close and pay out, with a refusal, a lost answer and an odd fee.
             batches = await end_of_day.close_day(connection, today, config, now=clock.now())
@@ -339,7 +343,7 @@ async def run_day(
                 story["payouts"] = {result.value: count for result, count in paid.items()}
                 # The clerk sees the refusal, the merchant fixes the account, the clerk re-initiates.
                 bank.trouble.reject_accounts = set()
-                clerk, supervisor = Staff("ani", Role.clerk), Staff("budi", Role.supervisor)
+                clerk = Staff("ani", Role.clerk)
                 for row in await connection.fetch(
                     "select exception_id, reason, detail, amount_rupiah from settlement_exceptions where subject_kind = 'payout' and resolved_at is null"
                 ):
@@ -361,6 +365,10 @@ async def run_day(
             # 5. The bank's statements, imported and reconciled: one per bank day from the
             #    service day to now (a run that crosses midnight in Jakarta has two).
             arguments.reports.mkdir(parents=True, exist_ok=True)
+            story["qris_settled_rupiah"] = sum(  # the acquirer pays each calendar day's QRIS
+                simulator.settle_qris(today + dt.timedelta(days=n))
+                for n in range((bank.today() - today).days + 1)
+            )
             statement_paths = write_statements(bank, issuer_account, today, arguments.reports)
             imported_lines = reimported_lines = 0
             for statement_path in statement_paths:
@@ -373,14 +381,10 @@ async def run_day(
                 imported_lines += imported.lines_in_file
                 reimported_lines += again.lines_new
             start_of_day = dt.datetime.combine(today, dt.time(0), tzinfo=end_of_day.jakarta)
-            await reconciliation.expect_collections(
-                connection,
-                start_of_day,
-                end_of_day.cutoff_at(today, config),
-                today,
-                {bank_code: issuer_account},
-                issuer_account,
-            )
+            expected = (start_of_day, end_of_day.cutoff_at(today, config), today)
+            accounts = ({bank_code: issuer_account}, issuer_account)
+            await reconciliation.expect_collections(connection, *expected, *accounts)
+            await reconciliation.expect_qris_settlements(connection, *expected[:2], *accounts)
             report = await reconciliation.reconcile(
                 connection, now=clock.now(), statement_through=bank.today()
             )
@@ -394,26 +398,7 @@ async def run_day(
             progress.step(f"{imported_lines} statement lines, {report.lines_matched} matched")
 
             # 6. Finance works the exceptions: write-offs to suspense, the big one approved.
-            open_rows = await connection.fetch(
-                "select exception_id, reason, detail, amount_rupiah from settlement_exceptions where resolved_at is null order by exception_id"
-            )
-            for row in open_rows:
-                exceptions_found.append(dict(row))
-                note = {
-                    "duplicate_line": "bank listed the collection twice; claim raised with the bank",
-                    "unexpected_fee": "fee not in the tariff agreed with the bank; disputed",
-                    "unknown_reference": "VA paid for no issued card; refund to the payer requested",
-                }.get(row["reason"], "investigated")
-                result = await actions.write_off(
-                    connection, row["exception_id"], clerk, note, now=clock.now()
-                )
-                if result is actions.ActionResult.awaiting_approval:
-                    result = await actions.approve_write_off(
-                        connection, row["exception_id"], supervisor, now=clock.now()
-                    )
-                story.setdefault("staff_actions", []).append(
-                    f"write off {row['reason']}: {result.value}"
-                )
+            await work_exceptions(connection, clock, exceptions_found, story)
             progress.step(f"{len(exceptions_found)} exceptions found and worked by finance")
 
             # 7. Invariants and the report.
@@ -438,6 +423,35 @@ async def run_day(
     return story
 
 
+async def work_exceptions(
+    connection: Any, clock: Clock, exceptions_found: list[dict[str, Any]], story: dict[str, Any]
+) -> None:
+    """The clerk writes each open exception off to suspense; the supervisor approves a big one."""
+    from settlement import actions
+    from settlement.actions import Role, Staff
+
+    clerk, supervisor = Staff("ani", Role.clerk), Staff("budi", Role.supervisor)
+    open_rows = await connection.fetch(
+        "select exception_id, reason, detail, amount_rupiah from settlement_exceptions "
+        "where resolved_at is null order by exception_id"
+    )
+    for row in open_rows:
+        exceptions_found.append(dict(row))
+        note = {
+            "duplicate_line": "bank listed the collection twice; claim raised with the bank",
+            "unexpected_fee": "fee not in the tariff agreed with the bank; disputed",
+            "unknown_reference": "VA paid for no issued card; refund to the payer requested",
+        }.get(row["reason"], "investigated")
+        result = await actions.write_off(
+            connection, row["exception_id"], clerk, note, now=clock.now()
+        )
+        if result is actions.ActionResult.awaiting_approval:
+            result = await actions.approve_write_off(
+                connection, row["exception_id"], supervisor, now=clock.now()
+            )
+        story.setdefault("staff_actions", []).append(f"write off {row['reason']}: {result.value}")
+
+
 async def add_demo_staff(connection: Any, clock: Clock) -> str:
     """Finance staff in three roles, and the staff token the demo registers parties, cards and
     terminals with through the admin API (a named supervisor of its own: each call is in
@@ -459,13 +473,17 @@ async def add_demo_staff(connection: Any, clock: Clock) -> str:
     )
 
 
-def demo_backoffice(url: str, clock: Clock, config: Any, payer_factory: Any) -> Any:
-    """The back office with the terminal API, the SNAP endpoints and the finance pages, holding
-    the issuer's Transaction MAC masters (the demo's cards prove their own transactions)."""
+def demo_backoffice(
+    url: str, clock: Clock, config: Any, payer_factory: Any, snap_key_pem: bytes
+) -> Any:
+    """The back office with the terminal API, the SNAP endpoints, QRIS sales and the finance
+    pages, holding the issuer's Transaction MAC masters (the demo's cards prove their own
+    transactions) and its SNAP key (it asks the acquirer for QRIS codes)."""
     from card_reader.keys import KeyRole, demo_key_store
     from gateways.backoffice import BackofficeConfig, create_app
     from gateways.snap.server import SnapServerSettings
     from gateways.snap.server import extension as snap_extension
+    from gateways.terminal_api import qris_sales
     from gateways.terminal_api.routes import terminal_extension
     from settlement import pages
 
@@ -475,10 +493,14 @@ def demo_backoffice(url: str, clock: Clock, config: Any, payer_factory: Any) -> 
             pool_connections_min=1,
             pool_connections_max=6,
             clock=clock,
-            settings={"tmac_master_keys": demo_key_store().accepted_master_keys(KeyRole.TMAC)},
+            settings={
+                "tmac_master_keys": demo_key_store().accepted_master_keys(KeyRole.TMAC),
+                "snap_private_key_pem": snap_key_pem.decode(),
+            },
         ),
         [
             terminal_extension,
+            qris_sales.install,
             snap_extension(SnapServerSettings()),
             pages.extension(pages.PagesSettings(end_of_day=config, payer_factory=payer_factory)),
         ],
@@ -738,6 +760,7 @@ async def check_invariants(
     story: dict[str, Any],
 ) -> tuple[dict[str, bool], dict[str, Any]]:
     from ledger.audit import check_ledger
+    from ledger.records import TransferCode
     from settlement import actions
 
     # Through the bank's today: a run that crossed midnight has statement lines of the next day.
@@ -763,8 +786,19 @@ async def check_invariants(
     moved = await connection.fetchval(
         "select coalesce(sum(amount), 0) from ledger_transfers where flags & 2 = 0"
     )
+    qris = await connection.fetchrow(
+        """select (select count(*) from qris_orders where state = 'paid') as paid,
+                  (select count(*) from ledger_transfers where code = $1) as booked,
+                  (select coalesce(sum(debits_posted - credits_posted), 0) from ledger_accounts
+                    where kind = 'bank_clearing' and owner_reference like 'qris:%') as owed""",
+        int(TransferCode.qris_payment),
+    )
     invariants = {
         "ledger_audit_clean": not problems,
+        "qris_paid_once_each": qris["paid"]
+        == qris["booked"]
+        == story.get("qris_sales", 0) + story.get("qris_rides", 0),
+        "qris_acquirer_settled": int(qris["owed"]) == 0,
         "books_sum_to_zero": sum(kinds.values()) == 0,
         "day_closed_zero_unexplained": close.closed,
         "bank_and_books_agree": int(books_bank) == bank_movement,

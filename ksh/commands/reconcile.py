@@ -153,7 +153,7 @@ def run_match(arguments: argparse.Namespace) -> int:
             connection, start, end, day, accounts, config.source_account_no
         )
         expected += await expect_qris_settlements(
-            connection, start, end, day, accounts, config.source_account_no
+            connection, start, end, accounts, config.source_account_no
         )
         report = await reconcile(
             connection, rules, now=system_clock.now(), statement_through=arguments.through

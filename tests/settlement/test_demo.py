@@ -82,6 +82,12 @@ async def test_demo_day_closes_with_every_invariant(
     assert summary["taps_booked"] > 0
     assert summary["merchant_sales"]["sales"] > 0
     assert summary["settlement_batches"] == 3  # two merchants and the operator
+    # QRIS at a merchant's POS (one notification lost and made good by a query) and rides sold
+    # by QR on a bus: booked once each, the acquirer's credit reconciled, nothing owed.
+    assert (summary["qris_sales"], summary["qris_rides"]) == (3, 2)
+    assert summary["qris_settled_rupiah"] > 0
+    assert summary["invariants"]["qris_paid_once_each"]
+    assert summary["invariants"]["qris_acquirer_settled"]
     assert summary["statement_lines_matched"] == summary["statement_lines"] - 3
     report = Path(summary["report"])
     assert report.exists()

@@ -293,7 +293,7 @@ async def test_the_acquirers_settlement_reconciles_with_nothing_unexplained(
     )
     start = dt.datetime.combine(day, dt.time(0), jakarta)
     expected = await expect_qris_settlements(
-        connection, start, start + dt.timedelta(days=1), day, {"009": issuer_account_no}, "none"
+        connection, start, start + dt.timedelta(days=1), {"009": issuer_account_no}, "none"
     )
     assert expected == 3
     report = await reconcile(connection, now=harness.clock.now())
