@@ -5,6 +5,8 @@ code; a lost notification made good by a query. The books move exactly once per 
 
 from __future__ import annotations
 
+import contextlib
+
 import asyncpg
 import pytest
 
@@ -183,16 +185,15 @@ async def test_the_acquirer_code_must_be_for_the_amount_asked(harness, shop):
 # ------------------------------------------------------------------ a POS through the back office
 
 
-@pytest.fixture
-async def till(harness: Harness, shop):
-    """A registered POS of the merchant, and a back office that serves it QRIS sales (its own
-    process in service; here a second app on the same database and clock)."""
+@contextlib.asynccontextmanager
+async def terminal_backoffice(harness: Harness, connection, terminal_id: str, role, **owner):
+    """A registered terminal (its key) and a back office serving it QRIS sales over HTTP: its
+    own process in service, here a second app on the same database and clock. Yields the back
+    office's URL and the terminal's signing key."""
     import dataclasses
 
-    import aiohttp
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from bus_terminals.qris_till import Till
     from bus_terminals.wire import public_key_text
     from gateways.backoffice import BackofficeConfig, create_app
     from gateways.snap.partners import load_partner, save_partner
@@ -200,14 +201,9 @@ async def till(harness: Harness, shop):
     from gateways.terminal_api.routes import terminal_extension
     from ksh.commands.demo import start
 
-    connection, _ = shop
     key = Ed25519PrivateKey.generate()
     await registry.register_terminal(
-        connection,
-        "POS-7",
-        public_key_text(key.public_key()),
-        registry.TerminalRole.pos,
-        merchant_id=merchant,
+        connection, terminal_id, public_key_text(key.public_key()), role, **owner
     )
     partner = await load_partner(connection, partner_id)
     assert partner is not None
@@ -225,9 +221,27 @@ async def till(harness: Harness, shop):
         [terminal_extension, qris_sales.install],
     )
     runner, base_url = await start(app)
-    async with aiohttp.ClientSession() as http:
+    try:
+        yield base_url, key
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def till(harness: Harness, shop):
+    """A registered POS of the merchant, selling through the back office."""
+    import aiohttp
+
+    from bus_terminals.qris_till import Till
+
+    connection, _ = shop
+    pos = registry.TerminalRole.pos
+    async with (
+        terminal_backoffice(harness, connection, "POS-7", pos, merchant_id=merchant) as served,
+        aiohttp.ClientSession() as http,
+    ):
+        base_url, key = served
         yield Till(http, base_url, "POS-7", key, harness.clock.unix_ms)
-    await runner.cleanup()
 
 
 async def test_a_pos_sells_by_qris_through_the_back_office(harness, shop, till, tmp_path):
@@ -339,21 +353,12 @@ async def test_a_bus_validator_sells_a_ride_by_qris_beside_its_card_taps(harness
     code for its operator (BLU), shows it, and the ride is booked to the operator's revenue
     once the rider's app pays. The sale runs on its own thread: `sell` returns at once."""
     import asyncio
-    import dataclasses
-
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from bus_terminals.fare.feed import load_feed
     from bus_terminals.journal import Journal
     from bus_terminals.qris_till import QrisRides
     from bus_terminals.validator import no_card_fare
-    from bus_terminals.wire import public_key_text
-    from gateways.backoffice import BackofficeConfig, create_app
-    from gateways.snap.partners import load_partner, save_partner
-    from gateways.terminal_api import qris_sales
     from gateways.terminal_api.accounts import operator_revenue_account_id
-    from gateways.terminal_api.routes import terminal_extension
-    from ksh.commands.demo import start
     from tests.waiting import wait_until_async
 
     connection, _ = shop
@@ -366,30 +371,6 @@ async def test_a_bus_validator_sells_a_ride_by_qris_beside_its_card_taps(harness
         acquirer_merchant_id=qris_trans_semarang.merchant_id,
         mdr_category="BLU",
     )
-    key = Ed25519PrivateKey.generate()
-    await registry.register_terminal(
-        connection,
-        "BUS-9",
-        public_key_text(key.public_key()),
-        registry.TerminalRole.validator,
-        operator_id=operator,
-    )
-    partner = await load_partner(connection, partner_id)
-    assert partner is not None
-    await save_partner(
-        connection, dataclasses.replace(partner, base_url=harness.bank_base_url + "/snap")
-    )
-    app = create_app(
-        BackofficeConfig(
-            harness.database_url,
-            pool_connections_min=1,
-            pool_connections_max=2,
-            clock=harness.clock,
-            settings={"snap_private_key_pem": harness.own_private_pem.decode()},
-        ),
-        [terminal_extension, qris_sales.install],
-    )
-    runner, base_url = await start(app)
     tariff = load_feed()
     route = sorted(tariff.network_of_route)[0]
     priced = no_card_fare(tariff, route, None, harness.clock.unix_ms())
@@ -399,16 +380,14 @@ async def test_a_bus_validator_sells_a_ride_by_qris_beside_its_card_taps(harness
     shown: list[dict] = []
     journal_path = tmp_path / "journal.db"
     Journal(journal_path, "BUS-9").close()
-    try:
+    validator = registry.TerminalRole.validator
+    async with terminal_backoffice(
+        harness, connection, "BUS-9", validator, operator_id=operator
+    ) as (base_url, key):
         with QrisRides(
-            journal_path,
-            "BUS-9",
-            base_url,
-            key,
-            harness.clock.unix_ms,
-            shown.append,
+            journal_path, "BUS-9", base_url, key, harness.clock.unix_ms, shown.append,
             poll_interval_s=0.05,
-        ) as rides:
+        ) as rides:  # fmt: skip
             harness.bank.trouble.response_delay_ms = 300  # the acquirer is slow to answer
             ride = rides.sell(fare, route, product)
             assert not ride.done()  # the validator's next card tap need not wait for it
@@ -418,8 +397,6 @@ async def test_a_bus_validator_sells_a_ride_by_qris_beside_its_card_taps(harness
             await harness.simulator.pay_qr(code)
             result = await asyncio.wrap_future(ride)
             assert result["state"] == "paid"
-    finally:
-        await runner.cleanup()
     journal = Journal(journal_path, "BUS-9", recover=False)
     try:
         [row] = journal.qris_rides()
