@@ -86,8 +86,10 @@ async def _drop(server: str, name: str) -> None:
         try:
             await admin.execute(f'drop database if exists "{name}" with (force)')
             return
-        except (asyncpg.InterfaceError, OSError):
+        # A lost connection is a PostgresConnectionError (ConnectionDoesNotExistError), not an
+        # InterfaceError: the first version retried neither (a CI run under load left one).
+        except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError):
             if attempt == 2:
                 raise
         finally:
-            await admin.close()
+            admin.terminate()  # closing a lost connection could wait on it
