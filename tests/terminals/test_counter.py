@@ -6,6 +6,7 @@ for the next validator: not lost, not paid twice."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,14 @@ from bus_terminals.terminal import Reason, Verdict
 from bus_terminals.validator import fare_decider
 from bus_terminals.wire import public_key_text
 from card_reader.deck import make_ksh_deck
-from card_reader.emulator import EmulatedCard, EmulatedReader
+from card_reader.emulator import EmulatedCard, EmulatedReader, load_deck, save_deck
 from card_reader.keys import KeyRole, demo_key_store
 from card_reader.ksh_card import KshCard
 from gateways import staff
 from gateways.terminal_api import counter, registry
 from gateways.terminal_api.registry import TerminalRole
+from ksh.cli import main
+from ksh.commands import counter as counter_command
 from tests.terminals.conftest import Backoffice, operator_id
 from tests.terminals.helpers import books_snapshot, purse_balance
 
@@ -139,7 +142,7 @@ async def test_cash_at_the_counter_is_on_the_card_and_in_the_books(
 async def test_the_shift_closes_clean_or_books_its_shortage(
     backoffice: Backoffice, counter_desk: tuple[Bus, EmulatedCard]
 ) -> None:
-    reader, card = counter_desk
+    reader, _card = counter_desk
     async with aiohttp.ClientSession() as session:
         desk = Desk(session, backoffice.url)
         await desk.take_cash("CTR-1", 50_000)
@@ -209,3 +212,55 @@ async def test_a_failed_write_leaves_the_top_up_for_the_next_validator(
     await reader.sync.close()
     bus.close()
     await bus.sync.close()
+
+
+async def test_the_counter_commands(
+    backoffice: Backoffice,
+    counter_desk: tuple[Bus, EmulatedCard],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`ksh counter top-up` on an emulated card, then `ksh counter close-shift` short."""
+    _, card = counter_desk
+    deck = tmp_path / "deck.json"
+    save_deck([card], deck)
+    state = tmp_path / "counter-cli"
+    monkeypatch.setenv("KSH_STAFF_TOKEN", cashier_token)
+    monkeypatch.setattr(counter_command, "system_clock", backoffice.clock)  # signs its syncs
+
+    def ksh(*argv: str) -> tuple[int, str, str]:
+        status = main(list(argv))
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    status, public_key, _ = await asyncio.to_thread(
+        ksh, "validator", "--init", "--terminal-id", "COUNTER-CLI", "--state", str(state)
+    )
+    async with backoffice.pool.acquire() as connection:
+        await registry.register_terminal(
+            connection, "COUNTER-CLI", public_key.strip(), TerminalRole.validator,
+            operator_id=operator_id,
+        )  # fmt: skip
+    where = ["--terminal-id", "COUNTER-CLI", "--state", str(state), "--backoffice", backoffice.url]
+    status, out, err = await asyncio.to_thread(
+        ksh, "counter", "top-up", "--card", card_number, "--amount", "50000", "--receipt",
+        "R-1", "--emulated", str(deck), "--demo-keys", *where,
+    )  # fmt: skip
+    assert status == 0, err
+    assert f"receipt R-1: card {card_number} + Rp 50,000 = Rp 60,000" in out
+    [written] = load_deck(deck)
+    assert balance(written) == 60_000
+    assert await purse_balance(backoffice.pool, card_number) == 60_000
+    assert await drawer(backoffice) == 50_000
+    status, out, err = await asyncio.to_thread(
+        ksh, "counter", "close-shift", "--shift", "S-1", "--counted", "45000",
+        "--backoffice", backoffice.url,
+    )  # fmt: skip
+    assert status == 1, err
+    assert "books Rp 50,000, counted Rp 45,000: short Rp 5,000" in out
+    status, _, err = await asyncio.to_thread(
+        ksh, "card", "topup", "--reader", "none", "--keystore", "none", "--amount", "1"
+    )
+    assert status != 0
+    assert "ksh counter top-up" in err
