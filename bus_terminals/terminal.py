@@ -128,6 +128,9 @@ def intended_log_record(record: UploadRecord) -> LogRecord:
     )
 
 
+deliveries_per_visit_max = 20  # a counter writes at most this many waiting top-ups at once
+
+
 @dataclass(slots=True)
 class Terminal:
     """One terminal: its id, journal and synced state. `tap` is the whole transaction."""
@@ -195,19 +198,23 @@ class Terminal:
     # ------------------------------------------------------------------ steps
 
     def deliver(self, card: KshCard, time_ms: int) -> Feedback:
-        """A counter's reader: write the card's pending top-up (the cash just taken for it, or
-        any other waiting) in a journalled card transaction, and charge nothing."""
-        opened = self._open(card, time_ms)
-        if isinstance(opened, Feedback):
-            return opened
-        state, number, top_up_rupiah = opened
-        if not top_up_rupiah:
+        """A counter's reader: write the card's pending top-ups (the cash just taken for it,
+        and any other waiting), each in a journalled card transaction; charge nothing. A
+        failure part-way is shown as such: what was written is journalled, the rest waits."""
+        delivered = 0
+        for _ in range(deliveries_per_visit_max):
+            opened = self._open(card, time_ms)
+            if isinstance(opened, Feedback):
+                return opened
+            state, number, top_up_rupiah = opened
+            if not top_up_rupiah:
+                break
+            delivered += top_up_rupiah
+        if not delivered:
             return Feedback(
                 Verdict.denied, Reason.nothing_to_top_up, number, 0, 0, state.balance_rupiah
             )
-        return Feedback(
-            Verdict.accepted, Reason.none, number, 0, top_up_rupiah, state.balance_rupiah
-        )
+        return Feedback(Verdict.accepted, Reason.none, number, 0, delivered, state.balance_rupiah)
 
     def _open(self, card: KshCard, time_ms: int) -> Feedback | tuple[CardState, str, int]:
         """Every card transaction's start: read the card, settle our in-doubt ones, refuse a

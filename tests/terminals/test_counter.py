@@ -108,10 +108,14 @@ async def quarantined(backoffice: Backoffice) -> int:
         return int(await connection.fetchval("select count(*) from quarantined_records"))
 
 
-async def test_cash_at_the_counter_is_on_the_card_and_in_the_books(
+async def test_cash_at_the_counter_is_on_the_card_and_in_the_books_with_what_waited(
     backoffice: Backoffice, counter_desk: tuple[Bus, EmulatedCard]
 ) -> None:
     reader, card = counter_desk
+    async with backoffice.pool.acquire() as connection:  # paid at a bank the day before
+        await registry.pay_pending_top_up(
+            connection, "VA-1", card_number, 5_000, paid_at=backoffice.clock.now()
+        )
     async with aiohttp.ClientSession() as session:
         desk = Desk(session, backoffice.url)
         await desk.take_cash("CTR-1", 50_000)
@@ -123,18 +127,18 @@ async def test_cash_at_the_counter_is_on_the_card_and_in_the_books(
         assert (status, problem["field"]) == (400, "source")
     await reader.sync_now()
     written = reader.deliver(card, backoffice.clock.unix_ms())
-    assert (written.verdict, written.top_up_rupiah) == (Verdict.accepted, 50_000)
-    assert written.balance_rupiah == 60_000
+    assert (written.verdict, written.top_up_rupiah) == (Verdict.accepted, 55_000)
+    assert written.balance_rupiah == 65_000
     await reader.sync_now()
-    assert balance(card) == 60_000
-    assert await purse_balance(backoffice.pool, card_number) == 60_000
+    assert balance(card) == 65_000
+    assert await purse_balance(backoffice.pool, card_number) == 65_000
     assert await drawer(backoffice) == 50_000
     assert await quarantined(backoffice) == 0
     assert (await books_snapshot(backoffice.pool))[1] == 0
     # Nothing more waits for it: the counter writes nothing a second time.
     again = reader.deliver(card, backoffice.clock.unix_ms())
     assert (again.verdict, again.reason) == (Verdict.denied, Reason.nothing_to_top_up)
-    assert balance(card) == 60_000
+    assert balance(card) == 65_000
     reader.close()
     await reader.sync.close()
 
