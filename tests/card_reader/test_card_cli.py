@@ -262,7 +262,7 @@ def test_service_desk_user_errors(
     status, _, err = ksh(*top_up, "0", capsys=capsys)
     assert_user_error(status, err, "--amount must be")
     missing = tmp_path / "none.json"
-    status, _, err = ksh(*top_up[:5], str(missing), "--amount", "1", capsys=capsys)
+    status, _, err = ksh(*top_up[:6], str(missing), "--amount", "1", capsys=capsys)
     assert_user_error(status, err, "no key store at")
 
     issue = ("card", "issue", "--reader", name, "--keystore", str(keystore), "--category")
@@ -286,7 +286,7 @@ def test_service_desk_user_errors(
     # Another issuer's keys: the card's keys do not match ours.
     monkeypatch.setenv("KSH_KEYSTORE_PASSPHRASE", "another issuer")
     assert ksh("card", "keystore-new", "--out", str(other), capsys=capsys)[0] == 0
-    status, _, err = ksh(*top_up[:5], str(other), "--amount", "1000", capsys=capsys)
+    status, _, err = ksh(*top_up[:6], str(other), "--amount", "1000", capsys=capsys)
     assert_user_error(status, err, "does not match ours")
 
     # A card that does not have the factory key cannot be issued.
