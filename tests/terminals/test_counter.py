@@ -7,6 +7,7 @@ for the next validator: not lost, not paid twice."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from gateways.terminal_api import counter, registry
 from gateways.terminal_api.registry import TerminalRole
 from ksh.cli import main
 from ksh.commands import counter as counter_command
+from settlement import reconciliation
 from tests.terminals.conftest import Backoffice, operator_id
 from tests.terminals.helpers import books_snapshot, purse_balance
 
@@ -173,6 +175,13 @@ async def test_the_shift_closes_clean_or_books_its_shortage(
         assert status == 403, problem
     assert await drawer(backoffice) == 0
     async with backoffice.pool.acquire() as connection:
+        # Cash is in the drawer, not at a bank: no bank statement line is expected for it.
+        day = backoffice.clock.now() - dt.timedelta(hours=1), backoffice.clock.now()
+        day_end = day[1] + dt.timedelta(hours=1)
+        expected = await reconciliation.expect_collections(
+            connection, day[0], day_end, day[1].date(), {}, "OUR-ACCOUNT"
+        )
+        assert expected == 0
         differences = await connection.fetchval(
             "select debits_posted - credits_posted from ledger_accounts where id = $1",
             counter.differences_account_id,
