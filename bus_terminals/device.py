@@ -19,7 +19,13 @@ from typing import TextIO
 
 from bus_terminals.fleet import Fleet, use_key_versions
 from bus_terminals.journal import Journal
-from bus_terminals.sync import SyncClient, SyncState, load_private_key, save_new_private_key
+from bus_terminals.sync import (
+    SyncClient,
+    SyncState,
+    UploadStatus,
+    load_private_key,
+    save_new_private_key,
+)
 from bus_terminals.terminal import Decide, Feedback, Terminal
 from bus_terminals.wire import load_public_key, public_key_text
 from card_reader.keys import CardKeys
@@ -192,3 +198,45 @@ def deck_taps(
         finally:
             reader.remove()
             save_deck(cards, deck_path)
+
+
+def deliver_once(
+    terminal_id: str,
+    state_folder: Path,
+    keys: CardKeys,
+    backoffice_url: str,
+    reader: ReaderPort,
+    *,
+    now_ms: Callable[[], int],
+) -> tuple[Feedback, UploadStatus]:
+    """A cash counter's reader, for the card on it: fetch the pending top-ups (the cash just
+    booked for it among them), write the card's oldest onto it in a journalled card
+    transaction (`Terminal.deliver`), and upload the record so the back office books it."""
+    if not key_path(state_folder).exists():
+        raise FileNotFoundError(f"{key_path(state_folder)}: run with --init first")
+    state = SyncState.load(state_folder)
+    journal = Journal(state_folder / "journal.db", terminal_id)
+    client = SyncClient(
+        backoffice_url,
+        terminal_id,
+        load_private_key(key_path(state_folder)),
+        journal,
+        state,
+        now_ms=now_ms,
+    )
+    terminal = Terminal(terminal_id, journal, state)
+
+    async def main() -> tuple[Feedback, UploadStatus]:
+        try:
+            await client.upload_all()  # what an earlier run could not send
+            if await client.download():
+                state.save(state_folder)
+            feedback = terminal.deliver(KshCard(reader, keys), now_ms())
+            return feedback, await client.upload_all()
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        journal.close()

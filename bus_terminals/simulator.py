@@ -162,6 +162,17 @@ class Bus:
             card.fail_after_exchanges(None)
             self.reader.remove()
 
+    def deliver(self, card: EmulatedCard, time_ms: int, pull_at: int | None = None) -> Feedback:
+        """As the reader of a cash counter: write the card's pending top-up, charge nothing."""
+        self.reader.insert(card)
+        if pull_at is not None:
+            card.fail_after_exchanges(pull_at)
+        try:
+            return self.terminal.deliver(KshCard(self.reader, self.keys), time_ms)
+        finally:
+            card.fail_after_exchanges(None)
+            self.reader.remove()
+
     async def sync_now(self) -> tuple[UploadStatus, bool]:
         uploaded = await self.sync.upload_all()
         downloaded = await self.sync.download()

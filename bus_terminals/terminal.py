@@ -72,6 +72,8 @@ class Reason(enum.Enum):
     card_removed = "card_removed"  # pulled during the transaction: outcome settled next tap
     already_paid = "already_paid"  # tapped again after a torn commit that did go through
     nothing_to_refund = "nothing_to_refund"
+    # A counter's reader found no pending top-up it may write (none waiting, or past the cap).
+    nothing_to_top_up = "nothing_to_top_up"
     role_not_held = "role_not_held"
 
 
@@ -126,6 +128,9 @@ def intended_log_record(record: UploadRecord) -> LogRecord:
     )
 
 
+deliveries_per_visit_max = 20  # a counter writes at most this many waiting top-ups at once
+
+
 @dataclass(slots=True)
 class Terminal:
     """One terminal: its id, journal and synced state. `tap` is the whole transaction."""
@@ -142,45 +147,10 @@ class Terminal:
         return card_terminal_number(self.terminal_id)
 
     def tap(self, card: KshCard, time_ms: int, decide: Decide) -> Feedback:
-        try:
-            state = card.read_state()
-        except ReaderPortError as error:
-            return Feedback(
-                Verdict.tap_again, Reason.card_unreadable, "", 0, 0, 0, str(error)[:200]
-            )
-        number = str(state.profile.card_number)
-        try:
-            settled = self._settle_in_doubt(card, number, time_ms)
-        except ReaderPortError as error:
-            return Feedback(
-                Verdict.tap_again, Reason.card_removed, number, 0, 0, 0, str(error)[:200]
-            )
-        if settled is not None:
-            return settled  # tapped again after a torn commit that did go through
-        refusal = self._refusal(state, number, time_ms)
-        if refusal is not None:
-            return self._deny(state, refusal, time_ms, "")
-        top_up_rupiah = 0
-        try:
-            top_up = self._pending_top_up(number, card)
-        except ReaderPortError as error:
-            return Feedback(
-                Verdict.tap_again, Reason.card_removed, number, 0, 0, 0, str(error)[:200]
-            )
-        if top_up is not None:
-            top_up_id, amount = top_up
-            plan = card.plan_credit(
-                amount, terminal_id=self.card_terminal_number, time_unix_seconds=time_ms // 1000
-            )
-            if isinstance(plan, CardPlan):
-                outcome = self._perform(
-                    card, plan, UploadKind.topup_credit, 0, amount, top_up_id, "", time_ms
-                )
-                if isinstance(outcome, Feedback):
-                    return outcome
-                top_up_rupiah = amount
-                assert card.state is not None
-                state = card.state
+        opened = self._open(card, time_ms)
+        if isinstance(opened, Feedback):
+            return opened
+        state, number, top_up_rupiah = opened
         charge = decide(state, time_ms)
         if charge.refusal != Reason.none:
             return self._deny(state, charge.refusal, time_ms, charge.detail, top_up_rupiah)
@@ -226,6 +196,69 @@ class Terminal:
         )
 
     # ------------------------------------------------------------------ steps
+
+    def deliver(self, card: KshCard, time_ms: int) -> Feedback:
+        """A counter's reader: write the card's pending top-ups (the cash just taken for it,
+        and any other waiting), each in a journalled card transaction; charge nothing. A
+        failure part-way is shown as such: what was written is journalled, the rest waits."""
+        delivered = 0
+        for _ in range(deliveries_per_visit_max):
+            opened = self._open(card, time_ms)
+            if isinstance(opened, Feedback):
+                return opened
+            state, number, top_up_rupiah = opened
+            if not top_up_rupiah:
+                break
+            delivered += top_up_rupiah
+        if not delivered:
+            return Feedback(
+                Verdict.denied, Reason.nothing_to_top_up, number, 0, 0, state.balance_rupiah
+            )
+        return Feedback(Verdict.accepted, Reason.none, number, 0, delivered, state.balance_rupiah)
+
+    def _open(self, card: KshCard, time_ms: int) -> Feedback | tuple[CardState, str, int]:
+        """Every card transaction's start: read the card, settle our in-doubt ones, refuse a
+        denied, blocked or expired card, and deliver its oldest pending top-up. Returns the
+        card's state, number and the top-up delivered, or the feedback when it stops here."""
+        try:
+            state = card.read_state()
+        except ReaderPortError as error:
+            return Feedback(
+                Verdict.tap_again, Reason.card_unreadable, "", 0, 0, 0, str(error)[:200]
+            )
+        number = str(state.profile.card_number)
+        try:
+            settled = self._settle_in_doubt(card, number, time_ms)
+        except ReaderPortError as error:
+            return Feedback(
+                Verdict.tap_again, Reason.card_removed, number, 0, 0, 0, str(error)[:200]
+            )
+        if settled is not None:
+            return settled  # tapped again after a torn commit that did go through
+        refusal = self._refusal(state, number, time_ms)
+        if refusal is not None:
+            return self._deny(state, refusal, time_ms, "")
+        try:
+            top_up = self._pending_top_up(number, card)
+        except ReaderPortError as error:
+            return Feedback(
+                Verdict.tap_again, Reason.card_removed, number, 0, 0, 0, str(error)[:200]
+            )
+        if top_up is None:
+            return state, number, 0
+        top_up_id, amount = top_up
+        plan = card.plan_credit(
+            amount, terminal_id=self.card_terminal_number, time_unix_seconds=time_ms // 1000
+        )
+        if not isinstance(plan, CardPlan):
+            return state, number, 0
+        outcome = self._perform(
+            card, plan, UploadKind.topup_credit, 0, amount, top_up_id, "", time_ms
+        )
+        if isinstance(outcome, Feedback):
+            return outcome
+        assert card.state is not None
+        return card.state, number, amount
 
     def _perform(
         self,

@@ -32,6 +32,7 @@ command_modules: tuple[str, ...] = (
     "cards",
     "complaint",
     "deny",
+    "counter",
     "validator",
     "pos",
     "serve",

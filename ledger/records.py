@@ -95,6 +95,7 @@ class TransferCode(enum.IntEnum):
     qris_payment = 16  # acquirer's QRIS clearing -> merchant payable (a QRIS sale confirmed)
     qris_mdr = 17  # merchant payable -> acquirer's QRIS clearing (the MDR it keeps)
     card_replacement = 18  # a lost card's purse / pending top-ups -> its replacement's pending
+    cash_handover = 19  # a cashier's counted drawer -> the cash office (end of shift)
 
 
 class CreateAccountResult(enum.Enum):

@@ -658,7 +658,9 @@ async def expect_collections(
 ) -> int:
     """Every virtual-account payment booked in [start, end) (bank clearing -> pending top-up,
     code `pending_top_up`) is money the bank owes us: expect it on our collection account at
-    that bank, under the payment's bank reference (the paymentRequestId). Set-based."""
+    that bank, under the payment's bank reference (the paymentRequestId). Set-based. Cash
+    taken at a counter (a cashier's drawer, `drawer:USER`: `gateways.terminal_api.counter`) is
+    in the drawer, not at a bank."""
     status = await connection.execute(
         """insert into settlement_expected_movements
              (movement_id, kind, account, direction, amount_rupiah, value_date, reference,
@@ -668,6 +670,7 @@ async def expect_collections(
                   coalesce(nullif(regexp_replace(t.bank_reference, '^snap:[^:]*:', ''), ''), t.id::text), '', t.debit_account_id
              from ledger_transfers t join ledger_accounts a on a.id = t.debit_account_id
             where t.code = $4 and a.kind = 'bank_clearing'
+              and a.owner_reference not like 'drawer:%'
               and t.booked_at >= $1 and t.booked_at < $2 and t.flags & (2 | 8) = 0
            on conflict (movement_id) do nothing""",
         start,

@@ -12,6 +12,8 @@ change names why (`reason`) and is written to `staff_actions` in the change's tr
     GET  /admin/v1/deny-list/{card_number}       one entry and its history
     POST /admin/v1/deny-list/{card_number}/review   keep an automatic entry, with a note
     POST /admin/v1/deny-list/{card_number}/lift     lift (fraud: a second person, a supervisor)
+    POST /admin/v1/counter/close-shift   shift_id, counted_rupiah[, cashier]: the drawer against
+                                         the books (`counter`); a clerk closes only their own
 
 Changes take a clerk or a supervisor (`staff.desk_roles`); reads any role. The instance that
 runs the singleton jobs also moves every balance whose wait is over, once an hour (setting
@@ -39,8 +41,8 @@ from gateways.backoffice import (
     pool_key,
     singleton_jobs,
 )
-from gateways.staff import any_role, desk_roles
-from gateways.terminal_api import card_desk
+from gateways.staff import Role, any_role, desk_roles, money_roles
+from gateways.terminal_api import card_desk, counter, registry
 from gateways.terminal_api.routes import (
     admin_body,
     body_field,
@@ -62,6 +64,7 @@ def card_desk_extension(app: web.Application) -> None:
     app.router.add_get("/admin/v1/deny-list/{card_number}", deny_entry)
     app.router.add_post("/admin/v1/deny-list/{card_number}/review", review)
     app.router.add_post("/admin/v1/deny-list/{card_number}/lift", lift)
+    app.router.add_post("/admin/v1/counter/close-shift", close_shift)
     if _sweep_interval_s(app) > 0:
         singleton_jobs(app)
         app.cleanup_ctx.append(_sweeping_due_replacements)
@@ -304,3 +307,50 @@ async def lift(request: web.Request) -> web.Response:
         )
     status = 200 if outcome is card_desk.LiftOutcome.lifted else 202
     return web.json_response({"card_number": number, "outcome": outcome.value}, status=status)
+
+
+async def close_shift(request: web.Request) -> web.Response:
+    body = await admin_body(request, money_roles)
+    member = request[staff_member_key]
+    shift_id = body_field(body, "shift_id", str)
+    counted = body_field(body, "counted_rupiah", int)
+    cashier = body_field(body, "cashier", str, member.username)
+    if not 0 <= counted <= 10_000_000_000:
+        raise Problem(
+            400, "bad_field", "counted_rupiah is 0..10,000,000,000", field="counted_rupiah"
+        )
+    if cashier != member.username and member.role is not Role.supervisor:
+        raise Problem(403, "forbidden", "a clerk closes only their own drawer")
+    with registry_refusals():
+        shift_id = registry.check_reference("shift_id", shift_id)
+    reason = staff_reason(body)
+    async with request.app[pool_key].acquire() as connection, connection.transaction():
+        closed = await counter.close_shift(
+            connection,
+            cashier,
+            shift_id,
+            counted,
+            closed_by=member.username,
+            now=request.app[config_key].clock.now(),
+        )
+        if closed.created:
+            await record_staff_action(
+                request,
+                connection,
+                "close_shift",
+                cashier,
+                reason,
+                shift_id=shift_id,
+                expected_rupiah=closed.expected_rupiah,
+                counted_rupiah=counted,
+            )
+    return web.json_response(
+        {
+            "cashier": cashier,
+            "shift_id": shift_id,
+            "expected_rupiah": closed.expected_rupiah,
+            "counted_rupiah": closed.counted_rupiah,
+            "difference_rupiah": closed.difference_rupiah,
+            "created": closed.created,
+        }
+    )

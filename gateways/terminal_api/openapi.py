@@ -243,7 +243,8 @@ def _admin_paths() -> dict[str, Any]:
         },
         "/admin/v1/pending-top-ups": {
             "post": _admin(
-                "Book a payment for a card and announce it as a pending top-up",
+                "Book a payment for a card and announce it as a pending top-up (source "
+                '"drawer": cash taken at the caller\'s counter)',
                 ["top_up_id", "card_number", "amount_rupiah"],
             )
         },
@@ -304,6 +305,12 @@ def _desk_paths() -> dict[str, Any]:
         f"{deny}/{{card_number}}/review": {"post": _admin("Keep an automatic entry", [])},
         f"{deny}/{{card_number}}/lift": {
             "post": _admin("Lift an entry (fraud: a second person, a supervisor)", [])
+        },
+        "/admin/v1/counter/close-shift": {
+            "post": _admin(
+                "Close a cashier's shift: the counted drawer against the books",
+                ["shift_id", "counted_rupiah"],
+            )
         },
     }
 

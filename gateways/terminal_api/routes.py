@@ -7,7 +7,8 @@ Terminals (Ed25519 signatures, one key per terminal):
     GET  /terminal/v1/packages/{kind}/{version}  a fleet package's content (`fleet`)
 Staff, each with a bearer token of their own (`gateways.staff`; `ksh settle staff USER
 --issue-token`), in the role it was issued for:
-    POST /admin/v1/cards | pending-top-ups           clerk or supervisor (they create money)
+    POST /admin/v1/cards | pending-top-ups           clerk or supervisor (they create money);
+                                 a top-up's source "drawer": cash taken at the caller's counter
     POST /admin/v1/operators | merchants | terminals  supervisor (they change parties)
     POST /admin/v1/terminals/{terminal_id}/revoke     supervisor
     POST /admin/v1/terminals/{terminal_id}/resume     supervisor: lift a suspension
@@ -56,7 +57,7 @@ from gateways.backoffice import (
     pool_key,
 )
 from gateways.staff import Role, StaffMember, any_role, money_roles, party_roles
-from gateways.terminal_api import books, feeds, fleet, quarantine, registry, suspension
+from gateways.terminal_api import books, counter, feeds, fleet, quarantine, registry, suspension
 from gateways.terminal_api.acceptance import public_key, suspended_detail
 from gateways.terminal_api.ingest import KnownCards, ProofKeys, ingest_upload
 from gateways.terminal_api.metrics import TerminalMetrics
@@ -690,6 +691,10 @@ async def add_pending_top_up(request: web.Request) -> web.Response:
     if not 0 < amount <= 2_000_000:
         raise Problem(400, "bad_field", "amount_rupiah is 1..2,000,000", field="amount_rupiah")
     source = _reference_field(body, "source", "counter")
+    if source.startswith(counter.drawer_prefix):
+        raise Problem(400, "bad_field", "source 'drawer' is your own cash drawer", field="source")
+    if source == "drawer":  # cash taken at a counter: out of the caller's own drawer
+        source = counter.drawer_code(request[staff_member_key].username)
     paid_at_ms = _field(body, "paid_at_ms", int, None)
     paid_at = request.app[config_key].clock.now()
     if paid_at_ms is not None:

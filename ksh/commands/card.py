@@ -101,12 +101,7 @@ def register(subparsers: Any) -> None:
     issue.add_argument("--terminal-id", type=int, default=0, help="this station's terminal id")
     issue.set_defaults(handler=run_issue)
 
-    top_up = actions.add_parser("topup", help="credit the purse of a KSH card (a top-up point)")
-    add_reader_arguments(top_up)
-    add_keystore_argument(top_up)
-    top_up.add_argument("--amount", type=int, required=True, help="rupiah to add")
-    top_up.add_argument("--terminal-id", type=int, default=0, help="this top-up point's id")
-    top_up.set_defaults(handler=run_top_up)
+    add_top_up_parser(actions)
 
     keystore_new = actions.add_parser(
         "keystore-new",
@@ -141,6 +136,28 @@ def register(subparsers: Any) -> None:
     )
     add_deck_register_arguments(deck_new)
     deck_new.set_defaults(handler=run_deck_new)
+
+
+def add_top_up_parser(actions: Any) -> None:
+    top_up = actions.add_parser(
+        "topup",
+        help="development only: credit a card's purse with no journal, upload or booking "
+        "(a counter takes cash with `ksh counter top-up`)",
+        description="Credit a card directly, for development with cards no back office knows: "
+        "nothing is journalled, uploaded or booked, so a back office would find the card "
+        "above its purse account and flag it. Refused without --offline-development; a "
+        "service counter uses `ksh counter top-up`.",
+    )
+    add_reader_arguments(top_up)
+    add_keystore_argument(top_up)
+    top_up.add_argument(
+        "--offline-development",
+        action="store_true",
+        help="yes: these cards are not in any back office's books",
+    )
+    top_up.add_argument("--amount", type=int, required=True, help="rupiah to add")
+    top_up.add_argument("--terminal-id", type=int, default=0, help="this top-up point's id")
+    top_up.set_defaults(handler=run_top_up)
 
 
 def add_deck_register_arguments(deck_new: argparse.ArgumentParser) -> None:
@@ -697,6 +714,12 @@ def run_top_up(arguments: argparse.Namespace) -> int:
     )
     from card_reader.port import CardError
 
+    if not arguments.offline_development:
+        raise UserError(
+            "a top-up written only to the card is not in the books (the back office flags the "
+            "card): take cash with `ksh counter top-up`; for cards no back office knows, add "
+            "--offline-development"
+        )
     if not 0 < arguments.amount <= balance_max_rupiah:
         raise UserError(f"--amount must be 1..{balance_max_rupiah} rupiah")
     keys = load_keystore(arguments.keystore)

@@ -203,7 +203,7 @@ def test_issue_top_up_and_info_through_the_virtual_reader(
     assert "issued card 6032900000000042" in out
 
     status, out, err = ksh(
-        "card", "topup", "--reader", reader, "--keystore", str(keystore), "--amount", "25000",
+        "card", "topup", "--offline-development", "--reader", reader, "--keystore", str(keystore), "--amount", "25000",
         capsys=capsys,
     )  # fmt: skip
     assert status == 0, err
@@ -238,7 +238,16 @@ def test_service_desk_user_errors(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = pcsc_reader_name
-    top_up = ("card", "topup", "--reader", name, "--keystore", str(keystore), "--amount")
+    top_up = (
+        "card",
+        "topup",
+        "--offline-development",
+        "--reader",
+        name,
+        "--keystore",
+        str(keystore),
+        "--amount",
+    )
 
     status, _, err = ksh("card", "info", "--reader", "No Such Reader", capsys=capsys)
     assert_user_error(status, err, "no reader matches 'No Such Reader'")
@@ -253,7 +262,7 @@ def test_service_desk_user_errors(
     status, _, err = ksh(*top_up, "0", capsys=capsys)
     assert_user_error(status, err, "--amount must be")
     missing = tmp_path / "none.json"
-    status, _, err = ksh(*top_up[:5], str(missing), "--amount", "1", capsys=capsys)
+    status, _, err = ksh(*top_up[:6], str(missing), "--amount", "1", capsys=capsys)
     assert_user_error(status, err, "no key store at")
 
     issue = ("card", "issue", "--reader", name, "--keystore", str(keystore), "--category")
@@ -277,7 +286,7 @@ def test_service_desk_user_errors(
     # Another issuer's keys: the card's keys do not match ours.
     monkeypatch.setenv("KSH_KEYSTORE_PASSPHRASE", "another issuer")
     assert ksh("card", "keystore-new", "--out", str(other), capsys=capsys)[0] == 0
-    status, _, err = ksh(*top_up[:5], str(other), "--amount", "1000", capsys=capsys)
+    status, _, err = ksh(*top_up[:6], str(other), "--amount", "1000", capsys=capsys)
     assert_user_error(status, err, "does not match ours")
 
     # A card that does not have the factory key cannot be issued.
@@ -302,7 +311,17 @@ def test_card_pulled_during_top_up_is_reported_in_doubt(
     bridge.insert(card)
     issue = ("card", "issue", "--reader", name, "--keystore", str(keystore))
     assert ksh(*issue, "--category", "general", capsys=capsys)[0] == 0
-    top_up = ("card", "topup", "--reader", name, "--keystore", str(keystore), "--amount", "5000")
+    top_up = (
+        "card",
+        "topup",
+        "--offline-development",
+        "--reader",
+        name,
+        "--keystore",
+        str(keystore),
+        "--amount",
+        "5000",
+    )
     # The commit, the last exchange of a top-up, takes effect but its answer is lost.
     card.fail_after_exchanges(exchanges_of_a_top_up(card, keystore))
     status, _, err = ksh(*top_up, capsys=capsys)

@@ -1,0 +1,125 @@
+"""Cash counters: a cashier takes cash for a card, and the card's reader writes it.
+
+Trust the card, not the terminal: the counter does not credit the card on its own word. The cash
+is booked as a pending top-up for the card, paid from the cashier's own drawer account (its
+cash drawer → the card's pending top-up account), and the counter's reader (a registered
+terminal) delivers it onto the card in a journalled card transaction exactly as a validator
+delivers a virtual-account payment; the upload books the delivery (pending → purse) against
+that pending top-up. So the card's purse equals the books, and a write that fails leaves the
+top-up pending for the next terminal the card meets, neither lost nor paid twice.
+
+A drawer is a `bank_clearing` account owned by `drawer:USERNAME`: cash the issuer holds but has
+not banked. Closing a shift hands the counted cash to the cash office (another clearing account,
+`cash-office`) and books any difference to suspense, so the drawer starts the next shift at 0.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from gateways.terminal_api import books
+from gateways.terminal_api.accounts import bank_clearing_account_id
+from ledger.records import Account, AccountKind, Transfer, TransferCode, booked_results, derive_id
+
+drawer_prefix = "drawer:"
+cash_office_code = "cash-office"  # counted cash handed in, on its way to the bank
+differences_owner = "counter-cash-differences"
+differences_account_id = derive_id("suspense", differences_owner)
+
+
+def drawer_code(cashier: str) -> str:
+    """The clearing code (and account owner) of a cashier's drawer."""
+    return drawer_prefix + cashier
+
+
+def drawer_account_id(cashier: str) -> uuid.UUID:
+    return bank_clearing_account_id(drawer_code(cashier))
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftClose:
+    cashier: str
+    shift_id: str
+    expected_rupiah: int  # the cash the books say is in the drawer
+    counted_rupiah: int
+    created: bool  # False: this shift was closed before (the first close's figures)
+
+    @property
+    def difference_rupiah(self) -> int:
+        """Counted minus expected: negative is a shortage."""
+        return self.counted_rupiah - self.expected_rupiah
+
+
+async def drawer_rupiah(connection: asyncpg.Connection, cashier: str) -> int:
+    """The cash the books say is in the cashier's drawer (debits of an asset account)."""
+    drawer = drawer_account_id(cashier)
+    held = (await books.balances(connection, [drawer])).get(drawer)
+    return 0 if held is None else held.debits_posted - held.credits_posted
+
+
+async def close_shift(
+    connection: asyncpg.Connection,
+    cashier: str,
+    shift_id: str,
+    counted_rupiah: int,
+    *,
+    closed_by: str,
+    now: datetime,
+) -> ShiftClose:
+    """Compare the counted cash with the books: the counted cash goes to the cash office, a
+    shortage (or surplus) to suspense, for finance to explain. Idempotent on (cashier,
+    shift_id): a repeat answers the first close and books nothing."""
+    async with connection.transaction():
+        await books.lock_ledger(connection)  # no top-up books into the drawer while we count
+        row = await connection.fetchrow(
+            "select expected_rupiah, counted_rupiah from counter_shifts "
+            "where cashier = $1 and shift_id = $2",
+            cashier,
+            shift_id,
+        )
+        if row is not None:
+            return ShiftClose(
+                cashier, shift_id, row["expected_rupiah"], row["counted_rupiah"], False
+            )
+        expected = await drawer_rupiah(connection, cashier)
+        drawer = drawer_account_id(cashier)
+        office = bank_clearing_account_id(cash_office_code)
+        await books.ensure_accounts(
+            connection,
+            [
+                Account(drawer, AccountKind.bank_clearing, drawer_code(cashier)),
+                Account(office, AccountKind.bank_clearing, cash_office_code),
+                Account(differences_account_id, AccountKind.suspense, differences_owner),
+            ],
+        )
+
+        def leg(name: str, debit: uuid.UUID, credit: uuid.UUID, amount: int, code: int) -> Transfer:
+            transfer_id = derive_id("counter-shift", cashier, shift_id, name)
+            return Transfer(transfer_id, debit, credit, amount, code)
+
+        legs = []
+        if counted_rupiah:
+            legs.append(leg("counted", office, drawer, counted_rupiah, TransferCode.cash_handover))
+        if expected > counted_rupiah:
+            short = expected - counted_rupiah
+            legs.append(leg("short", differences_account_id, drawer, short, TransferCode.suspense))
+        elif counted_rupiah > expected:
+            over = counted_rupiah - expected
+            legs.append(leg("over", drawer, differences_account_id, over, TransferCode.suspense))
+        outcomes = await books.create_transfers(connection, legs, now=now)
+        assert all(o.result in booked_results for o in outcomes), outcomes
+        await connection.execute(
+            "insert into counter_shifts (cashier, shift_id, expected_rupiah, counted_rupiah, "
+            "closed_by, closed_at) values ($1, $2, $3, $4, $5, $6)",
+            cashier,
+            shift_id,
+            expected,
+            counted_rupiah,
+            closed_by,
+            now,
+        )
+        return ShiftClose(cashier, shift_id, expected, counted_rupiah, True)
