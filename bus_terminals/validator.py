@@ -38,19 +38,26 @@ def no_pending_passes(card_number: str) -> Sequence[tuple[str, str, int]]:
 def with_pending_pass(
     tariff: Tariff, trip: TripState, waiting: Sequence[tuple[str, str, int]], time_s: int
 ) -> tuple[TripState, str]:
-    """The trip state with the oldest waiting pass activated from today, and its sale id ("":
-    none). The card tells whether a sale is on it already (activated here or on another bus
-    before the back office heard): it holds that pass lasting at least as long as an
-    activation on the day of the sale would, so a sale is activated once, and a renewal sold
-    while the old pass runs is activated at the next tap."""
+    """The trip state with the oldest waiting pass activated, and its sale id ("": none).
+
+    A pass starts today, or the day after the same pass on the card ends (a renewal bought
+    while it runs loses no day). The card tells whether a sale is on it already (activated here
+    or on another bus before the back office heard): it holds that pass lasting at least as
+    long as an activation on the day of the sale would. That is exact because the back office
+    grants a pass again only after the day of its last activation (`gateways.terminal_api.
+    passes.grant_pass`)."""
     for sale_id, pass_id, sold_ms in sorted(waiting, key=lambda sale: sale[2]):
         position = tariff.pass_index.get(pass_id)
         if position is None:
             continue  # not in the feed this validator runs: it waits for one that has it
         sold_day = tariff.local_seconds(sold_ms // 1000) // seconds_per_day
         on_card_from_sale = sold_day + tariff.passes[position].validity_days - 1
-        if trip.pass_index == position + 1 and trip.pass_last_day >= on_card_from_sale:
-            continue
+        if trip.pass_index == position + 1:
+            if trip.pass_last_day >= on_card_from_sale:
+                continue
+            today = tariff.local_seconds(time_s) // seconds_per_day
+            if trip.pass_last_day >= today:  # runs still: the renewal follows it
+                time_s += (trip.pass_last_day + 1 - today) * seconds_per_day
         return activate_pass(tariff, trip, pass_id, time_s), sale_id
     return trip, ""
 

@@ -23,7 +23,7 @@ from bus_terminals.fare.feed import load_feed
 from bus_terminals.fare.tariff import Tariff
 from bus_terminals.wire import UploadKind, UploadRecord, pass_activation_pattern
 from gateways.terminal_api import registry
-from gateways.terminal_api.registry import NotRegistered, RegistryError
+from gateways.terminal_api.registry import Conflict, NotRegistered, RegistryError
 
 pending_passes_download_max = 50_000
 
@@ -67,7 +67,8 @@ async def grant_pass(
     registry.check_card_number(card_number)
     if not await connection.fetchval("select 1 from cards where card_number = $1", card_number):
         raise NotRegistered(f"card {card_number} was never issued", field="card_number")
-    price = _feed_pass(tariff or load_feed(), fare_pass_id)
+    tariff = tariff or load_feed()
+    price = _feed_pass(tariff, fare_pass_id)
     if price != 0:
         raise RegistryError(
             f"pass {fare_pass_id!r} costs Rp {price:,}: only passes priced Rp 0 are granted "
@@ -77,6 +78,25 @@ async def grant_pass(
         )
     if not reason.strip():
         raise RegistryError("a grant needs a reason", field="reason")
+    # Validators tell a sale already on the card by its day (`bus_terminals.validator.
+    # with_pending_pass`): the same pass again only once the last one is on the card, and
+    # from the day after it was activated.
+    clash = await connection.fetchval(
+        "select activated_at is null from pending_passes where card_number = $1 "
+        "and fare_pass_id = $2 and (activated_at is null or "
+        "(activated_at at time zone $3)::date >= ($4::timestamptz at time zone $3)::date) "
+        "limit 1",
+        card_number,
+        fare_pass_id,
+        tariff.timezone_name,
+        now,
+    )
+    if clash is not None:
+        raise Conflict(
+            f"card {card_number} has pass {fare_pass_id!r} "
+            + ("waiting for its next tap" if clash else "activated today: renew from tomorrow"),
+            code="pass_waiting",
+        )
     row = await connection.fetchrow(
         "insert into pending_passes (pass_sale_id, card_number, fare_pass_id, amount_rupiah, "
         "sold_by, reason, sold_at) values ($1, $2, $3, 0, $4, $5, $6) returning *",

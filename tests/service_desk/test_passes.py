@@ -105,6 +105,12 @@ async def test_a_student_subscription_is_activated_at_the_next_tap_rides_free_an
     assert status == 201, granted
     assert (granted["amount_rupiah"], granted["sold_by"]) == (0, "ani")
     assert await desk.books() == books_before  # a grant at Rp 0 books nothing
+    grant = {"fare_pass_id": student_pass, "reason": "again"}
+    status, problem = await call(desk, "POST", path, grant)
+    assert (status, problem["detail"]) == (
+        409,
+        f"card {desk.number} has pass '{student_pass}' waiting for its next tap",
+    )
     assert (
         await desk.fetchval(
             "select count(*) from staff_actions where action = 'grant_pass' and subject = $1",
@@ -137,6 +143,11 @@ async def test_a_student_subscription_is_activated_at_the_next_tap_rides_free_an
     assert [(p["pass_sale_id"], p["activated_terminal_id"]) for p in listed] == [
         (granted["pass_sale_id"], desk.bus.terminal_id)
     ]
+    status, problem = await call(desk, "POST", path, grant)  # validators could not tell it apart
+    assert (status, problem["detail"]) == (
+        409,
+        f"card {desk.number} has pass '{student_pass}' activated today: renew from tomorrow",
+    )
     # Activated once: the next taps (before and after the bus hears) leave the card as it is.
     desk.clock.advance(86_400)
     assert tap(desk) == 0
