@@ -4,7 +4,7 @@ Upload: the next batch is built from the journal, signed, and *stored* (exact by
 signature) before the first send; every retry sends those same bytes, so the back office books
 it once and answers `exists` to a repeat. Only an acknowledgement moves the journal on.
 Download: deny list (cards added and lifted since our version, or the whole binary list), the pending top-ups
-waiting for cards, tariff and key versions; kept in a `SyncState` the tap flow reads, and saved
+waiting for cards and the passes granted to them, tariff and key versions; kept in a `SyncState` the tap flow reads, and saved
 beside the journal so a validator that boots offline still has them. With a `Fleet`, each sync
 also reports the fleet packages the terminal runs, has staged and refused, and takes the newer
 ones the back office offers (`bus_terminals.fleet`: verified, staged, switched at their time).
@@ -78,6 +78,8 @@ class SyncState:
     deny_list: DenyList = field(default_factory=DenyList)
     # card number -> [(top-up id, amount, paid at in Unix ms)], oldest first
     pending_top_ups: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
+    # card number -> [(pass sale id, fare_pass_id, sold at in Unix ms)], oldest first
+    pending_passes: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
     tariff_version: str = ""
     key_versions: dict[str, Any] = field(default_factory=dict)
     synced_at_ms: int = 0
@@ -85,10 +87,14 @@ class SyncState:
     def top_ups_for(self, card_number: str) -> list[tuple[str, int, int]]:
         return self.pending_top_ups.get(card_number, [])
 
+    def passes_for(self, card_number: str) -> list[tuple[str, str, int]]:
+        return self.pending_passes.get(card_number, [])
+
     def save(self, folder: Path) -> None:
         self.deny_list.save(folder / "deny-list.bin")
         state = {
             "pending_top_ups": self.pending_top_ups,
+            "pending_passes": self.pending_passes,
             "tariff_version": self.tariff_version,
             "key_versions": self.key_versions,
             "synced_at_ms": self.synced_at_ms,
@@ -105,6 +111,10 @@ class SyncState:
                 state.pending_top_ups = {
                     card: [(top_up_id, amount, paid_ms) for top_up_id, amount, paid_ms in top_ups]
                     for card, top_ups in saved["pending_top_ups"].items()
+                }
+                state.pending_passes = {  # absent from a state saved before passes
+                    card: [(sale_id, pass_id, sold_ms) for sale_id, pass_id, sold_ms in sold]
+                    for card, sold in saved.get("pending_passes", {}).items()
                 }
                 state.tariff_version = saved["tariff_version"]
                 state.key_versions = saved["key_versions"]
@@ -302,6 +312,13 @@ class SyncClient:
         ]:
             top_ups.setdefault(card_number, []).append((top_up_id, amount, paid_ms))
         self.state.pending_top_ups = top_ups
+        passes: dict[str, list[tuple[str, str, int]]] = {}
+        # Absent from an older back office's answer.
+        for sale_id, card_number, pass_id, sold_ms in answer.get("pending_passes", [])[
+            :pending_top_ups_held_max
+        ]:
+            passes.setdefault(card_number, []).append((sale_id, pass_id, sold_ms))
+        self.state.pending_passes = passes
         self.state.tariff_version = answer["tariff_version"]
         self.state.key_versions = answer["key_versions"]
         self.state.synced_at_ms = answer["server_time_ms"]

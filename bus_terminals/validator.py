@@ -3,14 +3,16 @@ the fare feed the fleet runs at the tap's time (`fleet_fare_decider`)."""
 
 from __future__ import annotations
 
-from bus_terminals.fare.engine import decide
-from bus_terminals.fare.model import FareOutcome, Tap, TripStateError, blank_trip_state
+from collections.abc import Callable, Sequence
+
+from bus_terminals.fare.engine import activate_pass, decide
+from bus_terminals.fare.model import FareOutcome, Tap, TripState, TripStateError, blank_trip_state
 from bus_terminals.fare.tariff import Tariff
 from bus_terminals.fare.trip_state import decode_trip_state, encode_trip_state
 from bus_terminals.fleet import Fleet
 from bus_terminals.packages import PackageKind
 from bus_terminals.terminal import Charge, Decide, Reason
-from bus_terminals.wire import UploadKind, no_service_fare_detail
+from bus_terminals.wire import UploadKind, no_service_fare_detail, pass_activation_detail
 from card_reader.ksh_card import CardState, RiderCategory
 
 fare_media_id = "ksh_card"
@@ -23,8 +25,51 @@ rider_category_ids = {category: category.name.lower() for category in RiderCateg
 assert FareOutcome.full_fare_no_service.value == no_service_fare_detail
 
 
-def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> Decide:
-    """A `Decide` for a validator on `route_id` (and at `stop_id` when the bus knows it)."""
+#: card number -> the passes granted to it and not known to be on it yet (`SyncState.passes_for`):
+#: [(pass sale id, fare_pass_id, sold at in Unix ms)], oldest first.
+PendingPasses = Callable[[str], Sequence[tuple[str, str, int]]]
+seconds_per_day = 86_400
+
+
+def no_pending_passes(card_number: str) -> Sequence[tuple[str, str, int]]:
+    return ()
+
+
+def with_pending_pass(
+    tariff: Tariff, trip: TripState, waiting: Sequence[tuple[str, str, int]], time_s: int
+) -> tuple[TripState, str]:
+    """The trip state with the oldest waiting pass activated, and its sale id ("": none).
+
+    A pass starts today, or the day after the same pass on the card ends (a renewal bought
+    while it runs loses no day). The card tells whether a sale is on it already (activated here
+    or on another bus before the back office heard): it holds that pass lasting at least as
+    long as an activation on the day of the sale would. That is exact because the back office
+    grants a pass again only after the day of its last activation (`gateways.terminal_api.
+    passes.grant_pass`)."""
+    for sale_id, pass_id, sold_ms in sorted(waiting, key=lambda sale: sale[2]):
+        position = tariff.pass_index.get(pass_id)
+        if position is None:
+            continue  # not in the feed this validator runs: it waits for one that has it
+        sold_day = tariff.local_seconds(sold_ms // 1000) // seconds_per_day
+        on_card_from_sale = sold_day + tariff.passes[position].validity_days - 1
+        if trip.pass_index == position + 1:
+            if trip.pass_last_day >= on_card_from_sale:
+                continue
+            today = tariff.local_seconds(time_s) // seconds_per_day
+            if trip.pass_last_day >= today:  # runs still: the renewal follows it
+                time_s += (trip.pass_last_day + 1 - today) * seconds_per_day
+        return activate_pass(tariff, trip, pass_id, time_s), sale_id
+    return trip, ""
+
+
+def fare_decider(
+    tariff: Tariff,
+    route_id: str,
+    stop_id: str | None = None,
+    pending_passes: PendingPasses = no_pending_passes,
+) -> Decide:
+    """A `Decide` for a validator on `route_id` (and at `stop_id` when the bus knows it). A pass
+    granted to the card (`pending_passes`) is activated in the trip state this tap writes."""
 
     # The fare core counts in the feed currency's minor units (IDR: 2 decimals, ISO 4217);
     # money on the card and in the ledger is whole rupiah.
@@ -42,6 +87,9 @@ def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> D
                 # Damaged or from another format: ride on a blank state (caps and passes held
                 # on the card are lost) and say so in the record for the back office.
                 trip, reset = blank_trip_state, " trip_state_reset"
+        trip, activated = with_pending_pass(
+            tariff, trip, pending_passes(str(state.profile.card_number)), time_ms // 1000
+        )
         tap = Tap(
             time_ms // 1000,
             route_id,
@@ -72,9 +120,9 @@ def fare_decider(tariff: Tariff, route_id: str, stop_id: str | None = None) -> D
         detail += reset
         if no_service:
             detail = f"{no_service_fare_detail} {detail}"
-        return Charge(
-            UploadKind.fare_debit, fare_rupiah, encode_trip_state(decision.state), detail[:64]
-        )
+        # The back office learns of the activation from the record.
+        detail = pass_activation_detail(detail, activated) if activated else detail[:64]
+        return Charge(UploadKind.fare_debit, fare_rupiah, encode_trip_state(decision.state), detail)
 
     return decide_fare
 
@@ -96,7 +144,11 @@ def no_card_fare(
 
 
 def fleet_fare_decider(
-    fleet: Fleet, shipped: Tariff, route_id: str, stop_id: str | None = None
+    fleet: Fleet,
+    shipped: Tariff,
+    route_id: str,
+    stop_id: str | None = None,
+    pending_passes: PendingPasses = no_pending_passes,
 ) -> Decide:
     """A `Decide` that prices each tap with the fare feed the fleet runs at the tap's time:
     a staged feed whose effective time has come is switched to first (`Fleet.switch_due`, by
@@ -109,7 +161,7 @@ def fleet_fare_decider(
         version = fleet.running_version(PackageKind.fare_feed) if tariff is not None else 0
         if version not in deciders:
             deciders.clear()  # one feed runs at a time
-            deciders[version] = fare_decider(tariff or shipped, route_id, stop_id)
+            deciders[version] = fare_decider(tariff or shipped, route_id, stop_id, pending_passes)
         return deciders[version](state, time_ms)
 
     return decide_fare

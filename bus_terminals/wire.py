@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,14 @@ class UploadKind(enum.StrEnum):
 #: validator's fare feed has no service on the tap's date (its calendar ran out): the tap is
 #: booked as usual and the back office raises an alarm for the stale feed.
 no_service_fare_detail = "full_fare_no_service"
+# A fare record whose tap activated a pass granted at the desk names the sale at its end.
+pass_activation_pattern = re.compile(r" activates (pass-[0-9a-f]{10})$")
+
+
+def pass_activation_detail(detail: str, pass_sale_id: str) -> str:
+    """A record's fare detail (64 characters at most) that names the activated pass sale."""
+    activation = f" activates {pass_sale_id}"
+    return detail[: text_length_max - len(activation)] + activation
 
 
 class RecordStatus(enum.StrEnum):

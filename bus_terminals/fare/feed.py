@@ -73,8 +73,10 @@ currency_decimals_by_code = {
 feed_file_bytes_max = 64 * 1024 * 1024
 #: The card stores compiled indices in 16 bits (0xFFFF = none).
 card_index_max = 0xFFFE
-#: Durations are kept as 16-bit deltas on the card, so a longer duration_limit cannot be honoured.
-duration_limit_s_max = 0xFFFE
+#: The card keeps the duration-limit anchor as a 24-bit delta (trip_state.py): up to 194 days.
+duration_limit_s_max = 2**24 - 2
+#: The card keeps the last network in one byte (0xFF = none).
+network_count_max = 0xFE
 #: The card stores the transfer count in 4 bits (15 = saturated).
 transfer_count_max = 14
 #: The card has room for two cap accumulators.
@@ -433,6 +435,8 @@ def _compile_networks(
             if network_position == any_index:
                 raise route_networks.error(row, "network_id", "required value is empty")
             route_network[route_position] = network_position
+    if len(network_index) > network_count_max:
+        raise FeedError("networks.txt", 1, "network_id", f"more than {network_count_max} networks")
     network_ids = tuple(sorted(network_index, key=network_index.__getitem__))
     return _Networks(route_index, tuple(route_network), network_index, network_ids)
 

@@ -7,6 +7,8 @@ change names why (`reason`) and is written to `staff_actions` in the change's tr
     POST /admin/v1/cards/{card_number}/block     cause: lost | stolen | damaged | fraud
     POST /admin/v1/cards/{card_number}/replace   new_card_number; the balance moves when due
     GET  /admin/v1/cards/{card_number}/replacement
+    POST /admin/v1/cards/{card_number}/passes    grant a pass (fare_pass_id): next tap activates
+    GET  /admin/v1/cards/{card_number}/passes    the passes granted, activated or waiting
     POST /admin/v1/replacements/move-due         move every balance whose wait is over
     GET  /admin/v1/deny-list[?unreviewed=1]      entries as they stand, newest first
     GET  /admin/v1/deny-list/{card_number}       one entry and its history
@@ -42,7 +44,7 @@ from gateways.backoffice import (
     singleton_jobs,
 )
 from gateways.staff import Role, any_role, desk_roles, money_roles
-from gateways.terminal_api import card_desk, counter, registry
+from gateways.terminal_api import card_desk, counter, passes, registry
 from gateways.terminal_api.routes import (
     admin_body,
     body_field,
@@ -59,6 +61,8 @@ def card_desk_extension(app: web.Application) -> None:
     app.router.add_post("/admin/v1/cards/{card_number}/block", block)
     app.router.add_post("/admin/v1/cards/{card_number}/replace", replace)
     app.router.add_get("/admin/v1/cards/{card_number}/replacement", replacement)
+    app.router.add_post("/admin/v1/cards/{card_number}/passes", grant_pass)
+    app.router.add_get("/admin/v1/cards/{card_number}/passes", card_passes)
     app.router.add_post("/admin/v1/replacements/move-due", move_due)
     app.router.add_get("/admin/v1/deny-list", deny_entries)
     app.router.add_get("/admin/v1/deny-list/{card_number}", deny_entry)
@@ -354,3 +358,39 @@ async def close_shift(request: web.Request) -> web.Response:
             "created": closed.created,
         }
     )
+
+
+async def grant_pass(request: web.Request) -> web.Response:
+    body = await admin_body(request, desk_roles)
+    number = request.match_info["card_number"]
+    fare_pass_id = body_field(body, "fare_pass_id", str)
+    reason = staff_reason(body)
+    member = request[staff_member_key]
+    async with request.app[pool_key].acquire() as connection, connection.transaction():
+        with registry_refusals():
+            granted = await passes.grant_pass(
+                connection,
+                number,
+                fare_pass_id,
+                username=member.username,
+                reason=reason,
+                now=request.app[config_key].clock.now(),
+            )
+        await record_staff_action(
+            request,
+            connection,
+            "grant_pass",
+            number,
+            reason,
+            fare_pass_id=fare_pass_id,
+            pass_sale_id=granted.pass_sale_id,
+        )
+    return web.json_response(_json(granted), status=201)
+
+
+async def card_passes(request: web.Request) -> web.Response:
+    await admin_body(request, any_role)
+    number = request.match_info["card_number"]
+    async with request.app[pool_key].acquire() as connection:
+        found = await passes.passes_of(connection, number)
+    return web.json_response([_json(granted) for granted in found])

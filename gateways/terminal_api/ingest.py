@@ -35,7 +35,7 @@ from bus_terminals.wire import (
     record_fields,
 )
 from card_reader import tmac
-from gateways.terminal_api import books, planning, registry, suspension
+from gateways.terminal_api import books, passes, planning, registry, suspension
 from gateways.terminal_api.acceptance import Accepted, accept
 from gateways.terminal_api.planning import (
     CardFlag,
@@ -143,6 +143,7 @@ async def _book(
     await _quarantine(connection, plan.quarantined, now)
     await _monitor_cards(connection, plan.booked, answer, now)
     await _take_top_ups(connection, plan.top_ups_taken)
+    await passes.record_activations(connection, plan.booked)
     _log_charged_without_service(plan)
     await connection.execute(
         "insert into upload_batches (terminal_id, batch_sequence, body, signature, "

@@ -297,6 +297,14 @@ def _desk_paths() -> dict[str, Any]:
             "post": _admin("Name the card replacing a blocked one", ["new_card_number"])
         },
         f"{card}/replacement": {"get": _read("The card's replacement and when its balance moves")},
+        f"{card}/passes": {
+            "post": _admin(
+                "Grant a pass of the fare feed priced Rp 0 (the student subscription); the "
+                "next validator the card taps activates it",
+                ["fare_pass_id"],
+            ),
+            "get": _read("The passes granted to the card, waiting or activated (where, when)"),
+        },
         "/admin/v1/replacements/move-due": {
             "post": _admin("Move every balance whose waiting period is over", [])
         },

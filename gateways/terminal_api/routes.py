@@ -57,7 +57,16 @@ from gateways.backoffice import (
     pool_key,
 )
 from gateways.staff import Role, StaffMember, any_role, money_roles, party_roles
-from gateways.terminal_api import books, counter, feeds, fleet, quarantine, registry, suspension
+from gateways.terminal_api import (
+    books,
+    counter,
+    feeds,
+    fleet,
+    passes,
+    quarantine,
+    registry,
+    suspension,
+)
 from gateways.terminal_api.acceptance import public_key, suspended_detail
 from gateways.terminal_api.ingest import KnownCards, ProofKeys, ingest_upload
 from gateways.terminal_api.metrics import TerminalMetrics
@@ -296,6 +305,7 @@ async def sync(request: web.Request) -> web.Response:
             "where taken_terminal_id is null order by created_at limit $1",
             pending_top_ups_download_max,
         )
+        waiting_passes = await passes.waiting_passes(connection)
     for _, refused in refusals:
         request.app[metrics_key].fleet_refusals.increment(refused.refused_reason)
     full_needed = len(changed) > deny_delta_entries_max
@@ -314,6 +324,7 @@ async def sync(request: web.Request) -> web.Response:
                 [row["top_up_id"], row["card_number"], row["amount_rupiah"], row["paid_ms"]]
                 for row in top_ups
             ],
+            "pending_passes": waiting_passes,
             "tariff_version": settings.get("tariff_version", ""),
             "key_versions": settings.get("key_versions", {}),
             "packages": packages,

@@ -99,6 +99,25 @@ def add_desk_parsers(actions: Any) -> None:
     add_wait_argument(move_due)
     acting.add_arguments(move_due, clerks_may)
     move_due.set_defaults(handler=run_move_due)
+    grant = actions.add_parser(
+        "pass",
+        help="grant a pass of the fare feed to a card (the student subscription: Rp 0); the "
+        "next validator it taps activates it",
+        description="Grant a pass of the fare feed's fare_passes.txt to an issued card. Terminals "
+        "download it at their next sync; the next validator the card taps writes it onto the "
+        "card and the ride is priced with it. Only passes priced Rp 0 are granted (a grant "
+        "books nothing; who, when and why are recorded).",
+    )
+    grant.add_argument("--card", required=True, metavar="NUMBER", help="the card number")
+    grant.add_argument(
+        "--product",
+        required=True,
+        metavar="FARE_PASS_ID",
+        help="a fare_pass_id of the feed (Trans Semarang: student_ecard_pelajar, "
+        "student_ecard_mahasiswa)",
+    )
+    acting.add_arguments(grant, clerks_may)
+    grant.set_defaults(handler=run_grant_pass)
     show = actions.add_parser(
         "show", help="a card at the desk: holder, cap, balance, deny list entry, replacement"
     )
@@ -185,6 +204,27 @@ def run_block(arguments: argparse.Namespace) -> int:
     run_desk_change(arguments, "block_card", arguments.number, change)
     print(
         f"card {arguments.number} blocked ({arguments.cause}): terminals refuse it from their next sync"
+    )
+    return 0
+
+
+def run_grant_pass(arguments: argparse.Namespace) -> int:
+    from gateways.terminal_api import passes
+
+    async def change(connection: Any, member: Any, now: Any) -> Any:
+        return await passes.grant_pass(
+            connection,
+            arguments.card,
+            arguments.product,
+            username=member.username,
+            reason=arguments.reason or "",
+            now=now,
+        )
+
+    granted = run_desk_change(arguments, "grant_pass", arguments.card, change)
+    print(
+        f"pass {granted.fare_pass_id} granted to card {granted.card_number} "
+        f"({granted.pass_sale_id}, Rp 0): the next validator it taps activates it"
     )
     return 0
 

@@ -93,7 +93,7 @@ def run(arguments: argparse.Namespace) -> int:
     keys = terminal_keys(arguments, "POS", *pos_roles())
     journal_holder: list[Journal] = []
 
-    def decider_for(words: list[str]) -> Any:
+    def decider_for(words: list[str], synced: Any) -> Any:
         if not words and arguments.amount:
             return sale_decider(arguments.amount)
         if len(words) == 2 and words[0] == "sale" and words[1].isdigit():

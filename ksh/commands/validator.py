@@ -138,11 +138,20 @@ def run(arguments: argparse.Namespace) -> int:
     running = (fleet.tariff() if fleet is not None else None) or shipped
     if arguments.route not in running.network_of_route:
         raise UserError(f"route {arguments.route!r} is not in the tariff")
-    decide = (
-        fare_decider(shipped, arguments.route, arguments.stop)
-        if fleet is None
-        else fleet_fare_decider(fleet, shipped, arguments.route, arguments.stop)
-    )
+    deciders: dict[int, Any] = {}  # one for the device's sync state (built at its first tap)
+
+    def decider_for(words: list[str], synced: Any) -> Any:
+        """Passes granted at the desk wait in the device's sync state (`SyncState`)."""
+        if id(synced) not in deciders:
+            deciders[id(synced)] = (
+                fare_decider(shipped, arguments.route, arguments.stop, synced.passes_for)
+                if fleet is None
+                else fleet_fare_decider(
+                    fleet, shipped, arguments.route, arguments.stop, synced.passes_for
+                )
+            )
+        return deciders[id(synced)]
+
     keys = terminal_keys(arguments, "validator", *validator_roles())
     with contextlib.ExitStack() as stack:
         side_command = None
@@ -152,7 +161,7 @@ def run(arguments: argparse.Namespace) -> int:
             arguments,
             folder,
             keys,
-            lambda words: decide,
+            decider_for,
             route=arguments.route,
             feed_service_end=service_end_date(shipped),
             fleet=fleet,
@@ -251,7 +260,7 @@ def run_device(
             if side_command is not None:
                 lines = (line for line in lines if not side_command(line.split()))
             for reader, words in deck_taps(arguments.emulated, lines, sys.stdout):
-                decide = decider_for(words)
+                decide = decider_for(words, device.state)
                 if decide is None:
                     print('{"error": "unknown command"}', flush=True)
                     continue
@@ -265,7 +274,7 @@ def run_device(
             except ReaderError as error:
                 raise UserError(str(error)) from error
             for present in pcsc_taps(reader, lambda: stop.requested):
-                decide = decider_for([])
+                decide = decider_for([], device.state)
                 print(
                     feedback_line(device.tap(present, system_clock.unix_ms(), decide)), flush=True
                 )

@@ -226,3 +226,17 @@ def test_undecodable_file_is_refused(tmp_path) -> None:  # type: ignore[no-untyp
     (tmp_path / "routes.txt").write_bytes(b"route_id\n\xff\xfe\n")
     with pytest.raises(FeedError, match=r"^routes.txt:1: \(file\): not UTF-8"):
         load_feed(tmp_path)
+
+
+def test_duration_limits_reach_194_days_and_networks_254() -> None:
+    """The card keeps the duration-limit anchor in 24 bits and the last network in one byte."""
+    rule = "from_leg_group_id,to_leg_group_id,transfer_count,duration_limit,duration_limit_type,"
+    rule += "fare_transfer_type\ng,g,1,{},1,0"
+    compile_with(fare_transfer_rules=rule.format(31 * 86_400))
+    compile_with(fare_transfer_rules=rule.format(2**24 - 2))
+    with pytest.raises(FeedError, match="duration_limit"):
+        compile_with(fare_transfer_rules=rule.format(2**24 - 1))
+    routes = "route_id,route_type,network_id\n" + "\n".join(f"r{n},3,n{n}" for n in range(254))
+    compile_with(routes=routes)
+    with pytest.raises(FeedError, match="more than 254 networks"):
+        compile_with(routes=routes + "\nr254,3,n254")

@@ -71,7 +71,7 @@ def feeds(
         source = draw(st.sampled_from(("", *groups)))
         target = draw(st.sampled_from(("", *groups)))
         count = str(draw(st.sampled_from((-1, 1, 2, 3)))) if source == target else ""
-        limit = draw(st.sampled_from(("", "1800", "3600", "65534")))
+        limit = draw(st.sampled_from(("", "1800", "3600", "65534", "2678400")))
         limit_type = str(draw(st.integers(0, 3))) if limit else ""
         kind = draw(st.integers(0, 2))
         product = draw(st.sampled_from(("", "t0", "t1")))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from bus_terminals.fare.engine import decide, price_journey
 from bus_terminals.fare.model import FareOutcome, blank_trip_state
+from bus_terminals.fare.trip_state import decode_trip_state, encode_trip_state
 from tests.fare.feeds import leg, network_files, tap, tariff
 
 products = (
@@ -213,6 +214,19 @@ def test_duration_limit_is_measured_from_the_first_leg_of_the_chain() -> None:
     # 08:40 and 09:00 are within 60 min of 08:00 (09:00 exactly at the limit counts);
     # 09:20 is 80 min after the chain's first leg even though 20 min after the previous one.
     assert [p.amount for p in price_journey(t, rides(*times)).legs] == [200, 0, 0, 200]
+
+
+def test_a_31_day_duration_limit_is_judged_through_the_card() -> None:
+    """A month-long chain, the card's 48 bytes written and read between taps (version 1 of
+    the trip state kept 65,535 s at most, and the feed refused a longer duration_limit)."""
+    t = same_group_tariff(f"g,g,-1,{31 * 86_400},1,0,")
+    times = ("2025-03-01T08:00", "2025-03-16T08:00", "2025-04-01T08:00", "2025-04-01T08:00:01")
+    state, amounts = blank_trip_state, []
+    for time in times:
+        decision = decide(t, state, tap("r", time))
+        state = decode_trip_state(encode_trip_state(decision.state))
+        amounts.append(decision.amount)
+    assert amounts == [200, 0, 0, 200]  # 1 April 08:00 is exactly 31 days after the first
 
 
 def test_duration_limit_types() -> None:

@@ -4,6 +4,7 @@ byte until acknowledged."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import aiohttp
@@ -119,3 +120,19 @@ def test_damaged_sync_state_is_a_clear_error_naming_the_file(tmp_path: Path) -> 
         path.write_text(damaged)
         with pytest.raises(ValueError, match=r"sync-state\.json: damaged sync state"):
             SyncState.load(tmp_path)
+
+
+def test_passes_granted_survive_a_reboot_and_an_older_state_file_has_none(
+    tmp_path: Path,
+) -> None:
+    state = SyncState()
+    state.pending_passes = {"6032984000000001": [("pass-0123456789", "student_ecard_pelajar", 7)]}
+    state.save(tmp_path)
+    loaded = SyncState.load(tmp_path)
+    assert loaded.passes_for("6032984000000001") == [
+        ("pass-0123456789", "student_ecard_pelajar", 7)
+    ]
+    saved = json.loads((tmp_path / "sync-state.json").read_text())
+    del saved["pending_passes"]  # written before passes
+    (tmp_path / "sync-state.json").write_text(json.dumps(saved))
+    assert SyncState.load(tmp_path).pending_passes == {}

@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bus_terminals.fare.feed import load_feed
+from bus_terminals.fare.model import blank_trip_state
 from bus_terminals.fare.tariff import Tariff
 from bus_terminals.fare.trip_state import decode_trip_state, trip_state_bytes
 from bus_terminals.terminal import Reason
-from bus_terminals.validator import fare_decider, rider_category_ids
+from bus_terminals.validator import fare_decider, rider_category_ids, with_pending_pass
 from card_reader.ksh_card import (
     CardState,
     CardStatus,
@@ -124,3 +127,36 @@ def test_a_feed_whose_service_has_ended_charges_the_full_fare_and_says_why() -> 
     # The same tap with the feed in service: the ordinary charge, and no reason given.
     fresh = fare_decider(trans_semarang, "K1")(card(RiderCategory.GENERAL), tuesday_seven_am_ms)
     assert (fresh.amount_rupiah, fresh.detail) == (3_500, "general_fare")
+
+
+@given(
+    st.lists(st.integers(0, 400 * 86_400_000), min_size=1, max_size=8),
+    st.integers(1, 200),  # the back office grants again from the day after an activation
+)
+@settings(deadline=None)
+def test_a_granted_pass_is_activated_once_and_a_renewal_once_more(
+    gaps_ms: list[int], renewal_day: int
+) -> None:
+    """Taps after a grant (any gaps, over a year): the first activates the pass, no later one
+    moves it; a renewal sold later is activated at the next tap after it, once."""
+    tariff = load_feed()
+    sold_ms = tuesday_seven_am_ms
+    sales = [("pass-000000000a", "student_ecard_pelajar", sold_ms)]
+    trip = blank_trip_state
+    activations = []
+    # Renewed (the back office allows it) from the day after the first activation.
+    renewal_ms = sold_ms + min(gaps_ms) + renewal_day * 86_400_000
+    for gap in sorted(gaps_ms):
+        time_ms = sold_ms + gap
+        if time_ms >= renewal_ms and len(sales) == 1:
+            sales.append(("pass-000000000b", "student_ecard_pelajar", renewal_ms))
+        trip, activated = with_pending_pass(tariff, trip, sales, time_ms // 1000)
+        if activated:
+            activations.append(activated)
+            renewed_on = tariff.local_seconds(time_ms // 1000) // 86_400
+    assert activations[0] == "pass-000000000a"
+    assert len(activations) == len(set(activations)) == len(sales)
+    assert activations == [sale_id for sale_id, _, _ in sales]
+    first_day = tariff.local_seconds((sold_ms + min(gaps_ms)) // 1000) // 86_400
+    if len(activations) == 2:  # from the day after the first ends, or the tap's day if later
+        assert trip.pass_last_day == max(first_day + 183, renewed_on) + 183 - 1

@@ -1,0 +1,184 @@
+"""A pass granted at the desk, end to end on the real back office (HTTP, database) and an
+emulated student card on a validator: the grant waits, the bus downloads it at its sync, the
+next tap writes it onto the card in its fare transaction and rides free, the upload records the
+activation, and the pass runs out by the clock after its 183 days."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bus_terminals.fare.feed import load_feed
+from bus_terminals.fare.trip_state import decode_trip_state
+from bus_terminals.validator import fare_decider
+from card_reader.deck import make_ksh_deck
+from card_reader.emulator import EmulatedCard, EmulatedReader
+from card_reader.keys import KeyRole, demo_key_store
+from card_reader.ksh_card import KshCard, RiderCategory
+from gateways import staff
+from ledger.clock import jakarta
+from tests.service_desk.conftest import Desk, opening_rupiah
+from tests.setup.helpers import Ksh
+
+clerk_token = "test-pass-clerk-token-1"
+student_pass = "student_ecard_pelajar"
+student_fare_rupiah = 1_000
+
+
+@pytest.fixture
+def card_deck() -> Iterator[tuple[Any, EmulatedCard, str]]:
+    """The desk's card is a school student's (the pass is for Pelajar)."""
+    store = demo_key_store()
+    (card,) = make_ksh_deck(
+        store,
+        [opening_rupiah],
+        seed="student-pass",
+        rider_categories=[RiderCategory.SCHOOL_STUDENT],
+    )
+    reader = EmulatedReader("numbering")
+    reader.insert(card)
+    number = str(KshCard(reader, store.view(KeyRole.READ)).read_state().profile.card_number)
+    reader.remove()
+    yield store, card, number
+
+
+def tap(desk: Desk) -> int:
+    """The card taps the bus, whose validator activates the passes its sync brought."""
+    before = desk.card_balance()
+    decide = fare_decider(load_feed(), "K1", pending_passes=desk.bus.state.passes_for)
+    feedback = desk.bus.tap(desk.card, desk.clock.unix_ms(), decide)
+    assert feedback.verdict.value == "accepted", feedback
+    return before - desk.card_balance()
+
+
+def trip_state(desk: Desk) -> Any:
+    reader = EmulatedReader("desk inspection")
+    reader.insert(desk.card)
+    try:
+        raw = KshCard(reader, desk.store.view(KeyRole.READ)).read_state().trip_state
+    finally:
+        reader.remove()
+    return decode_trip_state(raw)
+
+
+async def call(desk: Desk, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method,
+            desk.url + path,
+            json=body,
+            headers={"Authorization": f"Bearer {clerk_token}"},
+        ) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def test_a_student_subscription_is_activated_at_the_next_tap_rides_free_and_runs_out(
+    desk: Desk,
+) -> None:
+    async with desk.pool.acquire() as connection:
+        await staff.issue_token(
+            connection,
+            staff.StaffMember("ani", staff.Role.clerk),
+            issued_by="tests",
+            now=desk.clock.now(),
+            token=clerk_token,
+        )
+    path = f"/admin/v1/cards/{desk.number}/passes"
+    books_before = await desk.books()
+    status, problem = await call(
+        desk, "POST", path, {"fare_pass_id": "monthly", "reason": "student ID shown"}
+    )
+    assert (status, problem["field"]) == (400, "fare_pass_id"), problem
+    assert "no pass 'monthly' in the fare feed" in problem["detail"]
+    status, problem = await call(desk, "POST", "/admin/v1/cards/99999999999/passes",
+                                 {"fare_pass_id": student_pass, "reason": "x"})  # fmt: skip
+    assert status == 404, problem
+    status, granted = await call(
+        desk, "POST", path, {"fare_pass_id": student_pass, "reason": "student ID seen at desk"}
+    )
+    assert status == 201, granted
+    assert (granted["amount_rupiah"], granted["sold_by"]) == (0, "ani")
+    assert await desk.books() == books_before  # a grant at Rp 0 books nothing
+    grant = {"fare_pass_id": student_pass, "reason": "again"}
+    status, problem = await call(desk, "POST", path, grant)
+    assert (status, problem["detail"]) == (
+        409,
+        f"card {desk.number} has pass '{student_pass}' waiting for its next tap",
+    )
+    assert (
+        await desk.fetchval(
+            "select count(*) from staff_actions where action = 'grant_pass' and subject = $1",
+            desk.number,
+        )
+        == 1
+    )
+
+    # Before the bus has synced, the student pays the student fare.
+    desk.clock.advance(3 * 3600)
+    assert tap(desk) == student_fare_rupiah
+    assert trip_state(desk).pass_index == 0
+    assert await desk.bus.sync.download()
+    waiting = desk.bus.state.passes_for(desk.number)
+    assert [(sale_id, pass_id) for sale_id, pass_id, _ in waiting] == [
+        (granted["pass_sale_id"], student_pass)
+    ]
+    desk.clock.advance(3 * 3600)
+    assert tap(desk) == 0  # activated in this tap's card transaction, and priced with it
+    on_card = trip_state(desk)
+    assert on_card.pass_index == load_feed().pass_index[student_pass] + 1
+    await desk.upload()
+    detail = await desk.fetchval(
+        "select fare_detail from card_records where card_number = $1 order by time_ms desc limit 1",
+        desk.number,
+    )
+    assert detail == f"pass {student_pass} activates {granted['pass_sale_id']}"
+    status, listed = await call(desk, "GET", path)
+    assert status == 200
+    assert [(p["pass_sale_id"], p["activated_terminal_id"]) for p in listed] == [
+        (granted["pass_sale_id"], desk.bus.terminal_id)
+    ]
+    status, problem = await call(desk, "POST", path, grant)  # validators could not tell it apart
+    assert (status, problem["detail"]) == (
+        409,
+        f"card {desk.number} has pass '{student_pass}' activated today: renew from tomorrow",
+    )
+    # Activated once: the next taps (before and after the bus hears) leave the card as it is.
+    desk.clock.advance(86_400)
+    assert tap(desk) == 0
+    assert trip_state(desk).pass_last_day == on_card.pass_last_day
+    assert await desk.bus.sync.download()
+    assert desk.bus.state.passes_for(desk.number) == []
+
+    # 183 days from the day of activation (Tuesday 1 December 2026): free on the last day,
+    # the student fare the day after (a Wednesday, not a holiday).
+    desk.clock.set(dt.datetime(2027, 6, 1, 18, 0, tzinfo=jakarta))
+    assert tap(desk) == 0
+    desk.clock.set(dt.datetime(2027, 6, 2, 8, 0, tzinfo=jakarta))
+    assert tap(desk) == student_fare_rupiah
+    await desk.upload()
+    assert await desk.purse() == desk.card_balance()
+    assert (await desk.books())[1] == 0
+
+
+async def test_ksh_cards_pass_grants_and_refuses_in_one_line(
+    desk: Desk, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", desk.database_url)
+    ksh = Ksh(capsys)
+    granted = await ksh.ok("cards", "pass", "--card", desk.number, "--product", student_pass,
+                           "--as", "ani", "--reason", "student ID seen")  # fmt: skip
+    assert granted.out.startswith(f"pass {student_pass} granted to card {desk.number} (pass-")
+    refused = await ksh("cards", "pass", "--card", desk.number, "--product", "nope",
+                        "--as", "ani", "--reason", "student ID seen")  # fmt: skip
+    assert refused.status == 2
+    assert refused.err.strip().startswith("ksh cards: error: no pass 'nope' in the fare feed")
+    auditor = await ksh("cards", "pass", "--card", desk.number, "--product", student_pass,
+                        "--as", "citra", "--reason", "student ID seen")  # fmt: skip
+    assert auditor.status == 2
+    assert await desk.fetchval("select count(*) from pending_passes") == 1
