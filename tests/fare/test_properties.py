@@ -325,7 +325,13 @@ def _after_service(texts: dict[str, str], taps: list[Tap]) -> None:
             if step.outcome is FareOutcome.priced
         ]
         if not in_service:
-            assert decision.outcome is FareOutcome.unknown_fare
+            # No single leg from a blank card is priced: nothing can be charged as a full fare.
+            # A rule without a timeframe may still price it as part of the card's trip (a leg
+            # joined to the one before: Hypothesis found `r1` tapped twice, the second at a
+            # stop the rules cannot place, priced 0 by the join), as on any day.
+            assert decision.outcome in (FareOutcome.unknown_fare, FareOutcome.priced)
+            if decision.outcome is FareOutcome.priced:
+                assert decision.fare_leg_rule is not None and decision.state.has_leg
             continue
         assert decision.outcome is not FareOutcome.unknown_fare
         if decision.outcome is FareOutcome.full_fare_no_service:
