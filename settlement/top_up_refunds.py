@@ -235,8 +235,8 @@ async def _record_outcome(
         else:  # no final answer: the next run asks the bank again, same reference
             state, detail = "sending", f"no final answer yet: {outcome.response_message}"
         found = await connection.fetchrow(
-            "update top_up_refunds set state = $2, detail = $3, "
-            "paid_at = case when $2 = 'paid' then $4 end where top_up_id = $1 "
+            "update top_up_refunds set state = $2::text, detail = $3, "
+            "paid_at = case when $2::text = 'paid' then $4::timestamptz end where top_up_id = $1 "
             f"returning {_columns}",
             top_up_id,
             state,

@@ -25,6 +25,7 @@ optional_extensions: tuple[tuple[str, str], ...] = (
     ("settlement.metrics", "install"),  # payouts and open exceptions on /metrics
     ("gateways.service_desk.citizen", "install"),  # the public card page; complaints gauges
     ("settlement.complaint_pages", "install"),  # the service desk's complaint pages
+    ("settlement.refund_sweep", "install"),  # pending top-ups no card took, given back hourly
 )
 
 
@@ -114,6 +115,14 @@ def register(subparsers: Any) -> None:
         help="how long a blocked card's balance waits for offline taps still on their way "
         "before it moves to its replacement (default 3)",
     )
+    parser.add_argument(
+        "--top-up-expiry-days",
+        type=argtypes.integer(1, 3_650, "days"),
+        default=90,
+        metavar="DAYS",
+        help="how long a pending top-up waits for its card before it is given back to its "
+        "payer, checked hourly (default 90; ksh cards expire-top-ups)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -155,6 +164,7 @@ def settings_of(arguments: argparse.Namespace) -> dict[str, Any]:
         "tmac_master_keys": transaction_mac_masters(arguments.keystore),
         "snap_private_key_pem": snap_private_key(arguments.snap_key),
         "replacement_wait_days": arguments.replacement_wait_days,
+        "top_up_expiry_days": arguments.top_up_expiry_days,
         "tmac_token": transaction_mac_token(arguments.tmac_token_dir, arguments.tmac_token_label),
     }
 
@@ -278,6 +288,7 @@ def run(arguments: argparse.Namespace) -> int:
             **settings,
             "expiry_sweep_interval_s": 0,
             "replacement_sweep_interval_s": 0,
+            "top_up_expiry_sweep_interval_s": 0,
         }
         others = [
             context.Process(

@@ -1,0 +1,101 @@
+"""An expired VA top-up goes back to the payer's account through SNAP, on the real database,
+the back office's SNAP API and the bank simulator: the payer's account at the bank moves once
+(a lost answer resolved by the bank's status, never paid under a new reference), the card's
+pending top-up account is left with the fresh payment only, and the books balance."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from gateways.snap.client import BankClient
+from gateways.terminal_api import registry
+from ledger.audit import check_ledger
+from settlement import top_up_refunds
+from tests.snap.conftest import (
+    Harness,
+    card_number,
+    issuer_account_no,
+    partner_id,
+    payer_account_no,
+    va_number,
+)
+
+day_s = 86_400
+
+
+async def test_an_expired_va_top_up_is_paid_back_to_the_payers_account_once(
+    harness: Harness,
+) -> None:
+    bank = harness.bank
+    old = await harness.simulator.pay_va(
+        va_number(), 100_000, payer_name="SRI", payer_account_no=payer_account_no
+    )
+    assert old.credited
+    harness.clock.advance(30 * day_s)
+    fresh = await harness.simulator.pay_va(
+        va_number(), 20_000, payer_name="SRI", payer_account_no=payer_account_no
+    )
+    assert fresh.credited
+    harness.clock.advance(61 * day_s)
+    issuer_before = bank.accounts[issuer_account_no].balance_rupiah
+    connection = await asyncpg.connect(harness.database_url)
+    try:
+        [refund] = await top_up_refunds.expire_top_ups(
+            connection,
+            now=harness.clock.now(),
+            older_than=top_up_refunds.expiry_default,
+            who="clerk",
+        )
+        assert (refund.amount_rupiah, refund.state) == (100_000, "sending")
+        assert refund.partner_reference_no == top_up_refunds.partner_reference_for(refund.top_up_id)
+        # The bank books the transfer but its answer is lost: the repeat under the same
+        # reference is a duplicate, and the bank's status says it is done.
+        bank.trouble.lose_next_answers = 1
+        client = BankClient.open(harness.our_connection(timeout_ms=500), harness.http)
+        [paid] = await pay(connection, client, harness)
+        assert paid.state == "paid"
+        assert bank.accounts[payer_account_no].balance_rupiah == 100_000
+        assert (
+            await top_up_refunds.expire_top_ups(
+                connection,
+                now=harness.clock.now(),
+                older_than=top_up_refunds.expiry_default,
+                who="x",
+            )
+            == []
+        )
+        assert await pay(connection, client, harness) == []
+        assert bank.accounts[payer_account_no].balance_rupiah == 100_000
+        assert bank.accounts[issuer_account_no].balance_rupiah == issuer_before - 100_000
+
+        pending = registry.pending_top_up_account_id(card_number)
+        held = await connection.fetchval(
+            "select credits_posted - debits_posted from ledger_accounts where id = $1", pending
+        )
+        assert held == 20_000  # the fresh payment waits for its card
+        movement = await connection.fetchrow(
+            "select kind, account, direction, amount_rupiah from settlement_expected_movements "
+            "where movement_id = $1",
+            refund.partner_reference_no,
+        )
+        assert tuple(movement.values()) == ("payout", issuer_account_no, "debit", 100_000)
+        assert await top_up_refunds.refunds_due(connection) == []
+        assert await check_ledger(connection) == []
+        total = await connection.fetchval(
+            "select sum(credits_posted - debits_posted) from ledger_accounts"
+        )
+        assert total == 0
+    finally:
+        await connection.close()
+
+
+async def pay(
+    connection: asyncpg.Connection, client: BankClient, harness: Harness
+) -> list[top_up_refunds.Refund]:
+    return await top_up_refunds.pay_refunds(
+        connection,
+        client,
+        partner_id=partner_id,
+        source_account_no=issuer_account_no,
+        now=harness.clock.now(),
+    )
