@@ -7,17 +7,21 @@ refund in cash and the books balance. The payer's bank account case: tests/snap.
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from bus_terminals.wire import UploadKind
 from gateways.terminal_api import registry
 from ledger.audit import check_ledger
+from ledger.clock import system_clock
 from settlement import top_up_refunds
 from tests.terminals.conftest import Backoffice
 from tests.terminals.helpers import books_snapshot, post_batch, purse_balance, record
+from tests.setup.helpers import Ksh, add_staff, assert_user_error
 from tests.terminals.test_card_desk import sync_client
 
 card = "6032984000000709"
@@ -122,3 +126,43 @@ async def test_an_old_counter_top_up_goes_to_the_refund_due_list_and_is_never_pa
         assert payable == 0
         assert await check_ledger(connection) == []
     assert (await books_snapshot(backoffice.pool))[1] == 0
+
+
+async def test_ksh_cards_expires_lists_and_marks_a_refund_paid(
+    database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    ksh = Ksh(capsys)
+    await add_staff(ksh, monkeypatch)
+    paid_at = system_clock.now() - dt.timedelta(days=91)
+    connection = await asyncpg.connect(database_url)
+    try:
+        await registry.issue_cards(connection, {card: 0}, now=paid_at)
+        await registry.pay_pending_top_up(connection, "COUNTER-9", card, 25_000, paid_at=paid_at)
+    finally:
+        await connection.close()
+    assert_user_error(
+        await ksh("cards", "expire-top-ups", "--partner", "BNI", "--as", "ani", "--reason", "x"),
+        "cards",
+        "--partner and --key go together",
+    )
+    nothing = await ksh.ok(
+        "cards", "expire-top-ups", "--older-than-days", "92", "--as", "ani", "--reason", "sweep"
+    )
+    assert "0 top-up(s) expired" in nothing.out
+    expired = await ksh.ok("cards", "expire-top-ups", "--as", "ani", "--reason", "monthly sweep")
+    assert "COUNTER-9" in expired.out and "due at the counter" in expired.out
+    listed = await ksh.ok("cards", "refunds-due")
+    assert "COUNTER-9" in listed.out and "Rp 25,000" in listed.out
+    note = "paid to the payer at the counter"
+    paid = await ksh.ok("cards", "refund-paid", "COUNTER-9", "--note", note, "--as", "ani",
+                        "--reason", "payer came")  # fmt: skip
+    assert "paid at the counter by ani" in paid.out
+    assert_user_error(
+        await ksh("cards", "refund-paid", "COUNTER-9", "--note", note, "--as", "ani",
+                  "--reason", "again"),  # fmt: skip
+        "cards",
+        "not due",
+    )
+    assert "0 refund(s)" in (await ksh.ok("cards", "refunds-due")).out
+    assert "COUNTER-9" in (await ksh.ok("cards", "refunds-due", "--all")).out
