@@ -91,7 +91,9 @@ async def sweep_once(app: web.Application) -> list[top_up_refunds.Refund]:
                     continue
                 touched += await top_up_refunds.pay_refunds(
                     connection,
-                    BankClient.open(bank_connection(partner, key_pem.encode()), http),
+                    BankClient.open(
+                        bank_connection(partner, key_pem.encode(), clock=config.clock), http
+                    ),
                     partner_id=partner.partner_id,
                     source_account_no=partner.source_account_no,
                     now=config.clock.now(),

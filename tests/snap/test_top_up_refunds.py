@@ -5,12 +5,17 @@ pending top-up account is left with the fresh payment only, and the books balanc
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncpg
 
+from gateways.backoffice import BackofficeConfig, create_app
 from gateways.snap.client import BankClient
+from gateways.snap.partners import load_partner, save_partner
 from gateways.terminal_api import registry
 from ledger.audit import check_ledger
-from settlement import top_up_refunds
+from ksh.commands.demo import start
+from settlement import refund_sweep, top_up_refunds
 from tests.snap.conftest import (
     Harness,
     card_number,
@@ -19,6 +24,7 @@ from tests.snap.conftest import (
     payer_account_no,
     va_number,
 )
+from tests.waiting import wait_until_async
 
 day_s = 86_400
 
@@ -99,3 +105,49 @@ async def pay(
         source_account_no=issuer_account_no,
         now=harness.clock.now(),
     )
+
+
+async def test_ksh_serve_gives_expired_top_ups_back_by_itself(
+    harness: Harness, bank_private_pem: bytes
+) -> None:
+    """The back office's hourly job (here every 50 ms) expires and pays back without anyone
+    running `ksh cards expire-top-ups`."""
+    await harness.simulator.pay_va(va_number(), 40_000, payer_account_no=payer_account_no)
+    connection = await asyncpg.connect(harness.database_url)
+    try:
+        partner = await load_partner(connection, partner_id)
+        assert partner is not None
+        await save_partner(
+            connection,
+            dataclasses.replace(
+                partner,
+                base_url=harness.bank_base_url + "/snap",
+                source_account_no=issuer_account_no,
+            ),
+        )
+    finally:
+        await connection.close()
+    harness.clock.advance(90 * day_s)
+    settings = {
+        "top_up_expiry_sweep_interval_s": 0.05,
+        "snap_private_key_pem": harness.own_private_pem.decode(),
+        "expiry_sweep_interval_s": 0,
+    }
+    app = create_app(
+        BackofficeConfig(harness.database_url, settings=settings, clock=harness.clock),
+        [refund_sweep.install],
+    )
+    runner, _ = await start(app)
+    connection = await asyncpg.connect(harness.database_url)
+    try:
+
+        async def paid() -> bool:
+            state = await connection.fetchval("select state from top_up_refunds")
+            return bool(state == "paid")
+
+        await wait_until_async(paid, "the refund paid", within_s=30)
+        assert harness.bank.accounts[payer_account_no].balance_rupiah == 40_000
+        assert await check_ledger(connection) == []
+    finally:
+        await runner.cleanup()
+        await connection.close()

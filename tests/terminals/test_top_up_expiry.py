@@ -159,8 +159,9 @@ async def test_ksh_cards_expires_lists_and_marks_a_refund_paid(
                         "--reason", "payer came")  # fmt: skip
     assert "paid at the counter by ani" in paid.out
     assert_user_error(
-        await ksh("cards", "refund-paid", "COUNTER-9", "--note", note, "--as", "ani",
-                  "--reason", "again"),  # fmt: skip
+        await ksh(
+            "cards", "refund-paid", "COUNTER-9", "--note", note, "--as", "ani", "--reason", "again"
+        ),  # fmt: skip
         "cards",
         "not due",
     )
