@@ -13,8 +13,8 @@ from gateways.backoffice import BackofficeConfig, create_app
 from gateways.snap.client import BankClient
 from gateways.snap.partners import load_partner, save_partner
 from gateways.terminal_api import registry
-from ledger.audit import check_ledger
 from ksh.commands.demo import start
+from ledger.audit import check_ledger
 from settlement import refund_sweep, top_up_refunds
 from tests.snap.conftest import (
     Harness,

@@ -19,9 +19,9 @@ from gateways.terminal_api import registry
 from ledger.audit import check_ledger
 from ledger.clock import system_clock
 from settlement import top_up_refunds
+from tests.setup.helpers import Ksh, add_staff, assert_user_error
 from tests.terminals.conftest import Backoffice
 from tests.terminals.helpers import books_snapshot, post_batch, purse_balance, record
-from tests.setup.helpers import Ksh, add_staff, assert_user_error
 from tests.terminals.test_card_desk import sync_client
 
 card = "6032984000000709"
@@ -161,7 +161,7 @@ async def test_ksh_cards_expires_lists_and_marks_a_refund_paid(
     assert_user_error(
         await ksh(
             "cards", "refund-paid", "COUNTER-9", "--note", note, "--as", "ani", "--reason", "again"
-        ),  # fmt: skip
+        ),
         "cards",
         "not due",
     )
