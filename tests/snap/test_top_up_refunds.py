@@ -151,3 +151,26 @@ async def test_ksh_serve_gives_expired_top_ups_back_by_itself(
     finally:
         await runner.cleanup()
         await connection.close()
+
+
+async def test_a_refund_the_bank_refuses_goes_on_the_refund_due_list(harness: Harness) -> None:
+    await harness.simulator.pay_va(va_number(), 15_000, payer_account_no=payer_account_no)
+    harness.clock.advance(90 * day_s)
+    harness.bank.trouble.reject_accounts.add(payer_account_no)  # the payer closed it
+    connection = await asyncpg.connect(harness.database_url)
+    try:
+        await top_up_refunds.expire_top_ups(
+            connection, now=harness.clock.now(), older_than=top_up_refunds.expiry_default, who="x"
+        )
+        client = BankClient.open(harness.our_connection(), harness.http)
+        [refused] = await pay(connection, client, harness)
+        assert refused.state == "due"
+        assert "Inactive" in refused.detail
+        assert await pay(connection, client, harness) == []  # never sent again
+        assert [r.top_up_id for r in await top_up_refunds.refunds_due(connection)] == [
+            refused.top_up_id
+        ]
+        assert harness.bank.accounts[payer_account_no].balance_rupiah == 0
+        assert await check_ledger(connection) == []
+    finally:
+        await connection.close()
