@@ -174,3 +174,21 @@ async def test_a_refund_the_bank_refuses_goes_on_the_refund_due_list(harness: Ha
         assert await check_ledger(connection) == []
     finally:
         await connection.close()
+
+
+async def test_a_payment_naming_an_unreadable_payer_account_is_refused(harness: Harness) -> None:
+    body = {
+        "partnerServiceId": va_number()[:8],
+        "customerNo": card_number,
+        "virtualAccountNo": va_number(),
+        "paymentRequestId": "PR-BAD-ACCOUNT",
+        "paidAmount": {"value": "10000.00", "currency": "IDR"},
+        "additionalInfo": {"sourceAccountNo": "0811-22"},
+    }
+    answer = await harness.session.post("/v1.0/transfer-va/payment", body)
+    assert (answer.http_status, answer.response_code) == (400, "4002501"), answer
+    connection = await asyncpg.connect(harness.database_url)
+    try:
+        assert await connection.fetchval("select count(*) from pending_top_ups") == 0
+    finally:
+        await connection.close()
