@@ -6,16 +6,18 @@ pending top-up account is left with the fresh payment only, and the books balanc
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import asyncpg
 
 from gateways.backoffice import BackofficeConfig, create_app
+from gateways.bank_simulator import write_mt940
 from gateways.snap.client import BankClient
 from gateways.snap.partners import load_partner, save_partner
 from gateways.terminal_api import registry
 from ksh.commands.demo import start
 from ledger.audit import check_ledger
-from settlement import refund_sweep, top_up_refunds
+from settlement import reconciliation, refund_sweep, top_up_refunds
 from tests.snap.conftest import (
     Harness,
     card_number,
@@ -30,7 +32,7 @@ day_s = 86_400
 
 
 async def test_an_expired_va_top_up_is_paid_back_to_the_payers_account_once(
-    harness: Harness,
+    harness: Harness, tmp_path: Path
 ) -> None:
     bank = harness.bank
     old = await harness.simulator.pay_va(
@@ -85,6 +87,24 @@ async def test_an_expired_va_top_up_is_paid_back_to_the_payers_account_once(
             refund.partner_reference_no,
         )
         assert tuple(movement.values()) == ("payout", issuer_account_no, "debit", 100_000)
+        # The day's statement shows it: reconciliation books it out of settlement in transit.
+        statement = tmp_path / "refund-day.sta"
+        statement.write_text(write_mt940(bank.statement(issuer_account_no, bank.today())))
+        await reconciliation.import_statement(
+            connection, statement, "009", "clerk", expected_account=issuer_account_no
+        )
+        await reconciliation.reconcile(
+            connection, statement_through=bank.today(), now=harness.clock.now()
+        )
+        matched = await connection.fetchval(
+            "select count(*) from settlement_match_movements where movement_id = $1",
+            refund.partner_reference_no,
+        )
+        in_transit = await connection.fetchval(
+            "select credits_posted - debits_posted from ledger_accounts where kind = $1",
+            "settlement_in_transit",
+        )
+        assert (matched, in_transit) == (1, 0)
         assert await top_up_refunds.refunds_due(connection) == []
         assert await check_ledger(connection) == []
         total = await connection.fetchval(
