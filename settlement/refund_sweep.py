@@ -1,6 +1,7 @@
 """`ksh serve`'s job that gives back pending top-ups no card took (`top_up_refunds`), every
 `top_up_expiry_sweep_interval_s` (default an hour; 0: never) while this instance leads, as the
-desk's replacement sweep does: expire those older than `top_up_expiry_days` (default 90), then,
+desk's replacement sweep does: withdraw those older than `top_up_expiry_days` (default 90) and
+expire those withdrawn `top_up_withdrawal_wait_days` (3) ago, then,
 with the back office's SNAP key (`snap_private_key_pem`), send the refunds still to send
 through each bank the payers paid at. The others wait on the refund-due list."""
 
@@ -72,10 +73,16 @@ async def sweep_once(app: web.Application) -> list[top_up_refunds.Refund]:
     config = app[config_key]
     days = config.settings.get("top_up_expiry_days")
     older_than = top_up_refunds.expiry_default if days is None else dt.timedelta(days=float(days))
+    wait_days = config.settings.get("top_up_withdrawal_wait_days")
+    wait = (
+        top_up_refunds.withdrawal_wait_default
+        if wait_days is None
+        else dt.timedelta(days=float(wait_days))
+    )
     key_pem = config.settings.get("snap_private_key_pem")
     async with app[pool_key].acquire() as connection:
         touched = await top_up_refunds.expire_top_ups(
-            connection, now=config.clock.now(), older_than=older_than, who=sweeper
+            connection, now=config.clock.now(), older_than=older_than, who=sweeper, wait=wait
         )
         if not key_pem:
             return touched

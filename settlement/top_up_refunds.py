@@ -1,13 +1,16 @@
 """Money that cannot reach its card goes back: pending top-ups no card took within a setting
 (`top_up_expiry_days`, default 90) are given back to whoever paid them.
 
-1. **Expire** (`expire_top_ups`, one transaction per top-up, its `pending_top_ups` row locked as
-   a batch delivering it locks it): the top-up leaves the terminals' list (taken by
-   `expired_taker`), and is booked pending top-up -> refund payable. A terminal that downloaded
-   it before and delivers it afterwards gets no money for it: the ingest finds it taken, books
-   the card's credit from suspense and quarantines the record as `top_up_not_delivered` for
-   staff (`planning.judge_top_ups`). The pending account pays once.
-2. **Pay back.** A VA payment whose bank named the payer's account (`top_up_payers`) is paid
+1. **Withdraw**: it leaves the terminals' list (`pending_top_ups.withdrawn_at`), and waits
+   `withdrawal_wait_default` (3 days, as a lost card's balance does) for a terminal that
+   downloaded it before to deliver it: such a delivery is taken and booked as usual.
+2. **Expire** (`expire_top_ups`, one transaction per top-up, its `pending_top_ups` row locked as
+   a batch delivering it locks it): still not taken, it is taken by `expired_taker` and booked
+   pending top-up -> refund payable. A terminal that delivers it afterwards gets no money for
+   it: the ingest finds it taken, books the card's credit from suspense and quarantines the
+   record as `top_up_not_delivered` for staff (`planning.judge_top_ups`). The pending account
+   pays once.
+3. **Pay back.** A VA payment whose bank named the payer's account (`top_up_payers`) is paid
    back there by a SNAP transfer through the same bank (`pay_refunds`): its partnerReferenceNo
    is derived from the top-up and written (state `sending`) before anything is sent; a repeat
    or an unanswered send is resolved by the bank's status, never by paying under another
@@ -37,6 +40,7 @@ from settlement.reconciliation import expect_movements
 from settlement.statements import Direction
 
 expiry_default = dt.timedelta(days=90)  # setting `top_up_expiry_days`
+withdrawal_wait_default = dt.timedelta(days=3)  # setting `top_up_withdrawal_wait_days`
 # Who "took" an expired top-up (`pending_top_ups.taken_terminal_id`): no terminal is sent it,
 # and a late delivery is refused as a second one.
 expired_taker = "expired"
@@ -83,14 +87,26 @@ def partner_reference_for(top_up_id: str) -> str:
 
 
 async def expire_top_ups(
-    connection: asyncpg.Connection, *, now: dt.datetime, older_than: dt.timedelta, who: str
+    connection: asyncpg.Connection,
+    *,
+    now: dt.datetime,
+    older_than: dt.timedelta,
+    who: str,
+    wait: dt.timedelta = withdrawal_wait_default,
 ) -> list[Refund]:
-    """Expire every pending top-up paid before `now - older_than` that no card took; returns
-    the refunds made (a second run finds nothing: they are taken)."""
+    """Withdraw every pending top-up paid before `now - older_than` that no card took, and
+    expire those withdrawn `wait` ago and still not taken; returns the refunds made (a second
+    run finds nothing: they are taken)."""
+    await connection.execute(
+        "update pending_top_ups set withdrawn_at = $2 where taken_terminal_id is null "
+        "and withdrawn_at is null and created_at <= $1",
+        now - older_than,
+        now,
+    )
     due = await connection.fetch(
         "select top_up_id from pending_top_ups where taken_terminal_id is null "
-        "and created_at <= $1 order by created_at, top_up_id",
-        now - older_than,
+        "and withdrawn_at <= $1 order by created_at, top_up_id",
+        now - wait,
     )
     refunds = []
     for row in due:

@@ -8,9 +8,14 @@ create table top_up_payers (
     name text not null default ''
 );
 
--- A pending top-up no card took within the setting (default 90 days): taken off the terminals'
--- list (`pending_top_ups.taken_terminal_id = 'expired'`), booked pending top-up -> refund
--- payable, then paid back to the payer's account through SNAP (`sending` -> `paid`, the
+-- When a pending top-up no card took within the setting left the terminals' list: it is given
+-- back only after a wait, so a terminal that downloaded it before and delivers it meanwhile
+-- (an offline tap on its way) is paid as usual, and the payer is not.
+alter table pending_top_ups add column withdrawn_at timestamptz;
+
+-- A pending top-up no card took within the setting (default 90 days), withdrawn and waited
+-- for: taken (`pending_top_ups.taken_terminal_id = 'expired'`: a later delivery is refused),
+-- booked pending top-up -> refund payable, then paid back to the payer's account through SNAP (`sending` -> `paid`, the
 -- partnerReferenceNo written before it is sent) or, with no account (cash, staff, a refusal),
 -- listed as due (`due` -> `paid_cash` by a clerk, with a note).
 create table top_up_refunds (

@@ -19,7 +19,8 @@ def add_refund_parsers(actions: Any) -> None:
         "expire-top-ups",
         help="give back pending top-ups no card took (run daily; `ksh serve` does it hourly)",
         description="Every pending top-up older than --older-than-days that no card took leaves "
-        "the terminals' list and is booked pending top-up -> refund payable. One the bank "
+        "the terminals' list; --wait-days after that, if no card took it meanwhile, it is "
+        "booked pending top-up -> refund payable. One the bank "
         "paid from a named account is paid back there by a SNAP transfer through that bank "
         "(with --partner and --key; otherwise at the next run that has them); the others are "
         "listed by `ksh cards refunds-due`, to pay at the counter.",
@@ -30,6 +31,14 @@ def add_refund_parsers(actions: Any) -> None:
         default=90,
         metavar="DAYS",
         help="how long a top-up waits for its card (default 90; ksh serve's --top-up-expiry-days)",
+    )
+    expire.add_argument(
+        "--wait-days",
+        type=argtypes.integer(0, 365, "days"),
+        default=3,
+        metavar="DAYS",
+        help="how long a withdrawn top-up waits for a terminal that downloaded it before to "
+        "deliver it, before it is given back (default 3; ksh serve's --replacement-wait-days)",
     )
     expire.add_argument("--partner", help="send the refunds of VA payments made through this bank")
     expire.add_argument(
@@ -77,7 +86,11 @@ def run_expire(arguments: argparse.Namespace) -> int:
 
     async def change(connection: Any, member: Any, now: Any) -> Any:
         return await top_up_refunds.expire_top_ups(
-            connection, now=now, older_than=older_than, who=member.username
+            connection,
+            now=now,
+            older_than=older_than,
+            who=member.username,
+            wait=dt.timedelta(days=arguments.wait_days),
         )
 
     expired = run_desk_change(arguments, "expire_top_ups", "pending_top_ups", change)

@@ -6,6 +6,7 @@ pending top-up account is left with the fresh payment only, and the books balanc
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from pathlib import Path
 
 import asyncpg
@@ -53,6 +54,7 @@ async def test_an_expired_va_top_up_is_paid_back_to_the_payers_account_once(
             now=harness.clock.now(),
             older_than=top_up_refunds.expiry_default,
             who="clerk",
+            wait=dt.timedelta(0),
         )
         assert (refund.amount_rupiah, refund.state) == (100_000, "sending")
         assert refund.partner_reference_no == top_up_refunds.partner_reference_for(refund.top_up_id)
@@ -150,6 +152,7 @@ async def test_ksh_serve_gives_expired_top_ups_back_by_itself(
     harness.clock.advance(90 * day_s)
     settings = {
         "top_up_expiry_sweep_interval_s": 0.05,
+        "top_up_withdrawal_wait_days": 0,
         "snap_private_key_pem": harness.own_private_pem.decode(),
         "expiry_sweep_interval_s": 0,
     }
@@ -180,7 +183,11 @@ async def test_a_refund_the_bank_refuses_goes_on_the_refund_due_list(harness: Ha
     connection = await asyncpg.connect(harness.database_url)
     try:
         await top_up_refunds.expire_top_ups(
-            connection, now=harness.clock.now(), older_than=top_up_refunds.expiry_default, who="x"
+            connection,
+            now=harness.clock.now(),
+            older_than=top_up_refunds.expiry_default,
+            who="x",
+            wait=dt.timedelta(0),
         )
         client = BankClient.open(harness.our_connection(), harness.http)
         [refused] = await pay(connection, client, harness)
