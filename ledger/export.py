@@ -36,6 +36,7 @@ beancount_root_of_kind: dict[AccountKind, str] = {
     AccountKind.suspense: "Assets:Suspense",
     AccountKind.card_deposit: "Liabilities:CardDeposit",
     AccountKind.equity: "Equity:Ledger",
+    AccountKind.refund_payable: "Liabilities:RefundPayable",
 }
 assert set(beancount_root_of_kind) == set(AccountKind)
 

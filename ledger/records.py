@@ -45,6 +45,7 @@ class AccountKind(enum.StrEnum):
     suspense = "suspense"  # what reconciliation or a flagged card cannot explain yet
     card_deposit = "card_deposit"  # card issuance fees / deposits held
     equity = "equity"  # opening balances and write-offs decided by finance
+    refund_payable = "refund_payable"  # owed back to a payer (a pending top-up never taken)
 
 
 class AccountFlags(enum.IntFlag):
@@ -96,6 +97,7 @@ class TransferCode(enum.IntEnum):
     qris_mdr = 17  # merchant payable -> acquirer's QRIS clearing (the MDR it keeps)
     card_replacement = 18  # a lost card's purse / pending top-ups -> its replacement's pending
     cash_handover = 19  # a cashier's counted drawer -> the cash office (end of shift)
+    top_up_expiry = 20  # an expired pending top-up -> refund payable (given back to its payer)
 
 
 class CreateAccountResult(enum.Enum):

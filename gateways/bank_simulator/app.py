@@ -122,6 +122,7 @@ class Simulator:
         *,
         payment_request_id: str | None = None,
         payer_name: str = "NASABAH",
+        payer_account_no: str = "",
         credit_even_if_refused: bool = False,
     ) -> VaPayment:
         """A citizen pays `amount_rupiah` into a VA from the bank's app: inquiry, then payment.
@@ -129,6 +130,8 @@ class Simulator:
         The issuer's account is credited when the issuer accepts the payment.
         `credit_even_if_refused` is trouble: the bank books the money anyway (a VA for no known
         card), so reconciliation sees a collection the ledger does not explain.
+        `payer_account_no` is sent as additionalInfo.sourceAccountNo: the issuer can pay an
+        expired top-up back to it.
         """
         assert amount_rupiah > 0
         session = self._issuer()
@@ -166,6 +169,11 @@ class Simulator:
                     "trxDateTime": signature.format_timestamp(self.bank.clock.local_now()),
                     "referenceNo": request_id,
                     "flagAdvise": "N",
+                    **(
+                        {"additionalInfo": {"sourceAccountNo": payer_account_no}}
+                        if payer_account_no
+                        else {}
+                    ),
                 },
             )
             answer = payment.body

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from bus_terminals.wire import reference_check
+from gateways.snap.partners import Partner
 from gateways.terminal_api import card_desk, registry
 from ledger.store import lookup_accounts
 
@@ -94,4 +95,24 @@ async def book_pending_top_up(
         amount_rupiah,
         paid_at=paid_at,
         bank_code=clearing_owner(partner_id, bank_code),
+    )
+
+
+async def remember_payer(
+    connection: asyncpg.Connection,
+    *,
+    partner: Partner,
+    payment_request_id: str,
+    account_no: str,
+    name: str,
+) -> None:
+    """Where the top-up's money goes back if no card takes it (`settlement.top_up_refunds`)."""
+    await connection.execute(
+        "insert into top_up_payers (top_up_id, partner_id, bank_code, account_no, name) "
+        "values ($1, $2, $3, $4, $5) on conflict (top_up_id) do nothing",
+        top_up_id(partner.partner_id, payment_request_id),
+        partner.partner_id,
+        partner.bank_code,
+        account_no,
+        name,
     )

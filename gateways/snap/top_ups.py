@@ -145,6 +145,7 @@ async def pay(
     if paid_rupiah == 0:
         raise SnapError(Cases.invalid_amount, "paidAmount must be positive")
     optional_text(body, "referenceNo", length_max=64)  # checked; the bank's own reference
+    payer_account_no = _payer_account(body)
 
     # Lock first, then look for a repeat: a twin of this request running concurrently has
     # committed by the time we hold the lock, so we answer as it did.
@@ -200,7 +201,27 @@ async def pay(
         amount_rupiah=paid_rupiah,
         paid_at=paid_at,
     )
+    if payer_account_no:
+        await ledger_port.remember_payer(
+            connection,
+            partner=partner,
+            payment_request_id=payment_request_id,
+            account_no=payer_account_no,
+            name=optional_text(body, "virtualAccountName", length_max=255) or "",
+        )
     return answer
+
+
+def _payer_account(body: dict[str, Any]) -> str:
+    """The payer's account number if the bank gave it (`additionalInfo.sourceAccountNo`): an
+    expired top-up is paid back there; without it, it is refunded at the counter."""
+    info = body.get("additionalInfo")
+    if not isinstance(info, dict):
+        return ""
+    account_no = optional_text(info, "sourceAccountNo", length_max=34) or ""
+    if account_no and not (account_no.isascii() and account_no.isdigit()):
+        raise SnapError(Cases.invalid_field_format, "additionalInfo.sourceAccountNo")
+    return account_no
 
 
 def _repeat_answer(row: asyncpg.Record, va_number: str, paid_rupiah: int) -> dict[str, Any]:

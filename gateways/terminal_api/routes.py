@@ -302,7 +302,7 @@ async def sync(request: web.Request) -> web.Response:
         top_ups = await connection.fetch(
             "select top_up_id, card_number, amount_rupiah, "
             "(extract(epoch from created_at) * 1000)::bigint as paid_ms from pending_top_ups "
-            "where taken_terminal_id is null order by created_at limit $1",
+            "where taken_terminal_id is null and withdrawn_at is null order by created_at limit $1",
             pending_top_ups_download_max,
         )
         waiting_passes = await passes.waiting_passes(connection)

@@ -1,5 +1,6 @@
 """`ksh cards`: cards in the back office's books (issue, and the service desk: register to a
-holder, block, replace, move-due, show).
+holder, block, replace, move-due, show; pending top-ups no card took given back:
+expire-top-ups, refunds-due, refund-paid).
 
 Plural on purpose: `ksh card` works with one card on a reader (personalise, top up, read);
 `ksh cards` works with the register of cards the back office keeps, and never touches a card.
@@ -56,6 +57,9 @@ def register(subparsers: Any) -> None:
     acting.add_arguments(issue, clerks_may)
     issue.set_defaults(handler=run_issue)
     add_desk_parsers(actions)
+    from ksh.commands.refunds import add_refund_parsers
+
+    add_refund_parsers(actions)
 
 
 def add_desk_parsers(actions: Any) -> None:

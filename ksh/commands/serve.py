@@ -25,6 +25,7 @@ optional_extensions: tuple[tuple[str, str], ...] = (
     ("settlement.metrics", "install"),  # payouts and open exceptions on /metrics
     ("gateways.service_desk.citizen", "install"),  # the public card page; complaints gauges
     ("settlement.complaint_pages", "install"),  # the service desk's complaint pages
+    ("settlement.refund_sweep", "install"),  # pending top-ups no card took, given back hourly
 )
 
 
@@ -112,7 +113,17 @@ def register(subparsers: Any) -> None:
         default=3.0,
         metavar="DAYS",
         help="how long a blocked card's balance waits for offline taps still on their way "
-        "before it moves to its replacement (default 3)",
+        "before it moves to its replacement, and an expired top-up before it is given back "
+        "(default 3)",
+    )
+    parser.add_argument(
+        "--top-up-expiry-days",
+        type=argtypes.integer(1, 3_650, "days"),
+        default=90,
+        metavar="DAYS",
+        help="how long a pending top-up waits for its card before it leaves the terminals' "
+        "list and, --replacement-wait-days later, is given back to its payer; checked hourly "
+        "(default 90; ksh cards expire-top-ups)",
     )
     parser.set_defaults(handler=run)
 
@@ -155,6 +166,10 @@ def settings_of(arguments: argparse.Namespace) -> dict[str, Any]:
         "tmac_master_keys": transaction_mac_masters(arguments.keystore),
         "snap_private_key_pem": snap_private_key(arguments.snap_key),
         "replacement_wait_days": arguments.replacement_wait_days,
+        "top_up_expiry_days": arguments.top_up_expiry_days,
+        # The same wait for offline taps on their way: an expired top-up a terminal downloaded
+        # before it left the list may still be written to its card meanwhile.
+        "top_up_withdrawal_wait_days": arguments.replacement_wait_days,
         "tmac_token": transaction_mac_token(arguments.tmac_token_dir, arguments.tmac_token_label),
     }
 
@@ -278,6 +293,7 @@ def run(arguments: argparse.Namespace) -> int:
             **settings,
             "expiry_sweep_interval_s": 0,
             "replacement_sweep_interval_s": 0,
+            "top_up_expiry_sweep_interval_s": 0,
         }
         others = [
             context.Process(

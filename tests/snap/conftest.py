@@ -38,6 +38,7 @@ channel_id = "95221"
 card_number = "6013500000000017"
 card_holder = "SRI WAHYUNI"
 merchant_account_no = "0987654321"
+payer_account_no = "0811223344"  # a citizen's account at the bank (a VA top-up's payer)
 issuer_account_no = "1350012345678"
 
 
@@ -184,7 +185,7 @@ async def harness(
         issuer_base_url=base_url + "/snap",
         issuer_account_no=issuer_account_no,
         issuer_account_opening_rupiah=10_000_000,
-        accounts=((merchant_account_no, "WARUNG BU SUGENG", 0),),
+        accounts=((merchant_account_no, "WARUNG BU SUGENG", 0), (payer_account_no, "SRI", 0)),
         qris_merchants=(qris_warung, qris_trans_semarang),
     )
     async with (

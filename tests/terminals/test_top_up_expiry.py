@@ -1,0 +1,172 @@
+"""Pending top-ups no card took go back (`settlement.top_up_refunds`), on the real database and
+the terminal API over HTTP: a counter top-up (no bank account known) older than the setting
+leaves the terminals' list, waits 3 days for deliveries on their way (one is paid as usual),
+and goes on the refund-due list, booked once however often the
+sweep runs; a fresh one stays; a terminal that downloaded the expired one before and delivers
+it afterwards gets no money for it (quarantined `top_up_not_delivered`); a clerk pays the due
+refund in cash and the books balance. The payer's bank account case: tests/snap."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from bus_terminals.wire import UploadKind
+from gateways.terminal_api import registry
+from ledger.audit import check_ledger
+from ledger.clock import system_clock
+from settlement import top_up_refunds
+from tests.setup.helpers import Ksh, add_staff, assert_user_error
+from tests.terminals.conftest import Backoffice
+from tests.terminals.helpers import books_snapshot, post_batch, purse_balance, record
+from tests.terminals.test_card_desk import sync_client
+
+card = "6032984000000709"
+
+
+async def pending_rupiah(backoffice: Backoffice) -> int:
+    async with backoffice.pool.acquire() as connection:
+        found = await connection.fetchval(
+            "select credits_posted - debits_posted from ledger_accounts where id = $1",
+            registry.pending_top_up_account_id(card),
+        )
+    return int(found)
+
+
+async def sweep(backoffice: Backoffice) -> list[top_up_refunds.Refund]:
+    async with backoffice.pool.acquire() as connection:
+        return await top_up_refunds.expire_top_ups(
+            connection,
+            now=backoffice.clock.now(),
+            older_than=top_up_refunds.expiry_default,
+            who="clerk",
+        )
+
+
+async def test_an_old_counter_top_up_goes_to_the_refund_due_list_and_is_never_paid_twice(
+    backoffice: Backoffice, tmp_path: Path
+) -> None:
+    await backoffice.issue_cards({card: 10_000})
+    key = await backoffice.register_validator("V1")
+    client = await sync_client(backoffice, tmp_path, "V2")
+    async with backoffice.pool.acquire() as connection:
+        for top_up_id, rupiah in (("COUNTER-1", 30_000), ("COUNTER-3", 3_000)):
+            await registry.pay_pending_top_up(
+                connection, top_up_id, card, rupiah, paid_at=backoffice.clock.now()
+            )
+    assert await client.download()
+    assert len(client.state.top_ups_for(card)) == 2
+
+    backoffice.clock.advance(90 * 86_400 - 60)
+    async with backoffice.pool.acquire() as connection:
+        await registry.pay_pending_top_up(
+            connection, "COUNTER-2", card, 5_000, paid_at=backoffice.clock.now()
+        )
+    backoffice.clock.advance(59)
+    assert await sweep(backoffice) == []  # a second short of 90 days: left alone
+    assert await client.download()
+    assert len(client.state.top_ups_for(card)) == 3
+    backoffice.clock.advance(1)
+    assert await sweep(backoffice) == []  # withdrawn: waits 3 days for offline deliveries
+    assert await client.download()
+    assert [t[:2] for t in client.state.top_ups_for(card)] == [("COUNTER-2", 5_000)]
+    # V1 downloaded COUNTER-3 before and writes it to the card during the wait: paid as usual.
+    within = record("V1", 1, card, 1, 0, 13_000, kind=UploadKind.topup_credit, top_up=3_000,
+                    top_up_id="COUNTER-3", previous=(0, "", 10_000))  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        assert (await post_batch(session, backoffice.url, key, "V1", 1, [within]))[0] == 200
+    backoffice.clock.advance(3 * 86_400)
+    [refund] = await sweep(backoffice)
+    assert (refund.top_up_id, refund.amount_rupiah, refund.state) == ("COUNTER-1", 30_000, "due")
+    before = await books_snapshot(backoffice.pool)
+    assert await sweep(backoffice) == []  # twice: booked once
+    assert await books_snapshot(backoffice.pool) == before
+    assert await pending_rupiah(backoffice) == 5_000  # the fresh one waits for its card
+
+    # V1 downloaded COUNTER-1 before it expired and writes it to the card now: the card has
+    # it, but the pending account paid it back already: from suspense, quarantined.
+    late = record("V1", 2, card, 2, 0, 43_000, kind=UploadKind.topup_credit, top_up=30_000,
+                  top_up_id="COUNTER-1", previous=(1, "V1", 13_000))  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(session, backoffice.url, key, "V1", 2, [late])
+    assert status == 200, answer
+    async with backoffice.pool.acquire() as connection:
+        quarantined = await connection.fetch("select reason, detail from quarantined_records")
+        assert [row["reason"] for row in quarantined] == ["top_up_not_delivered"]
+        assert "delivered already" in quarantined[0]["detail"]
+        assert await purse_balance(backoffice.pool, card) == 43_000  # as the card says
+        assert await pending_rupiah(backoffice) == 5_000  # nothing more left it
+
+        [listed] = await top_up_refunds.refunds_due(connection)
+        assert listed.top_up_id == "COUNTER-1"
+        with pytest.raises(top_up_refunds.RefundError, match="note"):
+            await top_up_refunds.mark_paid_in_cash(
+                connection, "COUNTER-1", who="clerk", note=" ", now=backoffice.clock.now()
+            )
+        paid = await top_up_refunds.mark_paid_in_cash(
+            connection,
+            "COUNTER-1",
+            who="clerk",
+            note="paid to Ibu Sri at the Simpang Lima counter, receipt 17",
+            now=backoffice.clock.now(),
+        )
+        assert (paid.state, paid.paid_by) == ("paid_cash", "clerk")
+        with pytest.raises(top_up_refunds.RefundError, match="paid_cash, not due"):
+            await top_up_refunds.mark_paid_in_cash(
+                connection, "COUNTER-1", who="clerk", note="again", now=backoffice.clock.now()
+            )
+        assert await top_up_refunds.refunds_due(connection) == []
+        payable = await connection.fetchval(
+            "select credits_posted - debits_posted from ledger_accounts where kind = $1",
+            "refund_payable",
+        )
+        assert payable == 0
+        assert await check_ledger(connection) == []
+    assert (await books_snapshot(backoffice.pool))[1] == 0
+
+
+async def test_ksh_cards_expires_lists_and_marks_a_refund_paid(
+    database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    ksh = Ksh(capsys)
+    await add_staff(ksh, monkeypatch)
+    paid_at = system_clock.now() - dt.timedelta(days=91)
+    connection = await asyncpg.connect(database_url)
+    try:
+        await registry.issue_cards(connection, {card: 0}, now=paid_at)
+        await registry.pay_pending_top_up(connection, "COUNTER-9", card, 25_000, paid_at=paid_at)
+    finally:
+        await connection.close()
+    assert_user_error(
+        await ksh("cards", "expire-top-ups", "--partner", "BNI", "--as", "ani", "--reason", "x"),
+        "cards",
+        "--partner and --key go together",
+    )
+    nothing = await ksh.ok(
+        "cards", "expire-top-ups", "--older-than-days", "92", "--as", "ani", "--reason", "sweep"
+    )
+    assert "0 top-up(s) expired" in nothing.out
+    expired = await ksh.ok(
+        "cards", "expire-top-ups", "--wait-days", "0", "--as", "ani", "--reason", "monthly sweep"
+    )
+    assert "COUNTER-9" in expired.out and "due at the counter" in expired.out
+    listed = await ksh.ok("cards", "refunds-due")
+    assert "COUNTER-9" in listed.out and "Rp 25,000" in listed.out
+    note = "paid to the payer at the counter"
+    paid = await ksh.ok("cards", "refund-paid", "COUNTER-9", "--note", note, "--as", "ani",
+                        "--reason", "payer came")  # fmt: skip
+    assert "paid at the counter by ani" in paid.out
+    assert_user_error(
+        await ksh(
+            "cards", "refund-paid", "COUNTER-9", "--note", note, "--as", "ani", "--reason", "again"
+        ),
+        "cards",
+        "not due",
+    )
+    assert "0 refund(s)" in (await ksh.ok("cards", "refunds-due")).out
+    assert "COUNTER-9" in (await ksh.ok("cards", "refunds-due", "--all")).out
