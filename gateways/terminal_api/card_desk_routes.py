@@ -50,6 +50,7 @@ from gateways.terminal_api.routes import (
     body_field,
     record_staff_action,
     registry_refusals,
+    staff_change,
     staff_member_key,
     staff_reason,
 )
@@ -145,18 +146,10 @@ async def register_holder(request: web.Request) -> web.Response:
     nik = body_field(body, "nik", str)
     phone = body_field(body, "phone", str)
     reason = staff_reason(body)
-    member = request[staff_member_key]
-    async with request.app[pool_key].acquire() as connection, connection.transaction():
-        with registry_refusals():
-            registered = await card_desk.register_holder(
-                connection,
-                number,
-                name,
-                nik,
-                phone,
-                username=member.username,
-                now=request.app[config_key].clock.now(),
-            )
+    async with staff_change(request) as (connection, member, now):
+        registered = await card_desk.register_holder(
+            connection, number, name, nik, phone, username=member.username, now=now
+        )
         await record_staff_action(
             request, connection, "register_card", number, reason, nik_last4=nik[-4:]
         )
@@ -182,17 +175,11 @@ async def block(request: web.Request) -> web.Response:
         causes = " | ".join(card_desk.BlockCause)
         raise Problem(400, "bad_field", f"cause is {causes}", field="cause")
     reason = staff_reason(body)
-    member = request[staff_member_key]
-    async with request.app[pool_key].acquire() as connection, connection.transaction():
-        with registry_refusals():
-            await card_desk.block_card(
-                connection,
-                number,
-                card_desk.BlockCause(cause_text),
-                reason,
-                username=member.username,
-                now=request.app[config_key].clock.now(),
-            )
+    async with staff_change(request) as (connection, member, now):
+        cause = card_desk.BlockCause(cause_text)
+        await card_desk.block_card(
+            connection, number, cause, reason, username=member.username, now=now
+        )
         await record_staff_action(
             request, connection, "block_card", number, reason, cause=cause_text
         )
@@ -204,18 +191,11 @@ async def replace(request: web.Request) -> web.Response:
     number = request.match_info["card_number"]
     new_number = body_field(body, "new_card_number", str)
     reason = staff_reason(body)
-    member = request[staff_member_key]
     wait = replacement_wait(request.app)
-    async with request.app[pool_key].acquire() as connection, connection.transaction():
-        with registry_refusals():
-            found = await card_desk.request_replacement(
-                connection,
-                number,
-                new_number,
-                username=member.username,
-                now=request.app[config_key].clock.now(),
-                wait=wait,
-            )
+    async with staff_change(request) as (connection, member, now):
+        found = await card_desk.request_replacement(
+            connection, number, new_number, username=member.username, now=now, wait=wait
+        )
         await record_staff_action(
             request, connection, "replace_card", number, reason, new_card_number=new_number
         )
@@ -282,16 +262,8 @@ async def review(request: web.Request) -> web.Response:
     body = await admin_body(request, desk_roles)
     number = request.match_info["card_number"]
     reason = staff_reason(body)
-    member = request[staff_member_key]
-    async with request.app[pool_key].acquire() as connection, connection.transaction():
-        with registry_refusals():
-            await card_desk.review_entry(
-                connection,
-                number,
-                reason,
-                username=member.username,
-                now=request.app[config_key].clock.now(),
-            )
+    async with staff_change(request) as (connection, member, now):
+        await card_desk.review_entry(connection, number, reason, username=member.username, now=now)
         await record_staff_action(request, connection, "review_deny_entry", number, reason)
     return web.json_response({"card_number": number, "reviewed_by": member.username})
 
@@ -300,12 +272,8 @@ async def lift(request: web.Request) -> web.Response:
     body = await admin_body(request, desk_roles)
     number = request.match_info["card_number"]
     reason = staff_reason(body)
-    member = request[staff_member_key]
-    async with request.app[pool_key].acquire() as connection, connection.transaction():
-        with registry_refusals():
-            outcome = await card_desk.lift_entry(
-                connection, number, reason, member, now=request.app[config_key].clock.now()
-            )
+    async with staff_change(request) as (connection, member, now):
+        outcome = await card_desk.lift_entry(connection, number, reason, member, now=now)
         await record_staff_action(
             request, connection, "lift_deny_entry", number, reason, outcome=outcome.value
         )
@@ -365,17 +333,10 @@ async def grant_pass(request: web.Request) -> web.Response:
     number = request.match_info["card_number"]
     fare_pass_id = body_field(body, "fare_pass_id", str)
     reason = staff_reason(body)
-    member = request[staff_member_key]
-    async with request.app[pool_key].acquire() as connection, connection.transaction():
-        with registry_refusals():
-            granted = await passes.grant_pass(
-                connection,
-                number,
-                fare_pass_id,
-                username=member.username,
-                reason=reason,
-                now=request.app[config_key].clock.now(),
-            )
+    async with staff_change(request) as (connection, member, now):
+        granted = await passes.grant_pass(
+            connection, number, fare_pass_id, username=member.username, reason=reason, now=now
+        )
         await record_staff_action(
             request,
             connection,

@@ -31,7 +31,7 @@ import logging
 import sys
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
@@ -479,6 +479,18 @@ def _refusals() -> Iterator[None]:
         )
         extra = {} if error.field is None else {"field": error.field}
         raise Problem(status, error.code, str(error), **extra) from None
+
+
+@contextlib.asynccontextmanager
+async def staff_change(
+    request: web.Request,
+) -> AsyncIterator[tuple[asyncpg.Connection, StaffMember, dt.datetime]]:
+    """One change a staff member makes through the admin API: a connection in a transaction
+    (the change and its staff action commit together), the acting member and the business
+    time; the registry's refusals answered as problems, with nothing written."""
+    async with request.app[pool_key].acquire() as connection, connection.transaction():
+        with _refusals():
+            yield connection, request[staff_member_key], request.app[config_key].clock.now()
 
 
 async def _record(
