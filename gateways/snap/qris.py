@@ -401,8 +401,8 @@ async def notified(
     sale = _order(row) if row else None
     if sale is None or sale.partner_id != partner_id or sale.reference_no != reference_no:
         raise SnapError(Cases.transaction_not_found, "no such QRIS order")
-    if status != "00":
-        return {"originalPartnerReferenceNo": order_id, "booked": False}
+    if status != "00":  # the acquirer says it was not paid: acknowledged, nothing booked
+        return {"originalPartnerReferenceNo": order_id, "originalReferenceNo": reference_no}
     if sale.state is OrderState.paid:
         raise SnapError(Cases.paid_bill, "the order is already paid")
     if amount != sale.amount_rupiah:

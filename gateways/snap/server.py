@@ -299,9 +299,9 @@ async def claim_external_id(
 Business = Callable[
     [asyncpg.Connection, SignedRequest, SnapServerSettings], Awaitable[dict[str, Any]]
 ]
-#: Called in the request's transaction after the business step (its outcome: "booked" or the
-#: refusal's message), outside the business step's savepoint: a refusal is kept too.
-Recorder = Callable[[asyncpg.Connection, SignedRequest, str], Awaitable[None]]
+#: Called in the request's transaction after the business step (with its refusal, or None),
+#: outside the business step's savepoint: a refusal is kept too.
+Recorder = Callable[[asyncpg.Connection, SignedRequest, SnapError | None], Awaitable[None]]
 
 
 def transaction_handler(
@@ -325,10 +325,10 @@ def transaction_handler(
                             refusal,
                         )
                         if record is not None:
-                            await record(connection, signed, refusal.message())
+                            await record(connection, signed, refusal)
                         return error_response(refusal, service)
                     if record is not None:
-                        await record(connection, signed, "booked")
+                        await record(connection, signed, None)
         except SnapError as error:
             return error_response(error, service)
         except Exception:
@@ -364,8 +364,16 @@ async def qr_notify(
 
 
 async def record_qr_notification(
-    connection: asyncpg.Connection, signed: SignedRequest, outcome: str
+    connection: asyncpg.Connection, signed: SignedRequest, refusal: SnapError | None
 ) -> None:
+    status = signed.body.get("latestTransactionStatus")
+    outcome = (
+        refusal.message()
+        if refusal is not None
+        else "booked"
+        if status == "00"
+        else f"status {str(status)[:2]}: not paid, nothing booked"
+    )
     await qris.record_notification(
         connection,
         signed.partner.partner_id,

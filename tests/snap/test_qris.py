@@ -409,3 +409,20 @@ async def test_a_bus_validator_sells_a_ride_by_qris_beside_its_card_taps(harness
     assert balances.credit_balance == 4_000 - 16  # BLU: 0.4 % MDR
     sale = await qris.order(connection, "BUS-9:1")
     assert sale is not None and sale.detail == f"{route} general_fare"
+
+
+async def test_a_notification_that_the_payment_failed_is_acknowledged_and_books_nothing(
+    harness, shop
+):
+    connection, _ = shop
+    sale = await new_order(harness, shop, "POS-1:20", 18_000)
+    body = harness.simulator.acquirer.notification(harness.simulator.acquirer.pay(sale.qr_content))
+    body["latestTransactionStatus"] = "06"  # failed at the payer's side
+    answer = await harness.session.post("/v1.0/qr/qr-mpm-notify", body)
+    assert answer.response_code == "2005200"
+    assert (await qris.order(connection, "POS-1:20")).state is qris.OrderState.open
+    assert await payable_rupiah(connection) == 0
+    assert (await notifications(connection))[-1] == (
+        "POS-1:20",
+        "status 06: not paid, nothing booked",
+    )
