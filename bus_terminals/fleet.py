@@ -243,6 +243,13 @@ class Fleet:
     def switch_due(self, now_ms: int) -> list[PackageKind]:
         """Run, of each kind, the newest staged package whose effective time has come."""
         with self._lock:
+            # Called on every tap: nothing due (the usual case) costs one scan, no copies.
+            if not any(
+                signed.manifest.effective_at_ms <= now_ms
+                for listed in self.staged.values()
+                for signed in listed
+            ):
+                return []
             running, staged = dict(self.running), dict(self.staged)
             switched: list[PackageKind] = []
             obsolete: list[SignedManifest] = []  # their files go once the switch is saved

@@ -23,6 +23,7 @@ from decimal import Decimal
 
 import qriskit
 from qriskit import spec
+from qriskit.crc import crc16
 
 national_guid = spec.NATIONAL_GUID
 merchant_criteria = ("UMI", "UKE", "UME", "UBE")  # micro, small, medium, large
@@ -75,8 +76,6 @@ class QrisPayment:
 
 def crc(text: str) -> str:
     """CRC-16/CCITT-FALSE as QRIS writes it (four upper-case hex digits)."""
-    from qriskit.crc import crc16
-
     return crc16(text)
 
 
