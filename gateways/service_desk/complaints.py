@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from gateways.staff import Role, StaffMember, record_action
-from gateways.terminal_api import books, registry
+from gateways.terminal_api import books, card_desk, registry
 from gateways.terminal_api.accounts import card_transfer_id
 from ledger.clock import jakarta
 from ledger.records import Transfer, TransferCode, booked_results, derive_id
@@ -507,6 +507,7 @@ async def _book_refund(
     complaint_id, card_number = int(row["complaint_id"]), str(row["card_number"])
     shares = await _refundable_shares(connection, row, refund_rupiah)
     top_up_id = refund_top_up_id(complaint_id)
+    recipient = await card_desk.card_owed(connection, card_number)
     transfers = []
     for share in shares:
         leg = "fare" if share.kind == "fare_debit" else "sale"
@@ -524,7 +525,7 @@ async def _book_refund(
             Transfer(
                 refund_transfer_id(complaint_id, share.card_counter),
                 paid["credit_account_id"],
-                registry.pending_top_up_account_id(card_number),
+                registry.pending_top_up_account_id(recipient),
                 share.amount_rupiah,
                 TransferCode.correction,
                 card_number=card_number,
@@ -535,7 +536,8 @@ async def _book_refund(
                         "complaint": complaint_id,
                         "requested_by": requested_by,
                         "approved_by": approved_by or requested_by,
-                    },
+                    }
+                    | ({} if recipient == card_number else {"to_card": recipient}),
                     sort_keys=True,
                 ),
             )
@@ -551,7 +553,7 @@ async def _book_refund(
             for transfer in transfers
         ],
     )
-    await registry.add_pending_top_up(connection, top_up_id, card_number, refund_rupiah, now)
+    await registry.add_pending_top_up(connection, top_up_id, recipient, refund_rupiah, now)
     await connection.execute(
         "update complaints set state = 'resolved_refund', answered_at = $2, answered_by = $3, "
         "answer = $4, refund_rupiah = $5, refund_top_up_id = $6, approved_by = $7 "
@@ -582,12 +584,13 @@ async def _book_refund(
         },
     )
     by = requested_by if approved_by is None else f"{requested_by}, approved by {approved_by}"
+    where = "the card" if recipient == card_number else f"card {recipient}, its replacement,"
     await _event(
         connection,
         complaint_id,
         approved_by or requested_by,
         State.resolved_refund,
-        f"Rp {refund_rupiah:,} to the card at its next tap ({by}): {answer}",
+        f"Rp {refund_rupiah:,} to {where} at its next tap ({by}): {answer}",
         now,
     )
 

@@ -554,6 +554,20 @@ async def card_in_use(connection: asyncpg.Connection, number: str) -> str:
     raise AssertionError(f"a chain of more than {replacement_chain_max} replacements")
 
 
+async def card_owed(connection: asyncpg.Connection, number: str) -> str:
+    """The card that money owed to `number` (a complaint's refund) goes to: `number` itself
+    until its balance moved to a replacement (the move takes what waits for it along), the card
+    in use after that, since its own purse is closed and it is denied everywhere. Inside the
+    caller's transaction, the replacement row is held so that a move cannot start between this
+    answer and the booking: a move waits for the booking and then takes it along."""
+    moved = await connection.fetchrow(
+        "select moved_at from card_replacements where old_card_number = $1 for share", number
+    )
+    if moved is None or moved["moved_at"] is None:
+        return number
+    return await card_in_use(connection, number)
+
+
 async def _move_balance(
     connection: asyncpg.Connection, old: str, new: str, now: dt.datetime
 ) -> None:

@@ -17,6 +17,7 @@ from bus_terminals.journal import Journal
 from bus_terminals.sync import SyncClient, SyncState
 from gateways import staff
 from gateways.backoffice import BackofficeConfig, create_app
+from gateways.service_desk import complaints
 from gateways.terminal_api import card_desk, registry
 from gateways.terminal_api.card_desk_routes import card_desk_extension
 from gateways.terminal_api.routes import terminal_extension
@@ -186,6 +187,36 @@ async def test_a_lost_card_is_blocked_replaced_and_its_balance_moves_once(
     assert pending == 46_000
     assert suspense == -4_000  # what the old card spent after its balance moved
     assert holder_of_new is not None and holder_of_new.nik_last4 == "8901"
+
+    # A complaint about the old card's first fare, answered after the move: the refund goes to
+    # the card in use (the old purse is closed and the old card denied everywhere).
+    clerk = staff.StaffMember("clerk-ani", staff.Role.clerk)
+    async with backoffice.pool.acquire() as connection:
+        number = await complaints.add_complaint(
+            connection,
+            card_number=old_card,
+            channel="counter",
+            description="charged on a free transfer",
+            taps=[complaints.TapRef("V1", 1)],
+            received_by=clerk.username,
+            now=backoffice.clock.now(),
+        )
+        await complaints.resolve(
+            connection, number, clerk, "refunded", refund_rupiah=4_000, now=backoffice.clock.now()
+        )
+        waiting = await connection.fetch(
+            "select card_number, amount_rupiah from pending_top_ups where top_up_id = $1",
+            complaints.refund_top_up_id(number),
+        )
+        pending_now = {
+            card: await connection.fetchval(
+                "select credits_posted - debits_posted from ledger_accounts where id = $1",
+                registry.pending_top_up_account_id(card),
+            )
+            for card in (old_card, new_card)
+        }
+    assert [tuple(row) for row in waiting] == [(new_card, 4_000)]
+    assert pending_now == {old_card: 0, new_card: 50_000}
 
 
 async def test_deny_list_entries_are_reviewed_and_lifted_with_four_eyes_for_fraud(

@@ -1,14 +1,17 @@
 """A Hypothesis state machine over a lost card's life: taps and POS sales and refunds made
 offline (uploaded late, terminal by terminal, before or after anything else), a pending top-up
 paid and delivered, the block, the terminals syncing it, the replacement, the clock running
-past the waiting period, the balance moved, the new card collecting it. Real PostgreSQL, through
-the upload ingest and the service desk's own functions.
+past the waiting period, the balance moved, the new card collecting it, and complaints about the
+old card's taps refunded at any point (before the block, during the wait, after the move).
+Real PostgreSQL, through the upload ingest and the service desk's own functions.
 
 After every step: the books sum to zero; until the move, the old purse is what its booked
 records say; the move happens once, after the wait, of exactly the books' balance then (purse
 and pending top-ups); after it the old purse never changes again, and everything the old card
 still did shows in suspense: the balance is never paid twice. What reached the new card (pending
-and collected) is the moved amount."""
+and collected) is the moved amount and the refunds given after the move. A refund gives back at
+most what the named tap paid (more is refused, booking nothing); before the move it waits for
+the old card (and moves with its balance), after the move it goes to the new card."""
 
 from __future__ import annotations
 
@@ -39,19 +42,25 @@ from bus_terminals.wire import (
     public_key_text,
     sign,
 )
+from gateways.service_desk import complaints
+from gateways.service_desk.complaints import ComplaintError, TapRef
+from gateways.staff import Role, StaffMember
 from gateways.terminal_api import card_desk, registry
 from gateways.terminal_api.ingest import ingest_upload
 from gateways.terminal_api.planning import balance_change
 from gateways.terminal_api.registry import TerminalRole
 from ledger.clock import ManualClock, jakarta
 from ledger.database import database_url_for
+from ledger.records import TransferCode
 from tests.terminals.helpers import record
 
 old_card, new_card = "6032984000000201", "6032984000000202"
+paying_kinds = (UploadKind.fare_debit, UploadKind.sale)  # what a complaint can take back
 opening_rupiah = 30_000
 wait = dt.timedelta(days=3)
 operator_id, merchant_id = "TRANS-SEMARANG", "WARUNG-01"
 validators, points_of_sale = ("V1", "V2"), ("P1",)
+clerk = StaffMember("desk-ani", Role.clerk)
 
 
 @dataclass
@@ -99,6 +108,9 @@ def test_block_late_taps_replace_move_state_machine(
             self.replaced = False
             self.moved_rupiah: int | None = None
             self.new_collected = 0
+            self.new_top_ups: list[tuple[str, int]] = []  # waiting for the new card
+            # The old card's booked fares and sales: (terminal, sequence) -> [paid, refunded].
+            self.paid_taps: dict[tuple[str, int], list[int]] = {}
             self.run(self._start())
 
         def run(self, coroutine: Any) -> Any:
@@ -225,20 +237,13 @@ def test_block_late_taps_replace_move_state_machine(
             self.on_chip.add(waiting[0][0])
             self._write(at, old_card, UploadKind.topup_credit, 0, waiting[0])
 
-        @precondition(lambda self: self.moved_rupiah is not None)
         @rule(terminal=st.sampled_from(validators))
         def new_card_collects(self, terminal: str) -> None:
-            top_up_id = f"replace:{old_card}:1"
-            if top_up_id in self.on_chip or not self.moved_rupiah:
+            waiting = [t for t in self.new_top_ups if t[0] not in self.on_chip]
+            if not waiting:
                 return
-            self.on_chip.add(top_up_id)
-            self._write(
-                self.terminals[terminal],
-                new_card,
-                UploadKind.topup_credit,
-                0,
-                (top_up_id, self.moved_rupiah),
-            )
+            self.on_chip.add(waiting[0][0])
+            self._write(self.terminals[terminal], new_card, UploadKind.topup_credit, 0, waiting[0])
 
         # ---------------------------------------------------------------- the back office
 
@@ -254,6 +259,11 @@ def test_block_late_taps_replace_move_state_machine(
             assert answer.result.value == "accepted", answer
             for made in at.queue:
                 self._book_in_model(made)
+                if made.card_number == old_card and made.kind in paying_kinds:
+                    # A tap booked after the move was paid from suspense, not the rider's
+                    # balance (which moved): it gives nothing back.
+                    paid = made.amount_rupiah if self.moved_rupiah is None else 0
+                    self.paid_taps[(terminal, made.sequence)] = [paid, 0]
             at.queue.clear()
             at.next_batch += 1
 
@@ -320,6 +330,62 @@ def test_block_late_taps_replace_move_state_machine(
                 event("the balance moved")
                 self.old_purse = min(0, self.old_purse)  # what stays on the closed purse
                 self.old_pending = 0
+                if self.moved_rupiah:
+                    self.new_top_ups.append((f"replace:{old_card}:1", self.moved_rupiah))
+
+        # ---------------------------------------------------------------- complaints
+
+        @rule(data=st.data(), extra=st.integers(-2_000, 500))
+        def complaint_refunded(self, data: st.DataObject, extra: int) -> None:
+            """A rider complains about one of the old card's booked fares or sales; the desk
+            gives back what it paid less what was given back before, plus `extra` (more than
+            that is refused and books nothing)."""
+            if not self.paid_taps:
+                return
+            tap = data.draw(st.sampled_from(sorted(self.paid_taps)))
+            paid, refunded = self.paid_taps[tap]
+            amount = paid - refunded + extra
+            if amount <= 0:
+                return
+
+            async def complain() -> int:
+                number = await complaints.add_complaint(
+                    self.db,
+                    card_number=old_card,
+                    channel="phone",
+                    description="charged twice",
+                    taps=[TapRef(*tap)],
+                    received_by=clerk.username,
+                    now=self.clock.now(),
+                )
+                await complaints.resolve(
+                    self.db, number, clerk, "refunded", refund_rupiah=amount, now=self.clock.now()
+                )
+                return number
+
+            before = self.run(self._total_moved())
+            try:
+                number = self.run(complain())
+            except ComplaintError as refused:
+                assert refused.code == "over_refund" and extra > 0, refused
+                assert self.run(self._total_moved()) == before  # nothing booked
+                event("an over-refund refused")
+                return
+            assert extra <= 0, "a refund above what the tap paid was booked"
+            self.paid_taps[tap][1] += amount
+            top_up = (complaints.refund_top_up_id(number), amount)
+            if self.moved_rupiah is None:
+                event("a refund before the move: waits for the old card")
+                self.old_pending += amount
+                self.top_ups.append(top_up)
+            else:
+                event("a refund after the move: to the new card")
+                self.new_top_ups.append(top_up)
+
+        async def _total_moved(self) -> int:
+            return int(
+                await self.db.fetchval("select coalesce(sum(amount), 0) from ledger_transfers")
+            )
 
         # ---------------------------------------------------------------- invariants
 
@@ -347,7 +413,8 @@ def test_block_late_taps_replace_move_state_machine(
                     "suspense": await self._balance(registry.suspense_account_id),
                     "moves": int(
                         await self.db.fetchval(
-                            "select count(*) from ledger_transfers where code = 16"
+                            "select count(*) from ledger_transfers where code = $1",
+                            int(TransferCode.card_replacement),
                         )
                     ),
                 }
@@ -357,10 +424,11 @@ def test_block_late_taps_replace_move_state_machine(
             assert books["old_purse"] == self.old_purse
             assert books["old_pending"] == self.old_pending
             assert books["suspense"] == self.suspense
-            moved = self.moved_rupiah or 0
-            assert books["new_pending"] + books["new_purse"] == moved  # once, never twice
+            owed_new = sum(amount for _, amount in self.new_top_ups)  # the move and refunds
+            assert books["new_pending"] + books["new_purse"] == owed_new  # once, never twice
             assert books["new_purse"] == self.new_collected
             assert books["moves"] <= 2  # the purse and the pending top-ups, each once
+            assert books["moves"] >= (1 if self.moved_rupiah else 0)
 
     run_state_machine_as_test(
         ReplacementMachine,
