@@ -59,6 +59,18 @@ paid_record_query = """select c.kind, c.amount_rupiah from card_records c
                           and c.outcome = 'booked' and c.kind = any($3::text[])
                           and c.amount_rupiah > 0
                         order by c.terminal_id, c.sequence limit 1"""
+# What a POS gave back at its counter of card counter t.card_counter of card $2: the card's
+# LimitedCredit returns the debits of its last transaction that had any, so a booked refund
+# record reverses the newest paying record before it (kinds $3).
+pos_refund_query = """select sum(r.amount_rupiah) as rupiah from card_records r
+                       where r.card_number = $2 and r.kind = 'refund' and r.outcome = 'booked'
+                         and r.card_counter > t.card_counter
+                         and not exists (
+                             select 1 from card_records d
+                              where d.card_number = $2 and d.outcome = 'booked'
+                                and d.kind = any($3::text[]) and d.amount_rupiah > 0
+                                and d.card_counter > t.card_counter
+                                and d.card_counter < r.card_counter)"""
 
 
 class Channel(enum.StrEnum):
@@ -437,11 +449,12 @@ async def _refundable(
     connection: asyncpg.Connection, complaint_id: int, card_number: str
 ) -> list[_Refundable]:
     """The named card transactions that paid someone, oldest first, each with what it paid
-    less what any complaint gave back of it already. What each paid is read now, by card
-    counter, from whichever terminal's record of it was booked (one named while in doubt may
-    have been settled since)."""
+    less what any complaint, or the POS on the card itself, gave back of it already. What each
+    paid is read now, by card counter, from whichever terminal's record of it was booked (one
+    named while in doubt may have been settled since)."""
     taps = await connection.fetch(
-        f"""select t.card_counter, paid.kind, paid.amount_rupiah - coalesce(back.rupiah, 0)
+        f"""select t.card_counter, paid.kind,
+                   paid.amount_rupiah - coalesce(back.rupiah, 0) - coalesce(at_pos.rupiah, 0)
                    as left_rupiah
               from (select distinct card_counter from complaint_taps
                      where complaint_id = $1) t
@@ -449,6 +462,7 @@ async def _refundable(
               left join lateral (select sum(r.amount_rupiah) as rupiah from complaint_refunds r
                                   where r.card_number = $2 and r.card_counter = t.card_counter)
                         back on true
+              left join lateral ({pos_refund_query}) at_pos on true
              order by t.card_counter""",
         complaint_id,
         card_number,

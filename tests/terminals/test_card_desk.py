@@ -11,10 +11,12 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestServer
 
 from bus_terminals.journal import Journal
 from bus_terminals.sync import SyncClient, SyncState
+from bus_terminals.wire import UploadKind
 from gateways import staff
 from gateways.backoffice import BackofficeConfig, create_app
 from gateways.service_desk import complaints
@@ -22,7 +24,7 @@ from gateways.terminal_api import card_desk, registry
 from gateways.terminal_api.card_desk_routes import card_desk_extension
 from gateways.terminal_api.routes import terminal_extension
 from ledger.clock import ManualClock
-from tests.terminals.conftest import Backoffice, admin_token, test_day_start
+from tests.terminals.conftest import Backoffice, admin_token, merchant_id, test_day_start
 from tests.terminals.helpers import books_snapshot, post_batch, purse_balance, record
 from tests.waiting import wait_until_async
 
@@ -369,3 +371,56 @@ async def test_a_replacement_lost_in_its_turn_passes_the_balance_on(database_url
     assert {balance for balance, _ in held.values()} == {0}
     closed_purses = [closed for (_, closed) in held.values() if closed]
     assert len(closed_purses) == 2
+
+
+async def test_a_sale_its_pos_refunded_on_the_card_is_not_refunded_again(
+    backoffice: Backoffice,
+) -> None:
+    """The POS gave a sale back on the card (LimitedCredit: the debits of the card's last
+    paying transaction); a complaint about that sale has nothing left to give back, while the
+    sale before it, not refunded, still has."""
+    await backoffice.issue_cards({plain_card: 50_000})
+    key = await backoffice.register_pos("P1")
+    sales = [
+        record(
+            "P1", 1, plain_card, 1, 7_000, 43_000, kind=UploadKind.sale, merchant_id=merchant_id
+        ),
+        record(
+            "P1", 2, plain_card, 2, 5_000, 38_000, kind=UploadKind.sale, merchant_id=merchant_id
+        ),
+        record(
+            "P1", 3, plain_card, 3, 5_000, 43_000, kind=UploadKind.refund, merchant_id=merchant_id
+        ),
+    ]
+    async with aiohttp.ClientSession() as session:
+        status, answer = await post_batch(session, backoffice.url, key, "P1", 1, sales)
+        assert status == 200, answer
+    clerk = staff.StaffMember("clerk-ani", staff.Role.clerk)
+    async with backoffice.pool.acquire() as connection:
+
+        async def complain(sequence: int, rupiah: int) -> None:
+            number = await complaints.add_complaint(
+                connection,
+                card_number=plain_card,
+                channel="counter",
+                description="charged for nothing",
+                taps=[complaints.TapRef("P1", sequence)],
+                received_by=clerk.username,
+                now=backoffice.clock.now(),
+            )
+            await complaints.resolve(
+                connection,
+                number,
+                clerk,
+                "given back",
+                refund_rupiah=rupiah,
+                now=backoffice.clock.now(),
+            )
+
+        before = await books_snapshot(backoffice.pool)
+        with pytest.raises(complaints.ComplaintError, match="at most Rp 0") as refused:
+            await complain(2, 5_000)
+        assert refused.value.code == "over_refund"
+        assert await books_snapshot(backoffice.pool) == before
+        await complain(1, 7_000)
+        assert (await books_snapshot(backoffice.pool))[0] == before[0] + 1
