@@ -321,19 +321,24 @@ async def _change(
     note: str,
     now: dt.datetime,
 ) -> None:
-    await connection.execute(
-        "insert into deny_list_changes (card_number, change, reason, source, username, note, at) "
-        "values ($1, $2, $3, 'staff', $4, $5, $6)",
-        entry.card_number,
-        change,
-        entry.reason,
-        username,
-        note,
-        now,
-    )
+    async with connection.transaction():
+        await registry.hold_deny_list_order(connection)
+        await connection.execute(
+            "insert into deny_list_changes (card_number, change, reason, source, username, "
+            "note, at) values ($1, $2, $3, 'staff', $4, $5, $6)",
+            entry.card_number,
+            change,
+            entry.reason,
+            username,
+            note,
+            now,
+        )
 
 
 async def _open_entry(connection: asyncpg.Connection, card_number: str) -> DenyEntry:
+    """The card's entry, locked for a change; the deny list's order first, as every writer
+    takes it, so that an automatic denial of the same card cannot wait on us crosswise."""
+    await registry.hold_deny_list_order(connection)
     entry = await deny_entry(connection, card_number, for_update=True)
     if entry is None:
         raise NotRegistered(f"card {card_number} is not on the deny list", code="not_denied")

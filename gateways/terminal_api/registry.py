@@ -482,7 +482,33 @@ async def deny_cards(
     new version). Returns the cards added, at business time `now`."""
     if not card_numbers:
         return []
-    rows = await connection.fetch(
+    async with connection.transaction():
+        await hold_deny_list_order(connection)
+        rows = await _add_to_deny_list(
+            connection, card_numbers, reason, source, username, note, now
+        )
+    return sorted(row["card_number"] for row in rows)
+
+
+async def hold_deny_list_order(connection: asyncpg.Connection) -> None:
+    """Taken by every writer of `deny_list_changes` before it takes a change id, held to its
+    commit. A change id is a terminal's deny list version (a terminal at version V is sent the
+    changes above V); ids come from a sequence, so two writers could commit out of order and a
+    terminal syncing between the two commits would skip the lower id for good. With this lock
+    the ids commit in their order."""
+    await connection.execute("select pg_advisory_xact_lock(hashtext('ksh-deny-list-changes'))")
+
+
+async def _add_to_deny_list(
+    connection: asyncpg.Connection,
+    card_numbers: list[str],
+    reason: str,
+    source: DenySource,
+    username: str,
+    note: str,
+    now: datetime,
+) -> list[asyncpg.Record]:
+    return await connection.fetch(
         """with added as (
                insert into deny_list (card_number, reason, source, added_by, note, added_at)
                select number, $2, $3, $4, $5, $6
@@ -500,7 +526,6 @@ async def deny_cards(
         note,
         now,
     )
-    return sorted(row["card_number"] for row in rows)
 
 
 async def deny_list_version(connection: asyncpg.Connection) -> int:

@@ -5,6 +5,7 @@ fraud), lifts reaching the terminals."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -424,3 +425,40 @@ async def test_a_sale_its_pos_refunded_on_the_card_is_not_refunded_again(
         assert await books_snapshot(backoffice.pool) == before
         await complain(1, 7_000)
         assert (await books_snapshot(backoffice.pool))[0] == before[0] + 1
+
+
+async def test_deny_list_versions_commit_in_order(database_url: str) -> None:
+    """Two writers of the deny list at once: the first has taken its change id and not yet
+    committed when the second writes. A terminal syncing between the two commits must not
+    end up at a version past the first change (it would never be sent that card)."""
+    first = await asyncpg.connect(database_url)
+    second = await asyncpg.connect(database_url)
+    terminal = await asyncpg.connect(database_url)
+    now = test_day_start
+    try:
+        await registry.issue_cards(first, {old_card: 0, new_card: 0}, now=now)
+        opened = first.transaction()
+        await opened.start()
+        await registry.deny_cards(first, [old_card], "counter_repeat", now=now)
+        later = asyncio.ensure_future(
+            registry.deny_cards(second, [new_card], "counter_repeat", now=now)
+        )
+
+        async def second_done_or_waiting() -> bool:
+            waiting = await terminal.fetchval(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and pid = $1",
+                second.get_server_pid(),
+            )
+            return later.done() or waiting == 1
+
+        await wait_until_async(second_done_or_waiting, "the second writer ran or waited")
+        version = await registry.deny_list_version(terminal)  # a terminal syncs now
+        await opened.commit()
+        await later
+        sent = await terminal.fetch(
+            "select card_number from deny_list_changes where change_id > $1", version
+        )
+        assert old_card in {row["card_number"] for row in sent}
+    finally:
+        for connection in (first, second, terminal):
+            await connection.close()
