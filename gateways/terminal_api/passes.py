@@ -22,11 +22,13 @@ effective (`fleet`), else the shipped Trans Semarang feed.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -71,7 +73,13 @@ async def sale_tariff(connection: asyncpg.Connection, now: dt.datetime) -> Tarif
         PackageKind.fare_feed.value,
         now,
     )
-    return load_feed() if content is None else compile_feed(feed_texts(bytes(content)))
+    return _compiled(None if content is None else bytes(content))
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(content: bytes | None) -> Tariff:
+    """A fare feed package's content compiled (None: the shipped feed), once per content."""
+    return load_feed() if content is None else compile_feed(feed_texts(content))
 
 
 def _feed_pass(tariff: Tariff, fare_pass_id: str) -> int:
@@ -142,6 +150,7 @@ async def grant_pass(
         operator_id = await _revenue_owner(connection, operator_id)
         await _refuse_denied(connection, card_number)
     await _refuse_clash(connection, card_number, fare_pass_id, tariff, now)
+    await _refuse_other_pass(connection, card_number, fare_pass_id, tariff, now)
     row = await connection.fetchrow(
         "insert into pending_passes (pass_sale_id, card_number, fare_pass_id, amount_rupiah, "
         "sold_by, reason, sold_at, receipt_id, drawer, operator_id) "
@@ -235,6 +244,30 @@ async def _refuse_clash(
             + ("waiting for its next tap" if clash else "activated today: renew from tomorrow"),
             code="pass_waiting",
         )
+
+
+async def _refuse_other_pass(
+    connection: asyncpg.Connection,
+    card_number: str,
+    fare_pass_id: str,
+    tariff: Tariff,
+    now: dt.datetime,
+) -> None:
+    """A card holds one pass: another product waiting or running would be replaced by this
+    one when the card takes it (or replace it), and its days lost."""
+    today = now.astimezone(ZoneInfo(tariff.timezone_name)).date()
+    for held in passes_on_card(await passes_of(connection, card_number), tariff):
+        if held.fare_pass_id == fare_pass_id:
+            continue
+        if held.activated_on is None or (held.last_day is not None and held.last_day >= today):
+            until = (
+                "waiting for its next tap" if held.last_day is None else f"until {held.last_day}"
+            )
+            raise Conflict(
+                f"card {card_number} has pass {held.fare_pass_id!r} {until}: a card holds one "
+                f"pass, and {fare_pass_id!r} would replace it",
+                code="other_pass",
+            )
 
 
 def sale_transfer_id(pass_sale_id: str) -> uuid.UUID:
@@ -339,6 +372,45 @@ async def passes_of(connection: asyncpg.Connection, card_number: str) -> list[Pe
         card_number,
     )
     return [_pending(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class PassOnCard:
+    """A pass as the rider sees it: waiting for the card's next tap, or activated and running
+    to `last_day` (None: a product the feed no longer has)."""
+
+    fare_pass_id: str
+    sold_on: dt.date
+    activated_on: dt.date | None
+    last_day: dt.date | None
+
+
+def passes_on_card(found: Iterable[PendingPass], tariff: Tariff) -> list[PassOnCard]:
+    """Days in the feed's time zone: an activated pass runs `validity_days` from its day of
+    activation; a renewal of the pass still running on the card runs on from the day after it
+    (as the validator writes it, `bus_terminals.validator.with_pending_pass`). A cancelled
+    pass only if a card took it all the same."""
+    zone = ZoneInfo(tariff.timezone_name)
+    shown = []
+    running: tuple[str, dt.date] | None = None  # the card holds one pass: (product, last day)
+    ordered = sorted(found, key=lambda p: (p.activated_at is None, p.activated_at or p.sold_at))
+    for sale in ordered:
+        if sale.activated_at is None and sale.cancelled_at is not None:
+            continue
+        activated_on = (
+            None if sale.activated_at is None else sale.activated_at.astimezone(zone).date()
+        )
+        last_day = None
+        position = tariff.pass_index.get(sale.fare_pass_id)
+        if activated_on is not None and position is not None:
+            start = activated_on
+            if running is not None and running[0] == sale.fare_pass_id and running[1] >= start:
+                start = running[1] + dt.timedelta(days=1)
+            last_day = start + dt.timedelta(days=tariff.passes[position].validity_days - 1)
+            running = (sale.fare_pass_id, last_day)
+        sold_on = sale.sold_at.astimezone(zone).date()
+        shown.append(PassOnCard(sale.fare_pass_id, sold_on, activated_on, last_day))
+    return shown
 
 
 async def waiting_passes(connection: asyncpg.Connection) -> list[list[object]]:

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 from typing import Any
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -22,7 +23,9 @@ from gateways import staff
 from gateways.terminal_api import counter, fleet, passes, registry
 from ledger.records import TransferCode, derive_id
 from tests.service_desk.conftest import Desk, operator_id
+from tests.service_desk.test_citizen_page import code_of, look_up
 from tests.service_desk.test_passes import call, student_pass
+from tests.settlement.conftest import browser as browser  # the headless Chromium fixture
 from tests.setup.helpers import Ksh
 
 monthly = "umum_bulanan"
@@ -96,7 +99,7 @@ def sale(receipt: str, **more: Any) -> dict[str, Any]:
 
 
 async def test_a_pass_sold_for_cash_is_booked_once_counted_at_the_close_and_rides_free(
-    desk: Desk,
+    desk: Desk, browser: Any
 ) -> None:
     tariff = await publish_priced_feed(desk)
     path = f"/admin/v1/cards/{desk.number}/passes"
@@ -122,6 +125,22 @@ async def test_a_pass_sold_for_cash_is_booked_once_counted_at_the_close_and_ride
         409,
         f"pass '{monthly}' costs Rp 150,000, not Rp 100,000",
     )
+    assert await desk.books() == books_before
+
+    # A pass priced Rp 0 still goes the grant path: the drawer takes nothing. A card holds one
+    # pass, so no other is sold while it waits; cancelled, it books nothing either.
+    status, granted = await call(desk, "POST", path, sale("R-0", fare_pass_id=student_pass))
+    assert (status, granted["amount_rupiah"], granted["drawer"]) == (201, 0, None), granted
+    assert await desk.books() == books_before
+    status, problem = await call(desk, "POST", path, sale("R-1"))
+    assert (status, problem["code"]) == (409, "other_pass"), problem
+    assert problem["detail"] == (
+        f"card {desk.number} has pass '{student_pass}' waiting for its next tap: a card holds "
+        f"one pass, and '{monthly}' would replace it"
+    )
+    cancel_grant = f"/admin/v1/passes/{granted['pass_sale_id']}/cancel"
+    status, cancelled = await call(desk, "POST", cancel_grant, {"reason": "not a student"})
+    assert (status, cancelled["cancelled_by"]) == (201, "ani"), cancelled
     assert await desk.books() == books_before
 
     status, sold = await call(desk, "POST", path, sale("R-1", amount_rupiah=monthly_rupiah))
@@ -152,10 +171,13 @@ async def test_a_pass_sold_for_cash_is_booked_once_counted_at_the_close_and_ride
     )
     actions = "select count(*) from staff_actions where action = 'sell_pass' and subject = $1"
     assert await desk.fetchval(actions, desk.number) == 1
-    # A pass priced Rp 0 still goes the grant path: the drawer takes nothing.
-    status, granted = await call(desk, "POST", path, sale("R-3", fare_pass_id=student_pass))
-    assert (status, granted["amount_rupiah"], granted["drawer"]) == (201, 0, None), granted
-    assert await desk.books() == books_sold
+    code = await code_of(desk)
+    async with aiohttp.ClientSession() as http:
+        status, card, _ = await look_up(http, desk, code, "198.51.100.7")
+    assert card["passes"] == [
+        {"fare_pass_id": monthly, "sold_on": "2026-12-01", "activated_on": None,
+         "valid_until": None}
+    ]  # fmt: skip
 
     # The shift's close expects the pass's cash in ani's drawer.
     assert await drawer_rupiah(desk, "ani") == monthly_rupiah
@@ -167,10 +189,7 @@ async def test_a_pass_sold_for_cash_is_booked_once_counted_at_the_close_and_ride
 
     # The bus hears of it at its sync; the next tap activates it and rides free.
     assert await desk.bus.sync.download()
-    assert {pass_id for _, pass_id, _ in desk.bus.state.passes_for(desk.number)} == {
-        monthly,
-        student_pass,
-    }
+    assert [pass_id for _, pass_id, _ in desk.bus.state.passes_for(desk.number)] == [monthly]
     desk.clock.advance(3600)
     assert tap(desk, tariff) == 0
     await desk.upload()
@@ -182,6 +201,15 @@ async def test_a_pass_sold_for_cash_is_booked_once_counted_at_the_close_and_ride
     assert (status, problem["code"]) == (409, "pass_activated"), problem
     assert await desk.purse() == desk.card_balance()
     assert (await desk.books())[1] == 0
+
+    # The rider sees it on the public card page: 30 days from the day of activation.
+    citizen = await (await browser.new_context(locale="id-ID")).new_page()
+    await citizen.goto(desk.url + "/kartu")
+    await citizen.fill("#card_number", desk.number)
+    await citizen.fill("#check_code", code)
+    await citizen.click("#show")
+    row = citizen.locator("[data-table=passes] tbody tr")
+    assert await row.locator("td").all_inner_texts() == [monthly, "2026-12-01", "2026-12-30"]
 
 
 async def test_a_cancelled_sale_gives_the_cash_back_and_a_terminal_that_still_writes_it_is_trusted(
