@@ -396,8 +396,17 @@ def run_move_due(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def describe_pass(sale: Any) -> str:
+    """One pass of `ksh cards show`: its sale id (to cancel it), product, price and state."""
+    state = "waiting" if sale.activated_at is None else f"activated {sale.activated_at:%Y-%m-%d}"
+    cancelled = "" if sale.cancelled_at is None else f", cancelled by {sale.cancelled_by}"
+    return (
+        f"{sale.pass_sale_id} {sale.fare_pass_id} {rupiah(sale.amount_rupiah)} {state}{cancelled}"
+    )
+
+
 def run_show(arguments: argparse.Namespace) -> int:
-    from gateways.terminal_api import books, card_desk, registry
+    from gateways.terminal_api import books, card_desk, passes, registry
     from ksh.tables import print_fields
 
     number = arguments.number
@@ -428,6 +437,8 @@ def run_show(arguments: argparse.Namespace) -> int:
             if entry is None
             else f"{entry.reason} ({entry.source.value}, {entry.added_by or 'rule'}, {entry.added_at:%Y-%m-%d %H:%M})",
             "replaced by": None if replaced is None else replaced.new_card_number,
+            "passes": "; ".join(map(describe_pass, await passes.passes_of(connection, number)))
+            or None,
         }
 
     print_fields(run_with_database(work))

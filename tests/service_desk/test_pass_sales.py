@@ -287,9 +287,13 @@ async def test_ksh_cards_pass_shows_the_price_sells_from_your_own_drawer_and_can
     assert "(sold before: nothing booked again)" in again.out
     assert await drawer_rupiah(desk, "ani") == monthly_rupiah
     sale_id = await desk.fetchval("select pass_sale_id from pending_passes")
+    shown = (await ksh.ok("cards", "show", desk.number)).out
+    assert f"{sale_id} {monthly} Rp 150,000 waiting" in shown
     cancelled = await ksh.ok("cards", "pass-cancel", sale_id, "--as", "ani", "--reason", "mistake")
     assert cancelled.out.strip().endswith("give the rider Rp 150,000 from your drawer")
     assert await drawer_rupiah(desk, "ani") == 0
+    shown = (await ksh.ok("cards", "show", desk.number)).out
+    assert f"{sale_id} {monthly} Rp 150,000 waiting, cancelled by ani" in shown
     staff_rows = await desk.fetchval(
         "select json_agg(action order by action_id) from staff_actions where subject in ($1, $2)",
         desk.number,
