@@ -405,4 +405,5 @@ async def card_passes(request: web.Request) -> web.Response:
     number = request.match_info["card_number"]
     async with request.app[pool_key].acquire() as connection:
         found = await passes.passes_of(connection, number)
-    return web.json_response([_json(granted) for granted in found])
+    listed = [_json(granted) for granted in found]
+    return web.json_response([{k: v for k, v in p.items() if k != "created"} for p in listed])
