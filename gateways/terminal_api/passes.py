@@ -283,7 +283,8 @@ async def _book_sale(
 ) -> None:
     """The sale's cash: its drawer -> the operator's revenue; `cancel` (the canceller): the
     operator's revenue -> the canceller's drawer, which pays the cash back."""
-    assert sold.drawer is not None and sold.operator_id is not None, sold
+    assert sold.drawer is not None, sold
+    assert sold.operator_id is not None, sold
     revenue = registry.operator_revenue_account_id(sold.operator_id)
     drawer_code = counter.drawer_code(cancel) if cancel else sold.drawer
     drawer = bank_clearing_account_id(drawer_code)
