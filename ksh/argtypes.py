@@ -113,6 +113,17 @@ def terminal_id(text: str) -> str:
     return text
 
 
+def reference(text: str) -> str:
+    """An operator, merchant, top-up or receipt id as the back office keeps it: printable, 1 to
+    64 characters (`bus_terminals.wire.reference_check`)."""
+    from bus_terminals.wire import reference_check
+
+    problem = reference_check(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return text
+
+
 def secret(variable: str, prompt: str) -> str:
     """A password or passphrase: from the environment variable, else typed at the terminal;
     with neither (a script, a pipe) a one-line error naming the variable, not a hang or an

@@ -98,6 +98,7 @@ class TransferCode(enum.IntEnum):
     card_replacement = 18  # a lost card's purse / pending top-ups -> its replacement's pending
     cash_handover = 19  # a cashier's counted drawer -> the cash office (end of shift)
     top_up_expiry = 20  # an expired pending top-up -> refund payable (given back to its payer)
+    pass_sale = 21  # a seller's drawer -> operator revenue (a pass sold); reversed if cancelled
 
 
 class CreateAccountResult(enum.Enum):

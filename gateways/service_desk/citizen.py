@@ -31,7 +31,7 @@ from aiohttp import web
 from gateways import observability
 from gateways.backoffice import Problem, config_key, pool_key
 from gateways.service_desk import check_codes, complaints
-from gateways.terminal_api import books, registry
+from gateways.terminal_api import books, passes, registry
 from ledger.clock import jakarta
 
 citizen_lookups_max_default = 20
@@ -73,6 +73,10 @@ indonesian = {
     "Nothing is waiting.": "Tidak ada yang menunggu.",
     "Passes": "Tiket berlangganan",
     "None.": "Tidak ada.",
+    "Pass": "Tiket",
+    "Bought": "Dibeli",
+    "Valid until": "Berlaku sampai",
+    "At your next tap on a bus validator": "Pada tap berikutnya di validator bus",
     "Last transactions": "Transaksi terakhir",
     "No transactions yet.": "Belum ada transaksi.",
     "Time (WIB)": "Waktu (WIB)",
@@ -151,6 +155,7 @@ class CitizenCard:
     card_number: str
     balance_rupiah: int
     pending: tuple[tuple[int, dt.datetime], ...]  # (amount, since) of each open top-up
+    passes: tuple[passes.PassOnCard, ...]  # waiting for the next tap, or running
     transactions: tuple[complaints.HistoryRecord, ...]
     complaints: tuple[complaints.Complaint, ...]
 
@@ -163,7 +168,15 @@ class CitizenCard:
                 for amount, since in self.pending
             ],
             "pending_top_ups_rupiah": sum(amount for amount, _ in self.pending),
-            "passes": [],  # the back office sells no passes yet
+            "passes": [
+                {
+                    "fare_pass_id": held.fare_pass_id,
+                    "sold_on": held.sold_on.isoformat(),
+                    "activated_on": held.activated_on and held.activated_on.isoformat(),
+                    "valid_until": held.last_day and held.last_day.isoformat(),
+                }
+                for held in self.passes
+            ],
             "transactions": [
                 {
                     "time": wib(record.time_ms),
@@ -195,7 +208,7 @@ def wib(time_ms: int) -> str:
 
 
 async def citizen_card(
-    connection: asyncpg.Connection, card_number: str, check_code: str, *, today: dt.date
+    connection: asyncpg.Connection, card_number: str, check_code: str, *, now: dt.datetime
 ) -> CitizenCard | None:
     """The card, when the check code is its own; None otherwise (unknown card or wrong code,
     alike)."""
@@ -215,6 +228,9 @@ async def citizen_card(
         card_number,
         pending_shown_max,
     )
+    today = complaints.local_day(now)
+    tariff = await passes.sale_tariff(connection, now)
+    held = passes.passes_on_card(await passes.passes_of(connection, card_number), tariff)
     history = await complaints.card_history(connection, card_number, complaints.history_rows_max)
     shown = [
         record
@@ -228,6 +244,7 @@ async def citizen_card(
         card_number,
         balance.credit_balance if balance else 0,
         tuple((int(row["amount_rupiah"]), row["created_at"]) for row in pending),
+        tuple(p for p in held if p.last_day is None or p.last_day >= today),
         tuple(shown[:transactions_shown]),
         tuple(filed),
     )
@@ -345,8 +362,7 @@ async def looked_up(
     wait_s = await count_lookup(request, connection)
     if wait_s:
         return wait_s
-    today = request.app[config_key].clock.today()
-    return await citizen_card(connection, number, code, today=today)
+    return await citizen_card(connection, number, code, now=request.app[config_key].clock.now())
 
 
 def refused(language: str, wait_s: int | None, card_number: str) -> web.Response:
@@ -407,8 +423,8 @@ async def web_complaint(request: web.Request) -> web.Response:
                 check_code=form["check_code"],
                 message=str(error),
             )
-        today = request.app[config_key].clock.today()
-        card = await citizen_card(connection, found.card_number, form["check_code"], today=today)
+        now = request.app[config_key].clock.now()
+        card = await citizen_card(connection, found.card_number, form["check_code"], now=now)
     due = complaints.due_on(request.app[config_key].clock.now())
     return render(
         language,

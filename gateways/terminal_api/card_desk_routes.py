@@ -7,8 +7,10 @@ change names why (`reason`) and is written to `staff_actions` in the change's tr
     POST /admin/v1/cards/{card_number}/block     cause: lost | stolen | damaged | fraud
     POST /admin/v1/cards/{card_number}/replace   new_card_number; the balance moves when due
     GET  /admin/v1/cards/{card_number}/replacement
-    POST /admin/v1/cards/{card_number}/passes    grant a pass (fare_pass_id): next tap activates
-    GET  /admin/v1/cards/{card_number}/passes    the passes granted, activated or waiting
+    POST /admin/v1/cards/{card_number}/passes    grant a pass (fare_pass_id): next tap activates;
+                                         priced: sold, source "drawer", receipt_id (`passes`)
+    GET  /admin/v1/cards/{card_number}/passes    the passes granted or sold, activated or waiting
+    POST /admin/v1/passes/{pass_sale_id}/cancel  before activation: the cash back from your drawer
     POST /admin/v1/replacements/move-due         move every balance whose wait is over
     GET  /admin/v1/deny-list[?unreviewed=1]      entries as they stand, newest first
     GET  /admin/v1/deny-list/{card_number}       one entry and its history
@@ -64,6 +66,7 @@ def card_desk_extension(app: web.Application) -> None:
     app.router.add_get("/admin/v1/cards/{card_number}/replacement", replacement)
     app.router.add_post("/admin/v1/cards/{card_number}/passes", grant_pass)
     app.router.add_get("/admin/v1/cards/{card_number}/passes", card_passes)
+    app.router.add_post("/admin/v1/passes/{pass_sale_id}/cancel", cancel_pass)
     app.router.add_post("/admin/v1/replacements/move-due", move_due)
     app.router.add_get("/admin/v1/deny-list", deny_entries)
     app.router.add_get("/admin/v1/deny-list/{card_number}", deny_entry)
@@ -329,24 +332,72 @@ async def close_shift(request: web.Request) -> web.Response:
 
 
 async def grant_pass(request: web.Request) -> web.Response:
+    """A pass to a card: a Rp 0 one granted, a priced one sold for cash into the caller's own
+    drawer (source "drawer", receipt_id: a repeat answers the first sale, 200)."""
     body = await admin_body(request, desk_roles)
     number = request.match_info["card_number"]
     fare_pass_id = body_field(body, "fare_pass_id", str)
+    source = body_field(body, "source", str, None)
+    if source is not None and source != "drawer":
+        raise Problem(
+            400, "bad_field", "source is 'drawer': cash into your own drawer", field="source"
+        )
+    receipt_id = body_field(body, "receipt_id", str, None)
+    if source is not None and receipt_id is None:
+        raise Problem(400, "missing_field", "a sale needs its receipt_id", field="receipt_id")
+    operator_id = body_field(body, "operator_id", str, None)
+    amount = body_field(body, "amount_rupiah", int, None)
     reason = staff_reason(body)
     async with staff_change(request) as (connection, member, now):
+        drawer = None if source is None else counter.drawer_code(member.username)
         granted = await passes.grant_pass(
-            connection, number, fare_pass_id, username=member.username, reason=reason, now=now
-        )
-        await record_staff_action(
-            request,
             connection,
-            "grant_pass",
             number,
-            reason,
-            fare_pass_id=fare_pass_id,
-            pass_sale_id=granted.pass_sale_id,
+            fare_pass_id,
+            username=member.username,
+            reason=reason,
+            now=now,
+            receipt_id=receipt_id,
+            drawer=drawer,
+            operator_id=operator_id,
+            amount_rupiah=amount,
         )
-    return web.json_response(_json(granted), status=201)
+        if granted.created:
+            await record_staff_action(
+                request,
+                connection,
+                "sell_pass" if granted.amount_rupiah else "grant_pass",
+                number,
+                reason,
+                fare_pass_id=fare_pass_id,
+                pass_sale_id=granted.pass_sale_id,
+                amount_rupiah=granted.amount_rupiah,
+                receipt_id=receipt_id,
+            )
+    return web.json_response(_json(granted), status=201 if granted.created else 200)
+
+
+async def cancel_pass(request: web.Request) -> web.Response:
+    """Withdraw a pass no card has activated; a sale's cash goes back out of the caller's
+    drawer. A repeat answers the first cancellation (200)."""
+    body = await admin_body(request, desk_roles)
+    sale_id = request.match_info["pass_sale_id"]
+    reason = staff_reason(body)
+    async with staff_change(request) as (connection, member, now):
+        cancelled = await passes.cancel_pass(
+            connection, sale_id, username=member.username, reason=reason, now=now
+        )
+        if cancelled.created:
+            await record_staff_action(
+                request,
+                connection,
+                "cancel_pass",
+                cancelled.card_number,
+                reason,
+                pass_sale_id=sale_id,
+                amount_rupiah=cancelled.amount_rupiah,
+            )
+    return web.json_response(_json(cancelled), status=201 if cancelled.created else 200)
 
 
 async def card_passes(request: web.Request) -> web.Response:
@@ -354,4 +405,5 @@ async def card_passes(request: web.Request) -> web.Response:
     number = request.match_info["card_number"]
     async with request.app[pool_key].acquire() as connection:
         found = await passes.passes_of(connection, number)
-    return web.json_response([_json(granted) for granted in found])
+    listed = [_json(granted) for granted in found]
+    return web.json_response([{k: v for k, v in p.items() if k != "created"} for p in listed])

@@ -143,7 +143,8 @@ async def _book(
     await _quarantine(connection, plan.quarantined, now)
     await _monitor_cards(connection, plan.booked, answer, now)
     await _take_top_ups(connection, plan.top_ups_taken)
-    await passes.record_activations(connection, plan.booked)
+    cancelled_on_cards = await passes.record_activations(connection, plan.booked)
+    await _insert_flags(connection, cancelled_on_cards, answer)  # trust the card: flagged
     _log_charged_without_service(plan)
     await connection.execute(
         "insert into upload_batches (terminal_id, batch_sequence, body, signature, "

@@ -299,11 +299,18 @@ def _desk_paths() -> dict[str, Any]:
         f"{card}/replacement": {"get": _read("The card's replacement and when its balance moves")},
         f"{card}/passes": {
             "post": _admin(
-                "Grant a pass of the fare feed priced Rp 0 (the student subscription); the "
-                "next validator the card taps activates it",
+                "Grant a pass of the fare feed priced Rp 0 (the student subscription), or sell "
+                'a priced one for cash into your own drawer (source "drawer", receipt_id; '
+                "optional operator_id, amount_rupiah); the next validator the card taps "
+                "activates it",
                 ["fare_pass_id"],
             ),
-            "get": _read("The passes granted to the card, waiting or activated (where, when)"),
+            "get": _read("The passes granted or sold to the card, waiting, activated, cancelled"),
+        },
+        "/admin/v1/passes/{pass_sale_id}/cancel": {
+            "post": _admin(
+                "Cancel a pass no card has activated: a sale's cash back from your drawer", []
+            )
         },
         "/admin/v1/replacements/move-due": {
             "post": _admin("Move every balance whose waiting period is over", [])

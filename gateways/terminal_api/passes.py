@@ -1,29 +1,46 @@
-"""Passes at the desk (issue 17, item 7): staff grant a product of the fare feed's
-fare_passes.txt to a card (the Trans Semarang student subscription is Rp 0); it waits like a
-pending top-up, terminals download it at their sync, and the next validator the card taps
-writes it into the card's trip state inside that tap's journalled fare transaction
-(`bus_terminals.validator`). The uploaded record names the sale (`activates <id>` in its fare
-detail) and the upload records the activation here.
+"""Passes at the desk (issue 17, item 7): staff put a product of the fare feed's
+fare_passes.txt on a card; it waits like a pending top-up, terminals download it at their sync,
+and the next validator the card taps writes it into the card's trip state inside that tap's
+journalled fare transaction (`bus_terminals.validator`). The uploaded record names the sale
+(`activates <id>` in its fare detail) and the upload records the activation here.
 
-A pass with a price is not sold here yet: money taken at a counter needs the cash drawer of
-item 6, so only passes priced Rp 0 are granted (a grant books nothing; it is recorded, with who
-and why, here and in `staff_actions`).
+A pass priced Rp 0 (the Trans Semarang student subscription) is granted: nothing is booked; who
+and why are recorded, here and in `staff_actions`. A pass with a price is sold for cash at the
+counter: the cash goes into the seller's own drawer (`counter`) and is booked drawer -> the
+operator's revenue (code `pass_sale`) in the sale's transaction, once per counter receipt (a
+repeat answers the first sale). Issuer, not operator: the issuer collects the cash for the
+operator, so the sale is the operator's revenue at once and is paid to it with the day's fares.
+A sale not yet activated may be cancelled: the cash goes back out of the canceller's drawer
+(operator revenue -> drawer) and the pass leaves the terminals' list. A terminal that
+downloaded it before may still write it to the card: trust the card, the activation is recorded
+and the card flagged `pass_cancelled_activated` for staff.
+
+The price is the feed's the validators run: the newest fare feed package the fleet has made
+effective (`fleet`), else the shipped Trans Semarang feed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 import secrets
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from bus_terminals.fare.feed import load_feed
+from bus_terminals.fare.feed import compile_feed, load_feed
 from bus_terminals.fare.tariff import Tariff
+from bus_terminals.packages import PackageKind, feed_texts
 from bus_terminals.wire import UploadKind, UploadRecord, pass_activation_pattern
-from gateways.terminal_api import registry
+from gateways.terminal_api import books, counter, registry
+from gateways.terminal_api.accounts import bank_clearing_account_id
+from gateways.terminal_api.planning import CardFlag
 from gateways.terminal_api.registry import Conflict, NotRegistered, RegistryError
+from ledger.records import Account, AccountKind, Transfer, TransferCode, booked_results, derive_id
 
 pending_passes_download_max = 50_000
 
@@ -33,12 +50,36 @@ class PendingPass:
     pass_sale_id: str
     card_number: str
     fare_pass_id: str
-    amount_rupiah: int
+    amount_rupiah: int  # 0: a grant, nothing booked
     sold_by: str
     reason: str
     sold_at: dt.datetime
     activated_terminal_id: str | None
     activated_at: dt.datetime | None
+    receipt_id: str | None = None
+    drawer: str | None = None  # drawer:USERNAME that took the cash; None: a grant
+    operator_id: str | None = None
+    cancelled_at: dt.datetime | None = None
+    cancelled_by: str | None = None
+    created: bool = True  # False: the answer to a repeat (the first sale or cancellation)
+
+
+async def sale_tariff(connection: asyncpg.Connection, now: dt.datetime) -> Tariff:
+    """The feed the validators price by: the newest fare feed package effective at `now`,
+    else the shipped Trans Semarang feed."""
+    content = await connection.fetchval(
+        "select content from fleet_packages where kind = $1 and effective_at <= $2 "
+        "order by version desc limit 1",
+        PackageKind.fare_feed.value,
+        now,
+    )
+    return _compiled(None if content is None else bytes(content))
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(content: bytes | None) -> Tariff:
+    """A fare feed package's content compiled (None: the shipped feed), once per content."""
+    return load_feed() if content is None else compile_feed(feed_texts(content))
 
 
 def _feed_pass(tariff: Tariff, fare_pass_id: str) -> int:
@@ -52,6 +93,11 @@ def _feed_pass(tariff: Tariff, fare_pass_id: str) -> int:
     return tariff.passes[position].amount // 10**tariff.currency_decimals
 
 
+async def pass_price(connection: asyncpg.Connection, fare_pass_id: str, *, now: dt.datetime) -> int:
+    """What the counter charges for a pass today, in whole rupiah (0: granted, not sold)."""
+    return _feed_pass(await sale_tariff(connection, now), fare_pass_id)
+
+
 async def grant_pass(
     connection: asyncpg.Connection,
     card_number: str,
@@ -61,29 +107,130 @@ async def grant_pass(
     reason: str,
     now: dt.datetime,
     tariff: Tariff | None = None,
+    receipt_id: str | None = None,
+    drawer: str | None = None,
+    operator_id: str | None = None,
+    amount_rupiah: int | None = None,
 ) -> PendingPass:
-    """Put a pass of the fare feed (default: the shipped Trans Semarang feed) on its way to an
-    issued card. Only a pass priced Rp 0 (a grant) is taken: see the module's note."""
+    """Put a pass of the fare feed (default: `sale_tariff`) on its way to an issued card.
+
+    Priced Rp 0: a grant, nothing booked (a `drawer` is not needed and takes nothing). Priced:
+    a cash sale into `drawer` (the seller's own: `counter.drawer_code`), booked drawer ->
+    `operator_id`'s revenue (default: the one active operator). `receipt_id` makes a repeat
+    answer the first sale (`created` False) and book nothing; `amount_rupiah`, when given, is
+    the price the seller told the rider: a feed that changed since is refused."""
     registry.check_card_number(card_number)
-    if not await connection.fetchval("select 1 from cards where card_number = $1", card_number):
+    if receipt_id is not None:
+        registry.check_reference("receipt_id", receipt_id)
+    if not await connection.fetchval(
+        "select 1 from cards where card_number = $1 for update", card_number
+    ):  # the card's row also makes sales of one card wait for one another
         raise NotRegistered(f"card {card_number} was never issued", field="card_number")
-    tariff = tariff or load_feed()
+    tariff = tariff or await sale_tariff(connection, now)
     price = _feed_pass(tariff, fare_pass_id)
-    if price != 0:
+    if not reason.strip():
+        raise RegistryError("a grant needs a reason", field="reason")
+    if receipt_id is not None:
+        first = await _by_receipt(connection, receipt_id, card_number, fare_pass_id)
+        if first is not None:
+            return first
+    if price and drawer is None:
         raise RegistryError(
-            f"pass {fare_pass_id!r} costs Rp {price:,}: only passes priced Rp 0 are granted "
-            "here (a sale needs the counter's cash drawer)",
+            f"pass {fare_pass_id!r} costs Rp {price:,}: it is sold for cash into the seller's "
+            "drawer (source 'drawer')",
             code="not_free",
             field="fare_pass_id",
         )
-    if not reason.strip():
-        raise RegistryError("a grant needs a reason", field="reason")
+    if amount_rupiah is not None and amount_rupiah != price:
+        raise Conflict(
+            f"pass {fare_pass_id!r} costs Rp {price:,}, not Rp {amount_rupiah:,}",
+            code="price_changed",
+        )
+    if price:
+        operator_id = await _revenue_owner(connection, operator_id)
+        await _refuse_denied(connection, card_number)
+    await _refuse_clash(connection, card_number, fare_pass_id, tariff, now)
+    await _refuse_other_pass(connection, card_number, fare_pass_id, tariff, now)
+    row = await connection.fetchrow(
+        "insert into pending_passes (pass_sale_id, card_number, fare_pass_id, amount_rupiah, "
+        "sold_by, reason, sold_at, receipt_id, drawer, operator_id) "
+        "values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) returning *",
+        f"pass-{secrets.token_hex(5)}",
+        card_number,
+        fare_pass_id,
+        price,
+        username,
+        reason.strip(),
+        now,
+        receipt_id,
+        drawer if price else None,
+        operator_id if price else None,
+    )
+    sold = _pending(row)
+    if price:
+        await _book_sale(connection, sold, now=now)
+    return sold
+
+
+async def _by_receipt(
+    connection: asyncpg.Connection, receipt_id: str, card_number: str, fare_pass_id: str
+) -> PendingPass | None:
+    """The sale a receipt made before (a repeat), if any; a receipt of another sale is refused."""
+    row = await connection.fetchrow(
+        "select * from pending_passes where receipt_id = $1", receipt_id
+    )
+    if row is None:
+        return None
+    if (row["card_number"], row["fare_pass_id"]) != (card_number, fare_pass_id):
+        raise Conflict(
+            f"receipt {receipt_id} is the sale of {row['fare_pass_id']!r} to card "
+            f"{row['card_number']} ({row['pass_sale_id']})",
+            code="receipt_used",
+            field="receipt_id",
+        )
+    return _pending(row, created=False)
+
+
+async def _revenue_owner(connection: asyncpg.Connection, operator_id: str | None) -> str:
+    """The operator a sale is revenue of: the one named, else the only active one."""
+    rows = await connection.fetch(
+        "select operator_id from operators where status = 'active' order by operator_id"
+    )
+    active = [row["operator_id"] for row in rows]
+    if operator_id is None and len(active) == 1:
+        return str(active[0])
+    if operator_id is not None and operator_id in active:
+        return operator_id
+    if operator_id is not None:
+        raise NotRegistered(f"no active operator {operator_id!r}", field="operator_id")
+    raise RegistryError(
+        "name the operator whose pass this is (operator_id): "
+        + (", ".join(active) or "none is registered"),
+        field="operator_id",
+    )
+
+
+async def _refuse_denied(connection: asyncpg.Connection, card_number: str) -> None:
+    denied = await connection.fetchval(
+        "select reason from deny_list where card_number = $1", card_number
+    )
+    if denied is not None:
+        raise Conflict(f"card {card_number} is on the deny list ({denied})", code="card_denied")
+
+
+async def _refuse_clash(
+    connection: asyncpg.Connection,
+    card_number: str,
+    fare_pass_id: str,
+    tariff: Tariff,
+    now: dt.datetime,
+) -> None:
     # Validators tell a sale already on the card by its day (`bus_terminals.validator.
     # with_pending_pass`): the same pass again only once the last one is on the card, and
     # from the day after it was activated.
     clash = await connection.fetchval(
         "select activated_at is null from pending_passes where card_number = $1 "
-        "and fare_pass_id = $2 and (activated_at is null or "
+        "and fare_pass_id = $2 and cancelled_at is null and (activated_at is null or "
         "(activated_at at time zone $3)::date >= ($4::timestamptz at time zone $3)::date) "
         "limit 1",
         card_number,
@@ -97,20 +244,110 @@ async def grant_pass(
             + ("waiting for its next tap" if clash else "activated today: renew from tomorrow"),
             code="pass_waiting",
         )
+
+
+async def _refuse_other_pass(
+    connection: asyncpg.Connection,
+    card_number: str,
+    fare_pass_id: str,
+    tariff: Tariff,
+    now: dt.datetime,
+) -> None:
+    """A card holds one pass: another product waiting or running would be replaced by this
+    one when the card takes it (or replace it), and its days lost."""
+    today = now.astimezone(ZoneInfo(tariff.timezone_name)).date()
+    for held in passes_on_card(await passes_of(connection, card_number), tariff):
+        if held.fare_pass_id == fare_pass_id:
+            continue
+        if held.activated_on is None or (held.last_day is not None and held.last_day >= today):
+            until = (
+                "waiting for its next tap" if held.last_day is None else f"until {held.last_day}"
+            )
+            raise Conflict(
+                f"card {card_number} has pass {held.fare_pass_id!r} {until}: a card holds one "
+                f"pass, and {fare_pass_id!r} would replace it",
+                code="other_pass",
+            )
+
+
+def sale_transfer_id(pass_sale_id: str) -> uuid.UUID:
+    return derive_id("pass-sale", pass_sale_id)
+
+
+def cancel_transfer_id(pass_sale_id: str) -> uuid.UUID:
+    return derive_id("pass-sale-cancel", pass_sale_id)
+
+
+async def _book_sale(
+    connection: asyncpg.Connection, sold: PendingPass, *, now: dt.datetime, cancel: str = ""
+) -> None:
+    """The sale's cash: its drawer -> the operator's revenue; `cancel` (the canceller): the
+    operator's revenue -> the canceller's drawer, which pays the cash back."""
+    assert sold.drawer is not None, sold
+    assert sold.operator_id is not None, sold
+    revenue = registry.operator_revenue_account_id(sold.operator_id)
+    drawer_code = counter.drawer_code(cancel) if cancel else sold.drawer
+    drawer = bank_clearing_account_id(drawer_code)
+    await books.ensure_accounts(
+        connection, [Account(drawer, AccountKind.bank_clearing, drawer_code)]
+    )
+    debit, credit = (revenue, drawer) if cancel else (drawer, revenue)
+    metadata = {"pass_sale_id": sold.pass_sale_id, "fare_pass_id": sold.fare_pass_id}
+    metadata |= {"cancelled_by": cancel} if cancel else {"sold_by": sold.sold_by}
+    transfer = Transfer(
+        cancel_transfer_id(sold.pass_sale_id) if cancel else sale_transfer_id(sold.pass_sale_id),
+        debit,
+        credit,
+        sold.amount_rupiah,
+        TransferCode.pass_sale,
+        card_number=sold.card_number,
+        bank_reference=sold.receipt_id,
+        metadata=json.dumps(metadata),
+    )
+    outcomes = await books.create_transfers(connection, [transfer], now=now)
+    assert outcomes[0].result in booked_results, outcomes
+
+
+async def cancel_pass(
+    connection: asyncpg.Connection,
+    pass_sale_id: str,
+    *,
+    username: str,
+    reason: str,
+    now: dt.datetime,
+) -> PendingPass:
+    """Withdraw a pass no card has activated; a sale's cash goes back out of the canceller's
+    drawer (operator revenue -> drawer). A repeat answers the first cancellation."""
+    if not reason.strip():
+        raise RegistryError("a cancellation needs a reason", field="reason")
     row = await connection.fetchrow(
-        "insert into pending_passes (pass_sale_id, card_number, fare_pass_id, amount_rupiah, "
-        "sold_by, reason, sold_at) values ($1, $2, $3, 0, $4, $5, $6) returning *",
-        f"pass-{secrets.token_hex(5)}",
-        card_number,
-        fare_pass_id,
+        "select * from pending_passes where pass_sale_id = $1 for update", pass_sale_id
+    )
+    if row is None:
+        raise NotRegistered(f"no pass sale {pass_sale_id!r}", field="pass_sale_id")
+    if row["cancelled_at"] is not None:
+        return _pending(row, created=False)
+    if row["activated_at"] is not None:
+        raise Conflict(
+            f"pass sale {pass_sale_id} is on card {row['card_number']} since "
+            f"{row['activated_at'].isoformat()}: a pass on a card is not cancelled",
+            code="pass_activated",
+        )
+    row = await connection.fetchrow(
+        "update pending_passes set cancelled_at = $2, cancelled_by = $3, cancel_reason = $4 "
+        "where pass_sale_id = $1 returning *",
+        pass_sale_id,
+        now,
         username,
         reason.strip(),
-        now,
     )
-    return _pending(row)
+    cancelled = _pending(row)
+    if cancelled.amount_rupiah:
+        await _book_sale(connection, cancelled, now=now, cancel=username)
+    return cancelled
 
 
-def _pending(row: asyncpg.Record) -> PendingPass:
+def _pending(row: asyncpg.Record, *, created: bool = True) -> PendingPass:
     return PendingPass(
         row["pass_sale_id"],
         row["card_number"],
@@ -121,6 +358,12 @@ def _pending(row: asyncpg.Record) -> PendingPass:
         row["sold_at"],
         row["activated_terminal_id"],
         row["activated_at"],
+        row["receipt_id"],
+        row["drawer"],
+        row["operator_id"],
+        row["cancelled_at"],
+        row["cancelled_by"],
+        created,
     )
 
 
@@ -132,12 +375,51 @@ async def passes_of(connection: asyncpg.Connection, card_number: str) -> list[Pe
     return [_pending(row) for row in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class PassOnCard:
+    """A pass as the rider sees it: waiting for the card's next tap, or activated and running
+    to `last_day` (None: a product the feed no longer has)."""
+
+    fare_pass_id: str
+    sold_on: dt.date
+    activated_on: dt.date | None
+    last_day: dt.date | None
+
+
+def passes_on_card(found: Iterable[PendingPass], tariff: Tariff) -> list[PassOnCard]:
+    """Days in the feed's time zone: an activated pass runs `validity_days` from its day of
+    activation; a renewal of the pass still running on the card runs on from the day after it
+    (as the validator writes it, `bus_terminals.validator.with_pending_pass`). A cancelled
+    pass only if a card took it all the same."""
+    zone = ZoneInfo(tariff.timezone_name)
+    shown = []
+    running: tuple[str, dt.date] | None = None  # the card holds one pass: (product, last day)
+    ordered = sorted(found, key=lambda p: (p.activated_at is None, p.activated_at or p.sold_at))
+    for sale in ordered:
+        if sale.activated_at is None and sale.cancelled_at is not None:
+            continue
+        activated_on = (
+            None if sale.activated_at is None else sale.activated_at.astimezone(zone).date()
+        )
+        last_day = None
+        position = tariff.pass_index.get(sale.fare_pass_id)
+        if activated_on is not None and position is not None:
+            start = activated_on
+            if running is not None and running[0] == sale.fare_pass_id and running[1] >= start:
+                start = running[1] + dt.timedelta(days=1)
+            last_day = start + dt.timedelta(days=tariff.passes[position].validity_days - 1)
+            running = (sale.fare_pass_id, last_day)
+        sold_on = sale.sold_at.astimezone(zone).date()
+        shown.append(PassOnCard(sale.fare_pass_id, sold_on, activated_on, last_day))
+    return shown
+
+
 async def waiting_passes(connection: asyncpg.Connection) -> list[list[object]]:
     """What terminals download: [sale id, card, fare_pass_id, sold at in Unix ms], oldest first."""
     rows = await connection.fetch(
         "select pass_sale_id, card_number, fare_pass_id, "
         "(extract(epoch from sold_at) * 1000)::bigint as sold_ms from pending_passes "
-        "where activated_at is null order by sold_at limit $1",
+        "where activated_at is null and cancelled_at is null order by sold_at limit $1",
         pending_passes_download_max,
     )
     return [list(row.values()) for row in rows]
@@ -145,23 +427,37 @@ async def waiting_passes(connection: asyncpg.Connection) -> list[list[object]]:
 
 async def record_activations(
     connection: asyncpg.Connection, booked: Iterable[UploadRecord]
-) -> None:
+) -> list[CardFlag]:
     """The fare records (booked: committed on the card) that name a pass sale they activated;
-    the first one wins (another validator's later activation of the same sale is a no-op)."""
+    the first one wins (another validator's later activation of the same sale is a no-op).
+    Trust the card: a cancelled sale a terminal still wrote is activated too, and its card
+    flagged `pass_cancelled_activated` (returned, for the caller to store)."""
     found = [
         (match.group(1), record)
         for record in booked
         if record.kind == UploadKind.fare_debit
         and (match := pass_activation_pattern.search(record.fare_detail))
     ]
-    if not found:
-        return
-    await connection.executemany(
-        "update pending_passes set activated_terminal_id = $3, activated_sequence = $4, "
-        "activated_at = to_timestamp($5::bigint / 1000.0) "
-        "where pass_sale_id = $1 and card_number = $2 and activated_at is null",
-        [
-            (sale_id, record.card_number, record.terminal_id, record.sequence, record.time_ms)
-            for sale_id, record in found
-        ],
-    )
+    flags = []
+    for sale_id, record in found:
+        cancelled = await connection.fetchrow(
+            "update pending_passes set activated_terminal_id = $3, activated_sequence = $4, "
+            "activated_at = to_timestamp($5::bigint / 1000.0) "
+            "where pass_sale_id = $1 and card_number = $2 and activated_at is null "
+            "returning cancelled_by, amount_rupiah, cancelled_at is not null as cancelled",
+            sale_id,
+            record.card_number,
+            record.terminal_id,
+            record.sequence,
+            record.time_ms,
+        )
+        if cancelled is not None and cancelled["cancelled"]:
+            detail = (
+                f"pass sale {sale_id} was cancelled by {cancelled['cancelled_by']} "
+                f"(Rp {cancelled['amount_rupiah']:,} given back) and is on the card"
+            )
+            flags.append(CardFlag.of(record, pass_cancelled_activated, detail))
+    return flags
+
+
+pass_cancelled_activated = "pass_cancelled_activated"

@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ksh import acting
+from ksh import acting, argtypes
 from ksh.cli import UserError
 from ksh.database import run_with_database
 from ksh.tables import rupiah
+from ledger.clock import system_clock
 
 clerks_may = "a clerk or a supervisor"
 
@@ -105,12 +106,15 @@ def add_desk_parsers(actions: Any) -> None:
     move_due.set_defaults(handler=run_move_due)
     grant = actions.add_parser(
         "pass",
-        help="grant a pass of the fare feed to a card (the student subscription: Rp 0); the "
-        "next validator it taps activates it",
-        description="Grant a pass of the fare feed's fare_passes.txt to an issued card. Terminals "
-        "download it at their next sync; the next validator the card taps writes it onto the "
-        "card and the ride is priced with it. Only passes priced Rp 0 are granted (a grant "
-        "books nothing; who, when and why are recorded).",
+        help="grant a pass of the fare feed to a card (the student subscription: Rp 0), or "
+        "sell a priced one for cash; the next validator it taps activates it",
+        description="Grant a pass of the fare feed's fare_passes.txt to an issued card, or sell "
+        "one with a price for cash. Terminals download it at their next sync; the next "
+        "validator the card taps writes it onto the card and the ride is priced with it. A "
+        "pass priced Rp 0 is granted (nothing booked; who, when and why are recorded). A "
+        "priced one is sold: run without --drawer to see the price, take the cash, then run "
+        "with --drawer YOURNAME: booked from your drawer to the operator's revenue, once per "
+        "--receipt.",
     )
     grant.add_argument("--card", required=True, metavar="NUMBER", help="the card number")
     grant.add_argument(
@@ -120,8 +124,37 @@ def add_desk_parsers(actions: Any) -> None:
         help="a fare_pass_id of the feed (Trans Semarang: student_ecard_pelajar, "
         "student_ecard_mahasiswa)",
     )
+    grant.add_argument(
+        "--drawer",
+        metavar="USERNAME",
+        help="a priced pass: the cash is paid into this drawer, your own (the price is shown "
+        "when it is left out; nothing is sold then)",
+    )
+    grant.add_argument(
+        "--receipt",
+        type=argtypes.reference,
+        metavar="ID",
+        help="the counter's receipt (default PASS-CARD-MILLISECONDS): the same again answers "
+        "the first sale and takes nothing twice",
+    )
+    grant.add_argument(
+        "--operator", type=argtypes.reference, metavar="ID",
+        help="whose revenue the sale is (default: the one active operator)",
+    )  # fmt: skip
     acting.add_arguments(grant, clerks_may)
     grant.set_defaults(handler=run_grant_pass)
+    cancel = actions.add_parser(
+        "pass-cancel",
+        help="cancel a pass no card has activated: a sale's cash back from your drawer",
+        description="Cancel a pass granted or sold that no card has activated yet: it leaves "
+        "the terminals' list at their next sync; a sale's price is booked back from the "
+        "operator's revenue into your drawer, and you give the rider the cash. A terminal that "
+        "downloaded it before may still write it to the card: the card keeps it, and is "
+        "flagged pass_cancelled_activated for a look.",
+    )
+    cancel.add_argument("sale", metavar="PASS_SALE_ID", help="the pass sale (pass-...)")
+    acting.add_arguments(cancel, clerks_may)
+    cancel.set_defaults(handler=run_cancel_pass)
     show = actions.add_parser(
         "show", help="a card at the desk: holder, cap, balance, deny list entry, replacement"
     )
@@ -148,9 +181,12 @@ def wait_of(arguments: argparse.Namespace) -> Any:
     return dt.timedelta(days=arguments.wait_days)
 
 
-def run_desk_change(arguments: argparse.Namespace, action: str, subject: str, change: Any) -> Any:
-    """Do `change(connection, member, now)` as the --as staff member, with its staff action,
-    in one transaction; a refusal of the desk's rules is a one-line error."""
+def run_desk_change(
+    arguments: argparse.Namespace, action: str | None, subject: str, change: Any
+) -> Any:
+    """Do `change(connection, member, now)` as the --as staff member, with its staff action
+    (`action`; None: the change records its own), in one transaction; a refusal of the desk's
+    rules is a one-line error."""
     from gateways.staff import desk_roles
     from gateways.terminal_api import registry
     from ledger.clock import system_clock
@@ -164,7 +200,8 @@ def run_desk_change(arguments: argparse.Namespace, action: str, subject: str, ch
                 done = await change(connection, member, system_clock.now())
             except registry.RegistryError as error:
                 raise UserError(str(error)) from None
-            await acting.record(connection, member, action, subject, reason)
+            if action is not None:
+                await acting.record(connection, member, action, subject, reason)
         return done
 
     return run_with_database(work)
@@ -213,22 +250,89 @@ def run_block(arguments: argparse.Namespace) -> int:
 
 
 def run_grant_pass(arguments: argparse.Namespace) -> int:
-    from gateways.terminal_api import passes
+    from gateways.terminal_api import counter, passes
+
+    reason = acting.reason_of(arguments)
+    receipt = arguments.receipt or f"PASS-{arguments.card}-{system_clock.unix_ms()}"
 
     async def change(connection: Any, member: Any, now: Any) -> Any:
-        return await passes.grant_pass(
+        price = await passes.pass_price(connection, arguments.product, now=now)
+        if price and arguments.drawer is None:
+            raise UserError(
+                f"pass {arguments.product} costs {rupiah(price)}: take the cash, then run again "
+                f"with --drawer {member.username} (your drawer); nothing was sold"
+            )
+        if arguments.drawer is not None and arguments.drawer.lower() != member.username:
+            raise UserError(
+                f"--drawer is your own drawer ({member.username}): a sale never pays into another's"
+            )
+        sold = await passes.grant_pass(
             connection,
             arguments.card,
             arguments.product,
             username=member.username,
+            reason=reason,
+            now=now,
+            receipt_id=receipt if price else arguments.receipt,
+            drawer=counter.drawer_code(member.username) if price else None,
+            operator_id=arguments.operator,
+        )
+        if sold.created:
+            action = "sell_pass" if sold.amount_rupiah else "grant_pass"
+            detail = {"pass_sale_id": sold.pass_sale_id, "amount_rupiah": sold.amount_rupiah}
+            await acting.record(connection, member, action, arguments.card, reason, **detail)
+        return sold
+
+    sold = run_desk_change(arguments, None, arguments.card, change)
+    if not sold.amount_rupiah:
+        print(
+            f"pass {sold.fare_pass_id} granted to card {sold.card_number} "
+            f"({sold.pass_sale_id}, Rp 0): the next validator it taps activates it"
+        )
+        return 0
+    again = "" if sold.created else " (sold before: nothing booked again)"
+    print(
+        f"receipt {sold.receipt_id}: pass {sold.fare_pass_id} sold to card {sold.card_number} "
+        f"for {rupiah(sold.amount_rupiah)} into {sold.drawer} ({sold.pass_sale_id}){again}: "
+        "the next validator it taps activates it"
+    )
+    return 0
+
+
+def run_cancel_pass(arguments: argparse.Namespace) -> int:
+    from gateways.terminal_api import passes
+
+    async def change(connection: Any, member: Any, now: Any) -> Any:
+        cancelled = await passes.cancel_pass(
+            connection,
+            arguments.sale,
+            username=member.username,
             reason=arguments.reason or "",
             now=now,
         )
+        if cancelled.created:
+            await acting.record(
+                connection,
+                member,
+                "cancel_pass",
+                cancelled.card_number,
+                arguments.reason,
+                pass_sale_id=cancelled.pass_sale_id,
+                amount_rupiah=cancelled.amount_rupiah,
+            )
+        return cancelled
 
-    granted = run_desk_change(arguments, "grant_pass", arguments.card, change)
+    cancelled = run_desk_change(arguments, None, arguments.sale, change)
+    paid = (
+        f"give the rider {rupiah(cancelled.amount_rupiah)} from your drawer"
+        if cancelled.amount_rupiah
+        else "nothing was paid"
+    )
+    again = "" if cancelled.created else f" before, by {cancelled.cancelled_by}"
     print(
-        f"pass {granted.fare_pass_id} granted to card {granted.card_number} "
-        f"({granted.pass_sale_id}, Rp 0): the next validator it taps activates it"
+        f"pass sale {cancelled.pass_sale_id} ({cancelled.fare_pass_id}, card "
+        f"{cancelled.card_number}) cancelled{again}: terminals drop it at their next sync; "
+        + (paid if cancelled.created else "nothing booked again")
     )
     return 0
 
@@ -292,8 +396,17 @@ def run_move_due(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def describe_pass(sale: Any) -> str:
+    """One pass of `ksh cards show`: its sale id (to cancel it), product, price and state."""
+    state = "waiting" if sale.activated_at is None else f"activated {sale.activated_at:%Y-%m-%d}"
+    cancelled = "" if sale.cancelled_at is None else f", cancelled by {sale.cancelled_by}"
+    return (
+        f"{sale.pass_sale_id} {sale.fare_pass_id} {rupiah(sale.amount_rupiah)} {state}{cancelled}"
+    )
+
+
 def run_show(arguments: argparse.Namespace) -> int:
-    from gateways.terminal_api import books, card_desk, registry
+    from gateways.terminal_api import books, card_desk, passes, registry
     from ksh.tables import print_fields
 
     number = arguments.number
@@ -324,6 +437,8 @@ def run_show(arguments: argparse.Namespace) -> int:
             if entry is None
             else f"{entry.reason} ({entry.source.value}, {entry.added_by or 'rule'}, {entry.added_at:%Y-%m-%d %H:%M})",
             "replaced by": None if replaced is None else replaced.new_card_number,
+            "passes": "; ".join(map(describe_pass, await passes.passes_of(connection, number)))
+            or None,
         }
 
     print_fields(run_with_database(work))

@@ -12,6 +12,8 @@ from gateways.service_desk import check_codes, complaints
 from ledger.clock import jakarta
 from settlement.formatting import rupiah
 from tests.service_desk.conftest import Desk, passwords, proxy_header
+from tests.service_desk.test_pass_sales import monthly, publish_priced_feed, sale, tap
+from tests.service_desk.test_passes import call
 from tests.settlement.conftest import browser as browser  # the headless Chromium fixture
 
 
@@ -115,3 +117,29 @@ async def test_a_clerk_answers_a_complaint_with_a_refund_the_citizen_sees(
     await citizen.click("#show")
     assert "No card with this number and check code." in await citizen.content()
     assert desk.clock.now().astimezone(jakarta).date() == dt.date(2026, 12, 1)
+
+
+async def test_the_citizen_sees_a_pass_sold_at_the_counter_waiting_then_running(
+    desk: Desk, browser: Any
+) -> None:
+    tariff = await publish_priced_feed(desk)
+    status, sold = await call(desk, "POST", f"/admin/v1/cards/{desk.number}/passes", sale("R-1"))
+    assert status == 201, sold
+    async with desk.pool.acquire() as connection:
+        code = (await check_codes.check_codes(connection, [desk.number]))[desk.number]
+    citizen = await (await browser.new_context(locale="id-ID")).new_page()
+
+    async def passes_shown() -> list[str]:
+        await citizen.goto(desk.url + "/kartu")
+        await citizen.fill("#card_number", desk.number)
+        await citizen.fill("#check_code", code)
+        await citizen.click("#show")
+        return await citizen.locator("[data-table=passes] tbody tr td").all_inner_texts()
+
+    assert await passes_shown() == [monthly, "2026-12-01", "Pada tap berikutnya di validator bus"]
+    assert await desk.bus.sync.download()
+    desk.clock.advance(3600)
+    assert tap(desk, tariff) == 0
+    await desk.upload()
+    assert await passes_shown() == [monthly, "2026-12-01", "2026-12-30"]
+    await citizen.screenshot(path="/tmp/ksh-screenshots/kartu-pass.png", full_page=True)

@@ -33,6 +33,7 @@ ksh = [sys.executable, "-m", "ksh"]
 sample = Path(__file__).parents[2] / "bus_terminals" / "fare" / "data" / "journey_sample.json"
 card = "6032900000000042"
 why = "--as budi --reason test"
+pelajar = "student_ecard_pelajar"  # the fare feed's pass priced Rp 0
 threads = 4
 
 
@@ -249,6 +250,10 @@ cases: tuple[Case, ...] = (
     case("cards issue --number " + card + " --opening-balance -1 " + why, "opening"),
     case("cards issue --number 6032900000000099 --opening-balance 3000000 " + why, "2,000,000"),
     case("cards issue --number " + card + " --opening-balance 0 " + why, card),
+    case(f"cards pass --card {card} --product monthly " + why, "no pass 'monthly' in the fare"),
+    case("cards pass --card 6032900000000099 --product " + pelajar + " " + why, "never issued"),
+    case(f"cards pass --card {card} --product {pelajar} --receipt '' " + why, "--receipt: ''"),
+    case("cards pass-cancel pass-0000000000 " + why, "no pass sale 'pass-0000000000'"),
     case("party set --operator nobody --bank 113 --account 12 --holder X " + why, "nobody"),
     # environment a user can get wrong
     case("ledger accounts", "cannot reach the database", DATABASE_URL="postgres://nowhere:bad"),
