@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import asyncpg
 
@@ -29,6 +29,7 @@ drawer_prefix = "drawer:"
 cash_office_code = "cash-office"  # counted cash handed in, on its way to the bank
 differences_owner = "counter-cash-differences"
 differences_account_id = derive_id("suspense", differences_owner)
+counted_rupiah_max = 10_000_000_000  # what a count of one drawer may say
 
 
 def drawer_code(cashier: str) -> str:
@@ -59,6 +60,76 @@ async def drawer_rupiah(connection: asyncpg.Connection, cashier: str) -> int:
     drawer = drawer_account_id(cashier)
     held = (await books.balances(connection, [drawer])).get(drawer)
     return 0 if held is None else held.debits_posted - held.credits_posted
+
+
+@dataclass(frozen=True, slots=True)
+class CashTopUp:
+    """Cash a cashier took for a card: the drawer -> the card's pending top-ups."""
+
+    top_up_id: str
+    card_number: str
+    amount_rupiah: int
+    booked_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OpenShift:
+    """A cashier's drawer since their last close, as the books have it."""
+
+    cashier: str
+    drawer_rupiah: int
+    top_ups: tuple[CashTopUp, ...]  # taken since the last close, oldest first
+    last_closed: ShiftClose | None
+    last_closed_at: datetime | None
+
+
+open_shift_top_ups_max = 500
+
+
+async def open_shift(connection: asyncpg.Connection, cashier: str) -> OpenShift:
+    """The drawer's balance and the cash top-ups booked into it since its last close (a close
+    books the drawer to 0: the handover or a difference, codes `cash_handover`, `suspense`)."""
+    drawer = drawer_account_id(cashier)
+    rows = await connection.fetch(
+        "select bank_reference, card_number, amount, booked_at from ledger_transfers "
+        "where debit_account_id = $1 and code = $2 and sequence > coalesce((select "
+        "max(sequence) from ledger_transfers where $1 in (debit_account_id, credit_account_id) "
+        "and code = any($3::int[])), 0) order by sequence limit $4",
+        drawer,
+        TransferCode.pending_top_up,
+        [TransferCode.cash_handover, TransferCode.suspense],
+        open_shift_top_ups_max,
+    )
+    last = await connection.fetchrow(
+        "select shift_id, expected_rupiah, counted_rupiah, closed_at from counter_shifts "
+        "where cashier = $1 order by closed_at desc, shift_id desc limit 1",
+        cashier,
+    )
+    return OpenShift(
+        cashier,
+        await drawer_rupiah(connection, cashier),
+        tuple(CashTopUp(*row.values()) for row in rows),
+        None
+        if last is None
+        else ShiftClose(
+            cashier, last["shift_id"], last["expected_rupiah"], last["counted_rupiah"], False
+        ),
+        None if last is None else last["closed_at"],
+    )
+
+
+async def next_shift_id(connection: asyncpg.Connection, cashier: str, day: date) -> str:
+    """A shift id not used yet by this cashier: the day and a number (`2026-12-01-2`)."""
+    used = set(
+        await connection.fetchval(
+            "select coalesce(array_agg(shift_id), '{}') from counter_shifts where cashier = $1",
+            cashier,
+        )
+    )
+    number = 1
+    while f"{day.isoformat()}-{number}" in used:
+        number += 1
+    return f"{day.isoformat()}-{number}"
 
 
 async def close_shift(
