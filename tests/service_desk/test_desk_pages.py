@@ -432,3 +432,33 @@ async def test_a_refund_due_is_paid_at_the_counter_once(desk: Desk) -> None:
     )
     assert await staff_actions(desk, "top_up_refund_paid") == [("ani", "COUNTER-OLD-1")]
     assert (await desk.books())[1] == 0
+
+
+async def test_a_pass_is_granted_and_an_automatic_entry_reviewed(desk: Desk) -> None:
+    async with desk.pool.acquire() as connection:
+        await registry.deny_cards(
+            connection, [suspect_card], "counter_repeat", now=desk.clock.now()
+        )
+    async with session_for(desk.url) as http:
+        ani = await staffer(http, desk.url, "ani")
+        async with http.get(desk.url + f"/finance/cards?number={desk.number}") as page:
+            options = re.findall(r'<option value="(student_[a-z_]+)"', await page.text())
+        assert options == ["student_ecard_pelajar", "student_ecard_mahasiswa"]
+        grant = {"card_number": desk.number, "reason": "school letter seen"}
+        before = await unchanged(desk)
+        _, where = await ani.post("/finance/cards/pass", {**grant, "fare_pass_id": "monthly"})
+        assert "no pass 'monthly' in the fare feed" in urllib_unquote(where)
+        assert await unchanged(desk) == before
+        _, where = await ani.post(
+            "/finance/cards/pass", {**grant, "fare_pass_id": "student_ecard_pelajar"}
+        )
+        assert "Pass student_ecard_pelajar granted" in urllib_unquote(where)
+        review = {"card_number": suspect_card, "reason": "two taps at one gate: a clone"}
+        _, where = await ani.post("/finance/deny-list/review", review)
+        assert "stays on the deny list" in urllib_unquote(where)
+    granted = "select row(fare_pass_id, amount_rupiah, sold_by)::text from pending_passes"
+    assert await desk.fetchval(granted) == "(student_ecard_pelajar,0,ani)"
+    reviewed = "select username from deny_list_changes where change = 'reviewed'"
+    assert await desk.fetchval(reviewed) == "ani"
+    assert await staff_actions(desk, "grant_pass") == [("ani", desk.number)]
+    assert await staff_actions(desk, "review_deny_entry") == [("ani", suspect_card)]
