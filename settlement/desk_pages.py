@@ -113,11 +113,15 @@ async def asked(
     is opened. `card`: the change is to the form's card_number, whose page it goes back to."""
     session = await require(request, *roles)
     form = await read_form(request, session)
-    query = {"number": form.get("card_number", "").strip()[:card_number_digits_max]} if card else {}
-    change = Change(session, form, form.get(reason_field, "").strip(), path, query)
+    # Cut one past the longest card number: what is cut is refused all the same.
+    number = form.get("card_number", "").strip()[: registry.card_number_length_max + 1]
+    change = Change(session, form, form.get(reason_field, "").strip(), path, {})
+    if card:
+        change = Change(session, form, change.reason, path, {"number": number})
     if staff.reason_problem(change.reason):
         _ = translator(request).gettext
-        raise change.back(_("Say why (1 to 500 characters): nothing was changed"), ok=False)
+        say_why = _("Say why (1 to %(length)s characters): nothing was changed")
+        raise change.back(say_why % {"length": staff.reason_length_max}, ok=False)
     return change
 
 

@@ -134,6 +134,8 @@ async def test_a_clerk_registers_blocks_and_replaces_a_card(desk: Desk, browser:
     await page.locator("[data-action=move-due]").click()
     await page.wait_for_url("**/finance/cards?number=*")
     assert f"moved to {new_card}" in await message(page)
+    shown = await page.locator("[data-field=replacement]").inner_text()
+    assert f"{rupiah(purse, 'en')} from the purse" in shown
     assert await desk.fetchval(moved, TransferCode.card_replacement) == 1
     assert await desk.purse() == 0
     new_pending = registry.pending_top_up_account_id(new_card)
