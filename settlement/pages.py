@@ -108,6 +108,9 @@ terms = {
     "reviewed": N_("reviewed, kept"),
     "lift_requested": N_("lift asked"),
     "lifted": N_("lifted"),
+    # what moves a cashier's drawer
+    "pending_top_up": N_("cash top-up for a card"),
+    "pass_sale": N_("pass sold"),
     # refunds of pending top-ups no card took
     "due": N_("due at the counter"),
     "sending": N_("sending to the bank"),

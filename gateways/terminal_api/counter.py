@@ -63,12 +63,13 @@ async def drawer_rupiah(connection: asyncpg.Connection, cashier: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class CashTopUp:
-    """Cash a cashier took for a card: the drawer -> the card's pending top-ups."""
+class DrawerMovement:
+    """Cash into a cashier's drawer (a top-up taken for a card, ...) or out of it."""
 
-    top_up_id: str
-    card_number: str
-    amount_rupiah: int
+    reference: str  # the top-up's id (the counter receipt), else the transfer's id
+    card_number: str | None
+    amount_rupiah: int  # into the drawer; negative: out of it
+    kind: str  # the transfer code's name (`pending_top_up`: cash taken for a card)
     booked_at: datetime
 
 
@@ -78,27 +79,42 @@ class OpenShift:
 
     cashier: str
     drawer_rupiah: int
-    top_ups: tuple[CashTopUp, ...]  # taken since the last close, oldest first
+    movements: tuple[DrawerMovement, ...]  # since the last close, oldest first
     last_closed: ShiftClose | None
     last_closed_at: datetime | None
 
 
-open_shift_top_ups_max = 500
+open_shift_movements_max = 500
+
+
+def _movement(drawer: uuid.UUID, row: asyncpg.Record) -> DrawerMovement:
+    try:
+        kind = TransferCode(row["code"]).name
+    except ValueError:  # a code we do not name
+        kind = str(row["code"])
+    into = row["debit_account_id"] == drawer
+    return DrawerMovement(
+        row["bank_reference"] or str(row["id"]),
+        row["card_number"],
+        row["amount"] if into else -row["amount"],
+        kind,
+        row["booked_at"],
+    )
 
 
 async def open_shift(connection: asyncpg.Connection, cashier: str) -> OpenShift:
-    """The drawer's balance and the cash top-ups booked into it since its last close (a close
-    books the drawer to 0: the handover or a difference, codes `cash_handover`, `suspense`)."""
+    """The drawer's balance and what moved it since its last close (a close books the drawer
+    to 0: the handover or a difference, codes `cash_handover`, `suspense`)."""
     drawer = drawer_account_id(cashier)
     rows = await connection.fetch(
-        "select bank_reference, card_number, amount, booked_at from ledger_transfers "
-        "where debit_account_id = $1 and code = $2 and sequence > coalesce((select "
-        "max(sequence) from ledger_transfers where $1 in (debit_account_id, credit_account_id) "
-        "and code = any($3::int[])), 0) order by sequence limit $4",
+        "select id, debit_account_id, bank_reference, card_number, amount, code, booked_at "
+        "from ledger_transfers where $1 in (debit_account_id, credit_account_id) and "
+        "sequence > coalesce((select max(sequence) from ledger_transfers where $1 in "
+        "(debit_account_id, credit_account_id) and code = any($2::int[])), 0) "
+        "order by sequence limit $3",
         drawer,
-        TransferCode.pending_top_up,
         [TransferCode.cash_handover, TransferCode.suspense],
-        open_shift_top_ups_max,
+        open_shift_movements_max,
     )
     last = await connection.fetchrow(
         "select shift_id, expected_rupiah, counted_rupiah, closed_at from counter_shifts "
@@ -108,7 +124,7 @@ async def open_shift(connection: asyncpg.Connection, cashier: str) -> OpenShift:
     return OpenShift(
         cashier,
         await drawer_rupiah(connection, cashier),
-        tuple(CashTopUp(*row.values()) for row in rows),
+        tuple(_movement(drawer, row) for row in rows),
         None
         if last is None
         else ShiftClose(

@@ -258,7 +258,8 @@ async def test_a_fraud_lift_takes_a_second_person_and_a_shift_closes_short(
         assert answer.status == 201, await answer.text()
     await page.click("header a[href='/finance/counter']")
     assert await page.locator("[data-tile=drawer] .value").inner_text() == rupiah(20_000, "en")
-    assert "CTR-DESK-1" in await page.locator("[data-table=top-ups]").inner_text()
+    movements = await page.locator("[data-table=movements]").inner_text()
+    assert "CTR-DESK-1" in movements and "cash top-up for a card" in movements
     form = page.locator("[data-form=close-shift]")
     shift_id = await form.locator("input[name=shift_id]").input_value()
     assert shift_id == "2026-12-01-1"
@@ -280,7 +281,7 @@ async def test_a_fraud_lift_takes_a_second_person_and_a_shift_closes_short(
     assert (await desk.books())[1] == 0
     assert await staff_actions(desk, "close_shift") == [("ani", "ani")]
     assert await page.locator("[data-tile=drawer] .value").inner_text() == rupiah(0, "en")
-    assert await page.locator("[data-tile=top-ups] .value").inner_text() == "0"
+    assert await page.locator("[data-tile=movements] .value").inner_text() == "0"
     next_shift = page.locator("[data-form=close-shift] input[name=shift_id]")
     assert await next_shift.input_value() == "2026-12-01-2"
 
