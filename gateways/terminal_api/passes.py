@@ -52,12 +52,6 @@ def _feed_pass(tariff: Tariff, fare_pass_id: str) -> int:
     return tariff.passes[position].amount // 10**tariff.currency_decimals
 
 
-def free_passes(tariff: Tariff | None = None) -> list[str]:
-    """The fare feed's passes `grant_pass` takes: those priced Rp 0."""
-    tariff = tariff or load_feed()
-    return [rule.pass_id for rule in tariff.passes if rule.amount == 0]
-
-
 async def grant_pass(
     connection: asyncpg.Connection,
     card_number: str,
@@ -171,3 +165,9 @@ async def record_activations(
             for sale_id, record in found
         ],
     )
+
+
+def free_passes(tariff: Tariff | None = None) -> list[str]:
+    """The fare feed's passes `grant_pass` takes: those priced Rp 0."""
+    tariff = tariff or load_feed()
+    return [rule.pass_id for rule in tariff.passes if rule.amount == 0]
