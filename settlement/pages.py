@@ -95,6 +95,27 @@ terms = {
     "void": N_("void"),
     "anomaly": N_("anomaly"),
     "quarantined": N_("quarantined"),
+    # the deny list: why a card is on it, who put it there, what changed
+    "lost": N_("lost"),
+    "stolen": N_("stolen"),
+    "damaged": N_("damaged"),
+    "fraud": N_("fraud"),
+    "counter_repeat": N_("counter repeated (cloned card?)"),
+    "balance_mismatch": N_("balance does not add up"),
+    "rule": N_("automatic rule"),
+    "staff": N_("staff"),
+    "added": N_("added"),
+    "reviewed": N_("reviewed, kept"),
+    "lift_requested": N_("lift asked"),
+    "lifted": N_("lifted"),
+    # what moves a cashier's drawer
+    "pending_top_up": N_("cash top-up for a card"),
+    "pass_sale": N_("pass sold"),
+    # refunds of pending top-ups no card took
+    "due": N_("due at the counter"),
+    "sending": N_("sending to the bank"),
+    "paid": N_("paid to the payer's account"),
+    "paid_cash": N_("paid at the counter"),
 }
 
 
@@ -217,7 +238,6 @@ def extension(settings: PagesSettings) -> Extension:
             web.get("/finance/exceptions.csv", exceptions_csv),
             web.post("/finance/exceptions/action", exception_action),
             web.post("/finance/match", manual_match),
-            web.get("/finance/cards", card_page),
             web.get("/finance/staff", staff_page),
             web.post("/finance/staff/unlock", unlock_staff),
             web.post("/finance/staff/end-sessions", end_staff_sessions),
@@ -853,21 +873,6 @@ async def exceptions_csv(request: web.Request) -> web.Response:
             connection, open_only=False, rows_max=views.exceptions_export_rows_max
         )
     return csv_response(exception_columns, rows, "exceptions.csv", translator(request).gettext)
-
-
-# ---------------------------------------------------------------------------- cards
-
-
-async def card_page(request: web.Request) -> web.Response:
-    session = await require(request)
-    number = request.query.get("number", "").strip()
-    valid = number.isdigit() and len(number) <= 20
-    body = render(request, "cards_form.html", number=number, valid=valid)
-    if number and valid:
-        async with request.app[pool_key].acquire() as connection:
-            story = await views.card_story(connection, number)
-        body += render(request, "card.html", story=story, number=number)
-    return html(page(request, translator(request).gettext("Card lookup"), session, body))
 
 
 # ---------------------------------------------------------------------------- staff

@@ -290,9 +290,12 @@ async def close_shift(request: web.Request) -> web.Response:
     shift_id = body_field(body, "shift_id", str)
     counted = body_field(body, "counted_rupiah", int)
     cashier = body_field(body, "cashier", str, member.username)
-    if not 0 <= counted <= 10_000_000_000:
+    if not 0 <= counted <= counter.counted_rupiah_max:
         raise Problem(
-            400, "bad_field", "counted_rupiah is 0..10,000,000,000", field="counted_rupiah"
+            400,
+            "bad_field",
+            f"counted_rupiah is 0..{counter.counted_rupiah_max:,}",
+            field="counted_rupiah",
         )
     if cashier != member.username and member.role is not Role.supervisor:
         raise Problem(403, "forbidden", "a clerk closes only their own drawer")

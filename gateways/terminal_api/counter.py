@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import asyncpg
 
@@ -29,6 +29,7 @@ drawer_prefix = "drawer:"
 cash_office_code = "cash-office"  # counted cash handed in, on its way to the bank
 differences_owner = "counter-cash-differences"
 differences_account_id = derive_id("suspense", differences_owner)
+counted_rupiah_max = 10_000_000_000  # what a count of one drawer may say
 
 
 def drawer_code(cashier: str) -> str:
@@ -59,6 +60,92 @@ async def drawer_rupiah(connection: asyncpg.Connection, cashier: str) -> int:
     drawer = drawer_account_id(cashier)
     held = (await books.balances(connection, [drawer])).get(drawer)
     return 0 if held is None else held.debits_posted - held.credits_posted
+
+
+@dataclass(frozen=True, slots=True)
+class DrawerMovement:
+    """Cash into a cashier's drawer (a top-up taken for a card, ...) or out of it."""
+
+    reference: str  # the top-up's id (the counter receipt), else the transfer's id
+    card_number: str | None
+    amount_rupiah: int  # into the drawer; negative: out of it
+    kind: str  # the transfer code's name (`pending_top_up`: cash taken for a card)
+    booked_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OpenShift:
+    """A cashier's drawer since their last close, as the books have it."""
+
+    cashier: str
+    drawer_rupiah: int
+    movements: tuple[DrawerMovement, ...]  # since the last close, oldest first
+    last_closed: ShiftClose | None
+    last_closed_at: datetime | None
+
+
+open_shift_movements_max = 500
+
+
+def _movement(drawer: uuid.UUID, row: asyncpg.Record) -> DrawerMovement:
+    try:
+        kind = TransferCode(row["code"]).name
+    except ValueError:  # a code we do not name
+        kind = str(row["code"])
+    into = row["debit_account_id"] == drawer
+    return DrawerMovement(
+        row["bank_reference"] or str(row["id"]),
+        row["card_number"],
+        row["amount"] if into else -row["amount"],
+        kind,
+        row["booked_at"],
+    )
+
+
+async def open_shift(connection: asyncpg.Connection, cashier: str) -> OpenShift:
+    """The drawer's balance and what moved it since its last close (a close books the drawer
+    to 0: the handover or a difference, codes `cash_handover`, `suspense`)."""
+    drawer = drawer_account_id(cashier)
+    rows = await connection.fetch(
+        "select id, debit_account_id, bank_reference, card_number, amount, code, booked_at "
+        "from ledger_transfers where $1 in (debit_account_id, credit_account_id) and "
+        "sequence > coalesce((select max(sequence) from ledger_transfers where $1 in "
+        "(debit_account_id, credit_account_id) and code = any($2::int[])), 0) "
+        "order by sequence limit $3",
+        drawer,
+        [TransferCode.cash_handover, TransferCode.suspense],
+        open_shift_movements_max,
+    )
+    last = await connection.fetchrow(
+        "select shift_id, expected_rupiah, counted_rupiah, closed_at from counter_shifts "
+        "where cashier = $1 order by closed_at desc, shift_id desc limit 1",
+        cashier,
+    )
+    return OpenShift(
+        cashier,
+        await drawer_rupiah(connection, cashier),
+        tuple(_movement(drawer, row) for row in rows),
+        None
+        if last is None
+        else ShiftClose(
+            cashier, last["shift_id"], last["expected_rupiah"], last["counted_rupiah"], False
+        ),
+        None if last is None else last["closed_at"],
+    )
+
+
+async def next_shift_id(connection: asyncpg.Connection, cashier: str, day: date) -> str:
+    """A shift id not used yet by this cashier: the day and a number (`2026-12-01-2`)."""
+    used = set(
+        await connection.fetchval(
+            "select coalesce(array_agg(shift_id), '{}') from counter_shifts where cashier = $1",
+            cashier,
+        )
+    )
+    number = 1
+    while f"{day.isoformat()}-{number}" in used:
+        number += 1
+    return f"{day.isoformat()}-{number}"
 
 
 async def close_shift(

@@ -461,3 +461,9 @@ async def record_activations(
 
 
 pass_cancelled_activated = "pass_cancelled_activated"
+
+
+async def free_passes(connection: asyncpg.Connection, *, now: dt.datetime) -> list[str]:
+    """The passes of the validators' feed that are granted, not sold: those priced Rp 0."""
+    tariff = await sale_tariff(connection, now)
+    return [rule.pass_id for rule in tariff.passes if rule.amount == 0]

@@ -25,6 +25,7 @@ optional_extensions: tuple[tuple[str, str], ...] = (
     ("settlement.metrics", "install"),  # payouts and open exceptions on /metrics
     ("gateways.service_desk.citizen", "install"),  # the public card page; complaints gauges
     ("settlement.complaint_pages", "install"),  # the service desk's complaint pages
+    ("settlement.desk_pages", "install"),  # the service desk's card, deny list, counter pages
     ("settlement.refund_sweep", "install"),  # pending top-ups no card took, given back hourly
 )
 
