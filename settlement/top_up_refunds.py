@@ -31,7 +31,7 @@ from typing import Protocol
 import asyncpg
 
 from gateways.snap.client import Payout, PayoutOutcome, PayoutState
-from gateways.terminal_api import registry
+from gateways.terminal_api import counter, registry
 from ledger.clock import jakarta
 from ledger.records import AccountKind, Transfer, TransferCode, derive_id
 from settlement import books
@@ -44,7 +44,6 @@ withdrawal_wait_default = dt.timedelta(days=3)  # setting `top_up_withdrawal_wai
 # Who "took" an expired top-up (`pending_top_ups.taken_terminal_id`): no terminal is sent it,
 # and a late delivery is refused as a second one.
 expired_taker = "expired"
-cash_clearing_owner = "counter"  # the service counter's cash (as staff-paid top-ups)
 note_length_max = 500
 
 
@@ -289,7 +288,8 @@ async def refunds_due(connection: asyncpg.Connection, *, everything: bool = Fals
 async def mark_paid_in_cash(
     connection: asyncpg.Connection, top_up_id: str, *, who: str, note: str, now: dt.datetime
 ) -> Refund:
-    """A clerk paid a due refund at the counter: refund payable -> the counter's cash."""
+    """A clerk paid a due refund at the counter from their drawer: refund payable -> the
+    drawer of `who`, so that the close of their shift expects that much less cash."""
     note = note.strip()
     if not note or len(note) > note_length_max or not note.isprintable():
         raise RefundError(f"a note says how it was paid, in 1 to {note_length_max} characters")
@@ -302,9 +302,7 @@ async def mark_paid_in_cash(
             raise RefundError(f"no refund of top-up {top_up_id}")
         if row["state"] != "due":
             raise RefundError(f"the refund of top-up {top_up_id} is {row['state']}, not due")
-        cash = await books.ensure_account(
-            connection, AccountKind.bank_clearing, cash_clearing_owner
-        )
+        cash = await counter.ensure_drawer(connection, who)
         await books.book(
             connection,
             [

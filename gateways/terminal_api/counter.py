@@ -41,6 +41,15 @@ def drawer_account_id(cashier: str) -> uuid.UUID:
     return bank_clearing_account_id(drawer_code(cashier))
 
 
+async def ensure_drawer(connection: asyncpg.Connection, cashier: str) -> uuid.UUID:
+    """The cashier's drawer account, opened on first use."""
+    drawer = drawer_account_id(cashier)
+    await books.ensure_accounts(
+        connection, [Account(drawer, AccountKind.bank_clearing, drawer_code(cashier))]
+    )
+    return drawer
+
+
 @dataclass(frozen=True, slots=True)
 class ShiftClose:
     cashier: str

@@ -414,7 +414,7 @@ async def test_a_refund_due_is_paid_at_the_counter_once(desk: Desk) -> None:
             wait=dt.timedelta(0),
         )
     assert refund.state == "due"
-    cash = registry.bank_clearing_account_id(top_up_refunds.cash_clearing_owner)
+    cash = counter.drawer_account_id("ani")  # paid out of her drawer: her close expects less
     cash_before = await balance(desk, cash)
     async with session_for(desk.url) as http:
         ani = await staffer(http, desk.url, "ani")
@@ -427,7 +427,7 @@ async def test_a_refund_due_is_paid_at_the_counter_once(desk: Desk) -> None:
         _, where = await ani.post("/finance/counter/refund-paid", paid)
         assert "is paid_cash, not due" in urllib_unquote(where)
         assert await unchanged(desk) == before
-    assert await balance(desk, cash) == cash_before + 7_500  # the counter paid it out
+    assert await balance(desk, cash) == cash_before + 7_500  # out of the drawer
     state = "select row(state, paid_by, note)::text from top_up_refunds where top_up_id = $1"
     assert (
         await desk.fetchval(state, "COUNTER-OLD-1")

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from bus_terminals.wire import UploadKind
-from gateways.terminal_api import registry
+from gateways.terminal_api import counter, registry
 from ledger.audit import check_ledger
 from ledger.clock import system_clock
 from settlement import top_up_refunds
@@ -115,6 +115,8 @@ async def test_an_old_counter_top_up_goes_to_the_refund_due_list_and_is_never_pa
             now=backoffice.clock.now(),
         )
         assert (paid.state, paid.paid_by) == ("paid_cash", "clerk")
+        # Paid out of the clerk's own drawer: the close of the shift expects that much less.
+        assert await counter.drawer_rupiah(connection, "clerk") == -30_000
         with pytest.raises(top_up_refunds.RefundError, match="paid_cash, not due"):
             await top_up_refunds.mark_paid_in_cash(
                 connection, "COUNTER-1", who="clerk", note="again", now=backoffice.clock.now()
