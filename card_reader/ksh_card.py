@@ -577,6 +577,19 @@ class KshCard:
                 f"log record does not fit the layout: {error}", self.state.uid
             ) from error
 
+    def read_transaction_mac(self) -> TransactionMac | None:
+        """The card's Transaction MAC of its last committed transaction (file 5: TMC ‖ TMV), read
+        in the session; None for a card without the file. What proves a transaction whose
+        commit answer was lost when no later transaction of the card will."""
+        state = self.state
+        assert state is not None, "read_state first"
+        if not state.profile.transaction_mac:
+            return None
+        raw = self.desfire.read_data(
+            transaction_mac_file, 0, TransactionMac.wire_bytes, comm_mode
+        )
+        return TransactionMac.from_bytes(raw)
+
     # ------------------------------------------------------------------ planning (no I/O)
 
     def _next_record(

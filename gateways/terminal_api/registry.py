@@ -503,6 +503,52 @@ async def deny_cards(
     return sorted(row["card_number"] for row in rows)
 
 
+# The deny list entries terminals write onto the chip (`bus_terminals.terminal`): staff blocks
+# final for that piece of plastic, the causes a replacement follows, and cards replaced. Not
+# automatic entries nor fraud: staff may lift those, and a terminal cannot unblock a card.
+chip_block_reasons = ("damaged", "lost", "stolen")
+# A condition on a `deny_list` row `d`: its card is to be blocked on the chip.
+chip_block_condition = (
+    "((d.source = 'staff' and d.reason in ('damaged', 'lost', 'stolen')) or exists "
+    "(select 1 from card_replacements r where r.old_card_number = d.card_number))"
+)
+assert all(f"'{reason}'" in chip_block_condition for reason in chip_block_reasons)
+
+
+async def chip_block_changes(
+    connection: asyncpg.Connection, since: int, limit: int
+) -> list[tuple[str, bool]]:
+    """The cards whose chip block changed after change `since` (at most `limit`), each with
+    whether it is to be blocked now (added) or not any more (lifted)."""
+    rows = await connection.fetch(
+        "select c.card_number, exists (select 1 from deny_list d "
+        f"where d.card_number = c.card_number and {chip_block_condition}) as blocked "
+        "from (select distinct card_number from deny_list_changes where change_id > $1 "
+        "and change in ('added', 'lifted') and reason = any($2::text[]) limit $3) c",
+        since,
+        list(chip_block_reasons),
+        limit,
+    )
+    return [(row["card_number"], row["blocked"]) for row in rows]
+
+
+async def chip_block_requested(
+    connection: asyncpg.Connection, card_numbers: list[str]
+) -> dict[str, bool]:
+    """Of these cards, those the back office ever asked to block on the chip, and whether it
+    still does (a card lifted since was asked before: False)."""
+    rows = await connection.fetch(
+        "select c.card_number, exists (select 1 from deny_list d "
+        f"where d.card_number = c.card_number and {chip_block_condition}) as blocked "
+        "from (select distinct card_number from deny_list_changes "
+        "where card_number = any($1::text[]) and change = 'added' and source = 'staff' "
+        "and reason = any($2::text[])) c",
+        card_numbers,
+        list(chip_block_reasons),
+    )
+    return {row["card_number"]: row["blocked"] for row in rows}
+
+
 async def deny_list_version(connection: asyncpg.Connection) -> int:
     """The highest change of the deny list (an addition, a review, a lift)."""
     return int(

@@ -144,11 +144,18 @@ def test_card_log_fields_are_the_log_record_the_card_writes() -> None:
     from bus_terminals.terminal import intended_log_record
     from bus_terminals.wire import card_log_fields, card_terminal_number
     from card_reader import tmac
+    from card_reader.ksh_card import RecordKind
 
-    for kind, top_up in ((UploadKind.fare_debit, 0), (UploadKind.topup_credit, 5_000)):
+    for kind, top_up, card_kind in (
+        (UploadKind.fare_debit, 0, RecordKind.DEBIT),
+        (UploadKind.topup_credit, 5_000, RecordKind.CREDIT),
+        (UploadKind.block, 0, RecordKind.BLOCK),
+    ):
         record = _record(kind=kind, topup_rupiah=top_up)
+        if kind == UploadKind.block:
+            record = record._replace(amount_rupiah=0)
         fields = card_log_fields(record)
-        assert fields.credit is (kind == UploadKind.topup_credit)
+        assert fields.kind == card_kind
         assert fields.amount_rupiah == (top_up or record.amount_rupiah)
         assert fields.terminal_number == card_terminal_number("V1")
         assert fields.time_unix_seconds == record.time_ms // 1000
@@ -213,6 +220,10 @@ def test_no_record_moves_more_than_a_purse_holds() -> None:
     from card_reader import ksh_card
 
     assert wire.rupiah_max == ksh_card.balance_max_rupiah
+    # And the log record kinds the wire names are the card's.
+    assert wire.card_log_debit == ksh_card.RecordKind.DEBIT
+    assert wire.card_log_credit == ksh_card.RecordKind.CREDIT
+    assert wire.card_log_block == ksh_card.RecordKind.BLOCK
 
 
 def test_a_deny_list_package_replaces_the_list_only_when_it_is_as_new() -> None:
