@@ -16,6 +16,7 @@ import enum
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 import asyncpg
 
@@ -632,7 +633,20 @@ async def card_view(connection: asyncpg.Connection, card_number: str) -> dict[st
         "counter_gaps": gaps,
         "flags": [dict(flag) for flag in flags],
         "denied": denied,
+        "chip_block": await chip_block_of(connection, card_number),
     }
+
+
+async def chip_block_of(connection: asyncpg.Connection, card_number: str) -> dict[str, Any] | None:
+    """The card's block written on its chip, as the back office took it (`kind` block): the
+    terminal, its record, the card's counter and the time (the terminal's clock, Unix ms)."""
+    row = await connection.fetchrow(
+        "select terminal_id, sequence, card_counter, time_ms from card_records "
+        "where card_number = $1 and kind = 'block' and outcome = 'booked' "
+        "order by card_counter desc limit 1",
+        card_number,
+    )
+    return None if row is None else dict(row)
 
 
 counter_gaps_shown_max = 100
