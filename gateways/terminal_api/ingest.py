@@ -289,7 +289,7 @@ async def _log_evidence(
 
 async def _chip_blocks(
     connection: asyncpg.Connection, records: Iterable[UploadRecord]
-) -> dict[str, bool]:
+) -> dict[str, int | None]:
     """For the cards that block records name: whether the back office asked to block them on
     the chip, and still does (`registry.chip_block_requested`). No query without one."""
     cards = sorted({record.card_number for record in records if record.kind == UploadKind.block})

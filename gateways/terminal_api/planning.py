@@ -428,7 +428,7 @@ def plan_batch(
     classified: Classified,
     settled: InDoubt,
     pending_top_ups: Mapping[str, PendingTopUp],
-    chip_blocks: Mapping[str, bool] | None = None,
+    chip_blocks: Mapping[str, int | None] | None = None,
 ) -> Plan:
     """`chip_blocks`: of the cards the batch's block records name, those the back office asked
     to block on the chip, and whether it still does (`judge_blocks`)."""
@@ -494,25 +494,28 @@ def plan_batch(
 
 
 def judge_blocks(
-    booked: Sequence[UploadRecord], chip_blocks: Mapping[str, bool]
+    booked: Sequence[UploadRecord], chip_blocks: Mapping[str, int | None]
 ) -> tuple[list[Quarantined], list[CardFlag]]:
-    """A card blocked itself (its MAC proves it, so the record is taken and books nothing):
-    the card is blocked now whoever asked. One the back office never asked to block on the
-    chip was blocked by a terminal on its own: the record is also listed as quarantined
-    (`unrequested_block`: the terminal is flagged, and suspended past the limit), and the card
-    is flagged `unrequested_block` for the desk to unblock or re-issue. So is a card whose chip
-    block staff lifted before a terminal not yet synced wrote it (the terminal is not at
-    fault)."""
+    """A card blocked itself (its MAC proves it, so the record is taken and books nothing).
+    `chip_blocks`: the cards the back office asked to block on the chip, None while it still
+    does, else when staff lifted it (Unix ms). A block it never asked for was a terminal's own
+    doing: the record is also listed as quarantined (`unrequested_block`: the terminal is
+    flagged, and suspended past the limit), and the card is flagged `unrequested_block` for the
+    desk to unblock. A block written after staff lifted it (by the terminal's clock: it had not
+    synced) flags the card only."""
     quarantined: list[Quarantined] = []
     flags: list[CardFlag] = []
     for record in booked:
-        if record.kind != UploadKind.block or chip_blocks.get(record.card_number):
+        if record.kind != UploadKind.block:
             continue
-        if record.card_number in chip_blocks:
-            detail = "blocked on the chip after staff lifted its block: unblock it at a desk"
-        else:
+        if record.card_number not in chip_blocks:
             detail = "the back office never asked to block it on the chip: unblock it at a desk"
             quarantined.append(Quarantined(record, "unrequested_block", detail))
+        else:
+            lifted_ms = chip_blocks[record.card_number]
+            if lifted_ms is None or record.time_ms < lifted_ms:
+                continue
+            detail = "blocked on the chip after staff lifted its block: unblock it at a desk"
         flags.append(CardFlag.of(record, "unrequested_block", detail))
     return quarantined, flags
 

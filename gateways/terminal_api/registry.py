@@ -535,19 +535,22 @@ async def chip_block_changes(
 
 async def chip_block_requested(
     connection: asyncpg.Connection, card_numbers: list[str]
-) -> dict[str, bool]:
-    """Of these cards, those the back office ever asked to block on the chip, and whether it
-    still does (a card lifted since was asked before: False)."""
+) -> dict[str, int | None]:
+    """Of these cards, those the back office ever asked to block on the chip: None while it
+    still does, else when staff last lifted the block (Unix ms)."""
     rows = await connection.fetch(
-        "select c.card_number, exists (select 1 from deny_list d "
-        f"where d.card_number = c.card_number and {chip_block_condition}) as blocked "
+        "select c.card_number, case when exists (select 1 from deny_list d "
+        f"where d.card_number = c.card_number and {chip_block_condition}) then null else "
+        "(select (extract(epoch from max(l.at)) * 1000)::bigint from deny_list_changes l "
+        "where l.card_number = c.card_number and l.change = 'lifted' "
+        "and l.reason = any($2::text[])) end as lifted_ms "
         "from (select distinct card_number from deny_list_changes "
         "where card_number = any($1::text[]) and change = 'added' and source = 'staff' "
         "and reason = any($2::text[])) c",
         card_numbers,
         list(chip_block_reasons),
     )
-    return {row["card_number"]: row["blocked"] for row in rows}
+    return {row["card_number"]: row["lifted_ms"] for row in rows}
 
 
 async def deny_list_version(connection: asyncpg.Connection) -> int:
@@ -638,12 +641,16 @@ async def card_view(connection: asyncpg.Connection, card_number: str) -> dict[st
 
 
 async def chip_block_of(connection: asyncpg.Connection, card_number: str) -> dict[str, Any] | None:
-    """The card's block written on its chip, as the back office took it (`kind` block): the
-    terminal, its record, the card's counter and the time (the terminal's clock, Unix ms)."""
+    """The card's last block written on its chip, as the back office took it (`kind` block):
+    the terminal, its record, the card's counter and the time (the terminal's clock, Unix ms),
+    and `active_again_counter`: the first counter the card committed after it (a desk unblocked
+    it: `card_reader.ksh_card.unblock` writes no record), or None while it is blocked."""
     row = await connection.fetchrow(
-        "select terminal_id, sequence, card_counter, time_ms from card_records "
-        "where card_number = $1 and kind = 'block' and outcome = 'booked' "
-        "order by card_counter desc limit 1",
+        "select b.terminal_id, b.sequence, b.card_counter, b.time_ms, "
+        "(select min(l.card_counter) from card_records l where l.card_number = b.card_number "
+        "and l.card_counter > b.card_counter and l.outcome = 'booked') as active_again_counter "
+        "from card_records b where b.card_number = $1 and b.kind = 'block' "
+        "and b.outcome = 'booked' order by b.card_counter desc limit 1",
         card_number,
     )
     return None if row is None else dict(row)

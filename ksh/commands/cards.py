@@ -352,7 +352,12 @@ async def chip_fields(connection: Any, number: str) -> dict[str, object]:
             f"(record {block['terminal_id']}/{block['sequence']}, card counter "
             f"{block['card_counter']})"
         )
-    if unrequested:
+        if block["active_again_counter"] is not None:
+            fields["chip"] += (
+                f"; active again (unblocked at a desk): its card counter "
+                f"{block['active_again_counter']} followed"
+            )
+    if unrequested and (block is None or block["active_again_counter"] is None):
         fields["attention"] = f"unrequested_block: {unrequested[-1]['detail']}"
     return fields
 

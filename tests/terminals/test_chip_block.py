@@ -252,8 +252,9 @@ async def test_a_terminal_from_before_the_chip_block_list_downloads_it_whole(
 
 
 def test_who_is_flagged_for_a_block_depends_on_what_the_back_office_asked() -> None:
-    """Asked and still asked: nothing. Asked, but staff lifted it before the terminal heard:
-    the card is flagged (the desk unblocks it), the terminal is not. Never asked: both."""
+    """Asked and still asked, or written before staff lifted it: nothing. Written after staff
+    lifted it (the terminal had not synced): the card is flagged (the desk unblocks it), the
+    terminal is not. Never asked: both."""
     from bus_terminals.wire import UploadKind
     from gateways.terminal_api.planning import judge_blocks
     from tests.terminals.helpers import record
@@ -263,8 +264,11 @@ def test_who_is_flagged_for_a_block_depends_on_what_the_back_office_asked() -> N
         return made._replace(kind=UploadKind.block)
 
     records = [block(lost_card), block(suspect_card), block(honest_card)]
+    before_lift = block("6032984000000504")
     fare_record = record("V1", 2, honest_card, 2, 4_000, 16_000, previous=(1, "", 20_000))
-    asked = {lost_card: True, suspect_card: False}
+    written_ms = records[0].time_ms  # type: ignore[attr-defined]
+    asked = {lost_card: None, suspect_card: written_ms, "6032984000000504": written_ms + 1}
+    records.append(before_lift)
     quarantined, flags = judge_blocks([*records, fare_record], asked)  # type: ignore[list-item]
     assert [(q.record.card_number, q.reason) for q in quarantined] == [
         (honest_card, "unrequested_block")
@@ -273,3 +277,68 @@ def test_who_is_flagged_for_a_block_depends_on_what_the_back_office_asked() -> N
         (suspect_card, "unrequested_block"),
         (honest_card, "unrequested_block"),
     ]
+
+
+async def test_a_card_found_again_is_unblocked_at_the_desk_and_rides_after_the_lift(
+    backoffice: Backoffice,
+    cards: dict[str, EmulatedCard],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from card_reader.ksh_card import unblock
+    from gateways.staff import Role, StaffMember
+
+    bus = await bus_of(backoffice, tmp_path, "V1")
+    async with backoffice.pool.acquire() as connection:
+        await card_desk.block_card(
+            connection,
+            lost_card,
+            card_desk.BlockCause.lost,
+            "lost",
+            username="clerk-ani",
+            now=backoffice.clock.now(),
+        )
+    await bus.sync_now()
+    assert bus.tap(cards[lost_card], backoffice.clock.unix_ms(), fare()).reason == (
+        Reason.card_blocked
+    )
+    # Found again: the desk unblocks the chip, but until staff lift the entry, the next
+    # terminal blocks it again.
+    desk = EmulatedReader("desk")
+    desk.insert(cards[lost_card])
+    assert unblock(desk, store.view(*KeyRole)) is not None
+    desk.remove()
+    assert bus.tap(cards[lost_card], backoffice.clock.unix_ms(), fare()).reason == (
+        Reason.card_blocked
+    )
+    desk.insert(cards[lost_card])
+    assert unblock(desk, store.view(*KeyRole)) is not None
+    desk.remove()
+    backoffice.clock.advance(600)  # the rider walks to the desk
+    async with backoffice.pool.acquire() as connection:
+        lifted = await card_desk.lift_entry(
+            connection,
+            lost_card,
+            "found in the bus",
+            StaffMember("clerk-ani", Role.clerk),
+            now=backoffice.clock.now(),
+        )
+    assert lifted is card_desk.LiftOutcome.lifted
+    await bus.sync_now()
+    assert lost_card not in bus.state.chip_block_list
+    ride = bus.tap(cards[lost_card], backoffice.clock.unix_ms(), fare())
+    assert ride.verdict == Verdict.accepted
+    await bus.sync_now()
+    stored = await card_records(backoffice, lost_card)
+    assert [kind for kind, outcome, _ in stored] == ["block", "block", "fare_debit"]
+    assert {outcome for _, outcome, _ in stored} == {"booked"}
+    async with backoffice.pool.acquire() as connection:
+        view = await registry.card_view(connection, lost_card)
+    assert view is not None
+    assert (view["counter_gaps"], view["flags"]) == ([], [])
+    monkeypatch.setenv("DATABASE_URL", backoffice.database_url)
+    shown = (await Ksh(capsys).ok("cards", "show", lost_card)).out
+    assert "active again (unblocked at a desk): its card counter 3 followed" in shown
+    bus.close()
+    await bus.sync.close()
