@@ -218,7 +218,10 @@ async def test_a_torn_block_is_settled_from_the_cards_log_with_its_proof(
 
 
 async def test_a_terminal_from_before_the_chip_block_list_downloads_it_whole(
-    backoffice: Backoffice, cards: dict[str, EmulatedCard], tmp_path: Path
+    backoffice: Backoffice,
+    cards: dict[str, EmulatedCard],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A state saved before the chip-block list loads (the list empty), and its next sync
     downloads it whole (the fleet's package: `test_fleet`)."""
@@ -244,6 +247,9 @@ async def test_a_terminal_from_before_the_chip_block_list_downloads_it_whole(
     assert old.deny_list.version > 0
     await bus.sync.close()
     bus.reboot()
+    from gateways.terminal_api import routes
+
+    monkeypatch.setattr(routes, "deny_delta_entries_max", 0)  # any change: the whole list
     await bus.sync_now()
     assert lost_card in bus.state.chip_block_list
     assert suspect_card not in bus.state.chip_block_list
