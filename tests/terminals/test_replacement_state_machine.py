@@ -71,6 +71,7 @@ class Chip:
     balance: int
     counter: int = 0
     last: tuple[int, str, int] = (0, "", 0)
+    blocked: bool = False  # a terminal that knew of the block wrote it onto the card
 
 
 def test_block_late_taps_replace_move_state_machine(
@@ -192,8 +193,8 @@ def test_block_late_taps_replace_move_state_machine(
         def old_card_pays(self, terminal: str, amount: int, refund: bool) -> None:
             at = self.terminals[terminal]
             chip = self.chips[old_card]
-            if at.knows_block:
-                return  # refused at the reader: nothing on the card, nothing to book
+            if at.knows_block or chip.blocked:
+                return  # refused at the reader or by the card: nothing new on it
             if terminal in points_of_sale and refund:
                 amount = min(amount, self.sales_rupiah)
                 if amount:
@@ -220,10 +221,21 @@ def test_block_late_taps_replace_move_state_machine(
         def old_card_collects_a_top_up(self, terminal: str) -> None:
             at = self.terminals[terminal]
             waiting = [t for t in self.top_ups if t[0] not in self.on_chip]
-            if at.knows_block or not waiting:
+            if at.knows_block or self.chips[old_card].blocked or not waiting:
                 return
             self.on_chip.add(waiting[0][0])
             self._write(at, old_card, UploadKind.topup_credit, 0, waiting[0])
+
+        @rule(terminal=st.sampled_from(validators + points_of_sale))
+        def old_card_blocked_on_its_chip(self, terminal: str) -> None:
+            """A terminal that synced the (lost) block writes it onto the card, once: a record
+            of no money, taken in whatever order it reaches the back office."""
+            at = self.terminals[terminal]
+            if not at.knows_block or self.chips[old_card].blocked:
+                return
+            self._write(at, old_card, UploadKind.block, 0)
+            self.chips[old_card].blocked = True
+            event("the block written on the chip")
 
         @precondition(lambda self: self.moved_rupiah is not None)
         @rule(terminal=st.sampled_from(validators))
@@ -345,6 +357,17 @@ def test_block_late_taps_replace_move_state_machine(
                     "new_purse": await self._balance(new.purse_account_id),
                     "new_pending": await self._balance(new.pending_top_up_account_id),
                     "suspense": await self._balance(registry.suspense_account_id),
+                    "blocks_not_taken": int(
+                        await self.db.fetchval(
+                            "select count(*) from card_records where kind = 'block' and "
+                            "outcome <> 'booked'"
+                        )
+                    )
+                    + int(
+                        await self.db.fetchval(
+                            "select count(*) from card_flags where reason = 'unrequested_block'"
+                        )
+                    ),
                     "moves": int(
                         await self.db.fetchval(
                             "select count(*) from ledger_transfers where code = 16"
@@ -361,6 +384,7 @@ def test_block_late_taps_replace_move_state_machine(
             assert books["new_pending"] + books["new_purse"] == moved  # once, never twice
             assert books["new_purse"] == self.new_collected
             assert books["moves"] <= 2  # the purse and the pending top-ups, each once
+            assert books["blocks_not_taken"] == 0  # asked for: taken, books nothing
 
     run_state_machine_as_test(
         ReplacementMachine,
