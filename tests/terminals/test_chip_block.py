@@ -21,7 +21,8 @@ from card_reader.deck import make_ksh_deck
 from card_reader.emulator import EmulatedCard, EmulatedReader
 from card_reader.keys import KeyRole, demo_key_store
 from card_reader.ksh_card import CardState, CardStatus, KshCard
-from gateways.terminal_api import card_desk, registry, suspension
+from gateways.staff import Role, StaffMember
+from gateways.terminal_api import card_desk, quarantine, registry, suspension
 from gateways.terminal_api.registry import TerminalRole
 from tests.setup.helpers import Ksh
 from tests.terminals.conftest import Backoffice, operator_id
@@ -171,6 +172,16 @@ async def test_a_block_nobody_asked_for_flags_the_terminal_and_the_card(
     assert view is not None
     assert [flag["reason"] for flag in view["flags"]] == ["unrequested_block"]
     assert recent == {"V-HOSTILE": {"unrequested_block": 1}}
+    async with backoffice.pool.acquire() as connection:
+        closed = await quarantine.resolve(
+            connection,
+            quarantine.EntryKey("V-HOSTILE", blocked.sequence),
+            quarantine.Resolution.write_off,
+            StaffMember("supervisor-budi", Role.supervisor),
+            "terminal sent for inspection; card unblocked at the desk",
+            now=backoffice.clock.now(),
+        )
+    assert (closed.result, closed.rupiah) == (quarantine.ResolveResult.done, 0)
     monkeypatch.setenv("DATABASE_URL", backoffice.database_url)
     shown = (await Ksh(capsys).ok("cards", "show", honest_card)).out
     assert "blocked on the chip by V-HOSTILE at 2026-11-24 06:00 WIB" in shown
@@ -293,7 +304,6 @@ async def test_a_card_found_again_is_unblocked_at_the_desk_and_rides_after_the_l
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from card_reader.ksh_card import unblock
-    from gateways.staff import Role, StaffMember
 
     bus = await bus_of(backoffice, tmp_path, "V1")
     async with backoffice.pool.acquire() as connection:
