@@ -26,7 +26,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -44,7 +44,7 @@ version_max = 2**62
 class PackageKind(enum.StrEnum):
     fare_feed = "fare_feed"  # a GTFS-Fares-v2-like feed: {file name: text}, JSON
     key_version = "key_version"  # {key role: version the terminal uses as current}, JSON
-    deny_list = "deny_list"  # the whole deny list: its version (u64) then sorted u64 numbers
+    deny_list = "deny_list"  # the whole deny list and chip-block list (`deny_list_content`)
     settings = "settings"  # terminal settings: {name: integer}, JSON, names below
 
 
@@ -204,20 +204,45 @@ def feed_texts(content: bytes) -> dict[str, str]:
     return texts
 
 
-def deny_list_content(version: int, card_numbers: list[int]) -> bytes:
+# A deny-list package's content: its version (u64), the denied card numbers (sorted u64), then
+# this marker and the cards to block on the chip (sorted u64; `bus_terminals.sync`). No card
+# number is the marker (19 digits at most). A package from before the chip-block list stops
+# after the denied numbers; a terminal from before it refuses a package with the marker
+# (`content_invalid`, its numbers not sorted: it keeps its list from the sync's deltas).
+chip_block_marker = 2**64 - 1
+
+
+class DenyListPackage(NamedTuple):
+    version: int
+    denied: list[int]
+    chip_blocked: list[int] | None  # None: a package from before the chip-block list
+
+
+def deny_list_content(
+    version: int, card_numbers: list[int], chip_blocked: list[int] | None = None
+) -> bytes:
+    """The package content: the denied cards, and (unless None) the cards to block on the chip."""
+    numbers = sorted(set(card_numbers))
+    if chip_blocked is not None:
+        numbers += [chip_block_marker, *sorted(set(chip_blocked))]
     return version.to_bytes(8, "little") + b"".join(
-        number.to_bytes(8, "little") for number in sorted(set(card_numbers))
+        number.to_bytes(8, "little") for number in numbers
     )
 
 
-def deny_list_numbers(content: bytes) -> tuple[int, list[int]]:
-    """(the deny list's version, its card numbers)."""
+def deny_list_numbers(content: bytes) -> DenyListPackage:
+    """The deny list's version, its card numbers and the cards to block on the chip."""
     if len(content) < 8 or len(content) % 8:
         raise ValueError("a deny list is a version then card numbers, 8 bytes each")
     numbers = [int.from_bytes(content[at : at + 8], "little") for at in range(8, len(content), 8)]
-    if any(later <= earlier for earlier, later in itertools.pairwise(numbers)):
-        raise ValueError("the deny list's numbers are not sorted and distinct")
-    return int.from_bytes(content[:8], "little"), numbers
+    chip_blocked = None
+    if chip_block_marker in numbers:
+        at = numbers.index(chip_block_marker)
+        numbers, chip_blocked = numbers[:at], numbers[at + 1 :]
+    for part in (numbers, chip_blocked or []):
+        if any(later <= earlier for earlier, later in itertools.pairwise(part)):
+            raise ValueError("the deny list's numbers are not sorted and distinct")
+    return DenyListPackage(int.from_bytes(content[:8], "little"), numbers, chip_blocked)
 
 
 def integer_table(content: bytes, ranges: dict[str, tuple[int, int]], what: str) -> dict[str, int]:

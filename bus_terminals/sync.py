@@ -3,7 +3,9 @@
 Upload: the next batch is built from the journal, signed, and *stored* (exact bytes and
 signature) before the first send; every retry sends those same bytes, so the back office books
 it once and answers `exists` to a repeat. Only an acknowledgement moves the journal on.
-Download: deny list (cards added and lifted since our version, or the whole binary list), the pending top-ups
+Download: deny list (cards added and lifted since our version, or the whole binary list), the
+chip-block list beside it (the denied cards a tap blocks on the card itself: staff blocks of a
+lost, stolen or damaged card, kept in the same way with its own version), the pending top-ups
 waiting for cards and the passes granted to them, tariff and key versions; kept in a `SyncState` the tap flow reads, and saved
 beside the journal so a validator that boots offline still has them. With a `Fleet`, each sync
 also reports the fleet packages the terminal runs, has staged and refused, and takes the newer
@@ -76,6 +78,9 @@ class SyncState:
     """What the tap flow needs from the back office, as last downloaded."""
 
     deny_list: DenyList = field(default_factory=DenyList)
+    # Denied cards whose denial is final for the plastic: a tap writes "blocked" onto the card
+    # (`bus_terminals.terminal`), which then refuses itself at terminals not yet synced.
+    chip_block_list: DenyList = field(default_factory=DenyList)
     # card number -> [(top-up id, amount, paid at in Unix ms)], oldest first
     pending_top_ups: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
     # card number -> [(pass sale id, fare_pass_id, sold at in Unix ms)], oldest first
@@ -92,6 +97,7 @@ class SyncState:
 
     def save(self, folder: Path) -> None:
         self.deny_list.save(folder / "deny-list.bin")
+        self.chip_block_list.save(folder / "chip-block-list.bin")
         state = {
             "pending_top_ups": self.pending_top_ups,
             "pending_passes": self.pending_passes,
@@ -103,7 +109,12 @@ class SyncState:
 
     @classmethod
     def load(cls, folder: Path) -> SyncState:
-        state = cls(deny_list=DenyList.load(folder / "deny-list.bin"))
+        state = cls(
+            deny_list=DenyList.load(folder / "deny-list.bin"),
+            # Absent from a state saved before the chip-block list: empty at version 0, so
+            # the next sync asks for the whole of it.
+            chip_block_list=DenyList.load(folder / "chip-block-list.bin"),
+        )
         path = folder / "sync-state.json"
         if path.exists():
             try:
@@ -276,7 +287,10 @@ class SyncClient:
     async def download(self) -> bool:
         """Refresh deny list, pending top-ups and versions, take new fleet packages; False when
         offline."""
-        path = f"/terminal/v1/sync?deny_since={self.state.deny_list.version}"
+        path = (
+            f"/terminal/v1/sync?deny_since={self.state.deny_list.version}"
+            f"&chip_block_since={self.state.chip_block_list.version}"
+        )
         feed_service_end = self.feed_service_end
         if self.fleet is not None:
             self.fleet.switch_due(self.now_ms())
@@ -303,6 +317,8 @@ class SyncClient:
                 self.state.deny_list.add(answer["deny_list_added"], answer["deny_list_version"])
                 # Lifted by staff since our version (absent from an older back office's answer).
                 self.state.deny_list.remove(answer.get("deny_list_lifted", ()))
+            if not await self._download_chip_block_list(answer):
+                return False
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, KeyError) as error:
             logger.info("sync failed: %s", error)
             return False
@@ -325,6 +341,23 @@ class SyncClient:
         if self.fleet is not None:
             await self._take_packages(answer.get("packages", []))
             self.fleet.switch_due(self.now_ms())
+        return True
+
+    async def _download_chip_block_list(self, answer: dict[str, Any]) -> bool:
+        """The chip-block list's delta, or the whole list when the answer says so. An older
+        back office's answer has none: the list stays as it is."""
+        if "chip_block_version" not in answer:
+            return True
+        if answer["chip_block_full_download"]:
+            list_path = "/terminal/v1/chip-block-list"
+            listed = await self._send("GET", list_path, self._signed_headers("GET", list_path))
+            if listed.status != 200:
+                return False
+            version = int(listed.headers[deny_list_version_header])
+            self.state.chip_block_list = DenyList.from_bytes(listed.body, version)
+        else:
+            self.state.chip_block_list.add(answer["chip_block_added"], answer["chip_block_version"])
+            self.state.chip_block_list.remove(answer["chip_block_lifted"])
         return True
 
     async def _take_packages(self, offers: list[dict[str, Any]]) -> None:
@@ -358,10 +391,13 @@ class SyncClient:
         """A deny-list package is the whole list as of its version (a change id of the back
         office's deny list): it replaces the terminal's list when it is at least as new, and the
         deltas go on from it. An older one is ignored: the deltas since carried newer additions
-        and lifts, and a card staff lifted must not come back."""
-        version, numbers = deny_list_numbers(content)
+        and lifts, and a card staff lifted must not come back. The chip-block list likewise
+        (a package from before it carries none: the list stays)."""
+        version, denied, chip_blocked = deny_list_numbers(content)
         if version >= self.state.deny_list.version:
-            self.state.deny_list = DenyList(numbers, version)
+            self.state.deny_list = DenyList(denied, version)
+        if chip_blocked is not None and version >= self.state.chip_block_list.version:
+            self.state.chip_block_list = DenyList(chip_blocked, version)
 
     def _interval_ms(self, own_ms: int) -> int:
         """The running settings package's sync interval, else the terminal's own."""

@@ -5,7 +5,9 @@ The flow is DESIGN.md's "A tap, step by step", on the KSH card application
 
 1. read the card (profile, purse, trip state, its newest log record) in one session;
 2. settle our in-doubt transactions of this card from its log (committed, or void);
-3. deny list and card status;
+3. deny list and card status; a card on the chip-block list (a staff block final for that
+   card: lost, stolen, damaged) is blocked on the card itself, in a journalled card
+   transaction of its own, so that terminals not yet synced refuse it too;
 4. a pending top-up waiting for this card is credited first, as its own card transaction;
 5. decide the charge (`Decide`: the fare core on a validator, the cashier's amount at a POS);
 6. write-ahead: the journal holds each intended card transaction durably before the card
@@ -120,7 +122,7 @@ def intended_log_record(record: UploadRecord) -> LogRecord:
     fields = card_log_fields(record)
     return LogRecord(
         fields.counter,
-        CardRecordKind.CREDIT if fields.credit else CardRecordKind.DEBIT,
+        CardRecordKind(fields.kind),
         fields.amount_rupiah,
         fields.balance_after_rupiah,
         fields.terminal_number,
@@ -236,6 +238,10 @@ class Terminal:
         if settled is not None:
             return settled  # tapped again after a torn commit that did go through
         refusal = self._refusal(state, number, time_ms)
+        if refusal is Reason.card_denied and number in self.sync_state.chip_block_list:
+            blocked = self._block(card, state, number, time_ms)
+            if blocked is not None:
+                return blocked
         if refusal is not None:
             return self._deny(state, refusal, time_ms, "")
         try:
@@ -259,6 +265,31 @@ class Terminal:
             return outcome
         assert card.state is not None
         return card.state, number, amount
+
+    def _block(
+        self, card: KshCard, state: CardState, number: str, time_ms: int
+    ) -> Feedback | None:
+        """Write "blocked" onto the card (its debit key writes the profile): one journalled card
+        transaction, uploaded as a `block` record with the card's Transaction MAC. None when the
+        card says blocked already, or this terminal holds no debit key: refused as denied."""
+        plan = card.plan_block(
+            terminal_id=self.card_terminal_number, time_unix_seconds=time_ms // 1000
+        )
+        if isinstance(plan, Refusal):
+            return None
+        outcome = self._perform(card, plan, UploadKind.block, 0, 0, "", "", time_ms)
+        if isinstance(outcome, Feedback):
+            return outcome  # the card left: the next tap settles it from the card's log
+        return Feedback(
+            Verdict.denied,
+            Reason.card_blocked,
+            number,
+            0,
+            0,
+            state.balance_rupiah,
+            "blocked on the card",
+            outcome,
+        )
 
     def _perform(
         self,
@@ -339,10 +370,10 @@ class Terminal:
         for record in in_doubt:
             outcome = settle_in_doubt(log, intended_log_record(record))
             if outcome == InDoubtOutcome.COMMITTED:
-                self.journal.commit(record.sequence)
+                self._commit_settled(card, record, state)
                 if (
                     record.card_counter == state.counter
-                    and record.kind != UploadKind.topup_credit
+                    and record.kind not in (UploadKind.topup_credit, UploadKind.block)
                     and time_ms - record.time_ms <= retap_window_ms
                 ):
                     feedback = Feedback(
@@ -359,6 +390,19 @@ class Terminal:
                 self.journal.void(record.sequence)
             # UNKNOWN: older than the card's log keeps; the back office settles it.
         return feedback
+
+    def _commit_settled(self, card: KshCard, record: UploadRecord, state: CardState) -> None:
+        """An in-doubt transaction the card's log shows committed. A block is the card's last
+        transaction (the card takes no other after it), so no later one will prove it to the
+        back office: its Transaction MAC is read from the card's TransactionMAC file, which
+        holds the last one (TMC = log counter + 1)."""
+        mac = None
+        if record.kind == UploadKind.block and record.card_counter == state.counter:
+            mac = card.read_transaction_mac()
+        if mac is not None and mac.counter == record.card_counter + 1:
+            self.journal.commit(record.sequence, mac.counter, mac.value.hex())
+        else:
+            self.journal.commit(record.sequence)
 
     def _refusal(self, state: CardState, number: str, time_ms: int) -> Reason | None:
         if number in self.sync_state.deny_list:

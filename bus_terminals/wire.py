@@ -55,6 +55,9 @@ class UploadKind(enum.StrEnum):
     refund = "refund"  # a POS credited the card back for its last sale
     topup_credit = "topup_credit"  # only a pending top-up was credited (no charge)
     denied = "denied"  # no card transaction: deny list, expired, no funds (audit only)
+    # The terminal wrote the card's status "blocked" (the back office asked: its chip-block
+    # list); amount 0, the purse unchanged. The card refuses every later debit and credit.
+    block = "block"
 
 
 #: A fare_debit whose `fare_detail` starts with this word was charged the full fare because the
@@ -244,6 +247,13 @@ def card_terminal_number(terminal_id: str) -> int:
     return zlib.crc32(terminal_id.encode("utf-8"))
 
 
+# The card's log record kinds (`card_reader.ksh_card.RecordKind`, held equal by a test: this
+# module imports nothing of ours) of the card transactions a terminal uploads.
+card_log_debit = 2  # a fare or a sale (amount 0: a free transfer, no purse command)
+card_log_credit = 3  # a top-up or a refund
+card_log_block = 4  # the card's status set to blocked; amount 0
+
+
 class CardLogFields(NamedTuple):
     """What the card's own log record of a card transaction holds
     (`card_reader.ksh_card.LogRecord`): the terminal checks its plan against it before the card
@@ -251,7 +261,7 @@ class CardLogFields(NamedTuple):
     (`card_reader.tmac.CardTransaction.of_log_fields(*fields)`)."""
 
     counter: int
-    credit: bool  # a credit of the amount (top-up, refund), else a debit (fare, sale)
+    kind: int  # card_log_debit, card_log_credit or card_log_block
     amount_rupiah: int
     balance_after_rupiah: int
     terminal_number: int
@@ -262,14 +272,16 @@ def card_log_fields(record: UploadRecord) -> CardLogFields:
     """The log record the card writes (or wrote) for this record's card transaction."""
     assert record.kind != UploadKind.denied, "a denied tap has no card transaction"
     if record.kind in (UploadKind.fare_debit, UploadKind.sale):
-        credit, amount = False, record.amount_rupiah
+        kind, amount = card_log_debit, record.amount_rupiah
     elif record.kind == UploadKind.topup_credit:
-        credit, amount = True, record.topup_rupiah
+        kind, amount = card_log_credit, record.topup_rupiah
+    elif record.kind == UploadKind.block:
+        kind, amount = card_log_block, 0
     else:  # refund
-        credit, amount = True, record.amount_rupiah
+        kind, amount = card_log_credit, record.amount_rupiah
     return CardLogFields(
         record.card_counter,
-        credit,
+        kind,
         amount,
         record.balance_after_rupiah,
         card_terminal_number(record.terminal_id),

@@ -1,6 +1,7 @@
 """The KSH card application on a DESFire EV2 card: its AID, keys, files and layouts, personalisation
 of a blank card, and the typed operations a terminal performs (read the state, debit, credit,
-block, read the log), each one card transaction committed by one `CommitTransaction`.
+block, read the log), each one card transaction committed by one `CommitTransaction`; and the
+issuing station's own: personalise, re-key, unblock.
 
 Application `KSH` (AID 0x48534B, bytes 4B 53 48 on the wire), AES, 4 keys:
     key 0 personalisation (application master), key 1 read, key 2 debit, key 3 credit.
@@ -577,6 +578,19 @@ class KshCard:
                 f"log record does not fit the layout: {error}", self.state.uid
             ) from error
 
+    def read_transaction_mac(self) -> TransactionMac | None:
+        """The card's Transaction MAC of its last committed transaction (file 5: TMC ‖ TMV), read
+        in the session; None for a card without the file. What proves a transaction whose
+        commit answer was lost when no later transaction of the card will."""
+        state = self.state
+        assert state is not None, "read_state first"
+        if not state.profile.transaction_mac:
+            return None
+        raw = self.desfire.read_data(
+            transaction_mac_file, 0, TransactionMac.wire_bytes, comm_mode
+        )
+        return TransactionMac.from_bytes(raw)
+
     # ------------------------------------------------------------------ planning (no I/O)
 
     def _next_record(
@@ -811,6 +825,42 @@ def personalise(
         issue,
         issue_mac,
     )
+
+
+def unblock(
+    reader: ReaderPort,
+    keys: CardKeys,
+    *,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> Profile | None:
+    """At an issuing station (`keys` holds every role): write a blocked card's status back to
+    active, under the personalisation key (the profile's write right), which no terminal
+    holds. Nothing else changes: no log record, no counter, no Transaction MAC (a profile write
+    is not covered), so the card's next transaction follows its block in its log, and that is
+    how the back office sees it active again. Returns the profile now on the card, or None
+    when the card was not blocked (nothing written)."""
+    assert set(KeyRole) <= keys.roles, "unblocking needs an issuing station's keys"
+    session = KshCard(reader, keys, random_bytes=random_bytes)
+    uid = read_uid(reader)
+    desfire = session.desfire
+    desfire.card_uid = uid
+    try:
+        desfire.select_application(ksh_application_id)
+    except DesfireError as error:
+        if error.status == Status.APPLICATION_NOT_FOUND:
+            raise session._fail("not a KSH card (no KSH application)", uid) from error
+        raise
+    session.authenticate(KeyRole.PERSONALISATION, uid, first=True)
+    try:
+        profile = Profile.from_bytes(desfire.read_data(profile_file, 0, profile_bytes, comm_mode))
+    except LayoutError as error:
+        raise session._fail(f"card data does not fit the KSH layout: {error}", uid) from error
+    if profile.status is not CardStatus.BLOCKED:
+        return None
+    active = replace(profile, status=CardStatus.ACTIVE)
+    desfire.write_data(profile_file, 0, active.to_bytes(), comm_mode)
+    desfire.commit_transaction()
+    return active
 
 
 def rekey(

@@ -185,21 +185,29 @@ class CardTransaction:
     def of_log_fields(
         cls,
         counter: int,
-        credit: bool,
+        kind: int,
         amount_rupiah: int,
         balance_after_rupiah: int,
         terminal_number: int,
         time_unix_seconds: int,
     ) -> CardTransaction:
         """From what an upload record says the card's log record holds, in
-        `bus_terminals.wire.card_log_fields` order: a debit or a credit of the amount. (The
-        bytes `LogRecord.to_bytes` would give, built without the object: once per upload
-        record in the back office.)"""
-        kind = RecordKind.CREDIT if credit else RecordKind.DEBIT
+        `bus_terminals.wire.card_log_fields` order: `kind` is the log record's kind (a debit or
+        a credit of the amount, a block). (The bytes `LogRecord.to_bytes` would give, built
+        without the object: once per upload record in the back office.)"""
+        record_kind = _record_kinds[kind]
         record = log_record_layout.encode_fields(
-            counter, kind, amount_rupiah, balance_after_rupiah, terminal_number, time_unix_seconds
+            counter,
+            record_kind,
+            amount_rupiah,
+            balance_after_rupiah,
+            terminal_number,
+            time_unix_seconds,
         )
-        return cls(purse_operation_of(kind, amount_rupiah), amount_rupiah, record)
+        return cls(purse_operation_of(record_kind, amount_rupiah), amount_rupiah, record)
+
+
+_record_kinds = {kind.value: kind for kind in RecordKind}
 
 
 def card_key(master_key: bytes, uid: bytes) -> bytes:

@@ -90,6 +90,7 @@ terms = {
     "refund": N_("refund"),
     "topup_credit": N_("top-up"),
     "denied": N_("denied"),
+    "block": N_("blocked on the chip"),
     "booked": N_("booked"),
     "held": N_("held (in doubt)"),
     "void": N_("void"),

@@ -108,6 +108,10 @@ indonesian = {
     "resolved_refund": "selesai, dana dikembalikan",
     "resolved_no_refund": "selesai",
     "rejected": "ditolak",
+    "card_blocked": (
+        "Kartu ini diblokir (hilang, dicuri atau rusak). Tanyakan di loket layanan untuk "
+        "menggantinya atau membuka blokirnya."
+    ),
     "We never show names or personal data here.": (
         "Kami tidak pernah menampilkan nama atau data pribadi di sini."
     ),
@@ -121,6 +125,10 @@ english = {
         "the card and the transactions it is about."
     ),
     "complaint_taken": "Your complaint is number {number}; it will be answered by {due}.",
+    "card_blocked": (
+        "This card is blocked (lost, stolen or damaged). Ask at a service counter to replace "
+        "it or to unblock it."
+    ),
     "topup_credit": "Top-up",
     "received": "received",
     "investigating": "being looked into",
@@ -158,6 +166,9 @@ class CitizenCard:
     passes: tuple[passes.PassOnCard, ...]  # waiting for the next tap, or running
     transactions: tuple[complaints.HistoryRecord, ...]
     complaints: tuple[complaints.Complaint, ...]
+    # Blocked by staff for good (lost, stolen, damaged: terminals write it on the chip), or
+    # blocked on its chip and not active since.
+    blocked: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -168,6 +179,7 @@ class CitizenCard:
                 for amount, since in self.pending
             ],
             "pending_top_ups_rupiah": sum(amount for amount, _ in self.pending),
+            "blocked": self.blocked,
             "passes": [
                 {
                     "fare_pass_id": held.fare_pass_id,
@@ -247,7 +259,20 @@ async def citizen_card(
         tuple(p for p in held if p.last_day is None or p.last_day >= today),
         tuple(shown[:transactions_shown]),
         tuple(filed),
+        await blocked(connection, card_number),
     )
+
+
+async def blocked(connection: asyncpg.Connection, card_number: str) -> bool:
+    """On the chip-block list, or blocked on its chip and not active since."""
+    if await connection.fetchval(
+        "select 1 from deny_list d where d.card_number = $1 and "
+        + registry.chip_block_condition,
+        card_number,
+    ):
+        return True
+    block = await registry.chip_block_of(connection, card_number)
+    return block is not None and block["active_again_counter"] is None
 
 
 # ------------------------------------------------------------------------------ the limit

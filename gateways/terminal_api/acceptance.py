@@ -107,9 +107,11 @@ async def _replay(
     return UploadAnswer(UploadResult.exists, acknowledgement=json.loads(row["acknowledgement"]))
 
 
-_validator_kinds = frozenset({UploadKind.fare_debit, UploadKind.topup_credit, UploadKind.denied})
+_validator_kinds = frozenset(
+    {UploadKind.fare_debit, UploadKind.topup_credit, UploadKind.denied, UploadKind.block}
+)
 _pos_kinds = frozenset(
-    {UploadKind.sale, UploadKind.refund, UploadKind.topup_credit, UploadKind.denied}
+    {UploadKind.sale, UploadKind.refund, UploadKind.topup_credit, UploadKind.denied, UploadKind.block}
 )
 
 

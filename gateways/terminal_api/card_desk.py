@@ -63,6 +63,8 @@ class BlockCause(enum.StrEnum):
 
 
 replaceable_causes = frozenset({BlockCause.lost, BlockCause.stolen, BlockCause.damaged})
+# The same causes are final for the plastic: terminals block those cards on the chip itself.
+assert {cause.value for cause in replaceable_causes} == set(registry.chip_block_reasons)
 # Entries whose lifting takes two people: staff found fraud, or a rule saw a cloned or
 # tampered card (the ingest's `counter_repeat`, `balance_mismatch`).
 fraud_reasons = frozenset({BlockCause.fraud.value, "counter_repeat", "balance_mismatch"})

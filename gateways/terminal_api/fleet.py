@@ -28,6 +28,7 @@ from bus_terminals.packages import (
     sign_package,
     version_max,
 )
+from gateways.terminal_api import registry
 
 logger = logging.getLogger("ksh.fleet")
 
@@ -90,13 +91,21 @@ async def publish(
 
 
 async def deny_list_snapshot(connection: asyncpg.Connection) -> bytes:
-    """The whole deny list as a package's content, with the version it is complete up to: the
-    last change (addition, review, lift) of `deny_list_changes`, as the sync's deltas count."""
+    """The whole deny list and its chip-block list as a package's content, with the version it
+    is complete up to: the last change (addition, review, lift) of `deny_list_changes`, as the
+    sync's deltas count."""
     row = await connection.fetchrow(  # one statement: one snapshot of the list and its version
         "select (select coalesce(max(change_id), 0) from deny_list_changes) as version, "
-        "coalesce(array_agg(distinct card_number), '{}') as numbers from deny_list"
+        "coalesce(array_agg(distinct card_number), '{}') as numbers, "
+        "coalesce(array_agg(distinct card_number) "
+        f"filter (where {registry.chip_block_condition}), '{{}}') as chip_blocked "
+        "from deny_list d"
     )
-    return deny_list_content(row["version"], [int(number) for number in row["numbers"]])
+    return deny_list_content(
+        row["version"],
+        [int(number) for number in row["numbers"]],
+        [int(number) for number in row["chip_blocked"]],
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,7 +126,8 @@ async def _book(
     # Decide.
     settled = planning.settle_in_doubt(candidates, evidence, proofs)
     pending_top_ups = await _pending_top_ups(connection, plan_records=records)
-    plan = planning.plan_batch(batch, classified, settled, pending_top_ups)
+    chip_blocks = await _chip_blocks(connection, [*records, *candidates.values()])
+    plan = planning.plan_batch(batch, classified, settled, pending_top_ups, chip_blocks)
     accounts = await credit_accounts(connection, plan.booked)
     card_transfers = planning.card_transfers(plan, accounts)
     # Write.
@@ -141,6 +142,7 @@ async def _book(
     await _store_records(connection, batch.batch_sequence, plan.new_records, plan.changed)
     await _set_outcomes(connection, plan.settled_earlier)
     await _quarantine(connection, plan.quarantined, now)
+    await _insert_flags(connection, plan.block_flags, answer)
     await _monitor_cards(connection, plan.booked, answer, now)
     await _take_top_ups(connection, plan.top_ups_taken)
     cancelled_on_cards = await passes.record_activations(connection, plan.booked)
@@ -284,6 +286,15 @@ async def _log_evidence(
     return [LogEvidence(*row.values()) for row in rows] + [
         LogEvidence.of(r, proven=(r.terminal_id, r.sequence) in proven) for r in records
     ]
+
+
+async def _chip_blocks(
+    connection: asyncpg.Connection, records: Iterable[UploadRecord]
+) -> dict[str, int | None]:
+    """For the cards that block records name: whether the back office asked to block them on
+    the chip, and still does (`registry.chip_block_requested`). No query without one."""
+    cards = sorted({record.card_number for record in records if record.kind == UploadKind.block})
+    return await registry.chip_block_requested(connection, cards) if cards else {}
 
 
 async def credit_accounts(

@@ -150,6 +150,13 @@ def _terminal_paths() -> dict[str, Any]:
                     timestamp,
                     {"name": "deny_since", "in": "query", "schema": {"type": "integer"}},
                     {
+                        "name": "chip_block_since",
+                        "in": "query",
+                        "description": "the version of the terminal's chip-block list; the "
+                        "answer then carries chip_block_version, _full_download, _added, _lifted",
+                        "schema": {"type": "integer"},
+                    },
+                    {
                         "name": "feed_service_end",
                         "in": "query",
                         "description": "a validator's fare feed: its last service day, "
@@ -170,6 +177,16 @@ def _terminal_paths() -> dict[str, Any]:
         "/terminal/v1/deny-list": {
             "get": {
                 "summary": "The whole deny list: little-endian u64 card numbers, sorted",
+                "parameters": [*terminal_headers, timestamp],
+                "responses": {
+                    "200": {"description": f"binary list; {deny_list_version_header} header"}
+                },
+            }
+        },
+        "/terminal/v1/chip-block-list": {
+            "get": {
+                "summary": "The denied cards a tap blocks on the chip (lost, stolen, damaged, "
+                "replaced): little-endian u64 card numbers, sorted",
                 "parameters": [*terminal_headers, timestamp],
                 "responses": {
                     "200": {"description": f"binary list; {deny_list_version_header} header"}

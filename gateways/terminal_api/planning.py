@@ -417,6 +417,7 @@ class Plan:
     quarantined: list[Quarantined]  # stored apart; committed ones' money to suspense
     top_ups_taken: list[UploadRecord]  # booked records that delivered an open pending top-up
     top_ups_refused: dict[tuple[str, int], str]  # (terminal, sequence) -> why: from suspense
+    block_flags: list[CardFlag]  # cards blocked on the chip that the back office did not ask for
     acknowledgement: dict[str, Any]
     records_by_outcome: Counter[str]
     charged_without_service: Counter[str]  # fares charged in full for want of service
@@ -427,7 +428,10 @@ def plan_batch(
     classified: Classified,
     settled: InDoubt,
     pending_top_ups: Mapping[str, PendingTopUp],
+    chip_blocks: Mapping[str, int | None] | None = None,
 ) -> Plan:
+    """`chip_blocks`: of the cards the batch's block records name, those the back office asked
+    to block on the chip, and whether it still does (`judge_blocks`)."""
     here = {(record.terminal_id, record.sequence) for record in classified.held}
     new_records = list(classified.new_records)
     changed = list(classified.changed)
@@ -451,11 +455,18 @@ def plan_batch(
     settled_earlier += [Placed(record, RecordOutcome.booked) for record in confirmed_earlier]
     booked = classified.to_book + confirmed_here + confirmed_earlier
     taken, refused = judge_top_ups(booked, pending_top_ups)
-    quarantined = classified.quarantined + [
-        Quarantined(record, "top_up_not_delivered", refused[(record.terminal_id, record.sequence)])
-        for record in booked
-        if (record.terminal_id, record.sequence) in refused
-    ]
+    unrequested, block_flags = judge_blocks(booked, chip_blocks or {})
+    quarantined = (
+        classified.quarantined
+        + [
+            Quarantined(
+                record, "top_up_not_delivered", refused[(record.terminal_id, record.sequence)]
+            )
+            for record in booked
+            if (record.terminal_id, record.sequence) in refused
+        ]
+        + unrequested
+    )
     records_by_outcome = Counter(placed.outcome.value for placed in new_records + changed)
     return Plan(
         conflicts=classified.conflicts,
@@ -466,6 +477,7 @@ def plan_batch(
         quarantined=quarantined,
         top_ups_taken=taken,
         top_ups_refused=refused,
+        block_flags=block_flags,
         acknowledgement={
             "batch_sequence": batch.batch_sequence,
             "result": UploadResult.accepted.value,
@@ -479,6 +491,33 @@ def plan_batch(
             and record.fare_detail.startswith(no_service_fare_detail)
         ),
     )
+
+
+def judge_blocks(
+    booked: Sequence[UploadRecord], chip_blocks: Mapping[str, int | None]
+) -> tuple[list[Quarantined], list[CardFlag]]:
+    """A card blocked itself (its MAC proves it, so the record is taken and books nothing).
+    `chip_blocks`: the cards the back office asked to block on the chip, None while it still
+    does, else when staff lifted it (Unix ms). A block it never asked for was a terminal's own
+    doing: the record is also listed as quarantined (`unrequested_block`: the terminal is
+    flagged, and suspended past the limit), and the card is flagged `unrequested_block` for the
+    desk to unblock. A block written after staff lifted it (by the terminal's clock: it had not
+    synced) flags the card only."""
+    quarantined: list[Quarantined] = []
+    flags: list[CardFlag] = []
+    for record in booked:
+        if record.kind != UploadKind.block:
+            continue
+        if record.card_number not in chip_blocks:
+            detail = "the back office never asked to block it on the chip: unblock it at a desk"
+            quarantined.append(Quarantined(record, "unrequested_block", detail))
+        else:
+            lifted_ms = chip_blocks[record.card_number]
+            if lifted_ms is None or record.time_ms < lifted_ms:
+                continue
+            detail = "blocked on the chip after staff lifted its block: unblock it at a desk"
+        flags.append(CardFlag.of(record, "unrequested_block", detail))
+    return quarantined, flags
 
 
 def judge_top_ups(

@@ -16,6 +16,7 @@ import enum
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 import asyncpg
 
@@ -528,6 +529,55 @@ async def _add_to_deny_list(
     )
 
 
+# The deny list entries terminals write onto the chip (`bus_terminals.terminal`): staff blocks
+# final for that piece of plastic, the causes a replacement follows, and cards replaced. Not
+# automatic entries nor fraud: staff may lift those, and a terminal cannot unblock a card.
+chip_block_reasons = ("damaged", "lost", "stolen")
+# A condition on a `deny_list` row `d`: its card is to be blocked on the chip.
+chip_block_condition = (
+    "((d.source = 'staff' and d.reason in ('damaged', 'lost', 'stolen')) or exists "
+    "(select 1 from card_replacements r where r.old_card_number = d.card_number))"
+)
+assert all(f"'{reason}'" in chip_block_condition for reason in chip_block_reasons)
+
+
+async def chip_block_changes(
+    connection: asyncpg.Connection, since: int, limit: int
+) -> list[tuple[str, bool]]:
+    """The cards whose chip block changed after change `since` (at most `limit`), each with
+    whether it is to be blocked now (added) or not any more (lifted)."""
+    rows = await connection.fetch(
+        "select c.card_number, exists (select 1 from deny_list d "
+        f"where d.card_number = c.card_number and {chip_block_condition}) as blocked "
+        "from (select distinct card_number from deny_list_changes where change_id > $1 "
+        "and change in ('added', 'lifted') and reason = any($2::text[]) limit $3) c",
+        since,
+        list(chip_block_reasons),
+        limit,
+    )
+    return [(row["card_number"], row["blocked"]) for row in rows]
+
+
+async def chip_block_requested(
+    connection: asyncpg.Connection, card_numbers: list[str]
+) -> dict[str, int | None]:
+    """Of these cards, those the back office ever asked to block on the chip: None while it
+    still does, else when staff last lifted the block (Unix ms)."""
+    rows = await connection.fetch(
+        "select c.card_number, case when exists (select 1 from deny_list d "
+        f"where d.card_number = c.card_number and {chip_block_condition}) then null else "
+        "(select (extract(epoch from max(l.at)) * 1000)::bigint from deny_list_changes l "
+        "where l.card_number = c.card_number and l.change = 'lifted' "
+        "and l.reason = any($2::text[])) end as lifted_ms "
+        "from (select distinct card_number from deny_list_changes "
+        "where card_number = any($1::text[]) and change = 'added' and source = 'staff' "
+        "and reason = any($2::text[])) c",
+        card_numbers,
+        list(chip_block_reasons),
+    )
+    return {row["card_number"]: row["lifted_ms"] for row in rows}
+
+
 async def deny_list_version(connection: asyncpg.Connection) -> int:
     """The highest change of the deny list (an addition, a review, a lift)."""
     return int(
@@ -611,7 +661,24 @@ async def card_view(connection: asyncpg.Connection, card_number: str) -> dict[st
         "counter_gaps": gaps,
         "flags": [dict(flag) for flag in flags],
         "denied": denied,
+        "chip_block": await chip_block_of(connection, card_number),
     }
+
+
+async def chip_block_of(connection: asyncpg.Connection, card_number: str) -> dict[str, Any] | None:
+    """The card's last block written on its chip, as the back office took it (`kind` block):
+    the terminal, its record, the card's counter and the time (the terminal's clock, Unix ms),
+    and `active_again_counter`: the first counter the card committed after it (a desk unblocked
+    it: `card_reader.ksh_card.unblock` writes no record), or None while it is blocked."""
+    row = await connection.fetchrow(
+        "select b.terminal_id, b.sequence, b.card_counter, b.time_ms, "
+        "(select min(l.card_counter) from card_records l where l.card_number = b.card_number "
+        "and l.card_counter > b.card_counter and l.outcome = 'booked') as active_again_counter "
+        "from card_records b where b.card_number = $1 and b.kind = 'block' "
+        "and b.outcome = 'booked' order by b.card_counter desc limit 1",
+        card_number,
+    )
+    return None if row is None else dict(row)
 
 
 counter_gaps_shown_max = 100

@@ -4,6 +4,7 @@ Terminals (Ed25519 signatures, one key per terminal):
     POST /terminal/v1/uploads        a signed batch (body = `bus_terminals.wire` bytes)
     GET  /terminal/v1/sync           deny list delta, pending top-ups, tariff and key versions
     GET  /terminal/v1/deny-list      the whole deny list (binary, little-endian u64, sorted)
+    GET  /terminal/v1/chip-block-list  the denied cards a tap blocks on the chip (same form)
     GET  /terminal/v1/packages/{kind}/{version}  a fleet package's content (`fleet`)
 Staff, each with a bearer token of their own (`gateways.staff`; `ksh settle staff USER
 --issue-token`), in the role it was issued for:
@@ -115,6 +116,7 @@ def terminal_extension(app: web.Application) -> None:
     app.router.add_post("/terminal/v1/uploads", upload)
     app.router.add_get("/terminal/v1/sync", sync)
     app.router.add_get("/terminal/v1/deny-list", deny_list)
+    app.router.add_get("/terminal/v1/chip-block-list", chip_block_list)
     app.router.add_get("/terminal/v1/packages/{kind}/{version}", package_content)
     app.router.add_post("/admin/v1/operators", add_operator)
     app.router.add_post("/admin/v1/merchants", add_merchant)
@@ -276,6 +278,10 @@ async def authenticated_terminal(request: web.Request) -> registry.TerminalRow:
 async def sync(request: web.Request) -> web.Response:
     terminal = await authenticated_terminal(request)
     deny_since = _query_int(request, "deny_since", 0)
+    # Absent from an older terminal's request: it gets no chip-block list.
+    chip_block_since = (
+        _query_int(request, "chip_block_since", 0) if "chip_block_since" in request.query else None
+    )
     service_end = _query_feed_service_end(request)
     report = _query_fleet_report(request)
     settings = request.app[config_key].settings
@@ -306,6 +312,13 @@ async def sync(request: web.Request) -> web.Response:
             pending_top_ups_download_max,
         )
         waiting_passes = await passes.waiting_passes(connection)
+        chip_blocks = (
+            None
+            if chip_block_since is None
+            else await registry.chip_block_changes(
+                connection, chip_block_since, deny_delta_entries_max + 1
+            )
+        )
     for _, refused in refusals:
         request.app[metrics_key].fleet_refusals.increment(refused.refused_reason)
     full_needed = len(changed) > deny_delta_entries_max
@@ -320,6 +333,7 @@ async def sync(request: web.Request) -> web.Response:
             "deny_list_lifted": []
             if full_needed
             else sorted(row["card_number"] for row in changed if not row["denied"]),
+            **_chip_block_delta(version, chip_blocks),
             "pending_top_ups": [
                 [row["top_up_id"], row["card_number"], row["amount_rupiah"], row["paid_ms"]]
                 for row in top_ups
@@ -332,7 +346,32 @@ async def sync(request: web.Request) -> web.Response:
     )
 
 
+def _chip_block_delta(version: int, changes: list[tuple[str, bool]] | None) -> dict[str, Any]:
+    """The sync answer's chip-block list part: the cards to block on the chip added and lifted
+    since the terminal's version, or (too many) a full download; nothing for an older terminal."""
+    if changes is None:
+        return {}
+    full_needed = len(changes) > deny_delta_entries_max
+    return {
+        "chip_block_version": version,
+        "chip_block_full_download": full_needed,
+        "chip_block_added": [] if full_needed else sorted(n for n, blocked in changes if blocked),
+        "chip_block_lifted": []
+        if full_needed
+        else sorted(n for n, blocked in changes if not blocked),
+    }
+
+
 async def deny_list(request: web.Request) -> web.Response:
+    return await _card_list(request, "true")
+
+
+async def chip_block_list(request: web.Request) -> web.Response:
+    return await _card_list(request, registry.chip_block_condition)
+
+
+async def _card_list(request: web.Request, condition: str) -> web.Response:
+    """The deny list's cards that meet `condition` (on its row `d`), whole, at its version."""
     await authenticated_terminal(request)
     async with (
         request.app[pool_key].acquire() as connection,
@@ -343,12 +382,13 @@ async def deny_list(request: web.Request) -> web.Response:
         # Numbers past the int8 range (19 digits above 2^63-1) come separately, and sort last.
         packed = await connection.fetchval(
             "select coalesce(string_agg(int8send(number), ''::bytea order by number), ''::bytea) "
-            "from (select distinct card_number::int8 as number from deny_list "
-            "where length(card_number) < 19 or card_number <= '9223372036854775807') fitting"
+            "from (select distinct card_number::int8 as number from deny_list d "
+            f"where (length(card_number) < 19 or card_number <= '9223372036854775807') "
+            f"and {condition}) fitting"
         )
         beyond = await connection.fetch(
-            "select card_number from deny_list "
-            "where length(card_number) = 19 and card_number > '9223372036854775807'"
+            "select card_number from deny_list d where length(card_number) = 19 "
+            f"and card_number > '9223372036854775807' and {condition}"
         )
     values = array("Q")
     values.frombytes(packed)

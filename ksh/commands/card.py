@@ -101,6 +101,7 @@ def register(subparsers: Any) -> None:
     issue.add_argument("--terminal-id", type=int, default=0, help="this station's terminal id")
     issue.set_defaults(handler=run_issue)
 
+    add_unblock_parser(actions)
     add_top_up_parser(actions)
 
     keystore_new = actions.add_parser(
@@ -136,6 +137,20 @@ def register(subparsers: Any) -> None:
     )
     add_deck_register_arguments(deck_new)
     deck_new.set_defaults(handler=run_deck_new)
+
+
+def add_unblock_parser(actions: Any) -> None:
+    unblock = actions.add_parser(
+        "unblock",
+        help="a blocked card found again or blocked wrongly: active again on its chip "
+        "(an issuing station's key store)",
+        description="Write a blocked card's status back to active, under the personalisation "
+        "key (only an issuing station's key store holds it). Lift its deny list entry too "
+        "(ksh deny lift NUMBER), or every terminal refuses it, and blocks it again on the chip.",
+    )
+    add_reader_arguments(unblock)
+    add_keystore_argument(unblock)
+    unblock.set_defaults(handler=run_unblock)
 
 
 def add_top_up_parser(actions: Any) -> None:
@@ -701,6 +716,34 @@ def run_issue(arguments: argparse.Namespace) -> int:
             raise
     print(f"issued card {profile.card_number} on {uid.hex().upper()}: {describe_profile(profile)}")
     print(f"balance {rupiah(state.balance_rupiah)}")
+    return 0
+
+
+def run_unblock(arguments: argparse.Namespace) -> int:
+    from card_reader.keys import KeyRole
+    from card_reader.ksh_card import KshCardError, unblock
+
+    keys = load_keystore(arguments.keystore)
+    missing = sorted(role.value for role in set(KeyRole) - keys.roles)
+    if missing:
+        raise UserError(
+            f"{arguments.keystore} holds no {', '.join(missing)} key: only an issuing station's "
+            "key store (every role) unblocks a card"
+        )
+    all_keys = issuer_keys(keys, arguments.keystore)
+    with card_on_reader(arguments) as reader:
+        try:
+            profile = unblock(reader, all_keys)
+        except KshCardError as error:
+            raise UserError(explain(error)) from error
+    if profile is None:
+        raise UserError("the card on the reader is not blocked: nothing written")
+    print(f"card {profile.card_number} unblocked on its chip: {describe_profile(profile)}")
+    print(
+        f"its deny list entry stays until staff lift it (ksh deny lift {profile.card_number} "
+        "--note ...): until then every terminal refuses the card, and a lost, stolen or "
+        "damaged block is written onto the chip again at its next tap"
+    )
     return 0
 
 

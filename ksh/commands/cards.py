@@ -14,6 +14,7 @@ card's purse. Issuing creates money, so it is done by a named clerk or superviso
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from typing import Any
 
 from ksh import acting, argtypes
@@ -439,10 +440,41 @@ def run_show(arguments: argparse.Namespace) -> int:
             "replaced by": None if replaced is None else replaced.new_card_number,
             "passes": "; ".join(map(describe_pass, await passes.passes_of(connection, number)))
             or None,
+            **await chip_fields(connection, number),
         }
 
     print_fields(run_with_database(work))
     return 0
+
+
+async def chip_fields(connection: Any, number: str) -> dict[str, object]:
+    """`show`'s lines on the card's chip: blocked on it (by which terminal, when), and a block
+    the back office did not ask for (the desk unblocks or re-issues the card)."""
+    from gateways.terminal_api import registry
+    from ledger.clock import jakarta
+
+    block = await registry.chip_block_of(connection, number)
+    unrequested = await connection.fetch(
+        "select detail from card_flags where card_number = $1 and reason = 'unrequested_block' "
+        "order by flag_id",
+        number,
+    )
+    fields: dict[str, object] = {}
+    if block is not None:
+        at = dt.datetime.fromtimestamp(block["time_ms"] / 1000, jakarta)
+        fields["chip"] = (
+            f"blocked on the chip by {block['terminal_id']} at {at:%Y-%m-%d %H:%M} WIB "
+            f"(record {block['terminal_id']}/{block['sequence']}, card counter "
+            f"{block['card_counter']})"
+        )
+        if block["active_again_counter"] is not None:
+            fields["chip"] += (
+                f"; active again (unblocked at a desk): its card counter "
+                f"{block['active_again_counter']} followed"
+            )
+    if unrequested and (block is None or block["active_again_counter"] is None):
+        fields["attention"] = f"unrequested_block: {unrequested[-1]['detail']}"
+    return fields
 
 
 def run_issue(arguments: argparse.Namespace) -> int:

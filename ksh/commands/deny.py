@@ -131,6 +131,10 @@ def run_lift(arguments: argparse.Namespace) -> int:
     outcome = run_desk_change(arguments, "lift_deny_entry", arguments.number, change)
     if outcome is card_desk.LiftOutcome.lifted:
         print(f"card {arguments.number} lifted: terminals let it through from their next sync")
+        print(
+            "a card blocked on its chip (ksh cards show says so) stays blocked until an issuing "
+            "desk unblocks it: ksh card unblock --reader NAME --keystore FILE"
+        )
     else:
         print(
             f"card {arguments.number}: a fraud entry; the lift waits for a supervisor other "

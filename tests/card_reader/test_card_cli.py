@@ -398,3 +398,56 @@ def test_expiry_of_a_card_issued_on_a_leap_day() -> None:
     assert years_after(dt.date(2028, 2, 29), 5) == dt.date(2033, 2, 28)
     assert years_after(dt.date(2028, 2, 29), 4) == dt.date(2032, 2, 29)
     assert years_after(dt.date(2026, 11, 24), 5) == dt.date(2031, 11, 24)
+
+
+def test_a_card_blocked_on_its_chip_is_unblocked_at_an_issuing_desk(
+    pcsc_reader_name: str,
+    bridge: VpcdBridge,
+    keystore: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`ksh card unblock` with the issuer's key store writes the status back, and nothing else
+    (no log record: the card's next transaction follows its block); a terminal's key store
+    cannot; a card not blocked is left alone."""
+    from card_reader.emulator import EmulatedReader
+    from card_reader.keys import KeyRole, KeyStore
+    from card_reader.ksh_card import CardStatus, KshCard
+
+    name = pcsc_reader_name
+    card = EmulatedCard()
+    bridge.insert(card)
+    issue = ("card", "issue", "--reader", name, "--keystore", str(keystore))
+    assert ksh(*issue, "--category", "general", "--card-number", "6032900000000043", capsys=capsys)[
+        0
+    ] == 0
+    unblock = ("card", "unblock", "--reader", name)
+    status, _, err = ksh(*unblock, "--keystore", str(keystore), capsys=capsys)
+    assert_user_error(status, err, "is not blocked: nothing written")
+    bridge.remove()
+    with PcscReader(name) as reader:
+        assert reader.wait_for_removal(card_timeout_ms)
+    # A validator blocks it (its debit key writes the profile and a log record).
+    store = KeyStore.load(keystore, passphrase)
+    terminal_reader = EmulatedReader("validator")
+    terminal_reader.insert(card)
+    session = KshCard(terminal_reader, store.view(KeyRole.DEBIT))
+    session.read_state()
+    assert session.block(terminal_id=7, time_unix_seconds=1_795_478_400).profile.status is (  # type: ignore[union-attr]
+        CardStatus.BLOCKED
+    )
+    terminal_reader.remove()
+    bridge.insert(card)
+    terminal_store = tmp_path / "validator.keys"
+    export = ("card", "keystore-export", "--keystore", str(keystore), "--roles", "debit,credit")
+    assert ksh(*export, "--out", str(terminal_store), capsys=capsys)[0] == 0
+    status, _, err = ksh(*unblock, "--keystore", str(terminal_store), capsys=capsys)
+    assert_user_error(status, err, "only an issuing station's key store")
+
+    status, out, err = ksh(*unblock, "--keystore", str(keystore), capsys=capsys)
+    assert status == 0, err
+    assert "card 6032900000000043 unblocked on its chip" in out
+    assert "ksh deny lift 6032900000000043" in out
+    verified = info(name, capsys, "--keystore", str(keystore))["ksh"]
+    assert verified["profile"]["status"] == "active"
+    assert [(r["counter"], r["kind"]) for r in verified["log"]] == [(0, "issue"), (1, "block")]

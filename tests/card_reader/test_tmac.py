@@ -70,11 +70,11 @@ def test_the_card_key_is_the_tmac_master_diversified_like_every_ksh_key() -> Non
 def test_the_transaction_from_upload_fields_is_the_one_from_the_log_record() -> None:
     debit = LogRecord(7, RecordKind.DEBIT, 3_500, 6_500, 0xDEADBEEF, issue_time)
     credit = LogRecord(8, RecordKind.CREDIT, 20_000, 26_500, 12, issue_time + 1)
-    assert tmac.CardTransaction.of_log_fields(7, False, 3_500, 6_500, 0xDEADBEEF, issue_time) == (
+    assert tmac.CardTransaction.of_log_fields(7, 2, 3_500, 6_500, 0xDEADBEEF, issue_time) == (
         tmac.CardTransaction.of(debit)
     )
     assert tmac.CardTransaction.of_log_fields(
-        8, True, 20_000, 26_500, 12, issue_time + 1
+        8, 3, 20_000, 26_500, 12, issue_time + 1
     ) == tmac.CardTransaction.of(credit)
 
 

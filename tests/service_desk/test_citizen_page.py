@@ -49,8 +49,9 @@ async def test_the_card_shows_with_its_check_code_only_and_lookups_are_limited(
         ]
         assert set(card) == {
             "card_number", "balance_rupiah", "pending_top_ups", "pending_top_ups_rupiah",
-            "passes", "transactions", "complaints", "how_to_complain",
+            "passes", "transactions", "complaints", "how_to_complain", "blocked",
         }  # fmt: skip
+        assert card["blocked"] is False
         assert "Lapor Hendi" in card["how_to_complain"]["id"]
         # The fourth lookup from this address in the window, then the fifth: refused.
         assert (await look_up(http, desk, code, "198.51.100.1"))[0] == 200
@@ -149,3 +150,28 @@ async def test_two_back_office_processes_count_one_limit_and_the_page_says_so(
         assert "Balance in our books" not in page
     finally:
         await runner.cleanup()
+
+
+async def test_a_card_blocked_by_staff_says_so_on_the_page(desk: Desk) -> None:
+    from gateways.terminal_api import card_desk
+
+    code = await code_of(desk)
+    async with desk.pool.acquire() as connection:
+        await card_desk.block_card(
+            connection,
+            desk.number,
+            card_desk.BlockCause.lost,
+            "lost",
+            username="ani",
+            now=desk.clock.now(),
+        )
+    async with aiohttp.ClientSession() as http:
+        status, card, _ = await look_up(http, desk, code, "198.51.100.20")
+        assert (status, card["blocked"]) == (200, True)
+        async with http.post(
+            desk.url + "/kartu",
+            data={"card_number": desk.number, "check_code": code},
+            headers={proxy_header: "198.51.100.20"},
+        ) as response:
+            page = await response.text()
+    assert "Kartu ini diblokir (hilang, dicuri atau rusak)" in page

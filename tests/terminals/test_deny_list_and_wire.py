@@ -144,11 +144,18 @@ def test_card_log_fields_are_the_log_record_the_card_writes() -> None:
     from bus_terminals.terminal import intended_log_record
     from bus_terminals.wire import card_log_fields, card_terminal_number
     from card_reader import tmac
+    from card_reader.ksh_card import RecordKind
 
-    for kind, top_up in ((UploadKind.fare_debit, 0), (UploadKind.topup_credit, 5_000)):
+    for kind, top_up, card_kind in (
+        (UploadKind.fare_debit, 0, RecordKind.DEBIT),
+        (UploadKind.topup_credit, 5_000, RecordKind.CREDIT),
+        (UploadKind.block, 0, RecordKind.BLOCK),
+    ):
         record = _record(kind=kind, topup_rupiah=top_up)
+        if kind == UploadKind.block:
+            record = record._replace(amount_rupiah=0)
         fields = card_log_fields(record)
-        assert fields.credit is (kind == UploadKind.topup_credit)
+        assert fields.kind == card_kind
         assert fields.amount_rupiah == (top_up or record.amount_rupiah)
         assert fields.terminal_number == card_terminal_number("V1")
         assert fields.time_unix_seconds == record.time_ms // 1000
@@ -213,6 +220,10 @@ def test_no_record_moves_more_than_a_purse_holds() -> None:
     from card_reader import ksh_card
 
     assert wire.rupiah_max == ksh_card.balance_max_rupiah
+    # And the log record kinds the wire names are the card's.
+    assert wire.card_log_debit == ksh_card.RecordKind.DEBIT
+    assert wire.card_log_credit == ksh_card.RecordKind.CREDIT
+    assert wire.card_log_block == ksh_card.RecordKind.BLOCK
 
 
 def test_a_deny_list_package_replaces_the_list_only_when_it_is_as_new() -> None:
@@ -232,3 +243,38 @@ def test_a_deny_list_package_replaces_the_list_only_when_it_is_as_new() -> None:
     SyncClient._apply_deny_list(client, deny_list_content(7, [222]))  # type: ignore[arg-type]
     assert "111" not in state.deny_list and "222" in state.deny_list
     assert state.deny_list.version == 7
+
+
+def test_a_deny_list_package_carries_the_chip_block_list_after_its_marker() -> None:
+    """The chip-block list follows the denied numbers after the marker; a package from before
+    it (no marker) leaves the terminal's chip-block list as it is; an older terminal's check
+    (numbers sorted) refuses a package with the marker rather than deny the marker."""
+    from types import SimpleNamespace
+
+    from bus_terminals.deny_list import DenyList
+    from bus_terminals.packages import (
+        PackageKind,
+        chip_block_marker,
+        content_problem,
+        deny_list_content,
+        deny_list_numbers,
+    )
+    from bus_terminals.sync import SyncClient, SyncState
+
+    content = deny_list_content(9, [333, 111, 222], [222])
+    assert deny_list_numbers(content) == (9, [111, 222, 333], [222])
+    assert content_problem(PackageKind.deny_list, content) == ""
+    assert int.from_bytes(content[32:40], "little") == chip_block_marker
+    assert deny_list_numbers(deny_list_content(9, [111])) == (9, [111], None)
+    state = SyncState(chip_block_list=DenyList([444], version=3))
+    client = SimpleNamespace(state=state)
+    SyncClient._apply_deny_list(client, deny_list_content(8, [111, 444]))  # type: ignore[arg-type]
+    assert "444" in state.chip_block_list  # a package without the list says nothing of it
+    SyncClient._apply_deny_list(client, content)  # type: ignore[arg-type]
+    assert "222" in state.chip_block_list and "444" not in state.chip_block_list
+    assert state.chip_block_list.version == 9
+    unsorted = content + (100).to_bytes(8, "little")
+    assert "not sorted" in content_problem(PackageKind.deny_list, unsorted)
+    # What an older terminal checks (every number after the version ascending) fails.
+    numbers = [int.from_bytes(content[at : at + 8], "little") for at in range(8, len(content), 8)]
+    assert numbers != sorted(set(numbers))

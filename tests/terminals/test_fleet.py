@@ -30,13 +30,13 @@ from bus_terminals.packages import (
 )
 from bus_terminals.simulator import Bus
 from bus_terminals.sync import UploadStatus
-from bus_terminals.terminal import Verdict
+from bus_terminals.terminal import Reason, Verdict
 from bus_terminals.validator import fare_decider, fleet_fare_decider
 from bus_terminals.wire import load_public_key, public_key_text
 from card_reader.deck import first_card_number, make_ksh_deck
 from card_reader.emulator import EmulatedReader
 from card_reader.keys import KeyRole, demo_key_store
-from gateways.terminal_api import fleet, registry
+from gateways.terminal_api import card_desk, fleet, registry
 from gateways.terminal_api.registry import TerminalRole
 from tests.setup.helpers import Ksh, assert_user_error, staff_password
 from tests.terminals.conftest import Backoffice, operator_id, test_day_start
@@ -375,7 +375,14 @@ async def test_settings_key_versions_and_the_deny_list_run_from_packages(
     await publish(PackageKind.settings, b'{"records_per_batch": 1}')
     await publish(PackageKind.key_version, b'{"debit": 1}')
     async with backoffice.pool.acquire() as connection:
-        await registry.deny_cards(connection, [numbers[1]], "stolen", now=backoffice.clock.now())
+        await card_desk.block_card(
+            connection,
+            numbers[1],
+            card_desk.BlockCause.stolen,
+            "stolen",
+            username="tests",
+            now=backoffice.clock.now(),
+        )
     await publish(PackageKind.deny_list)
     async with aiohttp.ClientSession() as session:
         bus = Bus(
@@ -392,8 +399,9 @@ async def test_settings_key_versions_and_the_deny_list_run_from_packages(
         assert not (bus.folder / "deny-list.bin").exists()
         bus.reboot()
         assert numbers[1] in bus.state.deny_list
+        assert numbers[1] in bus.state.chip_block_list  # a staff block: written on the chip
         denied = bus.tap(cards[1], backoffice.clock.unix_ms(), fare_decider(shipped, "K1"))
-        assert denied.verdict is Verdict.denied
+        assert (denied.verdict, denied.reason) == (Verdict.denied, Reason.card_blocked)
 
         # Settings: one record per upload batch.
         for minute in (1, 2):

@@ -80,6 +80,7 @@ class Chip:
     balance: int
     counter: int = 0
     last: tuple[int, str, int] = (0, "", 0)
+    blocked: bool = False  # a terminal that knew of the block wrote it onto the card
 
 
 def test_block_late_taps_replace_move_state_machine(
@@ -204,8 +205,8 @@ def test_block_late_taps_replace_move_state_machine(
         def old_card_pays(self, terminal: str, amount: int, refund: bool) -> None:
             at = self.terminals[terminal]
             chip = self.chips[old_card]
-            if at.knows_block:
-                return  # refused at the reader: nothing on the card, nothing to book
+            if at.knows_block or chip.blocked:
+                return  # refused at the reader or by the card: nothing new on it
             if terminal in points_of_sale and refund:
                 amount = min(amount, self.sales_rupiah)
                 if amount:
@@ -215,6 +216,17 @@ def test_block_late_taps_replace_move_state_machine(
                 kind = UploadKind.fare_debit if terminal in validators else UploadKind.sale
                 self.sales_rupiah += amount if kind is UploadKind.sale else 0
                 self._write(at, old_card, kind, amount)
+
+        @rule(terminal=st.sampled_from(validators + points_of_sale))
+        def old_card_blocked_on_its_chip(self, terminal: str) -> None:
+            """A terminal that synced the (lost) block writes it onto the card, once: a record
+            of no money, taken in whatever order it reaches the back office."""
+            at = self.terminals[terminal]
+            if not at.knows_block or self.chips[old_card].blocked:
+                return
+            self._write(at, old_card, UploadKind.block, 0)
+            self.chips[old_card].blocked = True
+            event("the block written on the chip")
 
         @precondition(lambda self: self.blocked_at is None)
         @rule(amount=st.integers(1, 20_000))
@@ -232,7 +244,7 @@ def test_block_late_taps_replace_move_state_machine(
         def old_card_collects_a_top_up(self, terminal: str) -> None:
             at = self.terminals[terminal]
             waiting = [t for t in self.top_ups if t[0] not in self.on_chip]
-            if at.knows_block or not waiting:
+            if at.knows_block or self.chips[old_card].blocked or not waiting:
                 return
             self.on_chip.add(waiting[0][0])
             self._write(at, old_card, UploadKind.topup_credit, 0, waiting[0])
@@ -395,6 +407,18 @@ def test_block_late_taps_replace_move_state_machine(
                 account_id,
             )
             return int(value or 0)
+
+        @invariant()
+        def blocks_on_the_chip_are_taken(self) -> None:
+            """The block was asked for: its record is booked (no money), nothing flagged."""
+            not_taken = self.run(
+                self.db.fetchval(
+                    "select (select count(*) from card_records where kind = 'block' "
+                    "and outcome <> 'booked') + (select count(*) from card_flags "
+                    "where reason = 'unrequested_block')"
+                )
+            )
+            assert not_taken == 0
 
         @invariant()
         def books_agree_with_the_model(self) -> None:
