@@ -266,9 +266,7 @@ class Terminal:
         assert card.state is not None
         return card.state, number, amount
 
-    def _block(
-        self, card: KshCard, state: CardState, number: str, time_ms: int
-    ) -> Feedback | None:
+    def _block(self, card: KshCard, state: CardState, number: str, time_ms: int) -> Feedback | None:
         """Write "blocked" onto the card (its debit key writes the profile): one journalled card
         transaction, uploaded as a `block` record with the card's Transaction MAC. None when the
         card says blocked already, or this terminal holds no debit key: refused as denied."""

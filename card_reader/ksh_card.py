@@ -586,9 +586,7 @@ class KshCard:
         assert state is not None, "read_state first"
         if not state.profile.transaction_mac:
             return None
-        raw = self.desfire.read_data(
-            transaction_mac_file, 0, TransactionMac.wire_bytes, comm_mode
-        )
+        raw = self.desfire.read_data(transaction_mac_file, 0, TransactionMac.wire_bytes, comm_mode)
         return TransactionMac.from_bytes(raw)
 
     # ------------------------------------------------------------------ planning (no I/O)

@@ -266,8 +266,7 @@ async def citizen_card(
 async def blocked(connection: asyncpg.Connection, card_number: str) -> bool:
     """On the chip-block list, or blocked on its chip and not active since."""
     if await connection.fetchval(
-        "select 1 from deny_list d where d.card_number = $1 and "
-        + registry.chip_block_condition,
+        "select 1 from deny_list d where d.card_number = $1 and " + registry.chip_block_condition,
         card_number,
     ):
         return True

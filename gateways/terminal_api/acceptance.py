@@ -111,7 +111,13 @@ _validator_kinds = frozenset(
     {UploadKind.fare_debit, UploadKind.topup_credit, UploadKind.denied, UploadKind.block}
 )
 _pos_kinds = frozenset(
-    {UploadKind.sale, UploadKind.refund, UploadKind.topup_credit, UploadKind.denied, UploadKind.block}
+    {
+        UploadKind.sale,
+        UploadKind.refund,
+        UploadKind.topup_credit,
+        UploadKind.denied,
+        UploadKind.block,
+    }
 )
 
 

@@ -462,16 +462,17 @@ async def chip_fields(connection: Any, number: str) -> dict[str, object]:
     fields: dict[str, object] = {}
     if block is not None:
         at = dt.datetime.fromtimestamp(block["time_ms"] / 1000, jakarta)
-        fields["chip"] = (
+        chip = (
             f"blocked on the chip by {block['terminal_id']} at {at:%Y-%m-%d %H:%M} WIB "
             f"(record {block['terminal_id']}/{block['sequence']}, card counter "
             f"{block['card_counter']})"
         )
         if block["active_again_counter"] is not None:
-            fields["chip"] += (
+            chip += (
                 f"; active again (unblocked at a desk): its card counter "
                 f"{block['active_again_counter']} followed"
             )
+        fields["chip"] = chip
     if unrequested and (block is None or block["active_again_counter"] is None):
         fields["attention"] = f"unrequested_block: {unrequested[-1]['detail']}"
     return fields

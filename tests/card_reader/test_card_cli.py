@@ -418,9 +418,10 @@ def test_a_card_blocked_on_its_chip_is_unblocked_at_an_issuing_desk(
     card = EmulatedCard()
     bridge.insert(card)
     issue = ("card", "issue", "--reader", name, "--keystore", str(keystore))
-    assert ksh(*issue, "--category", "general", "--card-number", "6032900000000043", capsys=capsys)[
-        0
-    ] == 0
+    assert (
+        ksh(*issue, "--category", "general", "--card-number", "6032900000000043", capsys=capsys)[0]
+        == 0
+    )
     unblock = ("card", "unblock", "--reader", name)
     status, _, err = ksh(*unblock, "--keystore", str(keystore), capsys=capsys)
     assert_user_error(status, err, "is not blocked: nothing written")
