@@ -2,10 +2,12 @@
 (the admin API the counter's staff use, the complaint rules, `ksh serve`'s hourly refund job)
 against the demo's back office and bank simulator, with a bus of the desk's own.
 
-1. **A lost card replaced.** Sri's registered card rides in the morning and is lost; clerk Ani
-   blocks it (cause lost) and replaces it with a new card registered to Sri. The balance the
-   books know moves to the new card as a pending top-up, and the new card's evening tap on the
-   bus takes it.
+1. **A lost card replaced.** Sri's registered card rides in the morning, then at noon on a
+   feeder bus out of network reach, and is lost; clerk Ani blocks it (cause lost) and replaces
+   it with a new card registered to Sri. The balance the books know moves to the new card as a
+   pending top-up, and the new card's evening tap on the bus takes it. The feeder's tap
+   arrives after the move: booked from suspense, the card flagged `purse_closed` (what a
+   replacement wait of 0 days lets through; never paid twice).
 2. **A complaint refunded within its clock.** Rudi complains through Lapor Hendi about his
    morning fare (the bus broke down two stops on); Ani investigates and answers with a refund
    of that fare, which his card takes at its evening tap.
@@ -42,11 +44,13 @@ from ledger.clock import Clock, jakarta
 replacement_wait_days = 0
 paid_days_ago = 100  # the old VA payments: more than the 90 days a top-up waits for its card
 swept_days_ago = 4  # the refund job's earlier run: withdrawn then, the 3-day wait over now
-desk_terminal_id = "BUS-DESK-01"
+# The desk's buses: one on the network all day, and a feeder bus with no network out on its
+# route, which uploads at the depot in the evening.
+desk_terminal_id, feeder_terminal_id = "BUS-DESK-01", "BUS-DESK-02"
 payer_account_no = "1350077770001"  # Dewi's account at the demo's bank
 lost_opening_rupiah, complainer_opening_rupiah = 50_000, 30_000
 old_top_ups_rupiah = (150_000, 75_000)  # Dewi's (from her account), the ATM's (no account)
-morning, evening = dt.time(7, 10), dt.time(17, 40)
+morning, feeder_ride, evening = dt.time(7, 10), dt.time(12, 30), dt.time(17, 40)
 # The desk's stock of new cards: numbers far above the fleet's and the shops' decks.
 desk_first_card_number = 6_032_900_008_000_001
 
@@ -88,6 +92,7 @@ class Desk:
     clock: BusinessClock
     today: dt.date
     bus: Any
+    feeder: Any  # the bus with no network until the evening
     decide: Any
     store: Any
 
@@ -97,9 +102,9 @@ class Desk:
     async def issue(self, card: Any, opening_rupiah: int) -> str:
         return await issue(self.http, self.office_url, self.token, card, opening_rupiah)
 
-    def tap(self, card: Any, at: dt.time, second: int = 0) -> Any:
+    def tap(self, card: Any, at: dt.time, second: int = 0, bus: Any = None) -> Any:
         moment = dt.datetime.combine(self.today, at, jakarta) + dt.timedelta(seconds=second)
-        return self.bus.tap(card, int(moment.timestamp() * 1000), self.decide)
+        return (bus or self.bus).tap(card, int(moment.timestamp() * 1000), self.decide)
 
     def chip_rupiah(self, card: Any) -> int:
         from card_reader.emulator import EmulatedReader
@@ -232,21 +237,28 @@ async def run_desk(
     store = demo_key_store()
     cards = desk_deck(today)
     token = await clerk_token(connection, clock)
-    key = await register_terminal(connection, desk_terminal_id, operator=operator)
+    keys = {
+        terminal_id: await register_terminal(connection, terminal_id, operator=operator)
+        for terminal_id in (desk_terminal_id, feeder_terminal_id)
+    }
     tariff = load_feed()
     with tempfile.TemporaryDirectory(prefix="ksh-demo-desk-") as folder:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-            bus = Bus(
-                desk_terminal_id,
-                corridors[0],
-                Path(folder),
-                validator_keys(store),
-                office_url,
-                http,
-                key,
-                now_ms=clock.unix_ms,
-                feed_service_end=service_end_date(tariff),
-            )
+            buses = [
+                Bus(
+                    terminal_id,
+                    corridors[0],
+                    Path(folder),
+                    validator_keys(store),
+                    office_url,
+                    http,
+                    key,
+                    now_ms=clock.unix_ms,
+                    feed_service_end=service_end_date(tariff),
+                )
+                for terminal_id, key in keys.items()
+            ]
+            bus, feeder = buses
             desk = Desk(
                 connection,
                 http,
@@ -255,6 +267,7 @@ async def run_desk(
                 clock,
                 today,
                 bus,
+                feeder,
                 fare_decider(tariff, corridors[0]),
                 store,
             )
@@ -265,6 +278,7 @@ async def run_desk(
                 )
             finally:
                 bus.close()
+                feeder.close()
     return story
 
 
@@ -277,10 +291,12 @@ async def ride_and_ask(desk: Desk, cards: list[Any]) -> dict[str, Any]:
     complainer_number = await desk.issue(complainer, complainer_opening_rupiah)
     holder = {"name": "Sri Wahyuni", "nik": "3374014107850002", "phone": "081225550123"}
     await desk.admin(f"/admin/v1/cards/{lost_number}/holder", holder)
-    await desk.bus.sync_now()
+    for bus in (desk.bus, desk.feeder):
+        await bus.sync_now()  # at the depot before the day's first trip
     desk.tap(lost, morning)
     desk.tap(complainer, morning, 60)
-    await desk.bus.sync_now()  # every morning tap uploaded before the desk acts
+    late = desk.tap(lost, feeder_ride, bus=desk.feeder)  # the feeder has no network
+    await desk.bus.sync_now()  # the networked bus's taps uploaded before the desk acts
     old_chip = desk.chip_rupiah(lost)
     await desk.admin(
         f"/admin/v1/cards/{lost_number}/block",
@@ -294,7 +310,8 @@ async def ride_and_ask(desk: Desk, cards: list[Any]) -> dict[str, Any]:
     await desk.bus.sync_now()  # the bus learns of the block and the two pending top-ups
     collected = desk.tap(new, evening)
     refunded = desk.tap(complainer, evening, 60)
-    await desk.bus.sync_now()
+    for bus in (desk.bus, desk.feeder):
+        await bus.sync_now()  # the feeder at the depot: its morning tap of the old card arrives
     return {
         "replacement_wait_days": replacement_wait_days,
         "lost_card": {
@@ -302,6 +319,7 @@ async def ride_and_ask(desk: Desk, cards: list[Any]) -> dict[str, Any]:
             "new_card": new_number,
             "holder": holder["name"],
             "old_chip_rupiah": old_chip,
+            "late_tap_rupiah": late.amount_rupiah,
             "moved_rupiah": int(moved["purse_rupiah"] or 0) + int(moved["pending_rupiah"] or 0),
             "collected_rupiah": collected.top_up_rupiah,
             "new_chip_rupiah": desk.chip_rupiah(new),
@@ -406,7 +424,8 @@ def desk_lines(desk: dict[str, Any]) -> list[dict[str, Any]]:
                 "scene": "lost card replaced",
                 "what_happened": f"{lost['holder']}'s card {lost['old_card']} blocked as lost, "
                 f"replaced by {lost['new_card']} (wait {desk['replacement_wait_days']} days); "
-                "its evening tap took the balance",
+                "its evening tap took the balance; a late offline tap of the old card "
+                f"(Rp {lost['late_tap_rupiah']:,}) booked from suspense, flagged purse_closed",
                 "rupiah": lost["moved_rupiah"],
             }
         )
@@ -439,7 +458,9 @@ def desk_lines(desk: dict[str, Any]) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True, slots=True)
 class LostCardFacts:
-    old_chip_rupiah: int  # the lost card's own balance when it was blocked (its taps all in)
+    old_chip_rupiah: int  # the lost card's own balance when it was blocked
+    late_taps_rupiah: int  # what its taps uploaded after the move paid, from suspense
+    late_taps_flagged: bool  # each of those taps flagged purse_closed
     moved_rupiah: int  # what the replacement says moved (purse and pending top-ups)
     transfers_rupiah: tuple[int, ...]  # the card_replacement transfers booked for the old card
     announced: tuple[tuple[int, str | None], ...]  # its pending top-ups: rupiah, taken by
@@ -452,13 +473,17 @@ class LostCardFacts:
 
 def replaced_card_moved_once(facts: LostCardFacts) -> bool:
     """The old purse closed at 0, the new card given exactly the books' balance of the old one
-    at the move (the card's own, as nothing was on its way), once, and its tap took it."""
+    at the move (the card's own and what its taps not yet uploaded spent, which later came
+    from suspense, flagged), once, and its tap took it."""
     from gateways.terminal_api import card_desk
     from settlement.top_up_refunds import expired_taker
 
     return (
         facts.moved_rupiah > 0
-        and facts.moved_rupiah == facts.old_chip_rupiah == sum(facts.transfers_rupiah)
+        and facts.moved_rupiah
+        == facts.old_chip_rupiah + facts.late_taps_rupiah
+        == sum(facts.transfers_rupiah)
+        and facts.late_taps_flagged
         and sum(rupiah for rupiah, _ in facts.announced) == facts.moved_rupiah
         and all(
             taker not in (None, expired_taker, card_desk.desk_taker) for _, taker in facts.announced
@@ -551,9 +576,19 @@ async def lost_card_facts(connection: Any, lost: dict[str, Any]) -> LostCardFact
         lost["new_card"],
         f"replace:{lost['old_card']}:%",
     )
+    late = await connection.fetchrow(
+        """select coalesce(sum(t.amount), 0) as rupiah, count(distinct t.card_counter) as taps,
+                  (select count(*) from card_flags
+                    where card_number = $1 and reason = 'purse_closed') as flagged
+             from ledger_transfers t join ledger_accounts a on a.id = t.debit_account_id
+            where t.card_number = $1 and a.kind = 'suspense'""",
+        lost["old_card"],
+    )
     old_purse = accounts[old.purse_account_id]
     return LostCardFacts(
         old_chip_rupiah=lost["old_chip_rupiah"],
+        late_taps_rupiah=int(late["rupiah"]),
+        late_taps_flagged=late["flagged"] == late["taps"],
         moved_rupiah=lost["moved_rupiah"],
         transfers_rupiah=tuple(int(row["amount"]) for row in transfers),
         announced=tuple((int(r["amount_rupiah"]), r["taken_terminal_id"]) for r in announced),
