@@ -36,11 +36,12 @@ from typing import Any
 
 from ledger.clock import Clock, jakarta
 
-# The demo's desk runs with a replacement wait of 0 days (`ksh serve --replacement-wait-days 0`).
-# The wait is for offline taps of the lost card still on their way, and the demo's service day
-# is one day: the desk's bus has uploaded every tap of the lost card before it is blocked, so
-# nothing is on its way, and the balance moves at once. Setting the business clock forward
-# three days instead would put the new card's evening tap and the day's close on another day.
+# The demo's desk runs with a replacement wait of 0 days (`ksh serve --replacement-wait-days 0`),
+# and its summary says so. The wait is for offline taps of the lost card still on their way; the
+# demo's service day is one day, and setting the business clock three days forward would put
+# the new card's evening tap and the day's close on another day than the fleet's. So the balance
+# the books know moves at once, and the one tap still on its way (the feeder bus's) shows what
+# the wait guards against: it arrives after the move and is paid from suspense, not twice.
 replacement_wait_days = 0
 paid_days_ago = 100  # the old VA payments: more than the 90 days a top-up waits for its card
 swept_days_ago = 4  # the refund job's earlier run: withdrawn then, the 3-day wait over now
@@ -83,7 +84,7 @@ class BusinessClock(Clock):
 @dataclass
 class Desk:
     """What the scenes share: the database, the back office's admin API in clerk Ani's name,
-    the desk's bus and the service day."""
+    the desk's two buses and the service day."""
 
     connection: Any
     http: Any
@@ -244,7 +245,7 @@ async def run_desk(
     tariff = load_feed()
     with tempfile.TemporaryDirectory(prefix="ksh-demo-desk-") as folder:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-            buses = [
+            bus, feeder = (
                 Bus(
                     terminal_id,
                     corridors[0],
@@ -257,8 +258,7 @@ async def run_desk(
                     feed_service_end=service_end_date(tariff),
                 )
                 for terminal_id, key in keys.items()
-            ]
-            bus, feeder = buses
+            )
             desk = Desk(
                 connection,
                 http,
@@ -300,7 +300,7 @@ async def ride_and_ask(desk: Desk, cards: list[Any]) -> dict[str, Any]:
     old_chip = desk.chip_rupiah(lost)
     await desk.admin(
         f"/admin/v1/cards/{lost_number}/block",
-        {"cause": "lost", "reason": "Sri lost her card on the way to work"},
+        {"cause": "lost", "reason": "Sri lost her card on her way back from lunch"},
     )
     moved = await desk.admin(
         f"/admin/v1/cards/{lost_number}/replace",
@@ -311,7 +311,7 @@ async def ride_and_ask(desk: Desk, cards: list[Any]) -> dict[str, Any]:
     collected = desk.tap(new, evening)
     refunded = desk.tap(complainer, evening, 60)
     for bus in (desk.bus, desk.feeder):
-        await bus.sync_now()  # the feeder at the depot: its morning tap of the old card arrives
+        await bus.sync_now()  # the feeder at the depot: its noon tap of the old card arrives
     return {
         "replacement_wait_days": replacement_wait_days,
         "lost_card": {
@@ -440,14 +440,23 @@ def desk_lines(desk: dict[str, Any]) -> list[dict[str, Any]]:
                 "rupiah": complaint["refund_rupiah"],
             }
         )
-    for refund in desk.get("expired_top_ups", []):
-        where = {"paid": "paid back to the payer's account (SNAP)", "due": "on the refund-due list"}
+    refunds = desk.get("expired_top_ups", [])
+    if refunds:
+        where = {
+            "paid": "paid back to the payer's account by SNAP",
+            "due": "on the refund-due list",
+        }
+        told = "; ".join(
+            f"Rp {refund['rupiah']:,} for card {refund['card']} "
+            f"{where.get(refund['refund'], refund['refund'])}"
+            for refund in refunds
+        )
         lines.append(
             {
-                "scene": "expired top-up refunded",
-                "what_happened": f"top-up {refund['top_up']} for card {refund['card']}, paid "
-                f"{refund['paid_on']}, never taken: {where.get(refund['refund'], refund['refund'])}",
-                "rupiah": refund["rupiah"],
+                "scene": "expired top-ups refunded",
+                "what_happened": f"{len(refunds)} VA top-ups paid {refunds[0]['paid_on']}, no "
+                f"card took them: {told}",
+                "rupiah": sum(refund["rupiah"] for refund in refunds),
             }
         )
     return lines

@@ -961,7 +961,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     for action in summary.get("staff_actions", []):
         print(f"  staff: {action}")
     for scene in summary.get("service_desk", []):
-        print(f"  desk: {scene['scene']}: {scene['what_happened']} (Rp {scene['rupiah']:,})")
+        print(f"  desk: {scene['scene']} (Rp {scene['rupiah']:,}): {scene['what_happened']}")
     print("  invariants:")
     for name, holds in summary["invariants"].items():
         print(f"    {'ok  ' if holds else 'FAIL'} {name.replace('_', ' ')}")
