@@ -146,7 +146,8 @@ async def issue(http: Any, office_url: str, token: str, card: Any, opening_rupia
 
 def desk_deck(today: dt.date) -> list[Any]:
     """The desk's five cards, the same on every call: Sri's lost one and its replacement,
-    Rudi's, and the two that got the old VA payments."""
+    Rudi's, and the two that got the old VA payments. Sold at the counter in the days before
+    `today`, valid for five years (whatever day the demo plays)."""
     from card_reader.deck import make_ksh_deck
     from card_reader.keys import demo_key_store
 
@@ -154,6 +155,8 @@ def desk_deck(today: dt.date) -> list[Any]:
         demo_key_store(),
         [lost_opening_rupiah, 0, complainer_opening_rupiah, 0, 0],
         seed=f"desk-{today}",
+        issue_date=today - dt.timedelta(days=paid_days_ago),
+        expiry_date=today + dt.timedelta(days=5 * 365),
         first_number=desk_first_card_number,
     )
 
@@ -343,6 +346,7 @@ async def refund_a_fare(desk: Desk, card_number: str) -> dict[str, Any]:
         "and outcome = 'booked' and kind = 'fare_debit' order by time_ms limit 1",
         card_number,
     )
+    assert tap is not None, f"card {card_number}'s morning fare was not booked"
     clerk = StaffMember("ani", Role.clerk)
     complaint_id = await complaints.add_complaint(
         desk.connection,

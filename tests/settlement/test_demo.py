@@ -139,6 +139,8 @@ def assert_desk_scenes(summary: dict[str, Any]) -> None:
 def test_desk_invariants_fail_on_a_broken_scene() -> None:
     """Each desk invariant holds on the facts of a scene that went right and fails when one
     fact is doctored (paid twice, moved short, answered late, refunded over, not matched)."""
+    # The first day `--day` takes: the desk's VA payments before it are in 2000 (MT940's years).
+    assert demo.first_demo_day - dt.timedelta(days=demo_desk.paid_days_ago) == dt.date(2000, 1, 1)
     lost = demo_desk.LostCardFacts(
         old_chip_rupiah=43_000,
         late_taps_rupiah=3_500,
