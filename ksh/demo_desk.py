@@ -427,8 +427,9 @@ def desk_lines(desk: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "scene": "lost card replaced",
                 "what_happened": f"{lost['holder']}'s card {lost['old_card']} blocked as lost, "
-                f"replaced by {lost['new_card']} (wait {desk['replacement_wait_days']} days); "
-                "its evening tap took the balance; a late offline tap of the old card "
+                f"replaced by {lost['new_card']} at once (the demo's replacement wait is "
+                f"{desk['replacement_wait_days']} days, `ksh serve`'s 3); the new card's evening "
+                "tap took the balance; a late offline tap of the old card "
                 f"(Rp {lost['late_tap_rupiah']:,}) booked from suspense, flagged purse_closed",
                 "rupiah": lost["moved_rupiah"],
             }
