@@ -22,15 +22,19 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ksh import argtypes, signals
 from ksh.cli import UserError
 from ksh.signals import stop_on_signals
 from ledger.clock import Clock
 
-phases_total = 8
+if TYPE_CHECKING:
+    from ksh.demo_desk import BusinessClock
+
+phases_total = 9
 upload_rounds_max = 1_000  # a till uploads batch after batch until nothing is left
+first_demo_day = dt.date(2000, 4, 10)  # 2000-01-01 + `ksh.demo_desk.paid_days_ago`
 
 
 def register(subparsers: Any) -> None:
@@ -84,8 +88,10 @@ def parse_day(text: str) -> dt.date:
         day = dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}") from None
-    if not dt.date(2000, 1, 1) <= day <= dt.date(2099, 12, 31):  # terminals' clocks: Unix time
-        raise argparse.ArgumentTypeError(f"{text}: a day from 2000-01-01 to 2099-12-31")
+    # Terminals' clocks are Unix time; the bank's MT940 statements write years in two digits
+    # (2000 to 2099), and the service desk's scene has VA payments 100 days before the day.
+    if not first_demo_day <= day <= dt.date(2099, 12, 31):
+        raise argparse.ArgumentTypeError(f"{text}: a day from {first_demo_day} to 2099-12-31")
     return day
 
 
@@ -108,10 +114,11 @@ def run(arguments: argparse.Namespace) -> int:
 
 # What the demo waits for in each phase, in order: the progress line names the one under way.
 phase_waits = (
-    "the back office and the bank simulator to start",
+    "the back office and the bank simulator to start, and the days before (old VA payments)",
     "the fleet and the shops to run the day (taps, sales, uploads)",
     "citizens' VA top-ups through the bank",
-    "QRIS sales and rides, and end of day to close the settlement batches",
+    "QRIS sales and rides, and the service desk (a lost card, a complaint, old top-ups)",
+    "end of day to close the settlement batches",
     "the bank to answer the payouts (SNAP BI)",
     "the bank's statements to be imported and reconciled",
     "finance to work the exceptions",
@@ -191,20 +198,22 @@ async def demo(server: str, arguments: argparse.Namespace, clock: Clock) -> dict
     import secrets
 
     from ksh.database import scratch_database
+    from ksh.demo_desk import BusinessClock
 
     # The service day is fixed once, at the start: a run that crosses midnight stays on its day.
     service_day = clock.today()
     name = f"ksh_demo_{service_day:%Y%m%d}_{secrets.token_hex(4)}"
     async with scratch_database(server, name, keep=arguments.keep_database) as (name, url):
-        summary = await run_day(url, arguments, clock, service_day)
+        summary = await run_day(url, arguments, BusinessClock(clock), service_day)
     summary["database"] = name if arguments.keep_database else f"{name} (dropped)"
     return summary
 
 
 async def run_day(
-    url: str, arguments: argparse.Namespace, clock: Clock, today: dt.date
+    url: str, arguments: argparse.Namespace, clock: BusinessClock, today: dt.date
 ) -> dict[str, Any]:
-    """The day on `clock`: the back office, the bank and the terminals all read it."""
+    """The day on `clock`: the back office, the bank and the terminals all read it (a scene
+    sets it back to play what happened before the day)."""
     import secrets
 
     import aiohttp
@@ -214,8 +223,9 @@ async def run_day(
     from gateways.snap import signature
     from gateways.snap.client import BankClient, BankConnection
     from gateways.snap.partners import Partner, save_partner
+    from ksh.demo_desk import before_the_day, desk_lines, run_desk
     from ksh.demo_qris import run_qris
-    from settlement import actions, end_of_day, reconciliation
+    from settlement import actions, end_of_day
     from settlement.actions import Role, Staff
 
     progress = Progress()
@@ -292,7 +302,11 @@ async def run_day(
     exceptions_found: list[dict[str, Any]] = []
     try:
         pool = backoffice_pool(backoffice)
-        progress.step("back office and bank simulator up")
+        async with pool.acquire() as connection:  # first: the ledger's time only runs forward
+            old_cards = await before_the_day(
+                connection, backoffice, backoffice_url, clock, today, simulator
+            )
+        progress.step("back office and bank simulator up, the days before played")
 
         # 1. The fleet: cards issued, buses tapping all day, uploads.
         simulation = await run_fleet(arguments, clock, today, backoffice_url, staff_token, story)
@@ -329,6 +343,11 @@ async def run_day(
             story.update(
                 await run_qris(connection, simulator, bank_url, backoffice_url, clock, partner_id)
             )
+            story["desk"] = await run_desk(
+                connection, backoffice, backoffice_url, clock, today, simulator, bank_url, old_cards
+            )
+            story["service_desk"] = desk_lines(story["desk"])
+            progress.step(f"QRIS and the service desk: {len(story['service_desk'])} desk scenes")
 
             # 4. End of day: close and pay out, with a refusal, a lost answer and an odd fee.
             batches = await end_of_day.close_day(connection, today, config, now=clock.now())
@@ -362,40 +381,18 @@ async def run_day(
                     )
             progress.step(f"payouts sent: {payouts_text(story['payouts'])}")
 
-            # 5. The bank's statements, imported and reconciled: one per bank day from the
-            #    service day to now (a run that crosses midnight in Jakarta has two).
-            arguments.reports.mkdir(parents=True, exist_ok=True)
-            story["qris_settled_rupiah"] = sum(  # the acquirer pays each calendar day's QRIS
-                simulator.settle_qris(today + dt.timedelta(days=n))
-                for n in range((bank.today() - today).days + 1)
-            )
-            statement_paths = write_statements(bank, issuer_account, today, arguments.reports)
-            imported_lines = reimported_lines = 0
-            for statement_path in statement_paths:
-                imported = await reconciliation.import_statement(
-                    connection, statement_path, bank_code, "ani"
+            # 5. The bank's statements, imported and reconciled.
+            folder = arguments.reports
+            folder.mkdir(parents=True, exist_ok=True)
+            story.update(
+                await reconcile_statements(
+                    connection, simulator, clock, today, config, bank_code, issuer_account, folder
                 )
-                again = await reconciliation.import_statement(
-                    connection, statement_path, bank_code, "ani"
-                )
-                imported_lines += imported.lines_in_file
-                reimported_lines += again.lines_new
-            start_of_day = dt.datetime.combine(today, dt.time(0), tzinfo=end_of_day.jakarta)
-            expected = (start_of_day, end_of_day.cutoff_at(today, config), today)
-            accounts = ({bank_code: issuer_account}, issuer_account)
-            await reconciliation.expect_collections(connection, *expected, *accounts)
-            await reconciliation.expect_qris_settlements(connection, *expected[:2], *accounts)
-            report = await reconciliation.reconcile(
-                connection, now=clock.now(), statement_through=bank.today()
             )
-            rerun = await reconciliation.reconcile(
-                connection, now=clock.now(), statement_through=bank.today()
+            progress.step(
+                f"{story['statement_lines']} statement lines, "
+                f"{story['statement_lines_matched']} matched"
             )
-            story["statement_lines"] = imported_lines
-            story["statement_lines_reimported"] = reimported_lines
-            story["statement_lines_matched"] = report.lines_matched
-            story["reconcile_rerun_new_matches"] = rerun.matches_new
-            progress.step(f"{imported_lines} statement lines, {report.lines_matched} matched")
 
             # 6. Finance works the exceptions: write-offs to suspense, the big one approved.
             await work_exceptions(connection, clock, exceptions_found, story)
@@ -420,6 +417,64 @@ async def run_day(
     finally:
         await backoffice_runner.cleanup()
         await bank_runner.cleanup()
+    return story
+
+
+async def reconcile_statements(
+    connection: Any,
+    simulator: Any,
+    clock: Clock,
+    today: dt.date,
+    config: Any,
+    bank_code: str,
+    issuer_account: str,
+    folder: Path,
+) -> dict[str, Any]:
+    """The bank's statements, one per bank day with movements from the first to now (a run
+    that crosses midnight in Jakarta has two for the service day and the next; the service
+    desk's VA payments of 100 days ago have theirs), each imported twice, the collections
+    and QRIS credits expected, and reconciled twice. What happened, for the summary."""
+    from settlement import end_of_day, reconciliation
+
+    bank = simulator.bank
+    story: dict[str, Any] = {}
+    story["qris_settled_rupiah"] = sum(  # the acquirer pays each calendar day's QRIS
+        simulator.settle_qris(today + dt.timedelta(days=n))
+        for n in range((bank.today() - today).days + 1)
+    )
+    earlier_days = sorted(
+        {line.value_date for line in bank.accounts[issuer_account].lines} - {today}
+    )
+    earlier_days = [day for day in earlier_days if day < today]
+    first_day = earlier_days[0] if earlier_days else today
+    imported_lines = reimported_lines = 0
+    for statement_path in write_statements(bank, issuer_account, first_day, folder):
+        imported = await reconciliation.import_statement(
+            connection, statement_path, bank_code, "ani"
+        )
+        again = await reconciliation.import_statement(connection, statement_path, bank_code, "ani")
+        imported_lines += imported.lines_in_file
+        reimported_lines += again.lines_new
+    accounts = ({bank_code: issuer_account}, issuer_account)
+    for day in earlier_days:  # whole days before the service day
+        start = dt.datetime.combine(day, dt.time(0), tzinfo=end_of_day.jakarta)
+        await reconciliation.expect_collections(
+            connection, start, start + dt.timedelta(days=1), day, *accounts
+        )
+    start_of_day = dt.datetime.combine(today, dt.time(0), tzinfo=end_of_day.jakarta)
+    expected = (start_of_day, end_of_day.cutoff_at(today, config), today)
+    await reconciliation.expect_collections(connection, *expected, *accounts)
+    await reconciliation.expect_qris_settlements(connection, *expected[:2], *accounts)
+    report = await reconciliation.reconcile(
+        connection, now=clock.now(), statement_through=bank.today()
+    )
+    rerun = await reconciliation.reconcile(
+        connection, now=clock.now(), statement_through=bank.today()
+    )
+    story["statement_lines"] = imported_lines
+    story["statement_lines_reimported"] = reimported_lines
+    story["statement_lines_matched"] = report.lines_matched
+    story["reconcile_rerun_new_matches"] = rerun.matches_new
     return story
 
 
@@ -484,7 +539,9 @@ def demo_backoffice(
     from gateways.snap.server import SnapServerSettings
     from gateways.snap.server import extension as snap_extension
     from gateways.terminal_api import qris_sales
+    from gateways.terminal_api.card_desk_routes import card_desk_extension
     from gateways.terminal_api.routes import terminal_extension
+    from ksh.demo_desk import replacement_wait_days
     from settlement import pages
 
     return create_app(
@@ -496,10 +553,15 @@ def demo_backoffice(
             settings={
                 "tmac_master_keys": demo_key_store().accepted_master_keys(KeyRole.TMAC),
                 "snap_private_key_pem": snap_key_pem.decode(),
+                # The desk moves a lost card's balance at once (see ksh.demo_desk), at its
+                # request: no hourly sweep of its own.
+                "replacement_wait_days": replacement_wait_days,
+                "replacement_sweep_interval_s": 0,
             },
         ),
         [
             terminal_extension,
+            card_desk_extension,
             qris_sales.install,
             snap_extension(SnapServerSettings()),
             pages.extension(pages.PagesSettings(end_of_day=config, payer_factory=payer_factory)),
@@ -759,6 +821,7 @@ async def check_invariants(
     simulation: Any,
     story: dict[str, Any],
 ) -> tuple[dict[str, bool], dict[str, Any]]:
+    from ksh.demo_desk import desk_invariants
     from ledger.audit import check_ledger
     from ledger.records import TransferCode
     from settlement import actions
@@ -809,6 +872,8 @@ async def check_invariants(
     }
     if simulation is not None:
         invariants["cards_equal_their_purse_accounts"] = not simulation.cards_mismatched
+    if story.get("desk"):
+        invariants.update(await desk_invariants(connection, story["desk"]))
     figures = {
         "taps_booked": int(taps),
         "rupiah_moved": int(moved),
@@ -858,7 +923,11 @@ async def write_report(
             charts.bar_chart("Taps per hour (WIB)", hours, unit="taps"),
             charts.bar_chart("Fare revenue per corridor (rupiah)", corridors, unit="rupiah"),
         ],
-        {"Exceptions and what finance did": exceptions, "Settlement batches": batches},
+        {
+            "The service desk's day": story.get("service_desk", []),
+            "Exceptions and what finance did": exceptions,
+            "Settlement batches": batches,
+        },
     )
     path = folder / f"demo-{day.isoformat()}.html"
     path.write_text(page, encoding="utf-8")
@@ -894,6 +963,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"    - {found['reason']}: Rp {found['amount_rupiah']:,} ({found['detail']})")
     for action in summary.get("staff_actions", []):
         print(f"  staff: {action}")
+    for scene in summary.get("service_desk", []):
+        print(f"  desk: {scene['scene']} (Rp {scene['rupiah']:,}): {scene['what_happened']}")
     print("  invariants:")
     for name, holds in summary["invariants"].items():
         print(f"    {'ok  ' if holds else 'FAIL'} {name.replace('_', ' ')}")

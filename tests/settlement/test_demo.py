@@ -1,16 +1,20 @@
 """`ksh demo` end to end with real parts on loopback (back office, SNAP bank simulator, fleet
 simulator with emulated cards), small: every injected trouble lands as the right exception,
-the staff actions close the day with nothing unexplained, and every invariant holds."""
+the staff actions close the day with nothing unexplained, the service desk's scenes happen,
+and every invariant holds. The desk's invariants also fail on doctored facts."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ksh import demo_desk
 from ksh.commands import demo
 from ledger.clock import Clock, SystemClock, jakarta
 
@@ -89,9 +93,116 @@ async def test_demo_day_closes_with_every_invariant(
     assert summary["invariants"]["qris_paid_once_each"]
     assert summary["invariants"]["qris_acquirer_settled"]
     assert summary["statement_lines_matched"] == summary["statement_lines"] - 3
+    assert_desk_scenes(summary)
     report = Path(summary["report"])
     assert report.exists()
     text = report.read_text()
     assert text.count("<svg") == 2
     assert "payout_rejected" in text
+    assert "The service desk&#x27;s day" in text and "expired top-ups refunded" in text
     json.dumps(summary, default=str)  # --json can print it
+
+
+def assert_desk_scenes(summary: dict[str, Any]) -> None:
+    """The lost card replaced, the complaint refunded in time, the old top-ups given back."""
+    for name in (
+        "replaced_card_moved_once",
+        "complaints_answered_in_time",
+        "expired_top_ups_refunded",
+    ):
+        assert summary["invariants"][name], name
+    desk = summary["desk"]
+    lost = desk["lost_card"]
+    assert desk["replacement_wait_days"] == 0
+    # The feeder bus's tap arrived after the move: from suspense, never from the new card.
+    assert lost["late_tap_rupiah"] > 0
+    assert lost["moved_rupiah"] == lost["old_chip_rupiah"] + lost["late_tap_rupiah"]
+    assert lost["collected_rupiah"] == lost["moved_rupiah"]
+    complaint = desk["complaint"]
+    assert complaint["channel"] == "lapor_hendi"
+    assert 0 < complaint["refund_rupiah"] == complaint["delivered_rupiah"]
+    assert complaint["answered_on"] <= complaint["due_on"]
+    service_day = dt.date.fromisoformat(summary["service_day"])
+    refunds = desk["expired_top_ups"]
+    assert sorted(refund["refund"] for refund in refunds) == ["due", "paid"]
+    assert all(
+        service_day - dt.date.fromisoformat(refund["paid_on"]) >= dt.timedelta(days=90)
+        for refund in refunds
+    )
+    assert [scene["scene"] for scene in summary["service_desk"]] == [
+        "lost card replaced",
+        "complaint refunded",
+        "expired top-ups refunded",
+    ]
+
+
+def test_desk_invariants_fail_on_a_broken_scene() -> None:
+    """Each desk invariant holds on the facts of a scene that went right and fails when one
+    fact is doctored (paid twice, moved short, answered late, refunded over, not matched)."""
+    # The first day `--day` takes: the desk's VA payments before it are in 2000 (MT940's years).
+    assert demo.first_demo_day - dt.timedelta(days=demo_desk.paid_days_ago) == dt.date(2000, 1, 1)
+    lost = demo_desk.LostCardFacts(
+        old_chip_rupiah=43_000,
+        late_taps_rupiah=3_500,
+        late_taps_flagged=True,
+        moved_rupiah=46_500,
+        transfers_rupiah=(46_500,),
+        announced=((46_500, "BUS-DESK-01"),),
+        old_accounts_rupiah=0,
+        old_purse_closed=True,
+        collected_rupiah=46_500,
+        new_chip_rupiah=43_000,
+        new_books_rupiah=43_000,
+    )
+    assert demo_desk.replaced_card_moved_once(lost)
+    for wrong_move in (
+        {"transfers_rupiah": (46_500, 46_500)},  # moved twice
+        {"moved_rupiah": 40_000},  # not what the books held
+        {"late_taps_rupiah": 0},  # the late tap paid from the new card's money
+        {"late_taps_flagged": False},
+        {"old_purse_closed": False},
+        {"old_accounts_rupiah": 3_500},  # the old purse still holds money
+        {"announced": ((46_500, None),)},  # the new card never took it
+        {"collected_rupiah": 0},
+        {"new_chip_rupiah": 46_500},  # the new card and its purse account disagree
+    ):
+        assert not demo_desk.replaced_card_moved_once(dataclasses.replace(lost, **wrong_move)), (
+            wrong_move
+        )
+    day = dt.date(2028, 2, 29)
+    answered = demo_desk.ComplaintFacts(
+        due_on=day + dt.timedelta(days=10),
+        answered_on=day,
+        refund_rupiah=3_500,
+        named_taps_paid_rupiah=3_500,
+        transfers_rupiah=(3_500,),
+        top_ups_rupiah=(3_500,),
+    )
+    assert demo_desk.complaints_answered_in_time([answered])
+    assert not demo_desk.complaints_answered_in_time([])  # the scene did not happen
+    for wrong_answer in (
+        {"answered_on": None},
+        {"answered_on": day + dt.timedelta(days=11)},  # late
+        {"refund_rupiah": 7_000, "transfers_rupiah": (7_000,), "top_ups_rupiah": (7_000,)},
+        {"transfers_rupiah": (3_500, 3_500)},  # booked twice
+        {"top_ups_rupiah": (3_500, 3_500)},
+    ):
+        assert not demo_desk.complaints_answered_in_time(
+            [dataclasses.replace(answered, **wrong_answer)]
+        ), wrong_answer
+    expired = demo_desk.ExpiredFacts(
+        expired=("snap:A", "snap:B"),
+        refunds=(("snap:A", "paid", 150_000, True), ("snap:B", "due", 75_000, False)),
+        refund_payable_rupiah=75_000,
+    )
+    assert demo_desk.expired_top_ups_refunded(expired)
+    for wrong_refund in (
+        {"refunds": (("snap:A", "paid", 150_000, False), ("snap:B", "due", 75_000, False))},
+        {"refunds": (("snap:A", "sending", 150_000, False), ("snap:B", "due", 75_000, False))},
+        {"refunds": (("snap:B", "due", 75_000, False),)},  # one expired, no refund
+        {"refund_payable_rupiah": 225_000},  # the payable holds what was paid back
+        {"expired": ()},
+    ):
+        assert not demo_desk.expired_top_ups_refunded(
+            dataclasses.replace(expired, **wrong_refund)
+        ), wrong_refund

@@ -277,7 +277,7 @@ cases: tuple[Case, ...] = (
     case("bench ledger --transfers -5", "argument --transfers"),
     case("card info --reader x --wait nan", "argument --wait"),
     case("card info --reader x --wait -5", "argument --wait"),
-    case("demo --day 1900-01-01", "a day from 2000-01-01 to 2099-12-31"),
+    case("demo --day 1900-01-01", "a day from 2000-04-10 to 2099-12-31"),
     case("fare", "the following arguments are required: ACTION"),
 )
 
