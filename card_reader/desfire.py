@@ -37,6 +37,9 @@ transaction_mac_key_option_aes = 0x02  # TMKeyOption of CreateTransactionMACFile
 # size with `AF` frames instead (the card accepts both).
 command_frame_data_bytes_max = 255
 response_bytes_max = 4096  # the longest answer we collect over AF frames
+# A card asking for frame after frame without sending data would otherwise keep a terminal in
+# this loop for ever; no answer of ours needs more frames than this.
+response_frames_max = response_bytes_max // 16
 _write_commands = {0x3D, 0x3B, 0x0C, 0xDC, 0x1C}
 
 
@@ -194,11 +197,15 @@ class Desfire:
                 )
             status, data = self.exchange(additional_frame_code, frame)
         collected = bytearray(data)
+        frames = 1
         while status == Status.ADDITIONAL_FRAME:
-            if len(collected) > response_bytes_max:
-                raise self._error("answer longer than response_bytes_max", code)
+            if len(collected) > response_bytes_max or frames >= response_frames_max:
+                raise self._error(
+                    f"answer of {frames} frames, {len(collected)} bytes: longer than we take", code
+                )
             status, data = self.exchange(additional_frame_code)
             collected += data
+            frames += 1
         return status, bytes(collected)
 
     def command(

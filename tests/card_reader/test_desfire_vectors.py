@@ -8,7 +8,7 @@ import pytest
 
 from card_reader import crypto
 from card_reader.apdu import Framing
-from card_reader.desfire import Authentication, Desfire, DesfireError
+from card_reader.desfire import Authentication, Desfire, DesfireError, response_frames_max
 from card_reader.desfire_files import AccessRights, CommMode
 from card_reader.emulator import EmulatedCard
 
@@ -330,3 +330,18 @@ def test_desfire_atr_check_byte() -> None:
     atr = EmulatedCard().atr()
     assert atr == h("3B8180018080")
     assert atr[-1] == atr[1] ^ atr[2] ^ atr[3] ^ atr[4]
+
+
+def test_a_card_asking_for_frames_for_ever_gets_an_error() -> None:
+    """A broken or hostile card that answers 91 AF with no data to every frame: the terminal
+    gives up with an error (the mutated-tap property once found the loop that never ended)."""
+
+    class EndlessMore(ScriptedReader):
+        def transmit(self, command: bytes) -> bytes:
+            self.position += 1
+            return bytes.fromhex("91AF")
+
+    reader = EndlessMore([])
+    with pytest.raises(DesfireError, match="longer than we take"):
+        Desfire(reader).get_version()
+    assert reader.position <= response_frames_max
