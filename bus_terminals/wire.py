@@ -304,6 +304,11 @@ def _check_values(values: Sequence[Any], where: str) -> None:
         raise WireError("status", status, "a denied tap has no card transaction", where)
     if kind != UploadKind.denied and counter == 0:
         raise WireError("card_counter", counter, "a card transaction has a counter >= 1", where)
+    if kind == UploadKind.block and (values[6] or values[7] or values[8]):
+        # The card's proof of a block (its log record, under its MAC) says amount 0: a block
+        # carrying money or a pending top-up's id would book what the card never did.
+        problem = "a block moves no money: amount, top-up and top-up id are empty"
+        raise WireError("amount_rupiah", values[6], problem, where)
     tmac_counter, tmac_value = values[17], values[18]
     if (tmac_counter == 0) != (tmac_value == ""):
         problem = "a Transaction MAC has both a counter (>= 1) and a value, or neither"
@@ -458,6 +463,7 @@ def _row_valid(row: list[Any], terminal_id: str) -> bool:
         and 0 <= previous_terminal <= counter_max
         and _rupiah(previous_balance)
         and (status == "committed" if kind == "denied" else counter != 0)
+        and (kind != "block" or not (amount or top_up or top_up_id))
         and type(tmac_counter) is int
         and type(tmac_value) is str
         and (

@@ -44,6 +44,7 @@ purse_cap_rupiah_unregistered = 2_000_000
 purse_cap_rupiah_registered = 20_000_000
 assert purse_cap_rupiah_unregistered == rupiah_max
 replacement_wait_default = dt.timedelta(days=3)  # setting `replacement_wait_days`
+replacement_lock = "ksh-card-replacement"  # one replacement at a time, and refunds wait for it
 # Who took the pending top-ups a replacement moved on (`pending_top_ups.taken_terminal_id`): a
 # late delivery of one is then booked from suspense, as any second delivery is.
 desk_taker = "service-desk"
@@ -455,7 +456,7 @@ async def request_replacement(
     await _require_issued(connection, new_card_number, "new_card_number")
     async with connection.transaction():
         await connection.execute(
-            "select pg_advisory_xact_lock(hashtext('ksh-card-replacement'))"
+            f"select pg_advisory_xact_lock(hashtext('{replacement_lock}'))"
         )  # one replacement at a time: a card replaces one card, a card is replaced once
         existing = await replacement_of(connection, old_card_number)
         if existing is not None and existing.new_card_number != new_card_number:
@@ -527,20 +528,24 @@ async def move_due_balances(
     wait: dt.timedelta = replacement_wait_default,
     old_card_number: str | None = None,
 ) -> list[Replacement]:
-    """Move the balances whose wait is over (of one card, or of all); returns those moved."""
-    due = await connection.fetch(
-        _replacement_query + " where r.moved_at is null and d.added_at + $1::interval <= $2 "
-        "and ($3::text is null or r.old_card_number = $3) order by r.old_card_number",
-        wait,
-        now,
-        old_card_number,
-    )
+    """Move the balances whose wait is over (of one card, or of all); returns those moved.
+    The ledger is locked before any replacement row, as `card_owed` does: a caller moving
+    several cards in one transaction holds rows and the ledger together."""
     moved = []
-    for row in due:
-        await _move_balance(connection, row["old_card_number"], row["new_card_number"], now)
-        found = await replacement_of(connection, row["old_card_number"])
-        assert found is not None
-        moved.append(found)
+    async with connection.transaction():
+        await books.lock_ledger(connection)
+        due = await connection.fetch(
+            _replacement_query + " where r.moved_at is null and d.added_at + $1::interval <= $2 "
+            "and ($3::text is null or r.old_card_number = $3) order by r.old_card_number",
+            wait,
+            now,
+            old_card_number,
+        )
+        for row in due:
+            await _move_balance(connection, row["old_card_number"], row["new_card_number"], now)
+            found = await replacement_of(connection, row["old_card_number"])
+            assert found is not None
+            moved.append(found)
     return moved
 
 
@@ -565,8 +570,11 @@ async def card_owed(connection: asyncpg.Connection, number: str) -> str:
     """The card that money owed to `number` (a complaint's refund) goes to: `number` itself
     until its balance moved to a replacement (the move takes what waits for it along), the card
     in use after that, since its own purse is closed and it is denied everywhere. Inside the
-    caller's transaction, the replacement row is held so that a move cannot start between this
-    answer and the booking: a move waits for the booking and then takes it along."""
+    caller's transaction, replacements and moves wait for the caller's commit (the same locks
+    in the same order as `request_replacement` and `move_due_balances`: the replacements'
+    lock, the ledger, the row), so a move takes the booked refund along or comes before it."""
+    await connection.execute(f"select pg_advisory_xact_lock(hashtext('{replacement_lock}'))")
+    await books.lock_ledger(connection)
     moved = await connection.fetchrow(
         "select moved_at from card_replacements where old_card_number = $1 for share", number
     )

@@ -291,9 +291,20 @@ async def _log_evidence(
 async def _chip_blocks(
     connection: asyncpg.Connection, records: Iterable[UploadRecord]
 ) -> dict[str, int | None]:
-    """For the cards that block records name: whether the back office asked to block them on
-    the chip, and still does (`registry.chip_block_requested`). No query without one."""
-    cards = sorted({record.card_number for record in records if record.kind == UploadKind.block})
+    """For the cards that block records, or taps refused by a blocked chip, name: whether the
+    back office asked to block them on the chip, and still does
+    (`registry.chip_block_requested`). No query without one."""
+    cards = sorted(
+        {
+            record.card_number
+            for record in records
+            if record.kind == UploadKind.block
+            or (
+                record.kind == UploadKind.denied
+                and record.fare_detail == planning.card_blocked_detail
+            )
+        }
+    )
     return await registry.chip_block_requested(connection, cards) if cards else {}
 
 

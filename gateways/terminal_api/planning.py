@@ -423,6 +423,11 @@ class Plan:
     charged_without_service: Counter[str]  # fares charged in full for want of service
 
 
+# The `fare_detail` of a tap a terminal refused because the card's chip says it is blocked
+# (`bus_terminals.terminal.Reason.card_blocked`).
+card_blocked_detail = "card_blocked"
+
+
 def plan_batch(
     batch: UploadBatch,
     classified: Classified,
@@ -455,7 +460,8 @@ def plan_batch(
     settled_earlier += [Placed(record, RecordOutcome.booked) for record in confirmed_earlier]
     booked = classified.to_book + confirmed_here + confirmed_earlier
     taken, refused = judge_top_ups(booked, pending_top_ups)
-    unrequested, block_flags = judge_blocks(booked, chip_blocks or {})
+    denied = [placed.record for placed in new_records if placed.outcome == RecordOutcome.denied]
+    unrequested, block_flags = judge_blocks(booked, denied, chip_blocks or {})
     quarantined = (
         classified.quarantined
         + [
@@ -494,28 +500,48 @@ def plan_batch(
 
 
 def judge_blocks(
-    booked: Sequence[UploadRecord], chip_blocks: Mapping[str, int | None]
+    booked: Sequence[UploadRecord],
+    denied: Sequence[UploadRecord],
+    chip_blocks: Mapping[str, int | None],
 ) -> tuple[list[Quarantined], list[CardFlag]]:
     """A card blocked itself (its MAC proves it, so the record is taken and books nothing).
     `chip_blocks`: the cards the back office asked to block on the chip, None while it still
     does, else when staff lifted it (Unix ms). A block it never asked for was a terminal's own
     doing: the record is also listed as quarantined (`unrequested_block`: the terminal is
     flagged, and suspended past the limit), and the card is flagged `unrequested_block` for the
-    desk to unblock. A block written after staff lifted it (by the terminal's clock: it had not
-    synced) flags the card only."""
+    desk to unblock. A block of a card whose block staff lifted flags the card only, whatever
+    the terminal's clock says of when it was written: the card refuses itself everywhere until
+    a desk unblocks it (unless the batch shows a later transaction: it was unblocked). A tap refused because the chip says blocked (`denied` records) of a
+    card the back office does not ask to block flags the card the same way: a terminal may
+    have blocked it and kept the record to itself."""
     quarantined: list[Quarantined] = []
     flags: list[CardFlag] = []
+    newest: dict[str, int] = {}  # per card, its newest transaction in the batch
+    for record in booked:
+        newest[record.card_number] = max(newest.get(record.card_number, 0), record.card_counter)
     for record in booked:
         if record.kind != UploadKind.block:
             continue
         if record.card_number not in chip_blocks:
             detail = "the back office never asked to block it on the chip: unblock it at a desk"
             quarantined.append(Quarantined(record, "unrequested_block", detail))
+        elif chip_blocks[record.card_number] is None:
+            continue
+        elif newest[record.card_number] > record.card_counter:
+            continue  # the card made a transaction after it: a desk has unblocked it already
         else:
-            lifted_ms = chip_blocks[record.card_number]
-            if lifted_ms is None or record.time_ms < lifted_ms:
-                continue
-            detail = "blocked on the chip after staff lifted its block: unblock it at a desk"
+            detail = "blocked on the chip though staff lifted its block: unblock it at a desk"
+        flags.append(CardFlag.of(record, "unrequested_block", detail))
+    for record in denied:
+        if record.fare_detail != card_blocked_detail:
+            continue
+        if record.card_number in chip_blocks and chip_blocks[record.card_number] is None:
+            continue
+        detail = (
+            "the card says it is blocked, which the back office does not ask; its last "
+            f"transaction before (counter {record.previous_counter}) was by terminal number "
+            f"{record.previous_terminal_number}: unblock it at a desk"
+        )
         flags.append(CardFlag.of(record, "unrequested_block", detail))
     return quarantined, flags
 

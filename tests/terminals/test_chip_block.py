@@ -269,9 +269,11 @@ async def test_a_terminal_from_before_the_chip_block_list_downloads_it_whole(
 
 
 def test_who_is_flagged_for_a_block_depends_on_what_the_back_office_asked() -> None:
-    """Asked and still asked, or written before staff lifted it: nothing. Written after staff
-    lifted it (the terminal had not synced): the card is flagged (the desk unblocks it), the
-    terminal is not. Never asked: both."""
+    """Asked and still asked: nothing. Asked, then lifted by staff: the card is flagged (it
+    refuses itself until a desk unblocks it), the terminal is not, whatever the terminal's clock
+    says of when it wrote the block. Never asked: both. A tap refused by a chip that says
+    blocked flags the card unless the back office still asks for the block (a terminal may have
+    blocked it and kept the record to itself)."""
     from bus_terminals.wire import UploadKind
     from gateways.terminal_api.planning import judge_blocks
     from tests.terminals.helpers import record
@@ -280,19 +282,25 @@ def test_who_is_flagged_for_a_block_depends_on_what_the_back_office_asked() -> N
         made = record("V1", 1, number, 1, 0, 20_000, previous=(0, "", 20_000))
         return made._replace(kind=UploadKind.block)
 
-    records = [block(lost_card), block(suspect_card), block(honest_card)]
-    before_lift = block("6032984000000504")
+    def refused(number: str) -> object:
+        made = record("V2", 1, number, 0, 0, 20_000, previous=(1, "", 20_000))
+        return made._replace(kind=UploadKind.denied, fare_detail="card_blocked")
+
+    backdated = "6032984000000504"
+    records = [block(lost_card), block(suspect_card), block(honest_card), block(backdated)]
     fare_record = record("V1", 2, honest_card, 2, 4_000, 16_000, previous=(1, "", 20_000))
     written_ms = records[0].time_ms  # type: ignore[attr-defined]
-    asked = {lost_card: None, suspect_card: written_ms, "6032984000000504": written_ms + 1}
-    records.append(before_lift)
-    quarantined, flags = judge_blocks([*records, fare_record], asked)  # type: ignore[list-item]
+    asked = {lost_card: None, suspect_card: written_ms, backdated: written_ms + 1}
+    denied = [refused(lost_card), refused("6032984000000505")]
+    quarantined, flags = judge_blocks([*records, fare_record], denied, asked)  # type: ignore[arg-type]
     assert [(q.record.card_number, q.reason) for q in quarantined] == [
         (honest_card, "unrequested_block")
     ]
     assert [(f.card_number, f.reason) for f in flags] == [
         (suspect_card, "unrequested_block"),
         (honest_card, "unrequested_block"),
+        (backdated, "unrequested_block"),
+        ("6032984000000505", "unrequested_block"),
     ]
 
 
@@ -352,9 +360,14 @@ async def test_a_card_found_again_is_unblocked_at_the_desk_and_rides_after_the_l
     async with backoffice.pool.acquire() as connection:
         view = await registry.card_view(connection, lost_card)
     assert view is not None
-    assert (view["counter_gaps"], view["flags"]) == ([], [])
+    # The second block reached the back office after the lift, before the ride that shows the
+    # desk had unblocked the card: flagged then (the card, not the terminal); the desk's view
+    # no longer calls for attention once the card is active again.
+    assert view["counter_gaps"] == []
+    assert [(f["reason"], f["card_counter"]) for f in view["flags"]] == [("unrequested_block", 2)]
     monkeypatch.setenv("DATABASE_URL", backoffice.database_url)
     shown = (await Ksh(capsys).ok("cards", "show", lost_card)).out
     assert "active again (unblocked at a desk): its card counter 3 followed" in shown
+    assert "attention" not in shown
     bus.close()
     await bus.sync.close()
