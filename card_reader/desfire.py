@@ -197,15 +197,16 @@ class Desfire:
                 )
             status, data = self.exchange(additional_frame_code, frame)
         collected = bytearray(data)
-        frames = 1
+        answer_frames = 1
         while status == Status.ADDITIONAL_FRAME:
-            if len(collected) > response_bytes_max or frames >= response_frames_max:
+            if len(collected) > response_bytes_max or answer_frames >= response_frames_max:
                 raise self._error(
-                    f"answer of {frames} frames, {len(collected)} bytes: longer than we take", code
+                    f"answer of {answer_frames} frames, {len(collected)} bytes: longer than we take",
+                    code,
                 )
             status, data = self.exchange(additional_frame_code)
             collected += data
-            frames += 1
+            answer_frames += 1
         return status, bytes(collected)
 
     def command(
