@@ -388,7 +388,7 @@ async def cancel_pass(request: web.Request) -> web.Response:
     reason = staff_reason(body)
     async with staff_change(request) as (connection, member, now):
         cancelled = await passes.cancel_pass(
-            connection, sale_id, username=member.username, reason=reason, now=now
+            connection, sale_id, member=member, reason=reason, now=now
         )
         if cancelled.created:
             await record_staff_action(

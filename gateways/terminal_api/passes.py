@@ -36,6 +36,7 @@ from bus_terminals.fare.feed import compile_feed, load_feed
 from bus_terminals.fare.tariff import Tariff
 from bus_terminals.packages import PackageKind, feed_texts
 from bus_terminals.wire import UploadKind, UploadRecord, pass_activation_pattern
+from gateways.staff import Role, StaffMember
 from gateways.terminal_api import books, counter, registry
 from gateways.terminal_api.accounts import bank_clearing_account_id
 from gateways.terminal_api.planning import CardFlag
@@ -131,6 +132,10 @@ async def grant_pass(
     if not reason.strip():
         raise RegistryError("a grant needs a reason", field="reason")
     if receipt_id is not None:
+        # Two sales naming one receipt for two cards lock different cards: the receipt too.
+        await connection.execute(
+            "select pg_advisory_xact_lock(hashtext('ksh-pass-receipt:' || $1))", receipt_id
+        )
         first = await _by_receipt(connection, receipt_id, card_number, fare_pass_id)
         if first is not None:
             return first
@@ -312,12 +317,14 @@ async def cancel_pass(
     connection: asyncpg.Connection,
     pass_sale_id: str,
     *,
-    username: str,
+    member: StaffMember,
     reason: str,
     now: dt.datetime,
 ) -> PendingPass:
     """Withdraw a pass no card has activated; a sale's cash goes back out of the canceller's
-    drawer (operator revenue -> drawer). A repeat answers the first cancellation."""
+    drawer (operator revenue -> drawer). A sale is cancelled by the one who sold it or by a
+    supervisor: a clerk paying out of their drawer for a colleague's sale could pocket cash
+    their drawer never took. A repeat answers the first cancellation."""
     if not reason.strip():
         raise RegistryError("a cancellation needs a reason", field="reason")
     row = await connection.fetchrow(
@@ -327,6 +334,17 @@ async def cancel_pass(
         raise NotRegistered(f"no pass sale {pass_sale_id!r}", field="pass_sale_id")
     if row["cancelled_at"] is not None:
         return _pending(row, created=False)
+    if (
+        row["amount_rupiah"]
+        and member.username != row["sold_by"]
+        and member.role is not Role.supervisor
+    ):
+        raise Conflict(
+            f"pass sale {pass_sale_id} was sold by {row['sold_by']}: they or a supervisor "
+            "cancel it",
+            code="not_your_sale",
+        )
+    username = member.username
     if row["activated_at"] is not None:
         raise Conflict(
             f"pass sale {pass_sale_id} is on card {row['card_number']} since "

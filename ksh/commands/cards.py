@@ -21,7 +21,6 @@ from ksh import acting, argtypes
 from ksh.cli import UserError
 from ksh.database import run_with_database
 from ksh.tables import rupiah
-from ledger.clock import system_clock
 
 clerks_may = "a clerk or a supervisor"
 
@@ -135,8 +134,8 @@ def add_desk_parsers(actions: Any) -> None:
         "--receipt",
         type=argtypes.reference,
         metavar="ID",
-        help="the counter's receipt (default PASS-CARD-MILLISECONDS): the same again answers "
-        "the first sale and takes nothing twice",
+        help="the counter's receipt (a sale needs one): the same again answers the first sale "
+        "and takes nothing twice",
     )
     grant.add_argument(
         "--operator", type=argtypes.reference, metavar="ID",
@@ -254,7 +253,6 @@ def run_grant_pass(arguments: argparse.Namespace) -> int:
     from gateways.terminal_api import counter, passes
 
     reason = acting.reason_of(arguments)
-    receipt = arguments.receipt or f"PASS-{arguments.card}-{system_clock.unix_ms()}"
 
     async def change(connection: Any, member: Any, now: Any) -> Any:
         price = await passes.pass_price(connection, arguments.product, now=now)
@@ -262,6 +260,11 @@ def run_grant_pass(arguments: argparse.Namespace) -> int:
             raise UserError(
                 f"pass {arguments.product} costs {rupiah(price)}: take the cash, then run again "
                 f"with --drawer {member.username} (your drawer); nothing was sold"
+            )
+        if price and arguments.receipt is None:
+            raise UserError(
+                "a sale needs --receipt ID (the counter's receipt): run again with it, and the "
+                "same again takes nothing twice; nothing was sold"
             )
         if arguments.drawer is not None and arguments.drawer.lower() != member.username:
             raise UserError(
@@ -274,7 +277,7 @@ def run_grant_pass(arguments: argparse.Namespace) -> int:
             username=member.username,
             reason=reason,
             now=now,
-            receipt_id=receipt if price else arguments.receipt,
+            receipt_id=arguments.receipt,
             drawer=counter.drawer_code(member.username) if price else None,
             operator_id=arguments.operator,
         )
@@ -307,7 +310,7 @@ def run_cancel_pass(arguments: argparse.Namespace) -> int:
         cancelled = await passes.cancel_pass(
             connection,
             arguments.sale,
-            username=member.username,
+            member=member,
             reason=arguments.reason or "",
             now=now,
         )

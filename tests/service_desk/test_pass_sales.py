@@ -220,6 +220,25 @@ async def test_a_cancelled_sale_gives_the_cash_back_and_a_terminal_that_still_wr
     assert await desk.bus.sync.download()  # this bus has it before the cancellation
     cancel = f"/admin/v1/passes/{sold['pass_sale_id']}/cancel"
     books_sold = await desk.books()
+    # Another clerk would pay it out of a drawer that never took the cash: refused.
+    async with desk.pool.acquire() as connection:
+        await staff.issue_token(
+            connection,
+            staff.StaffMember("eko", staff.Role.clerk),
+            issued_by="tests",
+            now=desk.clock.now(),
+            token="test-pass-clerk-token-2",
+        )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            desk.url + cancel,
+            json={"reason": "mine now"},
+            headers={"Authorization": "Bearer test-pass-clerk-token-2"},
+        ) as response,
+    ):
+        assert (response.status, (await response.json())["code"]) == (409, "not_your_sale")
+    assert await desk.books() == books_sold
     status, cancelled = await call(desk, "POST", cancel, {"reason": "bought by mistake"})
     assert (status, cancelled["cancelled_by"]) == (201, "ani"), cancelled
     transfer = await fetch_transfer(desk, derive_id("pass-sale-cancel", sold["pass_sale_id"]))
@@ -272,7 +291,10 @@ async def test_ksh_cards_pass_shows_the_price_sells_from_your_own_drawer_and_can
         f"ksh cards: error: pass {monthly} costs Rp 150,000: take the cash, then run again "
         "with --drawer ani (your drawer); nothing was sold"
     )
-    other = await ksh(*sell, "--drawer", "budi")
+    no_receipt = await ksh(*sell, "--drawer", "ani")
+    assert no_receipt.status == 2
+    assert "a sale needs --receipt ID" in no_receipt.err
+    other = await ksh(*sell, "--drawer", "budi", "--receipt", "KWT-7")
     assert other.status == 2
     assert "--drawer is your own drawer (ani)" in other.err
     assert await desk.fetchval("select count(*) from pending_passes") == 0
