@@ -14,7 +14,7 @@ The servers are the same PostgreSQL 16 the embedded server runs (the binaries in
   lost, to let the primary acknowledge commits it cannot replicate.
 
 Nothing here decides *when* to fail over: an operator does (`ksh db promote`), or Patroni does
-for a deployment (README, `docs/patroni.yml`).
+for a deployment (`docs/high-availability.md`, `docs/patroni.yml`).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def replication_settings(host: str, port: int) -> dict[str, str]:
 
 
 # Connections and replication from loopback only; trust, as the embedded server's initdb does.
-# A deployment across hosts uses scram-sha-256 and its own networks (README, docs/patroni.yml).
+# A deployment across hosts uses scram-sha-256 and its own networks (docs/high-availability.md, docs/patroni.yml).
 hba_lines = (
     "host all all 127.0.0.0/8 trust",
     "host replication all 127.0.0.0/8 trust",
