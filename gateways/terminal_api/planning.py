@@ -516,12 +516,11 @@ def judge_blocks(
     have blocked it and kept the record to itself."""
     quarantined: list[Quarantined] = []
     flags: list[CardFlag] = []
-    newest: dict[str, int] = {}  # per card, its newest transaction in the batch
-    for record in booked:
+    blocks = [record for record in booked if record.kind == UploadKind.block]
+    newest: dict[str, int] = {}  # per card, its newest transaction in the batch (blocks only)
+    for record in booked if blocks else ():
         newest[record.card_number] = max(newest.get(record.card_number, 0), record.card_counter)
-    for record in booked:
-        if record.kind != UploadKind.block:
-            continue
+    for record in blocks:
         if record.card_number not in chip_blocks:
             detail = "the back office never asked to block it on the chip: unblock it at a desk"
             quarantined.append(Quarantined(record, "unrequested_block", detail))
