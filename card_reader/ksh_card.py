@@ -825,19 +825,11 @@ def personalise(
     )
 
 
-def unblock(
-    reader: ReaderPort,
-    keys: CardKeys,
-    *,
-    random_bytes: Callable[[int], bytes] = os.urandom,
-) -> Profile | None:
-    """At an issuing station (`keys` holds every role): write a blocked card's status back to
-    active, under the personalisation key (the profile's write right), which no terminal
-    holds. Nothing else changes: no log record, no counter, no Transaction MAC (a profile write
-    is not covered), so the card's next transaction follows its block in its log, and that is
-    how the back office sees it active again. Returns the profile now on the card, or None
-    when the card was not blocked (nothing written)."""
-    assert set(KeyRole) <= keys.roles, "unblocking needs an issuing station's keys"
+def _desk_profile(
+    reader: ReaderPort, keys: CardKeys, random_bytes: Callable[[int], bytes]
+) -> tuple[Desfire, Profile]:
+    """At an issuing station: the card's profile, read under the personalisation key."""
+    assert set(KeyRole) <= keys.roles, "the desk's card work needs an issuing station's keys"
     session = KshCard(reader, keys, random_bytes=random_bytes)
     uid = read_uid(reader)
     desfire = session.desfire
@@ -853,6 +845,41 @@ def unblock(
         profile = Profile.from_bytes(desfire.read_data(profile_file, 0, profile_bytes, comm_mode))
     except LayoutError as error:
         raise session._fail(f"card data does not fit the KSH layout: {error}", uid) from error
+    return desfire, profile
+
+
+def desk_profile(
+    reader: ReaderPort,
+    keys: CardKeys,
+    *,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> Profile:
+    """At an issuing station: the card's profile (its number and status), changing nothing;
+    the desk asks the back office about the card before `unblock`."""
+    return _desk_profile(reader, keys, random_bytes)[1]
+
+
+def unblock(
+    reader: ReaderPort,
+    keys: CardKeys,
+    *,
+    card_number: int | None = None,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> Profile | None:
+    """At an issuing station (`keys` holds every role): write a blocked card's status back to
+    active, under the personalisation key (the profile's write right), which no terminal
+    holds. Nothing else changes: no log record, no counter, no Transaction MAC (a profile write
+    is not covered), so the card's next transaction follows its block in its log, and that is
+    how the back office sees it active again. Returns the profile now on the card, or None
+    when the card was not blocked (nothing written). With `card_number`, a card of another
+    number (the plastic swapped on the reader since the back office was asked) is refused."""
+    desfire, profile = _desk_profile(reader, keys, random_bytes)
+    if card_number is not None and profile.card_number != card_number:
+        raise KshCardError(
+            f"the card on the reader is {profile.card_number}, not {card_number}: nothing written",
+            reader_name=reader.name,
+            card_uid=desfire.card_uid,
+        )
     if profile.status is not CardStatus.BLOCKED:
         return None
     active = replace(profile, status=CardStatus.ACTIVE)

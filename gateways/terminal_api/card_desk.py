@@ -123,6 +123,23 @@ async def _require_issued(connection: asyncpg.Connection, card_number: str, fiel
         raise NotRegistered(f"card {card_number} was never issued", field=field)
 
 
+async def _refuse_replaced(connection: asyncpg.Connection, card_number: str, so: str) -> None:
+    """A replaced card's balance lives on its new card and its purse is closed: it is never
+    made usable again (its taps would be paid from suspense)."""
+    replaced = await connection.fetchval(
+        "select new_card_number from card_replacements where old_card_number = $1", card_number
+    )
+    if replaced is not None:
+        raise Conflict(f"card {card_number} was replaced by {replaced}: {so}", code="card_replaced")
+
+
+async def check_unblock(connection: asyncpg.Connection, card_number: str) -> None:
+    """Whether an issuing desk may write a blocked card active again on its chip (`ksh card
+    unblock`): a card the back office issued and has not replaced."""
+    await _require_issued(connection, card_number, "card_number")
+    await _refuse_replaced(connection, card_number, "its chip stays blocked")
+
+
 async def register_holder(
     connection: asyncpg.Connection,
     card_number: str,
@@ -374,15 +391,7 @@ async def lift_entry(
     note = check_note(note)
     async with connection.transaction():
         entry = await _open_entry(connection, card_number)
-        replaced = await connection.fetchval(
-            "select new_card_number from card_replacements where old_card_number = $1",
-            card_number,
-        )
-        if replaced is not None:
-            raise Conflict(
-                f"card {card_number} was replaced by {replaced}: it stays denied",
-                code="card_replaced",
-            )
+        await _refuse_replaced(connection, card_number, "it stays denied")
         if entry.reason in fraud_reasons:
             if entry.lift_requested_by is None:
                 await _change(
@@ -531,7 +540,20 @@ async def move_due_balances(
     """Move the balances whose wait is over (of one card, or of all); returns those moved.
     The ledger is locked before any replacement row, as `card_owed` does: a caller moving
     several cards in one transaction holds rows and the ledger together."""
-    moved = []
+    moved: list[Replacement] = []
+    # The hourly sweep mostly finds nothing: look without the ledger's lock first. A row that
+    # falls due after this look is moved by the next sweep (or by its own request, which calls
+    # this after its commit).
+    anything_due = await connection.fetchval(
+        "select exists (select 1 from card_replacements r join deny_list d "
+        "on d.card_number = r.old_card_number where r.moved_at is null "
+        "and d.added_at + $1::interval <= $2 and ($3::text is null or r.old_card_number = $3))",
+        wait,
+        now,
+        old_card_number,
+    )
+    if not anything_due:
+        return moved
     async with connection.transaction():
         await books.lock_ledger(connection)
         due = await connection.fetch(
@@ -587,7 +609,8 @@ async def _move_balance(
     connection: asyncpg.Connection, old: str, new: str, now: dt.datetime
 ) -> None:
     """Old purse and old pending top-ups -> the new card's pending top-up account, announced
-    as pending top-ups of at most what one card transaction carries; the old purse closed. The
+    as pending top-ups of at most what one card transaction carries, and the passes waiting
+    for the old card to the new one; the old purse closed. The
     ledger is locked from the balances' reading to the close: nothing books in between."""
     source = registry.card_accounts(old)
     async with connection.transaction():
@@ -634,6 +657,13 @@ async def _move_balance(
             await registry.add_pending_top_up(
                 connection, f"replace:{old}:{index}", new, min(rupiah_max, total - start), now
             )
+        await connection.execute(
+            "update pending_passes set card_number = $2, "
+            "sold_for_card = coalesce(sold_for_card, card_number) "
+            "where card_number = $1 and activated_at is null and cancelled_at is null",
+            old,
+            new,
+        )  # a pass still waiting goes with the balance; one on the chip is lost with it
         await books.close_account(connection, source.purse_account_id)
         await connection.execute(
             "update card_replacements set moved_at = $2, purse_rupiah = $3, pending_rupiah = $4 "

@@ -461,7 +461,8 @@ async def record_activations(
         cancelled = await connection.fetchrow(
             "update pending_passes set activated_terminal_id = $3, activated_sequence = $4, "
             "activated_at = to_timestamp($5::bigint / 1000.0) "
-            "where pass_sale_id = $1 and card_number = $2 and activated_at is null "
+            "where pass_sale_id = $1 and $2 in (card_number, sold_for_card) "
+            "and activated_at is null "
             "returning cancelled_by, amount_rupiah, cancelled_at is not null as cancelled",
             sale_id,
             record.card_number,

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ksh import argtypes
+from ksh import acting, argtypes
 from ksh.cli import UserError
 from ksh.commands import card_keys
 from ksh.signals import stop_on_signals
@@ -146,10 +146,13 @@ def add_unblock_parser(actions: Any) -> None:
         "(an issuing station's key store)",
         description="Write a blocked card's status back to active, under the personalisation "
         "key (only an issuing station's key store holds it). Lift its deny list entry too "
-        "(ksh deny lift NUMBER), or every terminal refuses it, and blocks it again on the chip.",
+        "(ksh deny lift NUMBER), or every terminal refuses it, and blocks it again on the chip. "
+        "The back office is asked first (DATABASE_URL or the embedded PostgreSQL): a card it "
+        "never issued, or one it replaced, stays blocked; the unblock is a staff action.",
     )
     add_reader_arguments(unblock)
     add_keystore_argument(unblock)
+    acting.add_arguments(unblock, "a clerk or a supervisor")
     unblock.set_defaults(handler=run_unblock)
 
 
@@ -721,7 +724,10 @@ def run_issue(arguments: argparse.Namespace) -> int:
 
 def run_unblock(arguments: argparse.Namespace) -> int:
     from card_reader.keys import KeyRole
-    from card_reader.ksh_card import KshCardError, unblock
+    from card_reader.ksh_card import CardStatus, KshCardError, desk_profile, unblock
+    from gateways.staff import desk_roles
+    from gateways.terminal_api import card_desk, registry
+    from ksh.database import run_with_database
 
     keys = load_keystore(arguments.keystore)
     missing = sorted(role.value for role in set(KeyRole) - keys.roles)
@@ -730,18 +736,39 @@ def run_unblock(arguments: argparse.Namespace) -> int:
             f"{arguments.keystore} holds no {', '.join(missing)} key: only an issuing station's "
             "key store (every role) unblocks a card"
         )
+    reason = acting.reason_of(arguments)
     all_keys = issuer_keys(keys, arguments.keystore)
     with card_on_reader(arguments) as reader:
         try:
-            profile = unblock(reader, all_keys)
+            found = desk_profile(reader, all_keys)
         except KshCardError as error:
             raise UserError(explain(error)) from error
+        if found.status is not CardStatus.BLOCKED:
+            raise UserError("the card on the reader is not blocked: nothing written")
+        number = str(found.card_number)
+
+        # Asked, written on the chip and recorded in one transaction: a refusal of the back
+        # office or of the card leaves no staff action behind.
+        async def work(connection: Any) -> Any:
+            async with connection.transaction():
+                member = await acting.acting_member(connection, arguments, desk_roles)
+                try:
+                    await card_desk.check_unblock(connection, number)
+                except registry.RegistryError as error:
+                    raise UserError(str(error)) from None
+                await acting.record(connection, member, "unblock_card_chip", number, reason)
+                try:
+                    return unblock(reader, all_keys, card_number=found.card_number)
+                except KshCardError as error:
+                    raise UserError(explain(error)) from error
+
+        profile = run_with_database(work)
     if profile is None:
         raise UserError("the card on the reader is not blocked: nothing written")
     print(f"card {profile.card_number} unblocked on its chip: {describe_profile(profile)}")
     print(
         f"its deny list entry stays until staff lift it (ksh deny lift {profile.card_number} "
-        "--note ...): until then every terminal refuses the card, and a lost, stolen or "
+        "--as USERNAME --reason ...): until then every terminal refuses the card, and a lost, stolen or "
         "damaged block is written onto the chip again at its next tap"
     )
     return 0

@@ -133,7 +133,7 @@ def run_lift(arguments: argparse.Namespace) -> int:
         print(f"card {arguments.number} lifted: terminals let it through from their next sync")
         print(
             "a card blocked on its chip (ksh cards show says so) stays blocked until an issuing "
-            "desk unblocks it: ksh card unblock --reader NAME --keystore FILE"
+            "desk unblocks it: ksh card unblock --reader NAME --keystore FILE --as USERNAME --reason TEXT"
         )
     else:
         print(

@@ -3,6 +3,7 @@ service-desk commands through pyscard → pcscd → vpcd, plus their user errors
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -400,55 +401,123 @@ def test_expiry_of_a_card_issued_on_a_leap_day() -> None:
     assert years_after(dt.date(2026, 11, 24), 5) == dt.date(2031, 11, 24)
 
 
+async def desk_knows(database_url: str, number: str, *, replaced_by: str | None = None) -> None:
+    """The back office issued `number` and has clerk Ani; with `replaced_by`, the card was
+    registered, blocked as lost and replaced by that card."""
+    import asyncpg
+
+    from gateways.staff import Role
+    from gateways.terminal_api import card_desk, registry
+    from ledger.clock import jakarta
+    from settlement import pages
+
+    now = dt.datetime(2027, 1, 5, 10, 0, tzinfo=jakarta)
+    connection = await asyncpg.connect(database_url)
+    try:
+        if replaced_by is None:
+            await registry.register_card(connection, number)
+            await pages.add_staff(connection, "ani", "a long enough password", Role.clerk)
+            return
+        await registry.register_card(connection, replaced_by)
+        await card_desk.register_holder(
+            connection,
+            number,
+            "Sri Wahyuni",
+            "3374010101900001",
+            "081234567890",
+            username="ani",
+            now=now,
+        )
+        lost = card_desk.BlockCause.lost
+        await card_desk.block_card(connection, number, lost, "lost", username="ani", now=now)
+        await card_desk.request_replacement(
+            connection, number, replaced_by, username="ani", now=now
+        )
+    finally:
+        await connection.close()
+
+
+async def unblock_actions(database_url: str) -> list[tuple[str, str, str]]:
+    import asyncpg
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "select username, subject, reason from staff_actions where action = 'unblock_card_chip'"
+        )
+    finally:
+        await connection.close()
+    return [tuple(row) for row in rows]
+
+
 def test_a_card_blocked_on_its_chip_is_unblocked_at_an_issuing_desk(
     pcsc_reader_name: str,
     bridge: VpcdBridge,
     keystore: Path,
     tmp_path: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`ksh card unblock` with the issuer's key store writes the status back, and nothing else
-    (no log record: the card's next transaction follows its block); a terminal's key store
-    cannot; a card not blocked is left alone."""
+    (no log record: the card's next transaction follows its block), as a staff action; a
+    terminal's key store cannot; a card not blocked is left alone; a card the back office never
+    issued, or replaced, stays blocked and leaves no staff action."""
+    import asyncio
+
     from card_reader.emulator import EmulatedReader
     from card_reader.keys import KeyRole, KeyStore
     from card_reader.ksh_card import CardStatus, KshCard
 
+    monkeypatch.setenv("DATABASE_URL", database_url)
     name = pcsc_reader_name
+    number = "6032900000000043"
     card = EmulatedCard()
     bridge.insert(card)
     issue = ("card", "issue", "--reader", name, "--keystore", str(keystore))
-    assert (
-        ksh(*issue, "--category", "general", "--card-number", "6032900000000043", capsys=capsys)[0]
-        == 0
-    )
-    unblock = ("card", "unblock", "--reader", name)
+    assert ksh(*issue, "--category", "general", "--card-number", number, capsys=capsys)[0] == 0
+    unblock = ("card", "unblock", "--reader", name, "--as", "ani", "--reason", "found again")
     status, _, err = ksh(*unblock, "--keystore", str(keystore), capsys=capsys)
     assert_user_error(status, err, "is not blocked: nothing written")
-    bridge.remove()
-    with PcscReader(name) as reader:
-        assert reader.wait_for_removal(card_timeout_ms)
-    # A validator blocks it (its debit key writes the profile and a log record).
     store = KeyStore.load(keystore, passphrase)
-    terminal_reader = EmulatedReader("validator")
-    terminal_reader.insert(card)
-    session = KshCard(terminal_reader, store.view(KeyRole.DEBIT))
-    session.read_state()
-    assert session.block(terminal_id=7, time_unix_seconds=1_795_478_400).profile.status is (  # type: ignore[union-attr]
-        CardStatus.BLOCKED
-    )
-    terminal_reader.remove()
-    bridge.insert(card)
+
+    def block_by_a_validator() -> None:  # its debit key writes the profile and a log record
+        bridge.remove()
+        with PcscReader(name) as reader:
+            assert reader.wait_for_removal(card_timeout_ms)
+        terminal_reader = EmulatedReader("validator")
+        terminal_reader.insert(card)
+        session = KshCard(terminal_reader, store.view(KeyRole.DEBIT))
+        session.read_state()
+        blocked = session.block(terminal_id=7, time_unix_seconds=1_795_478_400)
+        assert blocked.profile.status is CardStatus.BLOCKED  # type: ignore[union-attr]
+        terminal_reader.remove()
+        bridge.insert(card)
+
+    block_by_a_validator()
     terminal_store = tmp_path / "validator.keys"
     export = ("card", "keystore-export", "--keystore", str(keystore), "--roles", "debit,credit")
     assert ksh(*export, "--out", str(terminal_store), capsys=capsys)[0] == 0
     status, _, err = ksh(*unblock, "--keystore", str(terminal_store), capsys=capsys)
     assert_user_error(status, err, "only an issuing station's key store")
+    status, _, err = ksh(*unblock, "--keystore", str(keystore), capsys=capsys)
+    assert_user_error(status, err, f"card {number} was never issued")
 
+    asyncio.run(desk_knows(database_url, number))
     status, out, err = ksh(*unblock, "--keystore", str(keystore), capsys=capsys)
     assert status == 0, err
-    assert "card 6032900000000043 unblocked on its chip" in out
-    assert "ksh deny lift 6032900000000043" in out
+    assert f"card {number} unblocked on its chip" in out
+    assert f"ksh deny lift {number} --as USERNAME --reason" in out
     verified = info(name, capsys, "--keystore", str(keystore))["ksh"]
     assert verified["profile"]["status"] == "active"
     assert [(r["counter"], r["kind"]) for r in verified["log"]] == [(0, "issue"), (1, "block")]
+    assert asyncio.run(unblock_actions(database_url)) == [("ani", number, "found again")]
+
+    # Lost again and replaced: its balance lives on the new card, its chip stays blocked.
+    block_by_a_validator()
+    asyncio.run(desk_knows(database_url, number, replaced_by="6032900000000050"))
+    status, _, err = ksh(*unblock, "--keystore", str(keystore), capsys=capsys)
+    assert_user_error(status, err, f"card {number} was replaced by 6032900000000050")
+    verified = info(name, capsys, "--keystore", str(keystore))["ksh"]
+    assert verified["profile"]["status"] == "blocked"
+    assert asyncio.run(unblock_actions(database_url)) == [("ani", number, "found again")]

@@ -182,3 +182,72 @@ async def test_ksh_cards_pass_grants_and_refuses_in_one_line(
                         "--as", "citra", "--reason", "student ID seen")  # fmt: skip
     assert auditor.status == 2
     assert await desk.fetchval("select count(*) from pending_passes") == 1
+
+
+async def test_a_pass_still_waiting_when_its_card_is_lost_goes_to_the_replacement(
+    desk: Desk,
+) -> None:
+    """A student's pass granted but not yet on the chip when the card is lost moves with the
+    balance to the new card, whose next tap activates it; the sale keeps its id and says which
+    card it was sold for."""
+    from gateways.terminal_api import card_desk, passes, registry
+
+    store = desk.store
+    (new_card,) = make_ksh_deck(
+        store,
+        [0],
+        seed="student-pass-replacement",
+        rider_categories=[RiderCategory.SCHOOL_STUDENT],
+        first_number=int(desk.number) + 1,
+    )
+    reader = EmulatedReader("numbering")
+    reader.insert(new_card)
+    new_number = str(KshCard(reader, store.view(KeyRole.READ)).read_state().profile.card_number)
+    reader.remove()
+    now = desk.clock.now()
+    async with desk.pool.acquire() as connection:
+        granted = await passes.grant_pass(
+            connection, desk.number, student_pass, username="ani", reason="student ID", now=now
+        )
+        await card_desk.register_holder(
+            connection, desk.number, "Sri Wahyuni", "3374010101900001", "081234567890",
+            username="ani", now=now,
+        )  # fmt: skip
+        await card_desk.block_card(
+            connection, desk.number, card_desk.BlockCause.lost, "lost", username="ani", now=now
+        )
+        await registry.issue_cards(connection, {new_number: 0}, now=now)
+        replaced = await card_desk.request_replacement(
+            connection, desk.number, new_number, username="ani", now=now, wait=dt.timedelta(0)
+        )
+        assert replaced.moved_at is not None
+        waiting = await passes.waiting_passes(connection)
+    assert [(sale, card, pass_id) for sale, card, pass_id, _ in waiting] == [
+        (granted.pass_sale_id, new_number, student_pass)
+    ]
+    assert (
+        await desk.fetchval(
+            "select sold_for_card from pending_passes where pass_sale_id = $1", granted.pass_sale_id
+        )
+        == desk.number
+    )
+
+    assert await desk.bus.sync.download()
+    assert desk.bus.state.passes_for(desk.number) == []
+    decide = fare_decider(load_feed(), "K1", pending_passes=desk.bus.state.passes_for)
+    desk.clock.advance(3600)
+    ride = desk.bus.tap(new_card, desk.clock.unix_ms(), decide)
+    assert ride.verdict.value == "accepted", ride
+    reader.insert(new_card)
+    on_card = decode_trip_state(KshCard(reader, store.view(KeyRole.READ)).read_state().trip_state)
+    reader.remove()
+    assert on_card.pass_index == load_feed().pass_index[student_pass] + 1
+    await desk.upload()
+    assert (
+        await desk.fetchval(
+            "select activated_terminal_id from pending_passes where pass_sale_id = $1",
+            granted.pass_sale_id,
+        )
+        == desk.bus.terminal_id
+    )
+    assert (await desk.books())[1] == 0
