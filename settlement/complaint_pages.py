@@ -173,11 +173,7 @@ async def act(request: web.Request) -> web.Response:
     action = form.get("action", "")
     note = form.get("note", "")
     clock = request.app[config_key].clock
-    limit = int(
-        request.app[config_key].settings.get(
-            "refund_limit_rupiah", complaints.refund_limit_rupiah_default
-        )
-    )
+    limit = complaints.refund_limit(request.app[config_key].settings)
     _ = translator(request).gettext
     message, ok = _("Done"), True
     async with request.app[pool_key].acquire() as connection:

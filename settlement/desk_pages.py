@@ -15,6 +15,7 @@
                                           and the refund-due list
     POST /finance/counter/close-shift     shift_id, counted_rupiah, reason
     POST /finance/counter/refund-paid     top_up_id, note
+    POST /finance/counter/refund-approve  top_up_id, reason (a supervisor, above the limit)
 
 Clerks and supervisors act, auditors read. Each change is made in the staff member's own name
 through the functions the admin API and `ksh` call (`gateways.terminal_api.card_desk`,
@@ -73,6 +74,7 @@ def install(app: web.Application) -> None:
             web.get("/finance/counter", counter_page),
             web.post("/finance/counter/close-shift", close_shift),
             web.post("/finance/counter/refund-paid", refund_paid),
+            web.post("/finance/counter/refund-approve", refund_approve),
         ]
     )
 
@@ -419,6 +421,8 @@ async def counter_page(request: web.Request) -> web.Response:
         refunds=refunds,
         can_close=session.staff.role in money_roles,
         can_pay=session.staff.role in desk_roles,
+        can_approve=session.staff.role is Role.supervisor,
+        refund_limit=complaints.refund_limit(request.app[config_key].settings),
     )
     title = translator(request).gettext("Cash counter")
     return html(page(request, title, session, body, **shown_message(request)))
@@ -496,9 +500,30 @@ async def refund_paid(request: web.Request) -> web.Response:
     top_up_id = change.form.get("top_up_id", "").strip()
     async with desk_change(request, change) as (connection, now):
         paid = await top_up_refunds.mark_paid_in_cash(
-            connection, top_up_id, who=change.session.staff.username, note=change.reason, now=now
+            connection,
+            top_up_id,
+            who=change.session.staff.username,
+            note=change.reason,
+            now=now,
+            limit_rupiah=complaints.refund_limit(request.app[config_key].settings),
         )
         await record(connection, change, "top_up_refund_paid", top_up_id, now)
     done = translator(request).gettext("Refund of top-up %(top_up)s paid: %(amount)s")
     amount = formatting.rupiah(paid.amount_rupiah, i18n.language_of(request))
+    raise change.back(done % {"top_up": top_up_id, "amount": amount}, ok=True)
+
+
+async def refund_approve(request: web.Request) -> web.Response:
+    """A supervisor approves a due refund above the limit, for someone else to pay out."""
+    change = await asked(request, (Role.supervisor,), "/finance/counter")
+    top_up_id = change.form.get("top_up_id", "").strip()
+    async with desk_change(request, change) as (connection, now):
+        approved = await top_up_refunds.approve_cash_refund(
+            connection, top_up_id, change.session.staff, now=now
+        )
+        await record(connection, change, "top_up_refund_approved", top_up_id, now)
+    done = translator(request).gettext(
+        "Refund of top-up %(top_up)s approved (%(amount)s): someone else pays it out"
+    )
+    amount = formatting.rupiah(approved.amount_rupiah, i18n.language_of(request))
     raise change.back(done % {"top_up": top_up_id, "amount": amount}, ok=True)

@@ -18,7 +18,9 @@
    statement's debit line is expected (reconciliation books it against our bank account, as a
    settlement payout). A refusal, or a top-up with no account (cash, staff refunds, card
    replacements), is put on the refund-due list: a clerk pays it at the counter and marks it
-   (`mark_paid_in_cash`: refund payable -> the counter's cash clearing).
+   (`mark_paid_in_cash`: refund payable -> that clerk's cash drawer). Above the service's refund
+   limit (`refund_limit_rupiah`, the complaints' limit) a supervisor approves it first
+   (`approve_cash_refund`), and pays it out only if someone else approved it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from typing import Protocol
 
 import asyncpg
 
+from gateways.service_desk.complaints import refund_limit_rupiah_default
 from gateways.snap.client import Payout, PayoutOutcome, PayoutState
+from gateways.staff import Role, StaffMember
 from gateways.terminal_api import counter, registry
 from ledger.clock import jakarta
 from ledger.records import AccountKind, Transfer, TransferCode, derive_id
@@ -67,11 +71,16 @@ class Refund:
     paid_at: dt.datetime | None = None
     paid_by: str | None = None
     note: str = ""
+    approved_by: str | None = None  # above the refund limit: the supervisor who approved
+
+    def needs_approval(self, limit_rupiah: int) -> bool:
+        """Due, above the limit and not yet approved: no one pays it out yet."""
+        return self.state == "due" and self.amount_rupiah > limit_rupiah and not self.approved_by
 
 
 _columns = (
     "top_up_id, card_number, amount_rupiah, state, partner_reference_no, expired_at, detail, "
-    "paid_at, paid_by, note"
+    "paid_at, paid_by, note, approved_by"
 )
 
 
@@ -285,23 +294,64 @@ async def refunds_due(connection: asyncpg.Connection, *, everything: bool = Fals
     return [Refund(*row.values()) for row in rows]
 
 
+async def _due_row(connection: asyncpg.Connection, top_up_id: str) -> asyncpg.Record:
+    row = await connection.fetchrow(
+        f"select {_columns} from top_up_refunds where top_up_id = $1 for update", top_up_id
+    )
+    if row is None:
+        raise RefundError(f"no refund of top-up {top_up_id}")
+    if row["state"] != "due":
+        raise RefundError(f"the refund of top-up {top_up_id} is {row['state']}, not due")
+    return row
+
+
+async def approve_cash_refund(
+    connection: asyncpg.Connection, top_up_id: str, member: StaffMember, *, now: dt.datetime
+) -> Refund:
+    """A supervisor approves a due refund above the limit for the counter to pay out (by
+    someone else). Approving one approved already answers as before."""
+    if member.role is not Role.supervisor:
+        raise RefundError("only a supervisor approves a refund above the limit")
+    async with connection.transaction():
+        row = await _due_row(connection, top_up_id)
+        if row["approved_by"] is None:
+            row = await connection.fetchrow(
+                "update top_up_refunds set approved_by = $2, approved_at = $3 "
+                f"where top_up_id = $1 returning {_columns}",
+                top_up_id,
+                member.username,
+                now,
+            )
+        return Refund(*row.values())
+
+
 async def mark_paid_in_cash(
-    connection: asyncpg.Connection, top_up_id: str, *, who: str, note: str, now: dt.datetime
+    connection: asyncpg.Connection,
+    top_up_id: str,
+    *,
+    who: str,
+    note: str,
+    now: dt.datetime,
+    limit_rupiah: int = refund_limit_rupiah_default,
 ) -> Refund:
     """A clerk paid a due refund at the counter from their drawer: refund payable -> the
-    drawer of `who`, so that the close of their shift expects that much less cash."""
+    drawer of `who`, so that the close of their shift expects that much less cash. Above
+    `limit_rupiah`, only once a supervisor other than `who` approved it."""
     note = note.strip()
     if not note or len(note) > note_length_max or not note.isprintable():
         raise RefundError(f"a note says how it was paid, in 1 to {note_length_max} characters")
     async with connection.transaction():
-        row = await connection.fetchrow(
-            "select amount_rupiah, state from top_up_refunds where top_up_id = $1 for update",
-            top_up_id,
-        )
-        if row is None:
-            raise RefundError(f"no refund of top-up {top_up_id}")
-        if row["state"] != "due":
-            raise RefundError(f"the refund of top-up {top_up_id} is {row['state']}, not due")
+        row = await _due_row(connection, top_up_id)
+        if Refund(*row.values()).needs_approval(limit_rupiah):
+            raise RefundError(
+                f"the refund of top-up {top_up_id} (Rp {row['amount_rupiah']:,}) is above the "
+                f"Rp {limit_rupiah:,} limit: a supervisor approves it first "
+                f"(ksh cards refund-approve {top_up_id}), and someone else pays it out"
+            )
+        if row["approved_by"] == who:
+            raise RefundError(
+                f"{who} approved the refund of top-up {top_up_id}: someone else pays it out"
+            )
         cash = await counter.ensure_drawer(connection, who)
         await books.book(
             connection,

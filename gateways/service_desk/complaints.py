@@ -29,7 +29,9 @@ import enum
 import json
 import statistics
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -48,6 +50,14 @@ complaints_listed_max = 500
 # Above this a refund needs a second person (setting `refund_limit_rupiah`); the same default
 # as a write-off's (`settlement.actions.write_off_limit_rupiah_default`).
 refund_limit_rupiah_default = 1_000_000
+
+
+def refund_limit(settings: Mapping[str, Any]) -> int:
+    """The service's refund limit (setting `refund_limit_rupiah`): above it a complaint's refund
+    and a refund due paid in cash wait for a second person."""
+    return int(settings.get("refund_limit_rupiah", refund_limit_rupiah_default))
+
+
 # Serialises refunds of one card: the refundable rest of a tap is read, then booked.
 card_lock_namespace = 0x4350  # "CP"
 staff_roles = (Role.clerk, Role.supervisor)  # take, investigate and answer complaints

@@ -1,5 +1,5 @@
-"""`ksh cards expire-top-ups`, `refunds-due`, `refund-paid`: pending top-ups no card took go
-back to whoever paid them (`settlement.top_up_refunds`)."""
+"""`ksh cards expire-top-ups`, `refunds-due`, `refund-approve`, `refund-paid`: pending top-ups
+no card took go back to whoever paid them (`settlement.top_up_refunds`)."""
 
 from __future__ import annotations
 
@@ -58,13 +58,30 @@ def add_refund_parsers(actions: Any) -> None:
     paid.add_argument("--note", required=True, help="how and to whom it was paid")
     acting.add_arguments(paid, clerks_may)
     paid.set_defaults(handler=run_refund_paid)
+    approve = actions.add_parser(
+        "refund-approve",
+        help="a supervisor approves a due refund above the refund limit, for someone else to "
+        "pay out at the counter",
+    )
+    approve.add_argument("top_up_id", metavar="TOP_UP_ID", help="as `ksh cards refunds-due` lists")
+    acting.add_arguments(approve, "a supervisor")
+    approve.set_defaults(handler=run_refund_approve)
 
 
 def describe(refund: Any) -> str:
+    from gateways.service_desk.complaints import refund_limit_rupiah_default
+
     where = {
         "sending": f"to the payer's account, {refund.partner_reference_no}",
         "paid": f"paid to the payer's account, {refund.partner_reference_no}",
-        "due": "due at the counter",
+        "due": "due at the counter"
+        + (
+            f" (approved by {refund.approved_by})"
+            if refund.approved_by
+            else " (above the limit: a supervisor approves it first)"
+            if refund.needs_approval(refund_limit_rupiah_default)
+            else ""
+        ),
         "paid_cash": f"paid at the counter by {refund.paid_by}: {refund.note}",
     }[refund.state]
     detail = f" ({refund.detail})" if refund.detail and refund.state != "paid" else ""
@@ -161,4 +178,21 @@ def run_refund_paid(arguments: argparse.Namespace) -> int:
             raise UserError(str(error)) from None
 
     print(describe(run_desk_change(arguments, "top_up_refund_paid", arguments.top_up_id, change)))
+    return 0
+
+
+def run_refund_approve(arguments: argparse.Namespace) -> int:
+    from ksh.commands.cards import run_desk_change
+    from settlement import top_up_refunds
+
+    async def change(connection: Any, member: Any, now: Any) -> Any:
+        try:
+            return await top_up_refunds.approve_cash_refund(
+                connection, arguments.top_up_id, member, now=now
+            )
+        except top_up_refunds.RefundError as error:
+            raise UserError(str(error)) from None
+
+    approved = run_desk_change(arguments, "top_up_refund_approved", arguments.top_up_id, change)
+    print(describe(approved))
     return 0

@@ -437,6 +437,66 @@ async def test_a_refund_due_is_paid_at_the_counter_once(desk: Desk) -> None:
     assert (await desk.books())[1] == 0
 
 
+async def test_a_refund_due_above_the_limit_takes_a_supervisor_and_a_second_person(
+    desk: Desk,
+) -> None:
+    """Above the desk's refund limit (Rp 10,000 here) the counter page says the refund waits,
+    offers the approval to a supervisor only, and the supervisor who approved cannot pay it
+    out; a clerk then can. Each refusal changes nothing."""
+    async with desk.pool.acquire() as connection:
+        await registry.pay_pending_top_up(
+            connection,
+            "COUNTER-BIG-1",
+            desk.number,
+            12_500,
+            paid_at=desk.clock.now() - dt.timedelta(days=100),
+        )
+        [refund] = await top_up_refunds.expire_top_ups(
+            connection,
+            now=desk.clock.now(),
+            older_than=dt.timedelta(days=90),
+            who="budi",
+            wait=dt.timedelta(0),
+        )
+    assert refund.state == "due"
+    paid = {"top_up_id": "COUNTER-BIG-1", "note": "paid to Ibu Sri, receipt 18"}
+    async with session_for(desk.url) as http:
+        ani = await staffer(http, desk.url, "ani")
+        async with http.get(desk.url + "/finance/counter") as page:
+            text = await page.text()
+        assert 'data-waits="approval"' in text
+        assert 'data-action="refund-approve"' not in text  # a clerk does not approve
+        assert 'data-action="refund-paid"' not in text
+        before = await unchanged(desk)
+        _, where = await ani.post("/finance/counter/refund-paid", paid)
+        assert "above the Rp 10,000 limit" in urllib_unquote(where)
+        status, _ = await ani.post(
+            "/finance/counter/refund-approve", {"top_up_id": "COUNTER-BIG-1", "reason": "ok"}
+        )
+        assert status == 403
+        assert await unchanged(desk) == before
+    async with session_for(desk.url) as http:
+        budi = await staffer(http, desk.url, "budi")
+        async with http.get(desk.url + "/finance/counter") as page:
+            assert 'data-action="refund-approve"' in await page.text()
+        approval = {"top_up_id": "COUNTER-BIG-1", "reason": "payer's KTP and receipt checked"}
+        _, where = await budi.post("/finance/counter/refund-approve", approval)
+        assert "approved (Rp 12,500): someone else pays it out" in urllib_unquote(where)
+        async with http.get(desk.url + "/finance/counter") as page:
+            assert 'data-approved-by="budi"' in await page.text()
+        before = await unchanged(desk)
+        _, where = await budi.post("/finance/counter/refund-paid", paid)
+        assert "budi approved the refund of top-up COUNTER-BIG-1" in urllib_unquote(where)
+        assert await unchanged(desk) == before
+    async with session_for(desk.url) as http:
+        ani = await staffer(http, desk.url, "ani")
+        _, where = await ani.post("/finance/counter/refund-paid", paid)
+        assert "Refund of top-up COUNTER-BIG-1 paid: Rp 12,500" in urllib_unquote(where)
+    assert await staff_actions(desk, "top_up_refund_approved") == [("budi", "COUNTER-BIG-1")]
+    assert await staff_actions(desk, "top_up_refund_paid") == [("ani", "COUNTER-BIG-1")]
+    assert (await desk.books())[1] == 0
+
+
 async def test_a_pass_is_granted_and_an_automatic_entry_reviewed(desk: Desk) -> None:
     async with desk.pool.acquire() as connection:
         await registry.deny_cards(

@@ -172,3 +172,73 @@ async def test_ksh_cards_expires_lists_and_marks_a_refund_paid(
     )
     assert "0 refund(s)" in (await ksh.ok("cards", "refunds-due")).out
     assert "COUNTER-9" in (await ksh.ok("cards", "refunds-due", "--all")).out
+
+
+async def test_a_cash_refund_above_the_limit_is_approved_by_a_supervisor_and_paid_by_another(
+    database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four eyes at the counter: above the refund limit (Rp 1,000,000) a clerk cannot pay a
+    refund due on their own word; a clerk cannot approve; the supervisor who approves does not
+    pay it out; someone else does, once. Each refusal books and records nothing."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    ksh = Ksh(capsys)
+    await add_staff(ksh, monkeypatch)
+    paid_at = system_clock.now() - dt.timedelta(days=91)
+    connection = await asyncpg.connect(database_url)
+    try:
+        await registry.issue_cards(connection, {card: 0}, now=paid_at)
+        await registry.pay_pending_top_up(connection, "BIG-1", card, 1_500_000, paid_at=paid_at)
+        await registry.pay_pending_top_up(connection, "SMALL-1", card, 1_000_000, paid_at=paid_at)
+    finally:
+        await connection.close()
+    await ksh.ok("cards", "expire-top-ups", "--wait-days", "0", "--as", "ani", "--reason", "sweep")
+    listed = (await ksh.ok("cards", "refunds-due")).out
+    assert "BIG-1" in listed and "above the limit: a supervisor approves it first" in listed
+    assert "SMALL-1" in listed  # at the limit: one person pays it
+
+    async def recorded() -> tuple[int, int, list[str]]:
+        connection = await asyncpg.connect(database_url)
+        try:
+            transfers = await connection.fetchval("select count(*) from ledger_transfers")
+            drawers = await connection.fetchval(
+                "select count(*) from ledger_accounts where owner_reference like 'drawer:%'"
+            )
+            actions = await connection.fetch(
+                "select action || ' ' || username from staff_actions "
+                "where subject = 'BIG-1' order by action_id"
+            )
+        finally:
+            await connection.close()
+        return int(transfers), int(drawers), [row[0] for row in actions]
+
+    pay = ("cards", "refund-paid", "BIG-1", "--note", "paid to Ibu Sri, receipt 18")
+    before = await recorded()
+    refused = await ksh(*pay, "--as", "ani", "--reason", "payer came")
+    assert_user_error(refused, "cards", "above the Rp 1,000,000 limit: a supervisor approves")
+    refused = await ksh("cards", "refund-approve", "BIG-1", "--as", "ani", "--reason", "ok")
+    assert_user_error(refused, "cards", "only a supervisor approves")
+    assert await recorded() == before
+    approved = await ksh.ok(
+        "cards", "refund-approve", "BIG-1", "--as", "budi", "--reason", "payer's KTP checked"
+    )
+    assert "approved by budi" in approved.out
+    again = await ksh.ok("cards", "refund-approve", "BIG-1", "--as", "budi", "--reason", "again")
+    assert "approved by budi" in again.out  # answers as before
+    before = await recorded()
+    refused = await ksh(*pay, "--as", "budi", "--reason", "payer came")
+    assert_user_error(refused, "cards", "budi approved the refund of top-up BIG-1: someone else")
+    assert await recorded() == before
+    paid = await ksh.ok(*pay, "--as", "ani", "--reason", "payer came")
+    assert "paid at the counter by ani" in paid.out
+    transfers, _, actions = await recorded()
+    assert transfers == before[0] + 1
+    assert actions == [
+        "top_up_refund_approved budi",
+        "top_up_refund_approved budi",
+        "top_up_refund_paid ani",
+    ]
+    small = ("cards", "refund-paid", "SMALL-1", "--note", "paid to Pak Joko, receipt 19")
+    assert (
+        "paid at the counter by ani" in (await ksh.ok(*small, "--as", "ani", "--reason", "x")).out
+    )
+    assert "0 refund(s)" in (await ksh.ok("cards", "refunds-due")).out
