@@ -309,11 +309,16 @@ async def approve_cash_refund(
     connection: asyncpg.Connection, top_up_id: str, member: StaffMember, *, now: dt.datetime
 ) -> Refund:
     """A supervisor approves a due refund above the limit for the counter to pay out (by
-    someone else). Approving one approved already answers as before."""
+    someone else). Their repeat answers as before; another supervisor's is refused (the log
+    would name them as an approver they are not)."""
     if member.role is not Role.supervisor:
         raise RefundError("only a supervisor approves a refund above the limit")
     async with connection.transaction():
         row = await _due_row(connection, top_up_id)
+        if row["approved_by"] not in (None, member.username):
+            raise RefundError(
+                f"the refund of top-up {top_up_id} is approved by {row['approved_by']} already"
+            )
         if row["approved_by"] is None:
             row = await connection.fetchrow(
                 "update top_up_refunds set approved_by = $2, approved_at = $3 "

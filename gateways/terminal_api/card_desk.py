@@ -123,7 +123,7 @@ async def _require_issued(connection: asyncpg.Connection, card_number: str, fiel
         raise NotRegistered(f"card {card_number} was never issued", field=field)
 
 
-async def _refuse_replaced(connection: asyncpg.Connection, card_number: str, so: str) -> None:
+async def refuse_replaced(connection: asyncpg.Connection, card_number: str, so: str) -> None:
     """A replaced card's balance lives on its new card and its purse is closed: it is never
     made usable again (its taps would be paid from suspense)."""
     replaced = await connection.fetchval(
@@ -137,7 +137,9 @@ async def check_unblock(connection: asyncpg.Connection, card_number: str) -> Non
     """Whether an issuing desk may write a blocked card active again on its chip (`ksh card
     unblock`): a card the back office issued and has not replaced."""
     await _require_issued(connection, card_number, "card_number")
-    await _refuse_replaced(connection, card_number, "its chip stays blocked")
+    # Until the caller's commit no replacement of the card begins (the replacements' lock).
+    await connection.execute(f"select pg_advisory_xact_lock(hashtext('{replacement_lock}'))")
+    await refuse_replaced(connection, card_number, "its chip stays blocked")
 
 
 async def register_holder(
@@ -391,7 +393,7 @@ async def lift_entry(
     note = check_note(note)
     async with connection.transaction():
         entry = await _open_entry(connection, card_number)
-        await _refuse_replaced(connection, card_number, "it stays denied")
+        await refuse_replaced(connection, card_number, "it stays denied")
         if entry.reason in fraud_reasons:
             if entry.lift_requested_by is None:
                 await _change(
@@ -489,6 +491,11 @@ async def _add_replacement(
     now: dt.datetime,
 ) -> None:
     await _check_replaceable(connection, old_card_number, new_card_number)
+    # A pass sale or grant to the old card in flight (it holds the card's row) commits first,
+    # and its pass moves with the balance; one that comes after sees the replacement.
+    await connection.execute(
+        "select 1 from cards where card_number = $1 for update", old_card_number
+    )
     await connection.execute(
         "insert into card_replacements (old_card_number, new_card_number, requested_by, "
         "requested_at) values ($1, $2, $3, $4)",

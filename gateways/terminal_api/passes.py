@@ -37,7 +37,7 @@ from bus_terminals.fare.tariff import Tariff
 from bus_terminals.packages import PackageKind, feed_texts
 from bus_terminals.wire import UploadKind, UploadRecord, pass_activation_pattern
 from gateways.staff import Role, StaffMember
-from gateways.terminal_api import books, counter, registry
+from gateways.terminal_api import books, card_desk, counter, registry
 from gateways.terminal_api.accounts import bank_clearing_account_id
 from gateways.terminal_api.planning import CardFlag
 from gateways.terminal_api.registry import Conflict, NotRegistered, RegistryError
@@ -125,8 +125,9 @@ async def grant_pass(
         registry.check_reference("receipt_id", receipt_id)
     if not await connection.fetchval(
         "select 1 from cards where card_number = $1 for update", card_number
-    ):  # the card's row also makes sales of one card wait for one another
+    ):  # the card's row also makes sales of one card wait for one another, and a replacement
         raise NotRegistered(f"card {card_number} was never issued", field="card_number")
+    await card_desk.refuse_replaced(connection, card_number, "sell or grant it to the card in use")
     tariff = tariff or await sale_tariff(connection, now)
     price = _feed_pass(tariff, fare_pass_id)
     if not reason.strip():
@@ -186,7 +187,8 @@ async def _by_receipt(
     )
     if row is None:
         return None
-    if (row["card_number"], row["fare_pass_id"]) != (card_number, fare_pass_id):
+    sold_to = {row["card_number"], row["sold_for_card"]}  # a sale moved to a replacement too
+    if card_number not in sold_to or row["fare_pass_id"] != fare_pass_id:
         raise Conflict(
             f"receipt {receipt_id} is the sale of {row['fare_pass_id']!r} to card "
             f"{row['card_number']} ({row['pass_sale_id']})",
@@ -327,6 +329,9 @@ async def cancel_pass(
     their drawer never took. A repeat answers the first cancellation."""
     if not reason.strip():
         raise RegistryError("a cancellation needs a reason", field="reason")
+    # The ledger before the sale's row, as ingest (activations) and a replacement's move
+    # (passes following the balance) take them: no deadlock with either.
+    await books.lock_ledger(connection)
     row = await connection.fetchrow(
         "select * from pending_passes where pass_sale_id = $1 for update", pass_sale_id
     )
@@ -447,9 +452,11 @@ async def record_activations(
     connection: asyncpg.Connection, booked: Iterable[UploadRecord]
 ) -> list[CardFlag]:
     """The fare records (booked: committed on the card) that name a pass sale they activated;
-    the first one wins (another validator's later activation of the same sale is a no-op).
-    Trust the card: a cancelled sale a terminal still wrote is activated too, and its card
-    flagged `pass_cancelled_activated` (returned, for the caller to store)."""
+    the first one wins. Trust the card: a cancelled sale a terminal still wrote is activated
+    too, and its card flagged `pass_cancelled_activated`; a sale that moved to a replacement
+    and was written on a card of its replacement chain other than the one in use, or on a
+    second card, is flagged too (returned, for the caller to store). A sale of a card outside
+    the activating card's chain is no activation (a terminal naming another card's sale)."""
     found = [
         (match.group(1), record)
         for record in booked
@@ -458,27 +465,63 @@ async def record_activations(
     ]
     flags = []
     for sale_id, record in found:
-        cancelled = await connection.fetchrow(
-            "update pending_passes set activated_terminal_id = $3, activated_sequence = $4, "
-            "activated_at = to_timestamp($5::bigint / 1000.0) "
-            "where pass_sale_id = $1 and $2 in (card_number, sold_for_card) "
-            "and activated_at is null "
-            "returning cancelled_by, amount_rupiah, cancelled_at is not null as cancelled",
+        row = await connection.fetchrow(
+            "select card_number, activated_terminal_id, activated_sequence, amount_rupiah, "
+            "cancelled_by, cancelled_at is not null as cancelled from pending_passes "
+            "where pass_sale_id = $1 for update",
             sale_id,
-            record.card_number,
+        )
+        if row is None or not await _same_chain(connection, record.card_number, row):
+            continue
+        if row["activated_terminal_id"] is not None:
+            first_card = await connection.fetchval(
+                "select card_number from card_records where terminal_id = $1 and sequence = $2",
+                row["activated_terminal_id"],
+                row["activated_sequence"],
+            )
+            if first_card is not None and first_card != record.card_number:
+                detail = (
+                    f"pass sale {sale_id} is on card {first_card} already "
+                    f"(terminal {row['activated_terminal_id']}): now on this card too"
+                )
+                flags.append(CardFlag.of(record, pass_on_two_cards, detail))
+            continue
+        await connection.execute(
+            "update pending_passes set activated_terminal_id = $2, activated_sequence = $3, "
+            "activated_at = to_timestamp($4::bigint / 1000.0) where pass_sale_id = $1",
+            sale_id,
             record.terminal_id,
             record.sequence,
             record.time_ms,
         )
-        if cancelled is not None and cancelled["cancelled"]:
+        if row["cancelled"]:
             detail = (
-                f"pass sale {sale_id} was cancelled by {cancelled['cancelled_by']} "
-                f"(Rp {cancelled['amount_rupiah']:,} given back) and is on the card"
+                f"pass sale {sale_id} was cancelled by {row['cancelled_by']} "
+                f"(Rp {row['amount_rupiah']:,} given back) and is on the card"
             )
             flags.append(CardFlag.of(record, pass_cancelled_activated, detail))
+        if record.card_number != row["card_number"]:
+            detail = (
+                f"pass sale {sale_id} moved to card {row['card_number']} with the balance and "
+                "was written on this replaced card: the card in use does not get it"
+            )
+            flags.append(CardFlag.of(record, pass_on_replaced_card, detail))
     return flags
 
 
+async def _same_chain(
+    connection: asyncpg.Connection, card_number: str, sale: asyncpg.Record
+) -> bool:
+    """Whether `card_number` is the sale's card or one it replaced (a sale follows the balance
+    to the card in use: `card_desk._move_balance`)."""
+    if card_number == sale["card_number"]:
+        return True
+    in_use = card_desk.card_in_use
+    return await in_use(connection, card_number) == await in_use(connection, sale["card_number"])
+
+
+pass_on_two_cards = "pass_on_two_cards"
+pass_on_replaced_card = "pass_on_replaced_card"
 pass_cancelled_activated = "pass_cancelled_activated"
 
 

@@ -758,13 +758,14 @@ def run_unblock(arguments: argparse.Namespace) -> int:
                     raise UserError(str(error)) from None
                 await acting.record(connection, member, "unblock_card_chip", number, reason)
                 try:
-                    return unblock(reader, all_keys, card_number=found.card_number)
+                    written = unblock(reader, all_keys, card_number=found.card_number)
                 except KshCardError as error:
                     raise UserError(explain(error)) from error
+                if written is None:  # active meanwhile: the staff action is rolled back
+                    raise UserError("the card on the reader is not blocked: nothing written")
+                return written
 
         profile = run_with_database(work)
-    if profile is None:
-        raise UserError("the card on the reader is not blocked: nothing written")
     print(f"card {profile.card_number} unblocked on its chip: {describe_profile(profile)}")
     print(
         f"its deny list entry stays until staff lift it (ksh deny lift {profile.card_number} "

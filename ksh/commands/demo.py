@@ -594,9 +594,10 @@ async def days_with_collections(
     booked = await connection.fetch(
         """select distinct (t.booked_at at time zone 'Asia/Jakarta')::date as day
              from ledger_transfers t join ledger_accounts a on a.id = t.debit_account_id
-            where t.code = $1 and a.kind = 'bank_clearing'""",
+            where t.code = $1 and a.kind = 'bank_clearing'
+              and a.owner_reference not like 'drawer:%' and t.flags & (2 | 8) = 0""",
         int(TransferCode.pending_top_up),
-    )
+    )  # as `reconciliation.expect_collections` picks them: not cash at a counter, not voided
     return sorted(day for day in statement_days | {row["day"] for row in booked} if day < today)
 
 

@@ -184,31 +184,32 @@ async def test_ksh_cards_pass_grants_and_refuses_in_one_line(
     assert await desk.fetchval("select count(*) from pending_passes") == 1
 
 
-async def test_a_pass_still_waiting_when_its_card_is_lost_goes_to_the_replacement(
-    desk: Desk,
-) -> None:
-    """A student's pass granted but not yet on the chip when the card is lost moves with the
-    balance to the new card, whose next tap activates it; the sale keeps its id and says which
-    card it was sold for."""
-    from gateways.terminal_api import card_desk, passes, registry
-
-    store = desk.store
-    (new_card,) = make_ksh_deck(
-        store,
+def new_student_card(desk: Desk) -> tuple[EmulatedCard, str]:
+    """The replacement: another school student's card, numbered after the desk's."""
+    (card,) = make_ksh_deck(
+        desk.store,
         [0],
         seed="student-pass-replacement",
         rider_categories=[RiderCategory.SCHOOL_STUDENT],
         first_number=int(desk.number) + 1,
     )
-    reader = EmulatedReader("numbering")
-    reader.insert(new_card)
-    new_number = str(KshCard(reader, store.view(KeyRole.READ)).read_state().profile.card_number)
-    reader.remove()
+    return card, str(int(desk.number) + 1)
+
+
+async def grant_then_replace(desk: Desk, new_number: str, before_the_move: Any = None) -> str:
+    """A student pass granted to the desk's card, which is then lost and replaced (wait 0: its
+    balance and the waiting pass move at once); `before_the_move` runs between the grant and
+    the block. Returns the sale's id."""
+    from gateways.terminal_api import card_desk, passes, registry
+
     now = desk.clock.now()
     async with desk.pool.acquire() as connection:
         granted = await passes.grant_pass(
             connection, desk.number, student_pass, username="ani", reason="student ID", now=now
         )
+    if before_the_move is not None:
+        await before_the_move()
+    async with desk.pool.acquire() as connection:
         await card_desk.register_holder(
             connection, desk.number, "Sri Wahyuni", "3374010101900001", "081234567890",
             username="ani", now=now,
@@ -220,34 +221,115 @@ async def test_a_pass_still_waiting_when_its_card_is_lost_goes_to_the_replacemen
         replaced = await card_desk.request_replacement(
             connection, desk.number, new_number, username="ani", now=now, wait=dt.timedelta(0)
         )
-        assert replaced.moved_at is not None
+    assert replaced.moved_at is not None
+    return granted.pass_sale_id
+
+
+def tap_with_passes(desk: Desk, bus: Any, card: EmulatedCard) -> int:
+    """`card` taps `bus`, whose validator activates the passes its last sync brought; the
+    pass on the card after it (0: none)."""
+    decide = fare_decider(load_feed(), "K1", pending_passes=bus.state.passes_for)
+    desk.clock.advance(600)
+    ride = bus.tap(card, desk.clock.unix_ms(), decide)
+    assert ride.verdict.value == "accepted", ride
+    reader = EmulatedReader("desk inspection")
+    reader.insert(card)
+    try:
+        raw = KshCard(reader, desk.store.view(KeyRole.READ)).read_state().trip_state
+    finally:
+        reader.remove()
+    return int(decode_trip_state(raw).pass_index)
+
+
+async def test_a_pass_still_waiting_when_its_card_is_lost_goes_to_the_replacement(
+    desk: Desk,
+) -> None:
+    """A student's pass granted but not yet on the chip when the card is lost moves with the
+    balance to the new card, whose next tap activates it; the sale keeps its id and says which
+    card it was sold for. The lost card's number takes no more passes."""
+    from gateways.terminal_api import passes
+    from gateways.terminal_api.registry import Conflict
+
+    new_card, new_number = new_student_card(desk)
+    sale = await grant_then_replace(desk, new_number)
+    async with desk.pool.acquire() as connection:
         waiting = await passes.waiting_passes(connection)
-    assert [(sale, card, pass_id) for sale, card, pass_id, _ in waiting] == [
-        (granted.pass_sale_id, new_number, student_pass)
+        with pytest.raises(Conflict, match=f"replaced by {new_number}: sell or grant it"):
+            await passes.grant_pass(
+                connection, desk.number, student_pass, username="ani", reason="again",
+                now=desk.clock.now(),
+            )  # fmt: skip
+    assert [(sale_id, card, pass_id) for sale_id, card, pass_id, _ in waiting] == [
+        (sale, new_number, student_pass)
     ]
-    assert (
-        await desk.fetchval(
-            "select sold_for_card from pending_passes where pass_sale_id = $1", granted.pass_sale_id
-        )
-        == desk.number
-    )
+    sold_for = "select sold_for_card from pending_passes where pass_sale_id = $1"
+    assert await desk.fetchval(sold_for, sale) == desk.number
 
     assert await desk.bus.sync.download()
     assert desk.bus.state.passes_for(desk.number) == []
-    decide = fare_decider(load_feed(), "K1", pending_passes=desk.bus.state.passes_for)
-    desk.clock.advance(3600)
-    ride = desk.bus.tap(new_card, desk.clock.unix_ms(), decide)
-    assert ride.verdict.value == "accepted", ride
-    reader.insert(new_card)
-    on_card = decode_trip_state(KshCard(reader, store.view(KeyRole.READ)).read_state().trip_state)
-    reader.remove()
-    assert on_card.pass_index == load_feed().pass_index[student_pass] + 1
+    pass_index = load_feed().pass_index[student_pass] + 1
+    assert tap_with_passes(desk, desk.bus, new_card) == pass_index
     await desk.upload()
-    assert (
-        await desk.fetchval(
-            "select activated_terminal_id from pending_passes where pass_sale_id = $1",
-            granted.pass_sale_id,
-        )
-        == desk.bus.terminal_id
+    activated = "select activated_terminal_id from pending_passes where pass_sale_id = $1"
+    assert await desk.fetchval(activated, sale) == desk.bus.terminal_id
+    assert (await desk.books())[1] == 0
+
+
+@pytest.mark.parametrize("first", ["lost card", "new card"])
+async def test_a_stale_terminal_that_writes_a_moved_pass_on_the_lost_card_is_seen(
+    desk: Desk, tmp_path: Any, first: str
+) -> None:
+    """A bus that downloaded the pass for the lost card before the block, and has not synced
+    since, still writes it there. Trust the card: the first activation wins, and the lost card
+    is flagged (`pass_on_replaced_card` when it was first, and the new card does not get the
+    pass; `pass_on_two_cards` when the new card had it already)."""
+    from bus_terminals.simulator import Bus, validator_keys
+    from bus_terminals.sync import UploadStatus
+    from bus_terminals.wire import public_key_text
+    from gateways.terminal_api import registry
+    from gateways.terminal_api.registry import TerminalRole
+
+    new_card, new_number = new_student_card(desk)
+    pass_index = load_feed().pass_index[student_pass] + 1
+    async with aiohttp.ClientSession() as http:
+        stale = Bus(
+            "BUS-D2", "K1", tmp_path / "stale", validator_keys(desk.store), desk.url, http,
+            now_ms=desk.clock.unix_ms,
+        )  # fmt: skip
+        try:
+            async with desk.pool.acquire() as connection:
+                await registry.register_terminal(
+                    connection,
+                    stale.terminal_id,
+                    public_key_text(stale.private_key.public_key()),
+                    TerminalRole.validator,
+                    operator_id="TRANS-SEMARANG",
+                )
+
+            async def stale_bus_downloads() -> None:
+                assert await stale.sync.download()
+                assert stale.state.passes_for(desk.number) != []
+
+            sale = await grant_then_replace(desk, new_number, stale_bus_downloads)
+            if first == "new card":
+                assert await desk.bus.sync.download()
+                assert tap_with_passes(desk, desk.bus, new_card) == pass_index
+                await desk.upload()
+            assert tap_with_passes(desk, stale, desk.card) == pass_index  # the stale bus
+            assert await stale.sync.upload_once() is UploadStatus.acknowledged
+            if first == "lost card":
+                assert await desk.bus.sync.download()
+                assert desk.bus.state.passes_for(new_number) == []  # activated, on the lost card
+        finally:
+            stale.close()
+    flags = await desk.fetchval(
+        "select array_agg(reason order by flag_id) from card_flags where card_number = $1",
+        desk.number,
+    )
+    expected = "pass_on_replaced_card" if first == "lost card" else "pass_on_two_cards"
+    assert expected in flags, flags
+    on = "select activated_terminal_id from pending_passes where pass_sale_id = $1"
+    assert await desk.fetchval(on, sale) == (
+        stale.terminal_id if first == "lost card" else desk.bus.terminal_id
     )
     assert (await desk.books())[1] == 0

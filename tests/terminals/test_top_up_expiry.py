@@ -224,7 +224,11 @@ async def test_a_cash_refund_above_the_limit_is_approved_by_a_supervisor_and_pai
     assert "approved by budi" in approved.out
     again = await ksh.ok("cards", "refund-approve", "BIG-1", "--as", "budi", "--reason", "again")
     assert "approved by budi" in again.out  # answers as before
+    await ksh.ok("settle", "staff", "dewi", "--role", "supervisor")
     before = await recorded()
+    refused = await ksh("cards", "refund-approve", "BIG-1", "--as", "dewi", "--reason", "ok")
+    assert_user_error(refused, "cards", "is approved by budi already")
+    assert await recorded() == before  # the log never names dewi as an approver
     refused = await ksh(*pay, "--as", "budi", "--reason", "payer came")
     assert_user_error(refused, "cards", "budi approved the refund of top-up BIG-1: someone else")
     assert await recorded() == before
