@@ -401,9 +401,11 @@ def test_expiry_of_a_card_issued_on_a_leap_day() -> None:
     assert years_after(dt.date(2026, 11, 24), 5) == dt.date(2031, 11, 24)
 
 
-async def desk_knows(database_url: str, number: str, *, replaced_by: str | None = None) -> None:
-    """The back office issued `number` and has clerk Ani; with `replaced_by`, the card was
-    registered, blocked as lost and replaced by that card."""
+async def desk_knows(
+    database_url: str, number: str, *, issued: bool = True, replaced_by: str | None = None
+) -> None:
+    """The back office has clerk Ani and issued `number` (unless not `issued`); with
+    `replaced_by`, the card was registered, blocked as lost and replaced by that card."""
     import asyncpg
 
     from gateways.staff import Role
@@ -415,8 +417,9 @@ async def desk_knows(database_url: str, number: str, *, replaced_by: str | None 
     connection = await asyncpg.connect(database_url)
     try:
         if replaced_by is None:
-            await registry.register_card(connection, number)
             await pages.add_staff(connection, "ani", "a long enough password", Role.clerk)
+            if issued:
+                await registry.register_card(connection, number)
             return
         await registry.register_card(connection, replaced_by)
         await card_desk.register_holder(
@@ -500,6 +503,7 @@ def test_a_card_blocked_on_its_chip_is_unblocked_at_an_issuing_desk(
     assert ksh(*export, "--out", str(terminal_store), capsys=capsys)[0] == 0
     status, _, err = ksh(*unblock, "--keystore", str(terminal_store), capsys=capsys)
     assert_user_error(status, err, "only an issuing station's key store")
+    asyncio.run(desk_knows(database_url, number, issued=False))
     status, _, err = ksh(*unblock, "--keystore", str(keystore), capsys=capsys)
     assert_user_error(status, err, f"card {number} was never issued")
 
