@@ -395,16 +395,12 @@ def urllib_unquote(where: str) -> str:
     return urllib.parse.unquote_plus(where)
 
 
-async def test_a_refund_due_is_paid_at_the_counter_once(desk: Desk) -> None:
-    """A top-up no card took in 90 days is on the refund-due list; the clerk marks it paid:
-    refund payable -> the counter's cash, once."""
+async def refund_due(desk: Desk, top_up_id: str, rupiah: int) -> None:
+    """A counter top-up of 100 days ago no card took, on the refund-due list now."""
     async with desk.pool.acquire() as connection:
+        paid_at = desk.clock.now() - dt.timedelta(days=100)
         await registry.pay_pending_top_up(
-            connection,
-            "COUNTER-OLD-1",
-            desk.number,
-            7_500,
-            paid_at=desk.clock.now() - dt.timedelta(days=100),
+            connection, top_up_id, desk.number, rupiah, paid_at=paid_at
         )
         [refund] = await top_up_refunds.expire_top_ups(
             connection,
@@ -413,7 +409,13 @@ async def test_a_refund_due_is_paid_at_the_counter_once(desk: Desk) -> None:
             who="budi",
             wait=dt.timedelta(0),
         )
-    assert refund.state == "due"
+    assert (refund.top_up_id, refund.state) == (top_up_id, "due")
+
+
+async def test_a_refund_due_is_paid_at_the_counter_once(desk: Desk) -> None:
+    """A top-up no card took in 90 days is on the refund-due list; the clerk marks it paid:
+    refund payable -> the counter's cash, once."""
+    await refund_due(desk, "COUNTER-OLD-1", 7_500)
     cash = counter.drawer_account_id("ani")  # paid out of her drawer: her close expects less
     cash_before = await balance(desk, cash)
     async with session_for(desk.url) as http:
@@ -443,22 +445,7 @@ async def test_a_refund_due_above_the_limit_takes_a_supervisor_and_a_second_pers
     """Above the desk's refund limit (Rp 10,000 here) the counter page says the refund waits,
     offers the approval to a supervisor only, and the supervisor who approved cannot pay it
     out; a clerk then can. Each refusal changes nothing."""
-    async with desk.pool.acquire() as connection:
-        await registry.pay_pending_top_up(
-            connection,
-            "COUNTER-BIG-1",
-            desk.number,
-            12_500,
-            paid_at=desk.clock.now() - dt.timedelta(days=100),
-        )
-        [refund] = await top_up_refunds.expire_top_ups(
-            connection,
-            now=desk.clock.now(),
-            older_than=dt.timedelta(days=90),
-            who="budi",
-            wait=dt.timedelta(0),
-        )
-    assert refund.state == "due"
+    await refund_due(desk, "COUNTER-BIG-1", 12_500)
     paid = {"top_up_id": "COUNTER-BIG-1", "note": "paid to Ibu Sri, receipt 18"}
     async with session_for(desk.url) as http:
         ani = await staffer(http, desk.url, "ani")

@@ -131,9 +131,14 @@ async def test_an_old_counter_top_up_goes_to_the_refund_due_list_and_is_never_pa
     assert (await books_snapshot(backoffice.pool))[1] == 0
 
 
-async def test_ksh_cards_expires_lists_and_marks_a_refund_paid(
-    database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def old_top_ups(
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    top_ups: dict[str, int],
+) -> Ksh:
+    """`ksh` on the database with its staff, and the card's counter top-ups (id: rupiah) paid
+    91 days ago, none taken."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     ksh = Ksh(capsys)
     await add_staff(ksh, monkeypatch)
@@ -141,9 +146,17 @@ async def test_ksh_cards_expires_lists_and_marks_a_refund_paid(
     connection = await asyncpg.connect(database_url)
     try:
         await registry.issue_cards(connection, {card: 0}, now=paid_at)
-        await registry.pay_pending_top_up(connection, "COUNTER-9", card, 25_000, paid_at=paid_at)
+        for top_up_id, rupiah in top_ups.items():
+            await registry.pay_pending_top_up(connection, top_up_id, card, rupiah, paid_at=paid_at)
     finally:
         await connection.close()
+    return ksh
+
+
+async def test_ksh_cards_expires_lists_and_marks_a_refund_paid(
+    database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ksh = await old_top_ups(database_url, capsys, monkeypatch, {"COUNTER-9": 25_000})
     assert_user_error(
         await ksh("cards", "expire-top-ups", "--partner", "BNI", "--as", "ani", "--reason", "x"),
         "cards",
@@ -180,17 +193,8 @@ async def test_a_cash_refund_above_the_limit_is_approved_by_a_supervisor_and_pai
     """Four eyes at the counter: above the refund limit (Rp 1,000,000) a clerk cannot pay a
     refund due on their own word; a clerk cannot approve; the supervisor who approves does not
     pay it out; someone else does, once. Each refusal books and records nothing."""
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    ksh = Ksh(capsys)
-    await add_staff(ksh, monkeypatch)
-    paid_at = system_clock.now() - dt.timedelta(days=91)
-    connection = await asyncpg.connect(database_url)
-    try:
-        await registry.issue_cards(connection, {card: 0}, now=paid_at)
-        await registry.pay_pending_top_up(connection, "BIG-1", card, 1_500_000, paid_at=paid_at)
-        await registry.pay_pending_top_up(connection, "SMALL-1", card, 1_000_000, paid_at=paid_at)
-    finally:
-        await connection.close()
+    top_ups = {"BIG-1": 1_500_000, "SMALL-1": 1_000_000}
+    ksh = await old_top_ups(database_url, capsys, monkeypatch, top_ups)
     await ksh.ok("cards", "expire-top-ups", "--wait-days", "0", "--as", "ani", "--reason", "sweep")
     listed = (await ksh.ok("cards", "refunds-due")).out
     assert "BIG-1" in listed and "above the limit: a supervisor approves it first" in listed
