@@ -45,6 +45,7 @@ from bus_terminals.journal import Journal, batch_records_max
 from bus_terminals.packages import PackageKind, deny_list_numbers
 from bus_terminals.wire import (
     UploadBatch,
+    WaitingPass,
     content_type,
     deny_list_version_header,
     encode_batch,
@@ -83,8 +84,8 @@ class SyncState:
     chip_block_list: DenyList = field(default_factory=DenyList)
     # card number -> [(top-up id, amount, paid at in Unix ms)], oldest first
     pending_top_ups: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
-    # card number -> [(pass sale id, fare_pass_id, sold at in Unix ms)], oldest first
-    pending_passes: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
+    # card number -> the passes waiting for it, oldest first
+    pending_passes: dict[str, list[WaitingPass]] = field(default_factory=dict)
     tariff_version: str = ""
     key_versions: dict[str, Any] = field(default_factory=dict)
     synced_at_ms: int = 0
@@ -92,7 +93,7 @@ class SyncState:
     def top_ups_for(self, card_number: str) -> list[tuple[str, int, int]]:
         return self.pending_top_ups.get(card_number, [])
 
-    def passes_for(self, card_number: str) -> list[tuple[str, str, int]]:
+    def passes_for(self, card_number: str) -> list[WaitingPass]:
         return self.pending_passes.get(card_number, [])
 
     def save(self, folder: Path) -> None:
@@ -124,7 +125,7 @@ class SyncState:
                     for card, top_ups in saved["pending_top_ups"].items()
                 }
                 state.pending_passes = {  # absent from a state saved before passes
-                    card: [(sale_id, pass_id, sold_ms) for sale_id, pass_id, sold_ms in sold]
+                    card: [WaitingPass(*held) for held in sold]  # 3 fields before carried passes
                     for card, sold in saved.get("pending_passes", {}).items()
                 }
                 state.tariff_version = saved["tariff_version"]
@@ -328,12 +329,13 @@ class SyncClient:
         ]:
             top_ups.setdefault(card_number, []).append((top_up_id, amount, paid_ms))
         self.state.pending_top_ups = top_ups
-        passes: dict[str, list[tuple[str, str, int]]] = {}
-        # Absent from an older back office's answer.
+        passes: dict[str, list[WaitingPass]] = {}
+        starts = answer.get("pass_starts", {})  # absent from an older back office's answer,
         for sale_id, card_number, pass_id, sold_ms in answer.get("pending_passes", [])[
             :pending_top_ups_held_max
-        ]:
-            passes.setdefault(card_number, []).append((sale_id, pass_id, sold_ms))
+        ]:  # and so are passes
+            held = WaitingPass(sale_id, pass_id, sold_ms, int(starts.get(sale_id, 0)))
+            passes.setdefault(card_number, []).append(held)
         self.state.pending_passes = passes
         self.state.tariff_version = answer["tariff_version"]
         self.state.key_versions = answer["key_versions"]

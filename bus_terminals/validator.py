@@ -12,7 +12,12 @@ from bus_terminals.fare.trip_state import decode_trip_state, encode_trip_state
 from bus_terminals.fleet import Fleet
 from bus_terminals.packages import PackageKind
 from bus_terminals.terminal import Charge, Decide, Reason
-from bus_terminals.wire import UploadKind, no_service_fare_detail, pass_activation_detail
+from bus_terminals.wire import (
+    UploadKind,
+    WaitingPass,
+    no_service_fare_detail,
+    pass_activation_detail,
+)
 from card_reader.ksh_card import CardState, RiderCategory
 
 fare_media_id = "ksh_card"
@@ -25,40 +30,42 @@ rider_category_ids = {category: category.name.lower() for category in RiderCateg
 assert FareOutcome.full_fare_no_service.value == no_service_fare_detail
 
 
-#: card number -> the passes granted to it and not known to be on it yet (`SyncState.passes_for`):
-#: [(pass sale id, fare_pass_id, sold at in Unix ms)], oldest first.
-PendingPasses = Callable[[str], Sequence[tuple[str, str, int]]]
+#: card number -> the passes granted to it and not known to be on it yet (`SyncState.passes_for`),
+#: oldest first.
+PendingPasses = Callable[[str], Sequence[WaitingPass]]
 seconds_per_day = 86_400
 
 
-def no_pending_passes(card_number: str) -> Sequence[tuple[str, str, int]]:
+def no_pending_passes(card_number: str) -> Sequence[WaitingPass]:
     return ()
 
 
 def with_pending_pass(
-    tariff: Tariff, trip: TripState, waiting: Sequence[tuple[str, str, int]], time_s: int
+    tariff: Tariff, trip: TripState, waiting: Sequence[WaitingPass], time_s: int
 ) -> tuple[TripState, str]:
     """The trip state with the oldest waiting pass activated, and its sale id ("": none).
 
-    A pass starts today, or the day after the same pass on the card ends (a renewal bought
-    while it runs loses no day). The card tells whether a sale is on it already (activated here
-    or on another bus before the back office heard): it holds that pass lasting at least as
-    long as an activation on the day of the sale would. That is exact because the back office
+    A pass starts today (a pass carried from a replaced card: on its first day there), or the
+    day after the same pass on the card ends (a renewal bought while it runs loses no day). The
+    card tells whether a sale is on it already (activated here or on another bus before the
+    back office heard): it holds that pass lasting at least as long as an activation on the day
+    of the sale (of a carried pass: its first day) would. That is exact because the back office
     grants a pass again only after the day of its last activation (`gateways.terminal_api.
     passes.grant_pass`)."""
-    for sale_id, pass_id, sold_ms in sorted(waiting, key=lambda sale: sale[2]):
-        position = tariff.pass_index.get(pass_id)
+    for held in sorted(waiting, key=lambda sale: sale.sold_ms):
+        position = tariff.pass_index.get(held.pass_id)
         if position is None:
             continue  # not in the feed this validator runs: it waits for one that has it
-        sold_day = tariff.local_seconds(sold_ms // 1000) // seconds_per_day
-        on_card_from_sale = sold_day + tariff.passes[position].validity_days - 1
+        start_s = held.from_ms // 1000 if held.from_ms else time_s
+        sale_s = tariff.local_seconds(held.from_ms // 1000 or held.sold_ms // 1000)
+        on_card_from_sale = sale_s // seconds_per_day + tariff.passes[position].validity_days - 1
         if trip.pass_index == position + 1:
             if trip.pass_last_day >= on_card_from_sale:
                 continue
-            today = tariff.local_seconds(time_s) // seconds_per_day
-            if trip.pass_last_day >= today:  # runs still: the renewal follows it
-                time_s += (trip.pass_last_day + 1 - today) * seconds_per_day
-        return activate_pass(tariff, trip, pass_id, time_s), sale_id
+            start_day = tariff.local_seconds(start_s) // seconds_per_day
+            if trip.pass_last_day >= start_day:  # runs still: the renewal follows it
+                start_s += (trip.pass_last_day + 1 - start_day) * seconds_per_day
+        return activate_pass(tariff, trip, held.pass_id, start_s), held.sale_id
     return trip, ""
 
 

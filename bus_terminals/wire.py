@@ -68,6 +68,18 @@ no_service_fare_detail = "full_fare_no_service"
 pass_activation_pattern = re.compile(r" activates (pass-[0-9a-f]{10})$")
 
 
+class WaitingPass(NamedTuple):
+    """A pass sold or granted to a card and not known to be on it yet, as terminals hold it
+    (the sync answer's `pending_passes`, with `pass_starts` for carried passes)."""
+
+    sale_id: str
+    pass_id: str
+    sold_ms: int
+    # A pass carried from a replaced card (`gateways.terminal_api.passes.carry_running_passes`):
+    # the moment it runs from, on the old card; 0: from the day of the tap that activates it.
+    from_ms: int = 0
+
+
 def pass_activation_detail(detail: str, pass_sale_id: str) -> str:
     """A record's fare detail (64 characters at most) that names the activated pass sale."""
     activation = f" activates {pass_sale_id}"

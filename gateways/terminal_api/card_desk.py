@@ -619,6 +619,8 @@ async def _move_balance(
     as pending top-ups of at most what one card transaction carries, and the passes waiting
     for the old card to the new one; the old purse closed. The
     ledger is locked from the balances' reading to the close: nothing books in between."""
+    from gateways.terminal_api import passes  # passes asks this module who holds a card
+
     source = registry.card_accounts(old)
     async with connection.transaction():
         if await connection.fetchval(
@@ -670,7 +672,8 @@ async def _move_balance(
             "where card_number = $1 and activated_at is null and cancelled_at is null",
             old,
             new,
-        )  # a pass still waiting goes with the balance; one on the chip is lost with it
+        )  # a pass still waiting goes with the balance
+        await passes.carry_running_passes(connection, old, new, now=now)  # and one on the chip
         await books.close_account(connection, source.purse_account_id)
         await connection.execute(
             "update card_replacements set moved_at = $2, purse_rupiah = $3, pending_rupiah = $4 "

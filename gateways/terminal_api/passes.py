@@ -63,6 +63,8 @@ class PendingPass:
     cancelled_at: dt.datetime | None = None
     cancelled_by: str | None = None
     created: bool = True  # False: the answer to a repeat (the first sale or cancellation)
+    carried_from: str | None = None  # a pass carried from a lost card: the sale it carries
+    from_day: dt.date | None = None  # and its first day there (the new card runs to its end)
 
 
 async def sale_tariff(connection: asyncpg.Connection, now: dt.datetime) -> Tariff:
@@ -387,6 +389,8 @@ def _pending(row: asyncpg.Record, *, created: bool = True) -> PendingPass:
         row["cancelled_at"],
         row["cancelled_by"],
         created,
+        row["carried_from"],
+        row["from_day"],
     )
 
 
@@ -407,6 +411,8 @@ class PassOnCard:
     sold_on: dt.date
     activated_on: dt.date | None
     last_day: dt.date | None
+    pass_sale_id: str = ""
+    first_day: dt.date | None = None  # activated: the day it runs from
 
 
 def passes_on_card(found: Iterable[PendingPass], tariff: Tariff) -> list[PassOnCard]:
@@ -424,17 +430,61 @@ def passes_on_card(found: Iterable[PendingPass], tariff: Tariff) -> list[PassOnC
         activated_on = (
             None if sale.activated_at is None else sale.activated_at.astimezone(zone).date()
         )
-        last_day = None
+        last_day = start = None
         position = tariff.pass_index.get(sale.fare_pass_id)
         if activated_on is not None and position is not None:
-            start = activated_on
+            start = sale.from_day or activated_on  # a carried pass runs from its old first day
             if running is not None and running[0] == sale.fare_pass_id and running[1] >= start:
                 start = running[1] + dt.timedelta(days=1)
             last_day = start + dt.timedelta(days=tariff.passes[position].validity_days - 1)
             running = (sale.fare_pass_id, last_day)
         sold_on = sale.sold_at.astimezone(zone).date()
-        shown.append(PassOnCard(sale.fare_pass_id, sold_on, activated_on, last_day))
+        shown.append(
+            PassOnCard(sale.fare_pass_id, sold_on, activated_on, last_day, sale.pass_sale_id, start)
+        )
     return shown
+
+
+async def carry_running_passes(
+    connection: asyncpg.Connection, old: str, new: str, *, now: dt.datetime
+) -> list[PendingPass]:
+    """The passes on a lost card's chip still running today, carried to its replacement (in
+    the balance's move, `card_desk._move_balance`): each a Rp 0 sale naming the one it carries
+    and its first day, waiting for the new card's next tap, which writes it to run to the same
+    last day. The original sale's day keeps their order among the card's waiting passes (a
+    renewal bought before the loss follows on from the carried one). Cancelled sales a card
+    took are not carried: their money went back."""
+    tariff = await sale_tariff(connection, now)
+    today = now.astimezone(ZoneInfo(tariff.timezone_name)).date()
+    on_old = await passes_of(connection, old)
+    sales = {sale.pass_sale_id: sale for sale in on_old}
+    carried = []
+    for held in passes_on_card(on_old, tariff):
+        sale = sales[held.pass_sale_id]
+        if held.last_day is None or held.last_day < today or sale.cancelled_at is not None:
+            continue
+        row = await connection.fetchrow(
+            "insert into pending_passes (pass_sale_id, card_number, fare_pass_id, amount_rupiah, "
+            "sold_by, reason, sold_at, sold_for_card, carried_from, from_day) "
+            "values ($1, $2, $3, 0, $4, $5, $6, $7, $8, $9) "
+            "on conflict (pass_sale_id) do nothing returning *",
+            "pass-" + derive_id("pass-carry", sale.pass_sale_id, new).hex[:10],
+            new,
+            sale.fare_pass_id,
+            carrier,
+            f"carried from sale {sale.pass_sale_id} of card {old}, on its chip from "
+            f"{held.first_day} to {held.last_day}",
+            sale.sold_at,
+            old,
+            sale.pass_sale_id,
+            held.first_day,
+        )
+        if row is not None:
+            carried.append(_pending(row))
+    return carried
+
+
+carrier = "card-replacement"  # who "sold" a carried pass: the replacement, not a person
 
 
 async def waiting_passes(connection: asyncpg.Connection) -> list[list[object]]:
@@ -446,6 +496,28 @@ async def waiting_passes(connection: asyncpg.Connection) -> list[list[object]]:
         pending_passes_download_max,
     )
     return [list(row.values()) for row in rows]
+
+
+async def waiting_pass_starts(
+    connection: asyncpg.Connection, *, now: dt.datetime
+) -> dict[str, int]:
+    """For terminals: the carried passes among the waiting ones, each with the moment (Unix ms,
+    noon of its first day in the feed's time zone) it runs from instead of the activating tap's
+    day. A terminal that knows nothing of this writes a fresh period: the rider gains days."""
+    rows = await connection.fetch(
+        "select p.pass_sale_id, p.from_day from pending_passes p where p.from_day is not null "
+        "and p.activated_at is null and p.cancelled_at is null order by p.sold_at limit $1",
+        pending_passes_download_max,
+    )
+    if not rows:
+        return {}
+    zone = ZoneInfo((await sale_tariff(connection, now)).timezone_name)
+    return {
+        row["pass_sale_id"]: int(
+            dt.datetime.combine(row["from_day"], dt.time(12), tzinfo=zone).timestamp() * 1000
+        )
+        for row in rows
+    }
 
 
 async def record_activations(

@@ -312,6 +312,9 @@ async def sync(request: web.Request) -> web.Response:
             pending_top_ups_download_max,
         )
         waiting_passes = await passes.waiting_passes(connection)
+        pass_starts = await passes.waiting_pass_starts(
+            connection, now=request.app[config_key].clock.now()
+        )
         chip_blocks = (
             None
             if chip_block_since is None
@@ -339,6 +342,7 @@ async def sync(request: web.Request) -> web.Response:
                 for row in top_ups
             ],
             "pending_passes": waiting_passes,
+            "pass_starts": pass_starts,  # carried passes: [sale id] -> Unix ms they run from
             "tariff_version": settings.get("tariff_version", ""),
             "key_versions": settings.get("key_versions", {}),
             "packages": packages,

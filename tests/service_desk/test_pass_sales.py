@@ -188,7 +188,7 @@ async def test_a_pass_sold_for_cash_is_booked_once_counted_at_the_close_and_ride
 
     # The bus hears of it at its sync; the next tap activates it and rides free.
     assert await desk.bus.sync.download()
-    assert [pass_id for _, pass_id, _ in desk.bus.state.passes_for(desk.number)] == [monthly]
+    assert [held.pass_id for held in desk.bus.state.passes_for(desk.number)] == [monthly]
     desk.clock.advance(3600)
     assert tap(desk, tariff) == 0
     await desk.upload()

@@ -125,7 +125,7 @@ async def test_a_student_subscription_is_activated_at_the_next_tap_rides_free_an
     assert trip_state(desk).pass_index == 0
     assert await desk.bus.sync.download()
     waiting = desk.bus.state.passes_for(desk.number)
-    assert [(sale_id, pass_id) for sale_id, pass_id, _ in waiting] == [
+    assert [(held.sale_id, held.pass_id) for held in waiting] == [
         (granted["pass_sale_id"], student_pass)
     ]
     desk.clock.advance(3 * 3600)
@@ -333,3 +333,84 @@ async def test_a_stale_terminal_that_writes_a_moved_pass_on_the_lost_card_is_see
         stale.terminal_id if first == "lost card" else desk.bus.terminal_id
     )
     assert (await desk.books())[1] == 0
+
+
+async def test_a_pass_on_a_lost_cards_chip_is_carried_to_the_new_card_to_the_same_last_day(
+    desk: Desk,
+) -> None:
+    """A student pass activated on the card, lost 20 days later: the replacement takes the
+    pass, and its next tap writes it to run to the same last day as on the old chip (not 183
+    days from that tap); the rider's view says so. A pass that has run out is not carried."""
+    from gateways.service_desk import check_codes, citizen
+    from gateways.terminal_api import card_desk, passes, registry
+
+    now = desk.clock.now()
+    async with desk.pool.acquire() as connection:
+        granted = await passes.grant_pass(
+            connection, desk.number, student_pass, username="ani", reason="student ID", now=now
+        )
+    assert await desk.bus.sync.download()
+    pass_index = load_feed().pass_index[student_pass] + 1
+    assert tap_with_passes(desk, desk.bus, desk.card) == pass_index
+    on_old_chip = trip_state(desk).pass_last_day
+    await desk.upload()
+
+    desk.clock.advance(20 * 86_400)
+    new_card, new_number = new_student_card(desk)
+    now = desk.clock.now()
+    async with desk.pool.acquire() as connection:
+        await card_desk.register_holder(
+            connection, desk.number, "Sri Wahyuni", "3374010101900001", "081234567890",
+            username="ani", now=now,
+        )  # fmt: skip
+        await card_desk.block_card(
+            connection, desk.number, card_desk.BlockCause.lost, "lost", username="ani", now=now
+        )
+        await registry.issue_cards(connection, {new_number: 0}, now=now)
+        await card_desk.request_replacement(
+            connection, desk.number, new_number, username="ani", now=now, wait=dt.timedelta(0)
+        )
+        [carried] = [p for p in await passes.passes_of(connection, new_number)]
+    assert (carried.carried_from, carried.amount_rupiah) == (granted.pass_sale_id, 0)
+    assert carried.from_day == dt.date(2026, 12, 1)  # the day the old card first rode with it
+
+    assert await desk.bus.sync.download()
+    [waiting] = desk.bus.state.passes_for(new_number)
+    assert (waiting.sale_id, waiting.from_ms > 0) == (carried.pass_sale_id, True)
+    assert tap_with_passes(desk, desk.bus, new_card) == pass_index
+    reader = EmulatedReader("desk inspection")
+    reader.insert(new_card)
+    raw = KshCard(reader, desk.store.view(KeyRole.READ)).read_state().trip_state
+    reader.remove()
+    assert decode_trip_state(raw).pass_last_day == on_old_chip  # not 183 days from today
+    await desk.upload()
+    async with desk.pool.acquire() as connection:
+        tariff = await passes.sale_tariff(connection, desk.clock.now())
+        [shown] = passes.passes_on_card(await passes.passes_of(connection, new_number), tariff)
+        secret = await check_codes.check_code_secret(connection)
+        code = check_codes.check_code(secret, new_number)
+        view = await citizen.citizen_card(connection, new_number, code, now=desk.clock.now())
+    assert shown.last_day == dt.date(2026, 12, 1) + dt.timedelta(days=182)
+    assert view is not None
+    assert [p.last_day for p in view.passes] == [shown.last_day]
+    assert (await desk.books())[1] == 0
+
+
+async def test_a_pass_that_ran_out_is_not_carried(desk: Desk) -> None:
+    from gateways.terminal_api import passes
+
+    now = desk.clock.now()
+    async with desk.pool.acquire() as connection:
+        await passes.grant_pass(
+            connection, desk.number, student_pass, username="ani", reason="student ID", now=now
+        )
+    assert await desk.bus.sync.download()
+    tap_with_passes(desk, desk.bus, desk.card)
+    await desk.upload()
+    desk.clock.advance(200 * 86_400)  # 183 days and more
+    _, new_number = new_student_card(desk)
+    async with desk.pool.acquire() as connection:
+        carried = await passes.carry_running_passes(
+            connection, desk.number, new_number, now=desk.clock.now()
+        )
+    assert carried == []

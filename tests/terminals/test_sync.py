@@ -16,6 +16,7 @@ from bus_terminals.wire import (
     RecordStatus,
     UploadKind,
     UploadRecord,
+    WaitingPass,
     sign,
     signature_header,
     terminal_header,
@@ -126,13 +127,18 @@ def test_passes_granted_survive_a_reboot_and_an_older_state_file_has_none(
     tmp_path: Path,
 ) -> None:
     state = SyncState()
-    state.pending_passes = {"6032984000000001": [("pass-0123456789", "student_ecard_pelajar", 7)]}
+    carried = WaitingPass("pass-0123456789", "student_ecard_pelajar", 7, 1_790_000_000_000)
+    state.pending_passes = {"6032984000000001": [carried]}
     state.save(tmp_path)
     loaded = SyncState.load(tmp_path)
-    assert loaded.passes_for("6032984000000001") == [
-        ("pass-0123456789", "student_ecard_pelajar", 7)
-    ]
+    assert loaded.passes_for("6032984000000001") == [carried]
     saved = json.loads((tmp_path / "sync-state.json").read_text())
+    # Written before carried passes: three fields each, running from the activating tap.
+    saved["pending_passes"] = {"6032984000000001": [["pass-0123456789", "monthly", 7]]}
+    (tmp_path / "sync-state.json").write_text(json.dumps(saved))
+    assert SyncState.load(tmp_path).passes_for("6032984000000001") == [
+        WaitingPass("pass-0123456789", "monthly", 7, 0)
+    ]
     del saved["pending_passes"]  # written before passes
     (tmp_path / "sync-state.json").write_text(json.dumps(saved))
     assert SyncState.load(tmp_path).pending_passes == {}

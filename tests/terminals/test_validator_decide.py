@@ -14,6 +14,7 @@ from bus_terminals.fare.tariff import Tariff
 from bus_terminals.fare.trip_state import decode_trip_state, trip_state_bytes
 from bus_terminals.terminal import Reason
 from bus_terminals.validator import fare_decider, rider_category_ids, with_pending_pass
+from bus_terminals.wire import WaitingPass
 from card_reader.ksh_card import (
     CardState,
     CardStatus,
@@ -141,7 +142,7 @@ def test_a_granted_pass_is_activated_once_and_a_renewal_once_more(
     moves it; a renewal sold later is activated at the next tap after it, once."""
     tariff = load_feed()
     sold_ms = tuesday_seven_am_ms
-    sales = [("pass-000000000a", "student_ecard_pelajar", sold_ms)]
+    sales = [WaitingPass("pass-000000000a", "student_ecard_pelajar", sold_ms)]
     trip = blank_trip_state
     activations = []
     # Renewed (the back office allows it) from the day after the first activation.
@@ -149,14 +150,52 @@ def test_a_granted_pass_is_activated_once_and_a_renewal_once_more(
     for gap in sorted(gaps_ms):
         time_ms = sold_ms + gap
         if time_ms >= renewal_ms and len(sales) == 1:
-            sales.append(("pass-000000000b", "student_ecard_pelajar", renewal_ms))
+            sales.append(WaitingPass("pass-000000000b", "student_ecard_pelajar", renewal_ms))
         trip, activated = with_pending_pass(tariff, trip, sales, time_ms // 1000)
         if activated:
             activations.append(activated)
             renewed_on = tariff.local_seconds(time_ms // 1000) // 86_400
     assert activations[0] == "pass-000000000a"
     assert len(activations) == len(set(activations)) == len(sales)
-    assert activations == [sale_id for sale_id, _, _ in sales]
+    assert activations == [sale.sale_id for sale in sales]
     first_day = tariff.local_seconds((sold_ms + min(gaps_ms)) // 1000) // 86_400
     if len(activations) == 2:  # from the day after the first ends, or the tap's day if later
         assert trip.pass_last_day == max(first_day + 183, renewed_on) + 183 - 1
+
+
+@given(
+    st.integers(0, 182),  # how many days the pass had run on the lost card
+    st.integers(0, 30),  # days from the replacement to the new card's first tap
+    st.booleans(),  # a renewal of the same pass waits behind the carried one
+    st.lists(st.integers(0, 200 * 86_400_000), max_size=5),  # later taps
+)
+@settings(deadline=None)
+def test_a_carried_pass_runs_to_its_old_last_day_and_a_renewal_follows_it(
+    ran_days: int, wait_days: int, renewed: bool, later_ms: list[int]
+) -> None:
+    """A pass carried from a replaced card (`from_ms`: its first day there) is written at the
+    new card's first tap to end when it would have ended on the old card, whatever day that
+    tap is; once. A renewal bought before the loss follows on from that last day."""
+    tariff = load_feed()
+    day_ms = 86_400_000
+    started_ms = tuesday_seven_am_ms
+    first_day = tariff.local_seconds(started_ms // 1000) // 86_400
+    validity = 183
+    waiting = [WaitingPass("pass-00000000c0", "student_ecard_pelajar", started_ms, started_ms)]
+    if renewed:
+        waiting.append(WaitingPass("pass-00000000c1", "student_ecard_pelajar", started_ms + day_ms))
+    tap_ms = started_ms + (ran_days + wait_days) * day_ms
+    trip, activated = with_pending_pass(tariff, blank_trip_state, waiting, tap_ms // 1000)
+    assert activated == "pass-00000000c0"
+    assert trip.pass_last_day == first_day + validity - 1
+    activations = [activated]
+    for gap in sorted(later_ms):
+        trip, activated = with_pending_pass(tariff, trip, waiting, (tap_ms + gap) // 1000)
+        if activated:
+            activations.append(activated)
+            renewed_on = tariff.local_seconds((tap_ms + gap) // 1000) // 86_400
+    # One pass a tap: the renewal at the next tap after the carried one, from the day after it
+    # ends (or that tap's day, if later).
+    assert activations == [held.sale_id for held in waiting][: 1 + len(later_ms)]
+    if len(activations) == 2:
+        assert trip.pass_last_day == max(first_day + validity, renewed_on) + validity - 1
