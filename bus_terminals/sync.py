@@ -330,11 +330,11 @@ class SyncClient:
             top_ups.setdefault(card_number, []).append((top_up_id, amount, paid_ms))
         self.state.pending_top_ups = top_ups
         passes: dict[str, list[WaitingPass]] = {}
-        starts = answer.get("pass_starts", {})  # absent from an older back office's answer,
-        for sale_id, card_number, pass_id, sold_ms in answer.get("pending_passes", [])[
-            :pending_top_ups_held_max
-        ]:  # and so are passes
-            held = WaitingPass(sale_id, pass_id, sold_ms, int(starts.get(sale_id, 0)))
+        # Both absent from an older back office's answer; a carried pass has the moment it runs
+        # from as a fifth field.
+        sold = [*answer.get("pending_passes", []), *answer.get("carried_passes", [])]
+        for sale_id, card_number, pass_id, sold_ms, *carried in sold[:pending_top_ups_held_max]:
+            held = WaitingPass(sale_id, pass_id, sold_ms, *carried[:1])
             passes.setdefault(card_number, []).append(held)
         self.state.pending_passes = passes
         self.state.tariff_version = answer["tariff_version"]

@@ -70,7 +70,7 @@ pass_activation_pattern = re.compile(r" activates (pass-[0-9a-f]{10})$")
 
 class WaitingPass(NamedTuple):
     """A pass sold or granted to a card and not known to be on it yet, as terminals hold it
-    (the sync answer's `pending_passes`, with `pass_starts` for carried passes)."""
+    (the sync answer's `pending_passes`, and `carried_passes` with their fifth field)."""
 
     sale_id: str
     pass_id: str

@@ -125,15 +125,16 @@ async def grant_pass(
     registry.check_card_number(card_number)
     if receipt_id is not None:
         registry.check_reference("receipt_id", receipt_id)
-    if not await connection.fetchval(
-        "select 1 from cards where card_number = $1 for update", card_number
-    ):  # the card's row also makes sales of one card wait for one another, and a replacement
-        raise NotRegistered(f"card {card_number} was never issued", field="card_number")
-    await card_desk.refuse_replaced(connection, card_number, "sell or grant it to the card in use")
     tariff = tariff or await sale_tariff(connection, now)
     price = _feed_pass(tariff, fare_pass_id)
     if not reason.strip():
         raise RegistryError("a grant needs a reason", field="reason")
+    if price:  # a sale books: the ledger before the card's row, as a replacement's move
+        await books.lock_ledger(connection)
+    if not await connection.fetchval(
+        "select 1 from cards where card_number = $1 for update", card_number
+    ):  # the card's row also makes sales of one card wait for one another, and a replacement
+        raise NotRegistered(f"card {card_number} was never issued", field="card_number")
     if receipt_id is not None:
         # Two sales naming one receipt for two cards lock different cards: the receipt too.
         await connection.execute(
@@ -142,6 +143,8 @@ async def grant_pass(
         first = await _by_receipt(connection, receipt_id, card_number, fare_pass_id)
         if first is not None:
             return first
+    await card_desk.refuse_replaced(connection, card_number, "sell or grant it to the card in use")
+    await _refuse_replacement_waiting(connection, card_number)
     if price and drawer is None:
         raise RegistryError(
             f"pass {fare_pass_id!r} costs Rp {price:,}: it is sold for cash into the seller's "
@@ -198,6 +201,24 @@ async def _by_receipt(
             field="receipt_id",
         )
     return _pending(row, created=False)
+
+
+async def _refuse_replacement_waiting(connection: asyncpg.Connection, card_number: str) -> None:
+    """A card that replaces one whose balance has not moved yet takes no pass until then: the
+    old card's passes (waiting, or running on its chip) move to it with the balance, and a card
+    holds one pass."""
+    waiting = await connection.fetchrow(
+        "select old_card_number from card_replacements "
+        "where new_card_number = $1 and moved_at is null",
+        card_number,
+    )
+    if waiting is not None:
+        raise Conflict(
+            f"card {card_number} replaces card {waiting['old_card_number']}, whose balance and "
+            "passes move to it when the wait is over (or at the desk's move): sell or grant a "
+            "pass after that",
+            code="replacement_waiting",
+        )
 
 
 async def _revenue_owner(connection: asyncpg.Connection, operator_id: str | None) -> str:
@@ -341,6 +362,12 @@ async def cancel_pass(
         raise NotRegistered(f"no pass sale {pass_sale_id!r}", field="pass_sale_id")
     if row["cancelled_at"] is not None:
         return _pending(row, created=False)
+    if row["carried_from"] is not None and member.role is not Role.supervisor:
+        raise Conflict(
+            f"pass sale {pass_sale_id} carries a pass the rider had on a lost card: a "
+            "supervisor cancels it",
+            code="not_your_sale",
+        )
     if (
         row["amount_rupiah"]
         and member.username != row["sold_by"]
@@ -466,8 +493,7 @@ async def carry_running_passes(
         row = await connection.fetchrow(
             "insert into pending_passes (pass_sale_id, card_number, fare_pass_id, amount_rupiah, "
             "sold_by, reason, sold_at, sold_for_card, carried_from, from_day) "
-            "values ($1, $2, $3, 0, $4, $5, $6, $7, $8, $9) "
-            "on conflict (pass_sale_id) do nothing returning *",
+            "values ($1, $2, $3, 0, $4, $5, $6, $7, $8, $9) returning *",
             "pass-" + derive_id("pass-carry", sale.pass_sale_id, new).hex[:10],
             new,
             sale.fare_pass_id,
@@ -479,8 +505,7 @@ async def carry_running_passes(
             sale.pass_sale_id,
             held.first_day,
         )
-        if row is not None:
-            carried.append(_pending(row))
+        carried.append(_pending(row))
     return carried
 
 
@@ -488,36 +513,43 @@ carrier = "card-replacement"  # who "sold" a carried pass: the replacement, not 
 
 
 async def waiting_passes(connection: asyncpg.Connection) -> list[list[object]]:
-    """What terminals download: [sale id, card, fare_pass_id, sold at in Unix ms], oldest first."""
+    """What terminals download: [sale id, card, fare_pass_id, sold at in Unix ms], oldest first;
+    carried passes not among them (`waiting_carried_passes`)."""
     rows = await connection.fetch(
         "select pass_sale_id, card_number, fare_pass_id, "
         "(extract(epoch from sold_at) * 1000)::bigint as sold_ms from pending_passes "
-        "where activated_at is null and cancelled_at is null order by sold_at limit $1",
+        "where activated_at is null and cancelled_at is null and carried_from is null "
+        "order by sold_at limit $1",
         pending_passes_download_max,
     )
     return [list(row.values()) for row in rows]
 
 
-async def waiting_pass_starts(
+async def waiting_carried_passes(
     connection: asyncpg.Connection, *, now: dt.datetime
-) -> dict[str, int]:
-    """For terminals: the carried passes among the waiting ones, each with the moment (Unix ms,
-    noon of its first day in the feed's time zone) it runs from instead of the activating tap's
-    day. A terminal that knows nothing of this writes a fresh period: the rider gains days."""
+) -> list[list[object]]:
+    """What terminals download of the carried passes (the sync answer's `carried_passes`): as
+    `waiting_passes`, and the moment each runs from (Unix ms, noon of its first day on the old
+    card in the feed's time zone), oldest first. Under a key of their own: a terminal that
+    knows nothing of it would write a fresh period, and a renewal waiting behind would look
+    written already."""
     rows = await connection.fetch(
-        "select p.pass_sale_id, p.from_day from pending_passes p where p.from_day is not null "
-        "and p.activated_at is null and p.cancelled_at is null order by p.sold_at limit $1",
+        "select pass_sale_id, card_number, fare_pass_id, "
+        "(extract(epoch from sold_at) * 1000)::bigint as sold_ms, from_day from pending_passes "
+        "where activated_at is null and cancelled_at is null and carried_from is not null "
+        "order by sold_at limit $1",
         pending_passes_download_max,
     )
     if not rows:
-        return {}
+        return []
     zone = ZoneInfo((await sale_tariff(connection, now)).timezone_name)
-    return {
-        row["pass_sale_id"]: int(
-            dt.datetime.combine(row["from_day"], dt.time(12), tzinfo=zone).timestamp() * 1000
-        )
+    return [
+        [
+            *list(row.values())[:4],
+            int(dt.datetime.combine(row["from_day"], dt.time(12), tzinfo=zone).timestamp() * 1000),
+        ]
         for row in rows
-    }
+    ]
 
 
 async def record_activations(
@@ -535,15 +567,26 @@ async def record_activations(
         if record.kind == UploadKind.fare_debit
         and (match := pass_activation_pattern.search(record.fare_detail))
     ]
-    flags = []
+    flags: list[CardFlag] = []
+    if not found:
+        return flags
+    # The ledger before the sales' rows, as a cancellation and a replacement's move take them
+    # (this upload books last, and would take it then anyway).
+    await books.lock_ledger(connection)
     for sale_id, record in found:
         row = await connection.fetchrow(
             "select card_number, activated_terminal_id, activated_sequence, amount_rupiah, "
-            "cancelled_by, cancelled_at is not null as cancelled from pending_passes "
-            "where pass_sale_id = $1 for update",
+            "cancelled_by, cancelled_at is not null as cancelled, carried_from "
+            "from pending_passes where pass_sale_id = $1 for update",
             sale_id,
         )
         if row is None or not await _same_chain(connection, record.card_number, row):
+            continue
+        if row["carried_from"] is not None and record.card_number != row["card_number"]:
+            # No honest terminal lists a carried pass for another card than the one it was
+            # carried to: that card keeps it.
+            detail = f"pass sale {sale_id} was carried to card {row['card_number']}, not this card"
+            flags.append(CardFlag.of(record, carried_pass_elsewhere, detail))
             continue
         if row["activated_terminal_id"] is not None:
             first_card = await connection.fetchval(
@@ -593,6 +636,7 @@ async def _same_chain(
 
 
 pass_on_two_cards = "pass_on_two_cards"
+carried_pass_elsewhere = "carried_pass_elsewhere"
 pass_on_replaced_card = "pass_on_replaced_card"
 pass_cancelled_activated = "pass_cancelled_activated"
 

@@ -312,7 +312,7 @@ async def sync(request: web.Request) -> web.Response:
             pending_top_ups_download_max,
         )
         waiting_passes = await passes.waiting_passes(connection)
-        pass_starts = await passes.waiting_pass_starts(
+        carried_passes = await passes.waiting_carried_passes(
             connection, now=request.app[config_key].clock.now()
         )
         chip_blocks = (
@@ -342,7 +342,7 @@ async def sync(request: web.Request) -> web.Response:
                 for row in top_ups
             ],
             "pending_passes": waiting_passes,
-            "pass_starts": pass_starts,  # carried passes: [sale id] -> Unix ms they run from
+            "carried_passes": carried_passes,  # as pending_passes, and the Unix ms they run from
             "tariff_version": settings.get("tariff_version", ""),
             "key_versions": settings.get("key_versions", {}),
             "packages": packages,

@@ -196,17 +196,22 @@ def new_student_card(desk: Desk) -> tuple[EmulatedCard, str]:
     return card, str(int(desk.number) + 1)
 
 
-async def grant_then_replace(desk: Desk, new_number: str, before_the_move: Any = None) -> str:
-    """A student pass granted to the desk's card, which is then lost and replaced (wait 0: its
-    balance and the waiting pass move at once); `before_the_move` runs between the grant and
-    the block. Returns the sale's id."""
+async def grant_then_replace(
+    desk: Desk, new_number: str, before_the_move: Any = None, *, carried_only: bool = False
+) -> str:
+    """A student pass granted to the desk's card (unless `carried_only`), which is then lost
+    and replaced (wait 0: its balance and passes move at once); `before_the_move` runs between
+    the grant and the block. Returns the sale's id ("": none granted)."""
     from gateways.terminal_api import card_desk, passes, registry
 
     now = desk.clock.now()
-    async with desk.pool.acquire() as connection:
-        granted = await passes.grant_pass(
-            connection, desk.number, student_pass, username="ani", reason="student ID", now=now
-        )
+    sale = ""
+    if not carried_only:  # else: the card's pass is on its chip already
+        async with desk.pool.acquire() as connection:
+            granted = await passes.grant_pass(
+                connection, desk.number, student_pass, username="ani", reason="student ID", now=now
+            )
+        sale = granted.pass_sale_id
     if before_the_move is not None:
         await before_the_move()
     async with desk.pool.acquire() as connection:
@@ -222,7 +227,7 @@ async def grant_then_replace(desk: Desk, new_number: str, before_the_move: Any =
             connection, desk.number, new_number, username="ani", now=now, wait=dt.timedelta(0)
         )
     assert replaced.moved_at is not None
-    return granted.pass_sale_id
+    return sale
 
 
 def tap_with_passes(desk: Desk, bus: Any, card: EmulatedCard) -> int:
@@ -414,3 +419,78 @@ async def test_a_pass_that_ran_out_is_not_carried(desk: Desk) -> None:
             connection, desk.number, new_number, now=desk.clock.now()
         )
     assert carried == []
+
+
+async def test_a_replacement_card_takes_no_pass_until_the_old_cards_passes_have_moved(
+    desk: Desk,
+) -> None:
+    """During the wait for offline taps the new card takes no pass (the old card's move would
+    bring a second one); after the move it does."""
+    from gateways.terminal_api import card_desk, passes, registry
+    from gateways.terminal_api.registry import Conflict
+
+    _, new_number = new_student_card(desk)
+    now = desk.clock.now()
+    async with desk.pool.acquire() as connection:
+        await card_desk.register_holder(
+            connection, desk.number, "Sri Wahyuni", "3374010101900001", "081234567890",
+            username="ani", now=now,
+        )  # fmt: skip
+        await card_desk.block_card(
+            connection, desk.number, card_desk.BlockCause.lost, "lost", username="ani", now=now
+        )
+        await registry.issue_cards(connection, {new_number: 0}, now=now)
+        await card_desk.request_replacement(
+            connection, desk.number, new_number, username="ani", now=now
+        )  # the default wait: 3 days
+        grant = {"username": "ani", "reason": "student ID", "now": now}
+        with pytest.raises(Conflict, match=f"replaces card {desk.number}, whose balance"):
+            await passes.grant_pass(connection, new_number, student_pass, **grant)
+        assert await passes.passes_of(connection, new_number) == []
+        later = now + dt.timedelta(days=3)
+        assert await card_desk.move_due_balances(connection, now=later)
+        granted = await passes.grant_pass(connection, new_number, student_pass, **grant)
+    assert granted.card_number == new_number
+
+
+async def test_a_terminal_that_writes_a_carried_pass_on_the_lost_card_does_not_take_it_away(
+    desk: Desk,
+) -> None:
+    """A hostile (or broken) validator lists the pass carried to the new card under the lost
+    card, whose chip it writes: the card is flagged, and the carried pass still waits for the
+    new card."""
+    from bus_terminals.wire import WaitingPass
+    from gateways.terminal_api import passes
+
+    now = desk.clock.now()
+    async with desk.pool.acquire() as connection:
+        await passes.grant_pass(
+            connection, desk.number, student_pass, username="ani", reason="student ID", now=now
+        )
+    assert await desk.bus.sync.download()
+    tap_with_passes(desk, desk.bus, desk.card)
+    await desk.upload()
+    desk.clock.advance(86_400)
+    _, new_number = new_student_card(desk)
+    await grant_then_replace(desk, new_number, carried_only=True)
+    async with desk.pool.acquire() as connection:
+        [carried] = await passes.passes_of(connection, new_number)
+    assert carried.carried_from is not None
+    # The bus has not synced since the block: it still lets the lost card ride.
+    wrong = WaitingPass(carried.pass_sale_id, student_pass, desk.clock.unix_ms(), 0)
+    desk.bus.state.pending_passes[desk.number] = [wrong]
+    desk.clock.advance(600)
+    feedback = desk.bus.tap(
+        desk.card,
+        desk.clock.unix_ms(),
+        fare_decider(load_feed(), "K1", pending_passes=desk.bus.state.passes_for),
+    )
+    assert feedback.verdict.value == "accepted", feedback
+    await desk.upload()
+    flags = await desk.fetchval(
+        "select array_agg(reason) from card_flags where card_number = $1", desk.number
+    )
+    assert "carried_pass_elsewhere" in flags, flags
+    async with desk.pool.acquire() as connection:
+        waiting = await passes.waiting_carried_passes(connection, now=desk.clock.now())
+    assert [row[:2] for row in waiting] == [[carried.pass_sale_id, new_number]]
