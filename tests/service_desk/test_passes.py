@@ -494,3 +494,37 @@ async def test_a_terminal_that_writes_a_carried_pass_on_the_lost_card_does_not_t
     async with desk.pool.acquire() as connection:
         waiting = await passes.waiting_carried_passes(connection, now=desk.clock.now())
     assert [row[:2] for row in waiting] == [[carried.pass_sale_id, new_number]]
+
+
+async def test_a_third_pass_is_sold_only_when_a_validator_would_write_it(desk: Desk) -> None:
+    """A pass running, and a renewal running on from it: a third sale the day after would look
+    written already to every validator (the card lasts longer than a pass activated that day),
+    so it is refused and says from when it is sold; from that day it is written, and follows."""
+    from gateways.terminal_api import passes
+    from gateways.terminal_api.registry import Conflict
+
+    pass_index = load_feed().pass_index[student_pass] + 1
+
+    async def grant() -> passes.PendingPass:
+        async with desk.pool.acquire() as connection:
+            return await passes.grant_pass(
+                connection, desk.number, student_pass, username="ani", reason="student ID",
+                now=desk.clock.now(),
+            )  # fmt: skip
+
+    for _ in range(2):  # the pass, then its renewal the next day
+        await grant()
+        assert await desk.bus.sync.download()
+        assert tap_with_passes(desk, desk.bus, desk.card) == pass_index
+        await desk.upload()
+        desk.clock.advance(86_400)
+    last_day = trip_state(desk).pass_last_day
+    first = dt.date(2026, 12, 1)
+    assert dt.date(1970, 1, 1) + dt.timedelta(days=last_day) == first + dt.timedelta(days=365)
+    with pytest.raises(Conflict, match=f"until {first + dt.timedelta(days=365)}: a renewal is"):
+        await grant()
+    desk.clock.set(dt.datetime.combine(first + dt.timedelta(days=184), dt.time(8), jakarta))
+    await grant()
+    assert await desk.bus.sync.download()
+    assert tap_with_passes(desk, desk.bus, desk.card) == pass_index
+    assert trip_state(desk).pass_last_day == last_day + 183
