@@ -28,7 +28,9 @@ from card_reader.port import CardError, ReaderError, hex_transcript
 
 transcript_exchanges_max = 24  # the last exchanges with this card (a whole tap), for errors
 status_wait_slice_ms = 250  # a blocking wait returns this often, so Ctrl-C gets through
-pcscd_start_timeout_ms = 10_000
+# A loaded machine under libfaketime (CI's date runs) has been seen to need more than 10 s.
+pcscd_start_timeout_ms = 30_000
+pcscd_log = Path("/tmp/ksh-pcscd.log")  # what the pcscd we start says, kept for the next error
 get_uid_command = bytes.fromhex("FFCA000000")  # PC/SC part 3 GET DATA: the card's UID
 
 # pcscd or the reader is gone: drop everything, re-establish on the next call.
@@ -382,16 +384,26 @@ def start_pcscd_if_needed(reader_substring: str = "Virtual PCD") -> subprocess.P
                 )
             # In a session of its own: a Ctrl-C meant for us must not stop it under our clean-up
             # (we stop it ourselves, with stop_pcscd).
-            started = subprocess.Popen(
-                [pcscd, "--foreground"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            # Its messages go to a file, for the error below to quote.
+            with pcscd_log.open("wb") as log:
+                started = subprocess.Popen(
+                    [pcscd, "--foreground"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         time.sleep(0.1)
+    seen = reader_names_if_reachable()
     if started is not None:
         stop_pcscd(started)
-    raise ReaderError("pcscd shows no such reader", reader_name=reader_substring)
+    said = pcscd_log.read_text(errors="replace")[-600:].strip() if started is not None else ""
+    raise ReaderError(
+        f"pcscd shows no such reader after {pcscd_start_timeout_ms / 1000:g} s (readers: "
+        f"{'pcscd not answering' if seen is None else list(seen)}"
+        + (f"; the pcscd we started said: {said}" if said else "")
+        + ")",
+        reader_name=reader_substring,
+    )
 
 
 def stop_pcscd(started: subprocess.Popen[bytes]) -> None:
