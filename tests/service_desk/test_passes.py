@@ -528,3 +528,59 @@ async def test_a_third_pass_is_sold_only_when_a_validator_would_write_it(desk: D
     assert await desk.bus.sync.download()
     assert tap_with_passes(desk, desk.bus, desk.card) == pass_index
     assert trip_state(desk).pass_last_day == last_day + 183
+
+
+async def test_a_carried_pass_is_carried_again_when_the_new_card_is_lost_too(desk: Desk) -> None:
+    """Card A's pass is carried to B, which rides with it, then B is lost too: C takes it, and
+    writes it to end on A's last day still."""
+    from gateways.terminal_api import card_desk, passes, registry
+
+    pass_index = load_feed().pass_index[student_pass] + 1
+    async with desk.pool.acquire() as connection:
+        await passes.grant_pass(
+            connection, desk.number, student_pass, username="ani", reason="student ID",
+            now=desk.clock.now(),
+        )  # fmt: skip
+    assert await desk.bus.sync.download()
+    assert tap_with_passes(desk, desk.bus, desk.card) == pass_index
+    last_day_on_a = trip_state(desk).pass_last_day
+    await desk.upload()
+    holder = ("Sri Wahyuni", "3374010101900001", "081234567890")
+    numbers = [desk.number]
+    for step in (1, 2):  # A -> B, then B -> C, ten days apart
+        desk.clock.advance(10 * 86_400)
+        (card,) = make_ksh_deck(
+            desk.store, [0], seed=f"carried-{step}",
+            rider_categories=[RiderCategory.SCHOOL_STUDENT],
+            first_number=int(desk.number) + step,
+        )  # fmt: skip
+        now = desk.clock.now()
+        async with desk.pool.acquire() as connection:
+            if step == 1:
+                await card_desk.register_holder(
+                    connection, numbers[-1], *holder, username="ani", now=now
+                )
+            await card_desk.block_card(
+                connection, numbers[-1], card_desk.BlockCause.lost, "lost", username="ani",
+                now=now,
+            )  # fmt: skip
+            number = str(int(desk.number) + step)
+            await registry.issue_cards(connection, {number: 0}, now=now)
+            await card_desk.request_replacement(
+                connection, numbers[-1], number, username="ani", now=now, wait=dt.timedelta(0)
+            )
+        numbers.append(number)
+        assert await desk.bus.sync.download()
+        assert tap_with_passes(desk, desk.bus, card) == pass_index
+        reader = EmulatedReader("desk inspection")
+        reader.insert(card)
+        raw = KshCard(reader, desk.store.view(KeyRole.READ)).read_state().trip_state
+        reader.remove()
+        assert decode_trip_state(raw).pass_last_day == last_day_on_a, step
+        await desk.upload()
+    async with desk.pool.acquire() as connection:
+        on_c = await passes.passes_of(connection, numbers[2])
+    assert [(p.from_day, p.activated_terminal_id is not None) for p in on_c] == [
+        (dt.date(2026, 12, 1), True)
+    ]
+    assert (await desk.books())[1] == 0
