@@ -196,13 +196,43 @@ def new_student_card(desk: Desk) -> tuple[EmulatedCard, str]:
     return card, str(int(desk.number) + 1)
 
 
+async def lose_and_replace(
+    desk: Desk,
+    old_number: str,
+    new_number: str,
+    *,
+    wait: dt.timedelta = dt.timedelta(0),
+    register: bool = True,
+) -> Any:
+    """Card `old_number`, registered to the rider (unless it is already: a replacement is
+    registered with the card it replaces), is blocked as lost and replaced by a new card issued
+    empty; with the default `wait` of 0 its balance and passes move at once. Returns the
+    replacement (`card_desk.Replacement`)."""
+    from gateways.terminal_api import card_desk, registry
+
+    now = desk.clock.now()
+    async with desk.pool.acquire() as connection:
+        if register:
+            await card_desk.register_holder(
+                connection, old_number, "Sri Wahyuni", "3374010101900001", "081234567890",
+                username="ani", now=now,
+            )  # fmt: skip
+        await card_desk.block_card(
+            connection, old_number, card_desk.BlockCause.lost, "lost", username="ani", now=now
+        )
+        await registry.issue_cards(connection, {new_number: 0}, now=now)
+        return await card_desk.request_replacement(
+            connection, old_number, new_number, username="ani", now=now, wait=wait
+        )
+
+
 async def grant_then_replace(
     desk: Desk, new_number: str, before_the_move: Any = None, *, carried_only: bool = False
 ) -> str:
     """A student pass granted to the desk's card (unless `carried_only`), which is then lost
     and replaced (wait 0: its balance and passes move at once); `before_the_move` runs between
     the grant and the block. Returns the sale's id ("": none granted)."""
-    from gateways.terminal_api import card_desk, passes, registry
+    from gateways.terminal_api import passes
 
     now = desk.clock.now()
     sale = ""
@@ -214,18 +244,7 @@ async def grant_then_replace(
         sale = granted.pass_sale_id
     if before_the_move is not None:
         await before_the_move()
-    async with desk.pool.acquire() as connection:
-        await card_desk.register_holder(
-            connection, desk.number, "Sri Wahyuni", "3374010101900001", "081234567890",
-            username="ani", now=now,
-        )  # fmt: skip
-        await card_desk.block_card(
-            connection, desk.number, card_desk.BlockCause.lost, "lost", username="ani", now=now
-        )
-        await registry.issue_cards(connection, {new_number: 0}, now=now)
-        replaced = await card_desk.request_replacement(
-            connection, desk.number, new_number, username="ani", now=now, wait=dt.timedelta(0)
-        )
+    replaced = await lose_and_replace(desk, desk.number, new_number)
     assert replaced.moved_at is not None
     return sale
 
@@ -347,7 +366,7 @@ async def test_a_pass_on_a_lost_cards_chip_is_carried_to_the_new_card_to_the_sam
     pass, and its next tap writes it to run to the same last day as on the old chip (not 183
     days from that tap); the rider's view says so. A pass that has run out is not carried."""
     from gateways.service_desk import check_codes, citizen
-    from gateways.terminal_api import card_desk, passes, registry
+    from gateways.terminal_api import passes
 
     now = desk.clock.now()
     async with desk.pool.acquire() as connection:
@@ -362,20 +381,9 @@ async def test_a_pass_on_a_lost_cards_chip_is_carried_to_the_new_card_to_the_sam
 
     desk.clock.advance(20 * 86_400)
     new_card, new_number = new_student_card(desk)
-    now = desk.clock.now()
+    await lose_and_replace(desk, desk.number, new_number)
     async with desk.pool.acquire() as connection:
-        await card_desk.register_holder(
-            connection, desk.number, "Sri Wahyuni", "3374010101900001", "081234567890",
-            username="ani", now=now,
-        )  # fmt: skip
-        await card_desk.block_card(
-            connection, desk.number, card_desk.BlockCause.lost, "lost", username="ani", now=now
-        )
-        await registry.issue_cards(connection, {new_number: 0}, now=now)
-        await card_desk.request_replacement(
-            connection, desk.number, new_number, username="ani", now=now, wait=dt.timedelta(0)
-        )
-        [carried] = [p for p in await passes.passes_of(connection, new_number)]
+        [carried] = await passes.passes_of(connection, new_number)
     assert (carried.carried_from, carried.amount_rupiah) == (granted.pass_sale_id, 0)
     assert carried.from_day == dt.date(2026, 12, 1)  # the day the old card first rode with it
 
@@ -426,23 +434,13 @@ async def test_a_replacement_card_takes_no_pass_until_the_old_cards_passes_have_
 ) -> None:
     """During the wait for offline taps the new card takes no pass (the old card's move would
     bring a second one); after the move it does."""
-    from gateways.terminal_api import card_desk, passes, registry
+    from gateways.terminal_api import card_desk, passes
     from gateways.terminal_api.registry import Conflict
 
     _, new_number = new_student_card(desk)
+    await lose_and_replace(desk, desk.number, new_number, wait=card_desk.replacement_wait_default)
     now = desk.clock.now()
     async with desk.pool.acquire() as connection:
-        await card_desk.register_holder(
-            connection, desk.number, "Sri Wahyuni", "3374010101900001", "081234567890",
-            username="ani", now=now,
-        )  # fmt: skip
-        await card_desk.block_card(
-            connection, desk.number, card_desk.BlockCause.lost, "lost", username="ani", now=now
-        )
-        await registry.issue_cards(connection, {new_number: 0}, now=now)
-        await card_desk.request_replacement(
-            connection, desk.number, new_number, username="ani", now=now
-        )  # the default wait: 3 days
         grant = {"username": "ani", "reason": "student ID", "now": now}
         with pytest.raises(Conflict, match=f"replaces card {desk.number}, whose balance"):
             await passes.grant_pass(connection, new_number, student_pass, **grant)
@@ -533,7 +531,7 @@ async def test_a_third_pass_is_sold_only_when_a_validator_would_write_it(desk: D
 async def test_a_carried_pass_is_carried_again_when_the_new_card_is_lost_too(desk: Desk) -> None:
     """Card A's pass is carried to B, which rides with it, then B is lost too: C takes it, and
     writes it to end on A's last day still."""
-    from gateways.terminal_api import card_desk, passes, registry
+    from gateways.terminal_api import passes
 
     pass_index = load_feed().pass_index[student_pass] + 1
     async with desk.pool.acquire() as connection:
@@ -545,7 +543,6 @@ async def test_a_carried_pass_is_carried_again_when_the_new_card_is_lost_too(des
     assert tap_with_passes(desk, desk.bus, desk.card) == pass_index
     last_day_on_a = trip_state(desk).pass_last_day
     await desk.upload()
-    holder = ("Sri Wahyuni", "3374010101900001", "081234567890")
     numbers = [desk.number]
     for step in (1, 2):  # A -> B, then B -> C, ten days apart
         desk.clock.advance(10 * 86_400)
@@ -554,21 +551,8 @@ async def test_a_carried_pass_is_carried_again_when_the_new_card_is_lost_too(des
             rider_categories=[RiderCategory.SCHOOL_STUDENT],
             first_number=int(desk.number) + step,
         )  # fmt: skip
-        now = desk.clock.now()
-        async with desk.pool.acquire() as connection:
-            if step == 1:
-                await card_desk.register_holder(
-                    connection, numbers[-1], *holder, username="ani", now=now
-                )
-            await card_desk.block_card(
-                connection, numbers[-1], card_desk.BlockCause.lost, "lost", username="ani",
-                now=now,
-            )  # fmt: skip
-            number = str(int(desk.number) + step)
-            await registry.issue_cards(connection, {number: 0}, now=now)
-            await card_desk.request_replacement(
-                connection, numbers[-1], number, username="ani", now=now, wait=dt.timedelta(0)
-            )
+        number = str(int(desk.number) + step)
+        await lose_and_replace(desk, numbers[-1], number, register=step == 1)
         numbers.append(number)
         assert await desk.bus.sync.download()
         assert tap_with_passes(desk, desk.bus, card) == pass_index
