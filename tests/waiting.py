@@ -3,6 +3,8 @@
 - `wait_until(condition, what)`: call `condition()` until it returns something true;
 - `await wait_until_async(condition, what)`: the same inside a coroutine (`condition` may be a
   coroutine function); a check that hangs (a query stuck on a lock) counts against the deadline;
+- `await wait_until_blocked(watcher, session, task, what)`: until `task` is done or the
+  PostgreSQL session it runs on waits on a lock (seen from another connection, `watcher`);
 - `next_line(stream, what)`: the next line a child process prints, or a failure if it prints
   none in time (a plain `readline()` on a pipe waits forever for a child that hangs).
 
@@ -18,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 
 def gave_up(within_s: float, what: str) -> AssertionError:
@@ -56,6 +58,23 @@ async def wait_until_async(
         if not deadline.expired():
             raise  # raised by the check itself, not the deadline
         raise gave_up(within_s, what) from None
+
+
+async def wait_until_blocked(
+    watcher: Any, session: Any, task: asyncio.Future[Any], what: str
+) -> None:
+    """Return once `task` is done or `session` (an asyncpg connection) waits on a lock, as the
+    server's `pg_stat_activity` shows to `watcher` (another connection)."""
+
+    async def done_or_waiting() -> bool:
+        return task.done() or bool(
+            await watcher.fetchval(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and pid = $1",
+                session.get_server_pid(),
+            )
+        )
+
+    await wait_until_async(done_or_waiting, what)
 
 
 def next_line(stream: IO[str], what: str, *, within_s: float = 30.0) -> str:

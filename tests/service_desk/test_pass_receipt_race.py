@@ -13,7 +13,7 @@ from gateways.terminal_api import counter, passes, registry
 from gateways.terminal_api.registry import Conflict
 from tests.service_desk.conftest import Desk
 from tests.service_desk.test_pass_sales import monthly, publish_priced_feed
-from tests.waiting import wait_until_async
+from tests.waiting import wait_until_blocked
 
 other = "6032984000000777"
 
@@ -40,17 +40,7 @@ async def test_a_receipt_sent_twice_at_once_is_refused_as_receipt_used(desk: Des
         )  # fmt: skip
         later = asyncio.ensure_future(sell(second, other))
         async with desk.pool.acquire() as watcher:
-
-            async def waits() -> bool:
-                return later.done() or bool(
-                    await watcher.fetchval(
-                        "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                        "and pid = $1",
-                        second.get_server_pid(),
-                    )
-                )
-
-            await wait_until_async(waits, "the second sale waits for the first")
+            await wait_until_blocked(watcher, second, later, "the second sale waits for the first")
         await opened.commit()
         with pytest.raises(Conflict) as refused:
             await later

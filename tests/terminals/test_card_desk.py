@@ -27,7 +27,7 @@ from gateways.terminal_api.routes import terminal_extension
 from ledger.clock import ManualClock
 from tests.terminals.conftest import Backoffice, admin_token, merchant_id, test_day_start
 from tests.terminals.helpers import books_snapshot, post_batch, purse_balance, record
-from tests.waiting import wait_until_async
+from tests.waiting import wait_until_async, wait_until_blocked
 
 old_card = "6032984000000101"
 new_card = "6032984000000102"
@@ -443,15 +443,7 @@ async def test_deny_list_versions_commit_in_order(database_url: str) -> None:
         later = asyncio.ensure_future(
             registry.deny_cards(second, [new_card], "counter_repeat", now=now)
         )
-
-        async def second_done_or_waiting() -> bool:
-            waiting = await terminal.fetchval(
-                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and pid = $1",
-                second.get_server_pid(),
-            )
-            return later.done() or waiting == 1
-
-        await wait_until_async(second_done_or_waiting, "the second writer ran or waited")
+        await wait_until_blocked(terminal, second, later, "the second writer ran or waited")
         version = await registry.deny_list_version(terminal)  # a terminal syncs now
         await opened.commit()
         await later

@@ -15,7 +15,7 @@ from gateways.service_desk import complaints
 from gateways.terminal_api import card_desk
 from tests.terminals.conftest import Backoffice
 from tests.terminals.helpers import post_batch, record
-from tests.waiting import wait_until_async
+from tests.waiting import wait_until_blocked
 
 A, A2, B, B2 = "6032984000000201", "6032984000000202", "6032984000000203", "6032984000000204"
 clerk = staff.StaffMember("clerk-ani", staff.Role.clerk)
@@ -96,17 +96,7 @@ async def test_a_replacement_asked_while_a_refund_is_answered_takes_the_refund_a
 
     replacing = asyncio.ensure_future(replace())
     async with backoffice.pool.acquire() as watcher:
-
-        async def desk_waits() -> bool:
-            return replacing.done() or bool(
-                await watcher.fetchval(
-                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                    "and pid = $1",
-                    desk.get_server_pid(),
-                )
-            )
-
-        await wait_until_async(desk_waits, "the replacement waits for the refund")
+        await wait_until_blocked(watcher, desk, replacing, "the replacement waits for the refund")
     assert not replacing.done()
     release.set()
     await refund
@@ -155,16 +145,7 @@ async def test_the_hourly_move_and_a_refund_do_not_deadlock(
 
     moving = asyncio.ensure_future(hourly())
     async with backoffice.pool.acquire() as watcher:
-
-        async def mover_waits() -> bool:
-            return moving.done() or bool(
-                await watcher.fetchval(
-                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and pid = $1",
-                    mover.get_server_pid(),
-                )
-            )
-
-        await wait_until_async(mover_waits, "the move waits for B's row")
+        await wait_until_blocked(watcher, mover, moving, "the move waits for B's row")
     release.set()
     results = await asyncio.gather(refund, moving, return_exceptions=True)
     await backoffice.pool.release(refund_connection)
