@@ -511,9 +511,10 @@ def judge_blocks(
     flagged, and suspended past the limit), and the card is flagged `unrequested_block` for the
     desk to unblock. A block of a card whose block staff lifted flags the card only, whatever
     the terminal's clock says of when it was written: the card refuses itself everywhere until
-    a desk unblocks it (unless the batch shows a later transaction: it was unblocked). A tap refused because the chip says blocked (`denied` records) of a
-    card the back office does not ask to block flags the card the same way: a terminal may
-    have blocked it and kept the record to itself."""
+    a desk unblocks it (unless the batch shows a later transaction: it was unblocked). A tap
+    refused because the chip says blocked (`denied` records) of a card the back office does not
+    ask to block flags the card the same way: a terminal may have blocked it and kept the
+    record to itself."""
     quarantined: list[Quarantined] = []
     flags: list[CardFlag] = []
     blocks = [record for record in booked if record.kind == UploadKind.block]

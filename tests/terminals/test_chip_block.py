@@ -9,6 +9,7 @@ aiohttp on loopback, emulated cards (the real card protocol)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,15 @@ async def cards(backoffice: Backoffice) -> dict[str, EmulatedCard]:
     return dict(zip(numbers, deck))
 
 
+async def block_lost_card(
+    connection: Any, backoffice: Backoffice, cause: card_desk.BlockCause, note: str
+) -> None:
+    """Clerk Ani blocks the lost card (a cause final for the plastic: it goes on the chip)."""
+    await card_desk.block_card(
+        connection, lost_card, cause, note, username="clerk-ani", now=backoffice.clock.now()
+    )
+
+
 def fare() -> Decide:
     return fare_decider(load_feed(), "K1")
 
@@ -92,13 +102,8 @@ async def test_a_staff_block_is_written_on_the_chip_and_a_stale_terminal_is_refu
     stale = await bus_of(backoffice, tmp_path, "V2")
     await stale.sync_now()  # before the block: its lists stay empty
     async with backoffice.pool.acquire() as connection:
-        await card_desk.block_card(
-            connection,
-            lost_card,
-            card_desk.BlockCause.lost,
-            "lost on the K1 bus",
-            username="clerk-ani",
-            now=backoffice.clock.now(),
+        await block_lost_card(
+            connection, backoffice, card_desk.BlockCause.lost, "lost on the K1 bus"
         )
         await registry.deny_cards(
             connection, [suspect_card], "balance_mismatch", now=backoffice.clock.now()
@@ -195,13 +200,8 @@ async def test_a_torn_block_is_settled_from_the_cards_log_with_its_proof(
 ) -> None:
     bus = await bus_of(backoffice, tmp_path, "V1")
     async with backoffice.pool.acquire() as connection:
-        await card_desk.block_card(
-            connection,
-            lost_card,
-            card_desk.BlockCause.stolen,
-            "stolen at Simpang Lima",
-            username="clerk-ani",
-            now=backoffice.clock.now(),
+        await block_lost_card(
+            connection, backoffice, card_desk.BlockCause.stolen, "stolen at Simpang Lima"
         )
     await bus.sync_now()
     outcomes = set()
@@ -239,14 +239,7 @@ async def test_a_terminal_from_before_the_chip_block_list_downloads_it_whole(
     from bus_terminals.sync import SyncState
 
     async with backoffice.pool.acquire() as connection:
-        await card_desk.block_card(
-            connection,
-            lost_card,
-            card_desk.BlockCause.damaged,
-            "cracked",
-            username="clerk-ani",
-            now=backoffice.clock.now(),
-        )
+        await block_lost_card(connection, backoffice, card_desk.BlockCause.damaged, "cracked")
         await registry.deny_cards(
             connection, [suspect_card], "counter_repeat", now=backoffice.clock.now()
         )
@@ -315,14 +308,7 @@ async def test_a_card_found_again_is_unblocked_at_the_desk_and_rides_after_the_l
 
     bus = await bus_of(backoffice, tmp_path, "V1")
     async with backoffice.pool.acquire() as connection:
-        await card_desk.block_card(
-            connection,
-            lost_card,
-            card_desk.BlockCause.lost,
-            "lost",
-            username="clerk-ani",
-            now=backoffice.clock.now(),
-        )
+        await block_lost_card(connection, backoffice, card_desk.BlockCause.lost, "lost")
     await bus.sync_now()
     assert bus.tap(cards[lost_card], backoffice.clock.unix_ms(), fare()).reason == (
         Reason.card_blocked
