@@ -274,23 +274,6 @@ async def _refuse_clash(
             + ("waiting for its next tap" if clash else "activated today: renew from tomorrow"),
             code="pass_waiting",
         )
-    # A validator takes a sale for written when the card's pass lasts at least as long as one
-    # activated on the sale's day: with a renewal already running on from it, a third sale
-    # now would never be written.
-    today = now.astimezone(ZoneInfo(tariff.timezone_name)).date()
-    validity = dt.timedelta(days=tariff.passes[tariff.pass_index[fare_pass_id]].validity_days)
-    last_days = [
-        held.last_day
-        for held in passes_on_card(await passes_of(connection, card_number), tariff)
-        if held.fare_pass_id == fare_pass_id and held.last_day is not None
-    ]
-    if last_days and today + validity - dt.timedelta(days=1) <= max(last_days):
-        from_day = max(last_days) - validity + dt.timedelta(days=2)
-        raise Conflict(
-            f"card {card_number} has pass {fare_pass_id!r} until {max(last_days)}: a renewal "
-            f"is sold from {from_day}",
-            code="pass_waiting",
-        )
 
 
 async def _refuse_other_pass(
@@ -301,10 +284,16 @@ async def _refuse_other_pass(
     now: dt.datetime,
 ) -> None:
     """A card holds one pass: another product waiting or running would be replaced by this
-    one when the card takes it (or replace it), and its days lost."""
+    one when the card takes it (or replace it), and its days lost. And a validator takes a
+    sale for written when the card's pass lasts at least as long as one activated on the
+    sale's day: with a renewal already running on from it, a third sale now would never be
+    written."""
     today = now.astimezone(ZoneInfo(tariff.timezone_name)).date()
+    last_days = []  # of this product on the card
     for held in passes_on_card(await passes_of(connection, card_number), tariff):
         if held.fare_pass_id == fare_pass_id:
+            if held.last_day is not None:
+                last_days.append(held.last_day)
             continue
         if held.activated_on is None or (held.last_day is not None and held.last_day >= today):
             until = (
@@ -315,6 +304,14 @@ async def _refuse_other_pass(
                 f"pass, and {fare_pass_id!r} would replace it",
                 code="other_pass",
             )
+    validity = dt.timedelta(days=tariff.passes[tariff.pass_index[fare_pass_id]].validity_days)
+    if last_days and today + validity - dt.timedelta(days=1) <= max(last_days):
+        from_day = max(last_days) - validity + dt.timedelta(days=2)
+        raise Conflict(
+            f"card {card_number} has pass {fare_pass_id!r} until {max(last_days)}: a renewal "
+            f"is sold from {from_day}",
+            code="pass_waiting",
+        )
 
 
 def sale_transfer_id(pass_sale_id: str) -> uuid.UUID:

@@ -312,9 +312,7 @@ async def sync(request: web.Request) -> web.Response:
             pending_top_ups_download_max,
         )
         waiting_passes = await passes.waiting_passes(connection)
-        carried_passes = await passes.waiting_carried_passes(
-            connection, now=request.app[config_key].clock.now()
-        )
+        carried_passes = await passes.waiting_carried_passes(connection, now=now)
         chip_blocks = (
             None
             if chip_block_since is None

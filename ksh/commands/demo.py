@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ksh import argtypes, signals
+from ksh import argtypes, demo_desk, signals
 from ksh.cli import UserError
 from ksh.signals import stop_on_signals
 from ledger.clock import Clock
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 phases_total = 9
 upload_rounds_max = 1_000  # a till uploads batch after batch until nothing is left
-first_demo_day = dt.date(2000, 4, 10)  # 2000-01-01 + `ksh.demo_desk.paid_days_ago`
+# MT940 writes years in two digits (2000 to 2099), and the desk's VA payments are that old.
+first_demo_day = dt.date(2000, 1, 1) + dt.timedelta(days=demo_desk.paid_days_ago)
 
 
 def register(subparsers: Any) -> None:
