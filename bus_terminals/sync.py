@@ -307,19 +307,19 @@ class SyncClient:
                 logger.warning("sync refused: %s", sent.body[:1000].decode(errors="replace"))
                 return False
             answer = json.loads(sent.body)
-            if answer["deny_list_full_download"]:
-                list_path = "/terminal/v1/deny-list"
-                listed = await self._send("GET", list_path, self._signed_headers("GET", list_path))
-                if listed.status != 200:
-                    return False
-                version = int(listed.headers[deny_list_version_header])
-                self.state.deny_list = DenyList.from_bytes(listed.body, version)
-            else:
-                self.state.deny_list.add(answer["deny_list_added"], answer["deny_list_version"])
-                # Lifted by staff since our version (absent from an older back office's answer).
-                self.state.deny_list.remove(answer.get("deny_list_lifted", ()))
-            if not await self._download_chip_block_list(answer):
+            denied = await self._refreshed(
+                self.state.deny_list, answer, "deny_list", "/terminal/v1/deny-list"
+            )
+            if denied is None:
                 return False
+            self.state.deny_list = denied
+            if "chip_block_version" in answer:  # absent from an older back office's answer
+                blocks = await self._refreshed(
+                    self.state.chip_block_list, answer, "chip_block", "/terminal/v1/chip-block-list"
+                )
+                if blocks is None:
+                    return False
+                self.state.chip_block_list = blocks
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, KeyError) as error:
             logger.info("sync failed: %s", error)
             return False
@@ -345,22 +345,21 @@ class SyncClient:
             self.fleet.switch_due(self.now_ms())
         return True
 
-    async def _download_chip_block_list(self, answer: dict[str, Any]) -> bool:
-        """The chip-block list's delta, or the whole list when the answer says so. An older
-        back office's answer has none: the list stays as it is."""
-        if "chip_block_version" not in answer:
-            return True
-        if answer["chip_block_full_download"]:
-            list_path = "/terminal/v1/chip-block-list"
+    async def _refreshed(
+        self, held: DenyList, answer: dict[str, Any], prefix: str, list_path: str
+    ) -> DenyList | None:
+        """A card list (the deny list, `prefix` "deny_list"; the chip-block list, "chip_block")
+        brought up to the answer's version: its delta applied to `held`, or the whole list
+        downloaded from `list_path` when the answer says so (None: that download failed)."""
+        if answer[f"{prefix}_full_download"]:
             listed = await self._send("GET", list_path, self._signed_headers("GET", list_path))
             if listed.status != 200:
-                return False
-            version = int(listed.headers[deny_list_version_header])
-            self.state.chip_block_list = DenyList.from_bytes(listed.body, version)
-        else:
-            self.state.chip_block_list.add(answer["chip_block_added"], answer["chip_block_version"])
-            self.state.chip_block_list.remove(answer["chip_block_lifted"])
-        return True
+                return None
+            return DenyList.from_bytes(listed.body, int(listed.headers[deny_list_version_header]))
+        held.add(answer[f"{prefix}_added"], answer[f"{prefix}_version"])
+        # Lifted by staff since our version (absent from an older back office's answer).
+        held.remove(answer.get(f"{prefix}_lifted", ()))
+        return held
 
     async def _take_packages(self, offers: list[dict[str, Any]]) -> None:
         """Fetch, check and stage each offered package this terminal wants (a refusal is kept

@@ -322,19 +322,13 @@ async def sync(request: web.Request) -> web.Response:
         )
     for _, refused in refusals:
         request.app[metrics_key].fleet_refusals.increment(refused.refused_reason)
-    full_needed = len(changed) > deny_delta_entries_max
+    denials = [(row["card_number"], row["denied"]) for row in changed]
     return web.json_response(
         {
             "server_time_ms": request.app[config_key].clock.unix_ms(),
-            "deny_list_version": version,
-            "deny_list_full_download": full_needed,
-            "deny_list_added": []
-            if full_needed
-            else sorted(row["card_number"] for row in changed if row["denied"]),
-            "deny_list_lifted": []
-            if full_needed
-            else sorted(row["card_number"] for row in changed if not row["denied"]),
-            **_chip_block_delta(version, chip_blocks),
+            **_list_delta("deny_list", version, denials),
+            # Nothing for a terminal from before the chip-block list.
+            **({} if chip_blocks is None else _list_delta("chip_block", version, chip_blocks)),
             "pending_top_ups": [
                 [row["top_up_id"], row["card_number"], row["amount_rupiah"], row["paid_ms"]]
                 for row in top_ups
@@ -348,19 +342,15 @@ async def sync(request: web.Request) -> web.Response:
     )
 
 
-def _chip_block_delta(version: int, changes: list[tuple[str, bool]] | None) -> dict[str, Any]:
-    """The sync answer's chip-block list part: the cards to block on the chip added and lifted
-    since the terminal's version, or (too many) a full download; nothing for an older terminal."""
-    if changes is None:
-        return {}
+def _list_delta(prefix: str, version: int, changes: list[tuple[str, bool]]) -> dict[str, Any]:
+    """The sync answer's part for a card list (`prefix` "deny_list" or "chip_block"): the cards
+    added and lifted since the terminal's version, or (too many) a full download."""
     full_needed = len(changes) > deny_delta_entries_max
     return {
-        "chip_block_version": version,
-        "chip_block_full_download": full_needed,
-        "chip_block_added": [] if full_needed else sorted(n for n, blocked in changes if blocked),
-        "chip_block_lifted": []
-        if full_needed
-        else sorted(n for n, blocked in changes if not blocked),
+        f"{prefix}_version": version,
+        f"{prefix}_full_download": full_needed,
+        f"{prefix}_added": [] if full_needed else sorted(n for n, listed in changes if listed),
+        f"{prefix}_lifted": [] if full_needed else sorted(n for n, listed in changes if not listed),
     }
 
 
