@@ -257,16 +257,20 @@ async def _refuse_clash(
 ) -> None:
     # Validators tell a sale already on the card by its day (`bus_terminals.validator.
     # with_pending_pass`): the same pass again only once the last one is on the card, and
-    # from the day after it was activated.
+    # from the day after it was activated. A carried pass that ran out before the card tapped
+    # is no longer written (`waiting_carried_passes`): it is no clash.
     clash = await connection.fetchval(
         "select activated_at is null from pending_passes where card_number = $1 "
         "and fare_pass_id = $2 and cancelled_at is null and (activated_at is null or "
         "(activated_at at time zone $3)::date >= ($4::timestamptz at time zone $3)::date) "
+        "and not (activated_at is null and from_day is not null "
+        "and from_day + $5::int - 1 < ($4::timestamptz at time zone $3)::date) "
         "limit 1",
         card_number,
         fare_pass_id,
         tariff.timezone_name,
         now,
+        tariff.passes[tariff.pass_index[fare_pass_id]].validity_days,
     )
     if clash is not None:
         raise Conflict(
@@ -295,7 +299,8 @@ async def _refuse_other_pass(
             if held.last_day is not None:
                 last_days.append(held.last_day)
             continue
-        if held.activated_on is None or (held.last_day is not None and held.last_day >= today):
+        waiting = held.activated_on is None and held.last_day is None  # its days not yet known
+        if waiting or (held.last_day is not None and held.last_day >= today):
             until = (
                 "waiting for its next tap" if held.last_day is None else f"until {held.last_day}"
             )
@@ -446,7 +451,9 @@ async def passes_of(connection: asyncpg.Connection, card_number: str) -> list[Pe
 @dataclass(frozen=True, slots=True)
 class PassOnCard:
     """A pass as the rider sees it: waiting for the card's next tap, or activated and running
-    to `last_day` (None: a product the feed no longer has)."""
+    to `last_day` (None: a product the feed no longer has, or waiting to be written for as many
+    days as the tap's day gives it). A carried pass has its days before its tap: the validator
+    writes it to run to the old chip's last day, however late the new card taps."""
 
     fare_pass_id: str
     sold_on: dt.date
@@ -459,8 +466,9 @@ class PassOnCard:
 def passes_on_card(found: Iterable[PendingPass], tariff: Tariff) -> list[PassOnCard]:
     """Days in the feed's time zone: an activated pass runs `validity_days` from its day of
     activation; a renewal of the pass still running on the card runs on from the day after it
-    (as the validator writes it, `bus_terminals.validator.with_pending_pass`). A cancelled
-    pass only if a card took it all the same."""
+    (as the validator writes it, `bus_terminals.validator.with_pending_pass`). A carried pass
+    waiting for its tap runs from its first day on the old card. A cancelled pass only if a
+    card took it all the same."""
     zone = ZoneInfo(tariff.timezone_name)
     shown = []
     running: tuple[str, dt.date] | None = None  # the card holds one pass: (product, last day)
@@ -477,13 +485,20 @@ def passes_on_card(found: Iterable[PendingPass], tariff: Tariff) -> list[PassOnC
             start = sale.from_day or activated_on  # a carried pass runs from its old first day
             if running is not None and running[0] == sale.fare_pass_id and running[1] >= start:
                 start = running[1] + dt.timedelta(days=1)
-            last_day = start + dt.timedelta(days=tariff.passes[position].validity_days - 1)
+            last_day = _last_day(tariff, position, start)
             running = (sale.fare_pass_id, last_day)
+        elif sale.from_day is not None and position is not None:  # carried, waiting for its tap
+            start = sale.from_day
+            last_day = _last_day(tariff, position, start)
         sold_on = sale.sold_at.astimezone(zone).date()
         shown.append(
             PassOnCard(sale.fare_pass_id, sold_on, activated_on, last_day, sale.pass_sale_id, start)
         )
     return shown
+
+
+def _last_day(tariff: Tariff, position: int, first_day: dt.date) -> dt.date:
+    return first_day + dt.timedelta(days=tariff.passes[position].validity_days - 1)
 
 
 async def carry_running_passes(
@@ -502,6 +517,8 @@ async def carry_running_passes(
     carried = []
     for held in passes_on_card(on_old, tariff):
         sale = sales[held.pass_sale_id]
+        if held.activated_on is None:  # still waiting: it moved with the balance
+            continue
         if held.last_day is None or held.last_day < today or sale.cancelled_at is not None:
             continue
         row = await connection.fetchrow(
@@ -546,7 +563,8 @@ async def waiting_carried_passes(
     `waiting_passes`, and the moment each runs from (Unix ms, noon of its first day on the old
     card in the feed's time zone), oldest first. Under a key of their own: a terminal that
     knows nothing of it would write a fresh period, and a renewal waiting behind would look
-    written already."""
+    written already. Not one that ran out before the new card tapped (its last day, as on the
+    old chip, is past): written, it would be no use to the rider."""
     rows = await connection.fetch(
         "select pass_sale_id, card_number, fare_pass_id, "
         "(extract(epoch from sold_at) * 1000)::bigint as sold_ms, from_day from pending_passes "
@@ -556,14 +574,23 @@ async def waiting_carried_passes(
     )
     if not rows:
         return []
-    zone = ZoneInfo((await sale_tariff(connection, now)).timezone_name)
+    tariff = await sale_tariff(connection, now)
+    zone = ZoneInfo(tariff.timezone_name)
+    today = now.astimezone(zone).date()
     return [
         [
             *list(row.values())[:4],
             int(dt.datetime.combine(row["from_day"], dt.time(12), tzinfo=zone).timestamp() * 1000),
         ]
         for row in rows
+        if not _carried_ran_out(tariff, row["fare_pass_id"], row["from_day"], today)
     ]
+
+
+def _carried_ran_out(tariff: Tariff, fare_pass_id: str, from_day: dt.date, today: dt.date) -> bool:
+    """A carried pass's last day (as on the old chip) is past: a product the feed still has."""
+    position = tariff.pass_index.get(fare_pass_id)
+    return position is not None and _last_day(tariff, position, from_day) < today
 
 
 async def record_activations(

@@ -55,9 +55,10 @@ def tap(desk: Desk) -> int:
     return before - desk.card_balance()
 
 
-def trip_state(desk: Desk) -> Any:
+def trip_state(desk: Desk, card: EmulatedCard | None = None) -> Any:
+    """The trip state on `card` (default: the desk's card), read as an inspector would."""
     reader = EmulatedReader("desk inspection")
-    reader.insert(desk.card)
+    reader.insert(card or desk.card)
     try:
         raw = KshCard(reader, desk.store.view(KeyRole.READ)).read_state().trip_state
     finally:
@@ -256,13 +257,7 @@ def tap_with_passes(desk: Desk, bus: Any, card: EmulatedCard) -> int:
     desk.clock.advance(600)
     ride = bus.tap(card, desk.clock.unix_ms(), decide)
     assert ride.verdict.value == "accepted", ride
-    reader = EmulatedReader("desk inspection")
-    reader.insert(card)
-    try:
-        raw = KshCard(reader, desk.store.view(KeyRole.READ)).read_state().trip_state
-    finally:
-        reader.remove()
-    return int(decode_trip_state(raw).pass_index)
+    return int(trip_state(desk, card).pass_index)
 
 
 async def test_a_pass_still_waiting_when_its_card_is_lost_goes_to_the_replacement(
@@ -391,11 +386,7 @@ async def test_a_pass_on_a_lost_cards_chip_is_carried_to_the_new_card_to_the_sam
     [waiting] = desk.bus.state.passes_for(new_number)
     assert (waiting.sale_id, waiting.from_ms > 0) == (carried.pass_sale_id, True)
     assert tap_with_passes(desk, desk.bus, new_card) == pass_index
-    reader = EmulatedReader("desk inspection")
-    reader.insert(new_card)
-    raw = KshCard(reader, desk.store.view(KeyRole.READ)).read_state().trip_state
-    reader.remove()
-    assert decode_trip_state(raw).pass_last_day == on_old_chip  # not 183 days from today
+    assert trip_state(desk, new_card).pass_last_day == on_old_chip  # not 183 days from today
     await desk.upload()
     async with desk.pool.acquire() as connection:
         tariff = await passes.sale_tariff(connection, desk.clock.now())
@@ -427,6 +418,68 @@ async def test_a_pass_that_ran_out_is_not_carried(desk: Desk) -> None:
             connection, desk.number, new_number, now=desk.clock.now()
         )
     assert carried == []
+
+
+async def test_a_carried_pass_that_runs_out_before_the_new_card_taps_stops_waiting(
+    desk: Desk,
+) -> None:
+    """Carried with 13 days left, then the new card is not used for 20 days: its rider sees the
+    carried pass's last day before the tap, terminals stop listing it once that day is past
+    (written, it would be a pass already run out), and the card can have a new pass, which
+    the next tap writes to run its full length from that day."""
+    from gateways.service_desk import check_codes, citizen
+    from gateways.terminal_api import passes
+    from gateways.terminal_api.registry import Conflict
+
+    async def rider_sees() -> list[dt.date | None]:
+        async with desk.pool.acquire() as connection:
+            secret = await check_codes.check_code_secret(connection)
+            code = check_codes.check_code(secret, new_number)
+            view = await citizen.citizen_card(connection, new_number, code, now=desk.clock.now())
+        assert view is not None
+        return [held.last_day for held in view.passes]
+
+    now = desk.clock.now()
+    async with desk.pool.acquire() as connection:
+        await passes.grant_pass(
+            connection, desk.number, student_pass, username="ani", reason="student ID", now=now
+        )
+    assert await desk.bus.sync.download()
+    pass_index = load_feed().pass_index[student_pass] + 1
+    assert tap_with_passes(desk, desk.bus, desk.card) == pass_index
+    await desk.upload()
+    last_day = dt.date(2026, 12, 1) + dt.timedelta(days=182)
+
+    desk.clock.advance(170 * 86_400)
+    new_card, new_number = new_student_card(desk)
+    await lose_and_replace(desk, desk.number, new_number)
+    assert await rider_sees() == [last_day]
+    assert await desk.bus.sync.download()
+    assert [p.sale_id for p in desk.bus.state.passes_for(new_number)] != []
+    grant = {"username": "ani", "reason": "student ID again"}
+    async with desk.pool.acquire() as connection:
+        with pytest.raises(Conflict, match="waiting for its next tap"):
+            await passes.grant_pass(
+                connection, new_number, student_pass, now=desk.clock.now(), **grant
+            )
+
+    desk.clock.advance(20 * 86_400)  # past the old chip's last day, the new card never used
+    assert await rider_sees() == []
+    assert await desk.bus.sync.download()
+    assert desk.bus.state.passes_for(new_number) == []
+    async with desk.pool.acquire() as connection:
+        granted = await passes.grant_pass(
+            connection, new_number, student_pass, now=desk.clock.now(), **grant
+        )
+    assert await desk.bus.sync.download()
+    assert [p.sale_id for p in desk.bus.state.passes_for(new_number)] == [granted.pass_sale_id]
+    assert tap_with_passes(desk, desk.bus, new_card) == pass_index
+    today = desk.clock.now().astimezone(jakarta).date()
+    assert (
+        trip_state(desk, new_card).pass_last_day
+        == (today + dt.timedelta(days=182) - dt.date(1970, 1, 1)).days
+    )
+    assert (await desk.books())[1] == 0
 
 
 async def test_a_replacement_card_takes_no_pass_until_the_old_cards_passes_have_moved(
