@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from gateways import four_eyes
 from gateways.snap.client import PayoutState
 from gateways.staff import Role as Role  # staff roles and members live in gateways.staff
 from gateways.staff import StaffMember as Staff
@@ -29,9 +30,6 @@ from settlement.matching import Match, MatchKind
 from settlement.reconciliation import confirm_matches
 from settlement.statements import Direction
 
-# Above this, a write-off waits for a supervisor other than the person who asked (four eyes,
-# whatever the asker's role).
-write_off_limit_rupiah_default = 1_000_000
 note_length_max = 500
 
 
@@ -74,10 +72,10 @@ async def write_off(
     note: str,
     *,
     now: dt.datetime,
-    limit_rupiah: int = write_off_limit_rupiah_default,
 ) -> ActionResult:
     """Park an unexplained statement line in suspense (money in: bank account -> suspense;
-    money out: suspense -> bank account). Above the limit the request waits, whoever made it,
+    money out: suspense -> bank account). Above the write-off limit (`gateways.four_eyes`)
+    the request waits, whoever made it,
     for a supervisor other than the requester, who approves with `approve_write_off`; a
     request already waiting is left as it is (the first requester stays on record)."""
     if staff.role is Role.auditor:
@@ -92,7 +90,9 @@ async def write_off(
             return ActionResult.wrong_kind
         if row["write_off_requested_by"] is not None:
             return ActionResult.awaiting_approval
-        if row["amount_rupiah"] > limit_rupiah:
+        if row["amount_rupiah"] > await four_eyes.limit_rupiah(
+            connection, four_eyes.Limit.write_off
+        ):
             await connection.execute(
                 """update settlement_exceptions set write_off_requested_by = $2,
                           write_off_requested_note = $3 where exception_id = $1""",

@@ -173,7 +173,6 @@ async def act(request: web.Request) -> web.Response:
     action = form.get("action", "")
     note = form.get("note", "")
     clock = request.app[config_key].clock
-    limit = complaints.refund_limit(request.app[config_key].settings)
     _ = translator(request).gettext
     message, ok = _("Done"), True
     async with request.app[pool_key].acquire() as connection:
@@ -193,7 +192,6 @@ async def act(request: web.Request) -> web.Response:
                     note,
                     refund_rupiah=int(refund_text),
                     now=clock.now(),
-                    limit_rupiah=limit,
                 )
                 if outcome is Resolution.awaiting_approval:
                     message = _("Recorded: above the limit, another supervisor approves the refund")

@@ -38,7 +38,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from gateways import staff
+from gateways import four_eyes, staff
 from gateways.backoffice import config_key, pool_key
 from gateways.service_desk import complaints
 from gateways.staff import Role, desk_roles, money_roles
@@ -412,6 +412,7 @@ async def counter_page(request: web.Request) -> web.Response:
         shift = await counter.open_shift(connection, cashier)
         shift_id = await counter.next_shift_id(connection, cashier, clock.today())
         refunds = await top_up_refunds.refunds_due(connection)
+        refund_limit = await four_eyes.limit_rupiah(connection, four_eyes.Limit.refund)
     body = render(
         request,
         "counter.html",
@@ -422,7 +423,7 @@ async def counter_page(request: web.Request) -> web.Response:
         can_close=session.staff.role in money_roles,
         can_pay=session.staff.role in desk_roles,
         can_approve=session.staff.role is Role.supervisor,
-        refund_limit=complaints.refund_limit(request.app[config_key].settings),
+        refund_limit=refund_limit,
     )
     title = translator(request).gettext("Cash counter")
     return html(page(request, title, session, body, **shown_message(request)))
@@ -505,7 +506,6 @@ async def refund_paid(request: web.Request) -> web.Response:
             who=change.session.staff.username,
             note=change.reason,
             now=now,
-            limit_rupiah=complaints.refund_limit(request.app[config_key].settings),
         )
         await record(connection, change, "top_up_refund_paid", top_up_id, now)
     done = translator(request).gettext("Refund of top-up %(top_up)s paid: %(amount)s")

@@ -164,8 +164,6 @@ async def add_staff(
 @dataclass(frozen=True, slots=True)
 class PagesSettings:
     end_of_day: EndOfDayConfig = field(default_factory=EndOfDayConfig)
-    # Above this a write-off needs a second person (a supervisor other than the requester).
-    write_off_limit_rupiah: int = actions.write_off_limit_rupiah_default
     # Builds the bank client used to re-initiate payouts; None: re-initiation is unavailable.
     payer_factory: Callable[[aiohttp.ClientSession], PayoutPort] | None = None
     # Served over HTTPS (directly or behind a proxy): cookies are Secure and pages send HSTS.
@@ -181,15 +179,12 @@ class PagesSettings:
 def settings_from(values: dict[str, Any]) -> PagesSettings:
     """Our settings from the back office's `BackofficeConfig.settings`: a whole PagesSettings
     under `settlement_pages`, or the plain keys `secure_cookies`, `client_address_header`,
-    `write_off_limit_rupiah` and `password_checks_concurrent_max` (what `ksh serve` passes)."""
+    and `password_checks_concurrent_max` (what `ksh serve` passes)."""
     configured = values.get("settlement_pages")
     if isinstance(configured, PagesSettings):
         return configured
     default = PagesSettings()
     return PagesSettings(
-        write_off_limit_rupiah=int(
-            values.get("write_off_limit_rupiah", default.write_off_limit_rupiah)
-        ),
         secure_cookies=bool(values.get("secure_cookies", default.secure_cookies)),
         login_limits=LoginLimits(
             checks_concurrent_max=int(
@@ -769,7 +764,6 @@ async def exception_action(request: web.Request) -> web.Response:
                 session.staff,
                 note,
                 now=now,
-                limit_rupiah=settings.write_off_limit_rupiah,
             )
         elif action == "approve":
             result = await actions.approve_write_off(

@@ -19,7 +19,7 @@
    settlement payout). A refusal, or a top-up with no account (cash, staff refunds, card
    replacements), is put on the refund-due list: a clerk pays it at the counter and marks it
    (`mark_paid_in_cash`: refund payable -> that clerk's cash drawer). Above the service's refund
-   limit (`refund_limit_rupiah`, the complaints' limit) a supervisor approves it first
+   limit (`gateways.four_eyes`, the complaints' limit) a supervisor approves it first
    (`approve_cash_refund`), and pays it out only if someone else approved it.
 """
 
@@ -32,7 +32,7 @@ from typing import Protocol
 
 import asyncpg
 
-from gateways.service_desk.complaints import refund_limit_rupiah_default
+from gateways import four_eyes
 from gateways.snap.client import Payout, PayoutOutcome, PayoutState
 from gateways.staff import Role, StaffMember
 from gateways.terminal_api import counter, registry
@@ -337,16 +337,16 @@ async def mark_paid_in_cash(
     who: str,
     note: str,
     now: dt.datetime,
-    limit_rupiah: int = refund_limit_rupiah_default,
 ) -> Refund:
     """A clerk paid a due refund at the counter from their drawer: refund payable -> the
-    drawer of `who`, so that the close of their shift expects that much less cash. Above
-    `limit_rupiah`, only once a supervisor other than `who` approved it."""
+    drawer of `who`, so that the close of their shift expects that much less cash. Above the
+    refund limit (`gateways.four_eyes`), only once a supervisor other than `who` approved it."""
     note = note.strip()
     if not note or len(note) > note_length_max or not note.isprintable():
         raise RefundError(f"a note says how it was paid, in 1 to {note_length_max} characters")
     async with connection.transaction():
         row = await _due_row(connection, top_up_id)
+        limit_rupiah = await four_eyes.limit_rupiah(connection, four_eyes.Limit.refund)
         if Refund(*row.values()).needs_approval(limit_rupiah):
             raise RefundError(
                 f"the refund of top-up {top_up_id} (Rp {row['amount_rupiah']:,}) is above the "

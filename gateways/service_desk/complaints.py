@@ -15,8 +15,8 @@ merchant's payable for a sale; read from the tap's own ledger transfer) to the c
 top-up account, with an id derived from the complaint and the card counter; then one pending
 top-up of the total, announced to the terminals and written to the card at its next tap. A
 card transaction is never refunded for more than it paid, by one complaint or several (checked
-under the card's lock). Above `refund_limit_rupiah` a refund waits for a supervisor other than
-the person who asked (the write-off rule's four eyes).
+under the card's lock). Above the refund limit (`gateways.four_eyes`) a refund waits for a
+supervisor other than the person who asked (the write-off rule's four eyes).
 
 Refusals a person can mend are `ComplaintError`s (one line, with a code); the outcome of
 answering with a refund is a `Resolution`.
@@ -29,12 +29,11 @@ import enum
 import json
 import statistics
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
+from gateways import four_eyes
 from gateways.staff import Role, StaffMember, record_action
 from gateways.terminal_api import books, card_desk, registry
 from gateways.terminal_api.accounts import card_transfer_id
@@ -47,15 +46,6 @@ note_length_max = 500
 taps_per_complaint_max = 20
 history_rows_max = 50  # the card's latest transactions offered to pick from
 complaints_listed_max = 500
-# Above this a refund needs a second person (setting `refund_limit_rupiah`); the same default
-# as a write-off's (`settlement.actions.write_off_limit_rupiah_default`).
-refund_limit_rupiah_default = 1_000_000
-
-
-def refund_limit(settings: Mapping[str, Any]) -> int:
-    """The service's refund limit (setting `refund_limit_rupiah`): above it a complaint's refund
-    and a refund due paid in cash wait for a second person."""
-    return int(settings.get("refund_limit_rupiah", refund_limit_rupiah_default))
 
 
 # Serialises refunds of one card: the refundable rest of a tap is read, then booked.
@@ -342,7 +332,6 @@ async def resolve(
     *,
     refund_rupiah: int,
     now: dt.datetime,
-    limit_rupiah: int = refund_limit_rupiah_default,
 ) -> Resolution:
     """Answer a complaint: with no refund, or with `refund_rupiah` given back from the named
     card transactions (booked now, or, above the limit, once another supervisor approves)."""
@@ -362,7 +351,7 @@ async def resolve(
                 f"a refund of complaint {complaint_id} is waiting for approval", "awaiting_approval"
             )
         await _refundable_shares(connection, row, refund_rupiah)  # refuses an over-refund now
-        if refund_rupiah > limit_rupiah:
+        if refund_rupiah > await four_eyes.limit_rupiah(connection, four_eyes.Limit.refund):
             await connection.execute(
                 "update complaints set refund_requested_by = $2, refund_requested_rupiah = $3, "
                 "refund_requested_note = $4 where complaint_id = $1",

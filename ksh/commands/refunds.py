@@ -68,9 +68,8 @@ def add_refund_parsers(actions: Any) -> None:
     approve.set_defaults(handler=run_refund_approve)
 
 
-def describe(refund: Any) -> str:
-    from gateways.service_desk.complaints import refund_limit_rupiah_default
-
+def describe(refund: Any, limit_rupiah: int) -> str:
+    """One line for a refund; `limit_rupiah`: the refund limit in force (`gateways.four_eyes`)."""
     where = {
         "sending": f"to the payer's account, {refund.partner_reference_no}",
         "paid": f"paid to the payer's account, {refund.partner_reference_no}",
@@ -79,7 +78,7 @@ def describe(refund: Any) -> str:
             f" (approved by {refund.approved_by})"
             if refund.approved_by
             else " (above the limit: a supervisor approves it first)"
-            if refund.needs_approval(refund_limit_rupiah_default)
+            if refund.needs_approval(limit_rupiah)
             else ""
         ),
         "paid_cash": f"paid at the counter by {refund.paid_by}: {refund.note}",
@@ -102,22 +101,23 @@ def run_expire(arguments: argparse.Namespace) -> int:
     older_than = dt.timedelta(days=arguments.older_than_days)
 
     async def change(connection: Any, member: Any, now: Any) -> Any:
-        return await top_up_refunds.expire_top_ups(
+        expired = await top_up_refunds.expire_top_ups(
             connection,
             now=now,
             older_than=older_than,
             who=member.username,
             wait=dt.timedelta(days=arguments.wait_days),
         )
+        return expired, await refund_limit(connection)
 
-    expired = run_desk_change(arguments, "expire_top_ups", "pending_top_ups", change)
+    expired, limit_rupiah = run_desk_change(arguments, "expire_top_ups", "pending_top_ups", change)
     for refund in expired:
-        print(describe(refund))
+        print(describe(refund, limit_rupiah))
     print(f"{len(expired)} top-up(s) expired")
     if arguments.partner is not None:
         sent = run_with_database(lambda connection: send_refunds(connection, arguments))
         for refund in sent:
-            print(describe(refund))
+            print(describe(refund, limit_rupiah))
         print(f"{sum(r.state == 'paid' for r in sent)} of {len(sent)} refund(s) paid by the bank")
     return 0
 
@@ -156,11 +156,12 @@ def run_refunds_due(arguments: argparse.Namespace) -> int:
     from settlement import top_up_refunds
 
     async def work(connection: Any) -> Any:
-        return await top_up_refunds.refunds_due(connection, everything=arguments.all)
+        due = await top_up_refunds.refunds_due(connection, everything=arguments.all)
+        return due, await refund_limit(connection)
 
-    refunds = run_with_database(work)
+    refunds, limit_rupiah = run_with_database(work)
     for refund in refunds:
-        print(describe(refund))
+        print(describe(refund, limit_rupiah))
     print(f"{len(refunds)} refund(s)")
     return 0
 
@@ -171,13 +172,14 @@ def run_refund_paid(arguments: argparse.Namespace) -> int:
 
     async def change(connection: Any, member: Any, now: Any) -> Any:
         try:
-            return await top_up_refunds.mark_paid_in_cash(
+            paid = await top_up_refunds.mark_paid_in_cash(
                 connection, arguments.top_up_id, who=member.username, note=arguments.note, now=now
             )
         except top_up_refunds.RefundError as error:
             raise UserError(str(error)) from None
+        return paid, await refund_limit(connection)
 
-    print(describe(run_desk_change(arguments, "top_up_refund_paid", arguments.top_up_id, change)))
+    print(describe(*run_desk_change(arguments, "top_up_refund_paid", arguments.top_up_id, change)))
     return 0
 
 
@@ -187,12 +189,20 @@ def run_refund_approve(arguments: argparse.Namespace) -> int:
 
     async def change(connection: Any, member: Any, now: Any) -> Any:
         try:
-            return await top_up_refunds.approve_cash_refund(
+            approved = await top_up_refunds.approve_cash_refund(
                 connection, arguments.top_up_id, member, now=now
             )
         except top_up_refunds.RefundError as error:
             raise UserError(str(error)) from None
+        return approved, await refund_limit(connection)
 
-    approved = run_desk_change(arguments, "top_up_refund_approved", arguments.top_up_id, change)
-    print(describe(approved))
+    print(
+        describe(*run_desk_change(arguments, "top_up_refund_approved", arguments.top_up_id, change))
+    )
     return 0
+
+
+async def refund_limit(connection: Any) -> int:
+    from gateways import four_eyes
+
+    return await four_eyes.limit_rupiah(connection, four_eyes.Limit.refund)

@@ -10,7 +10,7 @@ import getpass
 import sys
 from typing import Any
 
-from ksh import argtypes
+from ksh import acting, argtypes
 from ksh.cli import UserError
 from ksh.database import connect, run_with_database
 from ledger.clock import system_clock
@@ -112,6 +112,28 @@ def register(subparsers: Any) -> None:
     staff.add_argument("--reason", default="", help="why (required but with --role)")
     staff.add_argument("--label", default="", help="--issue-token: what the token is for")
     staff.set_defaults(handler=run_staff)
+
+    add_limit_parser(actions)
+
+
+def add_limit_parser(actions: Any) -> None:
+    limit = actions.add_parser(
+        "limit",
+        help="the four-eyes limits (refund, write-off): show them, or set one (a supervisor; "
+        "a raise takes a second)",
+        description="Above a limit, money moves only once a second person agrees: a "
+        "complaint's refund or a cash refund at the counter (refund), an unexplained statement "
+        "line written off to suspense (write-off). Without RUPIAH: the limits in force, a "
+        "raise waiting, the last changes. With it: lowering takes effect at once; raising "
+        "takes effect when a second supervisor runs the same command. Every `ksh serve` and "
+        "`ksh` command reads the same figure (default Rp 1,000,000).",
+    )
+    limit.add_argument("name", nargs="?", choices=("refund", "write-off"))
+    limit.add_argument(
+        "rupiah", nargs="?", type=argtypes.integer(0, unit="rupiah"), metavar="RUPIAH"
+    )
+    acting.add_arguments(limit, "a supervisor", required=False)
+    limit.set_defaults(handler=run_limit)
 
 
 def parse_day(text: str) -> dt.date:
@@ -381,6 +403,68 @@ def run_staff_change(arguments: argparse.Namespace) -> int:
                 detail=detail,
             )
         print(said)
+        return 0
+
+    return run_with_database(work)
+
+
+def run_limit(arguments: argparse.Namespace) -> int:
+    from gateways import four_eyes
+    from gateways.staff import Role
+    from ksh.tables import rupiah
+
+    chosen = [four_eyes.Limit(arguments.name.replace("-", "_"))] if arguments.name else []
+    if arguments.rupiah is None:
+        if arguments.acting_as is not None or arguments.reason is not None:
+            raise UserError("--as and --reason go with a new figure: ksh settle limit NAME RUPIAH")
+
+        async def show(connection: Any) -> int:
+            for limit in chosen or list(four_eyes.Limit):
+                in_force = await four_eyes.limit_rupiah(connection, limit)
+                print(f"{limit.value.replace('_', '-')}: {rupiah(in_force)}")
+                for change in await four_eyes.changes(connection, limit, newest=5):
+                    state = (
+                        f"confirmed by {change.confirmed_by}"
+                        if change.confirmed_by
+                        else "waiting for a second supervisor"
+                    )
+                    print(
+                        f"  {change.asked_at:%Y-%m-%d %H:%M} {rupiah(change.rupiah)} asked by "
+                        f"{change.asked_by} ({change.reason}), {state}"
+                    )
+            return 0
+
+        return run_with_database(show)
+    [limit] = chosen
+    reason = acting.reason_of(arguments)
+
+    async def work(connection: Any) -> int:
+        async with connection.transaction():
+            member = await acting.acting_member(connection, arguments, (Role.supervisor,))
+            was = await four_eyes.limit_rupiah(connection, limit)
+            try:
+                outcome = await four_eyes.set_limit(
+                    connection, limit, arguments.rupiah, member, reason, now=system_clock.now()
+                )
+            except four_eyes.LimitError as error:
+                raise UserError(str(error)) from None
+            await acting.record(
+                connection,
+                member,
+                f"four_eyes_limit_{outcome.value}",
+                limit.value,
+                reason,
+                limit_rupiah=arguments.rupiah,
+                was_rupiah=was,
+            )
+        name = limit.value.replace("_", "-")
+        if outcome.in_force:
+            print(f"{name} limit: {rupiah(arguments.rupiah)} (was {rupiah(was)})")
+        else:
+            print(
+                f"{name} limit: {rupiah(arguments.rupiah)} asked; still {rupiah(was)} until a "
+                "second supervisor runs the same command"
+            )
         return 0
 
     return run_with_database(work)

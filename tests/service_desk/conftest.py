@@ -23,7 +23,9 @@ from card_reader.deck import make_ksh_deck
 from card_reader.emulator import EmulatedCard, EmulatedReader
 from card_reader.keys import KeyRole, demo_key_store
 from card_reader.ksh_card import KshCard
+from gateways import four_eyes
 from gateways.backoffice import BackofficeConfig, create_app
+from gateways.staff import StaffMember
 from gateways.terminal_api import registry
 from gateways.terminal_api.registry import TerminalRole
 from ksh.commands import serve
@@ -45,6 +47,15 @@ passwords = {
 roles = {"ani": Role.clerk, "budi": Role.supervisor, "dewi": Role.supervisor, "citra": Role.auditor}
 lookups_max = 4  # the citizen page's limit per address in these tests
 refund_limit_rupiah = 10_000  # above this a refund needs a second supervisor
+
+
+async def set_refund_limit(connection: asyncpg.Connection, rupiah: int, now: dt.datetime) -> None:
+    """Lower the refund limit (in force at once: a lowering needs one supervisor)."""
+    supervisor = StaffMember("budi", Role.supervisor)
+    outcome = await four_eyes.set_limit(
+        connection, four_eyes.Limit.refund, rupiah, supervisor, "the tests' limit", now=now
+    )
+    assert outcome is four_eyes.Outcome.lowered
 
 
 @dataclass
@@ -118,7 +129,6 @@ async def desk(
         "client_address_header": proxy_header,
         "expiry_sweep_interval_s": 0,
         "citizen_lookups_max": lookups_max,
-        "refund_limit_rupiah": refund_limit_rupiah,
     }
     app = create_app(
         BackofficeConfig(
@@ -139,6 +149,7 @@ async def desk(
             async with pool.acquire() as connection:
                 for username, role in roles.items():
                     await pages.add_staff(connection, username, passwords[username], role)
+                await set_refund_limit(connection, refund_limit_rupiah, clock.now())
                 await registry.register_operator(connection, operator_id, "Trans Semarang")
                 await registry.register_terminal(
                     connection,

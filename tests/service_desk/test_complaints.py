@@ -16,7 +16,7 @@ from gateways.service_desk.complaints import ComplaintError, Resolution, State, 
 from gateways.staff import Role, StaffMember
 from gateways.terminal_api import registry
 from ledger.clock import jakarta
-from tests.service_desk.conftest import Desk, operator_id, refund_limit_rupiah
+from tests.service_desk.conftest import Desk, operator_id, refund_limit_rupiah, set_refund_limit
 from tests.setup.helpers import Ksh
 
 ani = StaffMember("ani", Role.clerk)
@@ -182,10 +182,11 @@ async def test_a_refund_above_the_limit_needs_a_second_supervisor(desk: Desk) ->
         tap.terminal_id,
         tap.sequence,
     )
-    limit = min(refund_limit_rupiah, fare - 1)
     number = await add(desk, [tap])
     booked_before = await desk.books()
     async with desk.pool.acquire() as connection:
+        if fare <= refund_limit_rupiah:
+            await set_refund_limit(connection, fare - 1, desk.clock.now())
 
         async def resolve(member: StaffMember) -> Resolution:
             return await complaints.resolve(
@@ -195,7 +196,6 @@ async def test_a_refund_above_the_limit_needs_a_second_supervisor(desk: Desk) ->
                 "refund the fare",
                 refund_rupiah=fare,
                 now=desk.clock.now(),
-                limit_rupiah=limit,
             )
 
         assert await resolve(budi) is Resolution.awaiting_approval

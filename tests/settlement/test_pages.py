@@ -130,9 +130,7 @@ async def finance(
     def payer_factory(http: aiohttp.ClientSession) -> end_of_day.PayoutPort:
         return BankClient.open(bank_harness.connection, http)
 
-    settings = pages.PagesSettings(
-        end_of_day=config, write_off_limit_rupiah=1_000_000, payer_factory=payer_factory
-    )
+    settings = pages.PagesSettings(end_of_day=config, payer_factory=payer_factory)
     app = create_app(
         BackofficeConfig(database_url, pool_connections_min=1, pool_connections_max=4),
         [pages.extension(settings)],

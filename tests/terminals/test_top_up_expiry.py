@@ -250,3 +250,66 @@ async def test_a_cash_refund_above_the_limit_is_approved_by_a_supervisor_and_pai
         "paid at the counter by ani" in (await ksh.ok(*small, "--as", "ani", "--reason", "x")).out
     )
     assert "0 refund(s)" in (await ksh.ok("cards", "refunds-due")).out
+
+
+async def test_the_refund_limit_is_one_figure_lowered_by_a_supervisor_raised_by_two(
+    database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ksh settle limit`: the refund limit lives in the database, so the counter's rule is the
+    same in every process; a clerk cannot change it, one supervisor's raise waits for a
+    second, a lowering takes effect at once, and each step is in staff_actions."""
+    ksh = await old_top_ups(
+        database_url, capsys, monkeypatch, {"BIG-1": 1_500_000, "SMALL-1": 600_000}
+    )
+    await ksh.ok("settle", "staff", "dewi", "--role", "supervisor")
+    await ksh.ok("cards", "expire-top-ups", "--wait-days", "0", "--as", "ani", "--reason", "sweep")
+    shown = (await ksh.ok("settle", "limit")).out
+    assert "refund: Rp 1,000,000\n" in shown and "write-off: Rp 1,000,000\n" in shown
+    raise_to = ("settle", "limit", "refund", "2000000", "--reason", "city decree 12/2026")
+    pay_big = ("cards", "refund-paid", "BIG-1", "--note", "paid to Ibu Sri", "--reason", "came")
+
+    async def actions() -> list[str]:
+        connection = await asyncpg.connect(database_url)
+        try:
+            rows = await connection.fetch(
+                "select action || ' ' || username || ' ' || (detail->>'os_user' is not null) "
+                "from staff_actions where subject = 'refund' order by action_id"
+            )
+        finally:
+            await connection.close()
+        return [row[0] for row in rows]
+
+    assert_user_error(await ksh(*raise_to, "--as", "ani"), "settle", "ani is a clerk")
+    assert_user_error(await ksh(*raise_to), "settle", "say who does this and why")
+    assert_user_error(
+        await ksh("settle", "limit", "refund", "--as", "budi", "--reason", "x"),
+        "settle",
+        "--as and --reason go with a new figure",
+    )
+    assert await actions() == []
+    asked = await ksh.ok(*raise_to, "--as", "budi")
+    assert "still Rp 1,000,000 until a second supervisor" in asked.out
+    assert_user_error(await ksh(*raise_to, "--as", "budi"), "settle", "you asked for Rp 2,000,000")
+    assert_user_error(await ksh(*pay_big, "--as", "ani"), "cards", "above the Rp 1,000,000 limit")
+    assert "waiting for a second supervisor" in (await ksh.ok("settle", "limit", "refund")).out
+
+    confirmed = await ksh.ok(*raise_to, "--as", "dewi")
+    assert "refund limit: Rp 2,000,000 (was Rp 1,000,000)" in confirmed.out
+    assert "paid at the counter by ani" in (await ksh.ok(*pay_big, "--as", "ani")).out
+
+    lowered = await ksh.ok(
+        "settle", "limit", "refund", "500000", "--as", "budi", "--reason", "audit finding"
+    )
+    assert "refund limit: Rp 500,000 (was Rp 2,000,000)" in lowered.out
+    listed = (await ksh.ok("cards", "refunds-due")).out
+    assert "SMALL-1" in listed and "above the limit: a supervisor approves it first" in listed
+    pay_small = ("cards", "refund-paid", "SMALL-1", "--note", "to Pak Joko", "--reason", "came")
+    assert_user_error(await ksh(*pay_small, "--as", "ani"), "cards", "above the Rp 500,000 limit")
+    assert await actions() == [
+        "four_eyes_limit_raise_asked budi true",
+        "four_eyes_limit_raise_confirmed dewi true",
+        "four_eyes_limit_lowered budi true",
+    ]
+    history = (await ksh.ok("settle", "limit", "refund")).out
+    assert history.startswith("refund: Rp 500,000\n")
+    assert "asked by budi (city decree 12/2026), confirmed by dewi" in history
