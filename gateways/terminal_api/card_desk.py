@@ -441,6 +441,12 @@ _replacement_query = """
       from card_replacements r join deny_list d on d.card_number = r.old_card_number
 """
 
+# A replacement whose wait ($1) is over at $2, of card $3 (null: of any card).
+_due = (
+    "r.moved_at is null and d.added_at + $1::interval <= $2 "
+    "and ($3::text is null or r.old_card_number = $3)"
+)
+
 
 async def replacement_of(
     connection: asyncpg.Connection, old_card_number: str
@@ -546,15 +552,16 @@ async def move_due_balances(
 ) -> list[Replacement]:
     """Move the balances whose wait is over (of one card, or of all); returns those moved.
     The ledger is locked before any replacement row, as `card_owed` does: a caller moving
-    several cards in one transaction holds rows and the ledger together."""
+    several cards in one transaction holds rows and the ledger together. The old cards'
+    waiting top-ups are locked before the ledger, as an upload that delivers one takes them
+    (`ingest._pending_top_ups`, then the ledger when it books): the two never wait crosswise."""
     moved: list[Replacement] = []
     # The hourly sweep mostly finds nothing: look without the ledger's lock first. A row that
     # falls due after this look is moved by the next sweep (or by its own request, which calls
     # this after its commit).
     anything_due = await connection.fetchval(
         "select exists (select 1 from card_replacements r join deny_list d "
-        "on d.card_number = r.old_card_number where r.moved_at is null "
-        "and d.added_at + $1::interval <= $2 and ($3::text is null or r.old_card_number = $3))",
+        "on d.card_number = r.old_card_number where " + _due + ")",
         wait,
         now,
         old_card_number,
@@ -562,10 +569,18 @@ async def move_due_balances(
     if not anything_due:
         return moved
     async with connection.transaction():
+        await connection.execute(
+            "select 1 from pending_top_ups p join card_replacements r "
+            "on r.old_card_number = p.card_number join deny_list d "
+            "on d.card_number = r.old_card_number where " + _due + " "
+            "and p.taken_terminal_id is null order by p.top_up_id for update of p",
+            wait,
+            now,
+            old_card_number,
+        )
         await books.lock_ledger(connection)
         due = await connection.fetch(
-            _replacement_query + " where r.moved_at is null and d.added_at + $1::interval <= $2 "
-            "and ($3::text is null or r.old_card_number = $3) order by r.old_card_number",
+            _replacement_query + " where " + _due + " order by r.old_card_number",
             wait,
             now,
             old_card_number,

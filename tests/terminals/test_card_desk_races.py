@@ -154,3 +154,47 @@ async def test_the_hourly_move_and_a_refund_do_not_deadlock(
         (name, r) for name, r in zip(("refund", "move"), results) if isinstance(r, BaseException)
     ]
     assert not errors, errors
+
+
+async def test_the_move_and_an_upload_delivering_the_old_cards_top_up_do_not_deadlock(
+    backoffice: Backoffice,
+) -> None:
+    """An upload locks the pending top-ups it delivers, then the ledger when it books; the
+    hourly move takes the old card's waiting top-ups before the ledger too. So a move that
+    meets such an upload waits for it, and the upload books meanwhile (the other way round,
+    PostgreSQL found a deadlock and aborted one of them)."""
+    from gateways.terminal_api import books, ingest, registry
+
+    await setup(backoffice, [A], [A2])
+    async with backoffice.pool.acquire() as c:
+        await registry.pay_pending_top_up(c, "TOPUP-A", A, 10_000, paid_at=backoffice.clock.now())
+        await card_desk.request_replacement(
+            c, A, A2, username="clerk-ani", now=backoffice.clock.now(), wait=wait
+        )
+    backoffice.clock.advance(3 * 86_400)
+    upload = await backoffice.pool.acquire()
+    mover = await backoffice.pool.acquire()
+    delivered = record("V1", 9, A, 2, 0, 56_000, top_up=10_000, top_up_id="TOPUP-A")
+    try:
+        async with upload.transaction():
+            assert list(await ingest._pending_top_ups(upload, [delivered])) == ["TOPUP-A"]
+
+            async def hourly() -> list[card_desk.Replacement]:
+                async with mover.transaction():
+                    return await card_desk.move_due_balances(
+                        mover, now=backoffice.clock.now(), wait=wait
+                    )
+
+            moving = asyncio.ensure_future(hourly())
+            async with backoffice.pool.acquire() as watcher:
+                await wait_until_blocked(watcher, mover, moving, "the move waits for the top-up")
+            await books.lock_ledger(upload)  # as the upload books: the ledger is free
+            assert not moving.done()
+            await upload.execute(
+                "update pending_top_ups set taken_terminal_id = 'V1' where top_up_id = 'TOPUP-A'"
+            )  # delivered by the upload, which commits
+        [moved] = await moving
+    finally:
+        await backoffice.pool.release(upload)
+        await backoffice.pool.release(mover)
+    assert (moved.old_card_number, moved.purse_rupiah + moved.pending_rupiah) == (A, 56_000)
