@@ -104,6 +104,8 @@ class SyncThread:
         if self.stop_event is not None:
             self.loop.call_soon_threadsafe(self.stop_event.set)
         self.thread.join(timeout=30)
+        if not self.thread.is_alive():  # closed here, not by the garbage collector later
+            self.loop.close()
         self.client.journal.close()
 
 

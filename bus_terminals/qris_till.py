@@ -164,6 +164,8 @@ class QrisRides:
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+        if not self.thread.is_alive():  # closed here, not by the garbage collector later
+            self.loop.close()
 
     def sell(
         self, amount_rupiah: int, route: str, detail: str

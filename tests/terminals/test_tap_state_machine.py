@@ -112,6 +112,7 @@ class BackofficeThread:
         self.run(self._stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+        self.loop.close()
 
 
 class Databases:
