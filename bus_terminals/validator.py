@@ -51,7 +51,8 @@ def with_pending_pass(
     back office heard): it holds that pass lasting at least as long as an activation on the day
     of the sale (of a carried pass: its first day) would. That is exact because the back office
     grants a pass again only after the day of its last activation (`gateways.terminal_api.
-    passes.grant_pass`)."""
+    passes.grant_pass`). A carried pass whose last day is past is not written: the back office
+    no longer lists it, and may have sold the card another pass that it would replace."""
     for held in sorted(waiting, key=lambda sale: sale.sold_ms):
         position = tariff.pass_index.get(held.pass_id)
         if position is None:
@@ -59,6 +60,8 @@ def with_pending_pass(
         start_s = held.from_ms // 1000 if held.from_ms else time_s
         sale_s = tariff.local_seconds(held.from_ms // 1000 or held.sold_ms // 1000)
         on_card_from_sale = sale_s // seconds_per_day + tariff.passes[position].validity_days - 1
+        if held.from_ms and on_card_from_sale < tariff.local_seconds(time_s) // seconds_per_day:
+            continue  # carried, and ran out before this card's first tap
         if trip.pass_index == position + 1:
             if trip.pass_last_day >= on_card_from_sale:
                 continue

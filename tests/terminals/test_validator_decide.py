@@ -175,7 +175,8 @@ def test_a_carried_pass_runs_to_its_old_last_day_and_a_renewal_follows_it(
 ) -> None:
     """A pass carried from a replaced card (`from_ms`: its first day there) is written at the
     new card's first tap to end when it would have ended on the old card, whatever day that
-    tap is; once. A renewal bought before the loss follows on from that last day."""
+    tap is, if that day has not passed; once. A renewal bought before the loss follows on from
+    that last day (or, the carried pass run out, starts at that tap)."""
     tariff = load_feed()
     day_ms = 86_400_000
     started_ms = tuesday_seven_am_ms
@@ -186,6 +187,12 @@ def test_a_carried_pass_runs_to_its_old_last_day_and_a_renewal_follows_it(
         waiting.append(WaitingPass("pass-00000000c1", "student_ecard_pelajar", started_ms + day_ms))
     tap_ms = started_ms + (ran_days + wait_days) * day_ms
     trip, activated = with_pending_pass(tariff, blank_trip_state, waiting, tap_ms // 1000)
+    tap_day = tariff.local_seconds(tap_ms // 1000) // 86_400
+    if tap_day > first_day + validity - 1:  # ran out before the new card's first tap
+        assert activated == ("pass-00000000c1" if renewed else "")
+        if renewed:
+            assert trip.pass_last_day == tap_day + validity - 1
+        return
     assert activated == "pass-00000000c0"
     assert trip.pass_last_day == first_day + validity - 1
     activations = [activated]
@@ -199,3 +206,22 @@ def test_a_carried_pass_runs_to_its_old_last_day_and_a_renewal_follows_it(
     assert activations == [held.sale_id for held in waiting][: 1 + len(later_ms)]
     if len(activations) == 2:
         assert trip.pass_last_day == max(first_day + validity, renewed_on) + validity - 1
+
+
+def test_a_carried_pass_that_ran_out_never_replaces_the_pass_on_the_card() -> None:
+    """A validator that synced before the carried pass ran out still lists it; the card has
+    since had another pass written. The run-out pass is not written over it."""
+    tariff = load_feed()
+    day_ms = 86_400_000
+    started_ms = tuesday_seven_am_ms - 190 * day_ms  # its first day on the lost card
+    carried = WaitingPass("pass-00000000d0", "student_ecard_pelajar", started_ms, started_ms)
+    other = WaitingPass("pass-00000000d1", "student_ecard_mahasiswa", tuesday_seven_am_ms)
+    trip, activated = with_pending_pass(
+        tariff, blank_trip_state, [other], tuesday_seven_am_ms // 1000
+    )
+    assert activated == "pass-00000000d1"
+    later_s = (tuesday_seven_am_ms + 3_600_000) // 1000
+    assert with_pending_pass(tariff, trip, [carried], later_s) == (trip, "")
+    day_before_it_ran_out_s = (started_ms + 182 * day_ms) // 1000
+    _, written = with_pending_pass(tariff, blank_trip_state, [carried], day_before_it_ran_out_s)
+    assert written == "pass-00000000d0"  # on its last day it is still written
