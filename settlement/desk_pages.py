@@ -44,6 +44,7 @@ from gateways.service_desk import complaints
 from gateways.staff import Role, desk_roles, money_roles
 from gateways.terminal_api import card_desk, counter, passes, registry
 from gateways.terminal_api.card_desk_routes import replacement_wait
+from ledger.clock import Clock
 from settlement import formatting, i18n, top_up_refunds, views
 from settlement.pages import (
     Session,
@@ -178,9 +179,12 @@ class CardAtDesk:
     replaces: str | None  # the card this one replaces
     passes: list[passes.PendingPass]
     complaints: list[complaints.Complaint]  # the open ones
+    passes_ran_out: frozenset[str]  # carried passes whose last day passed before a tap
 
 
-async def card_at_desk(connection: asyncpg.Connection, number: str, today: dt.date) -> CardAtDesk:
+async def card_at_desk(connection: asyncpg.Connection, number: str, clock: Clock) -> CardAtDesk:
+    sales = await passes.passes_of(connection, number)
+    tariff = await passes.sale_tariff(connection, clock.now())
     return CardAtDesk(
         await card_desk.holder_of(connection, number),
         await card_desk.purse_cap_rupiah(connection, number),
@@ -190,8 +194,11 @@ async def card_at_desk(connection: asyncpg.Connection, number: str, today: dt.da
         await connection.fetchval(
             "select old_card_number from card_replacements where new_card_number = $1", number
         ),
-        await passes.passes_of(connection, number),
-        await complaints.complaints(connection, today=today, open_only=True, card_number=number),
+        sales,
+        await complaints.complaints(
+            connection, today=clock.today(), open_only=True, card_number=number
+        ),
+        passes.ran_out_before_tap(sales, tariff, clock.now()),
     )
 
 
@@ -204,7 +211,7 @@ async def card_page(request: web.Request) -> web.Response:
     if number and valid:
         async with request.app[pool_key].acquire() as connection:
             story = await views.card_story(connection, number)
-            desk = None if story is None else await card_at_desk(connection, number, clock.today())
+            desk = None if story is None else await card_at_desk(connection, number, clock)
             products = await passes.free_passes(connection, now=clock.now())
         wait = replacement_wait(request.app)
         due_at = None if desk is None or desk.replacement is None else desk.replacement.due_at(wait)

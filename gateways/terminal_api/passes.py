@@ -587,6 +587,22 @@ async def waiting_carried_passes(
     ]
 
 
+def ran_out_before_tap(
+    sales: Iterable[PendingPass], tariff: Tariff, now: dt.datetime
+) -> frozenset[str]:
+    """The carried passes still waiting whose last day is past (staff see them so): no
+    terminal writes them any more (`waiting_carried_passes`, the validator)."""
+    today = now.astimezone(ZoneInfo(tariff.timezone_name)).date()
+    return frozenset(
+        sale.pass_sale_id
+        for sale in sales
+        if sale.from_day is not None
+        and sale.activated_at is None
+        and sale.cancelled_at is None
+        and _carried_ran_out(tariff, sale.fare_pass_id, sale.from_day, today)
+    )
+
+
 def _carried_ran_out(tariff: Tariff, fare_pass_id: str, from_day: dt.date, today: dt.date) -> bool:
     """A carried pass's last day (as on the old chip) is past: a product the feed still has."""
     position = tariff.pass_index.get(fare_pass_id)

@@ -400,9 +400,16 @@ def run_move_due(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def describe_pass(sale: Any) -> str:
-    """One pass of `ksh cards show`: its sale id (to cancel it), product, price and state."""
-    state = "waiting" if sale.activated_at is None else f"activated {sale.activated_at:%Y-%m-%d}"
+def describe_pass(sale: Any, ran_out: frozenset[str]) -> str:
+    """One pass of `ksh cards show`: its sale id (to cancel it), product, price and state;
+    `ran_out`: the carried passes whose last day passed before the card tapped."""
+    state = (
+        f"activated {sale.activated_at:%Y-%m-%d}"
+        if sale.activated_at is not None
+        else "ran out before the card tapped"
+        if sale.pass_sale_id in ran_out
+        else "waiting"
+    )
     cancelled = "" if sale.cancelled_at is None else f", cancelled by {sale.cancelled_by}"
     return (
         f"{sale.pass_sale_id} {sale.fare_pass_id} {rupiah(sale.amount_rupiah)} {state}{cancelled}"
@@ -410,7 +417,7 @@ def describe_pass(sale: Any) -> str:
 
 
 def run_show(arguments: argparse.Namespace) -> int:
-    from gateways.terminal_api import books, card_desk, passes, registry
+    from gateways.terminal_api import books, card_desk, registry
     from ksh.tables import print_fields
 
     number = arguments.number
@@ -441,13 +448,22 @@ def run_show(arguments: argparse.Namespace) -> int:
             if entry is None
             else f"{entry.reason} ({entry.source.value}, {entry.added_by or 'rule'}, {entry.added_at:%Y-%m-%d %H:%M})",
             "replaced by": None if replaced is None else replaced.new_card_number,
-            "passes": "; ".join(map(describe_pass, await passes.passes_of(connection, number)))
-            or None,
+            "passes": await describe_passes(connection, number),
             **await chip_fields(connection, number),
         }
 
     print_fields(run_with_database(work))
     return 0
+
+
+async def describe_passes(connection: Any, number: str) -> str | None:
+    from gateways.terminal_api import passes
+    from ledger.clock import system_clock
+
+    sales = await passes.passes_of(connection, number)
+    now = system_clock.now()
+    ran_out = passes.ran_out_before_tap(sales, await passes.sale_tariff(connection, now), now)
+    return "; ".join(describe_pass(sale, ran_out) for sale in sales) or None
 
 
 async def chip_fields(connection: Any, number: str) -> dict[str, object]:

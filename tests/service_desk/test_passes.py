@@ -22,6 +22,7 @@ from card_reader.ksh_card import KshCard, RiderCategory
 from gateways import staff
 from ledger.clock import jakarta
 from tests.service_desk.conftest import Desk, opening_rupiah
+from tests.service_desk.test_desk_pages import session_for, staffer
 from tests.setup.helpers import Ksh
 
 clerk_token = "test-pass-clerk-token-1"
@@ -439,6 +440,12 @@ async def test_a_carried_pass_that_runs_out_before_the_new_card_taps_stops_waiti
         assert view is not None
         return [held.last_day for held in view.passes]
 
+    async def staff_see_it_ran_out() -> bool:
+        async with session_for(desk.url) as http:
+            await staffer(http, desk.url, "ani")
+            async with http.get(desk.url + f"/finance/cards?number={new_number}") as page:
+                return 'data-pass="ran-out"' in await page.text()
+
     now = desk.clock.now()
     async with desk.pool.acquire() as connection:
         await passes.grant_pass(
@@ -463,8 +470,10 @@ async def test_a_carried_pass_that_runs_out_before_the_new_card_taps_stops_waiti
                 connection, new_number, student_pass, now=desk.clock.now(), **grant
             )
 
+    assert not await staff_see_it_ran_out()
     desk.clock.advance(20 * 86_400)  # past the old chip's last day, the new card never used
     assert await rider_sees() == []
+    assert await staff_see_it_ran_out()
     assert await desk.bus.sync.download()
     assert desk.bus.state.passes_for(new_number) == []
     async with desk.pool.acquire() as connection:
