@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import asyncpg
 
@@ -45,6 +46,11 @@ class Outcome(enum.StrEnum):
     @property
     def in_force(self) -> bool:
         return self is not Outcome.raise_asked
+
+
+class Asked(NamedTuple):
+    outcome: Outcome
+    was_rupiah: int  # the limit in force before, read under the table's lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,7 @@ async def set_limit(
     reason: str,
     *,
     now: dt.datetime,
-) -> Outcome:
+) -> Asked:
     """A supervisor asks for `rupiah` as `limit`: lower, in force at once; higher, in force
     when a second supervisor asks for the same figure while it is the newest request."""
     if member.role is not Role.supervisor:
@@ -127,7 +133,7 @@ async def set_limit(
         asked = newest is not None and newest["confirmed_by"] is None
         if rupiah < in_force:
             await _insert(connection, limit, rupiah, member, reason, now, confirmed=True)
-            return Outcome.lowered
+            return Asked(Outcome.lowered, in_force)
         if asked and newest["limit_rupiah"] == rupiah and newest["asked_by"] != member.username:
             await connection.execute(
                 "update four_eyes_limits set confirmed_by = $2, confirmed_at = $3 "
@@ -136,13 +142,13 @@ async def set_limit(
                 member.username,
                 now,
             )
-            return Outcome.raise_confirmed
+            return Asked(Outcome.raise_confirmed, in_force)
         if asked and newest["limit_rupiah"] == rupiah:
             raise LimitError(
                 f"you asked for Rp {rupiah:,} already: a second supervisor confirms a raise"
             )
         await _insert(connection, limit, rupiah, member, reason, now, confirmed=False)
-        return Outcome.raise_asked
+        return Asked(Outcome.raise_asked, in_force)
 
 
 async def _insert(

@@ -422,11 +422,15 @@ def run_limit(arguments: argparse.Namespace) -> int:
             for limit in chosen or list(four_eyes.Limit):
                 in_force = await four_eyes.limit_rupiah(connection, limit)
                 print(f"{limit.value.replace('_', '-')}: {rupiah(in_force)}")
-                for change in await four_eyes.changes(connection, limit, newest=5):
+                for newest, change in enumerate(
+                    await four_eyes.changes(connection, limit, newest=5)
+                ):
                     state = (
                         f"confirmed by {change.confirmed_by}"
                         if change.confirmed_by
                         else "waiting for a second supervisor"
+                        if newest == 0
+                        else "overtaken by a later change"
                     )
                     print(
                         f"  {change.asked_at:%Y-%m-%d %H:%M} {rupiah(change.rupiah)} asked by "
@@ -441,9 +445,8 @@ def run_limit(arguments: argparse.Namespace) -> int:
     async def work(connection: Any) -> int:
         async with connection.transaction():
             member = await acting.acting_member(connection, arguments, (Role.supervisor,))
-            was = await four_eyes.limit_rupiah(connection, limit)
             try:
-                outcome = await four_eyes.set_limit(
+                outcome, was = await four_eyes.set_limit(
                     connection, limit, arguments.rupiah, member, reason, now=system_clock.now()
                 )
             except four_eyes.LimitError as error:

@@ -52,10 +52,10 @@ refund_limit_rupiah = 10_000  # above this a refund needs a second supervisor
 async def set_refund_limit(connection: asyncpg.Connection, rupiah: int, now: dt.datetime) -> None:
     """Lower the refund limit (in force at once: a lowering needs one supervisor)."""
     supervisor = StaffMember("budi", Role.supervisor)
-    outcome = await four_eyes.set_limit(
+    asked = await four_eyes.set_limit(
         connection, four_eyes.Limit.refund, rupiah, supervisor, "the tests' limit", now=now
     )
-    assert outcome is four_eyes.Outcome.lowered
+    assert asked.outcome is four_eyes.Outcome.lowered
 
 
 @dataclass

@@ -30,9 +30,10 @@ async def test_a_write_off_follows_the_limit_in_force(database_url: str, tmp_pat
     try:
 
         async def set_write_off(rupiah: int, member: StaffMember) -> Outcome:
-            return await four_eyes.set_limit(
+            asked = await four_eyes.set_limit(
                 connection, Limit.write_off, rupiah, member, "policy", now=closing_time
             )
+            return asked.outcome
 
         assert await set_write_off(10_000_000, budi) is Outcome.raise_asked
         assert await four_eyes.limit_rupiah(connection, Limit.write_off) == 1_000_000
@@ -55,9 +56,10 @@ async def test_a_raise_needs_a_second_supervisor_while_it_is_the_newest_request(
     try:
 
         async def ask(rupiah: int, member: StaffMember) -> Outcome:
-            return await four_eyes.set_limit(
+            asked = await four_eyes.set_limit(
                 connection, Limit.refund, rupiah, member, "policy", now=closing_time
             )
+            return asked.outcome
 
         assert await ask(3_000_000, budi) is Outcome.raise_asked
         assert await ask(800_000, dewi) is Outcome.lowered  # at once, and the raise is overtaken

@@ -310,6 +310,9 @@ async def test_the_refund_limit_is_one_figure_lowered_by_a_supervisor_raised_by_
         "four_eyes_limit_raise_confirmed dewi true",
         "four_eyes_limit_lowered budi true",
     ]
+    await ksh.ok("settle", "limit", "refund", "3000000", "--as", "budi", "--reason", "asked")
+    await ksh.ok("settle", "limit", "refund", "400000", "--as", "dewi", "--reason", "not now")
     history = (await ksh.ok("settle", "limit", "refund")).out
-    assert history.startswith("refund: Rp 500,000\n")
+    assert history.startswith("refund: Rp 400,000\n")
+    assert "Rp 3,000,000 asked by budi (asked), overtaken by a later change" in history
     assert "asked by budi (city decree 12/2026), confirmed by dewi" in history
