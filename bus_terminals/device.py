@@ -101,7 +101,7 @@ class SyncThread:
         self.thread.start()
 
     def stop(self) -> None:
-        if self.stop_event is not None:
+        if self.stop_event is not None and not self.loop.is_closed():  # not stopped already
             self.loop.call_soon_threadsafe(self.stop_event.set)
         self.thread.join(timeout=30)
         if not self.thread.is_alive():  # closed here, not by the garbage collector later
