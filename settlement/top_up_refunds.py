@@ -4,8 +4,10 @@
 1. **Withdraw**: it leaves the terminals' list (`pending_top_ups.withdrawn_at`), and waits
    `withdrawal_wait_default` (3 days, as a lost card's balance does) for a terminal that
    downloaded it before to deliver it: such a delivery is taken and booked as usual.
-2. **Expire** (`expire_top_ups`, one transaction per top-up, its `pending_top_ups` row locked as
-   a batch delivering it locks it): still not taken, it is taken by `expired_taker` and booked
+2. **Expire** (`expire_top_ups`, one transaction per top-up, or the caller's, with every due
+   `pending_top_ups` row locked first, in the order a batch delivering them locks them, before
+   the ledger: an upload, a replacement's move and the expiry never wait crosswise): still not
+   taken, it is taken by `expired_taker` and booked
    pending top-up -> refund payable. A terminal that delivers it afterwards gets no money for
    it: the ingest finds it taken, books the card's credit from suspense and quarantines the
    record as `top_up_not_delivered` for staff (`planning.judge_top_ups`). The pending account
@@ -106,10 +108,18 @@ async def expire_top_ups(
     expire those withdrawn `wait` ago and still not taken; returns the refunds made (a second
     run finds nothing: they are taken)."""
     await connection.execute(
-        "update pending_top_ups set withdrawn_at = $2 where taken_terminal_id is null "
-        "and withdrawn_at is null and created_at <= $1",
+        "update pending_top_ups set withdrawn_at = $2 where top_up_id in (select top_up_id "
+        "from pending_top_ups where taken_terminal_id is null and withdrawn_at is null "
+        "and created_at <= $1 order by top_up_id for update)",
         now - older_than,
         now,
+    )
+    # In a caller's transaction (`ksh cards expire-top-ups`) the ledger is held from the first
+    # booking on: every due row is locked before it, in top-up id order, as uploads lock them.
+    await connection.execute(
+        "select 1 from pending_top_ups where taken_terminal_id is null and withdrawn_at <= $1 "
+        "order by top_up_id for update",
+        now - wait,
     )
     due = await connection.fetch(
         "select top_up_id from pending_top_ups where taken_terminal_id is null "
