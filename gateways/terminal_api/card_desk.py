@@ -441,12 +441,6 @@ _replacement_query = """
       from card_replacements r join deny_list d on d.card_number = r.old_card_number
 """
 
-# A replacement whose wait ($1) is over at $2, of card $3 (null: of any card).
-_due = (
-    "r.moved_at is null and d.added_at + $1::interval <= $2 "
-    "and ($3::text is null or r.old_card_number = $3)"
-)
-
 
 async def replacement_of(
     connection: asyncpg.Connection, old_card_number: str
@@ -556,34 +550,35 @@ async def move_due_balances(
     waiting top-ups are locked before the ledger, as an upload that delivers one takes them
     (`ingest._pending_top_ups`, then the ledger when it books): the two never wait crosswise."""
     moved: list[Replacement] = []
-    # The hourly sweep mostly finds nothing: look without the ledger's lock first. A row that
+    # The hourly sweep mostly finds nothing: look without the ledger's lock first. A card that
     # falls due after this look is moved by the next sweep (or by its own request, which calls
-    # this after its commit).
-    anything_due = await connection.fetchval(
-        "select exists (select 1 from card_replacements r join deny_list d "
-        "on d.card_number = r.old_card_number where " + _due + ")",
-        wait,
-        now,
-        old_card_number,
-    )
-    if not anything_due:
-        return moved
-    async with connection.transaction():
-        await connection.execute(
-            "select 1 from pending_top_ups p join card_replacements r "
-            "on r.old_card_number = p.card_number join deny_list d "
-            "on d.card_number = r.old_card_number where " + _due + " "
-            "and p.taken_terminal_id is null order by p.top_up_id for update of p",
+    # this after its commit); those found are the only ones moved, so their top-ups are
+    # locked before the ledger whatever commits meanwhile.
+    due_cards = [
+        row["old_card_number"]
+        for row in await connection.fetch(
+            "select r.old_card_number from card_replacements r join deny_list d "
+            "on d.card_number = r.old_card_number where r.moved_at is null "
+            "and d.added_at + $1::interval <= $2 and ($3::text is null or r.old_card_number = $3) "
+            "order by 1",
             wait,
             now,
             old_card_number,
         )
+    ]
+    if not due_cards:
+        return moved
+    async with connection.transaction():
+        await connection.execute(
+            "select 1 from pending_top_ups where card_number = any($1::text[]) "
+            "and taken_terminal_id is null order by top_up_id for update",
+            due_cards,
+        )
         await books.lock_ledger(connection)
         due = await connection.fetch(
-            _replacement_query + " where " + _due + " order by r.old_card_number",
-            wait,
-            now,
-            old_card_number,
+            _replacement_query + " where r.old_card_number = any($1::text[]) "
+            "and r.moved_at is null order by r.old_card_number",
+            due_cards,
         )
         for row in due:
             await _move_balance(connection, row["old_card_number"], row["new_card_number"], now)
@@ -614,9 +609,10 @@ async def card_owed(connection: asyncpg.Connection, number: str) -> str:
     """The card that money owed to `number` (a complaint's refund) goes to: `number` itself
     until its balance moved to a replacement (the move takes what waits for it along), the card
     in use after that, since its own purse is closed and it is denied everywhere. Inside the
-    caller's transaction, replacements and moves wait for the caller's commit (the same locks
-    in the same order as `request_replacement` and `move_due_balances`: the replacements'
-    lock, the ledger, the row), so a move takes the booked refund along or comes before it."""
+    caller's transaction, replacements and moves wait for the caller's commit (the
+    replacements' lock, as `request_replacement` takes it first; then the ledger before the
+    replacement's row, as `move_due_balances` takes them), so a move takes the booked refund
+    along or comes before it."""
     await connection.execute(f"select pg_advisory_xact_lock(hashtext('{replacement_lock}'))")
     await books.lock_ledger(connection)
     moved = await connection.fetchrow(
