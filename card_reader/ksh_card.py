@@ -55,6 +55,7 @@ import os
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from card_reader.apdu import Framing, IsoStatus, Status, get_uid_apdu
 from card_reader.desfire import Desfire, DesfireError, TransactionMac
@@ -848,15 +849,34 @@ def _desk_profile(
     return desfire, profile
 
 
+class DeskCard(NamedTuple):
+    """What an issuing station reads of a card before it changes it."""
+
+    profile: Profile
+    # The counter of the card's newest transaction: an unblock writes no record, so every
+    # transaction the card commits after the unblock has a higher one.
+    last_counter: int
+
+
 def desk_profile(
     reader: ReaderPort,
     keys: CardKeys,
     *,
     random_bytes: Callable[[int], bytes] = os.urandom,
-) -> Profile:
-    """At an issuing station: the card's profile (its number and status), changing nothing;
-    the desk asks the back office about the card before `unblock`."""
-    return _desk_profile(reader, keys, random_bytes)[1]
+) -> DeskCard:
+    """At an issuing station: the card's profile (its number and status) and its newest
+    counter, changing nothing; the desk asks the back office about the card before `unblock`."""
+    desfire, profile = _desk_profile(reader, keys, random_bytes)
+    try:
+        newest = desfire.read_records(log_file, 0, 1, comm_mode, record_bytes=log_record_bytes)
+        last = LogRecord.from_bytes(newest)
+    except LayoutError as error:
+        raise KshCardError(
+            f"card data does not fit the KSH layout: {error}",
+            reader_name=reader.name,
+            card_uid=desfire.card_uid,
+        ) from error
+    return DeskCard(profile, last.counter)
 
 
 def unblock(

@@ -196,6 +196,51 @@ class Quarantined(NamedTuple):
     detail: str
 
 
+class ChipBlocks(NamedTuple):
+    """A card's blocks on its chip, as the back office took them: the card counters of its
+    block records, and the card's newest counter each time an issuing desk unblocked it
+    (`registry.chip_unblock_action`: the desk writes no record, so the card's next transaction
+    is later)."""
+
+    block_counters: tuple[int, ...]
+    unblock_counters: tuple[int, ...]
+
+
+# The money-out kinds a blocked chip refuses at every honest terminal (`bus_terminals.terminal`).
+_refused_by_a_blocked_chip = frozenset({UploadKind.fare_debit, UploadKind.sale})
+
+
+def after_chip_block(record: UploadRecord, blocks: ChipBlocks) -> int | None:
+    """The counter of the chip block `record` came after with no desk unblock between, or
+    None. The card's counters say it, not any terminal's clock: no desk unblock happened at or
+    after the card's newest block below the record, and before the record."""
+    if record.kind not in _refused_by_a_blocked_chip:
+        return None
+    before = [counter for counter in blocks.block_counters if counter < record.card_counter]
+    if not before:
+        return None
+    block = max(before)
+    if any(block <= unblock < record.card_counter for unblock in blocks.unblock_counters):
+        return None
+    return block
+
+
+def taken_from_blocked_chip(
+    record: UploadRecord, chip_blocks: Mapping[str, ChipBlocks]
+) -> Quarantined | None:
+    """A committed fare or sale the card made after its chip block with no desk unblock
+    between: the terminal ignored the chip (or wrote it active again with the debit key), so
+    its party is not paid until staff decide."""
+    blocks = chip_blocks.get(record.card_number)
+    if blocks is None or (block := after_chip_block(record, blocks)) is None:
+        return None
+    detail = (
+        f"the card was blocked on its chip at counter {block} and no desk unblocked it "
+        "since: this terminal took money from a blocked card"
+    )
+    return Quarantined(record, "after_chip_block", detail)
+
+
 class CardProof(NamedTuple):
     """How to check a card's own proof of its transactions: its UID as registered at issuance,
     and its Transaction MAC keys to try (diversified from the back office's masters, current
@@ -265,12 +310,16 @@ def classify(
     rule: RoleRule,
     issued_cards: Container[str],
     proofs: Mapping[str, CardProof],
+    blocked_chips: Mapping[str, ChipBlocks] | None = None,
 ) -> Classified:
     """`issued_cards`: the batch's card numbers the back office issued (a card it never issued
     is quarantined: its transactions prove nothing, and nothing is booked for them). `proofs`:
     of those, the cards issued with a Transaction MAC: a new committed transaction of theirs
     that the card's own MAC does not prove is quarantined, and nothing about the card changes
-    (the terminal made it up or altered it)."""
+    (the terminal made it up or altered it). `blocked_chips`: of the batch's cards, those
+    blocked on their chip (this batch's blocks too, `with_batch_blocks`): a new fare or sale
+    taken from a blocked chip is quarantined `after_chip_block` (`taken_from_blocked_chip`)."""
+    blocked_chips = blocked_chips or {}
     found = Classified()
     for record in records:
         stored = previous.get(record.sequence)
@@ -316,6 +365,14 @@ def classify(
                 found.quarantined.append(Quarantined(record, *unproven))
                 found.new_records.append(Placed(record, RecordOutcome.quarantined))
             continue  # an unproven change to an earlier report changes nothing
+        if (
+            stored is None
+            and record.status == RecordStatus.committed
+            and (taken := taken_from_blocked_chip(record, blocked_chips)) is not None
+        ):
+            found.quarantined.append(taken)
+            found.new_records.append(Placed(record, RecordOutcome.quarantined))
+            continue
         if stored is None and (problem := rule.problem(record)):
             # Refusing the batch would block every later record of this terminal; the card
             # paid, so its money reaches the books (suspense) and staff see the record.
@@ -340,6 +397,25 @@ def classify(
         else:
             found.held.append(record)
     return found
+
+
+def with_batch_blocks(
+    chip_blocks: Mapping[str, ChipBlocks], records: Sequence[UploadRecord]
+) -> Mapping[str, ChipBlocks]:
+    """`chip_blocks` with the committed block records of this batch added (a block and a tap
+    after it may travel in one batch)."""
+    blocks = [
+        r for r in records if r.kind == UploadKind.block and r.status == RecordStatus.committed
+    ]
+    if not blocks:
+        return chip_blocks
+    merged = dict(chip_blocks)
+    for record in blocks:
+        known = merged.get(record.card_number, ChipBlocks((), ()))
+        merged[record.card_number] = known._replace(
+            block_counters=(*known.block_counters, record.card_counter)
+        )
+    return merged
 
 
 # ------------------------------------------------------------------------- in doubt
@@ -434,9 +510,11 @@ def plan_batch(
     settled: InDoubt,
     pending_top_ups: Mapping[str, PendingTopUp],
     chip_blocks: Mapping[str, int | None] | None = None,
+    blocked_chips: Mapping[str, ChipBlocks] | None = None,
 ) -> Plan:
     """`chip_blocks`: of the cards the batch's block records name, those the back office asked
-    to block on the chip, and whether it still does (`judge_blocks`)."""
+    to block on the chip, and whether it still does (`judge_blocks`). `blocked_chips`: as for
+    `classify`; an in-doubt fare the card's log confirms is quarantined as a new one is."""
     here = {(record.terminal_id, record.sequence) for record in classified.held}
     new_records = list(classified.new_records)
     changed = list(classified.changed)
@@ -447,8 +525,21 @@ def plan_batch(
     for record in settled.voided:
         target = new_records if (record.terminal_id, record.sequence) in here else settled_earlier
         target.append(Placed(record, RecordOutcome.void))
-    confirmed_here = [r for r in settled.confirmed if (r.terminal_id, r.sequence) in here]
-    confirmed_earlier = [r for r in settled.confirmed if (r.terminal_id, r.sequence) not in here]
+    after_block = [
+        apart
+        for record in settled.confirmed
+        if (apart := taken_from_blocked_chip(record, blocked_chips or {})) is not None
+    ]
+    for apart in after_block:
+        if (apart.record.terminal_id, apart.record.sequence) in here:
+            stored = with_status(apart.record, RecordStatus.in_doubt)
+            new_records.append(Placed(stored, RecordOutcome.quarantined))
+        else:
+            settled_earlier.append(Placed(apart.record, RecordOutcome.quarantined))
+    held_apart = {(apart.record.terminal_id, apart.record.sequence) for apart in after_block}
+    confirmed = [r for r in settled.confirmed if (r.terminal_id, r.sequence) not in held_apart]
+    confirmed_here = [r for r in confirmed if (r.terminal_id, r.sequence) in here]
+    confirmed_earlier = [r for r in confirmed if (r.terminal_id, r.sequence) not in here]
     for record in classified.to_book:
         # A committed report of a transaction this terminal once reported in doubt updates
         # that row; any other is new.
@@ -472,6 +563,7 @@ def plan_batch(
             if (record.terminal_id, record.sequence) in refused
         ]
         + unrequested
+        + after_block
     )
     records_by_outcome = Counter(placed.outcome.value for placed in new_records + changed)
     return Plan(
@@ -602,10 +694,14 @@ def card_transfers(plan: Plan, accounts: Mapping[str, CreditAccount]) -> list[Ca
         planned.append(CardTransfers(record, legs))
     for record, reason, _ in plan.quarantined:
         # A card never issued has no purse: nothing it claims is booked.
-        whole = reason == "record_not_for_role" and record.status == RecordStatus.committed
+        whole = reason in _card_paid_reasons and record.status == RecordStatus.committed
         if whole and balance_change(record):
             planned.append(CardTransfers(record, [quarantine_transfer(record)]))
     return planned
+
+
+# Quarantined records the card did commit (its purse moved): that money goes to suspense.
+_card_paid_reasons = frozenset({"record_not_for_role", "after_chip_block"})
 
 
 def quarantine_transfer(record: UploadRecord) -> Transfer:

@@ -529,6 +529,11 @@ async def _add_to_deny_list(
     )
 
 
+# The staff action of an issuing desk writing a blocked card active again (`ksh card unblock`);
+# its detail's `card_counter` is the card's newest counter then: its later transactions are the
+# desk's doing, not a terminal's that ignored the block (`ingest`).
+chip_unblock_action = "unblock_card_chip"
+
 # The deny list entries terminals write onto the chip (`bus_terminals.terminal`): staff blocks
 # final for that piece of plastic, the causes a replacement follows, and cards replaced. Not
 # automatic entries nor fraud: staff may lift those, and a terminal cannot unblock a card.

@@ -740,7 +740,7 @@ def run_unblock(arguments: argparse.Namespace) -> int:
     all_keys = issuer_keys(keys, arguments.keystore)
     with card_on_reader(arguments) as reader:
         try:
-            found = desk_profile(reader, all_keys)
+            found, last_counter = desk_profile(reader, all_keys)
         except KshCardError as error:
             raise UserError(explain(error)) from error
         if found.status is not CardStatus.BLOCKED:
@@ -756,7 +756,16 @@ def run_unblock(arguments: argparse.Namespace) -> int:
                     await card_desk.check_unblock(connection, number)
                 except registry.RegistryError as error:
                     raise UserError(str(error)) from None
-                await acting.record(connection, member, "unblock_card_chip", number, reason)
+                # The card's counter: the back office takes its later transactions as the
+                # desk's doing, not a terminal's that ignored the block (`ingest`).
+                await acting.record(
+                    connection,
+                    member,
+                    registry.chip_unblock_action,
+                    number,
+                    reason,
+                    card_counter=last_counter,
+                )
                 try:
                     written = unblock(reader, all_keys, card_number=found.card_number)
                 except KshCardError as error:

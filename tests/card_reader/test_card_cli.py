@@ -440,13 +440,15 @@ async def desk_knows(
         await connection.close()
 
 
-async def unblock_actions(database_url: str) -> list[tuple[str, str, str]]:
+async def unblock_actions(database_url: str) -> list[tuple[str, str, str, int]]:
+    """Who unblocked which card, why, and the card's newest counter then."""
     import asyncpg
 
     connection = await asyncpg.connect(database_url)
     try:
         rows = await connection.fetch(
-            "select username, subject, reason from staff_actions where action = 'unblock_card_chip'"
+            "select username, subject, reason, (detail->>'card_counter')::bigint "
+            "from staff_actions where action = 'unblock_card_chip'"
         )
     finally:
         await connection.close()
@@ -515,7 +517,7 @@ def test_a_card_blocked_on_its_chip_is_unblocked_at_an_issuing_desk(
     verified = info(name, capsys, "--keystore", str(keystore))["ksh"]
     assert verified["profile"]["status"] == "active"
     assert [(r["counter"], r["kind"]) for r in verified["log"]] == [(0, "issue"), (1, "block")]
-    assert asyncio.run(unblock_actions(database_url)) == [("ani", number, "found again")]
+    assert asyncio.run(unblock_actions(database_url)) == [("ani", number, "found again", 1)]
 
     # Lost again and replaced: its balance lives on the new card, its chip stays blocked.
     block_by_a_validator()
@@ -524,4 +526,4 @@ def test_a_card_blocked_on_its_chip_is_unblocked_at_an_issuing_desk(
     assert_user_error(status, err, f"card {number} was replaced by 6032900000000050")
     verified = info(name, capsys, "--keystore", str(keystore))["ksh"]
     assert verified["profile"]["status"] == "blocked"
-    assert asyncio.run(unblock_actions(database_url)) == [("ani", number, "found again")]
+    assert asyncio.run(unblock_actions(database_url)) == [("ani", number, "found again", 1)]

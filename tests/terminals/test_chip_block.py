@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bus_terminals.fare.feed import load_feed
 from bus_terminals.simulator import Bus, validator_keys
@@ -22,6 +24,7 @@ from card_reader.deck import make_ksh_deck
 from card_reader.emulator import EmulatedCard, EmulatedReader
 from card_reader.keys import KeyRole, demo_key_store
 from card_reader.ksh_card import CardState, CardStatus, KshCard
+from gateways import staff
 from gateways.staff import Role, StaffMember
 from gateways.terminal_api import card_desk, quarantine, registry, suspension
 from gateways.terminal_api.registry import TerminalRole
@@ -79,6 +82,31 @@ async def block_lost_card(
     await card_desk.block_card(
         connection, lost_card, cause, note, username="clerk-ani", now=backoffice.clock.now()
     )
+
+
+async def desk_unblock(backoffice: Backoffice, card: EmulatedCard) -> None:
+    """An issuing desk unblocks the card on its chip as `ksh card unblock` does: the staff
+    action names the card's newest counter, then the profile is written active."""
+    from card_reader.ksh_card import desk_profile, unblock
+
+    desk = EmulatedReader("desk")
+    desk.insert(card)
+    try:
+        found, last_counter = desk_profile(desk, store.view(*KeyRole))
+        async with backoffice.pool.acquire() as connection:
+            await staff.record_action(
+                connection,
+                username="clerk-ani",
+                role="clerk",
+                action=registry.chip_unblock_action,
+                subject=str(found.card_number),
+                reason="found again",
+                now=backoffice.clock.now(),
+                detail={"card_counter": last_counter},
+            )
+        assert unblock(desk, store.view(*KeyRole)) is not None
+    finally:
+        desk.remove()
 
 
 def fare() -> Decide:
@@ -304,8 +332,6 @@ async def test_a_card_found_again_is_unblocked_at_the_desk_and_rides_after_the_l
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from card_reader.ksh_card import unblock
-
     bus = await bus_of(backoffice, tmp_path, "V1")
     async with backoffice.pool.acquire() as connection:
         await block_lost_card(connection, backoffice, card_desk.BlockCause.lost, "lost")
@@ -315,16 +341,11 @@ async def test_a_card_found_again_is_unblocked_at_the_desk_and_rides_after_the_l
     )
     # Found again: the desk unblocks the chip, but until staff lift the entry, the next
     # terminal blocks it again.
-    desk = EmulatedReader("desk")
-    desk.insert(cards[lost_card])
-    assert unblock(desk, store.view(*KeyRole)) is not None
-    desk.remove()
+    await desk_unblock(backoffice, cards[lost_card])
     assert bus.tap(cards[lost_card], backoffice.clock.unix_ms(), fare()).reason == (
         Reason.card_blocked
     )
-    desk.insert(cards[lost_card])
-    assert unblock(desk, store.view(*KeyRole)) is not None
-    desk.remove()
+    await desk_unblock(backoffice, cards[lost_card])
     backoffice.clock.advance(600)  # the rider walks to the desk
     async with backoffice.pool.acquire() as connection:
         lifted = await card_desk.lift_entry(
@@ -357,3 +378,201 @@ async def test_a_card_found_again_is_unblocked_at_the_desk_and_rides_after_the_l
     assert "attention" not in shown
     bus.close()
     await bus.sync.close()
+
+
+def write_active_with_the_debit_key(card: EmulatedCard) -> None:
+    """What a hostile validator can do with the key every validator holds: write the card's
+    status back to active (the profile's write right is the debit key's too)."""
+    from dataclasses import replace
+
+    from card_reader.ksh_card import comm_mode, profile_file
+
+    reader = EmulatedReader("hostile")
+    reader.insert(card)
+    try:
+        session = KshCard(reader, store.view(KeyRole.DEBIT))
+        state = session.read_state()
+        active = replace(state.profile, status=CardStatus.ACTIVE)
+        session.desfire.write_data(profile_file, 0, active.to_bytes(), comm_mode)
+        session.desfire.commit_transaction()
+    finally:
+        reader.remove()
+
+
+async def test_a_fare_taken_from_a_card_after_its_chip_block_is_quarantined(
+    backoffice: Backoffice, cards: dict[str, EmulatedCard], tmp_path: Path
+) -> None:
+    """The card blocked itself (counter 1); a hostile validator writes it active again with
+    the debit key and charges it (counter 2). The card's counters show the fare came after the
+    block with no desk unblock between: its money waits in suspense for staff, the operator is
+    not paid, and the terminal's quarantine count grows. After a desk unblock (it names the
+    card's counter) the card's fares are booked as usual again."""
+    from gateways.terminal_api.accounts import operator_revenue_account_id, suspense_account_id
+
+    synced = await bus_of(backoffice, tmp_path / "v1", "V1")
+    hostile = await bus_of(backoffice, tmp_path / "v2", "V-HOSTILE")
+    await hostile.sync_now()  # before the block: its lists never name the card
+    async with backoffice.pool.acquire() as connection:
+        await block_lost_card(connection, backoffice, card_desk.BlockCause.stolen, "stolen")
+    await synced.sync_now()
+    assert synced.tap(cards[lost_card], backoffice.clock.unix_ms(), fare()).reason == (
+        Reason.card_blocked
+    )
+    await synced.sync_now()
+
+    async def balances() -> tuple[int, int, int]:
+        async with backoffice.pool.acquire() as connection:
+            rows = await connection.fetch(
+                "select id, credits_posted - debits_posted as balance from ledger_accounts "
+                "where id = any($1::uuid[])",
+                [suspense_account_id, operator_revenue_account_id(operator_id)],
+            )
+        found = {row["id"]: int(row["balance"]) for row in rows}
+        return (
+            await purse_balance(backoffice.pool, lost_card),
+            found.get(suspense_account_id, 0),
+            found.get(operator_revenue_account_id(operator_id), 0),
+        )
+
+    purse, suspense, revenue = await balances()
+    write_active_with_the_debit_key(cards[lost_card])
+    ride = hostile.tap(cards[lost_card], backoffice.clock.unix_ms(), fare())
+    assert ride.verdict == Verdict.accepted
+    charged = purse - read(cards[lost_card]).balance_rupiah
+    assert charged > 0
+    await hostile.sync_now()
+    assert await card_records(backoffice, lost_card) == [
+        ("block", "booked", 1),
+        ("fare_debit", "quarantined", 2),
+    ]
+    assert await balances() == (purse - charged, suspense + charged, revenue)
+    async with backoffice.pool.acquire() as connection:
+        held = await connection.fetch(
+            "select terminal_id, reason, detail from quarantined_records where reason = $1",
+            "after_chip_block",
+        )
+        recent = await suspension.quarantined_recently(
+            connection, now=backoffice.clock.now(), terminal_id="V-HOSTILE"
+        )
+    assert [(row["terminal_id"], row["reason"]) for row in held] == [
+        ("V-HOSTILE", "after_chip_block")
+    ]
+    assert "blocked on its chip at counter 1" in held[0]["detail"]
+    assert recent == {"V-HOSTILE": {"after_chip_block": 1}}
+
+    # Found again after all: staff lift the entry and the desk unblocks the chip (blocked again
+    # first by an honest terminal, as it would be had the hostile one not touched it).
+    assert synced.tap(cards[lost_card], backoffice.clock.unix_ms(), fare()).reason == (
+        Reason.card_blocked
+    )
+    async with backoffice.pool.acquire() as connection:
+        clerk = StaffMember("clerk-ani", Role.clerk)
+        await card_desk.lift_entry(
+            connection, lost_card, "found", clerk, now=backoffice.clock.now()
+        )
+    await desk_unblock(backoffice, cards[lost_card])
+    await hostile.sync_now()
+    ride = hostile.tap(cards[lost_card], backoffice.clock.unix_ms(), fare())
+    assert ride.verdict == Verdict.accepted
+    await hostile.sync_now()
+    await synced.sync_now()
+    stored = await card_records(backoffice, lost_card)
+    assert stored[-1] == ("fare_debit", "booked", 4)
+    for bus in (synced, hostile):
+        bus.close()
+        await bus.sync.close()
+
+
+@given(
+    st.lists(
+        st.sampled_from(["block", "desk_unblock", "honest_fare", "hostile_fare"]), max_size=30
+    ),
+    st.lists(st.integers(1, 5), min_size=30, max_size=30),  # how many records each upload holds
+)
+def test_exactly_the_fares_taken_from_a_blocked_chip_are_quarantined(
+    events: list[str], upload_sizes: list[int]
+) -> None:
+    """One card's life: blocks, desk unblocks, fares at honest terminals (only while the chip
+    is active) and at a hostile one (whatever the chip says), uploaded in batches of any size
+    in order. The planner, which sees only card counters, the blocks already booked and the
+    desk's unblocks, quarantines exactly the fares the chip was blocked for."""
+    from bus_terminals.wire import UploadKind
+    from gateways.terminal_api.planning import ChipBlocks, after_chip_block, with_batch_blocks
+    from tests.terminals.helpers import record
+
+    counter, chip_blocked = 0, False
+    unblocks: list[int] = []  # the card's newest counter at each desk unblock
+    made: list[tuple[Any, bool, int]] = []  # (record, taken from a blocked chip, unblocks then)
+    for event in events:
+        if event == "desk_unblock":
+            if chip_blocked:
+                chip_blocked = False
+                unblocks.append(counter)  # no record: the card's log is untouched
+            continue
+        if event == "honest_fare" and chip_blocked:
+            continue  # refused by the chip: no transaction
+        counter += 1
+        kind = UploadKind.block if event == "block" else UploadKind.fare_debit
+        taken = kind == UploadKind.fare_debit and chip_blocked
+        made.append(
+            (
+                record("V1", counter, lost_card, counter, 1_000, 10_000)._replace(kind=kind),
+                taken,
+                len(unblocks),
+            )
+        )
+        if event == "block":
+            chip_blocked = True
+    booked_blocks: list[int] = []
+    position = 0
+    for size in upload_sizes:
+        batch = made[position : position + size]
+        position += size
+        if not batch:
+            break
+        # Uploaded once its last record is made, or much later: the desk's unblocks known
+        # then are those until its last record, or all of them.
+        for known_unblocks in (unblocks[: batch[-1][2]], unblocks):
+            known = {lost_card: ChipBlocks(tuple(booked_blocks), tuple(known_unblocks))}
+            blocks = with_batch_blocks(known, [r for r, _, _ in batch])
+            for r, taken, _ in batch:
+                judged = after_chip_block(r, blocks[lost_card]) is not None if blocks else False
+                assert judged == taken, (r.card_counter, made, known_unblocks)
+        booked_blocks += [r.card_counter for r, _, _ in batch if r.kind == UploadKind.block]
+
+
+def test_a_fare_reported_in_doubt_after_a_chip_block_is_held_apart_when_the_log_confirms_it() -> (
+    None
+):
+    """A hostile terminal cannot slip a fare from a blocked chip in as "in doubt" and let the
+    card's log confirm it later: confirmed, it is quarantined like a committed report, both when
+    reported in this batch and when reported earlier."""
+    from bus_terminals.wire import RecordStatus, UploadBatch
+    from gateways.terminal_api.planning import (
+        ChipBlocks,
+        Classified,
+        InDoubt,
+        RecordOutcome,
+        plan_batch,
+    )
+    from tests.terminals.helpers import record
+
+    here = record("V2", 7, lost_card, 3, 3_500, 10_000)
+    earlier = record("V2", 5, lost_card, 2, 3_500, 13_500)
+    honest = record("V1", 9, honest_card, 4, 3_500, 10_000)
+    classified = Classified(held=[here._replace(status=RecordStatus.in_doubt)])
+    settled = InDoubt(confirmed=[here, earlier, honest])
+    blocked = {lost_card: ChipBlocks((1,), ()), honest_card: ChipBlocks((1,), (3,))}
+    plan = plan_batch(UploadBatch("V2", 3, ()), classified, settled, {}, {}, blocked)
+    assert plan.booked == [honest]
+    assert [(q.record.sequence, q.reason) for q in plan.quarantined] == [
+        (7, "after_chip_block"),
+        (5, "after_chip_block"),
+    ]
+    assert [(p.record.sequence, p.outcome) for p in plan.new_records] == [
+        (7, RecordOutcome.quarantined)
+    ]
+    assert [(p.record.sequence, p.outcome) for p in plan.settled_earlier] == [
+        (5, RecordOutcome.quarantined),
+        (9, RecordOutcome.booked),
+    ]
