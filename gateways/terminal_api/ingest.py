@@ -119,10 +119,7 @@ async def _book(
     proofs = {
         number: proof_keys.proof(uid) for number in issued if (uid := known_cards.uids.get(number))
     }
-    blocked_chips = planning.with_batch_blocks(
-        await _blocked_chips(connection, sorted(issued)), records
-    )
-    classified = planning.classify(records, previous, accepted.rule, issued, proofs, blocked_chips)
+    classified = planning.classify(records, previous, accepted.rule, issued, proofs)
     held_earlier = await _held_reports(connection, card_numbers)
     candidates = planning.in_doubt_candidates(held_earlier, classified.held)
     evidence = await _log_evidence(connection, candidates.values(), records, classified.to_book)
@@ -130,8 +127,9 @@ async def _book(
     settled = planning.settle_in_doubt(candidates, evidence, proofs)
     pending_top_ups = await _pending_top_ups(connection, plan_records=records)
     chip_blocks = await _chip_blocks(connection, [*records, *candidates.values()])
+    chips_blocked = await blocked_chips(connection, issued)
     plan = planning.plan_batch(
-        batch, classified, settled, pending_top_ups, chip_blocks, blocked_chips
+        batch, classified, settled, pending_top_ups, chip_blocks, chips_blocked
     )
     accounts = await credit_accounts(connection, plan.booked)
     card_transfers = planning.card_transfers(plan, accounts)
@@ -313,22 +311,26 @@ async def _chip_blocks(
     return await registry.chip_block_requested(connection, cards) if cards else {}
 
 
-async def _blocked_chips(
-    connection: asyncpg.Connection, card_numbers: list[str]
+async def blocked_chips(
+    connection: asyncpg.Connection, card_numbers: Iterable[str]
 ) -> dict[str, planning.ChipBlocks]:
-    """Of these cards, those blocked on their chip (booked block records): each block's card
-    counter, and the card's newest counter at each desk unblock."""
+    """Of these cards, those blocked on their chip (booked block records, a partial index):
+    each block's card counter, and the card's newest counter at each desk unblock."""
     rows = await connection.fetch(
         "select b.card_number, array_agg(b.card_counter) as blocks, "
         "array(select (a.detail->>'card_counter')::bigint from staff_actions a "
         "where a.subject = b.card_number and a.action = $2 and a.detail ? 'card_counter') "
-        "as unblocks from card_records b where b.card_number = any($1::text[]) "
+        "as unblocks, exists (select 1 from staff_actions a where a.subject = b.card_number "
+        "and a.action = $2 and not a.detail ? 'card_counter') as counterless "
+        "from card_records b where b.card_number = any(string_to_array($1, ',')) "
         "and b.kind = 'block' and b.outcome = 'booked' group by b.card_number",
-        card_numbers,
+        _comma_joined(card_numbers),
         registry.chip_unblock_action,
     )
     return {
-        row["card_number"]: planning.ChipBlocks(tuple(row["blocks"]), tuple(row["unblocks"]))
+        row["card_number"]: planning.ChipBlocks(
+            tuple(row["blocks"]), tuple(row["unblocks"]), row["counterless"]
+        )
         for row in rows
     }
 

@@ -204,25 +204,35 @@ class ChipBlocks(NamedTuple):
 
     block_counters: tuple[int, ...]
     unblock_counters: tuple[int, ...]
+    # A desk unblock recorded before unblocks named the card's counter: it lifts every block.
+    unblocked_without_counter: bool = False
 
 
 # The money-out kinds a blocked chip refuses at every honest terminal (`bus_terminals.terminal`).
 _refused_by_a_blocked_chip = frozenset({UploadKind.fare_debit, UploadKind.sale})
 
 
-def after_chip_block(record: UploadRecord, blocks: ChipBlocks) -> int | None:
-    """The counter of the chip block `record` came after with no desk unblock between, or
-    None. The card's counters say it, not any terminal's clock: no desk unblock happened at or
-    after the card's newest block below the record, and before the record."""
-    if record.kind not in _refused_by_a_blocked_chip:
+def standing_block(blocks: ChipBlocks, counter: int) -> int | None:
+    """The counter of the chip block a card transaction at `counter` comes after with no desk
+    unblock between, or None. The card's counters say it, not any terminal's clock. At the
+    block's own counter too: the counter is the terminal's to write in the record, and a block
+    moves no money, so no ledger clash would show a fare reusing it."""
+    if blocks.unblocked_without_counter:
         return None
-    before = [counter for counter in blocks.block_counters if counter < record.card_counter]
+    before = [block for block in blocks.block_counters if block <= counter]
     if not before:
         return None
     block = max(before)
-    if any(block <= unblock < record.card_counter for unblock in blocks.unblock_counters):
+    if any(block <= unblock < counter for unblock in blocks.unblock_counters):
         return None
     return block
+
+
+def after_chip_block(record: UploadRecord, blocks: ChipBlocks) -> int | None:
+    """`standing_block` of a fare or sale (what a blocked chip refuses at honest terminals)."""
+    if record.kind not in _refused_by_a_blocked_chip:
+        return None
+    return standing_block(blocks, record.card_counter)
 
 
 def taken_from_blocked_chip(
@@ -310,16 +320,12 @@ def classify(
     rule: RoleRule,
     issued_cards: Container[str],
     proofs: Mapping[str, CardProof],
-    blocked_chips: Mapping[str, ChipBlocks] | None = None,
 ) -> Classified:
     """`issued_cards`: the batch's card numbers the back office issued (a card it never issued
     is quarantined: its transactions prove nothing, and nothing is booked for them). `proofs`:
     of those, the cards issued with a Transaction MAC: a new committed transaction of theirs
     that the card's own MAC does not prove is quarantined, and nothing about the card changes
-    (the terminal made it up or altered it). `blocked_chips`: of the batch's cards, those
-    blocked on their chip (this batch's blocks too, `with_batch_blocks`): a new fare or sale
-    taken from a blocked chip is quarantined `after_chip_block` (`taken_from_blocked_chip`)."""
-    blocked_chips = blocked_chips or {}
+    (the terminal made it up or altered it)."""
     found = Classified()
     for record in records:
         stored = previous.get(record.sequence)
@@ -365,14 +371,6 @@ def classify(
                 found.quarantined.append(Quarantined(record, *unproven))
                 found.new_records.append(Placed(record, RecordOutcome.quarantined))
             continue  # an unproven change to an earlier report changes nothing
-        if (
-            stored is None
-            and record.status == RecordStatus.committed
-            and (taken := taken_from_blocked_chip(record, blocked_chips)) is not None
-        ):
-            found.quarantined.append(taken)
-            found.new_records.append(Placed(record, RecordOutcome.quarantined))
-            continue
         if stored is None and (problem := rule.problem(record)):
             # Refusing the batch would block every later record of this terminal; the card
             # paid, so its money reaches the books (suspense) and staff see the record.
@@ -513,8 +511,11 @@ def plan_batch(
     blocked_chips: Mapping[str, ChipBlocks] | None = None,
 ) -> Plan:
     """`chip_blocks`: of the cards the batch's block records name, those the back office asked
-    to block on the chip, and whether it still does (`judge_blocks`). `blocked_chips`: as for
-    `classify`; an in-doubt fare the card's log confirms is quarantined as a new one is."""
+    to block on the chip, and whether it still does (`judge_blocks`). `blocked_chips`: of the
+    batch's cards, those blocked on their chip before this batch (`ChipBlocks`); with the
+    blocks this batch books, a fare or sale about to be booked that the card made after such
+    a block with no desk unblock between (committed now, or an in-doubt report the card's log
+    confirms) is quarantined `after_chip_block` instead (`taken_from_blocked_chip`)."""
     here = {(record.terminal_id, record.sequence) for record in classified.held}
     new_records = list(classified.new_records)
     changed = list(classified.changed)
@@ -525,22 +526,30 @@ def plan_batch(
     for record in settled.voided:
         target = new_records if (record.terminal_id, record.sequence) in here else settled_earlier
         target.append(Placed(record, RecordOutcome.void))
-    after_block = [
-        apart
-        for record in settled.confirmed
-        if (apart := taken_from_blocked_chip(record, blocked_chips or {})) is not None
-    ]
-    for apart in after_block:
-        if (apart.record.terminal_id, apart.record.sequence) in here:
+    # Fares and sales taken from a blocked chip: not booked, whichever way they came.
+    blocks = with_batch_blocks(
+        blocked_chips or {},
+        [r for r in [*classified.to_book, *settled.confirmed] if r.kind == UploadKind.block],
+    )
+    after_block: dict[tuple[str, int], Quarantined] = {}
+    for record in [*classified.to_book, *settled.confirmed] if blocks else ():
+        if (apart := taken_from_blocked_chip(record, blocks)) is not None:
+            after_block[(record.terminal_id, record.sequence)] = apart
+    to_book = [r for r in classified.to_book if (r.terminal_id, r.sequence) not in after_block]
+    confirmed = [r for r in settled.confirmed if (r.terminal_id, r.sequence) not in after_block]
+    reported_now = {(r.terminal_id, r.sequence) for r in classified.to_book}
+    for key, apart in after_block.items():
+        if key in here:  # reported in doubt in this batch: stored as reported
             stored = with_status(apart.record, RecordStatus.in_doubt)
             new_records.append(Placed(stored, RecordOutcome.quarantined))
-        else:
+        elif key in reported_now:  # committed now (updating its in-doubt report, if any)
+            target = changed if key[1] in classified.reported_before else new_records
+            target.append(Placed(apart.record, RecordOutcome.quarantined))
+        else:  # an earlier report, of this terminal or another, the card's log confirmed
             settled_earlier.append(Placed(apart.record, RecordOutcome.quarantined))
-    held_apart = {(apart.record.terminal_id, apart.record.sequence) for apart in after_block}
-    confirmed = [r for r in settled.confirmed if (r.terminal_id, r.sequence) not in held_apart]
     confirmed_here = [r for r in confirmed if (r.terminal_id, r.sequence) in here]
     confirmed_earlier = [r for r in confirmed if (r.terminal_id, r.sequence) not in here]
-    for record in classified.to_book:
+    for record in to_book:
         # A committed report of a transaction this terminal once reported in doubt updates
         # that row; any other is new.
         target = changed if record.sequence in classified.reported_before else new_records
@@ -549,7 +558,7 @@ def plan_batch(
         # Stored as the terminal reported it (in doubt), booked on the card log's word.
         new_records.append(Placed(with_status(record, RecordStatus.in_doubt), RecordOutcome.booked))
     settled_earlier += [Placed(record, RecordOutcome.booked) for record in confirmed_earlier]
-    booked = classified.to_book + confirmed_here + confirmed_earlier
+    booked = to_book + confirmed_here + confirmed_earlier
     taken, refused = judge_top_ups(booked, pending_top_ups)
     denied = [placed.record for placed in new_records if placed.outcome == RecordOutcome.denied]
     unrequested, block_flags = judge_blocks(booked, denied, chip_blocks or {})
@@ -563,7 +572,7 @@ def plan_batch(
             if (record.terminal_id, record.sequence) in refused
         ]
         + unrequested
-        + after_block
+        + list(after_block.values())
     )
     records_by_outcome = Counter(placed.outcome.value for placed in new_records + changed)
     return Plan(
@@ -677,10 +686,12 @@ def judge_top_ups(
 
 
 class CardTransfers(NamedTuple):
-    """A booked card transaction and its ledger transfers (legs), in booking order."""
+    """A booked card transaction and its ledger transfers (legs), in booking order; or a
+    quarantined one's purse against suspense (`held_apart`)."""
 
     record: UploadRecord
     legs: list[Transfer]
+    held_apart: bool = False
 
 
 def card_transfers(plan: Plan, accounts: Mapping[str, CreditAccount]) -> list[CardTransfers]:
@@ -694,14 +705,15 @@ def card_transfers(plan: Plan, accounts: Mapping[str, CreditAccount]) -> list[Ca
         planned.append(CardTransfers(record, legs))
     for record, reason, _ in plan.quarantined:
         # A card never issued has no purse: nothing it claims is booked.
-        whole = reason in _card_paid_reasons and record.status == RecordStatus.committed
+        whole = reason in card_paid_reasons and record.status == RecordStatus.committed
         if whole and balance_change(record):
-            planned.append(CardTransfers(record, [quarantine_transfer(record)]))
+            planned.append(CardTransfers(record, [quarantine_transfer(record)], held_apart=True))
     return planned
 
 
-# Quarantined records the card did commit (its purse moved): that money goes to suspense.
-_card_paid_reasons = frozenset({"record_not_for_role", "after_chip_block"})
+# Quarantined records the card did commit (its purse moved): that money goes to suspense
+# (`quarantine_transfer`), unless the purse was closed (its balance moved to a new card).
+card_paid_reasons = frozenset({"record_not_for_role", "after_chip_block"})
 
 
 def quarantine_transfer(record: UploadRecord) -> Transfer:
@@ -837,9 +849,14 @@ def judge_booking(
     card."""
     verdict = BookingVerdict([], [], [], [])
     position = 0
-    for record, legs in planned:
+    for record, legs, held_apart in planned:
         leg_outcomes = outcomes[position : position + len(legs)]
         position += len(legs)
+        if held_apart:
+            # Quarantined, and stays so, whatever the ledger said: its purse closed (the
+            # balance moved to a new card), or the counter's quarantine booked before with
+            # other content (a clone). What reached suspense: `quarantine.held_rupiah`.
+            continue
         if any(o.result in _repeat_results for o in leg_outcomes):
             verdict.clones.append(record)
             verdict.flags.append(

@@ -1,8 +1,11 @@
 """Staff resolve the quarantine: release a record, or write it off, by a named supervisor.
 
 A quarantined record (`planning.Quarantined`) may have left money in suspense (`held_rupiah`):
-- a card transaction outside its terminal's role that the card committed: what the card paid
-  sits in suspense (positive), or what it received came from there (a refund: negative);
+- a card transaction outside its terminal's role that the card committed, or a fare or sale
+  it committed after its chip block with no desk unblock between (`after_chip_block`): what
+  the card paid sits in suspense (positive), or what it received came from there (a refund:
+  negative), as the ledger booked it (`planning.quarantine_transfer`; nothing when the card's
+  purse was closed, its balance moved to a new card);
 - a credit the card got with no open pending top-up behind it: suspense paid the card
   (negative);
 - anything else (a card never issued, a transaction the card's MAC does not prove): nothing.
@@ -32,18 +35,19 @@ from typing import NamedTuple
 
 import asyncpg
 
-from bus_terminals.wire import RecordStatus, UploadRecord
+from bus_terminals.wire import UploadRecord
 from gateways import staff
 from gateways.staff import Role, StaffMember
 from gateways.terminal_api import books, ingest
 from gateways.terminal_api.accounts import (
+    card_transfer_id,
     purse_account_id,
     quarantine_transfer_id,
     quarantine_write_off_account_id,
     quarantine_write_off_owner,
     suspense_account_id,
 )
-from gateways.terminal_api.planning import balance_change, transfers_for
+from gateways.terminal_api.planning import card_paid_reasons, transfers_for
 from ledger.records import Account, AccountKind, Transfer, TransferCode, booked_results
 
 
@@ -95,24 +99,40 @@ class EntryKey(NamedTuple):
 # ------------------------------------------------------------------------------ pure
 
 
-def held_rupiah(record: UploadRecord, reason: str) -> int:
+def held_rupiah(record: UploadRecord, reason: str, from_purse: int) -> int:
     """What suspense holds for a quarantined record (what `planning.card_transfers` booked):
-    positive when the card's money waits there, negative when suspense paid the card."""
-    if reason == "record_not_for_role" and record.status == RecordStatus.committed:
-        return -balance_change(record)
+    positive when the card's money waits there, negative when suspense paid the card.
+    `from_purse`: what the quarantine moved between the card's purse and suspense
+    (`purse_to_suspense`)."""
+    if reason in card_paid_reasons:
+        return from_purse
     if reason == "top_up_not_delivered":
         return -record.topup_rupiah
     return 0
 
 
+async def purse_to_suspense(connection: asyncpg.Connection, record: UploadRecord) -> int:
+    """What the record's quarantine transfer moved from the card's purse to suspense (negative:
+    the other way), as booked; 0 when none was (nothing moved, or the purse was closed)."""
+    row = await connection.fetchrow(
+        "select amount, debit_account_id from ledger_transfers where id = $1",
+        card_transfer_id(record.card_number, record.card_counter, "quarantine"),
+    )
+    if row is None:
+        return 0
+    return int(row["amount"]) * (
+        1 if row["debit_account_id"] == purse_account_id(record.card_number) else -1
+    )
+
+
 def release_transfers(
-    record: UploadRecord, reason: str, credit: ingest.CreditAccount
+    record: UploadRecord, reason: str, held: int, credit: ingest.CreditAccount
 ) -> list[Transfer] | str:
     """The record's legs as ingest would have booked them for its terminal's party, from
     suspense instead of the purse; or why it cannot be released."""
     if reason == "top_up_not_delivered":
         return "the card holds a credit nobody paid for: write it off"
-    if held_rupiah(record, reason) == 0:
+    if held == 0:
         return "nothing of it is in suspense (the card did not prove it paid): write it off"
     if record.topup_rupiah:
         return "it carries a top-up no one announced: write it off"
@@ -131,8 +151,7 @@ def release_transfers(
     ]
 
 
-def write_off_transfers(record: UploadRecord, reason: str) -> list[Transfer]:
-    held = held_rupiah(record, reason)
+def write_off_transfers(record: UploadRecord, held: int) -> list[Transfer]:
     if held == 0:
         return []
     return [
@@ -181,10 +200,11 @@ async def resolve(
         if row["state"] in final_state.values():
             return Resolved(ResolveResult.already_resolved, f"{key} is {row['state']} already")
         record = ingest.record_from_row(row)
-        transfers = await _transfers(connection, record, row["reason"], resolution)
+        held = held_rupiah(record, row["reason"], await purse_to_suspense(connection, record))
+        transfers = await _transfers(connection, record, row["reason"], held, resolution)
         if isinstance(transfers, str):
             return Resolved(ResolveResult.cannot_release, transfers)
-        rupiah = abs(held_rupiah(record, row["reason"]))
+        rupiah = abs(held)
         asked = f"{resolution.value}_requested"
         if row["state"] not in ("open", asked):
             return Resolved(
@@ -222,7 +242,11 @@ async def resolve(
 
 
 async def _transfers(
-    connection: asyncpg.Connection, record: UploadRecord, reason: str, resolution: Resolution
+    connection: asyncpg.Connection,
+    record: UploadRecord,
+    reason: str,
+    held: int,
+    resolution: Resolution,
 ) -> list[Transfer] | str:
     if resolution is Resolution.write_off:
         await books.ensure_accounts(
@@ -235,9 +259,9 @@ async def _transfers(
                 )
             ],
         )
-        return write_off_transfers(record, reason)
+        return write_off_transfers(record, held)
     credit = await ingest.credit_accounts(connection, [record])
-    return release_transfers(record, reason, credit[record.terminal_id])
+    return release_transfers(record, reason, held, credit[record.terminal_id])
 
 
 async def _ask(

@@ -743,14 +743,17 @@ def run_unblock(arguments: argparse.Namespace) -> int:
             found, last_counter = desk_profile(reader, all_keys)
         except KshCardError as error:
             raise UserError(explain(error)) from error
-        if found.status is not CardStatus.BLOCKED:
-            raise UserError("the card on the reader is not blocked: nothing written")
         number = str(found.card_number)
+        chip_blocked = found.status is CardStatus.BLOCKED
 
         # Asked, written on the chip and recorded in one transaction: a refusal of the back
         # office or of the card leaves no staff action behind.
         async def work(connection: Any) -> Any:
             async with connection.transaction():
+                if not chip_blocked and not await blocked_in_the_books(
+                    connection, number, last_counter
+                ):
+                    raise UserError("the card on the reader is not blocked: nothing written")
                 member = await acting.acting_member(connection, arguments, desk_roles)
                 try:
                     await card_desk.check_unblock(connection, number)
@@ -766,6 +769,8 @@ def run_unblock(arguments: argparse.Namespace) -> int:
                     reason,
                     card_counter=last_counter,
                 )
+                if not chip_blocked:
+                    return None
                 try:
                     written = unblock(reader, all_keys, card_number=found.card_number)
                 except KshCardError as error:
@@ -775,13 +780,30 @@ def run_unblock(arguments: argparse.Namespace) -> int:
                 return written
 
         profile = run_with_database(work)
-    print(f"card {profile.card_number} unblocked on its chip: {describe_profile(profile)}")
+    if profile is None:
+        print(
+            f"card {number} is active on its chip already, but the books still saw it blocked "
+            f"(an unblock whose record was lost, or a terminal's doing): recorded as unblocked "
+            f"at its counter {last_counter}, so its later fares are booked as usual"
+        )
+        profile = found
+    else:
+        print(f"card {profile.card_number} unblocked on its chip: {describe_profile(profile)}")
     print(
         f"its deny list entry stays until staff lift it (ksh deny lift {profile.card_number} "
         "--as USERNAME --reason ...): until then every terminal refuses the card, and a lost, stolen or "
         "damaged block is written onto the chip again at its next tap"
     )
     return 0
+
+
+async def blocked_in_the_books(connection: Any, number: str, last_counter: int) -> bool:
+    """The back office took a block of the card's chip with no desk unblock since: its next
+    transaction would be held apart (`planning.standing_block`)."""
+    from gateways.terminal_api import ingest, planning
+
+    blocks = (await ingest.blocked_chips(connection, [number])).get(number)
+    return blocks is not None and planning.standing_block(blocks, last_counter + 1) is not None
 
 
 def run_top_up(arguments: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from card_reader.ksh_card import read_uid
 from card_reader.pcsc import PcscReader
 from card_reader.vpcd import VpcdBridge
 from ksh.cli import main
+from tests.terminals.test_chip_block import write_active
 
 card_timeout_ms = 5_000
 
@@ -440,6 +441,27 @@ async def desk_knows(
         await connection.close()
 
 
+async def block_taken(database_url: str, number: str, counter: int) -> None:
+    """The back office took a block of the card at `counter` (as an upload of it would)."""
+    import asyncpg
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "insert into card_records (terminal_id, sequence, batch_sequence, kind, status, "
+            "card_number, card_counter, amount_rupiah, topup_rupiah, pending_topup_id, "
+            "balance_after_rupiah, time_ms, route, merchant_id, fare_detail, previous_counter, "
+            "previous_terminal_number, previous_balance_rupiah, outcome) values ('V7', $2, 1, "
+            "'block', 'committed', $1, $2, 0, 0, '', 0, 1795478400000, 'K1', '', '', $3, 7, 0, "
+            "'booked')",
+            number,
+            counter,
+            counter - 1,
+        )
+    finally:
+        await connection.close()
+
+
 async def unblock_actions(database_url: str) -> list[tuple[str, str, str, int]]:
     """Who unblocked which card, why, and the card's newest counter then."""
     import asyncpg
@@ -486,7 +508,8 @@ def test_a_card_blocked_on_its_chip_is_unblocked_at_an_issuing_desk(
     assert_user_error(status, err, "is not blocked: nothing written")
     store = KeyStore.load(keystore, passphrase)
 
-    def block_by_a_validator() -> None:  # its debit key writes the profile and a log record
+    def with_a_terminal_key(act: Callable[[KshCard], object]) -> None:
+        """The card off the desk's reader, at a validator (its debit key), then back."""
         bridge.remove()
         with PcscReader(name) as reader:
             assert reader.wait_for_removal(card_timeout_ms)
@@ -494,10 +517,16 @@ def test_a_card_blocked_on_its_chip_is_unblocked_at_an_issuing_desk(
         terminal_reader.insert(card)
         session = KshCard(terminal_reader, store.view(KeyRole.DEBIT))
         session.read_state()
-        blocked = session.block(terminal_id=7, time_unix_seconds=1_795_478_400)
-        assert blocked.profile.status is CardStatus.BLOCKED  # type: ignore[union-attr]
+        act(session)
         terminal_reader.remove()
         bridge.insert(card)
+
+    def block_by_a_validator() -> None:  # its debit key writes the profile and a log record
+        def block(session: KshCard) -> None:
+            blocked = session.block(terminal_id=7, time_unix_seconds=1_795_478_400)
+            assert blocked.profile.status is CardStatus.BLOCKED  # type: ignore[union-attr]
+
+        with_a_terminal_key(block)
 
     block_by_a_validator()
     terminal_store = tmp_path / "validator.keys"
@@ -519,6 +548,19 @@ def test_a_card_blocked_on_its_chip_is_unblocked_at_an_issuing_desk(
     assert [(r["counter"], r["kind"]) for r in verified["log"]] == [(0, "issue"), (1, "block")]
     assert asyncio.run(unblock_actions(database_url)) == [("ani", number, "found again", 1)]
 
+    # Blocked again (counter 2, taken by the back office), then written active by someone with
+    # the debit key, or by a desk whose record was lost: the books still see it blocked, and
+    # would hold its next fares apart. The desk records the unblock, the chip as it is.
+    block_by_a_validator()
+    asyncio.run(block_taken(database_url, number, 2))
+    with_a_terminal_key(write_active)
+    status, out, err = ksh(*unblock, "--keystore", str(keystore), capsys=capsys)
+    assert status == 0, err
+    assert "active on its chip already" in out and "at its counter 2" in out
+    assert asyncio.run(unblock_actions(database_url))[-1] == ("ani", number, "found again", 2)
+    status, _, err = ksh(*unblock, "--keystore", str(keystore), capsys=capsys)
+    assert_user_error(status, err, "is not blocked: nothing written")  # recorded once
+
     # Lost again and replaced: its balance lives on the new card, its chip stays blocked.
     block_by_a_validator()
     asyncio.run(desk_knows(database_url, number, replaced_by="6032900000000050"))
@@ -526,4 +568,4 @@ def test_a_card_blocked_on_its_chip_is_unblocked_at_an_issuing_desk(
     assert_user_error(status, err, f"card {number} was replaced by 6032900000000050")
     verified = info(name, capsys, "--keystore", str(keystore))["ksh"]
     assert verified["profile"]["status"] == "blocked"
-    assert asyncio.run(unblock_actions(database_url)) == [("ani", number, "found again", 1)]
+    assert len(asyncio.run(unblock_actions(database_url))) == 2

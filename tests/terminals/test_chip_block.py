@@ -380,21 +380,27 @@ async def test_a_card_found_again_is_unblocked_at_the_desk_and_rides_after_the_l
     await bus.sync.close()
 
 
-def write_active_with_the_debit_key(card: EmulatedCard) -> None:
-    """What a hostile validator can do with the key every validator holds: write the card's
-    status back to active (the profile's write right is the debit key's too)."""
+def write_active(session: KshCard) -> None:
+    """What a hostile validator can do with the key every validator holds, in a session that
+    read the card: write its status back to active (the profile's write right is the debit
+    key's too)."""
     from dataclasses import replace
 
     from card_reader.ksh_card import comm_mode, profile_file
 
+    assert session.state is not None
+    active = replace(session.state.profile, status=CardStatus.ACTIVE)
+    session.desfire.write_data(profile_file, 0, active.to_bytes(), comm_mode)
+    session.desfire.commit_transaction()
+
+
+def write_active_with_the_debit_key(card: EmulatedCard) -> None:
     reader = EmulatedReader("hostile")
     reader.insert(card)
     try:
         session = KshCard(reader, store.view(KeyRole.DEBIT))
-        state = session.read_state()
-        active = replace(state.profile, status=CardStatus.ACTIVE)
-        session.desfire.write_data(profile_file, 0, active.to_bytes(), comm_mode)
-        session.desfire.commit_transaction()
+        session.read_state()
+        write_active(session)
     finally:
         reader.remove()
 
@@ -459,6 +465,20 @@ async def test_a_fare_taken_from_a_card_after_its_chip_block_is_quarantined(
     ]
     assert "blocked on its chip at counter 1" in held[0]["detail"]
     assert recent == {"V-HOSTILE": {"after_chip_block": 1}}
+    # Two supervisors decide it was a real ride after all: the operator is paid from suspense.
+    entry = quarantine.EntryKey("V-HOSTILE", 1)
+    async with backoffice.pool.acquire() as connection:
+        for supervisor in ("budi", "dewi"):
+            resolved = await quarantine.resolve(
+                connection,
+                entry,
+                quarantine.Resolution.release,
+                StaffMember(supervisor, Role.supervisor),
+                "the rider was on the bus: CCTV",
+                now=backoffice.clock.now(),
+            )
+    assert (resolved.result, resolved.rupiah) == (quarantine.ResolveResult.done, charged)
+    assert await balances() == (purse - charged, suspense, revenue + charged)
 
     # Found again after all: staff lift the entry and the desk unblocks the chip (blocked again
     # first by an honest terminal, as it would be had the hostile one not touched it).

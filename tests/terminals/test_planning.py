@@ -151,7 +151,7 @@ def test_a_counter_booked_with_other_content_moves_through_suspense(
     ]
     planned = [planning.CardTransfers(r, planning.transfers_for(r, 100, revenue)) for r in records]
     outcomes = []
-    for (_, result, over_limit), (_, legs) in zip(cases, planned):
+    for (_, result, over_limit), (_, legs, _) in zip(cases, planned):
         result = result if result in booked_or_repeat else CreateTransferResult.created
         outcomes += [TransferOutcome(leg.id, result, 1, None, over_limit) for leg in legs]
 
