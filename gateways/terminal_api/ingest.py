@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -146,6 +146,9 @@ async def _book(
     await _set_outcomes(connection, plan.settled_earlier)
     await _quarantine(connection, plan.quarantined, now)
     await _insert_flags(connection, plan.block_flags, answer)
+    await _insert_flags(
+        connection, await _taken_before_block_arrived(connection, plan, chips_blocked), answer
+    )
     await _monitor_cards(connection, plan.booked, answer, now)
     await _take_top_ups(connection, plan.top_ups_taken)
     cancelled_on_cards = await passes.record_activations(connection, plan.booked)
@@ -333,6 +336,46 @@ async def blocked_chips(
         )
         for row in rows
     }
+
+
+async def _taken_before_block_arrived(
+    connection: asyncpg.Connection,
+    plan: planning.Plan,
+    chips_blocked: Mapping[str, planning.ChipBlocks],
+) -> list[CardFlag]:
+    """The fares and sales the back office booked before a block this batch books reached it,
+    that the card made after that block (their terminal uploaded first): paid already, so the
+    card is flagged `taken_after_chip_block`, naming each, for staff to take up with its
+    terminal. Queried only for a batch that books a block."""
+    new_blocks = [record for record in plan.booked if record.kind == UploadKind.block]
+    if not new_blocks:
+        return []
+    known = planning.with_batch_blocks(chips_blocked, new_blocks)
+    rows = await connection.fetch(
+        "select terminal_id, sequence, kind, card_number, card_counter from card_records "
+        "where card_number = any(string_to_array($1, ',')) and kind in ('fare_debit', 'sale') "
+        "and outcome = 'booked' and card_counter >= $2 order by card_number, card_counter",
+        _comma_joined({record.card_number for record in new_blocks}),
+        min(record.card_counter for record in new_blocks),
+    )
+    arrived = {(record.card_number, record.card_counter) for record in new_blocks}
+    flags = []
+    for row in rows:
+        block = planning.standing_block(known[row["card_number"]], row["card_counter"])
+        if block is not None and (row["card_number"], block) in arrived:
+            flags.append(
+                CardFlag(
+                    row["card_number"],
+                    "taken_after_chip_block",
+                    row["terminal_id"],
+                    row["sequence"],
+                    row["card_counter"],
+                    f"{row['kind']} at counter {row['card_counter']} came after the chip block "
+                    f"at counter {block}, which reached the back office later: its party was "
+                    "paid; that terminal took money from a blocked card",
+                )
+            )
+    return flags
 
 
 async def credit_accounts(

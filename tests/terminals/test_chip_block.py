@@ -596,3 +596,36 @@ def test_a_fare_reported_in_doubt_after_a_chip_block_is_held_apart_when_the_log_
         (5, RecordOutcome.quarantined),
         (9, RecordOutcome.booked),
     ]
+
+
+async def test_a_fare_uploaded_before_the_block_it_followed_is_flagged_when_the_block_arrives(
+    backoffice: Backoffice, cards: dict[str, EmulatedCard], tmp_path: Path
+) -> None:
+    """The bus that blocked the card is offline; the hostile one uploads its fare first, and
+    it is booked (nothing says the card was blocked yet). When the block arrives, the card is
+    flagged naming that fare: its party was paid, and staff take it up with the terminal."""
+    blocking = await bus_of(backoffice, tmp_path / "v1", "V1")
+    hostile = await bus_of(backoffice, tmp_path / "v2", "V-HOSTILE")
+    await hostile.sync_now()
+    async with backoffice.pool.acquire() as connection:
+        await block_lost_card(connection, backoffice, card_desk.BlockCause.lost, "lost")
+    await blocking.sync_now()  # gets the chip-block list, then goes out of coverage
+    assert blocking.tap(cards[lost_card], backoffice.clock.unix_ms(), fare()).reason == (
+        Reason.card_blocked
+    )
+    write_active_with_the_debit_key(cards[lost_card])
+    assert hostile.tap(cards[lost_card], backoffice.clock.unix_ms(), fare()).verdict == (
+        Verdict.accepted
+    )
+    await hostile.sync_now()
+    assert await card_records(backoffice, lost_card) == [("fare_debit", "booked", 2)]
+    await blocking.sync_now()
+    async with backoffice.pool.acquire() as connection:
+        view = await registry.card_view(connection, lost_card)
+    assert view is not None
+    assert [(f["reason"], f["terminal_id"], f["card_counter"]) for f in view["flags"]] == [
+        ("taken_after_chip_block", "V-HOSTILE", 2)
+    ]
+    for bus in (blocking, hostile):
+        bus.close()
+        await bus.sync.close()
