@@ -21,7 +21,7 @@ from card_reader.ksh_card import read_uid
 from card_reader.pcsc import PcscReader
 from card_reader.vpcd import VpcdBridge
 from ksh.cli import main
-from tests.terminals.test_chip_block import write_active
+from tests.terminals.test_chip_block_hostile import write_active
 
 card_timeout_ms = 5_000
 
