@@ -86,12 +86,9 @@ async def ingest_upload(
                     answer = await _book(
                         connection, accepted, body, signature, known_cards, proof_keys, now
                     )
-                    if answer.quarantined_by_reason:  # too many: the terminal is suspended
+                    for terminal_id in sorted(answer.quarantined_terminals):  # too many: suspended
                         await suspension.suspend_if_over_limit(
-                            connection,
-                            accepted.terminal.terminal_id,
-                            now=now,
-                            limit=quarantined_per_day_max,
+                            connection, terminal_id, now=now, limit=quarantined_per_day_max
                         )
                     return answer
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
@@ -140,6 +137,7 @@ async def _book(
         records_by_outcome=plan.records_by_outcome,
         charged_without_service=plan.charged_without_service,
         quarantined_by_reason=Counter(q.reason for q in plan.quarantined),
+        quarantined_terminals={q.record.terminal_id for q in plan.quarantined},
     )
     await _insert_flags(connection, plan.conflicts, answer)
     await _store_records(connection, batch.batch_sequence, plan.new_records, plan.changed)

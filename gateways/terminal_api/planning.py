@@ -102,6 +102,9 @@ class UploadAnswer:
     # terminal (`wire.no_service_fare_detail`): the alarm for a stale fare feed.
     charged_without_service: Counter[str] = field(default_factory=Counter)
     quarantined_by_reason: Counter[str] = field(default_factory=Counter)
+    # Whose records this batch quarantined: its own terminal's, and another's earlier in-doubt
+    # report the card's log confirmed (`after_chip_block`); each is checked for suspension.
+    quarantined_terminals: set[str] = field(default_factory=set)
 
 
 class StoredReport(NamedTuple):

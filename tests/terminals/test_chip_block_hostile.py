@@ -378,3 +378,53 @@ async def test_a_fare_uploaded_before_the_block_it_followed_is_flagged_when_the_
     for bus in (blocking, hostile):
         bus.close()
         await bus.sync.close()
+
+
+async def test_the_terminal_whose_in_doubt_fare_is_held_apart_later_is_checked_for_suspension(
+    backoffice: Backoffice,
+) -> None:
+    """The hostile terminal reports its fare from a blocked chip in doubt; another terminal's
+    upload brings the card's log that confirms it, and holds it apart: against the hostile
+    terminal, which that upload suspends when it is over its limit (0 here), as it does the
+    uploading one."""
+    from bus_terminals.wire import RecordStatus, UploadBatch, UploadKind, encode_batch, sign
+    from gateways.terminal_api import ingest
+    from tests.terminals.helpers import post_batch, record
+
+    number = "6032984000000511"
+    await backoffice.issue_cards({number: 10_000})
+    keys = {
+        terminal: await backoffice.register_validator(terminal) for terminal in ("VA", "VH", "VB")
+    }
+    async with backoffice.pool.acquire() as connection:
+        await card_desk.block_card(
+            connection, number, card_desk.BlockCause.lost, "lost", username="clerk-ani",
+            now=backoffice.clock.now(),
+        )  # fmt: skip
+    block = record("VA", 1, number, 1, 0, 10_000, previous=(0, "", 10_000))._replace(
+        kind=UploadKind.block
+    )
+    doubtful = record(
+        "VH", 1, number, 2, 3_500, 6_500, status=RecordStatus.in_doubt, previous=(1, "VA", 10_000)
+    )
+    async with aiohttp.ClientSession() as session:
+        for terminal, sent in (("VA", block), ("VH", doubtful)):
+            status, answer = await post_batch(
+                session, backoffice.url, keys[terminal], terminal, 1, [sent]
+            )
+            assert status == 200, answer
+    later = record("VB", 1, number, 3, 3_500, 3_000, previous=(2, "VH", 6_500))
+    body = encode_batch(UploadBatch("VB", 1, (later,)))
+    async with backoffice.pool.acquire() as connection:
+        answer = await ingest.ingest_upload(
+            connection, "VB", sign(keys["VB"], body), body, now=backoffice.clock.now(),
+            quarantined_per_day_max=0,
+        )  # fmt: skip
+        held = await connection.fetch(
+            "select terminal_id, reason from quarantined_records order by terminal_id"
+        )
+        statuses = dict(await connection.fetch("select terminal_id, status from terminals"))
+    assert answer.quarantined_by_reason == {"after_chip_block": 2}
+    assert [tuple(row) for row in held] == [("VB", "after_chip_block"), ("VH", "after_chip_block")]
+    assert (statuses["VA"], statuses["VB"], statuses["VH"]) == ("active", "suspended", "suspended")
+    assert await purse_balance(backoffice.pool, number) == 3_000  # the card did pay, to suspense
