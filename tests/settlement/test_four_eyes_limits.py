@@ -6,6 +6,7 @@ through `ksh settle limit` and the counter: tests/terminals/test_top_up_expiry.p
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -24,16 +25,19 @@ dewi = StaffMember("dewi", Role.supervisor)
 citra = StaffMember("citra", Role.auditor)
 
 
+async def ask(connection: Any, limit: Limit, rupiah: int, member: StaffMember) -> Outcome:
+    """`member` asks for `rupiah` as `limit`, for the reason "policy"; the outcome."""
+    asked = await four_eyes.set_limit(connection, limit, rupiah, member, "policy", now=closing_time)
+    return asked.outcome
+
+
 async def test_a_write_off_follows_the_limit_in_force(database_url: str, tmp_path: Path) -> None:
     exception_id = await unexplained_credit(database_url, tmp_path, 7_000_000)
     connection = await asyncpg.connect(database_url)
     try:
 
         async def set_write_off(rupiah: int, member: StaffMember) -> Outcome:
-            asked = await four_eyes.set_limit(
-                connection, Limit.write_off, rupiah, member, "policy", now=closing_time
-            )
-            return asked.outcome
+            return await ask(connection, Limit.write_off, rupiah, member)
 
         assert await set_write_off(10_000_000, budi) is Outcome.raise_asked
         assert await four_eyes.limit_rupiah(connection, Limit.write_off) == 1_000_000
@@ -55,17 +59,14 @@ async def test_a_raise_needs_a_second_supervisor_while_it_is_the_newest_request(
     connection = await asyncpg.connect(database_url)
     try:
 
-        async def ask(rupiah: int, member: StaffMember) -> Outcome:
-            asked = await four_eyes.set_limit(
-                connection, Limit.refund, rupiah, member, "policy", now=closing_time
-            )
-            return asked.outcome
+        async def refund(rupiah: int, member: StaffMember) -> Outcome:
+            return await ask(connection, Limit.refund, rupiah, member)
 
-        assert await ask(3_000_000, budi) is Outcome.raise_asked
-        assert await ask(800_000, dewi) is Outcome.lowered  # at once, and the raise is overtaken
-        assert await ask(3_000_000, dewi) is Outcome.raise_asked  # a new request, not budi's
+        assert await refund(3_000_000, budi) is Outcome.raise_asked
+        assert await refund(800_000, dewi) is Outcome.lowered  # at once, and the raise is overtaken
+        assert await refund(3_000_000, dewi) is Outcome.raise_asked  # a new request, not budi's
         assert await four_eyes.limit_rupiah(connection, Limit.refund) == 800_000
-        assert await ask(3_000_000, budi) is Outcome.raise_confirmed
+        assert await refund(3_000_000, budi) is Outcome.raise_confirmed
         assert await four_eyes.limit_rupiah(connection, Limit.refund) == 3_000_000
         history = await four_eyes.changes(connection, Limit.refund)
         assert [(c.rupiah, c.asked_by, c.confirmed_by) for c in history] == [
