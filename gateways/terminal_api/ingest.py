@@ -144,9 +144,6 @@ async def _book(
     await _set_outcomes(connection, plan.settled_earlier)
     await _quarantine(connection, plan.quarantined, now)
     await _insert_flags(connection, plan.block_flags, answer)
-    await _insert_flags(
-        connection, await _taken_before_block_arrived(connection, plan, chips_blocked), answer
-    )
     await _monitor_cards(connection, plan.booked, answer, now)
     await _take_top_ups(connection, plan.top_ups_taken)
     cancelled_on_cards = await passes.record_activations(connection, plan.booked)
@@ -170,6 +167,8 @@ async def _book(
     )
     # The ledger comes last: its batch lock is then held only until this transaction commits.
     await _book_card_transfers(connection, card_transfers, answer, now)
+    late = await _taken_before_block_arrived(connection, plan, chips_blocked)
+    await _insert_flags(connection, late, answer)
     return answer
 
 
@@ -188,10 +187,10 @@ async def _book_card_transfers(
         booked = await books.create_transfers(connection, verdict.suspense, now=now)
         refused = [o for o in booked if o.result not in planning.booked_results]
         assert not refused, f"suspense booking refused: {refused}"
-    if verdict.clones:
+    if verdict.clones or verdict.clones_apart:
         await registry.deny_cards(
             connection,
-            sorted({record.card_number for record in verdict.clones}),
+            sorted({record.card_number for record in verdict.clones + verdict.clones_apart}),
             "counter_repeat",
             now=now,
         )
@@ -348,6 +347,11 @@ async def _taken_before_block_arrived(
     new_blocks = [record for record in plan.booked if record.kind == UploadKind.block]
     if not new_blocks:
         return []
+    # Under the ledger's lock (held from the booking on, or taken now): every upload that
+    # booked a fare above this block has committed and is seen here. One that read the blocks
+    # before this commits and books after it is neither held apart nor flagged (a window of
+    # one upload's planning; closing it would read the blocks again under the lock).
+    await books.lock_ledger(connection)
     known = planning.with_batch_blocks(chips_blocked, new_blocks)
     rows = await connection.fetch(
         "select terminal_id, sequence, kind, card_number, card_counter from card_records "

@@ -538,9 +538,16 @@ def plan_batch(
     for record in [*classified.to_book, *settled.confirmed] if blocks else ():
         if (apart := taken_from_blocked_chip(record, blocks)) is not None:
             after_block[(record.terminal_id, record.sequence)] = apart
-    to_book = [r for r in classified.to_book if (r.terminal_id, r.sequence) not in after_block]
-    confirmed = [r for r in settled.confirmed if (r.terminal_id, r.sequence) not in after_block]
     reported_now = {(r.terminal_id, r.sequence) for r in classified.to_book}
+    to_book = [r for r in classified.to_book if (r.terminal_id, r.sequence) not in after_block]
+    # A held report the terminal now reports committed is booked once, as reported now; the
+    # same row confirmed from the card's log too would book (and take its top-up) twice.
+    confirmed = [
+        r
+        for r in settled.confirmed
+        if (r.terminal_id, r.sequence) not in after_block
+        and (r.terminal_id, r.sequence) not in reported_now
+    ]
     for key, apart in after_block.items():
         if key in here:  # reported in doubt in this batch: stored as reported
             stored = with_status(apart.record, RecordStatus.in_doubt)
@@ -839,6 +846,7 @@ class BookingVerdict:
     closed: list[UploadRecord]  # of a card whose purse is closed (its balance moved on)
     suspense: list[Transfer]  # their legs, with suspense in place of the purse
     flags: list[CardFlag]
+    clones_apart: list[UploadRecord] = field(default_factory=list)  # clones, quarantined
 
 
 def judge_booking(
@@ -858,7 +866,13 @@ def judge_booking(
         if held_apart:
             # Quarantined, and stays so, whatever the ledger said: its purse closed (the
             # balance moved to a new card), or the counter's quarantine booked before with
-            # other content (a clone). What reached suspense: `quarantine.held_rupiah`.
+            # other content: a clone, flagged and its card denied like any other (what reached
+            # suspense for it: `quarantine.purse_to_suspense`, nothing).
+            if any(o.result in _repeat_results for o in leg_outcomes):
+                verdict.clones_apart.append(record)
+                verdict.flags.append(
+                    CardFlag.of(record, "counter_repeat", "same card counter, other content")
+                )
             continue
         if any(o.result in _repeat_results for o in leg_outcomes):
             verdict.clones.append(record)

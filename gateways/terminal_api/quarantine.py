@@ -113,10 +113,14 @@ def held_rupiah(record: UploadRecord, reason: str, from_purse: int) -> int:
 
 async def purse_to_suspense(connection: asyncpg.Connection, record: UploadRecord) -> int:
     """What the record's quarantine transfer moved from the card's purse to suspense (negative:
-    the other way), as booked; 0 when none was (nothing moved, or the purse was closed)."""
+    the other way), as booked; 0 when none was (nothing moved, or the purse was closed, or the
+    card counter's quarantine is another record's: a clone)."""
     row = await connection.fetchrow(
-        "select amount, debit_account_id from ledger_transfers where id = $1",
+        "select amount, debit_account_id from ledger_transfers where id = $1 "
+        "and terminal_id = $2 and terminal_sequence = $3",
         card_transfer_id(record.card_number, record.card_counter, "quarantine"),
+        record.terminal_id,
+        record.sequence,
     )
     if row is None:
         return 0

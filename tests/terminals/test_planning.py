@@ -341,3 +341,25 @@ def test_for_a_card_that_proves_its_transactions_only_proven_reports_settle_in_d
     proven = [LogEvidence.of(held), LogEvidence.of(shows_it, proven=True)]
     settled = planning.settle_in_doubt(candidates, proven, {card})
     assert [r.status for r in settled.confirmed] == [RecordStatus.committed]
+
+
+def test_a_held_report_reported_committed_and_confirmed_in_one_batch_is_booked_once() -> None:
+    """The terminal reports committed a transaction it reported in doubt, and the same batch's
+    card log confirms the held row: booked once (a top-up it delivered taken once)."""
+    from bus_terminals.wire import UploadBatch
+    from tests.terminals.helpers import record as wire_record
+
+    delivered = wire_record(
+        "VA", 4, "6032984000000901", 2, 0, 13_500, top_up=3_500, top_up_id="T-9"
+    )
+    delivered = delivered._replace(kind=UploadKind.topup_credit)
+    classified = planning.Classified(to_book=[delivered], reported_before={4})
+    settled = planning.InDoubt(confirmed=[delivered])
+    pending = {"T-9": planning.PendingTopUp("T-9", "6032984000000901", 3_500, False)}
+    plan = planning.plan_batch(UploadBatch("VA", 2, ()), classified, settled, pending)
+    assert plan.booked == [delivered]
+    assert (plan.top_ups_taken, plan.top_ups_refused, plan.quarantined) == ([delivered], {}, [])
+    assert [(p.record.sequence, p.outcome) for p in plan.changed] == [
+        (4, planning.RecordOutcome.booked)
+    ]
+    assert plan.settled_earlier == []
