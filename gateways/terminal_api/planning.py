@@ -247,9 +247,18 @@ def taken_from_blocked_chip(
     blocks = chip_blocks.get(record.card_number)
     if blocks is None or (block := after_chip_block(record, blocks)) is None:
         return None
+    if record.previous_counter > block:
+        # The card had made a transaction since its block: this terminal found it active
+        # (someone wrote it so). Held apart all the same, but no mark against the terminal, or
+        # a card written active could get honest buses suspended one ride at a time.
+        detail = (
+            f"the card was blocked on its chip at counter {block}, and active again since its "
+            f"counter {record.previous_counter} with no desk unblock"
+        )
+        return Quarantined(record, "after_chip_block_again", detail)
     detail = (
         f"the card was blocked on its chip at counter {block} and no desk unblocked it "
-        "since: this terminal took money from a blocked card"
+        "since: this terminal took money from a blocked card, or found it written active"
     )
     return Quarantined(record, "after_chip_block", detail)
 
@@ -723,7 +732,9 @@ def card_transfers(plan: Plan, accounts: Mapping[str, CreditAccount]) -> list[Ca
 
 # Quarantined records the card did commit (its purse moved): that money goes to suspense
 # (`quarantine_transfer`), unless the purse was closed (its balance moved to a new card).
-card_paid_reasons = frozenset({"record_not_for_role", "after_chip_block"})
+card_paid_reasons = frozenset({"record_not_for_role", "after_chip_block", "after_chip_block_again"})
+# Quarantined for what the terminal cannot have known: not counted toward its suspension.
+not_the_terminals_doing = frozenset({"after_chip_block_again"})
 
 
 def quarantine_transfer(record: UploadRecord) -> Transfer:

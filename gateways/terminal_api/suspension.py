@@ -26,6 +26,7 @@ import asyncpg
 
 from gateways import staff
 from gateways.observability import escape_label
+from gateways.terminal_api.planning import not_the_terminals_doing
 
 logger = logging.getLogger("ksh.terminals")
 
@@ -61,9 +62,12 @@ async def suspend_if_over_limit(
 ) -> str | None:
     """Suspend the terminal (source `automatic`) when its quarantined records in the window
     exceed `limit`; the reason given, or None. Call inside the upload's transaction."""
-    by_reason = (await quarantined_recently(connection, now=now, terminal_id=terminal_id)).get(
-        terminal_id, {}
-    )
+    found = await quarantined_recently(connection, now=now, terminal_id=terminal_id)
+    by_reason = {
+        reason: records
+        for reason, records in found.get(terminal_id, {}).items()
+        if reason not in not_the_terminals_doing
+    }
     count = sum(by_reason.values())
     if count <= limit:
         return None
