@@ -509,6 +509,15 @@ async def _set_outcomes(connection: asyncpg.Connection, settled: list[Placed]) -
         )
 
 
+async def insert_card_flags(connection: asyncpg.Connection, flags: list[CardFlag]) -> None:
+    """Store flags as rows of `card_flags` (a caller logs them)."""
+    await connection.copy_records_to_table(
+        "card_flags",
+        columns=("card_number", "reason", "terminal_id", "sequence", "card_counter", "detail"),
+        records=flags,
+    )
+
+
 async def _insert_flags(
     connection: asyncpg.Connection,
     flags: list[CardFlag],
@@ -516,11 +525,7 @@ async def _insert_flags(
 ) -> None:
     if not flags:
         return
-    await connection.copy_records_to_table(
-        "card_flags",
-        columns=("card_number", "reason", "terminal_id", "sequence", "card_counter", "detail"),
-        records=flags,
-    )
+    await insert_card_flags(connection, flags)
     by_reason: dict[str, list[str]] = {}
     for flag in flags:
         answer.flags_by_reason[flag.reason] += 1

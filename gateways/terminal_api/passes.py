@@ -404,6 +404,18 @@ async def cancel_pass(
             f"{row['activated_at'].isoformat()}: a pass on a card is not cancelled",
             code="pass_activated",
         )
+    held = await connection.fetchval(
+        "select q.terminal_id || '/' || q.sequence from quarantined_records q "
+        "join card_records r using (terminal_id, sequence) where q.state not in "
+        "('released', 'written_off') and r.fare_detail like '% activates ' || $1 limit 1",
+        pass_sale_id,
+    )
+    if held is not None:
+        raise Conflict(
+            f"pass sale {pass_sale_id} was written on a card in a fare the quarantine holds "
+            f"({held}): supervisors resolve it first (ksh quarantine)",
+            code="pass_activated",
+        )
     row = await connection.fetchrow(
         "update pending_passes set cancelled_at = $2, cancelled_by = $3, cancel_reason = $4 "
         "where pass_sale_id = $1 returning *",

@@ -38,7 +38,7 @@ import asyncpg
 from bus_terminals.wire import UploadRecord
 from gateways import staff
 from gateways.staff import Role, StaffMember
-from gateways.terminal_api import books, ingest
+from gateways.terminal_api import books, ingest, passes
 from gateways.terminal_api.accounts import (
     card_transfer_id,
     purse_account_id,
@@ -47,7 +47,7 @@ from gateways.terminal_api.accounts import (
     quarantine_write_off_owner,
     suspense_account_id,
 )
-from gateways.terminal_api.planning import card_paid_reasons, transfers_for
+from gateways.terminal_api.planning import balance_change, card_paid_reasons, transfers_for
 from ledger.records import Account, AccountKind, Transfer, TransferCode, booked_results
 
 
@@ -136,6 +136,8 @@ def release_transfers(
     suspense instead of the purse; or why it cannot be released."""
     if reason == "top_up_not_delivered":
         return "the card holds a credit nobody paid for: write it off"
+    if held == 0 and reason in card_paid_reasons and balance_change(record) == 0:
+        return []  # a ride the card paid nothing for (a pass's): released, nothing to book
     if held == 0:
         return "nothing of it is in suspense (the card did not prove it paid): write it off"
     if record.topup_rupiah:
@@ -225,6 +227,10 @@ async def resolve(
         outcomes = await books.create_transfers(connection, transfers, now=now)
         refused = [o.result.value for o in outcomes if o.result not in booked_results]
         assert not refused, f"a quarantine {resolution} refused by the ledger: {refused}"
+        if resolution is Resolution.release:  # as ingest would have: a pass it wrote is on
+            flags = await passes.record_activations(connection, [record])
+            if flags:
+                await ingest.insert_card_flags(connection, flags)
         ids = [str(transfer.id) for transfer in transfers]
         await connection.execute(
             """update quarantined_records set state = $3, resolved_by = $4, approved_by = $5,

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bus_terminals.terminal import Reason, Verdict
+from bus_terminals.wire import UploadKind
 from card_reader.emulator import EmulatedCard, EmulatedReader
 from card_reader.keys import KeyRole
 from card_reader.ksh_card import CardStatus, KshCard
@@ -433,3 +435,55 @@ async def test_the_terminal_whose_in_doubt_fare_is_held_apart_later_is_checked_f
     ]
     assert (statuses["VA"], statuses["VB"], statuses["VH"]) == ("active", "active", "suspended")
     assert await purse_balance(backoffice.pool, number) == 3_000  # the card did pay, to suspense
+
+
+async def test_a_pass_written_on_a_blocked_chip_waits_for_the_quarantine_and_is_recorded_on_release(
+    backoffice: Backoffice,
+) -> None:
+    """A hostile validator writes the card's granted pass in a Rp 0 fare after its chip block:
+    the fare is held apart, the sale cannot be cancelled meanwhile (the pass is on the card),
+    and a supervisor's release (nothing to book) records the activation as ingest would."""
+    from gateways.terminal_api import passes
+    from gateways.terminal_api.registry import Conflict
+    from tests.terminals.helpers import post_batch, record
+
+    number = "6032984000000512"
+    await backoffice.issue_cards({number: 10_000})
+    keys = {terminal: await backoffice.register_validator(terminal) for terminal in ("VA", "VH")}
+    clerk = StaffMember("clerk-ani", Role.clerk)
+    async with backoffice.pool.acquire() as connection:
+        granted = await passes.grant_pass(
+            connection, number, "student_ecard_pelajar", username="clerk-ani",
+            reason="student ID", now=backoffice.clock.now(),
+        )  # fmt: skip
+        await card_desk.block_card(
+            connection, number, card_desk.BlockCause.lost, "lost", username="clerk-ani",
+            now=backoffice.clock.now(),
+        )  # fmt: skip
+    block = record("VA", 1, number, 1, 0, 10_000, previous=(0, "", 10_000))
+    ride = record("VH", 1, number, 2, 0, 10_000, previous=(1, "VA", 10_000))
+    ride = ride._replace(fare_detail=f"pass activates {granted.pass_sale_id}")
+    async with aiohttp.ClientSession() as session:
+        for terminal, sent in (("VA", block._replace(kind=UploadKind.block)), ("VH", ride)):
+            status, answer = await post_batch(
+                session, backoffice.url, keys[terminal], terminal, 1, [sent]
+            )
+            assert status == 200, answer
+    async with backoffice.pool.acquire() as connection:
+        with pytest.raises(Conflict, match=r"a fare the quarantine holds \(VH/1\)"):
+            async with connection.transaction():
+                await passes.cancel_pass(
+                    connection, granted.pass_sale_id, member=clerk, reason="refund",
+                    now=backoffice.clock.now(),
+                )  # fmt: skip
+        resolved = await quarantine.resolve(
+            connection,
+            quarantine.EntryKey("VH", 1),
+            quarantine.Resolution.release,
+            StaffMember("budi", Role.supervisor),
+            "the student rode: the pass is hers",
+            now=backoffice.clock.now(),
+        )
+        [sale] = [p for p in await passes.passes_of(connection, number)]
+    assert (resolved.result, resolved.rupiah) == (quarantine.ResolveResult.done, 0)
+    assert sale.activated_terminal_id == "VH"
