@@ -314,8 +314,9 @@ async def _chip_blocks(
 async def blocked_chips(
     connection: asyncpg.Connection, card_numbers: Iterable[str]
 ) -> dict[str, planning.ChipBlocks]:
-    """Of these cards, those blocked on their chip (booked block records, a partial index):
-    each block's card counter, and the card's newest counter at each desk unblock."""
+    """Of these cards, those blocked on their chip at the back office's asking (booked block
+    records, a partial index; not one held as `unrequested_block`): each block's card counter,
+    and the card's newest counter at each desk unblock."""
     rows = await connection.fetch(
         "select b.card_number, array_agg(b.card_counter) as blocks, "
         "array(select (a.detail->>'card_counter')::bigint from staff_actions a "
@@ -323,7 +324,9 @@ async def blocked_chips(
         "as unblocks, exists (select 1 from staff_actions a where a.subject = b.card_number "
         "and a.action = $2 and not a.detail ? 'card_counter') as counterless "
         "from card_records b where b.card_number = any(string_to_array($1, ',')) "
-        "and b.kind = 'block' and b.outcome = 'booked' group by b.card_number",
+        "and b.kind = 'block' and b.outcome = 'booked' and not exists (select 1 from "
+        "quarantined_records q where q.terminal_id = b.terminal_id and q.sequence = b.sequence) "
+        "group by b.card_number",
         _comma_joined(card_numbers),
         registry.chip_unblock_action,
     )

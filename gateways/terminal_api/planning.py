@@ -539,9 +539,16 @@ def plan_batch(
         target = new_records if (record.terminal_id, record.sequence) in here else settled_earlier
         target.append(Placed(record, RecordOutcome.void))
     # Fares and sales taken from a blocked chip: not booked, whichever way they came.
+    # Only blocks the back office asked for: one it never asked for is the terminal's word
+    # (on a card issued without a Transaction MAC, not even the card's), held as
+    # `unrequested_block`, and must not hold the card's later honest fares apart.
     blocks = with_batch_blocks(
         blocked_chips or {},
-        [r for r in [*classified.to_book, *settled.confirmed] if r.kind == UploadKind.block],
+        [
+            r
+            for r in [*classified.to_book, *settled.confirmed]
+            if r.kind == UploadKind.block and r.card_number in (chip_blocks or {})
+        ],
     )
     after_block: dict[tuple[str, int], Quarantined] = {}
     for record in [*classified.to_book, *settled.confirmed] if blocks else ():

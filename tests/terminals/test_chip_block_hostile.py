@@ -487,3 +487,19 @@ async def test_a_pass_written_on_a_blocked_chip_waits_for_the_quarantine_and_is_
         [sale] = [p for p in await passes.passes_of(connection, number)]
     assert (resolved.result, resolved.rupiah) == (quarantine.ResolveResult.done, 0)
     assert sale.activated_terminal_id == "VH"
+
+
+def test_only_a_block_the_back_office_asked_for_holds_later_fares_apart() -> None:
+    """A block nobody asked for is the terminal's word (held as `unrequested_block`): it does
+    not hold the card's later fares apart. One the back office asked for does."""
+    from bus_terminals.wire import UploadBatch
+    from gateways.terminal_api.planning import Classified, InDoubt, plan_batch
+    from tests.terminals.helpers import record
+
+    block = record("VA", 1, honest_card, 1, 0, 10_000)._replace(kind=UploadKind.block)
+    ride = record("VA", 2, honest_card, 2, 3_500, 6_500, previous=(1, "VA", 10_000))
+    for asked, held in (({}, []), ({honest_card: None}, [2])):
+        classified = Classified(to_book=[block, ride])
+        plan = plan_batch(UploadBatch("VA", 1, ()), classified, InDoubt(), {}, asked, {})
+        apart = [q.record.sequence for q in plan.quarantined if q.reason == "after_chip_block"]
+        assert apart == held, asked
