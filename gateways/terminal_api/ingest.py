@@ -347,7 +347,13 @@ async def _taken_before_block_arrived(
     that the card made after that block (their terminal uploaded first): paid already, so the
     card is flagged `taken_after_chip_block`, naming each, for staff to take up with its
     terminal. Queried only for a batch that books a block."""
-    new_blocks = [record for record in plan.booked if record.kind == UploadKind.block]
+    unrequested = {(q.record.terminal_id, q.record.sequence) for q in plan.quarantined}
+    new_blocks = [
+        record
+        for record in plan.booked
+        if record.kind == UploadKind.block
+        and (record.terminal_id, record.sequence) not in unrequested
+    ]
     if not new_blocks:
         return []
     # Under the ledger's lock (held from the booking on, or taken now): every upload that
