@@ -538,22 +538,7 @@ def plan_batch(
     for record in settled.voided:
         target = new_records if (record.terminal_id, record.sequence) in here else settled_earlier
         target.append(Placed(record, RecordOutcome.void))
-    # Fares and sales taken from a blocked chip: not booked, whichever way they came.
-    # Only blocks the back office asked for: one it never asked for is the terminal's word
-    # (on a card issued without a Transaction MAC, not even the card's), held as
-    # `unrequested_block`, and must not hold the card's later honest fares apart.
-    blocks = with_batch_blocks(
-        blocked_chips or {},
-        [
-            r
-            for r in [*classified.to_book, *settled.confirmed]
-            if r.kind == UploadKind.block and r.card_number in (chip_blocks or {})
-        ],
-    )
-    after_block: dict[tuple[str, int], Quarantined] = {}
-    for record in [*classified.to_book, *settled.confirmed] if blocks else ():
-        if (apart := taken_from_blocked_chip(record, blocks)) is not None:
-            after_block[(record.terminal_id, record.sequence)] = apart
+    after_block = _after_blocks(classified, settled, chip_blocks or {}, blocked_chips or {})
     reported_now = {(r.terminal_id, r.sequence) for r in classified.to_book}
     to_book = [r for r in classified.to_book if (r.terminal_id, r.sequence) not in after_block]
     # A held report the terminal now reports committed is booked once, as reported now; the
@@ -624,6 +609,29 @@ def plan_batch(
             and record.fare_detail.startswith(no_service_fare_detail)
         ),
     )
+
+
+def _after_blocks(
+    classified: Classified,
+    settled: InDoubt,
+    chip_blocks: Mapping[str, int | None],
+    blocked_chips: Mapping[str, ChipBlocks],
+) -> dict[tuple[str, int], Quarantined]:
+    """The fares and sales about to be booked that were taken from a blocked chip, by
+    (terminal, sequence): not booked, whichever way they came. Only blocks the back office
+    asked for count: one it never asked for is the terminal's word (on a card issued without
+    a Transaction MAC, not even the card's), held as `unrequested_block`, and must not hold
+    the card's later honest fares apart."""
+    candidates = [*classified.to_book, *settled.confirmed]
+    blocks = with_batch_blocks(
+        blocked_chips,
+        [r for r in candidates if r.kind == UploadKind.block and r.card_number in chip_blocks],
+    )
+    after_block: dict[tuple[str, int], Quarantined] = {}
+    for record in candidates if blocks else ():
+        if (apart := taken_from_blocked_chip(record, blocks)) is not None:
+            after_block[(record.terminal_id, record.sequence)] = apart
+    return after_block
 
 
 def judge_blocks(
