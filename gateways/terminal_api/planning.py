@@ -211,8 +211,12 @@ class ChipBlocks(NamedTuple):
     unblocked_without_counter: bool = False
 
 
-# The money-out kinds a blocked chip refuses at every honest terminal (`bus_terminals.terminal`).
-_refused_by_a_blocked_chip = frozenset({UploadKind.fare_debit, UploadKind.sale})
+# The card transactions a blocked chip refuses at every honest terminal (`bus_terminals.
+# terminal`): money out, and money in (a hostile terminal holding the credit key could deliver
+# the rider's pending top-up to a stolen card: held apart, the top-up stays the rider's).
+_refused_by_a_blocked_chip = frozenset(
+    {UploadKind.fare_debit, UploadKind.sale, UploadKind.topup_credit, UploadKind.refund}
+)
 
 
 def standing_block(blocks: ChipBlocks, counter: int) -> int | None:
@@ -232,7 +236,8 @@ def standing_block(blocks: ChipBlocks, counter: int) -> int | None:
 
 
 def after_chip_block(record: UploadRecord, blocks: ChipBlocks) -> int | None:
-    """`standing_block` of a fare or sale (what a blocked chip refuses at honest terminals)."""
+    """`standing_block` of a fare, sale, top-up or refund (what a blocked chip refuses at
+    honest terminals)."""
     if record.kind not in _refused_by_a_blocked_chip:
         return None
     return standing_block(blocks, record.card_counter)
@@ -241,9 +246,9 @@ def after_chip_block(record: UploadRecord, blocks: ChipBlocks) -> int | None:
 def taken_from_blocked_chip(
     record: UploadRecord, chip_blocks: Mapping[str, ChipBlocks]
 ) -> Quarantined | None:
-    """A committed fare or sale the card made after its chip block with no desk unblock
+    """A committed card transaction the card made after its chip block with no desk unblock
     between: the terminal ignored the chip (or wrote it active again with the debit key), so
-    its party is not paid until staff decide."""
+    its party is not paid (nor a pending top-up taken) until staff decide."""
     blocks = chip_blocks.get(record.card_number)
     if blocks is None or (block := after_chip_block(record, blocks)) is None:
         return None
@@ -258,7 +263,7 @@ def taken_from_blocked_chip(
         return Quarantined(record, "after_chip_block_again", detail)
     detail = (
         f"the card was blocked on its chip at counter {block} and no desk unblocked it "
-        "since: this terminal took money from a blocked card, or found it written active"
+        "since: this terminal wrote a transaction on a blocked card, or found it written active"
     )
     return Quarantined(record, "after_chip_block", detail)
 

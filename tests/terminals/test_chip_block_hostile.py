@@ -503,3 +503,49 @@ def test_only_a_block_the_back_office_asked_for_holds_later_fares_apart() -> Non
         plan = plan_batch(UploadBatch("VA", 1, ()), classified, InDoubt(), {}, asked, {})
         apart = [q.record.sequence for q in plan.quarantined if q.reason == "after_chip_block"]
         assert apart == held, asked
+
+
+async def test_a_top_up_delivered_to_a_blocked_chip_stays_the_riders(
+    backoffice: Backoffice,
+) -> None:
+    """A hostile validator (validators hold the credit key to deliver top-ups) credits the
+    rider's pending top-up to the card after its chip block: held apart, the top-up is not
+    taken (it follows the balance to a replacement), and the purse still equals the card."""
+    from gateways.terminal_api.registry import pending_top_up_account_id
+    from tests.terminals.helpers import post_batch, record
+
+    number = "6032984000000513"
+    await backoffice.issue_cards({number: 10_000})
+    keys = {terminal: await backoffice.register_validator(terminal) for terminal in ("VA", "VH")}
+    async with backoffice.pool.acquire() as connection:
+        await registry.pay_pending_top_up(
+            connection, "T-STOLEN", number, 5_000, paid_at=backoffice.clock.now()
+        )
+        await card_desk.block_card(
+            connection, number, card_desk.BlockCause.stolen, "stolen", username="clerk-ani",
+            now=backoffice.clock.now(),
+        )  # fmt: skip
+    block = record("VA", 1, number, 1, 0, 10_000, previous=(0, "", 10_000))
+    credit = record(
+        "VH", 1, number, 2, 0, 15_000, kind=UploadKind.topup_credit, top_up=5_000,
+        top_up_id="T-STOLEN", previous=(1, "VA", 10_000),
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        for terminal, sent in (("VA", block._replace(kind=UploadKind.block)), ("VH", credit)):
+            status, answer = await post_batch(
+                session, backoffice.url, keys[terminal], terminal, 1, [sent]
+            )
+            assert status == 200, answer
+    async with backoffice.pool.acquire() as connection:
+        reason = await connection.fetchval(
+            "select reason from quarantined_records where terminal_id = 'VH'"
+        )
+        taken = await connection.fetchval(
+            "select taken_terminal_id from pending_top_ups where top_up_id = 'T-STOLEN'"
+        )
+        pending = await connection.fetchval(
+            "select credits_posted - debits_posted from ledger_accounts where id = $1",
+            pending_top_up_account_id(number),
+        )
+    assert (reason, taken, pending) == ("after_chip_block", None, 5_000)
+    assert await purse_balance(backoffice.pool, number) == 15_000  # as the card says
