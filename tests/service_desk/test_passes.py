@@ -261,6 +261,22 @@ def tap_with_passes(desk: Desk, bus: Any, card: EmulatedCard) -> int:
     return int(trip_state(desk, card).pass_index)
 
 
+async def ride_with_a_granted_pass(desk: Desk) -> Any:
+    """The student pass granted to the desk's card, written on its chip at its next tap (as
+    the bus's sync brought it) and uploaded; the sale (`passes.PendingPass`)."""
+    from gateways.terminal_api import passes
+
+    async with desk.pool.acquire() as connection:
+        granted = await passes.grant_pass(
+            connection, desk.number, student_pass, username="ani", reason="student ID",
+            now=desk.clock.now(),
+        )  # fmt: skip
+    assert await desk.bus.sync.download()
+    assert tap_with_passes(desk, desk.bus, desk.card) == load_feed().pass_index[student_pass] + 1
+    await desk.upload()
+    return granted
+
+
 async def test_a_pass_still_waiting_when_its_card_is_lost_goes_to_the_replacement(
     desk: Desk,
 ) -> None:
@@ -364,16 +380,9 @@ async def test_a_pass_on_a_lost_cards_chip_is_carried_to_the_new_card_to_the_sam
     from gateways.service_desk import check_codes, citizen
     from gateways.terminal_api import passes
 
-    now = desk.clock.now()
-    async with desk.pool.acquire() as connection:
-        granted = await passes.grant_pass(
-            connection, desk.number, student_pass, username="ani", reason="student ID", now=now
-        )
-    assert await desk.bus.sync.download()
-    pass_index = load_feed().pass_index[student_pass] + 1
-    assert tap_with_passes(desk, desk.bus, desk.card) == pass_index
+    granted = await ride_with_a_granted_pass(desk)
     on_old_chip = trip_state(desk).pass_last_day
-    await desk.upload()
+    pass_index = load_feed().pass_index[student_pass] + 1
 
     desk.clock.advance(20 * 86_400)
     new_card, new_number = new_student_card(desk)
@@ -404,14 +413,7 @@ async def test_a_pass_on_a_lost_cards_chip_is_carried_to_the_new_card_to_the_sam
 async def test_a_pass_that_ran_out_is_not_carried(desk: Desk) -> None:
     from gateways.terminal_api import passes
 
-    now = desk.clock.now()
-    async with desk.pool.acquire() as connection:
-        await passes.grant_pass(
-            connection, desk.number, student_pass, username="ani", reason="student ID", now=now
-        )
-    assert await desk.bus.sync.download()
-    tap_with_passes(desk, desk.bus, desk.card)
-    await desk.upload()
+    await ride_with_a_granted_pass(desk)
     desk.clock.advance(200 * 86_400)  # 183 days and more
     _, new_number = new_student_card(desk)
     async with desk.pool.acquire() as connection:
@@ -446,15 +448,8 @@ async def test_a_carried_pass_that_runs_out_before_the_new_card_taps_stops_waiti
             async with http.get(desk.url + f"/finance/cards?number={new_number}") as page:
                 return 'data-pass="ran-out"' in await page.text()
 
-    now = desk.clock.now()
-    async with desk.pool.acquire() as connection:
-        await passes.grant_pass(
-            connection, desk.number, student_pass, username="ani", reason="student ID", now=now
-        )
-    assert await desk.bus.sync.download()
+    await ride_with_a_granted_pass(desk)
     pass_index = load_feed().pass_index[student_pass] + 1
-    assert tap_with_passes(desk, desk.bus, desk.card) == pass_index
-    await desk.upload()
     last_day = dt.date(2026, 12, 1) + dt.timedelta(days=182)
 
     desk.clock.advance(170 * 86_400)
@@ -522,14 +517,7 @@ async def test_a_terminal_that_writes_a_carried_pass_on_the_lost_card_does_not_t
     from bus_terminals.wire import WaitingPass
     from gateways.terminal_api import passes
 
-    now = desk.clock.now()
-    async with desk.pool.acquire() as connection:
-        await passes.grant_pass(
-            connection, desk.number, student_pass, username="ani", reason="student ID", now=now
-        )
-    assert await desk.bus.sync.download()
-    tap_with_passes(desk, desk.bus, desk.card)
-    await desk.upload()
+    await ride_with_a_granted_pass(desk)
     desk.clock.advance(86_400)
     _, new_number = new_student_card(desk)
     await grant_then_replace(desk, new_number, carried_only=True)
@@ -596,15 +584,8 @@ async def test_a_carried_pass_is_carried_again_when_the_new_card_is_lost_too(des
     from gateways.terminal_api import passes
 
     pass_index = load_feed().pass_index[student_pass] + 1
-    async with desk.pool.acquire() as connection:
-        await passes.grant_pass(
-            connection, desk.number, student_pass, username="ani", reason="student ID",
-            now=desk.clock.now(),
-        )  # fmt: skip
-    assert await desk.bus.sync.download()
-    assert tap_with_passes(desk, desk.bus, desk.card) == pass_index
+    await ride_with_a_granted_pass(desk)
     last_day_on_a = trip_state(desk).pass_last_day
-    await desk.upload()
     numbers = [desk.number]
     for step in (1, 2):  # A -> B, then B -> C, ten days apart
         desk.clock.advance(10 * 86_400)
