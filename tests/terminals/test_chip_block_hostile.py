@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bus_terminals.terminal import Reason, Verdict
-from bus_terminals.wire import UploadKind
+from bus_terminals.wire import UploadKind, UploadRecord
 from card_reader.emulator import EmulatedCard, EmulatedReader
 from card_reader.keys import KeyRole
 from card_reader.ksh_card import CardStatus, KshCard
@@ -382,6 +382,20 @@ async def test_a_fare_uploaded_before_the_block_it_followed_is_flagged_when_the_
         await bus.sync.close()
 
 
+async def after_a_block(backoffice: Backoffice, keys: dict[str, Any], sent: UploadRecord) -> None:
+    """Validator VA's upload of the block it wrote on card `sent.card_number` (counter 1,
+    Rp 10,000 on it), then `sent`, uploaded by its own terminal: each taken (200)."""
+    from tests.terminals.helpers import post_batch, record
+
+    block = record("VA", 1, sent.card_number, 1, 0, 10_000, previous=(0, "", 10_000))
+    async with aiohttp.ClientSession() as session:
+        for one in (block._replace(kind=UploadKind.block), sent):
+            status, answer = await post_batch(
+                session, backoffice.url, keys[one.terminal_id], one.terminal_id, 1, [one]
+            )
+            assert status == 200, answer
+
+
 async def test_the_terminal_whose_in_doubt_fare_is_held_apart_later_is_checked_for_suspension(
     backoffice: Backoffice,
 ) -> None:
@@ -391,9 +405,9 @@ async def test_the_terminal_whose_in_doubt_fare_is_held_apart_later_is_checked_f
     terminal's own fare is held apart too (no desk unblocked the card), but it found the card
     active after the hostile fare: no mark against it, or a card written active could get
     honest buses suspended one ride at a time."""
-    from bus_terminals.wire import RecordStatus, UploadBatch, UploadKind, encode_batch, sign
+    from bus_terminals.wire import RecordStatus, UploadBatch, encode_batch, sign
     from gateways.terminal_api import ingest
-    from tests.terminals.helpers import post_batch, record
+    from tests.terminals.helpers import record
 
     number = "6032984000000511"
     await backoffice.issue_cards({number: 10_000})
@@ -405,18 +419,10 @@ async def test_the_terminal_whose_in_doubt_fare_is_held_apart_later_is_checked_f
             connection, number, card_desk.BlockCause.lost, "lost", username="clerk-ani",
             now=backoffice.clock.now(),
         )  # fmt: skip
-    block = record("VA", 1, number, 1, 0, 10_000, previous=(0, "", 10_000))._replace(
-        kind=UploadKind.block
-    )
     doubtful = record(
         "VH", 1, number, 2, 3_500, 6_500, status=RecordStatus.in_doubt, previous=(1, "VA", 10_000)
     )
-    async with aiohttp.ClientSession() as session:
-        for terminal, sent in (("VA", block), ("VH", doubtful)):
-            status, answer = await post_batch(
-                session, backoffice.url, keys[terminal], terminal, 1, [sent]
-            )
-            assert status == 200, answer
+    await after_a_block(backoffice, keys, doubtful)
     later = record("VB", 1, number, 3, 3_500, 3_000, previous=(2, "VH", 6_500))
     body = encode_batch(UploadBatch("VB", 1, (later,)))
     async with backoffice.pool.acquire() as connection:
@@ -445,7 +451,7 @@ async def test_a_pass_written_on_a_blocked_chip_waits_for_the_quarantine_and_is_
     and a supervisor's release (nothing to book) records the activation as ingest would."""
     from gateways.terminal_api import passes
     from gateways.terminal_api.registry import Conflict
-    from tests.terminals.helpers import post_batch, record
+    from tests.terminals.helpers import record
 
     number = "6032984000000512"
     await backoffice.issue_cards({number: 10_000})
@@ -460,15 +466,10 @@ async def test_a_pass_written_on_a_blocked_chip_waits_for_the_quarantine_and_is_
             connection, number, card_desk.BlockCause.lost, "lost", username="clerk-ani",
             now=backoffice.clock.now(),
         )  # fmt: skip
-    block = record("VA", 1, number, 1, 0, 10_000, previous=(0, "", 10_000))
     ride = record("VH", 1, number, 2, 0, 10_000, previous=(1, "VA", 10_000))
-    ride = ride._replace(fare_detail=f"pass activates {granted.pass_sale_id}")
-    async with aiohttp.ClientSession() as session:
-        for terminal, sent in (("VA", block._replace(kind=UploadKind.block)), ("VH", ride)):
-            status, answer = await post_batch(
-                session, backoffice.url, keys[terminal], terminal, 1, [sent]
-            )
-            assert status == 200, answer
+    await after_a_block(
+        backoffice, keys, ride._replace(fare_detail=f"pass activates {granted.pass_sale_id}")
+    )
     async with backoffice.pool.acquire() as connection:
         with pytest.raises(Conflict, match=r"a fare the quarantine holds \(VH/1\)"):
             async with connection.transaction():
@@ -512,7 +513,7 @@ async def test_a_top_up_delivered_to_a_blocked_chip_stays_the_riders(
     rider's pending top-up to the card after its chip block: held apart, the top-up is not
     taken (it follows the balance to a replacement), and the purse still equals the card."""
     from gateways.terminal_api.registry import pending_top_up_account_id
-    from tests.terminals.helpers import post_batch, record
+    from tests.terminals.helpers import record
 
     number = "6032984000000513"
     await backoffice.issue_cards({number: 10_000})
@@ -525,17 +526,11 @@ async def test_a_top_up_delivered_to_a_blocked_chip_stays_the_riders(
             connection, number, card_desk.BlockCause.stolen, "stolen", username="clerk-ani",
             now=backoffice.clock.now(),
         )  # fmt: skip
-    block = record("VA", 1, number, 1, 0, 10_000, previous=(0, "", 10_000))
     credit = record(
         "VH", 1, number, 2, 0, 15_000, kind=UploadKind.topup_credit, top_up=5_000,
         top_up_id="T-STOLEN", previous=(1, "VA", 10_000),
     )  # fmt: skip
-    async with aiohttp.ClientSession() as session:
-        for terminal, sent in (("VA", block._replace(kind=UploadKind.block)), ("VH", credit)):
-            status, answer = await post_batch(
-                session, backoffice.url, keys[terminal], terminal, 1, [sent]
-            )
-            assert status == 200, answer
+    await after_a_block(backoffice, keys, credit)
     async with backoffice.pool.acquire() as connection:
         reason = await connection.fetchval(
             "select reason from quarantined_records where terminal_id = 'VH'"
